@@ -1,0 +1,105 @@
+//! The batch record: what the ledger keeps about one batch.
+
+use serde::{Deserialize, Serialize};
+
+/// Batch states, named as in OpenAI's Batch API.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BatchState {
+    Validating,
+    InProgress,
+    Finalizing,
+    Completed,
+    Failed,
+    Expired,
+    Cancelling,
+    Cancelled,
+}
+
+impl BatchState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Validating => "validating",
+            Self::InProgress => "in_progress",
+            Self::Finalizing => "finalizing",
+            Self::Completed => "completed",
+            Self::Failed => "failed",
+            Self::Expired => "expired",
+            Self::Cancelling => "cancelling",
+            Self::Cancelled => "cancelled",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        serde_json::from_value(serde_json::Value::String(s.to_string())).ok()
+    }
+
+    pub fn is_terminal(self) -> bool {
+        matches!(
+            self,
+            Self::Completed | Self::Failed | Self::Expired | Self::Cancelled
+        )
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RequestCounts {
+    pub total: u64,
+    pub completed: u64,
+    pub failed: u64,
+}
+
+/// Money is kept in nano-dollars so that sums across workers are exact.
+pub const NANOS_PER_USD: f64 = 1e9;
+
+pub fn usd_to_nanos(usd: f64) -> i64 {
+    (usd * NANOS_PER_USD).round() as i64
+}
+
+pub fn nanos_to_usd(nanos: i64) -> f64 {
+    nanos as f64 / NANOS_PER_USD
+}
+
+/// Everything the ledger knows about a batch.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BatchRecord {
+    pub id: String,
+    pub state: BatchState,
+    pub counts: RequestCounts,
+    /// Spend so far, in nano-dollars.
+    pub spent_nanos: i64,
+    pub budget_usd: Option<f64>,
+    pub task: Option<String>,
+    /// The storage URL under which `batches/<id>/` lives.
+    pub storage_url: String,
+    pub created_at: u64,
+    pub in_progress_at: Option<u64>,
+    pub finalizing_at: Option<u64>,
+    pub completed_at: Option<u64>,
+}
+
+impl BatchRecord {
+    pub fn cost_usd(&self) -> f64 {
+        nanos_to_usd(self.spent_nanos)
+    }
+
+    pub fn settled(&self) -> u64 {
+        self.counts.completed + self.counts.failed
+    }
+}
+
+/// Seconds since the Unix epoch.
+pub fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_millis() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}

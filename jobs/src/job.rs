@@ -1,0 +1,66 @@
+//! A job: one item of a batch, as it travels through the queue.
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use sha2::{Digest, Sha256};
+
+/// How the worker chooses a model for a job.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Route {
+    /// `body.model` named a configured model: validated but never rerouted.
+    Pinned { model: String },
+    /// The router chooses among models adequate for this task.
+    Task { task: String },
+    /// The router chooses with no task constraints.
+    Auto,
+}
+
+/// One item of a batch. Serialised as JSON into the queue.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Job {
+    pub batch_id: String,
+    /// Derived from batch id and custom id, so a re-enqueue of the same item is the same job.
+    pub job_id: String,
+    /// Position of the item in the batch (0-based); indexes the ledger's settled bitmap.
+    pub seq: u64,
+    pub custom_id: String,
+    /// An OpenAI chat completions request body, without routing decided yet.
+    pub body: Map<String, Value>,
+    pub route: Route,
+    /// Job-level attempts so far (deliveries after a retry-later decision); 0 on first run.
+    #[serde(default)]
+    pub attempt: u32,
+    /// The last job-level error, kept so a dead letter can name it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+}
+
+/// The job id for an item: stable across re-submissions of the same batch, safe as an object key.
+pub fn job_id_for(batch_id: &str, custom_id: &str) -> String {
+    let mut hasher = Sha256::new();
+    hasher.update(batch_id.as_bytes());
+    hasher.update([0u8]);
+    hasher.update(custom_id.as_bytes());
+    let digest = hasher.finalize();
+    hex::encode(&digest[..12])
+}
+
+/// A fresh batch id, sortable by creation time.
+pub fn new_batch_id() -> String {
+    format!("batch_{}", ulid::Ulid::new().to_string().to_lowercase())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn job_ids_are_stable_and_key_safe() {
+        let a = job_id_for("b1", "../../etc/passwd");
+        assert_eq!(a, job_id_for("b1", "../../etc/passwd"));
+        assert_ne!(a, job_id_for("b2", "../../etc/passwd"));
+        assert_eq!(a.len(), 24);
+        assert!(a.chars().all(|c| c.is_ascii_hexdigit()));
+    }
+}

@@ -1,0 +1,26 @@
+//! # batchyard-jobs: what a job is and where it lives
+//!
+//! Nothing here knows about LLMs beyond the shape of a chat request.
+//!
+//! - [`job`]: [`job::Job`] and [`job::Route`], the unit that travels through the queue, and
+//!   the stable job id derived from batch id and custom id.
+//! - [`batch`]: the batch record, its OpenAI-style states and request counts.
+//! - [`input`]: streaming readers for the input formats (OpenAI batch JSONL, document JSONL,
+//!   folders, object-store prefixes) with line-numbered validation errors.
+//! - [`queue`]: the [`queue::Queue`] trait, an in-process queue and the Redis Streams queue.
+//! - [`ledger`]: the [`ledger::Ledger`] trait: counts, spend and state of each batch, with an
+//!   exactly-once settlement per job and exactly one finalizer per batch.
+//! - [`storage`]: the object-storage layout of results (`batches/<id>/...`).
+//! - [`outcome`]: the output line format (OpenAI batch output plus a `batchyard` object).
+//! - [`redis_conn`]: opening a self-healing Redis connection.
+//! - [`error`]: boundary errors with a kind and `is_retryable()`.
+
+pub mod batch;
+pub mod error;
+pub mod input;
+pub mod job;
+pub mod ledger;
+pub mod outcome;
+pub mod queue;
+pub mod redis_conn;
+pub mod storage;

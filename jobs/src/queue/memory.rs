@@ -1,0 +1,1 @@
+//! In-process queue for `batchyard run` with no Redis. (Written by the queue work.)

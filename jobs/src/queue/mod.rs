@@ -1,0 +1,134 @@
+//! The queue boundary: where jobs wait between submit and a worker.
+//!
+//! Two implementations share one contract: [`memory::MemoryQueue`] for `batchyard run` with no
+//! Redis, and [`redis::RedisQueue`] (Redis Streams plus a consumer group) for everything else.
+//! Delivery is at least once: a job is acked only after its outcome is stored, and a job whose
+//! worker vanished is reclaimed after the visibility timeout.
+
+pub mod memory;
+pub mod redis;
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+
+use crate::error::QueueError;
+use crate::job::Job;
+
+/// A job handed to one consumer. Ack it, retry it later, or dead-letter it.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    /// The backend's handle for this delivery (a stream entry id for Redis).
+    pub handle: String,
+    pub job: Job,
+    /// How many times this job has been delivered, counting this one. 1 on first delivery;
+    /// more means it was reclaimed from a worker that died or stalled.
+    pub deliveries: u64,
+}
+
+impl Delivery {
+    /// Times this job was taken back from a consumer that did not finish it.
+    pub fn reclaims(&self) -> u64 {
+        self.deliveries.saturating_sub(1)
+    }
+}
+
+/// Exact counts of one queue, by state.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueueDepth {
+    /// Waiting to be claimed.
+    pub pending: u64,
+    /// Claimed by a consumer and not yet acked.
+    pub in_flight: u64,
+    /// Waiting for a retry delay to pass.
+    pub delayed: u64,
+    /// Dead letters kept for inspection and replay.
+    pub dead: u64,
+}
+
+/// Tunables shared by every queue implementation.
+#[derive(Debug, Clone)]
+pub struct QueueOptions {
+    pub name: String,
+    /// A claimed job not acked within this time is reclaimed by another consumer.
+    pub visibility_timeout: Duration,
+    /// After this many reclaims a job is dead-lettered as `worker_lost`.
+    pub max_reclaims: u64,
+    /// Dead letters older than this are dropped.
+    pub dead_letter_retention: Duration,
+    /// At most this many delayed jobs are promoted per step.
+    pub promote_chunk: usize,
+}
+
+impl Default for QueueOptions {
+    fn default() -> Self {
+        Self {
+            name: "default".into(),
+            visibility_timeout: Duration::from_secs(300),
+            max_reclaims: 3,
+            dead_letter_retention: Duration::from_secs(7 * 24 * 3600),
+            promote_chunk: 1000,
+        }
+    }
+}
+
+/// A dead letter as kept by the queue.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeadLetter {
+    pub job: Job,
+    pub code: String,
+    pub message: String,
+    pub at_millis: u64,
+}
+
+#[async_trait]
+pub trait Queue: Send + Sync {
+    /// Adds one chunk of a batch's jobs. Idempotent per `(batch_id, chunk_no)`: a chunk that
+    /// was already applied (say, the client timed out while the server applied it) is skipped.
+    /// Chunks of one batch must be enqueued in increasing `chunk_no` order.
+    async fn enqueue_chunk(
+        &self,
+        batch_id: &str,
+        chunk_no: u64,
+        jobs: &[Job],
+    ) -> Result<(), QueueError>;
+
+    /// Claims up to `max` jobs for `consumer`, waiting up to `block` for one to arrive.
+    /// Reclaims jobs of dead consumers and promotes due delayed jobs along the way.
+    async fn claim(
+        &self,
+        consumer: &str,
+        max: usize,
+        block: Duration,
+    ) -> Result<Vec<Delivery>, QueueError>;
+
+    /// Marks a delivery done and forgets it.
+    async fn ack(&self, delivery: &Delivery) -> Result<(), QueueError>;
+
+    /// Acks this delivery and schedules `job` (usually the same job with `attempt + 1`) to
+    /// be delivered again after `delay`.
+    async fn retry_later(
+        &self,
+        delivery: &Delivery,
+        job: &Job,
+        delay: Duration,
+    ) -> Result<(), QueueError>;
+
+    /// Acks this delivery and keeps the job as a dead letter with a typed code.
+    async fn dead_letter(
+        &self,
+        delivery: &Delivery,
+        code: &str,
+        message: &str,
+    ) -> Result<(), QueueError>;
+
+    /// Exact counts by state.
+    async fn depth(&self) -> Result<QueueDepth, QueueError>;
+
+    /// The newest dead letters, at most `limit`.
+    async fn dead_letters(&self, limit: usize) -> Result<Vec<DeadLetter>, QueueError>;
+
+    /// The queue's name, for status and metrics.
+    fn name(&self) -> &str;
+}

@@ -1,0 +1,1 @@
+//! Redis Streams queue. (Written by the queue work.)
