@@ -1,0 +1,82 @@
+//! The output line: an OpenAI batch output line plus one `batchyard` extension object.
+//! `results/<job_id>.json` holds exactly the line that ends up in `output.jsonl` or
+//! `errors.jsonl`, so finalization is a plain concatenation.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// Typed error codes of `errors.jsonl`, beyond the provider taxonomy.
+pub mod codes {
+    pub const INVALID_INPUT: &str = "invalid_input";
+    pub const VALIDATION_FAILED: &str = "validation_failed";
+    pub const BUDGET_EXHAUSTED: &str = "budget_exhausted";
+    pub const CANCELLED: &str = "cancelled";
+    pub const EXPIRED: &str = "expired";
+    pub const WORKER_LOST: &str = "worker_lost";
+    pub const NO_ADEQUATE_MODEL: &str = "no_adequate_model";
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OutputLine {
+    pub id: String,
+    pub custom_id: String,
+    pub response: Option<Response>,
+    pub error: Option<LineError>,
+    pub batchyard: Extension,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Response {
+    pub status_code: u16,
+    pub request_id: String,
+    pub body: Value,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LineError {
+    pub code: String,
+    pub message: String,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Extension {
+    /// The catalog key of the model that produced the accepted answer (or the last one tried).
+    pub model: Option<String>,
+    pub attempts: u32,
+    pub escalations: u32,
+    pub cost_usd: f64,
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+    pub cached: bool,
+    /// Present and true only for the built-in simulated provider.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub simulated: bool,
+    /// The input line number, for invalid input and for tracing a result back to its source.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub line: Option<u64>,
+}
+
+impl OutputLine {
+    pub fn is_success(&self) -> bool {
+        self.response.is_some() && self.error.is_none()
+    }
+
+    pub fn failure(
+        job_id: &str,
+        custom_id: &str,
+        code: &str,
+        message: impl Into<String>,
+        batchyard: Extension,
+    ) -> Self {
+        Self {
+            id: format!("batch_req_{job_id}"),
+            custom_id: custom_id.to_string(),
+            response: None,
+            error: Some(LineError {
+                code: code.to_string(),
+                message: message.into(),
+            }),
+            batchyard,
+        }
+    }
+}

@@ -1,0 +1,139 @@
+//! In-process ledger for `batchyard run` with no Redis.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use tokio::sync::Mutex;
+
+use super::{Ledger, Settlement};
+use crate::batch::{BatchRecord, BatchState, now_secs};
+use crate::error::QueueError;
+
+#[derive(Default)]
+struct Entry {
+    record: Option<BatchRecord>,
+    settled: Vec<u64>,
+    lease: Option<(String, Instant)>,
+}
+
+#[derive(Default)]
+pub struct MemoryLedger {
+    batches: Mutex<HashMap<String, Entry>>,
+}
+
+impl MemoryLedger {
+    pub fn new() -> Self {
+        Self::default()
+    }
+}
+
+pub(crate) fn stamp(record: &mut BatchRecord, state: BatchState, now: u64) {
+    record.state = state;
+    match state {
+        BatchState::InProgress => record.in_progress_at = Some(now),
+        BatchState::Finalizing => record.finalizing_at = Some(now),
+        s if s.is_terminal() => record.completed_at = Some(now),
+        _ => {}
+    }
+}
+
+#[async_trait]
+impl Ledger for MemoryLedger {
+    async fn create(&self, record: &BatchRecord) -> Result<(), QueueError> {
+        let mut batches = self.batches.lock().await;
+        batches.insert(
+            record.id.clone(),
+            Entry {
+                record: Some(record.clone()),
+                ..Entry::default()
+            },
+        );
+        Ok(())
+    }
+
+    async fn get(&self, batch_id: &str) -> Result<Option<BatchRecord>, QueueError> {
+        let batches = self.batches.lock().await;
+        Ok(batches.get(batch_id).and_then(|e| e.record.clone()))
+    }
+
+    async fn set_state(&self, batch_id: &str, state: BatchState) -> Result<(), QueueError> {
+        let mut batches = self.batches.lock().await;
+        let entry = batches
+            .get_mut(batch_id)
+            .ok_or_else(|| QueueError::BatchNotFound(batch_id.to_string()))?;
+        if let Some(record) = entry.record.as_mut() {
+            stamp(record, state, now_secs());
+        }
+        if state.is_terminal() {
+            entry.settled = Vec::new();
+        }
+        Ok(())
+    }
+
+    async fn settle(
+        &self,
+        batch_id: &str,
+        seq: u64,
+        success: bool,
+        cost_nanos: i64,
+    ) -> Result<Settlement, QueueError> {
+        let mut batches = self.batches.lock().await;
+        let entry = batches
+            .get_mut(batch_id)
+            .ok_or_else(|| QueueError::BatchNotFound(batch_id.to_string()))?;
+        let Some(record) = entry.record.as_mut() else {
+            return Err(QueueError::BatchNotFound(batch_id.to_string()));
+        };
+        if record.state.is_terminal() {
+            return Ok(Settlement::Duplicate { finalize: false });
+        }
+        let word = (seq / 64) as usize;
+        let bit = 1u64 << (seq % 64);
+        if entry.settled.len() <= word {
+            entry.settled.resize(word + 1, 0);
+        }
+        if entry.settled[word] & bit != 0 {
+            let waiting = record.state == BatchState::Finalizing;
+            return Ok(Settlement::Duplicate { finalize: waiting });
+        }
+        entry.settled[word] |= bit;
+        if success {
+            record.counts.completed += 1;
+        } else {
+            record.counts.failed += 1;
+        }
+        record.spent_nanos += cost_nanos;
+        let finalize = record.settled() >= record.counts.total;
+        if finalize {
+            stamp(record, BatchState::Finalizing, now_secs());
+        }
+        Ok(Settlement::Counted { finalize })
+    }
+
+    async fn try_lock_finalize(
+        &self,
+        batch_id: &str,
+        owner: &str,
+        ttl: Duration,
+    ) -> Result<bool, QueueError> {
+        let mut batches = self.batches.lock().await;
+        let entry = batches.entry(batch_id.to_string()).or_default();
+        let now = Instant::now();
+        match &entry.lease {
+            Some((holder, until)) if holder != owner && *until > now => Ok(false),
+            _ => {
+                entry.lease = Some((owner.to_string(), now + ttl));
+                Ok(true)
+            }
+        }
+    }
+
+    async fn list(&self, limit: usize) -> Result<Vec<BatchRecord>, QueueError> {
+        let batches = self.batches.lock().await;
+        let mut records: Vec<_> = batches.values().filter_map(|e| e.record.clone()).collect();
+        records.sort_by(|a, b| b.created_at.cmp(&a.created_at).then(b.id.cmp(&a.id)));
+        records.truncate(limit);
+        Ok(records)
+    }
+}

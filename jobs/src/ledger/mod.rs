@@ -1,0 +1,65 @@
+//! The batch ledger: state, counts and spend of every batch.
+//!
+//! Settlement is exactly once per job (a bitmap indexed by the job's `seq`), so a job that ran
+//! twice after a reclaim is counted once, and exactly one settlement sees the batch reach its
+//! total: that caller finalizes.
+
+pub mod memory;
+pub mod redis;
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use crate::batch::{BatchRecord, BatchState};
+use crate::error::QueueError;
+
+/// What a settlement did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Settlement {
+    /// Counted now. `finalize` is true for exactly one settlement of a batch: the last one.
+    Counted { finalize: bool },
+    /// This job was already counted. `finalize` is true when the batch is still waiting to be
+    /// finalized (its finalizer may have died), so the caller should try to finalize.
+    Duplicate { finalize: bool },
+}
+
+impl Settlement {
+    pub fn should_finalize(self) -> bool {
+        match self {
+            Self::Counted { finalize } | Self::Duplicate { finalize } => finalize,
+        }
+    }
+}
+
+#[async_trait]
+pub trait Ledger: Send + Sync {
+    /// Writes a new batch record. Done before its first job is enqueued.
+    async fn create(&self, record: &BatchRecord) -> Result<(), QueueError>;
+
+    async fn get(&self, batch_id: &str) -> Result<Option<BatchRecord>, QueueError>;
+
+    /// Moves a batch to `state`, stamping the matching `*_at` time. Terminal states also drop
+    /// the per-job settlement bitmap.
+    async fn set_state(&self, batch_id: &str, state: BatchState) -> Result<(), QueueError>;
+
+    /// Counts one job's outcome, once.
+    async fn settle(
+        &self,
+        batch_id: &str,
+        seq: u64,
+        success: bool,
+        cost_nanos: i64,
+    ) -> Result<Settlement, QueueError>;
+
+    /// Takes the finalization lease for a batch. Only the holder writes the batch files.
+    async fn try_lock_finalize(
+        &self,
+        batch_id: &str,
+        owner: &str,
+        ttl: Duration,
+    ) -> Result<bool, QueueError>;
+
+    /// The newest batches, newest first.
+    async fn list(&self, limit: usize) -> Result<Vec<BatchRecord>, QueueError>;
+}

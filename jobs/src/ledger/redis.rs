@@ -1,0 +1,228 @@
+//! Redis ledger, shared by every worker: one hash per batch, a settlement bitmap while it runs.
+//!
+//! Keys: `by:batch:{<id>}` (hash), `by:batch:{<id>}:settled` (bitmap, dropped when the batch
+//! ends), `by:batch:{<id>}:final` (finalization lease), and `by:batches` (ids by creation).
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use redis::aio::ConnectionManager;
+use redis::{AsyncCommands, Script};
+
+use super::{Ledger, Settlement};
+use crate::batch::{BatchRecord, BatchState, RequestCounts, now_secs};
+use crate::error::QueueError;
+
+const INDEX_KEY: &str = "by:batches";
+
+fn record_key(id: &str) -> String {
+    format!("by:batch:{{{id}}}")
+}
+
+fn settled_key(id: &str) -> String {
+    format!("by:batch:{{{id}}}:settled")
+}
+
+fn lease_key(id: &str) -> String {
+    format!("by:batch:{{{id}}}:final")
+}
+
+/// Returns {counted, finalize}; -1 when the batch does not exist.
+const SETTLE_LUA: &str = r#"
+if redis.call('EXISTS', KEYS[1]) == 0 then return {-1, 0} end
+local state = redis.call('HGET', KEYS[1], 'state')
+if state == 'completed' or state == 'failed' or state == 'expired' or state == 'cancelled' then
+  return {0, 0}
+end
+local total = tonumber(redis.call('HGET', KEYS[1], 'total') or '0')
+if redis.call('SETBIT', KEYS[2], ARGV[1], 1) == 1 then
+  if state == 'finalizing' then return {0, 1} end
+  return {0, 0}
+end
+if ARGV[2] == '1' then
+  redis.call('HINCRBY', KEYS[1], 'completed', 1)
+else
+  redis.call('HINCRBY', KEYS[1], 'failed', 1)
+end
+redis.call('HINCRBY', KEYS[1], 'spent_nanos', ARGV[3])
+local done = tonumber(redis.call('HGET', KEYS[1], 'completed') or '0')
+  + tonumber(redis.call('HGET', KEYS[1], 'failed') or '0')
+if done >= total then
+  redis.call('HSET', KEYS[1], 'state', 'finalizing', 'finalizing_at', ARGV[4])
+  return {1, 1}
+end
+return {1, 0}
+"#;
+
+#[derive(Clone)]
+pub struct RedisLedger {
+    conn: ConnectionManager,
+    settle: Script,
+}
+
+impl RedisLedger {
+    pub fn new(conn: ConnectionManager) -> Self {
+        Self {
+            conn,
+            settle: Script::new(SETTLE_LUA),
+        }
+    }
+}
+
+fn parse_record(id: &str, map: &HashMap<String, String>) -> Option<BatchRecord> {
+    let num = |k: &str| map.get(k).and_then(|v| v.parse::<u64>().ok());
+    let state = BatchState::parse(map.get("state")?)?;
+    Some(BatchRecord {
+        id: id.to_string(),
+        state,
+        counts: RequestCounts {
+            total: num("total").unwrap_or(0),
+            completed: num("completed").unwrap_or(0),
+            failed: num("failed").unwrap_or(0),
+        },
+        spent_nanos: map
+            .get("spent_nanos")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0),
+        budget_usd: map.get("budget_usd").and_then(|v| v.parse().ok()),
+        task: map.get("task").cloned(),
+        storage_url: map.get("storage_url").cloned().unwrap_or_default(),
+        created_at: num("created_at").unwrap_or(0),
+        in_progress_at: num("in_progress_at"),
+        finalizing_at: num("finalizing_at"),
+        completed_at: num("completed_at"),
+    })
+}
+
+fn state_stamp_field(state: BatchState) -> Option<&'static str> {
+    match state {
+        BatchState::InProgress => Some("in_progress_at"),
+        BatchState::Finalizing => Some("finalizing_at"),
+        s if s.is_terminal() => Some("completed_at"),
+        _ => None,
+    }
+}
+
+#[async_trait]
+impl Ledger for RedisLedger {
+    async fn create(&self, record: &BatchRecord) -> Result<(), QueueError> {
+        let mut fields: Vec<(&str, String)> = vec![
+            ("state", record.state.as_str().to_string()),
+            ("total", record.counts.total.to_string()),
+            ("completed", record.counts.completed.to_string()),
+            ("failed", record.counts.failed.to_string()),
+            ("spent_nanos", record.spent_nanos.to_string()),
+            ("storage_url", record.storage_url.clone()),
+            ("created_at", record.created_at.to_string()),
+        ];
+        if let Some(b) = record.budget_usd {
+            fields.push(("budget_usd", b.to_string()));
+        }
+        if let Some(t) = &record.task {
+            fields.push(("task", t.clone()));
+        }
+        let mut conn = self.conn.clone();
+        redis::pipe()
+            .atomic()
+            .del(record_key(&record.id))
+            .del(settled_key(&record.id))
+            .hset_multiple(record_key(&record.id), &fields)
+            .zadd(INDEX_KEY, &record.id, record.created_at)
+            .query_async::<()>(&mut conn)
+            .await?;
+        Ok(())
+    }
+
+    async fn get(&self, batch_id: &str) -> Result<Option<BatchRecord>, QueueError> {
+        let mut conn = self.conn.clone();
+        let map: HashMap<String, String> = conn.hgetall(record_key(batch_id)).await?;
+        if map.is_empty() {
+            return Ok(None);
+        }
+        Ok(parse_record(batch_id, &map))
+    }
+
+    async fn set_state(&self, batch_id: &str, state: BatchState) -> Result<(), QueueError> {
+        let mut conn = self.conn.clone();
+        let exists: bool = conn.exists(record_key(batch_id)).await?;
+        if !exists {
+            return Err(QueueError::BatchNotFound(batch_id.to_string()));
+        }
+        let mut pipe = redis::pipe();
+        pipe.atomic()
+            .hset(record_key(batch_id), "state", state.as_str());
+        if let Some(field) = state_stamp_field(state) {
+            pipe.hset(record_key(batch_id), field, now_secs());
+        }
+        if state.is_terminal() {
+            pipe.del(settled_key(batch_id)).del(lease_key(batch_id));
+        }
+        pipe.query_async::<()>(&mut conn).await?;
+        Ok(())
+    }
+
+    async fn settle(
+        &self,
+        batch_id: &str,
+        seq: u64,
+        success: bool,
+        cost_nanos: i64,
+    ) -> Result<Settlement, QueueError> {
+        let mut conn = self.conn.clone();
+        let (counted, finalize): (i64, i64) = self
+            .settle
+            .key(record_key(batch_id))
+            .key(settled_key(batch_id))
+            .arg(seq)
+            .arg(if success { "1" } else { "0" })
+            .arg(cost_nanos)
+            .arg(now_secs())
+            .invoke_async(&mut conn)
+            .await?;
+        match counted {
+            -1 => Err(QueueError::BatchNotFound(batch_id.to_string())),
+            1 => Ok(Settlement::Counted {
+                finalize: finalize == 1,
+            }),
+            _ => Ok(Settlement::Duplicate {
+                finalize: finalize == 1,
+            }),
+        }
+    }
+
+    async fn try_lock_finalize(
+        &self,
+        batch_id: &str,
+        owner: &str,
+        ttl: Duration,
+    ) -> Result<bool, QueueError> {
+        let mut conn = self.conn.clone();
+        let set: Option<String> = redis::cmd("SET")
+            .arg(lease_key(batch_id))
+            .arg(owner)
+            .arg("NX")
+            .arg("PX")
+            .arg(ttl.as_millis() as u64)
+            .query_async(&mut conn)
+            .await?;
+        if set.is_some() {
+            return Ok(true);
+        }
+        let holder: Option<String> = conn.get(lease_key(batch_id)).await?;
+        Ok(holder.as_deref() == Some(owner))
+    }
+
+    async fn list(&self, limit: usize) -> Result<Vec<BatchRecord>, QueueError> {
+        let mut conn = self.conn.clone();
+        let stop = limit.max(1) as isize - 1;
+        let ids: Vec<String> = conn.zrevrange(INDEX_KEY, 0, stop).await?;
+        let mut out = Vec::with_capacity(ids.len());
+        for id in ids {
+            if let Some(record) = self.get(&id).await? {
+                out.push(record);
+            }
+        }
+        Ok(out)
+    }
+}
