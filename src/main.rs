@@ -1,1 +1,70 @@
-fn main(){}
+//! # batchyard: the binary
+//!
+//! - [`cli`]: the subcommands and their flags.
+//! - [`commands`]: one module per subcommand (`run`, `submit`, `worker`, `status`, `results`).
+//! - [`config`]: finding, parsing and validating the config file.
+//! - [`app`]: the queue, ledger and store a command works with.
+//! - [`submission`]: streaming validation and chunked enqueue of a batch.
+//! - [`batch_view`]: the batch object printed by `--json`.
+//! - [`telemetry`]: logs, plain or JSON.
+//! - [`exit`]: exit codes (0 ok, 2 bad usage or input, 1 anything else).
+
+mod app;
+mod batch_view;
+mod cli;
+mod commands;
+mod config;
+mod exit;
+mod submission;
+mod telemetry;
+
+use std::collections::BTreeMap;
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use crate::cli::{Cli, Command};
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::SUCCESS
+            };
+        }
+    };
+    let env: BTreeMap<String, String> = std::env::vars().collect();
+    let default_filter = match cli.command {
+        Command::Worker(_) => "info",
+        _ => "warn",
+    };
+    telemetry::init(&env, default_filter);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let config = cli.config.as_deref();
+    let result = runtime.block_on(async {
+        match &cli.command {
+            Command::Run(args) => commands::run::run(config, args, &env).await,
+            Command::Submit(args) => commands::submit::submit(config, args, &env).await,
+            Command::Worker(args) => commands::worker::worker(config, args, &env).await,
+            Command::Status(args) => commands::status::status(config, args, &env).await,
+            Command::Results(args) => commands::results::results(config, args, &env).await,
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(exit::code_for(&e) as u8)
+        }
+    }
+}

@@ -1,1 +1,16 @@
-
+//! # batchyard-workers: what a worker does with a job
+//!
+//! - [`pool`]: the generic worker: claim, run with bounded concurrency (apalis), drain.
+//! - [`runner`]: the job body: route, call with retries, store the outcome, settle, ack.
+//! - [`finalize`]: the one finalizer per batch: `output.jsonl`, `errors.jsonl`, `manifest.json`.
+//! - [`catalog`]: models (prices, tiers, context) and tasks (templates, constraints).
+//! - [`router`]: the cheapest adequate models for a job, in order.
+//! - [`provider`]: the provider trait's enum dispatch: `simulated`, `openai`.
+//! - [`retry`]: the one retry module: backoff with full jitter, provider hints honoured.
+pub mod catalog;
+pub mod finalize;
+pub mod pool;
+pub mod provider;
+pub mod retry;
+pub mod router;
+pub mod runner;

@@ -155,12 +155,6 @@ impl DocumentLister {
         };
         if result.is_none() {
             self.done = true;
-            if self.skipped > 0 {
-                tracing::warn!(
-                    skipped = self.skipped,
-                    "skipped files that are not .txt or .md"
-                );
-            }
             if self.produced == 0 {
                 let name = match &self.walk {
                     Walk::Folder { root, .. } => root.display().to_string(),

@@ -1,1 +1,324 @@
-//! In-process queue for `batchyard run` with no Redis. (Written by the queue work.)
+//! In-process queue for `batchyard run` with no Redis.
+//!
+//! Same contract as the Redis queue: FIFO pending jobs, an in-flight map with a visibility
+//! timeout (a job not acked in time is handed to the next claimer with its delivery count
+//! raised), delayed jobs promoted in bounded chunks, and dead letters kept for the retention.
+//! `claim` sleeps on a [`Notify`] (and the next due time), never in a busy loop.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use tokio::sync::{Mutex, Notify};
+use tokio::time::Instant;
+
+use super::{DeadLetter, Delivery, Queue, QueueDepth, QueueOptions};
+use crate::error::QueueError;
+use crate::job::Job;
+
+/// Hard cap on dead letters kept in memory, on top of the retention.
+const MAX_DEAD_LETTERS: usize = 100_000;
+
+#[derive(Debug)]
+struct Waiting {
+    job: Job,
+    /// Deliveries so far (0 for a job never delivered).
+    deliveries: u64,
+}
+
+#[derive(Debug)]
+struct InFlight {
+    job: Job,
+    deliveries: u64,
+    deadline: Instant,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    next_id: u64,
+    pending: VecDeque<Waiting>,
+    in_flight: HashMap<u64, InFlight>,
+    /// In-flight handles by visibility deadline, so reclaiming never scans the whole map.
+    expiries: BTreeMap<(Instant, u64), ()>,
+    delayed: BTreeMap<(Instant, u64), Job>,
+    dead: VecDeque<(Instant, DeadLetter)>,
+    high_water: HashMap<String, u64>,
+}
+
+impl State {
+    fn next_id(&mut self) -> u64 {
+        self.next_id += 1;
+        self.next_id
+    }
+
+    fn take_in_flight(&mut self, handle: &str) -> Option<InFlight> {
+        let id: u64 = handle.parse().ok()?;
+        let entry = self.in_flight.remove(&id)?;
+        self.expiries.remove(&(entry.deadline, id));
+        Some(entry)
+    }
+
+    fn deliver(
+        &mut self,
+        id: u64,
+        job: Job,
+        deliveries: u64,
+        deadline: Instant,
+        out: &mut Vec<Delivery>,
+    ) {
+        out.push(Delivery {
+            handle: id.to_string(),
+            job: job.clone(),
+            deliveries,
+        });
+        self.expiries.insert((deadline, id), ());
+        self.in_flight.insert(
+            id,
+            InFlight {
+                job,
+                deliveries,
+                deadline,
+            },
+        );
+    }
+
+    /// Hands expired in-flight jobs to this claimer, keeping their handles.
+    fn reclaim(&mut self, now: Instant, visibility: Duration, max: usize, out: &mut Vec<Delivery>) {
+        while out.len() < max {
+            let Some((&(deadline, id), ())) = self.expiries.first_key_value() else {
+                break;
+            };
+            if deadline > now {
+                break;
+            }
+            self.expiries.remove(&(deadline, id));
+            if let Some(entry) = self.in_flight.remove(&id) {
+                self.deliver(id, entry.job, entry.deliveries + 1, now + visibility, out);
+            }
+        }
+    }
+
+    /// Moves at most `chunk` due delayed jobs to the back of the pending queue.
+    fn promote(&mut self, now: Instant, chunk: usize) -> usize {
+        let mut moved = 0;
+        while moved < chunk {
+            match self.delayed.first_key_value() {
+                Some((&(due, _), _)) if due <= now => {}
+                _ => break,
+            }
+            if let Some((_, job)) = self.delayed.pop_first() {
+                self.pending.push_back(Waiting { job, deliveries: 0 });
+                moved += 1;
+            }
+        }
+        moved
+    }
+
+    fn prune_dead(&mut self, now: Instant, retention: Duration) {
+        while let Some((at, _)) = self.dead.front() {
+            if now.saturating_duration_since(*at) > retention || self.dead.len() > MAX_DEAD_LETTERS
+            {
+                self.dead.pop_front();
+            } else {
+                break;
+            }
+        }
+    }
+
+    /// When a sleeping claimer should look again even if nothing is enqueued.
+    fn next_wakeup(&self) -> Option<Instant> {
+        let due = self.delayed.first_key_value().map(|(&(due, _), _)| due);
+        let expiry = self.expiries.first_key_value().map(|(&(at, _), ())| at);
+        match (due, expiry) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+}
+
+/// The in-process implementation of [`Queue`].
+pub struct MemoryQueue {
+    opts: QueueOptions,
+    state: Mutex<State>,
+    notify: Notify,
+}
+
+impl MemoryQueue {
+    pub fn new(opts: QueueOptions) -> Self {
+        Self {
+            opts,
+            state: Mutex::new(State::default()),
+            notify: Notify::new(),
+        }
+    }
+
+    /// Forgets a batch's enqueue high-water mark. Call after the batch is finalized.
+    pub async fn forget_batch(&self, batch_id: &str) {
+        self.state.lock().await.high_water.remove(batch_id);
+    }
+
+    /// Moves at most `promote_chunk` due delayed jobs to pending; returns how many.
+    pub async fn promote_due(&self) -> usize {
+        let moved = {
+            let mut state = self.state.lock().await;
+            state.promote(Instant::now(), self.opts.promote_chunk.max(1))
+        };
+        if moved > 0 {
+            self.notify.notify_waiters();
+        }
+        moved
+    }
+}
+
+fn now_millis() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or_default()
+}
+
+#[async_trait]
+impl Queue for MemoryQueue {
+    async fn enqueue_chunk(
+        &self,
+        batch_id: &str,
+        chunk_no: u64,
+        jobs: &[Job],
+    ) -> Result<(), QueueError> {
+        {
+            let mut state = self.state.lock().await;
+            if state
+                .high_water
+                .get(batch_id)
+                .is_some_and(|&hwm| chunk_no <= hwm)
+            {
+                return Ok(());
+            }
+            state.high_water.insert(batch_id.to_string(), chunk_no);
+            state.pending.extend(jobs.iter().map(|job| Waiting {
+                job: job.clone(),
+                deliveries: 0,
+            }));
+        }
+        self.notify.notify_waiters();
+        Ok(())
+    }
+
+    async fn claim(
+        &self,
+        _consumer: &str,
+        max: usize,
+        block: Duration,
+    ) -> Result<Vec<Delivery>, QueueError> {
+        let mut out = Vec::new();
+        if max == 0 {
+            return Ok(out);
+        }
+        let deadline = Instant::now() + block;
+        loop {
+            let notified = self.notify.notified();
+            let wake_at = {
+                let mut state = self.state.lock().await;
+                let now = Instant::now();
+                let visibility = self.opts.visibility_timeout;
+                state.reclaim(now, visibility, max, &mut out);
+                state.promote(now, self.opts.promote_chunk.max(1));
+                while out.len() < max {
+                    let Some(waiting) = state.pending.pop_front() else {
+                        break;
+                    };
+                    let id = state.next_id();
+                    state.deliver(
+                        id,
+                        waiting.job,
+                        waiting.deliveries + 1,
+                        now + visibility,
+                        &mut out,
+                    );
+                }
+                if !out.is_empty() || now >= deadline {
+                    return Ok(out);
+                }
+                // `notified` was created before the lock was taken, so an enqueue that
+                // happens after this check still wakes us (notify_waiters semantics).
+                state.next_wakeup().map_or(deadline, |at| at.min(deadline))
+            };
+            // Either woken by an enqueue, or the next due/expiry time or the deadline passed.
+            let _ = tokio::time::timeout_at(wake_at, notified).await;
+        }
+    }
+
+    async fn ack(&self, delivery: &Delivery) -> Result<(), QueueError> {
+        self.state.lock().await.take_in_flight(&delivery.handle);
+        Ok(())
+    }
+
+    async fn retry_later(
+        &self,
+        delivery: &Delivery,
+        job: &Job,
+        delay: Duration,
+    ) -> Result<(), QueueError> {
+        {
+            let mut state = self.state.lock().await;
+            state.take_in_flight(&delivery.handle);
+            let id = state.next_id();
+            state
+                .delayed
+                .insert((Instant::now() + delay, id), job.clone());
+        }
+        // A sleeping claimer must recompute its wake-up time for the new due date.
+        self.notify.notify_waiters();
+        Ok(())
+    }
+
+    async fn dead_letter(
+        &self,
+        delivery: &Delivery,
+        code: &str,
+        message: &str,
+    ) -> Result<(), QueueError> {
+        let mut state = self.state.lock().await;
+        state.take_in_flight(&delivery.handle);
+        let now = Instant::now();
+        state.dead.push_back((
+            now,
+            DeadLetter {
+                job: delivery.job.clone(),
+                code: code.to_string(),
+                message: message.to_string(),
+                at_millis: now_millis(),
+            },
+        ));
+        state.prune_dead(now, self.opts.dead_letter_retention);
+        Ok(())
+    }
+
+    async fn depth(&self) -> Result<QueueDepth, QueueError> {
+        let mut state = self.state.lock().await;
+        state.prune_dead(Instant::now(), self.opts.dead_letter_retention);
+        let n = |len: usize| u64::try_from(len).unwrap_or(u64::MAX);
+        Ok(QueueDepth {
+            pending: n(state.pending.len()),
+            in_flight: n(state.in_flight.len()),
+            delayed: n(state.delayed.len()),
+            dead: n(state.dead.len()),
+        })
+    }
+
+    async fn dead_letters(&self, limit: usize) -> Result<Vec<DeadLetter>, QueueError> {
+        let mut state = self.state.lock().await;
+        state.prune_dead(Instant::now(), self.opts.dead_letter_retention);
+        Ok(state
+            .dead
+            .iter()
+            .rev()
+            .take(limit)
+            .map(|(_, letter)| letter.clone())
+            .collect())
+    }
+
+    fn name(&self) -> &str {
+        &self.opts.name
+    }
+}

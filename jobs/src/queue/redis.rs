@@ -1,1 +1,561 @@
-//! Redis Streams queue. (Written by the queue work.)
+//! The Redis Streams queue: one stream plus a consumer group per queue.
+//!
+//! Keys, all under the hash tag `by:{<queue>}:` so they live in one Redis Cluster slot:
+//!
+//! | key | type | holds |
+//! |---|---|---|
+//! | `stream` | stream, group `workers` | pending and in-flight jobs, JSON in field `j` |
+//! | `enq` | hash | per-batch high-water mark of applied chunks (idempotent enqueue) |
+//! | `delayed` | zset, score = due epoch ms | `<entry id>\|<job JSON>` waiting for a retry delay |
+//! | `dead` | zset, score = epoch ms | [`DeadLetter`] JSON, trimmed to the retention |
+//!
+//! Acks delete the entry, so `XLEN` is pending plus in flight and depth is exact. Every
+//! multi-step change is one Lua script (see `scripts/`), so a retry after a client timeout
+//! never half-applies. Times that matter (due dates, retention) come from the Redis clock.
+
+mod scripts;
+mod wire;
+
+use std::sync::{Mutex, MutexGuard};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use redis::aio::ConnectionManager;
+use redis::{RedisError, Value};
+use tokio::time::Instant;
+
+use self::scripts::Scripts;
+use self::wire::RawEntry;
+use super::{DeadLetter, Delivery, Queue, QueueDepth, QueueOptions};
+use crate::error::QueueError;
+use crate::job::Job;
+
+/// The consumer group every worker joins.
+pub const GROUP: &str = "workers";
+/// At most this many idle entries are reclaimed per claim.
+const RECLAIM_BATCH: usize = 100;
+/// Delayed jobs are promoted at most this often per process (unless more are known due).
+const PROMOTE_EVERY: Duration = Duration::from_millis(250);
+/// Housekeeping (idle consumers, old dead letters) runs at most this often per process.
+const HOUSEKEEPING_EVERY: Duration = Duration::from_secs(300);
+/// A consumer with nothing pending and idle this long is deleted from the group.
+const CONSUMER_MAX_IDLE: Duration = Duration::from_secs(3600);
+/// Without a dedicated connection, an empty read is retried after this pause, doubling up to
+/// [`MAX_POLL`]. A `BLOCK` on the shared, multiplexed connection would hold up every command
+/// queued behind it, and Redis ends blocks on its `hz` timer (100 ms at the default `hz 10`),
+/// so even `BLOCK 50` stalled other commands by 80-200 ms when measured.
+const FIRST_POLL: Duration = Duration::from_millis(10);
+const MAX_POLL: Duration = Duration::from_millis(100);
+/// Longest single `BLOCK` on a dedicated connection; short enough to promote due retries.
+const DEDICATED_BLOCK_SLICE: Duration = PROMOTE_EVERY;
+
+/// A consumer name unique across processes and restarts: `<hostname>-<pid>-<ulid>`.
+pub fn unique_consumer_name() -> String {
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .or_else(|| {
+            std::fs::read_to_string("/etc/hostname")
+                .ok()
+                .map(|h| h.trim().to_string())
+                .filter(|h| !h.is_empty())
+        })
+        .unwrap_or_else(|| "host".to_string());
+    format!(
+        "{host}-{}-{}",
+        std::process::id(),
+        ulid::Ulid::new().to_string().to_lowercase()
+    )
+}
+
+#[derive(Debug, Default)]
+struct Timers {
+    last_reclaim: Option<Instant>,
+    reclaim_more: bool,
+    last_promote: Option<Instant>,
+    promote_more: bool,
+    last_housekeeping: Option<Instant>,
+}
+
+/// The Redis Streams implementation of [`Queue`].
+pub struct RedisQueue {
+    conn: ConnectionManager,
+    /// Used for blocking reads when set, so they never delay commands on `conn`.
+    blocking: Option<ConnectionManager>,
+    opts: QueueOptions,
+    stream: String,
+    enq: String,
+    delayed: String,
+    dead: String,
+    scripts: Scripts,
+    timers: Mutex<Timers>,
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// The consumer group (or the whole stream) is missing, e.g. after a Redis restart that
+/// lost its data. Script errors carry the code only in their text.
+fn is_nogroup(e: &QueueError) -> bool {
+    matches!(e, QueueError::Redis(msg) if msg.contains("NOGROUP"))
+}
+
+impl RedisQueue {
+    /// Opens the queue named in `opts`, creating its stream and consumer group if missing.
+    pub async fn new(conn: ConnectionManager, opts: QueueOptions) -> Result<Self, QueueError> {
+        let prefix = format!("by:{{{}}}:", opts.name);
+        let queue = Self {
+            conn,
+            blocking: None,
+            stream: format!("{prefix}stream"),
+            enq: format!("{prefix}enq"),
+            delayed: format!("{prefix}delayed"),
+            dead: format!("{prefix}dead"),
+            opts,
+            scripts: Scripts::new(),
+            timers: Mutex::new(Timers::default()),
+        };
+        queue.ensure_group().await?;
+        Ok(queue)
+    }
+
+    /// Opens the queue with two connections to `url`: a shared one for everything, and one of
+    /// its own for blocking reads (the recommended setup for workers).
+    pub async fn open(url: &str, opts: QueueOptions) -> Result<Self, QueueError> {
+        let shared = crate::redis_conn::connect(url).await?;
+        let blocking = crate::redis_conn::connect(url).await?;
+        Ok(Self::new(shared, opts).await?.with_blocking_connection(blocking))
+    }
+
+    /// Uses `conn` (a connection of its own, e.g. a second [`crate::redis_conn::connect`])
+    /// for blocking reads (`XREADGROUP ... BLOCK`). Without one, `claim` never blocks inside
+    /// Redis: it polls with short client-side pauses, so the shared connection never stalls.
+    pub fn with_blocking_connection(mut self, conn: ConnectionManager) -> Self {
+        self.blocking = Some(conn);
+        self
+    }
+
+    /// The options this queue was opened with.
+    pub fn options(&self) -> &QueueOptions {
+        &self.opts
+    }
+
+    /// The stream key (for diagnostics and tests).
+    pub fn stream_key(&self) -> &str {
+        &self.stream
+    }
+
+    /// Creates the consumer group (and the stream) if missing. Safe to call any time.
+    pub async fn ensure_group(&self) -> Result<(), QueueError> {
+        let mut conn = self.conn.clone();
+        let res: Result<Value, RedisError> = redis::cmd("XGROUP")
+            .arg("CREATE")
+            .arg(&self.stream)
+            .arg(GROUP)
+            .arg("0")
+            .arg("MKSTREAM")
+            .query_async(&mut conn)
+            .await;
+        match res {
+            Ok(_) => Ok(()),
+            Err(e) if e.code() == Some("BUSYGROUP") || e.to_string().contains("BUSYGROUP") => {
+                Ok(())
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Forgets a batch's enqueue high-water mark. Call after the batch is finalized.
+    pub async fn forget_batch(&self, batch_id: &str) -> Result<(), QueueError> {
+        let mut conn = self.conn.clone();
+        let _: i64 = redis::cmd("HDEL")
+            .arg(&self.enq)
+            .arg(batch_id)
+            .query_async(&mut conn)
+            .await?;
+        Ok(())
+    }
+
+    /// Moves at most `promote_chunk` due delayed jobs into the stream; returns how many.
+    pub async fn promote_due(&self) -> Result<usize, QueueError> {
+        let mut conn = self.conn.clone();
+        let moved: u64 = self
+            .scripts
+            .promote
+            .key(&self.delayed)
+            .key(&self.stream)
+            .arg(self.opts.promote_chunk.max(1))
+            .invoke_async(&mut conn)
+            .await?;
+        let moved = usize::try_from(moved).unwrap_or(usize::MAX);
+        let mut t = self.timers();
+        t.last_promote = Some(Instant::now());
+        t.promote_more = moved >= self.opts.promote_chunk.max(1);
+        Ok(moved)
+    }
+
+    /// Deletes up to 100 consumers that have nothing pending and were idle at least
+    /// `min_idle`, and drops dead letters past retention. Returns the consumers deleted.
+    /// Runs by itself every few minutes from `claim`.
+    pub async fn housekeeping(&self, min_idle: Duration) -> Result<usize, QueueError> {
+        let mut conn = self.conn.clone();
+        let (deleted, _dropped): (u64, u64) = self
+            .scripts
+            .housekeeping
+            .key(&self.stream)
+            .key(&self.dead)
+            .arg(GROUP)
+            .arg(millis(min_idle))
+            .arg(100)
+            .arg(millis(self.opts.dead_letter_retention))
+            .invoke_async(&mut conn)
+            .await?;
+        Ok(usize::try_from(deleted).unwrap_or(usize::MAX))
+    }
+
+    fn timers(&self) -> MutexGuard<'_, Timers> {
+        self.timers.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Whether this call should run the reclaim; reserves the slot so concurrent claims in
+    /// this process do not all run it.
+    fn take_reclaim_turn(&self, now: Instant) -> bool {
+        let every = self.opts.visibility_timeout / 4;
+        let mut t = self.timers();
+        let due = t.reclaim_more || t.last_reclaim.is_none_or(|at| now >= at + every);
+        if due {
+            t.last_reclaim = Some(now);
+            t.reclaim_more = false;
+        }
+        due
+    }
+
+    fn take_promote_turn(&self, now: Instant) -> bool {
+        let mut t = self.timers();
+        let due = t.promote_more || t.last_promote.is_none_or(|at| now >= at + PROMOTE_EVERY);
+        if due {
+            t.last_promote = Some(now);
+            t.promote_more = false;
+        }
+        due
+    }
+
+    fn take_housekeeping_turn(&self, now: Instant) -> bool {
+        let mut t = self.timers();
+        let due = t
+            .last_housekeeping
+            .is_none_or(|at| now >= at + HOUSEKEEPING_EVERY);
+        if due {
+            t.last_housekeeping = Some(now);
+        }
+        due
+    }
+
+    async fn reclaim(&self, consumer: &str, max: usize) -> Result<Vec<RawEntry>, QueueError> {
+        let count = max.min(RECLAIM_BATCH);
+        let mut conn = self.conn.clone();
+        let reply: Value = self
+            .scripts
+            .reclaim
+            .key(&self.stream)
+            .arg(GROUP)
+            .arg(consumer)
+            .arg(millis(self.opts.visibility_timeout))
+            .arg(count)
+            .invoke_async(&mut conn)
+            .await?;
+        let entries = wire::reclaimed_entries(&reply);
+        if entries.len() >= count {
+            self.timers().reclaim_more = true;
+        }
+        Ok(entries)
+    }
+
+    async fn read_group(
+        &self,
+        consumer: &str,
+        count: usize,
+        block: Option<Duration>,
+    ) -> Result<Vec<RawEntry>, QueueError> {
+        let mut cmd = redis::cmd("XREADGROUP");
+        cmd.arg("GROUP").arg(GROUP).arg(consumer).arg("COUNT").arg(count);
+        if let Some(block) = block {
+            // BLOCK 0 would wait forever: always at least 1 ms.
+            cmd.arg("BLOCK").arg(millis(block).max(1));
+        }
+        cmd.arg("STREAMS").arg(&self.stream).arg(">");
+        let mut conn = match (&self.blocking, block) {
+            (Some(dedicated), Some(_)) => dedicated.clone(),
+            _ => self.conn.clone(),
+        };
+        let reply: Value = cmd.query_async(&mut conn).await?;
+        Ok(wire::read_group_entries(&reply))
+    }
+
+    /// Turns raw entries into deliveries; undecodable ones become `malformed_job` dead
+    /// letters. A failure to dead-letter one is logged and left for a later reclaim.
+    async fn decode(&self, entries: Vec<RawEntry>, out: &mut Vec<Delivery>) {
+        for entry in entries {
+            match serde_json::from_slice::<Job>(&entry.job) {
+                Ok(job) => out.push(Delivery {
+                    handle: entry.id,
+                    job,
+                    deliveries: entry.deliveries,
+                }),
+                Err(e) => {
+                    let letter = DeadLetter {
+                        job: wire::placeholder_job(&entry.job),
+                        code: "malformed_job".into(),
+                        message: format!(
+                            "stream entry {} could not be decoded as a job: {e}; raw: {}",
+                            entry.id,
+                            wire::excerpt(&entry.job, 512)
+                        ),
+                        at_millis: now_millis(),
+                    };
+                    tracing::warn!(queue = %self.opts.name, entry = %entry.id, error = %e, "malformed job moved to dead letters");
+                    if let Err(err) = self.store_dead(&entry.id, &letter).await {
+                        tracing::warn!(queue = %self.opts.name, entry = %entry.id, error = %err, "could not dead-letter a malformed job; it will be reclaimed and retried");
+                    }
+                }
+            }
+        }
+    }
+
+    async fn store_dead(&self, handle: &str, letter: &DeadLetter) -> Result<(), QueueError> {
+        let member = serde_json::to_string(letter)
+            .map_err(|e| QueueError::Decode(format!("dead letter could not be encoded: {e}")))?;
+        let mut conn = self.conn.clone();
+        let _: i64 = self
+            .scripts
+            .dead
+            .key(&self.stream)
+            .key(&self.dead)
+            .arg(GROUP)
+            .arg(handle)
+            .arg(millis(self.opts.dead_letter_retention))
+            .arg(member)
+            .invoke_async(&mut conn)
+            .await?;
+        Ok(())
+    }
+
+    /// One pass of reclaim, promotion and a read, blocking at most `block`.
+    async fn claim_once(
+        &self,
+        consumer: &str,
+        max: usize,
+        block: Option<Duration>,
+        out: &mut Vec<Delivery>,
+    ) -> Result<(), QueueError> {
+        let now = Instant::now();
+        if self.take_reclaim_turn(now) {
+            let entries = match self.reclaim(consumer, max - out.len()).await {
+                Ok(entries) => entries,
+                Err(e) => {
+                    // Let the next call try again rather than wait a full interval.
+                    self.timers().reclaim_more = true;
+                    return Err(e);
+                }
+            };
+            self.decode(entries, out).await;
+            if self.take_housekeeping_turn(now) {
+                if let Err(e) = self.housekeeping(CONSUMER_MAX_IDLE).await {
+                    tracing::warn!(queue = %self.opts.name, error = %e, "queue housekeeping failed");
+                }
+            }
+        }
+        if self.take_promote_turn(now) {
+            if let Err(e) = self.promote_due().await {
+                self.timers().promote_more = true;
+                return Err(e);
+            }
+        }
+        if out.len() < max {
+            let block = if out.is_empty() { block } else { None };
+            let entries = self.read_group(consumer, max - out.len(), block).await?;
+            self.decode(entries, out).await;
+        }
+        Ok(())
+    }
+}
+
+fn now_millis() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| millis(d))
+        .unwrap_or_default()
+}
+
+#[async_trait]
+impl Queue for RedisQueue {
+    async fn enqueue_chunk(
+        &self,
+        batch_id: &str,
+        chunk_no: u64,
+        jobs: &[Job],
+    ) -> Result<(), QueueError> {
+        let mut invocation = self.scripts.enqueue.key(&self.stream);
+        invocation.key(&self.enq).arg(batch_id).arg(chunk_no);
+        for job in jobs {
+            let json = serde_json::to_vec(job)
+                .map_err(|e| QueueError::Decode(format!("job could not be encoded: {e}")))?;
+            invocation.arg(json);
+        }
+        let mut conn = self.conn.clone();
+        let _: i64 = invocation.invoke_async(&mut conn).await?;
+        Ok(())
+    }
+
+    async fn claim(
+        &self,
+        consumer: &str,
+        max: usize,
+        block: Duration,
+    ) -> Result<Vec<Delivery>, QueueError> {
+        let mut out = Vec::new();
+        if max == 0 {
+            return Ok(out);
+        }
+        let deadline = Instant::now() + block;
+        let mut regrouped = false;
+        let mut pause = FIRST_POLL;
+        loop {
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            let block = match &self.blocking {
+                Some(_) if !remaining.is_zero() => Some(remaining.min(DEDICATED_BLOCK_SLICE)),
+                _ => None,
+            };
+            match self.claim_once(consumer, max, block, &mut out).await {
+                Ok(()) => {}
+                Err(e) if is_nogroup(&e) && !regrouped => {
+                    // The group is gone (Redis restarted without persistence): recreate it.
+                    tracing::warn!(queue = %self.opts.name, "consumer group missing; recreating it");
+                    self.ensure_group().await?;
+                    regrouped = true;
+                    continue;
+                }
+                Err(e) if out.is_empty() => return Err(e),
+                Err(e) => {
+                    // Deliveries already taken must reach the worker; report the error later.
+                    tracing::warn!(queue = %self.opts.name, error = %e, "claim step failed after taking jobs");
+                    return Ok(out);
+                }
+            }
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            if !out.is_empty() || remaining.is_zero() {
+                return Ok(out);
+            }
+            if self.blocking.is_none() {
+                tokio::time::sleep(pause.min(remaining)).await;
+                pause = (pause * 2).min(MAX_POLL);
+            }
+        }
+    }
+
+    async fn ack(&self, delivery: &Delivery) -> Result<(), QueueError> {
+        let mut conn = self.conn.clone();
+        let _: i64 = self
+            .scripts
+            .ack
+            .key(&self.stream)
+            .arg(GROUP)
+            .arg(&delivery.handle)
+            .invoke_async(&mut conn)
+            .await?;
+        Ok(())
+    }
+
+    async fn retry_later(
+        &self,
+        delivery: &Delivery,
+        job: &Job,
+        delay: Duration,
+    ) -> Result<(), QueueError> {
+        let json = serde_json::to_string(job)
+            .map_err(|e| QueueError::Decode(format!("job could not be encoded: {e}")))?;
+        // Prefixed by the entry id: unique per delivery, and a blind retry of this call
+        // rewrites the same member instead of adding a second one.
+        let member = format!("{}|{json}", delivery.handle);
+        let mut conn = self.conn.clone();
+        let _: i64 = self
+            .scripts
+            .retry
+            .key(&self.stream)
+            .key(&self.delayed)
+            .arg(GROUP)
+            .arg(&delivery.handle)
+            .arg(millis(delay))
+            .arg(member)
+            .invoke_async(&mut conn)
+            .await?;
+        Ok(())
+    }
+
+    async fn dead_letter(
+        &self,
+        delivery: &Delivery,
+        code: &str,
+        message: &str,
+    ) -> Result<(), QueueError> {
+        let letter = DeadLetter {
+            job: delivery.job.clone(),
+            code: code.to_string(),
+            message: message.to_string(),
+            at_millis: now_millis(),
+        };
+        self.store_dead(&delivery.handle, &letter).await
+    }
+
+    async fn depth(&self) -> Result<QueueDepth, QueueError> {
+        let mut conn = self.conn.clone();
+        let (pending, in_flight, delayed, dead): (i64, i64, i64, i64) = self
+            .scripts
+            .depth
+            .key(&self.stream)
+            .key(&self.delayed)
+            .key(&self.dead)
+            .arg(GROUP)
+            .arg(millis(self.opts.dead_letter_retention))
+            .invoke_async(&mut conn)
+            .await?;
+        let n = |v: i64| u64::try_from(v).unwrap_or_default();
+        Ok(QueueDepth {
+            pending: n(pending),
+            in_flight: n(in_flight),
+            delayed: n(delayed),
+            dead: n(dead),
+        })
+    }
+
+    async fn dead_letters(&self, limit: usize) -> Result<Vec<DeadLetter>, QueueError> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let mut conn = self.conn.clone();
+        let members: Vec<Vec<u8>> = self
+            .scripts
+            .dead_list
+            .key(&self.dead)
+            .arg(millis(self.opts.dead_letter_retention))
+            .arg(limit)
+            .invoke_async(&mut conn)
+            .await?;
+        Ok(members
+            .iter()
+            .filter_map(|m| match serde_json::from_slice::<DeadLetter>(m) {
+                Ok(letter) => Some(letter),
+                Err(e) => {
+                    tracing::warn!(queue = %self.opts.name, error = %e, "skipping an undecodable dead letter");
+                    None
+                }
+            })
+            .collect())
+    }
+
+    fn name(&self) -> &str {
+        &self.opts.name
+    }
+}

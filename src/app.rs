@@ -1,0 +1,96 @@
+//! The running context of a command: settings plus the queue, ledger and store they name.
+
+use std::sync::Arc;
+
+use anyhow::Context;
+use batchyard_jobs::ledger::Ledger;
+use batchyard_jobs::ledger::memory::MemoryLedger;
+use batchyard_jobs::ledger::redis::RedisLedger;
+use batchyard_jobs::queue::Queue;
+use batchyard_jobs::queue::memory::MemoryQueue;
+use batchyard_jobs::queue::redis::{RedisQueue, unique_consumer_name};
+use batchyard_jobs::storage::ResultStore;
+use batchyard_workers::finalize::Finalizer;
+use batchyard_workers::runner::JobRunner;
+
+use crate::config::Settings;
+use crate::exit::UsageError;
+
+pub struct App {
+    pub settings: Settings,
+    pub queue: Arc<dyn Queue>,
+    pub ledger: Arc<dyn Ledger>,
+    pub store: ResultStore,
+    /// This process's unique consumer identity.
+    pub consumer: String,
+}
+
+impl App {
+    /// Connects what the settings name. Without a Redis URL, only `run` may go on, in-process.
+    pub async fn connect(
+        settings: Settings,
+        storage_override: Option<&str>,
+        allow_in_process: bool,
+        command: &str,
+    ) -> anyhow::Result<Self> {
+        let storage_url = storage_override.unwrap_or(&settings.storage_url).to_string();
+        let store = ResultStore::open(&storage_url, &settings.env).map_err(|e| UsageError(e.to_string()))?;
+        let consumer = unique_consumer_name();
+        let (queue, ledger): (Arc<dyn Queue>, Arc<dyn Ledger>) =
+            match &settings.redis_url {
+                Some(url) => {
+                    let conn = batchyard_jobs::redis_conn::connect(url)
+                        .await
+                        .context("cannot connect to redis")?;
+                    let queue = Arc::new(
+                        RedisQueue::new(conn.clone(), settings.queue.clone())
+                            .await
+                            .context("cannot open the redis queue")?,
+                    );
+                    (
+                        queue as Arc<dyn Queue>,
+                        Arc::new(RedisLedger::new(conn)) as Arc<dyn Ledger>,
+                    )
+                }
+                None if allow_in_process => (
+                    Arc::new(MemoryQueue::new(settings.queue.clone())) as Arc<dyn Queue>,
+                    Arc::new(MemoryLedger::new()) as Arc<dyn Ledger>,
+                ),
+                None => {
+                    return Err(UsageError(format!(
+                        "`batchyard {command}` needs redis; set BATCHYARD_REDIS_URL or [queue] redis_url in the config (only `run` works without it)"
+                    ))
+                    .into());
+                }
+            };
+        let mut settings = settings;
+        settings.storage_url = storage_url;
+        Ok(Self {
+            settings,
+            queue,
+            ledger,
+            store,
+            consumer,
+        })
+    }
+
+    pub fn finalizer(&self) -> Finalizer {
+        Finalizer::new(
+            Arc::clone(&self.ledger),
+            self.store.clone(),
+            self.consumer.clone(),
+        )
+    }
+
+    pub fn runner(&self) -> JobRunner {
+        JobRunner::new(
+            Arc::clone(&self.settings.catalog),
+            Arc::clone(&self.queue),
+            Arc::clone(&self.ledger),
+            self.store.clone(),
+            self.settings.retry.clone(),
+            self.settings.runner.clone(),
+            self.finalizer(),
+        )
+    }
+}

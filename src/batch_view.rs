@@ -1,0 +1,26 @@
+//! The batch object printed by `--json` and `status BATCH_ID`.
+
+use batchyard_jobs::batch::BatchRecord;
+use batchyard_jobs::storage::ResultStore;
+use serde_json::{Value, json};
+
+pub fn batch_json(record: &BatchRecord, store: &ResultStore) -> Value {
+    let finished = record.state.is_terminal();
+    let location = |path| finished.then(|| store.display_location(&path));
+    json!({
+        "id": record.id,
+        "object": "batch",
+        "status": record.state.as_str(),
+        "request_counts": record.counts,
+        "created_at": record.created_at,
+        "in_progress_at": record.in_progress_at,
+        "finalizing_at": record.finalizing_at,
+        "completed_at": record.completed_at,
+        "output_file": location(store.output_path(&record.id)),
+        "error_file": location(store.errors_path(&record.id)),
+        "manifest": location(store.manifest_path(&record.id)),
+        "cost_usd": record.cost_usd(),
+        "budget_usd": record.budget_usd,
+        "task": record.task,
+    })
+}

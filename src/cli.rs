@@ -1,0 +1,96 @@
+//! The command line: one binary, one subcommand per face.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "batchyard",
+    version,
+    about = "Batch job orchestrator for offline LLM workloads: the cheapest adequate model per item",
+    long_about = None
+)]
+pub struct Cli {
+    /// Config file (else BATCHYARD_CONFIG, else ./batchyard.toml, else built-in defaults)
+    #[arg(long, global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Submit and process a batch in this process (in-process queue when no Redis is configured)
+    Run(RunArgs),
+    /// Validate a batch and enqueue it to Redis, then return
+    Submit(SubmitArgs),
+    /// Process jobs from the Redis queue
+    Worker(WorkerArgs),
+    /// Show queue depth, or one batch
+    Status(StatusArgs),
+    /// Stream a finished batch's output.jsonl (or errors.jsonl) to stdout
+    Results(ResultsArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct InputArgs {
+    /// A JSONL file, a folder of .txt/.md documents, or an object-store URL (s3://bucket/prefix/)
+    pub input: String,
+    /// The task that renders documents (and routes requests whose model is "auto")
+    #[arg(long)]
+    pub task: Option<String>,
+    /// Stop spending once the batch has spent this much (USD)
+    #[arg(long, value_name = "USD")]
+    pub budget_usd: Option<f64>,
+    /// Enqueue the valid lines; record each invalid one in errors.jsonl
+    #[arg(long)]
+    pub skip_invalid: bool,
+    /// Print one JSON object (the batch) as the last line of stdout
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub input: InputArgs,
+    /// Storage URL for results (overrides config and BATCHYARD_STORAGE_URL)
+    #[arg(long, value_name = "URL")]
+    pub storage: Option<String>,
+    /// Jobs run at once
+    #[arg(long)]
+    pub concurrency: Option<usize>,
+}
+
+#[derive(Debug, Args)]
+pub struct SubmitArgs {
+    #[command(flatten)]
+    pub input: InputArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct WorkerArgs {
+    /// Jobs run at once (LLM calls are I/O bound)
+    #[arg(long)]
+    pub concurrency: Option<usize>,
+    /// Exit once the queue has been empty this many seconds
+    #[arg(long, value_name = "SECONDS")]
+    pub exit_when_idle: Option<f64>,
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// A batch id; without one, queue depth
+    pub batch_id: Option<String>,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ResultsArgs {
+    pub batch_id: String,
+    /// Stream errors.jsonl instead of output.jsonl
+    #[arg(long)]
+    pub errors: bool,
+}

@@ -1,0 +1,57 @@
+//! One module per subcommand.
+
+pub mod results;
+pub mod run;
+pub mod status;
+pub mod submit;
+pub mod worker;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use crate::config::Settings;
+use crate::submission::SubmitRequest;
+
+/// Loads settings and prints their warnings once.
+pub fn load_settings(
+    config: Option<&Path>,
+    env: &BTreeMap<String, String>,
+) -> anyhow::Result<Settings> {
+    let settings = Settings::load(config, env)?;
+    for w in &settings.warnings {
+        tracing::warn!("{w}");
+    }
+    Ok(settings)
+}
+
+pub fn submit_request(args: &crate::cli::InputArgs) -> SubmitRequest {
+    SubmitRequest {
+        input: args.input.clone(),
+        task: args.task.clone(),
+        budget_usd: args.budget_usd,
+        skip_invalid: args.skip_invalid,
+    }
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

@@ -1,0 +1,35 @@
+//! `batchyard submit`: validate and enqueue to Redis, then return.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use crate::app::App;
+use crate::batch_view::batch_json;
+use crate::cli::SubmitArgs;
+
+pub async fn submit(
+    config: Option<&Path>,
+    args: &SubmitArgs,
+    env: &BTreeMap<String, String>,
+) -> anyhow::Result<()> {
+    let settings = super::load_settings(config, env)?;
+    let app = App::connect(settings, None, false, "submit").await?;
+    let submitted = crate::submission::submit(&app, &super::submit_request(&args.input)).await?;
+    let record = &submitted.record;
+    if args.input.json {
+        println!("{}", batch_json(record, &app.store));
+    } else {
+        println!(
+            "submitted {} with {} item(s){}; watch it with `batchyard status {}`",
+            record.id,
+            record.counts.total,
+            if submitted.invalid > 0 {
+                format!(" ({} invalid, recorded in errors.jsonl)", submitted.invalid)
+            } else {
+                String::new()
+            },
+            record.id
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,413 @@
+//! Configuration: found via `--config`, then `BATCHYARD_CONFIG`, then `./batchyard.toml`, else
+//! built-in defaults. Parsed once into validated types; the environment is a parameter so tests
+//! can supply their own.
+
+mod defaults;
+mod raw;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use batchyard_jobs::input::{DEFAULT_MAX_LINE_BYTES, KnownNames};
+use batchyard_jobs::queue::QueueOptions;
+use batchyard_workers::catalog::{Catalog, ModelSpec, TaskSpec};
+use batchyard_workers::provider::{
+    OpenAiConfig, OpenAiProvider, Provider, Secret, SimulatedConfig, SimulatedProvider,
+};
+use batchyard_workers::retry::RetryPolicy;
+use batchyard_workers::runner::RunnerOptions;
+
+pub use defaults::DEFAULT_STORAGE_URL;
+use raw::{RawConfig, RawProvider};
+
+/// A config problem, naming the file, the key and the reason.
+#[derive(Debug, thiserror::Error)]
+#[error("config {file}: {key}: {reason}")]
+pub struct ConfigError {
+    pub file: String,
+    pub key: String,
+    pub reason: String,
+}
+
+/// The validated configuration.
+pub struct Settings {
+    /// The file it came from; `None` for built-in defaults.
+    pub source: Option<PathBuf>,
+    pub redis_url: Option<String>,
+    pub storage_url: String,
+    pub queue: QueueOptions,
+    pub runner: RunnerOptions,
+    pub retry: RetryPolicy,
+    pub max_line_bytes: usize,
+    pub concurrency: usize,
+    pub drain_timeout: Duration,
+    pub catalog: Arc<Catalog>,
+    /// Warnings found while loading (e.g. a provider no model uses).
+    pub warnings: Vec<String>,
+    pub env: BTreeMap<String, String>,
+}
+
+impl std::fmt::Debug for Settings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Settings")
+            .field("source", &self.source)
+            .field("storage_url", &self.storage_url)
+            .field("queue", &self.queue.name)
+            .field("catalog", &self.catalog)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Settings {
+    pub fn known_names(&self) -> KnownNames {
+        KnownNames {
+            models: self.catalog.model_keys(),
+            tasks: self.catalog.task_keys(),
+        }
+    }
+
+    /// Finds and loads the config: `explicit`, then `BATCHYARD_CONFIG`, then `./batchyard.toml`.
+    pub fn load(
+        explicit: Option<&Path>,
+        env: &BTreeMap<String, String>,
+    ) -> Result<Self, ConfigError> {
+        let path = explicit
+            .map(Path::to_path_buf)
+            .or_else(|| env.get("BATCHYARD_CONFIG").map(PathBuf::from))
+            .or_else(|| {
+                let local = PathBuf::from("batchyard.toml");
+                local.exists().then_some(local)
+            });
+        match path {
+            Some(path) => {
+                let text = std::fs::read_to_string(&path).map_err(|e| ConfigError {
+                    file: path.display().to_string(),
+                    key: "-".into(),
+                    reason: format!("cannot read the file: {e}"),
+                })?;
+                Self::from_toml(&text, Some(path), env)
+            }
+            None => Self::from_raw(RawConfig::default(), None, env),
+        }
+    }
+
+    /// Parses and validates TOML text. `path` only names the file in errors.
+    pub fn from_toml(
+        text: &str,
+        path: Option<PathBuf>,
+        env: &BTreeMap<String, String>,
+    ) -> Result<Self, ConfigError> {
+        let file = path
+            .as_ref()
+            .map_or("(built-in)".to_string(), |p| p.display().to_string());
+        let raw: RawConfig = toml::from_str(text).map_err(|e| {
+            let (key, location) = describe_toml_error(text, &e);
+            ConfigError {
+                file: format!("{file}{location}"),
+                key,
+                reason: e.message().to_string(),
+            }
+        })?;
+        Self::from_raw(raw, path, env)
+    }
+
+    fn from_raw(
+        mut raw: RawConfig,
+        source: Option<PathBuf>,
+        env: &BTreeMap<String, String>,
+    ) -> Result<Self, ConfigError> {
+        let file = source
+            .as_ref()
+            .map_or("(built-in defaults)".to_string(), |p| p.display().to_string());
+        let err = |key: &str, reason: String| ConfigError {
+            file: file.clone(),
+            key: key.to_string(),
+            reason,
+        };
+        if raw.models.is_empty() {
+            if !raw.providers.is_empty() {
+                return Err(err(
+                    "models",
+                    "providers are configured but no [models.<name>] table uses them; add a model".into(),
+                ));
+            }
+            let (name, provider) = defaults::provider();
+            raw.providers.insert(name, provider);
+            raw.models.extend(defaults::models());
+        }
+        if raw.tasks.is_empty() {
+            raw.tasks.extend(defaults::tasks());
+        }
+        let redis_url = env
+            .get("BATCHYARD_REDIS_URL")
+            .filter(|v| !v.is_empty())
+            .cloned()
+            .or(raw.queue.redis_url.clone());
+        if let Some(url) = &redis_url {
+            check_url(url, &["redis", "rediss", "redis+unix", "unix"])
+                .map_err(|r| err("queue.redis_url", r))?;
+        }
+        let storage_url = env
+            .get("BATCHYARD_STORAGE_URL")
+            .filter(|v| !v.is_empty())
+            .cloned()
+            .or(raw.storage.url.clone())
+            .unwrap_or_else(|| DEFAULT_STORAGE_URL.to_string());
+        if !storage_url.starts_with("file://") {
+            check_url(&storage_url, &["s3", "s3a", "gs", "az", "abfs", "abfss", "azure"])
+                .map_err(|r| err("storage.url", r))?;
+        } else if storage_url.len() <= "file://".len() {
+            return Err(err(
+                "storage.url",
+                "a file:// url needs a folder, e.g. file://./batchyard-data".into(),
+            ));
+        }
+
+        let mut warnings = Vec::new();
+        let used: BTreeSet<&str> = raw.models.values().map(|m| m.provider.as_str()).collect();
+        let mut providers = BTreeMap::new();
+        for (key, p) in &raw.providers {
+            if !used.contains(key.as_str()) {
+                warnings.push(format!(
+                    "config {file}: providers.{key}: no model uses this provider; it is ignored"
+                ));
+            }
+            let provider = build_provider(key, p, env).map_err(|(k, r)| err(&k, r))?;
+            providers.insert(key.clone(), Arc::new(provider));
+        }
+
+        let mut models = Vec::new();
+        for (key, m) in &raw.models {
+            let at = |field: &str| format!("models.{key}.{field}");
+            if !raw.providers.contains_key(&m.provider) {
+                let known: Vec<&str> = raw.providers.keys().map(String::as_str).collect();
+                return Err(err(
+                    &at("provider"),
+                    format!(
+                        "unknown provider {:?}; configured providers: {}",
+                        m.provider,
+                        known.join(", ")
+                    ),
+                ));
+            }
+            for (field, price) in [
+                ("input_usd_per_mtok", Some(m.input_usd_per_mtok)),
+                ("output_usd_per_mtok", Some(m.output_usd_per_mtok)),
+                ("cached_input_usd_per_mtok", m.cached_input_usd_per_mtok),
+            ] {
+                if let Some(price) = price
+                    && (!price.is_finite() || price < 0.0)
+                {
+                    return Err(err(&at(field), format!("price must be 0 or more, not {price}")));
+                }
+            }
+            if m.context_window == 0 {
+                return Err(err(&at("context_window"), "must be more than 0".into()));
+            }
+            models.push(ModelSpec {
+                key: key.clone(),
+                provider: m.provider.clone(),
+                name: m.name.clone().unwrap_or_else(|| key.clone()),
+                input_usd_per_mtok: m.input_usd_per_mtok,
+                output_usd_per_mtok: m.output_usd_per_mtok,
+                cached_input_usd_per_mtok: m.cached_input_usd_per_mtok,
+                context_window: m.context_window,
+                max_output_tokens: m.max_output_tokens,
+                tier: m.tier,
+                capabilities: m.capabilities.iter().cloned().collect(),
+                rpm: m.rpm,
+                tpm: m.tpm,
+            });
+        }
+        let tasks: Vec<TaskSpec> = raw
+            .tasks
+            .iter()
+            .map(|(key, t)| TaskSpec {
+                key: key.clone(),
+                system: t.system.clone(),
+                prompt: t.prompt.clone(),
+                min_tier: t.min_tier,
+                requires: t.requires.iter().cloned().collect(),
+                max_output_tokens: t.max_output_tokens,
+            })
+            .collect();
+        let catalog = Catalog::new(models, tasks, providers).map_err(|e| {
+            let key = match &e {
+                batchyard_workers::catalog::CatalogError::Template { task, .. } => {
+                    format!("tasks.{task}.prompt")
+                }
+                _ => "tasks".into(),
+            };
+            err(&key, e.to_string())
+        })?;
+
+        let defaults = QueueOptions::default();
+        let q = &raw.queue;
+        let queue = QueueOptions {
+            name: q.name.clone().unwrap_or(defaults.name),
+            visibility_timeout: q
+                .visibility_timeout_secs
+                .map_or(defaults.visibility_timeout, Duration::from_secs),
+            max_reclaims: q.max_reclaims.unwrap_or(defaults.max_reclaims),
+            dead_letter_retention: q
+                .dead_letter_retention_hours
+                .map_or(defaults.dead_letter_retention, |h| Duration::from_secs(h * 3600)),
+            promote_chunk: defaults.promote_chunk,
+        };
+        if queue.visibility_timeout.is_zero() {
+            return Err(err("queue.visibility_timeout_secs", "must be more than 0".into()));
+        }
+        let runner_defaults = RunnerOptions::default();
+        let runner = RunnerOptions {
+            max_attempts: q.max_attempts.unwrap_or(runner_defaults.max_attempts).max(1),
+            max_reclaims: queue.max_reclaims,
+            ..runner_defaults
+        };
+        let retry_defaults = RetryPolicy::default();
+        let retry = RetryPolicy {
+            base: raw.retry.base_ms.map_or(retry_defaults.base, Duration::from_millis),
+            cap: raw.retry.cap_ms.map_or(retry_defaults.cap, Duration::from_millis),
+            max_attempts: raw.retry.max_attempts.unwrap_or(retry_defaults.max_attempts).max(1),
+        };
+        let concurrency = raw.worker.concurrency.unwrap_or(64);
+        if concurrency == 0 {
+            return Err(err("worker.concurrency", "must be at least 1".into()));
+        }
+        Ok(Self {
+            source,
+            redis_url,
+            storage_url,
+            queue,
+            runner,
+            retry,
+            max_line_bytes: raw.input.max_line_bytes.unwrap_or(DEFAULT_MAX_LINE_BYTES),
+            concurrency,
+            drain_timeout: Duration::from_secs(raw.worker.drain_timeout_secs.unwrap_or(30)),
+            catalog: Arc::new(catalog),
+            warnings,
+            env: env.clone(),
+        })
+    }
+}
+
+fn check_url(url: &str, schemes: &[&str]) -> Result<(), String> {
+    let parsed = url::Url::parse(url).map_err(|e| {
+        format!(
+            "not a valid url ({e}): {}",
+            batchyard_jobs::error::redact(url)
+        )
+    })?;
+    if !schemes.contains(&parsed.scheme()) {
+        return Err(format!(
+            "unsupported scheme {:?}; use one of: {}",
+            parsed.scheme(),
+            schemes.join(", ")
+        ));
+    }
+    Ok(())
+}
+
+fn build_provider(
+    key: &str,
+    p: &RawProvider,
+    env: &BTreeMap<String, String>,
+) -> Result<Provider, (String, String)> {
+    let at = |field: &str| format!("providers.{key}.{field}");
+    let only_for = |field: &str, kind: &str| {
+        (
+            at(field),
+            format!("is not a setting of kind {:?}; it belongs to kind {kind:?}", p.kind),
+        )
+    };
+    match p.kind.as_str() {
+        "simulated" => {
+            if p.base_url.is_some() {
+                return Err(only_for("base_url", "openai"));
+            }
+            if p.api_key_env.is_some() {
+                return Err(only_for("api_key_env", "openai"));
+            }
+            let mut config = SimulatedConfig::default();
+            if let Some(ms) = p.latency_ms {
+                config.latency = Duration::from_millis(ms);
+            }
+            if let Some(tokens) = p.output_tokens {
+                config.output_tokens = Some(tokens);
+            }
+            Ok(Provider::Simulated(SimulatedProvider::new(config)))
+        }
+        "openai" => {
+            if p.latency_ms.is_some() {
+                return Err(only_for("latency_ms", "simulated"));
+            }
+            if p.output_tokens.is_some() {
+                return Err(only_for("output_tokens", "simulated"));
+            }
+            let Some(base_url) = &p.base_url else {
+                return Err((at("base_url"), "is required for kind \"openai\"".into()));
+            };
+            check_url(base_url, &["http", "https"]).map_err(|r| (at("base_url"), r))?;
+            let api_key = p
+                .api_key_env
+                .as_ref()
+                .and_then(|var| env.get(var))
+                .filter(|v| !v.is_empty())
+                .map(|v| Secret::new(v.clone()));
+            let mut config = OpenAiConfig {
+                base_url: base_url.trim_end_matches('/').to_string(),
+                api_key,
+                headers: p
+                    .headers
+                    .clone()
+                    .unwrap_or_default()
+                    .into_iter()
+                    .collect(),
+                ..OpenAiConfig::default()
+            };
+            if let Some(secs) = p.timeout_secs {
+                config.timeout = Duration::from_secs(secs);
+            }
+            OpenAiProvider::new(config)
+                .map(Provider::OpenAi)
+                .map_err(|e| (at("kind"), e.to_string()))
+        }
+        other => Err((
+            at("kind"),
+            format!("unknown provider kind {other:?}; use \"openai\" or \"simulated\""),
+        )),
+    }
+}
+
+/// The key path and `:line:col` of a TOML error, for a message that points at the spot.
+fn describe_toml_error(text: &str, e: &toml::de::Error) -> (String, String) {
+    let Some(span) = e.span() else {
+        return ("-".into(), String::new());
+    };
+    let before = &text[..span.start.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let col = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+    let mut table = String::new();
+    for l in before.lines() {
+        let t = l.trim();
+        if t.starts_with('[') && t.ends_with(']') {
+            table = t.trim_matches(|c| c == '[' || c == ']').to_string();
+        }
+    }
+    let snippet = text[span.start.min(text.len())..span.end.min(text.len())]
+        .split(['=', '\n'])
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_string();
+    let key = match (table.is_empty(), snippet.is_empty() || snippet.starts_with('[')) {
+        (true, _) => snippet,
+        (false, true) => table,
+        (false, false) => format!("{table}.{snippet}"),
+    };
+    (key, format!(":{line}:{col}"))
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,109 @@
+//! The config file as written: every table denies unknown keys.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    #[serde(default)]
+    pub queue: RawQueue,
+    #[serde(default)]
+    pub storage: RawStorage,
+    #[serde(default)]
+    pub worker: RawWorker,
+    #[serde(default)]
+    pub input: RawInput,
+    #[serde(default)]
+    pub retry: RawRetry,
+    #[serde(default)]
+    pub providers: BTreeMap<String, RawProvider>,
+    #[serde(default)]
+    pub models: BTreeMap<String, RawModel>,
+    #[serde(default)]
+    pub tasks: BTreeMap<String, RawTask>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawQueue {
+    pub redis_url: Option<String>,
+    /// The queue's name; workers and submitters of one deployment share it.
+    pub name: Option<String>,
+    pub visibility_timeout_secs: Option<u64>,
+    pub max_reclaims: Option<u64>,
+    pub dead_letter_retention_hours: Option<u64>,
+    /// Deliveries of a job after transient failures before it becomes a dead letter.
+    pub max_attempts: Option<u32>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawStorage {
+    pub url: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawWorker {
+    pub concurrency: Option<usize>,
+    pub drain_timeout_secs: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawInput {
+    pub max_line_bytes: Option<usize>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRetry {
+    pub base_ms: Option<u64>,
+    pub cap_ms: Option<u64>,
+    pub max_attempts: Option<u32>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawProvider {
+    pub kind: String,
+    pub base_url: Option<String>,
+    pub api_key_env: Option<String>,
+    pub headers: Option<BTreeMap<String, String>>,
+    pub timeout_secs: Option<u64>,
+    /// simulated only: added latency per call.
+    pub latency_ms: Option<u64>,
+    /// simulated only: output tokens per call.
+    pub output_tokens: Option<u32>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawModel {
+    pub provider: String,
+    pub name: Option<String>,
+    pub input_usd_per_mtok: f64,
+    pub output_usd_per_mtok: f64,
+    pub cached_input_usd_per_mtok: Option<f64>,
+    pub context_window: u64,
+    pub max_output_tokens: Option<u32>,
+    pub tier: u32,
+    #[serde(default)]
+    pub capabilities: Vec<String>,
+    pub rpm: Option<u32>,
+    pub tpm: Option<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTask {
+    pub system: Option<String>,
+    pub prompt: String,
+    #[serde(default)]
+    pub min_tier: u32,
+    #[serde(default)]
+    pub requires: Vec<String>,
+    pub max_output_tokens: Option<u32>,
+}

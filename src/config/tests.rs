@@ -1,0 +1,136 @@
+use super::*;
+
+fn env(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+fn load(text: &str) -> Result<Settings, ConfigError> {
+    Settings::from_toml(text, Some(PathBuf::from("test.toml")), &env(&[]))
+}
+
+const EXAMPLE: &str = include_str!("../../examples/batchyard.toml");
+
+#[test]
+fn the_issue_example_loads_as_written() {
+    let s = load(EXAMPLE).unwrap();
+    assert_eq!(s.redis_url.as_deref(), Some("redis://127.0.0.1:6379"));
+    assert_eq!(s.storage_url, "s3://batchyard/results");
+    let small = s.catalog.model("small").unwrap();
+    assert_eq!(small.name, "small-1");
+    assert_eq!(small.rpm, Some(600));
+    assert_eq!(s.catalog.model("large").unwrap().tier, 3);
+    assert_eq!(s.catalog.task("summarize").unwrap().max_output_tokens, Some(300));
+    assert!(
+        s.warnings.iter().any(|w| w.contains("providers.sim")),
+        "{:?}",
+        s.warnings
+    );
+}
+
+#[test]
+fn no_file_gives_simulated_defaults() {
+    let s = Settings::from_raw(RawConfig::default(), None, &env(&[])).unwrap();
+    assert!(s.redis_url.is_none());
+    assert_eq!(s.storage_url, DEFAULT_STORAGE_URL);
+    let keys: Vec<_> = s.catalog.model_keys().into_iter().collect();
+    assert_eq!(keys, ["large", "medium", "small"]);
+    assert!(s.catalog.task("summarize").is_some());
+}
+
+#[test]
+fn env_overrides_urls() {
+    let s = Settings::from_toml(
+        EXAMPLE,
+        None,
+        &env(&[
+            ("BATCHYARD_REDIS_URL", "redis://10.0.0.1:6380"),
+            ("BATCHYARD_STORAGE_URL", "file:///tmp/x"),
+        ]),
+    )
+    .unwrap();
+    assert_eq!(s.redis_url.as_deref(), Some("redis://10.0.0.1:6380"));
+    assert_eq!(s.storage_url, "file:///tmp/x");
+}
+
+#[test]
+fn unknown_key_names_file_key_and_line() {
+    let text = EXAMPLE.replace("tier = 3", "tier = 3\ncolour = \"blue\"");
+    let e = load(&text).unwrap_err().to_string();
+    assert!(e.contains("test.toml:"), "{e}");
+    assert!(e.contains("colour"), "{e}");
+    assert!(e.contains("unknown field"), "{e}");
+}
+
+#[test]
+fn model_with_unknown_provider_is_rejected() {
+    let text = EXAMPLE.replace("provider = \"local\"\nname = \"large-1\"", "provider = \"nope\"\nname = \"large-1\"");
+    let e = load(&text).unwrap_err().to_string();
+    assert!(e.contains("models.large.provider"), "{e}");
+    assert!(e.contains("unknown provider \"nope\""), "{e}");
+}
+
+#[test]
+fn missing_price_is_rejected() {
+    let text = EXAMPLE.replace("input_usd_per_mtok = 2.50\n", "");
+    let e = load(&text).unwrap_err().to_string();
+    assert!(e.contains("input_usd_per_mtok"), "{e}");
+    assert!(e.contains("test.toml"), "{e}");
+}
+
+#[test]
+fn negative_price_is_rejected() {
+    let text = EXAMPLE.replace("output_usd_per_mtok = 10.00", "output_usd_per_mtok = -1.0");
+    let e = load(&text).unwrap_err().to_string();
+    assert!(e.contains("models.large.output_usd_per_mtok"), "{e}");
+}
+
+#[test]
+fn bad_urls_are_rejected() {
+    let e = load(&EXAMPLE.replace("http://127.0.0.1:8089/v1", "not a url"))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("providers.local.base_url"), "{e}");
+    let e = load(&EXAMPLE.replace("s3://batchyard/results", "ftp://x/y"))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("storage.url"), "{e}");
+    let e = load(&EXAMPLE.replace("redis://127.0.0.1:6379", "http://x"))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("queue.redis_url"), "{e}");
+}
+
+#[test]
+fn redis_password_is_not_echoed() {
+    let e = load(&EXAMPLE.replace("redis://127.0.0.1:6379", "redis://:s3cret@[bad"))
+        .unwrap_err()
+        .to_string();
+    assert!(!e.contains("s3cret"), "{e}");
+}
+
+#[test]
+fn bad_template_is_rejected_at_load() {
+    let e = load(&EXAMPLE.replace("{{ text }}", "{{ text "))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("tasks.summarize.prompt"), "{e}");
+}
+
+#[test]
+fn unknown_provider_kind_is_rejected() {
+    let e = load(&EXAMPLE.replace("kind = \"simulated\"", "kind = \"magic\""))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("providers.sim.kind"), "{e}");
+}
+
+#[test]
+fn api_key_comes_from_env_and_is_never_printed() {
+    let s = Settings::from_toml(EXAMPLE, None, &env(&[("LOCAL_API_KEY", "sk-verysecret")]))
+        .unwrap();
+    let debug = format!("{s:?} {:?}", s.catalog.provider("local"));
+    assert!(!debug.contains("sk-verysecret"), "{debug}");
+}

@@ -1,0 +1,255 @@
+//! Submission: validate the whole input as a stream, then enqueue it in pipelined chunks.
+//!
+//! Two passes over the input keep memory flat: the first only validates (and remembers a
+//! digest per custom id to catch duplicates), the second builds jobs and enqueues them. If the
+//! first pass finds bad lines, nothing is enqueued unless `--skip-invalid` was given; then each
+//! bad line becomes an `invalid_input` outcome of its own.
+
+use std::fmt;
+
+use batchyard_jobs::batch::{BatchRecord, BatchState, RequestCounts, now_secs};
+use batchyard_jobs::input::{
+    DuplicateCheck, InputError, InputOptions, InputReader, InputSource, Item,
+};
+use batchyard_jobs::job::{Job, Route, job_id_for, new_batch_id};
+use batchyard_jobs::outcome::{Extension, OutputLine, codes};
+use bytes::Bytes;
+
+use crate::app::App;
+use crate::exit::UsageError;
+
+/// Lines per enqueue round trip.
+const CHUNK: usize = 1000;
+/// Bad lines listed in an error before the rest are only counted.
+const MAX_LISTED: usize = 20;
+
+#[derive(Debug, Clone)]
+pub struct SubmitRequest {
+    pub input: String,
+    pub task: Option<String>,
+    pub budget_usd: Option<f64>,
+    pub skip_invalid: bool,
+}
+
+/// The input had bad lines and nothing was enqueued.
+#[derive(Debug, thiserror::Error)]
+pub struct InvalidInput {
+    pub errors: Vec<InputError>,
+    pub total_bad: u64,
+}
+
+impl fmt::Display for InvalidInput {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "the input has {} invalid item(s); nothing was enqueued:", self.total_bad)?;
+        for e in &self.errors {
+            writeln!(f, "  {e}")?;
+        }
+        if self.total_bad > self.errors.len() as u64 {
+            writeln!(f, "  ... and {} more", self.total_bad - self.errors.len() as u64)?;
+        }
+        write!(f, "fix these lines, or pass --skip-invalid to enqueue the good ones")
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Submitted {
+    pub record: BatchRecord,
+    pub invalid: u64,
+}
+
+enum Checked {
+    Job(Job),
+    Bad(InputError),
+}
+
+struct Builder<'a> {
+    app: &'a App,
+    batch_id: String,
+    task: Option<String>,
+    dups: DuplicateCheck,
+}
+
+impl Builder<'_> {
+    /// Turns one read result into a job or a bad line. `seq` is its place in the batch.
+    fn check(&mut self, read: Result<Item, InputError>, seq: u64) -> Result<Checked, InputError> {
+        let item = match read {
+            Ok(item) => item,
+            Err(e) if e.fatal => return Err(e),
+            Err(e) => return Ok(Checked::Bad(e)),
+        };
+        let custom_id = item.custom_id().to_string();
+        let line = item.line();
+        let bad = |reason: String| InputError {
+            location: format!("line {line}"),
+            line: Some(line),
+            custom_id: Some(custom_id.clone()),
+            reason,
+            fatal: false,
+        };
+        if !self.dups.insert(&custom_id) {
+            return Ok(Checked::Bad(bad(format!(
+                "duplicate custom_id {custom_id:?}; every item needs its own"
+            ))));
+        }
+        let (body, route) = match item {
+            Item::Request { body, route, .. } => (body, route),
+            Item::Document { fields, .. } => {
+                let Some(task) = self.task.clone() else {
+                    return Ok(Checked::Bad(bad("documents need a task; pass --task NAME".into())));
+                };
+                match self.app.settings.catalog.render_document(&task, &fields) {
+                    Ok(body) => (body, Route::Task { task }),
+                    Err(e) => return Ok(Checked::Bad(bad(e.to_string()))),
+                }
+            }
+        };
+        Ok(Checked::Job(Job {
+            batch_id: self.batch_id.clone(),
+            job_id: job_id_for(&self.batch_id, &custom_id),
+            seq,
+            custom_id,
+            body,
+            route,
+            attempt: 0,
+            last_error: None,
+        }))
+    }
+}
+
+fn options(app: &App, req: &SubmitRequest) -> InputOptions {
+    InputOptions {
+        max_line_bytes: app.settings.max_line_bytes,
+        task: req.task.clone(),
+        names: app.settings.known_names(),
+    }
+}
+
+async fn open(app: &App, source: &InputSource, req: &SubmitRequest) -> anyhow::Result<InputReader> {
+    InputReader::open(source, options(app, req), &app.settings.env)
+        .await
+        .map_err(|e| UsageError(e.to_string()).into())
+}
+
+/// Validates and enqueues one batch.
+pub async fn submit(app: &App, req: &SubmitRequest) -> anyhow::Result<Submitted> {
+    if let Some(t) = &req.task
+        && app.settings.catalog.task(t).is_none()
+    {
+        let known: Vec<String> = app.settings.catalog.task_keys().into_iter().collect();
+        return Err(UsageError(format!(
+            "unknown task {t:?}; configured tasks: {}",
+            known.join(", ")
+        ))
+        .into());
+    }
+    if let Some(b) = req.budget_usd
+        && !(b.is_finite() && b >= 0.0)
+    {
+        return Err(UsageError(format!("--budget-usd must be 0 or more, not {b}")).into());
+    }
+    let source = InputSource::resolve(&req.input).map_err(|e| UsageError(e.to_string()))?;
+    let batch_id = new_batch_id();
+    let mut builder = Builder {
+        app,
+        batch_id: batch_id.clone(),
+        task: req.task.clone(),
+        dups: DuplicateCheck::default(),
+    };
+
+    // Pass 1: validate everything, enqueue nothing.
+    let mut reader = open(app, &source, req).await?;
+    let (mut total, mut bad_count, mut listed) = (0u64, 0u64, Vec::new());
+    while let Some(read) = reader.next().await {
+        match builder.check(read, total).map_err(|e| UsageError(e.to_string()))? {
+            Checked::Job(_) => {}
+            Checked::Bad(e) => {
+                bad_count += 1;
+                if listed.len() < MAX_LISTED {
+                    listed.push(e);
+                }
+            }
+        }
+        total += 1;
+    }
+    let skipped_files = reader.skipped_files();
+    if skipped_files > 0 {
+        eprintln!("skipped {skipped_files} file(s) that are not .txt or .md");
+    }
+    if bad_count > 0 && !req.skip_invalid {
+        return Err(InvalidInput {
+            errors: listed,
+            total_bad: bad_count,
+        }
+        .into());
+    }
+
+    // Pass 2: the batch record first, then the jobs, chunk by chunk.
+    let record = BatchRecord {
+        id: batch_id.clone(),
+        state: BatchState::InProgress,
+        counts: RequestCounts {
+            total,
+            completed: 0,
+            failed: 0,
+        },
+        spent_nanos: 0,
+        budget_usd: req.budget_usd,
+        task: req.task.clone(),
+        storage_url: app.store.url().to_string(),
+        created_at: now_secs(),
+        in_progress_at: Some(now_secs()),
+        finalizing_at: None,
+        completed_at: None,
+    };
+    app.ledger.create(&record).await?;
+    builder.dups = DuplicateCheck::default();
+    let mut reader = open(app, &source, req).await?;
+    let mut chunk = Vec::with_capacity(CHUNK);
+    let (mut seq, mut chunk_no, mut invalid) = (0u64, 0u64, 0u64);
+    while let Some(read) = reader.next().await {
+        match builder.check(read, seq).map_err(|e| UsageError(e.to_string()))? {
+            Checked::Job(job) => chunk.push(job),
+            Checked::Bad(e) => {
+                invalid += 1;
+                record_invalid(app, &batch_id, seq, &e).await?;
+            }
+        }
+        seq += 1;
+        if chunk.len() >= CHUNK {
+            app.queue.enqueue_chunk(&batch_id, chunk_no, &chunk).await?;
+            chunk_no += 1;
+            chunk.clear();
+        }
+    }
+    if !chunk.is_empty() {
+        app.queue.enqueue_chunk(&batch_id, chunk_no, &chunk).await?;
+    }
+    let record = app.ledger.get(&batch_id).await?.unwrap_or(record);
+    tracing::info!(batch_id = %batch_id, total, invalid, "batch submitted");
+    Ok(Submitted {
+        record,
+        invalid,
+    })
+}
+
+/// Writes a bad line's outcome and counts it, so it lands in `errors.jsonl`.
+async fn record_invalid(app: &App, batch_id: &str, seq: u64, e: &InputError) -> anyhow::Result<()> {
+    let custom_id = e.custom_id.clone().unwrap_or_else(|| format!("line-{}", e.line.unwrap_or(seq + 1)));
+    let job_id = job_id_for(batch_id, &format!("\u{0}invalid:{seq}"));
+    let line = OutputLine::failure(
+        &job_id,
+        &custom_id,
+        codes::INVALID_INPUT,
+        e.to_string(),
+        Extension {
+            line: e.line,
+            ..Extension::default()
+        },
+    );
+    let bytes = Bytes::from(serde_json::to_vec(&line)?);
+    app.store.put(&app.store.result_path(batch_id, &job_id), bytes).await?;
+    if app.ledger.settle(batch_id, seq, false, 0).await?.should_finalize() {
+        app.finalizer().finalize(batch_id).await?;
+    }
+    Ok(())
+}

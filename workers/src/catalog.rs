@@ -1,0 +1,183 @@
+//! The model catalog and the tasks: what can be called, at what price, for which work.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use serde_json::{Map, Value, json};
+
+use crate::provider::Provider;
+
+/// One callable model.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModelSpec {
+    /// The catalog key (`[models.<key>]`), used in outputs and pins.
+    pub key: String,
+    /// The provider key (`[providers.<key>]`).
+    pub provider: String,
+    /// The model name sent to the provider.
+    pub name: String,
+    pub input_usd_per_mtok: f64,
+    pub output_usd_per_mtok: f64,
+    pub cached_input_usd_per_mtok: Option<f64>,
+    pub context_window: u64,
+    pub max_output_tokens: Option<u32>,
+    pub tier: u32,
+    pub capabilities: BTreeSet<String>,
+    pub rpm: Option<u32>,
+    pub tpm: Option<u64>,
+}
+
+impl ModelSpec {
+    /// Cost in USD of a call with these token counts.
+    pub fn cost_usd(&self, input_tokens: u64, output_tokens: u64) -> f64 {
+        (input_tokens as f64 * self.input_usd_per_mtok
+            + output_tokens as f64 * self.output_usd_per_mtok)
+            / 1e6
+    }
+}
+
+/// One kind of work: a template, and what a model needs to do it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TaskSpec {
+    pub key: String,
+    pub system: Option<String>,
+    pub prompt: String,
+    pub min_tier: u32,
+    pub requires: BTreeSet<String>,
+    pub max_output_tokens: Option<u32>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CatalogError {
+    #[error("task {task:?} has a bad template: {reason}")]
+    Template { task: String, reason: String },
+    #[error("cannot render task {task:?} for this document: {reason}")]
+    Render { task: String, reason: String },
+    #[error("unknown task {0:?}")]
+    UnknownTask(String),
+}
+
+impl CatalogError {
+    pub fn is_retryable(&self) -> bool {
+        false
+    }
+}
+
+/// Models, tasks and the providers that serve them, built once from config.
+pub struct Catalog {
+    models: BTreeMap<String, Arc<ModelSpec>>,
+    tasks: BTreeMap<String, TaskSpec>,
+    providers: BTreeMap<String, Arc<Provider>>,
+    templates: minijinja::Environment<'static>,
+}
+
+impl std::fmt::Debug for Catalog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Catalog")
+            .field("models", &self.models.keys().collect::<Vec<_>>())
+            .field("tasks", &self.tasks.keys().collect::<Vec<_>>())
+            .field("providers", &self.providers.keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+impl Catalog {
+    /// Builds the catalog; every task's template is compiled now, so a bad one fails at start.
+    pub fn new(
+        models: Vec<ModelSpec>,
+        tasks: Vec<TaskSpec>,
+        providers: BTreeMap<String, Arc<Provider>>,
+    ) -> Result<Self, CatalogError> {
+        let mut templates = minijinja::Environment::new();
+        templates.set_undefined_behavior(minijinja::UndefinedBehavior::Strict);
+        templates.set_auto_escape_callback(|_| minijinja::AutoEscape::None);
+        for task in &tasks {
+            templates
+                .add_template_owned(format!("{}.prompt", task.key), task.prompt.clone())
+                .map_err(|e| CatalogError::Template {
+                    task: task.key.clone(),
+                    reason: e.to_string(),
+                })?;
+            if let Some(system) = &task.system {
+                templates
+                    .add_template_owned(format!("{}.system", task.key), system.clone())
+                    .map_err(|e| CatalogError::Template {
+                        task: task.key.clone(),
+                        reason: e.to_string(),
+                    })?;
+            }
+        }
+        Ok(Self {
+            models: models
+                .into_iter()
+                .map(|m| (m.key.clone(), Arc::new(m)))
+                .collect(),
+            tasks: tasks.into_iter().map(|t| (t.key.clone(), t)).collect(),
+            providers,
+            templates,
+        })
+    }
+
+    pub fn models(&self) -> impl Iterator<Item = &Arc<ModelSpec>> {
+        self.models.values()
+    }
+
+    pub fn model(&self, key: &str) -> Option<&Arc<ModelSpec>> {
+        self.models.get(key)
+    }
+
+    pub fn task(&self, key: &str) -> Option<&TaskSpec> {
+        self.tasks.get(key)
+    }
+
+    pub fn provider(&self, key: &str) -> Option<&Arc<Provider>> {
+        self.providers.get(key)
+    }
+
+    pub fn model_keys(&self) -> BTreeSet<String> {
+        self.models.keys().cloned().collect()
+    }
+
+    pub fn task_keys(&self) -> BTreeSet<String> {
+        self.tasks.keys().cloned().collect()
+    }
+
+    /// Turns a document's fields into a chat completions body through the task's templates.
+    pub fn render_document(
+        &self,
+        task_key: &str,
+        fields: &Map<String, Value>,
+    ) -> Result<Map<String, Value>, CatalogError> {
+        let task = self
+            .tasks
+            .get(task_key)
+            .ok_or_else(|| CatalogError::UnknownTask(task_key.to_string()))?;
+        let render = |name: String| -> Result<String, CatalogError> {
+            let template = self
+                .templates
+                .get_template(&name)
+                .map_err(|e| CatalogError::Render {
+                    task: task_key.to_string(),
+                    reason: e.to_string(),
+                })?;
+            template.render(fields).map_err(|e| CatalogError::Render {
+                task: task_key.to_string(),
+                reason: e.to_string(),
+            })
+        };
+        let mut messages = Vec::with_capacity(2);
+        if task.system.is_some() {
+            let system = render(format!("{task_key}.system"))?;
+            messages.push(json!({"role": "system", "content": system}));
+        }
+        let prompt = render(format!("{task_key}.prompt"))?;
+        messages.push(json!({"role": "user", "content": prompt}));
+        let mut body = Map::new();
+        body.insert("model".into(), Value::String(format!("task:{task_key}")));
+        body.insert("messages".into(), Value::Array(messages));
+        if let Some(max) = task.max_output_tokens {
+            body.insert("max_tokens".into(), Value::from(max));
+        }
+        Ok(body)
+    }
+}

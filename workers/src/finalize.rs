@@ -1,0 +1,225 @@
+//! Finalization: once every job of a batch is settled, one worker concatenates the per-job
+//! results into `output.jsonl` and `errors.jsonl` and writes `manifest.json`, streaming.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use batchyard_jobs::batch::{BatchState, nanos_to_usd, now_secs, usd_to_nanos};
+use batchyard_jobs::error::{QueueError, StoreError};
+use batchyard_jobs::ledger::Ledger;
+use batchyard_jobs::outcome::OutputLine;
+use batchyard_jobs::storage::ResultStore;
+use bytes::Bytes;
+use futures::{StreamExt, TryStreamExt};
+use serde::Serialize;
+use tokio::io::AsyncWriteExt;
+
+#[derive(Debug, thiserror::Error)]
+pub enum FinalizeError {
+    #[error(transparent)]
+    Ledger(#[from] QueueError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("cannot write {path}: {message}")]
+    Write { path: String, message: String },
+}
+
+impl FinalizeError {
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            Self::Ledger(e) => e.is_retryable(),
+            Self::Store(e) => e.is_retryable(),
+            Self::Write { .. } => true,
+        }
+    }
+}
+
+#[derive(Debug, Default, Clone, Serialize, PartialEq)]
+pub struct ModelSpend {
+    pub requests: u64,
+    pub cost_usd: f64,
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+    #[serde(skip)]
+    cost_nanos: i64,
+}
+
+/// `manifest.json`.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Manifest {
+    pub batch_id: String,
+    pub status: String,
+    pub request_counts: batchyard_jobs::batch::RequestCounts,
+    /// The sum of every line's `cost_usd`.
+    pub cost_usd: f64,
+    pub spend_by_model: BTreeMap<String, ModelSpend>,
+    pub errors_by_code: BTreeMap<String, u64>,
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+    pub created_at: u64,
+    pub in_progress_at: Option<u64>,
+    pub finalizing_at: Option<u64>,
+    pub completed_at: u64,
+    pub duration_secs: u64,
+    pub output_file: String,
+    pub error_file: String,
+    /// True when any line came from the built-in simulated provider.
+    pub simulated: bool,
+    /// Lines written vs the ledger's total; they differ only if results went missing.
+    pub lines_written: u64,
+    pub reconciled: bool,
+}
+
+/// Writes the batch files. Safe to run twice: every object is rewritten whole.
+#[derive(Clone)]
+pub struct Finalizer {
+    ledger: Arc<dyn Ledger>,
+    store: ResultStore,
+    owner: String,
+}
+
+impl Finalizer {
+    pub fn new(ledger: Arc<dyn Ledger>, store: ResultStore, owner: String) -> Self {
+        Self {
+            ledger,
+            store,
+            owner,
+        }
+    }
+
+    pub async fn finalize(&self, batch_id: &str) -> Result<Option<Manifest>, FinalizeError> {
+        if !self
+            .ledger
+            .try_lock_finalize(batch_id, &self.owner, Duration::from_secs(600))
+            .await?
+        {
+            tracing::info!(batch_id, "another worker is finalizing this batch");
+            return Ok(None);
+        }
+        let record = self
+            .ledger
+            .get(batch_id)
+            .await?
+            .ok_or_else(|| QueueError::BatchNotFound(batch_id.to_string()))?;
+        if record.state.is_terminal() {
+            return Ok(None);
+        }
+        let output_path = self.store.output_path(batch_id);
+        let errors_path = self.store.errors_path(batch_id);
+        let mut output = self.store.writer(&output_path);
+        let mut errors = self.store.writer(&errors_path);
+        let mut spend: BTreeMap<String, ModelSpend> = BTreeMap::new();
+        let mut errors_by_code: BTreeMap<String, u64> = BTreeMap::new();
+        let (mut ok, mut failed, mut input_tokens, mut output_tokens) = (0u64, 0u64, 0u64, 0u64);
+        let mut cost_nanos = 0i64;
+        let mut simulated = false;
+        let store = self.store.clone();
+        let mut bodies = self
+            .store
+            .list(&self.store.results_dir(batch_id))
+            .map(move |meta| {
+                let store = store.clone();
+                async move {
+                    let meta = meta?;
+                    let bytes = store.get(&meta.location).await?;
+                    Ok::<_, StoreError>((meta.location.to_string(), bytes))
+                }
+            })
+            .buffered(32);
+        while let Some((path, bytes)) = bodies.try_next().await? {
+            let line: OutputLine =
+                serde_json::from_slice(&bytes).map_err(|e| StoreError::Corrupt {
+                    path: path.clone(),
+                    message: e.to_string(),
+                })?;
+            let ext = &line.batchyard;
+            let nanos = usd_to_nanos(ext.cost_usd);
+            cost_nanos += nanos;
+            input_tokens += ext.input_tokens;
+            output_tokens += ext.output_tokens;
+            simulated |= ext.simulated;
+            if let Some(model) = &ext.model {
+                let entry = spend.entry(model.clone()).or_default();
+                entry.requests += 1;
+                entry.cost_nanos += nanos;
+                entry.input_tokens += ext.input_tokens;
+                entry.output_tokens += ext.output_tokens;
+            }
+            let (writer, target) = if line.is_success() {
+                ok += 1;
+                (&mut output, &output_path)
+            } else {
+                failed += 1;
+                if let Some(e) = &line.error {
+                    *errors_by_code.entry(e.code.clone()).or_default() += 1;
+                }
+                (&mut errors, &errors_path)
+            };
+            let mut bytes = bytes.to_vec();
+            bytes.retain(|b| *b != b'\n');
+            bytes.push(b'\n');
+            writer
+                .write_all(&bytes)
+                .await
+                .map_err(|e| FinalizeError::Write {
+                    path: target.to_string(),
+                    message: e.to_string(),
+                })?;
+        }
+        for (writer, path) in [(&mut output, &output_path), (&mut errors, &errors_path)] {
+            writer.shutdown().await.map_err(|e| FinalizeError::Write {
+                path: path.to_string(),
+                message: e.to_string(),
+            })?;
+        }
+        for s in spend.values_mut() {
+            s.cost_usd = nanos_to_usd(s.cost_nanos);
+        }
+        let written = ok + failed;
+        let state = if ok == 0 && written > 0 {
+            BatchState::Failed
+        } else {
+            BatchState::Completed
+        };
+        let completed_at = now_secs();
+        let manifest = Manifest {
+            batch_id: batch_id.to_string(),
+            status: state.as_str().to_string(),
+            request_counts: record.counts,
+            cost_usd: nanos_to_usd(cost_nanos),
+            spend_by_model: spend,
+            errors_by_code,
+            input_tokens,
+            output_tokens,
+            created_at: record.created_at,
+            in_progress_at: record.in_progress_at,
+            finalizing_at: record.finalizing_at,
+            completed_at,
+            duration_secs: completed_at.saturating_sub(record.created_at),
+            output_file: self.store.display_location(&output_path),
+            error_file: self.store.display_location(&errors_path),
+            simulated,
+            lines_written: written,
+            reconciled: written == record.counts.total,
+        };
+        if !manifest.reconciled {
+            tracing::error!(
+                batch_id,
+                written,
+                total = record.counts.total,
+                "result count does not match the batch total"
+            );
+        }
+        let json = serde_json::to_vec_pretty(&manifest).map_err(|e| FinalizeError::Write {
+            path: self.store.manifest_path(batch_id).to_string(),
+            message: e.to_string(),
+        })?;
+        self.store
+            .put(&self.store.manifest_path(batch_id), Bytes::from(json))
+            .await?;
+        self.ledger.set_state(batch_id, state).await?;
+        tracing::info!(batch_id, ok, failed, cost_usd = manifest.cost_usd, "batch finalized");
+        Ok(Some(manifest))
+    }
+}

@@ -1,0 +1,289 @@
+//! An apalis [`Backend`] over our [`Queue`]: claims deliveries in batches sized to the free
+//! concurrency slots, backs off on claim errors, and ends the worker when it has been idle
+//! long enough or the pool is cancelled.
+
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use apalis_core::backend::finalize::Ephemeral;
+use apalis_core::backend::{Backend, BackendConfig};
+use apalis_core::task::Task;
+use apalis_core::task::task_id::RandomId;
+use apalis_core::worker::context::WorkerContext;
+use batchyard_jobs::error::QueueError;
+use batchyard_jobs::queue::{Delivery, Queue};
+use rand::Rng;
+use tokio::time::{Instant, Sleep};
+use tokio_util::sync::CancellationToken;
+use apalis_core::layers::Identity;
+
+/// At most this many deliveries are asked for in one claim.
+pub(crate) const MAX_CLAIM_BATCH: usize = 256;
+/// First claim-error backoff; it doubles per consecutive error up to [`BACKOFF_MAX`].
+pub(crate) const BACKOFF_BASE: Duration = Duration::from_millis(100);
+pub(crate) const BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// A claim never blocks for less than this, so an idle pool does not spin.
+const MIN_CLAIM_BLOCK: Duration = Duration::from_millis(10);
+
+/// Counters shared by the backend, the job function and `run_pool`.
+#[derive(Debug)]
+pub(crate) struct Counters {
+    pub(crate) handled: AtomicU64,
+    pub(crate) claim_errors: AtomicU64,
+    pub(crate) panicked: AtomicU64,
+    /// When the last job finished, in microseconds since `base`.
+    last_done_us: AtomicU64,
+    base: Instant,
+}
+
+impl Counters {
+    pub(crate) fn new() -> Self {
+        Self {
+            handled: AtomicU64::new(0),
+            claim_errors: AtomicU64::new(0),
+            panicked: AtomicU64::new(0),
+            last_done_us: AtomicU64::new(0),
+            base: Instant::now(),
+        }
+    }
+
+    /// Records that a job has just finished (or been given up on).
+    pub(crate) fn job_done(&self) {
+        let us = u64::try_from(self.base.elapsed().as_micros()).unwrap_or(u64::MAX);
+        self.last_done_us.fetch_max(us, Ordering::Relaxed);
+    }
+
+    pub(crate) fn last_done(&self) -> Instant {
+        self.base + Duration::from_micros(self.last_done_us.load(Ordering::Relaxed))
+    }
+}
+
+type ClaimFuture = Pin<Box<dyn Future<Output = Result<Vec<Delivery>, QueueError>> + Send>>;
+
+enum Fetch {
+    /// Nothing under way: the next poll with an empty buffer starts a claim.
+    Idle,
+    /// A claim is under way; `busy` says whether jobs were in flight when it began.
+    Claiming { fut: ClaimFuture, busy: bool },
+    /// Waiting out a claim-error backoff.
+    BackingOff(Pin<Box<Sleep>>),
+    /// Idle exit or cancellation: no more claims, ever.
+    Done,
+}
+
+pub(crate) struct BackendOptions {
+    pub(crate) concurrency: usize,
+    pub(crate) claim_block: Duration,
+    pub(crate) exit_when_idle: Option<Duration>,
+}
+
+/// The apalis backend of the pool. Holds at most one claim's worth of claimed-but-unstarted
+/// deliveries, and only claims when the buffer is empty and a slot is free, so everything
+/// this process holds (running plus waiting) stays within `concurrency`.
+pub(crate) struct QueueBackend {
+    queue: Arc<dyn Queue>,
+    consumer: Arc<str>,
+    opts: BackendOptions,
+    cancel: CancellationToken,
+    counters: Arc<Counters>,
+    buffer: VecDeque<Delivery>,
+    fetch: Fetch,
+    consecutive_errors: u32,
+    last_busy: Instant,
+}
+
+impl QueueBackend {
+    pub(crate) fn new(
+        queue: Arc<dyn Queue>,
+        consumer: &str,
+        opts: BackendOptions,
+        cancel: CancellationToken,
+        counters: Arc<Counters>,
+    ) -> Self {
+        Self {
+            queue,
+            consumer: Arc::from(consumer),
+            opts,
+            cancel,
+            counters,
+            buffer: VecDeque::new(),
+            fetch: Fetch::Idle,
+            consecutive_errors: 0,
+            last_busy: Instant::now(),
+        }
+    }
+
+    fn start_claim(&mut self, max: usize, block: Duration, busy: bool) {
+        let queue = Arc::clone(&self.queue);
+        let consumer = Arc::clone(&self.consumer);
+        let fut = async move { queue.claim(&consumer, max, block).await };
+        self.fetch = Fetch::Claiming {
+            fut: Box::pin(fut),
+            busy,
+        };
+    }
+
+    /// Stops the worker for good: nothing more is claimed, and whatever was claimed but not
+    /// started is dropped (the queue reclaims it after its visibility timeout).
+    fn finish(&mut self, worker: &WorkerContext) {
+        self.fetch = Fetch::Done;
+        self.buffer.clear();
+        if !worker.is_shutting_down() {
+            // Fails only if the worker never started, and then there is nothing to stop.
+            let _ = worker.stop();
+        }
+    }
+}
+
+/// Exponential backoff with equal jitter: half fixed, half random.
+pub(crate) fn backoff_delay(consecutive_errors: u32) -> Duration {
+    let exp = consecutive_errors.saturating_sub(1).min(16);
+    let base = BACKOFF_BASE.saturating_mul(1u32 << exp).min(BACKOFF_MAX);
+    let half = base / 2;
+    let jitter_ms = rand::rng().random_range(0..=half.as_millis().max(1) as u64);
+    half + Duration::from_millis(jitter_ms)
+}
+
+impl Backend for QueueBackend {
+    type Task = Task<Delivery>;
+    type Error = Infallible;
+
+    fn poll_ready(
+        &mut self,
+        _cx: &mut Context<'_>,
+        _worker: &WorkerContext,
+    ) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_next(
+        &mut self,
+        cx: &mut Context<'_>,
+        worker: &WorkerContext,
+    ) -> Poll<Option<Result<Self::Task, Self::Error>>> {
+        loop {
+            if self.cancel.is_cancelled() || worker.is_shutting_down() {
+                self.finish(worker);
+            }
+            if let Some(delivery) = self.buffer.pop_front() {
+                return Poll::Ready(Some(Ok(Task::new(delivery))));
+            }
+            match &mut self.fetch {
+                Fetch::Done => return Poll::Ready(None),
+                Fetch::BackingOff(sleep) => {
+                    if sleep.as_mut().poll(cx).is_pending() {
+                        return Poll::Pending;
+                    }
+                    // The queue's state was unknown all along: that was not idle time.
+                    self.last_busy = Instant::now();
+                    self.fetch = Fetch::Idle;
+                }
+                Fetch::Claiming { fut, busy } => {
+                    let busy = *busy;
+                    let Poll::Ready(result) = fut.as_mut().poll(cx) else {
+                        return Poll::Pending;
+                    };
+                    self.fetch = Fetch::Idle;
+                    match result {
+                        Ok(deliveries) => {
+                            self.consecutive_errors = 0;
+                            if busy || !deliveries.is_empty() || worker.task_count() > 0 {
+                                self.last_busy = Instant::now();
+                            }
+                            self.buffer.extend(deliveries);
+                        }
+                        Err(e) => {
+                            self.consecutive_errors = self.consecutive_errors.saturating_add(1);
+                            self.counters.claim_errors.fetch_add(1, Ordering::Relaxed);
+                            let delay = backoff_delay(self.consecutive_errors);
+                            tracing::warn!(
+                                consumer = %self.consumer,
+                                error = %e,
+                                retryable = e.is_retryable(),
+                                consecutive_errors = self.consecutive_errors,
+                                backoff_ms = delay.as_millis() as u64,
+                                "claiming from the queue failed; backing off"
+                            );
+                            self.fetch = Fetch::BackingOff(Box::pin(tokio::time::sleep(delay)));
+                        }
+                    }
+                }
+                Fetch::Idle => {
+                    let in_flight = worker.task_count();
+                    if in_flight > 0 {
+                        self.last_busy = Instant::now();
+                    }
+                    let mut block = self.opts.claim_block;
+                    if let Some(idle_limit) = self.opts.exit_when_idle {
+                        let idle_since = self.last_busy.max(self.counters.last_done());
+                        let idle_for = idle_since.elapsed();
+                        if in_flight == 0 && idle_for >= idle_limit {
+                            tracing::info!(
+                                consumer = %self.consumer,
+                                idle_ms = idle_for.as_millis() as u64,
+                                "the queue has been idle; the worker pool stops"
+                            );
+                            self.finish(worker);
+                            continue;
+                        }
+                        // Wake up in time to notice the idle limit.
+                        block = block.min((idle_limit - idle_for).max(MIN_CLAIM_BLOCK));
+                    }
+                    // The service was ready, so at least one slot is free; claim for the free
+                    // slots only, so claimed-but-unstarted work never exceeds them.
+                    let free = self.opts.concurrency.saturating_sub(in_flight).max(1);
+                    self.start_claim(free.min(MAX_CLAIM_BATCH), block, in_flight > 0);
+                }
+            }
+        }
+    }
+
+    fn poll_close(
+        &mut self,
+        _cx: &mut Context<'_>,
+        _worker: &WorkerContext,
+    ) -> Poll<Result<(), Self::Error>> {
+        // Dropping the claim future and the buffer leaves those deliveries for reclaim.
+        self.fetch = Fetch::Done;
+        self.buffer.clear();
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl BackendConfig for QueueBackend {
+    type Args = Delivery;
+    type Id = RandomId;
+    type Kind = Ephemeral;
+    type Config = ();
+    type Layer = Identity;
+
+    fn config(&self) -> &Self::Config {
+        &()
+    }
+
+    fn middleware(&mut self, _worker: &mut WorkerContext) -> Self::Layer {
+        Identity::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_and_is_capped() {
+        for n in 1..40 {
+            let d = backoff_delay(n);
+            let cap = BACKOFF_BASE.saturating_mul(1u32 << (n - 1).min(16)).min(BACKOFF_MAX);
+            assert!(d >= cap / 2 && d <= cap + Duration::from_millis(1), "{n}: {d:?}");
+        }
+        assert!(backoff_delay(1) <= Duration::from_millis(101));
+        assert!(backoff_delay(30) >= Duration::from_millis(2500));
+    }
+}

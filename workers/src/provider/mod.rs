@@ -1,0 +1,147 @@
+//! The provider boundary: one call to a chat completions model.
+//!
+//! One [`Provider`] enum, built from config, dispatches to each kind. Every kind returns an
+//! OpenAI-shaped chat completion body, so everything downstream reads one format.
+
+pub mod openai;
+pub mod simulated;
+
+use std::fmt;
+use std::time::Duration;
+
+use serde_json::{Map, Value};
+
+pub use openai::{OpenAiConfig, OpenAiProvider};
+pub use simulated::{SimulatedConfig, SimulatedProvider};
+
+/// A secret read from the environment. Never printed, never serialised.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: String) -> Self {
+        Self(value)
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+/// One request to one model.
+#[derive(Debug, Clone, Copy)]
+pub struct ChatCall<'a> {
+    /// The model name sent to the provider (the catalog's `name`, not its key).
+    pub model_name: &'a str,
+    /// An OpenAI chat completions body; its `model` field is replaced by `model_name`.
+    pub body: &'a Map<String, Value>,
+    /// Applied when the body sets no `max_tokens` / `max_completion_tokens`.
+    pub default_max_tokens: Option<u32>,
+}
+
+/// A successful call.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Completion {
+    /// An OpenAI chat completion object.
+    pub body: Value,
+    pub request_id: String,
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+    pub finish_reason: Option<String>,
+    /// True for the built-in simulated provider, so no one mistakes it for a model.
+    pub simulated: bool,
+}
+
+/// Why a call failed, as the retry policy and the router need to know it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProviderErrorKind {
+    RateLimited,
+    Transient,
+    ContextOverflow,
+    InvalidRequest,
+    Auth,
+    QuotaExhausted,
+    ContentFilter,
+    MalformedResponse,
+}
+
+impl ProviderErrorKind {
+    /// The code written to `errors.jsonl`.
+    pub fn code(self) -> &'static str {
+        match self {
+            Self::RateLimited => "rate_limited",
+            Self::Transient => "transient",
+            Self::ContextOverflow => "context_overflow",
+            Self::InvalidRequest => "invalid_request",
+            Self::Auth => "auth",
+            Self::QuotaExhausted => "quota_exhausted",
+            Self::ContentFilter => "content_filter",
+            Self::MalformedResponse => "malformed_response",
+        }
+    }
+}
+
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{kind:?} from provider (status {status:?}): {message}")]
+pub struct ProviderError {
+    pub kind: ProviderErrorKind,
+    /// The provider's message, with any secret removed.
+    pub message: String,
+    pub status: Option<u16>,
+    /// The provider's own hint for when to try again.
+    pub retry_after: Option<Duration>,
+}
+
+impl ProviderError {
+    pub fn new(kind: ProviderErrorKind, message: impl Into<String>) -> Self {
+        Self {
+            kind,
+            message: message.into(),
+            status: None,
+            retry_after: None,
+        }
+    }
+
+    pub fn kind(&self) -> ProviderErrorKind {
+        self.kind
+    }
+
+    /// Worth retrying in place with backoff.
+    pub fn is_retryable(&self) -> bool {
+        matches!(
+            self.kind,
+            ProviderErrorKind::RateLimited
+                | ProviderErrorKind::Transient
+                | ProviderErrorKind::MalformedResponse
+        )
+    }
+}
+
+/// A configured provider.
+#[derive(Debug)]
+pub enum Provider {
+    Simulated(SimulatedProvider),
+    OpenAi(OpenAiProvider),
+}
+
+impl Provider {
+    pub async fn complete(&self, call: ChatCall<'_>) -> Result<Completion, ProviderError> {
+        match self {
+            Self::Simulated(p) => p.complete(call).await,
+            Self::OpenAi(p) => p.complete(call).await,
+        }
+    }
+
+    pub fn kind_name(&self) -> &'static str {
+        match self {
+            Self::Simulated(_) => "simulated",
+            Self::OpenAi(_) => "openai",
+        }
+    }
+}
