@@ -56,10 +56,15 @@ async fn depth_is_exact_through_a_sequence() {
     q.retry_later(&ds[1], &ds[1].job, Duration::from_secs(60))
         .await
         .unwrap();
-    q.dead_letter(&ds[2], "invalid_request", "bad").await.unwrap();
+    q.dead_letter(&ds[2], "invalid_request", "bad")
+        .await
+        .unwrap();
     assert_eq!(q.depth().await.unwrap(), depth(7, 0, 1, 1));
     let dead = q.dead_letters(10).await.unwrap();
-    assert_eq!((dead[0].code.as_str(), dead[0].job.seq), ("invalid_request", 2));
+    assert_eq!(
+        (dead[0].code.as_str(), dead[0].job.seq),
+        ("invalid_request", 2)
+    );
 }
 
 #[tokio::test]
@@ -67,7 +72,9 @@ async fn a_repeated_chunk_is_not_enqueued_twice() {
     let q = queue(|_| {});
     q.enqueue_chunk("b", 0, &jobs("b", 0..10, 1)).await.unwrap();
     q.enqueue_chunk("b", 0, &jobs("b", 0..10, 1)).await.unwrap();
-    q.enqueue_chunk("b", 1, &jobs("b", 10..15, 1)).await.unwrap();
+    q.enqueue_chunk("b", 1, &jobs("b", 10..15, 1))
+        .await
+        .unwrap();
     q.enqueue_chunk("b", 0, &jobs("b", 0..10, 1)).await.unwrap();
     q.enqueue_chunk("c", 0, &jobs("c", 0..2, 1)).await.unwrap();
     assert_eq!(q.depth().await.unwrap().pending, 17);
@@ -83,7 +90,9 @@ async fn retries_come_back_after_their_delay() {
     let d = q.claim("w", 1, SHORT).await.unwrap().remove(0);
     let mut job = d.job.clone();
     job.attempt = 1;
-    q.retry_later(&d, &job, Duration::from_millis(150)).await.unwrap();
+    q.retry_later(&d, &job, Duration::from_millis(150))
+        .await
+        .unwrap();
     assert!(q.claim("w", 1, SHORT).await.unwrap().is_empty());
     // A claim that blocks longer than the delay wakes up for the due job.
     let started = Instant::now();
@@ -111,7 +120,12 @@ async fn a_blocked_claim_wakes_on_enqueue() {
     assert!(waited < Duration::from_secs(2), "{waited:?}");
     // And a claim on an empty queue returns after its block, empty.
     let started = Instant::now();
-    assert!(q.claim("w", 1, Duration::from_millis(100)).await.unwrap().is_empty());
+    assert!(
+        q.claim("w", 1, Duration::from_millis(100))
+            .await
+            .unwrap()
+            .is_empty()
+    );
     assert!(started.elapsed() >= Duration::from_millis(100));
 }
 
@@ -130,7 +144,9 @@ async fn unacked_jobs_are_reclaimed_and_poison_is_visible() {
     let third = q.claim("rescuer", 2, Duration::from_secs(1)).await.unwrap();
     assert!(third.iter().all(|d| d.reclaims() == 2));
     for d in &third {
-        q.dead_letter(d, "worker_lost", "reclaimed twice").await.unwrap();
+        q.dead_letter(d, "worker_lost", "reclaimed twice")
+            .await
+            .unwrap();
     }
     // The first holder's late ack is harmless.
     q.ack(&first[0]).await.unwrap();
@@ -143,7 +159,9 @@ async fn promotion_is_bounded_and_dead_letters_expire() {
         o.promote_chunk = 100;
         o.dead_letter_retention = Duration::from_millis(200);
     });
-    q.enqueue_chunk("b", 0, &jobs("b", 0..1_000, 1)).await.unwrap();
+    q.enqueue_chunk("b", 0, &jobs("b", 0..1_000, 1))
+        .await
+        .unwrap();
     let ds = q.claim("w", 1_000, SHORT).await.unwrap();
     for d in &ds {
         q.retry_later(d, &d.job, Duration::ZERO).await.unwrap();
@@ -154,7 +172,13 @@ async fn promotion_is_bounded_and_dead_letters_expire() {
     assert_eq!(got.len(), 200);
     let mut seen: HashSet<u64> = got.iter().map(|d| d.job.seq).collect();
     for _ in 0..20 {
-        seen.extend(q.claim("w", 1_000, SHORT).await.unwrap().iter().map(|d| d.job.seq));
+        seen.extend(
+            q.claim("w", 1_000, SHORT)
+                .await
+                .unwrap()
+                .iter()
+                .map(|d| d.job.seq),
+        );
     }
     assert_eq!(seen.len(), 1_000);
 

@@ -68,7 +68,7 @@ pub fn tasks() -> Vec<(String, RawTask)> {
                 prompt: "Classify this document as one of: billing, technical, account, other.\n\n{{ text }}".into(),
                 min_tier: 1,
                 requires: vec![],
-                max_output_tokens: Some(10),
+                max_output_tokens: Some(50),
             },
         ),
         (

@@ -154,15 +154,17 @@ impl RedisServer {
             if ping(self.port) {
                 return Ok(());
             }
-            if let Some(child) = self.child.as_mut() {
-                if let Ok(Some(status)) = child.try_wait() {
-                    self.child = None;
-                    return Err(format!(
-                        "redis-server on port {} exited with {status}; log: {}",
-                        self.port,
-                        self.log_tail()
-                    ));
-                }
+            let exited = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten());
+            if let Some(status) = exited {
+                self.child = None;
+                return Err(format!(
+                    "redis-server on port {} exited with {status}; log: {}",
+                    self.port,
+                    self.log_tail()
+                ));
             }
             if started.elapsed() > PING_LIMIT {
                 return Err(format!(

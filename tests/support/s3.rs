@@ -165,11 +165,7 @@ impl S3Env {
             .map(|d| d.as_nanos())
             .unwrap_or_default();
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-        format!(
-            "{}-{}-{nanos}-{n}",
-            key_safe(test_name),
-            std::process::id()
-        )
+        format!("{}-{}-{nanos}-{n}", key_safe(test_name), std::process::id())
     }
 
     /// A storage URL under a unique prefix for one test: `s3://<bucket>/<prefix>`.

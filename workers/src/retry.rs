@@ -179,6 +179,7 @@ where
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests {
     use std::time::Instant;
 
@@ -334,9 +335,15 @@ mod tests {
 
     #[tokio::test]
     async fn malformed_responses_are_retried_once_only() {
-        let (result, attempts) =
-            scripted(&fast(), vec![Err(err(ProviderErrorKind::MalformedResponse))]).await;
-        assert_eq!(result.unwrap_err().kind, ProviderErrorKind::MalformedResponse);
+        let (result, attempts) = scripted(
+            &fast(),
+            vec![Err(err(ProviderErrorKind::MalformedResponse))],
+        )
+        .await;
+        assert_eq!(
+            result.unwrap_err().kind,
+            ProviderErrorKind::MalformedResponse
+        );
         assert_eq!(attempts, 2);
     }
 

@@ -2,6 +2,7 @@
 //!
 //! Each test starts its own fake provider process (so `/stats` counts only its requests) and
 //! kills it when the test ends.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::io::{BufRead as _, BufReader};
 use std::process::{Child, Command, Stdio};
@@ -146,10 +147,17 @@ async fn openai_success_parses_usage_and_finish_reason() {
         done.body["usage"]["completion_tokens"].as_u64(),
         Some(done.output_tokens)
     );
-    assert!(done.request_id.starts_with("fakereq-"), "{}", done.request_id);
+    assert!(
+        done.request_id.starts_with("fakereq-"),
+        "{}",
+        done.request_id
+    );
     assert_eq!(done.body["model"], "small-1", "model is set from the call");
     let first40: String = text.chars().take(40).collect();
-    assert_eq!(content(&done), format!("fake reply from small-1: {first40}"));
+    assert_eq!(
+        content(&done),
+        format!("fake reply from small-1: {first40}")
+    );
     assert!(!done.simulated);
     assert_eq!(server.count(200).await, 1);
 }
@@ -324,7 +332,10 @@ async fn auth_failure_is_classified_and_never_leaks_the_key() {
     assert_eq!(attempts, 1, "auth errors are not retried in place");
     for shown in [format!("{err:?}"), err.to_string(), format!("{provider:?}")] {
         assert!(!shown.contains(wrong), "the key leaked: {shown}");
-        assert!(!shown.contains("WRONG-abc"), "part of the key leaked: {shown}");
+        assert!(
+            !shown.contains("WRONG-abc"),
+            "part of the key leaked: {shown}"
+        );
     }
     assert!(err.message.contains("api key"), "{}", err.message);
 
@@ -501,7 +512,11 @@ fn classify_maps_statuses_and_codes_to_kinds() {
         K::Transient
     );
     // Messages are lowercase-led and one line.
-    let err = classify(404, &none, &openai_error("model_not_found", "x", "no\nsuch model"));
+    let err = classify(
+        404,
+        &none,
+        &openai_error("model_not_found", "x", "no\nsuch model"),
+    );
     assert!(err.message.starts_with("the provider"), "{}", err.message);
     assert!(!err.message.contains('\n'));
     assert!(err.message.contains("check the model name"));
@@ -540,7 +555,10 @@ fn classify_reads_retry_after_as_seconds_or_http_date() {
     let err = classify(503, &headers(&[("retry-after", "7")]), &busy);
     assert_eq!(err.retry_after, Some(Duration::from_secs(7)));
 
-    assert_eq!(http_date(UNIX_EPOCH + Duration::from_secs(784_111_777)), "Sun, 06 Nov 1994 08:49:37 GMT");
+    assert_eq!(
+        http_date(UNIX_EPOCH + Duration::from_secs(784_111_777)),
+        "Sun, 06 Nov 1994 08:49:37 GMT"
+    );
     let in_two_minutes = http_date(SystemTime::now() + Duration::from_secs(120));
     let err = classify(429, &headers(&[("retry-after", &in_two_minutes)]), &busy);
     let hint = err.retry_after.expect("a hint from the date");
@@ -584,7 +602,11 @@ fn classify_reads_ratelimit_reset_durations() {
             &limited,
         );
         assert_eq!(err.retry_after, Some(expected), "{value}");
-        let err = classify(429, &headers(&[("x-ratelimit-reset-tokens", value)]), &limited);
+        let err = classify(
+            429,
+            &headers(&[("x-ratelimit-reset-tokens", value)]),
+            &limited,
+        );
         assert_eq!(err.retry_after, Some(expected), "{value}");
     }
     // Both present: the longer wins.
@@ -592,7 +614,10 @@ fn classify_reads_ratelimit_reset_durations() {
         ("x-ratelimit-reset-requests", "20ms"),
         ("x-ratelimit-reset-tokens", "6m0s"),
     ]);
-    assert_eq!(classify(429, &both, &limited).retry_after, Some(ms(360_000)));
+    assert_eq!(
+        classify(429, &both, &limited).retry_after,
+        Some(ms(360_000))
+    );
     // A limit that still has room does not hold the retry back.
     let room = headers(&[
         ("x-ratelimit-reset-requests", "20ms"),
@@ -660,7 +685,10 @@ async fn simulated_replies_are_labelled_openai_shaped_and_sized() {
     assert_eq!(done.output_tokens, 20 + expected_input / 8);
     let usage = &done.body["usage"];
     assert_eq!(usage["prompt_tokens"].as_u64(), Some(done.input_tokens));
-    assert_eq!(usage["completion_tokens"].as_u64(), Some(done.output_tokens));
+    assert_eq!(
+        usage["completion_tokens"].as_u64(),
+        Some(done.output_tokens)
+    );
     assert_eq!(
         usage["total_tokens"].as_u64(),
         Some(done.input_tokens + done.output_tokens)
@@ -733,5 +761,9 @@ fn simulated_is_fast() {
         assert!(done.output_tokens > 0);
     }
     // Debug builds are slow; this only catches something pathological.
-    assert!(started.elapsed() < Duration::from_secs(10), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
 }

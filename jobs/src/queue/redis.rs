@@ -126,7 +126,9 @@ impl RedisQueue {
     pub async fn open(url: &str, opts: QueueOptions) -> Result<Self, QueueError> {
         let shared = crate::redis_conn::connect(url).await?;
         let blocking = crate::redis_conn::connect(url).await?;
-        Ok(Self::new(shared, opts).await?.with_blocking_connection(blocking))
+        Ok(Self::new(shared, opts)
+            .await?
+            .with_blocking_connection(blocking))
     }
 
     /// Uses `conn` (a connection of its own, e.g. a second [`crate::redis_conn::connect`])
@@ -280,7 +282,11 @@ impl RedisQueue {
         block: Option<Duration>,
     ) -> Result<Vec<RawEntry>, QueueError> {
         let mut cmd = redis::cmd("XREADGROUP");
-        cmd.arg("GROUP").arg(GROUP).arg(consumer).arg("COUNT").arg(count);
+        cmd.arg("GROUP")
+            .arg(GROUP)
+            .arg(consumer)
+            .arg("COUNT")
+            .arg(count);
         if let Some(block) = block {
             // BLOCK 0 would wait forever: always at least 1 ms.
             cmd.arg("BLOCK").arg(millis(block).max(1));
@@ -361,17 +367,17 @@ impl RedisQueue {
                 }
             };
             self.decode(entries, out).await;
-            if self.take_housekeeping_turn(now) {
-                if let Err(e) = self.housekeeping(CONSUMER_MAX_IDLE).await {
-                    tracing::warn!(queue = %self.opts.name, error = %e, "queue housekeeping failed");
-                }
+            if self.take_housekeeping_turn(now)
+                && let Err(e) = self.housekeeping(CONSUMER_MAX_IDLE).await
+            {
+                tracing::warn!(queue = %self.opts.name, error = %e, "queue housekeeping failed");
             }
         }
-        if self.take_promote_turn(now) {
-            if let Err(e) = self.promote_due().await {
-                self.timers().promote_more = true;
-                return Err(e);
-            }
+        if self.take_promote_turn(now)
+            && let Err(e) = self.promote_due().await
+        {
+            self.timers().promote_more = true;
+            return Err(e);
         }
         if out.len() < max {
             let block = if out.is_empty() { block } else { None };
@@ -385,7 +391,7 @@ impl RedisQueue {
 fn now_millis() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| millis(d))
+        .map(millis)
         .unwrap_or_default()
 }
 

@@ -45,16 +45,16 @@ impl TestRedis {
     }
 
     fn start_with(test: &str, appendonly: bool) -> Option<Self> {
-        if let Ok(url) = std::env::var("BATCHYARD_TEST_REDIS_URL") {
-            if !url.is_empty() {
-                return Some(Self {
-                    child: None,
-                    port: 0,
-                    dir: None,
-                    url,
-                    appendonly,
-                });
-            }
+        if let Ok(url) = std::env::var("BATCHYARD_TEST_REDIS_URL")
+            && !url.is_empty()
+        {
+            return Some(Self {
+                child: None,
+                port: 0,
+                dir: None,
+                url,
+                appendonly,
+            });
         }
         Self::start_owned(test, appendonly)
     }
@@ -149,10 +149,10 @@ fn wait_for_ping(url: &str, limit: Duration) {
     let started = Instant::now();
     let client = redis::Client::open(url).unwrap();
     loop {
-        if let Ok(mut conn) = client.get_connection_with_timeout(Duration::from_millis(200)) {
-            if redis::cmd("PING").query::<String>(&mut conn).is_ok() {
-                return;
-            }
+        if let Ok(mut conn) = client.get_connection_with_timeout(Duration::from_millis(200))
+            && redis::cmd("PING").query::<String>(&mut conn).is_ok()
+        {
+            return;
         }
         assert!(
             started.elapsed() < limit,

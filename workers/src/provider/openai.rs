@@ -263,11 +263,15 @@ fn error_chain(err: &reqwest::Error) -> String {
 /// The body sent: the caller's, with `model` set and `max_tokens` defaulted.
 fn request_body(call: ChatCall<'_>) -> Map<String, Value> {
     let mut body = call.body.clone();
-    body.insert("model".to_owned(), Value::String(call.model_name.to_owned()));
-    if !body.contains_key("max_tokens") && !body.contains_key("max_completion_tokens") {
-        if let Some(n) = call.default_max_tokens {
-            body.insert("max_tokens".to_owned(), Value::from(n));
-        }
+    body.insert(
+        "model".to_owned(),
+        Value::String(call.model_name.to_owned()),
+    );
+    if let Some(n) = call.default_max_tokens
+        && !body.contains_key("max_tokens")
+        && !body.contains_key("max_completion_tokens")
+    {
+        body.insert("max_tokens".to_owned(), Value::from(n));
     }
     // We read one JSON reply, never a stream.
     if body.get("stream").is_some_and(|s| s != &Value::Bool(false)) {
@@ -304,7 +308,12 @@ fn parse_success(
     else {
         let detail = ErrorInfo::from_value(&body)
             .message
-            .map(|m| format!(" (provider says: {})", snippet(&m, MAX_PROVIDER_MESSAGE_CHARS)))
+            .map(|m| {
+                format!(
+                    " (provider says: {})",
+                    snippet(&m, MAX_PROVIDER_MESSAGE_CHARS)
+                )
+            })
             .unwrap_or_default();
         return Err(malformed(format!(
             "the provider answered {status} without any choices{detail}"
@@ -427,10 +436,10 @@ impl ErrorInfo {
             kind: text(inner.get("type")),
         };
         // Azure puts the content filter verdict in innererror.
-        if let Some(inner_code) = text(inner.get("innererror").and_then(|i| i.get("code"))) {
-            if inner_code == "ResponsibleAIPolicyViolation" {
-                info.code = Some("content_filter".to_owned());
-            }
+        if text(inner.get("innererror").and_then(|i| i.get("code"))).as_deref()
+            == Some("ResponsibleAIPolicyViolation")
+        {
+            info.code = Some("content_filter".to_owned());
         }
         info
     }
@@ -637,7 +646,11 @@ pub fn parse_http_date(value: &str) -> Option<SystemTime> {
         let mut dmy = first.split('-');
         let (d, m, y) = (dmy.next()?, dmy.next()?, dmy.next()?);
         let y: i64 = y.parse().ok()?;
-        let y = if y < 100 { y + if y >= 70 { 1900 } else { 2000 } } else { y };
+        let y = if y < 100 {
+            y + if y >= 70 { 1900 } else { 2000 }
+        } else {
+            y
+        };
         (d, m, y)
     } else {
         let m = parts.next()?;
@@ -689,6 +702,7 @@ fn snippet(text: &str, max: usize) -> String {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests {
     use super::*;
 

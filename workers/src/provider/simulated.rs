@@ -106,9 +106,12 @@ impl SimulatedProvider {
         };
 
         let content = match json_mode(call.body) {
-            JsonMode::None => {
-                reply_text(call.model_name, input.last_user, hash, output_tokens as usize)
-            }
+            JsonMode::None => reply_text(
+                call.model_name,
+                input.last_user,
+                hash,
+                output_tokens as usize,
+            ),
             JsonMode::Object => json_object_reply(call.model_name, input.last_user, hash),
             JsonMode::Schema(schema) => {
                 json_schema_reply(call.model_name, input.last_user, hash, schema)
@@ -344,9 +347,36 @@ impl Rng {
 }
 
 const FILLER: &[&str] = &[
-    "the", "main", "point", "is", "that", "overall", "notably", "key", "result", "shows", "a",
-    "clear", "trend", "in", "summary", "this", "suggests", "further", "review", "of", "data",
-    "indicates", "important", "detail", "and", "context", "matters", "for", "next", "steps",
+    "the",
+    "main",
+    "point",
+    "is",
+    "that",
+    "overall",
+    "notably",
+    "key",
+    "result",
+    "shows",
+    "a",
+    "clear",
+    "trend",
+    "in",
+    "summary",
+    "this",
+    "suggests",
+    "further",
+    "review",
+    "of",
+    "data",
+    "indicates",
+    "important",
+    "detail",
+    "and",
+    "context",
+    "matters",
+    "for",
+    "next",
+    "steps",
 ];
 
 /// Up to `n` whitespace-separated words of `text`, joined by single spaces.
@@ -474,7 +504,7 @@ fn value_for_schema(schema: &Value, label: &str, text: &str, rng: &mut Rng, dept
             let span = hi.saturating_sub(lo).max(0) as u64 + 1;
             json!(lo.saturating_add((rng.next() % span) as i64))
         }
-        "boolean" => Value::Bool(rng.next() % 2 == 0),
+        "boolean" => Value::Bool(rng.next().is_multiple_of(2)),
         "null" => Value::Null,
         _ => {
             let mut s = String::with_capacity(label.len() + 64);
@@ -487,6 +517,7 @@ fn value_for_schema(schema: &Value, label: &str, text: &str, rng: &mut Rng, dept
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests {
     use super::*;
 
@@ -519,12 +550,14 @@ mod tests {
     #[test]
     fn key_order_does_not_change_the_reply() {
         let p = SimulatedProvider::new(SimulatedConfig::default());
-        let a: Map<String, Value> =
-            serde_json::from_str(r#"{"temperature":0,"messages":[{"role":"user","content":"hi there"}]}"#)
-                .unwrap();
-        let b: Map<String, Value> =
-            serde_json::from_str(r#"{"messages":[{"role":"user","content":"hi there"}],"temperature":0}"#)
-                .unwrap();
+        let a: Map<String, Value> = serde_json::from_str(
+            r#"{"temperature":0,"messages":[{"role":"user","content":"hi there"}]}"#,
+        )
+        .unwrap();
+        let b: Map<String, Value> = serde_json::from_str(
+            r#"{"messages":[{"role":"user","content":"hi there"}],"temperature":0}"#,
+        )
+        .unwrap();
         assert_eq!(
             p.complete_now(call("m", &a)).body,
             p.complete_now(call("m", &b)).body
@@ -537,7 +570,9 @@ mod tests {
             output_tokens: Some(50),
             ..SimulatedConfig::default()
         });
-        let b = body(json!({"messages":[{"role":"user","content":"Summarise the quarterly report on widgets"}]}));
+        let b = body(
+            json!({"messages":[{"role":"user","content":"Summarise the quarterly report on widgets"}]}),
+        );
         let c = p.complete_now(call("small-1", &b));
         let text = c.body["choices"][0]["message"]["content"].as_str().unwrap();
         assert!(text.starts_with("[simulated small-1]\n- point 1: "));
@@ -594,7 +629,9 @@ mod tests {
     #[test]
     fn multibyte_input_is_cut_on_char_boundaries() {
         let p = SimulatedProvider::new(SimulatedConfig::default());
-        let b = body(json!({"max_tokens": 3, "messages":[{"role":"user","content":"日本語のテキスト 요약 ✓✓✓ émigré"}]}));
+        let b = body(
+            json!({"max_tokens": 3, "messages":[{"role":"user","content":"日本語のテキスト 요약 ✓✓✓ émigré"}]}),
+        );
         for model in ["a", "bb", "ccc", "dddd", "eeeee"] {
             let c = p.complete_now(call(model, &b));
             assert_eq!(c.finish_reason.as_deref(), Some("length"));

@@ -172,7 +172,10 @@ mod tests {
     #[test]
     fn placeholder_keeps_identifying_fields() {
         let job = placeholder_job(br#"{"batch_id":"b","job_id":"j1","seq":4,"route":7}"#);
-        assert_eq!((job.batch_id.as_str(), job.job_id.as_str(), job.seq), ("b", "j1", 4));
+        assert_eq!(
+            (job.batch_id.as_str(), job.job_id.as_str(), job.seq),
+            ("b", "j1", 4)
+        );
         let job = placeholder_job(b"\xff garbage");
         assert_eq!(job.batch_id, "");
         assert_eq!(excerpt(b"abcdef", 3), "abc…");

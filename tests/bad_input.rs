@@ -1,0 +1,185 @@
+//! Bad input: a clear error naming the line and the reason, exit 2, and nothing enqueued.
+
+mod support;
+
+use support::*;
+
+/// Runs `batchyard run` on `body` and returns (exit code, stderr, batches written).
+fn run_on(body: &[u8], extra: &[&str]) -> (Option<i32>, String, usize, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let input = write_file(dir.path(), "in.jsonl", body);
+    let mut cmd = batchyard(dir.path());
+    cmd.args(["run", input.to_str().unwrap()]).args(extra);
+    let out = run(&mut cmd);
+    let batches = std::fs::read_dir(dir.path().join("batchyard-data/batches"))
+        .map(|d| d.count())
+        .unwrap_or(0);
+    (out.status.code(), text(&out.stderr), batches, dir)
+}
+
+fn good(id: &str) -> String {
+    request_line(id, "hello")
+}
+
+fn assert_rejected(body: &[u8], line: &str, reason: &str) {
+    let (code, stderr, batches, _dir) = run_on(body, &[]);
+    assert_eq!(code, Some(2), "stderr: {stderr}");
+    assert!(stderr.contains(line), "expected {line:?} in: {stderr}");
+    assert!(stderr.contains(reason), "expected {reason:?} in: {stderr}");
+    assert!(stderr.contains("nothing was enqueued") || batches == 0, "{stderr}");
+    assert_eq!(batches, 0, "nothing may be written for rejected input");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+#[test]
+fn invalid_json_names_the_line() {
+    let body = format!("{}\n{{not json\n", good("a"));
+    assert_rejected(body.as_bytes(), "in.jsonl:2", "invalid JSON");
+}
+
+#[test]
+fn a_line_that_is_not_an_object() {
+    let body = format!("{}\n[1,2,3]\n", good("a"));
+    assert_rejected(body.as_bytes(), "in.jsonl:2", "must be a JSON object");
+}
+
+#[test]
+fn missing_and_empty_custom_ids() {
+    let body = r#"{"method":"POST","url":"/v1/chat/completions","body":{"messages":[{"role":"user","content":"x"}]}}"#;
+    assert_rejected(body.as_bytes(), "in.jsonl:1", "missing \"custom_id\"");
+    let body = r#"{"custom_id":"  ","method":"POST","url":"/v1/chat/completions","body":{"messages":[{"role":"user","content":"x"}]}}"#;
+    assert_rejected(body.as_bytes(), "in.jsonl:1", "\"custom_id\" is empty");
+    let body = r#"{"id":"","text":"x"}"#;
+    assert_rejected(body.as_bytes(), "in.jsonl:1", "\"id\" is empty");
+}
+
+#[test]
+fn duplicate_custom_id() {
+    let body = format!("{}\n{}\n{}\n", good("a"), good("b"), good("a"));
+    assert_rejected(body.as_bytes(), "line 3", "duplicate custom_id \"a\"");
+}
+
+#[test]
+fn unknown_model_or_task() {
+    let body = good("a").replace("\"auto\"", "\"gpt-9\"");
+    assert_rejected(body.as_bytes(), "in.jsonl:1", "unknown model \"gpt-9\"");
+    let body = good("a").replace("\"auto\"", "\"task:nope\"");
+    assert_rejected(body.as_bytes(), "in.jsonl:1", "unknown task \"nope\"");
+}
+
+#[test]
+fn wrong_url_or_method() {
+    let body = good("a").replace("/v1/chat/completions", "/v1/embeddings");
+    assert_rejected(body.as_bytes(), "in.jsonl:1", "\"url\" must be");
+    let body = good("a").replace("POST", "GET");
+    assert_rejected(body.as_bytes(), "in.jsonl:1", "\"method\" must be \"POST\"");
+}
+
+#[test]
+fn body_without_messages() {
+    let body = r#"{"custom_id":"a","method":"POST","url":"/v1/chat/completions","body":{"model":"auto"}}"#;
+    assert_rejected(body.as_bytes(), "in.jsonl:1", "\"messages\"");
+}
+
+#[test]
+fn document_without_text() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = write_file(dir.path(), "docs.jsonl", b"{\"id\":\"d1\",\"text\":\"ok\"}\n{\"id\":\"d2\"}\n");
+    let out = run(batchyard(dir.path()).args(["run", input.to_str().unwrap(), "--task", "summarize"]));
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = text(&out.stderr);
+    assert!(stderr.contains("docs.jsonl:2") && stderr.contains("needs \"text\""), "{stderr}");
+}
+
+#[test]
+fn documents_without_a_task() {
+    let body = b"{\"id\":\"d1\",\"text\":\"ok\"}\n";
+    assert_rejected(body, "in.jsonl:1", "--task");
+}
+
+#[test]
+fn non_utf8_bytes() {
+    let mut body = good("a").into_bytes();
+    body.extend_from_slice(b"\n{\"custom_id\":\"b\xff\xfe\"}\n");
+    assert_rejected(&body, "in.jsonl:2", "not valid UTF-8");
+}
+
+#[test]
+fn a_line_over_the_size_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    write_file(dir.path(), "batchyard.toml", b"[input]\nmax_line_bytes = 1000\n");
+    let big = request_line("big", &"x".repeat(5000));
+    let input = write_file(dir.path(), "in.jsonl", format!("{}\n{big}\n{}\n", good("a"), good("c")).as_bytes());
+    let out = run(batchyard(dir.path()).args(["run", input.to_str().unwrap()]));
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = text(&out.stderr);
+    assert!(stderr.contains("in.jsonl:2") && stderr.contains("longer than the limit of 1000 bytes"), "{stderr}");
+}
+
+#[test]
+fn an_empty_input() {
+    assert_rejected(b"", "in.jsonl", "empty");
+    assert_rejected(b"\n\n  \n", "in.jsonl", "empty");
+}
+
+#[test]
+fn blank_lines_crlf_and_bom_are_accepted() {
+    let body = format!("\u{feff}{}\r\n\r\n{}\r\n\n", good("a"), good("b"));
+    let (code, stderr, batches, _dir) = run_on(body.as_bytes(), &["--json"]);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert_eq!(batches, 1);
+}
+
+#[test]
+fn every_bad_line_is_listed_not_just_the_first() {
+    let body = format!("{{bad\n{}\n[1]\n", good("a"));
+    let (code, stderr, _, _dir) = run_on(body.as_bytes(), &[]);
+    assert_eq!(code, Some(2));
+    assert!(stderr.contains("in.jsonl:1") && stderr.contains("in.jsonl:3"), "{stderr}");
+    assert!(stderr.contains("2 invalid item(s)"), "{stderr}");
+}
+
+#[test]
+fn skip_invalid_enqueues_good_lines_and_records_bad_ones() {
+    let body = format!("{}\n{{oops\n{}\n{}\n", good("a"), good("b"), good("a"));
+    let (code, stderr, batches, dir) = run_on(body.as_bytes(), &["--skip-invalid", "--json"]);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert_eq!(batches, 1);
+    let batch_dir = std::fs::read_dir(dir.path().join("batchyard-data/batches"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let ok = read_jsonl(&batch_dir.join("output.jsonl"));
+    let errors = read_jsonl(&batch_dir.join("errors.jsonl"));
+    assert_eq!(ok.len(), 2);
+    assert_eq!(errors.len(), 2);
+    for e in &errors {
+        assert_eq!(e["error"]["code"], "invalid_input");
+        assert!(e["response"].is_null());
+    }
+    let lines: Vec<u64> = errors.iter().map(|e| e["batchyard"]["line"].as_u64().unwrap()).collect();
+    assert!(lines.contains(&2) && lines.contains(&4), "{lines:?}");
+    let dup = errors.iter().find(|e| e["batchyard"]["line"] == 4).unwrap();
+    assert_eq!(dup["custom_id"], "a");
+}
+
+#[test]
+fn a_missing_input_file_is_a_usage_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = run(batchyard(dir.path()).args(["run", "does-not-exist.jsonl"]));
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("does-not-exist.jsonl"));
+}
+
+#[test]
+fn a_bad_config_names_file_and_key() {
+    let dir = tempfile::tempdir().unwrap();
+    write_file(dir.path(), "batchyard.toml", b"[storage]\nurl = \"file://./x\"\nbogus = 1\n");
+    let input = write_file(dir.path(), "in.jsonl", good("a").as_bytes());
+    let out = run(batchyard(dir.path()).args(["run", input.to_str().unwrap()]));
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = text(&out.stderr);
+    assert!(stderr.contains("batchyard.toml") && stderr.contains("bogus"), "{stderr}");
+}

@@ -1,0 +1,71 @@
+//! Shared helpers for the end-to-end tests: real processes, real servers, loopback only.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+pub mod redis;
+pub mod s3;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+use serde_json::Value;
+
+/// The batchyard binary with a clean environment: no config, Redis or storage leaking in
+/// from the developer's shell.
+pub fn batchyard(dir: &Path) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_batchyard"));
+    cmd.current_dir(dir)
+        .env_remove("BATCHYARD_CONFIG")
+        .env_remove("BATCHYARD_REDIS_URL")
+        .env_remove("BATCHYARD_STORAGE_URL")
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null());
+    cmd
+}
+
+pub fn run(cmd: &mut Command) -> Output {
+    cmd.output().expect("batchyard should start")
+}
+
+pub fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// The last line of stdout, parsed as the JSON object `--json` promises.
+pub fn last_json(out: &Output) -> Value {
+    let stdout = text(&out.stdout);
+    let line = stdout.lines().last().unwrap_or_default();
+    serde_json::from_str(line).unwrap_or_else(|e| {
+        panic!("last stdout line is not JSON ({e}): {stdout}\nstderr: {}", text(&out.stderr))
+    })
+}
+
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Reads a JSONL file into values.
+pub fn read_jsonl(path: &Path) -> Vec<Value> {
+    let body = std::fs::read_to_string(path).unwrap_or_default();
+    body.lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).expect("valid JSON line"))
+        .collect()
+}
+
+/// Writes `lines` as a JSONL file and returns its path.
+pub fn write_file(dir: &Path, name: &str, body: &[u8]) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, body).unwrap();
+    path
+}
+
+/// A chat request line.
+pub fn request_line(custom_id: &str, content: &str) -> String {
+    serde_json::json!({
+        "custom_id": custom_id,
+        "method": "POST",
+        "url": "/v1/chat/completions",
+        "body": {"model": "auto", "messages": [{"role": "user", "content": content}]}
+    })
+    .to_string()
+}
