@@ -33,36 +33,38 @@ impl App {
         allow_in_process: bool,
         command: &str,
     ) -> anyhow::Result<Self> {
-        let storage_url = storage_override.unwrap_or(&settings.storage_url).to_string();
-        let store = ResultStore::open(&storage_url, &settings.env).map_err(|e| UsageError(e.to_string()))?;
+        let storage_url = storage_override
+            .unwrap_or(&settings.storage_url)
+            .to_string();
+        let store = ResultStore::open(&storage_url, &settings.env)
+            .map_err(|e| UsageError(e.to_string()))?;
         let consumer = unique_consumer_name();
-        let (queue, ledger): (Arc<dyn Queue>, Arc<dyn Ledger>) =
-            match &settings.redis_url {
-                Some(url) => {
-                    let conn = batchyard_jobs::redis_conn::connect(url)
+        let (queue, ledger): (Arc<dyn Queue>, Arc<dyn Ledger>) = match &settings.redis_url {
+            Some(url) => {
+                let conn = batchyard_jobs::redis_conn::connect(url)
+                    .await
+                    .context("cannot connect to redis")?;
+                let queue = Arc::new(
+                    RedisQueue::new(conn.clone(), settings.queue.clone())
                         .await
-                        .context("cannot connect to redis")?;
-                    let queue = Arc::new(
-                        RedisQueue::new(conn.clone(), settings.queue.clone())
-                            .await
-                            .context("cannot open the redis queue")?,
-                    );
-                    (
-                        queue as Arc<dyn Queue>,
-                        Arc::new(RedisLedger::new(conn)) as Arc<dyn Ledger>,
-                    )
-                }
-                None if allow_in_process => (
-                    Arc::new(MemoryQueue::new(settings.queue.clone())) as Arc<dyn Queue>,
-                    Arc::new(MemoryLedger::new()) as Arc<dyn Ledger>,
-                ),
-                None => {
-                    return Err(UsageError(format!(
+                        .context("cannot open the redis queue")?,
+                );
+                (
+                    queue as Arc<dyn Queue>,
+                    Arc::new(RedisLedger::new(conn)) as Arc<dyn Ledger>,
+                )
+            }
+            None if allow_in_process => (
+                Arc::new(MemoryQueue::new(settings.queue.clone())) as Arc<dyn Queue>,
+                Arc::new(MemoryLedger::new()) as Arc<dyn Ledger>,
+            ),
+            None => {
+                return Err(UsageError(format!(
                         "`batchyard {command}` needs redis; set BATCHYARD_REDIS_URL or [queue] redis_url in the config (only `run` works without it)"
                     ))
                     .into());
-                }
-            };
+            }
+        };
         let mut settings = settings;
         settings.storage_url = storage_url;
         Ok(Self {

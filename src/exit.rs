@@ -8,7 +8,9 @@ pub struct UsageError(pub String);
 pub fn code_for(err: &anyhow::Error) -> i32 {
     if err.downcast_ref::<UsageError>().is_some()
         || err.downcast_ref::<crate::config::ConfigError>().is_some()
-        || err.downcast_ref::<crate::submission::InvalidInput>().is_some()
+        || err
+            .downcast_ref::<crate::submission::InvalidInput>()
+            .is_some()
     {
         2
     } else {

@@ -40,14 +40,25 @@ pub struct InvalidInput {
 
 impl fmt::Display for InvalidInput {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        writeln!(f, "the input has {} invalid item(s); nothing was enqueued:", self.total_bad)?;
+        writeln!(
+            f,
+            "the input has {} invalid item(s); nothing was enqueued:",
+            self.total_bad
+        )?;
         for e in &self.errors {
             writeln!(f, "  {e}")?;
         }
         if self.total_bad > self.errors.len() as u64 {
-            writeln!(f, "  ... and {} more", self.total_bad - self.errors.len() as u64)?;
+            writeln!(
+                f,
+                "  ... and {} more",
+                self.total_bad - self.errors.len() as u64
+            )?;
         }
-        write!(f, "fix these lines, or pass --skip-invalid to enqueue the good ones")
+        write!(
+            f,
+            "fix these lines, or pass --skip-invalid to enqueue the good ones"
+        )
     }
 }
 
@@ -95,7 +106,9 @@ impl Builder<'_> {
             Item::Request { body, route, .. } => (body, route),
             Item::Document { fields, .. } => {
                 let Some(task) = self.task.clone() else {
-                    return Ok(Checked::Bad(bad("documents need a task; pass --task NAME".into())));
+                    return Ok(Checked::Bad(bad(
+                        "documents need a task; pass --task NAME".into()
+                    )));
                 };
                 match self.app.settings.catalog.render_document(&task, &fields) {
                     Ok(body) => (body, Route::Task { task }),
@@ -160,7 +173,10 @@ pub async fn submit(app: &App, req: &SubmitRequest) -> anyhow::Result<Submitted>
     let mut reader = open(app, &source, req).await?;
     let (mut total, mut bad_count, mut listed) = (0u64, 0u64, Vec::new());
     while let Some(read) = reader.next().await {
-        match builder.check(read, total).map_err(|e| UsageError(e.to_string()))? {
+        match builder
+            .check(read, total)
+            .map_err(|e| UsageError(e.to_string()))?
+        {
             Checked::Job(_) => {}
             Checked::Bad(e) => {
                 bad_count += 1;
@@ -207,7 +223,10 @@ pub async fn submit(app: &App, req: &SubmitRequest) -> anyhow::Result<Submitted>
     let mut chunk = Vec::with_capacity(CHUNK);
     let (mut seq, mut chunk_no, mut invalid) = (0u64, 0u64, 0u64);
     while let Some(read) = reader.next().await {
-        match builder.check(read, seq).map_err(|e| UsageError(e.to_string()))? {
+        match builder
+            .check(read, seq)
+            .map_err(|e| UsageError(e.to_string()))?
+        {
             Checked::Job(job) => chunk.push(job),
             Checked::Bad(e) => {
                 invalid += 1;
@@ -226,15 +245,15 @@ pub async fn submit(app: &App, req: &SubmitRequest) -> anyhow::Result<Submitted>
     }
     let record = app.ledger.get(&batch_id).await?.unwrap_or(record);
     tracing::info!(batch_id = %batch_id, total, invalid, "batch submitted");
-    Ok(Submitted {
-        record,
-        invalid,
-    })
+    Ok(Submitted { record, invalid })
 }
 
 /// Writes a bad line's outcome and counts it, so it lands in `errors.jsonl`.
 async fn record_invalid(app: &App, batch_id: &str, seq: u64, e: &InputError) -> anyhow::Result<()> {
-    let custom_id = e.custom_id.clone().unwrap_or_else(|| format!("line-{}", e.line.unwrap_or(seq + 1)));
+    let custom_id = e
+        .custom_id
+        .clone()
+        .unwrap_or_else(|| format!("line-{}", e.line.unwrap_or(seq + 1)));
     let job_id = job_id_for(batch_id, &format!("\u{0}invalid:{seq}"));
     let line = OutputLine::failure(
         &job_id,
@@ -247,8 +266,15 @@ async fn record_invalid(app: &App, batch_id: &str, seq: u64, e: &InputError) -> 
         },
     );
     let bytes = Bytes::from(serde_json::to_vec(&line)?);
-    app.store.put(&app.store.result_path(batch_id, &job_id), bytes).await?;
-    if app.ledger.settle(batch_id, seq, false, 0).await?.should_finalize() {
+    app.store
+        .put(&app.store.result_path(batch_id, &job_id), bytes)
+        .await?;
+    if app
+        .ledger
+        .settle(batch_id, seq, false, 0)
+        .await?
+        .should_finalize()
+    {
         app.finalizer().finalize(batch_id).await?;
     }
     Ok(())

@@ -26,7 +26,10 @@ fn assert_rejected(body: &[u8], line: &str, reason: &str) {
     assert_eq!(code, Some(2), "stderr: {stderr}");
     assert!(stderr.contains(line), "expected {line:?} in: {stderr}");
     assert!(stderr.contains(reason), "expected {reason:?} in: {stderr}");
-    assert!(stderr.contains("nothing was enqueued") || batches == 0, "{stderr}");
+    assert!(
+        stderr.contains("nothing was enqueued") || batches == 0,
+        "{stderr}"
+    );
     assert_eq!(batches, 0, "nothing may be written for rejected input");
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
@@ -77,18 +80,27 @@ fn wrong_url_or_method() {
 
 #[test]
 fn body_without_messages() {
-    let body = r#"{"custom_id":"a","method":"POST","url":"/v1/chat/completions","body":{"model":"auto"}}"#;
+    let body =
+        r#"{"custom_id":"a","method":"POST","url":"/v1/chat/completions","body":{"model":"auto"}}"#;
     assert_rejected(body.as_bytes(), "in.jsonl:1", "\"messages\"");
 }
 
 #[test]
 fn document_without_text() {
     let dir = tempfile::tempdir().unwrap();
-    let input = write_file(dir.path(), "docs.jsonl", b"{\"id\":\"d1\",\"text\":\"ok\"}\n{\"id\":\"d2\"}\n");
-    let out = run(batchyard(dir.path()).args(["run", input.to_str().unwrap(), "--task", "summarize"]));
+    let input = write_file(
+        dir.path(),
+        "docs.jsonl",
+        b"{\"id\":\"d1\",\"text\":\"ok\"}\n{\"id\":\"d2\"}\n",
+    );
+    let out =
+        run(batchyard(dir.path()).args(["run", input.to_str().unwrap(), "--task", "summarize"]));
     assert_eq!(out.status.code(), Some(2));
     let stderr = text(&out.stderr);
-    assert!(stderr.contains("docs.jsonl:2") && stderr.contains("needs \"text\""), "{stderr}");
+    assert!(
+        stderr.contains("docs.jsonl:2") && stderr.contains("needs \"text\""),
+        "{stderr}"
+    );
 }
 
 #[test]
@@ -107,13 +119,24 @@ fn non_utf8_bytes() {
 #[test]
 fn a_line_over_the_size_limit() {
     let dir = tempfile::tempdir().unwrap();
-    write_file(dir.path(), "batchyard.toml", b"[input]\nmax_line_bytes = 1000\n");
+    write_file(
+        dir.path(),
+        "batchyard.toml",
+        b"[input]\nmax_line_bytes = 1000\n",
+    );
     let big = request_line("big", &"x".repeat(5000));
-    let input = write_file(dir.path(), "in.jsonl", format!("{}\n{big}\n{}\n", good("a"), good("c")).as_bytes());
+    let input = write_file(
+        dir.path(),
+        "in.jsonl",
+        format!("{}\n{big}\n{}\n", good("a"), good("c")).as_bytes(),
+    );
     let out = run(batchyard(dir.path()).args(["run", input.to_str().unwrap()]));
     assert_eq!(out.status.code(), Some(2));
     let stderr = text(&out.stderr);
-    assert!(stderr.contains("in.jsonl:2") && stderr.contains("longer than the limit of 1000 bytes"), "{stderr}");
+    assert!(
+        stderr.contains("in.jsonl:2") && stderr.contains("longer than the limit of 1000 bytes"),
+        "{stderr}"
+    );
 }
 
 #[test]
@@ -135,7 +158,10 @@ fn every_bad_line_is_listed_not_just_the_first() {
     let body = format!("{{bad\n{}\n[1]\n", good("a"));
     let (code, stderr, _, _dir) = run_on(body.as_bytes(), &[]);
     assert_eq!(code, Some(2));
-    assert!(stderr.contains("in.jsonl:1") && stderr.contains("in.jsonl:3"), "{stderr}");
+    assert!(
+        stderr.contains("in.jsonl:1") && stderr.contains("in.jsonl:3"),
+        "{stderr}"
+    );
     assert!(stderr.contains("2 invalid item(s)"), "{stderr}");
 }
 
@@ -159,7 +185,10 @@ fn skip_invalid_enqueues_good_lines_and_records_bad_ones() {
         assert_eq!(e["error"]["code"], "invalid_input");
         assert!(e["response"].is_null());
     }
-    let lines: Vec<u64> = errors.iter().map(|e| e["batchyard"]["line"].as_u64().unwrap()).collect();
+    let lines: Vec<u64> = errors
+        .iter()
+        .map(|e| e["batchyard"]["line"].as_u64().unwrap())
+        .collect();
     assert!(lines.contains(&2) && lines.contains(&4), "{lines:?}");
     let dup = errors.iter().find(|e| e["batchyard"]["line"] == 4).unwrap();
     assert_eq!(dup["custom_id"], "a");
@@ -176,10 +205,17 @@ fn a_missing_input_file_is_a_usage_error() {
 #[test]
 fn a_bad_config_names_file_and_key() {
     let dir = tempfile::tempdir().unwrap();
-    write_file(dir.path(), "batchyard.toml", b"[storage]\nurl = \"file://./x\"\nbogus = 1\n");
+    write_file(
+        dir.path(),
+        "batchyard.toml",
+        b"[storage]\nurl = \"file://./x\"\nbogus = 1\n",
+    );
     let input = write_file(dir.path(), "in.jsonl", good("a").as_bytes());
     let out = run(batchyard(dir.path()).args(["run", input.to_str().unwrap()]));
     assert_eq!(out.status.code(), Some(2));
     let stderr = text(&out.stderr);
-    assert!(stderr.contains("batchyard.toml") && stderr.contains("bogus"), "{stderr}");
+    assert!(
+        stderr.contains("batchyard.toml") && stderr.contains("bogus"),
+        "{stderr}"
+    );
 }

@@ -10,8 +10,13 @@ use support::*;
 fn quick_start_processes_the_example_documents() {
     let dir = tempfile::tempdir().unwrap();
     let docs = repo_root().join("examples/documents");
-    let out = run(batchyard(dir.path())
-        .args(["run", docs.to_str().unwrap(), "--task", "summarize", "--json"]));
+    let out = run(batchyard(dir.path()).args([
+        "run",
+        docs.to_str().unwrap(),
+        "--task",
+        "summarize",
+        "--json",
+    ]));
     assert!(out.status.success(), "stderr: {}", text(&out.stderr));
     let batch = last_json(&out);
     assert_eq!(batch["object"], "batch");
@@ -22,7 +27,10 @@ fn quick_start_processes_the_example_documents() {
     let base = dir.path().join("batchyard-data/batches").join(id);
     let lines = read_jsonl(&base.join("output.jsonl"));
     assert_eq!(lines.len(), 25);
-    let ids: BTreeSet<_> = lines.iter().map(|l| l["custom_id"].as_str().unwrap().to_string()).collect();
+    let ids: BTreeSet<_> = lines
+        .iter()
+        .map(|l| l["custom_id"].as_str().unwrap().to_string())
+        .collect();
     assert_eq!(ids.len(), 25);
     assert!(ids.contains("tickets/ticket-001.txt"), "{ids:?}");
     assert!(ids.contains("contracts/contract-01.md"), "{ids:?}");
@@ -41,7 +49,11 @@ fn quick_start_processes_the_example_documents() {
         .sum();
     assert!((manifest["cost_usd"].as_f64().unwrap() - sum).abs() < 1e-9);
     assert_eq!(manifest["reconciled"], true);
-    assert!(text(&out.stderr).contains("skipped 1 file"), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("skipped 1 file"),
+        "{}",
+        text(&out.stderr)
+    );
 }
 
 #[test]
@@ -52,7 +64,12 @@ fn requests_jsonl_routes_pins_and_tasks() {
     assert!(out.status.success(), "stderr: {}", text(&out.stderr));
     let batch = last_json(&out);
     let id = batch["id"].as_str().unwrap();
-    let lines = read_jsonl(&dir.path().join("batchyard-data/batches").join(id).join("output.jsonl"));
+    let lines = read_jsonl(
+        &dir.path()
+            .join("batchyard-data/batches")
+            .join(id)
+            .join("output.jsonl"),
+    );
     let model_of = |cid: &str| {
         lines
             .iter()
@@ -60,7 +77,11 @@ fn requests_jsonl_routes_pins_and_tasks() {
             .map(|l| l["batchyard"]["model"].as_str().unwrap().to_string())
             .unwrap()
     };
-    assert_eq!(model_of("req-3"), "large", "a pinned request stays on its model");
+    assert_eq!(
+        model_of("req-3"),
+        "large",
+        "a pinned request stays on its model"
+    );
     assert_eq!(model_of("req-1"), "small", "auto picks the cheapest model");
     assert_eq!(model_of("req-2"), "small");
 }
@@ -68,8 +89,17 @@ fn requests_jsonl_routes_pins_and_tasks() {
 #[test]
 fn storage_flag_and_hostile_custom_ids_stay_inside_the_batch() {
     let dir = tempfile::tempdir().unwrap();
-    let hostile = ["../../escape", "a/b/../../c", "with space", "ünïcødé ✓", "/abs"];
-    let body: String = hostile.iter().map(|c| request_line(c, "hi") + "\n").collect();
+    let hostile = [
+        "../../escape",
+        "a/b/../../c",
+        "with space",
+        "ünïcødé ✓",
+        "/abs",
+    ];
+    let body: String = hostile
+        .iter()
+        .map(|c| request_line(c, "hi") + "\n")
+        .collect();
     let input = write_file(dir.path(), "in.jsonl", body.as_bytes());
     let store = dir.path().join("store");
     let out = run(batchyard(dir.path()).args([
@@ -82,14 +112,22 @@ fn storage_flag_and_hostile_custom_ids_stay_inside_the_batch() {
     assert!(out.status.success(), "stderr: {}", text(&out.stderr));
     let id = last_json(&out)["id"].as_str().unwrap().to_string();
     let lines = read_jsonl(&store.join("batches").join(&id).join("output.jsonl"));
-    let got: BTreeSet<_> = lines.iter().map(|l| l["custom_id"].as_str().unwrap()).collect();
+    let got: BTreeSet<_> = lines
+        .iter()
+        .map(|l| l["custom_id"].as_str().unwrap())
+        .collect();
     assert_eq!(got, hostile.iter().copied().collect());
     // Nothing was written outside store/batches/<id>/.
-    let mut top: Vec<_> = std::fs::read_dir(&store).unwrap().map(|e| e.unwrap().file_name()).collect();
+    let mut top: Vec<_> = std::fs::read_dir(&store)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
     top.sort();
     assert_eq!(top, ["batches"]);
     assert!(!dir.path().join("escape").exists());
-    let results = std::fs::read_dir(store.join("batches").join(&id).join("results")).unwrap().count();
+    let results = std::fs::read_dir(store.join("batches").join(&id).join("results"))
+        .unwrap()
+        .count();
     assert_eq!(results, hostile.len());
 }
 
@@ -113,5 +151,9 @@ fn commands_that_need_redis_say_so() {
     let input = repo_root().join("examples/requests.jsonl");
     let out = run(batchyard(dir.path()).args(["submit", input.to_str().unwrap()]));
     assert_eq!(out.status.code(), Some(2));
-    assert!(text(&out.stderr).contains("BATCHYARD_REDIS_URL"), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("BATCHYARD_REDIS_URL"),
+        "{}",
+        text(&out.stderr)
+    );
 }

@@ -15,7 +15,9 @@ pub enum ErrorKind {
 
 #[derive(Debug, Error)]
 pub enum QueueError {
-    #[error("redis is unavailable: {0}; check that redis is running and BATCHYARD_REDIS_URL is right")]
+    #[error(
+        "redis is unavailable: {0}; check that redis is running and BATCHYARD_REDIS_URL is right"
+    )]
     Unavailable(String),
     #[error("redis answered with an error: {0}")]
     Redis(String),

@@ -9,8 +9,9 @@ use crate::error::{QueueError, redact};
 
 /// Opens a connection manager that reconnects by itself after drops and restarts.
 pub async fn connect(url: &str) -> Result<ConnectionManager, QueueError> {
-    let client = redis::Client::open(url)
-        .map_err(|e| QueueError::Unavailable(format!("bad redis url: {}", redact(&e.to_string()))))?;
+    let client = redis::Client::open(url).map_err(|e| {
+        QueueError::Unavailable(format!("bad redis url: {}", redact(&e.to_string())))
+    })?;
     let config = ConnectionManagerConfig::new()
         // A big enqueue on another queue can stall Redis for a while; that is not an error.
         .set_response_timeout(Some(Duration::from_secs(10)))

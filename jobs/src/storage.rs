@@ -51,7 +51,9 @@ impl ResultStore {
         };
         if let Some(dir) = url.strip_prefix("file://") {
             if dir.is_empty() {
-                return Err(bad("a file:// url needs a folder, e.g. file://./batchyard-data".into()));
+                return Err(bad(
+                    "a file:// url needs a folder, e.g. file://./batchyard-data".into(),
+                ));
             }
             std::fs::create_dir_all(dir)
                 .map_err(|e| bad(format!("cannot create folder {dir}: {e}")))?;
@@ -79,8 +81,8 @@ impl ResultStore {
             .iter()
             .filter(|(k, _)| CLOUD_ENV_PREFIXES.iter().any(|p| k.starts_with(p)))
             .map(|(k, v)| (k.to_ascii_lowercase(), v.clone()));
-        let (store, prefix) =
-            object_store::parse_url_opts(&parsed, options).map_err(|e| bad(redact(&e.to_string())))?;
+        let (store, prefix) = object_store::parse_url_opts(&parsed, options)
+            .map_err(|e| bad(redact(&e.to_string())))?;
         Ok(Self {
             store: Arc::from(store),
             prefix,
@@ -269,10 +271,6 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(listed.len(), 1);
-        assert!(
-            dir.path()
-                .join("data/batches/b1/results/abc.json")
-                .exists()
-        );
+        assert!(dir.path().join("data/batches/b1/results/abc.json").exists());
     }
 }

@@ -127,7 +127,10 @@ async fn print_summary(app: &App, record: &BatchRecord) {
                 eprintln!(
                     "  {model:<12} {:>8} request(s)  ${:.6}",
                     spend.get("requests").and_then(|v| v.as_u64()).unwrap_or(0),
-                    spend.get("cost_usd").and_then(|v| v.as_f64()).unwrap_or(0.0)
+                    spend
+                        .get("cost_usd")
+                        .and_then(|v| v.as_f64())
+                        .unwrap_or(0.0)
                 );
             }
         }
@@ -137,12 +140,14 @@ async fn print_summary(app: &App, record: &BatchRecord) {
     }
     eprintln!(
         "output: {}",
-        app.store.display_location(&app.store.output_path(&record.id))
+        app.store
+            .display_location(&app.store.output_path(&record.id))
     );
     if c.failed > 0 {
         eprintln!(
             "errors: {}",
-            app.store.display_location(&app.store.errors_path(&record.id))
+            app.store
+                .display_location(&app.store.errors_path(&record.id))
         );
     }
 }

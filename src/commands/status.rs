@@ -62,7 +62,10 @@ pub async fn status(
                     }], "batches": batches})
                 );
             } else {
-                println!("{:<16} {:>10} {:>10} {:>10} {:>10}", "QUEUE", "PENDING", "IN_FLIGHT", "DELAYED", "DEAD");
+                println!(
+                    "{:<16} {:>10} {:>10} {:>10} {:>10}",
+                    "QUEUE", "PENDING", "IN_FLIGHT", "DELAYED", "DEAD"
+                );
                 println!(
                     "{:<16} {:>10} {:>10} {:>10} {:>10}",
                     name, depth.pending, depth.in_flight, depth.delayed, depth.dead
@@ -70,7 +73,10 @@ pub async fn status(
                 let batches = app.ledger.list(10).await?;
                 if !batches.is_empty() {
                     println!();
-                    println!("{:<34} {:<12} {:>9} {:>9} {:>9} {:>12}", "BATCH", "STATUS", "TOTAL", "DONE", "FAILED", "COST_USD");
+                    println!(
+                        "{:<34} {:<12} {:>9} {:>9} {:>9} {:>12}",
+                        "BATCH", "STATUS", "TOTAL", "DONE", "FAILED", "COST_USD"
+                    );
                     for r in batches {
                         println!(
                             "{:<34} {:<12} {:>9} {:>9} {:>9} {:>12.6}",

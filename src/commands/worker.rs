@@ -26,7 +26,10 @@ pub async fn worker(
     }
     let exit_when_idle = match args.exit_when_idle {
         Some(s) if !(s.is_finite() && s >= 0.0) => {
-            return Err(UsageError(format!("--exit-when-idle must be 0 or more seconds, not {s}")).into());
+            return Err(UsageError(format!(
+                "--exit-when-idle must be 0 or more seconds, not {s}"
+            ))
+            .into());
         }
         Some(s) => Some(Duration::from_secs_f64(s)),
         None => None,
@@ -56,6 +59,10 @@ pub async fn worker(
     let stats = pool.await;
     listener.abort();
     let stats = stats?;
-    tracing::info!(handled = stats.handled, claim_errors = stats.claim_errors, "worker stopped");
+    tracing::info!(
+        handled = stats.handled,
+        claim_errors = stats.claim_errors,
+        "worker stopped"
+    );
     Ok(())
 }

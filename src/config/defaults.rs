@@ -40,11 +40,24 @@ fn model(name: &str, input: f64, output: f64, context: u64, tier: u32, caps: &[&
 /// A small/medium/large trio at prices typical of today's hosted models.
 pub fn models() -> Vec<(String, RawModel)> {
     vec![
-        ("small".into(), model("sim-small", 0.15, 0.60, 128_000, 1, &["json"])),
-        ("medium".into(), model("sim-medium", 0.40, 1.60, 128_000, 2, &["json", "code"])),
+        (
+            "small".into(),
+            model("sim-small", 0.15, 0.60, 128_000, 1, &["json"]),
+        ),
+        (
+            "medium".into(),
+            model("sim-medium", 0.40, 1.60, 128_000, 2, &["json", "code"]),
+        ),
         (
             "large".into(),
-            model("sim-large", 2.50, 10.00, 200_000, 3, &["json", "code", "reasoning"]),
+            model(
+                "sim-large",
+                2.50,
+                10.00,
+                200_000,
+                3,
+                &["json", "code", "reasoning"],
+            ),
         ),
     ]
 }

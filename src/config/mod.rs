@@ -120,7 +120,9 @@ impl Settings {
     ) -> Result<Self, ConfigError> {
         let file = source
             .as_ref()
-            .map_or("(built-in defaults)".to_string(), |p| p.display().to_string());
+            .map_or("(built-in defaults)".to_string(), |p| {
+                p.display().to_string()
+            });
         let err = |key: &str, reason: String| ConfigError {
             file: file.clone(),
             key: key.to_string(),
@@ -130,7 +132,8 @@ impl Settings {
             if !raw.providers.is_empty() {
                 return Err(err(
                     "models",
-                    "providers are configured but no [models.<name>] table uses them; add a model".into(),
+                    "providers are configured but no [models.<name>] table uses them; add a model"
+                        .into(),
                 ));
             }
             let (name, provider) = defaults::provider();
@@ -156,8 +159,11 @@ impl Settings {
             .or(raw.storage.url.clone())
             .unwrap_or_else(|| DEFAULT_STORAGE_URL.to_string());
         if !storage_url.starts_with("file://") {
-            check_url(&storage_url, &["s3", "s3a", "gs", "az", "abfs", "abfss", "azure"])
-                .map_err(|r| err("storage.url", r))?;
+            check_url(
+                &storage_url,
+                &["s3", "s3a", "gs", "az", "abfs", "abfss", "azure"],
+            )
+            .map_err(|r| err("storage.url", r))?;
         } else if storage_url.len() <= "file://".len() {
             return Err(err(
                 "storage.url",
@@ -200,7 +206,10 @@ impl Settings {
                 if let Some(price) = price
                     && (!price.is_finite() || price < 0.0)
                 {
-                    return Err(err(&at(field), format!("price must be 0 or more, not {price}")));
+                    return Err(err(
+                        &at(field),
+                        format!("price must be 0 or more, not {price}"),
+                    ));
                 }
             }
             if m.context_window == 0 {
@@ -253,23 +262,41 @@ impl Settings {
             max_reclaims: q.max_reclaims.unwrap_or(defaults.max_reclaims),
             dead_letter_retention: q
                 .dead_letter_retention_hours
-                .map_or(defaults.dead_letter_retention, |h| Duration::from_secs(h * 3600)),
+                .map_or(defaults.dead_letter_retention, |h| {
+                    Duration::from_secs(h * 3600)
+                }),
             promote_chunk: defaults.promote_chunk,
         };
         if queue.visibility_timeout.is_zero() {
-            return Err(err("queue.visibility_timeout_secs", "must be more than 0".into()));
+            return Err(err(
+                "queue.visibility_timeout_secs",
+                "must be more than 0".into(),
+            ));
         }
         let runner_defaults = RunnerOptions::default();
         let runner = RunnerOptions {
-            max_attempts: q.max_attempts.unwrap_or(runner_defaults.max_attempts).max(1),
+            max_attempts: q
+                .max_attempts
+                .unwrap_or(runner_defaults.max_attempts)
+                .max(1),
             max_reclaims: queue.max_reclaims,
             ..runner_defaults
         };
         let retry_defaults = RetryPolicy::default();
         let retry = RetryPolicy {
-            base: raw.retry.base_ms.map_or(retry_defaults.base, Duration::from_millis),
-            cap: raw.retry.cap_ms.map_or(retry_defaults.cap, Duration::from_millis),
-            max_attempts: raw.retry.max_attempts.unwrap_or(retry_defaults.max_attempts).max(1),
+            base: raw
+                .retry
+                .base_ms
+                .map_or(retry_defaults.base, Duration::from_millis),
+            cap: raw
+                .retry
+                .cap_ms
+                .map_or(retry_defaults.cap, Duration::from_millis),
+            max_attempts: raw
+                .retry
+                .max_attempts
+                .unwrap_or(retry_defaults.max_attempts)
+                .max(1),
         };
         let concurrency = raw.worker.concurrency.unwrap_or(64);
         if concurrency == 0 {
@@ -318,7 +345,10 @@ fn build_provider(
     let only_for = |field: &str, kind: &str| {
         (
             at(field),
-            format!("is not a setting of kind {:?}; it belongs to kind {kind:?}", p.kind),
+            format!(
+                "is not a setting of kind {:?}; it belongs to kind {kind:?}",
+                p.kind
+            ),
         )
     };
     match p.kind.as_str() {
@@ -358,12 +388,7 @@ fn build_provider(
             let mut config = OpenAiConfig {
                 base_url: base_url.trim_end_matches('/').to_string(),
                 api_key,
-                headers: p
-                    .headers
-                    .clone()
-                    .unwrap_or_default()
-                    .into_iter()
-                    .collect(),
+                headers: p.headers.clone().unwrap_or_default().into_iter().collect(),
                 ..OpenAiConfig::default()
             };
             if let Some(secs) = p.timeout_secs {
@@ -401,7 +426,10 @@ fn describe_toml_error(text: &str, e: &toml::de::Error) -> (String, String) {
         .unwrap_or("")
         .trim()
         .to_string();
-    let key = match (table.is_empty(), snippet.is_empty() || snippet.starts_with('[')) {
+    let key = match (
+        table.is_empty(),
+        snippet.is_empty() || snippet.starts_with('['),
+    ) {
         (true, _) => snippet,
         (false, true) => table,
         (false, false) => format!("{table}.{snippet}"),

@@ -22,7 +22,10 @@ fn the_issue_example_loads_as_written() {
     assert_eq!(small.name, "small-1");
     assert_eq!(small.rpm, Some(600));
     assert_eq!(s.catalog.model("large").unwrap().tier, 3);
-    assert_eq!(s.catalog.task("summarize").unwrap().max_output_tokens, Some(300));
+    assert_eq!(
+        s.catalog.task("summarize").unwrap().max_output_tokens,
+        Some(300)
+    );
     assert!(
         s.warnings.iter().any(|w| w.contains("providers.sim")),
         "{:?}",
@@ -66,7 +69,10 @@ fn unknown_key_names_file_key_and_line() {
 
 #[test]
 fn model_with_unknown_provider_is_rejected() {
-    let text = EXAMPLE.replace("provider = \"local\"\nname = \"large-1\"", "provider = \"nope\"\nname = \"large-1\"");
+    let text = EXAMPLE.replace(
+        "provider = \"local\"\nname = \"large-1\"",
+        "provider = \"nope\"\nname = \"large-1\"",
+    );
     let e = load(&text).unwrap_err().to_string();
     assert!(e.contains("models.large.provider"), "{e}");
     assert!(e.contains("unknown provider \"nope\""), "{e}");
@@ -129,8 +135,8 @@ fn unknown_provider_kind_is_rejected() {
 
 #[test]
 fn api_key_comes_from_env_and_is_never_printed() {
-    let s = Settings::from_toml(EXAMPLE, None, &env(&[("LOCAL_API_KEY", "sk-verysecret")]))
-        .unwrap();
+    let s =
+        Settings::from_toml(EXAMPLE, None, &env(&[("LOCAL_API_KEY", "sk-verysecret")])).unwrap();
     let debug = format!("{s:?} {:?}", s.catalog.provider("local"));
     assert!(!debug.contains("sk-verysecret"), "{debug}");
 }

@@ -1,6 +1,8 @@
 //! Shared helpers for the end-to-end tests: real processes, real servers, loopback only.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+pub mod cluster;
+pub mod fake;
 pub mod redis;
 pub mod s3;
 
@@ -35,7 +37,10 @@ pub fn last_json(out: &Output) -> Value {
     let stdout = text(&out.stdout);
     let line = stdout.lines().last().unwrap_or_default();
     serde_json::from_str(line).unwrap_or_else(|e| {
-        panic!("last stdout line is not JSON ({e}): {stdout}\nstderr: {}", text(&out.stderr))
+        panic!(
+            "last stdout line is not JSON ({e}): {stdout}\nstderr: {}",
+            text(&out.stderr)
+        )
     })
 }
 

@@ -153,13 +153,13 @@ impl Catalog {
             .get(task_key)
             .ok_or_else(|| CatalogError::UnknownTask(task_key.to_string()))?;
         let render = |name: String| -> Result<String, CatalogError> {
-            let template = self
-                .templates
-                .get_template(&name)
-                .map_err(|e| CatalogError::Render {
-                    task: task_key.to_string(),
-                    reason: e.to_string(),
-                })?;
+            let template =
+                self.templates
+                    .get_template(&name)
+                    .map_err(|e| CatalogError::Render {
+                        task: task_key.to_string(),
+                        reason: e.to_string(),
+                    })?;
             template.render(fields).map_err(|e| CatalogError::Render {
                 task: task_key.to_string(),
                 reason: e.to_string(),

@@ -219,7 +219,13 @@ impl Finalizer {
             .put(&self.store.manifest_path(batch_id), Bytes::from(json))
             .await?;
         self.ledger.set_state(batch_id, state).await?;
-        tracing::info!(batch_id, ok, failed, cost_usd = manifest.cost_usd, "batch finalized");
+        tracing::info!(
+            batch_id,
+            ok,
+            failed,
+            cost_usd = manifest.cost_usd,
+            "batch finalized"
+        );
         Ok(Some(manifest))
     }
 }

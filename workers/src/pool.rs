@@ -124,7 +124,9 @@ pub async fn run_pool(
         return Err(PoolError::Start("concurrency must be at least 1".into()));
     }
     if opts.consumer.is_empty() {
-        return Err(PoolError::Start("the consumer name must not be empty".into()));
+        return Err(PoolError::Start(
+            "the consumer name must not be empty".into(),
+        ));
     }
     tracing::info!(
         consumer = %opts.consumer,

@@ -14,7 +14,9 @@ use crate::catalog::{Catalog, ModelSpec, TaskSpec};
 /// Why no model could take a job.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum RouteError {
-    #[error("no configured model meets the task's constraints ({0}); add a model or relax min_tier/requires")]
+    #[error(
+        "no configured model meets the task's constraints ({0}); add a model or relax min_tier/requires"
+    )]
     NoAdequateModel(String),
     #[error("model {0:?} is not configured")]
     UnknownModel(String),

@@ -131,10 +131,7 @@ impl JobRunner {
             ));
         }
         if let Some(record) = self.batch(&job.batch_id).await {
-            if matches!(
-                record.state,
-                BatchState::Cancelling | BatchState::Cancelled
-            ) {
+            if matches!(record.state, BatchState::Cancelling | BatchState::Cancelled) {
                 return Decision::Done(OutputLine::failure(
                     &job.job_id,
                     &job.custom_id,
@@ -150,7 +147,9 @@ impl JobRunner {
                     &job.job_id,
                     &job.custom_id,
                     codes::BUDGET_EXHAUSTED,
-                    format!("the batch budget of ${budget:.4} is spent; raise --budget-usd and replay"),
+                    format!(
+                        "the batch budget of ${budget:.4} is spent; raise --budget-usd and replay"
+                    ),
                     ext,
                 ));
             }
@@ -190,8 +189,7 @@ impl JobRunner {
                 body: &job.body,
                 default_max_tokens,
             };
-            let (result, attempts) =
-                call_with_retry(&self.retry, || provider.complete(call)).await;
+            let (result, attempts) = call_with_retry(&self.retry, || provider.complete(call)).await;
             ext.attempts += attempts;
             ext.model = Some(model.key.clone());
             match result {
@@ -249,7 +247,10 @@ impl JobRunner {
         ext.cost_usd = cost;
         let (code, message) = match last_error {
             Some(e) => (e.kind.code(), e.message),
-            None => ("no_adequate_model", "no candidate model has a provider".to_string()),
+            None => (
+                "no_adequate_model",
+                "no candidate model has a provider".to_string(),
+            ),
         };
         Decision::Done(OutputLine::failure(
             &job.job_id,
@@ -280,7 +281,11 @@ impl JobRunner {
         }
         let success = line.is_success();
         let cost = usd_to_nanos(line.batchyard.cost_usd);
-        match self.ledger.settle(&job.batch_id, job.seq, success, cost).await {
+        match self
+            .ledger
+            .settle(&job.batch_id, job.seq, success, cost)
+            .await
+        {
             Ok(settlement) if settlement.should_finalize() => {
                 if let Err(e) = self.finalizer.finalize(&job.batch_id).await {
                     tracing::error!(error = %e, "finalization failed; it will be retried when the job is reclaimed");
@@ -293,7 +298,11 @@ impl JobRunner {
                 return;
             }
         }
-        let acked = if line.error.as_ref().is_some_and(|e| e.code == codes::WORKER_LOST) {
+        let acked = if line
+            .error
+            .as_ref()
+            .is_some_and(|e| e.code == codes::WORKER_LOST)
+        {
             self.queue
                 .dead_letter(delivery, codes::WORKER_LOST, "reclaimed too many times")
                 .await
@@ -321,7 +330,10 @@ impl DeliveryHandler for JobRunner {
             match self.decide(&delivery).await {
                 Decision::Done(line) => self.finish(&delivery, line).await,
                 Decision::Later(job, delay) => {
-                    tracing::info!(delay_ms = delay.as_millis() as u64, "retrying the job later");
+                    tracing::info!(
+                        delay_ms = delay.as_millis() as u64,
+                        "retrying the job later"
+                    );
                     if let Err(e) = self.queue.retry_later(&delivery, &job, delay).await {
                         tracing::warn!(error = %e, "cannot requeue; the job will be reclaimed");
                     }

@@ -133,7 +133,12 @@ impl Queue for TestQueue {
         Ok(())
     }
 
-    async fn retry_later(&self, d: &Delivery, job: &Job, delay: Duration) -> Result<(), QueueError> {
+    async fn retry_later(
+        &self,
+        d: &Delivery,
+        job: &Job,
+        delay: Duration,
+    ) -> Result<(), QueueError> {
         self.inner.retry_later(d, job, delay).await?;
         self.finish();
         Ok(())
@@ -259,10 +264,19 @@ async fn exit_when_idle_stops_the_pool() {
     opts.exit_when_idle = Some(Duration::from_millis(150));
     opts.claim_block = Duration::from_secs(2);
     let t0 = Instant::now();
-    let stats = run_bounded(queue.clone(), handler.clone(), opts.clone(), CancellationToken::new()).await;
+    let stats = run_bounded(
+        queue.clone(),
+        handler.clone(),
+        opts.clone(),
+        CancellationToken::new(),
+    )
+    .await;
     let took = t0.elapsed();
     assert_eq!(stats, PoolStats::default());
-    assert!(took >= Duration::from_millis(150), "stopped early: {took:?}");
+    assert!(
+        took >= Duration::from_millis(150),
+        "stopped early: {took:?}"
+    );
     // The idle limit caps the claim's block time: it does not wait out the 2 s block.
     assert!(took < Duration::from_millis(1500), "stopped late: {took:?}");
 
@@ -270,9 +284,19 @@ async fn exit_when_idle_stops_the_pool() {
     let queue = TestQueue::with_jobs(jobs(6)).await;
     let handler = RecordingHandler::new(queue.clone(), Duration::from_millis(300));
     let t0 = Instant::now();
-    let stats = run_bounded(queue.clone(), handler.clone(), opts, CancellationToken::new()).await;
+    let stats = run_bounded(
+        queue.clone(),
+        handler.clone(),
+        opts,
+        CancellationToken::new(),
+    )
+    .await;
     assert_eq!(stats.handled, 6);
-    assert!(t0.elapsed() >= Duration::from_millis(600), "{:?}", t0.elapsed());
+    assert!(
+        t0.elapsed() >= Duration::from_millis(600),
+        "{:?}",
+        t0.elapsed()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -361,7 +385,11 @@ async fn claim_errors_do_not_stop_the_pool() {
     assert_eq!(stats.handled, 10);
     assert_eq!(handler.seen().len(), 10);
     // Backoff 100, 200, 400 ms with equal jitter: at least half of each.
-    assert!(t0.elapsed() >= Duration::from_millis(350), "{:?}", t0.elapsed());
+    assert!(
+        t0.elapsed() >= Duration::from_millis(350),
+        "{:?}",
+        t0.elapsed()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -390,7 +418,11 @@ async fn a_panicking_handler_does_not_stop_the_pool() {
     let stats = run_bounded(queue.clone(), handler, options(4), CancellationToken::new()).await;
     assert_eq!(stats.handled, 9);
     let (_, outstanding, acked) = queue.counts().await;
-    assert_eq!((outstanding, acked), (1, 9), "the panicked delivery is left for reclaim");
+    assert_eq!(
+        (outstanding, acked),
+        (1, 9),
+        "the panicked delivery is left for reclaim"
+    );
 }
 
 #[tokio::test]

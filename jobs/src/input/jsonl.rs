@@ -84,7 +84,11 @@ impl JsonlReader {
                 break;
             }
         }
-        Ok(if too_long { RawLine::TooLong } else { RawLine::Line })
+        Ok(if too_long {
+            RawLine::TooLong
+        } else {
+            RawLine::Line
+        })
     }
 
     pub async fn next(&mut self) -> Option<Result<Item, InputError>> {
@@ -179,10 +183,7 @@ impl JsonlReader {
                 None => return Err(self.error(Some(id), "a document line needs \"text\"")),
             }
             let Some(task) = &self.options.task else {
-                return Err(self.error(
-                    Some(id),
-                    "document lines need a task; pass --task NAME",
-                ));
+                return Err(self.error(Some(id), "document lines need a task; pass --task NAME"));
             };
             if !self.options.names.tasks.contains(task) {
                 return Err(self.unknown_task(Some(id), task));
@@ -197,10 +198,19 @@ impl JsonlReader {
     }
 
     fn unknown_task(&self, custom_id: Option<String>, task: &str) -> InputError {
-        let known: Vec<&str> = self.options.names.tasks.iter().map(String::as_str).collect();
+        let known: Vec<&str> = self
+            .options
+            .names
+            .tasks
+            .iter()
+            .map(String::as_str)
+            .collect();
         self.error(
             custom_id,
-            format!("unknown task {task:?}; configured tasks: {}", known.join(", ")),
+            format!(
+                "unknown task {task:?}; configured tasks: {}",
+                known.join(", ")
+            ),
         )
     }
 
@@ -247,8 +257,13 @@ impl JsonlReader {
                 Some(task) => return Err(self.unknown_task(cid(), task)),
                 None if self.options.names.models.contains(m) => Route::Pinned { model: m.clone() },
                 None => {
-                    let known: Vec<&str> =
-                        self.options.names.models.iter().map(String::as_str).collect();
+                    let known: Vec<&str> = self
+                        .options
+                        .names
+                        .models
+                        .iter()
+                        .map(String::as_str)
+                        .collect();
                     return Err(self.error(
                         cid(),
                         format!(
@@ -270,9 +285,9 @@ impl JsonlReader {
 
     fn default_route(&self, custom_id: Option<String>) -> Result<Route, InputError> {
         match &self.options.task {
-            Some(task) if self.options.names.tasks.contains(task) => Ok(Route::Task {
-                task: task.clone(),
-            }),
+            Some(task) if self.options.names.tasks.contains(task) => {
+                Ok(Route::Task { task: task.clone() })
+            }
             Some(task) => Err(self.unknown_task(custom_id, task)),
             None => Ok(Route::Auto),
         }

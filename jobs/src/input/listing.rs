@@ -186,7 +186,10 @@ impl DocumentLister {
                 let bytes = match tokio::fs::read(&file).await {
                     Ok(b) => b,
                     Err(e) => {
-                        return Some(Err(InputError::fatal(location, format!("cannot read: {e}"))));
+                        return Some(Err(InputError::fatal(
+                            location,
+                            format!("cannot read: {e}"),
+                        )));
                     }
                 };
                 return Some(self.document(id, bytes, &location));
@@ -206,7 +209,9 @@ impl DocumentLister {
             let mut subdirs = Vec::new();
             for entry in entries {
                 let path = entry.path();
-                let Ok(kind) = entry.file_type() else { continue };
+                let Ok(kind) = entry.file_type() else {
+                    continue;
+                };
                 if kind.is_dir() {
                     subdirs.push(path);
                 } else if is_document(&entry.file_name().to_string_lossy()) {

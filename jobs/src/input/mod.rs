@@ -107,9 +107,15 @@ pub enum InputSource {
     JsonlFile(PathBuf),
     Folder(PathBuf),
     /// A JSONL object in object storage: the store URL and the object's path.
-    JsonlObject { store_url: String, key: String },
+    JsonlObject {
+        store_url: String,
+        key: String,
+    },
     /// A prefix in object storage, listed for documents.
-    ObjectPrefix { store_url: String, prefix: String },
+    ObjectPrefix {
+        store_url: String,
+        prefix: String,
+    },
 }
 
 impl fmt::Display for InputSource {
@@ -193,9 +199,9 @@ impl InputReader {
                     options,
                 ))))
             }
-            InputSource::Folder(path) => Ok(Self::Documents(Box::new(
-                DocumentLister::folder(path, options)?,
-            ))),
+            InputSource::Folder(path) => Ok(Self::Documents(Box::new(DocumentLister::folder(
+                path, options,
+            )?))),
             InputSource::ObjectPrefix { store_url, prefix } => {
                 let store = ResultStore::open(store_url, env)
                     .map_err(|e| InputError::fatal(source.to_string(), e.to_string()))?;

@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use apalis_core::backend::finalize::Ephemeral;
 use apalis_core::backend::{Backend, BackendConfig};
+use apalis_core::layers::Identity;
 use apalis_core::task::Task;
 use apalis_core::task::task_id::RandomId;
 use apalis_core::worker::context::WorkerContext;
@@ -21,7 +22,6 @@ use batchyard_jobs::queue::{Delivery, Queue};
 use rand::Rng;
 use tokio::time::{Instant, Sleep};
 use tokio_util::sync::CancellationToken;
-use apalis_core::layers::Identity;
 
 /// At most this many deliveries are asked for in one claim.
 pub(crate) const MAX_CLAIM_BATCH: usize = 256;
@@ -280,8 +280,13 @@ mod tests {
     fn backoff_grows_and_is_capped() {
         for n in 1..40 {
             let d = backoff_delay(n);
-            let cap = BACKOFF_BASE.saturating_mul(1u32 << (n - 1).min(16)).min(BACKOFF_MAX);
-            assert!(d >= cap / 2 && d <= cap + Duration::from_millis(1), "{n}: {d:?}");
+            let cap = BACKOFF_BASE
+                .saturating_mul(1u32 << (n - 1).min(16))
+                .min(BACKOFF_MAX);
+            assert!(
+                d >= cap / 2 && d <= cap + Duration::from_millis(1),
+                "{n}: {d:?}"
+            );
         }
         assert!(backoff_delay(1) <= Duration::from_millis(101));
         assert!(backoff_delay(30) >= Duration::from_millis(2500));

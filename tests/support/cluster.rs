@@ -1,0 +1,183 @@
+//! A whole deployment on loopback: real Redis, real S3 (SeaweedFS), a fake provider over HTTP,
+//! and a config file that names them.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use super::fake::FakeProvider;
+use super::redis::RedisServer;
+use super::s3::{S3Env, s3_env_or_skip};
+use super::{batchyard, last_json, run, text};
+
+pub struct Cluster {
+    pub redis: RedisServer,
+    pub s3: S3Env,
+    pub fake: FakeProvider,
+    pub dir: tempfile::TempDir,
+    pub config: PathBuf,
+    pub storage_url: String,
+}
+
+impl Cluster {
+    /// `None` (with a skip line) only outside CI when a service is missing.
+    pub fn start(test: &str, fake_args: &[&str], visibility_secs: u64) -> Option<Self> {
+        let s3 = s3_env_or_skip(test)?;
+        let redis = RedisServer::start(false)?;
+        let fake = FakeProvider::start(fake_args);
+        let dir = tempfile::tempdir().unwrap();
+        let storage_url = s3.storage_url(test);
+        let config = dir.path().join("batchyard.toml");
+        std::fs::write(
+            &config,
+            format!(
+                r#"
+[queue]
+redis_url = "{redis}"
+visibility_timeout_secs = {visibility_secs}
+max_reclaims = 3
+
+[storage]
+url = "{storage_url}"
+
+[worker]
+drain_timeout_secs = 10
+
+[retry]
+base_ms = 20
+cap_ms = 200
+
+[providers.fake]
+kind = "openai"
+base_url = "{base}"
+api_key_env = "FAKE_API_KEY"
+
+[models.small]
+provider = "fake"
+name = "small-1"
+input_usd_per_mtok = 0.10
+output_usd_per_mtok = 0.40
+context_window = 16000
+tier = 1
+
+[models.large]
+provider = "fake"
+name = "large-1"
+input_usd_per_mtok = 2.50
+output_usd_per_mtok = 10.00
+context_window = 128000
+tier = 3
+
+[tasks.summarize]
+system = "You are a precise summarizer."
+prompt = "Summarize in 3 bullet points:\n\n{{{{ text }}}}"
+min_tier = 1
+max_output_tokens = 300
+"#,
+                redis = redis.url,
+                base = fake.base_url,
+            ),
+        )
+        .unwrap();
+        Some(Self {
+            redis,
+            s3,
+            fake,
+            dir,
+            config,
+            storage_url,
+        })
+    }
+
+    pub fn cmd(&self) -> Command {
+        let mut cmd = batchyard(self.dir.path());
+        self.s3.apply(&mut cmd);
+        cmd.arg("--config")
+            .arg(&self.config)
+            .env("FAKE_API_KEY", "sk-test-secret-123");
+        cmd
+    }
+
+    pub fn submit(&self, input: &str, extra: &[&str]) -> Value {
+        let out = run(self.cmd().args(["submit", input, "--json"]).args(extra));
+        assert!(out.status.success(), "submit failed: {}", text(&out.stderr));
+        last_json(&out)
+    }
+
+    pub fn spawn_worker(&self, extra: &[&str]) -> Child {
+        self.cmd()
+            .arg("worker")
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("worker should start")
+    }
+
+    pub fn status(&self, batch_id: &str) -> Value {
+        let out = run(self.cmd().args(["status", batch_id, "--json"]));
+        assert!(out.status.success(), "status failed: {}", text(&out.stderr));
+        last_json(&out)
+    }
+
+    pub fn depth(&self) -> Value {
+        let out = run(self.cmd().args(["status", "--json"]));
+        assert!(out.status.success(), "status failed: {}", text(&out.stderr));
+        last_json(&out)["queues"][0].clone()
+    }
+
+    pub fn results(&self, batch_id: &str, errors: bool) -> Vec<Value> {
+        let mut cmd = self.cmd();
+        cmd.args(["results", batch_id]);
+        if errors {
+            cmd.arg("--errors");
+        }
+        let out: Output = run(&mut cmd);
+        assert!(
+            out.status.success(),
+            "results failed: {}",
+            text(&out.stderr)
+        );
+        text(&out.stdout)
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+
+    /// Polls until the batch is terminal; panics after `limit`.
+    pub fn wait_terminal(&self, batch_id: &str, limit: Duration) -> Value {
+        let start = Instant::now();
+        loop {
+            let batch = self.status(batch_id);
+            let status = batch["status"].as_str().unwrap_or_default().to_string();
+            if ["completed", "failed", "expired", "cancelled"].contains(&status.as_str()) {
+                return batch;
+            }
+            assert!(
+                start.elapsed() < limit,
+                "batch did not finish in {limit:?}: {batch}"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
+
+/// Waits for a child to exit, killing it (and failing) after `limit`.
+pub fn wait_exit(child: &mut Child, limit: Duration) -> std::process::ExitStatus {
+    let start = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        if start.elapsed() > limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("process did not exit within {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
