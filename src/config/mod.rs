@@ -396,7 +396,7 @@ fn build_provider(
             }
             OpenAiProvider::new(config)
                 .map(Provider::OpenAi)
-                .map_err(|e| (at("kind"), e.to_string()))
+                .map_err(|e| (at("base_url"), e.message))
         }
         other => Err((
             at("kind"),

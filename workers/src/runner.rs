@@ -62,6 +62,8 @@ pub struct JobRunner {
 enum Decision {
     /// Store this line, settle and ack.
     Done(OutputLine),
+    /// Store this line, settle, and keep the job as a dead letter (replayable).
+    Dead(OutputLine),
     /// Put the job back with a delay.
     Later(Job, Duration),
 }
@@ -119,7 +121,7 @@ impl JobRunner {
         let job = &delivery.job;
         let ext = Extension::default();
         if delivery.reclaims() > self.options.max_reclaims {
-            return Decision::Done(OutputLine::failure(
+            return Decision::Dead(OutputLine::failure(
                 &job.job_id,
                 &job.custom_id,
                 codes::WORKER_LOST,
@@ -179,6 +181,7 @@ impl JobRunner {
         let default_max_tokens = task.and_then(|t| t.max_output_tokens);
         let mut cost = 0.0;
         let mut last_error: Option<ProviderError> = None;
+        let mut exhausted = false;
         for (index, model) in candidates.iter().enumerate() {
             tracing::Span::current().record("model", model.key.as_str());
             let Some(provider) = self.catalog.provider(&model.provider) else {
@@ -239,6 +242,7 @@ impl JobRunner {
                             .unwrap_or_else(|| backoff_delay(&self.retry, next.attempt));
                         return Decision::Later(next, delay.max(Duration::from_millis(100)));
                     }
+                    exhausted = retry_later;
                     last_error = Some(e);
                     break;
                 }
@@ -252,16 +256,15 @@ impl JobRunner {
                 "no candidate model has a provider".to_string(),
             ),
         };
-        Decision::Done(OutputLine::failure(
-            &job.job_id,
-            &job.custom_id,
-            code,
-            message,
-            ext,
-        ))
+        let line = OutputLine::failure(&job.job_id, &job.custom_id, code, message, ext);
+        if exhausted {
+            Decision::Dead(line)
+        } else {
+            Decision::Done(line)
+        }
     }
 
-    async fn finish(&self, delivery: &Delivery, line: OutputLine) {
+    async fn finish(&self, delivery: &Delivery, line: OutputLine, dead: bool) {
         let job = &delivery.job;
         let bytes = match serde_json::to_vec(&line) {
             Ok(b) => Bytes::from(b),
@@ -298,13 +301,9 @@ impl JobRunner {
                 return;
             }
         }
-        let acked = if line
-            .error
-            .as_ref()
-            .is_some_and(|e| e.code == codes::WORKER_LOST)
-        {
+        let acked = if let (true, Some(error)) = (dead, &line.error) {
             self.queue
-                .dead_letter(delivery, codes::WORKER_LOST, "reclaimed too many times")
+                .dead_letter(delivery, &error.code, &error.message)
                 .await
         } else {
             self.queue.ack(delivery).await
@@ -328,7 +327,8 @@ impl DeliveryHandler for JobRunner {
         );
         async {
             match self.decide(&delivery).await {
-                Decision::Done(line) => self.finish(&delivery, line).await,
+                Decision::Done(line) => self.finish(&delivery, line, false).await,
+                Decision::Dead(line) => self.finish(&delivery, line, true).await,
                 Decision::Later(job, delay) => {
                     tracing::info!(
                         delay_ms = delay.as_millis() as u64,

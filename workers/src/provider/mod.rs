@@ -88,7 +88,7 @@ impl ProviderErrorKind {
 }
 
 #[derive(Debug, Clone, thiserror::Error)]
-#[error("{kind:?} from provider (status {status:?}): {message}")]
+#[error("{} from provider{}: {message}", kind.code(), status.map(|s| format!(" (http {s})")).unwrap_or_default())]
 pub struct ProviderError {
     pub kind: ProviderErrorKind,
     /// The provider's message, with any secret removed.
