@@ -1,0 +1,115 @@
+//! The ledger, in memory and on a real Redis: exactly-once settlement, exactly one finalizer.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use batchyard_jobs::batch::{BatchRecord, BatchState, RequestCounts, now_secs};
+use batchyard_jobs::ledger::memory::MemoryLedger;
+use batchyard_jobs::ledger::redis::RedisLedger;
+use batchyard_jobs::ledger::{Ledger, Settlement};
+use common::{TestRedis, unique_name};
+
+fn record(id: &str, total: u64) -> BatchRecord {
+    BatchRecord {
+        id: id.to_string(),
+        state: BatchState::InProgress,
+        counts: RequestCounts {
+            total,
+            completed: 0,
+            failed: 0,
+        },
+        spent_nanos: 0,
+        budget_usd: Some(1.5),
+        task: Some("summarize".into()),
+        storage_url: "file://./x".into(),
+        created_at: now_secs(),
+        in_progress_at: Some(now_secs()),
+        finalizing_at: None,
+        completed_at: None,
+    }
+}
+
+/// Settles every job of a 400-job batch from 8 tasks at once, each job twice (as if every job
+/// ran twice after reclaims): counts are exact and exactly one settlement says finalize.
+async fn exactly_once(ledger: Arc<dyn Ledger>, id: &str) {
+    let total = 400u64;
+    ledger.create(&record(id, total)).await.unwrap();
+    let mut tasks = Vec::new();
+    for worker in 0..8u64 {
+        let ledger = Arc::clone(&ledger);
+        let id = id.to_string();
+        tasks.push(tokio::spawn(async move {
+            let mut finalizers = 0;
+            for round in 0..2u64 {
+                for seq in (0..total).filter(|s| s % 4 == worker % 4) {
+                    let ok = seq % 10 != 0;
+                    let s = ledger.settle(&id, seq, ok, 1_000).await.unwrap();
+                    if matches!(s, Settlement::Counted { finalize: true }) {
+                        finalizers += 1;
+                    }
+                    let _ = round;
+                }
+            }
+            finalizers
+        }));
+    }
+    let mut finalizers = 0;
+    for t in tasks {
+        finalizers += t.await.unwrap();
+    }
+    assert_eq!(finalizers, 1, "exactly one settlement triggers finalization");
+    let r = ledger.get(id).await.unwrap().unwrap();
+    assert_eq!(r.counts.completed, 360);
+    assert_eq!(r.counts.failed, 40);
+    assert_eq!(r.spent_nanos, 400_000, "each job's cost counted once");
+    assert_eq!(r.state, BatchState::Finalizing);
+    assert!(r.finalizing_at.is_some());
+
+    // A late duplicate while finalizing asks the caller to (re)try finalization.
+    assert_eq!(
+        ledger.settle(id, 3, true, 5).await.unwrap(),
+        Settlement::Duplicate { finalize: true }
+    );
+    // Exactly one lease holder.
+    assert!(ledger.try_lock_finalize(id, "a", Duration::from_secs(30)).await.unwrap());
+    assert!(!ledger.try_lock_finalize(id, "b", Duration::from_secs(30)).await.unwrap());
+    assert!(ledger.try_lock_finalize(id, "a", Duration::from_secs(30)).await.unwrap());
+
+    ledger.set_state(id, BatchState::Completed).await.unwrap();
+    let r = ledger.get(id).await.unwrap().unwrap();
+    assert_eq!(r.state, BatchState::Completed);
+    assert!(r.completed_at.is_some());
+    // After the end, a straggler changes nothing.
+    assert_eq!(
+        ledger.settle(id, 3, true, 5).await.unwrap(),
+        Settlement::Duplicate { finalize: false }
+    );
+    assert_eq!(ledger.get(id).await.unwrap().unwrap().spent_nanos, 400_000);
+    let listed = ledger.list(10).await.unwrap();
+    assert!(listed.iter().any(|b| b.id == id));
+    assert!(ledger.settle("nope", 0, true, 0).await.is_err());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_ledger_settles_exactly_once() {
+    exactly_once(Arc::new(MemoryLedger::new()), "b-mem").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_ledger_settles_exactly_once_and_cleans_up() {
+    let Some(redis) = TestRedis::start("ledger") else { return };
+    let conn = batchyard_jobs::redis_conn::connect(redis.url()).await.unwrap();
+    let id = unique_name("batch");
+    exactly_once(Arc::new(RedisLedger::new(conn)), &id).await;
+    // Only the small batch hash and the index remain: no bitmap, no lease.
+    let mut raw = redis.raw().await;
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("by:batch:{{{id}}}*"))
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+    assert_eq!(keys, vec![format!("by:batch:{{{id}}}")]);
+}
