@@ -212,3 +212,43 @@ fn sigterm_drains_and_exits_zero() {
         "{depth} {batch}"
     );
 }
+
+#[test]
+fn a_worker_survives_a_redis_restart() {
+    let Some(mut cluster) = Cluster::start_with("redis_restart", &["--latency-ms", "20"], 5, true)
+    else {
+        return;
+    };
+    let total = 300;
+    let body: String = (0..total)
+        .map(|i| request_line(&format!("r-{i}"), &format!("text {i}")) + "\n")
+        .collect();
+    let input = write_file(cluster.dir.path(), "in.jsonl", body.as_bytes());
+    let id = cluster.submit(input.to_str().unwrap(), &[])["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let mut worker = cluster.spawn_worker(&["--concurrency", "4", "--exit-when-idle", "6"]);
+    let start = Instant::now();
+    loop {
+        let c = &cluster.status(&id)["request_counts"];
+        if c["completed"].as_u64().unwrap() >= 30 {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(60), "no progress");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // A crash of Redis: the worker must log, back off, reconnect and carry on.
+    cluster.redis.restart();
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        worker.try_wait().unwrap().is_none(),
+        "the worker died with Redis"
+    );
+    let done = cluster.wait_terminal(&id, Duration::from_secs(120));
+    assert!(wait_exit(&mut worker, Duration::from_secs(60)).success());
+    assert_eq!(done["status"], "completed", "{done}");
+    let ok = cluster.results(&id, false);
+    let errors = cluster.results(&id, true);
+    assert_exactly_once(&ok, &errors, total);
+}

@@ -25,8 +25,18 @@ pub struct Cluster {
 impl Cluster {
     /// `None` (with a skip line) only outside CI when a service is missing.
     pub fn start(test: &str, fake_args: &[&str], visibility_secs: u64) -> Option<Self> {
+        Self::start_with(test, fake_args, visibility_secs, false)
+    }
+
+    /// As [`Cluster::start`], with Redis persisting to an AOF when `aof` is true.
+    pub fn start_with(
+        test: &str,
+        fake_args: &[&str],
+        visibility_secs: u64,
+        aof: bool,
+    ) -> Option<Self> {
         let s3 = s3_env_or_skip(test)?;
-        let redis = RedisServer::start(false)?;
+        let redis = RedisServer::start(aof)?;
         let fake = FakeProvider::start(fake_args);
         let dir = tempfile::tempdir().unwrap();
         let storage_url = s3.storage_url(test);
