@@ -90,7 +90,7 @@ impl App {
             Arc::clone(&self.queue),
             Arc::clone(&self.ledger),
             self.store.clone(),
-            self.settings.retry.clone(),
+            self.settings.retry,
             self.settings.runner.clone(),
             self.finalizer(),
         )

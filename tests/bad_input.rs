@@ -1,5 +1,7 @@
 //! Bad input: a clear error naming the line and the reason, exit 2, and nothing enqueued.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 mod support;
 
 use support::*;

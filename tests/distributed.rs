@@ -1,6 +1,8 @@
 //! The distributed path: submit to real Redis, workers in other processes, results in a real
 //! S3-compatible store, a fake provider over real HTTP. Plus kill -9 and SIGTERM of workers.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 mod support;
 
 use std::collections::BTreeMap;

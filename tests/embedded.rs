@@ -1,5 +1,7 @@
 //! `batchyard run` on embedded defaults: no Redis, no keys, the simulated provider.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 mod support;
 
 use std::collections::BTreeSet;

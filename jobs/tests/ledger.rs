@@ -60,7 +60,10 @@ async fn exactly_once(ledger: Arc<dyn Ledger>, id: &str) {
     for t in tasks {
         finalizers += t.await.unwrap();
     }
-    assert_eq!(finalizers, 1, "exactly one settlement triggers finalization");
+    assert_eq!(
+        finalizers, 1,
+        "exactly one settlement triggers finalization"
+    );
     let r = ledger.get(id).await.unwrap().unwrap();
     assert_eq!(r.counts.completed, 360);
     assert_eq!(r.counts.failed, 40);
@@ -74,9 +77,24 @@ async fn exactly_once(ledger: Arc<dyn Ledger>, id: &str) {
         Settlement::Duplicate { finalize: true }
     );
     // Exactly one lease holder.
-    assert!(ledger.try_lock_finalize(id, "a", Duration::from_secs(30)).await.unwrap());
-    assert!(!ledger.try_lock_finalize(id, "b", Duration::from_secs(30)).await.unwrap());
-    assert!(ledger.try_lock_finalize(id, "a", Duration::from_secs(30)).await.unwrap());
+    assert!(
+        ledger
+            .try_lock_finalize(id, "a", Duration::from_secs(30))
+            .await
+            .unwrap()
+    );
+    assert!(
+        !ledger
+            .try_lock_finalize(id, "b", Duration::from_secs(30))
+            .await
+            .unwrap()
+    );
+    assert!(
+        ledger
+            .try_lock_finalize(id, "a", Duration::from_secs(30))
+            .await
+            .unwrap()
+    );
 
     ledger.set_state(id, BatchState::Completed).await.unwrap();
     let r = ledger.get(id).await.unwrap().unwrap();
@@ -100,8 +118,12 @@ async fn memory_ledger_settles_exactly_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_ledger_settles_exactly_once_and_cleans_up() {
-    let Some(redis) = TestRedis::start("ledger") else { return };
-    let conn = batchyard_jobs::redis_conn::connect(redis.url()).await.unwrap();
+    let Some(redis) = TestRedis::start("ledger") else {
+        return;
+    };
+    let conn = batchyard_jobs::redis_conn::connect(redis.url())
+        .await
+        .unwrap();
     let id = unique_name("batch");
     exactly_once(Arc::new(RedisLedger::new(conn)), &id).await;
     // Only the small batch hash and the index remain: no bitmap, no lease.

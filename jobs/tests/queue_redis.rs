@@ -114,8 +114,11 @@ async fn burst_of_100k_and_20k_simultaneous_retries() {
         return;
     };
     let q = open(&redis, &unique_name("burst"), |_| {}).await;
+    let started = Instant::now();
     enqueue(&q, "b", 100_000, 1_000, 20).await;
+    let enqueued = started.elapsed();
     let ds = claim_n(&q, "w1", 100_000, 1_000).await;
+    let claimed = started.elapsed() - enqueued;
     let seqs: HashSet<u64> = ds.iter().map(|d| d.job.seq).collect();
     assert_eq!(seqs.len(), 100_000, "every job exactly once");
     assert_eq!(q.depth().await.unwrap(), depth(0, 100_000, 0, 0));
@@ -135,7 +138,12 @@ async fn burst_of_100k_and_20k_simultaneous_retries() {
     ack_all(&q, done).await;
     assert_eq!(q.depth().await.unwrap(), depth(0, 0, 20_000, 0));
 
+    let started = Instant::now();
     let again = claim_n(&q, "w2", 20_000, 1_000).await;
+    println!(
+        "burst: enqueue 100k {enqueued:?}, claim 100k {claimed:?}, promote+claim 20k due retries {:?}",
+        started.elapsed()
+    );
     assert!(
         again
             .iter()

@@ -140,3 +140,11 @@ fn api_key_comes_from_env_and_is_never_printed() {
     let debug = format!("{s:?} {:?}", s.catalog.provider("local"));
     assert!(!debug.contains("sk-verysecret"), "{debug}");
 }
+
+#[test]
+fn the_compose_config_loads_with_builtin_models() {
+    let text = include_str!("../../examples/compose.toml");
+    let s = load(text).unwrap();
+    assert_eq!(s.concurrency, 64);
+    assert!(s.catalog.model("small").is_some());
+}

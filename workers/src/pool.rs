@@ -13,6 +13,10 @@
 //!   [`run_pool`].
 //! - Cancel stops claiming at once, lets in-flight jobs finish within `drain_timeout`, then
 //!   returns. Claimed-but-unstarted deliveries are dropped and reclaimed by the queue later.
+//!
+//! Measured on 2 vCPUs, release, no-op handler that acks (`tests/pool.rs`, `--ignored`):
+//! about 36k jobs/s end to end through Redis (redis-server on the same machine, concurrency
+//! 64 or 256), and 160-200k jobs/s through the `MemoryQueue`.
 
 mod backend;
 

@@ -1,5 +1,6 @@
 //! The worker pool: exactly-once handling with bounded parallelism, idle exit, draining on
 //! cancel, surviving claim errors, and a throughput check (`--ignored`, release mode).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
@@ -115,7 +116,7 @@ impl Queue for TestQueue {
         let n = self.claims.fetch_add(1, Ordering::SeqCst);
         if n < u64::from(self.fail_claims.load(Ordering::SeqCst)) {
             // Mix retryable and non-retryable errors: neither may stop the pool.
-            return Err(if n % 2 == 0 {
+            return Err(if n.is_multiple_of(2) {
                 QueueError::Unavailable("connection refused (test)".into())
             } else {
                 QueueError::Redis("ERR something odd (test)".into())
@@ -402,10 +403,7 @@ async fn a_panicking_handler_does_not_stop_the_pool() {
     impl DeliveryHandler for Panicky {
         async fn handle(&self, delivery: Delivery) {
             if delivery.job.seq == 3 && !self.panicked.swap(true, Ordering::SeqCst) {
-                #[allow(clippy::panic)]
-                {
-                    panic!("handler bug (test)");
-                }
+                panic!("handler bug (test)");
             }
             let _ = self.queue.ack(&delivery).await;
         }
@@ -461,6 +459,75 @@ async fn throughput_100k_noop_jobs() {
             "concurrency {concurrency}: {N} no-op jobs in {secs:.3} s = {:.0} jobs/s ({} claims)",
             N as f64 / secs,
             queue.claims.load(Ordering::SeqCst)
+        );
+    }
+}
+
+/// A no-op job against any queue: ack and return.
+struct AckDyn(Arc<dyn Queue>);
+
+#[async_trait]
+impl DeliveryHandler for AckDyn {
+    async fn handle(&self, delivery: Delivery) {
+        let _ = self.0.ack(&delivery).await;
+    }
+}
+
+/// End to end through Redis (a fresh queue per run; needs `BATCHYARD_REDIS_URL`):
+/// `BATCHYARD_REDIS_URL=redis://127.0.0.1:6379 cargo test --release -p batchyard-workers
+/// --test pool throughput_100k_noop_jobs_redis -- --ignored --nocapture`
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "throughput check through Redis; needs BATCHYARD_REDIS_URL; run in release mode"]
+async fn throughput_100k_noop_jobs_redis() {
+    use batchyard_jobs::queue::redis::RedisQueue;
+    const N: u64 = 100_000;
+    let Ok(url) = std::env::var("BATCHYARD_REDIS_URL") else {
+        println!("BATCHYARD_REDIS_URL is not set; skipped");
+        return;
+    };
+    for concurrency in [64, 256] {
+        let name = format!(
+            "pool-bench-{}",
+            ulid::Ulid::new().to_string().to_lowercase()
+        );
+        let opts = QueueOptions {
+            name,
+            ..QueueOptions::default()
+        };
+        let queue: Arc<dyn Queue> = match RedisQueue::open(&url, opts).await {
+            Ok(q) => Arc::new(q),
+            Err(e) => panic!("redis: {e}"),
+        };
+        let all = jobs(N);
+        for (i, chunk) in all.chunks(1000).enumerate() {
+            if let Err(e) = queue
+                .enqueue_chunk("batch_bench", i as u64 + 1, chunk)
+                .await
+            {
+                panic!("enqueue: {e}");
+            }
+        }
+        let mut pool_opts = options(concurrency);
+        pool_opts.exit_when_idle = Some(Duration::from_millis(200));
+        pool_opts.claim_block = Duration::from_millis(100);
+        let t0 = Instant::now();
+        let stats = run_bounded(
+            queue.clone(),
+            Arc::new(AckDyn(queue.clone())),
+            pool_opts,
+            CancellationToken::new(),
+        )
+        .await;
+        let secs = t0.elapsed().as_secs_f64() - 0.2;
+        assert_eq!(stats.handled, N);
+        let depth = match queue.depth().await {
+            Ok(d) => d,
+            Err(e) => panic!("depth: {e}"),
+        };
+        assert_eq!((depth.pending, depth.in_flight), (0, 0));
+        println!(
+            "redis, concurrency {concurrency}: {N} no-op jobs in {secs:.3} s = {:.0} jobs/s",
+            N as f64 / secs
         );
     }
 }

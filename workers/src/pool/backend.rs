@@ -15,7 +15,8 @@ use apalis_core::backend::finalize::Ephemeral;
 use apalis_core::backend::{Backend, BackendConfig};
 use apalis_core::layers::Identity;
 use apalis_core::task::Task;
-use apalis_core::task::task_id::RandomId;
+use apalis_core::task::builder::TaskBuilder;
+use apalis_core::task::task_id::{RandomId, TaskId};
 use apalis_core::worker::context::WorkerContext;
 use batchyard_jobs::error::QueueError;
 use batchyard_jobs::queue::{Delivery, Queue};
@@ -172,7 +173,11 @@ impl Backend for QueueBackend {
                 self.finish(worker);
             }
             if let Some(delivery) = self.buffer.pop_front() {
-                return Poll::Ready(Some(Ok(Task::new(delivery))));
+                // The id matters only if apalis-core's `task-context` feature is on (it then
+                // refuses tasks without one); the delivery handle is unique per delivery.
+                let id = TaskId::String(delivery.handle.clone());
+                let task = TaskBuilder::new(delivery).task_id(id).build();
+                return Poll::Ready(Some(Ok(task)));
             }
             match &mut self.fetch {
                 Fetch::Done => return Poll::Ready(None),
