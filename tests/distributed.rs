@@ -254,3 +254,62 @@ fn a_worker_survives_a_redis_restart() {
     let errors = cluster.results(&id, true);
     assert_exactly_once(&ok, &errors, total);
 }
+
+/// Uploads `body` to `s3://bucket/key` with a SigV4-signed PUT (curl does the signing).
+fn s3_put(cluster: &Cluster, key: &str, body: &str) {
+    let file = write_file(cluster.dir.path(), "upload.tmp", body.as_bytes());
+    let s3 = &cluster.s3;
+    let status = std::process::Command::new("curl")
+        .args([
+            "-sS",
+            "-f",
+            "--aws-sigv4",
+            &format!("aws:amz:{}:s3", s3.region),
+        ])
+        .args(["--user", &format!("{}:{}", s3.key_id, s3.secret)])
+        .arg("-T")
+        .arg(&file)
+        .arg(format!("{}/{}/{}", s3.endpoint, s3.bucket, key))
+        .status()
+        .unwrap();
+    assert!(status.success(), "upload of {key} failed");
+}
+
+#[test]
+fn an_s3_prefix_is_an_input() {
+    let Some(cluster) = Cluster::start("s3_prefix_input", &[], 30) else {
+        return;
+    };
+    let prefix = cluster.s3.unique_prefix("inbox");
+    s3_put(&cluster, &format!("{prefix}/a.txt"), "first document");
+    s3_put(
+        &cluster,
+        &format!("{prefix}/sub/b.md"),
+        "# second\n\ndocument",
+    );
+    s3_put(&cluster, &format!("{prefix}/skip.pdf"), "not a document");
+    let url = format!("s3://{}/{prefix}/", cluster.s3.bucket);
+    let out = run(cluster
+        .cmd()
+        .args(["run", &url, "--task", "summarize", "--json"]));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let batch = last_json(&out);
+    assert_eq!(batch["status"], "completed");
+    assert_eq!(batch["request_counts"]["total"], 2);
+    assert!(
+        text(&out.stderr).contains("skipped 1 file"),
+        "{}",
+        text(&out.stderr)
+    );
+    let ok = cluster.results(batch["id"].as_str().unwrap(), false);
+    let ids: std::collections::BTreeSet<_> = ok
+        .iter()
+        .map(|l| l["custom_id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(
+        ids,
+        ["a.txt".to_string(), "sub/b.md".to_string()]
+            .into_iter()
+            .collect()
+    );
+}
