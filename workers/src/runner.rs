@@ -294,6 +294,9 @@ impl JobRunner {
                     tracing::error!(error = %e, "finalization failed; it will be retried when the job is reclaimed");
                     return;
                 }
+                if let Err(e) = self.queue.forget_batch(&job.batch_id).await {
+                    tracing::warn!(error = %e, "cannot drop the batch's queue bookkeeping");
+                }
             }
             Ok(_) => {}
             Err(e) => {

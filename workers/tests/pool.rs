@@ -162,6 +162,11 @@ impl Queue for TestQueue {
     fn name(&self) -> &str {
         "test"
     }
+
+    async fn forget_batch(&self, batch_id: &str) -> Result<(), QueueError> {
+        self.inner.forget_batch(batch_id).await;
+        Ok(())
+    }
 }
 
 /// Records each job it sees and the most jobs running at once; sleeps `work`, then acks.

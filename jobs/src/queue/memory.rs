@@ -321,4 +321,9 @@ impl Queue for MemoryQueue {
     fn name(&self) -> &str {
         &self.opts.name
     }
+
+    async fn forget_batch(&self, batch_id: &str) -> Result<(), QueueError> {
+        MemoryQueue::forget_batch(self, batch_id).await;
+        Ok(())
+    }
 }

@@ -327,4 +327,8 @@ impl Queue for RedisQueue {
     fn name(&self) -> &str {
         &self.opts.name
     }
+
+    async fn forget_batch(&self, batch_id: &str) -> Result<(), QueueError> {
+        RedisQueue::forget_batch(self, batch_id).await
+    }
 }
