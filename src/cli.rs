@@ -31,6 +31,30 @@ pub enum Command {
     Status(StatusArgs),
     /// Stream a finished batch's output.jsonl (or errors.jsonl) to stdout
     Results(ResultsArgs),
+    /// Cancel a running batch: queued items end as `cancelled`, in-flight ones finish
+    Cancel(CancelArgs),
+    /// Re-run a finished batch's failed items (optionally one error code, optionally on another model)
+    Retry(RetryArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct CancelArgs {
+    pub batch_id: String,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct RetryArgs {
+    pub batch_id: String,
+    /// Only items that failed with this error code (e.g. transient, rate_limited, worker_lost)
+    #[arg(long)]
+    pub code: Option<String>,
+    /// Pin the retried items to this configured model
+    #[arg(long)]
+    pub model: Option<String>,
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]

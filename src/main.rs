@@ -15,6 +15,7 @@ mod cli;
 mod commands;
 mod config;
 mod exit;
+mod replay;
 mod submission;
 mod telemetry;
 
@@ -61,6 +62,8 @@ fn main() -> ExitCode {
             Command::Worker(args) => commands::worker::worker(config, args, &env).await,
             Command::Status(args) => commands::status::status(config, args, &env).await,
             Command::Results(args) => commands::results::results(config, args, &env).await,
+            Command::Cancel(args) => commands::batch_ops::cancel(config, args, &env).await,
+            Command::Retry(args) => commands::batch_ops::retry(config, args, &env).await,
         }
     });
     match result {

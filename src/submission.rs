@@ -125,6 +125,7 @@ impl Builder<'_> {
             route,
             attempt: 0,
             last_error: None,
+            prior_cost_usd: 0.0,
         }))
     }
 }
@@ -216,6 +217,7 @@ pub async fn submit(app: &App, req: &SubmitRequest) -> anyhow::Result<Submitted>
         in_progress_at: Some(now_secs()),
         finalizing_at: None,
         completed_at: None,
+        cancel_requested_at: None,
     };
     app.ledger.create(&record).await?;
     builder.dups = DuplicateCheck::default();

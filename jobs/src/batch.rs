@@ -76,6 +76,9 @@ pub struct BatchRecord {
     pub in_progress_at: Option<u64>,
     pub finalizing_at: Option<u64>,
     pub completed_at: Option<u64>,
+    /// Set by `batchyard cancel`: queued items end as `cancelled`, the batch as `cancelled`.
+    #[serde(default)]
+    pub cancel_requested_at: Option<u64>,
 }
 
 impl BatchRecord {

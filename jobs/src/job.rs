@@ -34,6 +34,14 @@ pub struct Job {
     /// The last job-level error, kept so a dead letter can name it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_error: Option<String>,
+    /// What earlier runs of this item cost (a replay after a failure), so the item's line
+    /// carries its whole spend.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub prior_cost_usd: f64,
+}
+
+fn is_zero(v: &f64) -> bool {
+    *v == 0.0
 }
 
 /// The job id for an item: stable across re-submissions of the same batch, safe as an object key.

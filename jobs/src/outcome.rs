@@ -23,6 +23,10 @@ pub struct OutputLine {
     pub response: Option<Response>,
     pub error: Option<LineError>,
     pub batchyard: Extension,
+    /// The job itself, kept in a failure's `results/<job_id>.json` so `batchyard retry` can
+    /// replay it; never written to `output.jsonl` or `errors.jsonl`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job: Option<Box<crate::job::Job>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -77,6 +81,7 @@ impl OutputLine {
                 message: message.into(),
             }),
             batchyard,
+            job: None,
         }
     }
 }

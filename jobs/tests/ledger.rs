@@ -29,6 +29,7 @@ fn record(id: &str, total: u64) -> BatchRecord {
         in_progress_at: Some(now_secs()),
         finalizing_at: None,
         completed_at: None,
+        cancel_requested_at: None,
     }
 }
 

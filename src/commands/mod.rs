@@ -1,5 +1,6 @@
 //! One module per subcommand.
 
+pub mod batch_ops;
 pub mod results;
 pub mod run;
 pub mod status;

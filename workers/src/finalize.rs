@@ -128,11 +128,12 @@ impl Finalizer {
             })
             .buffered(32);
         while let Some((path, bytes)) = bodies.try_next().await? {
-            let line: OutputLine =
+            let mut line: OutputLine =
                 serde_json::from_slice(&bytes).map_err(|e| StoreError::Corrupt {
                     path: path.clone(),
                     message: e.to_string(),
                 })?;
+            line.job = None;
             let ext = &line.batchyard;
             let nanos = usd_to_nanos(ext.cost_usd);
             cost_nanos += nanos;
@@ -156,8 +157,10 @@ impl Finalizer {
                 }
                 (&mut errors, &errors_path)
             };
-            let mut bytes = bytes.to_vec();
-            bytes.retain(|b| *b != b'\n');
+            let mut bytes = serde_json::to_vec(&line).map_err(|e| StoreError::Corrupt {
+                path: path.clone(),
+                message: e.to_string(),
+            })?;
             bytes.push(b'\n');
             writer
                 .write_all(&bytes)
@@ -177,7 +180,9 @@ impl Finalizer {
             s.cost_usd = nanos_to_usd(s.cost_nanos);
         }
         let written = ok + failed;
-        let state = if ok == 0 && written > 0 {
+        let state = if record.cancel_requested_at.is_some() {
+            BatchState::Cancelled
+        } else if ok == 0 && written > 0 {
             BatchState::Failed
         } else {
             BatchState::Completed

@@ -7,8 +7,12 @@
 //! - [`router`]: the cheapest adequate models for a job, in order.
 //! - [`provider`]: the provider trait's enum dispatch: `simulated`, `openai`.
 //! - [`retry`]: the one retry module: backoff with full jitter, provider hints honoured.
+//! - [`limiter`]: shared RPM/TPM admission across all workers (Redis) or in process.
+//! - [`health`]: shared model health: circuit breaker with a half-open probe, operator pause,
+//!   retry budget (in memory or through Redis).
 pub mod catalog;
 pub mod finalize;
+pub mod limiter;
 pub mod pool;
 pub mod provider;
 pub mod retry;

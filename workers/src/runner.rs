@@ -133,7 +133,9 @@ impl JobRunner {
             ));
         }
         if let Some(record) = self.batch(&job.batch_id).await {
-            if matches!(record.state, BatchState::Cancelling | BatchState::Cancelled) {
+            if record.cancel_requested_at.is_some()
+                || matches!(record.state, BatchState::Cancelling | BatchState::Cancelled)
+            {
                 return Decision::Done(OutputLine::failure(
                     &job.job_id,
                     &job.custom_id,
@@ -219,6 +221,7 @@ impl JobRunner {
                         }),
                         error: None,
                         batchyard: ext,
+                        job: None,
                     });
                 }
                 Err(e) => {
@@ -264,8 +267,15 @@ impl JobRunner {
         }
     }
 
-    async fn finish(&self, delivery: &Delivery, line: OutputLine, dead: bool) {
+    async fn finish(&self, delivery: &Delivery, mut line: OutputLine, dead: bool) {
         let job = &delivery.job;
+        // The ledger counts only this run's spend; the line carries the item's whole spend.
+        let cost = usd_to_nanos(line.batchyard.cost_usd);
+        line.batchyard.cost_usd += job.prior_cost_usd;
+        if !line.is_success() {
+            // Kept in the result object (not in errors.jsonl) so `batchyard retry` can replay it.
+            line.job = Some(Box::new(job.clone()));
+        }
         let bytes = match serde_json::to_vec(&line) {
             Ok(b) => Bytes::from(b),
             Err(e) => {
@@ -283,7 +293,6 @@ impl JobRunner {
             return;
         }
         let success = line.is_success();
-        let cost = usd_to_nanos(line.batchyard.cost_usd);
         match self
             .ledger
             .settle(&job.batch_id, job.seq, success, cost)

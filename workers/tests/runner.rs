@@ -106,6 +106,7 @@ fn job(batch: &str, seq: u64, content: &str) -> Job {
         route: Route::Task { task: "t".into() },
         attempt: 0,
         last_error: None,
+        prior_cost_usd: 0.0,
     }
 }
 
@@ -127,6 +128,7 @@ async fn start_batch(rig: &Rig, id: &str, jobs: &[Job], budget: Option<f64>) {
             in_progress_at: Some(now_secs()),
             finalizing_at: None,
             completed_at: None,
+            cancel_requested_at: None,
         })
         .await
         .unwrap();

@@ -129,6 +129,38 @@ impl Ledger for MemoryLedger {
         }
     }
 
+    async fn request_cancel(&self, batch_id: &str) -> Result<BatchRecord, QueueError> {
+        let mut batches = self.batches.lock().await;
+        let record = batches
+            .get_mut(batch_id)
+            .and_then(|e| e.record.as_mut())
+            .ok_or_else(|| QueueError::BatchNotFound(batch_id.to_string()))?;
+        if !record.state.is_terminal() && record.state != BatchState::Finalizing {
+            record.state = BatchState::Cancelling;
+            record.cancel_requested_at.get_or_insert(now_secs());
+        }
+        Ok(record.clone())
+    }
+
+    async fn reopen(&self, batch_id: &str, retried: u64) -> Result<(), QueueError> {
+        let mut batches = self.batches.lock().await;
+        let entry = batches
+            .get_mut(batch_id)
+            .ok_or_else(|| QueueError::BatchNotFound(batch_id.to_string()))?;
+        let record = entry
+            .record
+            .as_mut()
+            .ok_or_else(|| QueueError::BatchNotFound(batch_id.to_string()))?;
+        record.counts.failed = record.counts.failed.saturating_sub(retried);
+        record.state = BatchState::InProgress;
+        record.finalizing_at = None;
+        record.completed_at = None;
+        record.cancel_requested_at = None;
+        entry.settled = Vec::new();
+        entry.lease = None;
+        Ok(())
+    }
+
     async fn list(&self, limit: usize) -> Result<Vec<BatchRecord>, QueueError> {
         let batches = self.batches.lock().await;
         let mut records: Vec<_> = batches.values().filter_map(|e| e.record.clone()).collect();

@@ -60,6 +60,15 @@ pub trait Ledger: Send + Sync {
         ttl: Duration,
     ) -> Result<bool, QueueError>;
 
+    /// Asks a running batch to stop: queued items will end as `cancelled`, in-flight ones
+    /// finish. Returns the record as it now is; a batch already finished (or finalizing) is
+    /// returned unchanged.
+    async fn request_cancel(&self, batch_id: &str) -> Result<BatchRecord, QueueError>;
+
+    /// Reopens a finished batch so `retried` of its failed items can run again: they leave the
+    /// failed count and will be settled anew.
+    async fn reopen(&self, batch_id: &str, retried: u64) -> Result<(), QueueError>;
+
     /// The newest batches, newest first.
     async fn list(&self, limit: usize) -> Result<Vec<BatchRecord>, QueueError>;
 }

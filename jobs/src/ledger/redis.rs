@@ -55,6 +55,28 @@ end
 return {1, 0}
 "#;
 
+/// Moves a running batch to cancelling; returns the state it is in afterwards.
+const CANCEL_LUA: &str = r#"
+if redis.call('EXISTS', KEYS[1]) == 0 then return false end
+local state = redis.call('HGET', KEYS[1], 'state')
+if state == 'validating' or state == 'in_progress' or state == 'cancelling' then
+  redis.call('HSET', KEYS[1], 'state', 'cancelling')
+  redis.call('HSETNX', KEYS[1], 'cancel_requested_at', ARGV[1])
+  return 'cancelling'
+end
+return state
+"#;
+
+/// Reopens a finished batch for a replay of `ARGV[1]` failed items.
+const REOPEN_LUA: &str = r#"
+if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
+redis.call('HINCRBY', KEYS[1], 'failed', -tonumber(ARGV[1]))
+redis.call('HSET', KEYS[1], 'state', 'in_progress')
+redis.call('HDEL', KEYS[1], 'finalizing_at', 'completed_at', 'cancel_requested_at')
+redis.call('DEL', KEYS[2], KEYS[3])
+return 1
+"#;
+
 #[derive(Clone)]
 pub struct RedisLedger {
     conn: ConnectionManager,
@@ -92,6 +114,7 @@ fn parse_record(id: &str, map: &HashMap<String, String>) -> Option<BatchRecord> 
         in_progress_at: num("in_progress_at"),
         finalizing_at: num("finalizing_at"),
         completed_at: num("completed_at"),
+        cancel_requested_at: num("cancel_requested_at"),
     })
 }
 
@@ -211,6 +234,36 @@ impl Ledger for RedisLedger {
         }
         let holder: Option<String> = conn.get(lease_key(batch_id)).await?;
         Ok(holder.as_deref() == Some(owner))
+    }
+
+    async fn request_cancel(&self, batch_id: &str) -> Result<BatchRecord, QueueError> {
+        let mut conn = self.conn.clone();
+        let state: Option<String> = Script::new(CANCEL_LUA)
+            .key(record_key(batch_id))
+            .arg(now_secs())
+            .invoke_async(&mut conn)
+            .await?;
+        if state.is_none() {
+            return Err(QueueError::BatchNotFound(batch_id.to_string()));
+        }
+        self.get(batch_id)
+            .await?
+            .ok_or_else(|| QueueError::BatchNotFound(batch_id.to_string()))
+    }
+
+    async fn reopen(&self, batch_id: &str, retried: u64) -> Result<(), QueueError> {
+        let mut conn = self.conn.clone();
+        let found: i64 = Script::new(REOPEN_LUA)
+            .key(record_key(batch_id))
+            .key(settled_key(batch_id))
+            .key(lease_key(batch_id))
+            .arg(retried)
+            .invoke_async(&mut conn)
+            .await?;
+        if found < 0 {
+            return Err(QueueError::BatchNotFound(batch_id.to_string()));
+        }
+        Ok(())
     }
 
     async fn list(&self, limit: usize) -> Result<Vec<BatchRecord>, QueueError> {

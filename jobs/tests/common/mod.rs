@@ -183,6 +183,7 @@ pub fn job(batch: &str, seq: u64, pad: usize) -> Job {
         route: Route::Auto,
         attempt: 0,
         last_error: None,
+        prior_cost_usd: 0.0,
     }
 }
 

@@ -3,6 +3,7 @@
 //! One [`Provider`] enum, built from config, dispatches to each kind. Every kind returns an
 //! OpenAI-shaped chat completion body, so everything downstream reads one format.
 
+pub mod anthropic;
 pub mod openai;
 pub mod simulated;
 
@@ -11,6 +12,7 @@ use std::time::Duration;
 
 use serde_json::{Map, Value};
 
+pub use anthropic::{AnthropicConfig, AnthropicProvider};
 pub use openai::{OpenAiConfig, OpenAiProvider};
 pub use simulated::{SimulatedConfig, SimulatedProvider};
 
@@ -128,6 +130,7 @@ impl ProviderError {
 pub enum Provider {
     Simulated(SimulatedProvider),
     OpenAi(OpenAiProvider),
+    Anthropic(AnthropicProvider),
 }
 
 impl Provider {
@@ -135,6 +138,7 @@ impl Provider {
         match self {
             Self::Simulated(p) => p.complete(call).await,
             Self::OpenAi(p) => p.complete(call).await,
+            Self::Anthropic(p) => p.complete(call).await,
         }
     }
 
@@ -142,6 +146,7 @@ impl Provider {
         match self {
             Self::Simulated(_) => "simulated",
             Self::OpenAi(_) => "openai",
+            Self::Anthropic(_) => "anthropic",
         }
     }
 }

@@ -129,6 +129,7 @@ pub(super) fn placeholder_job(raw: &[u8]) -> Job {
         route: Route::Auto,
         attempt: 0,
         last_error: None,
+        prior_cost_usd: 0.0,
     }
 }
 

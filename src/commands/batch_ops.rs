@@ -1,0 +1,65 @@
+//! `batchyard cancel` and `batchyard retry`.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use crate::app::App;
+use crate::batch_view::batch_json;
+use crate::cli::{CancelArgs, RetryArgs};
+use crate::replay::{self, RetryFilter};
+
+pub async fn cancel(
+    config: Option<&Path>,
+    args: &CancelArgs,
+    env: &BTreeMap<String, String>,
+) -> anyhow::Result<()> {
+    let settings = super::load_settings(config, env)?;
+    let app = App::connect(settings, None, false, "cancel").await?;
+    let record = replay::cancel(&app, &args.batch_id).await?;
+    if args.json {
+        println!("{}", batch_json(&record, &app.store));
+    } else {
+        println!(
+            "batch {} is {}: queued items will end as cancelled; in-flight items finish",
+            record.id,
+            record.state.as_str()
+        );
+    }
+    Ok(())
+}
+
+pub async fn retry(
+    config: Option<&Path>,
+    args: &RetryArgs,
+    env: &BTreeMap<String, String>,
+) -> anyhow::Result<()> {
+    let settings = super::load_settings(config, env)?;
+    let app = App::connect(settings, None, false, "retry").await?;
+    let filter = RetryFilter {
+        code: args.code.clone(),
+        model: args.model.clone(),
+    };
+    let replayed = replay::retry(&app, &args.batch_id, &filter).await?;
+    if replayed.not_replayable > 0 {
+        eprintln!(
+            "{} invalid_input item(s) can't be replayed: fix those lines and submit them again",
+            replayed.not_replayable
+        );
+    }
+    if args.json {
+        let mut view = batch_json(&replayed.record, &app.store);
+        view["retried"] = replayed.retried.into();
+        println!("{view}");
+    } else if replayed.retried == 0 {
+        println!(
+            "batch {}: no failed items match; nothing to retry",
+            replayed.record.id
+        );
+    } else {
+        println!(
+            "batch {}: {} item(s) re-enqueued; workers will rewrite its files when they finish",
+            replayed.record.id, replayed.retried
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,156 @@
+//! `batchyard retry` and `batchyard cancel`: the operator's levers on a batch.
+//!
+//! A retry reads the failures back from `results/` (each failure keeps its job there), reopens
+//! the batch in the ledger, and re-enqueues the chosen items under their old job ids. Their new
+//! outcomes overwrite the old ones, and the batch is finalized again, so each custom id still
+//! appears exactly once in `output.jsonl` ∪ `errors.jsonl`.
+
+use batchyard_jobs::batch::{BatchRecord, BatchState, now_millis};
+use batchyard_jobs::job::{Job, Route};
+use batchyard_jobs::outcome::{OutputLine, codes};
+use futures::{StreamExt, TryStreamExt};
+
+use crate::app::App;
+use crate::exit::UsageError;
+
+const CHUNK: usize = 1000;
+
+/// What a retry selects.
+#[derive(Debug, Clone, Default)]
+pub struct RetryFilter {
+    pub code: Option<String>,
+    pub model: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Replayed {
+    pub record: BatchRecord,
+    pub retried: u64,
+    /// Failures that matched but can't be replayed (invalid input has no request to send).
+    pub not_replayable: u64,
+}
+
+async fn finished_batch(app: &App, batch_id: &str) -> anyhow::Result<BatchRecord> {
+    match app.ledger.get(batch_id).await? {
+        None => Err(UsageError(format!(
+            "batch {batch_id} was not found; check the id with `batchyard status`"
+        ))
+        .into()),
+        Some(r) if !r.state.is_terminal() => Err(UsageError(format!(
+            "batch {batch_id} is {}; retry works on finished batches (wait, or cancel it first)",
+            r.state.as_str()
+        ))
+        .into()),
+        Some(r) => Ok(r),
+    }
+}
+
+/// The batch's failures that match `filter`, as (job to replay, what it cost so far). A
+/// failure with no job (invalid input) comes as `None`. Streams: memory stays flat.
+fn failures<'a>(
+    app: &'a App,
+    batch_id: &str,
+    filter: &'a RetryFilter,
+) -> impl futures::Stream<Item = anyhow::Result<(Option<Job>, f64)>> + 'a {
+    let store = app.store.clone();
+    app.store
+        .list(&app.store.results_dir(batch_id))
+        .map(move |meta| {
+            let store = store.clone();
+            async move { store.get(&meta?.location).await }
+        })
+        .buffered(32)
+        .map_err(anyhow::Error::from)
+        .try_filter_map(move |bytes| async move {
+            let line: OutputLine = serde_json::from_slice(&bytes)?;
+            let Some(error) = &line.error else {
+                return Ok(None);
+            };
+            if filter.code.as_ref().is_some_and(|c| c != &error.code) {
+                return Ok(None);
+            }
+            if error.code == codes::INVALID_INPUT {
+                return Ok(Some((None, 0.0)));
+            }
+            Ok(Some((line.job.map(|j| *j), line.batchyard.cost_usd)))
+        })
+}
+
+pub async fn retry(app: &App, batch_id: &str, filter: &RetryFilter) -> anyhow::Result<Replayed> {
+    let record = finished_batch(app, batch_id).await?;
+    if let Some(model) = &filter.model
+        && app.settings.catalog.model(model).is_none()
+    {
+        let known: Vec<String> = app.settings.catalog.model_keys().into_iter().collect();
+        return Err(UsageError(format!(
+            "unknown model {model:?}; configured models: {}",
+            known.join(", ")
+        ))
+        .into());
+    }
+    // Pass 1: count, so the ledger is reopened for exactly the items that will run.
+    let (mut retried, mut not_replayable) = (0u64, 0u64);
+    let mut counting = std::pin::pin!(failures(app, batch_id, filter));
+    while let Some((job, _)) = counting.try_next().await? {
+        match job {
+            Some(_) => retried += 1,
+            None => not_replayable += 1,
+        }
+    }
+    if retried == 0 {
+        return Ok(Replayed {
+            record,
+            retried,
+            not_replayable,
+        });
+    }
+    app.ledger.reopen(batch_id, retried).await?;
+
+    // Pass 2: enqueue. Chunk numbers continue above any earlier enqueue of this batch.
+    let mut chunk_no = now_millis().saturating_mul(1000);
+    let mut chunk: Vec<Job> = Vec::with_capacity(CHUNK);
+    let mut replaying = std::pin::pin!(failures(app, batch_id, filter));
+    while let Some((job, cost)) = replaying.try_next().await? {
+        let Some(mut job) = job else { continue };
+        job.attempt = 0;
+        job.last_error = None;
+        job.prior_cost_usd = cost;
+        if let Some(model) = &filter.model {
+            job.route = Route::Pinned {
+                model: model.clone(),
+            };
+        }
+        chunk.push(job);
+        if chunk.len() >= CHUNK {
+            app.queue.enqueue_chunk(batch_id, chunk_no, &chunk).await?;
+            chunk_no += 1;
+            chunk.clear();
+        }
+    }
+    if !chunk.is_empty() {
+        app.queue.enqueue_chunk(batch_id, chunk_no, &chunk).await?;
+    }
+    let record = app.ledger.get(batch_id).await?.unwrap_or(record);
+    tracing::info!(batch_id, retried, "failed items re-enqueued");
+    Ok(Replayed {
+        record,
+        retried,
+        not_replayable,
+    })
+}
+
+pub async fn cancel(app: &App, batch_id: &str) -> anyhow::Result<BatchRecord> {
+    let before = app.ledger.get(batch_id).await?.ok_or_else(|| {
+        UsageError(format!(
+            "batch {batch_id} was not found; check the id with `batchyard status`"
+        ))
+    })?;
+    if before.state.is_terminal() || before.state == BatchState::Finalizing {
+        return Err(UsageError(format!(
+            "batch {batch_id} is already {}; only a running batch can be cancelled",
+            before.state.as_str()
+        ))
+        .into());
+    }
+    Ok(app.ledger.request_cancel(batch_id).await?)
+}

@@ -1,0 +1,236 @@
+//! A Messages API reply, as an OpenAI chat completion.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use reqwest::header::HeaderMap;
+use serde_json::{Map, Value, json};
+
+use super::super::{Completion, ProviderError, ProviderErrorKind};
+use super::errors::classify_value;
+use super::snippet;
+
+/// `stop_reason` as an OpenAI `finish_reason`; unknown reasons pass through unchanged.
+pub fn finish_reason(stop_reason: &str) -> &str {
+    match stop_reason {
+        "end_turn" | "stop_sequence" | "pause_turn" => "stop",
+        "max_tokens" | "model_context_window_exceeded" => "length",
+        "tool_use" => "tool_calls",
+        "refusal" => "content_filter",
+        other => other,
+    }
+}
+
+/// Reads a 2xx reply.
+pub fn parse_success(
+    status: u16,
+    headers: &HeaderMap,
+    bytes: &[u8],
+    request: &Map<String, Value>,
+) -> Result<Completion, ProviderError> {
+    let malformed = |message: String| ProviderError {
+        kind: ProviderErrorKind::MalformedResponse,
+        message,
+        status: Some(status),
+        retry_after: None,
+    };
+    let body: Value = serde_json::from_slice(bytes).map_err(|e| {
+        malformed(format!(
+            "the provider answered {status} with a body that is not json ({e}): check that \
+             base_url points at the Messages API; body starts {:?}",
+            snippet(&String::from_utf8_lossy(bytes), 80)
+        ))
+    })?;
+    // Some proxies answer 200 with an error object.
+    if body.get("type").and_then(Value::as_str) == Some("error") || body.get("error").is_some() {
+        return Err(classify_value(status, headers, &body));
+    }
+    let Some(blocks) = body.get("content").and_then(Value::as_array) else {
+        return Err(malformed(format!(
+            "the provider answered {status} without a content list: check that base_url points \
+             at the Messages API"
+        )));
+    };
+
+    let mut text = String::new();
+    let mut tool_calls = Vec::new();
+    for block in blocks {
+        match block.get("type").and_then(Value::as_str) {
+            Some("text") => text.push_str(block.get("text").and_then(Value::as_str).unwrap_or("")),
+            Some("tool_use") => tool_calls.push(json!({
+                "id": block.get("id").cloned().unwrap_or(Value::Null),
+                "type": "function",
+                "function": {
+                    "name": block.get("name").cloned().unwrap_or(Value::Null),
+                    "arguments": block.get("input").unwrap_or(&json!({})).to_string(),
+                },
+            })),
+            // Thinking and server tool blocks are not part of the answer.
+            _ => {}
+        }
+    }
+    let finish = body
+        .get("stop_reason")
+        .and_then(Value::as_str)
+        .map(|r| finish_reason(r).to_owned());
+    if finish.as_deref() == Some("content_filter") && text.is_empty() && tool_calls.is_empty() {
+        return Err(ProviderError {
+            kind: ProviderErrorKind::ContentFilter,
+            message: "the model refused to answer (stop_reason refusal): rephrase the input or \
+                      use another model"
+                .to_owned(),
+            status: Some(status),
+            retry_after: None,
+        });
+    }
+
+    let usage = body.get("usage");
+    let count = |field: &str| usage.and_then(|u| u.get(field)).and_then(Value::as_u64);
+    let cache_read = count("cache_read_input_tokens").unwrap_or(0);
+    let input_tokens = match count("input_tokens") {
+        Some(n) => n + cache_read + count("cache_creation_input_tokens").unwrap_or(0),
+        None => estimate_input_tokens(request),
+    };
+    let output_tokens = count("output_tokens")
+        .unwrap_or_else(|| (text.chars().count() as u64).div_ceil(4));
+
+    let id = body.get("id").and_then(Value::as_str).unwrap_or("");
+    let request_id = headers
+        .get("request-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim)
+        .filter(|v| !v.is_empty())
+        .unwrap_or(id)
+        .to_owned();
+    let model = body
+        .get("model")
+        .or_else(|| request.get("model"))
+        .cloned()
+        .unwrap_or(Value::Null);
+    let created = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let mut message = json!({"role": "assistant", "content": text});
+    if !tool_calls.is_empty() {
+        if text.is_empty() {
+            message["content"] = Value::Null;
+        }
+        message["tool_calls"] = Value::Array(tool_calls);
+    }
+    let openai = json!({
+        "id": id,
+        "object": "chat.completion",
+        "created": created,
+        "model": model,
+        "choices": [{
+            "index": 0,
+            "message": message,
+            "finish_reason": finish,
+            "logprobs": null,
+        }],
+        "usage": {
+            "prompt_tokens": input_tokens,
+            "completion_tokens": output_tokens,
+            "total_tokens": input_tokens + output_tokens,
+            "prompt_tokens_details": {"cached_tokens": cache_read},
+        },
+    });
+    Ok(Completion {
+        body: openai,
+        request_id,
+        input_tokens,
+        output_tokens,
+        finish_reason: finish,
+        simulated: false,
+    })
+}
+
+/// For replies without `usage`: about four characters a token, four tokens a message.
+fn estimate_input_tokens(request: &Map<String, Value>) -> u64 {
+    let text_chars = |content: &Value| -> u64 {
+        match content {
+            Value::String(s) => s.chars().count() as u64,
+            Value::Array(blocks) => blocks
+                .iter()
+                .filter_map(|b| b.get("text").and_then(Value::as_str))
+                .map(|t| t.chars().count() as u64)
+                .sum(),
+            _ => 0,
+        }
+    };
+    let system = request.get("system").map(text_chars).unwrap_or(0);
+    let messages = request
+        .get("messages")
+        .and_then(Value::as_array)
+        .map(Vec::as_slice)
+        .unwrap_or_default();
+    let chars: u64 = messages
+        .iter()
+        .filter_map(|m| m.get("content"))
+        .map(text_chars)
+        .sum();
+    (system + chars) / 4 + 4 * messages.len() as u64
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod tests {
+    use super::*;
+
+    fn parse(body: &str) -> Result<Completion, ProviderError> {
+        let mut headers = HeaderMap::new();
+        headers.insert("request-id", "req_123".parse().unwrap());
+        parse_success(200, &headers, body.as_bytes(), &Map::new())
+    }
+
+    #[test]
+    fn text_tool_use_and_usage_are_mapped() {
+        let done = parse(
+            r#"{"id":"msg_1","type":"message","role":"assistant","model":"claude-x",
+              "content":[{"type":"thinking","thinking":"hmm"},{"type":"text","text":"Hel"},
+                {"type":"text","text":"lo"},
+                {"type":"tool_use","id":"tu_1","name":"lookup","input":{"q":"x"}}],
+              "stop_reason":"tool_use",
+              "usage":{"input_tokens":10,"cache_read_input_tokens":5,"output_tokens":3}}"#,
+        )
+        .unwrap();
+        assert_eq!(done.request_id, "req_123");
+        assert_eq!(done.input_tokens, 15);
+        assert_eq!(done.output_tokens, 3);
+        assert_eq!(done.finish_reason.as_deref(), Some("tool_calls"));
+        let choice = &done.body["choices"][0];
+        assert_eq!(choice["message"]["content"], "Hello");
+        assert_eq!(
+            choice["message"]["tool_calls"][0]["function"]["arguments"],
+            r#"{"q":"x"}"#
+        );
+        assert_eq!(done.body["usage"]["prompt_tokens_details"]["cached_tokens"], 5);
+        assert_eq!(done.body["model"], "claude-x");
+    }
+
+    #[test]
+    fn stop_reasons_map_to_finish_reasons() {
+        assert_eq!(finish_reason("end_turn"), "stop");
+        assert_eq!(finish_reason("stop_sequence"), "stop");
+        assert_eq!(finish_reason("max_tokens"), "length");
+        assert_eq!(finish_reason("tool_use"), "tool_calls");
+        assert_eq!(finish_reason("refusal"), "content_filter");
+        assert_eq!(finish_reason("something_new"), "something_new");
+    }
+
+    #[test]
+    fn refusals_errors_and_garbage_are_typed() {
+        let kind = |body: &str| parse(body).unwrap_err().kind;
+        assert_eq!(
+            kind(r#"{"type":"message","content":[],"stop_reason":"refusal"}"#),
+            ProviderErrorKind::ContentFilter
+        );
+        assert_eq!(
+            kind(r#"{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}"#),
+            ProviderErrorKind::Transient
+        );
+        assert_eq!(kind(r#"{"type":"message"}"#), ProviderErrorKind::MalformedResponse);
+        assert_eq!(kind("<html>"), ProviderErrorKind::MalformedResponse);
+        assert_eq!(kind("[1,2]"), ProviderErrorKind::MalformedResponse);
+    }
+}
