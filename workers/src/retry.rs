@@ -6,6 +6,7 @@
 //!   once more). When the provider sends a hint (`Retry-After`, `retry-after-ms`,
 //!   `x-ratelimit-reset-*`, parsed into [`ProviderError::retry_after`]), the wait is the longer of
 //!   the hint and the jittered backoff, never more than [`MAX_HINTED_DELAY`].
+//! - [`call_with_retry_gated`] asks a gate (the per-model retry budget) before each retry.
 //! - [`backoff_delay`] is the same full-jitter delay, for the queue's job-level "retry later".
 //!
 //! backon's own `ExponentialBuilder::with_jitter` adds a random `[0, delay)` on top of the delay
@@ -13,7 +14,8 @@
 //! iterator backon drives like any other backoff.
 
 use std::future::Future;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::Duration;
 
 use backon::Retryable as _;
@@ -141,21 +143,57 @@ fn adjusted_delay(err: &ProviderError, backoff: Duration) -> Duration {
 /// Returns the last result and the number of attempts made (at least 1).
 pub async fn call_with_retry<F, Fut>(
     policy: &RetryPolicy,
-    mut f: F,
+    f: F,
 ) -> (Result<Completion, ProviderError>, u32)
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<Completion, ProviderError>>,
 {
+    call_with_retry_gated(policy, |_| async { true }, f).await
+}
+
+/// As [`call_with_retry`], but asks `gate` before every retry (the per-model retry budget). A
+/// retry the gate refuses is not made: the last error is returned as it is.
+pub async fn call_with_retry_gated<F, Fut, G, GFut>(
+    policy: &RetryPolicy,
+    gate: G,
+    mut f: F,
+) -> (Result<Completion, ProviderError>, u32)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<Completion, ProviderError>>,
+    G: Fn(&ProviderError) -> GFut,
+    GFut: Future<Output = bool>,
+{
     let attempts = AtomicU32::new(0);
     let malformed = AtomicU32::new(0);
+    let refused = AtomicBool::new(false);
+    let last: Mutex<Option<ProviderError>> = Mutex::new(None);
     let result = (|| {
-        attempts.fetch_add(1, Ordering::Relaxed);
-        f()
+        let previous = last.lock().ok().and_then(|mut l| l.take());
+        let check = previous.as_ref().map(&gate);
+        // Futures are lazy: nothing is sent unless the gate lets this attempt through.
+        let call = f();
+        let (attempts, refused, last) = (&attempts, &refused, &last);
+        async move {
+            if let (Some(check), Some(previous)) = (check, previous)
+                && !check.await
+            {
+                refused.store(true, Ordering::Relaxed);
+                tracing::warn!(kind = previous.kind.code(), "retry budget spent; not retrying");
+                return Err(previous);
+            }
+            attempts.fetch_add(1, Ordering::Relaxed);
+            let result = call.await;
+            if let (Err(e), Ok(mut slot)) = (&result, last.lock()) {
+                *slot = Some(e.clone());
+            }
+            result
+        }
     })
     .retry(FullJitter::new(policy))
     .when(|err: &ProviderError| {
-        if !err.is_retryable() {
+        if refused.load(Ordering::Relaxed) || !err.is_retryable() {
             return false;
         }
         if err.kind == ProviderErrorKind::MalformedResponse {
