@@ -10,7 +10,14 @@ use batchyard_jobs::queue::Queue;
 use batchyard_jobs::queue::memory::MemoryQueue;
 use batchyard_jobs::queue::redis::{RedisQueue, unique_consumer_name};
 use batchyard_jobs::storage::ResultStore;
+use std::time::Duration;
+
+use batchyard_workers::call::Guards;
 use batchyard_workers::finalize::Finalizer;
+use batchyard_workers::health::ModelHealth;
+use batchyard_workers::health::memory::MemoryHealth;
+use batchyard_workers::health::redis::RedisHealth;
+use batchyard_workers::limiter::redis::RedisLimiter;
 use batchyard_workers::runner::JobRunner;
 
 use crate::config::Settings;
@@ -23,6 +30,9 @@ pub struct App {
     pub store: ResultStore,
     /// This process's unique consumer identity.
     pub consumer: String,
+    /// Model health and rate limits shared through Redis; `None` in process.
+    pub guards: Option<Guards>,
+    pub health: Arc<dyn ModelHealth>,
 }
 
 impl App {
@@ -39,16 +49,30 @@ impl App {
         let store = ResultStore::open(&storage_url, &settings.env)
             .map_err(|e| UsageError(e.to_string()))?;
         let consumer = unique_consumer_name();
+        let mut guards: Option<Guards> = None;
         let (queue, ledger): (Arc<dyn Queue>, Arc<dyn Ledger>) = match &settings.redis_url {
             Some(url) => {
                 let conn = batchyard_jobs::redis_conn::connect(url)
                     .await
                     .context("cannot connect to redis")?;
+                // Blocking claims get their own connection, so they never hold up acks.
+                let blocking = batchyard_jobs::redis_conn::connect(url)
+                    .await
+                    .context("cannot connect to redis")?;
                 let queue = Arc::new(
                     RedisQueue::new(conn.clone(), settings.queue.clone())
                         .await
-                        .context("cannot open the redis queue")?,
+                        .context("cannot open the redis queue")?
+                        .with_blocking_connection(blocking),
                 );
+                // A call may wait for rate-limit capacity, but never long enough for its
+                // job to be reclaimed.
+                let max_wait = (settings.queue.visibility_timeout / 3).min(Duration::from_secs(30));
+                guards = Some(Guards {
+                    health: Arc::new(RedisHealth::new(conn.clone(), settings.health.clone())),
+                    limiter: Arc::new(RedisLimiter::new(conn.clone(), "by")),
+                    max_wait,
+                });
                 (
                     queue as Arc<dyn Queue>,
                     Arc::new(RedisLedger::new(conn)) as Arc<dyn Ledger>,
@@ -67,12 +91,18 @@ impl App {
         };
         let mut settings = settings;
         settings.storage_url = storage_url;
+        let health: Arc<dyn ModelHealth> = match &guards {
+            Some(g) => Arc::clone(&g.health),
+            None => Arc::new(MemoryHealth::new(settings.health.clone())),
+        };
         Ok(Self {
             settings,
             queue,
             ledger,
             store,
             consumer,
+            guards,
+            health,
         })
     }
 
@@ -85,7 +115,7 @@ impl App {
     }
 
     pub fn runner(&self) -> JobRunner {
-        JobRunner::new(
+        let runner = JobRunner::new(
             Arc::clone(&self.settings.catalog),
             Arc::clone(&self.queue),
             Arc::clone(&self.ledger),
@@ -93,6 +123,10 @@ impl App {
             self.settings.retry,
             self.settings.runner.clone(),
             self.finalizer(),
-        )
+        );
+        match &self.guards {
+            Some(guards) => runner.with_guards(guards.clone()),
+            None => runner,
+        }
     }
 }

@@ -35,6 +35,28 @@ pub enum Command {
     Cancel(CancelArgs),
     /// Re-run a finished batch's failed items (optionally one error code, optionally on another model)
     Retry(RetryArgs),
+    /// List models with their prices, limits and health; pause or resume one
+    Models(ModelsArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ModelsArgs {
+    #[command(subcommand)]
+    pub action: Option<ModelsAction>,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ModelsAction {
+    /// Clear a model's pause (after auth or quota trouble) or cooldown, for every worker
+    Resume { model: String },
+    /// Stop every worker from calling a model until it is resumed
+    Pause {
+        model: String,
+        #[arg(long, default_value = "paused by an operator")]
+        reason: String,
+    },
 }
 
 #[derive(Debug, Args)]

@@ -64,6 +64,7 @@ fn main() -> ExitCode {
             Command::Results(args) => commands::results::results(config, args, &env).await,
             Command::Cancel(args) => commands::batch_ops::cancel(config, args, &env).await,
             Command::Retry(args) => commands::batch_ops::retry(config, args, &env).await,
+            Command::Models(args) => commands::models::models(config, args, &env).await,
         }
     });
     match result {

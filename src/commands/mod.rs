@@ -1,6 +1,7 @@
 //! One module per subcommand.
 
 pub mod batch_ops;
+pub mod models;
 pub mod results;
 pub mod run;
 pub mod status;

@@ -17,6 +17,8 @@ pub fn provider() -> (String, RawProvider) {
             timeout_secs: None,
             latency_ms: None,
             output_tokens: None,
+            rpm: None,
+            tpm: None,
         },
     )
 }

@@ -13,6 +13,7 @@ use std::time::Duration;
 use batchyard_jobs::input::{DEFAULT_MAX_LINE_BYTES, KnownNames};
 use batchyard_jobs::queue::QueueOptions;
 use batchyard_workers::catalog::{Catalog, ModelSpec, TaskSpec};
+use batchyard_workers::health::HealthPolicy;
 use batchyard_workers::provider::{
     OpenAiConfig, OpenAiProvider, Provider, Secret, SimulatedConfig, SimulatedProvider,
 };
@@ -44,6 +45,7 @@ pub struct Settings {
     pub concurrency: usize,
     pub drain_timeout: Duration,
     pub catalog: Arc<Catalog>,
+    pub health: HealthPolicy,
     /// Warnings found while loading (e.g. a provider no model uses).
     pub warnings: Vec<String>,
     pub env: BTreeMap<String, String>,
@@ -242,15 +244,22 @@ impl Settings {
                 max_output_tokens: t.max_output_tokens,
             })
             .collect();
-        let catalog = Catalog::new(models, tasks, providers).map_err(|e| {
-            let key = match &e {
-                batchyard_workers::catalog::CatalogError::Template { task, .. } => {
-                    format!("tasks.{task}.prompt")
-                }
-                _ => "tasks".into(),
-            };
-            err(&key, e.to_string())
-        })?;
+        let catalog = Catalog::new(models, tasks, providers)
+            .map_err(|e| {
+                let key = match &e {
+                    batchyard_workers::catalog::CatalogError::Template { task, .. } => {
+                        format!("tasks.{task}.prompt")
+                    }
+                    _ => "tasks".into(),
+                };
+                err(&key, e.to_string())
+            })?
+            .with_provider_limits(
+                raw.providers
+                    .iter()
+                    .map(|(k, p)| (k.clone(), (p.rpm, p.tpm)))
+                    .collect(),
+            );
 
         let defaults = QueueOptions::default();
         let q = &raw.queue;
@@ -298,6 +307,30 @@ impl Settings {
                 .unwrap_or(retry_defaults.max_attempts)
                 .max(1),
         };
+        let health_defaults = HealthPolicy::default();
+        let h = &raw.health;
+        let health = HealthPolicy {
+            failure_threshold: h
+                .failure_threshold
+                .unwrap_or(health_defaults.failure_threshold)
+                .max(1),
+            cooldown: h
+                .cooldown_secs
+                .map_or(health_defaults.cooldown, Duration::from_secs),
+            retry_budget_ratio: h
+                .retry_budget_ratio
+                .unwrap_or(health_defaults.retry_budget_ratio),
+            retry_budget_min: h
+                .retry_budget_min
+                .unwrap_or(health_defaults.retry_budget_min),
+            ..health_defaults
+        };
+        if !(0.0..=1.0).contains(&health.retry_budget_ratio) {
+            return Err(err(
+                "health.retry_budget_ratio",
+                format!("must be between 0 and 1, not {}", health.retry_budget_ratio),
+            ));
+        }
         let concurrency = raw.worker.concurrency.unwrap_or(64);
         if concurrency == 0 {
             return Err(err("worker.concurrency", "must be at least 1".into()));
@@ -313,6 +346,7 @@ impl Settings {
             concurrency,
             drain_timeout: Duration::from_secs(raw.worker.drain_timeout_secs.unwrap_or(30)),
             catalog: Arc::new(catalog),
+            health,
             warnings,
             env: env.clone(),
         })

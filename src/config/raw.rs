@@ -18,6 +18,8 @@ pub struct RawConfig {
     #[serde(default)]
     pub retry: RawRetry,
     #[serde(default)]
+    pub health: RawHealth,
+    #[serde(default)]
     pub providers: BTreeMap<String, RawProvider>,
     #[serde(default)]
     pub models: BTreeMap<String, RawModel>,
@@ -65,6 +67,18 @@ pub struct RawRetry {
     pub max_attempts: Option<u32>,
 }
 
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHealth {
+    /// Consecutive transient failures that cool a model down.
+    pub failure_threshold: Option<u32>,
+    pub cooldown_secs: Option<u64>,
+    /// In-place retries may be at most this share of a model's calls per minute.
+    pub retry_budget_ratio: Option<f64>,
+    /// Retries always allowed per minute, whatever the ratio says.
+    pub retry_budget_min: Option<u32>,
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawProvider {
@@ -77,6 +91,10 @@ pub struct RawProvider {
     pub latency_ms: Option<u64>,
     /// simulated only: output tokens per call.
     pub output_tokens: Option<u32>,
+    /// Account-wide requests per minute, shared by all of this provider's models.
+    pub rpm: Option<u32>,
+    /// Account-wide tokens per minute, shared by all of this provider's models.
+    pub tpm: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]

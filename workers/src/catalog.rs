@@ -68,6 +68,7 @@ pub struct Catalog {
     models: BTreeMap<String, Arc<ModelSpec>>,
     tasks: BTreeMap<String, TaskSpec>,
     providers: BTreeMap<String, Arc<Provider>>,
+    provider_limits: BTreeMap<String, (Option<u32>, Option<u64>)>,
     templates: minijinja::Environment<'static>,
 }
 
@@ -114,8 +115,22 @@ impl Catalog {
                 .collect(),
             tasks: tasks.into_iter().map(|t| (t.key.clone(), t)).collect(),
             providers,
+            provider_limits: BTreeMap::new(),
             templates,
         })
+    }
+
+    /// Account-wide `rpm` / `tpm` per provider key, shared by all its models.
+    pub fn with_provider_limits(
+        mut self,
+        limits: BTreeMap<String, (Option<u32>, Option<u64>)>,
+    ) -> Self {
+        self.provider_limits = limits;
+        self
+    }
+
+    pub fn provider_limits(&self, provider: &str) -> Option<(Option<u32>, Option<u64>)> {
+        self.provider_limits.get(provider).copied()
     }
 
     pub fn models(&self) -> impl Iterator<Item = &Arc<ModelSpec>> {

@@ -10,8 +10,10 @@
 //! - [`limiter`]: shared RPM/TPM admission across all workers (Redis) or in process.
 //! - [`health`]: shared model health: circuit breaker with a half-open probe, operator pause,
 //!   retry budget (in memory or through Redis).
+pub mod call;
 pub mod catalog;
 pub mod finalize;
+pub mod health;
 pub mod limiter;
 pub mod pool;
 pub mod provider;

@@ -180,7 +180,10 @@ where
                 && !check.await
             {
                 refused.store(true, Ordering::Relaxed);
-                tracing::warn!(kind = previous.kind.code(), "retry budget spent; not retrying");
+                tracing::warn!(
+                    kind = previous.kind.code(),
+                    "retry budget spent; not retrying"
+                );
                 return Err(previous);
             }
             attempts.fetch_add(1, Ordering::Relaxed);

@@ -17,12 +17,16 @@ use batchyard_jobs::storage::ResultStore;
 use bytes::Bytes;
 use tracing::{Instrument, field};
 
+use crate::call::{Guards, ModelOutcome};
 use crate::catalog::Catalog;
 use crate::finalize::Finalizer;
+use crate::health::HealthPolicy;
+use crate::health::memory::MemoryHealth;
+use crate::limiter::memory::MemoryLimiter;
 use crate::pool::DeliveryHandler;
 use crate::provider::{ChatCall, ProviderError, ProviderErrorKind};
-use crate::retry::{RetryPolicy, backoff_delay, call_with_retry};
-use crate::router::Router;
+use crate::retry::{RetryPolicy, backoff_delay};
+use crate::router::{Router, estimate_prompt_tokens, requested_output_tokens};
 
 /// Job-level limits.
 #[derive(Debug, Clone)]
@@ -33,6 +37,8 @@ pub struct RunnerOptions {
     pub max_reclaims: u64,
     /// How long a cached batch record (budget, state) may be used.
     pub batch_cache_ttl: Duration,
+    /// How long a job waits when every adequate model is cooling down or paused.
+    pub unavailable_delay: Duration,
 }
 
 impl Default for RunnerOptions {
@@ -41,6 +47,7 @@ impl Default for RunnerOptions {
             max_attempts: 5,
             max_reclaims: 3,
             batch_cache_ttl: Duration::from_millis(500),
+            unavailable_delay: Duration::from_secs(5),
         }
     }
 }
@@ -55,6 +62,7 @@ pub struct JobRunner {
     pub retry: RetryPolicy,
     pub options: RunnerOptions,
     pub finalizer: Finalizer,
+    pub guards: Guards,
     batches: Mutex<HashMap<String, (Instant, BatchRecord)>>,
 }
 
@@ -88,8 +96,19 @@ impl JobRunner {
             retry,
             options,
             finalizer,
+            guards: Guards {
+                health: Arc::new(MemoryHealth::new(HealthPolicy::default())),
+                limiter: Arc::new(MemoryLimiter::new()),
+                max_wait: Duration::from_secs(30),
+            },
             batches: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Uses these health and rate-limit guards (shared through Redis for distributed workers).
+    pub fn with_guards(mut self, guards: Guards) -> Self {
+        self.guards = guards;
+        self
     }
 
     async fn batch(&self, batch_id: &str) -> Option<BatchRecord> {
@@ -184,6 +203,9 @@ impl JobRunner {
         let mut cost = 0.0;
         let mut last_error: Option<ProviderError> = None;
         let mut exhausted = false;
+        let mut unavailable = 0usize;
+        let estimate = estimate_prompt_tokens(&job.body)
+            + requested_output_tokens(&job.body, task).unwrap_or(512);
         for (index, model) in candidates.iter().enumerate() {
             tracing::Span::current().record("model", model.key.as_str());
             let Some(provider) = self.catalog.provider(&model.provider) else {
@@ -194,7 +216,27 @@ impl JobRunner {
                 body: &job.body,
                 default_max_tokens,
             };
-            let (result, attempts) = call_with_retry(&self.retry, || provider.complete(call)).await;
+            let limits = self.catalog.provider_limits(&model.provider);
+            let outcome = self
+                .guards
+                .call_model(&self.retry, provider, model, limits, call, estimate)
+                .await;
+            let (result, attempts) = match outcome {
+                ModelOutcome::Unavailable => {
+                    unavailable += 1;
+                    tracing::info!(model = %model.key, "model cooling down or paused; trying the next");
+                    continue;
+                }
+                ModelOutcome::Wait(delay) => {
+                    // Waiting for capacity is not a failed attempt.
+                    return Decision::Later(job.clone(), delay);
+                }
+                ModelOutcome::Answer {
+                    completion,
+                    attempts,
+                } => (Ok(completion), attempts),
+                ModelOutcome::Failed { error, attempts } => (Err(error), attempts),
+            };
             ext.attempts += attempts;
             ext.model = Some(model.key.clone());
             match result {
@@ -229,7 +271,17 @@ impl JobRunner {
                         e.kind,
                         ProviderErrorKind::ContextOverflow | ProviderErrorKind::ContentFilter
                     ) && !pinned;
-                    let retry_later = e.is_retryable() || e.kind == ProviderErrorKind::Auth;
+                    // Transient trouble, and models paused for auth or quota, are the queue's
+                    // to retry later; a model that keeps failing is cooled down by then and
+                    // the next delivery falls back to the next candidate.
+                    let retry_later = matches!(
+                        e.kind,
+                        ProviderErrorKind::RateLimited
+                            | ProviderErrorKind::Transient
+                            | ProviderErrorKind::MalformedResponse
+                            | ProviderErrorKind::Auth
+                            | ProviderErrorKind::QuotaExhausted
+                    );
                     tracing::warn!(model = %model.key, kind = e.kind.code(), error = %e.message, "provider call failed");
                     if escalate && index + 1 < candidates.len() {
                         ext.escalations += 1;
@@ -250,6 +302,10 @@ impl JobRunner {
                     break;
                 }
             }
+        }
+        if last_error.is_none() && unavailable > 0 {
+            // Every adequate model is cooling down or paused: wait, don't fail.
+            return Decision::Later(job.clone(), self.options.unavailable_delay);
         }
         ext.cost_usd = cost;
         let (code, message) = match last_error {

@@ -15,79 +15,52 @@ use batchyard_workers::health::redis::RedisHealth;
 use batchyard_workers::health::{HealthPolicy, ModelHealth, ModelState};
 use batchyard_workers::provider::ProviderErrorKind as Kind;
 
-// ---------------------------------------------------------------- a throwaway redis-server
-
+/// A redis-server of our own, killed by its PID on drop.
 struct TestRedis {
-    child: Option<Child>,
+    child: Child,
     url: String,
-    _dir: Option<tempfile::TempDir>,
 }
 
 impl TestRedis {
-    /// A redis-server of our own (killed by PID on drop), the one named by
-    /// `BATCHYARD_TEST_REDIS_URL`, or `None` after a skip line when redis-server is missing
-    /// outside CI. With `CI=true` a missing server fails the test.
+    /// `None` after a skip line when redis-server is missing; with `CI=true` that fails.
     fn start(test: &str) -> Option<Self> {
-        if let Ok(url) = std::env::var("BATCHYARD_TEST_REDIS_URL")
-            && !url.is_empty()
-        {
-            return Some(Self {
-                child: None,
-                url,
-                _dir: None,
-            });
-        }
         let available = Command::new("redis-server")
             .arg("--version")
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
             .status()
             .is_ok_and(|s| s.success());
         if !available {
             if std::env::var("CI").is_ok_and(|v| v == "true" || v == "1") {
                 panic!("{test}: redis-server is not installed, and CI=true requires it");
             }
-            eprintln!(
-                "SKIP {test}: redis-server not found (install it or set BATCHYARD_TEST_REDIS_URL)"
-            );
+            eprintln!("SKIP {test}: redis-server not found");
             return None;
         }
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let dir = tempfile::tempdir().unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        drop(listener);
         let child = Command::new("redis-server")
             .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no"])
             .arg("--dir")
-            .arg(dir.path())
+            .arg(std::env::temp_dir())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .expect("redis-server could not be started");
         let me = Self {
-            child: Some(child),
+            child,
             url: format!("redis://127.0.0.1:{port}/"),
-            _dir: Some(dir),
         };
         wait_for_ping(port);
         Some(me)
-    }
-
-    /// SIGKILLs our server by its PID.
-    fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
     }
 }
 
 impl Drop for TestRedis {
     fn drop(&mut self) {
-        self.kill();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 
@@ -102,20 +75,20 @@ fn wait_for_ping(port: u16) {
                 return;
             }
         }
-        assert!(
-            started.elapsed() < Duration::from_secs(5),
-            "redis-server did not start"
-        );
+        assert!(started.elapsed() < LIMIT, "redis-server did not start");
         std::thread::sleep(Duration::from_millis(20));
     }
 }
 
-/// A model name no other test (or run against a shared server) uses.
+/// A model name no other test uses.
 fn model(test: &str) -> String {
     format!("m-{test}-{}", ulid::Ulid::new().to_string().to_lowercase())
 }
 
 type Health = Arc<dyn ModelHealth>;
+
+/// The bound on every polling loop.
+const LIMIT: Duration = Duration::from_secs(5);
 
 /// Two workers' views of the same health: two Redis connections, or one shared memory.
 async fn redis_pair(redis: &TestRedis, policy: &HealthPolicy) -> (Health, Health) {
@@ -140,30 +113,33 @@ fn policy() -> HealthPolicy {
     }
 }
 
-/// Polls until the model is half-open; bounded.
-async fn wait_half_open(h: &Health, m: &str) {
+/// Polls `done` until it holds; bounded by [`LIMIT`].
+async fn wait_for(what: &str, mut done: impl AsyncFnMut() -> bool) {
     let started = Instant::now();
-    loop {
-        if h.state(m).await.unwrap() == ModelState::HalfOpen {
-            return;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(5),
-            "never half-open"
-        );
+    while !done().await {
+        assert!(started.elapsed() < LIMIT, "never {what}");
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
 }
 
+async fn wait_half_open(h: &Health, m: &str) {
+    wait_for("half-open", async || {
+        h.state(m).await.unwrap() == ModelState::HalfOpen
+    })
+    .await;
+}
+
 async fn fail(h: &Health, m: &str, kind: Kind) {
-    h.record(m, Err(kind), "boom").await.unwrap();
+    fail_with(h, m, kind, "boom").await;
+}
+
+async fn fail_with(h: &Health, m: &str, kind: Kind, reason: &str) {
+    h.record(m, Err(kind), reason).await.unwrap();
 }
 
 fn is_cooling(s: &ModelState) -> bool {
     matches!(s, ModelState::CoolingDown { .. })
 }
-
-// ---------------------------------------------------------------- scenarios
 
 /// K transient failures, reported through both views, open the breaker for both. A success
 /// resets the streak; malformed responses count like transient errors.
@@ -256,30 +232,16 @@ async fn dead_probers_lease_expires(a: Health, b: Health) {
     assert!(!b.admit(&m).await.unwrap());
     // ... and is never heard of again.
     let started = Instant::now();
-    loop {
-        if b.admit(&m).await.unwrap() {
-            break;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(5),
-            "the lease never expired"
-        );
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    assert!(
-        started.elapsed() >= Duration::from_millis(150),
-        "{:?}",
-        started.elapsed()
-    );
+    wait_for("re-probed", async || b.admit(&m).await.unwrap()).await;
+    let waited = started.elapsed();
+    assert!(waited >= Duration::from_millis(150), "{waited:?}");
 }
 
 /// Auth and quota failures pause the model, visibly to every worker, until an operator
 /// resumes it. Successes and failures meanwhile change nothing.
 async fn auth_and_quota_pause_until_resumed(a: Health, b: Health) {
     let m = model("auth");
-    a.record(&m, Err(Kind::Auth), "401 from provider")
-        .await
-        .unwrap();
+    fail_with(&a, &m, Kind::Auth, "401 from provider").await;
     let since = match b.state(&m).await.unwrap() {
         ModelState::Paused { reason, since_ms } => {
             assert_eq!(reason, "auth: 401 from provider");
@@ -293,9 +255,7 @@ async fn auth_and_quota_pause_until_resumed(a: Health, b: Health) {
     for _ in 0..5 {
         fail(&b, &m, Kind::Transient).await;
     }
-    b.record(&m, Err(Kind::QuotaExhausted), "later")
-        .await
-        .unwrap();
+    fail_with(&b, &m, Kind::QuotaExhausted, "later").await;
     match a.state(&m).await.unwrap() {
         ModelState::Paused { reason, since_ms } => {
             assert_eq!(reason, "auth: 401 from provider", "the first cause is kept");
@@ -309,9 +269,7 @@ async fn auth_and_quota_pause_until_resumed(a: Health, b: Health) {
     assert!(a.admit(&m).await.unwrap());
 
     let q = model("quota");
-    b.record(&q, Err(Kind::QuotaExhausted), "insufficient_quota")
-        .await
-        .unwrap();
+    fail_with(&b, &q, Kind::QuotaExhausted, "insufficient_quota").await;
     assert!(matches!(
         a.state(&q).await.unwrap(),
         ModelState::Paused { reason, .. } if reason == "quota_exhausted: insufficient_quota"
@@ -349,14 +307,13 @@ async fn rate_limits_do_not_open_the_breaker(a: Health, b: Health) {
     for _ in 0..20 {
         fail(&a, &m, Kind::RateLimited).await;
     }
-    for kind in [
+    let per_request = [
         Kind::InvalidRequest,
         Kind::ContextOverflow,
         Kind::ContentFilter,
-    ] {
-        for _ in 0..5 {
-            fail(&b, &m, kind).await;
-        }
+    ];
+    for kind in per_request.repeat(5) {
+        fail(&b, &m, kind).await;
     }
     assert_eq!(a.state(&m).await.unwrap(), ModelState::Healthy);
     assert!(b.admit(&m).await.unwrap());
@@ -384,16 +341,17 @@ async fn retry_budget_caps_and_resets(a: Health, b: Health) {
     // 20 calls: 0.2 × 20 = 4 retries, 2 of them spent.
     assert_eq!(grants(&a, &b, &m).await, 2);
     for _ in 0..4 {
-        fail(&b, &m, Kind::Transient).await;
+        fail(&b, &m, Kind::RateLimited).await;
     }
     // 24 calls: floor(4.8) = 4, all spent.
     assert_eq!(grants(&a, &b, &m).await, 0);
     a.record(&m, Ok(()), "").await.unwrap();
     // 25 calls: 5.
     assert_eq!(grants(&a, &b, &m).await, 1);
+    let spent = started.elapsed();
     assert!(
-        started.elapsed() < Duration::from_millis(900),
-        "too slow for the window"
+        spent < Duration::from_millis(900),
+        "too slow for the window: {spent:?}"
     );
 
     // The window ends a second after its first count; a new one starts from zero.
@@ -412,32 +370,31 @@ async fn grants(a: &Health, b: &Health, m: &str) -> usize {
     panic!("the retry budget never ran out");
 }
 
-// ---------------------------------------------------------------- Redis: two workers
-
 macro_rules! redis_and_memory {
-    ($($scenario:ident => $redis_test:ident, $memory_test:ident;)*) => {$(
+    ($($scenario:ident($policy:expr) => $redis_test:ident, $memory_test:ident;)*) => {$(
         #[tokio::test]
         async fn $redis_test() {
             let Some(redis) = TestRedis::start(stringify!($redis_test)) else { return };
-            let (a, b) = redis_pair(&redis, &policy()).await;
+            let (a, b) = redis_pair(&redis, &$policy).await;
             $scenario(a, b).await;
         }
 
         #[tokio::test]
         async fn $memory_test() {
-            let (a, b) = memory_pair(&policy());
+            let (a, b) = memory_pair(&$policy);
             $scenario(a, b).await;
         }
     )*};
 }
 
 redis_and_memory! {
-    breaker_opens_after_k_failures => redis_breaker_opens_after_k_failures_across_workers, memory_breaker_opens_after_k_failures;
-    one_probe_then_reopen_or_heal => redis_half_open_admits_one_probe_then_reopens_or_heals, memory_half_open_admits_one_probe_then_reopens_or_heals;
-    auth_and_quota_pause_until_resumed => redis_auth_and_quota_pause_until_resumed, memory_auth_and_quota_pause_until_resumed;
-    operator_pause_and_resume => redis_operator_pause_and_resume, memory_operator_pause_and_resume;
-    rate_limits_do_not_open_the_breaker => redis_rate_limits_do_not_open_the_breaker, memory_rate_limits_do_not_open_the_breaker;
-    retry_budget_caps_and_resets => redis_retry_budget_caps_and_resets_with_the_window, memory_retry_budget_caps_and_resets_with_the_window;
+    breaker_opens_after_k_failures(policy()) => redis_breaker_opens_after_k_failures_across_workers, memory_breaker_opens_after_k_failures;
+    one_probe_then_reopen_or_heal(policy()) => redis_half_open_admits_one_probe_then_reopens_or_heals, memory_half_open_admits_one_probe_then_reopens_or_heals;
+    auth_and_quota_pause_until_resumed(policy()) => redis_auth_and_quota_pause_until_resumed, memory_auth_and_quota_pause_until_resumed;
+    operator_pause_and_resume(policy()) => redis_operator_pause_and_resume, memory_operator_pause_and_resume;
+    rate_limits_do_not_open_the_breaker(policy()) => redis_rate_limits_do_not_open_the_breaker, memory_rate_limits_do_not_open_the_breaker;
+    retry_budget_caps_and_resets(policy()) => redis_retry_budget_caps_and_resets_with_the_window, memory_retry_budget_caps_and_resets_with_the_window;
+    dead_probers_lease_expires(short_lease()) => redis_dead_probers_lease_expires, memory_dead_probers_lease_expires;
 }
 
 fn short_lease() -> HealthPolicy {
@@ -445,21 +402,6 @@ fn short_lease() -> HealthPolicy {
         probe_lease: Duration::from_millis(300),
         ..policy()
     }
-}
-
-#[tokio::test]
-async fn redis_dead_probers_lease_expires() {
-    let Some(redis) = TestRedis::start("redis_dead_probers_lease_expires") else {
-        return;
-    };
-    let (a, b) = redis_pair(&redis, &short_lease()).await;
-    dead_probers_lease_expires(a, b).await;
-}
-
-#[tokio::test]
-async fn memory_dead_probers_lease_expires() {
-    let (a, b) = memory_pair(&short_lease());
-    dead_probers_lease_expires(a, b).await;
 }
 
 /// Keys: the health hash is gone once healthy, the budget counter expires, nothing else left.
@@ -480,40 +422,28 @@ async fn redis_keys_expire_or_are_cleared() {
     }
     assert!(h.allow_retry(&m).await.unwrap());
     assert_eq!(h.budget(&m).await.unwrap(), (2, 1));
-    let ttl: i64 = redis::cmd("PTTL")
-        .arg(&bk)
-        .query_async(&mut raw)
-        .await
-        .unwrap();
+    let ttl = int(&mut raw, "PTTL", &bk).await;
     assert!((1..=1000).contains(&ttl), "budget ttl {ttl}");
-    let exists: i64 = redis::cmd("EXISTS")
-        .arg(&hk)
-        .query_async(&mut raw)
-        .await
-        .unwrap();
+    let exists = int(&mut raw, "EXISTS", &hk).await;
     assert_eq!(exists, 1, "the streak is kept");
     h.record(&m, Ok(()), "").await.unwrap();
-    let exists: i64 = redis::cmd("EXISTS")
-        .arg(&hk)
-        .query_async(&mut raw)
-        .await
-        .unwrap();
+    let exists = int(&mut raw, "EXISTS", &hk).await;
     assert_eq!(exists, 0, "a healthy model leaves no health hash");
+}
+
+async fn int(raw: &mut redis::aio::ConnectionManager, cmd: &str, key: &str) -> i64 {
+    redis::cmd(cmd).arg(key).query_async(raw).await.unwrap()
 }
 
 /// Redis going away is weather: the error says so, and nothing panics.
 #[tokio::test]
 async fn redis_unavailable_is_a_retryable_error() {
-    let Some(mut redis) = TestRedis::start("redis_unavailable_is_a_retryable_error") else {
+    let Some(redis) = TestRedis::start("redis_unavailable_is_a_retryable_error") else {
         return;
     };
-    if redis.child.is_none() {
-        eprintln!("SKIP redis_unavailable_is_a_retryable_error: needs a server of its own");
-        return;
-    }
     let h = RedisHealth::new(connect(&redis.url).await.unwrap(), policy());
     assert!(h.admit("m").await.unwrap());
-    redis.kill();
+    drop(redis); // SIGKILL
     let started = Instant::now();
     let err = tokio::time::timeout(Duration::from_secs(15), h.admit("m"))
         .await

@@ -64,5 +64,9 @@ async fn errors_not_worth_retrying_never_ask_the_gate() {
     )
     .await;
     assert_eq!(attempts, 1);
-    assert_eq!(asked.load(Ordering::Relaxed), 0, "no retry, so the gate is never asked");
+    assert_eq!(
+        asked.load(Ordering::Relaxed),
+        0,
+        "no retry, so the gate is never asked"
+    );
 }

@@ -112,11 +112,11 @@ impl HealthPolicy {
 /// What a model's health store could not do.
 #[derive(Debug, Error)]
 pub enum HealthError {
-    #[error(
-        "model health is unavailable: {0}; check that redis is running and BATCHYARD_REDIS_URL is right"
-    )]
+    /// The store (Redis) was unreachable, timed out or restarting: try again later.
+    #[error("model health: {0}")]
     Unavailable(String),
-    #[error("model health store answered with an error: {0}")]
+    /// The store answered with an error or with data it should not hold.
+    #[error("model health: {0}")]
     Store(String),
 }
 
@@ -280,7 +280,10 @@ mod tests {
     fn reasons_are_prefixed_and_bounded() {
         let r = outcome_reason(Err(ProviderErrorKind::Auth), "401 from provider");
         assert_eq!(r, "auth: 401 from provider");
-        assert_eq!(outcome_reason(Err(ProviderErrorKind::QuotaExhausted), " "), "quota_exhausted");
+        assert_eq!(
+            outcome_reason(Err(ProviderErrorKind::QuotaExhausted), " "),
+            "quota_exhausted"
+        );
         let long = outcome_reason(Err(ProviderErrorKind::Auth), &"é".repeat(1000));
         assert_eq!(long.chars().count(), MAX_REASON_CHARS + 1);
     }

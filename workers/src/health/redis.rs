@@ -161,7 +161,7 @@ impl RedisHealth {
 
 fn parse_ms(s: &str) -> Result<u64, HealthError> {
     s.parse::<u64>()
-        .map_err(|_| HealthError::Store(format!("a model health time is not a number: {s:?}")))
+        .map_err(|_| HealthError::Store(format!("a stored time is not a number: {s:?}")))
 }
 
 #[async_trait]

@@ -8,8 +8,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use async_trait::async_trait;
 
 use super::{
-    Admission, LimitSpec, Limiter, LimiterError, MeterParams, Reservation, Tuning,
-    DEFAULT_REPORT_HOLD, normalize, wait_from_us,
+    Admission, DEFAULT_REPORT_HOLD, LimitSpec, Limiter, LimiterError, MeterParams, Reservation,
+    Tuning, normalize, wait_from_us,
 };
 
 /// Scopes idle this many admissions are swept when nothing holds them any more.
@@ -157,7 +157,9 @@ impl Meter {
 
     /// Whether anything in this meter still matters at `now`.
     fn busy(&self, g: &Grid) -> bool {
-        self.sum > 0 || self.cap.is_some() || self.tat.is_some_and(|t| t > g.now)
+        self.sum > 0
+            || self.cap.is_some_and(|(_, until)| until > g.now)
+            || self.tat.is_some_and(|t| t > g.now)
     }
 }
 
@@ -199,7 +201,7 @@ impl MemoryLimiter {
         let g = self.grid();
         let mut state = self.lock();
         state.calls += 1;
-        if state.calls % SWEEP_EVERY == 0 {
+        if state.calls.is_multiple_of(SWEEP_EVERY) {
             state
                 .scopes
                 .retain(|_, s| s.pause_until > g.now || s.req.busy(&g) || s.tok.busy(&g));
@@ -340,7 +342,10 @@ mod tests {
             granted(lim.try_acquire(&specs, 0).await.unwrap());
         }
         let w = waited(lim.try_acquire(&specs, 0).await.unwrap());
-        assert!(w > Duration::from_millis(80) && w < Duration::from_millis(110), "{w:?}");
+        assert!(
+            w > Duration::from_millis(80) && w < Duration::from_millis(110),
+            "{w:?}"
+        );
     }
 
     #[tokio::test]
@@ -359,7 +364,10 @@ mod tests {
         }
         // Six would fit the pacer's burst (5 + refill), but the window holds only five.
         let w = waited(lim.try_acquire(&specs, 0).await.unwrap());
-        assert!(w > Duration::from_millis(900) && w <= Duration::from_millis(1100), "{w:?}");
+        assert!(
+            w > Duration::from_millis(900) && w <= Duration::from_millis(1100),
+            "{w:?}"
+        );
     }
 
     #[tokio::test]
@@ -378,7 +386,11 @@ mod tests {
         let lim = MemoryLimiter::new();
         let model = spec("model:a", Some(600), None);
         let provider = spec("provider:p", Some(60), None);
-        granted(lim.try_acquire(&[provider.clone()], 0).await.unwrap());
+        granted(
+            lim.try_acquire(std::slice::from_ref(&provider), 0)
+                .await
+                .unwrap(),
+        );
         // The provider is spent (burst 1); the model is not charged by the refusal.
         for _ in 0..3 {
             waited(
@@ -388,7 +400,11 @@ mod tests {
             );
         }
         for _ in 0..6 {
-            granted(lim.try_acquire(&[model.clone()], 0).await.unwrap());
+            granted(
+                lim.try_acquire(std::slice::from_ref(&model), 0)
+                    .await
+                    .unwrap(),
+            );
         }
         waited(lim.try_acquire(&[model], 0).await.unwrap());
     }

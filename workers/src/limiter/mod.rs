@@ -18,9 +18,14 @@
 //!    per scope, not O(calls).
 //! 2. **The pacer** (smoothness): a GCRA at `pace` × limit / 60 s with a small burst
 //!    (`request_burst`, `token_burst` of the limit). It spreads calls evenly, so a provider
-//!    that quantizes its limit to seconds sees no spikes, and at steady state it runs just
-//!    under the guard (0.985 × 60.5 / 60 < 1 + burst headroom), so the guard rarely binds
-//!    and waiters are not woken in herds. Steady-state utilisation is `pace` (98.5%).
+//!    that quantizes its limit to seconds sees few spikes. At steady state it admits
+//!    0.985 × 60.5 s / 60 s = 99.3% of the limit per guard span, so the guard binds only
+//!    after a full burst and waiters are not woken in herds at bucket edges. Steady-state
+//!    utilisation is `pace` (98.5%, measured 98.5-98.6% at 600 and 6,000 RPM).
+//!
+//! A call larger than the pacer's burst waits for the pacer to be idle, so under constant
+//! pressure from small calls it can wait long; one larger than a TPM is refused
+//! ([`LimiterError::TooLarge`]).
 //!
 //! Settling moves the token meters by (actual - estimate): a refund is usable at once. A
 //! pause (a 429) and a provider's `x-ratelimit-remaining-*` report are stored per scope and
@@ -146,11 +151,17 @@ impl From<::redis::RedisError> for LimiterError {
 #[async_trait]
 pub trait Limiter: Send + Sync {
     /// Atomically take 1 request and `tokens` estimated tokens from EVERY spec (all or nothing).
-    async fn try_acquire(&self, specs: &[LimitSpec], tokens: u64)
-    -> Result<Admission, LimiterError>;
+    async fn try_acquire(
+        &self,
+        specs: &[LimitSpec],
+        tokens: u64,
+    ) -> Result<Admission, LimiterError>;
     /// Correct the reservation to the actual tokens used (refund or charge the difference).
-    async fn settle(&self, reservation: Reservation, actual_tokens: u64)
-    -> Result<(), LimiterError>;
+    async fn settle(
+        &self,
+        reservation: Reservation,
+        actual_tokens: u64,
+    ) -> Result<(), LimiterError>;
     /// A 429 or a provider hint: nobody may call `scope` until now+for_ (shared by all workers).
     async fn pause(&self, scope: &str, for_: Duration) -> Result<(), LimiterError>;
     /// The provider reported `remaining` requests/tokens until `reset`: tighten our view so we

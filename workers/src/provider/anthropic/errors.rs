@@ -30,7 +30,12 @@ const LIMITS: [&str; 4] = ["requests", "tokens", "input-tokens", "output-tokens"
 /// Turns an error response into a typed error, with the provider's retry hint.
 pub fn classify(status: u16, headers: &HeaderMap, body: &[u8]) -> ProviderError {
     let value = serde_json::from_slice::<Value>(body).unwrap_or(Value::Null);
-    refine(openai::classify(status, headers, body), status, headers, &value)
+    refine(
+        openai::classify(status, headers, body),
+        status,
+        headers,
+        &value,
+    )
 }
 
 /// [`classify`] for a body already parsed (a 2xx that carried an error object).
@@ -56,12 +61,7 @@ fn said(body: &Value) -> String {
     snippet(message, 300)
 }
 
-fn refine(
-    mut err: ProviderError,
-    status: u16,
-    headers: &HeaderMap,
-    body: &Value,
-) -> ProviderError {
+fn refine(mut err: ProviderError, status: u16, headers: &HeaderMap, body: &Value) -> ProviderError {
     use ProviderErrorKind as K;
     let kind = body
         .get("error")
@@ -97,16 +97,14 @@ fn refine(
                  environment variable for this provider"
             ),
         )),
-        _ if context && ((400..500).contains(&status) || kind.ends_with("_error")) => {
-            Some((
-                K::ContextOverflow,
-                format!(
-                    "the request does not fit the model's context window ({status}): {said}; \
+        _ if context && ((400..500).contains(&status) || kind.ends_with("_error")) => Some((
+            K::ContextOverflow,
+            format!(
+                "the request does not fit the model's context window ({status}): {said}; \
                      shorten the input, lower max_tokens, or route it to a model with a larger \
                      context"
-                ),
-            ))
-        }
+            ),
+        )),
         "invalid_request_error" | "not_found_error" | "request_too_large"
             if (200..300).contains(&status) =>
         {
@@ -249,10 +247,8 @@ mod tests {
 
     #[test]
     fn rfc3339_timestamps() {
-        let secs = |s: &str| {
-            parse_rfc3339(s)
-                .map(|t| t.duration_since(UNIX_EPOCH).unwrap().as_secs_f64())
-        };
+        let secs =
+            |s: &str| parse_rfc3339(s).map(|t| t.duration_since(UNIX_EPOCH).unwrap().as_secs_f64());
         assert_eq!(secs("1970-01-01T00:00:00Z"), Some(0.0));
         assert_eq!(secs("1994-11-06T08:49:37Z"), Some(784_111_777.0));
         assert_eq!(secs("1994-11-06T08:49:37.5Z"), Some(784_111_777.5));
@@ -274,10 +270,17 @@ mod tests {
         assert_eq!(kind(529, "overloaded_error", "Overloaded"), K::Transient);
         assert_eq!(kind(500, "api_error", "Internal"), K::Transient);
         assert_eq!(kind(429, "rate_limit_error", "slow down"), K::RateLimited);
-        assert_eq!(kind(401, "authentication_error", "invalid x-api-key"), K::Auth);
+        assert_eq!(
+            kind(401, "authentication_error", "invalid x-api-key"),
+            K::Auth
+        );
         assert_eq!(kind(403, "permission_error", "no"), K::Auth);
         assert_eq!(
-            kind(400, "invalid_request_error", "prompt is too long: 210000 tokens > 200000 maximum"),
+            kind(
+                400,
+                "invalid_request_error",
+                "prompt is too long: 210000 tokens > 200000 maximum"
+            ),
             K::ContextOverflow
         );
         assert_eq!(
@@ -296,8 +299,14 @@ mod tests {
             ),
             K::QuotaExhausted
         );
-        assert_eq!(kind(400, "invalid_request_error", "max_tokens: required"), K::InvalidRequest);
-        assert_eq!(kind(404, "not_found_error", "model: claude-x"), K::InvalidRequest);
+        assert_eq!(
+            kind(400, "invalid_request_error", "max_tokens: required"),
+            K::InvalidRequest
+        );
+        assert_eq!(
+            kind(404, "not_found_error", "model: claude-x"),
+            K::InvalidRequest
+        );
         assert_eq!(kind(200, "overloaded_error", "Overloaded"), K::Transient);
         assert_eq!(classify(529, &h, b"").kind, K::Transient);
     }
@@ -313,12 +322,26 @@ mod tests {
             // Only the time of day matters for a few seconds ahead: build today's date.
             let (y, m, d) = civil_from_days(days as i64);
             let s = unix % 86_400;
-            format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z", s / 3600, s / 60 % 60, s % 60)
+            format!(
+                "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+                s / 3600,
+                s / 60 % 60,
+                s % 60
+            )
         };
         h.insert("anthropic-ratelimit-tokens-remaining", "0".parse().unwrap());
-        h.insert("anthropic-ratelimit-tokens-reset", later(20).parse().unwrap());
-        h.insert("anthropic-ratelimit-requests-remaining", "7".parse().unwrap());
-        h.insert("anthropic-ratelimit-requests-reset", later(50).parse().unwrap());
+        h.insert(
+            "anthropic-ratelimit-tokens-reset",
+            later(20).parse().unwrap(),
+        );
+        h.insert(
+            "anthropic-ratelimit-requests-remaining",
+            "7".parse().unwrap(),
+        );
+        h.insert(
+            "anthropic-ratelimit-requests-reset",
+            later(50).parse().unwrap(),
+        );
         let err = classify(429, &h, &error_body("rate_limit_error", "tokens"));
         assert_eq!(err.kind, ProviderErrorKind::RateLimited);
         let hint = err.retry_after.unwrap();

@@ -93,7 +93,13 @@ pub fn messages_body(call: ChatCall<'_>) -> Result<Map<String, Value>, ProviderE
         .collect();
     out.insert("messages".into(), Value::Array(turns));
 
-    for key in ["temperature", "top_p", "top_k", "stop_sequences", "metadata"] {
+    for key in [
+        "temperature",
+        "top_p",
+        "top_k",
+        "stop_sequences",
+        "metadata",
+    ] {
         if let Some(v) = body.get(key).filter(|v| !v.is_null()) {
             out.insert(key.into(), v.clone());
         }
@@ -188,7 +194,9 @@ fn content_part(part: &Value, i: usize) -> Result<Value, ProviderError> {
                 .get("image_url")
                 .and_then(|u| u.get("url").or(Some(u)))
                 .and_then(Value::as_str)
-                .ok_or_else(|| refuse(format!("messages[{i}] has an image_url part without url")))?;
+                .ok_or_else(|| {
+                    refuse(format!("messages[{i}] has an image_url part without url"))
+                })?;
             Ok(image_block(url))
         }
         // Already in Anthropic's shape.
@@ -382,8 +390,14 @@ mod tests {
         .unwrap();
         let messages = out["messages"].as_array().unwrap();
         assert_eq!(messages.len(), 3);
-        assert_eq!(messages[0]["content"][1]["source"]["media_type"], "image/png");
-        assert_eq!(messages[0]["content"][2], json!({"type":"text","text":"and this"}));
+        assert_eq!(
+            messages[0]["content"][1]["source"]["media_type"],
+            "image/png"
+        );
+        assert_eq!(
+            messages[0]["content"][2],
+            json!({"type":"text","text":"and this"})
+        );
         assert_eq!(messages[1]["content"][0]["type"], "tool_use");
         assert_eq!(messages[1]["content"][0]["input"], json!({"q":"x"}));
         assert_eq!(messages[2]["role"], "user");
@@ -403,7 +417,12 @@ mod tests {
             None,
         )
         .unwrap();
-        assert!(out["system"].as_str().unwrap().contains(r#"{"type":"object"}"#));
+        assert!(
+            out["system"]
+                .as_str()
+                .unwrap()
+                .contains(r#"{"type":"object"}"#)
+        );
 
         for bad in [
             r#"{"messages":[{"role":"system","content":"only system"}]}"#,

@@ -90,8 +90,8 @@ pub fn parse_success(
         Some(n) => n + cache_read + count("cache_creation_input_tokens").unwrap_or(0),
         None => estimate_input_tokens(request),
     };
-    let output_tokens = count("output_tokens")
-        .unwrap_or_else(|| (text.chars().count() as u64).div_ceil(4));
+    let output_tokens =
+        count("output_tokens").unwrap_or_else(|| (text.chars().count() as u64).div_ceil(4));
 
     let id = body.get("id").and_then(Value::as_str).unwrap_or("");
     let request_id = headers
@@ -204,7 +204,10 @@ mod tests {
             choice["message"]["tool_calls"][0]["function"]["arguments"],
             r#"{"q":"x"}"#
         );
-        assert_eq!(done.body["usage"]["prompt_tokens_details"]["cached_tokens"], 5);
+        assert_eq!(
+            done.body["usage"]["prompt_tokens_details"]["cached_tokens"],
+            5
+        );
         assert_eq!(done.body["model"], "claude-x");
     }
 
@@ -229,7 +232,10 @@ mod tests {
             kind(r#"{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}"#),
             ProviderErrorKind::Transient
         );
-        assert_eq!(kind(r#"{"type":"message"}"#), ProviderErrorKind::MalformedResponse);
+        assert_eq!(
+            kind(r#"{"type":"message"}"#),
+            ProviderErrorKind::MalformedResponse
+        );
         assert_eq!(kind("<html>"), ProviderErrorKind::MalformedResponse);
         assert_eq!(kind("[1,2]"), ProviderErrorKind::MalformedResponse);
     }

@@ -1,0 +1,98 @@
+//! `batchyard models [resume|pause NAME]`: the catalog with each model's live health.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use batchyard_workers::health::ModelState;
+use serde_json::json;
+
+use crate::app::App;
+use crate::cli::{ModelsAction, ModelsArgs};
+use crate::exit::UsageError;
+
+fn describe(state: &ModelState) -> String {
+    match state {
+        ModelState::Healthy => "healthy".into(),
+        ModelState::HalfOpen => "half_open (probing)".into(),
+        ModelState::CoolingDown { until_ms } => {
+            let now = batchyard_jobs::batch::now_millis();
+            format!(
+                "cooling_down ({}s left)",
+                until_ms.saturating_sub(now).div_ceil(1000)
+            )
+        }
+        ModelState::Paused { reason, .. } => format!("paused: {reason}"),
+    }
+}
+
+pub async fn models(
+    config: Option<&Path>,
+    args: &ModelsArgs,
+    env: &BTreeMap<String, String>,
+) -> anyhow::Result<()> {
+    let settings = super::load_settings(config, env)?;
+    let app = App::connect(settings, None, true, "models").await?;
+    let catalog = &app.settings.catalog;
+    if let Some(action) = &args.action {
+        let (ModelsAction::Resume { model } | ModelsAction::Pause { model, .. }) = action;
+        if catalog.model(model).is_none() {
+            let known: Vec<String> = catalog.model_keys().into_iter().collect();
+            return Err(UsageError(format!(
+                "unknown model {model:?}; configured models: {}",
+                known.join(", ")
+            ))
+            .into());
+        }
+        match action {
+            ModelsAction::Resume { model } => {
+                app.health.resume(model).await?;
+                println!("model {model} resumed for every worker");
+            }
+            ModelsAction::Pause { model, reason } => {
+                app.health.pause(model, reason).await?;
+                println!(
+                    "model {model} paused for every worker until `batchyard models resume {model}`"
+                );
+            }
+        }
+        return Ok(());
+    }
+    let mut rows = Vec::new();
+    for m in catalog.models() {
+        let state = app.health.state(&m.key).await?;
+        rows.push((m, state));
+    }
+    if args.json {
+        let list: Vec<_> = rows
+            .iter()
+            .map(|(m, state)| {
+                json!({
+                    "model": m.key, "provider": m.provider, "name": m.name, "tier": m.tier,
+                    "input_usd_per_mtok": m.input_usd_per_mtok, "output_usd_per_mtok": m.output_usd_per_mtok,
+                    "context_window": m.context_window, "capabilities": m.capabilities,
+                    "rpm": m.rpm, "tpm": m.tpm, "state": state.name(), "detail": describe(state),
+                })
+            })
+            .collect();
+        println!("{}", json!({ "models": list }));
+        return Ok(());
+    }
+    println!(
+        "{:<12} {:<10} {:<16} {:>4} {:>9} {:>9} {:>8}  STATE",
+        "MODEL", "PROVIDER", "NAME", "TIER", "IN/MTOK", "OUT/MTOK", "CONTEXT"
+    );
+    for (m, state) in rows {
+        println!(
+            "{:<12} {:<10} {:<16} {:>4} {:>9.2} {:>9.2} {:>8}  {}",
+            m.key,
+            m.provider,
+            m.name,
+            m.tier,
+            m.input_usd_per_mtok,
+            m.output_usd_per_mtok,
+            m.context_window,
+            describe(&state)
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,166 @@
+//! One model call as the cluster allows it: the model must be healthy (not cooling down or
+//! paused), the shared rate limiter must admit it, and in-place retries are bounded by the
+//! retry policy and the model's retry budget. Every outcome is reported back to both.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use crate::catalog::ModelSpec;
+use crate::health::ModelHealth;
+use crate::limiter::{self, LimitSpec, Limiter};
+use crate::provider::{ChatCall, Completion, Provider, ProviderError, ProviderErrorKind};
+use crate::retry::{RetryPolicy, call_with_retry_gated};
+
+/// The shared guards every call passes through.
+#[derive(Clone)]
+pub struct Guards {
+    pub health: Arc<dyn ModelHealth>,
+    pub limiter: Arc<dyn Limiter>,
+    /// The longest a call may wait for rate-limit capacity while its job is claimed. Longer
+    /// waits put the job back in the queue with that delay instead.
+    pub max_wait: Duration,
+}
+
+/// How a call to one model ended.
+#[derive(Debug)]
+pub enum ModelOutcome {
+    Answer {
+        completion: Completion,
+        attempts: u32,
+    },
+    Failed {
+        error: ProviderError,
+        attempts: u32,
+    },
+    /// The model is cooling down or paused: try the next candidate.
+    Unavailable,
+    /// No rate-limit capacity soon enough: run the job again after this delay.
+    Wait(Duration),
+}
+
+fn limit_specs(
+    model: &ModelSpec,
+    provider_limits: Option<(Option<u32>, Option<u64>)>,
+) -> Vec<LimitSpec> {
+    let mut specs = vec![LimitSpec::model(model)];
+    if let Some((rpm, tpm)) = provider_limits
+        && (rpm.is_some() || tpm.is_some())
+    {
+        specs.push(LimitSpec::provider(&model.provider, rpm, tpm));
+    }
+    specs
+}
+
+impl Guards {
+    /// Calls `model` for `call`, retrying in place as the policy and the retry budget allow.
+    pub async fn call_model(
+        &self,
+        policy: &RetryPolicy,
+        provider: &Provider,
+        model: &ModelSpec,
+        provider_limits: Option<(Option<u32>, Option<u64>)>,
+        call: ChatCall<'_>,
+        estimated_tokens: u64,
+    ) -> ModelOutcome {
+        match self.health.admit(&model.key).await {
+            Ok(false) => return ModelOutcome::Unavailable,
+            Ok(true) => {}
+            // Health is advisory: if Redis can't say, calling is better than stalling.
+            Err(e) => tracing::warn!(model = %model.key, error = %e, "cannot read model health"),
+        }
+        let specs = limit_specs(model, provider_limits);
+        let waited: Mutex<Option<Duration>> = Mutex::new(None);
+        let gate = |_: &ProviderError| {
+            let capacity_wait = waited.lock().map(|w| w.is_some()).unwrap_or(false);
+            let health = Arc::clone(&self.health);
+            let key = model.key.clone();
+            async move {
+                if capacity_wait {
+                    return false;
+                }
+                health.allow_retry(&key).await.unwrap_or(true)
+            }
+        };
+        let attempt = || {
+            let (specs, waited) = (&specs, &waited);
+            async move {
+                let reservation = match limiter::acquire(
+                    &*self.limiter,
+                    specs,
+                    estimated_tokens,
+                    self.max_wait,
+                )
+                .await
+                {
+                    Ok(Ok(r)) => Some(r),
+                    Ok(Err(delay)) => {
+                        if let Ok(mut w) = waited.lock() {
+                            *w = Some(delay);
+                        }
+                        let mut e = ProviderError::new(
+                            ProviderErrorKind::RateLimited,
+                            "waiting for rate-limit capacity",
+                        );
+                        e.retry_after = Some(delay);
+                        return Err(e);
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "rate limiter unavailable; calling without it");
+                        None
+                    }
+                };
+                let result = provider.complete(call).await;
+                self.report(model, &specs[0].scope, reservation, &result)
+                    .await;
+                result
+            }
+        };
+        let (result, attempts) = call_with_retry_gated(policy, gate, attempt).await;
+        if let Some(delay) = waited.lock().ok().and_then(|w| *w) {
+            return ModelOutcome::Wait(delay);
+        }
+        match result {
+            Ok(completion) => ModelOutcome::Answer {
+                completion,
+                attempts,
+            },
+            Err(error) => ModelOutcome::Failed { error, attempts },
+        }
+    }
+
+    async fn report(
+        &self,
+        model: &ModelSpec,
+        scope: &str,
+        reservation: Option<limiter::Reservation>,
+        result: &Result<Completion, ProviderError>,
+    ) {
+        if let Some(r) = reservation {
+            let used = match result {
+                Ok(c) => c.input_tokens + c.output_tokens,
+                // A failed call used no tokens; a rate-limited one may have, but it is refunded.
+                Err(_) => 0,
+            };
+            if let Err(e) = self.limiter.settle(r, used).await {
+                tracing::warn!(error = %e, "cannot settle the rate-limit reservation");
+            }
+        }
+        if let Err(e) = result
+            && e.kind == ProviderErrorKind::RateLimited
+        {
+            // One 429 pauses the model for every worker until the provider's reset time.
+            let pause = e.retry_after.unwrap_or(Duration::from_secs(1));
+            if let Err(le) = self.limiter.pause(scope, pause).await {
+                tracing::warn!(error = %le, "cannot share the rate-limit pause");
+            }
+        }
+        let outcome = result.as_ref().map(|_| ()).map_err(|e| e.kind);
+        let reason = match result {
+            Ok(_) => String::new(),
+            Err(e) => e.to_string(),
+        };
+        if let Err(e) = self.health.record(&model.key, outcome, &reason).await {
+            tracing::warn!(error = %e, "cannot record model health");
+        }
+    }
+}
