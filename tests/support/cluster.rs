@@ -13,6 +13,33 @@ use super::redis::RedisServer;
 use super::s3::{S3Env, s3_env_or_skip};
 use super::{batchyard, last_json, run, text};
 
+/// Knobs for one cluster's config.
+pub struct Options {
+    pub visibility_secs: u64,
+    pub aof: bool,
+    /// Transient failures in a row that cool a model down. High by default so tests about
+    /// other things are not disturbed by cooldowns.
+    pub failure_threshold: u32,
+    pub cooldown_secs: u64,
+    /// Deliveries of a job after transient failures before it is a dead letter.
+    pub max_attempts: u32,
+    /// Appended to the config: more providers, models or queue keys.
+    pub extra_toml: String,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            visibility_secs: 30,
+            aof: false,
+            failure_threshold: 1000,
+            cooldown_secs: 30,
+            max_attempts: 5,
+            extra_toml: String::new(),
+        }
+    }
+}
+
 pub struct Cluster {
     pub redis: RedisServer,
     pub s3: S3Env,
@@ -25,7 +52,14 @@ pub struct Cluster {
 impl Cluster {
     /// `None` (with a skip line) only outside CI when a service is missing.
     pub fn start(test: &str, fake_args: &[&str], visibility_secs: u64) -> Option<Self> {
-        Self::start_with(test, fake_args, visibility_secs, false)
+        Self::start_opts(
+            test,
+            fake_args,
+            Options {
+                visibility_secs,
+                ..Options::default()
+            },
+        )
     }
 
     /// As [`Cluster::start`], with Redis persisting to an AOF when `aof` is true.
@@ -35,9 +69,22 @@ impl Cluster {
         visibility_secs: u64,
         aof: bool,
     ) -> Option<Self> {
+        Self::start_opts(
+            test,
+            fake_args,
+            Options {
+                visibility_secs,
+                aof,
+                ..Options::default()
+            },
+        )
+    }
+
+    pub fn start_opts(test: &str, fake_args: &[&str], opts: Options) -> Option<Self> {
         let s3 = s3_env_or_skip(test)?;
-        let redis = RedisServer::start(aof)?;
+        let redis = RedisServer::start(opts.aof)?;
         let fake = FakeProvider::start(fake_args);
+        let visibility_secs = opts.visibility_secs;
         let dir = tempfile::tempdir().unwrap();
         let storage_url = s3.storage_url(test);
         let config = dir.path().join("batchyard.toml");
@@ -49,6 +96,7 @@ impl Cluster {
 redis_url = "{redis}"
 visibility_timeout_secs = {visibility_secs}
 max_reclaims = 3
+max_attempts = {max_attempts}
 
 [storage]
 url = "{storage_url}"
@@ -59,6 +107,10 @@ drain_timeout_secs = 10
 [retry]
 base_ms = 20
 cap_ms = 200
+
+[health]
+failure_threshold = {threshold}
+cooldown_secs = {cooldown}
 
 [providers.fake]
 kind = "openai"
@@ -86,9 +138,14 @@ system = "You are a precise summarizer."
 prompt = "Summarize in 3 bullet points:\n\n{{{{ text }}}}"
 min_tier = 1
 max_output_tokens = 300
+{extra}
 "#,
                 redis = redis.url,
                 base = fake.base_url,
+                threshold = opts.failure_threshold,
+                max_attempts = opts.max_attempts,
+                cooldown = opts.cooldown_secs,
+                extra = opts.extra_toml,
             ),
         )
         .unwrap();

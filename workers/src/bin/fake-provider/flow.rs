@@ -1,0 +1,268 @@
+//! What happens to one request, for both API dialects: auth, parse, admission against the
+//! RPM / TPM windows, latency, then a fault or a deterministic reply.
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use axum::http::HeaderMap;
+use axum::response::Response;
+
+use crate::conn::Conn;
+use crate::options::RandomFault;
+use crate::{AppState, anthropic, openai};
+
+/// A request, as far as the fake cares.
+#[derive(Debug)]
+pub struct Parsed {
+    pub model: String,
+    pub last_user: String,
+    pub prompt_tokens: u64,
+    pub max_tokens: Option<u64>,
+}
+
+/// The reply the fake gives.
+#[derive(Debug)]
+pub struct Reply {
+    pub content: String,
+    pub completion_tokens: u64,
+    /// Cut short: `finish_reason` `length` / `stop_reason` `max_tokens`.
+    pub truncated: bool,
+}
+
+impl Reply {
+    /// `fake reply from MODEL: <the first 40 characters of the last user message>`, cut at
+    /// `max_tokens` (four characters a token), or to half when `force_length`.
+    pub fn new(parsed: &Parsed, force_length: bool) -> Self {
+        let first: String = parsed.last_user.chars().take(40).collect();
+        let content = format!("fake reply from {}: {first}", parsed.model);
+        let tokens = (content.chars().count() as u64).div_ceil(4);
+        let cut = match parsed.max_tokens.filter(|limit| *limit < tokens) {
+            Some(limit) => Some(limit),
+            None if force_length => Some((tokens / 2).max(1)),
+            None => None,
+        };
+        match cut {
+            Some(limit) => Self {
+                content: content
+                    .chars()
+                    .take(usize::try_from(limit.saturating_mul(4)).unwrap_or(usize::MAX))
+                    .collect(),
+                completion_tokens: limit,
+                truncated: true,
+            },
+            None => Self {
+                content,
+                completion_tokens: tokens,
+                truncated: false,
+            },
+        }
+    }
+}
+
+/// A fault, chosen by magic text, the `x-fake-fault` header, or at random.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// An error status: 429 (rate limited), 500, 502, 503, 529 (overloaded).
+    Status(u16),
+    Context,
+    Malformed,
+    Quota,
+    Filter,
+    NoChoices,
+    Drop,
+    Hang,
+    Length,
+    Huge,
+    Error200,
+    Html,
+}
+
+/// Magic text in the last user message, and the fault it names.
+const MAGIC: [(&str, &str); 10] = [
+    ("FAKE:429_ONCE", "429_once"),
+    ("FAKE:500_ONCE", "500_once"),
+    ("FAKE:500_ALWAYS", "500"),
+    ("FAKE:CONTEXT", "context"),
+    ("FAKE:MALFORMED", "malformed"),
+    ("FAKE:QUOTA", "quota"),
+    ("FAKE:FILTER", "filter"),
+    ("FAKE:HANG", "hang"),
+    ("FAKE:DROP", "drop"),
+    ("FAKE:LENGTH", "length"),
+];
+
+fn named(state: &AppState, name: &str, text: &str) -> Option<Fault> {
+    Some(match name {
+        "429" => Fault::Status(429),
+        "429_once" => {
+            return state
+                .first_time(format!("429\u{0}{text}"))
+                .then_some(Fault::Status(429));
+        }
+        "500" => Fault::Status(500),
+        "500_once" => {
+            return state
+                .first_time(format!("500\u{0}{text}"))
+                .then_some(Fault::Status(500));
+        }
+        "502" => Fault::Status(502),
+        "503" => Fault::Status(503),
+        "529" => Fault::Status(529),
+        "context" => Fault::Context,
+        "malformed" => Fault::Malformed,
+        "quota" => Fault::Quota,
+        "filter" => Fault::Filter,
+        "no_choices" => Fault::NoChoices,
+        "drop" => Fault::Drop,
+        "hang" => Fault::Hang,
+        "length" => Fault::Length,
+        "huge" => Fault::Huge,
+        "error_200" => Fault::Error200,
+        "html" => Fault::Html,
+        _ => return None,
+    })
+}
+
+/// The request's own fault (magic text first, then the header), else a random one.
+pub fn choose(state: &AppState, headers: &HeaderMap, text: &str) -> Option<Fault> {
+    let header = headers
+        .get("x-fake-fault")
+        .and_then(|v| v.to_str().ok())
+        .map(|v| v.trim().to_ascii_lowercase());
+    let magic = MAGIC
+        .iter()
+        .find(|(marker, _)| text.contains(marker))
+        .map(|(_, name)| *name);
+    if let Some(fault) = magic
+        .or(header.as_deref())
+        .and_then(|name| named(state, name, text))
+    {
+        return Some(fault);
+    }
+    Some(match state.options.draw_fault()? {
+        RandomFault::Status(s) => Fault::Status(s),
+        RandomFault::Drop => Fault::Drop,
+        RandomFault::Hang => Fault::Hang,
+        RandomFault::Malformed => Fault::Malformed,
+        RandomFault::Length => Fault::Length,
+        RandomFault::Filter => Fault::Filter,
+    })
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dialect {
+    OpenAi,
+    Anthropic,
+}
+
+/// Answers one request (or drops its connection), and counts it.
+pub async fn handle(
+    state: &AppState,
+    conn: &Conn,
+    headers: &HeaderMap,
+    body: &[u8],
+    dialect: Dialect,
+) -> Response {
+    let (response, delivered) = respond(state, conn, headers, body, dialect).await;
+    if delivered {
+        state.record(response.status());
+    }
+    response
+}
+
+async fn respond(
+    state: &AppState,
+    conn: &Conn,
+    headers: &HeaderMap,
+    body: &[u8],
+    dialect: Dialect,
+) -> (Response, bool) {
+    use Dialect::{Anthropic, OpenAi};
+    let options = &state.options;
+    let refused = match dialect {
+        OpenAi => openai::check_auth(options, headers),
+        Anthropic => anthropic::check_request(options, headers),
+    };
+    if let Some(response) = refused {
+        return (response, true);
+    }
+    let parsed = match dialect {
+        OpenAi => openai::parse(body),
+        Anthropic => anthropic::parse(body),
+    };
+    let parsed = match parsed {
+        Ok(p) => p,
+        Err(response) => return (response, true),
+    };
+
+    let full = Reply::new(&parsed, false);
+    let admission = state
+        .limiter
+        .admit(parsed.prompt_tokens + full.completion_tokens);
+    if !admission.admitted {
+        let response = match dialect {
+            OpenAi => openai::over_limit(&parsed, &admission),
+            Anthropic => anthropic::over_limit(&admission),
+        };
+        return (response, true);
+    }
+
+    let extra_ms = headers
+        .get("x-fake-latency-ms")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .unwrap_or(0);
+    let latency = options.sample_latency() + Duration::from_millis(extra_ms);
+    if !latency.is_zero() {
+        tokio::select! {
+            () = tokio::time::sleep(latency) => {}
+            () = state.shutdown.cancelled() => {}
+        }
+    }
+
+    let fault = choose(state, headers, &parsed.last_user);
+    let mut response = match fault {
+        Some(Fault::Drop) => {
+            state.dropped.fetch_add(1, Ordering::Relaxed);
+            state.limiter.settle(&admission, parsed.prompt_tokens);
+            conn.kill();
+            return (crate::empty(), false);
+        }
+        Some(Fault::Hang) => {
+            state.hung.fetch_add(1, Ordering::Relaxed);
+            state.limiter.settle(&admission, parsed.prompt_tokens);
+            tokio::select! {
+                () = tokio::time::sleep(options.hang) => {}
+                () = state.shutdown.cancelled() => {}
+            }
+            conn.kill();
+            return (crate::empty(), false);
+        }
+        None | Some(Fault::Length) => {
+            let reply = Reply::new(&parsed, fault == Some(Fault::Length));
+            state
+                .limiter
+                .settle(&admission, parsed.prompt_tokens + reply.completion_tokens);
+            let n = state.next_id.fetch_add(1, Ordering::Relaxed);
+            match dialect {
+                OpenAi => openai::success(n, &parsed, &reply),
+                Anthropic => anthropic::success(n, &parsed, &reply),
+            }
+        }
+        Some(fault) => {
+            state.limiter.settle(&admission, parsed.prompt_tokens);
+            match dialect {
+                OpenAi => openai::fault(fault),
+                Anthropic => anthropic::fault(fault),
+            }
+        }
+    };
+    if response.status().is_success() {
+        let headers = response.headers_mut();
+        match dialect {
+            OpenAi => crate::limits::openai_headers(&admission, headers),
+            Anthropic => crate::limits::anthropic_headers(&admission, headers),
+        }
+    }
+    (response, true)
+}

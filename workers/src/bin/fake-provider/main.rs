@@ -1,0 +1,235 @@
+//! `batchyard-fake-provider`: an OpenAI- and Anthropic-compatible server with fault injection,
+//! for tests and benchmarks. It binds loopback only. Run with `--help` for the flags.
+//!
+//! It prints one line, `listening on http://127.0.0.1:PORT`, and never writes to stdout again.
+//! It serves:
+//! - `POST /v1/chat/completions` (also `/chat/completions`): a deterministic reply echoing the
+//!   model and the first 40 characters of the last user message, with usage counts and
+//!   `finish_reason` `stop` (or `length` when `max_tokens` is smaller than the reply);
+//! - `POST /v1/messages`: the same reply in Anthropic's shape (`stop_reason` `end_turn` or
+//!   `max_tokens`); needs `anthropic-version` and `max_tokens`, and `x-api-key` when
+//!   `--require-key` is set;
+//! - `GET /stats`: `{"requests", "by_status": {"200": N, ...}, "dropped", "hung", "rpm", "tpm",
+//!   "max_requests_per_window", "max_tokens_per_window", "windows": [{"start", "requests",
+//!   "tokens", "rejected"}]}` (windows are the 60 s rate-limit windows, `start` in unix seconds;
+//!   `requests` / `tokens` count admitted requests only);
+//! - `GET /health`: `ok`.
+//!
+//! Limits (`--rpm`, `--tpm`): fixed 60 s windows aligned to the minute. Over a limit: 429 with
+//! `retry-after` (seconds to the window's end) and `x-ratelimit-{limit,remaining,reset}-
+//! {requests,tokens}` (resets as Go durations, `12.5s`), or Anthropic's
+//! `anthropic-ratelimit-*` (resets as RFC 3339). Successful replies carry the same headers.
+//!
+//! Faults, per request (magic text wins over the header; then the random rates apply):
+//! - magic text in the last user message: `FAKE:429_ONCE` (the first call for that exact text
+//!   gets 429 with `retry-after-ms: 50`, later ones succeed), `FAKE:500_ONCE`,
+//!   `FAKE:500_ALWAYS`, `FAKE:CONTEXT` (400 context overflow), `FAKE:MALFORMED` (200 with body
+//!   `not json`), `FAKE:QUOTA` (429 `insufficient_quota`), `FAKE:FILTER` (content filter),
+//!   `FAKE:HANG`, `FAKE:DROP`, `FAKE:LENGTH`;
+//! - the header `x-fake-fault` with one of `429`, `429_once`, `500`, `500_once`, `502`, `503`,
+//!   `529`, `context`, `malformed`, `quota`, `filter`, `no_choices`, `drop` (close the connection
+//!   without a response), `hang` (answer nothing for `--hang-secs`, then close), `length` (a
+//!   reply cut short), `huge` (a 5 MiB unterminated JSON body), `error_200` (200 with an error
+//!   object), `html` (200 `text/html`);
+//! - the header `x-fake-latency-ms: N`, added to the drawn latency;
+//! - `--fail-rate-{429,500,502,503,529}`, `--drop-rate`, `--hang-rate`, `--malformed-rate`,
+//!   `--length-rate`, `--filter-rate`: that fraction of requests, at random (one draw each).
+
+mod anthropic;
+mod conn;
+mod flow;
+mod limits;
+mod openai;
+mod options;
+
+use std::collections::{BTreeMap, HashSet};
+use std::error::Error;
+use std::io::Write as _;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::{ConnectInfo, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
+
+use conn::{Conn, KillableListener};
+use flow::Dialect;
+use limits::Limiter;
+use options::Options;
+
+/// The size of the `huge` fault's body.
+const HUGE_BYTES: usize = 5 * 1024 * 1024;
+
+pub struct AppState {
+    options: Options,
+    next_id: AtomicU64,
+    by_status: Mutex<BTreeMap<u16, u64>>,
+    /// Texts (with their fault) that already had their one failure.
+    failed_once: Mutex<HashSet<String>>,
+    limiter: Limiter,
+    dropped: AtomicU64,
+    hung: AtomicU64,
+    /// Cancelled on shutdown, so hung requests let go.
+    shutdown: CancellationToken,
+}
+
+pub fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl AppState {
+    fn record(&self, status: StatusCode) {
+        *lock(&self.by_status).entry(status.as_u16()).or_default() += 1;
+    }
+
+    /// True the first time only, for this key.
+    fn first_time(&self, key: String) -> bool {
+        lock(&self.failed_once).insert(key)
+    }
+}
+
+fn router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/v1/chat/completions", post(chat))
+        .route("/chat/completions", post(chat))
+        .route("/v1/messages", post(messages))
+        .route("/stats", get(stats))
+        .route("/health", get(|| async { "ok" }))
+        .with_state(state)
+}
+
+async fn chat(
+    State(state): State<Arc<AppState>>,
+    ConnectInfo(conn): ConnectInfo<Conn>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    flow::handle(&state, &conn, &headers, &body, Dialect::OpenAi).await
+}
+
+async fn messages(
+    State(state): State<Arc<AppState>>,
+    ConnectInfo(conn): ConnectInfo<Conn>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    flow::handle(&state, &conn, &headers, &body, Dialect::Anthropic).await
+}
+
+async fn stats(State(state): State<Arc<AppState>>) -> Response {
+    let by_status = lock(&state.by_status).clone();
+    let total: u64 = by_status.values().sum();
+    let by_status: serde_json::Map<String, Value> = by_status
+        .into_iter()
+        .map(|(status, n)| (status.to_string(), Value::from(n)))
+        .collect();
+    let mut body = json!({
+        "requests": total,
+        "by_status": by_status,
+        "dropped": state.dropped.load(Ordering::Relaxed),
+        "hung": state.hung.load(Ordering::Relaxed),
+    });
+    if let (Value::Object(out), Value::Object(limits)) = (&mut body, state.limiter.stats()) {
+        out.extend(limits);
+    }
+    json_response(StatusCode::OK, body)
+}
+
+pub fn json_response(status: StatusCode, body: Value) -> Response {
+    (status, axum::Json(body)).into_response()
+}
+
+/// What a dropped or hung request "returns": never delivered.
+pub fn empty() -> Response {
+    StatusCode::NO_CONTENT.into_response()
+}
+
+/// 200 with a body that is not JSON.
+pub fn malformed() -> Response {
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "text/plain")],
+        "not json",
+    )
+        .into_response()
+}
+
+/// 200 with an HTML page, as a misconfigured proxy answers.
+pub fn html() -> Response {
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
+        "<html><head><title>502 Bad Gateway</title></head><body><h1>Bad Gateway</h1></body></html>",
+    )
+        .into_response()
+}
+
+/// 200 `application/json` with [`HUGE_BYTES`] of a reply that never ends.
+pub fn huge(prefix: &str) -> Response {
+    let mut body = Vec::with_capacity(HUGE_BYTES);
+    body.extend_from_slice(prefix.as_bytes());
+    body.resize(HUGE_BYTES, b'x');
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "application/json")],
+        Body::from(body),
+    )
+        .into_response()
+}
+
+async fn run(options: Options) -> Result<(), Box<dyn Error>> {
+    let listener = tokio::net::TcpListener::bind(options.addr).await?;
+    let local = listener.local_addr()?;
+    let shutdown = CancellationToken::new();
+    let state = Arc::new(AppState {
+        limiter: Limiter::new(options.rpm, options.tpm),
+        options,
+        next_id: AtomicU64::new(1),
+        by_status: Mutex::new(BTreeMap::new()),
+        failed_once: Mutex::new(HashSet::new()),
+        dropped: AtomicU64::new(0),
+        hung: AtomicU64::new(0),
+        shutdown: shutdown.clone(),
+    });
+    {
+        let mut stdout = std::io::stdout().lock();
+        writeln!(stdout, "listening on http://{local}")?;
+        stdout.flush()?;
+    }
+    let app = router(state).into_make_service_with_connect_info::<Conn>();
+    axum::serve(KillableListener(listener), app)
+        .with_graceful_shutdown(async move {
+            let _ = tokio::signal::ctrl_c().await;
+            shutdown.cancel();
+        })
+        .await?;
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let result = Options::parse(std::env::args().skip(1)).and_then(|options| {
+        let Some(options) = options else {
+            return Ok(());
+        };
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()?
+            .block_on(run(options))
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("batchyard-fake-provider: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

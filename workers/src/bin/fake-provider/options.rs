@@ -1,0 +1,202 @@
+//! Command-line flags.
+
+use std::error::Error;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+pub const USAGE: &str = "\
+usage: batchyard-fake-provider [--addr 127.0.0.1:0] [--require-key KEY]
+  limits (fixed 60 s windows on the minute):  [--rpm N] [--tpm N]
+  latency:  [--latency-ms N | --latency-p50-ms N] [--latency-dist fixed|uniform|lognormal]
+            [--latency-sigma F]
+  random faults (fractions of requests, summing to at most 1):
+            [--fail-rate-429 F] [--fail-rate-500 F] [--fail-rate-502 F] [--fail-rate-503 F]
+            [--fail-rate-529 F] [--drop-rate F] [--hang-rate F] [--malformed-rate F]
+            [--length-rate F] [--filter-rate F]
+  [--hang-secs N]  how long a hung request waits before its connection is closed (600)";
+
+/// How latency is drawn; the median is `--latency-p50-ms` in each case.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum LatencyDist {
+    /// Always the median.
+    Fixed,
+    /// Uniform between 0 and twice the median.
+    Uniform,
+    /// `median * exp(sigma * Z)`: mostly near the median, with a long right tail (capped at 20×).
+    LogNormal { sigma: f64 },
+}
+
+/// A fault chosen at random, by rate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RandomFault {
+    Status(u16),
+    Drop,
+    Hang,
+    Malformed,
+    Length,
+    Filter,
+}
+
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub addr: SocketAddr,
+    pub require_key: Option<String>,
+    pub rpm: Option<u64>,
+    pub tpm: Option<u64>,
+    pub latency_p50: Duration,
+    pub latency_dist: LatencyDist,
+    /// Each random fault with its rate; one draw picks at most one of them.
+    pub fault_rates: Vec<(RandomFault, f64)>,
+    pub hang: Duration,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            require_key: None,
+            rpm: None,
+            tpm: None,
+            latency_p50: Duration::ZERO,
+            latency_dist: LatencyDist::Fixed,
+            fault_rates: Vec::new(),
+            hang: Duration::from_secs(600),
+        }
+    }
+}
+
+impl Options {
+    /// `Ok(None)` for `--help` (the usage has been printed).
+    pub fn parse(mut args: impl Iterator<Item = String>) -> Result<Option<Self>, Box<dyn Error>> {
+        let mut options = Self::default();
+        let mut dist = "fixed".to_owned();
+        let mut sigma = 0.6;
+        while let Some(flag) = args.next() {
+            if flag == "--help" || flag == "-h" {
+                println!("{USAGE}");
+                return Ok(None);
+            }
+            let (name, inline) = match flag.split_once('=') {
+                Some((n, v)) => (n.to_owned(), Some(v.to_owned())),
+                None => (flag.clone(), None),
+            };
+            let value = match inline.or_else(|| args.next()) {
+                Some(v) => v,
+                None => return Err(format!("{name} needs a value\n{USAGE}").into()),
+            };
+            let fault = match name.as_str() {
+                "--fail-rate-429" => Some(RandomFault::Status(429)),
+                "--fail-rate-500" => Some(RandomFault::Status(500)),
+                "--fail-rate-502" => Some(RandomFault::Status(502)),
+                "--fail-rate-503" => Some(RandomFault::Status(503)),
+                "--fail-rate-529" => Some(RandomFault::Status(529)),
+                "--drop-rate" => Some(RandomFault::Drop),
+                "--hang-rate" => Some(RandomFault::Hang),
+                "--malformed-rate" => Some(RandomFault::Malformed),
+                "--length-rate" => Some(RandomFault::Length),
+                "--filter-rate" => Some(RandomFault::Filter),
+                _ => None,
+            };
+            if let Some(fault) = fault {
+                let rate = rate(&name, &value)?;
+                options.fault_rates.retain(|(f, _)| *f != fault);
+                if rate > 0.0 {
+                    options.fault_rates.push((fault, rate));
+                }
+                continue;
+            }
+            match name.as_str() {
+                "--addr" => options.addr = value.parse()?,
+                "--require-key" => options.require_key = Some(value),
+                "--rpm" => options.rpm = Some(positive(&name, &value)?),
+                "--tpm" => options.tpm = Some(positive(&name, &value)?),
+                // The same setting: --latency-ms predates the distributions.
+                "--latency-ms" | "--latency-p50-ms" => {
+                    options.latency_p50 = Duration::from_millis(value.parse()?);
+                }
+                "--latency-dist" => dist = value,
+                "--latency-sigma" => {
+                    sigma = value.parse()?;
+                    if !(0.0..=3.0).contains(&sigma) {
+                        return Err(format!("{name} must be between 0 and 3, not {value}").into());
+                    }
+                }
+                "--hang-secs" => options.hang = Duration::from_secs(value.parse()?),
+                _ => return Err(format!("unknown flag {name}\n{USAGE}").into()),
+            }
+        }
+        options.latency_dist = match dist.as_str() {
+            "fixed" => LatencyDist::Fixed,
+            "uniform" => LatencyDist::Uniform,
+            "lognormal" => LatencyDist::LogNormal { sigma },
+            other => {
+                return Err(format!(
+                    "--latency-dist must be fixed, uniform or lognormal, not {other:?}"
+                )
+                .into());
+            }
+        };
+        let total: f64 = options.fault_rates.iter().map(|(_, r)| r).sum();
+        if total > 1.0 + 1e-9 {
+            return Err(format!("the fault rates add up to {total}, more than 1").into());
+        }
+        if !options.addr.ip().is_loopback() {
+            return Err(format!(
+                "--addr {} is not a loopback address: the fake provider only binds 127.0.0.1 or ::1",
+                options.addr
+            )
+            .into());
+        }
+        Ok(Some(options))
+    }
+
+    /// One latency draw.
+    pub fn sample_latency(&self) -> Duration {
+        let p50 = self.latency_p50.as_secs_f64();
+        if p50 == 0.0 {
+            return Duration::ZERO;
+        }
+        let secs = match self.latency_dist {
+            LatencyDist::Fixed => p50,
+            LatencyDist::Uniform => 2.0 * p50 * rand::random::<f64>(),
+            LatencyDist::LogNormal { sigma } => {
+                // Box-Muller: a standard normal from two uniforms; 1 - u avoids ln(0).
+                let u1 = 1.0 - rand::random::<f64>();
+                let u2 = rand::random::<f64>();
+                let z = (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos();
+                (p50 * (sigma * z).exp()).min(20.0 * p50)
+            }
+        };
+        Duration::try_from_secs_f64(secs).unwrap_or(Duration::ZERO)
+    }
+
+    /// At most one random fault, by the configured rates.
+    pub fn draw_fault(&self) -> Option<RandomFault> {
+        if self.fault_rates.is_empty() {
+            return None;
+        }
+        let mut draw = rand::random::<f64>();
+        for (fault, rate) in &self.fault_rates {
+            if draw < *rate {
+                return Some(*fault);
+            }
+            draw -= rate;
+        }
+        None
+    }
+}
+
+fn rate(name: &str, value: &str) -> Result<f64, Box<dyn Error>> {
+    let rate: f64 = value.parse()?;
+    if !(0.0..=1.0).contains(&rate) {
+        return Err(format!("{name} must be between 0 and 1, not {value}").into());
+    }
+    Ok(rate)
+}
+
+fn positive(name: &str, value: &str) -> Result<u64, Box<dyn Error>> {
+    match value.parse::<u64>() {
+        Ok(n) if n > 0 => Ok(n),
+        _ => Err(format!("{name} must be a positive whole number, not {value:?}").into()),
+    }
+}
