@@ -68,11 +68,11 @@ impl App {
                 // A call may wait for rate-limit capacity, but never long enough for its
                 // job to be reclaimed.
                 let max_wait = (settings.queue.visibility_timeout / 3).min(Duration::from_secs(30));
-                guards = Some(Guards {
-                    health: Arc::new(RedisHealth::new(conn.clone(), settings.health.clone())),
-                    limiter: Arc::new(RedisLimiter::new(conn.clone(), "by")),
+                guards = Some(Guards::new(
+                    Arc::new(RedisHealth::new(conn.clone(), settings.health.clone())),
+                    Arc::new(RedisLimiter::new(conn.clone(), "by")),
                     max_wait,
-                });
+                ));
                 (
                     queue as Arc<dyn Queue>,
                     Arc::new(RedisLedger::new(conn)) as Arc<dyn Ledger>,

@@ -87,7 +87,7 @@ fn transient_provider_errors_are_retried_and_typed_errors_recorded() {
         request_line("ok", "plain"),
         request_line("flaky", "FAKE:429_ONCE please"),
         request_line("broken", "FAKE:500_ALWAYS please"),
-        request_line("bad", "FAKE:QUOTA please"),
+        request_line("bad", "FAKE:CONTEXT please"),
     ];
     let input = write_file(
         cluster.dir.path(),
@@ -114,7 +114,7 @@ fn transient_provider_errors_are_retried_and_typed_errors_recorded() {
             .map(|l| l["error"]["code"].as_str().unwrap().to_string())
     };
     assert_eq!(code_of("broken").as_deref(), Some("transient"));
-    assert_eq!(code_of("bad").as_deref(), Some("quota_exhausted"));
+    assert_eq!(code_of("bad").as_deref(), Some("context_overflow"));
     assert_eq!(done["request_counts"]["failed"], 2);
     let flaky = ok.iter().find(|l| l["custom_id"] == "flaky").unwrap();
     assert!(

@@ -2,8 +2,9 @@
 //! paused), the shared rate limiter must admit it, and in-place retries are bounded by the
 //! retry policy and the model's retry budget. Every outcome is reported back to both.
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::catalog::ModelSpec;
 use crate::health::ModelHealth;
@@ -19,6 +20,62 @@ pub struct Guards {
     /// The longest a call may wait for rate-limit capacity while its job is claimed. Longer
     /// waits put the job back in the queue with that delay instead.
     pub max_wait: Duration,
+    /// Models seen healthy recently, so a busy worker asks Redis at most every
+    /// [`HEALTHY_CACHE`] per model instead of once per call.
+    healthy: Arc<Mutex<HashMap<String, Instant>>>,
+}
+
+/// How long a healthy answer is trusted locally. A breaker opened elsewhere reaches this
+/// worker within this time.
+const HEALTHY_CACHE: Duration = Duration::from_millis(250);
+
+impl Guards {
+    pub fn new(
+        health: Arc<dyn ModelHealth>,
+        limiter: Arc<dyn Limiter>,
+        max_wait: Duration,
+    ) -> Self {
+        Self {
+            health,
+            limiter,
+            max_wait,
+            healthy: Arc::default(),
+        }
+    }
+
+    async fn admit(&self, model: &str) -> bool {
+        let fresh = |cache: &HashMap<String, Instant>| {
+            cache
+                .get(model)
+                .is_some_and(|at| at.elapsed() < HEALTHY_CACHE)
+        };
+        if self.healthy.lock().map(|c| fresh(&c)).unwrap_or(false) {
+            return true;
+        }
+        match self.health.admit(model).await {
+            Ok(true) => {
+                // Only a plain healthy state is cached: a half-open probe must be asked for.
+                if let Ok(crate::health::ModelState::Healthy) = self.health.state(model).await
+                    && let Ok(mut cache) = self.healthy.lock()
+                {
+                    cache.insert(model.to_string(), Instant::now());
+                }
+                true
+            }
+            Ok(false) => false,
+            // Health is advisory: if Redis can't say, calling is better than stalling.
+            Err(e) => {
+                tracing::warn!(model, error = %e, "cannot read model health");
+                true
+            }
+        }
+    }
+
+    fn forget_healthy(&self, model: &str) {
+        if let Ok(mut cache) = self.healthy.lock() {
+            cache.remove(model);
+        }
+    }
 }
 
 /// How a call to one model ended.
@@ -42,7 +99,12 @@ fn limit_specs(
     model: &ModelSpec,
     provider_limits: Option<(Option<u32>, Option<u64>)>,
 ) -> Vec<LimitSpec> {
-    let mut specs = vec![LimitSpec::model(model)];
+    // Empty when no limits are declared: then the limiter is not consulted at all, and a 429
+    // is honoured by the job's own retry delay.
+    let mut specs = Vec::with_capacity(2);
+    if model.rpm.is_some() || model.tpm.is_some() {
+        specs.push(LimitSpec::model(model));
+    }
     if let Some((rpm, tpm)) = provider_limits
         && (rpm.is_some() || tpm.is_some())
     {
@@ -62,11 +124,8 @@ impl Guards {
         call: ChatCall<'_>,
         estimated_tokens: u64,
     ) -> ModelOutcome {
-        match self.health.admit(&model.key).await {
-            Ok(false) => return ModelOutcome::Unavailable,
-            Ok(true) => {}
-            // Health is advisory: if Redis can't say, calling is better than stalling.
-            Err(e) => tracing::warn!(model = %model.key, error = %e, "cannot read model health"),
+        if !self.admit(&model.key).await {
+            return ModelOutcome::Unavailable;
         }
         let specs = limit_specs(model, provider_limits);
         let waited: Mutex<Option<Duration>> = Mutex::new(None);
@@ -84,14 +143,13 @@ impl Guards {
         let attempt = || {
             let (specs, waited) = (&specs, &waited);
             async move {
-                let reservation = match limiter::acquire(
-                    &*self.limiter,
-                    specs,
-                    estimated_tokens,
-                    self.max_wait,
-                )
-                .await
-                {
+                let admitted = if specs.is_empty() {
+                    Ok(Err(Duration::ZERO))
+                } else {
+                    limiter::acquire(&*self.limiter, specs, estimated_tokens, self.max_wait).await
+                };
+                let reservation = match admitted {
+                    Ok(Err(delay)) if delay.is_zero() => None,
                     Ok(Ok(r)) => Some(r),
                     Ok(Err(delay)) => {
                         if let Ok(mut w) = waited.lock() {
@@ -110,8 +168,7 @@ impl Guards {
                     }
                 };
                 let result = provider.complete(call).await;
-                self.report(model, &specs[0].scope, reservation, &result)
-                    .await;
+                self.report(model, specs, reservation, &result).await;
                 result
             }
         };
@@ -131,7 +188,7 @@ impl Guards {
     async fn report(
         &self,
         model: &ModelSpec,
-        scope: &str,
+        specs: &[LimitSpec],
         reservation: Option<limiter::Reservation>,
         result: &Result<Completion, ProviderError>,
     ) {
@@ -150,9 +207,14 @@ impl Guards {
         {
             // One 429 pauses the model for every worker until the provider's reset time.
             let pause = e.retry_after.unwrap_or(Duration::from_secs(1));
-            if let Err(le) = self.limiter.pause(scope, pause).await {
-                tracing::warn!(error = %le, "cannot share the rate-limit pause");
+            for spec in specs {
+                if let Err(le) = self.limiter.pause(&spec.scope, pause).await {
+                    tracing::warn!(error = %le, "cannot share the rate-limit pause");
+                }
             }
+        }
+        if result.is_err() {
+            self.forget_healthy(&model.key);
         }
         let outcome = result.as_ref().map(|_| ()).map_err(|e| e.kind);
         let reason = match result {

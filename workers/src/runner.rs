@@ -96,11 +96,11 @@ impl JobRunner {
             retry,
             options,
             finalizer,
-            guards: Guards {
-                health: Arc::new(MemoryHealth::new(HealthPolicy::default())),
-                limiter: Arc::new(MemoryLimiter::new()),
-                max_wait: Duration::from_secs(30),
-            },
+            guards: Guards::new(
+                Arc::new(MemoryHealth::new(HealthPolicy::default())),
+                Arc::new(MemoryLimiter::new()),
+                Duration::from_secs(30),
+            ),
             batches: Mutex::new(HashMap::new()),
         }
     }
