@@ -1,4 +1,4 @@
-//! Operator levers over the distributed path: `retry` of failed items and `cancel`.
+//! Cancelling a batch over the distributed path (retry is in tests/resilience.rs).
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -22,86 +22,6 @@ fn exactly_once(ok: &[serde_json::Value], errors: &[serde_json::Value]) -> usize
         "a custom id in two lines: {seen:?}"
     );
     seen.len()
-}
-
-#[test]
-fn retry_replays_failed_items_and_rewrites_the_batch_files() {
-    let key = "sk-test-secret-123";
-    let Some(cluster) = Cluster::start("retry", &["--require-key", key], 30) else {
-        return;
-    };
-    let body: String = (0..5)
-        .map(|i| request_line(&format!("r-{i}"), "hello") + "\n")
-        .collect();
-    let input = write_file(cluster.dir.path(), "in.jsonl", body.as_bytes());
-    let id = cluster.submit(input.to_str().unwrap(), &[])["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
-
-    // A worker with a wrong key: every item fails with `auth`.
-    let mut wrong = cluster.cmd();
-    wrong
-        .env("FAKE_API_KEY", "sk-wrong")
-        .args(["worker", "--exit-when-idle", "2"]);
-    let out = run(&mut wrong);
-    assert!(out.status.success(), "{}", text(&out.stderr));
-    assert!(
-        !text(&out.stderr).contains("sk-wrong"),
-        "the key leaked into logs"
-    );
-    let done = cluster.wait_terminal(&id, Duration::from_secs(60));
-    assert_eq!(done["status"], "failed", "{done}");
-    let errors = cluster.results(&id, true);
-    assert_eq!(errors.len(), 5);
-    assert!(
-        errors.iter().all(|e| e["error"]["code"] == "auth"),
-        "{errors:?}"
-    );
-    assert!(
-        errors.iter().all(|e| e.get("job").is_none()),
-        "replay data stays out of errors.jsonl"
-    );
-
-    // Bad retries are refused.
-    let out = run(cluster.cmd().args(["retry", &id, "--model", "nope"]));
-    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
-    let out = run(cluster
-        .cmd()
-        .args(["retry", &id, "--code", "transient", "--json"]));
-    assert!(out.status.success());
-    assert_eq!(last_json(&out)["retried"], 0);
-
-    // Replay on the big model with the right key.
-    let out = run(cluster
-        .cmd()
-        .args(["retry", &id, "--code", "auth", "--model", "large", "--json"]));
-    assert!(out.status.success(), "{}", text(&out.stderr));
-    let view = last_json(&out);
-    assert_eq!(view["retried"], 5);
-    assert_eq!(view["status"], "in_progress");
-    let out = run(cluster.cmd().args(["retry", &id]));
-    assert_eq!(
-        out.status.code(),
-        Some(2),
-        "retry of a running batch: {}",
-        text(&out.stderr)
-    );
-
-    let mut right = cluster.spawn_worker(&["--exit-when-idle", "2"]);
-    let done = cluster.wait_terminal(&id, Duration::from_secs(60));
-    assert!(wait_exit(&mut right, Duration::from_secs(30)).success());
-    assert_eq!(done["status"], "completed", "{done}");
-    assert_eq!(done["request_counts"]["completed"], 5);
-    assert_eq!(done["request_counts"]["failed"], 0);
-    let ok = cluster.results(&id, false);
-    let errors = cluster.results(&id, true);
-    assert_eq!(exactly_once(&ok, &errors), 5);
-    assert!(errors.is_empty());
-    for line in &ok {
-        assert_eq!(line["batchyard"]["model"], "large");
-        assert_eq!(line["response"]["body"]["model"], "large-1");
-    }
 }
 
 #[test]

@@ -192,6 +192,18 @@ fn retry_moves_failed_items_to_another_provider() {
         .iter()
         .map(|e| e["batchyard"]["cost_usd"].as_f64().unwrap())
         .sum();
+    assert!(
+        errors.iter().all(|e| e.get("job").is_none()),
+        "replay data stays out of errors.jsonl"
+    );
+    // Bad retries are refused; a filter that matches nothing retries nothing.
+    let out = run(cluster.cmd().args(["retry", &id, "--model", "nope"]));
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    let out = run(cluster
+        .cmd()
+        .args(["retry", &id, "--code", "auth", "--json"]));
+    assert!(out.status.success());
+    assert_eq!(last_json(&out)["retried"], 0);
 
     let out = run(cluster.cmd().args([
         "retry",
@@ -203,7 +215,16 @@ fn retry_moves_failed_items_to_another_provider() {
         "--json",
     ]));
     assert!(out.status.success(), "{}", text(&out.stderr));
-    assert_eq!(last_json(&out)["retried"], 8);
+    let view = last_json(&out);
+    assert_eq!(view["retried"], 8);
+    assert_eq!(view["status"], "in_progress");
+    let out = run(cluster.cmd().args(["retry", &id]));
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "retry of a running batch: {}",
+        text(&out.stderr)
+    );
     let out = run(cluster.cmd().args(["worker", "--exit-when-idle", "2"]));
     assert!(out.status.success());
     let done = cluster.wait_terminal(&id, Duration::from_secs(60));

@@ -15,7 +15,8 @@ use batchyard_jobs::queue::QueueOptions;
 use batchyard_workers::catalog::{Catalog, ModelSpec, TaskSpec};
 use batchyard_workers::health::HealthPolicy;
 use batchyard_workers::provider::{
-    OpenAiConfig, OpenAiProvider, Provider, Secret, SimulatedConfig, SimulatedProvider,
+    AnthropicConfig, AnthropicProvider, OpenAiConfig, OpenAiProvider, Provider, Secret,
+    SimulatedConfig, SimulatedProvider,
 };
 use batchyard_workers::retry::RetryPolicy;
 use batchyard_workers::runner::RunnerOptions;
@@ -402,15 +403,20 @@ fn build_provider(
             }
             Ok(Provider::Simulated(SimulatedProvider::new(config)))
         }
-        "openai" => {
+        "openai" | "anthropic" => {
+            let anthropic = p.kind == "anthropic";
             if p.latency_ms.is_some() {
                 return Err(only_for("latency_ms", "simulated"));
             }
             if p.output_tokens.is_some() {
                 return Err(only_for("output_tokens", "simulated"));
             }
-            let Some(base_url) = &p.base_url else {
-                return Err((at("base_url"), "is required for kind \"openai\"".into()));
+            let base_url = match (&p.base_url, anthropic) {
+                (Some(url), _) => url.as_str(),
+                (None, true) => "https://api.anthropic.com",
+                (None, false) => {
+                    return Err((at("base_url"), "is required for kind \"openai\"".into()));
+                }
             };
             check_url(base_url, &["http", "https"]).map_err(|r| (at("base_url"), r))?;
             let api_key = p
@@ -419,22 +425,34 @@ fn build_provider(
                 .and_then(|var| env.get(var))
                 .filter(|v| !v.is_empty())
                 .map(|v| Secret::new(v.clone()));
-            let mut config = OpenAiConfig {
-                base_url: base_url.trim_end_matches('/').to_string(),
-                api_key,
-                headers: p.headers.clone().unwrap_or_default().into_iter().collect(),
-                ..OpenAiConfig::default()
+            let base_url = base_url.trim_end_matches('/').to_string();
+            let headers = p.headers.clone().unwrap_or_default().into_iter().collect();
+            let built = if anthropic {
+                let mut config = AnthropicConfig {
+                    base_url,
+                    api_key,
+                    headers,
+                    ..AnthropicConfig::default()
+                };
+                config.timeout = p.timeout_secs.map_or(config.timeout, Duration::from_secs);
+                AnthropicProvider::new(config).map(Provider::Anthropic)
+            } else {
+                let mut config = OpenAiConfig {
+                    base_url,
+                    api_key,
+                    headers,
+                    ..OpenAiConfig::default()
+                };
+                config.timeout = p.timeout_secs.map_or(config.timeout, Duration::from_secs);
+                OpenAiProvider::new(config).map(Provider::OpenAi)
             };
-            if let Some(secs) = p.timeout_secs {
-                config.timeout = Duration::from_secs(secs);
-            }
-            OpenAiProvider::new(config)
-                .map(Provider::OpenAi)
-                .map_err(|e| (at("base_url"), e.message))
+            built.map_err(|e| (at("base_url"), e.message))
         }
         other => Err((
             at("kind"),
-            format!("unknown provider kind {other:?}; use \"openai\" or \"simulated\""),
+            format!(
+                "unknown provider kind {other:?}; use \"openai\", \"anthropic\" or \"simulated\""
+            ),
         )),
     }
 }

@@ -148,3 +148,45 @@ fn the_compose_config_loads_with_builtin_models() {
     assert_eq!(s.concurrency, 64);
     assert!(s.catalog.model("small").is_some());
 }
+
+#[test]
+fn anthropic_providers_default_their_base_url_and_hide_the_key() {
+    let text = format!(
+        "{EXAMPLE}\n[providers.claude]\nkind = \"anthropic\"\napi_key_env = \"ANTHROPIC_API_KEY\"\n\
+         timeout_secs = 30\nheaders = {{ \"anthropic-beta\" = \"prompt-caching-2024-07-31\" }}\n"
+    );
+    let key = "sk-ant-verysecret-42";
+    let s = Settings::from_toml(&text, None, &env(&[("ANTHROPIC_API_KEY", key)])).unwrap();
+    let claude = s.catalog.provider("claude").unwrap();
+    assert_eq!(claude.kind_name(), "anthropic");
+    let debug = format!("{claude:?}");
+    assert!(
+        debug.contains("https://api.anthropic.com/v1/messages"),
+        "{debug}"
+    );
+    assert!(debug.contains("30s"), "{debug}");
+    assert!(!debug.contains(key), "{debug}");
+
+    let proxied = text.replace(
+        "kind = \"anthropic\"",
+        "kind = \"anthropic\"\nbase_url = \"http://127.0.0.1:9/v1\"",
+    );
+    let s = load(&proxied).unwrap();
+    let debug = format!("{:?}", s.catalog.provider("claude").unwrap());
+    assert!(debug.contains("http://127.0.0.1:9/v1/messages"), "{debug}");
+
+    let e = load(&text.replace(
+        "kind = \"anthropic\"",
+        "kind = \"anthropic\"\nlatency_ms = 5",
+    ))
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("providers.claude.latency_ms"), "{e}");
+    let e = load(&text.replace(
+        "kind = \"anthropic\"",
+        "kind = \"anthropic\"\nbase_url = \"ftp://x\"",
+    ))
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("providers.claude.base_url"), "{e}");
+}

@@ -58,19 +58,24 @@ fn text_of(content: Option<&Value>) -> String {
     }
 }
 
-pub fn parse(body: &[u8]) -> Result<Parsed, Response> {
+/// The request, or the 400 that refuses it.
+pub fn parse(body: &[u8]) -> Result<Parsed, Box<Response>> {
     let Ok(request @ Value::Object(_)) = serde_json::from_slice::<Value>(body) else {
-        return Err(invalid("The request body is not valid JSON."));
+        return Err(Box::new(invalid("The request body is not valid JSON.")));
     };
     let Some(model) = request.get("model").and_then(Value::as_str) else {
-        return Err(invalid("model: Field required"));
+        return Err(Box::new(invalid("model: Field required")));
     };
     let Some(max_tokens) = request.get("max_tokens").and_then(Value::as_u64) else {
-        return Err(invalid("max_tokens: Field required"));
+        return Err(Box::new(invalid("max_tokens: Field required")));
     };
     let messages = match request.get("messages").and_then(Value::as_array) {
         Some(m) if !m.is_empty() => m.as_slice(),
-        _ => return Err(invalid("messages: at least one message is required")),
+        _ => {
+            return Err(Box::new(invalid(
+                "messages: at least one message is required",
+            )));
+        }
     };
     if messages.iter().any(|m| {
         !matches!(
@@ -78,10 +83,10 @@ pub fn parse(body: &[u8]) -> Result<Parsed, Response> {
             Some("user" | "assistant")
         )
     }) {
-        return Err(invalid(
+        return Err(Box::new(invalid(
             "messages: roles must be \"user\" or \"assistant\"; put system prompts in the \
              top-level system field",
-        ));
+        )));
     }
     let last_user = messages
         .iter()

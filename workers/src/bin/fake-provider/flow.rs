@@ -192,7 +192,7 @@ async fn respond(
     };
     let parsed = match parsed {
         Ok(p) => p,
-        Err(response) => return (response, true),
+        Err(response) => return (*response, true),
     };
 
     let full = Reply::new(&parsed, false);

@@ -270,3 +270,44 @@ fn civil_from_days(z: i64) -> (i64, i64, i64) {
     let m = if mp < 10 { mp + 3 } else { mp - 9 };
     (yoe + era * 400 + i64::from(m <= 2), m, d)
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn go_durations_and_rfc3339() {
+        let ms = Duration::from_millis;
+        assert_eq!(go_duration(ms(20)), "20ms");
+        assert_eq!(go_duration(ms(12_500)), "12.5s");
+        assert_eq!(go_duration(ms(1_000)), "1s");
+        assert_eq!(go_duration(ms(60_000)), "1m0s");
+        assert_eq!(go_duration(ms(61_250)), "1m1.25s");
+        assert_eq!(rfc3339(UNIX_EPOCH), "1970-01-01T00:00:00Z");
+        let t = UNIX_EPOCH + Duration::from_secs(784_111_777);
+        assert_eq!(rfc3339(t), "1994-11-06T08:49:37Z");
+    }
+
+    #[test]
+    fn windows_admit_up_to_the_limits_and_settle_refunds() {
+        let limiter = Limiter::new(Some(3), Some(100));
+        let first = limiter.admit(40);
+        assert!(first.admitted);
+        assert!(limiter.admit(40).admitted);
+        let over = limiter.admit(40);
+        assert!(!over.admitted);
+        assert_eq!(over.rejected_by, "tokens");
+        limiter.settle(&first, 10);
+        assert!(limiter.admit(40).admitted);
+        let over = limiter.admit(1);
+        assert_eq!(over.rejected_by, "requests");
+        let stats = limiter.stats();
+        // Unless the minute turned during the test.
+        if stats["windows"].as_array().unwrap().len() == 1 {
+            assert_eq!(stats["max_requests_per_window"], 3);
+            assert_eq!(stats["max_tokens_per_window"], 90);
+            assert_eq!(stats["windows"][0]["rejected"], 2);
+        }
+    }
+}

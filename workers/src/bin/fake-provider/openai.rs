@@ -55,25 +55,26 @@ pub fn text_of(content: Option<&Value>) -> &str {
     }
 }
 
-pub fn parse(body: &[u8]) -> Result<Parsed, Response> {
+/// The request, or the 400 that refuses it.
+pub fn parse(body: &[u8]) -> Result<Parsed, Box<Response>> {
     let request: Value = match serde_json::from_slice(body) {
         Ok(v @ Value::Object(_)) => v,
         _ => {
-            return Err(error_response(
+            return Err(Box::new(error_response(
                 StatusCode::BAD_REQUEST,
                 "We could not parse the JSON body of your request.",
                 "invalid_request_error",
                 Value::Null,
-            ));
+            )));
         }
     };
     let Some(model) = request.get("model").and_then(Value::as_str) else {
-        return Err(error_response(
+        return Err(Box::new(error_response(
             StatusCode::BAD_REQUEST,
             "you must provide a model parameter",
             "invalid_request_error",
             Value::Null,
-        ));
+        )));
     };
     let messages = request
         .get("messages")

@@ -1,0 +1,314 @@
+//! The Anthropic provider over real HTTP, against the fake provider's `/v1/messages`.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::io::{BufRead as _, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use batchyard_workers::provider::{
+    AnthropicConfig, AnthropicProvider, ChatCall, Completion, ProviderError, ProviderErrorKind,
+    Secret,
+};
+use serde_json::{Map, Value, json};
+
+/// A running fake provider, killed on drop.
+struct FakeServer {
+    child: Child,
+    url: String,
+}
+
+impl FakeServer {
+    fn start(args: &[&str]) -> Self {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_batchyard-fake-provider"))
+            .args(["--addr", "127.0.0.1:0"])
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start the fake provider");
+        let stdout = child.stdout.take().expect("its stdout");
+        let mut line = String::new();
+        BufReader::new(stdout)
+            .read_line(&mut line)
+            .expect("read the listening line");
+        let Some(url) = line.trim().strip_prefix("listening on ") else {
+            let _ = child.kill();
+            panic!("unexpected first line from the fake provider: {line:?}");
+        };
+        Self {
+            url: url.to_owned(),
+            child,
+        }
+    }
+
+    fn provider_with(&self, config: AnthropicConfig) -> AnthropicProvider {
+        AnthropicProvider::new(AnthropicConfig {
+            base_url: self.url.clone(),
+            ..config
+        })
+        .expect("build the provider")
+    }
+
+    fn provider(&self) -> AnthropicProvider {
+        self.provider_with(AnthropicConfig::default())
+    }
+
+    /// A provider that sends `x-fake-fault: FAULT` with every call.
+    fn faulty(&self, fault: &str) -> AnthropicProvider {
+        self.provider_with(AnthropicConfig {
+            headers: vec![("x-fake-fault".into(), fault.into())],
+            ..AnthropicConfig::default()
+        })
+    }
+}
+
+impl Drop for FakeServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn body(messages: Value) -> Map<String, Value> {
+    json!({"model": "ignored", "messages": messages})
+        .as_object()
+        .cloned()
+        .unwrap()
+}
+
+fn user(text: &str) -> Map<String, Value> {
+    body(json!([{"role": "user", "content": text}]))
+}
+
+async fn call(
+    provider: &AnthropicProvider,
+    body: &Map<String, Value>,
+) -> Result<Completion, ProviderError> {
+    provider
+        .complete(ChatCall {
+            model_name: "claude-test",
+            body,
+            default_max_tokens: Some(200),
+        })
+        .await
+}
+
+async fn fails(provider: &AnthropicProvider, text: &str) -> ProviderError {
+    match call(provider, &user(text)).await {
+        Ok(done) => panic!("expected an error, got {:?}", done.body),
+        Err(e) => e,
+    }
+}
+
+#[tokio::test]
+async fn text_and_usage_map_to_an_openai_completion() {
+    let server = FakeServer::start(&[]);
+    let text = "Summarise the quarterly report on widgets and gadgets, please.";
+    let done = call(&server.provider(), &user(text)).await.unwrap();
+    let first40: String = text.chars().take(40).collect();
+    let expected = format!("fake reply from claude-test: {first40}");
+    assert_eq!(done.body["object"], "chat.completion");
+    assert_eq!(done.body["model"], "claude-test");
+    assert!(done.body["id"].as_str().unwrap().starts_with("msg_fake"));
+    assert_eq!(done.body["choices"][0]["message"]["role"], "assistant");
+    assert_eq!(done.body["choices"][0]["message"]["content"], expected);
+    assert_eq!(done.body["choices"][0]["finish_reason"], "stop");
+    assert_eq!(done.finish_reason.as_deref(), Some("stop"));
+    assert!(
+        done.request_id.starts_with("req_fake"),
+        "{}",
+        done.request_id
+    );
+    // The fake counts four characters a token, plus four a message.
+    let prompt = (text.chars().count() / 4 + 4) as u64;
+    let completion = (expected.chars().count() as u64).div_ceil(4);
+    assert_eq!(
+        (done.input_tokens, done.output_tokens),
+        (prompt, completion)
+    );
+    assert_eq!(done.body["usage"]["prompt_tokens"], prompt);
+    assert_eq!(done.body["usage"]["completion_tokens"], completion);
+    assert_eq!(done.body["usage"]["total_tokens"], prompt + completion);
+    assert!(!done.simulated);
+}
+
+#[tokio::test]
+async fn system_messages_go_to_the_top_level_system_field() {
+    let server = FakeServer::start(&[]);
+    let provider = server.provider();
+    let system = "You are a careful assistant who answers in exactly three bullet points.";
+    // The fake refuses any role but user/assistant in `messages`, as the real API does, and
+    // counts the top-level system prompt in the input tokens.
+    let with = body(json!([
+        {"role": "system", "content": system},
+        {"role": "user", "content": "hello"},
+    ]));
+    let done = call(&provider, &with).await.unwrap();
+    let without = call(&provider, &user("hello")).await.unwrap();
+    let system_tokens = (system.chars().count() + 5) / 4 - 5 / 4;
+    assert_eq!(
+        done.input_tokens,
+        without.input_tokens + system_tokens as u64
+    );
+    assert_eq!(
+        done.body["choices"][0]["message"]["content"],
+        "fake reply from claude-test: hello"
+    );
+
+    // A conversation with an earlier assistant turn keeps its order.
+    let turns = body(json!([
+        {"role": "user", "content": "first question"},
+        {"role": "assistant", "content": "first answer"},
+        {"role": "user", "content": "second question"},
+    ]));
+    let done = call(&provider, &turns).await.unwrap();
+    assert_eq!(
+        done.body["choices"][0]["message"]["content"],
+        "fake reply from claude-test: second question"
+    );
+}
+
+#[tokio::test]
+async fn max_tokens_stop_maps_to_finish_reason_length() {
+    let server = FakeServer::start(&[]);
+    let provider = server.provider();
+    let mut short = user("a question that needs a long answer");
+    short.insert("max_tokens".into(), json!(3));
+    let done = call(&provider, &short).await.unwrap();
+    assert_eq!(done.finish_reason.as_deref(), Some("length"));
+    assert_eq!(done.body["choices"][0]["finish_reason"], "length");
+    assert_eq!(done.output_tokens, 3);
+
+    for done in [
+        call(&provider, &user("FAKE:LENGTH please")).await.unwrap(),
+        call(&server.faulty("length"), &user("hi")).await.unwrap(),
+    ] {
+        assert_eq!(done.finish_reason.as_deref(), Some("length"));
+    }
+}
+
+#[tokio::test]
+async fn overloaded_529_is_transient() {
+    let server = FakeServer::start(&[]);
+    let err = fails(&server.faulty("529"), "hi").await;
+    assert_eq!(err.kind, ProviderErrorKind::Transient, "{err}");
+    assert_eq!(err.status, Some(529));
+    assert!(err.is_retryable());
+    let err = fails(&server.faulty("500"), "hi").await;
+    assert_eq!(err.kind, ProviderErrorKind::Transient, "{err}");
+    // A 200 carrying an error object is typed by its error type.
+    let err = fails(&server.faulty("error_200"), "hi").await;
+    assert_eq!(err.kind, ProviderErrorKind::Transient, "{err}");
+}
+
+#[tokio::test]
+async fn rate_limits_are_rate_limited_with_a_retry_hint() {
+    // The injected 429: retry-after 1 and a requests reset one second ahead.
+    let server = FakeServer::start(&[]);
+    let err = fails(&server.faulty("429"), "hi").await;
+    assert_eq!(err.kind, ProviderErrorKind::RateLimited, "{err}");
+    assert_eq!(err.status, Some(429));
+    assert_eq!(err.retry_after, Some(Duration::from_secs(1)));
+
+    // The enforced limit: retry-after and the anthropic-ratelimit-requests-reset say when the
+    // minute window ends.
+    let server = FakeServer::start(&["--rpm", "1"]);
+    let provider = server.provider();
+    call(&provider, &user("first")).await.unwrap();
+    let err = fails(&provider, "second").await;
+    assert_eq!(err.kind, ProviderErrorKind::RateLimited, "{err}");
+    let hint = err.retry_after.expect("a retry hint");
+    assert!(
+        hint > Duration::ZERO && hint <= Duration::from_secs(60),
+        "{hint:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_bad_key_is_auth_and_never_leaks() {
+    let good = "sk-ant-good-0123456789";
+    let bad = "sk-ant-wrong-9876543210";
+    let server = FakeServer::start(&["--require-key", good]);
+    let provider = server.provider_with(AnthropicConfig {
+        api_key: Some(Secret::new(bad.to_owned())),
+        ..AnthropicConfig::default()
+    });
+    assert!(!format!("{provider:?}").contains(bad));
+    // The fake echoes the key it was given; the provider must scrub it.
+    let err = fails(&provider, "hi").await;
+    assert_eq!(err.kind, ProviderErrorKind::Auth, "{err}");
+    assert_eq!(err.status, Some(401));
+    for shown in [err.to_string(), format!("{err:?}"), err.message.clone()] {
+        assert!(!shown.contains(bad), "the key leaked: {shown}");
+        assert!(
+            !shown.contains("sk-ant-wrong"),
+            "part of the key leaked: {shown}"
+        );
+    }
+    assert!(err.message.contains("***"), "{}", err.message);
+
+    let err = fails(&server.provider(), "hi").await;
+    assert_eq!(err.kind, ProviderErrorKind::Auth, "{err}");
+
+    let provider = server.provider_with(AnthropicConfig {
+        api_key: Some(Secret::new(good.to_owned())),
+        ..AnthropicConfig::default()
+    });
+    call(&provider, &user("hi")).await.unwrap();
+}
+
+#[tokio::test]
+async fn malformed_bodies_are_malformed_responses() {
+    let server = FakeServer::start(&[]);
+    for fault in ["malformed", "html", "huge", "no_choices"] {
+        let err = fails(&server.faulty(fault), "hi").await;
+        assert_eq!(
+            err.kind,
+            ProviderErrorKind::MalformedResponse,
+            "{fault}: {err}"
+        );
+        assert_eq!(err.status, Some(200), "{fault}");
+        assert!(
+            err.message.len() < 1000,
+            "{fault}: {} bytes",
+            err.message.len()
+        );
+    }
+    let err = fails(&server.provider(), "FAKE:MALFORMED").await;
+    assert_eq!(err.kind, ProviderErrorKind::MalformedResponse, "{err}");
+}
+
+#[tokio::test]
+async fn other_faults_are_typed() {
+    let server = FakeServer::start(&[]);
+    let provider = server.provider();
+    let kind = |e: ProviderError| e.kind;
+    assert_eq!(
+        kind(fails(&provider, "FAKE:CONTEXT").await),
+        ProviderErrorKind::ContextOverflow
+    );
+    assert_eq!(
+        kind(fails(&provider, "FAKE:QUOTA").await),
+        ProviderErrorKind::QuotaExhausted
+    );
+    assert_eq!(
+        kind(fails(&provider, "FAKE:FILTER").await),
+        ProviderErrorKind::ContentFilter
+    );
+    assert_eq!(
+        kind(fails(&provider, "FAKE:DROP").await),
+        ProviderErrorKind::Transient
+    );
+
+    let server = FakeServer::start(&["--hang-secs", "30"]);
+    let provider = server.provider_with(AnthropicConfig {
+        timeout: Duration::from_secs(1),
+        ..AnthropicConfig::default()
+    });
+    let started = Instant::now();
+    let err = fails(&provider, "FAKE:HANG").await;
+    assert_eq!(err.kind, ProviderErrorKind::Transient, "{err}");
+    assert!(err.message.contains("timed out"), "{err}");
+    assert!(started.elapsed() < Duration::from_secs(10));
+}
