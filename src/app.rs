@@ -17,6 +17,7 @@ use batchyard_workers::finalize::Finalizer;
 use batchyard_workers::health::ModelHealth;
 use batchyard_workers::health::memory::MemoryHealth;
 use batchyard_workers::health::redis::RedisHealth;
+use batchyard_workers::limiter::memory::MemoryLimiter;
 use batchyard_workers::limiter::redis::RedisLimiter;
 use batchyard_workers::runner::JobRunner;
 
@@ -30,8 +31,8 @@ pub struct App {
     pub store: ResultStore,
     /// This process's unique consumer identity.
     pub consumer: String,
-    /// Model health and rate limits shared through Redis; `None` in process.
-    pub guards: Option<Guards>,
+    /// Model health and rate limits: shared through Redis, or in process for `run`.
+    pub guards: Guards,
     pub health: Arc<dyn ModelHealth>,
 }
 
@@ -70,7 +71,11 @@ impl App {
                 let max_wait = (settings.queue.visibility_timeout / 3).min(Duration::from_secs(30));
                 guards = Some(Guards::new(
                     Arc::new(RedisHealth::new(conn.clone(), settings.health.clone())),
-                    Arc::new(RedisLimiter::new(conn.clone(), "by")),
+                    Arc::new(RedisLimiter::with_tuning(
+                        conn.clone(),
+                        "by",
+                        settings.limits,
+                    )),
                     max_wait,
                 ));
                 (
@@ -91,10 +96,15 @@ impl App {
         };
         let mut settings = settings;
         settings.storage_url = storage_url;
-        let health: Arc<dyn ModelHealth> = match &guards {
-            Some(g) => Arc::clone(&g.health),
-            None => Arc::new(MemoryHealth::new(settings.health.clone())),
-        };
+        // In process, the same guards run without Redis.
+        let guards = guards.unwrap_or_else(|| {
+            Guards::new(
+                Arc::new(MemoryHealth::new(settings.health.clone())),
+                Arc::new(MemoryLimiter::with_tuning(settings.limits)),
+                Duration::from_secs(30),
+            )
+        });
+        let health = Arc::clone(&guards.health);
         Ok(Self {
             settings,
             queue,
@@ -124,9 +134,6 @@ impl App {
             self.settings.runner.clone(),
             self.finalizer(),
         );
-        match &self.guards {
-            Some(guards) => runner.with_guards(guards.clone()),
-            None => runner,
-        }
+        runner.with_guards(self.guards.clone())
     }
 }

@@ -14,6 +14,7 @@ use batchyard_jobs::input::{DEFAULT_MAX_LINE_BYTES, KnownNames};
 use batchyard_jobs::queue::QueueOptions;
 use batchyard_workers::catalog::{Catalog, ModelSpec, TaskSpec};
 use batchyard_workers::health::HealthPolicy;
+use batchyard_workers::limiter::Tuning;
 use batchyard_workers::provider::{
     AnthropicConfig, AnthropicProvider, OpenAiConfig, OpenAiProvider, Provider, Secret,
     SimulatedConfig, SimulatedProvider,
@@ -47,6 +48,8 @@ pub struct Settings {
     pub drain_timeout: Duration,
     pub catalog: Arc<Catalog>,
     pub health: HealthPolicy,
+    /// How the shared rate limits count (their window).
+    pub limits: Tuning,
     /// Warnings found while loading (e.g. a provider no model uses).
     pub warnings: Vec<String>,
     pub env: BTreeMap<String, String>,
@@ -332,6 +335,13 @@ impl Settings {
                 format!("must be between 0 and 1, not {}", health.retry_budget_ratio),
             ));
         }
+        let mut limits = Tuning::default();
+        if let Some(secs) = raw.limits.window_secs {
+            if secs == 0 {
+                return Err(err("limits.window_secs", "must be more than 0".into()));
+            }
+            limits.window = Duration::from_secs(secs);
+        }
         let concurrency = raw.worker.concurrency.unwrap_or(64);
         if concurrency == 0 {
             return Err(err("worker.concurrency", "must be at least 1".into()));
@@ -348,6 +358,7 @@ impl Settings {
             drain_timeout: Duration::from_secs(raw.worker.drain_timeout_secs.unwrap_or(30)),
             catalog: Arc::new(catalog),
             health,
+            limits,
             warnings,
             env: env.clone(),
         })

@@ -20,6 +20,8 @@ pub struct RawConfig {
     #[serde(default)]
     pub health: RawHealth,
     #[serde(default)]
+    pub limits: RawLimits,
+    #[serde(default)]
     pub providers: BTreeMap<String, RawProvider>,
     #[serde(default)]
     pub models: BTreeMap<String, RawModel>,
@@ -65,6 +67,14 @@ pub struct RawRetry {
     pub base_ms: Option<u64>,
     pub cap_ms: Option<u64>,
     pub max_attempts: Option<u32>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLimits {
+    /// The window `rpm` and `tpm` are counted over: 60 s, as providers count. Only tests and
+    /// benchmarks shorten it; every worker of a deployment must use the same value.
+    pub window_secs: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -25,6 +25,8 @@ pub struct Options {
     pub max_attempts: u32,
     /// Appended to the config: more providers, models or queue keys.
     pub extra_toml: String,
+    /// Extra keys of `[models.small]`, e.g. `rpm = 20`.
+    pub small_extra: String,
 }
 
 impl Default for Options {
@@ -36,6 +38,7 @@ impl Default for Options {
             cooldown_secs: 30,
             max_attempts: 5,
             extra_toml: String::new(),
+            small_extra: String::new(),
         }
     }
 }
@@ -124,6 +127,7 @@ input_usd_per_mtok = 0.10
 output_usd_per_mtok = 0.40
 context_window = 16000
 tier = 1
+{small_extra}
 
 [models.large]
 provider = "fake"
@@ -146,6 +150,7 @@ max_output_tokens = 300
                 max_attempts = opts.max_attempts,
                 cooldown = opts.cooldown_secs,
                 extra = opts.extra_toml,
+                small_extra = opts.small_extra,
             ),
         )
         .unwrap();

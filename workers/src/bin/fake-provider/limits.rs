@@ -16,7 +16,6 @@ use serde_json::{Value, json};
 
 use crate::lock;
 
-const WINDOW_SECS: u64 = 60;
 /// Windows kept for `/stats`: a day.
 const KEEP_WINDOWS: usize = 24 * 60;
 
@@ -29,6 +28,8 @@ struct Window {
 }
 
 pub struct Limiter {
+    /// Seconds per window (60 unless a test shortens it); windows align to multiples of it.
+    window_secs: u64,
     rpm: Option<u64>,
     tpm: Option<u64>,
     windows: Mutex<VecDeque<Window>>,
@@ -54,8 +55,9 @@ pub struct Admission {
 }
 
 impl Limiter {
-    pub fn new(rpm: Option<u64>, tpm: Option<u64>) -> Self {
+    pub fn new(rpm: Option<u64>, tpm: Option<u64>, window_secs: u64) -> Self {
         Self {
+            window_secs: window_secs.max(1),
             rpm,
             tpm,
             windows: Mutex::new(VecDeque::new()),
@@ -66,8 +68,8 @@ impl Limiter {
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .unwrap_or(Duration::ZERO);
-        let start = now.as_secs() / WINDOW_SECS * WINDOW_SECS;
-        let end = Duration::from_secs(start + WINDOW_SECS);
+        let start = now.as_secs() / self.window_secs * self.window_secs;
+        let end = Duration::from_secs(start + self.window_secs);
         let mut windows = lock(&self.windows);
         if windows.back().is_none_or(|w| w.start != start) {
             windows.push_back(Window {
@@ -291,7 +293,7 @@ mod tests {
 
     #[test]
     fn windows_admit_up_to_the_limits_and_settle_refunds() {
-        let limiter = Limiter::new(Some(3), Some(100));
+        let limiter = Limiter::new(Some(3), Some(100), 60);
         let first = limiter.admit(40);
         assert!(first.admitted);
         assert!(limiter.admit(40).admitted);

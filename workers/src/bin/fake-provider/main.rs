@@ -190,7 +190,7 @@ async fn run(options: Options) -> Result<(), Box<dyn Error>> {
     let local = listener.local_addr()?;
     let shutdown = CancellationToken::new();
     let state = Arc::new(AppState {
-        limiter: Limiter::new(options.rpm, options.tpm),
+        limiter: Limiter::new(options.rpm, options.tpm, options.window_secs),
         options,
         next_id: AtomicU64::new(1),
         by_status: Mutex::new(BTreeMap::new()),

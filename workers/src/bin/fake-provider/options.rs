@@ -6,7 +6,7 @@ use std::time::Duration;
 
 pub const USAGE: &str = "\
 usage: batchyard-fake-provider [--addr 127.0.0.1:0] [--require-key KEY]
-  limits (fixed 60 s windows on the minute):  [--rpm N] [--tpm N]
+  limits (fixed 60 s windows on the minute):  [--rpm N] [--tpm N] [--window-secs N]
   latency:  [--latency-ms N | --latency-p50-ms N] [--latency-dist fixed|uniform|lognormal]
             [--latency-sigma F]
   random faults (fractions of requests, summing to at most 1):
@@ -43,6 +43,8 @@ pub struct Options {
     pub require_key: Option<String>,
     pub rpm: Option<u64>,
     pub tpm: Option<u64>,
+    /// The limit window, 60 s like real providers; tests shorten it.
+    pub window_secs: u64,
     pub latency_p50: Duration,
     pub latency_dist: LatencyDist,
     /// Each random fault with its rate; one draw picks at most one of them.
@@ -57,6 +59,7 @@ impl Default for Options {
             require_key: None,
             rpm: None,
             tpm: None,
+            window_secs: 60,
             latency_p50: Duration::ZERO,
             latency_dist: LatencyDist::Fixed,
             fault_rates: Vec::new(),
@@ -110,6 +113,7 @@ impl Options {
                 "--require-key" => options.require_key = Some(value),
                 "--rpm" => options.rpm = Some(positive(&name, &value)?),
                 "--tpm" => options.tpm = Some(positive(&name, &value)?),
+                "--window-secs" => options.window_secs = positive(&name, &value)?,
                 // The same setting: --latency-ms predates the distributions.
                 "--latency-ms" | "--latency-p50-ms" => {
                     options.latency_p50 = Duration::from_millis(value.parse()?);
