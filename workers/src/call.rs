@@ -202,6 +202,27 @@ impl Guards {
                 tracing::warn!(error = %e, "cannot settle the rate-limit reservation");
             }
         }
+        if let Ok(Completion {
+            rate_limits: Some(report),
+            ..
+        }) = result
+        {
+            // The provider knows better than our count: let its remaining tighten our view.
+            for spec in specs {
+                if let Err(le) = self
+                    .limiter
+                    .observe_remaining(
+                        &spec.scope,
+                        report.remaining_requests,
+                        report.remaining_tokens,
+                        report.reset,
+                    )
+                    .await
+                {
+                    tracing::warn!(error = %le, "cannot record the provider's remaining limits");
+                }
+            }
+        }
         if let Err(e) = result
             && e.kind == ProviderErrorKind::RateLimited
         {

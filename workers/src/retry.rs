@@ -242,6 +242,7 @@ mod tests {
             output_tokens: 1,
             finish_reason: Some("stop".to_owned()),
             simulated: false,
+            rate_limits: None,
         }
     }
 

@@ -312,3 +312,28 @@ fn the_fake_provider_refuses_to_bind_beyond_loopback() {
     assert!(!output.status.success());
     assert!(String::from_utf8_lossy(&output.stderr).contains("loopback"));
 }
+
+#[tokio::test]
+async fn the_providers_remaining_limits_are_reported() {
+    let server = FakeServer::start(&["--rpm", "100", "--tpm", "100000"]);
+    let provider = server.provider();
+    let body = body_for("how much is left");
+    let first = provider.complete(call("small-1", &body)).await.unwrap();
+    let report = first.rate_limits.expect("x-ratelimit-* headers were sent");
+    assert_eq!(report.remaining_requests, Some(99));
+    assert!(report.remaining_tokens.is_some_and(|t| t < 100_000));
+    assert!(
+        report
+            .reset
+            .is_some_and(|r| r <= std::time::Duration::from_secs(60))
+    );
+    let second = provider.complete(call("small-1", &body)).await.unwrap();
+    assert_eq!(second.rate_limits.unwrap().remaining_requests, Some(98));
+    let plain = FakeServer::start(&[]);
+    let done = plain
+        .provider()
+        .complete(call("small-1", &body))
+        .await
+        .unwrap();
+    assert!(done.rate_limits.is_none(), "no headers, no report");
+}

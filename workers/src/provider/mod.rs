@@ -58,6 +58,17 @@ pub struct Completion {
     pub finish_reason: Option<String>,
     /// True for the built-in simulated provider, so no one mistakes it for a model.
     pub simulated: bool,
+    /// What the provider said about its own limits (`x-ratelimit-remaining-*`), if anything.
+    pub rate_limits: Option<RateLimitReport>,
+}
+
+/// A provider's own view of what is left of its limits, from response headers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct RateLimitReport {
+    pub remaining_requests: Option<u64>,
+    pub remaining_tokens: Option<u64>,
+    /// When the tighter of the two limits resets.
+    pub reset: Option<Duration>,
 }
 
 /// Why a call failed, as the retry policy and the router need to know it.

@@ -14,7 +14,7 @@ use std::time::Duration;
 use reqwest::header::{AUTHORIZATION, HeaderMap, HeaderName, HeaderValue, USER_AGENT};
 use serde_json::{Map, Value};
 
-use super::{ChatCall, Completion, ProviderError, ProviderErrorKind, Secret};
+use super::{ChatCall, Completion, ProviderError, ProviderErrorKind, RateLimitReport, Secret};
 
 mod classify;
 
@@ -357,7 +357,27 @@ fn parse_success(
         output_tokens,
         finish_reason,
         simulated: false,
+        rate_limits: rate_limit_report(headers),
     })
+}
+
+/// `x-ratelimit-remaining-*` and `x-ratelimit-reset-*`, as OpenAI and many compatible servers
+/// send them on every response.
+fn rate_limit_report(headers: &reqwest::header::HeaderMap) -> Option<RateLimitReport> {
+    let number = |name: &str| header_str(headers, name).and_then(|v| v.trim().parse::<u64>().ok());
+    let reset = |name: &str| header_str(headers, name).and_then(parse_go_duration);
+    let report = RateLimitReport {
+        remaining_requests: number("x-ratelimit-remaining-requests"),
+        remaining_tokens: number("x-ratelimit-remaining-tokens"),
+        reset: match (
+            reset("x-ratelimit-reset-requests"),
+            reset("x-ratelimit-reset-tokens"),
+        ) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        },
+    };
+    (report.remaining_requests.is_some() || report.remaining_tokens.is_some()).then_some(report)
 }
 
 /// For providers that omit `usage`: about four characters a token, four tokens a message.

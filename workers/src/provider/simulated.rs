@@ -150,6 +150,7 @@ impl SimulatedProvider {
             output_tokens,
             finish_reason: Some(finish_reason.to_owned()),
             simulated: true,
+            rate_limits: None,
         }
     }
 }

@@ -142,6 +142,7 @@ pub fn parse_success(
         output_tokens,
         finish_reason: finish,
         simulated: false,
+        rate_limits: None,
     })
 }
 
