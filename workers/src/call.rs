@@ -2,7 +2,7 @@
 //! paused), the shared rate limiter must admit it, and in-place retries are bounded by the
 //! retry policy and the model's retry budget. Every outcome is reported back to both.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -23,6 +23,8 @@ pub struct Guards {
     /// Models seen healthy recently, so a busy worker asks Redis at most every
     /// [`HEALTHY_CACHE`] per model instead of once per call.
     healthy: Arc<Mutex<HashMap<String, Instant>>>,
+    /// Models that answered 429 here; their pauses are checked from then on.
+    throttled: Arc<Mutex<HashSet<String>>>,
 }
 
 /// How long a healthy answer is trusted locally. A breaker opened elsewhere reaches this
@@ -40,6 +42,7 @@ impl Guards {
             limiter,
             max_wait,
             healthy: Arc::default(),
+            throttled: Arc::default(),
         }
     }
 
@@ -95,14 +98,16 @@ pub enum ModelOutcome {
     Wait(Duration),
 }
 
+/// The limits a call counts against. Empty when none are declared and the model has never
+/// answered 429 here: then the limiter is not consulted at all, which saves a Redis round trip
+/// per call. After a 429 the model's scope is always checked, so the shared pause holds.
 fn limit_specs(
     model: &ModelSpec,
     provider_limits: Option<(Option<u32>, Option<u64>)>,
+    throttled: bool,
 ) -> Vec<LimitSpec> {
-    // Empty when no limits are declared: then the limiter is not consulted at all, and a 429
-    // is honoured by the job's own retry delay.
     let mut specs = Vec::with_capacity(2);
-    if model.rpm.is_some() || model.tpm.is_some() {
+    if model.rpm.is_some() || model.tpm.is_some() || throttled {
         specs.push(LimitSpec::model(model));
     }
     if let Some((rpm, tpm)) = provider_limits
@@ -127,14 +132,24 @@ impl Guards {
         if !self.admit(&model.key).await {
             return ModelOutcome::Unavailable;
         }
-        let specs = limit_specs(model, provider_limits);
+        let throttled = self
+            .throttled
+            .lock()
+            .map(|t| t.contains(&model.key))
+            .unwrap_or(false);
+        let specs = limit_specs(model, provider_limits, throttled);
         let waited: Mutex<Option<Duration>> = Mutex::new(None);
-        let gate = |_: &ProviderError| {
+        let gate = |e: &ProviderError| {
             let capacity_wait = waited.lock().map(|w| w.is_some()).unwrap_or(false);
+            // A provider hint longer than we may hold the claim: wait in the queue instead.
+            let long_hint = e.retry_after.filter(|d| *d > self.max_wait);
+            if let (Some(hint), Ok(mut w)) = (long_hint, waited.lock()) {
+                *w = Some(hint);
+            }
             let health = Arc::clone(&self.health);
             let key = model.key.clone();
             async move {
-                if capacity_wait {
+                if capacity_wait || long_hint.is_some() {
                     return false;
                 }
                 health.allow_retry(&key).await.unwrap_or(true)
@@ -227,9 +242,17 @@ impl Guards {
             && e.kind == ProviderErrorKind::RateLimited
         {
             // One 429 pauses the model for every worker until the provider's reset time.
+            if let Ok(mut t) = self.throttled.lock() {
+                t.insert(model.key.clone());
+            }
             let pause = e.retry_after.unwrap_or(Duration::from_secs(1));
-            for spec in specs {
-                if let Err(le) = self.limiter.pause(&spec.scope, pause).await {
+            let model_scope = LimitSpec::model(model);
+            let scopes = specs.iter().map(|s| s.scope.as_str()).chain(
+                (!specs.iter().any(|s| s.scope == model_scope.scope))
+                    .then_some(model_scope.scope.as_str()),
+            );
+            for scope in scopes {
+                if let Err(le) = self.limiter.pause(scope, pause).await {
                     tracing::warn!(error = %le, "cannot share the rate-limit pause");
                 }
             }

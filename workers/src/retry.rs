@@ -14,7 +14,6 @@
 //! iterator backon drives like any other backoff.
 
 use std::future::Future;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::Duration;
 
@@ -152,8 +151,9 @@ where
     call_with_retry_gated(policy, |_| async { true }, f).await
 }
 
-/// As [`call_with_retry`], but asks `gate` before every retry (the per-model retry budget). A
-/// retry the gate refuses is not made: the last error is returned as it is.
+/// As [`call_with_retry`], but asks `gate` before every retry (the per-model retry budget, or
+/// a provider hint too long to wait out in place). It is asked right after the failure, before
+/// any backoff sleep; a retry it refuses is not made and the last error is returned as it is.
 pub async fn call_with_retry_gated<F, Fut, G, GFut>(
     policy: &RetryPolicy,
     gate: G,
@@ -168,28 +168,25 @@ where
     let attempts = AtomicU32::new(0);
     let malformed = AtomicU32::new(0);
     let refused = AtomicBool::new(false);
-    let last: Mutex<Option<ProviderError>> = Mutex::new(None);
+    let max_attempts = policy.max_attempts.max(1);
     let result = (|| {
-        let previous = last.lock().ok().and_then(|mut l| l.take());
-        let check = previous.as_ref().map(&gate);
-        // Futures are lazy: nothing is sent unless the gate lets this attempt through.
+        // Futures are lazy: building this sends nothing until it is awaited.
         let call = f();
-        let (attempts, refused, last) = (&attempts, &refused, &last);
+        let (attempts, refused, gate) = (&attempts, &refused, &gate);
         async move {
-            if let (Some(check), Some(previous)) = (check, previous)
-                && !check.await
+            let made = attempts.fetch_add(1, Ordering::Relaxed) + 1;
+            let result = call.await;
+            // Ask the gate now, before backon sleeps: a refused retry costs no wait.
+            if let Err(e) = &result
+                && e.is_retryable()
+                && made < max_attempts
+                && !gate(e).await
             {
                 refused.store(true, Ordering::Relaxed);
                 tracing::warn!(
-                    kind = previous.kind.code(),
-                    "retry budget spent; not retrying"
+                    kind = e.kind.code(),
+                    "retry refused by the gate (retry budget or long wait)"
                 );
-                return Err(previous);
-            }
-            attempts.fetch_add(1, Ordering::Relaxed);
-            let result = call.await;
-            if let (Err(e), Ok(mut slot)) = (&result, last.lock()) {
-                *slot = Some(e.clone());
             }
             result
         }
