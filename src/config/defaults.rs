@@ -74,6 +74,7 @@ pub fn tasks() -> Vec<(String, RawTask)> {
                 min_tier: 1,
                 requires: vec![],
                 max_output_tokens: Some(300),
+                validate: None,
             },
         ),
         (
@@ -84,6 +85,7 @@ pub fn tasks() -> Vec<(String, RawTask)> {
                 min_tier: 1,
                 requires: vec![],
                 max_output_tokens: Some(50),
+                validate: None,
             },
         ),
         (
@@ -94,6 +96,7 @@ pub fn tasks() -> Vec<(String, RawTask)> {
                 min_tier: 2,
                 requires: vec!["json".into()],
                 max_output_tokens: Some(500),
+                validate: None,
             },
         ),
     ]

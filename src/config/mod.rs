@@ -20,6 +20,7 @@ use batchyard_workers::health::HealthPolicy;
 use batchyard_workers::limiter::Tuning;
 use batchyard_workers::retry::RetryPolicy;
 use batchyard_workers::runner::RunnerOptions;
+use batchyard_workers::validate::Validators;
 
 pub use defaults::DEFAULT_STORAGE_URL;
 use raw::RawConfig;
@@ -235,18 +236,29 @@ impl Settings {
                 tpm: m.tpm,
             });
         }
-        let tasks: Vec<TaskSpec> = raw
-            .tasks
-            .iter()
-            .map(|(key, t)| TaskSpec {
+        let base_dir = source
+            .as_ref()
+            .and_then(|p| p.parent())
+            .map(Path::to_path_buf)
+            .unwrap_or_default();
+        let mut tasks: Vec<TaskSpec> = Vec::with_capacity(raw.tasks.len());
+        for (key, t) in &raw.tasks {
+            let validators = match &t.validate {
+                Some(v) => Some(Arc::new(Validators::compile(v, &base_dir).map_err(
+                    |e| err(&format!("tasks.{key}.{}", e.key), e.reason.clone()),
+                )?)),
+                None => None,
+            };
+            tasks.push(TaskSpec {
                 key: key.clone(),
                 system: t.system.clone(),
                 prompt: t.prompt.clone(),
                 min_tier: t.min_tier,
                 requires: t.requires.iter().cloned().collect(),
                 max_output_tokens: t.max_output_tokens,
-            })
-            .collect();
+                validators,
+            });
+        }
         let catalog = Catalog::new(models, tasks, providers)
             .map_err(|e| {
                 let key = match &e {

@@ -134,4 +134,7 @@ pub struct RawTask {
     #[serde(default)]
     pub requires: Vec<String>,
     pub max_output_tokens: Option<u32>,
+    /// Checks each answer must pass (json_schema, regex, min/max_chars, finish_reason,
+    /// refusal_patterns, command).
+    pub validate: Option<batchyard_workers::validate::ValidateConfig>,
 }

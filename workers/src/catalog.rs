@@ -37,7 +37,7 @@ impl ModelSpec {
 }
 
 /// One kind of work: a template, and what a model needs to do it.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub struct TaskSpec {
     pub key: String,
     pub system: Option<String>,
@@ -45,6 +45,9 @@ pub struct TaskSpec {
     pub min_tier: u32,
     pub requires: BTreeSet<String>,
     pub max_output_tokens: Option<u32>,
+    /// Checks an answer must pass; a failure escalates to the next candidate model. `None`
+    /// when the task declares no `[tasks.<name>.validate]`.
+    pub validators: Option<Arc<crate::validate::Validators>>,
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -10,6 +10,8 @@
 //! - [`limiter`]: shared RPM/TPM admission across all workers (Redis) or in process.
 //! - [`health`]: shared model health: circuit breaker with a half-open probe, operator pause,
 //!   retry budget (in memory or through Redis).
+//! - [`validate`]: checks on a task's outputs (JSON schema, regex, length, finish reason,
+//!   refusals, a config-only command), compiled once from config.
 pub mod call;
 pub mod catalog;
 pub mod finalize;
@@ -20,3 +22,4 @@ pub mod provider;
 pub mod retry;
 pub mod router;
 pub mod runner;
+pub mod validate;

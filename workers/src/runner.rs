@@ -252,6 +252,25 @@ impl JobRunner {
                         tracing::info!(model = %model.key, "output truncated; escalating");
                         continue;
                     }
+                    if let Some(validators) = task.and_then(|t| t.validators.as_ref())
+                        && let Err(failure) = validators
+                            .check(answer_text(&done.body), done.finish_reason.as_deref())
+                            .await
+                    {
+                        tracing::info!(model = %model.key, check = failure.check, reason = %failure.message, "answer failed validation");
+                        if has_next && !pinned {
+                            ext.escalations += 1;
+                            continue;
+                        }
+                        ext.cost_usd = cost;
+                        return Decision::Done(OutputLine::failure(
+                            &job.job_id,
+                            &job.custom_id,
+                            codes::VALIDATION_FAILED,
+                            format!("the answer of {} failed {}", model.key, failure),
+                            ext,
+                        ));
+                    }
                     ext.cost_usd = cost;
                     return Decision::Done(OutputLine {
                         id: format!("batch_req_{}", job.job_id),
@@ -380,6 +399,13 @@ impl JobRunner {
             tracing::warn!(error = %e, "cannot ack; the job will be reclaimed and its outcome rewritten");
         }
     }
+}
+
+/// The text of a chat completion's first choice ("" when there is none).
+fn answer_text(body: &serde_json::Value) -> &str {
+    body.pointer("/choices/0/message/content")
+        .and_then(serde_json::Value::as_str)
+        .unwrap_or("")
 }
 
 #[async_trait]

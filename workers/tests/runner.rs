@@ -69,6 +69,7 @@ fn rig() -> Rig {
             min_tier: 1,
             requires: BTreeSet::new(),
             max_output_tokens: Some(20),
+            validators: None,
         }],
         providers,
     )
