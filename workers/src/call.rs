@@ -25,6 +25,9 @@ pub struct Guards {
     healthy: Arc<Mutex<HashMap<String, Instant>>>,
     /// Models that answered 429 here; their pauses are checked from then on.
     throttled: Arc<Mutex<HashSet<String>>>,
+    /// One waiter per limit scope per process asks the shared limiter; the others queue here.
+    /// Without this, hundreds of waiting jobs all re-ask Redis each time a slot frees up.
+    turns: Arc<Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>>,
 }
 
 /// How long a healthy answer is trusted locally. A breaker opened elsewhere reaches this
@@ -43,6 +46,7 @@ impl Guards {
             max_wait,
             healthy: Arc::default(),
             throttled: Arc::default(),
+            turns: Arc::default(),
         }
     }
 
@@ -72,6 +76,35 @@ impl Guards {
                 true
             }
         }
+    }
+
+    /// Waits for rate-limit capacity, taking turns with this process's other callers of the
+    /// same scopes. The whole wait, turn included, stays within `max_wait`.
+    async fn admit_in_turn(
+        &self,
+        specs: &[LimitSpec],
+        tokens: u64,
+    ) -> Result<Result<limiter::Reservation, Duration>, limiter::LimiterError> {
+        let key: String = specs
+            .iter()
+            .map(|s| s.scope.as_str())
+            .collect::<Vec<_>>()
+            .join("+");
+        let turn = self
+            .turns
+            .lock()
+            .map(|mut turns| Arc::clone(turns.entry(key).or_default()))
+            .ok();
+        let Some(turn) = turn else {
+            return limiter::acquire(&*self.limiter, specs, tokens, self.max_wait).await;
+        };
+        let started = Instant::now();
+        let Ok(_guard) = tokio::time::timeout(self.max_wait, turn.lock()).await else {
+            // The queue ahead is longer than we may hold the claim: come back later.
+            return Ok(Err(self.max_wait));
+        };
+        let left = self.max_wait.saturating_sub(started.elapsed());
+        limiter::acquire(&*self.limiter, specs, tokens, left).await
     }
 
     fn forget_healthy(&self, model: &str) {
@@ -161,7 +194,7 @@ impl Guards {
                 let admitted = if specs.is_empty() {
                     Ok(Err(Duration::ZERO))
                 } else {
-                    limiter::acquire(&*self.limiter, specs, estimated_tokens, self.max_wait).await
+                    self.admit_in_turn(specs, estimated_tokens).await
                 };
                 let reservation = match admitted {
                     Ok(Err(delay)) if delay.is_zero() => None,
