@@ -92,6 +92,9 @@ pub struct InputArgs {
     /// Enqueue the valid lines; record each invalid one in errors.jsonl
     #[arg(long)]
     pub skip_invalid: bool,
+    /// Neither read nor write the result cache for this batch
+    #[arg(long)]
+    pub no_cache: bool,
     /// Print one JSON object (the batch) as the last line of stdout
     #[arg(long)]
     pub json: bool,

@@ -29,6 +29,7 @@ pub struct SubmitRequest {
     pub task: Option<String>,
     pub budget_usd: Option<f64>,
     pub skip_invalid: bool,
+    pub no_cache: bool,
 }
 
 /// The input had bad lines and nothing was enqueued.
@@ -218,6 +219,9 @@ pub async fn submit(app: &App, req: &SubmitRequest) -> anyhow::Result<Submitted>
         finalizing_at: None,
         completed_at: None,
         cancel_requested_at: None,
+        reserved_nanos: 0,
+        budget_exhausted_at: None,
+        no_cache: req.no_cache,
     };
     app.ledger.create(&record).await?;
     builder.dups = DuplicateCheck::default();

@@ -79,6 +79,15 @@ pub struct BatchRecord {
     /// Set by `batchyard cancel`: queued items end as `cancelled`, the batch as `cancelled`.
     #[serde(default)]
     pub cancel_requested_at: Option<u64>,
+    /// Worst-case cost of calls in flight, in nano-dollars (budgeted batches only).
+    #[serde(default)]
+    pub reserved_nanos: i64,
+    /// Set when a reservation was denied: the batch stops dispatching until a new budget.
+    #[serde(default)]
+    pub budget_exhausted_at: Option<u64>,
+    /// `--no-cache`: this batch neither reads nor writes the result cache.
+    #[serde(default)]
+    pub no_cache: bool,
 }
 
 impl BatchRecord {

@@ -32,6 +32,7 @@ pub fn submit_request(args: &crate::cli::InputArgs) -> SubmitRequest {
         task: args.task.clone(),
         budget_usd: args.budget_usd,
         skip_invalid: args.skip_invalid,
+        no_cache: args.no_cache,
     }
 }
 

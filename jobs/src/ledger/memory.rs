@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use tokio::sync::Mutex;
 
-use super::{Ledger, Settlement};
+use super::{Ledger, Reservation, Settlement};
 use crate::batch::{BatchRecord, BatchState, now_secs};
 use crate::error::QueueError;
 
@@ -158,6 +158,32 @@ impl Ledger for MemoryLedger {
         record.cancel_requested_at = None;
         entry.settled = Vec::new();
         entry.lease = None;
+        Ok(())
+    }
+
+    async fn reserve(
+        &self,
+        _batch_id: &str,
+        _job_id: &str,
+        _nanos: i64,
+    ) -> Result<Reservation, QueueError> {
+        Ok(Reservation::Unlimited)
+    }
+
+    async fn commit(
+        &self,
+        _batch_id: &str,
+        _job_id: &str,
+        _actual_nanos: i64,
+    ) -> Result<(), QueueError> {
+        Ok(())
+    }
+
+    async fn set_budget(
+        &self,
+        _batch_id: &str,
+        _budget_usd: Option<f64>,
+    ) -> Result<(), QueueError> {
         Ok(())
     }
 

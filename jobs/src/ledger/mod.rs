@@ -32,6 +32,22 @@ impl Settlement {
     }
 }
 
+/// What a budget reservation got.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reservation {
+    /// The batch has no budget: nothing was reserved, the cost is counted at settlement.
+    Unlimited,
+    /// Reserved; replace it with the actual cost through [`Ledger::commit`].
+    Granted,
+    /// The budget can't cover it (spent + in-flight reservations + this > budget). The batch is
+    /// now marked budget-exhausted.
+    Denied {
+        spent_nanos: i64,
+        reserved_nanos: i64,
+        budget_nanos: i64,
+    },
+}
+
 #[async_trait]
 pub trait Ledger: Send + Sync {
     /// Writes a new batch record. Done before its first job is enqueued.
@@ -68,6 +84,28 @@ pub trait Ledger: Send + Sync {
     /// Reopens a finished batch so `retried` of its failed items can run again: they leave the
     /// failed count and will be settled anew.
     async fn reopen(&self, batch_id: &str, retried: u64) -> Result<(), QueueError>;
+
+    /// Reserves the worst-case cost of one call of job `job_id` against the batch budget,
+    /// atomically. A job holds at most one reservation: a new one replaces what an earlier
+    /// (lost) run of the same job left.
+    async fn reserve(
+        &self,
+        batch_id: &str,
+        job_id: &str,
+        nanos: i64,
+    ) -> Result<Reservation, QueueError>;
+
+    /// Replaces job `job_id`'s reservation with the call's actual cost, added to the spend now.
+    async fn commit(
+        &self,
+        batch_id: &str,
+        job_id: &str,
+        actual_nanos: i64,
+    ) -> Result<(), QueueError>;
+
+    /// Sets the batch budget (`None`: no limit) and clears the budget-exhausted mark.
+    async fn set_budget(&self, batch_id: &str, budget_usd: Option<f64>)
+    -> Result<(), QueueError>;
 
     /// The newest batches, newest first.
     async fn list(&self, limit: usize) -> Result<Vec<BatchRecord>, QueueError>;

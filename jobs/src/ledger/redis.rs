@@ -10,7 +10,7 @@ use async_trait::async_trait;
 use redis::aio::ConnectionManager;
 use redis::{AsyncCommands, Script};
 
-use super::{Ledger, Settlement};
+use super::{Ledger, Reservation, Settlement};
 use crate::batch::{BatchRecord, BatchState, RequestCounts, now_secs};
 use crate::error::QueueError;
 
@@ -115,6 +115,12 @@ fn parse_record(id: &str, map: &HashMap<String, String>) -> Option<BatchRecord> 
         finalizing_at: num("finalizing_at"),
         completed_at: num("completed_at"),
         cancel_requested_at: num("cancel_requested_at"),
+        reserved_nanos: map
+            .get("reserved_nanos")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0),
+        budget_exhausted_at: num("budget_exhausted_at"),
+        no_cache: map.get("no_cache").is_some_and(|v| v == "1"),
     })
 }
 
@@ -144,6 +150,9 @@ impl Ledger for RedisLedger {
         }
         if let Some(t) = &record.task {
             fields.push(("task", t.clone()));
+        }
+        if record.no_cache {
+            fields.push(("no_cache", "1".to_string()));
         }
         let mut conn = self.conn.clone();
         redis::pipe()
@@ -263,6 +272,32 @@ impl Ledger for RedisLedger {
         if found < 0 {
             return Err(QueueError::BatchNotFound(batch_id.to_string()));
         }
+        Ok(())
+    }
+
+    async fn reserve(
+        &self,
+        _batch_id: &str,
+        _job_id: &str,
+        _nanos: i64,
+    ) -> Result<Reservation, QueueError> {
+        Ok(Reservation::Unlimited)
+    }
+
+    async fn commit(
+        &self,
+        _batch_id: &str,
+        _job_id: &str,
+        _actual_nanos: i64,
+    ) -> Result<(), QueueError> {
+        Ok(())
+    }
+
+    async fn set_budget(
+        &self,
+        _batch_id: &str,
+        _budget_usd: Option<f64>,
+    ) -> Result<(), QueueError> {
         Ok(())
     }
 
