@@ -12,7 +12,12 @@ use batchyard_jobs::queue::redis::{RedisQueue, unique_consumer_name};
 use batchyard_jobs::storage::ResultStore;
 use std::time::Duration;
 
+use batchyard_workers::adequacy::Adequacy;
+use batchyard_workers::adequacy::memory::MemoryAdequacy;
+use batchyard_workers::adequacy::redis::RedisAdequacy;
+use batchyard_workers::cache::ResultCache;
 use batchyard_workers::call::Guards;
+use batchyard_workers::router::Router;
 use batchyard_workers::finalize::Finalizer;
 use batchyard_workers::health::ModelHealth;
 use batchyard_workers::health::memory::MemoryHealth;
@@ -34,6 +39,8 @@ pub struct App {
     /// Model health and rate limits: shared through Redis, or in process for `run`.
     pub guards: Guards,
     pub health: Arc<dyn ModelHealth>,
+    /// What the router has learned about which models pass each task.
+    pub adequacy: Arc<Adequacy>,
 }
 
 impl App {
@@ -51,6 +58,7 @@ impl App {
             .map_err(|e| UsageError(e.to_string()))?;
         let consumer = unique_consumer_name();
         let mut guards: Option<Guards> = None;
+        let mut adequacy: Option<Arc<Adequacy>> = None;
         let (queue, ledger): (Arc<dyn Queue>, Arc<dyn Ledger>) = match &settings.redis_url {
             Some(url) => {
                 let conn = batchyard_jobs::redis_conn::connect(url)
@@ -78,6 +86,13 @@ impl App {
                     )),
                     max_wait,
                 ));
+                adequacy = Some(Arc::new(Adequacy::new(
+                    Arc::new(RedisAdequacy::new(
+                        conn.clone(),
+                        settings.routing.max_evidence,
+                    )),
+                    settings.routing,
+                )));
                 (
                     queue as Arc<dyn Queue>,
                     Arc::new(RedisLedger::new(conn)) as Arc<dyn Ledger>,
@@ -105,7 +120,14 @@ impl App {
             )
         });
         let health = Arc::clone(&guards.health);
+        let adequacy = adequacy.unwrap_or_else(|| {
+            Arc::new(Adequacy::new(
+                Arc::new(MemoryAdequacy::new(settings.routing.max_evidence)),
+                settings.routing,
+            ))
+        });
         Ok(Self {
+            adequacy,
             settings,
             queue,
             ledger,
@@ -134,6 +156,14 @@ impl App {
             self.settings.runner.clone(),
             self.finalizer(),
         );
-        runner.with_guards(self.guards.clone())
+        let cache = self
+            .settings
+            .cache
+            .enabled
+            .then(|| ResultCache::new(self.store.clone(), self.settings.cache.ttl));
+        runner
+            .with_guards(self.guards.clone())
+            .with_router(Router::new(Arc::clone(&self.adequacy)))
+            .with_cache(cache)
     }
 }

@@ -58,6 +58,47 @@ pub struct Extension {
     /// The input line number, for invalid input and for tracing a result back to its source.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub line: Option<u64>,
+    /// Prompt tokens estimated before the calls (for the accepted or last model), to compare
+    /// with `input_tokens`.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub estimated_input_tokens: u64,
+    /// Every model tried for this item, in order, with what became of its answer.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cascade: Vec<Step>,
+    /// The answer that failed validation last, kept with a `validation_failed` error.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_output: Option<String>,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+/// One model's turn on an item.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Step {
+    pub model: String,
+    /// `passed`, `failed_validation`, `truncated`, `content_filter`, `context_overflow`, or
+    /// another provider error code.
+    pub outcome: String,
+    pub cost_usd: f64,
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub cached: bool,
+}
+
+impl Step {
+    pub fn passed(&self) -> bool {
+        self.outcome == step_outcomes::PASSED
+    }
+}
+
+/// The `outcome` values of a [`Step`] that are not provider error codes.
+pub mod step_outcomes {
+    pub const PASSED: &str = "passed";
+    pub const FAILED_VALIDATION: &str = "failed_validation";
+    pub const TRUNCATED: &str = "truncated";
 }
 
 impl OutputLine {

@@ -6,7 +6,10 @@ mod defaults;
 mod parts;
 mod raw;
 
-use parts::{build_provider, check_url, describe_toml_error};
+use parts::{
+    build_provider, cache_settings, check_url, describe_toml_error, response_format,
+    routing_policy,
+};
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -15,6 +18,7 @@ use std::time::Duration;
 
 use batchyard_jobs::input::{DEFAULT_MAX_LINE_BYTES, KnownNames};
 use batchyard_jobs::queue::QueueOptions;
+use batchyard_workers::adequacy::AdequacyPolicy;
 use batchyard_workers::catalog::{Catalog, ModelSpec, TaskSpec};
 use batchyard_workers::health::HealthPolicy;
 use batchyard_workers::limiter::Tuning;
@@ -34,6 +38,13 @@ pub struct ConfigError {
     pub reason: String,
 }
 
+/// `[cache]`: the result cache across batches.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct CacheSettings {
+    pub enabled: bool,
+    pub ttl: Duration,
+}
+
 /// The validated configuration.
 pub struct Settings {
     /// The file it came from; `None` for built-in defaults.
@@ -50,6 +61,9 @@ pub struct Settings {
     pub health: HealthPolicy,
     /// How the shared rate limits count (their window).
     pub limits: Tuning,
+    /// How the router learns which models pass each task.
+    pub routing: AdequacyPolicy,
+    pub cache: CacheSettings,
     /// Warnings found while loading (e.g. a provider no model uses).
     pub warnings: Vec<String>,
     pub env: BTreeMap<String, String>,
@@ -249,6 +263,10 @@ impl Settings {
                 )?)),
                 None => None,
             };
+            let format = match &t.response_format {
+                Some(v) => Some(response_format(key, v).map_err(|(k, r)| err(&k, r))?),
+                None => None,
+            };
             tasks.push(TaskSpec {
                 key: key.clone(),
                 system: t.system.clone(),
@@ -256,6 +274,7 @@ impl Settings {
                 min_tier: t.min_tier,
                 requires: t.requires.iter().cloned().collect(),
                 max_output_tokens: t.max_output_tokens,
+                response_format: format,
                 validators,
             });
         }
@@ -353,6 +372,8 @@ impl Settings {
             }
             limits.window = Duration::from_secs(secs);
         }
+        let routing = routing_policy(&raw.routing).map_err(|(k, r)| err(&k, r))?;
+        let cache = cache_settings(&raw.cache).map_err(|(k, r)| err(&k, r))?;
         let concurrency = raw.worker.concurrency.unwrap_or(64);
         if concurrency == 0 {
             return Err(err("worker.concurrency", "must be at least 1".into()));
@@ -370,6 +391,8 @@ impl Settings {
             catalog: Arc::new(catalog),
             health,
             limits,
+            routing,
+            cache,
             warnings,
             env: env.clone(),
         })

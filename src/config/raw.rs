@@ -22,6 +22,10 @@ pub struct RawConfig {
     #[serde(default)]
     pub limits: RawLimits,
     #[serde(default)]
+    pub routing: RawRouting,
+    #[serde(default)]
+    pub cache: RawCache,
+    #[serde(default)]
     pub providers: BTreeMap<String, RawProvider>,
     #[serde(default)]
     pub models: BTreeMap<String, RawModel>,
@@ -75,6 +79,27 @@ pub struct RawLimits {
     /// The window `rpm` and `tpm` are counted over: 60 s, as providers count. Only tests and
     /// benchmarks shorten it; every worker of a deployment must use the same value.
     pub window_secs: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRouting {
+    /// Learn pass probabilities from validator outcomes; `false` is a static cheapest-first
+    /// cascade.
+    pub learn: Option<bool>,
+    /// 0 ranks by the posterior mean; 1 by a full Thompson sample.
+    pub exploration: Option<f64>,
+    pub prior_strength: Option<f64>,
+    pub max_evidence: Option<f64>,
+    /// Learn per prompt-length bucket as well as per task.
+    pub feature_buckets: Option<bool>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCache {
+    pub enabled: Option<bool>,
+    pub ttl_secs: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -134,6 +159,9 @@ pub struct RawTask {
     #[serde(default)]
     pub requires: Vec<String>,
     pub max_output_tokens: Option<u32>,
+    /// An OpenAI `response_format` object sent with every call of this task, e.g.
+    /// `{ type = "json_schema", json_schema = { name = "x", schema = { ... } } }`.
+    pub response_format: Option<toml::Value>,
     /// Checks each answer must pass (json_schema, regex, min/max_chars, finish_reason,
     /// refusal_patterns, command).
     pub validate: Option<batchyard_workers::validate::ValidateConfig>,

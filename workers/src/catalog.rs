@@ -45,6 +45,8 @@ pub struct TaskSpec {
     pub min_tier: u32,
     pub requires: BTreeSet<String>,
     pub max_output_tokens: Option<u32>,
+    /// Sent as the call's `response_format` (e.g. a JSON schema).
+    pub response_format: Option<Value>,
     /// Checks an answer must pass; a failure escalates to the next candidate model. `None`
     /// when the task declares no `[tasks.<name>.validate]`.
     pub validators: Option<Arc<crate::validate::Validators>>,
@@ -195,6 +197,9 @@ impl Catalog {
         body.insert("messages".into(), Value::Array(messages));
         if let Some(max) = task.max_output_tokens {
             body.insert("max_tokens".into(), Value::from(max));
+        }
+        if let Some(format) = &task.response_format {
+            body.insert("response_format".into(), format.clone());
         }
         Ok(body)
     }

@@ -35,14 +35,40 @@ impl FinalizeError {
     }
 }
 
+/// One model's share of a batch: every call counts, accepted or escalated from.
 #[derive(Debug, Default, Clone, Serialize, PartialEq)]
 pub struct ModelSpend {
+    /// Items whose final answer (or final failure) came from this model.
     pub requests: u64,
+    /// Answers this model gave (provider calls plus cache hits).
+    pub calls: u64,
+    /// Answers that passed the checks, and answers that didn't (escalated or failed).
+    pub passes: u64,
+    pub fails: u64,
+    pub cache_hits: u64,
     pub cost_usd: f64,
     pub input_tokens: u64,
     pub output_tokens: u64,
     #[serde(skip)]
     cost_nanos: i64,
+}
+
+/// The budget at the end, and what is left of it.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct BudgetReport {
+    pub budget_usd: f64,
+    pub remaining_usd: f64,
+    /// True when a call was refused for lack of budget.
+    pub exhausted: bool,
+}
+
+/// Prompt tokens estimated before the calls vs what the providers counted.
+#[derive(Debug, Default, Clone, Serialize, PartialEq)]
+pub struct EstimateReport {
+    pub estimated_input_tokens: u64,
+    pub actual_input_tokens: u64,
+    /// actual / estimated (1.0 is a perfect estimate); absent when nothing was estimated.
+    pub ratio: Option<f64>,
 }
 
 /// `manifest.json`.
@@ -57,6 +83,12 @@ pub struct Manifest {
     pub errors_by_code: BTreeMap<String, u64>,
     pub input_tokens: u64,
     pub output_tokens: u64,
+    /// Times an answer was refused and the next model asked.
+    pub escalations: u64,
+    /// Answers served from the result cache (they cost nothing).
+    pub cache_hits: u64,
+    pub budget: Option<BudgetReport>,
+    pub estimate: EstimateReport,
     pub created_at: u64,
     pub in_progress_at: Option<u64>,
     pub finalizing_at: Option<u64>,
@@ -114,6 +146,8 @@ impl Finalizer {
         let (mut ok, mut failed, mut input_tokens, mut output_tokens) = (0u64, 0u64, 0u64, 0u64);
         let mut cost_nanos = 0i64;
         let mut simulated = false;
+        let (mut escalations, mut cache_hits) = (0u64, 0u64);
+        let mut estimate = EstimateReport::default();
         let store = self.store.clone();
         let mut bodies = self
             .store
@@ -140,12 +174,46 @@ impl Finalizer {
             input_tokens += ext.input_tokens;
             output_tokens += ext.output_tokens;
             simulated |= ext.simulated;
+            escalations += u64::from(ext.escalations);
+            if ext.estimated_input_tokens > 0 {
+                estimate.estimated_input_tokens += ext.estimated_input_tokens;
+                // Only the answer the estimate was for: the last step.
+                estimate.actual_input_tokens +=
+                    ext.cascade.last().map_or(ext.input_tokens, |s| s.input_tokens);
+            }
+            if let Some(model) = &ext.model {
+                spend.entry(model.clone()).or_default().requests += 1;
+            }
+            let mut counted_nanos = 0i64;
+            for step in &ext.cascade {
+                let entry = spend.entry(step.model.clone()).or_default();
+                let step_nanos = usd_to_nanos(step.cost_usd);
+                counted_nanos += step_nanos;
+                entry.cost_nanos += step_nanos;
+                entry.input_tokens += step.input_tokens;
+                entry.output_tokens += step.output_tokens;
+                if step.input_tokens + step.output_tokens > 0 || step.cached {
+                    entry.calls += 1;
+                }
+                if step.cached {
+                    entry.cache_hits += 1;
+                    cache_hits += 1;
+                }
+                if step.passed() {
+                    entry.passes += 1;
+                } else {
+                    entry.fails += 1;
+                }
+            }
+            // Spend from earlier runs (a replay) or without a cascade goes to the final model,
+            // so the per-model costs add up to the total.
             if let Some(model) = &ext.model {
                 let entry = spend.entry(model.clone()).or_default();
-                entry.requests += 1;
-                entry.cost_nanos += nanos;
-                entry.input_tokens += ext.input_tokens;
-                entry.output_tokens += ext.output_tokens;
+                entry.cost_nanos += nanos - counted_nanos;
+                if ext.cascade.is_empty() {
+                    entry.input_tokens += ext.input_tokens;
+                    entry.output_tokens += ext.output_tokens;
+                }
             }
             let (writer, target) = if line.is_success() {
                 ok += 1;
@@ -197,6 +265,19 @@ impl Finalizer {
             errors_by_code,
             input_tokens,
             output_tokens,
+            escalations,
+            cache_hits,
+            budget: record.budget_usd.map(|budget| BudgetReport {
+                budget_usd: budget,
+                remaining_usd: (budget - record.cost_usd()).max(0.0),
+                exhausted: record.budget_exhausted_at.is_some(),
+            }),
+            estimate: EstimateReport {
+                ratio: (estimate.estimated_input_tokens > 0).then(|| {
+                    estimate.actual_input_tokens as f64 / estimate.estimated_input_tokens as f64
+                }),
+                ..estimate
+            },
             created_at: record.created_at,
             in_progress_at: record.in_progress_at,
             finalizing_at: record.finalizing_at,

@@ -2,6 +2,8 @@
 //!
 //! - [`pool`]: the generic worker: claim, run with bounded concurrency (apalis), drain.
 //! - [`runner`]: the job body: route, call with retries, store the outcome, settle, ack.
+//! - [`cascade`]: one job's walk down its plan: cache, budget reservation, call, checks,
+//!   escalation.
 //! - [`finalize`]: the one finalizer per batch: `output.jsonl`, `errors.jsonl`, `manifest.json`.
 //! - [`catalog`]: models (prices, tiers, context) and tasks (templates, constraints).
 //! - [`router`]: the cheapest adequate models for a job, in order of expected cost.
@@ -19,6 +21,7 @@
 pub mod adequacy;
 pub mod cache;
 pub mod call;
+pub mod cascade;
 pub mod catalog;
 pub mod finalize;
 pub mod health;

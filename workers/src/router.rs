@@ -1,15 +1,24 @@
-//! Chooses the models a job may run on, cheapest adequate first.
+//! Chooses the models a job may run on, in order of expected cost, cheapest adequate first.
 //!
-//! This router ranks by expected cost among the models that meet the hard constraints
-//! (tier, capabilities, context window). The learned-adequacy router replaces the ranking
-//! behind the same [`Router::candidates`] call.
+//! 1. Hard constraints drop models: tier below `min_tier`, a missing capability, a context
+//!    window smaller than the estimated prompt plus the output allowance.
+//! 2. Each remaining model gets a call cost (estimated prompt tokens with the model's own
+//!    tokenizer, plus half the output allowance) and a pass probability `p` from
+//!    [`Adequacy`] (learned per task and prompt-length bucket, with exploration).
+//! 3. The cascade is ordered by `cost / p`, which minimises the expected total cost
+//!    `E[m] = cost(m) + (1 - p(m)) * E[rest]` when answers pass independently. Health (cooldown,
+//!    pause) is checked at call time: an unavailable model is skipped then.
 
 use std::sync::Arc;
 
 use batchyard_jobs::job::{Job, Route};
+use serde::Serialize;
 use serde_json::{Map, Value};
 
+use crate::adequacy::{Adequacy, AdequacyPolicy, PassEstimate, length_bucket};
+use crate::adequacy::memory::MemoryAdequacy;
 use crate::catalog::{Catalog, ModelSpec, TaskSpec};
+use crate::tokens::{TokenEstimator, rough_prompt_tokens};
 
 /// Why no model could take a job.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -37,23 +46,8 @@ impl RouteError {
     }
 }
 
-/// A rough token count: about four characters a token, plus a few per message.
-pub fn estimate_prompt_tokens(body: &Map<String, Value>) -> u64 {
-    let Some(Value::Array(messages)) = body.get("messages") else {
-        return 0;
-    };
-    messages
-        .iter()
-        .map(|m| {
-            let chars = match m.get("content") {
-                Some(Value::String(s)) => s.chars().count(),
-                Some(other) => other.to_string().len(),
-                None => 0,
-            };
-            4 + chars.div_ceil(4) as u64
-        })
-        .sum()
-}
+/// Output tokens assumed when neither the request nor the task sets a limit.
+pub const DEFAULT_OUTPUT_TOKENS: u64 = 512;
 
 /// The output tokens a call may produce, as the request asks or the task allows.
 pub fn requested_output_tokens(body: &Map<String, Value>, task: Option<&TaskSpec>) -> Option<u64> {
@@ -63,46 +57,124 @@ pub fn requested_output_tokens(body: &Map<String, Value>, task: Option<&TaskSpec
         .or_else(|| task.and_then(|t| t.max_output_tokens.map(u64::from)))
 }
 
-#[derive(Debug, Default)]
-pub struct Router;
+/// One model in a job's cascade.
+#[derive(Debug, Clone)]
+pub struct Candidate {
+    pub model: Arc<ModelSpec>,
+    /// Prompt tokens as this model's tokenizer counts them (estimated).
+    pub prompt_tokens: u64,
+    /// The output allowance: what a call may produce at most.
+    pub max_output_tokens: u64,
+    /// Expected cost of one call (half the output allowance assumed).
+    pub call_cost_usd: f64,
+    /// Worst-case cost of one call: what a budget reserves.
+    pub worst_case_usd: f64,
+    pub pass: PassEstimate,
+    /// Expected total cost when the cascade starts here: `cost + (1 - p) * E[rest]`.
+    pub expected_usd: f64,
+}
+
+/// A model the hard constraints dropped, and why.
+#[derive(Debug, Clone, Serialize)]
+pub struct Rejected {
+    pub model: String,
+    pub reason: String,
+}
+
+/// The router's answer for one job.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    /// Best first.
+    pub candidates: Vec<Candidate>,
+    pub rejected: Vec<Rejected>,
+    /// The task whose adequacy is learned (`None` for pinned and auto requests).
+    pub task: Option<String>,
+    pub bucket: u32,
+    pub pinned: bool,
+}
+
+impl Plan {
+    /// Expected total cost of the whole cascade.
+    pub fn expected_usd(&self) -> f64 {
+        self.candidates.first().map_or(0.0, |c| c.expected_usd)
+    }
+}
+
+/// Shared by all jobs of a process.
+pub struct Router {
+    pub tokens: Arc<TokenEstimator>,
+    pub adequacy: Arc<Adequacy>,
+}
+
+impl Default for Router {
+    fn default() -> Self {
+        Self::new(Arc::new(Adequacy::new(
+            Arc::new(MemoryAdequacy::new(AdequacyPolicy::default().max_evidence)),
+            AdequacyPolicy::default(),
+        )))
+    }
+}
 
 impl Router {
-    pub fn new() -> Self {
-        Self
+    pub fn new(adequacy: Arc<Adequacy>) -> Self {
+        Self {
+            tokens: Arc::new(TokenEstimator::new()),
+            adequacy,
+        }
     }
 
-    /// The models to try for `job`, best first. A pinned job gets exactly its model.
-    pub fn candidates(
-        &self,
-        catalog: &Catalog,
-        job: &Job,
-    ) -> Result<Vec<Arc<ModelSpec>>, RouteError> {
-        let task = match &job.route {
+    /// The cascade for `job`. A pinned job gets exactly its model.
+    pub async fn plan(&self, catalog: &Catalog, job: &Job) -> Result<Plan, RouteError> {
+        let (task, pinned) = match &job.route {
             Route::Pinned { model } => {
-                return catalog
+                let model = catalog
                     .model(model)
-                    .map(|m| vec![Arc::clone(m)])
-                    .ok_or_else(|| RouteError::UnknownModel(model.clone()));
+                    .ok_or_else(|| RouteError::UnknownModel(model.clone()))?;
+                let only = [Arc::clone(model)];
+                return Ok(self.order(&only, &job.body, None, true, Vec::new()).await);
             }
-            Route::Task { task } => Some(
-                catalog
-                    .task(task)
-                    .ok_or_else(|| RouteError::UnknownTask(task.clone()))?,
+            Route::Task { task } => (
+                Some(
+                    catalog
+                        .task(task)
+                        .ok_or_else(|| RouteError::UnknownTask(task.clone()))?,
+                ),
+                false,
             ),
-            Route::Auto => None,
+            Route::Auto => (None, false),
         };
-        let prompt = estimate_prompt_tokens(&job.body);
-        let output = requested_output_tokens(&job.body, task).unwrap_or(512);
+        let output = requested_output_tokens(&job.body, task).unwrap_or(DEFAULT_OUTPUT_TOKENS);
         let min_tier = task.map_or(0, |t| t.min_tier);
-        let mut ranked: Vec<(f64, Arc<ModelSpec>)> = catalog
-            .models()
-            .filter(|m| m.tier >= min_tier)
-            .filter(|m| task.is_none_or(|t| t.requires.is_subset(&m.capabilities)))
-            .filter(|m| m.context_window >= prompt + output)
-            .map(|m| (m.cost_usd(prompt, output), Arc::clone(m)))
-            .collect();
-        ranked.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.tier.cmp(&b.1.tier)));
-        if ranked.is_empty() {
+        let mut adequate = Vec::new();
+        let mut rejected = Vec::new();
+        for model in catalog.models() {
+            let prompt = self.tokens.prompt_tokens(model, &job.body);
+            let reason = if model.tier < min_tier {
+                Some(format!("tier {} < min_tier {min_tier}", model.tier))
+            } else if let Some(missing) = task.and_then(|t| {
+                t.requires
+                    .iter()
+                    .find(|c| !model.capabilities.contains(*c))
+            }) {
+                Some(format!("lacks capability {missing:?}"))
+            } else if model.context_window < prompt + output {
+                Some(format!(
+                    "context window {} < ~{prompt} prompt + {output} output tokens",
+                    model.context_window
+                ))
+            } else {
+                None
+            };
+            match reason {
+                Some(reason) => rejected.push(Rejected {
+                    model: model.key.clone(),
+                    reason,
+                }),
+                None => adequate.push(Arc::clone(model)),
+            }
+        }
+        if adequate.is_empty() {
+            let prompt = rough_prompt_tokens(&job.body);
             let why = format!(
                 "min_tier {min_tier}, ~{prompt} prompt + {output} output tokens{}",
                 task.map(|t| format!(", requires {:?}", t.requires))
@@ -110,6 +182,82 @@ impl Router {
             );
             return Err(RouteError::NoAdequateModel(why));
         }
-        Ok(ranked.into_iter().map(|(_, m)| m).collect())
+        Ok(self
+            .order(&adequate, &job.body, task, pinned, rejected)
+            .await)
     }
+
+    async fn order(
+        &self,
+        models: &[Arc<ModelSpec>],
+        body: &Map<String, Value>,
+        task: Option<&TaskSpec>,
+        pinned: bool,
+        rejected: Vec<Rejected>,
+    ) -> Plan {
+        let output = requested_output_tokens(body, task).unwrap_or(DEFAULT_OUTPUT_TOKENS);
+        let bucket = length_bucket(rough_prompt_tokens(body));
+        let estimates = match task {
+            Some(t) => {
+                let keys: Vec<(&str, u32)> =
+                    models.iter().map(|m| (m.key.as_str(), m.tier)).collect();
+                self.adequacy
+                    .estimates(&t.key, bucket, t.min_tier, &keys)
+                    .await
+            }
+            // Without a task there is nothing to learn from: cheapest first.
+            None => vec![certain(); models.len()],
+        };
+        let mut candidates: Vec<Candidate> = models
+            .iter()
+            .zip(estimates)
+            .map(|(model, pass)| {
+                let prompt = self.tokens.prompt_tokens(model, body);
+                let output = model
+                    .max_output_tokens
+                    .map_or(output, |cap| output.min(u64::from(cap)));
+                Candidate {
+                    call_cost_usd: model.cost_usd(prompt, output.div_ceil(2)),
+                    worst_case_usd: model.cost_usd(prompt, output),
+                    model: Arc::clone(model),
+                    prompt_tokens: prompt,
+                    max_output_tokens: output,
+                    pass,
+                    expected_usd: 0.0,
+                }
+            })
+            .collect();
+        candidates.sort_by(|a, b| {
+            ratio(a)
+                .total_cmp(&ratio(b))
+                .then(b.model.tier.cmp(&a.model.tier))
+                .then(a.model.key.cmp(&b.model.key))
+        });
+        let mut rest = 0.0;
+        for c in candidates.iter_mut().rev() {
+            c.expected_usd = c.call_cost_usd + (1.0 - c.pass.mean.clamp(0.0, 1.0)) * rest;
+            rest = c.expected_usd;
+        }
+        Plan {
+            candidates,
+            rejected,
+            task: task.map(|t| t.key.clone()),
+            bucket,
+            pinned,
+        }
+    }
+}
+
+fn certain() -> PassEstimate {
+    PassEstimate {
+        mean: 1.0,
+        score: 1.0,
+        passes: 0.0,
+        fails: 0.0,
+    }
+}
+
+/// Cost per expected pass: ordering by it minimises the cascade's expected cost.
+fn ratio(c: &Candidate) -> f64 {
+    c.call_cost_usd / c.pass.score.max(0.001)
 }

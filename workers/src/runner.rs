@@ -9,24 +9,24 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use batchyard_jobs::batch::{BatchRecord, BatchState, usd_to_nanos};
-use batchyard_jobs::job::{Job, Route};
+use batchyard_jobs::job::Job;
 use batchyard_jobs::ledger::Ledger;
-use batchyard_jobs::outcome::{Extension, OutputLine, Response, codes};
+use batchyard_jobs::outcome::{Extension, OutputLine, codes};
 use batchyard_jobs::queue::{Delivery, Queue};
 use batchyard_jobs::storage::ResultStore;
 use bytes::Bytes;
 use tracing::{Instrument, field};
 
-use crate::call::{Guards, ModelOutcome};
+use crate::call::Guards;
 use crate::catalog::Catalog;
 use crate::finalize::Finalizer;
 use crate::health::HealthPolicy;
 use crate::health::memory::MemoryHealth;
 use crate::limiter::memory::MemoryLimiter;
 use crate::pool::DeliveryHandler;
-use crate::provider::{ChatCall, ProviderError, ProviderErrorKind};
 use crate::retry::{RetryPolicy, backoff_delay};
-use crate::router::{Router, estimate_prompt_tokens, requested_output_tokens};
+use crate::cache::ResultCache;
+use crate::router::Router;
 
 /// Job-level limits.
 #[derive(Debug, Clone)]
@@ -63,17 +63,44 @@ pub struct JobRunner {
     pub options: RunnerOptions,
     pub finalizer: Finalizer,
     pub guards: Guards,
+    /// The result cache across batches; `None` when `[cache] enabled = false`.
+    pub cache: Option<ResultCache>,
     batches: Mutex<HashMap<String, (Instant, BatchRecord)>>,
 }
 
 /// What became of one job run.
-enum Decision {
-    /// Store this line, settle and ack.
-    Done(OutputLine),
-    /// Store this line, settle, and keep the job as a dead letter (replayable).
-    Dead(OutputLine),
-    /// Put the job back with a delay.
-    Later(Job, Duration),
+pub(crate) enum Decision {
+    /// Store this line, settle, then ack it (or keep it as a replayable dead letter when
+    /// `dead`). `committed_nanos` of the line's cost is already in the ledger.
+    End {
+        line: OutputLine,
+        dead: bool,
+        committed_nanos: i64,
+    },
+    /// Put the job back with a delay; `uncommitted_nanos` were spent and must be counted now.
+    Later {
+        job: Job,
+        delay: Duration,
+        uncommitted_nanos: i64,
+    },
+}
+
+impl Decision {
+    fn done(line: OutputLine) -> Self {
+        Self::End {
+            line,
+            dead: false,
+            committed_nanos: 0,
+        }
+    }
+
+    fn dead(line: OutputLine) -> Self {
+        Self::End {
+            line,
+            dead: true,
+            committed_nanos: 0,
+        }
+    }
 }
 
 impl JobRunner {
@@ -89,7 +116,7 @@ impl JobRunner {
     ) -> Self {
         Self {
             catalog,
-            router: Router::new(),
+            router: Router::default(),
             queue,
             ledger,
             store,
@@ -101,8 +128,21 @@ impl JobRunner {
                 Arc::new(MemoryLimiter::new()),
                 Duration::from_secs(30),
             ),
+            cache: None,
             batches: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Uses this router (its adequacy store is shared through Redis for distributed workers).
+    pub fn with_router(mut self, router: Router) -> Self {
+        self.router = router;
+        self
+    }
+
+    /// Reads and writes answers through this cache.
+    pub fn with_cache(mut self, cache: Option<ResultCache>) -> Self {
+        self.cache = cache;
+        self
     }
 
     /// Uses these health and rate-limit guards (shared through Redis for distributed workers).
@@ -140,7 +180,7 @@ impl JobRunner {
         let job = &delivery.job;
         let ext = Extension::default();
         if delivery.reclaims() > self.options.max_reclaims {
-            return Decision::Dead(OutputLine::failure(
+            return Decision::dead(OutputLine::failure(
                 &job.job_id,
                 &job.custom_id,
                 codes::WORKER_LOST,
@@ -151,11 +191,12 @@ impl JobRunner {
                 ext,
             ));
         }
-        if let Some(record) = self.batch(&job.batch_id).await {
+        let record = self.batch(&job.batch_id).await;
+        if let Some(record) = &record {
             if record.cancel_requested_at.is_some()
                 || matches!(record.state, BatchState::Cancelling | BatchState::Cancelled)
             {
-                return Decision::Done(OutputLine::failure(
+                return Decision::done(OutputLine::failure(
                     &job.job_id,
                     &job.custom_id,
                     codes::CANCELLED,
@@ -164,188 +205,37 @@ impl JobRunner {
                 ));
             }
             if let Some(budget) = record.budget_usd
-                && record.cost_usd() >= budget
+                && (record.budget_exhausted_at.is_some() || record.cost_usd() >= budget)
             {
-                return Decision::Done(OutputLine::failure(
+                // The batch stopped dispatching: what is still queued drains as replayable
+                // dead letters without a call.
+                return Decision::dead(OutputLine::failure(
                     &job.job_id,
                     &job.custom_id,
                     codes::BUDGET_EXHAUSTED,
                     format!(
-                        "the batch budget of ${budget:.4} is spent; raise --budget-usd and replay"
+                        "the batch budget of ${budget:.4} is spent (${:.4}); give it more with `batchyard retry {} --budget-usd USD`",
+                        record.cost_usd(),
+                        job.batch_id
                     ),
                     ext,
                 ));
             }
         }
-        self.call_models(job).await
+        self.run_cascade(job, record.as_ref()).await
     }
 
-    async fn call_models(&self, job: &Job) -> Decision {
-        let mut ext = Extension::default();
-        let candidates = match self.router.candidates(&self.catalog, job) {
-            Ok(c) => c,
-            Err(e) => {
-                return Decision::Done(OutputLine::failure(
-                    &job.job_id,
-                    &job.custom_id,
-                    e.code(),
-                    e.to_string(),
-                    ext,
-                ));
-            }
-        };
-        let pinned = matches!(job.route, Route::Pinned { .. });
-        let task = match &job.route {
-            Route::Task { task } => self.catalog.task(task),
-            _ => None,
-        };
-        let default_max_tokens = task.and_then(|t| t.max_output_tokens);
-        let mut cost = 0.0;
-        let mut last_error: Option<ProviderError> = None;
-        let mut exhausted = false;
-        let mut unavailable = 0usize;
-        let estimate = estimate_prompt_tokens(&job.body)
-            + requested_output_tokens(&job.body, task).unwrap_or(512);
-        for (index, model) in candidates.iter().enumerate() {
-            tracing::Span::current().record("model", model.key.as_str());
-            let Some(provider) = self.catalog.provider(&model.provider) else {
-                continue;
-            };
-            let call = ChatCall {
-                model_name: &model.name,
-                body: &job.body,
-                default_max_tokens,
-            };
-            let limits = self.catalog.provider_limits(&model.provider);
-            let outcome = self
-                .guards
-                .call_model(&self.retry, provider, model, limits, call, estimate)
-                .await;
-            let (result, attempts) = match outcome {
-                ModelOutcome::Unavailable => {
-                    unavailable += 1;
-                    tracing::info!(model = %model.key, "model cooling down or paused; trying the next");
-                    continue;
-                }
-                ModelOutcome::Wait(delay) => {
-                    // Waiting for capacity is not a failed attempt.
-                    return Decision::Later(job.clone(), delay);
-                }
-                ModelOutcome::Answer {
-                    completion,
-                    attempts,
-                } => (Ok(completion), attempts),
-                ModelOutcome::Failed { error, attempts } => (Err(error), attempts),
-            };
-            ext.attempts += attempts;
-            ext.model = Some(model.key.clone());
-            match result {
-                Ok(done) => {
-                    cost += model.cost_usd(done.input_tokens, done.output_tokens);
-                    ext.input_tokens += done.input_tokens;
-                    ext.output_tokens += done.output_tokens;
-                    ext.simulated |= done.simulated;
-                    let truncated = done.finish_reason.as_deref() == Some("length");
-                    let has_next = index + 1 < candidates.len();
-                    if truncated && has_next && !pinned {
-                        ext.escalations += 1;
-                        tracing::info!(model = %model.key, "output truncated; escalating");
-                        continue;
-                    }
-                    if let Some(validators) = task.and_then(|t| t.validators.as_ref())
-                        && let Err(failure) = validators
-                            .check(answer_text(&done.body), done.finish_reason.as_deref())
-                            .await
-                    {
-                        tracing::info!(model = %model.key, check = failure.check, reason = %failure.message, "answer failed validation");
-                        if has_next && !pinned {
-                            ext.escalations += 1;
-                            continue;
-                        }
-                        ext.cost_usd = cost;
-                        return Decision::Done(OutputLine::failure(
-                            &job.job_id,
-                            &job.custom_id,
-                            codes::VALIDATION_FAILED,
-                            format!("the answer of {} failed {}", model.key, failure),
-                            ext,
-                        ));
-                    }
-                    ext.cost_usd = cost;
-                    return Decision::Done(OutputLine {
-                        id: format!("batch_req_{}", job.job_id),
-                        custom_id: job.custom_id.clone(),
-                        response: Some(Response {
-                            status_code: 200,
-                            request_id: done.request_id,
-                            body: done.body,
-                        }),
-                        error: None,
-                        batchyard: ext,
-                        job: None,
-                    });
-                }
-                Err(e) => {
-                    let escalate = matches!(
-                        e.kind,
-                        ProviderErrorKind::ContextOverflow | ProviderErrorKind::ContentFilter
-                    ) && !pinned;
-                    // Transient trouble, and models paused for auth or quota, are the queue's
-                    // to retry later; a model that keeps failing is cooled down by then and
-                    // the next delivery falls back to the next candidate.
-                    let retry_later = matches!(
-                        e.kind,
-                        ProviderErrorKind::RateLimited
-                            | ProviderErrorKind::Transient
-                            | ProviderErrorKind::MalformedResponse
-                            | ProviderErrorKind::Auth
-                            | ProviderErrorKind::QuotaExhausted
-                    );
-                    tracing::warn!(model = %model.key, kind = e.kind.code(), error = %e.message, "provider call failed");
-                    if escalate && index + 1 < candidates.len() {
-                        ext.escalations += 1;
-                        last_error = Some(e);
-                        continue;
-                    }
-                    if retry_later && job.attempt + 1 < self.options.max_attempts {
-                        let mut next = job.clone();
-                        next.attempt += 1;
-                        next.last_error = Some(format!("{}: {}", e.kind.code(), e.message));
-                        let delay = e
-                            .retry_after
-                            .unwrap_or_else(|| backoff_delay(&self.retry, next.attempt));
-                        return Decision::Later(next, delay.max(Duration::from_millis(100)));
-                    }
-                    exhausted = retry_later;
-                    last_error = Some(e);
-                    break;
-                }
-            }
-        }
-        if last_error.is_none() && unavailable > 0 {
-            // Every adequate model is cooling down or paused: wait, don't fail.
-            return Decision::Later(job.clone(), self.options.unavailable_delay);
-        }
-        ext.cost_usd = cost;
-        let (code, message) = match last_error {
-            Some(e) => (e.kind.code(), e.message),
-            None => (
-                "no_adequate_model",
-                "no candidate model has a provider".to_string(),
-            ),
-        };
-        let line = OutputLine::failure(&job.job_id, &job.custom_id, code, message, ext);
-        if exhausted {
-            Decision::Dead(line)
-        } else {
-            Decision::Done(line)
-        }
-    }
-
-    async fn finish(&self, delivery: &Delivery, mut line: OutputLine, dead: bool) {
+    async fn finish(
+        &self,
+        delivery: &Delivery,
+        mut line: OutputLine,
+        dead: bool,
+        committed_nanos: i64,
+    ) {
         let job = &delivery.job;
-        // The ledger counts only this run's spend; the line carries the item's whole spend.
-        let cost = usd_to_nanos(line.batchyard.cost_usd);
+        // The ledger counts only this run's spend not committed yet; the line carries the
+        // item's whole spend.
+        let cost = usd_to_nanos(line.batchyard.cost_usd) - committed_nanos;
         line.batchyard.cost_usd += job.prior_cost_usd;
         if !line.is_success() {
             // Kept in the result object (not in errors.jsonl) so `batchyard retry` can replay it.
@@ -401,13 +291,6 @@ impl JobRunner {
     }
 }
 
-/// The text of a chat completion's first choice ("" when there is none).
-fn answer_text(body: &serde_json::Value) -> &str {
-    body.pointer("/choices/0/message/content")
-        .and_then(serde_json::Value::as_str)
-        .unwrap_or("")
-}
-
 #[async_trait]
 impl DeliveryHandler for JobRunner {
     async fn handle(&self, delivery: Delivery) {
@@ -421,9 +304,24 @@ impl DeliveryHandler for JobRunner {
         );
         async {
             match self.decide(&delivery).await {
-                Decision::Done(line) => self.finish(&delivery, line, false).await,
-                Decision::Dead(line) => self.finish(&delivery, line, true).await,
-                Decision::Later(job, delay) => {
+                Decision::End {
+                    line,
+                    dead,
+                    committed_nanos,
+                } => self.finish(&delivery, line, dead, committed_nanos).await,
+                Decision::Later {
+                    job,
+                    delay,
+                    uncommitted_nanos,
+                } => {
+                    if uncommitted_nanos > 0
+                        && let Err(e) = self
+                            .ledger
+                            .commit(&job.batch_id, &job.job_id, uncommitted_nanos)
+                            .await
+                    {
+                        tracing::warn!(error = %e, "cannot count the spend of an interrupted run");
+                    }
                     tracing::info!(
                         delay_ms = delay.as_millis() as u64,
                         "retrying the job later"

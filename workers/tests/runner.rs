@@ -69,6 +69,7 @@ fn rig() -> Rig {
             min_tier: 1,
             requires: BTreeSet::new(),
             max_output_tokens: Some(20),
+            response_format: None,
             validators: None,
         }],
         providers,
@@ -130,6 +131,9 @@ async fn start_batch(rig: &Rig, id: &str, jobs: &[Job], budget: Option<f64>) {
             finalizing_at: None,
             completed_at: None,
             cancel_requested_at: None,
+            reserved_nanos: 0,
+            budget_exhausted_at: None,
+            no_cache: false,
         })
         .await
         .unwrap();
