@@ -17,13 +17,13 @@ use batchyard_workers::adequacy::memory::MemoryAdequacy;
 use batchyard_workers::adequacy::redis::RedisAdequacy;
 use batchyard_workers::cache::ResultCache;
 use batchyard_workers::call::Guards;
-use batchyard_workers::router::Router;
 use batchyard_workers::finalize::Finalizer;
 use batchyard_workers::health::ModelHealth;
 use batchyard_workers::health::memory::MemoryHealth;
 use batchyard_workers::health::redis::RedisHealth;
 use batchyard_workers::limiter::memory::MemoryLimiter;
 use batchyard_workers::limiter::redis::RedisLimiter;
+use batchyard_workers::router::Router;
 use batchyard_workers::runner::JobRunner;
 
 use crate::config::Settings;

@@ -21,6 +21,9 @@ pub fn batch_json(record: &BatchRecord, store: &ResultStore) -> Value {
         "manifest": location(store.manifest_path(&record.id)),
         "cost_usd": record.cost_usd(),
         "budget_usd": record.budget_usd,
+        "budget_remaining_usd": record.budget_usd.map(|b| (b - record.cost_usd()).max(0.0)),
+        "budget_exhausted": record.budget_exhausted_at.is_some(),
+        "reserved_usd": batchyard_jobs::batch::nanos_to_usd(record.reserved_nanos),
         "task": record.task,
     })
 }

@@ -37,6 +37,28 @@ pub enum Command {
     Retry(RetryArgs),
     /// List models with their prices, limits and health; pause or resume one
     Models(ModelsArgs),
+    /// Estimate tokens, cost per model, routed cost and time of an input; enqueues nothing
+    Estimate(InputArgs),
+    /// Explain how one item would be routed: candidates, constraints, cost, p, the choice
+    Route(RouteArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct RouteArgs {
+    /// The task that renders the item
+    #[arg(long)]
+    pub task: Option<String>,
+    /// The document text (rendered through --task)
+    #[arg(long, conflicts_with = "input")]
+    pub text: Option<String>,
+    /// A JSONL file or folder, as for submit
+    #[arg(long)]
+    pub input: Option<String>,
+    /// Which item of --input (1 = the first)
+    #[arg(long, value_name = "N")]
+    pub line: Option<u64>,
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -75,6 +97,9 @@ pub struct RetryArgs {
     /// Pin the retried items to this configured model
     #[arg(long)]
     pub model: Option<String>,
+    /// Let the retry spend this much more (USD): the batch's budget becomes spent + this
+    #[arg(long, value_name = "USD")]
+    pub budget_usd: Option<f64>,
     #[arg(long)]
     pub json: bool,
 }
@@ -116,6 +141,9 @@ pub struct RunArgs {
 pub struct SubmitArgs {
     #[command(flatten)]
     pub input: InputArgs,
+    /// Estimate instead: print tokens, cost and time, enqueue nothing
+    #[arg(long)]
+    pub dry_run: bool,
 }
 
 #[derive(Debug, Args)]

@@ -14,6 +14,7 @@ mod batch_view;
 mod cli;
 mod commands;
 mod config;
+mod estimate;
 mod exit;
 mod replay;
 mod submission;
@@ -65,6 +66,8 @@ fn main() -> ExitCode {
             Command::Cancel(args) => commands::batch_ops::cancel(config, args, &env).await,
             Command::Retry(args) => commands::batch_ops::retry(config, args, &env).await,
             Command::Models(args) => commands::models::models(config, args, &env).await,
+            Command::Estimate(args) => commands::estimate::estimate(config, args, &env).await,
+            Command::Route(args) => commands::estimate::route(config, args, &env).await,
         }
     });
     match result {

@@ -20,6 +20,8 @@ const CHUNK: usize = 1000;
 pub struct RetryFilter {
     pub code: Option<String>,
     pub model: Option<String>,
+    /// What the retry may spend on top of what the batch has spent (a new budget).
+    pub budget_usd: Option<f64>,
 }
 
 #[derive(Debug, Clone)]
@@ -103,6 +105,28 @@ pub async fn retry(app: &App, batch_id: &str, filter: &RetryFilter) -> anyhow::R
             retried,
             not_replayable,
         });
+    }
+    match (filter.budget_usd, record.budget_usd) {
+        (Some(more), _) => {
+            if !more.is_finite() || more <= 0.0 {
+                return Err(
+                    UsageError(format!("--budget-usd must be more than 0, not {more}")).into(),
+                );
+            }
+            app.ledger
+                .set_budget(batch_id, Some(record.cost_usd() + more))
+                .await?;
+        }
+        (None, Some(budget))
+            if record.budget_exhausted_at.is_some() || record.cost_usd() >= budget =>
+        {
+            return Err(UsageError(format!(
+                "batch {batch_id} spent its budget (${:.4} of ${budget:.4}); pass --budget-usd USD to let the retry spend that much more",
+                record.cost_usd()
+            ))
+            .into());
+        }
+        (None, _) => {}
     }
     app.ledger.reopen(batch_id, retried).await?;
 

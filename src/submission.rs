@@ -145,6 +145,51 @@ async fn open(app: &App, source: &InputSource, req: &SubmitRequest) -> anyhow::R
         .map_err(|e| UsageError(e.to_string()).into())
 }
 
+/// Reads an input's items as jobs without enqueueing anything: for `estimate` and `route`.
+pub struct Scanner<'a> {
+    reader: InputReader,
+    builder: Builder<'a>,
+    seq: u64,
+}
+
+impl<'a> Scanner<'a> {
+    pub async fn open(app: &'a App, req: &SubmitRequest) -> anyhow::Result<Self> {
+        if let Some(t) = &req.task
+            && app.settings.catalog.task(t).is_none()
+        {
+            let known: Vec<String> = app.settings.catalog.task_keys().into_iter().collect();
+            return Err(UsageError(format!(
+                "unknown task {t:?}; configured tasks: {}",
+                known.join(", ")
+            ))
+            .into());
+        }
+        let source = InputSource::resolve(&req.input).map_err(|e| UsageError(e.to_string()))?;
+        Ok(Self {
+            reader: open(app, &source, req).await?,
+            builder: Builder {
+                app,
+                batch_id: "estimate".into(),
+                task: req.task.clone(),
+                dups: DuplicateCheck::default(),
+            },
+            seq: 0,
+        })
+    }
+
+    /// The next item: a job, or why its line is bad. `Err` only for input that can't be read.
+    pub async fn next(&mut self) -> Option<anyhow::Result<Result<Job, InputError>>> {
+        let read = self.reader.next().await?;
+        let checked = self.builder.check(read, self.seq);
+        self.seq += 1;
+        Some(match checked {
+            Ok(Checked::Job(job)) => Ok(Ok(job)),
+            Ok(Checked::Bad(e)) => Ok(Err(e)),
+            Err(e) => Err(UsageError(e.to_string()).into()),
+        })
+    }
+}
+
 /// Validates and enqueues one batch.
 pub async fn submit(app: &App, req: &SubmitRequest) -> anyhow::Result<Submitted> {
     if let Some(t) = &req.task

@@ -38,6 +38,7 @@ pub async fn retry(
     let filter = RetryFilter {
         code: args.code.clone(),
         model: args.model.clone(),
+        budget_usd: args.budget_usd,
     };
     let replayed = replay::retry(&app, &args.batch_id, &filter).await?;
     if replayed.not_replayable > 0 {

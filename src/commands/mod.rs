@@ -1,6 +1,7 @@
 //! One module per subcommand.
 
 pub mod batch_ops;
+pub mod estimate;
 pub mod models;
 pub mod results;
 pub mod run;

@@ -12,6 +12,9 @@ pub async fn submit(
     args: &SubmitArgs,
     env: &BTreeMap<String, String>,
 ) -> anyhow::Result<()> {
+    if args.dry_run {
+        return super::estimate::estimate(config, &args.input, env).await;
+    }
     let settings = super::load_settings(config, env)?;
     let app = App::connect(settings, None, false, "submit").await?;
     let submitted = crate::submission::submit(&app, &super::submit_request(&args.input)).await?;

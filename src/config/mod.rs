@@ -7,8 +7,7 @@ mod parts;
 mod raw;
 
 use parts::{
-    build_provider, cache_settings, check_url, describe_toml_error, response_format,
-    routing_policy,
+    build_provider, cache_settings, check_url, describe_toml_error, response_format, routing_policy,
 };
 
 use std::collections::{BTreeMap, BTreeSet};

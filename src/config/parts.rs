@@ -70,7 +70,11 @@ pub(super) fn response_format(
             format!("cannot be turned into JSON: {e}"),
         )
     })?;
-    if json.get("type").and_then(serde_json::Value::as_str).is_none() {
+    if json
+        .get("type")
+        .and_then(serde_json::Value::as_str)
+        .is_none()
+    {
         return Err((
             format!("tasks.{key}.response_format"),
             "needs a `type` (\"json_schema\", \"json_object\" or \"text\")".into(),

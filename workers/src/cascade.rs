@@ -39,7 +39,10 @@ impl Run {
 /// How a checked answer fared.
 enum Verdict {
     Pass,
-    Fail { outcome: &'static str, reason: String },
+    Fail {
+        outcome: &'static str,
+        reason: String,
+    },
 }
 
 impl JobRunner {
@@ -54,7 +57,15 @@ impl JobRunner {
             Ok(plan) => plan,
             Err(e) => {
                 return run.end(
-                    |ext| OutputLine::failure(&job.job_id, &job.custom_id, e.code(), e.to_string(), ext),
+                    |ext| {
+                        OutputLine::failure(
+                            &job.job_id,
+                            &job.custom_id,
+                            e.code(),
+                            e.to_string(),
+                            ext,
+                        )
+                    },
                     false,
                 );
             }
@@ -138,9 +149,11 @@ impl JobRunner {
                     self.commit(job, reserved, spent, &mut run).await;
                     match result {
                         Ok(done) => {
-                            self.router
-                                .tokens
-                                .observe(model, cand.prompt_tokens, done.input_tokens);
+                            self.router.tokens.observe(
+                                model,
+                                cand.prompt_tokens,
+                                done.input_tokens,
+                            );
                             if let (Some(cache), Some(key)) = (cache, &key) {
                                 cache.put(key, &to_cache(&model.key, &done)).await;
                             }
@@ -148,15 +161,22 @@ impl JobRunner {
                         }
                         Err(e) => {
                             run.ext.model = Some(model.key.clone());
-                            run.ext.cascade.push(step(&model.key, e.kind.code(), 0.0, None, false));
+                            run.ext
+                                .cascade
+                                .push(step(&model.key, e.kind.code(), 0.0, None, false));
                             let escalate = matches!(
                                 e.kind,
-                                ProviderErrorKind::ContextOverflow | ProviderErrorKind::ContentFilter
+                                ProviderErrorKind::ContextOverflow
+                                    | ProviderErrorKind::ContentFilter
                             );
                             if e.kind == ProviderErrorKind::ContentFilter
+                                && plan.learns
                                 && let Some(task) = &plan.task
                             {
-                                self.router.adequacy.record(task, plan.bucket, &model.key, false).await;
+                                self.router
+                                    .adequacy
+                                    .record(task, plan.bucket, &model.key, false)
+                                    .await;
                             }
                             // Transient trouble, and models paused for auth or quota, are the
                             // queue's to retry later; a model that keeps failing is cooled down
@@ -213,9 +233,15 @@ impl JobRunner {
                 .cascade
                 .push(step(&model.key, outcome, cost, Some(&done), cached));
             // A cached answer was learned from when it was made.
-            if !cached && let Some(task) = &plan.task {
+            if !cached
+                && plan.learns
+                && let Some(task) = &plan.task
+            {
                 let passed = matches!(verdict, Verdict::Pass);
-                self.router.adequacy.record(task, plan.bucket, &model.key, passed).await;
+                self.router
+                    .adequacy
+                    .record(task, plan.bucket, &model.key, passed)
+                    .await;
             }
             match verdict {
                 Verdict::Pass => {
@@ -334,7 +360,15 @@ impl JobRunner {
                 let (job_id, custom_id) = (job.job_id.clone(), job.custom_id.clone());
                 Err(Box::new(move |run: Run| {
                     run.end(
-                        |ext| OutputLine::failure(&job_id, &custom_id, codes::BUDGET_EXHAUSTED, message, ext),
+                        |ext| {
+                            OutputLine::failure(
+                                &job_id,
+                                &custom_id,
+                                codes::BUDGET_EXHAUSTED,
+                                message,
+                                ext,
+                            )
+                        },
                         true,
                     )
                 }))
@@ -362,7 +396,9 @@ impl JobRunner {
         match self.ledger.commit(&job.batch_id, &job.job_id, nanos).await {
             Ok(()) => run.committed_nanos += nanos,
             // Not counted yet: settlement adds it, so no spend is lost.
-            Err(e) => tracing::warn!(error = %e, "cannot commit the call's cost; it will be settled with the job"),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot commit the call's cost; it will be settled with the job")
+            }
         }
     }
 

@@ -15,8 +15,8 @@ use batchyard_jobs::job::{Job, Route};
 use serde::Serialize;
 use serde_json::{Map, Value};
 
-use crate::adequacy::{Adequacy, AdequacyPolicy, PassEstimate, length_bucket};
 use crate::adequacy::memory::MemoryAdequacy;
+use crate::adequacy::{Adequacy, AdequacyPolicy, PassEstimate, length_bucket};
 use crate::catalog::{Catalog, ModelSpec, TaskSpec};
 use crate::tokens::{TokenEstimator, rough_prompt_tokens};
 
@@ -91,6 +91,9 @@ pub struct Plan {
     pub task: Option<String>,
     pub bucket: u32,
     pub pinned: bool,
+    /// Whether checked answers teach the adequacy model: only tasks with validators, since
+    /// elsewhere nothing but truncation can fail an answer.
+    pub learns: bool,
 }
 
 impl Plan {
@@ -151,11 +154,9 @@ impl Router {
             let prompt = self.tokens.prompt_tokens(model, &job.body);
             let reason = if model.tier < min_tier {
                 Some(format!("tier {} < min_tier {min_tier}", model.tier))
-            } else if let Some(missing) = task.and_then(|t| {
-                t.requires
-                    .iter()
-                    .find(|c| !model.capabilities.contains(*c))
-            }) {
+            } else if let Some(missing) =
+                task.and_then(|t| t.requires.iter().find(|c| !model.capabilities.contains(*c)))
+            {
                 Some(format!("lacks capability {missing:?}"))
             } else if model.context_window < prompt + output {
                 Some(format!(
@@ -197,7 +198,8 @@ impl Router {
     ) -> Plan {
         let output = requested_output_tokens(body, task).unwrap_or(DEFAULT_OUTPUT_TOKENS);
         let bucket = length_bucket(rough_prompt_tokens(body));
-        let estimates = match task {
+        let learns = task.is_some_and(|t| t.validators.is_some());
+        let estimates = match task.filter(|_| learns) {
             Some(t) => {
                 let keys: Vec<(&str, u32)> =
                     models.iter().map(|m| (m.key.as_str(), m.tier)).collect();
@@ -205,7 +207,7 @@ impl Router {
                     .estimates(&t.key, bucket, t.min_tier, &keys)
                     .await
             }
-            // Without a task there is nothing to learn from: cheapest first.
+            // Nothing to learn from: cheapest first.
             None => vec![certain(); models.len()],
         };
         let mut candidates: Vec<Candidate> = models
@@ -244,6 +246,7 @@ impl Router {
             task: task.map(|t| t.key.clone()),
             bucket,
             pinned,
+            learns,
         }
     }
 }
