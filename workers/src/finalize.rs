@@ -178,8 +178,10 @@ impl Finalizer {
             if ext.estimated_input_tokens > 0 {
                 estimate.estimated_input_tokens += ext.estimated_input_tokens;
                 // Only the answer the estimate was for: the last step.
-                estimate.actual_input_tokens +=
-                    ext.cascade.last().map_or(ext.input_tokens, |s| s.input_tokens);
+                estimate.actual_input_tokens += ext
+                    .cascade
+                    .last()
+                    .map_or(ext.input_tokens, |s| s.input_tokens);
             }
             if let Some(model) = &ext.model {
                 spend.entry(model.clone()).or_default().requests += 1;

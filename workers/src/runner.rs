@@ -17,6 +17,7 @@ use batchyard_jobs::storage::ResultStore;
 use bytes::Bytes;
 use tracing::{Instrument, field};
 
+use crate::cache::ResultCache;
 use crate::call::Guards;
 use crate::catalog::Catalog;
 use crate::finalize::Finalizer;
@@ -25,7 +26,6 @@ use crate::health::memory::MemoryHealth;
 use crate::limiter::memory::MemoryLimiter;
 use crate::pool::DeliveryHandler;
 use crate::retry::{RetryPolicy, backoff_delay};
-use crate::cache::ResultCache;
 use crate::router::Router;
 
 /// Job-level limits.
