@@ -9,7 +9,7 @@ use std::time::Duration;
 use batchyard_jobs::batch::{BatchRecord, BatchState, RequestCounts, now_secs};
 use batchyard_jobs::ledger::memory::MemoryLedger;
 use batchyard_jobs::ledger::redis::RedisLedger;
-use batchyard_jobs::ledger::{Ledger, Settlement};
+use batchyard_jobs::ledger::{Ledger, Reservation, Settlement};
 use common::{TestRedis, unique_name};
 
 fn record(id: &str, total: u64) -> BatchRecord {
@@ -30,6 +30,9 @@ fn record(id: &str, total: u64) -> BatchRecord {
         finalizing_at: None,
         completed_at: None,
         cancel_requested_at: None,
+        reserved_nanos: 0,
+        budget_exhausted_at: None,
+        no_cache: false,
     }
 }
 
@@ -97,8 +100,14 @@ async fn exactly_once(ledger: Arc<dyn Ledger>, id: &str) {
             .unwrap()
     );
 
+    // A reservation still held when the batch ends must not outlive it.
+    assert_eq!(
+        ledger.reserve(id, "straggler", 1_000).await.unwrap(),
+        Reservation::Granted
+    );
     ledger.set_state(id, BatchState::Completed).await.unwrap();
     let r = ledger.get(id).await.unwrap().unwrap();
+    assert_eq!(r.reserved_nanos, 0);
     assert_eq!(r.state, BatchState::Completed);
     assert!(r.completed_at.is_some());
     // After the end, a straggler changes nothing.
@@ -127,7 +136,7 @@ async fn redis_ledger_settles_exactly_once_and_cleans_up() {
         .unwrap();
     let id = unique_name("batch");
     exactly_once(Arc::new(RedisLedger::new(conn)), &id).await;
-    // Only the small batch hash and the index remain: no bitmap, no lease.
+    // Only the small batch hash and the index remain: no bitmap, no lease, no reservations.
     let mut raw = redis.raw().await;
     let keys: Vec<String> = redis::cmd("KEYS")
         .arg(format!("by:batch:{{{id}}}*"))

@@ -7,7 +7,7 @@ use async_trait::async_trait;
 use tokio::sync::Mutex;
 
 use super::{Ledger, Reservation, Settlement};
-use crate::batch::{BatchRecord, BatchState, now_secs};
+use crate::batch::{BatchRecord, BatchState, now_secs, usd_to_nanos};
 use crate::error::QueueError;
 
 #[derive(Default)]
@@ -15,6 +15,33 @@ struct Entry {
     record: Option<BatchRecord>,
     settled: Vec<u64>,
     lease: Option<(String, Instant)>,
+    /// Job id -> reserved nano-dollars; sums to the record's `reserved_nanos`.
+    reservations: HashMap<String, i64>,
+}
+
+impl Entry {
+    fn record_mut(&mut self, batch_id: &str) -> Result<&mut BatchRecord, QueueError> {
+        self.record
+            .as_mut()
+            .ok_or_else(|| QueueError::BatchNotFound(batch_id.to_string()))
+    }
+
+    /// Drops whatever job `job_id` holds; see `Ledger::reserve` for why a job's reservation
+    /// is always stale when it reserves again.
+    fn release(&mut self, job_id: &str) {
+        if let Some(old) = self.reservations.remove(job_id)
+            && let Some(record) = self.record.as_mut()
+        {
+            record.reserved_nanos -= old;
+        }
+    }
+
+    fn drop_reservations(&mut self) {
+        self.reservations = HashMap::new();
+        if let Some(record) = self.record.as_mut() {
+            record.reserved_nanos = 0;
+        }
+    }
 }
 
 #[derive(Default)]
@@ -42,10 +69,16 @@ pub(crate) fn stamp(record: &mut BatchRecord, state: BatchState, now: u64) {
 impl Ledger for MemoryLedger {
     async fn create(&self, record: &BatchRecord) -> Result<(), QueueError> {
         let mut batches = self.batches.lock().await;
+        // A new batch holds no reservations, whatever the record says (as on Redis, which
+        // doesn't store the field).
+        let record = BatchRecord {
+            reserved_nanos: 0,
+            ..record.clone()
+        };
         batches.insert(
             record.id.clone(),
             Entry {
-                record: Some(record.clone()),
+                record: Some(record),
                 ..Entry::default()
             },
         );
@@ -67,6 +100,7 @@ impl Ledger for MemoryLedger {
         }
         if state.is_terminal() {
             entry.settled = Vec::new();
+            entry.drop_reservations();
         }
         Ok(())
     }
@@ -158,32 +192,67 @@ impl Ledger for MemoryLedger {
         record.cancel_requested_at = None;
         entry.settled = Vec::new();
         entry.lease = None;
+        entry.drop_reservations();
         Ok(())
     }
 
     async fn reserve(
         &self,
-        _batch_id: &str,
-        _job_id: &str,
-        _nanos: i64,
+        batch_id: &str,
+        job_id: &str,
+        nanos: i64,
     ) -> Result<Reservation, QueueError> {
-        Ok(Reservation::Unlimited)
+        let mut batches = self.batches.lock().await;
+        let entry = batches
+            .get_mut(batch_id)
+            .ok_or_else(|| QueueError::BatchNotFound(batch_id.to_string()))?;
+        entry.record_mut(batch_id)?;
+        entry.release(job_id);
+        let record = entry.record_mut(batch_id)?;
+        let Some(budget_usd) = record.budget_usd else {
+            return Ok(Reservation::Unlimited);
+        };
+        let budget_nanos = usd_to_nanos(budget_usd);
+        let (spent_nanos, reserved_nanos) = (record.spent_nanos, record.reserved_nanos);
+        // Wide, so that no sum of three i64 can wrap into a grant.
+        let needed = i128::from(spent_nanos) + i128::from(reserved_nanos) + i128::from(nanos);
+        if needed > i128::from(budget_nanos) {
+            record.budget_exhausted_at.get_or_insert(now_secs());
+            return Ok(Reservation::Denied {
+                spent_nanos,
+                reserved_nanos,
+                budget_nanos,
+            });
+        }
+        record.reserved_nanos += nanos;
+        entry.reservations.insert(job_id.to_string(), nanos);
+        Ok(Reservation::Granted)
     }
 
     async fn commit(
         &self,
-        _batch_id: &str,
-        _job_id: &str,
-        _actual_nanos: i64,
+        batch_id: &str,
+        job_id: &str,
+        actual_nanos: i64,
     ) -> Result<(), QueueError> {
+        let mut batches = self.batches.lock().await;
+        let entry = batches
+            .get_mut(batch_id)
+            .ok_or_else(|| QueueError::BatchNotFound(batch_id.to_string()))?;
+        entry.record_mut(batch_id)?;
+        entry.release(job_id);
+        entry.record_mut(batch_id)?.spent_nanos += actual_nanos;
         Ok(())
     }
 
-    async fn set_budget(
-        &self,
-        _batch_id: &str,
-        _budget_usd: Option<f64>,
-    ) -> Result<(), QueueError> {
+    async fn set_budget(&self, batch_id: &str, budget_usd: Option<f64>) -> Result<(), QueueError> {
+        let mut batches = self.batches.lock().await;
+        let record = batches
+            .get_mut(batch_id)
+            .ok_or_else(|| QueueError::BatchNotFound(batch_id.to_string()))?
+            .record_mut(batch_id)?;
+        record.budget_usd = budget_usd;
+        record.budget_exhausted_at = None;
         Ok(())
     }
 

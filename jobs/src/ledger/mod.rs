@@ -3,6 +3,11 @@
 //! Settlement is exactly once per job (a bitmap indexed by the job's `seq`), so a job that ran
 //! twice after a reclaim is counted once, and exactly one settlement sees the batch reach its
 //! total: that caller finalizes.
+//!
+//! Budgets fail closed: before each provider call a worker reserves that call's worst case,
+//! and the reservation is granted only while spend plus every reservation in flight stays
+//! within the budget, so concurrent workers can't overspend together. Both ledgers implement
+//! the same rules; `tests/ledger_budget.rs` runs one scenario against each.
 
 pub mod memory;
 pub mod redis;
@@ -56,7 +61,7 @@ pub trait Ledger: Send + Sync {
     async fn get(&self, batch_id: &str) -> Result<Option<BatchRecord>, QueueError>;
 
     /// Moves a batch to `state`, stamping the matching `*_at` time. Terminal states also drop
-    /// the per-job settlement bitmap.
+    /// the per-job settlement bitmap and any budget reservations left.
     async fn set_state(&self, batch_id: &str, state: BatchState) -> Result<(), QueueError>;
 
     /// Counts one job's outcome, once.
@@ -82,12 +87,17 @@ pub trait Ledger: Send + Sync {
     async fn request_cancel(&self, batch_id: &str) -> Result<BatchRecord, QueueError>;
 
     /// Reopens a finished batch so `retried` of its failed items can run again: they leave the
-    /// failed count and will be settled anew.
+    /// failed count and will be settled anew. Reservations left by lost runs are dropped; the
+    /// budget and its exhausted mark are left as they are (see [`Ledger::set_budget`]).
     async fn reopen(&self, batch_id: &str, retried: u64) -> Result<(), QueueError>;
 
     /// Reserves the worst-case cost of one call of job `job_id` against the batch budget,
     /// atomically. A job holds at most one reservation: a new one replaces what an earlier
-    /// (lost) run of the same job left.
+    /// (lost) run of the same job left, and that old one is dropped whatever the answer.
+    ///
+    /// Granted iff `spent + (reserved - this job's old reservation) + nanos <= budget`, the
+    /// budget being `budget_usd` rounded to nanos. A denial marks the batch budget-exhausted
+    /// (the first denial's time is kept) and reports the numbers it was judged on.
     async fn reserve(
         &self,
         batch_id: &str,
@@ -96,6 +106,8 @@ pub trait Ledger: Send + Sync {
     ) -> Result<Reservation, QueueError>;
 
     /// Replaces job `job_id`'s reservation with the call's actual cost, added to the spend now.
+    /// Call it once per call: it is not idempotent. Without a reservation (unbudgeted, or the
+    /// spend of an interrupted run) it still adds the cost, because the call did happen.
     async fn commit(
         &self,
         batch_id: &str,
@@ -104,8 +116,7 @@ pub trait Ledger: Send + Sync {
     ) -> Result<(), QueueError>;
 
     /// Sets the batch budget (`None`: no limit) and clears the budget-exhausted mark.
-    async fn set_budget(&self, batch_id: &str, budget_usd: Option<f64>)
-    -> Result<(), QueueError>;
+    async fn set_budget(&self, batch_id: &str, budget_usd: Option<f64>) -> Result<(), QueueError>;
 
     /// The newest batches, newest first.
     async fn list(&self, limit: usize) -> Result<Vec<BatchRecord>, QueueError>;

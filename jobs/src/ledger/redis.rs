@@ -1,9 +1,14 @@
 //! Redis ledger, shared by every worker: one hash per batch, a settlement bitmap while it runs.
 //!
 //! Keys: `by:batch:{<id>}` (hash), `by:batch:{<id>}:settled` (bitmap, dropped when the batch
-//! ends), `by:batch:{<id>}:final` (finalization lease), and `by:batches` (ids by creation).
+//! ends), `by:batch:{<id>}:final` (finalization lease), `by:batch:{<id>}:resv` (budget
+//! reservations in flight, job id -> nano-dollars; its sum is the hash's `reserved_nanos`;
+//! dropped when the batch ends or is reopened), and `by:batches` (ids by creation).
+
+mod budget;
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -26,6 +31,10 @@ fn settled_key(id: &str) -> String {
 
 fn lease_key(id: &str) -> String {
     format!("by:batch:{{{id}}}:final")
+}
+
+fn resv_key(id: &str) -> String {
+    format!("by:batch:{{{id}}}:resv")
 }
 
 /// Returns {counted, finalize}; -1 when the batch does not exist.
@@ -67,13 +76,16 @@ end
 return state
 "#;
 
-/// Reopens a finished batch for a replay of `ARGV[1]` failed items.
+/// Reopens a finished batch for a replay of `ARGV[1]` failed items. Nothing is in flight for
+/// a finished batch, so any reservation left is a leak from a lost run.
 const REOPEN_LUA: &str = r#"
 if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
-redis.call('HINCRBY', KEYS[1], 'failed', -tonumber(ARGV[1]))
+-- Negated as text: Lua would turn -0 into "-0", which HINCRBY rejects.
+if ARGV[1] ~= '0' then redis.call('HINCRBY', KEYS[1], 'failed', '-' .. ARGV[1]) end
 redis.call('HSET', KEYS[1], 'state', 'in_progress')
-redis.call('HDEL', KEYS[1], 'finalizing_at', 'completed_at', 'cancel_requested_at')
-redis.call('DEL', KEYS[2], KEYS[3])
+redis.call('HDEL', KEYS[1], 'finalizing_at', 'completed_at', 'cancel_requested_at',
+  'reserved_nanos')
+redis.call('DEL', KEYS[2], KEYS[3], KEYS[4])
 return 1
 "#;
 
@@ -81,6 +93,7 @@ return 1
 pub struct RedisLedger {
     conn: ConnectionManager,
     settle: Script,
+    budget: Arc<budget::Scripts>,
 }
 
 impl RedisLedger {
@@ -88,6 +101,7 @@ impl RedisLedger {
         Self {
             conn,
             settle: Script::new(SETTLE_LUA),
+            budget: Arc::new(budget::Scripts::new()),
         }
     }
 }
@@ -154,11 +168,15 @@ impl Ledger for RedisLedger {
         if record.no_cache {
             fields.push(("no_cache", "1".to_string()));
         }
+        if let Some(at) = record.budget_exhausted_at {
+            fields.push(("budget_exhausted_at", at.to_string()));
+        }
         let mut conn = self.conn.clone();
         redis::pipe()
             .atomic()
             .del(record_key(&record.id))
             .del(settled_key(&record.id))
+            .del(resv_key(&record.id))
             .hset_multiple(record_key(&record.id), &fields)
             .zadd(INDEX_KEY, &record.id, record.created_at)
             .query_async::<()>(&mut conn)
@@ -188,7 +206,12 @@ impl Ledger for RedisLedger {
             pipe.hset(record_key(batch_id), field, now_secs());
         }
         if state.is_terminal() {
-            pipe.del(settled_key(batch_id)).del(lease_key(batch_id));
+            // Nothing of a finished batch is in flight any more (a straggler's spend is settled
+            // as a duplicate), so reservations would only linger.
+            pipe.del(settled_key(batch_id))
+                .del(lease_key(batch_id))
+                .del(resv_key(batch_id))
+                .hdel(record_key(batch_id), "reserved_nanos");
         }
         pipe.query_async::<()>(&mut conn).await?;
         Ok(())
@@ -266,6 +289,7 @@ impl Ledger for RedisLedger {
             .key(record_key(batch_id))
             .key(settled_key(batch_id))
             .key(lease_key(batch_id))
+            .key(resv_key(batch_id))
             .arg(retried)
             .invoke_async(&mut conn)
             .await?;
@@ -277,28 +301,33 @@ impl Ledger for RedisLedger {
 
     async fn reserve(
         &self,
-        _batch_id: &str,
-        _job_id: &str,
-        _nanos: i64,
+        batch_id: &str,
+        job_id: &str,
+        nanos: i64,
     ) -> Result<Reservation, QueueError> {
-        Ok(Reservation::Unlimited)
+        let mut conn = self.conn.clone();
+        self.budget
+            .reserve(&mut conn, batch_id, job_id, nanos)
+            .await
     }
 
     async fn commit(
         &self,
-        _batch_id: &str,
-        _job_id: &str,
-        _actual_nanos: i64,
+        batch_id: &str,
+        job_id: &str,
+        actual_nanos: i64,
     ) -> Result<(), QueueError> {
-        Ok(())
+        let mut conn = self.conn.clone();
+        self.budget
+            .commit(&mut conn, batch_id, job_id, actual_nanos)
+            .await
     }
 
-    async fn set_budget(
-        &self,
-        _batch_id: &str,
-        _budget_usd: Option<f64>,
-    ) -> Result<(), QueueError> {
-        Ok(())
+    async fn set_budget(&self, batch_id: &str, budget_usd: Option<f64>) -> Result<(), QueueError> {
+        let mut conn = self.conn.clone();
+        self.budget
+            .set_budget(&mut conn, batch_id, budget_usd)
+            .await
     }
 
     async fn list(&self, limit: usize) -> Result<Vec<BatchRecord>, QueueError> {

@@ -1,0 +1,143 @@
+//! The harness of `ledger_budget.rs`: one ledger under test, memory or Redis, with a look at
+//! the Redis `:resv` hash, and a watcher of the budget invariant.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use batchyard_jobs::batch::{BatchRecord, BatchState, RequestCounts, now_secs};
+use batchyard_jobs::ledger::memory::MemoryLedger;
+use batchyard_jobs::ledger::redis::RedisLedger;
+use batchyard_jobs::ledger::{Ledger, Reservation};
+use redis::AsyncCommands;
+use redis::aio::ConnectionManager;
+
+use crate::common::{TestRedis, unique_name};
+
+pub const USD: i64 = 1_000_000_000;
+
+/// The ledger under test, plus a way to look at the `:resv` hash on Redis.
+pub struct Target {
+    pub ledger: Arc<dyn Ledger>,
+    pub conn: Option<ConnectionManager>,
+}
+
+impl Target {
+    pub fn memory() -> Self {
+        Self {
+            ledger: Arc::new(MemoryLedger::new()),
+            conn: None,
+        }
+    }
+
+    pub async fn redis(server: &TestRedis) -> Self {
+        let conn = batchyard_jobs::redis_conn::connect(server.url())
+            .await
+            .unwrap();
+        Self {
+            ledger: Arc::new(RedisLedger::new(conn.clone())),
+            conn: Some(conn),
+        }
+    }
+
+    /// Another handle on the same ledger: on Redis, over its own cloned connection manager, as
+    /// each worker has.
+    pub fn fork(&self) -> Arc<dyn Ledger> {
+        match &self.conn {
+            Some(conn) => Arc::new(RedisLedger::new(conn.clone())),
+            None => Arc::clone(&self.ledger),
+        }
+    }
+
+    pub async fn create(&self, budget_usd: Option<f64>) -> String {
+        let id = unique_name("budget");
+        self.ledger.create(&record(&id, budget_usd)).await.unwrap();
+        id
+    }
+
+    pub async fn get(&self, id: &str) -> BatchRecord {
+        self.ledger.get(id).await.unwrap().unwrap()
+    }
+
+    /// The Redis reservations hash (job id -> nanos); `None` on the memory ledger.
+    pub async fn held(&self, id: &str) -> Option<HashMap<String, i64>> {
+        let mut conn = self.conn.clone()?;
+        Some(
+            conn.hgetall(format!("by:batch:{{{id}}}:resv"))
+                .await
+                .unwrap(),
+        )
+    }
+
+    /// On Redis: the hash sums to `reserved_nanos` and holds exactly `jobs`.
+    pub async fn assert_held(&self, id: &str, jobs: &[(&str, i64)]) {
+        let record = self.get(id).await;
+        let expected: i64 = jobs.iter().map(|(_, n)| n).sum();
+        assert_eq!(record.reserved_nanos, expected, "reserved_nanos of {id}");
+        if let Some(held) = self.held(id).await {
+            let want: HashMap<String, i64> =
+                jobs.iter().map(|(j, n)| (j.to_string(), *n)).collect();
+            assert_eq!(held, want, "the reservations hash of {id}");
+        }
+    }
+}
+
+pub fn record(id: &str, budget_usd: Option<f64>) -> BatchRecord {
+    BatchRecord {
+        id: id.to_string(),
+        state: BatchState::InProgress,
+        counts: RequestCounts {
+            total: 100,
+            completed: 0,
+            failed: 0,
+        },
+        spent_nanos: 0,
+        budget_usd,
+        task: None,
+        storage_url: "file://./x".into(),
+        created_at: now_secs(),
+        in_progress_at: None,
+        finalizing_at: None,
+        completed_at: None,
+        cancel_requested_at: None,
+        reserved_nanos: 0,
+        budget_exhausted_at: None,
+        no_cache: false,
+    }
+}
+
+pub fn denied(spent_nanos: i64, reserved_nanos: i64, budget_nanos: i64) -> Reservation {
+    Reservation::Denied {
+        spent_nanos,
+        reserved_nanos,
+        budget_nanos,
+    }
+}
+
+/// Checks `spent + reserved <= budget` on every snapshot it can take until told to stop.
+pub fn watch(
+    t: &Target,
+    id: &str,
+    budget_nanos: i64,
+) -> (Arc<AtomicBool>, tokio::task::JoinHandle<u64>) {
+    let stop = Arc::new(AtomicBool::new(false));
+    let ledger = t.fork();
+    let (id, flag) = (id.to_string(), Arc::clone(&stop));
+    let watcher = tokio::spawn(async move {
+        let mut looks = 0;
+        while !flag.load(Ordering::Relaxed) {
+            let r = ledger.get(&id).await.unwrap().unwrap();
+            assert!(
+                r.spent_nanos + r.reserved_nanos <= budget_nanos,
+                "overbooked: spent {} + reserved {} > {budget_nanos}",
+                r.spent_nanos,
+                r.reserved_nanos
+            );
+            looks += 1;
+            tokio::task::yield_now().await;
+        }
+        looks
+    });
+    (stop, watcher)
+}
