@@ -117,8 +117,11 @@ async fn grants_until_budget(t: Target) {
         t.ledger.reserve(&id, "j4", part).await.unwrap(),
         denied(0, 900_000_000, USD)
     );
-    let exhausted_at = t.get(&id).await.budget_exhausted_at;
-    assert!(exhausted_at.is_some());
+    assert_eq!(
+        t.get(&id).await.budget_exhausted_at,
+        None,
+        "room held by calls in flight is not exhaustion: it frees as they settle"
+    );
     t.assert_held(&id, &[("j1", part), ("j2", part), ("j3", part)])
         .await;
 
@@ -138,12 +141,25 @@ async fn grants_until_budget(t: Target) {
         denied(100_000_000, 900_000_000, USD)
     );
 
-    // A denied job loses the reservation its lost run held, and the first denial's time stays.
+    // A denied job loses the reservation its lost run held.
     assert_eq!(
         t.ledger.reserve(&id, "j2", 500_000_000).await.unwrap(),
         denied(100_000_000, 600_000_000, USD)
     );
     t.assert_held(&id, &[("j3", part), ("j5", part)]).await;
+    assert_eq!(t.get(&id).await.budget_exhausted_at, None);
+    // A call that can't fit even once everything in flight settles exhausts the batch, and
+    // the first exhaustion's time stays.
+    assert_eq!(
+        t.ledger.reserve(&id, "j7", 950_000_000).await.unwrap(),
+        denied(100_000_000, 600_000_000, USD)
+    );
+    let exhausted_at = t.get(&id).await.budget_exhausted_at;
+    assert!(exhausted_at.is_some());
+    assert_eq!(
+        t.ledger.reserve(&id, "j8", 950_000_000).await.unwrap(),
+        denied(100_000_000, 600_000_000, USD)
+    );
     assert_eq!(t.get(&id).await.budget_exhausted_at, exhausted_at);
     assert_eq!(t.get(&id).await.spent_nanos, 100_000_000);
 }
@@ -223,7 +239,10 @@ async fn racing_reservations_never_overbook(t: Target) {
     assert_eq!(granted.len(), 20, "exactly $1 / $0.05 reservations fit");
     let held: Vec<(&str, i64)> = granted.iter().map(|j| (j.as_str(), 50_000_000)).collect();
     t.assert_held(&id, &held).await;
-    assert!(t.get(&id).await.budget_exhausted_at.is_some());
+    assert!(
+        t.get(&id).await.budget_exhausted_at.is_none(),
+        "nothing is spent: the room is only held"
+    );
 }
 
 async fn spend_never_exceeds_budget(t: Target) {
@@ -309,7 +328,7 @@ async fn set_budget_lifts_the_mark(t: Target) {
         Reservation::Granted
     );
     assert_eq!(
-        t.ledger.reserve(&id, "j2", 500_000_000).await.unwrap(),
+        t.ledger.reserve(&id, "j2", 1_200_000_000).await.unwrap(),
         denied(0, 800_000_000, USD)
     );
     assert!(t.get(&id).await.budget_exhausted_at.is_some());
@@ -323,15 +342,15 @@ async fn set_budget_lifts_the_mark(t: Target) {
         "calls in flight stay reserved"
     );
     assert_eq!(
-        t.ledger.reserve(&id, "j2", 500_000_000).await.unwrap(),
+        t.ledger.reserve(&id, "j2", 1_200_000_000).await.unwrap(),
         Reservation::Granted
     );
 
-    // Lowering it below what is in flight denies new calls, and marks the batch again.
+    // Lowering it denies new calls, and one that can't fit at all marks the batch again.
     t.ledger.set_budget(&id, Some(1.0)).await.unwrap();
     assert_eq!(
-        t.ledger.reserve(&id, "j3", 1).await.unwrap(),
-        denied(0, 1_300_000_000, USD)
+        t.ledger.reserve(&id, "j3", 1_000_000_001).await.unwrap(),
+        denied(0, 2_000_000_000, USD)
     );
     assert!(t.get(&id).await.budget_exhausted_at.is_some());
 
@@ -344,7 +363,7 @@ async fn set_budget_lifts_the_mark(t: Target) {
     );
     // Reservations made under the old budget still resolve through commit.
     t.ledger.commit(&id, "j1", 200_000_000).await.unwrap();
-    t.assert_held(&id, &[("j2", 500_000_000)]).await;
+    t.assert_held(&id, &[("j2", 1_200_000_000)]).await;
     assert_eq!(t.get(&id).await.spent_nanos, 200_000_000);
 }
 

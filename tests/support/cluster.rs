@@ -43,6 +43,8 @@ impl Default for Options {
     }
 }
 
+static WORKER_LOGS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
 pub struct Cluster {
     pub redis: RedisServer,
     pub s3: S3Env,
@@ -179,12 +181,16 @@ max_output_tokens = 300
         last_json(&out)
     }
 
+    /// A worker whose log goes to a file in the cluster's folder (a pipe nobody reads would
+    /// block the worker once it filled).
     pub fn spawn_worker(&self, extra: &[&str]) -> Child {
+        let n = WORKER_LOGS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let log = std::fs::File::create(self.dir.path().join(format!("worker-{n}.log"))).unwrap();
         self.cmd()
             .arg("worker")
             .args(extra)
             .stdout(Stdio::null())
-            .stderr(Stdio::piped())
+            .stderr(Stdio::from(log))
             .spawn()
             .expect("worker should start")
     }

@@ -17,6 +17,9 @@ use crate::retry::backoff_delay;
 use crate::router::Candidate;
 use crate::runner::{Decision, JobRunner};
 
+/// How long a job waits when the budget's room is held by calls in flight.
+const BUDGET_WAIT: Duration = Duration::from_millis(250);
+
 /// What one run of a job has spent and learned so far.
 struct Run {
     ext: Extension,
@@ -342,6 +345,20 @@ impl JobRunner {
         match self.ledger.reserve(&job.batch_id, &job.job_id, worst).await {
             Ok(Reservation::Granted) => Ok(true),
             Ok(Reservation::Unlimited) => Ok(false),
+            Ok(Reservation::Denied {
+                spent_nanos,
+                reserved_nanos,
+                budget_nanos,
+            }) if spent_nanos + worst <= budget_nanos => {
+                // Calls in flight hold the room; it frees as they settle to actual costs.
+                tracing::debug!(reserved_nanos, "budget held by calls in flight; waiting");
+                let again = job.clone();
+                Err(Box::new(move |run: Run| Decision::Later {
+                    uncommitted_nanos: usd_to_nanos(run.cost) - run.committed_nanos,
+                    job: carry(again, &run),
+                    delay: BUDGET_WAIT,
+                }))
+            }
             Ok(Reservation::Denied {
                 spent_nanos,
                 reserved_nanos,

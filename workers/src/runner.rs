@@ -322,10 +322,18 @@ impl DeliveryHandler for JobRunner {
                     {
                         tracing::warn!(error = %e, "cannot count the spend of an interrupted run");
                     }
-                    tracing::info!(
-                        delay_ms = delay.as_millis() as u64,
-                        "retrying the job later"
-                    );
+                    // Short waits (budget room held by calls in flight) would flood the log.
+                    if delay >= Duration::from_secs(1) {
+                        tracing::info!(
+                            delay_ms = delay.as_millis() as u64,
+                            "retrying the job later"
+                        );
+                    } else {
+                        tracing::debug!(
+                            delay_ms = delay.as_millis() as u64,
+                            "retrying the job later"
+                        );
+                    }
                     if let Err(e) = self.queue.retry_later(&delivery, &job, delay).await {
                         tracing::warn!(error = %e, "cannot requeue; the job will be reclaimed");
                     }

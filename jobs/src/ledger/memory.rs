@@ -217,7 +217,10 @@ impl Ledger for MemoryLedger {
         // Wide, so that no sum of three i64 can wrap into a grant.
         let needed = i128::from(spent_nanos) + i128::from(reserved_nanos) + i128::from(nanos);
         if needed > i128::from(budget_nanos) {
-            record.budget_exhausted_at.get_or_insert(now_secs());
+            // Exhausted only when the call can't fit once every call in flight has settled.
+            if i128::from(spent_nanos) + i128::from(nanos) > i128::from(budget_nanos) {
+                record.budget_exhausted_at.get_or_insert(now_secs());
+            }
             return Ok(Reservation::Denied {
                 spent_nanos,
                 reserved_nanos,

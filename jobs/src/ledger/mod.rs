@@ -44,8 +44,9 @@ pub enum Reservation {
     Unlimited,
     /// Reserved; replace it with the actual cost through [`Ledger::commit`].
     Granted,
-    /// The budget can't cover it (spent + in-flight reservations + this > budget). The batch is
-    /// now marked budget-exhausted.
+    /// The budget can't cover it now (spent + in-flight reservations + this > budget). When it
+    /// couldn't even with nothing in flight (spent + this > budget), the batch is now marked
+    /// budget-exhausted; otherwise wait for calls in flight to settle.
     Denied {
         spent_nanos: i64,
         reserved_nanos: i64,

@@ -165,6 +165,9 @@ impl Ledger for RedisLedger {
         if let Some(t) = &record.task {
             fields.push(("task", t.clone()));
         }
+        if let Some(at) = record.in_progress_at {
+            fields.push(("in_progress_at", at.to_string()));
+        }
         if record.no_cache {
             fields.push(("no_cache", "1".to_string()));
         }

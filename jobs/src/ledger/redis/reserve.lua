@@ -38,5 +38,9 @@ if spent + reserved + nanos <= budget then
   redis.call('HSET', KEYS[1], 'reserved_nanos', string.format('%.0f', reserved + nanos))
   return {1}
 end
-redis.call('HSETNX', KEYS[1], 'budget_exhausted_at', ARGV[3])
+-- Exhausted only when the call can't fit even once every call in flight has settled; until
+-- then the caller waits for them.
+if spent + nanos > budget then
+  redis.call('HSETNX', KEYS[1], 'budget_exhausted_at', ARGV[3])
+end
 return {2, spent, reserved, budget}
