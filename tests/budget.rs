@@ -30,10 +30,7 @@ fn two_workers_never_overspend_and_retry_with_more_budget_finishes_the_batch() {
     let Some(cluster) = Cluster::start_opts(
         "budget",
         &["--latency-ms", "20"],
-        Options {
-            extra_toml: "[cache]\nenabled = false\n".into(),
-            ..Options::default()
-        },
+        Options::default(),
     ) else {
         return;
     };

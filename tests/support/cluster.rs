@@ -27,6 +27,8 @@ pub struct Options {
     pub extra_toml: String,
     /// Extra keys of `[models.small]`, e.g. `rpm = 20`.
     pub small_extra: String,
+    /// The result cache across batches. Off by default so that call counts equal item counts.
+    pub cache: bool,
 }
 
 impl Default for Options {
@@ -39,6 +41,7 @@ impl Default for Options {
             max_attempts: 5,
             extra_toml: String::new(),
             small_extra: String::new(),
+            cache: false,
         }
     }
 }
@@ -109,6 +112,9 @@ url = "{storage_url}"
 [worker]
 drain_timeout_secs = 10
 
+[cache]
+enabled = {cache}
+
 [retry]
 base_ms = 20
 cap_ms = 200
@@ -153,6 +159,7 @@ max_output_tokens = 300
                 cooldown = opts.cooldown_secs,
                 extra = opts.extra_toml,
                 small_extra = opts.small_extra,
+                cache = opts.cache,
             ),
         )
         .unwrap();

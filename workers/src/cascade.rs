@@ -82,6 +82,8 @@ impl JobRunner {
             .filter(|_| !record.is_some_and(|r| r.no_cache));
         let mut last_error: Option<ProviderError> = None;
         let (mut exhausted, mut unavailable) = (false, 0usize);
+        // After a context overflow only a larger context window can help.
+        let mut needs_context_over: Option<u64> = None;
         let count = plan.candidates.len();
         for (index, cand) in plan.candidates.iter().enumerate() {
             let model = &cand.model;
@@ -90,6 +92,9 @@ impl JobRunner {
             let Some(provider) = self.catalog.provider(&model.provider) else {
                 continue;
             };
+            if needs_context_over.is_some_and(|window| model.context_window <= window) {
+                continue;
+            }
             let call = ChatCall {
                 model_name: &model.name,
                 body: &job.body,
@@ -193,6 +198,13 @@ impl JobRunner {
                                     | ProviderErrorKind::QuotaExhausted
                             );
                             tracing::warn!(model = %model.key, kind = e.kind.code(), error = %e.message, "provider call failed");
+                            if e.kind == ProviderErrorKind::ContextOverflow {
+                                needs_context_over = Some(
+                                    needs_context_over.map_or(model.context_window, |w| {
+                                        w.max(model.context_window)
+                                    }),
+                                );
+                            }
                             if escalate && has_next {
                                 run.ext.escalations += 1;
                                 last_error = Some(e);

@@ -104,6 +104,7 @@ pub fn parse(body: &[u8]) -> Result<Parsed, Box<Response>> {
         last_user,
         prompt_tokens: ((system_chars + prompt_chars) / 4 + 4 * messages.len()).max(1) as u64,
         max_tokens: Some(max_tokens),
+        answer: None,
     })
 }
 

@@ -18,6 +18,8 @@ pub struct Parsed {
     pub last_user: String,
     pub prompt_tokens: u64,
     pub max_tokens: Option<u64>,
+    /// Skill mode's `ANSWER: ok` / `ANSWER: wrong`, set after parsing when it applies.
+    pub answer: Option<&'static str>,
 }
 
 /// The reply the fake gives.
@@ -30,11 +32,17 @@ pub struct Reply {
 }
 
 impl Reply {
-    /// `fake reply from MODEL: <the first 40 characters of the last user message>`, cut at
-    /// `max_tokens` (four characters a token), or to half when `force_length`.
+    /// `fake reply from MODEL: <the first 40 characters of the last user message>` (or skill
+    /// mode's answer), cut at `max_tokens` (four characters a token), or to half when
+    /// `force_length`.
     pub fn new(parsed: &Parsed, force_length: bool) -> Self {
-        let first: String = parsed.last_user.chars().take(40).collect();
-        let content = format!("fake reply from {}: {first}", parsed.model);
+        let content = match parsed.answer {
+            Some(answer) => answer.to_owned(),
+            None => {
+                let first: String = parsed.last_user.chars().take(40).collect();
+                format!("fake reply from {}: {first}", parsed.model)
+            }
+        };
         let tokens = (content.chars().count() as u64).div_ceil(4);
         let cut = match parsed.max_tokens.filter(|limit| *limit < tokens) {
             Some(limit) => Some(limit),
@@ -190,10 +198,11 @@ async fn respond(
         OpenAi => openai::parse(body),
         Anthropic => anthropic::parse(body),
     };
-    let parsed = match parsed {
+    let mut parsed = match parsed {
         Ok(p) => p,
         Err(response) => return (*response, true),
     };
+    parsed.answer = crate::skill::answer(&options.skills, &parsed.model, &parsed.last_user);
 
     let full = Reply::new(&parsed, false);
     let admission = state

@@ -34,6 +34,13 @@
 //! - the header `x-fake-latency-ms: N`, added to the drawn latency;
 //! - `--fail-rate-{429,500,502,503,529}`, `--drop-rate`, `--hang-rate`, `--malformed-rate`,
 //!   `--length-rate`, `--filter-rate`: that fraction of requests, at random (one draw each).
+//!
+//! Skill mode (`--skills MODEL=SKILL,...`, for routing benchmarks): when the last user message
+//! contains `[[difficulty=D]]` and the requested model has a skill, the reply is `ANSWER: ok`
+//! or `ANSWER: wrong`, decided deterministically by a hash of the model and the text against
+//! `1 / (1 + exp(-12 (skill - D)))`; see the `skill` module for the exact rule and usage.
+//! OpenAI-dialect usage is always `prompt_tokens = floor(chars of all message contents / 4) +
+//! 4 per message` (at least 1) and `completion_tokens = ceil(reply chars / 4)`.
 
 mod anthropic;
 mod conn;
@@ -41,6 +48,7 @@ mod flow;
 mod limits;
 mod openai;
 mod options;
+mod skill;
 
 use std::collections::{BTreeMap, HashSet};
 use std::error::Error;

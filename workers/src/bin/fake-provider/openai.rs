@@ -98,6 +98,7 @@ pub fn parse(body: &[u8]) -> Result<Parsed, Box<Response>> {
         max_tokens: ["max_completion_tokens", "max_tokens"]
             .iter()
             .find_map(|k| request.get(*k).and_then(Value::as_u64)),
+        answer: None,
     })
 }
 

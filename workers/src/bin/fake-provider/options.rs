@@ -13,7 +13,15 @@ usage: batchyard-fake-provider [--addr 127.0.0.1:0] [--require-key KEY]
             [--fail-rate-429 F] [--fail-rate-500 F] [--fail-rate-502 F] [--fail-rate-503 F]
             [--fail-rate-529 F] [--drop-rate F] [--hang-rate F] [--malformed-rate F]
             [--length-rate F] [--filter-rate F]
-  [--hang-secs N]  how long a hung request waits before its connection is closed (600)";
+  [--hang-secs N]  how long a hung request waits before its connection is closed (600)
+  skill mode (deterministic answer adequacy, for routing benchmarks):
+            [--skills MODEL=SKILL,...]  e.g. tiny=0.25,small=0.5,medium=0.75,large=0.97
+    When the last user message contains [[difficulty=D]] (D in [0,1]) and the request's model
+    has a skill, the reply is `ANSWER: ok` if the model passes the item, else `ANSWER: wrong`:
+      u = (first 8 bytes of SHA-256(model \\0 last_user_message), big-endian, >> 11) / 2^53
+      q = 1 / (1 + exp(-12 * (skill - D)));  pass iff u < q
+    Usage as always: prompt_tokens = floor(chars of all message contents / 4) + 4 per message
+    (OpenAI dialect), completion_tokens = ceil(reply chars / 4) (3 for ok, 4 for wrong).";
 
 /// How latency is drawn; the median is `--latency-p50-ms` in each case.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -50,6 +58,8 @@ pub struct Options {
     /// Each random fault with its rate; one draw picks at most one of them.
     pub fault_rates: Vec<(RandomFault, f64)>,
     pub hang: Duration,
+    /// Skill mode: provider-side model names and their skill in [0, 1].
+    pub skills: Vec<(String, f64)>,
 }
 
 impl Default for Options {
@@ -64,6 +74,7 @@ impl Default for Options {
             latency_dist: LatencyDist::Fixed,
             fault_rates: Vec::new(),
             hang: Duration::from_secs(600),
+            skills: Vec::new(),
         }
     }
 }
@@ -126,6 +137,7 @@ impl Options {
                     }
                 }
                 "--hang-secs" => options.hang = Duration::from_secs(value.parse()?),
+                "--skills" => options.skills = crate::skill::parse(&value)?,
                 _ => return Err(format!("unknown flag {name}\n{USAGE}").into()),
             }
         }
