@@ -27,11 +27,8 @@ fn exactly_once(ok: &[serde_json::Value], errors: &[serde_json::Value]) -> usize
 
 #[test]
 fn two_workers_never_overspend_and_retry_with_more_budget_finishes_the_batch() {
-    let Some(cluster) = Cluster::start_opts(
-        "budget",
-        &["--latency-ms", "20"],
-        Options::default(),
-    ) else {
+    let Some(cluster) = Cluster::start_opts("budget", &["--latency-ms", "20"], Options::default())
+    else {
         return;
     };
     let total = 120;

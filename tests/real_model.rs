@@ -330,3 +330,108 @@ fn a_json_schema_response_format_yields_schema_valid_json() {
         eprintln!("  {}: {content}", line["custom_id"].as_str().unwrap());
     }
 }
+
+/// The real cascade: the free local model goes first; when its JSON fails the schema, the item
+/// escalates to a stronger (paid) model, here the fake provider answering schema-valid JSON.
+#[test]
+fn a_real_cascade_escalates_from_the_local_model_when_its_json_fails_the_schema() {
+    let Some(url) = llama_url("a_real_cascade_escalates") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let strong_answer = r#"{"city": "Oslo", "temperature_c": 12}"#;
+    let reply = format!("strong-1={strong_answer}");
+    let fake = support::fake::FakeProvider::start(&["--reply", &reply]);
+    let store = dir.path().join("store");
+    let toml = format!(
+        r#"
+[storage]
+url = "file://{store}"
+
+[cache]
+enabled = false
+
+[providers.llama]
+kind = "openai"
+base_url = "{url}"
+timeout_secs = 120
+
+[providers.fake]
+kind = "openai"
+base_url = "{fake}"
+
+[models.smol]
+provider = "llama"
+name = "{SERVED_NAME}"
+input_usd_per_mtok = 0.0
+output_usd_per_mtok = 0.0
+context_window = 2048
+tier = 1
+capabilities = ["json"]
+
+[models.strong]
+provider = "fake"
+name = "strong-1"
+input_usd_per_mtok = 2.50
+output_usd_per_mtok = 10.00
+context_window = 128000
+tier = 3
+capabilities = ["json"]
+
+[tasks.weather]
+system = "You extract fields. Reply with JSON only."
+prompt = "Give the city and the temperature in Celsius of this report as JSON with the keys city and temperature_c:\n\n{{{{ text }}}}"
+requires = ["json"]
+max_output_tokens = 48
+
+[tasks.weather.validate]
+json_schema = {{ type = "object", required = ["city", "temperature_c"], additionalProperties = false, properties = {{ city = {{ type = "string" }}, temperature_c = {{ type = "integer" }} }} }}
+"#,
+        store = store.display(),
+        fake = fake.base_url,
+    );
+    let config = write_file(dir.path(), "batchyard.toml", toml.as_bytes());
+    let docs = "{\"id\":\"w1\",\"text\":\"Oslo: 12 degrees and light rain this morning.\"}\n\
+                {\"id\":\"w2\",\"text\":\"Bergen reports 9 degrees with strong wind.\"}\n\
+                {\"id\":\"w3\",\"text\":\"In Tromso it is 3 degrees under clear skies.\"}\n";
+    let input = write_file(dir.path(), "weather.jsonl", docs.as_bytes());
+    let lines = run_batch(dir.path(), &config, &input, &["--task", "weather"], 3);
+    let mut escalated = 0;
+    for line in &lines {
+        let ext = &line["batchyard"];
+        let cascade = ext["cascade"].as_array().unwrap();
+        // The free local model always goes first: trying it costs nothing.
+        assert_eq!(cascade[0]["model"], "smol", "line: {line}");
+        let content = line["response"]["body"]["choices"][0]["message"]["content"]
+            .as_str()
+            .unwrap();
+        let parsed: Value = serde_json::from_str(content.trim())
+            .unwrap_or_else(|e| panic!("an accepted answer is JSON ({e}): {line}"));
+        assert!(
+            parsed["city"].is_string() && parsed["temperature_c"].is_i64(),
+            "{line}"
+        );
+        if ext["model"] == "strong" {
+            escalated += 1;
+            // Its answer failed the schema, or ran past its token limit unfinished.
+            let outcome = cascade[0]["outcome"].as_str().unwrap();
+            assert!(
+                outcome == "failed_validation" || outcome == "truncated",
+                "line: {line}"
+            );
+            assert_eq!(ext["escalations"], 1, "line: {line}");
+            assert!(ext["cost_usd"].as_f64().unwrap() > 0.0, "line: {line}");
+        } else {
+            assert_eq!(ext["cost_usd"], 0.0, "line: {line}");
+        }
+    }
+    eprintln!("real cascade: {escalated} of 3 items escalated from smol to strong");
+    assert!(
+        escalated >= 1,
+        "SmolLM2-135M is expected to miss a strict schema at least once: {lines:?}"
+    );
+    assert!(
+        fake.stats()["requests"].as_u64().unwrap() == escalated,
+        "the strong model is called only for escalations"
+    );
+}

@@ -199,11 +199,10 @@ impl JobRunner {
                             );
                             tracing::warn!(model = %model.key, kind = e.kind.code(), error = %e.message, "provider call failed");
                             if e.kind == ProviderErrorKind::ContextOverflow {
-                                needs_context_over = Some(
-                                    needs_context_over.map_or(model.context_window, |w| {
+                                needs_context_over =
+                                    Some(needs_context_over.map_or(model.context_window, |w| {
                                         w.max(model.context_window)
-                                    }),
-                                );
+                                    }));
                             }
                             if escalate && has_next {
                                 run.ext.escalations += 1;

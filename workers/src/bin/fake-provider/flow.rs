@@ -18,8 +18,9 @@ pub struct Parsed {
     pub last_user: String,
     pub prompt_tokens: u64,
     pub max_tokens: Option<u64>,
-    /// Skill mode's `ANSWER: ok` / `ANSWER: wrong`, set after parsing when it applies.
-    pub answer: Option<&'static str>,
+    /// Skill mode's `ANSWER: ok` / `ANSWER: wrong`, or a `--reply` text for this model, set
+    /// after parsing when it applies.
+    pub answer: Option<String>,
 }
 
 /// The reply the fake gives.
@@ -36,8 +37,8 @@ impl Reply {
     /// mode's answer), cut at `max_tokens` (four characters a token), or to half when
     /// `force_length`.
     pub fn new(parsed: &Parsed, force_length: bool) -> Self {
-        let content = match parsed.answer {
-            Some(answer) => answer.to_owned(),
+        let content = match &parsed.answer {
+            Some(answer) => answer.clone(),
             None => {
                 let first: String = parsed.last_user.chars().take(40).collect();
                 format!("fake reply from {}: {first}", parsed.model)
@@ -202,7 +203,15 @@ async fn respond(
         Ok(p) => p,
         Err(response) => return (*response, true),
     };
-    parsed.answer = crate::skill::answer(&options.skills, &parsed.model, &parsed.last_user);
+    parsed.answer = crate::skill::answer(&options.skills, &parsed.model, &parsed.last_user)
+        .map(str::to_owned)
+        .or_else(|| {
+            options
+                .replies
+                .iter()
+                .find(|(model, _)| *model == parsed.model)
+                .map(|(_, text)| text.clone())
+        });
 
     let full = Reply::new(&parsed, false);
     let admission = state

@@ -14,6 +14,7 @@ usage: batchyard-fake-provider [--addr 127.0.0.1:0] [--require-key KEY]
             [--fail-rate-529 F] [--drop-rate F] [--hang-rate F] [--malformed-rate F]
             [--length-rate F] [--filter-rate F]
   [--hang-secs N]  how long a hung request waits before its connection is closed (600)
+  [--reply MODEL=TEXT]  this model always answers TEXT (repeatable)
   skill mode (deterministic answer adequacy, for routing benchmarks):
             [--skills MODEL=SKILL,...]  e.g. tiny=0.25,small=0.5,medium=0.75,large=0.97
     When the last user message contains [[difficulty=D]] (D in [0,1]) and the request's model
@@ -60,6 +61,8 @@ pub struct Options {
     pub hang: Duration,
     /// Skill mode: provider-side model names and their skill in [0, 1].
     pub skills: Vec<(String, f64)>,
+    /// `--reply MODEL=TEXT` (repeatable): this model always answers TEXT.
+    pub replies: Vec<(String, String)>,
 }
 
 impl Default for Options {
@@ -75,6 +78,7 @@ impl Default for Options {
             fault_rates: Vec::new(),
             hang: Duration::from_secs(600),
             skills: Vec::new(),
+            replies: Vec::new(),
         }
     }
 }
@@ -138,6 +142,12 @@ impl Options {
                 }
                 "--hang-secs" => options.hang = Duration::from_secs(value.parse()?),
                 "--skills" => options.skills = crate::skill::parse(&value)?,
+                "--reply" => match value.split_once('=') {
+                    Some((model, text)) if !model.is_empty() => {
+                        options.replies.push((model.to_string(), text.to_string()));
+                    }
+                    _ => return Err(format!("{name} takes MODEL=TEXT, not {value:?}").into()),
+                },
                 _ => return Err(format!("unknown flag {name}\n{USAGE}").into()),
             }
         }
