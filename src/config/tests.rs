@@ -190,3 +190,56 @@ fn anthropic_providers_default_their_base_url_and_hide_the_key() {
     .to_string();
     assert!(e.contains("providers.claude.base_url"), "{e}");
 }
+
+#[test]
+fn routing_and_cache_have_defaults_and_checked_values() {
+    let s = Settings::from_raw(RawConfig::default(), None, &env(&[])).unwrap();
+    assert!(s.routing.learn);
+    assert_eq!(s.routing.exploration, 0.5);
+    assert!(s.cache.enabled);
+    assert_eq!(s.cache.ttl, Duration::from_secs(30 * 24 * 3600));
+
+    let s = load(
+        "[routing]\nlearn = false\nexploration = 1.0\n[cache]\nenabled = false\nttl_secs = 60\n",
+    )
+    .unwrap();
+    assert!(!s.routing.learn);
+    assert_eq!(s.routing.exploration, 1.0);
+    assert!(!s.cache.enabled);
+    assert_eq!(s.cache.ttl, Duration::from_secs(60));
+
+    for (text, key) in [
+        ("[routing]\nexploration = 2.0\n", "routing.exploration"),
+        ("[routing]\nprior_strength = 0\n", "routing.prior_strength"),
+        ("[routing]\nmax_evidence = 1\n", "routing.max_evidence"),
+        ("[cache]\nttl_secs = 0\n", "cache.ttl_secs"),
+    ] {
+        let e = load(text).err().unwrap();
+        assert_eq!(e.key, key, "{e}");
+        assert!(e.to_string().contains("test.toml"), "{e}");
+    }
+    let e = load("[routing]\nlearning = true\n").err().unwrap();
+    assert!(e.to_string().contains("learning"), "{e}");
+}
+
+#[test]
+fn a_task_response_format_is_sent_with_its_calls() {
+    let text = r#"
+[tasks.extract]
+prompt = "{{ text }}"
+response_format = { type = "json_schema", json_schema = { name = "x", schema = { type = "object" } } }
+"#;
+    let s = load(text).unwrap();
+    let mut fields = serde_json::Map::new();
+    fields.insert("text".into(), serde_json::Value::String("hi".into()));
+    let body = s.catalog.render_document("extract", &fields).unwrap();
+    assert_eq!(body["response_format"]["type"], "json_schema");
+    assert_eq!(
+        body["response_format"]["json_schema"]["schema"]["type"],
+        "object"
+    );
+    let e = load("[tasks.t]\nprompt = \"x\"\nresponse_format = { schema = {} }\n")
+        .err()
+        .unwrap();
+    assert_eq!(e.key, "tasks.t.response_format", "{e}");
+}
