@@ -48,7 +48,7 @@ fn workers_share_what_they_learn_and_stop_asking_a_model_that_fails() {
     let after_first = cluster.fake.stats()["requests"].as_u64().unwrap();
     let small_first = after_first - 20;
     assert!(
-        small_first >= 1 && small_first <= 12,
+        (1..=12).contains(&small_first),
         "small asked {small_first} times"
     );
 
