@@ -41,6 +41,28 @@ pub enum Command {
     Estimate(InputArgs),
     /// Explain how one item would be routed: candidates, constraints, cost, p, the choice
     Route(RouteArgs),
+    /// Serve the OpenAI-compatible Batch API, the native API, /metrics and the dashboard
+    Serve(ServeArgs),
+    /// Follow one batch with a live progress bar until it ends (exit 1 unless it completed)
+    Watch(WatchArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Address to listen on
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub addr: String,
+}
+
+#[derive(Debug, Args)]
+pub struct WatchArgs {
+    pub batch_id: String,
+    /// Print the final batch object as JSON
+    #[arg(long)]
+    pub json: bool,
+    /// How often to refresh, in milliseconds
+    #[arg(long, default_value_t = 1000, value_name = "MS")]
+    pub interval_ms: u64,
 }
 
 #[derive(Debug, Args)]
@@ -154,6 +176,9 @@ pub struct WorkerArgs {
     /// Exit once the queue has been empty this many seconds
     #[arg(long, value_name = "SECONDS")]
     pub exit_when_idle: Option<f64>,
+    /// Serve Prometheus metrics at http://ADDR/metrics
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_addr: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -162,6 +187,12 @@ pub struct StatusArgs {
     pub batch_id: Option<String>,
     #[arg(long)]
     pub json: bool,
+    /// Refresh the view until interrupted
+    #[arg(long)]
+    pub watch: bool,
+    /// Exit 1 when the total pending jobs are above N (for monitoring checks)
+    #[arg(long, value_name = "N")]
+    pub fail_above: Option<u64>,
 }
 
 #[derive(Debug, Args)]

@@ -41,7 +41,7 @@ fn main() -> ExitCode {
     };
     let env: BTreeMap<String, String> = std::env::vars().collect();
     let default_filter = match cli.command {
-        Command::Worker(_) => "info",
+        Command::Worker(_) | Command::Serve(_) => "info",
         _ => "warn",
     };
     telemetry::init(&env, default_filter);
@@ -68,6 +68,8 @@ fn main() -> ExitCode {
             Command::Models(args) => commands::models::models(config, args, &env).await,
             Command::Estimate(args) => commands::estimate::estimate(config, args, &env).await,
             Command::Route(args) => commands::estimate::route(config, args, &env).await,
+            Command::Serve(args) => commands::serve::serve(config, args, &env).await,
+            Command::Watch(args) => commands::watch::watch(config, args, &env).await,
         }
     });
     match result {

@@ -5,8 +5,10 @@ pub mod estimate;
 pub mod models;
 pub mod results;
 pub mod run;
+pub mod serve;
 pub mod status;
 pub mod submit;
+pub mod watch;
 pub mod worker;
 
 use std::collections::BTreeMap;
