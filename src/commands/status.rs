@@ -1,96 +1,295 @@
-//! `batchyard status [BATCH_ID]`: queue depth, or one batch.
+//! `batchyard status [BATCH_ID]`: the queue's depth with active and recent batches, or one batch.
+//!
+//! - `--watch` redraws the view every [`REFRESH`] until Ctrl-C (which exits 0): on a terminal
+//!   the screen is cleared first; otherwise each snapshot follows the last after a blank line
+//!   (with `--json`, one JSON object per line and no blank lines).
+//! - `--fail-above N` (queue view only, not with `--watch`): after printing the view, exits 1
+//!   when the total pending jobs, pending + delayed (waiting to run; in-flight and dead jobs
+//!   are not counted), are above N. For cron and monitoring checks.
 
 use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::io::{IsTerminal, Write as _};
 use std::path::Path;
+use std::time::Duration;
 
-use serde_json::json;
+use batchyard_jobs::batch::BatchRecord;
+use batchyard_jobs::queue::QueueDepth;
+use serde_json::{Value, json};
 
 use crate::app::App;
 use crate::batch_view::batch_json;
 use crate::cli::StatusArgs;
 use crate::exit::UsageError;
 
+/// How often `--watch` redraws.
+const REFRESH: Duration = Duration::from_secs(2);
+/// One snapshot may take this long to read.
+const READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// Active batches are looked for among this many newest batches.
+const SCAN: usize = 200;
+/// Finished batches shown in the text view.
+const RECENT_FINISHED: usize = 10;
+/// Batches (any state) in the JSON `batches` list.
+const RECENT_JSON: usize = 20;
+
 pub async fn status(
     config: Option<&Path>,
     args: &StatusArgs,
     env: &BTreeMap<String, String>,
 ) -> anyhow::Result<()> {
+    if args.fail_above.is_some() && args.batch_id.is_some() {
+        return Err(UsageError(
+            "--fail-above checks the queue depth; leave out the batch id".into(),
+        )
+        .into());
+    }
+    if args.fail_above.is_some() && args.watch {
+        return Err(
+            UsageError("--fail-above is a one-shot check; leave out --watch".into()).into(),
+        );
+    }
     let settings = super::load_settings(config, env)?;
     let app = App::connect(settings, None, false, "status").await?;
-    match &args.batch_id {
-        Some(id) => {
-            let Some(record) = app.ledger.get(id).await? else {
-                return Err(UsageError(format!(
-                    "batch {id} was not found; `batchyard status` lists recent batches"
-                ))
-                .into());
-            };
-            let view = batch_json(&record, &app.store);
-            if args.json {
-                println!("{view}");
-            } else {
-                let c = record.counts;
-                println!("batch      {}", record.id);
-                println!("status     {}", record.state.as_str());
-                println!(
-                    "items      {} total, {} completed, {} failed",
-                    c.total, c.completed, c.failed
-                );
-                println!("cost       ${:.6}", record.cost_usd());
-                if let Some(b) = record.budget_usd {
-                    println!("budget     ${b:.4}");
-                }
-                if let Some(out) = view.get("output_file").and_then(|v| v.as_str()) {
-                    println!("output     {out}");
-                }
-            }
-        }
-        None => {
-            let depth = app.queue.depth().await?;
-            let name = app.queue.name().to_string();
-            if args.json {
-                let batches = app.ledger.list(20).await?;
-                let batches: Vec<_> = batches.iter().map(|r| batch_json(r, &app.store)).collect();
-                println!(
-                    "{}",
-                    json!({"queues": [{
-                        "name": name,
-                        "pending": depth.pending,
-                        "in_flight": depth.in_flight,
-                        "delayed": depth.delayed,
-                        "dead": depth.dead,
-                    }], "batches": batches})
-                );
-            } else {
-                println!(
-                    "{:<16} {:>10} {:>10} {:>10} {:>10}",
-                    "QUEUE", "PENDING", "IN_FLIGHT", "DELAYED", "DEAD"
-                );
-                println!(
-                    "{:<16} {:>10} {:>10} {:>10} {:>10}",
-                    name, depth.pending, depth.in_flight, depth.delayed, depth.dead
-                );
-                let batches = app.ledger.list(10).await?;
-                if !batches.is_empty() {
-                    println!();
-                    println!(
-                        "{:<34} {:<12} {:>9} {:>9} {:>9} {:>12}",
-                        "BATCH", "STATUS", "TOTAL", "DONE", "FAILED", "COST_USD"
-                    );
-                    for r in batches {
-                        println!(
-                            "{:<34} {:<12} {:>9} {:>9} {:>9} {:>12.6}",
-                            r.id,
-                            r.state.as_str(),
-                            r.counts.total,
-                            r.counts.completed,
-                            r.counts.failed,
-                            r.cost_usd()
-                        );
-                    }
-                }
-            }
+    if args.watch {
+        return watch(&app, args).await;
+    }
+    let snapshot = read(&app, args).await?;
+    print!("{}", snapshot.render(&app, args.json));
+    if let (Some(limit), Snapshot::Queue(q)) = (args.fail_above, &snapshot) {
+        let total = q.total_pending();
+        if total > limit {
+            anyhow::bail!(
+                "{total} job(s) pending in queue {} (pending {} + delayed {}), above --fail-above {limit}",
+                q.name,
+                q.depth.pending,
+                q.depth.delayed
+            );
         }
     }
     Ok(())
+}
+
+/// Redraws until Ctrl-C. A snapshot that can't be read is shown as an error and retried.
+async fn watch(app: &App, args: &StatusArgs) -> anyhow::Result<()> {
+    let clear = std::io::stdout().is_terminal() && !args.json;
+    let shutdown = super::shutdown_signal();
+    tokio::pin!(shutdown);
+    let mut first = true;
+    loop {
+        let body = tokio::select! {
+            snapshot = read(app, args) => match snapshot {
+                Ok(s) => s.render(app, args.json),
+                Err(e) if args.batch_id.is_some() && e.downcast_ref::<UsageError>().is_some() => {
+                    return Err(e);
+                }
+                Err(e) => {
+                    let e = format!("{e:#}; retrying in {}s", REFRESH.as_secs());
+                    if args.json {
+                        format!("{}\n", json!({ "error": e }))
+                    } else {
+                        format!("error: {e}\n")
+                    }
+                }
+            },
+            () = &mut shutdown => return Ok(()),
+        };
+        let mut out = std::io::stdout().lock();
+        if clear {
+            write!(out, "\x1b[2J\x1b[H")?;
+        } else if !first && !args.json {
+            writeln!(out)?;
+        }
+        write!(out, "{body}")?;
+        out.flush()?;
+        drop(out);
+        first = false;
+        tokio::select! {
+            () = tokio::time::sleep(REFRESH) => {}
+            () = &mut shutdown => return Ok(()),
+        }
+    }
+}
+
+enum Snapshot {
+    Batch(Box<BatchRecord>),
+    Queue(QueueView),
+}
+
+struct QueueView {
+    name: String,
+    depth: QueueDepth,
+    /// Newest first.
+    batches: Vec<BatchRecord>,
+}
+
+impl QueueView {
+    /// Jobs waiting to run: pending plus delayed.
+    fn total_pending(&self) -> u64 {
+        self.depth.pending + self.depth.delayed
+    }
+}
+
+async fn read(app: &App, args: &StatusArgs) -> anyhow::Result<Snapshot> {
+    let reading = async {
+        match &args.batch_id {
+            Some(id) => match app.ledger.get(id).await? {
+                Some(record) => Ok(Snapshot::Batch(Box::new(record))),
+                None => Err(UsageError(format!(
+                    "batch {id} was not found; `batchyard status` lists recent batches"
+                ))
+                .into()),
+            },
+            None => Ok(Snapshot::Queue(QueueView {
+                name: app.queue.name().to_string(),
+                depth: app.queue.depth().await?,
+                batches: app.ledger.list(SCAN).await?,
+            })),
+        }
+    };
+    tokio::time::timeout(READ_TIMEOUT, reading)
+        .await
+        .unwrap_or_else(|_| {
+            Err(anyhow::anyhow!(
+                "reading the status took longer than {}s; check redis",
+                READ_TIMEOUT.as_secs()
+            ))
+        })
+}
+
+impl Snapshot {
+    /// The whole view, ending with a newline.
+    fn render(&self, app: &App, json: bool) -> String {
+        match (self, json) {
+            (Self::Batch(record), true) => format!("{}\n", batch_json(record, &app.store)),
+            (Self::Batch(record), false) => batch_text(record, &batch_json(record, &app.store)),
+            (Self::Queue(q), true) => format!("{}\n", queue_json(q, app)),
+            (Self::Queue(q), false) => queue_text(q),
+        }
+    }
+}
+
+fn batch_text(record: &BatchRecord, view: &Value) -> String {
+    let c = record.counts;
+    let mut s = String::new();
+    let _ = writeln!(s, "batch      {}", record.id);
+    let _ = writeln!(s, "status     {}", record.state.as_str());
+    let _ = writeln!(
+        s,
+        "items      {} total, {} completed, {} failed",
+        c.total, c.completed, c.failed
+    );
+    let _ = writeln!(s, "progress   {}", progress(record));
+    let _ = writeln!(s, "cost       ${:.6}", record.cost_usd());
+    if let Some(b) = record.budget_usd {
+        let exhausted = if record.budget_exhausted_at.is_some() {
+            " (exhausted)"
+        } else {
+            ""
+        };
+        let _ = writeln!(s, "budget     ${b:.4}{exhausted}");
+    }
+    if let Some(out) = view.get("output_file").and_then(|v| v.as_str()) {
+        let _ = writeln!(s, "output     {out}");
+    }
+    s
+}
+
+fn queue_json(q: &QueueView, app: &App) -> Value {
+    let d = q.depth;
+    let active: Vec<Value> = q
+        .batches
+        .iter()
+        .filter(|r| !r.state.is_terminal())
+        .map(|r| batch_json(r, &app.store))
+        .collect();
+    let recent: Vec<Value> = q
+        .batches
+        .iter()
+        .take(RECENT_JSON)
+        .map(|r| batch_json(r, &app.store))
+        .collect();
+    json!({
+        "queues": [{
+            "name": q.name,
+            "pending": d.pending,
+            "in_flight": d.in_flight,
+            "delayed": d.delayed,
+            "dead": d.dead,
+            "total_pending": q.total_pending(),
+        }],
+        "total_pending": q.total_pending(),
+        "active_batches": active,
+        "batches": recent,
+    })
+}
+
+fn queue_text(q: &QueueView) -> String {
+    let d = q.depth;
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "{:<16} {:>10} {:>10} {:>10} {:>10}",
+        "QUEUE", "PENDING", "IN_FLIGHT", "DELAYED", "DEAD"
+    );
+    let _ = writeln!(
+        s,
+        "{:<16} {:>10} {:>10} {:>10} {:>10}",
+        q.name, d.pending, d.in_flight, d.delayed, d.dead
+    );
+    let _ = writeln!(
+        s,
+        "total pending (pending + delayed): {}",
+        q.total_pending()
+    );
+    let (active, finished): (Vec<&BatchRecord>, Vec<&BatchRecord>) =
+        q.batches.iter().partition(|r| !r.state.is_terminal());
+    let _ = writeln!(s);
+    if active.is_empty() {
+        let _ = writeln!(s, "no active batches");
+    } else {
+        let _ = writeln!(s, "ACTIVE BATCHES");
+        batch_table(&mut s, &active);
+    }
+    let finished: Vec<&BatchRecord> = finished.into_iter().take(RECENT_FINISHED).collect();
+    if !finished.is_empty() {
+        let _ = writeln!(s);
+        let _ = writeln!(s, "RECENT FINISHED BATCHES");
+        batch_table(&mut s, &finished);
+    }
+    s
+}
+
+fn batch_table(s: &mut String, batches: &[&BatchRecord]) {
+    let _ = writeln!(
+        s,
+        "{:<34} {:<12} {:>20} {:>8} {:>12} {:>12}",
+        "BATCH", "STATUS", "PROGRESS", "FAILED", "COST_USD", "BUDGET_USD"
+    );
+    for r in batches {
+        let budget = r
+            .budget_usd
+            .map_or_else(|| "-".to_string(), |b| format!("{b:.4}"));
+        let _ = writeln!(
+            s,
+            "{:<34} {:<12} {:>20} {:>8} {:>12.6} {:>12}",
+            r.id,
+            r.state.as_str(),
+            progress(r),
+            r.counts.failed,
+            r.cost_usd(),
+            budget
+        );
+    }
+}
+
+/// `120/500 (24%)`: settled items of the total.
+fn progress(r: &BatchRecord) -> String {
+    let total = r.counts.total;
+    let settled = r.settled();
+    if total == 0 {
+        return format!("{settled}/{total}");
+    }
+    let pct = (settled as f64 / total as f64 * 100.0).floor();
+    format!("{settled}/{total} ({pct:.0}%)")
 }
