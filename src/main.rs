@@ -7,8 +7,10 @@
 //! - [`submission`]: streaming validation and chunked enqueue of a batch.
 //! - [`batch_view`]: the batch object printed by `--json`.
 //! - [`telemetry`]: logs, plain or JSON.
+//! - [`metrics_http`]: the Prometheus recorder and its `GET /metrics` endpoint.
 //! - [`exit`]: exit codes (0 ok, 2 bad usage or input, 1 anything else).
 
+mod api;
 mod app;
 mod batch_view;
 mod cli;
@@ -16,6 +18,7 @@ mod commands;
 mod config;
 mod estimate;
 mod exit;
+mod metrics_http;
 mod replay;
 mod submission;
 mod telemetry;

@@ -192,6 +192,16 @@ impl<'a> Scanner<'a> {
 
 /// Validates and enqueues one batch.
 pub async fn submit(app: &App, req: &SubmitRequest) -> anyhow::Result<Submitted> {
+    submit_with_id(app, req, new_batch_id()).await
+}
+
+/// As [`submit`], under an id the caller chose (the API names a batch before it validates).
+/// The id must come from [`new_batch_id`], so it is key-safe and sorts by creation.
+pub async fn submit_with_id(
+    app: &App,
+    req: &SubmitRequest,
+    batch_id: String,
+) -> anyhow::Result<Submitted> {
     if let Some(t) = &req.task
         && app.settings.catalog.task(t).is_none()
     {
@@ -208,7 +218,6 @@ pub async fn submit(app: &App, req: &SubmitRequest) -> anyhow::Result<Submitted>
         return Err(UsageError(format!("--budget-usd must be 0 or more, not {b}")).into());
     }
     let source = InputSource::resolve(&req.input).map_err(|e| UsageError(e.to_string()))?;
-    let batch_id = new_batch_id();
     let mut builder = Builder {
         app,
         batch_id: batch_id.clone(),

@@ -111,6 +111,12 @@ impl ResultStore {
         path
     }
 
+    /// The path of `rel` (slash-separated, relative to this store's root), for layouts kept
+    /// outside `batches/`, such as the API's uploaded files.
+    pub fn path_of(&self, rel: &str) -> Path {
+        self.under(rel)
+    }
+
     pub fn batch_dir(&self, batch_id: &str) -> Path {
         self.under(&format!("batches/{batch_id}"))
     }
@@ -187,6 +193,15 @@ impl ResultStore {
         match self.store.head(path).await {
             Ok(_) => Ok(true),
             Err(object_store::Error::NotFound { .. }) => Ok(false),
+            Err(e) => Err(StoreError::from_object_store(path.as_ref(), e)),
+        }
+    }
+
+    /// An object's metadata (size, time), or `None` when it does not exist.
+    pub async fn head(&self, path: &Path) -> Result<Option<ObjectMeta>, StoreError> {
+        match self.store.head(path).await {
+            Ok(meta) => Ok(Some(meta)),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
             Err(e) => Err(StoreError::from_object_store(path.as_ref(), e)),
         }
     }

@@ -1,16 +1,86 @@
-//! `batchyard serve`: the HTTP API (STUB: being built).
+//! `batchyard serve`: the OpenAI-compatible Batch API over HTTP.
+//!
+//! It needs Redis (workers in other processes do the work) and at least one bearer token in
+//! `BATCHYARD_API_TOKENS`: the API writes to storage and spends money through the workers,
+//! so it never runs open, not even on loopback.
 
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
 
+use anyhow::Context;
+use tokio_util::task::TaskTracker;
+
+use crate::api::{self, ApiState, Tokens};
+use crate::app::App;
 use crate::cli::ServeArgs;
 use crate::exit::UsageError;
+
+/// How long shutdown waits for submissions that outlived their requests.
+const DRAIN: Duration = Duration::from_secs(60);
 
 pub async fn serve(
     config: Option<&Path>,
     args: &ServeArgs,
     env: &BTreeMap<String, String>,
 ) -> anyhow::Result<()> {
-    let _ = (config, args, env);
-    Err(UsageError("`batchyard serve` is not available in this build yet".into()).into())
+    let tokens = Tokens::from_env(env).ok_or_else(|| {
+        UsageError(format!(
+            "{} is not set; set it to one or more comma-separated bearer tokens (e.g. `export {}=$(openssl rand -hex 32)`)",
+            api::TOKENS_ENV,
+            api::TOKENS_ENV
+        ))
+    })?;
+    let max_file_bytes = match env.get(api::MAX_FILE_BYTES_ENV) {
+        None => api::DEFAULT_MAX_FILE_BYTES,
+        Some(v) => v
+            .trim()
+            .parse::<u64>()
+            .ok()
+            .filter(|n| *n > 0)
+            .ok_or_else(|| {
+                UsageError(format!(
+                    "{} must be a whole number of bytes above 0, not {v:?}",
+                    api::MAX_FILE_BYTES_ENV
+                ))
+            })?,
+    };
+    let addr: std::net::SocketAddr = args.addr.parse().map_err(|e| {
+        UsageError(format!(
+            "--addr {:?} is not an address: {e}; use HOST:PORT, e.g. 127.0.0.1:8080",
+            args.addr
+        ))
+    })?;
+    let settings = super::load_settings(config, env)?;
+    let app = App::connect(settings, None, false, "serve").await?;
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| UsageError(format!("cannot listen on {addr}: {e}; pick another --addr")))?;
+    let local = listener
+        .local_addr()
+        .context("cannot read the address the server is bound to")?;
+    let tasks = TaskTracker::new();
+    let state = ApiState {
+        app: Arc::new(app),
+        tasks: tasks.clone(),
+        max_file_bytes,
+        tokens,
+    };
+    // Tests and scripts that pass port 0 read the real address from this line.
+    println!("listening on http://{local}");
+    tracing::info!(addr = %local, "serving the batch api");
+    axum::serve(listener, api::router(state))
+        .with_graceful_shutdown(async {
+            super::shutdown_signal().await;
+            tracing::info!("signal received; finishing requests in flight");
+        })
+        .await
+        .context("the http server failed")?;
+    tasks.close();
+    if tokio::time::timeout(DRAIN, tasks.wait()).await.is_err() {
+        tracing::warn!("submissions still running after {DRAIN:?}; stopping anyway");
+    }
+    tracing::info!("server stopped");
+    Ok(())
 }

@@ -1,0 +1,105 @@
+//! The HTTP API of `batchyard serve`.
+//!
+//! - [`auth`]: bearer tokens for `/v1/*`, compared in constant time.
+//! - [`files`]: `/v1/files`, uploads and batch result files.
+//! - [`batches`]: `/v1/batches`, OpenAI's Batch API over the ledger and the submission path.
+//! - [`error`]: OpenAI-shaped errors, and extractors that reject in that shape.
+//!
+//! [`router`] builds the whole tree. Other faces (metrics, dashboard, native API) can be
+//! merged into it with `router(state).merge(other)`: `other` must have no fallback of its own
+//! (axum refuses to merge two), and the token layer covers only `/v1/*`, so a merged router
+//! brings its own authentication if it needs any.
+
+pub mod auth;
+pub mod batches;
+pub mod error;
+pub mod files;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::StatusCode;
+use axum::routing::{get, post};
+use axum::{Json, middleware};
+use serde_json::{Value, json};
+use tokio_util::task::TaskTracker;
+
+use crate::app::App;
+
+pub use auth::{TOKENS_ENV, Tokens};
+
+/// The upload limit when `BATCHYARD_API_MAX_FILE_BYTES` is not set: OpenAI's 200 MB.
+pub const DEFAULT_MAX_FILE_BYTES: u64 = 200 * 1024 * 1024;
+pub const MAX_FILE_BYTES_ENV: &str = "BATCHYARD_API_MAX_FILE_BYTES";
+/// JSON bodies are small; this only stops abuse.
+const MAX_JSON_BYTES: usize = 1024 * 1024;
+/// How long a readiness probe waits on Redis or storage.
+const READY_TIMEOUT: Duration = Duration::from_secs(3);
+
+#[derive(Clone)]
+pub struct ApiState {
+    pub app: Arc<App>,
+    /// Submissions run as tasks of their own; shutdown waits for them.
+    pub tasks: TaskTracker,
+    pub max_file_bytes: u64,
+    pub tokens: Tokens,
+}
+
+/// The whole API: `/v1/*` behind the token check, probes and the fallback outside it.
+pub fn router(state: ApiState) -> Router {
+    // Room for the multipart framing around the file itself.
+    let upload_limit =
+        usize::try_from(state.max_file_bytes.saturating_add(64 * 1024)).unwrap_or(usize::MAX);
+    let v1 = Router::new()
+        .route(
+            "/v1/files",
+            post(files::upload).layer(DefaultBodyLimit::max(upload_limit)),
+        )
+        .route("/v1/files/{id}", get(files::retrieve).delete(files::delete))
+        .route("/v1/files/{id}/content", get(files::content))
+        .route("/v1/batches", post(batches::create).get(batches::list))
+        .route("/v1/batches/{id}", get(batches::retrieve))
+        .route("/v1/batches/{id}/cancel", post(batches::cancel))
+        .layer(DefaultBodyLimit::max(MAX_JSON_BYTES))
+        .route_layer(middleware::from_fn_with_state(
+            state.tokens.clone(),
+            auth::require_token,
+        ));
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .merge(v1)
+        .fallback(error::not_found)
+        .method_not_allowed_fallback(error::method_not_allowed)
+        .with_state(state)
+}
+
+/// The process is up.
+async fn healthz() -> Json<Value> {
+    Json(json!({"status": "ok"}))
+}
+
+/// Redis and object storage answer: one cheap read of each.
+async fn readyz(State(state): State<ApiState>) -> (StatusCode, Json<Value>) {
+    let redis = tokio::time::timeout(READY_TIMEOUT, state.app.ledger.list(1)).await;
+    let probe = state.app.store.path_of("api/readyz");
+    let storage = tokio::time::timeout(READY_TIMEOUT, state.app.store.exists(&probe)).await;
+    let redis_ok = matches!(redis, Ok(Ok(_)));
+    let storage_ok = matches!(storage, Ok(Ok(_)));
+    let status = if redis_ok && storage_ok {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    let word = |ok: bool| if ok { "ok" } else { "unavailable" };
+    (
+        status,
+        Json(json!({
+            "status": word(redis_ok && storage_ok),
+            "redis": word(redis_ok),
+            "storage": word(storage_ok),
+        })),
+    )
+}

@@ -1,0 +1,185 @@
+//! Helpers for tests/api.rs: a `batchyard serve` process and curl calls against it.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::support::cluster::{Cluster, wait_exit};
+use crate::support::{request_line, text, write_file};
+
+pub const TOKEN: &str = "tok-api-test-123";
+
+/// A running `batchyard serve`, stopped on drop.
+pub struct Server {
+    child: Child,
+    pub base: String,
+}
+
+impl Server {
+    pub fn start(cluster: &Cluster) -> Self {
+        Self::start_env(cluster, &[])
+    }
+
+    pub fn start_env(cluster: &Cluster, env: &[(&str, &str)]) -> Self {
+        let log = std::fs::File::create(cluster.dir.path().join("serve.log")).unwrap();
+        let mut child = cluster
+            .cmd()
+            .args(["serve", "--addr", "127.0.0.1:0"])
+            .env("BATCHYARD_API_TOKENS", format!("other-token,{TOKEN}"))
+            .envs(env.iter().copied())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(log))
+            .spawn()
+            .expect("serve should start");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut line = String::new();
+            let _ = BufReader::new(stdout).read_line(&mut line);
+            let _ = tx.send(line);
+        });
+        let line = rx
+            .recv_timeout(Duration::from_secs(20))
+            .unwrap_or_else(|_| panic!("serve printed no address: {}", serve_log(cluster)));
+        let base = line
+            .trim()
+            .strip_prefix("listening on ")
+            .unwrap_or_else(|| panic!("unexpected first line {line:?}: {}", serve_log(cluster)))
+            .to_string();
+        Self { child, base }
+    }
+
+    /// Sends SIGTERM and expects a clean exit.
+    pub fn stop(mut self) {
+        let pid = self.child.id().to_string();
+        assert!(
+            Command::new("kill")
+                .args(["-TERM", &pid])
+                .status()
+                .unwrap()
+                .success()
+        );
+        assert!(wait_exit(&mut self.child, Duration::from_secs(20)).success());
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Worker processes, killed on drop.
+pub struct Workers(pub Vec<Child>);
+
+impl Drop for Workers {
+    fn drop(&mut self) {
+        for w in &mut self.0 {
+            let _ = w.kill();
+            let _ = w.wait();
+        }
+    }
+}
+
+pub fn serve_log(cluster: &Cluster) -> String {
+    std::fs::read_to_string(cluster.dir.path().join("serve.log")).unwrap_or_default()
+}
+
+/// One HTTP call with curl: (status, body). `token` None sends no Authorization header.
+pub fn curl(
+    base: &str,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    extra: &[&str],
+) -> (u16, String) {
+    let mut cmd = Command::new("curl");
+    cmd.args(["-sS", "-X", method, "-w", "\n%{http_code}"]);
+    if let Some(t) = token {
+        cmd.args(["-H", &format!("Authorization: Bearer {t}")]);
+    }
+    let out = cmd
+        .args(extra)
+        .arg(format!("{base}{path}"))
+        .output()
+        .unwrap();
+    let stdout = text(&out.stdout);
+    let (body, code) = stdout.rsplit_once('\n').unwrap_or(("", &stdout));
+    (
+        code.trim()
+            .parse()
+            .unwrap_or_else(|_| panic!("curl failed: {}", text(&out.stderr))),
+        body.to_string(),
+    )
+}
+
+pub fn json_of(body: &str) -> Value {
+    serde_json::from_str(body).unwrap_or_else(|e| panic!("not JSON ({e}): {body}"))
+}
+
+/// Asserts an OpenAI-shaped error with `status`, returning its `error` object.
+pub fn expect_error(got: (u16, String), status: u16) -> Value {
+    assert_eq!(got.0, status, "{}", got.1);
+    let v = json_of(&got.1);
+    let e = v["error"].clone();
+    assert!(e["message"].is_string(), "{v}");
+    assert!(e["type"].is_string(), "{v}");
+    assert!(e.get("param").is_some() && e.get("code").is_some(), "{v}");
+    e
+}
+
+pub fn call(s: &Server, method: &str, path: &str, extra: &[&str]) -> (u16, String) {
+    curl(&s.base, method, path, Some(TOKEN), extra)
+}
+
+pub fn ok_json(got: (u16, String)) -> Value {
+    assert_eq!(got.0, 200, "{}", got.1);
+    json_of(&got.1)
+}
+
+pub fn upload(s: &Server, path: &Path) -> Value {
+    let file = format!("file=@{}", path.display());
+    ok_json(call(
+        s,
+        "POST",
+        "/v1/files",
+        &["-F", "purpose=batch", "-F", &file],
+    ))
+}
+
+pub fn create_batch(s: &Server, file_id: &str, metadata: &str) -> (u16, String) {
+    let body = format!(
+        r#"{{"input_file_id":"{file_id}","endpoint":"/v1/chat/completions","completion_window":"24h","metadata":{metadata}}}"#
+    );
+    call(
+        s,
+        "POST",
+        "/v1/batches",
+        &["-H", "Content-Type: application/json", "-d", &body],
+    )
+}
+
+pub fn wait_batch(s: &Server, id: &str, limit: Duration) -> Value {
+    let start = Instant::now();
+    loop {
+        let b = ok_json(call(s, "GET", &format!("/v1/batches/{id}"), &[]));
+        if ["completed", "failed", "expired", "cancelled"].contains(&b["status"].as_str().unwrap())
+        {
+            return b;
+        }
+        assert!(start.elapsed() < limit, "batch did not finish: {b}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+pub fn input(dir: &Path, name: &str, n: usize) -> std::path::PathBuf {
+    let body: String = (0..n)
+        .map(|i| request_line(&format!("{name}-{i}"), &format!("say {i}")) + "\n")
+        .collect();
+    write_file(dir, &format!("{name}.jsonl"), body.as_bytes())
+}
