@@ -38,6 +38,20 @@ fn auth_probes_and_bad_requests() {
     let ready = curl(&s.base, "GET", "/readyz", None, &[]);
     assert_eq!(ready.0, 200, "{}", ready.1);
     assert_eq!(json_of(&ready.1)["redis"], "ok");
+    // Prometheus scrapes without a token; the queue depth is sampled at start.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    loop {
+        let (code, body) = curl(&s.base, "GET", "/metrics", None, &[]);
+        assert_eq!(code, 200, "{body}");
+        if body.contains("batchyard_queue_depth{") {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no queue depth: {body}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
 
     // Missing, wrong and empty tokens.
     for token in [None, Some("wrong"), Some("")] {

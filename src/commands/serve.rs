@@ -61,6 +61,16 @@ pub async fn serve(
         .local_addr()
         .context("cannot read the address the server is bound to")?;
     let tasks = TaskTracker::new();
+    let metrics = crate::metrics_http::install()?;
+    let stop_upkeep = tokio_util::sync::CancellationToken::new();
+    crate::metrics_http::spawn_upkeep(&tasks, metrics.clone(), stop_upkeep.clone());
+    // Queue depth on the API's /metrics too, so a deployment without worker metrics sees it.
+    tasks.spawn(batchyard_workers::metrics::sample(
+        Arc::clone(&app.queue),
+        Arc::clone(&app.ledger),
+        batchyard_workers::metrics::SAMPLE_EVERY,
+        stop_upkeep.clone(),
+    ));
     let state = ApiState {
         app: Arc::new(app),
         tasks: tasks.clone(),
@@ -70,13 +80,16 @@ pub async fn serve(
     // Tests and scripts that pass port 0 read the real address from this line.
     println!("listening on http://{local}");
     tracing::info!(addr = %local, "serving the batch api");
-    axum::serve(listener, api::router(state))
+    // `/metrics` is open like `/healthz`: Prometheus scrapes it without a token.
+    let routes = api::router(state).merge(crate::metrics_http::router(metrics));
+    axum::serve(listener, routes)
         .with_graceful_shutdown(async {
             super::shutdown_signal().await;
             tracing::info!("signal received; finishing requests in flight");
         })
         .await
         .context("the http server failed")?;
+    stop_upkeep.cancel();
     tasks.close();
     if tokio::time::timeout(DRAIN, tasks.wait()).await.is_err() {
         tracing::warn!("submissions still running after {DRAIN:?}; stopping anyway");

@@ -5,8 +5,10 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use batchyard_workers::metrics;
 use batchyard_workers::pool::{PoolOptions, run_pool};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::app::App;
 use crate::cli::WorkerArgs;
@@ -34,7 +36,26 @@ pub async fn worker(
         Some(s) => Some(Duration::from_secs_f64(s)),
         None => None,
     };
+    // Bind before connecting, so a taken or malformed address fails at once.
+    let metrics_listener = match &args.metrics_addr {
+        Some(addr) => Some(crate::metrics_http::bind(addr).await?),
+        None => None,
+    };
     let app = App::connect(settings, None, false, "worker").await?;
+    // Metrics outlive the pool's drain (a draining worker is worth watching); they stop after.
+    let background = CancellationToken::new();
+    let tracker = TaskTracker::new();
+    if let Some(listener) = metrics_listener {
+        let handle = crate::metrics_http::install()?;
+        crate::metrics_http::spawn(&tracker, listener, handle, background.clone());
+        tracker.spawn(metrics::sample(
+            Arc::clone(&app.queue),
+            Arc::clone(&app.ledger),
+            metrics::SAMPLE_EVERY,
+            background.clone(),
+        ));
+    }
+    tracker.close();
     let options = PoolOptions {
         concurrency: app.settings.concurrency,
         exit_when_idle,
@@ -58,6 +79,13 @@ pub async fn worker(
     });
     let stats = pool.await;
     listener.abort();
+    background.cancel();
+    if tokio::time::timeout(Duration::from_secs(5), tracker.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!("the metrics server did not stop within 5 s; leaving it");
+    }
     let stats = stats?;
     tracing::info!(
         handled = stats.handled,

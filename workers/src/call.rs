@@ -194,7 +194,10 @@ impl Guards {
                 let admitted = if specs.is_empty() {
                     Ok(Err(Duration::ZERO))
                 } else {
-                    self.admit_in_turn(specs, estimated_tokens).await
+                    let asked = Instant::now();
+                    let admitted = self.admit_in_turn(specs, estimated_tokens).await;
+                    crate::metrics::rate_limit_waited(&model.key, asked.elapsed());
+                    admitted
                 };
                 let reservation = match admitted {
                     Ok(Err(delay)) if delay.is_zero() => None,
@@ -215,7 +218,9 @@ impl Guards {
                         None
                     }
                 };
+                let started = Instant::now();
                 let result = provider.complete(call).await;
+                crate::metrics::provider_called(model, started.elapsed(), &result);
                 self.report(model, specs, reservation, &result).await;
                 result
             }

@@ -206,6 +206,7 @@ impl JobRunner {
                             }
                             if escalate && has_next {
                                 run.ext.escalations += 1;
+                                crate::metrics::escalated(plan.task.as_deref());
                                 last_error = Some(e);
                                 continue;
                             }
@@ -281,6 +282,7 @@ impl JobRunner {
                     run.ext.last_output = Some(answer_text(&done.body).to_string());
                     if has_next {
                         run.ext.escalations += 1;
+                        crate::metrics::escalated(plan.task.as_deref());
                         continue;
                     }
                     let message = format!("the answer of {} failed {reason}", model.key);
@@ -458,6 +460,7 @@ fn step(model: &str, outcome: &str, cost: f64, done: Option<&Completion>, cached
 }
 
 fn from_cache(entry: CachedCompletion) -> Completion {
+    crate::metrics::cache_hit(&entry.model);
     Completion {
         body: entry.body,
         request_id: entry.request_id,

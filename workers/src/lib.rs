@@ -16,6 +16,8 @@
 //! - [`limiter`]: shared RPM/TPM admission across all workers (Redis) or in process.
 //! - [`health`]: shared model health: circuit breaker with a half-open probe, operator pause,
 //!   retry budget (in memory or through Redis).
+//! - [`metrics`]: Prometheus metric names and the one-line recording calls; the sampler of
+//!   queue depth and batch ETAs.
 //! - [`validate`]: checks on a task's outputs (JSON schema, regex, length, finish reason,
 //!   refusals, a config-only command), compiled once from config.
 pub mod adequacy;
@@ -26,6 +28,7 @@ pub mod catalog;
 pub mod finalize;
 pub mod health;
 pub mod limiter;
+pub mod metrics;
 pub mod pool;
 pub mod provider;
 pub mod retry;

@@ -203,6 +203,7 @@ where
     })
     .adjust(|err, backoff| backoff.map(|d| adjusted_delay(err, d)))
     .notify(|err, delay| {
+        crate::metrics::retried(err.kind.code());
         tracing::warn!(
             attempt = attempts.load(Ordering::Relaxed),
             kind = err.kind.code(),

@@ -160,6 +160,7 @@ impl JobRunner {
         }
         match self.ledger.get(batch_id).await {
             Ok(Some(record)) => {
+                crate::metrics::batch_seen(batch_id);
                 if let Ok(mut cache) = self.batches.lock() {
                     if cache.len() > 1024 {
                         cache.clear();
@@ -302,13 +303,18 @@ impl DeliveryHandler for JobRunner {
             deliveries = delivery.deliveries,
             model = field::Empty,
         );
+        let started = Instant::now();
         async {
             match self.decide(&delivery).await {
                 Decision::End {
                     line,
                     dead,
                     committed_nanos,
-                } => self.finish(&delivery, line, dead, committed_nanos).await,
+                } => {
+                    let (outcome, model) = crate::metrics::job_labels(&line);
+                    self.finish(&delivery, line, dead, committed_nanos).await;
+                    crate::metrics::job_finished(outcome, model, started.elapsed());
+                }
                 Decision::Later {
                     job,
                     delay,
