@@ -16,6 +16,7 @@ pub fn batch_json(record: &BatchRecord, store: &ResultStore) -> Value {
         "in_progress_at": record.in_progress_at,
         "finalizing_at": record.finalizing_at,
         "completed_at": record.completed_at,
+        "expires_at": record.expires_at,
         "output_file": location(store.output_path(&record.id)),
         "error_file": location(store.errors_path(&record.id)),
         "manifest": location(store.manifest_path(&record.id)),

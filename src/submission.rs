@@ -30,6 +30,8 @@ pub struct SubmitRequest {
     pub budget_usd: Option<f64>,
     pub skip_invalid: bool,
     pub no_cache: bool,
+    /// OpenAI's `completion_window`: items still queued when it ends are `expired`, not run.
+    pub completion_window: Option<std::time::Duration>,
 }
 
 /// The input had bad lines and nothing was enqueued.
@@ -256,6 +258,7 @@ pub async fn submit_with_id(
     }
 
     // Pass 2: the batch record first, then the jobs, chunk by chunk.
+    let created_at = now_secs();
     let record = BatchRecord {
         id: batch_id.clone(),
         state: BatchState::InProgress,
@@ -268,14 +271,18 @@ pub async fn submit_with_id(
         budget_usd: req.budget_usd,
         task: req.task.clone(),
         storage_url: app.store.url().to_string(),
-        created_at: now_secs(),
-        in_progress_at: Some(now_secs()),
+        created_at,
+        in_progress_at: Some(created_at),
         finalizing_at: None,
         completed_at: None,
         cancel_requested_at: None,
         reserved_nanos: 0,
         budget_exhausted_at: None,
         no_cache: req.no_cache,
+        // Rounded up, so a window never ends before it has fully passed.
+        expires_at: req
+            .completion_window
+            .map(|w| created_at.saturating_add(w.as_secs() + u64::from(w.subsec_nanos() > 0))),
     };
     app.ledger.create(&record).await?;
     builder.dups = DuplicateCheck::default();

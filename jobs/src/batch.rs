@@ -88,6 +88,10 @@ pub struct BatchRecord {
     /// `--no-cache`: this batch neither reads nor writes the result cache.
     #[serde(default)]
     pub no_cache: bool,
+    /// When the completion window ends (Unix seconds): items still queued then end as
+    /// `expired` without a call, and the batch as `expired`. `None`: no window.
+    #[serde(default)]
+    pub expires_at: Option<u64>,
 }
 
 impl BatchRecord {
@@ -97,6 +101,11 @@ impl BatchRecord {
 
     pub fn settled(&self) -> u64 {
         self.counts.completed + self.counts.failed
+    }
+
+    /// True once the completion window has ended at `now` (Unix seconds).
+    pub fn is_expired(&self, now: u64) -> bool {
+        self.expires_at.is_some_and(|at| now >= at)
     }
 }
 

@@ -33,6 +33,7 @@ fn record(id: &str, total: u64) -> BatchRecord {
         reserved_nanos: 0,
         budget_exhausted_at: None,
         no_cache: false,
+        expires_at: None,
     }
 }
 

@@ -24,7 +24,7 @@ use crate::submission::{InvalidInput, SubmitRequest, submit_with_id};
 
 pub const ENDPOINT: &str = "/v1/chat/completions";
 pub const WINDOW: &str = "24h";
-const WINDOW_SECS: u64 = 24 * 3600;
+pub const WINDOW_SECS: u64 = 24 * 3600;
 /// OpenAI's metadata rules: at most 16 pairs, keys up to 64 and values up to 512 characters.
 const MAX_METADATA_KEYS: usize = 16;
 const MAX_KEY_CHARS: usize = 64;
@@ -118,7 +118,11 @@ pub fn batch_object(id: &str, record: Option<&BatchRecord>, api: Option<&ApiBatc
         "error_file_id": file(ResultKind::Errors, counts.failed),
         "created_at": created_at,
         "in_progress_at": record.and_then(|r| r.in_progress_at),
-        "expires_at": created_at + WINDOW_SECS,
+        // Batches of the CLI have no window; API records from before windows were stored
+        // had OpenAI's 24 h.
+        "expires_at": record
+            .and_then(|r| r.expires_at)
+            .or(api.map(|_| created_at + WINDOW_SECS)),
         "finalizing_at": record.and_then(|r| r.finalizing_at),
         "completed_at": stamp(BatchState::Completed),
         "failed_at": stamp(BatchState::Failed),
@@ -234,6 +238,7 @@ pub async fn create(
         budget_usd,
         skip_invalid: false,
         no_cache: false,
+        completion_window: Some(state.completion_window),
     };
     // A task of its own: a client that hangs up must not stop a submission half-way.
     let app = std::sync::Arc::clone(&state.app);
@@ -326,6 +331,10 @@ async fn record_failed(
         reserved_nanos: 0,
         budget_exhausted_at: None,
         no_cache: false,
+        expires_at: Some(
+            api.created_at
+                .saturating_add(state.completion_window.as_secs()),
+        ),
     };
     ledger.create(&record).await?;
     // Stamps the end time, which `create` does not store.
@@ -333,7 +342,7 @@ async fn record_failed(
     Ok(ledger.get(batch_id).await?.unwrap_or(record))
 }
 
-fn check_batch_id(id: &str) -> Result<(), ApiError> {
+pub(super) fn check_batch_id(id: &str) -> Result<(), ApiError> {
     if key_safe(id) && id.starts_with("batch_") {
         Ok(())
     } else {
@@ -451,6 +460,7 @@ mod tests {
             reserved_nanos: 0,
             budget_exhausted_at: None,
             no_cache: false,
+            expires_at: Some(100 + WINDOW_SECS),
         }
     }
 
@@ -469,6 +479,20 @@ mod tests {
         assert!(cancelled["completed_at"].is_null());
         let running = batch_object("batch_1", Some(&record(BatchState::InProgress)), None);
         assert!(running["output_file_id"].is_null() && running["completed_at"].is_null());
+        let mut cli = record(BatchState::InProgress);
+        cli.expires_at = None;
+        assert!(batch_object("batch_1", Some(&cli), None)["expires_at"].is_null());
+        let api = ApiBatch {
+            id: "batch_1".into(),
+            input_file_id: "f".into(),
+            endpoint: ENDPOINT.into(),
+            completion_window: WINDOW.into(),
+            metadata: None,
+            created_at: 100,
+            errors: Vec::new(),
+        };
+        let old = batch_object("batch_1", Some(&cli), Some(&api));
+        assert_eq!(old["expires_at"], 100 + WINDOW_SECS);
         let validating = batch_object("batch_1", None, None);
         assert_eq!(validating["status"], "validating");
     }

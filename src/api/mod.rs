@@ -3,7 +3,9 @@
 //! - [`auth`]: bearer tokens for `/v1/*`, compared in constant time.
 //! - [`files`]: `/v1/files`, uploads and batch result files.
 //! - [`batches`]: `/v1/batches`, OpenAI's Batch API over the ledger and the submission path.
+//! - [`dashboard`]: the dashboard page at `/` and its `/assets/*` (public; reads `/api/*`).
 //! - [`error`]: OpenAI-shaped errors, and extractors that reject in that shape.
+//! - [`native`]: `/api/*`, batchyard's own read-only views for dashboards (same tokens).
 //!
 //! [`router`] builds the whole tree. Other faces (metrics, dashboard, native API) can be
 //! merged into it with `router(state).merge(other)`: `other` must have no fallback of its own
@@ -12,8 +14,10 @@
 
 pub mod auth;
 pub mod batches;
+pub mod dashboard;
 pub mod error;
 pub mod files;
+pub mod native;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -33,6 +37,9 @@ pub use auth::{TOKENS_ENV, Tokens};
 /// The upload limit when `BATCHYARD_API_MAX_FILE_BYTES` is not set: OpenAI's 200 MB.
 pub const DEFAULT_MAX_FILE_BYTES: u64 = 200 * 1024 * 1024;
 pub const MAX_FILE_BYTES_ENV: &str = "BATCHYARD_API_MAX_FILE_BYTES";
+/// For tests: the length in seconds that the API gives `completion_window: "24h"`, so that
+/// expiry can be seen without waiting a day. Clients still send (and see) `"24h"`.
+pub const WINDOW_SECS_ENV: &str = "BATCHYARD_API_WINDOW_SECS";
 /// JSON bodies are small; this only stops abuse.
 const MAX_JSON_BYTES: usize = 1024 * 1024;
 /// How long a readiness probe waits on Redis or storage.
@@ -45,9 +52,14 @@ pub struct ApiState {
     pub tasks: TaskTracker,
     pub max_file_bytes: u64,
     pub tokens: Tokens,
+    /// How long `completion_window: "24h"` really lasts (24 h unless [`WINDOW_SECS_ENV`]).
+    pub completion_window: Duration,
+    /// Queue depth samples of the last hour, filled by [`native::history::sample`].
+    pub history: native::QueueHistory,
 }
 
-/// The whole API: `/v1/*` behind the token check, probes and the fallback outside it.
+/// The whole API: `/v1/*` and `/api/*` behind the token check, probes and the fallback
+/// outside it.
 pub fn router(state: ApiState) -> Router {
     // Room for the multipart framing around the file itself.
     let upload_limit =
@@ -62,6 +74,11 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/batches", post(batches::create).get(batches::list))
         .route("/v1/batches/{id}", get(batches::retrieve))
         .route("/v1/batches/{id}/cancel", post(batches::cancel))
+        .route("/api/queues", get(native::queues))
+        .route("/api/queues/history", get(native::queue_history))
+        .route("/api/batches", get(native::batches))
+        .route("/api/batches/{id}", get(native::batch))
+        .route("/api/models", get(native::models))
         .layer(DefaultBodyLimit::max(MAX_JSON_BYTES))
         .route_layer(middleware::from_fn_with_state(
             state.tokens.clone(),
@@ -71,6 +88,8 @@ pub fn router(state: ApiState) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .merge(v1)
+        // The dashboard page and its assets are public: the data comes from `/api/*`.
+        .merge(dashboard::router())
         .fallback(error::not_found)
         .method_not_allowed_fallback(error::method_not_allowed)
         .with_state(state)

@@ -133,6 +133,7 @@ async fn nth_job(app: &App, input: &str, args: &RouteArgs) -> anyhow::Result<Job
         budget_usd: None,
         skip_invalid: true,
         no_cache: false,
+        completion_window: None,
     };
     let mut scanner = Scanner::open(app, &req).await?;
     let mut index = 0u64;

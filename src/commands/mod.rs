@@ -36,6 +36,7 @@ pub fn submit_request(args: &crate::cli::InputArgs) -> SubmitRequest {
         budget_usd: args.budget_usd,
         skip_invalid: args.skip_invalid,
         no_cache: args.no_cache,
+        completion_window: None,
     }
 }
 

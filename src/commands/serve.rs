@@ -46,6 +46,21 @@ pub async fn serve(
                 ))
             })?,
     };
+    let completion_window = match env.get(api::WINDOW_SECS_ENV) {
+        None => Duration::from_secs(api::batches::WINDOW_SECS),
+        Some(v) => v
+            .trim()
+            .parse::<u64>()
+            .ok()
+            .filter(|n| *n > 0)
+            .map(Duration::from_secs)
+            .ok_or_else(|| {
+                UsageError(format!(
+                    "{} must be a whole number of seconds above 0, not {v:?}; leave it unset for OpenAI's 24 h",
+                    api::WINDOW_SECS_ENV
+                ))
+            })?,
+    };
     let addr: std::net::SocketAddr = args.addr.parse().map_err(|e| {
         UsageError(format!(
             "--addr {:?} is not an address: {e}; use HOST:PORT, e.g. 127.0.0.1:8080",
@@ -71,11 +86,21 @@ pub async fn serve(
         batchyard_workers::metrics::SAMPLE_EVERY,
         stop_upkeep.clone(),
     ));
+    // The last hour of queue depth for `/api/queues/history`, stopped with the upkeep.
+    let history = api::native::QueueHistory::default();
+    tasks.spawn(api::native::history::sample(
+        Arc::clone(&app.queue),
+        history.clone(),
+        api::native::history::EVERY,
+        stop_upkeep.clone(),
+    ));
     let state = ApiState {
         app: Arc::new(app),
         tasks: tasks.clone(),
         max_file_bytes,
         tokens,
+        completion_window,
+        history,
     };
     // Tests and scripts that pass port 0 read the real address from this line.
     println!("listening on http://{local}");

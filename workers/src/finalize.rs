@@ -8,7 +8,7 @@ use std::time::Duration;
 use batchyard_jobs::batch::{BatchState, nanos_to_usd, now_secs, usd_to_nanos};
 use batchyard_jobs::error::{QueueError, StoreError};
 use batchyard_jobs::ledger::Ledger;
-use batchyard_jobs::outcome::OutputLine;
+use batchyard_jobs::outcome::{OutputLine, codes};
 use batchyard_jobs::storage::ResultStore;
 use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
@@ -250,8 +250,12 @@ impl Finalizer {
             s.cost_usd = nanos_to_usd(s.cost_nanos);
         }
         let written = ok + failed;
+        // OpenAI: a batch whose window ended with items not run is `expired`, with partial
+        // results; a cancel said more about intent, so it wins.
         let state = if record.cancel_requested_at.is_some() {
             BatchState::Cancelled
+        } else if errors_by_code.contains_key(codes::EXPIRED) {
+            BatchState::Expired
         } else if ok == 0 && written > 0 {
             BatchState::Failed
         } else {
@@ -315,5 +319,84 @@ impl Finalizer {
             "batch finalized"
         );
         Ok(Some(manifest))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+    use super::*;
+    use batchyard_jobs::batch::{BatchRecord, RequestCounts};
+    use batchyard_jobs::ledger::memory::MemoryLedger;
+    use batchyard_jobs::outcome::{Extension, Response, codes};
+
+    fn success(job_id: &str) -> OutputLine {
+        OutputLine {
+            id: format!("batch_req_{job_id}"),
+            custom_id: job_id.to_string(),
+            response: Some(Response {
+                status_code: 200,
+                request_id: "r".into(),
+                body: serde_json::json!({}),
+            }),
+            error: None,
+            batchyard: Extension::default(),
+            job: None,
+        }
+    }
+
+    /// Finalizes a batch of these lines; returns the state it ended in.
+    async fn end_state(lines: &[OutputLine], cancelled: bool) -> BatchState {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("file://{}", dir.path().display());
+        let store = ResultStore::open(&url, &Default::default()).unwrap();
+        let ledger = Arc::new(MemoryLedger::new());
+        let record = BatchRecord {
+            id: "batch_x".into(),
+            state: BatchState::Finalizing,
+            counts: RequestCounts {
+                total: lines.len() as u64,
+                ..RequestCounts::default()
+            },
+            spent_nanos: 0,
+            budget_usd: None,
+            task: None,
+            storage_url: url,
+            created_at: 1,
+            in_progress_at: Some(1),
+            finalizing_at: Some(2),
+            completed_at: None,
+            cancel_requested_at: cancelled.then_some(2),
+            reserved_nanos: 0,
+            budget_exhausted_at: None,
+            no_cache: false,
+            expires_at: Some(2),
+        };
+        ledger.create(&record).await.unwrap();
+        for (i, line) in lines.iter().enumerate() {
+            let path = store.result_path("batch_x", &format!("job{i}"));
+            let bytes = Bytes::from(serde_json::to_vec(line).unwrap());
+            store.put(&path, bytes).await.unwrap();
+        }
+        let finalizer = Finalizer::new(ledger.clone(), store, "me".into());
+        let manifest = finalizer.finalize("batch_x").await.unwrap().unwrap();
+        let state = ledger.get("batch_x").await.unwrap().unwrap().state;
+        assert_eq!(manifest.status, state.as_str());
+        state
+    }
+
+    #[tokio::test]
+    async fn expired_lines_expire_the_batch_unless_it_was_cancelled() {
+        let expired =
+            |id: &str| OutputLine::failure(id, id, codes::EXPIRED, "late", Extension::default());
+        let partial = [success("a"), expired("b")];
+        assert_eq!(end_state(&partial, false).await, BatchState::Expired);
+        assert_eq!(end_state(&partial, true).await, BatchState::Cancelled);
+        // Nothing ran in time: still expired, not failed.
+        assert_eq!(end_state(&[expired("c")], false).await, BatchState::Expired);
+        assert_eq!(
+            end_state(&[success("d")], false).await,
+            BatchState::Completed
+        );
     }
 }

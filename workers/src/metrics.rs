@@ -396,6 +396,7 @@ mod tests {
             reserved_nanos: 0,
             budget_exhausted_at: None,
             no_cache: false,
+            expires_at: None,
         }
     }
 

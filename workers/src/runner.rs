@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use batchyard_jobs::batch::{BatchRecord, BatchState, usd_to_nanos};
+use batchyard_jobs::batch::{BatchRecord, BatchState, now_secs, usd_to_nanos};
 use batchyard_jobs::job::Job;
 use batchyard_jobs::ledger::Ledger;
 use batchyard_jobs::outcome::{Extension, OutputLine, codes};
@@ -202,6 +202,17 @@ impl JobRunner {
                     &job.custom_id,
                     codes::CANCELLED,
                     "the batch was cancelled before this item ran",
+                    ext,
+                ));
+            }
+            if record.is_expired(now_secs()) {
+                // OpenAI's completion window: what has not run by then is not run at all.
+                // Calls already in flight finish (they were decided before the window ended).
+                return Decision::done(OutputLine::failure(
+                    &job.job_id,
+                    &job.custom_id,
+                    codes::EXPIRED,
+                    "the batch's completion window ended before this item ran; submit it again in a new batch",
                     ext,
                 ));
             }

@@ -134,6 +134,7 @@ async fn start_batch(rig: &Rig, id: &str, jobs: &[Job], budget: Option<f64>) {
             reserved_nanos: 0,
             budget_exhausted_at: None,
             no_cache: false,
+            expires_at: None,
         })
         .await
         .unwrap();

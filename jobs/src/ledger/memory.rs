@@ -190,6 +190,8 @@ impl Ledger for MemoryLedger {
         record.finalizing_at = None;
         record.completed_at = None;
         record.cancel_requested_at = None;
+        // As on Redis: a replay runs without the window that has passed.
+        record.expires_at = None;
         entry.settled = Vec::new();
         entry.lease = None;
         entry.drop_reservations();

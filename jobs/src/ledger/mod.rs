@@ -89,7 +89,8 @@ pub trait Ledger: Send + Sync {
 
     /// Reopens a finished batch so `retried` of its failed items can run again: they leave the
     /// failed count and will be settled anew. Reservations left by lost runs are dropped; the
-    /// budget and its exhausted mark are left as they are (see [`Ledger::set_budget`]).
+    /// budget and its exhausted mark are left as they are (see [`Ledger::set_budget`]). The
+    /// completion window is dropped: a replay would otherwise expire at once.
     async fn reopen(&self, batch_id: &str, retried: u64) -> Result<(), QueueError>;
 
     /// Reserves the worst-case cost of one call of job `job_id` against the batch budget,

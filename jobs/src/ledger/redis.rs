@@ -77,14 +77,15 @@ return state
 "#;
 
 /// Reopens a finished batch for a replay of `ARGV[1]` failed items. Nothing is in flight for
-/// a finished batch, so any reservation left is a leak from a lost run.
+/// a finished batch, so any reservation left is a leak from a lost run. The completion window
+/// goes too: a replay is the operator's call, and a window that has passed would expire it.
 const REOPEN_LUA: &str = r#"
 if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
 -- Negated as text: Lua would turn -0 into "-0", which HINCRBY rejects.
 if ARGV[1] ~= '0' then redis.call('HINCRBY', KEYS[1], 'failed', '-' .. ARGV[1]) end
 redis.call('HSET', KEYS[1], 'state', 'in_progress')
 redis.call('HDEL', KEYS[1], 'finalizing_at', 'completed_at', 'cancel_requested_at',
-  'reserved_nanos')
+  'reserved_nanos', 'expires_at')
 redis.call('DEL', KEYS[2], KEYS[3], KEYS[4])
 return 1
 "#;
@@ -135,6 +136,7 @@ fn parse_record(id: &str, map: &HashMap<String, String>) -> Option<BatchRecord> 
             .unwrap_or(0),
         budget_exhausted_at: num("budget_exhausted_at"),
         no_cache: map.get("no_cache").is_some_and(|v| v == "1"),
+        expires_at: num("expires_at"),
     })
 }
 
@@ -173,6 +175,9 @@ impl Ledger for RedisLedger {
         }
         if let Some(at) = record.budget_exhausted_at {
             fields.push(("budget_exhausted_at", at.to_string()));
+        }
+        if let Some(at) = record.expires_at {
+            fields.push(("expires_at", at.to_string()));
         }
         let mut conn = self.conn.clone();
         redis::pipe()

@@ -104,6 +104,7 @@ pub fn record(id: &str, budget_usd: Option<f64>) -> BatchRecord {
         reserved_nanos: 0,
         budget_exhausted_at: None,
         no_cache: false,
+        expires_at: None,
     }
 }
 

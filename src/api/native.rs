@@ -1,0 +1,219 @@
+//! `/api/*`: batchyard's own read-only views for dashboards, beside OpenAI's `/v1`.
+//!
+//! Every answer is built from what is cheap to read: the ledger record, the queue's counts,
+//! the health store, and `manifest.json` once a batch is finished. Nothing here lists a
+//! batch's result objects, so a dashboard polling every few seconds costs Redis and storage
+//! a handful of reads per request.
+
+pub mod history;
+pub mod summary;
+
+use std::collections::BTreeMap;
+
+use axum::Json;
+use axum::extract::{Path as UrlPath, State};
+use batchyard_jobs::batch::now_secs;
+use batchyard_jobs::error::StoreError;
+use batchyard_jobs::queue::QueueDepth;
+use batchyard_workers::health::ModelState;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::ApiState;
+use super::error::{ApiError, ApiQuery};
+
+pub use history::QueueHistory;
+
+/// Dead letters read per batch view: the newest ones, enough for a dashboard's counts
+/// without reading a long-lived dead-letter set whole.
+const DEAD_SCAN: usize = 500;
+const DEFAULT_LIMIT: usize = 20;
+const MAX_LIMIT: usize = 100;
+
+fn queue_json(name: &str, d: QueueDepth) -> Value {
+    json!({
+        "name": name,
+        "pending": d.pending,
+        "in_flight": d.in_flight,
+        "delayed": d.delayed,
+        "dead": d.dead,
+        // Everything still waiting to run, now or after a retry delay.
+        "total_pending": d.pending + d.delayed,
+    })
+}
+
+/// `GET /api/queues`: the exact counts of each queue, read now.
+pub async fn queues(State(state): State<ApiState>) -> Result<Json<Value>, ApiError> {
+    let queue = &state.app.queue;
+    let depth = queue.depth().await?;
+    Ok(Json(json!({
+        "queues": [queue_json(queue.name(), depth)],
+        "sampled_at": now_secs(),
+    })))
+}
+
+/// `GET /api/queues/history`: the samples of the last hour, oldest first.
+pub async fn queue_history(State(state): State<ApiState>) -> Json<Value> {
+    Json(json!({
+        "interval_secs": history::EVERY.as_secs(),
+        "points": state.history.points(),
+    }))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    limit: Option<usize>,
+}
+
+/// `GET /api/batches?limit=N`: summaries of the newest batches, newest first.
+pub async fn batches(
+    State(state): State<ApiState>,
+    ApiQuery(q): ApiQuery<ListQuery>,
+) -> Result<Json<Value>, ApiError> {
+    let limit = q.limit.unwrap_or(DEFAULT_LIMIT);
+    if !(1..=MAX_LIMIT).contains(&limit) {
+        return Err(ApiError::invalid(format!(
+            "limit must be between 1 and {MAX_LIMIT}, not {limit}"
+        ))
+        .with_param("limit"));
+    }
+    let now = now_secs();
+    let data: Vec<Value> = state
+        .app
+        .ledger
+        .list(limit)
+        .await?
+        .iter()
+        .map(|r| summary::summary(r, now))
+        .collect();
+    Ok(Json(json!({ "data": data })))
+}
+
+/// `GET /api/batches/{id}`: the summary, spend by model and errors by code (final from the
+/// manifest once the batch is finished; `partial: true` and empty while it runs), and the
+/// batch's dead letters by code.
+pub async fn batch(
+    State(state): State<ApiState>,
+    UrlPath(id): UrlPath<String>,
+) -> Result<Json<Value>, ApiError> {
+    super::batches::check_batch_id(&id)?;
+    let Some(record) = state.app.ledger.get(&id).await? else {
+        return Err(ApiError::not_found("batch", &id));
+    };
+    let manifest = if record.state.is_terminal() {
+        read_manifest(&state, &id).await?
+    } else {
+        None
+    };
+    let (spend, errors) = manifest.as_ref().map_or((json!({}), json!({})), |m| {
+        (m["spend_by_model"].clone(), m["errors_by_code"].clone())
+    });
+    let letters = state.app.queue.dead_letters(DEAD_SCAN).await?;
+    let mut dead: BTreeMap<&str, u64> = BTreeMap::new();
+    for letter in letters.iter().filter(|l| l.job.batch_id == id) {
+        *dead.entry(letter.code.as_str()).or_default() += 1;
+    }
+    let mut out = summary::summary(&record, now_secs());
+    if let Value::Object(fields) = &mut out {
+        fields.insert("spend_by_model".into(), spend);
+        fields.insert("errors_by_code".into(), errors);
+        fields.insert("partial".into(), Value::Bool(manifest.is_none()));
+        fields.insert("dead_letters_by_code".into(), json!(dead));
+        fields.insert("dead_letters_scanned".into(), json!(letters.len()));
+    }
+    Ok(Json(out))
+}
+
+/// The batch's `manifest.json`, or `None` when it has none (its input failed validation).
+async fn read_manifest(state: &ApiState, id: &str) -> Result<Option<Value>, ApiError> {
+    let path = state.app.store.manifest_path(id);
+    match state.app.store.get(&path).await {
+        Ok(bytes) => serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| ApiError::internal("a batch manifest is not valid JSON", &e)),
+        Err(StoreError::NotFound { .. }) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// The three states a dashboard shows, the reason, and until when (Unix milliseconds).
+/// Half-open (the cooldown is over and one probe call is testing the model) still keeps
+/// other calls away, so it shows as cooling down.
+fn health_view(state: &ModelState) -> (&'static str, Option<String>, Option<u64>) {
+    match state {
+        ModelState::Healthy => ("healthy", None, None),
+        ModelState::CoolingDown { until_ms } => (
+            "cooling_down",
+            Some("repeated transient failures opened the breaker".into()),
+            Some(*until_ms),
+        ),
+        ModelState::HalfOpen => (
+            "cooling_down",
+            Some("cooldown over; one probe call is testing the model".into()),
+            None,
+        ),
+        ModelState::Paused { reason, .. } => ("paused", Some(reason.clone()), None),
+    }
+}
+
+/// `GET /api/models`: every configured model with its live health and prices, by tier.
+pub async fn models(State(state): State<ApiState>) -> Result<Json<Value>, ApiError> {
+    let mut specs: Vec<_> = state.app.settings.catalog.models().collect();
+    specs.sort_by(|a, b| a.tier.cmp(&b.tier).then(a.key.cmp(&b.key)));
+    let mut out = Vec::with_capacity(specs.len());
+    for m in specs {
+        let health = state
+            .app
+            .health
+            .state(&m.key)
+            .await
+            .map_err(|e| ApiError::internal("the model health store failed", &e))?;
+        let (name, reason, until_ms) = health_view(&health);
+        out.push(json!({
+            "model": m.key,
+            "provider": m.provider,
+            "name": m.name,
+            "tier": m.tier,
+            "state": name,
+            "breaker": health.name(),
+            "reason": reason,
+            "until_ms": until_ms,
+            "input_usd_per_mtok": m.input_usd_per_mtok,
+            "output_usd_per_mtok": m.output_usd_per_mtok,
+            "cached_input_usd_per_mtok": m.cached_input_usd_per_mtok,
+        }));
+    }
+    Ok(Json(Value::Array(out)))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+    use super::*;
+
+    #[test]
+    fn queue_counts_and_health_views() {
+        let q = queue_json(
+            "default",
+            QueueDepth {
+                pending: 2,
+                in_flight: 1,
+                delayed: 3,
+                dead: 4,
+            },
+        );
+        assert_eq!(q["total_pending"], 5);
+        assert_eq!(q["name"], "default");
+        assert_eq!(health_view(&ModelState::Healthy), ("healthy", None, None));
+        let cooling = health_view(&ModelState::CoolingDown { until_ms: 9 });
+        assert_eq!((cooling.0, cooling.2), ("cooling_down", Some(9)));
+        assert_eq!(health_view(&ModelState::HalfOpen).0, "cooling_down");
+        let paused = health_view(&ModelState::Paused {
+            reason: "auth: 401".into(),
+            since_ms: 1,
+        });
+        assert_eq!(paused.0, "paused");
+        assert_eq!(paused.1.as_deref(), Some("auth: 401"));
+    }
+}

@@ -1,0 +1,113 @@
+//! A batch summarised for a dashboard: progress, rate and ETA from the ledger record alone.
+
+use batchyard_jobs::batch::BatchRecord;
+use serde_json::{Value, json};
+
+/// Items settled per second since the batch went in progress, and the seconds left at that
+/// rate. A plain average: honest about the whole run, slow to show a recent change.
+fn rate_and_eta(r: &BatchRecord, now: u64) -> (Option<f64>, Option<u64>) {
+    let Some(started) = r.in_progress_at else {
+        return (None, None);
+    };
+    let finished = r.state.is_terminal();
+    let end = if finished {
+        r.completed_at.or(r.finalizing_at).unwrap_or(now)
+    } else {
+        now
+    };
+    // Stamps are whole seconds; a batch that ran within one still ran for some time.
+    let elapsed = end.saturating_sub(started).max(1) as f64;
+    let settled = r.settled();
+    let rate = settled as f64 / elapsed;
+    let remaining = r.counts.total.saturating_sub(settled);
+    let eta = (!finished && rate > 0.0).then(|| (remaining as f64 / rate).ceil() as u64);
+    (Some(rate), eta)
+}
+
+/// `{id, status, task, request_counts, progress, rate_per_sec, eta_secs, cost_usd, budget_usd,
+/// created_at, completed_at, expires_at}`. `completed_at` is when the batch ended, in any
+/// terminal state.
+pub fn summary(r: &BatchRecord, now: u64) -> Value {
+    let total = r.counts.total;
+    let progress = if total == 0 {
+        if r.state.is_terminal() { 1.0 } else { 0.0 }
+    } else {
+        (r.settled() as f64 / total as f64).min(1.0)
+    };
+    let (rate, eta) = rate_and_eta(r, now);
+    json!({
+        "id": r.id,
+        "status": r.state.as_str(),
+        "task": r.task,
+        "request_counts": r.counts,
+        "progress": progress,
+        "rate_per_sec": rate,
+        "eta_secs": eta,
+        "cost_usd": r.cost_usd(),
+        "budget_usd": r.budget_usd,
+        "created_at": r.created_at,
+        "completed_at": r.state.is_terminal().then_some(r.completed_at).flatten(),
+        "expires_at": r.expires_at,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+    use super::*;
+    use batchyard_jobs::batch::{BatchState, RequestCounts};
+
+    fn record(state: BatchState, completed: u64, failed: u64) -> BatchRecord {
+        BatchRecord {
+            id: "batch_1".into(),
+            state,
+            counts: RequestCounts {
+                total: 10,
+                completed,
+                failed,
+            },
+            spent_nanos: 2_000_000_000,
+            budget_usd: None,
+            task: Some("t".into()),
+            storage_url: "memory://".into(),
+            created_at: 90,
+            in_progress_at: Some(100),
+            finalizing_at: None,
+            completed_at: None,
+            cancel_requested_at: None,
+            reserved_nanos: 0,
+            budget_exhausted_at: None,
+            no_cache: false,
+            expires_at: None,
+        }
+    }
+
+    #[test]
+    fn running_batches_get_a_rate_and_an_eta() {
+        let s = summary(&record(BatchState::InProgress, 3, 1), 110);
+        assert_eq!(s["progress"], 0.4);
+        assert_eq!(s["rate_per_sec"], 0.4);
+        assert_eq!(s["eta_secs"], 15);
+        assert!(s["completed_at"].is_null());
+        assert_eq!(s["cost_usd"], 2.0);
+        // Nothing settled yet: the rate is 0 and the ETA unknown.
+        let idle = summary(&record(BatchState::InProgress, 0, 0), 110);
+        assert_eq!(idle["rate_per_sec"], 0.0);
+        assert!(idle["eta_secs"].is_null());
+    }
+
+    #[test]
+    fn finished_batches_have_no_eta() {
+        let mut r = record(BatchState::Completed, 9, 1);
+        r.completed_at = Some(105);
+        let s = summary(&r, 500);
+        assert_eq!(s["progress"], 1.0);
+        assert_eq!(s["rate_per_sec"], 2.0);
+        assert!(s["eta_secs"].is_null());
+        assert_eq!(s["completed_at"], 105);
+        let mut validating = record(BatchState::Validating, 0, 0);
+        validating.in_progress_at = None;
+        let v = summary(&validating, 500);
+        assert!(v["rate_per_sec"].is_null() && v["eta_secs"].is_null());
+    }
+}

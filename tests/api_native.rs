@@ -1,0 +1,156 @@
+//! `/api/*`, batchyard's own views for dashboards: queues, their last hour, batch summaries
+//! with spend and errors, and model health, against real Redis, real S3 and a fake provider.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod api_support;
+mod support;
+
+use std::time::{Duration, Instant};
+
+use api_support::*;
+use support::cluster::Cluster;
+use support::*;
+
+const ROUTES: [&str; 5] = [
+    "/api/queues",
+    "/api/queues/history",
+    "/api/batches",
+    "/api/batches/batch_nope",
+    "/api/models",
+];
+
+#[test]
+fn native_endpoints_describe_queues_batches_and_models() {
+    let Some(cluster) = Cluster::start("api_native", &[], 30) else {
+        return;
+    };
+    let s = Server::start(&cluster);
+
+    // The same tokens as /v1, and OpenAI-shaped refusals.
+    for path in ROUTES {
+        for token in [None, Some("wrong")] {
+            let e = expect_error(curl(&s.base, "GET", path, token, &[]), 401);
+            assert_eq!(e["code"], "invalid_api_key", "{path}");
+        }
+    }
+    let e = expect_error(call(&s, "GET", "/api/batches/batch_nope", &[]), 404);
+    assert_eq!(e["type"], "invalid_request_error");
+    expect_error(call(&s, "GET", "/api/batches/..%2Fetc", &[]), 404);
+    for q in ["limit=0", "limit=101", "limit=abc", "colour=red"] {
+        expect_error(call(&s, "GET", &format!("/api/batches?{q}"), &[]), 400);
+    }
+    expect_error(call(&s, "POST", "/api/queues", &[]), 405);
+
+    // The sampler takes its first point when serve starts.
+    let start = Instant::now();
+    let history = loop {
+        let h = ok_json(call(&s, "GET", "/api/queues/history", &[]));
+        if !h["points"].as_array().unwrap().is_empty() {
+            break h;
+        }
+        assert!(start.elapsed() < Duration::from_secs(10), "no history: {h}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(history["interval_secs"], 10);
+    let p = &history["points"][0];
+    for k in ["t", "pending", "in_flight", "delayed", "dead"] {
+        assert!(p[k].is_u64(), "{k}: {history}");
+    }
+
+    // A small batch through /v1 with a worker.
+    let _workers = Workers(vec![cluster.spawn_worker(&["--concurrency", "2"])]);
+    let file = upload(&s, &input(cluster.dir.path(), "nat", 5));
+    let created = ok_json(create_batch(
+        &s,
+        file["id"].as_str().unwrap(),
+        r#"{"batchyard_budget_usd":"5"}"#,
+    ));
+    let bid = created["id"].as_str().unwrap().to_string();
+    assert_eq!(
+        wait_batch(&s, &bid, Duration::from_secs(60))["status"],
+        "completed"
+    );
+
+    let queues = ok_json(call(&s, "GET", "/api/queues", &[]));
+    let q = &queues["queues"][0];
+    assert!(q["name"].is_string(), "{queues}");
+    for k in ["pending", "in_flight", "delayed", "dead", "total_pending"] {
+        assert!(q[k].is_u64(), "{k}: {queues}");
+    }
+    assert_eq!(q["in_flight"], 0, "{queues}");
+    assert!(queues["sampled_at"].as_u64().unwrap() > 1_700_000_000);
+
+    // The list: newest first, finished, with its spend.
+    let list = ok_json(call(&s, "GET", "/api/batches?limit=5", &[]));
+    let data = list["data"].as_array().unwrap();
+    assert_eq!(data.len(), 1, "{list}");
+    let b = &data[0];
+    assert_eq!(b["id"], bid.as_str());
+    assert_eq!(b["status"], "completed");
+    assert_eq!(b["progress"], 1.0);
+    assert_eq!(b["request_counts"]["total"], 5);
+    assert_eq!(b["request_counts"]["completed"], 5);
+    assert!(b["cost_usd"].as_f64().unwrap() > 0.0, "{b}");
+    assert_eq!(b["budget_usd"], 5.0);
+    assert!(b["rate_per_sec"].as_f64().unwrap() > 0.0, "{b}");
+    assert!(b["eta_secs"].is_null(), "{b}");
+    assert!(
+        b["created_at"].is_u64() && b["completed_at"].is_u64(),
+        "{b}"
+    );
+    assert!(b.get("task").is_some(), "{b}");
+    assert_eq!(
+        ok_json(call(&s, "GET", "/api/batches", &[]))["data"],
+        list["data"]
+    );
+
+    // One batch: the summary plus what the manifest says.
+    let one = ok_json(call(&s, "GET", &format!("/api/batches/{bid}"), &[]));
+    for (k, v) in b.as_object().unwrap() {
+        assert_eq!(&one[k], v, "{k}: {one}");
+    }
+    assert_eq!(one["partial"], false, "{one}");
+    assert_eq!(one["errors_by_code"], serde_json::json!({}), "{one}");
+    assert_eq!(one["dead_letters_by_code"], serde_json::json!({}), "{one}");
+    let spend = one["spend_by_model"].as_object().unwrap();
+    assert!(!spend.is_empty(), "{one}");
+    let by_model: f64 = spend
+        .values()
+        .map(|m| m["cost_usd"].as_f64().unwrap())
+        .sum();
+    let cost = one["cost_usd"].as_f64().unwrap();
+    assert!(
+        (by_model - cost).abs() < 1e-9,
+        "{by_model} vs {cost}: {one}"
+    );
+    let requests: u64 = spend
+        .values()
+        .map(|m| m["requests"].as_u64().unwrap())
+        .sum();
+    assert_eq!(requests, 5, "{one}");
+
+    // Models: every configured one, by tier, with prices and live health.
+    let out = run(cluster
+        .cmd()
+        .args(["models", "pause", "large", "--reason", "auth: test pause"]));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let models = ok_json(call(&s, "GET", "/api/models", &[]));
+    let list = models.as_array().unwrap();
+    let names: Vec<&str> = list.iter().map(|m| m["model"].as_str().unwrap()).collect();
+    assert_eq!(names, ["small", "large"], "{models}");
+    let small = &list[0];
+    assert_eq!(small["state"], "healthy", "{models}");
+    assert_eq!(small["provider"], "fake");
+    assert_eq!(small["tier"], 1);
+    assert_eq!(small["input_usd_per_mtok"], 0.1);
+    assert_eq!(small["output_usd_per_mtok"], 0.4);
+    assert!(
+        small["reason"].is_null() && small["until_ms"].is_null(),
+        "{models}"
+    );
+    let large = &list[1];
+    assert_eq!(large["state"], "paused", "{models}");
+    assert_eq!(large["reason"], "auth: test pause", "{models}");
+    s.stop();
+}
