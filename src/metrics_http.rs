@@ -69,6 +69,7 @@ pub fn router(handle: PrometheusHandle) -> Router {
 fn render(handle: &PrometheusHandle) -> Response {
     let mut body = handle.render();
     batchyard_workers::metrics::render_batch_etas(&mut body);
+    batchyard_workers::metrics::render_cost_usd(&mut body);
     ([(header::CONTENT_TYPE, CONTENT_TYPE)], body).into_response()
 }
 

@@ -212,6 +212,15 @@ fn worker_serves_prometheus_metrics_that_match_the_batch() {
         "metrics say ${} spent, the ledger ${ledger_usd}",
         nanos / 1e9
     );
+    let usd = sum(&body, "batchyard_cost_usd_total", &[]);
+    assert!(
+        (usd - ledger_usd).abs() < 1e-6,
+        "cost_usd_total {usd} vs {ledger_usd}"
+    );
+    assert!(
+        body.contains("# TYPE batchyard_cost_usd_total counter"),
+        "{body}"
+    );
     // The depth gauge has every state.
     for state in ["pending", "in_flight", "delayed", "dead"] {
         let series = format!("state=\"{state}\"");

@@ -181,6 +181,42 @@ pub fn provider_called(
         // The same rounding as the ledger's, so the sums agree.
         let nanos = usd_to_nanos(model.cost_usd(done.input_tokens, done.output_tokens));
         counter!(COST_TOTAL, "model" => model.key.clone()).increment(nanos.max(0) as u64);
+        if SAMPLING.load(Ordering::Relaxed)
+            && let Ok(mut costs) = COSTS.lock()
+        {
+            *costs.entry(model.key.clone()).or_default() += nanos.max(0);
+        }
+    }
+}
+
+/// `batchyard_cost_usd_total{model}`: the same spend in dollars, as the float counter
+/// Prometheus expects by that name (the `metrics` facade's counters hold integers only, so it
+/// is kept here and appended to the exporter's text).
+pub const COST_USD_TOTAL: &str = "batchyard_cost_usd_total";
+
+/// Spend per model in nano-dollars, bounded by the number of configured models.
+static COSTS: LazyLock<Mutex<BTreeMap<String, i64>>> = LazyLock::new(Mutex::default);
+
+/// Appends `batchyard_cost_usd_total` in the Prometheus text format.
+pub fn render_cost_usd(out: &mut String) {
+    let Ok(costs) = COSTS.lock() else {
+        return;
+    };
+    if costs.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        out,
+        "# HELP {COST_USD_TOTAL} Spend in USD by model (the nano-dollar counter, in dollars)"
+    );
+    let _ = writeln!(out, "# TYPE {COST_USD_TOTAL} counter");
+    for (model, nanos) in costs.iter() {
+        let label = model.replace('\\', "\\\\").replace('"', "\\\"");
+        let _ = writeln!(
+            out,
+            "{COST_USD_TOTAL}{{model=\"{label}\"}} {}",
+            batchyard_jobs::batch::nanos_to_usd(*nanos)
+        );
     }
 }
 
