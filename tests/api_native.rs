@@ -106,6 +106,33 @@ fn native_endpoints_describe_queues_batches_and_models() {
     );
 
     // One batch: the summary plus what the manifest says.
+    // Replay: nothing failed, so nothing runs again; bad bodies and unknown batches are refused.
+    let json_body = |b: &'static str| ["-H", "Content-Type: application/json", "--data", b];
+    let r = ok_json(call(
+        &s,
+        "POST",
+        &format!("/api/batches/{bid}/retry"),
+        &json_body("{}"),
+    ));
+    assert_eq!(r["retried"], 0, "{r}");
+    expect_error(
+        call(
+            &s,
+            "POST",
+            "/api/batches/batch_nope/retry",
+            &json_body("{}"),
+        ),
+        404,
+    );
+    expect_error(
+        call(
+            &s,
+            "POST",
+            &format!("/api/batches/{bid}/retry"),
+            &json_body(r#"{"cod": "x"}"#),
+        ),
+        400,
+    );
     let one = ok_json(call(&s, "GET", &format!("/api/batches/{bid}"), &[]));
     for (k, v) in b.as_object().unwrap() {
         assert_eq!(&one[k], v, "{k}: {one}");

@@ -161,6 +161,26 @@ fn dashboard_in_headless_chromium() {
     if !drive(&chromium, &cluster, &s, &bid, "dashboard.png") {
         return;
     }
+    // The replay button's endpoint: the dead letters run again and the batch finishes anew.
+    let failed = done["request_counts"]["failed"].as_u64().unwrap();
+    let body = r#"{"code": "transient"}"#;
+    let replayed = ok_json(call(
+        &s,
+        "POST",
+        &format!("/api/batches/{bid}/retry"),
+        &["-H", "Content-Type: application/json", "--data", body],
+    ));
+    assert_eq!(replayed["retried"].as_u64().unwrap(), failed, "{replayed}");
+    let again = wait_batch(&s, &bid, Duration::from_secs(120));
+    assert_eq!(
+        again["request_counts"]["total"],
+        done["request_counts"]["total"]
+    );
+    assert!(
+        again["request_counts"]["completed"].as_u64().unwrap()
+            >= done["request_counts"]["completed"].as_u64().unwrap(),
+        "{again}"
+    );
     s.stop();
 }
 

@@ -6,6 +6,7 @@
 //! - [`dashboard`]: the dashboard page at `/` and its `/assets/*` (public; reads `/api/*`).
 //! - [`error`]: OpenAI-shaped errors, and extractors that reject in that shape.
 //! - [`native`]: `/api/*`, batchyard's own read-only views for dashboards (same tokens).
+//! - [`replay`]: `POST /api/batches/{id}/retry`, the dashboard's replay button.
 //!
 //! [`router`] builds the whole tree. Other faces (metrics, dashboard, native API) can be
 //! merged into it with `router(state).merge(other)`: `other` must have no fallback of its own
@@ -18,6 +19,7 @@ pub mod dashboard;
 pub mod error;
 pub mod files;
 pub mod native;
+pub mod replay;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -78,6 +80,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/queues/history", get(native::queue_history))
         .route("/api/batches", get(native::batches))
         .route("/api/batches/{id}", get(native::batch))
+        .route("/api/batches/{id}/retry", post(replay::retry_batch))
         .route("/api/models", get(native::models))
         .layer(DefaultBodyLimit::max(MAX_JSON_BYTES))
         .route_layer(middleware::from_fn_with_state(

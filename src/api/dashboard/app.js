@@ -122,6 +122,24 @@
     return res.json();
   }
 
+  async function post(path, body) {
+    const token = sessionStorage.getItem(TOKEN_KEY);
+    if (!token) throw new Unauthorized("not signed in");
+    const res = await fetch(path, {
+      method: "POST",
+      headers: { Authorization: "Bearer " + token, "Content-Type": "application/json" },
+      body: JSON.stringify(body),
+    });
+    if (res.status === 401) throw new Unauthorized("the server refused the token (401)");
+    let data = null;
+    try { data = await res.json(); } catch (_) { /* not JSON */ }
+    if (!res.ok) {
+      const msg = data && data.error && data.error.message ? data.error.message : "HTTP " + res.status;
+      throw new Error(msg);
+    }
+    return data;
+  }
+
   function panelError(panel, err) {
     const p = $(panel + " .panel-error");
     if (!p) return;
@@ -374,10 +392,21 @@
       const text = h("code", { title: "run this to replay these dead letters" }, cmd);
       const copy = h("button", { type: "button", class: "secondary small" }, "copy");
       copy.addEventListener("click", () => copyText(cmd, text, copy));
+      const replay = h("button", { type: "button", class: "small replay" }, "replay");
+      replay.addEventListener("click", () => {
+        replay.disabled = true;
+        post("/api/batches/" + encodeURIComponent(id) + "/retry", { code: code })
+          .then((r) => { replay.textContent = "replaying " + int(r.retried); panelError("#detail-panel", null); })
+          .catch((err) => {
+            if (err instanceof Unauthorized) { showLogin(err.message); return; }
+            replay.disabled = false;
+            panelError("#detail-panel", err);
+          });
+      });
       return h("tr", { "data-code": code },
         h("td", { class: "mono" }, code),
         h("td", { class: "num" }, int(n)),
-        h("td", {}, h("div", { class: "cmd" }, text, copy)));
+        h("td", {}, h("div", { class: "cmd" }, text, copy, replay)));
     }));
     $("#dead-table").hidden = dead.length === 0;
     $("#dead-empty").hidden = dead.length !== 0;

@@ -1,0 +1,56 @@
+//! `POST /api/batches/{id}/retry`: the dashboard's replay button, the same operation as
+//! `batchyard retry` (failed items of a finished batch re-enqueued, files rewritten).
+
+use axum::Json;
+use axum::extract::{Path as UrlPath, State};
+use axum::http::StatusCode;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::ApiState;
+use super::error::{ApiError, ApiJson};
+use crate::exit::UsageError;
+use crate::replay::{RetryFilter, retry};
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetryBody {
+    /// Only failures with this error code.
+    code: Option<String>,
+    /// Pin the replayed items to this configured model.
+    model: Option<String>,
+    /// What the replay may spend on top of what the batch has spent.
+    budget_usd: Option<f64>,
+}
+
+pub async fn retry_batch(
+    State(state): State<ApiState>,
+    UrlPath(id): UrlPath<String>,
+    ApiJson(body): ApiJson<RetryBody>,
+) -> Result<Json<Value>, ApiError> {
+    if !super::files::key_safe(&id) {
+        return Err(ApiError::not_found("batch", &id));
+    }
+    let filter = RetryFilter {
+        code: body.code,
+        model: body.model,
+        budget_usd: body.budget_usd,
+    };
+    match retry(&state.app, &id, &filter).await {
+        Ok(replayed) => Ok(Json(json!({
+            "id": id,
+            "status": replayed.record.state.as_str(),
+            "retried": replayed.retried,
+            "not_replayable": replayed.not_replayable,
+        }))),
+        Err(e) => match e.downcast_ref::<UsageError>() {
+            Some(UsageError(message)) if message.contains("was not found") => {
+                Err(ApiError::not_found("batch", &id))
+            }
+            Some(UsageError(message)) => {
+                Err(ApiError::invalid(message.clone()).with_status(StatusCode::BAD_REQUEST))
+            }
+            None => Err(ApiError::internal("cannot replay the batch", &e)),
+        },
+    }
+}
