@@ -127,7 +127,10 @@ pub fn watch(
     let (id, flag) = (id.to_string(), Arc::clone(&stop));
     let watcher = tokio::spawn(async move {
         let mut looks = 0;
-        while !flag.load(Ordering::Relaxed) {
+        // At least one look, even when the workers finish before this task is first polled
+        // (a loaded machine).
+        loop {
+            let done = flag.load(Ordering::Relaxed);
             let r = ledger.get(&id).await.unwrap().unwrap();
             assert!(
                 r.spent_nanos + r.reserved_nanos <= budget_nanos,
@@ -136,6 +139,9 @@ pub fn watch(
                 r.reserved_nanos
             );
             looks += 1;
+            if done {
+                break;
+            }
             tokio::task::yield_now().await;
         }
         looks
