@@ -45,6 +45,40 @@ pub enum Command {
     Serve(ServeArgs),
     /// Follow one batch with a live progress bar until it ends (exit 1 unless it completed)
     Watch(WatchArgs),
+    /// Fire every enabled [pipelines.<name>] on its schedule, exactly once per tick across replicas
+    Scheduler,
+    /// List scheduled pipelines, trigger one now, or show its runs
+    Pipelines(PipelinesArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct PipelinesArgs {
+    #[command(subcommand)]
+    pub action: PipelinesAction,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PipelinesAction {
+    /// Each pipeline's schedule, next fire time, last run and enabled state
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run a pipeline now (only its new documents, once), whatever its schedule
+    Run {
+        name: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// A pipeline's recent runs, newest first
+    History {
+        name: String,
+        #[arg(long)]
+        json: bool,
+        /// Runs shown (at most the 100 kept)
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+    },
 }
 
 #[derive(Debug, Args)]

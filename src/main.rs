@@ -4,6 +4,7 @@
 //! - [`commands`]: one module per subcommand (`run`, `submit`, `worker`, `status`, `results`).
 //! - [`config`]: finding, parsing and validating the config file.
 //! - [`app`]: the queue, ledger and store a command works with.
+//! - [`scheduler`]: cron pipelines: claims, only-new listing, run history.
 //! - [`submission`]: streaming validation and chunked enqueue of a batch.
 //! - [`batch_view`]: the batch object printed by `--json`.
 //! - [`telemetry`]: logs, plain or JSON.
@@ -20,6 +21,7 @@ mod estimate;
 mod exit;
 mod metrics_http;
 mod replay;
+mod scheduler;
 mod submission;
 mod telemetry;
 
@@ -44,7 +46,7 @@ fn main() -> ExitCode {
     };
     let env: BTreeMap<String, String> = std::env::vars().collect();
     let default_filter = match cli.command {
-        Command::Worker(_) | Command::Serve(_) => "info",
+        Command::Worker(_) | Command::Serve(_) | Command::Scheduler => "info",
         _ => "warn",
     };
     telemetry::init(&env, default_filter);
@@ -73,6 +75,8 @@ fn main() -> ExitCode {
             Command::Route(args) => commands::estimate::route(config, args, &env).await,
             Command::Serve(args) => commands::serve::serve(config, args, &env).await,
             Command::Watch(args) => commands::watch::watch(config, args, &env).await,
+            Command::Scheduler => commands::scheduler::scheduler(config, &env).await,
+            Command::Pipelines(args) => commands::pipelines::pipelines(config, args, &env).await,
         }
     });
     match result {

@@ -5,6 +5,7 @@
 //! first pass finds bad lines, nothing is enqueued unless `--skip-invalid` was given; then each
 //! bad line becomes an `invalid_input` outcome of its own.
 
+use std::collections::BTreeSet;
 use std::fmt;
 
 use batchyard_jobs::batch::{BatchRecord, BatchState, RequestCounts, now_secs};
@@ -204,6 +205,28 @@ pub async fn submit_with_id(
     req: &SubmitRequest,
     batch_id: String,
 ) -> anyhow::Result<Submitted> {
+    submit_selected(app, req, batch_id, None).await
+}
+
+/// Whether a read item belongs to the batch: all of them without a selection; else only
+/// documents whose id is selected. Fatal errors always count, so a broken input still fails.
+fn selected(read: &Result<Item, InputError>, keep: Option<&BTreeSet<String>>) -> bool {
+    let Some(keep) = keep else { return true };
+    match read {
+        Ok(item) => keep.contains(item.custom_id()),
+        Err(e) if e.fatal => true,
+        Err(e) => e.custom_id.as_ref().is_some_and(|id| keep.contains(id)),
+    }
+}
+
+/// As [`submit_with_id`], but of a folder or prefix only the documents whose ids (paths
+/// relative to the input) are in `keep`: pipelines submit just the new objects this way.
+pub async fn submit_selected(
+    app: &App,
+    req: &SubmitRequest,
+    batch_id: String,
+    keep: Option<&BTreeSet<String>>,
+) -> anyhow::Result<Submitted> {
     if let Some(t) = &req.task
         && app.settings.catalog.task(t).is_none()
     {
@@ -231,6 +254,9 @@ pub async fn submit_with_id(
     let mut reader = open(app, &source, req).await?;
     let (mut total, mut bad_count, mut listed) = (0u64, 0u64, Vec::new());
     while let Some(read) = reader.next().await {
+        if !selected(&read, keep) {
+            continue;
+        }
         match builder
             .check(read, total)
             .map_err(|e| UsageError(e.to_string()))?
@@ -290,6 +316,9 @@ pub async fn submit_with_id(
     let mut chunk = Vec::with_capacity(CHUNK);
     let (mut seq, mut chunk_no, mut invalid) = (0u64, 0u64, 0u64);
     while let Some(read) = reader.next().await {
+        if !selected(&read, keep) {
+            continue;
+        }
         match builder
             .check(read, seq)
             .map_err(|e| UsageError(e.to_string()))?

@@ -3,8 +3,10 @@
 pub mod batch_ops;
 pub mod estimate;
 pub mod models;
+pub mod pipelines;
 pub mod results;
 pub mod run;
+pub mod scheduler;
 pub mod serve;
 pub mod status;
 pub mod submit;

@@ -4,6 +4,7 @@
 
 mod defaults;
 mod parts;
+pub mod pipelines;
 mod raw;
 
 use parts::{
@@ -63,6 +64,8 @@ pub struct Settings {
     /// How the router learns which models pass each task.
     pub routing: AdequacyPolicy,
     pub cache: CacheSettings,
+    /// `[pipelines.<name>]`, by name.
+    pub pipelines: BTreeMap<String, pipelines::Pipeline>,
     /// Warnings found while loading (e.g. a provider no model uses).
     pub warnings: Vec<String>,
     pub env: BTreeMap<String, String>,
@@ -373,6 +376,12 @@ impl Settings {
         }
         let routing = routing_policy(&raw.routing).map_err(|(k, r)| err(&k, r))?;
         let cache = cache_settings(&raw.cache).map_err(|(k, r)| err(&k, r))?;
+        let task_keys = catalog.task_keys();
+        let mut pipelines = BTreeMap::new();
+        for (name, p) in &raw.pipelines {
+            let built = pipelines::build(name, p, &task_keys).map_err(|(k, r)| err(&k, r))?;
+            pipelines.insert(name.clone(), built);
+        }
         let concurrency = raw.worker.concurrency.unwrap_or(64);
         if concurrency == 0 {
             return Err(err("worker.concurrency", "must be at least 1".into()));
@@ -392,6 +401,7 @@ impl Settings {
             limits,
             routing,
             cache,
+            pipelines,
             warnings,
             env: env.clone(),
         })

@@ -31,6 +31,8 @@ pub struct RawConfig {
     pub models: BTreeMap<String, RawModel>,
     #[serde(default)]
     pub tasks: BTreeMap<String, RawTask>,
+    #[serde(default)]
+    pub pipelines: BTreeMap<String, RawPipeline>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -165,4 +167,19 @@ pub struct RawTask {
     /// Checks each answer must pass (json_schema, regex, min/max_chars, finish_reason,
     /// refusal_patterns, command).
     pub validate: Option<batchyard_workers::validate::ValidateConfig>,
+}
+
+/// `[pipelines.<name>]`: a recurring batch over a folder or object-store prefix.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPipeline {
+    /// 5-field cron (minute precision), or 6-field with seconds first.
+    pub schedule: String,
+    pub timezone: Option<String>,
+    pub input: String,
+    pub task: String,
+    pub budget_usd: Option<f64>,
+    pub only_new: Option<bool>,
+    pub catch_up: Option<String>,
+    pub enabled: Option<bool>,
 }

@@ -1,0 +1,185 @@
+//! `batchyard pipelines list|run|history`.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use batchyard_jobs::job::new_batch_id;
+use chrono::Utc;
+use serde_json::{Value, json};
+
+use crate::app::App;
+use crate::cli::{PipelinesAction, PipelinesArgs};
+use crate::config::pipelines::Pipeline;
+use crate::exit::UsageError;
+use crate::scheduler::connect_state;
+use crate::scheduler::run::{Trigger, run_pipeline};
+use crate::scheduler::state::{PipelineState, RunRecord};
+
+pub async fn pipelines(
+    config: Option<&Path>,
+    args: &PipelinesArgs,
+    env: &BTreeMap<String, String>,
+) -> anyhow::Result<()> {
+    let settings = super::load_settings(config, env)?;
+    let app = App::connect(settings, None, false, "pipelines").await?;
+    let state = connect_state(&app).await?;
+    match &args.action {
+        PipelinesAction::List { json } => list(&app, &state, *json).await,
+        PipelinesAction::Run { name, json } => {
+            let pipeline = find(&app, name)?.clone();
+            trigger(&app, &state, &pipeline, *json).await
+        }
+        PipelinesAction::History { name, json, limit } => {
+            find(&app, name)?;
+            let runs = state
+                .history(name, isize::try_from(*limit).unwrap_or(isize::MAX))
+                .await?;
+            if *json {
+                println!("{}", json!({ "pipeline": name, "runs": runs }));
+            } else if runs.is_empty() {
+                println!("pipeline {name} has not run yet");
+            } else {
+                for r in &runs {
+                    println!("{}", describe(r));
+                }
+            }
+            Ok(())
+        }
+    }
+}
+
+fn find<'a>(app: &'a App, name: &str) -> anyhow::Result<&'a Pipeline> {
+    app.settings.pipelines.get(name).ok_or_else(|| {
+        let known: Vec<&str> = app.settings.pipelines.keys().map(String::as_str).collect();
+        UsageError(format!(
+            "unknown pipeline {name:?}; configured pipelines: {}",
+            if known.is_empty() {
+                "none (add a [pipelines.<name>] table)".to_string()
+            } else {
+                known.join(", ")
+            }
+        ))
+        .into()
+    })
+}
+
+fn describe(r: &RunRecord) -> String {
+    let mut line = format!("{}  {:<8}  {:<11}", r.tick, r.trigger, r.outcome);
+    if let Some(id) = &r.batch_id {
+        line.push_str(&format!("  {id}  {} item(s)", r.items));
+    }
+    if let Some(e) = &r.error {
+        line.push_str(&format!("  {e}"));
+    }
+    line
+}
+
+async fn trigger(
+    app: &App,
+    state: &PipelineState,
+    pipeline: &Pipeline,
+    as_json: bool,
+) -> anyhow::Result<()> {
+    // A batch id is a ULID behind a prefix: unique and time-ordered, as a trigger id should be.
+    let id = new_batch_id().trim_start_matches("batch_").to_string();
+    let at = Utc::now().with_timezone(&pipeline.timezone);
+    let record = run_pipeline(app, state, pipeline, &Trigger::Manual { id, at })
+        .await?
+        // A fresh id is never claimed already; if it were, running it again would not be once.
+        .ok_or_else(|| anyhow::anyhow!("this manual trigger was already claimed; run it again"))?;
+    if as_json {
+        println!("{}", serde_json::to_string(&record)?);
+    } else {
+        println!("{}", describe(&record));
+    }
+    match &record.error {
+        Some(e) => Err(anyhow::anyhow!(
+            "pipeline {} run failed: {e}",
+            pipeline.name
+        )),
+        None => Ok(()),
+    }
+}
+
+async fn list(app: &App, state: &PipelineState, as_json: bool) -> anyhow::Result<()> {
+    let now = Utc::now();
+    let mut rows = Vec::new();
+    for p in app.settings.pipelines.values() {
+        let next = p
+            .enabled
+            .then(|| p.next_after(now))
+            .flatten()
+            .map(|t| t.to_rfc3339());
+        let last = match state.history(&p.name, 1).await?.into_iter().next() {
+            None => Value::Null,
+            Some(r) => {
+                let batch = match &r.batch_id {
+                    Some(id) => app.ledger.get(id).await?,
+                    None => None,
+                };
+                json!({
+                    "tick": r.tick,
+                    "trigger": r.trigger,
+                    "outcome": r.outcome,
+                    "batch_id": r.batch_id,
+                    "state": batch.as_ref().map(|b| b.state.as_str()),
+                    "items": r.items,
+                    "cost_usd": batch.as_ref().map(|b| b.cost_usd()),
+                    "error": r.error,
+                    "at": r.at,
+                })
+            }
+        };
+        rows.push(json!({
+            "name": p.name,
+            "schedule": p.schedule_text,
+            "timezone": p.timezone.name(),
+            "input": p.input,
+            "task": p.task,
+            "budget_usd": p.budget_usd,
+            "only_new": p.only_new,
+            "catch_up": p.catch_up.as_str(),
+            "enabled": p.enabled,
+            "next_fire": next,
+            "last_run": last,
+        }));
+    }
+    if as_json {
+        println!("{}", json!({ "pipelines": rows }));
+        return Ok(());
+    }
+    if rows.is_empty() {
+        println!("no pipelines configured; add a [pipelines.<name>] table");
+    }
+    for r in &rows {
+        let s = |k: &str| r[k].as_str().unwrap_or("-").to_string();
+        let last = &r["last_run"];
+        let last_text = if last.is_null() {
+            "never ran".to_string()
+        } else {
+            format!(
+                "last {} {} {} ({} item(s), {}, ${:.4})",
+                last["tick"].as_str().unwrap_or("-"),
+                last["outcome"].as_str().unwrap_or("-"),
+                last["batch_id"].as_str().unwrap_or("-"),
+                last["items"],
+                last["state"].as_str().unwrap_or("-"),
+                last["cost_usd"].as_f64().unwrap_or(0.0)
+            )
+        };
+        println!(
+            "{}  [{}]  {} ({})  next {}  {}",
+            s("name"),
+            if r["enabled"] == true {
+                "enabled"
+            } else {
+                "disabled"
+            },
+            s("schedule"),
+            s("timezone"),
+            s("next_fire"),
+            last_text
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,167 @@
+//! A pipeline's state in Redis. Every key of one pipeline shares the hash tag `{<name>}`, so
+//! they live on one Redis Cluster slot.
+//!
+//! - `by:pipeline:{<name>}:tick:<unix secs>` / `...:manual:<ulid>`: the claim of one trigger,
+//!   set with NX so exactly one scheduler replica (or CLI call) runs it.
+//! - `by:pipeline:{<name>}:seen`: hash of document id -> fingerprint already submitted.
+//! - `by:pipeline:{<name>}:runs`: the newest runs first, capped.
+//! - `by:pipeline:{<name>}:lock`: held while a run picks and submits documents.
+//! - `by:pipeline:{<name>}:last_tick`: the newest scheduled tick that ran (unix seconds).
+
+use std::collections::HashMap;
+
+use redis::AsyncCommands;
+use redis::aio::ConnectionManager;
+use serde::{Deserialize, Serialize};
+
+/// Claims outlive any retry or clock skew between replicas by far.
+const CLAIM_TTL_SECS: u64 = 7 * 24 * 3600;
+/// Longer than any submission should take; a dead holder frees the lock after it.
+const LOCK_TTL_SECS: u64 = 30 * 60;
+/// Runs kept per pipeline.
+pub const HISTORY_LEN: isize = 100;
+
+fn key(pipeline: &str, rest: &str) -> String {
+    format!("by:pipeline:{{{pipeline}}}:{rest}")
+}
+
+/// One run of a pipeline, as `pipelines history` shows it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RunRecord {
+    /// The fire time in the pipeline's timezone (RFC 3339); the trigger time for manual runs.
+    pub tick: String,
+    /// The same instant as unix seconds, for tools that compare runs.
+    #[serde(default)]
+    pub tick_unix: i64,
+    /// `schedule`, `catch_up` (a missed tick run at start) or `manual`.
+    pub trigger: String,
+    pub batch_id: Option<String>,
+    pub items: u64,
+    /// `submitted`, `nothing_new` or `failed`.
+    pub outcome: String,
+    pub error: Option<String>,
+    /// When the run ended (unix seconds).
+    pub at: u64,
+}
+
+#[derive(Clone)]
+pub struct PipelineState {
+    conn: ConnectionManager,
+    owner: String,
+}
+
+impl PipelineState {
+    pub fn new(conn: ConnectionManager, owner: String) -> Self {
+        Self { conn, owner }
+    }
+
+    /// True for exactly one caller per (pipeline, trigger).
+    pub async fn claim(&self, pipeline: &str, trigger: &str) -> redis::RedisResult<bool> {
+        let mut conn = self.conn.clone();
+        let set: Option<String> = redis::cmd("SET")
+            .arg(key(pipeline, trigger))
+            .arg(&self.owner)
+            .arg("NX")
+            .arg("EX")
+            .arg(CLAIM_TTL_SECS)
+            .query_async(&mut conn)
+            .await?;
+        Ok(set.is_some())
+    }
+
+    /// Takes the pipeline's run lock, so two runs (a tick and a manual trigger, or two ticks
+    /// of a slow run) never both pick the same new documents. The TTL frees it if the holder
+    /// dies. `token` must be unique to this run.
+    pub async fn lock(&self, pipeline: &str, token: &str) -> redis::RedisResult<bool> {
+        let mut conn = self.conn.clone();
+        let set: Option<String> = redis::cmd("SET")
+            .arg(key(pipeline, "lock"))
+            .arg(token)
+            .arg("NX")
+            .arg("EX")
+            .arg(LOCK_TTL_SECS)
+            .query_async(&mut conn)
+            .await?;
+        Ok(set.is_some())
+    }
+
+    /// Releases the run lock if this run still holds it.
+    pub async fn unlock(&self, pipeline: &str, token: &str) -> redis::RedisResult<()> {
+        let mut conn = self.conn.clone();
+        redis::Script::new(
+            "if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end return 0",
+        )
+        .key(key(pipeline, "lock"))
+        .arg(token)
+        .invoke_async::<i64>(&mut conn)
+        .await
+        .map(|_| ())
+    }
+
+    /// Remembers the newest scheduled tick that ran, for catch-up after downtime.
+    pub async fn note_tick(&self, pipeline: &str, tick_unix: i64) -> redis::RedisResult<()> {
+        let mut conn = self.conn.clone();
+        // Runs of consecutive ticks may finish out of order; the value only moves forward.
+        let () = redis::Script::new(
+            "local v = tonumber(redis.call('GET', KEYS[1]) or '0') \
+             if tonumber(ARGV[1]) > v then redis.call('SET', KEYS[1], ARGV[1]) end \
+             return 0",
+        )
+        .key(key(pipeline, "last_tick"))
+        .arg(tick_unix)
+        .invoke_async::<i64>(&mut conn)
+        .await
+        .map(|_| ())?;
+        Ok(())
+    }
+
+    pub async fn last_tick(&self, pipeline: &str) -> redis::RedisResult<Option<i64>> {
+        let mut conn = self.conn.clone();
+        conn.get(key(pipeline, "last_tick")).await
+    }
+
+    pub async fn seen(&self, pipeline: &str) -> redis::RedisResult<HashMap<String, String>> {
+        let mut conn = self.conn.clone();
+        conn.hgetall(key(pipeline, "seen")).await
+    }
+
+    pub async fn mark_seen(
+        &self,
+        pipeline: &str,
+        items: &[(String, String)],
+    ) -> redis::RedisResult<()> {
+        if items.is_empty() {
+            return Ok(());
+        }
+        let mut conn = self.conn.clone();
+        // Chunked so a huge first run doesn't build one enormous command.
+        for chunk in items.chunks(1000) {
+            let () = conn.hset_multiple(key(pipeline, "seen"), chunk).await?;
+        }
+        Ok(())
+    }
+
+    pub async fn record(&self, pipeline: &str, run: &RunRecord) -> anyhow::Result<()> {
+        let mut conn = self.conn.clone();
+        let runs = key(pipeline, "runs");
+        let () = redis::pipe()
+            .atomic()
+            .lpush(&runs, serde_json::to_string(run)?)
+            .ignore()
+            .ltrim(&runs, 0, HISTORY_LEN - 1)
+            .ignore()
+            .query_async(&mut conn)
+            .await?;
+        Ok(())
+    }
+
+    /// The newest `limit` runs, newest first.
+    pub async fn history(&self, pipeline: &str, limit: isize) -> anyhow::Result<Vec<RunRecord>> {
+        let mut conn = self.conn.clone();
+        let raw: Vec<String> = conn.lrange(key(pipeline, "runs"), 0, limit - 1).await?;
+        Ok(raw
+            .iter()
+            .filter_map(|r| serde_json::from_str(r).ok())
+            .collect())
+    }
+}
