@@ -5,25 +5,10 @@
 
 mod support;
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 use support::cluster::{Cluster, Options, wait_exit};
 use support::*;
-
-fn exactly_once(ok: &[serde_json::Value], errors: &[serde_json::Value]) -> usize {
-    let mut seen: BTreeMap<String, usize> = BTreeMap::new();
-    for line in ok.iter().chain(errors) {
-        *seen
-            .entry(line["custom_id"].as_str().unwrap().to_string())
-            .or_default() += 1;
-    }
-    assert!(
-        seen.values().all(|n| *n == 1),
-        "a custom id twice: {seen:?}"
-    );
-    seen.len()
-}
 
 #[test]
 fn two_workers_never_overspend_and_retry_with_more_budget_finishes_the_batch() {

@@ -4,25 +4,10 @@
 
 mod support;
 
-use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use support::cluster::{Cluster, wait_exit};
 use support::*;
-
-fn exactly_once(ok: &[serde_json::Value], errors: &[serde_json::Value]) -> usize {
-    let mut seen: BTreeMap<String, usize> = BTreeMap::new();
-    for line in ok.iter().chain(errors) {
-        *seen
-            .entry(line["custom_id"].as_str().unwrap().to_string())
-            .or_default() += 1;
-    }
-    assert!(
-        seen.values().all(|n| *n == 1),
-        "a custom id in two lines: {seen:?}"
-    );
-    seen.len()
-}
 
 #[test]
 fn cancel_ends_queued_items_as_cancelled_and_in_flight_ones_finish() {

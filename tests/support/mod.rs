@@ -74,3 +74,18 @@ pub fn request_line(custom_id: &str, content: &str) -> String {
     })
     .to_string()
 }
+
+/// Every custom id appears exactly once in `output.jsonl` ∪ `errors.jsonl`; returns how many.
+pub fn exactly_once(ok: &[Value], errors: &[Value]) -> usize {
+    let mut seen: std::collections::BTreeMap<String, usize> = std::collections::BTreeMap::new();
+    for line in ok.iter().chain(errors) {
+        *seen
+            .entry(line["custom_id"].as_str().unwrap().to_string())
+            .or_default() += 1;
+    }
+    assert!(
+        seen.values().all(|n| *n == 1),
+        "a custom id in two lines: {seen:?}"
+    );
+    seen.len()
+}
