@@ -255,39 +255,15 @@ fn a_worker_survives_a_redis_restart() {
     assert_exactly_once(&ok, &errors, total);
 }
 
-/// Uploads `body` to `s3://bucket/key` with a SigV4-signed PUT (curl does the signing).
-fn s3_put(cluster: &Cluster, key: &str, body: &str) {
-    let file = write_file(cluster.dir.path(), "upload.tmp", body.as_bytes());
-    let s3 = &cluster.s3;
-    let status = std::process::Command::new("curl")
-        .args([
-            "-sS",
-            "-f",
-            "--aws-sigv4",
-            &format!("aws:amz:{}:s3", s3.region),
-        ])
-        .args(["--user", &format!("{}:{}", s3.key_id, s3.secret)])
-        .arg("-T")
-        .arg(&file)
-        .arg(format!("{}/{}/{}", s3.endpoint, s3.bucket, key))
-        .status()
-        .unwrap();
-    assert!(status.success(), "upload of {key} failed");
-}
-
 #[test]
 fn an_s3_prefix_is_an_input() {
     let Some(cluster) = Cluster::start("s3_prefix_input", &[], 30) else {
         return;
     };
     let prefix = cluster.s3.unique_prefix("inbox");
-    s3_put(&cluster, &format!("{prefix}/a.txt"), "first document");
-    s3_put(
-        &cluster,
-        &format!("{prefix}/sub/b.md"),
-        "# second\n\ndocument",
-    );
-    s3_put(&cluster, &format!("{prefix}/skip.pdf"), "not a document");
+    cluster.s3_put(&format!("{prefix}/a.txt"), "first document");
+    cluster.s3_put(&format!("{prefix}/sub/b.md"), "# second\n\ndocument");
+    cluster.s3_put(&format!("{prefix}/skip.pdf"), "not a document");
     let url = format!("s3://{}/{prefix}/", cluster.s3.bucket);
     let out = run(cluster
         .cmd()

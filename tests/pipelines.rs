@@ -26,47 +26,6 @@ fn cluster_with(test: &str, extra_toml: String) -> Option<Cluster> {
     )
 }
 
-/// Uploads `body` to `s3://bucket/key` with a SigV4-signed PUT (curl does the signing).
-fn s3_put(cluster: &Cluster, key: &str, body: &str) {
-    let file = write_file(cluster.dir.path(), "upload.tmp", body.as_bytes());
-    let s3 = &cluster.s3;
-    let status = std::process::Command::new("curl")
-        .args([
-            "-sS",
-            "-f",
-            "--aws-sigv4",
-            &format!("aws:amz:{}:s3", s3.region),
-        ])
-        .args(["--user", &format!("{}:{}", s3.key_id, s3.secret)])
-        .arg("-T")
-        .arg(&file)
-        .arg(format!("{}/{}/{}", s3.endpoint, s3.bucket, key))
-        .status()
-        .unwrap();
-    assert!(status.success(), "upload of {key} failed");
-}
-
-fn s3_get(cluster: &Cluster, key: &str) -> Value {
-    let s3 = &cluster.s3;
-    let out = std::process::Command::new("curl")
-        .args([
-            "-sS",
-            "-f",
-            "--aws-sigv4",
-            &format!("aws:amz:{}:s3", s3.region),
-        ])
-        .args(["--user", &format!("{}:{}", s3.key_id, s3.secret)])
-        .arg(format!("{}/{}/{}", s3.endpoint, s3.bucket, key))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "download of {key} failed: {}",
-        text(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
-}
-
 fn pipeline_run(cluster: &Cluster, name: &str) -> Value {
     let out = run(cluster.cmd().args(["pipelines", "run", name, "--json"]));
     assert!(
@@ -198,9 +157,9 @@ budget_usd = 5.0
     let Some(cluster) = cluster_with("pipelines_only_new", extra) else {
         return;
     };
-    s3_put(&cluster, &format!("{prefix}/a.txt"), "first document");
-    s3_put(&cluster, &format!("{prefix}/sub/b.md"), "second document");
-    s3_put(&cluster, &format!("{prefix}/skip.pdf"), "not a document");
+    cluster.s3_put(&format!("{prefix}/a.txt"), "first document");
+    cluster.s3_put(&format!("{prefix}/sub/b.md"), "second document");
+    cluster.s3_put(&format!("{prefix}/skip.pdf"), "not a document");
 
     let first = pipeline_run(&cluster, "inbox");
     assert_eq!(first["outcome"], "submitted", "{first}");
@@ -210,27 +169,20 @@ budget_usd = 5.0
     assert!(second["batch_id"].is_null(), "{second}");
 
     // A changed object (new ETag) is new again; the unchanged one is not.
-    s3_put(
-        &cluster,
-        &format!("{prefix}/a.txt"),
-        "first document, revised",
-    );
+    cluster.s3_put(&format!("{prefix}/a.txt"), "first document, revised");
     let third = pipeline_run(&cluster, "inbox");
     assert_eq!(third["outcome"], "submitted", "{third}");
     assert_eq!(third["items"], 1, "{third}");
     let batch = cluster.status(third["batch_id"].as_str().unwrap());
     assert_eq!(batch["request_counts"]["total"], 1, "{batch}");
     // The batch names its pipeline and tick, and the documents it took, in object storage.
-    let origin = s3_get(
-        &cluster,
-        &format!(
-            "{}/batches/{}/pipeline.json",
-            cluster
-                .storage_url
-                .trim_start_matches(&format!("s3://{}/", cluster.s3.bucket)),
-            third["batch_id"].as_str().unwrap()
-        ),
-    );
+    let origin = cluster.s3_get(&format!(
+        "{}/batches/{}/pipeline.json",
+        cluster
+            .storage_url
+            .trim_start_matches(&format!("s3://{}/", cluster.s3.bucket)),
+        third["batch_id"].as_str().unwrap()
+    ));
     assert_eq!(origin["pipeline"], "inbox", "{origin}");
     assert_eq!(origin["tick"], third["tick"], "{origin}");
     let docs: Vec<&String> = origin["documents"].as_object().unwrap().keys().collect();

@@ -3,6 +3,7 @@
 
 pub mod cluster;
 pub mod fake;
+pub mod invariants;
 pub mod redis;
 pub mod s3;
 
