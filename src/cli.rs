@@ -46,9 +46,16 @@ pub enum Command {
     /// Follow one batch with a live progress bar until it ends (exit 1 unless it completed)
     Watch(WatchArgs),
     /// Fire every enabled [pipelines.<name>] on its schedule, exactly once per tick across replicas
-    Scheduler,
+    Scheduler(SchedulerArgs),
     /// List scheduled pipelines, trigger one now, or show its runs
     Pipelines(PipelinesArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct SchedulerArgs {
+    /// Serve Prometheus metrics at http://ADDR/metrics (pipeline runs and last successes)
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_addr: Option<String>,
 }
 
 #[derive(Debug, Args)]

@@ -46,7 +46,7 @@ fn main() -> ExitCode {
     };
     let env: BTreeMap<String, String> = std::env::vars().collect();
     let default_filter = match cli.command {
-        Command::Worker(_) | Command::Serve(_) | Command::Scheduler => "info",
+        Command::Worker(_) | Command::Serve(_) | Command::Scheduler(_) => "info",
         _ => "warn",
     };
     telemetry::init(&env, default_filter);
@@ -75,7 +75,7 @@ fn main() -> ExitCode {
             Command::Route(args) => commands::estimate::route(config, args, &env).await,
             Command::Serve(args) => commands::serve::serve(config, args, &env).await,
             Command::Watch(args) => commands::watch::watch(config, args, &env).await,
-            Command::Scheduler => commands::scheduler::scheduler(config, &env).await,
+            Command::Scheduler(args) => commands::scheduler::scheduler(config, args, &env).await,
             Command::Pipelines(args) => commands::pipelines::pipelines(config, args, &env).await,
         }
     });

@@ -51,6 +51,7 @@ pub fn install() -> anyhow::Result<PrometheusHandle> {
         .install_recorder()
         .context("cannot install the Prometheus metrics recorder")?;
     batchyard_workers::metrics::describe();
+    crate::scheduler::metrics::describe();
     *slot = Some(handle.clone());
     Ok(handle)
 }

@@ -112,8 +112,20 @@ fn dashboard_in_headless_chromium() {
     };
     // Some requests fail for good (one attempt, 500s from the provider), so the batch has
     // dead letters to show; latency keeps the batch running for a few seconds.
+    // A pipeline for the pipelines panel: its "Run now" button submits one batch.
+    let inbox = tempfile::tempdir().unwrap();
+    write_file(
+        inbox.path(),
+        "a.txt",
+        b"a document for the nightly pipeline",
+    );
+    write_file(inbox.path(), "b.md", b"another document");
     let opts = Options {
         max_attempts: 1,
+        extra_toml: format!(
+            "[pipelines.nightly]\nschedule = \"0 2 * * *\"\ninput = \"file://{}\"\ntask = \"summarize\"\n",
+            inbox.path().display()
+        ),
         ..Options::default()
     };
     let fake = ["--fail-rate-500", "0.35", "--latency-ms", "60"];

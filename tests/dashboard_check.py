@@ -200,6 +200,8 @@ STATE_JS = r"""
     deadEmpty: visible("#dead-empty"),
     models: [...document.querySelectorAll("#models-table tbody tr")].map((r) => r.getAttribute("data-model")),
     modelStates: [...document.querySelectorAll("#models-table .badge")].map((b) => b.textContent),
+    pipelines: [...document.querySelectorAll("#pipelines-table tbody tr")].map((r) => r.getAttribute("data-pipeline")),
+    pipelineRuns: [...document.querySelectorAll("#pipelines-table tbody tr")].map((r) => r.children[3].textContent),
     errors: [...document.querySelectorAll(".panel-error")].filter((e) => !e.hidden).map((e) => e.textContent),
     status: q("#status").textContent,
   };
@@ -230,7 +232,8 @@ def check(cdp, url, token, batch, shot):
             "the empty states",
             "(() => { const s = %s; s.ok = s.dash && s.batchIds.length === 0 && s.batchesEmpty"
             " && !s.detailShown && s.queueCells.length > 0 && s.queueCells.every((c) => c === '0')"
-            " && s.models.length > 0 && s.errors.length === 0 && /updated/.test(s.status); return s; })()" % STATE_JS,
+            " && s.models.length > 0 && s.pipelines.includes('nightly') && s.pipelineRuns.every((r) => /never ran/.test(r))"
+            " && s.errors.length === 0 && /updated/.test(s.status); return s; })()" % STATE_JS,
             30,
         )
         log(f"empty dashboard: {json.dumps(st)}")
@@ -284,6 +287,19 @@ def check(cdp, url, token, batch, shot):
         log(f"dead letters shown with replay commands: {st['deadCmds']}")
     elif not st["deadEmpty"]:
         raise Fail("no dead letters, but the empty state is not shown")
+
+    # The pipelines panel: "Run now" submits a batch through the API, and the row shows it.
+    cdp.click("#pipelines-table tbody tr[data-pipeline=nightly] button")
+    st = cdp.wait_for(
+        "a pipeline run from the dashboard",
+        "(() => { const s = %s; s.ok = s.pipelineRuns.some((r) => /submitted batch_/.test(r)); return s; })()" % STATE_JS,
+        30,
+    )
+    runs = api(url, "/api/pipelines/nightly/runs", token).get("runs") or []
+    shown = " ".join(st["pipelineRuns"])
+    if not runs or runs[0].get("outcome") != "submitted" or runs[0].get("batch_id") not in shown:
+        raise Fail(f"the dashboard's pipeline run is not the API's newest run: {shown!r} vs {runs[:1]}")
+    log(f"pipeline run from the dashboard: {shown!r}")
 
     shoot(cdp, shot)
 

@@ -22,6 +22,7 @@ use super::error::{self, ApiError};
 const INDEX_HTML: &str = include_str!("dashboard/index.html");
 const APP_CSS: &str = include_str!("dashboard/app.css");
 const APP_JS: &str = include_str!("dashboard/app.js");
+const PANELS_JS: &str = include_str!("dashboard/panels.js");
 
 /// Replaced in `index.html` by the assets' version.
 const VERSION_MARK: &str = "__ASSET_VERSION__";
@@ -49,8 +50,11 @@ const fn fnv1a(mut hash: u64, bytes: &[u8]) -> u64 {
 }
 
 const ASSET_HASH: u64 = fnv1a(
-    fnv1a(0xcbf2_9ce4_8422_2325, APP_CSS.as_bytes()),
-    APP_JS.as_bytes(),
+    fnv1a(
+        fnv1a(0xcbf2_9ce4_8422_2325, APP_CSS.as_bytes()),
+        APP_JS.as_bytes(),
+    ),
+    PANELS_JS.as_bytes(),
 );
 
 /// `GET /` and `GET /assets/{name}`, public, for merging into the API's router.
@@ -84,6 +88,7 @@ async fn asset(Path(name): Path<String>) -> Result<Response, ApiError> {
     match name.as_str() {
         "app.css" => Ok(respond(CSS, ASSET_CACHE, APP_CSS)),
         "app.js" => Ok(respond(JS, ASSET_CACHE, APP_JS)),
+        "panels.js" => Ok(respond(JS, ASSET_CACHE, PANELS_JS)),
         _ => Err(error::not_found().await),
     }
 }

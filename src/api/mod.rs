@@ -7,6 +7,7 @@
 //! - [`error`]: OpenAI-shaped errors, and extractors that reject in that shape.
 //! - [`native`]: `/api/*`, batchyard's own read-only views for dashboards (same tokens).
 //! - [`replay`]: `POST /api/batches/{id}/retry`, the dashboard's replay button.
+//! - [`pipelines`]: `/api/pipelines`, scheduled pipelines, their runs, and run-now.
 //!
 //! [`router`] builds the whole tree. Other faces (metrics, dashboard, native API) can be
 //! merged into it with `router(state).merge(other)`: `other` must have no fallback of its own
@@ -19,6 +20,7 @@ pub mod dashboard;
 pub mod error;
 pub mod files;
 pub mod native;
+pub mod pipelines;
 pub mod replay;
 
 use std::sync::Arc;
@@ -58,6 +60,8 @@ pub struct ApiState {
     pub completion_window: Duration,
     /// Queue depth samples of the last hour, filled by [`native::history::sample`].
     pub history: native::QueueHistory,
+    /// Pipeline state in Redis; `None` when no pipeline is configured or there is no Redis.
+    pub pipelines: Option<crate::scheduler::state::PipelineState>,
 }
 
 /// The whole API: `/v1/*` and `/api/*` behind the token check, probes and the fallback
@@ -82,6 +86,9 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/batches/{id}", get(native::batch))
         .route("/api/batches/{id}/retry", post(replay::retry_batch))
         .route("/api/models", get(native::models))
+        .route("/api/pipelines", get(pipelines::list))
+        .route("/api/pipelines/{name}/runs", get(pipelines::runs))
+        .route("/api/pipelines/{name}/run", post(pipelines::run_now))
         .layer(DefaultBodyLimit::max(MAX_JSON_BYTES))
         .route_layer(middleware::from_fn_with_state(
             state.tokens.clone(),

@@ -3,17 +3,15 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use batchyard_jobs::job::new_batch_id;
-use chrono::Utc;
-use serde_json::{Value, json};
+use serde_json::json;
 
 use crate::app::App;
 use crate::cli::{PipelinesAction, PipelinesArgs};
 use crate::config::pipelines::Pipeline;
 use crate::exit::UsageError;
 use crate::scheduler::connect_state;
-use crate::scheduler::run::{Trigger, run_pipeline};
 use crate::scheduler::state::{PipelineState, RunRecord};
+use crate::scheduler::view::{pipeline_rows, trigger_now};
 
 pub async fn pipelines(
     config: Option<&Path>,
@@ -80,13 +78,7 @@ async fn trigger(
     pipeline: &Pipeline,
     as_json: bool,
 ) -> anyhow::Result<()> {
-    // A batch id is a ULID behind a prefix: unique and time-ordered, as a trigger id should be.
-    let id = new_batch_id().trim_start_matches("batch_").to_string();
-    let at = Utc::now().with_timezone(&pipeline.timezone);
-    let record = run_pipeline(app, state, pipeline, &Trigger::Manual { id, at })
-        .await?
-        // A fresh id is never claimed already; if it were, running it again would not be once.
-        .ok_or_else(|| anyhow::anyhow!("this manual trigger was already claimed; run it again"))?;
+    let record = trigger_now(app, state, pipeline).await?;
     if as_json {
         println!("{}", serde_json::to_string(&record)?);
     } else {
@@ -102,48 +94,7 @@ async fn trigger(
 }
 
 async fn list(app: &App, state: &PipelineState, as_json: bool) -> anyhow::Result<()> {
-    let now = Utc::now();
-    let mut rows = Vec::new();
-    for p in app.settings.pipelines.values() {
-        let next = p
-            .enabled
-            .then(|| p.next_after(now))
-            .flatten()
-            .map(|t| t.to_rfc3339());
-        let last = match state.history(&p.name, 1).await?.into_iter().next() {
-            None => Value::Null,
-            Some(r) => {
-                let batch = match &r.batch_id {
-                    Some(id) => app.ledger.get(id).await?,
-                    None => None,
-                };
-                json!({
-                    "tick": r.tick,
-                    "trigger": r.trigger,
-                    "outcome": r.outcome,
-                    "batch_id": r.batch_id,
-                    "state": batch.as_ref().map(|b| b.state.as_str()),
-                    "items": r.items,
-                    "cost_usd": batch.as_ref().map(|b| b.cost_usd()),
-                    "error": r.error,
-                    "at": r.at,
-                })
-            }
-        };
-        rows.push(json!({
-            "name": p.name,
-            "schedule": p.schedule_text,
-            "timezone": p.timezone.name(),
-            "input": p.input,
-            "task": p.task,
-            "budget_usd": p.budget_usd,
-            "only_new": p.only_new,
-            "catch_up": p.catch_up.as_str(),
-            "enabled": p.enabled,
-            "next_fire": next,
-            "last_run": last,
-        }));
-    }
+    let rows = pipeline_rows(app, state).await?;
     if as_json {
         println!("{}", json!({ "pipelines": rows }));
         return Ok(());

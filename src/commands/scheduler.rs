@@ -8,12 +8,14 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::app::App;
+use crate::cli::SchedulerArgs;
 use crate::config::pipelines::Pipeline;
 use crate::exit::UsageError;
 use crate::scheduler::{check_inputs, connect_state, drive};
 
 pub async fn scheduler(
     config: Option<&Path>,
+    args: &SchedulerArgs,
     env: &BTreeMap<String, String>,
 ) -> anyhow::Result<()> {
     let settings = super::load_settings(config, env)?;
@@ -33,6 +35,11 @@ pub async fn scheduler(
         ))
         .into());
     }
+    // Bind before connecting, so a taken or malformed address fails at once.
+    let metrics_listener = match &args.metrics_addr {
+        Some(addr) => Some(crate::metrics_http::bind(addr).await?),
+        None => None,
+    };
     let drain = settings.drain_timeout;
     let app = Arc::new(App::connect(settings, None, false, "scheduler").await?);
     let state = connect_state(&app).await?;
@@ -40,6 +47,19 @@ pub async fn scheduler(
 
     let cancel = CancellationToken::new();
     let tracker = TaskTracker::new();
+    // Metrics outlive the runs' drain; they stop after.
+    let background = CancellationToken::new();
+    let background_tracker = TaskTracker::new();
+    if let Some(listener) = metrics_listener {
+        let handle = crate::metrics_http::install()?;
+        crate::metrics_http::spawn(&background_tracker, listener, handle, background.clone());
+        background_tracker.spawn(crate::scheduler::metrics::refresh(
+            state.clone(),
+            pipelines.iter().map(|p| p.name.clone()).collect(),
+            background.clone(),
+        ));
+    }
+    background_tracker.close();
     for p in pipelines {
         tracing::info!(pipeline = %p.name, schedule = %p.schedule_text, timezone = %p.timezone, "pipeline scheduled");
         tracker.spawn(drive(
@@ -57,5 +77,7 @@ pub async fn scheduler(
     if tokio::time::timeout(drain, tracker.wait()).await.is_err() {
         tracing::warn!("runs still in progress after {drain:?}; their triggers stay claimed");
     }
+    background.cancel();
+    background_tracker.wait().await;
     Ok(())
 }

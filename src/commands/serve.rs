@@ -94,6 +94,18 @@ pub async fn serve(
         api::native::history::EVERY,
         stop_upkeep.clone(),
     ));
+    let pipelines = if app.settings.pipelines.is_empty() || app.settings.redis_url.is_none() {
+        None
+    } else {
+        let pipeline_state = crate::scheduler::connect_state(&app).await?;
+        // The last successes on the API's /metrics too, for alerts without scheduler metrics.
+        tasks.spawn(crate::scheduler::metrics::refresh(
+            pipeline_state.clone(),
+            app.settings.pipelines.keys().cloned().collect(),
+            stop_upkeep.clone(),
+        ));
+        Some(pipeline_state)
+    };
     let state = ApiState {
         app: Arc::new(app),
         tasks: tasks.clone(),
@@ -101,6 +113,7 @@ pub async fn serve(
         tokens,
         completion_window,
         history,
+        pipelines,
     };
     // Tests and scripts that pass port 0 read the real address from this line.
     println!("listening on http://{local}");

@@ -11,14 +11,21 @@
 //! - [`listing`]: what an input holds, with a fingerprint per document.
 //! - [`state`]: claims, seen documents and run history in Redis.
 //! - [`run`]: one run: claim, list, pick the new documents, submit, record.
+//! - [`recover`]: the origin records in object storage that rebuild a lost `seen` hash.
+//! - [`view`]: the rows `pipelines list` and `/api/pipelines` show, and a manual trigger.
+//! - [`metrics`]: runs per outcome and the last success, for alerts on a stale pipeline.
 
 pub mod listing;
+pub mod metrics;
+pub mod recover;
 pub mod run;
 pub mod state;
+pub mod view;
 
 use std::sync::Arc;
 
 use anyhow::Context;
+use batchyard_jobs::storage::ResultStore;
 use chrono::{DateTime, Utc};
 use chrono_tz::Tz;
 use tokio_util::sync::CancellationToken;
@@ -63,12 +70,24 @@ pub async fn check_inputs(app: &App, pipelines: &[Pipeline]) -> anyhow::Result<(
 /// The newest fire time after the last tick that ran and at or before `now`. `None` when nothing
 /// was missed, or when the pipeline never ran (a new pipeline starts at its next tick).
 async fn missed_tick(
+    store: &ResultStore,
     state: &PipelineState,
     pipeline: &Pipeline,
     now: DateTime<Utc>,
 ) -> anyhow::Result<Option<DateTime<Tz>>> {
-    let Some(last) = state.last_tick(&pipeline.name).await? else {
-        return Ok(None);
+    let last = match state.last_tick(&pipeline.name).await? {
+        Some(t) => t,
+        // Redis may have lost its data: the origin records in object storage still know.
+        None => match recover::read_records(store, &pipeline.name).await {
+            Ok(records) => match recover::latest_scheduled_tick(&records) {
+                Some(t) => t,
+                None => return Ok(None),
+            },
+            Err(e) => {
+                tracing::warn!(pipeline = %pipeline.name, "cannot read the origin records: {e:#}");
+                return Ok(None);
+            }
+        },
     };
     let Some(last) = DateTime::<Utc>::from_timestamp(last, 0) else {
         return Ok(None);
@@ -110,7 +129,7 @@ pub async fn drive(
     let pipeline = Arc::new(pipeline);
     let mut after = Utc::now();
     if pipeline.catch_up == CatchUp::Latest {
-        match missed_tick(&state, &pipeline, after).await {
+        match missed_tick(&app.store, &state, &pipeline, after).await {
             Ok(Some(tick)) => {
                 tracing::info!(pipeline = %pipeline.name, tick = %tick, "running the latest tick missed while no scheduler ran");
                 let (app, state, pipeline) = (app.clone(), state.clone(), pipeline.clone());

@@ -9,6 +9,7 @@ use chrono::DateTime;
 use chrono_tz::Tz;
 
 use super::listing::list_input;
+use super::recover;
 use super::state::{PipelineState, RunRecord};
 use crate::app::App;
 use crate::config::pipelines::Pipeline;
@@ -89,6 +90,11 @@ pub async fn run_pipeline(
         }
     }
     record.at = now_secs();
+    super::metrics::run_finished(&pipeline.name, &record.outcome);
+    if record.error.is_none() {
+        super::metrics::last_success(&pipeline.name, record.at);
+        state.note_success(&pipeline.name, record.at).await?;
+    }
     state.record(&pipeline.name, &record).await?;
     Ok(Some(record))
 }
@@ -142,6 +148,7 @@ async fn submit_new(
             )
         })?;
     let seen = if pipeline.only_new {
+        recover::rebuild_if_lost(&app.store, state, &pipeline.name).await?;
         state.seen(&pipeline.name).await?
     } else {
         Default::default()
@@ -177,9 +184,9 @@ async fn submit_new(
     Ok(Some((submitted.record.id, submitted.record.counts.total)))
 }
 
-/// Writes `batches/<id>/pipeline.json`: which pipeline and tick made the batch, and every
-/// document it took with its fingerprint, so object storage holds what the `seen` hash in
-/// Redis holds. A failed write is logged, not fatal: the batch is already enqueued.
+/// Writes the batch's origin record (see [`recover`]): which pipeline and tick made the batch,
+/// and every document it took with its fingerprint, so object storage holds what the `seen`
+/// hash in Redis holds. A failed write is logged, not fatal: the batch is already enqueued.
 async fn write_origin(
     app: &App,
     pipeline: &Pipeline,
@@ -189,22 +196,14 @@ async fn write_origin(
 ) {
     let origin = serde_json::json!({
         "pipeline": pipeline.name,
+        "batch_id": batch_id,
         "tick": trigger.when().to_rfc3339(),
         "tick_unix": trigger.when().timestamp(),
         "trigger": trigger.kind(),
         "input": pipeline.input,
         "documents": chosen.iter().cloned().collect::<std::collections::BTreeMap<_, _>>(),
     });
-    let path = app.store.batch_dir(batch_id).join("pipeline.json");
-    let written = match serde_json::to_vec(&origin) {
-        Ok(bytes) => app
-            .store
-            .put(&path, bytes.into())
-            .await
-            .map_err(|e| e.to_string()),
-        Err(e) => Err(e.to_string()),
-    };
-    if let Err(e) = written {
-        tracing::warn!(pipeline = %pipeline.name, batch_id, "cannot write pipeline.json: {e}");
+    if let Err(e) = recover::write_origin(&app.store, &pipeline.name, batch_id, &origin).await {
+        tracing::warn!(pipeline = %pipeline.name, batch_id, "cannot write the pipeline's origin record: {e}");
     }
 }

@@ -7,6 +7,8 @@
 //! - `by:pipeline:{<name>}:runs`: the newest runs first, capped.
 //! - `by:pipeline:{<name>}:lock`: held while a run picks and submits documents.
 //! - `by:pipeline:{<name>}:last_tick`: the newest scheduled tick that ran (unix seconds).
+//! - `by:pipeline:{<name>}:last_success`: when a run last ended without failing (unix seconds),
+//!   kept apart from the capped history so a long run of failures can't push it out.
 
 use std::collections::HashMap;
 
@@ -100,19 +102,45 @@ impl PipelineState {
 
     /// Remembers the newest scheduled tick that ran, for catch-up after downtime.
     pub async fn note_tick(&self, pipeline: &str, tick_unix: i64) -> redis::RedisResult<()> {
-        let mut conn = self.conn.clone();
         // Runs of consecutive ticks may finish out of order; the value only moves forward.
-        let () = redis::Script::new(
+        self.raise(&key(pipeline, "last_tick"), tick_unix).await
+    }
+
+    /// Remembers that a run ended well at `at` (unix seconds).
+    pub async fn note_success(&self, pipeline: &str, at: u64) -> redis::RedisResult<()> {
+        self.raise(
+            &key(pipeline, "last_success"),
+            i64::try_from(at).unwrap_or(i64::MAX),
+        )
+        .await
+    }
+
+    /// Sets `key` to `value` unless it already holds a larger number.
+    async fn raise(&self, key: &str, value: i64) -> redis::RedisResult<()> {
+        let mut conn = self.conn.clone();
+        redis::Script::new(
             "local v = tonumber(redis.call('GET', KEYS[1]) or '0') \
              if tonumber(ARGV[1]) > v then redis.call('SET', KEYS[1], ARGV[1]) end \
              return 0",
         )
-        .key(key(pipeline, "last_tick"))
-        .arg(tick_unix)
+        .key(key)
+        .arg(value)
         .invoke_async::<i64>(&mut conn)
         .await
-        .map(|_| ())?;
-        Ok(())
+        .map(|_| ())
+    }
+
+    pub async fn last_success(&self, pipeline: &str) -> redis::RedisResult<Option<u64>> {
+        let mut conn = self.conn.clone();
+        conn.get(key(pipeline, "last_success")).await
+    }
+
+    /// True when Redis holds no `seen` hash for the pipeline: it never submitted, or Redis lost
+    /// its data and the hash must be rebuilt from object storage.
+    pub async fn seen_is_empty(&self, pipeline: &str) -> redis::RedisResult<bool> {
+        let mut conn = self.conn.clone();
+        let n: u64 = conn.hlen(key(pipeline, "seen")).await?;
+        Ok(n == 0)
     }
 
     pub async fn last_tick(&self, pipeline: &str) -> redis::RedisResult<Option<i64>> {

@@ -16,6 +16,7 @@
   let generation = 0; // bumps on log in/out so late answers of an old session are dropped
 
   const $ = (sel) => document.querySelector(sel);
+  const panels = []; // [{panel, load, render}] registered by panels.js
 
   // h("td", {class: "num"}, "text", node, ...): an element with attributes and children.
   function h(tag, attrs, ...children) {
@@ -189,7 +190,8 @@
     const calls = [
       ["#queues-panel", Promise.all([api("/api/queues"), api("/api/queues/history")]), renderQueues],
       ["#batches-panel", api("/api/batches?limit=50"), renderBatches],
-      ["#models-panel", api("/api/models"), renderModels],
+      // panels.js adds the models and pipelines panels.
+      ...panels.map((p) => [p.panel, p.load(), p.render]),
     ];
     const results = await Promise.allSettled(calls.map((c) => c[1]));
     if (gen !== generation) return;
@@ -452,32 +454,7 @@
     }
   }
 
-  // ---- models --------------------------------------------------------------------------
-
-  function modelState(m) {
-    const state = String(m.state ?? "unknown");
-    const s = state.toLowerCase();
-    let cls = "", label = state.replace(/_/g, " ");
-    if (s === "healthy" || s === "ok") cls = "ok";
-    else if (s.startsWith("cool")) cls = "warn";
-    else if (s === "paused" || s === "disabled") cls = "bad";
-    const until = toMs(m.until_ms);
-    if (until !== null && until > Date.now()) label += " · " + duration((until - Date.now()) / 1000) + " left";
-    return h("td", {}, h("span", { class: "badge " + cls }, label),
-      m.reason ? h("span", { class: "reason" }, m.reason) : null);
-  }
-
-  function renderModels(body) {
-    const models = Array.isArray(body) ? body : (body && Array.isArray(body.data) ? body.data : []);
-    $("#models-table tbody").replaceChildren(...models.map((m) => h("tr", { "data-model": m.model },
-      h("td", { class: "mono" }, m.model ?? "—"),
-      h("td", {}, m.provider ?? "—"),
-      h("td", { class: "num" }, m.tier ?? "—"),
-      modelState(m),
-      h("td", { class: "num spend" }, "—"))));
-    $("#models-table").hidden = models.length === 0;
-    $("#models-empty").hidden = models.length !== 0;
-  }
+  // ---- models (rendered by panels.js) ------------------------------------------------
 
   function renderModelSpend() {
     const spend = new Map(lastSpend);
@@ -487,6 +464,10 @@
       if (cell) cell.textContent = v === undefined ? "—" : usd(v);
     }
   }
+
+  // What panels.js builds on; it runs after this file (both are deferred, in order).
+  window.batchyard = { $, h, num, int, usd, duration, clock, toMs, api, post, panelError, panels,
+    refresh: () => refresh() };
 
   // ---- start ---------------------------------------------------------------------------
 

@@ -1,0 +1,78 @@
+//! `/api/pipelines`: the scheduled pipelines as `batchyard pipelines` shows them, for the
+//! dashboard. `GET /api/pipelines` lists them with next fire time and last run,
+//! `GET /api/pipelines/{name}/runs` is the history, and `POST /api/pipelines/{name}/run`
+//! triggers one now, with the same only-new rule and exactly-once claim as a tick.
+
+use axum::Json;
+use axum::extract::{Path as UrlPath, State};
+use axum::http::StatusCode;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::ApiState;
+use super::error::{ApiError, ApiQuery};
+use crate::config::pipelines::Pipeline;
+use crate::scheduler::state::{HISTORY_LEN, PipelineState};
+use crate::scheduler::view::{pipeline_rows, trigger_now};
+
+fn pipelines_state(state: &ApiState) -> Result<&PipelineState, ApiError> {
+    state.pipelines.as_ref().ok_or_else(|| {
+        ApiError::invalid(
+            "pipelines need redis; set BATCHYARD_REDIS_URL or [queue] redis_url and restart serve",
+        )
+        .with_status(StatusCode::SERVICE_UNAVAILABLE)
+    })
+}
+
+fn find<'a>(state: &'a ApiState, name: &str) -> Result<&'a Pipeline, ApiError> {
+    state
+        .app
+        .settings
+        .pipelines
+        .get(name)
+        .ok_or_else(|| ApiError::not_found("pipeline", name))
+}
+
+pub async fn list(State(state): State<ApiState>) -> Result<Json<Value>, ApiError> {
+    if state.app.settings.pipelines.is_empty() {
+        return Ok(Json(json!({ "pipelines": [] })));
+    }
+    let ps = pipelines_state(&state)?;
+    let rows = pipeline_rows(&state.app, ps)
+        .await
+        .map_err(|e| ApiError::internal("cannot read the pipelines", &e))?;
+    Ok(Json(json!({ "pipelines": rows })))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunsQuery {
+    limit: Option<u32>,
+}
+
+pub async fn runs(
+    State(state): State<ApiState>,
+    UrlPath(name): UrlPath<String>,
+    ApiQuery(query): ApiQuery<RunsQuery>,
+) -> Result<Json<Value>, ApiError> {
+    find(&state, &name)?;
+    let ps = pipelines_state(&state)?;
+    let limit = query.limit.map_or(20, |l| l.clamp(1, 100));
+    let runs = ps
+        .history(&name, isize::try_from(limit).unwrap_or(HISTORY_LEN))
+        .await
+        .map_err(|e| ApiError::internal("cannot read the pipeline's runs", &e))?;
+    Ok(Json(json!({ "pipeline": name, "runs": runs })))
+}
+
+pub async fn run_now(
+    State(state): State<ApiState>,
+    UrlPath(name): UrlPath<String>,
+) -> Result<Json<Value>, ApiError> {
+    let pipeline = find(&state, &name)?.clone();
+    let ps = pipelines_state(&state)?;
+    let record = trigger_now(&state.app, ps, &pipeline)
+        .await
+        .map_err(|e| ApiError::internal("cannot run the pipeline", &e))?;
+    Ok(Json(serde_json::to_value(record).unwrap_or(Value::Null)))
+}
