@@ -111,6 +111,9 @@ fn a_budget_stop_inside_a_pipeline_run_ends_the_batch_and_retry_resumes_it() {
     );
     let again = pipeline_run(&cluster, "capped");
     assert_eq!(again["outcome"], "nothing_new", "{again}");
+    let out = run(cluster.cmd().args(["pipelines", "history", "capped"]));
+    let shown = text(&out.stdout);
+    assert!(out.status.success() && shown.contains(&id), "{shown}");
 
     let out = run(cluster.cmd().args(["retry", &id, "--budget-usd", "1"]));
     assert!(out.status.success(), "{}", text(&out.stderr));
@@ -303,6 +306,14 @@ fn the_api_lists_pipelines_shows_runs_and_runs_one_now() {
         .map(|r| r["outcome"].as_str().unwrap())
         .collect();
     assert_eq!(outcomes, ["nothing_new", "submitted"], "{runs}");
+    // A run that made a batch shows the batch's state and spend now.
+    let made = &runs["runs"][1];
+    assert_eq!(made["batch_id"], ran["batch_id"], "{runs}");
+    assert!(
+        made["state"].is_string() && made["cost_usd"].is_number(),
+        "{runs}"
+    );
+    assert!(runs["runs"][0]["state"].is_null(), "{runs}");
     let list = ok_json(call(&s, "GET", "/api/pipelines", &[]));
     assert_eq!(list["pipelines"][0]["last_run"]["outcome"], "nothing_new");
 

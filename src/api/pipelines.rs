@@ -12,8 +12,8 @@ use serde_json::{Value, json};
 use super::ApiState;
 use super::error::{ApiError, ApiQuery};
 use crate::config::pipelines::Pipeline;
-use crate::scheduler::state::{HISTORY_LEN, PipelineState};
-use crate::scheduler::view::{pipeline_rows, trigger_now};
+use crate::scheduler::state::PipelineState;
+use crate::scheduler::view::{history_rows, pipeline_rows, run_row, trigger_now};
 
 fn pipelines_state(state: &ApiState) -> Result<&PipelineState, ApiError> {
     state.pipelines.as_ref().ok_or_else(|| {
@@ -58,8 +58,7 @@ pub async fn runs(
     find(&state, &name)?;
     let ps = pipelines_state(&state)?;
     let limit = query.limit.map_or(20, |l| l.clamp(1, 100));
-    let runs = ps
-        .history(&name, isize::try_from(limit).unwrap_or(HISTORY_LEN))
+    let runs = history_rows(&state.app, ps, &name, limit as usize)
         .await
         .map_err(|e| ApiError::internal("cannot read the pipeline's runs", &e))?;
     Ok(Json(json!({ "pipeline": name, "runs": runs })))
@@ -71,8 +70,10 @@ pub async fn run_now(
 ) -> Result<Json<Value>, ApiError> {
     let pipeline = find(&state, &name)?.clone();
     let ps = pipelines_state(&state)?;
-    let record = trigger_now(&state.app, ps, &pipeline)
-        .await
-        .map_err(|e| ApiError::internal("cannot run the pipeline", &e))?;
-    Ok(Json(serde_json::to_value(record).unwrap_or(Value::Null)))
+    let row = match trigger_now(&state.app, ps, &pipeline).await {
+        Ok(record) => run_row(&state.app, &record).await,
+        Err(e) => Err(e),
+    }
+    .map_err(|e| ApiError::internal("cannot run the pipeline", &e))?;
+    Ok(Json(row))
 }

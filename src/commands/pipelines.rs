@@ -3,15 +3,15 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use serde_json::json;
+use serde_json::{Value, json};
 
 use crate::app::App;
 use crate::cli::{PipelinesAction, PipelinesArgs};
 use crate::config::pipelines::Pipeline;
 use crate::exit::UsageError;
 use crate::scheduler::connect_state;
-use crate::scheduler::state::{PipelineState, RunRecord};
-use crate::scheduler::view::{pipeline_rows, trigger_now};
+use crate::scheduler::state::PipelineState;
+use crate::scheduler::view::{history_rows, pipeline_rows, run_row, trigger_now};
 
 pub async fn pipelines(
     config: Option<&Path>,
@@ -29,9 +29,7 @@ pub async fn pipelines(
         }
         PipelinesAction::History { name, json, limit } => {
             find(&app, name)?;
-            let runs = state
-                .history(name, isize::try_from(*limit).unwrap_or(isize::MAX))
-                .await?;
+            let runs = history_rows(&app, &state, name, *limit).await?;
             if *json {
                 println!("{}", json!({ "pipeline": name, "runs": runs }));
             } else if runs.is_empty() {
@@ -61,12 +59,19 @@ fn find<'a>(app: &'a App, name: &str) -> anyhow::Result<&'a Pipeline> {
     })
 }
 
-fn describe(r: &RunRecord) -> String {
-    let mut line = format!("{}  {:<8}  {:<11}", r.tick, r.trigger, r.outcome);
-    if let Some(id) = &r.batch_id {
-        line.push_str(&format!("  {id}  {} item(s)", r.items));
+/// One line per run: tick, trigger, outcome, then the batch (items, state, spend) or the error.
+fn describe(r: &Value) -> String {
+    let s = |k: &str| r[k].as_str().unwrap_or("-").to_string();
+    let mut line = format!("{}  {:<8}  {:<11}", s("tick"), s("trigger"), s("outcome"));
+    if let Some(id) = r["batch_id"].as_str() {
+        line.push_str(&format!(
+            "  {id}  {} item(s)  {}  ${:.4}",
+            r["items"],
+            s("state"),
+            r["cost_usd"].as_f64().unwrap_or(0.0)
+        ));
     }
-    if let Some(e) = &r.error {
+    if let Some(e) = r["error"].as_str() {
         line.push_str(&format!("  {e}"));
     }
     line
@@ -79,10 +84,11 @@ async fn trigger(
     as_json: bool,
 ) -> anyhow::Result<()> {
     let record = trigger_now(app, state, pipeline).await?;
+    let row = run_row(app, &record).await?;
     if as_json {
-        println!("{}", serde_json::to_string(&record)?);
+        println!("{row}");
     } else {
-        println!("{}", describe(&record));
+        println!("{}", describe(&row));
     }
     match &record.error {
         Some(e) => Err(anyhow::anyhow!(

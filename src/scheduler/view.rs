@@ -22,23 +22,7 @@ pub async fn pipeline_rows(app: &App, state: &PipelineState) -> anyhow::Result<V
             .map(|t| t.to_rfc3339());
         let last = match state.history(&p.name, 1).await?.into_iter().next() {
             None => Value::Null,
-            Some(r) => {
-                let batch = match &r.batch_id {
-                    Some(id) => app.ledger.get(id).await?,
-                    None => None,
-                };
-                json!({
-                    "tick": r.tick,
-                    "trigger": r.trigger,
-                    "outcome": r.outcome,
-                    "batch_id": r.batch_id,
-                    "state": batch.as_ref().map(|b| b.state.as_str()),
-                    "items": r.items,
-                    "cost_usd": batch.as_ref().map(|b| b.cost_usd()),
-                    "error": r.error,
-                    "at": r.at,
-                })
-            }
+            Some(r) => run_row(app, &r).await?,
         };
         rows.push(json!({
             "name": p.name,
@@ -53,6 +37,42 @@ pub async fn pipeline_rows(app: &App, state: &PipelineState) -> anyhow::Result<V
             "next_fire": next,
             "last_run": last,
         }));
+    }
+    Ok(rows)
+}
+
+/// One run as shown: the record plus its batch's current state and spend (null when the run
+/// made no batch, or the batch is no longer in the ledger).
+pub async fn run_row(app: &App, r: &RunRecord) -> anyhow::Result<Value> {
+    let batch = match &r.batch_id {
+        Some(id) => app.ledger.get(id).await?,
+        None => None,
+    };
+    Ok(json!({
+        "tick": r.tick,
+        "tick_unix": r.tick_unix,
+        "trigger": r.trigger,
+        "outcome": r.outcome,
+        "batch_id": r.batch_id,
+        "state": batch.as_ref().map(|b| b.state.as_str()),
+        "items": r.items,
+        "cost_usd": batch.as_ref().map(|b| b.cost_usd()),
+        "error": r.error,
+        "at": r.at,
+    }))
+}
+
+/// The newest `limit` runs of a pipeline, newest first, as [`run_row`]s.
+pub async fn history_rows(
+    app: &App,
+    state: &PipelineState,
+    pipeline: &str,
+    limit: usize,
+) -> anyhow::Result<Vec<Value>> {
+    let limit = isize::try_from(limit).unwrap_or(super::state::HISTORY_LEN);
+    let mut rows = Vec::new();
+    for r in state.history(pipeline, limit).await? {
+        rows.push(run_row(app, &r).await?);
     }
     Ok(rows)
 }
