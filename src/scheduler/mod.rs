@@ -1,12 +1,11 @@
 //! Scheduled pipelines: `[pipelines.<name>]` turns new documents under a folder or prefix into
 //! one batch per cron tick, exactly once across scheduler replicas.
 //!
-//! Timing uses the `cron` crate with tokio timers rather than apalis-cron: apalis-cron 1.0
-//! fires each schedule in one fixed timezone per stream and pushes ticks through its own
-//! worker/backend machinery, while a pipeline needs its own IANA timezone (with a defined
-//! answer for DST gaps, see [`crate::config::pipelines::Pipeline::next_after`]) and a claim in
-//! Redis before anything runs. The claim is the decisive part: every replica wakes at the same
-//! tick, and `SET by:pipeline:{<name>}:tick:<unix secs> NX` lets exactly one of them submit.
+//! Timing uses apalis-cron's `CronScheduler` as a stream of ticks, fed by our own schedule
+//! ([`PipelineSchedule`]): the `cron` crate's fire times in the pipeline's IANA timezone, with
+//! a defined answer for DST gaps (see [`crate::config::pipelines::Pipeline::next_after`]).
+//! What apalis-cron doesn't do is the decisive part: every replica wakes at the same tick, and
+//! a claim, `SET by:pipeline:{<name>}:tick:<unix secs> NX`, lets exactly one of them submit.
 //!
 //! - [`listing`]: what an input holds, with a fingerprint per document.
 //! - [`state`]: claims, seen documents and run history in Redis.
@@ -25,9 +24,11 @@ pub mod view;
 use std::sync::Arc;
 
 use anyhow::Context;
+use apalis_cron::{CronScheduler, Schedule, Tick};
 use batchyard_jobs::storage::ResultStore;
 use chrono::{DateTime, Utc};
 use chrono_tz::Tz;
+use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -127,9 +128,9 @@ pub async fn drive(
     tracker: TaskTracker,
 ) {
     let pipeline = Arc::new(pipeline);
-    let mut after = Utc::now();
+    let now = Utc::now();
     if pipeline.catch_up == CatchUp::Latest {
-        match missed_tick(&app.store, &state, &pipeline, after).await {
+        match missed_tick(&app.store, &state, &pipeline, now).await {
             Ok(Some(tick)) => {
                 tracing::info!(pipeline = %pipeline.name, tick = %tick, "running the latest tick missed while no scheduler ran");
                 let (app, state, pipeline) = (app.clone(), state.clone(), pipeline.clone());
@@ -148,24 +149,73 @@ pub async fn drive(
         }
     }
     loop {
-        let Some(next) = pipeline.next_after(after) else {
-            tracing::warn!(pipeline = %pipeline.name, "the schedule has no more fire times");
-            return;
-        };
-        let next_utc = next.with_timezone(&Utc);
-        let wait = (next_utc - Utc::now()).to_std().unwrap_or_default();
-        tokio::select! {
-            () = cancel.cancelled() => return,
-            () = tokio::time::sleep(wait) => {}
+        // apalis-cron times the ticks; a stream that reports an error (a tick already in the
+        // past when its delay was set, e.g. after the host was suspended) is rebuilt from now.
+        let mut ticks = Box::pin(
+            CronScheduler::new(PipelineSchedule::new(pipeline.clone()))
+                .with_timezone(pipeline.timezone)
+                .into_stream(),
+        );
+        loop {
+            let tick = tokio::select! {
+                () = cancel.cancelled() => return,
+                tick = ticks.next() => tick,
+            };
+            let tick = match tick {
+                Some(Ok(tick)) => tick,
+                Some(Err(e)) => {
+                    tracing::warn!(pipeline = %pipeline.name, error = %e, "the cron timer skipped a tick; timing from now");
+                    break;
+                }
+                None => {
+                    tracing::warn!(pipeline = %pipeline.name, "the schedule has no more fire times");
+                    return;
+                }
+            };
+            let Some(next) = i64::try_from(tick.get_timestamp())
+                .ok()
+                .and_then(|t| DateTime::<Utc>::from_timestamp(t, 0))
+                .map(|t| t.with_timezone(&pipeline.timezone))
+            else {
+                continue;
+            };
+            let (app, state, pipeline) = (app.clone(), state.clone(), pipeline.clone());
+            tracker.spawn(async move {
+                if let Err(e) =
+                    run_pipeline(&app, &state, &pipeline, &Trigger::Schedule(next)).await
+                {
+                    tracing::error!(pipeline = %pipeline.name, "pipeline tick failed: {e:#}");
+                }
+            });
         }
-        // A tick that was late by more than a period (a suspended host) is not replayed here:
-        // the next tick is counted from now.
-        after = next_utc.max(Utc::now());
-        let (app, state, pipeline) = (app.clone(), state.clone(), pipeline.clone());
-        tracker.spawn(async move {
-            if let Err(e) = run_pipeline(&app, &state, &pipeline, &Trigger::Schedule(next)).await {
-                tracing::error!(pipeline = %pipeline.name, "pipeline tick failed: {e:#}");
-            }
-        });
+    }
+}
+
+/// A pipeline's fire times as an apalis-cron schedule: the wall clock of its own timezone, with
+/// [`Pipeline::next_after`]'s answers for DST gaps and repeats.
+struct PipelineSchedule {
+    pipeline: Arc<Pipeline>,
+    last: Option<DateTime<Utc>>,
+}
+
+impl PipelineSchedule {
+    fn new(pipeline: Arc<Pipeline>) -> Self {
+        Self {
+            pipeline,
+            last: None,
+        }
+    }
+}
+
+impl Schedule<Tz> for PipelineSchedule {
+    fn next_tick(&mut self, _tz: &Tz) -> Option<Tick<Tz>> {
+        // From now, so a tick missed while the host was suspended is not replayed here
+        // (catch-up covers downtime), and never at or before the last tick, in case a timer
+        // fires a hair early.
+        let now = Utc::now();
+        let from = self.last.map_or(now, |last| last.max(now));
+        let next = self.pipeline.next_after(from)?.with_timezone(&Utc);
+        self.last = Some(next);
+        u64::try_from(next.timestamp()).ok().map(Tick::new)
     }
 }
