@@ -122,6 +122,15 @@ only_new = false
         secs.len() as i64,
         "a tick was skipped: {ticks:?}"
     );
+    // The ledger holds exactly one batch per tick: none made outside a recorded run.
+    let out = run(cluster.cmd().args(["status", "--json"]));
+    let in_ledger: BTreeSet<String> = last_json(&out)["batches"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(in_ledger, batches, "batches in the ledger vs runs");
     // Each run's batch is in the ledger with the pipeline's two documents.
     for id in &batches {
         let batch = cluster.status(id);
@@ -176,13 +185,10 @@ budget_usd = 5.0
     let batch = cluster.status(third["batch_id"].as_str().unwrap());
     assert_eq!(batch["request_counts"]["total"], 1, "{batch}");
     // The batch names its pipeline and tick, and the documents it took, in object storage.
-    let origin = cluster.s3_get(&format!(
-        "{}/batches/{}/pipeline.json",
-        cluster
-            .storage_url
-            .trim_start_matches(&format!("s3://{}/", cluster.s3.bucket)),
+    let origin = cluster.s3_get(&cluster.s3_key(&format!(
+        "batches/{}/pipeline.json",
         third["batch_id"].as_str().unwrap()
-    ));
+    )));
     assert_eq!(origin["pipeline"], "inbox", "{origin}");
     assert_eq!(origin["tick"], third["tick"], "{origin}");
     let docs: Vec<&String> = origin["documents"].as_object().unwrap().keys().collect();
