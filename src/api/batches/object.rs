@@ -1,0 +1,230 @@
+//! A batch as the API shows it: OpenAI's batch object, merged from the ledger record and what
+//! only the API knows (kept in `api/batches/<batch_id>.json`), and the metadata rules.
+
+use std::collections::BTreeMap;
+
+use batchyard_jobs::batch::{BatchRecord, BatchState};
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use super::super::ApiState;
+use super::super::error::ApiError;
+use super::super::files::{ResultKind, result_file_id};
+
+pub const ENDPOINT: &str = "/v1/chat/completions";
+pub const WINDOW: &str = "24h";
+pub const WINDOW_SECS: u64 = 24 * 3600;
+/// OpenAI's metadata rules: at most 16 pairs, keys up to 64 and values up to 512 characters.
+const MAX_METADATA_KEYS: usize = 16;
+const MAX_KEY_CHARS: usize = 64;
+const MAX_VALUE_CHARS: usize = 512;
+/// One entry of a batch's `errors.data`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BatchErrorItem {
+    pub code: String,
+    pub message: String,
+    pub param: Option<String>,
+    pub line: Option<u64>,
+}
+
+/// What the API keeps about a batch beside the ledger record.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ApiBatch {
+    pub id: String,
+    pub input_file_id: String,
+    pub endpoint: String,
+    pub completion_window: String,
+    pub metadata: Option<BTreeMap<String, String>>,
+    pub created_at: u64,
+    #[serde(default)]
+    pub errors: Vec<BatchErrorItem>,
+}
+
+fn record_path(state: &ApiState, batch_id: &str) -> object_store::path::Path {
+    state
+        .app
+        .store
+        .path_of(&format!("api/batches/{batch_id}.json"))
+}
+
+pub(super) async fn load_api(
+    state: &ApiState,
+    batch_id: &str,
+) -> Result<Option<ApiBatch>, ApiError> {
+    match state.app.store.get(&record_path(state, batch_id)).await {
+        Ok(bytes) => serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| ApiError::internal("a batch's API record is not valid JSON", &e)),
+        Err(batchyard_jobs::error::StoreError::NotFound { .. }) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
+pub(super) async fn save_api(state: &ApiState, api: &ApiBatch) -> Result<(), ApiError> {
+    let body = serde_json::to_vec(api)
+        .map_err(|e| ApiError::internal("encoding a batch's API record failed", &e))?;
+    Ok(state
+        .app
+        .store
+        .put(&record_path(state, &api.id), Bytes::from(body))
+        .await?)
+}
+
+/// The OpenAI batch object, merged from the ledger record and the API's own record.
+pub fn batch_object(id: &str, record: Option<&BatchRecord>, api: Option<&ApiBatch>) -> Value {
+    let state = record.map_or(BatchState::Validating, |r| r.state);
+    let created_at = api
+        .map(|a| a.created_at)
+        .or(record.map(|r| r.created_at))
+        .unwrap_or(0);
+    let ended = record.and_then(|r| r.completed_at);
+    let stamp = |s: BatchState| if state == s { ended } else { None };
+    let counts = record.map(|r| r.counts).unwrap_or_default();
+    let finished = state.is_terminal();
+    let file = |kind, n: u64| (finished && n > 0).then(|| result_file_id(id, kind));
+    let errors = api
+        .filter(|a| !a.errors.is_empty())
+        .map(|a| json!({"object": "list", "data": a.errors}));
+    json!({
+        "id": id,
+        "object": "batch",
+        "endpoint": api.map_or(ENDPOINT, |a| a.endpoint.as_str()),
+        "errors": errors,
+        "input_file_id": api.map(|a| a.input_file_id.as_str()),
+        "completion_window": api.map_or(WINDOW, |a| a.completion_window.as_str()),
+        "status": state.as_str(),
+        "output_file_id": file(ResultKind::Output, counts.completed),
+        "error_file_id": file(ResultKind::Errors, counts.failed),
+        "created_at": created_at,
+        "in_progress_at": record.and_then(|r| r.in_progress_at),
+        // Batches of the CLI have no window; API records from before windows were stored
+        // had OpenAI's 24 h.
+        "expires_at": record
+            .and_then(|r| r.expires_at)
+            .or(api.map(|_| created_at + WINDOW_SECS)),
+        "finalizing_at": record.and_then(|r| r.finalizing_at),
+        "completed_at": stamp(BatchState::Completed),
+        "failed_at": stamp(BatchState::Failed),
+        "expired_at": stamp(BatchState::Expired),
+        "cancelling_at": record.and_then(|r| r.cancel_requested_at),
+        "cancelled_at": stamp(BatchState::Cancelled),
+        "request_counts": counts,
+        "metadata": api.and_then(|a| a.metadata.as_ref()),
+        // batchyard's own, beside OpenAI's fields.
+        "cost_usd": record.map(BatchRecord::cost_usd),
+        "budget_usd": record.and_then(|r| r.budget_usd),
+        "task": record.and_then(|r| r.task.as_deref()),
+    })
+}
+
+pub(super) fn check_metadata(
+    metadata: Option<&BTreeMap<String, String>>,
+    state: &ApiState,
+) -> Result<(Option<String>, Option<f64>), ApiError> {
+    let Some(m) = metadata else {
+        return Ok((None, None));
+    };
+    let bad = |msg: String| ApiError::invalid(msg).with_param("metadata");
+    if m.len() > MAX_METADATA_KEYS {
+        return Err(bad(format!(
+            "metadata has {} keys; at most {MAX_METADATA_KEYS} are allowed",
+            m.len()
+        )));
+    }
+    if let Some((k, _)) = m
+        .iter()
+        .find(|(k, v)| k.chars().count() > MAX_KEY_CHARS || v.chars().count() > MAX_VALUE_CHARS)
+    {
+        return Err(bad(format!(
+            "metadata key {k:?} or its value is too long (keys up to {MAX_KEY_CHARS}, values up to {MAX_VALUE_CHARS} characters)"
+        )));
+    }
+    let task = m.get("batchyard_task").cloned();
+    if let Some(t) = &task
+        && state.app.settings.catalog.task(t).is_none()
+    {
+        let known: Vec<String> = state.app.settings.catalog.task_keys().into_iter().collect();
+        return Err(bad(format!(
+            "unknown task {t:?} in metadata.batchyard_task; configured tasks: {}",
+            known.join(", ")
+        )));
+    }
+    let budget = match m.get("batchyard_budget_usd") {
+        None => None,
+        Some(s) => match s.trim().parse::<f64>() {
+            Ok(b) if b.is_finite() && b >= 0.0 => Some(b),
+            _ => {
+                return Err(bad(format!(
+                    "metadata.batchyard_budget_usd must be a number of dollars, 0 or more, as a string (e.g. \"2.50\"), not {s:?}"
+                )));
+            }
+        },
+    };
+    Ok((task, budget))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+    use super::*;
+    use batchyard_jobs::batch::RequestCounts;
+
+    fn record(state: BatchState) -> BatchRecord {
+        BatchRecord {
+            id: "batch_1".into(),
+            state,
+            counts: RequestCounts {
+                total: 3,
+                completed: 2,
+                failed: 1,
+            },
+            spent_nanos: 1_500_000_000,
+            budget_usd: Some(5.0),
+            task: None,
+            storage_url: "memory://".into(),
+            created_at: 100,
+            in_progress_at: Some(101),
+            finalizing_at: Some(110),
+            completed_at: Some(120),
+            cancel_requested_at: None,
+            reserved_nanos: 0,
+            budget_exhausted_at: None,
+            no_cache: false,
+            expires_at: Some(100 + WINDOW_SECS),
+        }
+    }
+
+    #[test]
+    fn terminal_times_follow_the_state() {
+        let done = batch_object("batch_1", Some(&record(BatchState::Completed)), None);
+        assert_eq!(done["completed_at"], 120);
+        assert!(done["cancelled_at"].is_null() && done["failed_at"].is_null());
+        assert_eq!(done["output_file_id"], "file-batch_1-output");
+        assert_eq!(done["error_file_id"], "file-batch_1-errors");
+        assert_eq!(done["expires_at"], 100 + WINDOW_SECS);
+        assert_eq!(done["cost_usd"], 1.5);
+        assert_eq!(done["endpoint"], ENDPOINT);
+        let cancelled = batch_object("batch_1", Some(&record(BatchState::Cancelled)), None);
+        assert_eq!(cancelled["cancelled_at"], 120);
+        assert!(cancelled["completed_at"].is_null());
+        let running = batch_object("batch_1", Some(&record(BatchState::InProgress)), None);
+        assert!(running["output_file_id"].is_null() && running["completed_at"].is_null());
+        let mut cli = record(BatchState::InProgress);
+        cli.expires_at = None;
+        assert!(batch_object("batch_1", Some(&cli), None)["expires_at"].is_null());
+        let api = ApiBatch {
+            id: "batch_1".into(),
+            input_file_id: "f".into(),
+            endpoint: ENDPOINT.into(),
+            completion_window: WINDOW.into(),
+            metadata: None,
+            created_at: 100,
+            errors: Vec::new(),
+        };
+        let old = batch_object("batch_1", Some(&cli), Some(&api));
+        assert_eq!(old["expires_at"], 100 + WINDOW_SECS);
+        let validating = batch_object("batch_1", None, None);
+        assert_eq!(validating["status"], "validating");
+    }
+}
