@@ -5,20 +5,17 @@
 
 use std::time::Duration;
 
-use batchyard_jobs::batch::{BatchRecord, nanos_to_usd, now_millis, usd_to_nanos};
+use batchyard_jobs::batch::{BatchRecord, now_millis, usd_to_nanos};
 use batchyard_jobs::job::Job;
-use batchyard_jobs::ledger::Reservation;
 use batchyard_jobs::outcome::{Extension, OutputLine, Response, Step, codes, step_outcomes};
 
 use crate::cache::{CachedCompletion, ResultCache};
 use crate::call::ModelOutcome;
 use crate::provider::{ChatCall, Completion, Provider, ProviderError, ProviderErrorKind};
 use crate::retry::backoff_delay;
-use crate::router::Candidate;
 use crate::runner::{Decision, JobRunner};
 
-/// How long a job waits when the budget's room is held by calls in flight.
-const BUDGET_WAIT: Duration = Duration::from_millis(250);
+mod budget;
 
 /// What one run of a job has spent and learned so far.
 struct Run {
@@ -345,91 +342,6 @@ impl JobRunner {
             };
         }
         Verdict::Pass
-    }
-
-    /// Reserves the candidate's worst case against the batch budget. `Ok(true)` when a
-    /// reservation is held; `Err` ends the run (budget spent, or the ledger unreachable).
-    async fn reserve(
-        &self,
-        job: &Job,
-        cand: &Candidate,
-    ) -> Result<bool, Box<dyn FnOnce(Run) -> Decision + Send>> {
-        let worst = usd_to_nanos(cand.worst_case_usd).max(1);
-        match self.ledger.reserve(&job.batch_id, &job.job_id, worst).await {
-            Ok(Reservation::Granted) => Ok(true),
-            Ok(Reservation::Unlimited) => Ok(false),
-            Ok(Reservation::Denied {
-                spent_nanos,
-                reserved_nanos,
-                budget_nanos,
-            }) if spent_nanos + worst <= budget_nanos => {
-                // Calls in flight hold the room; it frees as they settle to actual costs.
-                tracing::debug!(reserved_nanos, "budget held by calls in flight; waiting");
-                let again = job.clone();
-                Err(Box::new(move |run: Run| Decision::Later {
-                    uncommitted_nanos: usd_to_nanos(run.cost) - run.committed_nanos,
-                    job: carry(again, &run),
-                    delay: BUDGET_WAIT,
-                }))
-            }
-            Ok(Reservation::Denied {
-                spent_nanos,
-                reserved_nanos,
-                budget_nanos,
-            }) => {
-                let message = format!(
-                    "the batch budget of ${:.4} can't cover the next call (worst case ${:.6} on {}; spent ${:.4}, ${:.4} in flight); give it more with `batchyard retry {} --budget-usd USD`",
-                    nanos_to_usd(budget_nanos),
-                    cand.worst_case_usd,
-                    cand.model.key,
-                    nanos_to_usd(spent_nanos),
-                    nanos_to_usd(reserved_nanos),
-                    job.batch_id,
-                );
-                tracing::warn!(model = %cand.model.key, "budget exhausted; the batch stops spending");
-                let (job_id, custom_id) = (job.job_id.clone(), job.custom_id.clone());
-                Err(Box::new(move |run: Run| {
-                    run.end(
-                        |ext| {
-                            OutputLine::failure(
-                                &job_id,
-                                &custom_id,
-                                codes::BUDGET_EXHAUSTED,
-                                message,
-                                ext,
-                            )
-                        },
-                        true,
-                    )
-                }))
-            }
-            Err(e) => {
-                // Fail closed: no reservation, no call.
-                tracing::warn!(error = %e, "cannot reserve budget; the job will run later");
-                let again = job.clone();
-                let delay = backoff_delay(&self.retry, job.attempt + 1).max(Duration::from_secs(1));
-                Err(Box::new(move |run: Run| Decision::Later {
-                    job: carry(again, &run),
-                    delay,
-                    uncommitted_nanos: usd_to_nanos(run.cost) - run.committed_nanos,
-                }))
-            }
-        }
-    }
-
-    /// Replaces a reservation with the actual spend (or records unreserved spend as it is).
-    async fn commit(&self, job: &Job, reserved: bool, spent: f64, run: &mut Run) {
-        if !reserved {
-            return;
-        }
-        let nanos = usd_to_nanos(spent);
-        match self.ledger.commit(&job.batch_id, &job.job_id, nanos).await {
-            Ok(()) => run.committed_nanos += nanos,
-            // Not counted yet: settlement adds it, so no spend is lost.
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot commit the call's cost; it will be settled with the job")
-            }
-        }
     }
 
     /// Puts the job back for later, carrying what this run spent.
