@@ -55,6 +55,13 @@ pub async fn worker(
             background.clone(),
         ));
     }
+    // Batches whose finalizer was killed mid-write are finished by whichever worker looks next.
+    tracker.spawn(batchyard_workers::finalize::sweep::sweep(
+        app.finalizer(),
+        Arc::clone(&app.queue),
+        batchyard_workers::finalize::sweep::SWEEP_EVERY,
+        background.clone(),
+    ));
     tracker.close();
     let options = PoolOptions {
         concurrency: app.settings.concurrency,
@@ -84,7 +91,9 @@ pub async fn worker(
         .await
         .is_err()
     {
-        tracing::warn!("the metrics server did not stop within 5 s; leaving it");
+        tracing::warn!(
+            "the metrics server or the finalize sweep did not stop within 5 s; leaving it"
+        );
     }
     let stats = stats?;
     tracing::info!(

@@ -74,7 +74,8 @@ pub trait Ledger: Send + Sync {
         cost_nanos: i64,
     ) -> Result<Settlement, QueueError>;
 
-    /// Takes the finalization lease for a batch. Only the holder writes the batch files.
+    /// Takes the finalization lease for a batch, or extends it for `ttl` when `owner` holds it
+    /// already. Only the holder writes the batch files.
     async fn try_lock_finalize(
         &self,
         batch_id: &str,

@@ -261,19 +261,19 @@ impl Ledger for RedisLedger {
         ttl: Duration,
     ) -> Result<bool, QueueError> {
         let mut conn = self.conn.clone();
-        let set: Option<String> = redis::cmd("SET")
-            .arg(lease_key(batch_id))
-            .arg(owner)
-            .arg("NX")
-            .arg("PX")
-            .arg(ttl.as_millis() as u64)
-            .query_async(&mut conn)
-            .await?;
-        if set.is_some() {
-            return Ok(true);
-        }
-        let holder: Option<String> = conn.get(lease_key(batch_id)).await?;
-        Ok(holder.as_deref() == Some(owner))
+        // Take the lease, or extend it when this owner already holds it.
+        let held: i64 = Script::new(
+            "if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return 1 end \
+             if redis.call('GET', KEYS[1]) == ARGV[1] then \
+               redis.call('PEXPIRE', KEYS[1], ARGV[2]) return 1 end \
+             return 0",
+        )
+        .key(lease_key(batch_id))
+        .arg(owner)
+        .arg(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX))
+        .invoke_async(&mut conn)
+        .await?;
+        Ok(held == 1)
     }
 
     async fn request_cancel(&self, batch_id: &str) -> Result<BatchRecord, QueueError> {

@@ -15,6 +15,8 @@ use futures::{StreamExt, TryStreamExt};
 use serde::Serialize;
 use tokio::io::AsyncWriteExt;
 
+pub mod sweep;
+
 #[derive(Debug, thiserror::Error)]
 pub enum FinalizeError {
     #[error(transparent)]
@@ -103,6 +105,10 @@ pub struct Manifest {
     pub reconciled: bool,
 }
 
+/// How long a finalization lease lasts unless renewed. The holder renews it every third of
+/// that; a killed holder's batch is taken over by [`sweep`] once it lapses.
+pub const LEASE: Duration = Duration::from_secs(15);
+
 /// Writes the batch files. Safe to run twice: every object is rewritten whole.
 #[derive(Clone)]
 pub struct Finalizer {
@@ -120,15 +126,35 @@ impl Finalizer {
         }
     }
 
+    /// Writes the batch files under the finalization lease, renewing it while it writes. `None`
+    /// when another worker holds the lease or the batch is already finished.
     pub async fn finalize(&self, batch_id: &str) -> Result<Option<Manifest>, FinalizeError> {
         if !self
             .ledger
-            .try_lock_finalize(batch_id, &self.owner, Duration::from_secs(600))
+            .try_lock_finalize(batch_id, &self.owner, LEASE)
             .await?
         {
             tracing::info!(batch_id, "another worker is finalizing this batch");
             return Ok(None);
         }
+        let write = self.write_files(batch_id);
+        tokio::pin!(write);
+        loop {
+            tokio::select! {
+                written = &mut write => return written,
+                () = tokio::time::sleep(LEASE / 3) => {
+                    match self.ledger.try_lock_finalize(batch_id, &self.owner, LEASE).await {
+                        Ok(true) => {}
+                        // Writing twice is safe (every object is rewritten whole), so carry on.
+                        Ok(false) => tracing::warn!(batch_id, "lost the finalization lease; another worker may write the same files"),
+                        Err(e) => tracing::warn!(batch_id, error = %e, "cannot renew the finalization lease"),
+                    }
+                }
+            }
+        }
+    }
+
+    async fn write_files(&self, batch_id: &str) -> Result<Option<Manifest>, FinalizeError> {
         let record = self
             .ledger
             .get(batch_id)
