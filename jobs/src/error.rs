@@ -114,25 +114,67 @@ impl StoreError {
     }
 }
 
-/// Removes `user:password@` from any URL inside a message.
+/// Removes the credentials of any URL inside a message: the `user:password@` part, also when
+/// the password holds a raw `/` that stops a URL parser, and the value of a `pass=` or
+/// `password=` query parameter (unix socket URLs carry the password there).
 pub fn redact(message: &str) -> String {
+    redact_query_passwords(&redact_userinfo(message))
+}
+
+fn redact_userinfo(message: &str) -> String {
     let mut out = String::with_capacity(message.len());
     let mut rest = message;
     while let Some(scheme_end) = rest.find("://") {
         let (head, tail) = rest.split_at(scheme_end + 3);
         out.push_str(head);
-        let end = tail
-            .find(|c: char| c.is_whitespace() || c == '/' || c == '"' || c == '\'')
+        let token_end = tail
+            .find(|c: char| c.is_whitespace() || matches!(c, '"' | '\'' | '`' | '<' | '>'))
             .unwrap_or(tail.len());
-        let authority = &tail[..end];
-        match authority.rfind('@') {
+        let token = &tail[..token_end];
+        let authority_end = token.find('/').unwrap_or(token.len());
+        let at = token[..authority_end].rfind('@').or_else(|| {
+            // `redis://:pa/ss@host` is not a valid URL, but its password must not show either.
+            token.rfind('@').filter(|at| token[..*at].contains(':'))
+        });
+        rest = match at {
             Some(at) => {
                 out.push_str("***@");
-                out.push_str(&authority[at + 1..]);
+                &tail[at + 1..]
             }
-            None => out.push_str(authority),
+            None => {
+                out.push_str(&token[..authority_end]);
+                &tail[authority_end..]
+            }
+        };
+    }
+    out.push_str(rest);
+    out
+}
+
+fn redact_query_passwords(message: &str) -> String {
+    let mut out = String::with_capacity(message.len());
+    let mut rest = message;
+    while let Some(i) = rest.find(['?', '&']) {
+        let (head, tail) = rest.split_at(i + 1);
+        out.push_str(head);
+        let key_len = ["password=", "pass="]
+            .iter()
+            .find(|k| {
+                tail.get(..k.len())
+                    .is_some_and(|t| t.eq_ignore_ascii_case(k))
+            })
+            .map_or(0, |k| k.len());
+        if key_len == 0 {
+            rest = tail;
+            continue;
         }
-        rest = &tail[end..];
+        out.push_str(&tail[..key_len]);
+        out.push_str("***");
+        let value = &tail[key_len..];
+        let end = value
+            .find(|c: char| c.is_whitespace() || matches!(c, '&' | '#' | '"' | '\'' | '`'))
+            .unwrap_or(value.len());
+        rest = &value[end..];
     }
     out.push_str(rest);
     out
@@ -148,5 +190,28 @@ mod tests {
         assert!(!s.contains("hunter2"), "{s}");
         assert!(s.contains("redis://***@127.0.0.1:6379/0"), "{s}");
         assert_eq!(redact("no url here"), "no url here");
+        let cases = [
+            (
+                "redis://user:hunter2@h:1 and rediss://:hunter2@h:2/",
+                "rediss://***@h:2/",
+            ),
+            (
+                "\"redis://:hun/ter2@h:1/0\" failed",
+                "\"redis://***@h:1/0\" failed",
+            ),
+            (
+                "unix:///run/redis.sock?db=1&pass=hunter2&x=1",
+                "?db=1&pass=***&x=1",
+            ),
+            ("redis+unix:///s?PASSWORD=hunter2", "?PASSWORD=***"),
+        ];
+        for (input, expected) in cases {
+            let s = redact(input);
+            assert!(!s.contains("hunter2") && !s.contains("ter2"), "{s}");
+            assert!(s.contains(expected), "{s}");
+        }
+        // A path with an `@` but no credentials is kept.
+        let path = "s3://bucket/batches/b1/results/a@b.json";
+        assert_eq!(redact(path), path);
     }
 }

@@ -1,17 +1,34 @@
 //! One way to open a Redis connection: auto-reconnecting, with timeouts that treat a slow
 //! Redis as weather (retry) rather than death.
+//!
+//! URLs: `redis://[:password@]host[:port][/db]`, and `rediss://` for TLS (rustls). A TLS server
+//! is checked against the system's root certificates, or, when the URL carries
+//! `?tls_ca_file=/path/ca.pem`, against the PEM certificates in that file only: that is how a
+//! server with a self-signed or private CA is trusted. Certificate checks are never turned off
+//! (`#insecure` is refused). Errors never contain the password.
 
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
 use crate::error::{QueueError, redact};
 
+/// The query parameter of a `rediss://` URL that names a PEM file of CA certificates to trust.
+pub const TLS_CA_PARAM: &str = "tls_ca_file";
+
 /// Opens a connection manager that reconnects by itself after drops and restarts.
 pub async fn connect(url: &str) -> Result<ConnectionManager, QueueError> {
-    let client = redis::Client::open(url).map_err(|e| {
-        QueueError::Unavailable(format!("bad redis url: {}", redact(&e.to_string())))
-    })?;
+    connect_with_ca(url, None).await
+}
+
+/// As [`connect`], trusting the CA certificates (PEM) in `ca_file` for a `rediss://` URL,
+/// e.g. from a config key. A `tls_ca_file` in the URL is the same setting; give only one.
+pub async fn connect_with_ca(
+    url: &str,
+    ca_file: Option<&Path>,
+) -> Result<ConnectionManager, QueueError> {
+    let client = client(url, ca_file)?;
     let config = ConnectionManagerConfig::new()
         // A big enqueue on another queue can stall Redis for a while; that is not an error.
         .set_response_timeout(Some(Duration::from_secs(10)))
@@ -20,4 +37,134 @@ pub async fn connect(url: &str) -> Result<ConnectionManager, QueueError> {
         .set_max_delay(Duration::from_secs(2));
     let manager = ConnectionManager::new_with_config(client, config).await?;
     Ok(manager)
+}
+
+fn bad_url(reason: impl std::fmt::Display) -> QueueError {
+    QueueError::Unavailable(format!("bad redis url: {}", redact(&reason.to_string())))
+}
+
+/// The redis-rs client for `url`, with the CA of the URL or of `ca_file` when there is one.
+fn client(url: &str, ca_file: Option<&Path>) -> Result<redis::Client, QueueError> {
+    let (url, from_url) = split_ca_param(url)?;
+    let ca_file = match (from_url, ca_file) {
+        (Some(_), Some(_)) => {
+            return Err(bad_url(format!(
+                "the CA file is given twice ({TLS_CA_PARAM} in the url and in the config); keep one"
+            )));
+        }
+        (Some(p), None) => Some(p),
+        (None, p) => p.map(Path::to_path_buf),
+    };
+    let Some(ca_file) = ca_file else {
+        return redis::Client::open(url.as_str()).map_err(bad_url);
+    };
+    if !url.starts_with("rediss://") {
+        return Err(bad_url(format!(
+            "{TLS_CA_PARAM} is only for TLS; use a rediss:// url"
+        )));
+    }
+    let pem = std::fs::read(&ca_file).map_err(|e| {
+        bad_url(format!(
+            "cannot read the CA file {}: {e}; point {TLS_CA_PARAM} at a PEM file of CA certificates",
+            ca_file.display()
+        ))
+    })?;
+    if !String::from_utf8_lossy(&pem).contains("-----BEGIN CERTIFICATE-----") {
+        return Err(bad_url(format!(
+            "the CA file {} holds no PEM certificate (-----BEGIN CERTIFICATE-----)",
+            ca_file.display()
+        )));
+    }
+    let certs = redis::TlsCertificates {
+        client_tls: None,
+        root_cert: Some(pem),
+    };
+    redis::Client::build_with_tls(url.as_str(), certs).map_err(bad_url)
+}
+
+/// Takes `tls_ca_file` out of the URL's query (redis-rs does not know it) and refuses
+/// `#insecure`, which would turn certificate checks off.
+fn split_ca_param(raw: &str) -> Result<(String, Option<PathBuf>), QueueError> {
+    let Ok(mut parsed) = url::Url::parse(raw) else {
+        // redis-rs gives the precise reason (and unix socket paths are its business).
+        return Ok((raw.to_string(), None));
+    };
+    if matches!(parsed.scheme(), "rediss" | "valkeys") && parsed.fragment() == Some("insecure") {
+        return Err(bad_url(format!(
+            "#insecure (no certificate check) is not supported; to trust a self-signed server, \
+             add ?{TLS_CA_PARAM}=/path/to/ca.pem"
+        )));
+    }
+    let mut ca = None;
+    let kept: Vec<(String, String)> = parsed
+        .query_pairs()
+        .filter_map(|(k, v)| {
+            if k == TLS_CA_PARAM {
+                ca = Some(PathBuf::from(v.as_ref()));
+                None
+            } else {
+                Some((k.into_owned(), v.into_owned()))
+            }
+        })
+        .collect();
+    if ca.is_none() {
+        return Ok((raw.to_string(), None));
+    }
+    if kept.is_empty() {
+        parsed.set_query(None);
+    } else {
+        parsed.query_pairs_mut().clear().extend_pairs(kept);
+    }
+    Ok((parsed.to_string(), ca))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+    use super::*;
+
+    #[test]
+    fn the_ca_parameter_is_taken_out_of_the_url() {
+        let (url, ca) =
+            split_ca_param("rediss://:pw@127.0.0.1:6380/2?tls_ca_file=/etc/ca.pem&protocol=resp3")
+                .unwrap();
+        assert_eq!(url, "rediss://:pw@127.0.0.1:6380/2?protocol=resp3");
+        assert_eq!(ca, Some(PathBuf::from("/etc/ca.pem")));
+        let (url, ca) = split_ca_param("rediss://h:1/?tls_ca_file=%2Ftmp%2Fa%20b.pem").unwrap();
+        assert_eq!(url, "rediss://h:1/");
+        assert_eq!(ca, Some(PathBuf::from("/tmp/a b.pem")));
+        let plain = "redis://:pw@h:1/0";
+        assert_eq!(split_ca_param(plain).unwrap(), (plain.to_string(), None));
+    }
+
+    #[test]
+    fn bad_tls_settings_are_named_without_the_password() {
+        let dir = tempfile::tempdir().unwrap();
+        let junk = dir.path().join("junk.pem");
+        std::fs::write(&junk, "not a certificate").unwrap();
+        let cases: [(&str, Option<&Path>, &str); 5] = [
+            ("rediss://:sekrit@h:1/#insecure", None, "?tls_ca_file="),
+            (
+                "redis://:sekrit@h:1/?tls_ca_file=/x.pem",
+                None,
+                "use a rediss:// url",
+            ),
+            (
+                "rediss://:sekrit@h:1/?tls_ca_file=/no/such/ca.pem",
+                None,
+                "/no/such/ca.pem",
+            ),
+            (
+                "rediss://:sekrit@h:1/?tls_ca_file=/a.pem",
+                Some(Path::new("/b.pem")),
+                "twice",
+            ),
+            ("rediss://:sekrit@h:1/", Some(&junk), "no PEM certificate"),
+        ];
+        for (url, ca, expected) in cases {
+            let e = client(url, ca).unwrap_err().to_string();
+            assert!(e.contains(expected), "{url}: {e}");
+            assert!(!e.contains("sekrit"), "{url}: {e}");
+        }
+    }
 }

@@ -2,6 +2,10 @@
 //!
 //! The binary is `$BATCHYARD_REDIS_SERVER` (exported by scripts/test) or
 //! `redis-server` on PATH. The server is killed by PID (SIGKILL) on drop.
+//!
+//! [`RedisServer::start_secure`] starts one that wants a password (`--requirepass`) and/or
+//! speaks only TLS (`--port 0 --tls-port`), with a CA and server certificate made at start
+//! with the `openssl` CLI (`$BATCHYARD_OPENSSL` or `openssl` on PATH).
 #![allow(dead_code, clippy::panic)]
 
 use std::io::{Read, Write};
@@ -20,6 +24,17 @@ pub struct RedisServer {
     dir: tempfile::TempDir,
     bin: PathBuf,
     aof: bool,
+    password: Option<String>,
+    tls: bool,
+}
+
+/// What [`RedisServer::start_secure`] turns on.
+#[derive(Debug, Clone, Default)]
+pub struct Secure {
+    /// `--requirepass`; the URL then carries it as `:password@`.
+    pub password: Option<String>,
+    /// TLS only (no plain port); the URL is `rediss://...?tls_ca_file=<dir>/ca.pem`.
+    pub tls: bool,
 }
 
 impl std::fmt::Debug for RedisServer {
@@ -78,6 +93,129 @@ fn ping(port: u16) -> bool {
     buf[..got].starts_with(b"+PONG")
 }
 
+/// `AUTH <password>` then `PING` over plain TCP; true on `+OK` and `+PONG`.
+fn auth_ping(port: u16, password: &str) -> bool {
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let Ok(mut s) = TcpStream::connect_timeout(&addr, Duration::from_millis(200)) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_millis(500)));
+    let cmd = format!(
+        "*2\r\n$4\r\nAUTH\r\n${}\r\n{password}\r\nPING\r\n",
+        password.len()
+    );
+    if s.write_all(cmd.as_bytes()).is_err() {
+        return false;
+    }
+    let mut buf = [0u8; 32];
+    let mut got = 0;
+    while got < 12 {
+        match s.read(&mut buf[got..]) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => got += n,
+        }
+    }
+    buf[..got].starts_with(b"+OK\r\n+PONG")
+}
+
+fn find_openssl() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("BATCHYARD_OPENSSL").filter(|p| !p.is_empty()) {
+        return Some(PathBuf::from(p));
+    }
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|d| d.join("openssl"))
+        .find(|p| p.is_file())
+}
+
+/// Writes `ca.pem`, `server.pem` and `server.key` (EC P-256, valid two days, the server's
+/// names 127.0.0.1 and localhost) into `dir`. False (after a skip line) when there is no
+/// openssl outside CI; panics in CI or when openssl fails.
+fn make_certificates(dir: &Path) -> bool {
+    let Some(openssl) = find_openssl() else {
+        if in_ci() {
+            panic!("CI=true but the openssl CLI was not found: apt-get install openssl");
+        }
+        eprintln!("SKIP: openssl CLI not found (needed to make a TLS certificate for redis)");
+        return false;
+    };
+    let ext = dir.join("server.ext");
+    std::fs::write(
+        &ext,
+        "subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=critical,CA:FALSE\n\
+         keyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth\n",
+    )
+    .unwrap_or_else(|e| panic!("writing {}: {e}", ext.display()));
+    let steps: [&[&str]; 3] = [
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=batchyard test CA",
+            "-addext",
+            "basicConstraints=critical,CA:TRUE",
+            "-addext",
+            "keyUsage=critical,keyCertSign,cRLSign",
+        ],
+        &[
+            "req",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-keyout",
+            "server.key",
+            "-out",
+            "server.csr",
+            "-subj",
+            "/CN=127.0.0.1",
+        ],
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "server.pem",
+            "-days",
+            "2",
+            "-extfile",
+            "server.ext",
+        ],
+    ];
+    for args in steps {
+        let out = Command::new(&openssl)
+            .args(args)
+            .current_dir(dir)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap_or_else(|e| panic!("running {}: {e}", openssl.display()));
+        assert!(
+            out.status.success(),
+            "openssl {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    true
+}
+
 impl RedisServer {
     /// Starts a server (`--appendonly yes` when `aof`, with `--appendfsync always`).
     ///
@@ -85,6 +223,16 @@ impl RedisServer {
     /// unless `CI=true`, where that panics. Panics if the server does not
     /// answer PING within 5 s.
     pub fn start(aof: bool) -> Option<Self> {
+        Self::start_inner(aof, Secure::default())
+    }
+
+    /// Starts a server with a password and/or TLS (see [`Secure`]). As [`RedisServer::start`]
+    /// for a missing redis-server; a missing `openssl` CLI (needed for TLS) is treated alike.
+    pub fn start_secure(secure: Secure) -> Option<Self> {
+        Self::start_inner(false, secure)
+    }
+
+    fn start_inner(aof: bool, secure: Secure) -> Option<Self> {
         let Some(bin) = find_redis_server() else {
             if in_ci() {
                 panic!(
@@ -109,7 +257,12 @@ impl RedisServer {
             dir,
             bin,
             aof,
+            password: secure.password,
+            tls: secure.tls,
         };
+        if me.tls && !make_certificates(me.dir.path()) {
+            return None;
+        }
         let mut last_err = String::new();
         // The free port can be taken by someone else before redis binds it: retry.
         for _ in 0..3 {
@@ -118,7 +271,7 @@ impl RedisServer {
                 continue;
             };
             me.port = port;
-            me.url = format!("redis://127.0.0.1:{port}/");
+            me.url = me.url_for(port);
             match me.launch() {
                 Ok(()) => return Some(me),
                 Err(e) => {
@@ -130,11 +283,66 @@ impl RedisServer {
         panic!("redis-server did not start: {last_err}");
     }
 
+    fn url_for(&self, port: u16) -> String {
+        let auth = self
+            .password
+            .as_ref()
+            .map(|p| format!(":{p}@"))
+            .unwrap_or_default();
+        if self.tls {
+            let ca = self.dir.path().join("ca.pem");
+            format!(
+                "rediss://{auth}127.0.0.1:{port}/?tls_ca_file={}",
+                ca.display()
+            )
+        } else {
+            format!("redis://{auth}127.0.0.1:{port}/")
+        }
+    }
+
+    /// The PEM file of the CA that signed a TLS server's certificate.
+    pub fn ca_file(&self) -> Option<PathBuf> {
+        self.tls.then(|| self.dir.path().join("ca.pem"))
+    }
+
+    /// Whether the server answers, judged from `log_from` on in its log for a secure server.
+    fn ready(&self, log_from: usize) -> bool {
+        if self.tls {
+            let log = std::fs::read(self.log_path()).unwrap_or_default();
+            let fresh = String::from_utf8_lossy(log.get(log_from..).unwrap_or_default());
+            let addr = SocketAddr::from(([127, 0, 0, 1], self.port));
+            return fresh.contains("Ready to accept connections")
+                && TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok();
+        }
+        match &self.password {
+            Some(pw) => auth_ping(self.port, pw),
+            None => ping(self.port),
+        }
+    }
+
     fn launch(&mut self) -> Result<(), String> {
         let log = self.dir.path().join("redis.log");
-        let child = Command::new(&self.bin)
-            .args(["--bind", "127.0.0.1"])
-            .args(["--port", &self.port.to_string()])
+        let log_from = std::fs::metadata(&log).map_or(0, |m| m.len() as usize);
+        let mut cmd = Command::new(&self.bin);
+        cmd.args(["--bind", "127.0.0.1"]);
+        if self.tls {
+            let d = self.dir.path();
+            cmd.args(["--port", "0"])
+                .args(["--tls-port", &self.port.to_string()])
+                .arg("--tls-cert-file")
+                .arg(d.join("server.pem"))
+                .arg("--tls-key-file")
+                .arg(d.join("server.key"))
+                .arg("--tls-ca-cert-file")
+                .arg(d.join("ca.pem"))
+                .args(["--tls-auth-clients", "no"]);
+        } else {
+            cmd.args(["--port", &self.port.to_string()]);
+        }
+        if let Some(pw) = &self.password {
+            cmd.args(["--requirepass", pw]);
+        }
+        let child = cmd
             .arg("--dir")
             .arg(self.dir.path())
             .args(["--save", ""])
@@ -151,7 +359,7 @@ impl RedisServer {
         self.child = Some(child);
         let started = Instant::now();
         loop {
-            if ping(self.port) {
+            if self.ready(log_from) {
                 return Ok(());
             }
             let exited = self
