@@ -6,6 +6,7 @@ pub mod fake;
 pub mod invariants;
 pub mod redis;
 pub mod s3;
+pub mod scheduler;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};

@@ -86,6 +86,26 @@ pub enum Fault {
     Html,
 }
 
+impl Fault {
+    /// The key `/stats` counts this fault under (random faults only).
+    pub fn name(self) -> String {
+        match self {
+            Self::Status(s) => s.to_string(),
+            Self::Context => "context".into(),
+            Self::Malformed => "malformed".into(),
+            Self::Quota => "quota".into(),
+            Self::Filter => "filter".into(),
+            Self::NoChoices => "no_choices".into(),
+            Self::Drop => "drop".into(),
+            Self::Hang => "hang".into(),
+            Self::Length => "length".into(),
+            Self::Huge => "huge".into(),
+            Self::Error200 => "error_200".into(),
+            Self::Html => "html".into(),
+        }
+    }
+}
+
 /// Magic text in the last user message, and the fault it names.
 const MAGIC: [(&str, &str); 10] = [
     ("FAKE:429_ONCE", "429_once"),
@@ -148,14 +168,16 @@ pub fn choose(state: &AppState, headers: &HeaderMap, text: &str) -> Option<Fault
     {
         return Some(fault);
     }
-    Some(match state.options.draw_fault()? {
+    let fault = match state.options.draw_fault()? {
         RandomFault::Status(s) => Fault::Status(s),
         RandomFault::Drop => Fault::Drop,
         RandomFault::Hang => Fault::Hang,
         RandomFault::Malformed => Fault::Malformed,
         RandomFault::Length => Fault::Length,
         RandomFault::Filter => Fault::Filter,
-    })
+    };
+    *crate::lock(&state.faults).entry(fault.name()).or_default() += 1;
+    Some(fault)
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -269,10 +291,17 @@ async fn respond(
         }
         Some(fault) => {
             state.limiter.settle(&admission, parsed.prompt_tokens);
-            match dialect {
+            let mut response = match dialect {
                 OpenAi => openai::fault(fault),
                 Anthropic => anthropic::fault(fault),
+            };
+            // Opt-in, so the OpenAI dialect's default hint stays the short `retry-after-ms`.
+            if let (Fault::Status(429), Some(secs)) = (fault, options.retry_after_secs)
+                && let Ok(value) = axum::http::HeaderValue::from_str(&secs.to_string())
+            {
+                response.headers_mut().insert("retry-after", value);
             }
+            response
         }
     };
     if response.status().is_success() {

@@ -9,7 +9,9 @@
 //! - `POST /v1/messages`: the same reply in Anthropic's shape (`stop_reason` `end_turn` or
 //!   `max_tokens`); needs `anthropic-version` and `max_tokens`, and `x-api-key` when
 //!   `--require-key` is set;
-//! - `GET /stats`: `{"requests", "by_status": {"200": N, ...}, "dropped", "hung", "rpm", "tpm",
+//! - `GET /stats`: `{"requests", "by_status": {"200": N, ...}, "dropped", "hung", "faults":
+//!   {"429": N, "hang": N, "malformed": N, "length": N, ...} (the random faults served, by kind),
+//!   "rpm", "tpm",
 //!   "max_requests_per_window", "max_tokens_per_window", "windows": [{"start", "requests",
 //!   "tokens", "rejected"}]}` (windows are the 60 s rate-limit windows, `start` in unix seconds;
 //!   `requests` / `tokens` count admitted requests only);
@@ -33,7 +35,9 @@
 //!   object), `html` (200 `text/html`);
 //! - the header `x-fake-latency-ms: N`, added to the drawn latency;
 //! - `--fail-rate-{429,500,502,503,529}`, `--drop-rate`, `--hang-rate`, `--malformed-rate`,
-//!   `--length-rate`, `--filter-rate`: that fraction of requests, at random (one draw each).
+//!   `--length-rate`, `--filter-rate`: that fraction of requests, at random (one draw each);
+//! - `--retry-after-secs N`: fault 429s (random, header or magic text) also carry
+//!   `retry-after: N`, besides the OpenAI dialect's `retry-after-ms: 50`.
 //!
 //! Skill mode (`--skills MODEL=SKILL,...`, for routing benchmarks): when the last user message
 //! contains `[[difficulty=D]]` and the requested model has a skill, the reply is `ANSWER: ok`
@@ -83,6 +87,9 @@ pub struct AppState {
     limiter: Limiter,
     dropped: AtomicU64,
     hung: AtomicU64,
+    /// The random faults served (not those asked for by magic text or header), by
+    /// [`flow::Fault::name`].
+    faults: Mutex<BTreeMap<String, u64>>,
     /// Cancelled on shutdown, so hung requests let go.
     shutdown: CancellationToken,
 }
@@ -144,6 +151,7 @@ async fn stats(State(state): State<Arc<AppState>>) -> Response {
         "by_status": by_status,
         "dropped": state.dropped.load(Ordering::Relaxed),
         "hung": state.hung.load(Ordering::Relaxed),
+        "faults": lock(&state.faults).clone(),
     });
     if let (Value::Object(out), Value::Object(limits)) = (&mut body, state.limiter.stats()) {
         out.extend(limits);
@@ -205,6 +213,7 @@ async fn run(options: Options) -> Result<(), Box<dyn Error>> {
         failed_once: Mutex::new(HashSet::new()),
         dropped: AtomicU64::new(0),
         hung: AtomicU64::new(0),
+        faults: Mutex::new(BTreeMap::new()),
         shutdown: shutdown.clone(),
     });
     {

@@ -13,6 +13,7 @@ usage: batchyard-fake-provider [--addr 127.0.0.1:0] [--require-key KEY]
             [--fail-rate-429 F] [--fail-rate-500 F] [--fail-rate-502 F] [--fail-rate-503 F]
             [--fail-rate-529 F] [--drop-rate F] [--hang-rate F] [--malformed-rate F]
             [--length-rate F] [--filter-rate F]
+  [--retry-after-secs N]  fault 429s also carry `retry-after: N` (off by default)
   [--hang-secs N]  how long a hung request waits before its connection is closed (600)
   [--reply MODEL=TEXT]  this model always answers TEXT (repeatable)
   skill mode (deterministic answer adequacy, for routing benchmarks):
@@ -59,6 +60,8 @@ pub struct Options {
     /// Each random fault with its rate; one draw picks at most one of them.
     pub fault_rates: Vec<(RandomFault, f64)>,
     pub hang: Duration,
+    /// `--retry-after-secs`: a `retry-after` header on fault 429s.
+    pub retry_after_secs: Option<u64>,
     /// Skill mode: provider-side model names and their skill in [0, 1].
     pub skills: Vec<(String, f64)>,
     /// `--reply MODEL=TEXT` (repeatable): this model always answers TEXT.
@@ -77,6 +80,7 @@ impl Default for Options {
             latency_dist: LatencyDist::Fixed,
             fault_rates: Vec::new(),
             hang: Duration::from_secs(600),
+            retry_after_secs: None,
             skills: Vec::new(),
             replies: Vec::new(),
         }
@@ -141,6 +145,7 @@ impl Options {
                     }
                 }
                 "--hang-secs" => options.hang = Duration::from_secs(value.parse()?),
+                "--retry-after-secs" => options.retry_after_secs = Some(value.parse()?),
                 "--skills" => options.skills = crate::skill::parse(&value)?,
                 "--reply" => match value.split_once('=') {
                     Some((model, text)) if !model.is_empty() => {
