@@ -13,6 +13,7 @@ pub fn provider() -> (String, RawProvider) {
             kind: "simulated".into(),
             base_url: None,
             api_key_env: None,
+            api_key: None,
             headers: None,
             timeout_secs: None,
             latency_ms: None,

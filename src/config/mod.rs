@@ -8,7 +8,8 @@ pub mod pipelines;
 mod raw;
 
 use parts::{
-    build_provider, cache_settings, check_url, describe_toml_error, response_format, routing_policy,
+    MAX_SECS, build_provider, cache_settings, check_url, describe_toml_error, has_password,
+    response_format, routing_policy, scrub_toml_message,
 };
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -129,7 +130,7 @@ impl Settings {
             ConfigError {
                 file: format!("{file}{location}"),
                 key,
-                reason: e.message().to_string(),
+                reason: scrub_toml_message(e.message()),
             }
         })?;
         Self::from_raw(raw, path, env)
@@ -150,6 +151,17 @@ impl Settings {
             key: key.to_string(),
             reason,
         };
+        // Before anything else, so the first thing said about a pasted key is what to do.
+        if let Some(key) = raw
+            .providers
+            .iter()
+            .find_map(|(k, p)| p.api_key.is_some().then_some(k))
+        {
+            return Err(err(
+                &format!("providers.{key}.api_key"),
+                "keys are not read from the config file; put it in an environment variable and name it with api_key_env".into(),
+            ));
+        }
         if raw.models.is_empty() {
             if !raw.providers.is_empty() {
                 return Err(err(
@@ -194,6 +206,32 @@ impl Settings {
         }
 
         let mut warnings = Vec::new();
+        // Supported (the password is redacted wherever the url is shown), but a file is
+        // copied, committed and shared far more than the environment.
+        for (key, url, var) in [
+            (
+                "queue.redis_url",
+                &raw.queue.redis_url,
+                "BATCHYARD_REDIS_URL",
+            ),
+            ("storage.url", &raw.storage.url, "BATCHYARD_STORAGE_URL"),
+        ] {
+            if url.as_deref().is_some_and(has_password) {
+                warnings.push(format!(
+                    "config {file}: {key}: holds a password in the config file; set the url in {var} instead, which overrides the file"
+                ));
+            }
+        }
+        check_durations(&raw).map_err(|(k, r)| err(&k, r))?;
+        let max_line_bytes = raw.input.max_line_bytes.unwrap_or(DEFAULT_MAX_LINE_BYTES);
+        if !(1..=MAX_LINE_BYTES_CAP).contains(&max_line_bytes) {
+            return Err(err(
+                "input.max_line_bytes",
+                format!(
+                    "must be between 1 and {MAX_LINE_BYTES_CAP} (1 GiB), not {max_line_bytes}; a line is held in memory while it is checked"
+                ),
+            ));
+        }
         let used: BTreeSet<&str> = raw.models.values().map(|m| m.provider.as_str()).collect();
         let mut providers = BTreeMap::new();
         for (key, p) in &raw.providers {
@@ -393,7 +431,7 @@ impl Settings {
             queue,
             runner,
             retry,
-            max_line_bytes: raw.input.max_line_bytes.unwrap_or(DEFAULT_MAX_LINE_BYTES),
+            max_line_bytes,
             concurrency,
             drain_timeout: Duration::from_secs(raw.worker.drain_timeout_secs.unwrap_or(30)),
             catalog: Arc::new(catalog),
@@ -406,6 +444,49 @@ impl Settings {
             env: env.clone(),
         })
     }
+}
+
+/// The largest `input.max_line_bytes`: one line is held whole while it is checked.
+const MAX_LINE_BYTES_CAP: usize = 1 << 30;
+
+/// Every duration setting at most ten years, so clock arithmetic can't overflow later.
+fn check_durations(raw: &RawConfig) -> Result<(), (String, String)> {
+    let (q, r) = (&raw.queue, &raw.retry);
+    let hours = MAX_SECS / 3600;
+    let ms = MAX_SECS * 1000;
+    let settings = [
+        (
+            "queue.visibility_timeout_secs",
+            q.visibility_timeout_secs,
+            MAX_SECS,
+        ),
+        (
+            "queue.dead_letter_retention_hours",
+            q.dead_letter_retention_hours,
+            hours,
+        ),
+        (
+            "worker.drain_timeout_secs",
+            raw.worker.drain_timeout_secs,
+            MAX_SECS,
+        ),
+        ("health.cooldown_secs", raw.health.cooldown_secs, MAX_SECS),
+        ("limits.window_secs", raw.limits.window_secs, MAX_SECS),
+        ("cache.ttl_secs", raw.cache.ttl_secs, MAX_SECS),
+        ("retry.base_ms", r.base_ms, ms),
+        ("retry.cap_ms", r.cap_ms, ms),
+    ];
+    for (key, value, limit) in settings {
+        if let Some(v) = value
+            && v > limit
+        {
+            return Err((
+                key.to_string(),
+                format!("must be at most {limit} (ten years), not {v}"),
+            ));
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -83,6 +83,70 @@ pub(super) fn response_format(
     Ok(json)
 }
 
+/// Headers that carry credentials, which belong in the environment, not the config file.
+const SECRET_HEADERS: [&str; 6] = [
+    "authorization",
+    "proxy-authorization",
+    "x-api-key",
+    "api-key",
+    "x-goog-api-key",
+    "cookie",
+];
+
+/// The longest duration any setting may have: ten years. Longer ones overflow clock
+/// arithmetic at run time, far from the config that caused it.
+pub(super) const MAX_SECS: u64 = 10 * 365 * 24 * 3600;
+
+/// `secs`, if it is at most [`MAX_SECS`].
+pub(super) fn bounded_secs(key: &str, secs: u64) -> Result<u64, (String, String)> {
+    if secs > MAX_SECS {
+        return Err((
+            key.to_string(),
+            format!("must be at most {MAX_SECS} (ten years), not {secs}"),
+        ));
+    }
+    Ok(secs)
+}
+
+/// True when `url` carries a user name or password.
+fn has_credentials(url: &str) -> bool {
+    url::Url::parse(url).is_ok_and(|u| !u.username().is_empty() || u.password().is_some())
+}
+
+/// True when `url` carries a password.
+pub(super) fn has_password(url: &str) -> bool {
+    url::Url::parse(url).is_ok_and(|u| u.password().is_some())
+}
+
+/// True for a plausible environment variable name: `[A-Za-z_][A-Za-z0-9_]*`.
+fn is_env_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+/// A TOML error message without the values it quotes (`invalid type: string "..."`): a value
+/// in the wrong place may be a secret.
+pub(super) fn scrub_toml_message(message: &str) -> String {
+    let mut out = String::with_capacity(message.len());
+    let mut rest = message;
+    while let Some(i) = rest.find("string \"") {
+        out.push_str(&rest[..i]);
+        out.push_str("a string");
+        let after = &rest[i + "string \"".len()..];
+        // The closing quote is the last one before the next ", expected" (values may hold quotes).
+        let end = after
+            .find("\", expected")
+            .or_else(|| after.rfind('"'))
+            .map_or(after.len(), |j| j + 1);
+        rest = &after[end..];
+    }
+    out.push_str(rest);
+    out
+}
+
 pub(super) fn check_url(url: &str, schemes: &[&str]) -> Result<(), String> {
     let parsed = url::Url::parse(url).map_err(|e| {
         format!(
@@ -148,6 +212,36 @@ pub(super) fn build_provider(
                 }
             };
             check_url(base_url, &["http", "https"]).map_err(|r| (at("base_url"), r))?;
+            if has_credentials(base_url) {
+                return Err((
+                    at("base_url"),
+                    "holds a user name or password; remove it, and name the key's environment variable with api_key_env".into(),
+                ));
+            }
+            if let Some(var) = &p.api_key_env
+                && !is_env_name(var)
+            {
+                // Never repeat the value: a key pasted here is the usual way to get this.
+                return Err((
+                    at("api_key_env"),
+                    "must be the name of an environment variable (letters, digits and _), not the key itself; put the key in an environment variable and name that variable here".into(),
+                ));
+            }
+            if let Some(name) = p
+                .headers
+                .iter()
+                .flatten()
+                .map(|(name, _)| name)
+                .find(|name| SECRET_HEADERS.contains(&name.to_ascii_lowercase().as_str()))
+            {
+                return Err((
+                    at(&format!("headers.{name}")),
+                    "credentials are not read from the config file; put the key in an environment variable and name it with api_key_env".into(),
+                ));
+            }
+            if let Some(secs) = p.timeout_secs {
+                bounded_secs(&at("timeout_secs"), secs)?;
+            }
             let api_key = p
                 .api_key_env
                 .as_ref()
@@ -186,6 +280,16 @@ pub(super) fn build_provider(
     }
 }
 
+/// A bare key (`a.b-c_d`) or a quoted one (`"x-y"`).
+fn looks_like_key(key: &str) -> bool {
+    let quoted = key.len() >= 2 && key.starts_with('"') && key.ends_with('"');
+    !key.is_empty()
+        && (quoted
+            || key
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "_-. ".contains(c)))
+}
+
 /// The key path and `:line:col` of a TOML error, for a message that points at the spot.
 pub(super) fn describe_toml_error(text: &str, e: &toml::de::Error) -> (String, String) {
     let Some(span) = e.span() else {
@@ -201,12 +305,18 @@ pub(super) fn describe_toml_error(text: &str, e: &toml::de::Error) -> (String, S
             table = t.trim_matches(|c| c == '[' || c == ']').to_string();
         }
     }
-    let snippet = text[span.start.min(text.len())..span.end.min(text.len())]
-        .split(['=', '\n'])
-        .next()
-        .unwrap_or("")
-        .trim()
-        .to_string();
+    // The key is what precedes `=` on the error's line; the span itself may cover a value,
+    // and a value in the wrong place may be a secret.
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    let line_text = text[line_start..].lines().next().unwrap_or("").trim();
+    let snippet = if line_text.starts_with('[') {
+        line_text.to_string()
+    } else {
+        match line_text.split_once('=') {
+            Some((key, _)) if looks_like_key(key.trim()) => key.trim().to_string(),
+            _ => String::new(),
+        }
+    };
     let key = match (
         table.is_empty(),
         snippet.is_empty() || snippet.starts_with('['),

@@ -122,6 +122,9 @@ pub struct RawProvider {
     pub kind: String,
     pub base_url: Option<String>,
     pub api_key_env: Option<String>,
+    /// Never accepted: read only so that a key written here is refused with a clear message.
+    /// `IgnoredAny` drops the value as it parses, so the secret is never held.
+    pub api_key: Option<serde::de::IgnoredAny>,
     pub headers: Option<BTreeMap<String, String>>,
     pub timeout_secs: Option<u64>,
     /// simulated only: added latency per call.

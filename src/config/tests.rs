@@ -243,3 +243,104 @@ response_format = { type = "json_schema", json_schema = { name = "x", schema = {
         .unwrap();
     assert_eq!(e.key, "tasks.t.response_format", "{e}");
 }
+
+#[test]
+fn secrets_inline_are_refused_without_being_echoed() {
+    let secret = "sk-live-never-shown-9";
+    let table = "[providers.local]\n";
+    let after_table = |line: &str| (table, format!("{table}{line}\n"));
+    for ((from, to), key) in [
+        (
+            after_table(&format!("api_key = \"{secret}\"")),
+            "providers.local.api_key",
+        ),
+        (
+            after_table(&format!("api_key = {secret}")),
+            "providers.local.api_key",
+        ),
+        (
+            (
+                "api_key_env = \"LOCAL_API_KEY\"",
+                format!("api_key_env = \"{secret}\""),
+            ),
+            "providers.local.api_key_env",
+        ),
+        (
+            after_table(&format!(
+                "headers = {{ authorization = \"Bearer {secret}\" }}"
+            )),
+            "providers.local.headers.authorization",
+        ),
+        (
+            after_table(&format!("headers = \"Bearer {secret}\"")),
+            "providers.local.headers",
+        ),
+        (
+            (
+                "http://127.0.0.1:8089/v1",
+                format!("https://u:{secret}@example.com/v1"),
+            ),
+            "providers.local.base_url",
+        ),
+    ] {
+        let text = EXAMPLE.replace(from, &to);
+        assert_ne!(text, EXAMPLE, "the example has no {from:?}");
+        let e = load(&text).err().unwrap();
+        let shown = e.to_string();
+        assert_eq!(e.key, key, "{shown}");
+        assert!(!shown.contains(secret), "{shown}");
+    }
+    let (from, to) = after_table(&format!("api_key = \"{secret}\""));
+    let e = load(&EXAMPLE.replace(from, &to)).err().unwrap();
+    assert!(e.reason.contains("api_key_env"), "{e}");
+}
+
+#[test]
+fn a_password_in_a_url_of_the_file_is_a_warning() {
+    let s = load(&EXAMPLE.replace(
+        "redis://127.0.0.1:6379",
+        "redis://:pw-in-file@127.0.0.1:6379",
+    ))
+    .unwrap();
+    let warnings = s.warnings.join("\n");
+    assert!(
+        warnings.contains("queue.redis_url: holds a password"),
+        "{warnings}"
+    );
+    assert!(!warnings.contains("pw-in-file"), "{warnings}");
+    assert!(
+        !load(EXAMPLE)
+            .unwrap()
+            .warnings
+            .join("\n")
+            .contains("password")
+    );
+}
+
+#[test]
+fn durations_and_line_limits_are_bounded() {
+    for (text, key) in [
+        (
+            "[queue]\ndead_letter_retention_hours = 18446744073709551615\n",
+            "queue.dead_letter_retention_hours",
+        ),
+        (
+            "[queue]\nvisibility_timeout_secs = 18446744073709551615\n",
+            "queue.visibility_timeout_secs",
+        ),
+        ("[retry]\ncap_ms = 18446744073709551615\n", "retry.cap_ms"),
+        (
+            "[cache]\nttl_secs = 18446744073709551615\n",
+            "cache.ttl_secs",
+        ),
+        ("[input]\nmax_line_bytes = 0\n", "input.max_line_bytes"),
+        (
+            "[input]\nmax_line_bytes = 1099511627776\n",
+            "input.max_line_bytes",
+        ),
+    ] {
+        let e = load(text).err().unwrap();
+        assert_eq!(e.key, key, "{e}");
+    }
+    assert!(load("[queue]\ndead_letter_retention_hours = 87600\n").is_ok());
+}

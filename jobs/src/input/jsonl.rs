@@ -3,7 +3,7 @@
 use serde_json::{Map, Value};
 use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 
-use super::{InputError, InputOptions, Item};
+use super::{InputError, InputOptions, Item, check_id};
 use crate::job::Route;
 
 const CHAT_URL: &str = "/v1/chat/completions";
@@ -166,9 +166,11 @@ impl JsonlReader {
             self.parse_request(obj)
         } else {
             let id = match obj.get("id") {
-                Some(Value::String(s)) if !s.trim().is_empty() => s.clone(),
+                Some(Value::String(s)) => match check_id("id", s) {
+                    None => s.clone(),
+                    Some(reason) => return Err(self.error(None, reason)),
+                },
                 Some(Value::Number(n)) => n.to_string(),
-                Some(Value::String(_)) => return Err(self.error(None, "\"id\" is empty")),
                 Some(_) => return Err(self.error(None, "\"id\" must be a string")),
                 None => {
                     return Err(self.error(
@@ -216,8 +218,10 @@ impl JsonlReader {
 
     fn parse_request(&self, mut obj: Map<String, Value>) -> Result<Item, InputError> {
         let custom_id = match obj.get("custom_id") {
-            Some(Value::String(s)) if !s.trim().is_empty() => s.clone(),
-            Some(Value::String(_)) => return Err(self.error(None, "\"custom_id\" is empty")),
+            Some(Value::String(s)) => match check_id("custom_id", s) {
+                None => s.clone(),
+                Some(reason) => return Err(self.error(None, reason)),
+            },
             Some(_) => return Err(self.error(None, "\"custom_id\" must be a string")),
             None => return Err(self.error(None, "missing \"custom_id\"")),
         };

@@ -8,7 +8,7 @@ use object_store::ObjectMeta;
 use serde_json::{Map, Value};
 use tokio::io::AsyncRead;
 
-use super::{InputError, InputOptions, Item};
+use super::{InputError, InputOptions, Item, check_id};
 use crate::error::StoreError;
 use crate::storage::ResultStore;
 
@@ -51,6 +51,8 @@ pub struct DocumentLister {
     options: InputOptions,
     skipped: u64,
     produced: u64,
+    /// Documents found, valid or not: a folder of only bad documents is not an empty one.
+    seen: u64,
     done: bool,
 }
 
@@ -66,6 +68,7 @@ impl DocumentLister {
             options,
             skipped: 0,
             produced: 0,
+            seen: 0,
             done: false,
         })
     }
@@ -87,6 +90,7 @@ impl DocumentLister {
             options,
             skipped: 0,
             produced: 0,
+            seen: 0,
             done: false,
         }
     }
@@ -112,19 +116,57 @@ impl DocumentLister {
         self.skipped
     }
 
-    fn document(&mut self, id: String, bytes: Vec<u8>, location: &str) -> Result<Item, InputError> {
-        let bad = |reason: String| InputError {
-            location: location.to_string(),
+    fn limit(&self) -> u64 {
+        u64::try_from(self.options.max_line_bytes).unwrap_or(u64::MAX)
+    }
+
+    fn too_large(&self) -> String {
+        format!(
+            "document is larger than the limit of {} bytes; raise input.max_line_bytes",
+            self.options.max_line_bytes
+        )
+    }
+
+    /// A document found but not read, and why.
+    fn refuse(&mut self, id: &str, location: &str, reason: String) -> InputError {
+        self.seen += 1;
+        let id_ok = check_id("document path", id).is_none();
+        InputError {
+            // Debug formatting escapes the characters that made the name unusable.
+            location: if id_ok {
+                location.to_string()
+            } else {
+                format!("{location:?}")
+            },
             line: None,
-            custom_id: Some(id.clone()),
+            custom_id: id_ok.then(|| id.to_string()),
+            reason,
+            fatal: false,
+        }
+    }
+
+    fn document(&mut self, id: String, bytes: Vec<u8>, location: &str) -> Result<Item, InputError> {
+        // A file name can hold what an id may not (a newline, a direction override): then
+        // the error names the file by its location only.
+        let id_problem = check_id("document path", &id);
+        self.seen += 1;
+        let location = match &id_problem {
+            // Debug formatting escapes the characters that made the name unusable.
+            Some(_) => format!("{location:?}"),
+            None => location.to_string(),
+        };
+        let bad = |reason: String| InputError {
+            location: location.clone(),
+            line: None,
+            custom_id: id_problem.is_none().then(|| id.clone()),
             reason,
             fatal: false,
         };
+        if let Some(reason) = id_problem.clone() {
+            return Err(bad(reason));
+        }
         if bytes.len() > self.options.max_line_bytes {
-            return Err(bad(format!(
-                "document is larger than the limit of {} bytes; raise input.max_line_bytes",
-                self.options.max_line_bytes
-            )));
+            return Err(bad(self.too_large()));
         }
         let text = String::from_utf8(bytes).map_err(|e| {
             bad(format!(
@@ -155,14 +197,18 @@ impl DocumentLister {
         };
         if result.is_none() {
             self.done = true;
-            if self.produced == 0 {
+            if self.seen == 0 {
                 let name = match &self.walk {
                     Walk::Folder { root, .. } => root.display().to_string(),
                     Walk::Objects { name, .. } => name.clone(),
                 };
+                let skipped = match self.skipped {
+                    0 => String::new(),
+                    n => format!(" ({n} other file(s) skipped)"),
+                };
                 return Some(Err(InputError::fatal(
                     name,
-                    "the input holds no .txt or .md documents",
+                    format!("the input holds no .txt or .md documents{skipped}"),
                 )));
             }
         }
@@ -183,6 +229,25 @@ impl DocumentLister {
                     .collect::<Vec<_>>()
                     .join("/");
                 let location = file.display().to_string();
+                // Looked at before reading: a pipe named `x.txt` would block the read forever,
+                // and a huge file would be read whole into memory.
+                match tokio::fs::metadata(&file).await {
+                    Ok(m) if !m.is_file() => {
+                        let reason = "is not a regular file (a pipe, socket or device); only regular files are read as documents";
+                        return Some(Err(self.refuse(&id, &location, reason.into())));
+                    }
+                    Ok(m) if m.len() > self.limit() => {
+                        let reason = self.too_large();
+                        return Some(Err(self.refuse(&id, &location, reason)));
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        return Some(Err(InputError::fatal(
+                            location,
+                            format!("cannot read: {e}"),
+                        )));
+                    }
+                }
                 let bytes = match tokio::fs::read(&file).await {
                     Ok(b) => b,
                     Err(e) => {
@@ -252,6 +317,10 @@ impl DocumentLister {
                 .trim_start_matches('/')
                 .to_string();
             let location = format!("{}/{}", name.trim_end_matches('/'), id);
+            if meta.size > self.limit() {
+                let reason = self.too_large();
+                return Some(Err(self.refuse(&id, &location, reason)));
+            }
             let bytes = match store.get(&meta.location).await {
                 Ok(b) => b.to_vec(),
                 Err(e) => return Some(Err(InputError::fatal(location, e.to_string()))),

@@ -25,6 +25,57 @@ pub use listing::DocumentLister;
 /// The default cap on one input line: 8 MiB.
 pub const DEFAULT_MAX_LINE_BYTES: usize = 8 * 1024 * 1024;
 
+/// The longest custom id (or document id) accepted, in bytes. Ids are repeated in every
+/// output line, in logs and in Redis, so an id the size of a document is refused.
+pub const MAX_ID_BYTES: usize = 1024;
+
+/// Why an id (`field` names it in the message) can't be used, or `None` when it can.
+///
+/// Ids are shown in terminals, logs and files downstream, so ids that hide what they are
+/// (control, invisible or direction-changing characters) are refused. Path-like ids
+/// (`../x`) are accepted, as OpenAI accepts them: results are stored under a hash of the
+/// id, so they can't climb out of the batch (tests/embedded.rs). The message never repeats
+/// the id itself: it may be huge or hostile.
+pub fn check_id(field: &str, id: &str) -> Option<String> {
+    if id.trim().is_empty() {
+        return Some(format!("{field:?} is empty"));
+    }
+    if id.len() > MAX_ID_BYTES {
+        return Some(format!(
+            "{field:?} is {} bytes long; at most {MAX_ID_BYTES} are allowed",
+            id.len()
+        ));
+    }
+    if let Some(c) = id.chars().find(|c| c.is_control()) {
+        return Some(format!(
+            "{field:?} contains the control character U+{:04X}; use printable characters only",
+            u32::from(c)
+        ));
+    }
+    if let Some(c) = id.chars().find(|c| is_hidden(*c)) {
+        return Some(format!(
+            "{field:?} contains the invisible or direction-changing character U+{:04X}, so it would not read as what it is; remove it",
+            u32::from(c)
+        ));
+    }
+    None
+}
+
+/// Zero-width and bidirectional formatting characters.
+fn is_hidden(c: char) -> bool {
+    matches!(
+        c,
+        '\u{00AD}'
+            | '\u{061C}'
+            | '\u{180E}'
+            | '\u{200B}'..='\u{200F}'
+            | '\u{202A}'..='\u{202E}'
+            | '\u{2060}'..='\u{2064}'
+            | '\u{2066}'..='\u{2069}'
+            | '\u{FEFF}'
+    )
+}
+
 /// One valid input item.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Item {
@@ -245,5 +296,50 @@ impl DuplicateCheck {
         let mut first = [0u8; 16];
         first.copy_from_slice(&digest[..16]);
         self.seen.insert(u128::from_le_bytes(first))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ordinary_ids_pass() {
+        for id in [
+            "doc-17",
+            "a/b/c.txt",
+            "a..b",
+            "...",
+            "../../etc/passwd",
+            "/abs",
+            "文档-1",
+            "café ☕",
+            "x".repeat(1024).as_str(),
+        ] {
+            assert_eq!(check_id("custom_id", id), None, "{id:?}");
+        }
+    }
+
+    #[test]
+    fn hostile_ids_are_refused_without_being_repeated() {
+        let long = "y".repeat(MAX_ID_BYTES + 1);
+        for (id, reason) in [
+            ("", "is empty"),
+            (" \t", "is empty"),
+            ("a\u{0}b", "U+0000"),
+            ("a\nb", "U+000A"),
+            ("a\u{7f}", "U+007F"),
+            ("abc\u{202E}gpj.exe", "U+202E"),
+            ("doc\u{200B}1", "U+200B"),
+            ("\u{FEFF}doc", "U+FEFF"),
+            (long.as_str(), "at most 1024"),
+        ] {
+            let message = check_id("custom_id", id).unwrap_or_default();
+            assert!(message.contains(reason), "{id:?}: {message}");
+            assert!(message.starts_with("\"custom_id\""), "{message}");
+            if id.len() > 2 {
+                assert!(!message.contains(id), "{message}");
+            }
+        }
     }
 }
