@@ -10,7 +10,7 @@ use chrono_tz::Tz;
 
 use super::listing::list_input;
 use super::recover;
-use super::state::{PipelineState, RunRecord};
+use super::state::{LOCK_RENEW_EVERY, PERSIST_FOR, PipelineState, RunRecord, retrying};
 use crate::app::App;
 use crate::config::pipelines::Pipeline;
 use crate::submission::{SubmitRequest, submit_selected};
@@ -93,9 +93,15 @@ pub async fn run_pipeline(
     super::metrics::run_finished(&pipeline.name, &record.outcome);
     if record.error.is_none() {
         super::metrics::last_success(&pipeline.name, record.at);
-        state.note_success(&pipeline.name, record.at).await?;
+        retrying("note the pipeline's last success", PERSIST_FOR, || {
+            state.note_success(&pipeline.name, record.at)
+        })
+        .await?;
     }
-    state.record(&pipeline.name, &record).await?;
+    retrying("record the pipeline run", PERSIST_FOR, || {
+        state.record(&pipeline.name, &record)
+    })
+    .await?;
     Ok(Some(record))
 }
 
@@ -120,9 +126,27 @@ async fn locked_submit(
         }
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     }
-    let result = submit_new(app, state, pipeline, trigger).await;
-    if let Err(e) = state.unlock(&pipeline.name, &token).await {
-        tracing::warn!(pipeline = %pipeline.name, "cannot release the run lock (it expires by itself): {e}");
+    let work = submit_new(app, state, pipeline, trigger);
+    tokio::pin!(work);
+    let result = loop {
+        tokio::select! {
+            result = &mut work => break result,
+            () = tokio::time::sleep(LOCK_RENEW_EVERY) => {
+                match state.renew_lock(&pipeline.name, &token).await {
+                    Ok(true) => {}
+                    Ok(false) => tracing::warn!(pipeline = %pipeline.name, "the run lock lapsed while this run went on"),
+                    Err(e) => tracing::warn!(pipeline = %pipeline.name, error = %e, "cannot renew the run lock"),
+                }
+            }
+        }
+    };
+    // A lock left behind would hold back every later run until it lapses: keep trying.
+    if let Err(e) = retrying("release the run lock", LOCK_WAIT, || {
+        state.unlock(&pipeline.name, &token)
+    })
+    .await
+    {
+        tracing::warn!(pipeline = %pipeline.name, "cannot release the run lock (it lapses by itself within a minute): {e}");
     }
     result
 }
@@ -173,8 +197,12 @@ async fn submit_new(
     };
     let submitted = submit_selected(app, &req, new_batch_id(), Some(&keep)).await?;
     write_origin(app, pipeline, trigger, &submitted.record.id, &chosen).await;
-    // Only now: had the submission failed, the next run would pick these up again.
-    state.mark_seen(&pipeline.name, &chosen).await?;
+    // Only now: had the submission failed, the next run would pick these up again. Once the
+    // batch exists, losing this write would submit the documents twice: keep trying.
+    retrying("mark the documents seen", PERSIST_FOR, || {
+        state.mark_seen(&pipeline.name, &chosen)
+    })
+    .await?;
     tracing::info!(
         pipeline = %pipeline.name,
         batch_id = %submitted.record.id,

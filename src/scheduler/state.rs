@@ -11,6 +11,8 @@
 //!   kept apart from the capped history so a long run of failures can't push it out.
 
 use std::collections::HashMap;
+use std::future::Future;
+use std::time::{Duration, Instant};
 
 use redis::AsyncCommands;
 use redis::aio::ConnectionManager;
@@ -18,8 +20,13 @@ use serde::{Deserialize, Serialize};
 
 /// Claims outlive any retry or clock skew between replicas by far.
 const CLAIM_TTL_SECS: u64 = 7 * 24 * 3600;
-/// Longer than any submission should take; a dead holder frees the lock after it.
-const LOCK_TTL_SECS: u64 = 30 * 60;
+/// The run lock's lifetime unless renewed: a holder that died (or lost Redis mid-run) frees
+/// it after this. A live run renews it every [`LOCK_RENEW_EVERY`].
+const LOCK_TTL_SECS: u64 = 60;
+pub const LOCK_RENEW_EVERY: Duration = Duration::from_secs(20);
+/// How long writes that must not be lost after a submission (seen documents, the run record)
+/// keep retrying while Redis is away.
+pub const PERSIST_FOR: Duration = Duration::from_secs(120);
 /// Runs kept per pipeline.
 pub const HISTORY_LEN: isize = 100;
 
@@ -85,6 +92,21 @@ impl PipelineState {
             .query_async(&mut conn)
             .await?;
         Ok(set.is_some())
+    }
+
+    /// Extends the run lock while this run holds it; `false` when it doesn't any more.
+    pub async fn renew_lock(&self, pipeline: &str, token: &str) -> redis::RedisResult<bool> {
+        let mut conn = self.conn.clone();
+        let renewed: i64 = redis::Script::new(
+            "if redis.call('GET', KEYS[1]) == ARGV[1] then \
+               return redis.call('EXPIRE', KEYS[1], ARGV[2]) end return 0",
+        )
+        .key(key(pipeline, "lock"))
+        .arg(token)
+        .arg(LOCK_TTL_SECS)
+        .invoke_async(&mut conn)
+        .await?;
+        Ok(renewed == 1)
     }
 
     /// Releases the run lock if this run still holds it.
@@ -191,5 +213,28 @@ impl PipelineState {
             .iter()
             .filter_map(|r| serde_json::from_str(r).ok())
             .collect())
+    }
+}
+
+/// Runs `op` until it succeeds or `limit` has passed, backing off from 200 ms to 5 s: Redis
+/// restarting is weather, and the connection manager reconnects by itself.
+pub async fn retrying<T, E, F, Fut>(what: &str, limit: Duration, mut op: F) -> Result<T, E>
+where
+    E: std::fmt::Display,
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, E>>,
+{
+    let started = Instant::now();
+    let mut delay = Duration::from_millis(200);
+    loop {
+        match op().await {
+            Ok(v) => return Ok(v),
+            Err(e) if started.elapsed() + delay > limit => return Err(e),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot {what} yet; retrying in {delay:?}");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+        }
     }
 }
