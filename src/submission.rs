@@ -311,7 +311,8 @@ pub async fn submit_selected(
             .map(|w| created_at.saturating_add(w.as_secs() + u64::from(w.subsec_nanos() > 0))),
     };
     app.ledger.create(&record).await?;
-    builder.dups = DuplicateCheck::default();
+    // Every real id is in here now: a made-up id for a line without one must not take one.
+    let mut taken = std::mem::take(&mut builder.dups);
     let mut reader = open(app, &source, req).await?;
     let mut chunk = Vec::with_capacity(CHUNK);
     let (mut seq, mut chunk_no, mut invalid) = (0u64, 0u64, 0u64);
@@ -326,7 +327,7 @@ pub async fn submit_selected(
             Checked::Job(job) => chunk.push(job),
             Checked::Bad(e) => {
                 invalid += 1;
-                record_invalid(app, &batch_id, seq, &e).await?;
+                record_invalid(app, &batch_id, seq, &e, &mut taken).await?;
             }
         }
         seq += 1;
@@ -345,11 +346,33 @@ pub async fn submit_selected(
 }
 
 /// Writes a bad line's outcome and counts it, so it lands in `errors.jsonl`.
-async fn record_invalid(app: &App, batch_id: &str, seq: u64, e: &InputError) -> anyhow::Result<()> {
-    let custom_id = e
-        .custom_id
-        .clone()
-        .unwrap_or_else(|| format!("line-{}", e.line.unwrap_or(seq + 1)));
+/// `line-N` for a bad line with no readable id, unless an item of the batch is called that:
+/// then `line-N-invalid`, `line-N-invalid-2`, ..., so ids stay unique across the output files.
+fn made_up_id(line: u64, taken: &mut DuplicateCheck) -> String {
+    let base = format!("line-{line}");
+    if taken.insert(&base) {
+        return base;
+    }
+    (1u32..)
+        .map(|n| match n {
+            1 => format!("{base}-invalid"),
+            n => format!("{base}-invalid-{n}"),
+        })
+        .find(|id| taken.insert(id))
+        .unwrap_or(base)
+}
+
+async fn record_invalid(
+    app: &App,
+    batch_id: &str,
+    seq: u64,
+    e: &InputError,
+    taken: &mut DuplicateCheck,
+) -> anyhow::Result<()> {
+    let custom_id = match &e.custom_id {
+        Some(id) => id.clone(),
+        None => made_up_id(e.line.unwrap_or(seq + 1), taken),
+    };
     let job_id = job_id_for(batch_id, &format!("\u{0}invalid:{seq}"));
     let line = OutputLine::failure(
         &job_id,

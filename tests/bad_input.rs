@@ -197,6 +197,25 @@ fn skip_invalid_enqueues_good_lines_and_records_bad_ones() {
 }
 
 #[test]
+fn a_bad_line_without_an_id_never_takes_a_real_items_id() {
+    // Line 2 has no readable id; an item is already called `line-2`.
+    let body = format!("{}\n{{oops\n", good("line-2"));
+    let (code, stderr, _, dir) = run_on(body.as_bytes(), &["--skip-invalid", "--json"]);
+    assert_eq!(code, Some(0), "{stderr}");
+    let batch_dir = std::fs::read_dir(dir.path().join("batchyard-data/batches"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let ok = read_jsonl(&batch_dir.join("output.jsonl"));
+    let errors = read_jsonl(&batch_dir.join("errors.jsonl"));
+    assert_eq!(exactly_once(&ok, &errors), 2);
+    assert_eq!(ok[0]["custom_id"], "line-2");
+    assert_eq!(errors[0]["custom_id"], "line-2-invalid", "{errors:?}");
+}
+
+#[test]
 fn a_missing_input_file_is_a_usage_error() {
     let dir = tempfile::tempdir().unwrap();
     let out = run(batchyard(dir.path()).args(["run", "does-not-exist.jsonl"]));

@@ -4,6 +4,7 @@
 //! OpenAI-shaped chat completion body, so everything downstream reads one format.
 
 pub mod anthropic;
+mod http;
 pub mod openai;
 pub mod simulated;
 

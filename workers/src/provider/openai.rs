@@ -101,13 +101,7 @@ impl OpenAiProvider {
                 url.scheme()
             )));
         }
-        let display_url = {
-            let mut shown = url.clone();
-            let _ = shown.set_username("");
-            let _ = shown.set_password(None);
-            shown.set_query(None);
-            shown.to_string()
-        };
+        let display_url = super::http::display_url(&url);
 
         let mut headers = HeaderMap::new();
         let mut secrets = Vec::new();
@@ -125,7 +119,7 @@ impl OpenAiProvider {
                 ))
             })?;
             header_value.set_sensitive(true);
-            if looks_secret(name) && value.trim().len() >= 4 {
+            if crate::provider::http::looks_secret(name) && value.trim().len() >= 4 {
                 secrets.push(Secret::new(value.trim().to_owned()));
             }
             headers.insert(header_name, header_value);
@@ -205,58 +199,12 @@ impl OpenAiProvider {
     }
 
     fn transport_error(&self, err: &reqwest::Error) -> ProviderError {
-        let url = &self.display_url;
-        let message = if err.is_timeout() {
-            format!(
-                "request to {url} timed out after {:?}: the provider is slow or overloaded; raise \
-                 the provider timeout if replies are long",
-                self.timeout
-            )
-        } else if err.is_connect() {
-            format!(
-                "could not connect to {url} ({}): check base_url and that the server is up",
-                error_chain(err)
-            )
-        } else {
-            format!("request to {url} failed: {}", error_chain(err))
-        };
-        ProviderError::new(ProviderErrorKind::Transient, message)
+        crate::provider::http::transport_error(&self.display_url, self.timeout, err)
     }
 
     fn scrub(&self, err: &mut ProviderError) {
-        for secret in &self.secrets {
-            let text = secret.expose();
-            if !text.is_empty() && err.message.contains(text) {
-                err.message = err.message.replace(text, "***");
-            }
-        }
+        crate::provider::http::scrub(&self.secrets, err);
     }
-}
-
-fn looks_secret(header_name: &str) -> bool {
-    let name = header_name.to_ascii_lowercase();
-    ["key", "token", "auth", "secret", "cookie", "password"]
-        .iter()
-        .any(|word| name.contains(word))
-}
-
-/// The error and its sources, without the URL (we print our own, credential-free one).
-fn error_chain(err: &reqwest::Error) -> String {
-    use std::error::Error as _;
-    let mut text = err.to_string();
-    if let Some(url) = err.url() {
-        // reqwest appends " for url (...)"; drop it.
-        text = text.replace(&format!(" for url ({url})"), "");
-    }
-    let mut source = err.source();
-    // Error chains are short; the bound guards against a cyclic one.
-    for _ in 0..8 {
-        let Some(cause) = source else { break };
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 /// The body sent: the caller's, with `model` set and `max_tokens` defaulted.
