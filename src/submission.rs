@@ -134,16 +134,22 @@ impl Builder<'_> {
     }
 }
 
-fn options(app: &App, req: &SubmitRequest) -> InputOptions {
+fn options(app: &App, req: &SubmitRequest, only: Option<&BTreeSet<String>>) -> InputOptions {
     InputOptions {
+        only: only.map(|ids| std::sync::Arc::new(ids.clone())),
         max_line_bytes: app.settings.max_line_bytes,
         task: req.task.clone(),
         names: app.settings.known_names(),
     }
 }
 
-async fn open(app: &App, source: &InputSource, req: &SubmitRequest) -> anyhow::Result<InputReader> {
-    InputReader::open(source, options(app, req), &app.settings.env)
+async fn open(
+    app: &App,
+    source: &InputSource,
+    req: &SubmitRequest,
+    only: Option<&BTreeSet<String>>,
+) -> anyhow::Result<InputReader> {
+    InputReader::open(source, options(app, req, only), &app.settings.env)
         .await
         .map_err(|e| UsageError(e.to_string()).into())
 }
@@ -169,7 +175,7 @@ impl<'a> Scanner<'a> {
         }
         let source = InputSource::resolve(&req.input).map_err(|e| UsageError(e.to_string()))?;
         Ok(Self {
-            reader: open(app, &source, req).await?,
+            reader: open(app, &source, req, None).await?,
             builder: Builder {
                 app,
                 batch_id: "estimate".into(),
@@ -251,7 +257,7 @@ pub async fn submit_selected(
     };
 
     // Pass 1: validate everything, enqueue nothing.
-    let mut reader = open(app, &source, req).await?;
+    let mut reader = open(app, &source, req, keep).await?;
     let (mut total, mut bad_count, mut listed) = (0u64, 0u64, Vec::new());
     while let Some(read) = reader.next().await {
         if !selected(&read, keep) {
@@ -313,7 +319,7 @@ pub async fn submit_selected(
     app.ledger.create(&record).await?;
     // Every real id is in here now: a made-up id for a line without one must not take one.
     let mut taken = std::mem::take(&mut builder.dups);
-    let mut reader = open(app, &source, req).await?;
+    let mut reader = open(app, &source, req, keep).await?;
     let mut chunk = Vec::with_capacity(CHUNK);
     let (mut seq, mut chunk_no, mut invalid) = (0u64, 0u64, 0u64);
     while let Some(read) = reader.next().await {

@@ -17,6 +17,11 @@ fn is_document(name: &str) -> bool {
     lower.ends_with(".txt") || lower.ends_with(".md")
 }
 
+/// False for a document outside [`InputOptions::only`]: not read, not counted.
+fn wanted(options: &InputOptions, id: &str) -> bool {
+    options.only.as_ref().is_none_or(|only| only.contains(id))
+}
+
 /// Reads one object as a byte stream.
 pub(super) async fn object_reader(
     store: &ResultStore,
@@ -228,6 +233,9 @@ impl DocumentLister {
                     .map(|c| c.as_os_str().to_string_lossy().into_owned())
                     .collect::<Vec<_>>()
                     .join("/");
+                if !wanted(&self.options, &id) {
+                    continue;
+                }
                 let location = file.display().to_string();
                 // Looked at before reading: a pipe named `x.txt` would block the read forever,
                 // and a huge file would be read whole into memory.
@@ -316,6 +324,9 @@ impl DocumentLister {
                 .unwrap_or(&key)
                 .trim_start_matches('/')
                 .to_string();
+            if !wanted(&self.options, &id) {
+                continue;
+            }
             let location = format!("{}/{}", name.trim_end_matches('/'), id);
             if meta.size > self.limit() {
                 let reason = self.too_large();
@@ -327,5 +338,56 @@ impl DocumentLister {
             };
             return Some(self.document(id, bytes, &location));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+    use std::collections::BTreeSet;
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::input::KnownNames;
+
+    fn options(only: Option<&[&str]>) -> InputOptions {
+        InputOptions {
+            max_line_bytes: 1 << 20,
+            task: Some("t".into()),
+            names: KnownNames {
+                models: BTreeSet::new(),
+                tasks: BTreeSet::from(["t".to_string()]),
+            },
+            only: only.map(|ids| Arc::new(ids.iter().map(|s| s.to_string()).collect())),
+        }
+    }
+
+    async fn ids(lister: &mut DocumentLister) -> Vec<Result<String, String>> {
+        let mut out = Vec::new();
+        while let Some(item) = lister.next().await {
+            out.push(
+                item.map(|i| i.custom_id().to_string())
+                    .map_err(|e| e.to_string()),
+            );
+        }
+        out
+    }
+
+    #[tokio::test]
+    async fn documents_outside_the_selection_are_never_read() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("a.txt"), "first").unwrap();
+        std::fs::create_dir(dir.path().join("sub")).unwrap();
+        std::fs::write(dir.path().join("sub/b.md"), "second").unwrap();
+        // Unreadable as a document: reading it (or even refusing it) would show in the items.
+        std::fs::write(dir.path().join("big.txt"), vec![b'x'; 2 << 20]).unwrap();
+
+        let mut all = DocumentLister::folder(dir.path(), options(None)).unwrap();
+        let every = ids(&mut all).await;
+        assert_eq!(every.len(), 3, "{every:?}");
+        assert!(every.iter().any(|r| r.is_err()), "{every:?}");
+
+        let mut some = DocumentLister::folder(dir.path(), options(Some(&["sub/b.md"]))).unwrap();
+        assert_eq!(ids(&mut some).await, vec![Ok("sub/b.md".to_string())]);
     }
 }

@@ -150,6 +150,9 @@ pub struct InputOptions {
     /// The `--task` given on the command line, if any.
     pub task: Option<String>,
     pub names: KnownNames,
+    /// Of a folder or prefix, read only the documents with these ids (pipelines take just the
+    /// new ones); the others are passed over without being read. `None`: every document.
+    pub only: Option<std::sync::Arc<BTreeSet<String>>>,
 }
 
 /// Where an input lives.
