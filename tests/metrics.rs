@@ -239,6 +239,16 @@ fn worker_serves_prometheus_metrics_that_match_the_batch() {
         sum(&body, "batchyard_job_duration_seconds_count", &[]),
         (ITEMS + AGAIN) as f64
     );
+    // Overhead is recorded for every delivery, including jobs put back for later.
+    assert!(
+        body.contains("# TYPE batchyard_job_overhead_seconds histogram"),
+        "{body}"
+    );
+    assert!(sum(&body, "batchyard_job_overhead_seconds_count", &[]) >= (ITEMS + AGAIN) as f64);
+    assert!(
+        body.contains("batchyard_job_overhead_seconds_bucket{le=\"0.001\"}"),
+        "{body}"
+    );
     assert!(
         !samples(
             &body,

@@ -99,7 +99,10 @@ impl Guards {
             return limiter::acquire(&*self.limiter, specs, tokens, self.max_wait).await;
         };
         let started = Instant::now();
-        let Ok(_guard) = tokio::time::timeout(self.max_wait, turn.lock()).await else {
+        let taken = tokio::time::timeout(self.max_wait, turn.lock()).await;
+        // Queueing for a turn is a deliberate wait, not orchestration overhead.
+        crate::metrics::overhead::exclude(started.elapsed());
+        let Ok(_guard) = taken else {
             // The queue ahead is longer than we may hold the claim: come back later.
             return Ok(Err(self.max_wait));
         };

@@ -204,6 +204,8 @@ where
     .adjust(|err, backoff| backoff.map(|d| adjusted_delay(err, d)))
     .notify(|err, delay| {
         crate::metrics::retried(err.kind.code());
+        // The backoff sleep that follows is policy, not orchestration overhead.
+        crate::metrics::overhead::exclude(delay);
         tracing::warn!(
             attempt = attempts.load(Ordering::Relaxed),
             kind = err.kind.code(),

@@ -200,7 +200,10 @@ pub async fn acquire(
                 // A little jitter so waiters woken by the same slot don't all ask at once.
                 let spread = (wait / 20).min(Duration::from_millis(20));
                 let jitter = rand::rng().random_range(Duration::ZERO..=spread);
+                let slept = tokio::time::Instant::now();
                 tokio::time::sleep(wait + jitter).await;
+                // A deliberate wait: not orchestration overhead (see metrics::overhead).
+                crate::metrics::overhead::exclude(slept.elapsed());
             }
         }
     }

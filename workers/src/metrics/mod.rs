@@ -64,6 +64,10 @@ pub const CACHE_HITS_TOTAL: &str = "batchyard_cache_hits_total";
 pub const RATE_LIMIT_WAIT: &str = "batchyard_rate_limit_wait_seconds";
 /// Estimated seconds until an active batch has settled every item.
 pub const BATCH_ETA: &str = "batchyard_batch_eta_seconds";
+/// A delivery's handling minus provider calls and deliberate waits (see [`overhead`]).
+pub use overhead::{JOB_OVERHEAD, OVERHEAD_BUCKETS};
+
+pub mod overhead;
 
 /// Jobs take milliseconds (cache, simulated) to minutes (slow models, long retries).
 pub const JOB_DURATION_BUCKETS: &[f64] = &[
@@ -79,10 +83,11 @@ pub const RATE_LIMIT_WAIT_BUCKETS: &[f64] = &[
 ];
 
 /// The histograms and their buckets, for the exporter (so they render as histograms).
-pub const HISTOGRAMS: [(&str, &[f64]); 3] = [
+pub const HISTOGRAMS: [(&str, &[f64]); 4] = [
     (JOB_DURATION, JOB_DURATION_BUCKETS),
     (PROVIDER_CALL_DURATION, CALL_DURATION_BUCKETS),
     (RATE_LIMIT_WAIT, RATE_LIMIT_WAIT_BUCKETS),
+    (JOB_OVERHEAD, OVERHEAD_BUCKETS),
 ];
 
 /// How often [`sample`] reads the queue depth and the batch records.
@@ -145,6 +150,11 @@ pub fn describe() {
         Unit::Seconds,
         "Time to get rate-limit admission, by model; _sum is the total waited"
     );
+    describe_histogram!(
+        JOB_OVERHEAD,
+        Unit::Seconds,
+        "A delivery's handling time minus provider calls, deliberate waits and batch finalization"
+    );
 }
 
 /// The `outcome` and `model` labels of a job's end, taken before the line is handed on.
@@ -172,6 +182,7 @@ pub fn provider_called(
     elapsed: Duration,
     result: &Result<Completion, ProviderError>,
 ) {
+    overhead::exclude(elapsed);
     histogram!(PROVIDER_CALL_DURATION, "model" => model.key.clone()).record(elapsed.as_secs_f64());
     if let Ok(done) = result {
         counter!(TOKENS_TOTAL, "model" => model.key.clone(), "direction" => "input")
