@@ -403,6 +403,24 @@ fn c5_the_object_store_away_for_30_seconds() {
     let after_back = back.elapsed();
     assert_eq!(done["status"], "completed", "{done}");
     let (ok, errors) = assert_invariants(&cluster, &id, n);
+    // Calls whose outcome could not be stored were paid for: their cost is carried to the
+    // item's line and the ledger, so spend follows the calls made, not only the ones kept.
+    let calls = cluster.fake.stats()["requests"].as_f64().unwrap();
+    let per_call: Vec<f64> = ok
+        .iter()
+        .filter(|l| {
+            l["batchyard"]["cascade"]
+                .as_array()
+                .is_some_and(|c| c.len() == 1)
+        })
+        .map(|l| l["batchyard"]["cascade"][0]["cost_usd"].as_f64().unwrap())
+        .collect();
+    let mean = per_call.iter().sum::<f64>() / per_call.len() as f64;
+    let spent = done["cost_usd"].as_f64().unwrap();
+    assert!(
+        (spent - calls * mean).abs() <= 0.02 * calls * mean,
+        "spend {spent} vs {calls} calls at ~{mean} each"
+    );
     workers.assert_alive("a worker");
     workers.terminate_all();
     eprintln!(

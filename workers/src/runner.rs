@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use batchyard_jobs::batch::{BatchRecord, BatchState, now_secs, usd_to_nanos};
+use batchyard_jobs::error::StoreError;
 use batchyard_jobs::job::Job;
 use batchyard_jobs::ledger::Ledger;
 use batchyard_jobs::outcome::{Extension, OutputLine, codes};
@@ -27,6 +28,11 @@ use crate::limiter::memory::MemoryLimiter;
 use crate::pool::DeliveryHandler;
 use crate::retry::{RetryPolicy, backoff_delay};
 use crate::router::Router;
+
+/// Tries at storing an outcome in place before the job is put back (250 ms, then 500 ms apart).
+const STORE_TRIES: u32 = 3;
+/// The least wait before a job whose outcome could not be stored runs again.
+const STORE_RETRY_DELAY: Duration = Duration::from_secs(2);
 
 /// Job-level limits.
 #[derive(Debug, Clone)]
@@ -237,6 +243,27 @@ impl JobRunner {
         self.run_cascade(job, record.as_ref()).await
     }
 
+    /// Stores an outcome, trying a few times in place first: a short store hiccup should not
+    /// cost a second provider call.
+    async fn store_outcome(
+        &self,
+        path: &object_store::path::Path,
+        bytes: Bytes,
+    ) -> Result<(), StoreError> {
+        let mut delay = Duration::from_millis(250);
+        for _ in 1..STORE_TRIES {
+            match self.store.put(path, bytes.clone()).await {
+                Ok(()) => return Ok(()),
+                Err(e) => {
+                    tracing::debug!(error = %e, "cannot store the outcome yet; trying again");
+                    tokio::time::sleep(delay).await;
+                    delay *= 2;
+                }
+            }
+        }
+        self.store.put(path, bytes).await
+    }
+
     async fn finish(
         &self,
         delivery: &Delivery,
@@ -261,10 +288,19 @@ impl JobRunner {
             }
         };
         let path = self.store.result_path(&job.batch_id, &job.job_id);
-        if let Err(e) = self.store.put(&path, bytes).await {
+        if let Err(e) = self.store_outcome(&path, bytes).await {
+            // The answer is paid for: count it now and carry it, so the retry's line (and the
+            // budget) include it, then run the job again once the store may be back.
             tracing::warn!(error = %e, "cannot store the outcome; the job will be retried");
-            let delay = backoff_delay(&self.retry, job.attempt + 1).max(Duration::from_secs(1));
-            if let Err(qe) = self.queue.retry_later(delivery, job, delay).await {
+            if cost > 0
+                && let Err(le) = self.ledger.commit(&job.batch_id, &job.job_id, cost).await
+            {
+                tracing::warn!(error = %le, "cannot count the spend of the unstored outcome");
+            }
+            let mut again = job.clone();
+            again.prior_cost_usd = line.batchyard.cost_usd;
+            let delay = backoff_delay(&self.retry, job.attempt + 1).max(STORE_RETRY_DELAY);
+            if let Err(qe) = self.queue.retry_later(delivery, &again, delay).await {
                 tracing::warn!(error = %qe, "cannot requeue; the job will be reclaimed");
             }
             return;
@@ -276,7 +312,11 @@ impl JobRunner {
             .await
         {
             Ok(settlement) if settlement.should_finalize() => {
-                if let Err(e) = self.finalizer.finalize(&job.batch_id).await {
+                let finalizing = Instant::now();
+                let finalized = self.finalizer.finalize(&job.batch_id).await;
+                // The whole batch's output, not this job's overhead.
+                crate::metrics::overhead::exclude(finalizing.elapsed());
+                if let Err(e) = finalized {
                     tracing::error!(error = %e, "finalization failed; it will be retried when the job is reclaimed");
                     return;
                 }
@@ -315,7 +355,7 @@ impl DeliveryHandler for JobRunner {
             model = field::Empty,
         );
         let started = Instant::now();
-        async {
+        let run = async {
             match self.decide(&delivery).await {
                 Decision::End {
                     line,
@@ -356,8 +396,7 @@ impl DeliveryHandler for JobRunner {
                     }
                 }
             }
-        }
-        .instrument(span)
-        .await
+        };
+        crate::metrics::overhead::measure(run.instrument(span)).await
     }
 }
