@@ -22,12 +22,17 @@ use object_store::{ObjectMeta, ObjectStore, ObjectStoreExt, PutPayload};
 
 use crate::error::{StoreError, redact};
 
+mod file_writer;
+use file_writer::FileWriter;
+
 /// The objects of one storage URL, with the batch layout on top.
 #[derive(Clone)]
 pub struct ResultStore {
     store: Arc<dyn ObjectStore>,
     prefix: Path,
     url: String,
+    /// `file://` stores only: writes go through threads of their own.
+    files: Option<FileWriter>,
 }
 
 impl std::fmt::Debug for ResultStore {
@@ -57,12 +62,17 @@ impl ResultStore {
             }
             std::fs::create_dir_all(dir)
                 .map_err(|e| bad(format!("cannot create folder {dir}: {e}")))?;
-            let fs = LocalFileSystem::new_with_prefix(dir)
-                .map_err(|e| bad(format!("cannot open folder {dir}: {e}")))?;
+            let fs = Arc::new(
+                LocalFileSystem::new_with_prefix(dir)
+                    .map_err(|e| bad(format!("cannot open folder {dir}: {e}")))?,
+            );
+            let files = FileWriter::start(Arc::clone(&fs), file_writer::WRITER_THREADS)
+                .map_err(|e| bad(format!("cannot start the file writer threads: {e}")))?;
             return Ok(Self {
-                store: Arc::new(fs),
+                store: fs,
                 prefix: Path::default(),
                 url: url.to_string(),
+                files: Some(files),
             });
         }
         let parsed = url::Url::parse(url).map_err(|e| bad(e.to_string()))?;
@@ -87,6 +97,7 @@ impl ResultStore {
             store: Arc::from(store),
             prefix,
             url: url.to_string(),
+            files: None,
         })
     }
 
@@ -96,6 +107,7 @@ impl ResultStore {
             store: Arc::new(object_store::memory::InMemory::new()),
             prefix: Path::default(),
             url: "memory://".into(),
+            files: None,
         }
     }
 
@@ -153,14 +165,24 @@ impl ResultStore {
 
     /// Writes a whole object; an existing one is replaced, so reruns are idempotent.
     pub async fn put(&self, path: &Path, bytes: Bytes) -> Result<(), StoreError> {
-        self.store
-            .put(path, PutPayload::from_bytes(bytes))
-            .await
-            .map(|_| ())
-            .map_err(|e| StoreError::from_object_store(path.as_ref(), e))
+        let put = match &self.files {
+            Some(files) => files.put(path, bytes).await,
+            None => self
+                .store
+                .put(path, PutPayload::from_bytes(bytes))
+                .await
+                .map(|_| ()),
+        };
+        put.map_err(|e| StoreError::from_object_store(path.as_ref(), e))
     }
 
     pub async fn get(&self, path: &Path) -> Result<Bytes, StoreError> {
+        if let Some(files) = &self.files {
+            return files
+                .get(path)
+                .await
+                .map_err(|e| StoreError::from_object_store(path.as_ref(), e));
+        }
         let result = self
             .store
             .get(path)
@@ -287,5 +309,73 @@ mod tests {
             .unwrap();
         assert_eq!(listed.len(), 1);
         assert!(dir.path().join("data/batches/b1/results/abc.json").exists());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn file_store_writes_from_many_tasks_through_its_threads() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("file://{}", dir.path().display());
+        let store = ResultStore::open(&url, &BTreeMap::new()).unwrap();
+        let mut tasks = tokio::task::JoinSet::new();
+        for i in 0..200 {
+            let store = store.clone();
+            tasks.spawn(async move {
+                let path = store.result_path("b2", &format!("job{i}"));
+                // Twice: the second write replaces the first whole.
+                store
+                    .put(&path, Bytes::from(format!("first {i}")))
+                    .await
+                    .unwrap();
+                store
+                    .put(&path, Bytes::from(format!("{{\"n\":{i}}}")))
+                    .await
+                    .unwrap();
+            });
+        }
+        while let Some(done) = tasks.join_next().await {
+            done.unwrap();
+        }
+        let listed: Vec<_> = store
+            .list(&store.results_dir("b2"))
+            .try_collect()
+            .await
+            .unwrap();
+        assert_eq!(listed.len(), 200);
+        for i in [0, 99, 199] {
+            let got = store
+                .get(&store.result_path("b2", &format!("job{i}")))
+                .await
+                .unwrap();
+            assert_eq!(got, Bytes::from(format!("{{\"n\":{i}}}")));
+        }
+        // No staging file is left behind.
+        let names: Vec<_> = std::fs::read_dir(dir.path().join("batches/b2/results"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        assert_eq!(names.len(), 200, "{names:?}");
+        assert!(names.iter().all(|n| !n.contains('#')), "{names:?}");
+    }
+
+    #[tokio::test]
+    async fn file_store_errors_name_the_object_and_do_not_hang() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("file://{}", dir.path().display());
+        let store = ResultStore::open(&url, &BTreeMap::new()).unwrap();
+        let missing = store.result_path("b3", "nothing");
+        let err = store.get(&missing).await.unwrap_err();
+        assert!(err.to_string().contains("nothing.json"), "{err}");
+        // A file where the batch folder should be: the write fails and says where.
+        std::fs::create_dir_all(dir.path().join("batches")).unwrap();
+        std::fs::write(dir.path().join("batches/b4"), b"not a folder").unwrap();
+        let blocked = store.result_path("b4", "job");
+        let err = tokio::time::timeout(
+            std::time::Duration::from_secs(10),
+            store.put(&blocked, Bytes::from_static(b"{}")),
+        )
+        .await
+        .expect("a failed write must answer")
+        .unwrap_err();
+        assert!(err.to_string().contains("b4"), "{err}");
     }
 }
