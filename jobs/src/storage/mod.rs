@@ -311,11 +311,16 @@ mod tests {
         assert!(dir.path().join("data/batches/b1/results/abc.json").exists());
     }
 
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn file_store_writes_from_many_tasks_through_its_threads() {
+    fn temp_file_store() -> (tempfile::TempDir, ResultStore) {
         let dir = tempfile::tempdir().unwrap();
         let url = format!("file://{}", dir.path().display());
         let store = ResultStore::open(&url, &BTreeMap::new()).unwrap();
+        (dir, store)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn file_store_writes_from_many_tasks_through_its_threads() {
+        let (dir, store) = temp_file_store();
         let mut tasks = tokio::task::JoinSet::new();
         for i in 0..200 {
             let store = store.clone();
@@ -359,9 +364,7 @@ mod tests {
 
     #[tokio::test]
     async fn file_store_errors_name_the_object_and_do_not_hang() {
-        let dir = tempfile::tempdir().unwrap();
-        let url = format!("file://{}", dir.path().display());
-        let store = ResultStore::open(&url, &BTreeMap::new()).unwrap();
+        let (dir, store) = temp_file_store();
         let missing = store.result_path("b3", "nothing");
         let err = store.get(&missing).await.unwrap_err();
         assert!(err.to_string().contains("nothing.json"), "{err}");
