@@ -7,6 +7,17 @@ use serde_json::{Value, json};
 pub fn batch_json(record: &BatchRecord, store: &ResultStore) -> Value {
     let finished = record.state.is_terminal();
     let location = |path| finished.then(|| store.display_location(&path));
+    // OpenAI's shape for a whole-batch failure, e.g. `submit_interrupted`.
+    let errors = record.failure.as_ref().map(|f| {
+        json!({"object": "list", "data": [
+            {"code": f.code, "message": f.message, "param": null, "line": null}
+        ]})
+    });
+    // A submit under way: a `validating` batch is not visible to workers until sealed.
+    let submit = record
+        .submit
+        .as_ref()
+        .map(|s| json!({"sealed": s.sealed, "lease_until_ms": s.lease_until_ms}));
     json!({
         "id": record.id,
         "object": "batch",
@@ -26,5 +37,7 @@ pub fn batch_json(record: &BatchRecord, store: &ResultStore) -> Value {
         "budget_exhausted": record.budget_exhausted_at.is_some(),
         "reserved_usd": batchyard_jobs::batch::nanos_to_usd(record.reserved_nanos),
         "task": record.task,
+        "errors": errors,
+        "submit": submit,
     })
 }

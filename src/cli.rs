@@ -207,6 +207,9 @@ pub struct SubmitArgs {
     /// Estimate instead: print tokens, cost and time, enqueue nothing
     #[arg(long)]
     pub dry_run: bool,
+    /// Continue the interrupted submit of this batch (the same input and flags)
+    #[arg(long, value_name = "BATCH")]
+    pub resume: Option<String>,
 }
 
 #[derive(Debug, Args)]

@@ -176,5 +176,10 @@ pub async fn cancel(app: &App, batch_id: &str) -> anyhow::Result<BatchRecord> {
         ))
         .into());
     }
-    Ok(app.ledger.request_cancel(batch_id).await?)
+    let after = app.ledger.request_cancel(batch_id).await?;
+    if after.state == BatchState::Cancelled && before.submit.is_some() {
+        // Cancelled while still being submitted: what it staged can never run.
+        app.queue.discard_staged(batch_id).await?;
+    }
+    Ok(after)
 }

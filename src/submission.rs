@@ -5,16 +5,24 @@
 //! first pass finds bad lines, nothing is enqueued unless `--skip-invalid` was given; then each
 //! bad line becomes an `invalid_input` outcome of its own.
 
+mod stage;
+
 use std::collections::BTreeSet;
 use std::fmt;
 
-use batchyard_jobs::batch::{BatchRecord, BatchState, RequestCounts, now_secs};
+use batchyard_jobs::batch::{BatchRecord, BatchState, RequestCounts, SubmitProgress, now_secs};
 use batchyard_jobs::input::{
     DuplicateCheck, InputError, InputOptions, InputReader, InputSource, Item,
 };
 use batchyard_jobs::job::{Job, Route, job_id_for, new_batch_id};
+use batchyard_jobs::ledger::SubmitStep;
 use batchyard_jobs::outcome::{Extension, OutputLine, codes};
+use batchyard_jobs::staging::{self, Lease};
 use bytes::Bytes;
+use sha2::{Digest, Sha256};
+
+use self::stage::Sealed;
+pub use self::stage::SubmitInterrupted;
 
 use crate::app::App;
 use crate::exit::UsageError;
@@ -33,6 +41,8 @@ pub struct SubmitRequest {
     pub no_cache: bool,
     /// OpenAI's `completion_window`: items still queued when it ends are `expired`, not run.
     pub completion_window: Option<std::time::Duration>,
+    /// Continue this batch's interrupted submit (same input) instead of starting a new one.
+    pub resume: Option<String>,
 }
 
 /// The input had bad lines and nothing was enqueued.
@@ -199,6 +209,22 @@ impl<'a> Scanner<'a> {
     }
 }
 
+/// Refuses a batch id that can't be one of ours (it names Redis keys and storage paths).
+pub fn check_batch_id(id: &str) -> Result<(), UsageError> {
+    let ok = id.starts_with("batch_")
+        && id.len() <= 64
+        && id[6..]
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+    if ok {
+        Ok(())
+    } else {
+        Err(UsageError(format!(
+            "{id:?} is not a batch id (batch_ followed by letters and digits); check it with `batchyard status`"
+        )))
+    }
+}
+
 /// Validates and enqueues one batch.
 pub async fn submit(app: &App, req: &SubmitRequest) -> anyhow::Result<Submitted> {
     submit_with_id(app, req, new_batch_id()).await
@@ -259,6 +285,7 @@ pub async fn submit_selected(
     // Pass 1: validate everything, enqueue nothing.
     let mut reader = open(app, &source, req, keep).await?;
     let (mut total, mut bad_count, mut listed) = (0u64, 0u64, Vec::new());
+    let mut fingerprint = Sha256::new();
     while let Some(read) = reader.next().await {
         if !selected(&read, keep) {
             continue;
@@ -267,8 +294,13 @@ pub async fn submit_selected(
             .check(read, total)
             .map_err(|e| UsageError(e.to_string()))?
         {
-            Checked::Job(_) => {}
+            Checked::Job(job) => {
+                fingerprint.update(serde_json::to_vec(&job)?);
+                fingerprint.update(b"\n");
+            }
             Checked::Bad(e) => {
+                fingerprint.update(e.to_string().as_bytes());
+                fingerprint.update(b"\n");
                 bad_count += 1;
                 if listed.len() < MAX_LISTED {
                     listed.push(e);
@@ -289,11 +321,113 @@ pub async fn submit_selected(
         .into());
     }
 
-    // Pass 2: the batch record first, then the jobs, chunk by chunk.
+    let fingerprint = hex::encode(fingerprint.finalize());
+    let lease_len = app.settings.queue.submit_lease;
+    let mut lease = Lease::new(app.ledger.as_ref(), &batch_id, lease_len);
+
+    // Pass 2: the batch record first (`validating`, invisible to workers), then the jobs,
+    // staged chunk by chunk, then the seal that commits the batch, then the move to the queue.
+    let record = match &req.resume {
+        Some(_) => resume_record(app, &batch_id, &fingerprint, total, &lease).await?,
+        None => {
+            let record = new_record(app, req, &batch_id, total, &fingerprint, &lease);
+            app.ledger.create(&record).await?;
+            record
+        }
+    };
+    let sealed_before = record.submit.as_ref().is_some_and(|s| s.sealed);
+    let interrupted = |staged: u64, sealed: bool, cause: String| SubmitInterrupted {
+        batch_id: batch_id.clone(),
+        input: req.input.clone(),
+        staged,
+        total,
+        sealed,
+        cause,
+    };
+    if !sealed_before {
+        // Every real id is in here now: a made-up id for a line without one must not take one.
+        let mut taken = std::mem::take(&mut builder.dups);
+        let mut reader = open(app, &source, req, keep).await?;
+        let mut chunk = Vec::with_capacity(CHUNK);
+        let (mut seq, mut chunk_no) = (0u64, 0u64);
+        let mut staged = 0u64;
+        let mut taken_from_us = false;
+        while let Some(read) = reader.next().await {
+            if !selected(&read, keep) {
+                continue;
+            }
+            match builder
+                .check(read, seq)
+                .map_err(|e| UsageError(e.to_string()))?
+            {
+                Checked::Job(job) => chunk.push(job),
+                Checked::Bad(e) => {
+                    record_invalid(app, &batch_id, seq, &e, &mut taken)
+                        .await
+                        .map_err(|e| interrupted(staged, false, format!("{e:#}")))?;
+                }
+            }
+            seq += 1;
+            if chunk.len() >= CHUNK {
+                match stage::stage(app.queue.as_ref(), &mut lease, chunk_no, &chunk).await {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        taken_from_us = true;
+                        break;
+                    }
+                    Err(e) => return Err(interrupted(staged, false, e.to_string()).into()),
+                }
+                staged += chunk.len() as u64;
+                chunk_no += 1;
+                chunk.clear();
+            }
+        }
+        if !taken_from_us && !chunk.is_empty() {
+            match stage::stage(app.queue.as_ref(), &mut lease, chunk_no, &chunk).await {
+                Ok(true) => {}
+                Ok(false) => taken_from_us = true,
+                Err(e) => return Err(interrupted(staged, false, e.to_string()).into()),
+            }
+        }
+        if taken_from_us {
+            return Err(taken_error(app, &batch_id).await);
+        }
+        match stage::seal(app.ledger.as_ref(), &lease).await {
+            Ok(Sealed::Yes) => {}
+            Ok(Sealed::Not(BatchState::Cancelled)) => {
+                return Err(taken_error(app, &batch_id).await);
+            }
+            // Every item was a bad line: the batch finished without a job to run.
+            Ok(Sealed::Not(_)) => {}
+            Err(e) => return Err(interrupted(staged, false, e.to_string()).into()),
+        }
+    }
+    staging::publish(
+        app.ledger.as_ref(),
+        app.queue.as_ref(),
+        &batch_id,
+        Some(&mut lease),
+    )
+    .await
+    .map_err(|e| interrupted(total, true, e.to_string()))?;
+    let record = app.ledger.get(&batch_id).await?.unwrap_or(record);
+    let invalid = bad_count;
+    tracing::info!(batch_id = %batch_id, total, invalid, "batch submitted");
+    Ok(Submitted { record, invalid })
+}
+
+fn new_record(
+    app: &App,
+    req: &SubmitRequest,
+    batch_id: &str,
+    total: u64,
+    fingerprint: &str,
+    lease: &Lease<'_>,
+) -> BatchRecord {
     let created_at = now_secs();
-    let record = BatchRecord {
-        id: batch_id.clone(),
-        state: BatchState::InProgress,
+    BatchRecord {
+        id: batch_id.to_string(),
+        state: BatchState::Validating,
         counts: RequestCounts {
             total,
             completed: 0,
@@ -304,7 +438,7 @@ pub async fn submit_selected(
         task: req.task.clone(),
         storage_url: app.store.url().to_string(),
         created_at,
-        in_progress_at: Some(created_at),
+        in_progress_at: None,
         finalizing_at: None,
         completed_at: None,
         cancel_requested_at: None,
@@ -315,40 +449,77 @@ pub async fn submit_selected(
         expires_at: req
             .completion_window
             .map(|w| created_at.saturating_add(w.as_secs() + u64::from(w.subsec_nanos() > 0))),
+        submit: Some(SubmitProgress {
+            lease_until_ms: lease.until_ms(),
+            fingerprint: fingerprint.to_string(),
+            sealed: false,
+        }),
+        failure: None,
+    }
+}
+
+/// Takes up an interrupted submit: the same input (by fingerprint), not finished yet.
+async fn resume_record(
+    app: &App,
+    batch_id: &str,
+    fingerprint: &str,
+    total: u64,
+    lease: &Lease<'_>,
+) -> anyhow::Result<BatchRecord> {
+    let Some(record) = app.ledger.get(batch_id).await? else {
+        return Err(UsageError(format!(
+            "--resume {batch_id}: no such batch; check the id with `batchyard status`"
+        ))
+        .into());
     };
-    app.ledger.create(&record).await?;
-    // Every real id is in here now: a made-up id for a line without one must not take one.
-    let mut taken = std::mem::take(&mut builder.dups);
-    let mut reader = open(app, &source, req, keep).await?;
-    let mut chunk = Vec::with_capacity(CHUNK);
-    let (mut seq, mut chunk_no, mut invalid) = (0u64, 0u64, 0u64);
-    while let Some(read) = reader.next().await {
-        if !selected(&read, keep) {
-            continue;
-        }
-        match builder
-            .check(read, seq)
-            .map_err(|e| UsageError(e.to_string()))?
-        {
-            Checked::Job(job) => chunk.push(job),
-            Checked::Bad(e) => {
-                invalid += 1;
-                record_invalid(app, &batch_id, seq, &e, &mut taken).await?;
-            }
-        }
-        seq += 1;
-        if chunk.len() >= CHUNK {
-            app.queue.enqueue_chunk(&batch_id, chunk_no, &chunk).await?;
-            chunk_no += 1;
-            chunk.clear();
-        }
+    let Some(submit) = &record.submit else {
+        return Err(UsageError(format!(
+            "--resume {batch_id}: the batch is {} and its submit is not unfinished; nothing to resume",
+            record.state.as_str()
+        ))
+        .into());
+    };
+    if submit.fingerprint != fingerprint || record.counts.total != total {
+        return Err(UsageError(format!(
+            "--resume {batch_id}: this input is not the one first submitted as {batch_id} \
+             (its items differ); resume with the same input and flags, or submit it as a new batch"
+        ))
+        .into());
     }
-    if !chunk.is_empty() {
-        app.queue.enqueue_chunk(&batch_id, chunk_no, &chunk).await?;
+    if submit.sealed {
+        return Ok(record);
     }
-    let record = app.ledger.get(&batch_id).await?.unwrap_or(record);
-    tracing::info!(batch_id = %batch_id, total, invalid, "batch submitted");
-    Ok(Submitted { record, invalid })
+    let resumed = app
+        .ledger
+        .submit_step(
+            batch_id,
+            SubmitStep::Resume {
+                lease_until_ms: lease.until_ms(),
+            },
+        )
+        .await?;
+    if !resumed {
+        return Err(UsageError(format!(
+            "--resume {batch_id}: the batch is {} and can't be resumed",
+            record.state.as_str()
+        ))
+        .into());
+    }
+    Ok(app.ledger.get(batch_id).await?.unwrap_or(record))
+}
+
+/// The batch stopped being this submit's while it staged: cancelled, or ended by a sweep.
+async fn taken_error(app: &App, batch_id: &str) -> anyhow::Error {
+    if let Err(e) = app.queue.discard_staged(batch_id).await {
+        tracing::warn!(batch_id, error = %e, "cannot drop the staged jobs of a batch that ended while submitting");
+    }
+    let state = match app.ledger.get(batch_id).await {
+        Ok(Some(r)) => r.state.as_str().to_string(),
+        _ => "gone".to_string(),
+    };
+    anyhow::anyhow!(
+        "batch {batch_id} ended ({state}) while it was being submitted; nothing of it ran; submit the input again"
+    )
 }
 
 /// Writes a bad line's outcome and counts it, so it lands in `errors.jsonl`.

@@ -92,6 +92,39 @@ pub struct BatchRecord {
     /// `expired` without a call, and the batch as `expired`. `None`: no window.
     #[serde(default)]
     pub expires_at: Option<u64>,
+    /// While `submit` stages the input (state `validating`) and publishes it: who may still
+    /// finish it, and which input it was. `None` once every job is visible to workers.
+    #[serde(default)]
+    pub submit: Option<SubmitProgress>,
+    /// Why the batch ended `failed` as a whole (OpenAI's `errors`), e.g. `submit_interrupted`.
+    #[serde(default)]
+    pub failure: Option<BatchFailure>,
+}
+
+/// A submission under way: the batch becomes visible to workers only once it is sealed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SubmitProgress {
+    /// The submitter renews this (Unix ms); once it lapses a sweeper ends or finishes the
+    /// submission, so a submit killed without a word never leaves the batch waiting.
+    pub lease_until_ms: u64,
+    /// SHA-256 over the validated items, so `--resume` refuses an input that changed.
+    pub fingerprint: String,
+    /// Sealed: every job is staged and the batch only waits for them to be moved to the
+    /// queue, which anyone may finish.
+    pub sealed: bool,
+}
+
+/// A whole-batch failure, with a typed code.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BatchFailure {
+    pub code: String,
+    pub message: String,
+}
+
+/// Batch-level failure codes.
+pub mod failure_codes {
+    /// `submit` stopped before the whole input was staged; nothing of the batch ran.
+    pub const SUBMIT_INTERRUPTED: &str = "submit_interrupted";
 }
 
 impl BatchRecord {

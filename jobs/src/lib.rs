@@ -10,6 +10,8 @@
 //! - [`queue`]: the [`queue::Queue`] trait, an in-process queue and the Redis Streams queue.
 //! - [`ledger`]: the [`ledger::Ledger`] trait: counts, spend and state of each batch, with an
 //!   exactly-once settlement per job and exactly one finalizer per batch.
+//! - [`staging`]: a submission's jobs kept apart until the whole input is in, then published;
+//!   what a sweep does with a submit that went silent.
 //! - [`storage`]: the object-storage layout of results (`batches/<id>/...`).
 //! - [`outcome`]: the output line format (OpenAI batch output plus a `batchyard` object).
 //! - [`redis_conn`]: opening a self-healing Redis connection.
@@ -23,4 +25,5 @@ pub mod ledger;
 pub mod outcome;
 pub mod queue;
 pub mod redis_conn;
+pub mod staging;
 pub mod storage;

@@ -34,6 +34,8 @@ fn record(id: &str, total: u64) -> BatchRecord {
         budget_exhausted_at: None,
         no_cache: false,
         expires_at: None,
+        submit: None,
+        failure: None,
     }
 }
 

@@ -94,6 +94,7 @@ pub async fn create(
         skip_invalid: false,
         no_cache: false,
         completion_window: Some(state.completion_window),
+        resume: None,
     };
     // A task of its own: a client that hangs up must not stop a submission half-way.
     let app = std::sync::Arc::clone(&state.app);
@@ -190,6 +191,8 @@ async fn record_failed(
             api.created_at
                 .saturating_add(state.completion_window.as_secs()),
         ),
+        submit: None,
+        failure: None,
     };
     ledger.create(&record).await?;
     // Stamps the end time, which `create` does not store.

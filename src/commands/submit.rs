@@ -17,7 +17,15 @@ pub async fn submit(
     }
     let settings = super::load_settings(config, env)?;
     let app = App::connect(settings, None, false, "submit").await?;
-    let submitted = crate::submission::submit(&app, &super::submit_request(&args.input)).await?;
+    let mut req = super::submit_request(&args.input);
+    let submitted = match &args.resume {
+        Some(batch_id) => {
+            crate::submission::check_batch_id(batch_id)?;
+            req.resume = Some(batch_id.clone());
+            crate::submission::submit_with_id(&app, &req, batch_id.clone()).await?
+        }
+        None => crate::submission::submit(&app, &req).await?,
+    };
     let record = &submitted.record;
     if args.input.json {
         println!("{}", batch_json(record, &app.store));

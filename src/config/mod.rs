@@ -349,7 +349,16 @@ impl Settings {
                     Duration::from_secs(h * 3600)
                 }),
             promote_chunk: defaults.promote_chunk,
+            submit_lease: q
+                .submit_lease_secs
+                .map_or(defaults.submit_lease, Duration::from_secs),
         };
+        if queue.submit_lease < Duration::from_secs(2) {
+            return Err(err(
+                "queue.submit_lease_secs",
+                "must be at least 2 (the submitter renews it every third of it)".into(),
+            ));
+        }
         if queue.visibility_timeout.is_zero() {
             return Err(err(
                 "queue.visibility_timeout_secs",
@@ -460,6 +469,7 @@ fn check_durations(raw: &RawConfig) -> Result<(), (String, String)> {
             q.visibility_timeout_secs,
             MAX_SECS,
         ),
+        ("queue.submit_lease_secs", q.submit_lease_secs, MAX_SECS),
         (
             "queue.dead_letter_retention_hours",
             q.dead_letter_retention_hours,

@@ -46,6 +46,8 @@ pub struct RawQueue {
     pub dead_letter_retention_hours: Option<u64>,
     /// Deliveries of a job after transient failures before it becomes a dead letter.
     pub max_attempts: Option<u32>,
+    /// How long a submit may go silent before its unfinished batch ends `submit_interrupted`.
+    pub submit_lease_secs: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -194,6 +194,7 @@ async fn submit_new(
         skip_invalid: true,
         no_cache: false,
         completion_window: None,
+        resume: None,
     };
     let submitted = submit_selected(app, &req, new_batch_id(), Some(&keep)).await?;
     write_origin(app, pipeline, trigger, &submitted.record.id, &chosen).await;

@@ -29,6 +29,8 @@ pub struct Options {
     pub small_extra: String,
     /// The result cache across batches. Off by default so that call counts equal item counts.
     pub cache: bool,
+    /// `[queue] submit_lease_secs`: how soon a silent submit's batch is ended.
+    pub submit_lease_secs: u64,
 }
 
 impl Default for Options {
@@ -42,6 +44,7 @@ impl Default for Options {
             extra_toml: String::new(),
             small_extra: String::new(),
             cache: false,
+            submit_lease_secs: 120,
         }
     }
 }
@@ -105,6 +108,7 @@ redis_url = "{redis}"
 visibility_timeout_secs = {visibility_secs}
 max_reclaims = 3
 max_attempts = {max_attempts}
+submit_lease_secs = {submit_lease_secs}
 
 [storage]
 url = "{storage_url}"
@@ -160,6 +164,7 @@ max_output_tokens = 300
                 extra = opts.extra_toml,
                 small_extra = opts.small_extra,
                 cache = opts.cache,
+                submit_lease_secs = opts.submit_lease_secs,
             ),
         )
         .unwrap();

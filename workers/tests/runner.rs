@@ -135,6 +135,8 @@ async fn start_batch(rig: &Rig, id: &str, jobs: &[Job], budget: Option<f64>) {
             budget_exhausted_at: None,
             no_cache: false,
             expires_at: None,
+            submit: None,
+            failure: None,
         })
         .await
         .unwrap();

@@ -6,8 +6,8 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use tokio::sync::Mutex;
 
-use super::{Ledger, Reservation, Settlement};
-use crate::batch::{BatchRecord, BatchState, now_secs, usd_to_nanos};
+use super::{Ledger, Reservation, Settlement, SubmitStep};
+use crate::batch::{BatchFailure, BatchRecord, BatchState, failure_codes, now_secs, usd_to_nanos};
 use crate::error::QueueError;
 
 #[derive(Default)]
@@ -169,7 +169,12 @@ impl Ledger for MemoryLedger {
             .get_mut(batch_id)
             .and_then(|e| e.record.as_mut())
             .ok_or_else(|| QueueError::BatchNotFound(batch_id.to_string()))?;
-        if !record.state.is_terminal() && record.state != BatchState::Finalizing {
+        let unsealed = record.submit.as_ref().is_none_or(|s| !s.sealed);
+        if record.state == BatchState::Validating && unsealed {
+            // Still being submitted: nothing of it is visible to workers, so it ends now.
+            record.cancel_requested_at.get_or_insert(now_secs());
+            stamp(record, BatchState::Cancelled, now_secs());
+        } else if !record.state.is_terminal() && record.state != BatchState::Finalizing {
             record.state = BatchState::Cancelling;
             record.cancel_requested_at.get_or_insert(now_secs());
         }
@@ -259,6 +264,77 @@ impl Ledger for MemoryLedger {
         record.budget_usd = budget_usd;
         record.budget_exhausted_at = None;
         Ok(())
+    }
+
+    async fn submit_step(&self, batch_id: &str, step: SubmitStep<'_>) -> Result<bool, QueueError> {
+        let mut batches = self.batches.lock().await;
+        let entry = batches
+            .get_mut(batch_id)
+            .ok_or_else(|| QueueError::BatchNotFound(batch_id.to_string()))?;
+        let record = entry.record_mut(batch_id)?;
+        let validating = record.state == BatchState::Validating;
+        let applied = match step {
+            SubmitStep::Renew { lease_until_ms } => match record.submit.as_mut() {
+                Some(s) if validating || s.sealed => {
+                    s.lease_until_ms = lease_until_ms;
+                    true
+                }
+                _ => false,
+            },
+            SubmitStep::Seal { lease_until_ms } if validating => {
+                stamp(record, BatchState::InProgress, now_secs());
+                if let Some(s) = record.submit.as_mut() {
+                    s.sealed = true;
+                    s.lease_until_ms = lease_until_ms;
+                }
+                true
+            }
+            SubmitStep::Published => {
+                record.submit = None;
+                true
+            }
+            SubmitStep::Interrupted { now_ms, message }
+                if validating
+                    && record
+                        .submit
+                        .as_ref()
+                        .is_none_or(|s| s.lease_until_ms <= now_ms) =>
+            {
+                stamp(record, BatchState::Failed, now_secs());
+                record.failure = Some(BatchFailure {
+                    code: failure_codes::SUBMIT_INTERRUPTED.into(),
+                    message: message.into(),
+                });
+                entry.settled = Vec::new();
+                entry.drop_reservations();
+                true
+            }
+            SubmitStep::Resume { lease_until_ms }
+                if validating
+                    || (record.state == BatchState::Failed
+                        && record
+                            .failure
+                            .as_ref()
+                            .is_some_and(|f| f.code == failure_codes::SUBMIT_INTERRUPTED)) =>
+            {
+                record.state = BatchState::Validating;
+                record.failure = None;
+                record.completed_at = None;
+                record.finalizing_at = None;
+                record.counts.completed = 0;
+                record.counts.failed = 0;
+                record.spent_nanos = 0;
+                if let Some(s) = record.submit.as_mut() {
+                    s.lease_until_ms = lease_until_ms;
+                    s.sealed = false;
+                }
+                entry.settled = Vec::new();
+                entry.drop_reservations();
+                true
+            }
+            _ => false,
+        };
+        Ok(applied)
     }
 
     async fn list(&self, limit: usize) -> Result<Vec<BatchRecord>, QueueError> {

@@ -54,6 +54,25 @@ pub enum Reservation {
     },
 }
 
+/// One step of a submission's life. A batch is `validating` while its input is staged,
+/// invisible to workers; sealing makes it `in_progress`. A submit that stops before sealing
+/// (Redis gone, process killed) ends `failed` with `submit_interrupted` once its lease
+/// lapses, unless `--resume` takes it up again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SubmitStep<'a> {
+    /// Extends the submitter's lease (while `validating`, or sealed and still publishing).
+    Renew { lease_until_ms: u64 },
+    /// Every job is staged: `validating` -> `in_progress`, sealed.
+    Seal { lease_until_ms: u64 },
+    /// Every staged job is in the queue: the submission's bookkeeping goes.
+    Published,
+    /// `validating` with its lease lapsed before `now_ms` -> `failed` (`submit_interrupted`).
+    Interrupted { now_ms: u64, message: &'a str },
+    /// `validating`, or `failed` with `submit_interrupted` -> `validating` with a new lease
+    /// and the counts reset (nothing of an unsealed batch ran).
+    Resume { lease_until_ms: u64 },
+}
+
 #[async_trait]
 pub trait Ledger: Send + Sync {
     /// Writes a new batch record. Done before its first job is enqueued.
@@ -120,6 +139,10 @@ pub trait Ledger: Send + Sync {
 
     /// Sets the batch budget (`None`: no limit) and clears the budget-exhausted mark.
     async fn set_budget(&self, batch_id: &str, budget_usd: Option<f64>) -> Result<(), QueueError>;
+
+    /// Applies one step of a submission; `Ok(false)` when the batch is not in a state it
+    /// applies to (say, a sweeper already ended it).
+    async fn submit_step(&self, batch_id: &str, step: SubmitStep<'_>) -> Result<bool, QueueError>;
 
     /// The newest batches, newest first.
     async fn list(&self, limit: usize) -> Result<Vec<BatchRecord>, QueueError>;

@@ -15,8 +15,10 @@ use async_trait::async_trait;
 use redis::aio::ConnectionManager;
 use redis::{AsyncCommands, Script};
 
-use super::{Ledger, Reservation, Settlement};
-use crate::batch::{BatchRecord, BatchState, RequestCounts, now_secs};
+use super::{Ledger, Reservation, Settlement, SubmitStep};
+use crate::batch::{
+    BatchFailure, BatchRecord, BatchState, RequestCounts, SubmitProgress, now_secs,
+};
 use crate::error::QueueError;
 
 const INDEX_KEY: &str = "by:batches";
@@ -68,6 +70,13 @@ return {1, 0}
 const CANCEL_LUA: &str = r#"
 if redis.call('EXISTS', KEYS[1]) == 0 then return false end
 local state = redis.call('HGET', KEYS[1], 'state')
+if state == 'validating' and redis.call('HGET', KEYS[1], 'sealed') ~= '1' then
+  -- Still being submitted: nothing of it is visible to workers, so it ends now.
+  redis.call('HSET', KEYS[1], 'state', 'cancelled', 'completed_at', ARGV[1])
+  redis.call('HSETNX', KEYS[1], 'cancel_requested_at', ARGV[1])
+  redis.call('HDEL', KEYS[1], 'submit_lease_until_ms')
+  return 'cancelled'
+end
 if state == 'validating' or state == 'in_progress' or state == 'cancelling' then
   redis.call('HSET', KEYS[1], 'state', 'cancelling')
   redis.call('HSETNX', KEYS[1], 'cancel_requested_at', ARGV[1])
@@ -94,6 +103,7 @@ return 1
 pub struct RedisLedger {
     conn: ConnectionManager,
     settle: Script,
+    submit: Script,
     budget: Arc<budget::Scripts>,
 }
 
@@ -102,6 +112,7 @@ impl RedisLedger {
         Self {
             conn,
             settle: Script::new(SETTLE_LUA),
+            submit: Script::new(include_str!("redis/submit.lua")),
             budget: Arc::new(budget::Scripts::new()),
         }
     }
@@ -137,6 +148,15 @@ fn parse_record(id: &str, map: &HashMap<String, String>) -> Option<BatchRecord> 
         budget_exhausted_at: num("budget_exhausted_at"),
         no_cache: map.get("no_cache").is_some_and(|v| v == "1"),
         expires_at: num("expires_at"),
+        submit: map.get("fingerprint").map(|fingerprint| SubmitProgress {
+            lease_until_ms: num("submit_lease_until_ms").unwrap_or(0),
+            fingerprint: fingerprint.clone(),
+            sealed: map.get("sealed").is_some_and(|v| v == "1"),
+        }),
+        failure: map.get("failure_code").map(|code| BatchFailure {
+            code: code.clone(),
+            message: map.get("failure_message").cloned().unwrap_or_default(),
+        }),
     })
 }
 
@@ -178,6 +198,17 @@ impl Ledger for RedisLedger {
         }
         if let Some(at) = record.expires_at {
             fields.push(("expires_at", at.to_string()));
+        }
+        if let Some(submit) = &record.submit {
+            fields.push(("fingerprint", submit.fingerprint.clone()));
+            fields.push(("submit_lease_until_ms", submit.lease_until_ms.to_string()));
+            if submit.sealed {
+                fields.push(("sealed", "1".to_string()));
+            }
+        }
+        if let Some(failure) = &record.failure {
+            fields.push(("failure_code", failure.code.clone()));
+            fields.push(("failure_message", failure.message.clone()));
         }
         let mut conn = self.conn.clone();
         redis::pipe()
@@ -336,6 +367,33 @@ impl Ledger for RedisLedger {
         self.budget
             .set_budget(&mut conn, batch_id, budget_usd)
             .await
+    }
+
+    async fn submit_step(&self, batch_id: &str, step: SubmitStep<'_>) -> Result<bool, QueueError> {
+        let (name, ms, message) = match step {
+            SubmitStep::Renew { lease_until_ms } => ("renew", lease_until_ms, ""),
+            SubmitStep::Seal { lease_until_ms } => ("seal", lease_until_ms, ""),
+            SubmitStep::Published => ("published", 0, ""),
+            SubmitStep::Interrupted { now_ms, message } => ("interrupted", now_ms, message),
+            SubmitStep::Resume { lease_until_ms } => ("resume", lease_until_ms, ""),
+        };
+        let mut conn = self.conn.clone();
+        let applied: i64 = self
+            .submit
+            .key(record_key(batch_id))
+            .key(settled_key(batch_id))
+            .key(resv_key(batch_id))
+            .key(lease_key(batch_id))
+            .arg(name)
+            .arg(ms)
+            .arg(now_secs())
+            .arg(message)
+            .invoke_async(&mut conn)
+            .await?;
+        match applied {
+            -1 => Err(QueueError::BatchNotFound(batch_id.to_string())),
+            n => Ok(n == 1),
+        }
     }
 
     async fn list(&self, limit: usize) -> Result<Vec<BatchRecord>, QueueError> {

@@ -43,6 +43,8 @@ struct State {
     delayed: BTreeMap<(Instant, u64), Job>,
     dead: VecDeque<(Instant, DeadLetter)>,
     high_water: HashMap<String, u64>,
+    /// Jobs of batches being submitted, not yet visible to `claim`.
+    staged: HashMap<String, VecDeque<Job>>,
 }
 
 impl State {
@@ -201,6 +203,89 @@ impl Queue for MemoryQueue {
             }));
         }
         self.notify.notify_waiters();
+        Ok(())
+    }
+
+    async fn extend(
+        &self,
+        _consumer: &str,
+        held: &[(String, u64)],
+    ) -> Result<Vec<String>, QueueError> {
+        let mut state = self.state.lock().await;
+        let deadline = Instant::now() + self.opts.visibility_timeout;
+        let mut lost = Vec::new();
+        for (handle, deliveries) in held {
+            let id: Option<u64> = handle.parse().ok();
+            // A reclaim keeps the handle and raises the count: a different count is another
+            // consumer's delivery.
+            match id.and_then(|id| {
+                state
+                    .in_flight
+                    .get(&id)
+                    .map(|e| (id, e.deliveries, e.deadline))
+            }) {
+                Some((id, n, old)) if n == *deliveries => {
+                    state.expiries.remove(&(old, id));
+                    state.expiries.insert((deadline, id), ());
+                    if let Some(entry) = state.in_flight.get_mut(&id) {
+                        entry.deadline = deadline;
+                    }
+                }
+                _ => lost.push(handle.clone()),
+            }
+        }
+        Ok(lost)
+    }
+
+    async fn stage_chunk(
+        &self,
+        batch_id: &str,
+        chunk_no: u64,
+        jobs: &[Job],
+    ) -> Result<(), QueueError> {
+        let mut state = self.state.lock().await;
+        if state
+            .high_water
+            .get(batch_id)
+            .is_some_and(|&hwm| chunk_no <= hwm)
+        {
+            return Ok(());
+        }
+        state.high_water.insert(batch_id.to_string(), chunk_no);
+        state
+            .staged
+            .entry(batch_id.to_string())
+            .or_default()
+            .extend(jobs.iter().cloned());
+        Ok(())
+    }
+
+    async fn publish_staged(&self, batch_id: &str, max: usize) -> Result<u64, QueueError> {
+        let moved = {
+            let mut state = self.state.lock().await;
+            let Some(staged) = state.staged.get_mut(batch_id) else {
+                return Ok(0);
+            };
+            let take: Vec<Job> = staged.drain(..max.max(1).min(staged.len())).collect();
+            if staged.is_empty() {
+                state.staged.remove(batch_id);
+            }
+            let moved = take.len() as u64;
+            state
+                .pending
+                .extend(take.into_iter().map(|job| Waiting { job, deliveries: 0 }));
+            moved
+        };
+        if moved > 0 {
+            self.notify.notify_waiters();
+        }
+        Ok(moved)
+    }
+
+    async fn discard_staged(&self, batch_id: &str) -> Result<(), QueueError> {
+        let mut state = self.state.lock().await;
+        state.staged.remove(batch_id);
+        state.high_water.remove(batch_id);
         Ok(())
     }
 

@@ -59,6 +59,9 @@ pub struct QueueOptions {
     pub dead_letter_retention: Duration,
     /// At most this many delayed jobs are promoted per step.
     pub promote_chunk: usize,
+    /// A submit renews its batch's lease every third of this; once it lapses, a worker's
+    /// sweep ends the unsealed batch as `submit_interrupted` (or finishes publishing it).
+    pub submit_lease: Duration,
 }
 
 impl Default for QueueOptions {
@@ -69,6 +72,7 @@ impl Default for QueueOptions {
             max_reclaims: 3,
             dead_letter_retention: Duration::from_secs(7 * 24 * 3600),
             promote_chunk: 1000,
+            submit_lease: Duration::from_secs(120),
         }
     }
 }
@@ -94,6 +98,23 @@ pub trait Queue: Send + Sync {
         jobs: &[Job],
     ) -> Result<(), QueueError>;
 
+    /// Stages one chunk of a batch being submitted: kept apart and invisible to workers until
+    /// [`Queue::publish_staged`], so a submit cut off halfway leaves nothing that can run.
+    /// Idempotent per `(batch_id, chunk_no)` and ordered like [`Queue::enqueue_chunk`].
+    async fn stage_chunk(
+        &self,
+        batch_id: &str,
+        chunk_no: u64,
+        jobs: &[Job],
+    ) -> Result<(), QueueError>;
+
+    /// Moves at most `max` staged jobs of a sealed batch into the queue, oldest first; returns
+    /// how many moved (0: none left). Each step is atomic, so any process may finish it.
+    async fn publish_staged(&self, batch_id: &str, max: usize) -> Result<u64, QueueError>;
+
+    /// Drops a batch's staged jobs and its enqueue high-water mark (an abandoned submit).
+    async fn discard_staged(&self, batch_id: &str) -> Result<(), QueueError>;
+
     /// Claims up to `max` jobs for `consumer`, waiting up to `block` for one to arrive.
     /// Reclaims jobs of dead consumers and promotes due delayed jobs along the way.
     async fn claim(
@@ -102,6 +123,15 @@ pub trait Queue: Send + Sync {
         max: usize,
         block: Duration,
     ) -> Result<Vec<Delivery>, QueueError>;
+
+    /// Heartbeat: keeps the deliveries `consumer` still holds (`(handle, deliveries)` pairs)
+    /// claimed for another visibility timeout, so a long call is never reclaimed while its
+    /// worker lives. Returns the handles it no longer holds (another consumer reclaimed them).
+    async fn extend(
+        &self,
+        consumer: &str,
+        held: &[(String, u64)],
+    ) -> Result<Vec<String>, QueueError>;
 
     /// Marks a delivery done and forgets it.
     async fn ack(&self, delivery: &Delivery) -> Result<(), QueueError>;

@@ -8,6 +8,7 @@
 //! | `enq` | hash | per-batch high-water mark of applied chunks (idempotent enqueue) |
 //! | `delayed` | zset, score = due epoch ms | `<entry id>\|<job JSON>` waiting for a retry delay |
 //! | `dead` | zset, score = epoch ms | [`DeadLetter`] JSON, trimmed to the retention |
+//! | `staged:<batch>` | list | job JSON of a batch being submitted, not yet visible to workers |
 //!
 //! Acks delete the entry, so `XLEN` is pending plus in flight and depth is exact. Every
 //! multi-step change is one Lua script (see `scripts/`), so a retry after a client timeout
@@ -139,6 +140,10 @@ impl RedisQueue {
         }
     }
 
+    fn staged_key(&self, batch_id: &str) -> String {
+        format!("by:{{{}}}:staged:{batch_id}", self.opts.name)
+    }
+
     /// Forgets a batch's enqueue high-water mark. Call after the batch is finalized.
     pub async fn forget_batch(&self, batch_id: &str) -> Result<(), QueueError> {
         let mut conn = self.conn.clone();
@@ -215,6 +220,48 @@ impl Queue for RedisQueue {
         Ok(())
     }
 
+    async fn stage_chunk(
+        &self,
+        batch_id: &str,
+        chunk_no: u64,
+        jobs: &[Job],
+    ) -> Result<(), QueueError> {
+        let mut invocation = self.scripts.stage.key(self.staged_key(batch_id));
+        invocation.key(&self.enq).arg(batch_id).arg(chunk_no);
+        for job in jobs {
+            let json = serde_json::to_vec(job)
+                .map_err(|e| QueueError::Decode(format!("job could not be encoded: {e}")))?;
+            invocation.arg(json);
+        }
+        let mut conn = self.conn.clone();
+        let _: i64 = invocation.invoke_async(&mut conn).await?;
+        Ok(())
+    }
+
+    async fn publish_staged(&self, batch_id: &str, max: usize) -> Result<u64, QueueError> {
+        let mut conn = self.conn.clone();
+        let moved: u64 = self
+            .scripts
+            .publish
+            .key(self.staged_key(batch_id))
+            .key(&self.stream)
+            .arg(max.max(1))
+            .invoke_async(&mut conn)
+            .await?;
+        Ok(moved)
+    }
+
+    async fn discard_staged(&self, batch_id: &str) -> Result<(), QueueError> {
+        let mut conn = self.conn.clone();
+        redis::pipe()
+            .atomic()
+            .del(self.staged_key(batch_id))
+            .hdel(&self.enq, batch_id)
+            .query_async::<()>(&mut conn)
+            .await?;
+        Ok(())
+    }
+
     async fn claim(
         &self,
         consumer: &str,
@@ -222,6 +269,23 @@ impl Queue for RedisQueue {
         block: Duration,
     ) -> Result<Vec<Delivery>, QueueError> {
         self.claim_loop(consumer, max, block).await
+    }
+
+    async fn extend(
+        &self,
+        consumer: &str,
+        held: &[(String, u64)],
+    ) -> Result<Vec<String>, QueueError> {
+        if held.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut invocation = self.scripts.extend.key(&self.stream);
+        invocation.arg(GROUP).arg(consumer);
+        for (handle, _) in held {
+            invocation.arg(handle);
+        }
+        let mut conn = self.conn.clone();
+        Ok(invocation.invoke_async(&mut conn).await?)
     }
 
     async fn ack(&self, delivery: &Delivery) -> Result<(), QueueError> {

@@ -105,6 +105,8 @@ pub fn record(id: &str, budget_usd: Option<f64>) -> BatchRecord {
         budget_exhausted_at: None,
         no_cache: false,
         expires_at: None,
+        submit: None,
+        failure: None,
     }
 }
 

@@ -192,6 +192,8 @@ mod tests {
             budget_exhausted_at: None,
             no_cache: false,
             expires_at: Some(100 + WINDOW_SECS),
+            submit: None,
+            failure: None,
         }
     }
 

@@ -79,6 +79,8 @@ mod tests {
             budget_exhausted_at: None,
             no_cache: false,
             expires_at: None,
+            submit: None,
+            failure: None,
         }
     }
 

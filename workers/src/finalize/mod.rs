@@ -397,6 +397,8 @@ mod tests {
             budget_exhausted_at: None,
             no_cache: false,
             expires_at: Some(2),
+            submit: None,
+            failure: None,
         };
         ledger.create(&record).await.unwrap();
         for (i, line) in lines.iter().enumerate() {

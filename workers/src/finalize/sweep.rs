@@ -2,13 +2,15 @@
 //! finalizes it; if that worker is killed while writing, its lease lapses ([`super::LEASE`])
 //! and nothing else would ever ask again. Every worker therefore looks, now and then, for
 //! recent batches with every item settled but no terminal state, and finalizes them under the
-//! same lease, so at most one writes at a time.
+//! same lease, so at most one writes at a time. The same look ends or finishes submissions
+//! whose submitter went silent (see `batchyard_jobs::staging`).
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use batchyard_jobs::batch::{BatchRecord, BatchState};
 use batchyard_jobs::queue::Queue;
+use batchyard_jobs::staging;
 use tokio_util::sync::CancellationToken;
 
 use super::{FinalizeError, Finalizer};
@@ -31,6 +33,12 @@ fn orphaned(record: &BatchRecord) -> bool {
 pub async fn sweep_once(finalizer: &Finalizer, queue: &dyn Queue) -> Result<usize, FinalizeError> {
     let mut finished = 0;
     for record in finalizer.ledger.list(SCAN).await? {
+        if record.submit.is_some() {
+            // A submit that went silent: finish publishing a sealed batch, or end an unsealed
+            // one as submit_interrupted, so no batch waits for a submitter that is gone.
+            staging::settle_abandoned(finalizer.ledger.as_ref(), queue, &record).await?;
+            continue;
+        }
         if !orphaned(&record) {
             continue;
         }
@@ -97,6 +105,8 @@ mod tests {
             budget_exhausted_at: None,
             no_cache: false,
             expires_at: None,
+            submit: None,
+            failure: None,
         }
     }
 

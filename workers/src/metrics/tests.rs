@@ -25,6 +25,8 @@ fn record(total: u64, settled: u64, in_progress_at: Option<u64>) -> BatchRecord 
         budget_exhausted_at: None,
         no_cache: false,
         expires_at: None,
+        submit: None,
+        failure: None,
     }
 }
 

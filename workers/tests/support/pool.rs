@@ -107,6 +107,22 @@ impl Queue for TestQueue {
         self.inner.enqueue_chunk(b, no, jobs).await
     }
 
+    async fn stage_chunk(&self, b: &str, no: u64, jobs: &[Job]) -> Result<(), QueueError> {
+        self.inner.stage_chunk(b, no, jobs).await
+    }
+
+    async fn publish_staged(&self, b: &str, max: usize) -> Result<u64, QueueError> {
+        self.inner.publish_staged(b, max).await
+    }
+
+    async fn discard_staged(&self, b: &str) -> Result<(), QueueError> {
+        self.inner.discard_staged(b).await
+    }
+
+    async fn extend(&self, c: &str, held: &[(String, u64)]) -> Result<Vec<String>, QueueError> {
+        self.inner.extend(c, held).await
+    }
+
     async fn claim(
         &self,
         consumer: &str,

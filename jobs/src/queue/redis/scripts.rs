@@ -7,6 +7,9 @@ use redis::Script;
 /// again after a restart, through `EVALSHA` falling back on `NOSCRIPT`).
 pub(super) struct Scripts {
     pub enqueue: Script,
+    pub stage: Script,
+    pub publish: Script,
+    pub extend: Script,
     pub reclaim: Script,
     pub promote: Script,
     pub ack: Script,
@@ -21,6 +24,9 @@ impl Scripts {
     pub fn new() -> Self {
         Self {
             enqueue: Script::new(include_str!("../scripts/enqueue.lua")),
+            stage: Script::new(include_str!("../scripts/stage.lua")),
+            publish: Script::new(include_str!("../scripts/publish.lua")),
+            extend: Script::new(include_str!("../scripts/extend.lua")),
             reclaim: Script::new(include_str!("../scripts/reclaim.lua")),
             promote: Script::new(include_str!("../scripts/promote.lua")),
             ack: Script::new(include_str!("../scripts/ack.lua")),
