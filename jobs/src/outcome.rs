@@ -27,6 +27,11 @@ pub struct OutputLine {
     /// replay it; never written to `output.jsonl` or `errors.jsonl`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub job: Option<Box<crate::job::Job>>,
+    /// What the settle of the run that stored this line adds to the ledger's spend (its cost
+    /// not committed during the run), so whoever settles the item on that run's behalf (a
+    /// reclaimer finding the line stored) counts it exactly once. Only in `results/`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub settle_nanos: Option<i64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -123,6 +128,7 @@ impl OutputLine {
             }),
             batchyard,
             job: None,
+            settle_nanos: None,
         }
     }
 }

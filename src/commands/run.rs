@@ -47,6 +47,7 @@ pub async fn run(
         drain_timeout: app.settings.drain_timeout,
         consumer: app.consumer.clone(),
         claim_block: Duration::from_millis(100),
+        heartbeat: Some(app.settings.queue.visibility_timeout / 3),
     };
     let pool = tracker.spawn(run_pool(
         Arc::clone(&app.queue),

@@ -69,6 +69,7 @@ pub async fn worker(
         drain_timeout: app.settings.drain_timeout,
         consumer: app.consumer.clone(),
         claim_block: Duration::from_millis(500),
+        heartbeat: Some(app.settings.queue.visibility_timeout / 3),
     };
     tracing::info!(consumer = %app.consumer, concurrency = options.concurrency, queue = %app.settings.queue.name, "worker starting");
     let cancel = CancellationToken::new();

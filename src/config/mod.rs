@@ -372,6 +372,7 @@ impl Settings {
                 .unwrap_or(runner_defaults.max_attempts)
                 .max(1),
             max_reclaims: queue.max_reclaims,
+            visibility_timeout: queue.visibility_timeout,
             ..runner_defaults
         };
         let retry_defaults = RetryPolicy::default();

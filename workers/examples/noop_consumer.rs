@@ -132,6 +132,7 @@ async fn run(args: Args) -> Result<bool, String> {
         consumer: unique_consumer_name(),
         // As `batchyard worker`.
         claim_block: Duration::from_millis(500),
+        heartbeat: None,
     };
     let started = Instant::now();
     let stats = run_pool(

@@ -19,9 +19,10 @@
 //! 64 or 256), and 160-200k jobs/s through the `MemoryQueue`.
 
 mod backend;
+mod heartbeat;
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use apalis::layers::WorkerBuilderExt;
@@ -34,6 +35,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::{AbortOnDropHandle, TaskTracker};
 
 use self::backend::{BackendOptions, Counters, QueueBackend};
+use self::heartbeat::Running;
 
 /// After a drain timeout, how long aborted handler tasks get to unwind before `run_pool`
 /// returns anyway.
@@ -45,6 +47,45 @@ const ABORT_GRACE: Duration = Duration::from_secs(1);
 #[async_trait]
 pub trait DeliveryHandler: Send + Sync + 'static {
     async fn handle(&self, delivery: Delivery);
+
+    /// While this gate is held, the pool claims nothing new (see [`ClaimGate`]).
+    fn claim_gate(&self) -> Option<Arc<ClaimGate>> {
+        None
+    }
+}
+
+/// Jobs this process holds whose outcome (or spend) Redis would not take yet, e.g. at
+/// `maxmemory`. While any are held the pool claims nothing new: every claim would be another
+/// paid call that can't be counted. The jobs themselves keep trying, and their claims are kept
+/// alive by the heartbeat, so they finish as soon as Redis accepts writes again.
+#[derive(Debug, Default)]
+pub struct ClaimGate {
+    held: AtomicU64,
+}
+
+impl ClaimGate {
+    /// Holds the gate closed until the returned guard is dropped.
+    pub fn hold(self: &Arc<Self>) -> GateHold {
+        let now = self.held.fetch_add(1, Ordering::SeqCst) + 1;
+        crate::metrics::unsettled_jobs(now);
+        GateHold(Arc::clone(self))
+    }
+
+    /// Jobs now waiting for Redis to take their outcome.
+    pub fn held(&self) -> u64 {
+        self.held.load(Ordering::SeqCst)
+    }
+}
+
+/// One job holding the [`ClaimGate`] closed.
+#[derive(Debug)]
+pub struct GateHold(Arc<ClaimGate>);
+
+impl Drop for GateHold {
+    fn drop(&mut self) {
+        let now = self.0.held.fetch_sub(1, Ordering::SeqCst).saturating_sub(1);
+        crate::metrics::unsettled_jobs(now);
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -60,6 +101,9 @@ pub struct PoolOptions {
     pub consumer: String,
     /// How long one claim call may block waiting for work.
     pub claim_block: Duration,
+    /// How often the claims of running jobs are renewed (about a third of the visibility
+    /// timeout), so a long call is never reclaimed while this process lives. `None`: never.
+    pub heartbeat: Option<Duration>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -87,6 +131,7 @@ impl PoolError {
 struct JobShared {
     handler: Arc<dyn DeliveryHandler>,
     counters: Arc<Counters>,
+    running: Arc<Running>,
     tracker: TaskTracker,
 }
 
@@ -94,11 +139,13 @@ struct JobShared {
 /// gives up on it (drain timeout), and counts it once it has finished.
 async fn run_delivery(delivery: Delivery, shared: Data<JobShared>) {
     let handle = delivery.handle.clone();
+    shared.running.start(&handle, delivery.deliveries);
     let handler = Arc::clone(&shared.handler);
     let job = shared
         .tracker
         .spawn(async move { handler.handle(delivery).await });
     let outcome = AbortOnDropHandle::new(job).await;
+    shared.running.end(&handle);
     shared.counters.job_done();
     match outcome {
         Ok(()) => {
@@ -141,6 +188,19 @@ pub async fn run_pool(
 
     let counters = Arc::new(Counters::new());
     let tracker = TaskTracker::new();
+    let running = Arc::new(Running::default());
+    // Its own token: running jobs need their claims renewed while the pool drains, too.
+    let stop_heartbeat = CancellationToken::new();
+    if let Some(every) = opts.heartbeat {
+        tracker.spawn(heartbeat::beat(
+            Arc::clone(&queue),
+            opts.consumer.clone(),
+            Arc::clone(&running),
+            every,
+            stop_heartbeat.clone(),
+        ));
+    }
+    let gate = handler.claim_gate();
     let ctx = WorkerContext::new(&opts.consumer);
     let backend = QueueBackend::new(
         queue,
@@ -149,6 +209,7 @@ pub async fn run_pool(
             concurrency: opts.concurrency,
             claim_block: opts.claim_block,
             exit_when_idle: opts.exit_when_idle,
+            gate,
         },
         cancel.clone(),
         Arc::clone(&counters),
@@ -158,6 +219,7 @@ pub async fn run_pool(
         .data(JobShared {
             handler,
             counters: Arc::clone(&counters),
+            running,
             tracker: tracker.clone(),
         })
         .concurrency(opts.concurrency)
@@ -192,6 +254,7 @@ pub async fn run_pool(
     };
     // Dropping the worker aborts any handler still running; wait briefly for them to unwind.
     drop(run);
+    stop_heartbeat.cancel();
     tracker.close();
     if tokio::time::timeout(ABORT_GRACE, tracker.wait())
         .await

@@ -1,7 +1,11 @@
 //! The job body: route, call, store the outcome, settle, then ack.
 //!
 //! A delivery is acked only after its outcome is in object storage. Anything that fails before
-//! that leaves the job to the queue: retried later with a delay, or reclaimed.
+//! that leaves the job to the queue: retried later with a delay, or reclaimed. Spend and
+//! settlement Redis won't take are retried in place while the pool claims nothing new (see
+//! [`settle`]), and a reclaimed job whose success is already stored is settled, not re-run.
+
+mod settle;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -25,7 +29,7 @@ use crate::finalize::Finalizer;
 use crate::health::HealthPolicy;
 use crate::health::memory::MemoryHealth;
 use crate::limiter::memory::MemoryLimiter;
-use crate::pool::DeliveryHandler;
+use crate::pool::{ClaimGate, DeliveryHandler};
 use crate::retry::{RetryPolicy, backoff_delay};
 use crate::router::Router;
 
@@ -45,6 +49,12 @@ pub struct RunnerOptions {
     pub batch_cache_ttl: Duration,
     /// How long a job waits when every adequate model is cooling down or paused.
     pub unavailable_delay: Duration,
+    /// How long a job keeps trying to settle (and count its spend) while Redis refuses writes
+    /// before it is left for reclaim. The pool claims nothing new meanwhile.
+    pub settle_patience: Duration,
+    /// The queue's visibility timeout: a run longer than half of it may have been reclaimed
+    /// (a stalled worker), so it looks before it stores its answer.
+    pub visibility_timeout: Duration,
 }
 
 impl Default for RunnerOptions {
@@ -54,6 +64,8 @@ impl Default for RunnerOptions {
             max_reclaims: 3,
             batch_cache_ttl: Duration::from_millis(500),
             unavailable_delay: Duration::from_secs(5),
+            settle_patience: Duration::from_secs(600),
+            visibility_timeout: Duration::from_secs(300),
         }
     }
 }
@@ -72,6 +84,7 @@ pub struct JobRunner {
     /// The result cache across batches; `None` when `[cache] enabled = false`.
     pub cache: Option<ResultCache>,
     batches: Mutex<HashMap<String, (Instant, BatchRecord)>>,
+    gate: Arc<ClaimGate>,
 }
 
 /// What became of one job run.
@@ -83,6 +96,9 @@ pub(crate) enum Decision {
         dead: bool,
         committed_nanos: i64,
     },
+    /// A reclaimed job whose success is already stored (its worker stopped before acking):
+    /// settle it on that run's behalf and ack, without another call.
+    Stored { line: OutputLine },
     /// Put the job back with a delay; `uncommitted_nanos` were spent and must be counted now.
     Later {
         job: Job,
@@ -136,6 +152,7 @@ impl JobRunner {
             ),
             cache: None,
             batches: Mutex::new(HashMap::new()),
+            gate: Arc::new(ClaimGate::default()),
         }
     }
 
@@ -197,6 +214,11 @@ impl JobRunner {
                 ),
                 ext,
             ));
+        }
+        if delivery.deliveries > 1
+            && let Some(line) = self.stored_success(job).await
+        {
+            return Decision::Stored { line };
         }
         let record = self.batch(&job.batch_id).await;
         if let Some(record) = &record {
@@ -270,12 +292,22 @@ impl JobRunner {
         mut line: OutputLine,
         dead: bool,
         committed_nanos: i64,
+        started: Instant,
     ) {
         let job = &delivery.job;
         // The ledger counts only this run's spend not committed yet; the line carries the
         // item's whole spend.
         let cost = usd_to_nanos(line.batchyard.cost_usd) - committed_nanos;
         line.batchyard.cost_usd += job.prior_cost_usd;
+        if (delivery.deliveries > 1 || started.elapsed() > self.options.visibility_timeout / 2)
+            && let Some(first) = self.stored_success(job).await
+        {
+            // Another run of this job stored its success first (this worker stalled past the
+            // visibility timeout): that one stays the result; this run's call is still paid.
+            self.finish_behind(delivery, first, cost).await;
+            return;
+        }
+        line.settle_nanos = Some(cost);
         if !line.is_success() {
             // Kept in the result object (not in errors.jsonl) so `batchyard retry` can replay it.
             line.job = Some(Box::new(job.clone()));
@@ -292,10 +324,9 @@ impl JobRunner {
             // The answer is paid for: count it now and carry it, so the retry's line (and the
             // budget) include it, then run the job again once the store may be back.
             tracing::warn!(error = %e, "cannot store the outcome; the job will be retried");
-            if cost > 0
-                && let Err(le) = self.ledger.commit(&job.batch_id, &job.job_id, cost).await
-            {
-                tracing::warn!(error = %le, "cannot count the spend of the unstored outcome");
+            if cost > 0 {
+                self.commit_patiently(&job.batch_id, &job.job_id, cost)
+                    .await;
             }
             let mut again = job.clone();
             again.prior_cost_usd = line.batchyard.cost_usd;
@@ -306,12 +337,25 @@ impl JobRunner {
             return;
         }
         let success = line.is_success();
-        match self
-            .ledger
-            .settle(&job.batch_id, job.seq, success, cost)
-            .await
-        {
-            Ok(settlement) if settlement.should_finalize() => {
+        match self.settle_patiently(job, success, cost).await {
+            Some(settlement) => self.after_settle(delivery, &line, dead, settlement).await,
+            None => tracing::warn!(
+                "gave up settling while Redis refused writes; the job will be reclaimed and settled from its stored outcome"
+            ),
+        }
+    }
+
+    /// Finalizes the batch if this settlement completed it, then acks (or dead-letters).
+    async fn after_settle(
+        &self,
+        delivery: &Delivery,
+        line: &OutputLine,
+        dead: bool,
+        settlement: batchyard_jobs::ledger::Settlement,
+    ) {
+        let job = &delivery.job;
+        match settlement {
+            settlement if settlement.should_finalize() => {
                 let finalizing = Instant::now();
                 let finalized = self.finalizer.finalize(&job.batch_id).await;
                 // The whole batch's output, not this job's overhead.
@@ -324,11 +368,7 @@ impl JobRunner {
                     tracing::warn!(error = %e, "cannot drop the batch's queue bookkeeping");
                 }
             }
-            Ok(_) => {}
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot settle the outcome; the job will be reclaimed");
-                return;
-            }
+            _ => {}
         }
         let acked = if let (true, Some(error)) = (dead, &line.error) {
             self.queue
@@ -345,6 +385,10 @@ impl JobRunner {
 
 #[async_trait]
 impl DeliveryHandler for JobRunner {
+    fn claim_gate(&self) -> Option<Arc<ClaimGate>> {
+        Some(Arc::clone(&self.gate))
+    }
+
     async fn handle(&self, delivery: Delivery) {
         let span = tracing::info_span!(
             "job",
@@ -363,21 +407,19 @@ impl DeliveryHandler for JobRunner {
                     committed_nanos,
                 } => {
                     let (outcome, model) = crate::metrics::job_labels(&line);
-                    self.finish(&delivery, line, dead, committed_nanos).await;
+                    self.finish(&delivery, line, dead, committed_nanos, started)
+                        .await;
                     crate::metrics::job_finished(outcome, model, started.elapsed());
                 }
+                Decision::Stored { line } => self.finish_behind(&delivery, line, 0).await,
                 Decision::Later {
                     job,
                     delay,
                     uncommitted_nanos,
                 } => {
-                    if uncommitted_nanos > 0
-                        && let Err(e) = self
-                            .ledger
-                            .commit(&job.batch_id, &job.job_id, uncommitted_nanos)
-                            .await
-                    {
-                        tracing::warn!(error = %e, "cannot count the spend of an interrupted run");
+                    if uncommitted_nanos > 0 {
+                        self.commit_patiently(&job.batch_id, &job.job_id, uncommitted_nanos)
+                            .await;
                     }
                     // Short waits (budget room held by calls in flight) would flood the log.
                     if delay >= Duration::from_secs(1) {

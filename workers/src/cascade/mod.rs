@@ -270,6 +270,7 @@ impl JobRunner {
                             error: None,
                             batchyard: ext,
                             job: None,
+                            settle_nanos: None,
                         },
                         false,
                     );

@@ -194,6 +194,7 @@ impl Finalizer {
                     message: e.to_string(),
                 })?;
             line.job = None;
+            line.settle_nanos = None;
             let ext = &line.batchyard;
             let nanos = usd_to_nanos(ext.cost_usd);
             cost_nanos += nanos;
@@ -368,6 +369,7 @@ mod tests {
             error: None,
             batchyard: Extension::default(),
             job: None,
+            settle_nanos: None,
         }
     }
 

@@ -64,6 +64,9 @@ pub const CACHE_HITS_TOTAL: &str = "batchyard_cache_hits_total";
 pub const RATE_LIMIT_WAIT: &str = "batchyard_rate_limit_wait_seconds";
 /// Estimated seconds until an active batch has settled every item.
 pub const BATCH_ETA: &str = "batchyard_batch_eta_seconds";
+/// Jobs this worker holds whose outcome Redis would not take yet; while above 0 it claims
+/// nothing new and `/readyz` answers 503.
+pub const UNSETTLED_JOBS: &str = "batchyard_worker_unsettled_jobs";
 /// A delivery's handling minus provider calls and deliberate waits (see [`overhead`]).
 pub use overhead::{JOB_OVERHEAD, OVERHEAD_BUCKETS};
 
@@ -150,11 +153,21 @@ pub fn describe() {
         Unit::Seconds,
         "Time to get rate-limit admission, by model; _sum is the total waited"
     );
+    describe_gauge!(
+        UNSETTLED_JOBS,
+        Unit::Count,
+        "Jobs whose outcome Redis would not take yet; the worker claims nothing new meanwhile"
+    );
     describe_histogram!(
         JOB_OVERHEAD,
         Unit::Seconds,
         "A delivery's handling time minus provider calls, deliberate waits and batch finalization"
     );
+}
+
+/// Sets [`UNSETTLED_JOBS`].
+pub fn unsettled_jobs(n: u64) {
+    gauge!(UNSETTLED_JOBS).set(n as f64);
 }
 
 /// The `outcome` and `model` labels of a job's end, taken before the line is handed on.

@@ -82,7 +82,12 @@ pub(crate) struct BackendOptions {
     pub(crate) concurrency: usize,
     pub(crate) claim_block: Duration,
     pub(crate) exit_when_idle: Option<Duration>,
+    /// Closed while jobs of this process wait for Redis to take their outcome.
+    pub(crate) gate: Option<Arc<super::ClaimGate>>,
 }
+
+/// How long a closed [`super::ClaimGate`] is waited on before it is looked at again.
+const GATE_WAIT: Duration = Duration::from_millis(500);
 
 /// The apalis backend of the pool. Holds at most one claim's worth of claimed-but-unstarted
 /// deliveries, and only claims when the buffer is empty and a slot is free, so everything
@@ -223,6 +228,13 @@ impl Backend for QueueBackend {
                     let in_flight = worker.task_count();
                     if in_flight > 0 {
                         self.last_busy = Instant::now();
+                    }
+                    if self.opts.gate.as_ref().is_some_and(|g| g.held() > 0) {
+                        // Jobs wait to be settled: a new claim would be a call whose spend
+                        // can't be counted. Holding unsettled jobs is not idle either.
+                        self.last_busy = Instant::now();
+                        self.fetch = Fetch::BackingOff(Box::pin(tokio::time::sleep(GATE_WAIT)));
+                        continue;
                     }
                     let mut block = self.opts.claim_block;
                     if let Some(idle_limit) = self.opts.exit_when_idle {

@@ -42,6 +42,7 @@ pub fn options(concurrency: usize) -> PoolOptions {
         drain_timeout: Duration::from_secs(5),
         consumer: "test-consumer".into(),
         claim_block: Duration::from_millis(20),
+        heartbeat: None,
     }
 }
 

@@ -1,0 +1,145 @@
+//! Counting every paid call, whatever Redis and the other workers do.
+//!
+//! - Spend and settlement that Redis refuses (down, or at `maxmemory`) are retried in place;
+//!   meanwhile the job holds the pool's [`ClaimGate`](crate::pool::ClaimGate) closed, so no
+//!   new job is claimed and called while its spend could not be counted.
+//! - One rule decides which of two successes of a job is its result: the first one stored.
+//!   A later run that finds it (a reclaimer, or a stalled worker waking up) does not write
+//!   over it; it settles the item on the stored run's behalf (with the cost that run left to
+//!   its settle, `settle_nanos`, counted once however many settle) and commits its own cost.
+
+use std::future::Future;
+use std::time::Duration;
+
+use batchyard_jobs::error::{QueueError, StoreError};
+use batchyard_jobs::job::Job;
+use batchyard_jobs::ledger::Settlement;
+use batchyard_jobs::outcome::OutputLine;
+use batchyard_jobs::queue::Delivery;
+use tokio::time::Instant;
+
+use super::JobRunner;
+use crate::retry::backoff_delay;
+
+/// A job waiting on Redis logs at most this often.
+const LOG_EVERY: Duration = Duration::from_secs(30);
+/// The least pause between tries, so a refusing Redis is not hammered.
+const MIN_PAUSE: Duration = Duration::from_millis(250);
+/// The longest pause between tries.
+const MAX_PAUSE: Duration = Duration::from_secs(5);
+
+impl JobRunner {
+    /// Runs `op` until Redis takes it, holding the claim gate while it refuses; `None` once
+    /// `settle_patience` has passed.
+    async fn patiently<T, F, Fut>(&self, what: &'static str, mut op: F) -> Option<T>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, QueueError>>,
+    {
+        let started = Instant::now();
+        let mut hold = None;
+        let mut logged: Option<Instant> = None;
+        let mut tries = 0u32;
+        loop {
+            let error = match op().await {
+                Ok(v) => {
+                    if hold.is_some() {
+                        tracing::info!(
+                            what,
+                            waited_ms = started.elapsed().as_millis() as u64,
+                            "Redis takes writes again"
+                        );
+                    }
+                    return Some(v);
+                }
+                Err(e) => e,
+            };
+            if hold.is_none() {
+                hold = Some(self.gate.hold());
+            }
+            if started.elapsed() >= self.options.settle_patience {
+                tracing::error!(what, error = %error, "Redis refused writes for the whole settle patience; giving up on this run");
+                return None;
+            }
+            if logged.is_none_or(|t| t.elapsed() >= LOG_EVERY) {
+                tracing::warn!(
+                    what,
+                    error = %error,
+                    unsettled = self.gate.held(),
+                    "Redis refuses writes; this worker claims nothing new until it takes them again"
+                );
+                logged = Some(Instant::now());
+            }
+            tries = tries.saturating_add(1);
+            let pause = backoff_delay(&self.retry, tries).clamp(MIN_PAUSE, MAX_PAUSE);
+            tokio::time::sleep(pause).await;
+        }
+    }
+
+    pub(super) async fn settle_patiently(
+        &self,
+        job: &Job,
+        success: bool,
+        cost: i64,
+    ) -> Option<Settlement> {
+        self.patiently("settle", || {
+            self.ledger.settle(&job.batch_id, job.seq, success, cost)
+        })
+        .await
+    }
+
+    pub(super) async fn commit_patiently(&self, batch_id: &str, job_id: &str, nanos: i64) {
+        if self
+            .patiently("count spend", || {
+                self.ledger.commit(batch_id, job_id, nanos)
+            })
+            .await
+            .is_none()
+        {
+            tracing::error!(
+                batch_id,
+                job_id,
+                nanos,
+                "a paid call's spend could not be counted"
+            );
+        }
+    }
+
+    /// The success stored for this job by an earlier run, if any.
+    pub(super) async fn stored_success(&self, job: &Job) -> Option<OutputLine> {
+        let path = self.store.result_path(&job.batch_id, &job.job_id);
+        match self.store.get(&path).await {
+            Ok(bytes) => serde_json::from_slice::<OutputLine>(&bytes)
+                .ok()
+                .filter(OutputLine::is_success),
+            Err(StoreError::NotFound { .. }) => None,
+            Err(e) => {
+                tracing::debug!(error = %e, "cannot look for a stored outcome; running the job");
+                None
+            }
+        }
+    }
+
+    /// Ends a run behind an already stored success: this run's own spend (`own_cost`, not
+    /// committed yet) is counted, the item is settled on the stored run's behalf, and the
+    /// delivery is acked. Nothing is written over the stored line.
+    pub(super) async fn finish_behind(
+        &self,
+        delivery: &Delivery,
+        first: OutputLine,
+        own_cost: i64,
+    ) {
+        let job = &delivery.job;
+        tracing::info!(
+            "this job's success is already stored by another run; settling it without writing over it"
+        );
+        if own_cost > 0 {
+            self.commit_patiently(&job.batch_id, &job.job_id, own_cost)
+                .await;
+        }
+        let behalf = first.settle_nanos.unwrap_or(0);
+        if let Some(settlement) = self.settle_patiently(job, true, behalf).await {
+            self.after_settle(delivery, &first, false, settlement).await;
+        }
+    }
+}
