@@ -95,13 +95,24 @@ pub fn spawn(
     handle: PrometheusHandle,
     cancel: CancellationToken,
 ) {
+    spawn_with(tracker, listener, handle, Router::new(), cancel);
+}
+
+/// As [`spawn`], serving the routes of `extra` (e.g. a worker's `/readyz`) beside `/metrics`.
+pub fn spawn_with(
+    tracker: &TaskTracker,
+    listener: TcpListener,
+    handle: PrometheusHandle,
+    extra: Router,
+    cancel: CancellationToken,
+) {
     match listener.local_addr() {
         Ok(addr) => tracing::info!("metrics on http://{addr}/metrics"),
         Err(e) => tracing::warn!(error = %e, "metrics listener has no local address"),
     }
     spawn_upkeep(tracker, handle.clone(), cancel.clone());
     tracker.spawn(async move {
-        let served = axum::serve(listener, router(handle))
+        let served = axum::serve(listener, router(handle).merge(extra))
             .with_graceful_shutdown(cancel.cancelled_owned())
             .await;
         if let Err(e) = served {

@@ -369,13 +369,15 @@ pub async fn submit_selected(
             }
             seq += 1;
             if chunk.len() >= CHUNK {
-                match stage::stage(app.queue.as_ref(), &mut lease, chunk_no, &chunk).await {
+                match stage::stage(app.queue.as_ref(), &app.store, &mut lease, chunk_no, &chunk)
+                    .await
+                {
                     Ok(true) => {}
                     Ok(false) => {
                         taken_from_us = true;
                         break;
                     }
-                    Err(e) => return Err(interrupted(staged, false, e.to_string()).into()),
+                    Err(e) => return Err(interrupted(staged, false, e).into()),
                 }
                 staged += chunk.len() as u64;
                 chunk_no += 1;
@@ -383,7 +385,7 @@ pub async fn submit_selected(
             }
         }
         if !taken_from_us && !chunk.is_empty() {
-            match stage::stage(app.queue.as_ref(), &mut lease, chunk_no, &chunk).await {
+            match stage::stage(app.queue.as_ref(), &app.store, &mut lease, chunk_no, &chunk).await {
                 Ok(true) => {}
                 Ok(false) => taken_from_us = true,
                 Err(e) => return Err(interrupted(staged, false, e.to_string()).into()),

@@ -47,6 +47,30 @@ fn submit(cluster: &Cluster, name: &str, n: usize) -> String {
         .to_string()
 }
 
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The status code of `GET /readyz` on the worker's metrics address (0 if it can't be read).
+fn readyz(port: u16) -> u16 {
+    use std::io::{Read, Write};
+    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+        return 0;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+    let _ = s.write_all(b"GET /readyz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    let mut buf = String::new();
+    let _ = s.read_to_string(&mut buf);
+    buf.split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0)
+}
+
 fn settled(cluster: &Cluster, id: &str) -> u64 {
     let s = cluster.status(id);
     s["request_counts"]["completed"].as_u64().unwrap()
@@ -87,7 +111,16 @@ fn redis_at_maxmemory_stops_claims_and_every_call_is_counted() {
     let n = 2000;
     let concurrency = 16u64;
     let id = submit(&cluster, "oom", n);
-    let mut worker = cluster.spawn_worker(&["--concurrency", "16", "--exit-when-idle", "2"]);
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let mut worker = cluster.spawn_worker(&[
+        "--concurrency",
+        "16",
+        "--exit-when-idle",
+        "2",
+        "--metrics-addr",
+        &addr,
+    ]);
     let start = Instant::now();
     while settled(&cluster, &id) < 300 {
         assert!(
@@ -115,6 +148,7 @@ fn redis_at_maxmemory_stops_claims_and_every_call_is_counted() {
     let done = cluster.wait_terminal(&id, Duration::from_secs(90));
     let after = back.elapsed();
     assert_eq!(done["status"], "completed", "{done}");
+    assert_eq!(readyz(port), 200);
     assert!(
         after < Duration::from_secs(60),
         "done {after:?} after Redis took writes again: no visibility timeout (120 s) waited out"

@@ -125,6 +125,8 @@ pub struct BatchFailure {
 pub mod failure_codes {
     /// `submit` stopped before the whole input was staged; nothing of the batch ran.
     pub const SUBMIT_INTERRUPTED: &str = "submit_interrupted";
+    /// Results of settled items went missing from storage before the batch files were written.
+    pub const RESULT_LOST: &str = "result_lost";
 }
 
 impl BatchRecord {

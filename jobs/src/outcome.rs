@@ -14,6 +14,8 @@ pub mod codes {
     pub const EXPIRED: &str = "expired";
     pub const WORKER_LOST: &str = "worker_lost";
     pub const NO_ADEQUATE_MODEL: &str = "no_adequate_model";
+    /// The item's stored result went missing after it was settled (deleted from storage).
+    pub const RESULT_LOST: &str = "result_lost";
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

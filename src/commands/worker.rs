@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use batchyard_workers::metrics;
-use batchyard_workers::pool::{PoolOptions, run_pool};
+use batchyard_workers::pool::{ClaimGate, DeliveryHandler, PoolOptions, run_pool};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -42,12 +42,20 @@ pub async fn worker(
         None => None,
     };
     let app = App::connect(settings, None, false, "worker").await?;
+    let runner = Arc::new(app.runner());
     // Metrics outlive the pool's drain (a draining worker is worth watching); they stop after.
     let background = CancellationToken::new();
     let tracker = TaskTracker::new();
     if let Some(listener) = metrics_listener {
         let handle = crate::metrics_http::install()?;
-        crate::metrics_http::spawn(&tracker, listener, handle, background.clone());
+        let gate = runner.claim_gate();
+        crate::metrics_http::spawn_with(
+            &tracker,
+            listener,
+            handle,
+            readyz(gate),
+            background.clone(),
+        );
         tracker.spawn(metrics::sample(
             Arc::clone(&app.queue),
             Arc::clone(&app.ledger),
@@ -74,12 +82,7 @@ pub async fn worker(
     tracing::info!(consumer = %app.consumer, concurrency = options.concurrency, queue = %app.settings.queue.name, "worker starting");
     let cancel = CancellationToken::new();
     let on_signal = cancel.clone();
-    let pool = run_pool(
-        Arc::clone(&app.queue),
-        Arc::new(app.runner()),
-        options,
-        cancel.clone(),
-    );
+    let pool = run_pool(Arc::clone(&app.queue), runner, options, cancel.clone());
     let listener = tokio::spawn(async move {
         super::shutdown_signal().await;
         tracing::info!("signal received; stopping claims and draining in-flight jobs");
@@ -103,4 +106,25 @@ pub async fn worker(
         "worker stopped"
     );
     Ok(())
+}
+
+/// `GET /readyz`: 503 while this worker holds jobs Redis would not settle (it claims nothing
+/// new then), 200 otherwise.
+fn readyz(gate: Option<Arc<ClaimGate>>) -> axum::Router {
+    axum::Router::new().route(
+        "/readyz",
+        axum::routing::get(move || {
+            let held = gate.as_ref().map_or(0, |g| g.held());
+            async move {
+                if held > 0 {
+                    (
+                        axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                        format!("not ready: {held} job(s) wait for Redis to accept their settlement; claiming is paused\n"),
+                    )
+                } else {
+                    (axum::http::StatusCode::OK, "ready\n".to_string())
+                }
+            }
+        }),
+    )
 }

@@ -9,6 +9,8 @@ use batchyard_jobs::job::Job;
 use batchyard_jobs::ledger::{Ledger, SubmitStep};
 use batchyard_jobs::queue::Queue;
 use batchyard_jobs::staging::Lease;
+use batchyard_jobs::storage::ResultStore;
+use bytes::Bytes;
 
 /// A submit that stopped partway. Its message names the batch and what to run next.
 #[derive(Debug, thiserror::Error)]
@@ -60,16 +62,34 @@ fn shell_word(s: &str) -> String {
 }
 
 /// Stages chunk `chunk_no`, renewing the lease. `Ok(false)`: the batch was taken from us.
+/// The chunk's jobs are kept in storage too (`batches/<id>/input/`), so a finalizer that finds
+/// a result lost can name the item and keep it replayable.
 pub async fn stage(
     queue: &dyn Queue,
+    store: &ResultStore,
     lease: &mut Lease<'_>,
     chunk_no: u64,
     jobs: &[Job],
-) -> Result<bool, QueueError> {
-    if !lease.keep().await? {
+) -> Result<bool, String> {
+    if !lease.keep().await.map_err(|e| e.to_string())? {
         return Ok(false);
     }
-    queue.stage_chunk(lease.batch_id(), chunk_no, jobs).await?;
+    let mut body = Vec::with_capacity(jobs.len() * 256);
+    for job in jobs {
+        serde_json::to_writer(&mut body, job).map_err(|e| e.to_string())?;
+        body.push(b'\n');
+    }
+    store
+        .put(
+            &store.input_chunk_path(lease.batch_id(), chunk_no),
+            Bytes::from(body),
+        )
+        .await
+        .map_err(|e| format!("cannot keep the input in storage: {e}"))?;
+    queue
+        .stage_chunk(lease.batch_id(), chunk_no, jobs)
+        .await
+        .map_err(|e| e.to_string())?;
     Ok(true)
 }
 

@@ -331,9 +331,7 @@ impl JobRunner {
             let mut again = job.clone();
             again.prior_cost_usd = line.batchyard.cost_usd;
             let delay = backoff_delay(&self.retry, job.attempt + 1).max(STORE_RETRY_DELAY);
-            if let Err(qe) = self.queue.retry_later(delivery, &again, delay).await {
-                tracing::warn!(error = %qe, "cannot requeue; the job will be reclaimed");
-            }
+            self.requeue_patiently(delivery, &again, delay).await;
             return;
         }
         let success = line.is_success();
@@ -433,9 +431,7 @@ impl DeliveryHandler for JobRunner {
                             "retrying the job later"
                         );
                     }
-                    if let Err(e) = self.queue.retry_later(&delivery, &job, delay).await {
-                        tracing::warn!(error = %e, "cannot requeue; the job will be reclaimed");
-                    }
+                    self.requeue_patiently(&delivery, &job, delay).await;
                 }
             }
         };

@@ -266,6 +266,26 @@ impl Ledger for MemoryLedger {
         Ok(())
     }
 
+    async fn set_counts(
+        &self,
+        batch_id: &str,
+        completed: u64,
+        failed: u64,
+        failure: Option<&BatchFailure>,
+    ) -> Result<(), QueueError> {
+        let mut batches = self.batches.lock().await;
+        let entry = batches
+            .get_mut(batch_id)
+            .ok_or_else(|| QueueError::BatchNotFound(batch_id.to_string()))?;
+        let record = entry.record_mut(batch_id)?;
+        record.counts.completed = completed;
+        record.counts.failed = failed;
+        if let Some(f) = failure {
+            record.failure = Some(f.clone());
+        }
+        Ok(())
+    }
+
     async fn submit_step(&self, batch_id: &str, step: SubmitStep<'_>) -> Result<bool, QueueError> {
         let mut batches = self.batches.lock().await;
         let entry = batches

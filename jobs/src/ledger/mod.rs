@@ -140,6 +140,16 @@ pub trait Ledger: Send + Sync {
     /// Sets the batch budget (`None`: no limit) and clears the budget-exhausted mark.
     async fn set_budget(&self, batch_id: &str, budget_usd: Option<f64>) -> Result<(), QueueError>;
 
+    /// Sets the counts to what the batch files hold, and the whole-batch failure if any (a
+    /// finalizer that found results missing), so a status never says more than the files.
+    async fn set_counts(
+        &self,
+        batch_id: &str,
+        completed: u64,
+        failed: u64,
+        failure: Option<&crate::batch::BatchFailure>,
+    ) -> Result<(), QueueError>;
+
     /// Applies one step of a submission; `Ok(false)` when the batch is not in a state it
     /// applies to (say, a sweeper already ended it).
     async fn submit_step(&self, batch_id: &str, step: SubmitStep<'_>) -> Result<bool, QueueError>;

@@ -369,6 +369,26 @@ impl Ledger for RedisLedger {
             .await
     }
 
+    async fn set_counts(
+        &self,
+        batch_id: &str,
+        completed: u64,
+        failed: u64,
+        failure: Option<&BatchFailure>,
+    ) -> Result<(), QueueError> {
+        let mut conn = self.conn.clone();
+        let mut pipe = redis::pipe();
+        pipe.atomic()
+            .hset(record_key(batch_id), "completed", completed)
+            .hset(record_key(batch_id), "failed", failed);
+        if let Some(f) = failure {
+            pipe.hset(record_key(batch_id), "failure_code", &f.code)
+                .hset(record_key(batch_id), "failure_message", &f.message);
+        }
+        pipe.query_async::<()>(&mut conn).await?;
+        Ok(())
+    }
+
     async fn submit_step(&self, batch_id: &str, step: SubmitStep<'_>) -> Result<bool, QueueError> {
         let (name, ms, message) = match step {
             SubmitStep::Renew { lease_until_ms } => ("renew", lease_until_ms, ""),

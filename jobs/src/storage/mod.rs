@@ -141,6 +141,17 @@ impl ResultStore {
         self.under(&format!("batches/{batch_id}/results/{job_id}.json"))
     }
 
+    /// Where the jobs of a batch's input are kept until the batch is final, so a result lost
+    /// from storage can be named and run again.
+    pub fn input_dir(&self, batch_id: &str) -> Path {
+        self.under(&format!("batches/{batch_id}/input"))
+    }
+
+    /// One staged chunk of the input: job JSON, one per line.
+    pub fn input_chunk_path(&self, batch_id: &str, chunk_no: u64) -> Path {
+        self.under(&format!("batches/{batch_id}/input/{chunk_no:08}.jsonl"))
+    }
+
     pub fn output_path(&self, batch_id: &str) -> Path {
         self.under(&format!("batches/{batch_id}/output.jsonl"))
     }

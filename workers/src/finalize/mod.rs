@@ -15,6 +15,7 @@ use futures::{StreamExt, TryStreamExt};
 use serde::Serialize;
 use tokio::io::AsyncWriteExt;
 
+mod lost;
 pub mod sweep;
 
 #[derive(Debug, thiserror::Error)]
@@ -102,6 +103,11 @@ pub struct Manifest {
     pub simulated: bool,
     /// Lines written vs the ledger's total; they differ only if results went missing.
     pub lines_written: u64,
+    /// What the ledger counted as spent: every paid call, including a second run's call
+    /// whose answer was not kept (a stalled worker's), which no line carries.
+    pub ledger_cost_usd: f64,
+    /// True only when the files, the ledger and this manifest agree: a line per item, and
+    /// the ledger's spend equal to the sum of the lines' costs.
     pub reconciled: bool,
 }
 
@@ -162,6 +168,17 @@ impl Finalizer {
             .ok_or_else(|| QueueError::BatchNotFound(batch_id.to_string()))?;
         if record.state.is_terminal() {
             return Ok(None);
+        }
+        // Results deleted after their items settled: name them from the kept input.
+        let stored = lost::stored_results(&self.store, batch_id).await?;
+        if stored < record.counts.total {
+            let named = lost::record_lost(&self.store, batch_id).await?;
+            tracing::error!(
+                batch_id,
+                missing = record.counts.total - stored,
+                named,
+                "results of settled items are missing from storage; they end as result_lost"
+            );
         }
         let output_path = self.store.output_path(batch_id);
         let errors_path = self.store.errors_path(batch_id);
@@ -279,7 +296,13 @@ impl Finalizer {
         let written = ok + failed;
         // OpenAI: a batch whose window ended with items not run is `expired`, with partial
         // results; a cancel said more about intent, so it wins.
-        let state = if record.cancel_requested_at.is_some() {
+        let lost = record.counts.total.saturating_sub(written)
+            + errors_by_code.get(codes::RESULT_LOST).copied().unwrap_or(0);
+        let state = if lost > 0 {
+            // A status never says more than the files show: incomplete is `failed` (the
+            // OpenAI SDK knows no other word for it), with the reason in `errors`.
+            BatchState::Failed
+        } else if record.cancel_requested_at.is_some() {
             BatchState::Cancelled
         } else if errors_by_code.contains_key(codes::EXPIRED) {
             BatchState::Expired
@@ -292,7 +315,11 @@ impl Finalizer {
         let manifest = Manifest {
             batch_id: batch_id.to_string(),
             status: state.as_str().to_string(),
-            request_counts: record.counts,
+            request_counts: batchyard_jobs::batch::RequestCounts {
+                total: record.counts.total,
+                completed: ok,
+                failed,
+            },
             cost_usd: nanos_to_usd(cost_nanos),
             spend_by_model: spend,
             errors_by_code,
@@ -320,14 +347,21 @@ impl Finalizer {
             error_file: self.store.display_location(&errors_path),
             simulated,
             lines_written: written,
-            reconciled: written == record.counts.total,
+            ledger_cost_usd: record.cost_usd(),
+            // Per-line rounding to nano-dollars may differ by a nano-dollar a line.
+            reconciled: written == record.counts.total
+                && lost == 0
+                && (record.spent_nanos - cost_nanos).unsigned_abs()
+                    <= record.counts.total.max(1000),
         };
         if !manifest.reconciled {
             tracing::error!(
                 batch_id,
                 written,
                 total = record.counts.total,
-                "result count does not match the batch total"
+                lines_cost_usd = manifest.cost_usd,
+                ledger_cost_usd = manifest.ledger_cost_usd,
+                "the batch files and the ledger do not agree"
             );
         }
         let json = serde_json::to_vec_pretty(&manifest).map_err(|e| FinalizeError::Write {
@@ -336,6 +370,22 @@ impl Finalizer {
         })?;
         self.store
             .put(&self.store.manifest_path(batch_id), Bytes::from(json))
+            .await?;
+        let failure = (lost > 0).then(|| batchyard_jobs::batch::BatchFailure {
+            code: batchyard_jobs::batch::failure_codes::RESULT_LOST.into(),
+            message: format!(
+                "{lost} of {} results went missing from storage after their items ran; {} are in errors.jsonl as result_lost (`batchyard retry {batch_id} --code result_lost` runs them again){}",
+                record.counts.total,
+                lost - record.counts.total.saturating_sub(written),
+                match record.counts.total.saturating_sub(written) {
+                    0 => String::new(),
+                    n => format!("; {n} could not be named (the batch's kept input is gone too)"),
+                }
+            ),
+        });
+        // The counts say what the files hold.
+        self.ledger
+            .set_counts(batch_id, ok, failed, failure.as_ref())
             .await?;
         self.ledger.set_state(batch_id, state).await?;
         tracing::info!(

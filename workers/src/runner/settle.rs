@@ -105,6 +105,18 @@ impl JobRunner {
         }
     }
 
+    /// Puts the job back with a delay, waiting for Redis to take it (rather than leaving it
+    /// to a reclaim after the whole visibility timeout).
+    pub(super) async fn requeue_patiently(&self, delivery: &Delivery, job: &Job, delay: Duration) {
+        if self
+            .patiently("requeue", || self.queue.retry_later(delivery, job, delay))
+            .await
+            .is_none()
+        {
+            tracing::warn!("cannot requeue; the job will be reclaimed");
+        }
+    }
+
     /// The success stored for this job by an earlier run, if any.
     pub(super) async fn stored_success(&self, job: &Job) -> Option<OutputLine> {
         let path = self.store.result_path(&job.batch_id, &job.job_id);
