@@ -14,6 +14,11 @@ pub mod codes {
     pub const EXPIRED: &str = "expired";
     pub const WORKER_LOST: &str = "worker_lost";
     pub const NO_ADEQUATE_MODEL: &str = "no_adequate_model";
+    /// Every adequate model stayed cooling down (failing) through the item's attempts.
+    pub const MODEL_UNAVAILABLE: &str = "model_unavailable";
+    /// The item's only adequate models are paused (auth, quota, operator) and nothing can
+    /// resume them for this run.
+    pub const MODEL_PAUSED: &str = "model_paused";
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

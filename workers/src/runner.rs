@@ -45,6 +45,10 @@ pub struct RunnerOptions {
     pub batch_cache_ttl: Duration,
     /// How long a job waits when every adequate model is cooling down or paused.
     pub unavailable_delay: Duration,
+    /// Whether an item whose adequate models are all paused ends (`model_paused`) once its
+    /// attempts are used up. An in-process `run` sets it: nothing can resume a model there.
+    /// With Redis, such items wait for `batchyard models resume`.
+    pub paused_ends_items: bool,
 }
 
 impl Default for RunnerOptions {
@@ -54,6 +58,7 @@ impl Default for RunnerOptions {
             max_reclaims: 3,
             batch_cache_ttl: Duration::from_millis(500),
             unavailable_delay: Duration::from_secs(5),
+            paused_ends_items: false,
         }
     }
 }
