@@ -249,3 +249,58 @@ fn an_in_process_run_ends_items_of_a_paused_model() {
     );
     assert!(!message.contains("wrong-key"), "{message}");
 }
+
+/// With Redis and two workers: a batch whose models both answer garbage ends, every item with
+/// a typed error, instead of one attempt per cooldown window for the whole batch.
+#[test]
+fn with_redis_items_of_garbage_answering_models_end_in_bounded_time() {
+    use support::cluster::{Cluster, Options, wait_exit};
+    let Some(cluster) = Cluster::start_opts(
+        "sick-garbage",
+        &["--malformed-rate", "1.0"],
+        Options {
+            failure_threshold: 3,
+            cooldown_secs: 3,
+            max_attempts: 3,
+            ..Options::default()
+        },
+    ) else {
+        return;
+    };
+    let body: String = (0..20)
+        .map(|i| request_line(&format!("g-{i}"), "hello") + "\n")
+        .collect();
+    let input = write_file(cluster.dir.path(), "in.jsonl", body.as_bytes());
+    let id = cluster.submit(input.to_str().unwrap(), &[])["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let started = Instant::now();
+    let mut workers: Vec<_> = (0..2)
+        .map(|_| cluster.spawn_worker(&["--concurrency", "4", "--exit-when-idle", "10"]))
+        .collect();
+    // Before: ~60 attempts, one per 3 s window, for the whole batch.
+    let done = cluster.wait_terminal(&id, Duration::from_secs(90));
+    eprintln!(
+        "20 items on two garbage-answering models ended in {:?}",
+        started.elapsed()
+    );
+    for w in &mut workers {
+        assert!(wait_exit(w, Duration::from_secs(30)).success());
+    }
+    let errors = cluster.results(&id, true);
+    assert_eq!(errors.len(), 20, "{done}");
+    assert!(
+        errors.iter().all(|e| matches!(
+            e["error"]["code"].as_str(),
+            Some("malformed_response" | "model_unavailable")
+        )),
+        "{errors:?}"
+    );
+    assert!(
+        errors
+            .iter()
+            .any(|e| e["error"]["code"] == "model_unavailable"),
+        "{errors:?}"
+    );
+}
