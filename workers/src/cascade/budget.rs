@@ -122,3 +122,50 @@ impl JobRunner {
         }
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod tests {
+    use super::*;
+
+    fn model(cap: Option<u32>) -> crate::catalog::ModelSpec {
+        crate::catalog::ModelSpec {
+            key: "m".into(),
+            provider: "p".into(),
+            name: "m-1".into(),
+            input_usd_per_mtok: 1.0,
+            output_usd_per_mtok: 1.0,
+            cached_input_usd_per_mtok: None,
+            context_window: 100_000,
+            max_output_tokens: cap,
+            tier: 1,
+            capabilities: Default::default(),
+            rpm: None,
+            tpm: None,
+        }
+    }
+
+    #[test]
+    fn a_budgeted_call_without_a_limit_is_sent_the_allowance_it_reserved() {
+        let body = |text: &str| -> serde_json::Map<String, serde_json::Value> {
+            serde_json::from_str(text).unwrap()
+        };
+        let bare = body(r#"{"messages":[]}"#);
+        assert_eq!(
+            max_tokens_to_send(true, None, &bare, &model(None)),
+            Some(512)
+        );
+        assert_eq!(
+            max_tokens_to_send(true, None, &bare, &model(Some(100))),
+            Some(100)
+        );
+        // Unbudgeted, or with a limit of its own, nothing changes.
+        assert_eq!(max_tokens_to_send(false, None, &bare, &model(None)), None);
+        assert_eq!(
+            max_tokens_to_send(true, Some(300), &bare, &model(None)),
+            Some(300)
+        );
+        let limited = body(r#"{"messages":[],"max_tokens":40}"#);
+        assert_eq!(max_tokens_to_send(true, None, &limited, &model(None)), None);
+    }
+}
