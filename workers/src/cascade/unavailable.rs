@@ -16,8 +16,10 @@ use super::Run;
 use crate::health::ModelState;
 use crate::runner::{Decision, JobRunner};
 
-/// The least wait before an item whose models are cooling down runs again.
-const MIN_DELAY: Duration = Duration::from_millis(100);
+/// The least wait before an item whose models are cooling down runs again. The cooldown's end
+/// is on the health store's clock: a worker whose clock runs ahead must not spend an item's
+/// attempts in a burst.
+const MIN_DELAY: Duration = Duration::from_secs(1);
 
 /// The models a run found unavailable, with their state.
 #[derive(Debug, Default)]
