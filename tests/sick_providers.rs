@@ -304,3 +304,22 @@ fn with_redis_items_of_garbage_answering_models_end_in_bounded_time() {
         "{errors:?}"
     );
 }
+
+/// `max_response_mib` out of range is refused at load, naming the key.
+#[test]
+fn a_response_cap_out_of_range_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = FakeProvider::start(&[]);
+    for bad in ["0", "1025"] {
+        config(dir.path(), &fake, &format!("max_response_mib = {bad}"), "");
+        let input = requests(dir.path(), 1);
+        let out = run(batchyard(dir.path()).args(["run", input.to_str().unwrap()]));
+        assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+        let stderr = text(&out.stderr);
+        assert!(
+            stderr.contains("providers.fake.max_response_mib") && stderr.contains("1 to 1024"),
+            "{stderr}"
+        );
+    }
+    assert_eq!(fake.stats()["requests"], 0);
+}
