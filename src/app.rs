@@ -111,6 +111,8 @@ impl App {
         };
         let mut settings = settings;
         settings.storage_url = storage_url;
+        // Nothing can resume a paused model inside one process: its items end instead.
+        settings.runner.paused_ends_items = settings.redis_url.is_none();
         // In process, the same guards run without Redis.
         let guards = guards.unwrap_or_else(|| {
             Guards::new(

@@ -44,8 +44,13 @@ pub struct Estimate {
     pub models: BTreeMap<String, ModelEstimate>,
     /// Expected cost of the routed cascade, with today's learned pass rates.
     pub routed_expected_usd: f64,
-    /// The worst case of one call per item on its first choice: what budgets reserve.
+    /// The worst case of one call per item on its first choice: what a budget reserves before
+    /// an item's first call.
     pub first_call_worst_case_usd: f64,
+    /// The most the batch can cost: every item walks its whole cascade, each call at its
+    /// output limit. It bounds `routed_expected_usd`, which weighs the same calls by the chance
+    /// an item reaches them, at half the output limit.
+    pub worst_case_usd: f64,
     /// The time the declared rate limits imply at least, in seconds (`None`: no limits).
     pub min_duration_secs: Option<f64>,
     /// The limit that sets that time.
@@ -61,8 +66,15 @@ impl Estimate {
             self.unroutable += 1;
             return;
         };
-        self.max_output_tokens += first.max_output_tokens;
+        self.max_output_tokens = self
+            .max_output_tokens
+            .saturating_add(first.max_output_tokens);
         self.first_call_worst_case_usd += first.worst_case_usd;
+        self.worst_case_usd += plan
+            .candidates
+            .iter()
+            .map(|c| c.worst_case_usd)
+            .sum::<f64>();
         self.routed_expected_usd += plan.expected_usd();
         let mut reach = 1.0;
         for (i, cand) in plan.candidates.iter().enumerate() {
@@ -171,7 +183,11 @@ impl Estimate {
             self.routed_expected_usd
         ));
         line(format!(
-            "worst case   ${:.4} for one call per item at its output limit",
+            "worst case   ${:.4} if every item runs its whole cascade at its output limits",
+            self.worst_case_usd
+        ));
+        line(format!(
+            "first calls  ${:.4} at their output limits (what a budget reserves up front)",
             self.first_call_worst_case_usd
         ));
         match (&self.min_duration_secs, &self.bound_by) {

@@ -86,3 +86,56 @@ fn two_workers_never_overspend_and_retry_with_more_budget_finishes_the_batch() {
         "{line_sum} vs {spent_after}"
     );
 }
+
+/// Issue 13 item 8: a budget's worst case counts every choice a request asks for (`n`), and
+/// a request without `max_tokens` is held to the allowance the budget reserved.
+#[test]
+fn a_budget_holds_for_requests_asking_for_many_choices() {
+    let reply = format!("small-1={}", "every choice is long ".repeat(40));
+    let Some(cluster) = Cluster::start_opts(
+        "budget-n",
+        &["--reply", &reply, "--latency-ms", "20"],
+        Options::default(),
+    ) else {
+        return;
+    };
+    let total = 100;
+    let body: String = (0..total)
+        .map(|i| {
+            let line = serde_json::json!({
+                "custom_id": format!("n-{i}"),
+                "method": "POST",
+                "url": "/v1/chat/completions",
+                "body": {"model": "small", "n": 8, "max_tokens": 100,
+                         "messages": [{"role": "user", "content": format!("item {i}")}]},
+            });
+            format!("{line}\n")
+        })
+        .collect();
+    let input = write_file(cluster.dir.path(), "n.jsonl", body.as_bytes());
+    // One call: ~12 prompt tokens and 8 × 100 output tokens at $0.40/M ≈ $0.00032, so the
+    // budget pays for about 6 of the 100 items. Counting one choice, it reserved $0.00004.
+    let budget = 0.002;
+    let id = cluster.submit(
+        input.to_str().unwrap(),
+        &["--budget-usd", &budget.to_string()],
+    )["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let mut worker = cluster.spawn_worker(&["--concurrency", "16", "--exit-when-idle", "2"]);
+    let done = cluster.wait_terminal(&id, Duration::from_secs(90));
+    assert!(wait_exit(&mut worker, Duration::from_secs(30)).success());
+    let spent = done["cost_usd"].as_f64().unwrap();
+    assert!(spent <= budget + 1e-12, "spent {spent} of {budget}: {done}");
+    assert_eq!(done["budget_exhausted"], true, "{done}");
+    let ok = cluster.results(&id, false);
+    let errors = cluster.results(&id, true);
+    assert_eq!(exactly_once(&ok, &errors), total);
+    assert!(!ok.is_empty(), "{done}");
+    for line in &ok {
+        let body = &line["response"]["body"];
+        assert_eq!(body["choices"].as_array().unwrap().len(), 8, "{line}");
+        assert_eq!(body["usage"]["completion_tokens"], 800, "{line}");
+    }
+}

@@ -265,6 +265,63 @@ fn estimate_prints_cost_per_model_and_enqueues_nothing() {
     assert!(printed.contains("medium"), "{printed}");
 }
 
+/// Issue 13 item 17: the worst case bounds the routed expected cost, on an input that mixes
+/// short and long documents and a cheap model that usually fails the task's check.
+#[test]
+fn estimate_worst_case_is_never_below_the_routed_expected_cost() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = FakeProvider::start(&[]);
+    config(
+        dir.path(),
+        &fake,
+        "[tasks.check.validate]\nregex = \"large-1\"\n",
+    );
+    let body: String = (0..30)
+        .map(|i| {
+            let words = match i % 3 {
+                0 => 3,
+                1 => 400,
+                _ => 4000,
+            };
+            let text = format!("doc {i} ") + &"lorem ipsum dolor ".repeat(words);
+            format!(
+                "{}\n",
+                serde_json::json!({"id": format!("m{i}"), "text": text})
+            )
+        })
+        .collect();
+    let input = write_file(dir.path(), "mixed.jsonl", body.as_bytes());
+    let args = ["estimate", input.to_str().unwrap(), "--task", "check"];
+    let out = run(batchyard(dir.path()).args(args).arg("--json"));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let est = last_json(&out);
+    let routed = est["routed_expected_usd"].as_f64().unwrap();
+    let worst = est["worst_case_usd"].as_f64().unwrap();
+    let first = est["first_call_worst_case_usd"].as_f64().unwrap();
+    assert!(routed > 0.0 && worst >= routed, "{est}");
+    assert!(first <= worst, "{est}");
+    // Escalations make the expected cost exceed one call per item: the old "worst case".
+    assert!(first < routed, "the input should escalate: {est}");
+
+    let out = run(batchyard(dir.path()).args(args));
+    let printed = text(&out.stdout);
+    let dollars = |label: &str| -> f64 {
+        let line = printed
+            .lines()
+            .find(|l| l.starts_with(label))
+            .unwrap_or_else(|| panic!("no {label} line in {printed}"));
+        line.split('$')
+            .nth(1)
+            .unwrap()
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    assert!(dollars("worst case") >= dollars("routed"), "{printed}");
+}
+
 #[test]
 fn estimate_names_the_bad_line_and_the_limit_that_sets_the_time() {
     let dir = tempfile::tempdir().unwrap();

@@ -16,6 +16,11 @@ pub mod codes {
     pub const NO_ADEQUATE_MODEL: &str = "no_adequate_model";
     /// The item's stored result went missing after it was settled (deleted from storage).
     pub const RESULT_LOST: &str = "result_lost";
+    /// Every adequate model stayed cooling down (failing) through the item's attempts.
+    pub const MODEL_UNAVAILABLE: &str = "model_unavailable";
+    /// The item's only adequate models are paused (auth, quota, operator) and nothing can
+    /// resume them for this run.
+    pub const MODEL_PAUSED: &str = "model_paused";
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -16,6 +16,7 @@ pub fn provider() -> (String, RawProvider) {
             api_key: None,
             headers: None,
             timeout_secs: None,
+            max_response_mib: None,
             latency_ms: None,
             output_tokens: None,
             rpm: None,

@@ -242,6 +242,16 @@ pub(super) fn build_provider(
             if let Some(secs) = p.timeout_secs {
                 bounded_secs(&at("timeout_secs"), secs)?;
             }
+            let max_response_bytes = match p.max_response_mib {
+                None => batchyard_workers::provider::DEFAULT_MAX_RESPONSE_BYTES,
+                Some(mib @ 1..=1024) => (mib as usize) << 20,
+                Some(mib) => {
+                    return Err((
+                        at("max_response_mib"),
+                        format!("must be from 1 to 1024 (MiB per answer), not {mib}"),
+                    ));
+                }
+            };
             let api_key = p
                 .api_key_env
                 .as_ref()
@@ -255,6 +265,7 @@ pub(super) fn build_provider(
                     base_url,
                     api_key,
                     headers,
+                    max_response_bytes,
                     ..AnthropicConfig::default()
                 };
                 config.timeout = p.timeout_secs.map_or(config.timeout, Duration::from_secs);
@@ -264,6 +275,7 @@ pub(super) fn build_provider(
                     base_url,
                     api_key,
                     headers,
+                    max_response_bytes,
                     ..OpenAiConfig::default()
                 };
                 config.timeout = p.timeout_secs.map_or(config.timeout, Duration::from_secs);

@@ -129,6 +129,8 @@ pub struct RawProvider {
     pub api_key: Option<serde::de::IgnoredAny>,
     pub headers: Option<BTreeMap<String, String>>,
     pub timeout_secs: Option<u64>,
+    /// The largest answer read from this provider, in MiB (default 16).
+    pub max_response_mib: Option<u64>,
     /// simulated only: added latency per call.
     pub latency_ms: Option<u64>,
     /// simulated only: output tokens per call.

@@ -3,7 +3,7 @@
 use super::*;
 
 /// Every error code `errors.jsonl` may carry (ARCHITECTURE.md's taxonomy and the job-level codes).
-const TYPED_CODES: [&str; 15] = [
+const TYPED_CODES: [&str; 18] = [
     "rate_limited",
     "transient",
     "context_overflow",
@@ -12,6 +12,7 @@ const TYPED_CODES: [&str; 15] = [
     "quota_exhausted",
     "content_filter",
     "malformed_response",
+    "response_too_large",
     "validation_failed",
     "budget_exhausted",
     "cancelled",
@@ -19,6 +20,8 @@ const TYPED_CODES: [&str; 15] = [
     "worker_lost",
     "invalid_input",
     "no_adequate_model",
+    "model_unavailable",
+    "model_paused",
 ];
 
 #[test]

@@ -128,8 +128,9 @@ pub enum ModelOutcome {
         error: ProviderError,
         attempts: u32,
     },
-    /// The model is cooling down or paused: try the next candidate.
-    Unavailable,
+    /// The model is cooling down or paused (its state, as far as health could tell): try the
+    /// next candidate.
+    Unavailable(crate::health::ModelState),
     /// No rate-limit capacity soon enough: run the job again after this delay.
     Wait(Duration),
 }
@@ -166,7 +167,14 @@ impl Guards {
         estimated_tokens: u64,
     ) -> ModelOutcome {
         if !self.admit(&model.key).await {
-            return ModelOutcome::Unavailable;
+            // Half-open is what a refusal means when health can't say more: another caller holds
+            // the probe.
+            let state = self
+                .health
+                .state(&model.key)
+                .await
+                .unwrap_or(crate::health::ModelState::HalfOpen);
+            return ModelOutcome::Unavailable(state);
         }
         let throttled = self
             .throttled

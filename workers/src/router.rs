@@ -18,7 +18,7 @@ use serde_json::{Map, Value};
 use crate::adequacy::memory::MemoryAdequacy;
 use crate::adequacy::{Adequacy, AdequacyPolicy, PassEstimate, length_bucket};
 use crate::catalog::{Catalog, ModelSpec, TaskSpec};
-use crate::tokens::{TokenEstimator, rough_prompt_tokens};
+use crate::tokens::{TokenEstimator, completions_per_call, count_value, rough_prompt_tokens};
 
 /// Why no model could take a job.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -49,11 +49,11 @@ impl RouteError {
 /// Output tokens assumed when neither the request nor the task sets a limit.
 pub const DEFAULT_OUTPUT_TOKENS: u64 = 512;
 
-/// The output tokens a call may produce, as the request asks or the task allows.
+/// The output tokens one choice may produce, as the request asks or the task allows.
 pub fn requested_output_tokens(body: &Map<String, Value>, task: Option<&TaskSpec>) -> Option<u64> {
     body.get("max_completion_tokens")
         .or_else(|| body.get("max_tokens"))
-        .and_then(Value::as_u64)
+        .and_then(count_value)
         .or_else(|| task.and_then(|t| t.max_output_tokens.map(u64::from)))
 }
 
@@ -63,7 +63,8 @@ pub struct Candidate {
     pub model: Arc<ModelSpec>,
     /// Prompt tokens as this model's tokenizer counts them (estimated).
     pub prompt_tokens: u64,
-    /// The output allowance: what a call may produce at most.
+    /// The output allowance: what a call may produce at most, over all the choices it asks for
+    /// (`n`).
     pub max_output_tokens: u64,
     /// Expected cost of one call (half the output allowance assumed).
     pub call_cost_usd: f64,
@@ -197,6 +198,7 @@ impl Router {
         rejected: Vec<Rejected>,
     ) -> Plan {
         let output = requested_output_tokens(body, task).unwrap_or(DEFAULT_OUTPUT_TOKENS);
+        let completions = completions_per_call(body);
         let bucket = length_bucket(rough_prompt_tokens(body));
         let learns = task.is_some_and(|t| t.validators.is_some());
         let estimates = match task.filter(|_| learns) {
@@ -217,7 +219,8 @@ impl Router {
                 let prompt = self.tokens.prompt_tokens(model, body);
                 let output = model
                     .max_output_tokens
-                    .map_or(output, |cap| output.min(u64::from(cap)));
+                    .map_or(output, |cap| output.min(u64::from(cap)))
+                    .saturating_mul(completions);
                 Candidate {
                     call_cost_usd: model.cost_usd(prompt, output.div_ceil(2)),
                     worst_case_usd: model.cost_usd(prompt, output),

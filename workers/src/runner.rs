@@ -55,6 +55,10 @@ pub struct RunnerOptions {
     /// The queue's visibility timeout: a run longer than half of it may have been reclaimed
     /// (a stalled worker), so it looks before it stores its answer.
     pub visibility_timeout: Duration,
+    /// Whether an item whose adequate models are all paused ends (`model_paused`) once its
+    /// attempts are used up. An in-process `run` sets it: nothing can resume a model there.
+    /// With Redis, such items wait for `batchyard models resume`.
+    pub paused_ends_items: bool,
 }
 
 impl Default for RunnerOptions {
@@ -66,6 +70,7 @@ impl Default for RunnerOptions {
             unavailable_delay: Duration::from_secs(5),
             settle_patience: Duration::from_secs(600),
             visibility_timeout: Duration::from_secs(300),
+            paused_ends_items: false,
         }
     }
 }

@@ -306,6 +306,39 @@ fn rough_extra_tokens(body: &Map<String, Value>) -> u64 {
         .sum()
 }
 
+/// A token count or choice count as a request body may write it: an integer, a float (rounded
+/// up; some servers accept `100.0`) or a numeric string. `None` for anything else, or for a
+/// negative or non-finite number.
+pub fn count_value(value: &Value) -> Option<u64> {
+    match value {
+        Value::Number(n) => n.as_u64().or_else(|| {
+            n.as_f64()
+                .filter(|f| f.is_finite() && *f >= 0.0)
+                // Saturates at u64::MAX, which is what a budget must assume of a huge number.
+                .map(|f| f.ceil() as u64)
+        }),
+        Value::String(s) => s
+            .trim()
+            .parse::<f64>()
+            .ok()
+            .filter(|f| f.is_finite() && *f >= 0.0)
+            .map(|f| f.ceil() as u64),
+        _ => None,
+    }
+}
+
+/// How many completions one call asks for: `n` choices, or `best_of` where a server accepts
+/// it (each candidate is generated and billed). A budget's worst case multiplies the output
+/// allowance by this. At least 1.
+pub fn completions_per_call(body: &Map<String, Value>) -> u64 {
+    ["n", "best_of"]
+        .iter()
+        .filter_map(|k| body.get(*k).and_then(count_value))
+        .max()
+        .unwrap_or(1)
+        .max(1)
+}
+
 /// A model-independent estimate (about four characters a token), for feature buckets and for
 /// places where no model is chosen yet.
 pub fn rough_prompt_tokens(body: &Map<String, Value>) -> u64 {
@@ -363,6 +396,21 @@ mod tests {
         assert!(text.is_char_boundary(end) && end <= CHUNK_BYTES && end > 0);
         let spaces = " ".repeat(CHUNK_BYTES * 3);
         assert_eq!(chunk_end(&spaces), CHUNK_BYTES);
+    }
+
+    #[test]
+    fn every_way_of_writing_n_multiplies_the_output() {
+        let body = |text: &str| -> Map<String, Value> { serde_json::from_str(text).unwrap() };
+        assert_eq!(completions_per_call(&body(r#"{}"#)), 1);
+        assert_eq!(completions_per_call(&body(r#"{"n":8}"#)), 8);
+        assert_eq!(completions_per_call(&body(r#"{"n":7.2}"#)), 8);
+        assert_eq!(completions_per_call(&body(r#"{"n":"8"}"#)), 8);
+        assert_eq!(completions_per_call(&body(r#"{"n":0}"#)), 1);
+        assert_eq!(completions_per_call(&body(r#"{"n":-3}"#)), 1);
+        assert_eq!(completions_per_call(&body(r#"{"n":null}"#)), 1);
+        assert_eq!(completions_per_call(&body(r#"{"n":2,"best_of":5}"#)), 5);
+        assert_eq!(completions_per_call(&body(r#"{"n":1e30}"#)), u64::MAX);
+        assert_eq!(count_value(&Value::from("eight")), None);
     }
 
     #[test]

@@ -282,6 +282,67 @@ async fn bad_bodies_end_as_typed_errors() {
     }
 }
 
+/// Issue 13 item 7: a huge or endless answer fails as `response_too_large` once it passes the
+/// cap, without reading (or holding) the rest.
+#[tokio::test]
+async fn oversized_and_endless_bodies_fail_at_the_cap() {
+    let server = FakeServer::start(&[]);
+    let with = |headers: &[(&str, &str)], cap: usize| {
+        server.provider_with(OpenAiConfig {
+            headers: headers
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
+            max_response_bytes: cap,
+            timeout: Duration::from_secs(20),
+            ..OpenAiConfig::default()
+        })
+    };
+    // 300 MiB announced by Content-Length: refused before a byte of it is read.
+    let started = Instant::now();
+    let err = fails(
+        &with(
+            &[("x-fake-fault", "huge"), ("x-fake-body-mib", "300")],
+            16 << 20,
+        ),
+        "hi",
+    )
+    .await;
+    assert_eq!(err.kind, ProviderErrorKind::ResponseTooLarge, "{err}");
+    assert_eq!(err.kind.code(), "response_too_large");
+    assert!(
+        err.message.contains("300 MiB") && err.message.contains("16 MiB"),
+        "{err}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+
+    // An endless chunked body: cut at the cap, long before the 20 s timeout.
+    let started = Instant::now();
+    let err = fails(&with(&[("x-fake-fault", "endless")], 4 << 20), "hi").await;
+    assert_eq!(err.kind, ProviderErrorKind::ResponseTooLarge, "{err}");
+    assert!(err.message.contains("4 MiB"), "{err}");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(!err.is_retryable(), "the same call would get the same body");
+
+    // Under the cap, the 5 MiB unterminated body is still read and found not to be JSON.
+    let err = fails(&with(&[("x-fake-fault", "huge")], 16 << 20), "hi").await;
+    assert_eq!(err.kind, ProviderErrorKind::MalformedResponse, "{err}");
+    // ... and over a smaller cap it is too large, by its Content-Length.
+    let err = fails(&with(&[("x-fake-fault", "huge")], 1 << 20), "hi").await;
+    assert_eq!(err.kind, ProviderErrorKind::ResponseTooLarge, "{err}");
+
+    // The provider still answers normally afterwards.
+    assert!(call(&server.provider(), "hi").await.is_ok());
+}
+
 #[tokio::test]
 async fn random_faults_mix_and_every_outcome_is_typed() {
     let server = FakeServer::start(&[

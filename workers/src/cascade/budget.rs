@@ -10,11 +10,31 @@ use batchyard_jobs::outcome::{OutputLine, codes};
 
 use super::{Run, carry};
 use crate::retry::backoff_delay;
-use crate::router::Candidate;
+use crate::router::{Candidate, DEFAULT_OUTPUT_TOKENS, requested_output_tokens};
 use crate::runner::{Decision, JobRunner};
 
 /// How long a job waits when the budget's room is held by calls in flight.
 const BUDGET_WAIT: Duration = Duration::from_millis(250);
+
+/// The `max_tokens` to send when the body sets none. Under a budget a call must not produce
+/// more than the allowance its worst case reserved, so the router's default allowance is sent
+/// when neither the request nor the task sets a limit.
+pub(super) fn max_tokens_to_send(
+    budgeted: bool,
+    task_default: Option<u32>,
+    body: &serde_json::Map<String, serde_json::Value>,
+    model: &crate::catalog::ModelSpec,
+) -> Option<u32> {
+    if task_default.is_some() || !budgeted || requested_output_tokens(body, None).is_some() {
+        return task_default;
+    }
+    let allowance = u32::try_from(DEFAULT_OUTPUT_TOKENS).unwrap_or(u32::MAX);
+    Some(
+        model
+            .max_output_tokens
+            .map_or(allowance, |cap| cap.min(allowance)),
+    )
+}
 
 impl JobRunner {
     /// Reserves the candidate's worst case against the batch budget. `Ok(true)` when a
@@ -32,7 +52,7 @@ impl JobRunner {
                 spent_nanos,
                 reserved_nanos,
                 budget_nanos,
-            }) if spent_nanos + worst <= budget_nanos => {
+            }) if spent_nanos.saturating_add(worst) <= budget_nanos => {
                 // Calls in flight hold the room; it frees as they settle to actual costs.
                 tracing::debug!(reserved_nanos, "budget held by calls in flight; waiting");
                 let again = job.clone();
@@ -100,5 +120,52 @@ impl JobRunner {
                 tracing::warn!(error = %e, "cannot commit the call's cost; it will be settled with the job")
             }
         }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod tests {
+    use super::*;
+
+    fn model(cap: Option<u32>) -> crate::catalog::ModelSpec {
+        crate::catalog::ModelSpec {
+            key: "m".into(),
+            provider: "p".into(),
+            name: "m-1".into(),
+            input_usd_per_mtok: 1.0,
+            output_usd_per_mtok: 1.0,
+            cached_input_usd_per_mtok: None,
+            context_window: 100_000,
+            max_output_tokens: cap,
+            tier: 1,
+            capabilities: Default::default(),
+            rpm: None,
+            tpm: None,
+        }
+    }
+
+    #[test]
+    fn a_budgeted_call_without_a_limit_is_sent_the_allowance_it_reserved() {
+        let body = |text: &str| -> serde_json::Map<String, serde_json::Value> {
+            serde_json::from_str(text).unwrap()
+        };
+        let bare = body(r#"{"messages":[]}"#);
+        assert_eq!(
+            max_tokens_to_send(true, None, &bare, &model(None)),
+            Some(512)
+        );
+        assert_eq!(
+            max_tokens_to_send(true, None, &bare, &model(Some(100))),
+            Some(100)
+        );
+        // Unbudgeted, or with a limit of its own, nothing changes.
+        assert_eq!(max_tokens_to_send(false, None, &bare, &model(None)), None);
+        assert_eq!(
+            max_tokens_to_send(true, Some(300), &bare, &model(None)),
+            Some(300)
+        );
+        let limited = body(r#"{"messages":[],"max_tokens":40}"#);
+        assert_eq!(max_tokens_to_send(true, None, &limited, &model(None)), None);
     }
 }

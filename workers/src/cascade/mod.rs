@@ -16,6 +16,7 @@ use crate::retry::backoff_delay;
 use crate::runner::{Decision, JobRunner};
 
 mod budget;
+mod unavailable;
 
 /// What one run of a job has spent and learned so far.
 struct Run {
@@ -78,7 +79,8 @@ impl JobRunner {
             .as_ref()
             .filter(|_| !record.is_some_and(|r| r.no_cache));
         let mut last_error: Option<ProviderError> = None;
-        let (mut exhausted, mut unavailable) = (false, 0usize);
+        let mut exhausted = false;
+        let mut unavailable = unavailable::Unavailable::default();
         // After a context overflow only a larger context window can help.
         let mut needs_context_over: Option<u64> = None;
         let count = plan.candidates.len();
@@ -95,12 +97,17 @@ impl JobRunner {
             let call = ChatCall {
                 model_name: &model.name,
                 body: &job.body,
-                default_max_tokens,
+                default_max_tokens: budget::max_tokens_to_send(
+                    budgeted,
+                    default_max_tokens,
+                    &job.body,
+                    model,
+                ),
             };
             // A simulated answer costs nothing to make again, so it isn't cached.
             let key = cache
                 .filter(|_| !matches!(provider.as_ref(), Provider::Simulated(_)))
-                .map(|_| ResultCache::key(model, &job.body, default_max_tokens));
+                .map(|_| ResultCache::key(model, &job.body, call.default_max_tokens));
             let hit = match (cache, &key) {
                 (Some(cache), Some(key)) => cache.get(key).await,
                 _ => None,
@@ -118,15 +125,15 @@ impl JobRunner {
                         false
                     };
                     let limits = self.catalog.provider_limits(&model.provider);
-                    let estimate = cand.prompt_tokens + cand.max_output_tokens;
+                    let estimate = cand.prompt_tokens.saturating_add(cand.max_output_tokens);
                     let outcome = self
                         .guards
                         .call_model(&self.retry, provider, model, limits, call, estimate)
                         .await;
                     let result = match outcome {
-                        ModelOutcome::Unavailable => {
+                        ModelOutcome::Unavailable(state) => {
                             self.commit(job, reserved, 0.0, &mut run).await;
-                            unavailable += 1;
+                            unavailable.add(&model.key, state);
                             tracing::info!(model = %model.key, "model cooling down or paused; trying the next");
                             continue;
                         }
@@ -191,6 +198,7 @@ impl JobRunner {
                                 ProviderErrorKind::RateLimited
                                     | ProviderErrorKind::Transient
                                     | ProviderErrorKind::MalformedResponse
+                                    | ProviderErrorKind::ResponseTooLarge
                                     | ProviderErrorKind::Auth
                                     | ProviderErrorKind::QuotaExhausted
                             );
@@ -299,11 +307,9 @@ impl JobRunner {
                 }
             }
         }
-        if last_error.is_none() && unavailable > 0 {
-            // Every adequate model is cooling down or paused: wait, don't fail.
-            return self
-                .later(job.clone(), self.options.unavailable_delay, run)
-                .await;
+        if last_error.is_none() && !unavailable.is_empty() {
+            // Every adequate model is cooling down or paused.
+            return self.all_unavailable(job, &unavailable, run).await;
         }
         let (code, message) = match last_error {
             Some(e) => (e.kind.code(), e.message),

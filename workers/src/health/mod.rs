@@ -1,7 +1,8 @@
 //! Shared model health: a circuit breaker per model, operator pauses, and a retry budget.
 //!
-//! - **Breaker.** K consecutive transient failures (`transient`, `malformed_response`, and
-//!   timeouts, which the taxonomy files under `transient`) open the breaker for T. When T is
+//! - **Breaker.** K consecutive transient failures (`transient`, `malformed_response`,
+//!   `response_too_large`, and timeouts, which the taxonomy files under `transient`) open the
+//!   breaker for T. When T is
 //!   over the model is *half-open*: exactly one caller across the cluster is admitted as the
 //!   probe (a lease, so a dead prober is replaced once the lease expires). The probe's success
 //!   closes the breaker; its failure opens it for another T.
@@ -192,9 +193,11 @@ impl Effect {
     pub(crate) fn of(outcome: Result<(), ProviderErrorKind>) -> Self {
         match outcome {
             Ok(()) => Self::Success,
-            Err(ProviderErrorKind::Transient | ProviderErrorKind::MalformedResponse) => {
-                Self::Failure
-            }
+            Err(
+                ProviderErrorKind::Transient
+                | ProviderErrorKind::MalformedResponse
+                | ProviderErrorKind::ResponseTooLarge,
+            ) => Self::Failure,
             Err(ProviderErrorKind::Auth | ProviderErrorKind::QuotaExhausted) => Self::Pause,
             Err(
                 ProviderErrorKind::RateLimited

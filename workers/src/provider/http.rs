@@ -1,9 +1,124 @@
 //! What the HTTP providers share: the URL they show, how a failed request reads, and keeping
 //! secrets out of error messages.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use super::{ProviderError, ProviderErrorKind, Secret};
+
+/// The default cap on one answer's body: far above any real completion (a 128k-token reply
+/// with logprobs is a few MiB), far below what hurts a worker.
+pub const DEFAULT_MAX_RESPONSE_BYTES: usize = 16 * 1024 * 1024;
+
+/// The most all answers being read in this process may hold at once (or one answer's cap, if
+/// that is larger). Each answer is capped on its own, but 64 calls in flight at 16 MiB each
+/// would still be a gigabyte: past this, a read fails as transient and the job tries later.
+const PROCESS_RESPONSE_BYTES: usize = 128 * 1024 * 1024;
+
+/// Bytes held by answers being read right now, across every provider of the process.
+static BUFFERED: AtomicUsize = AtomicUsize::new(0);
+
+/// The bytes one read holds in [`BUFFERED`], given back when the read ends, however it ends.
+struct Held(usize);
+
+impl Held {
+    /// Takes `more` bytes if the process total stays within `ceiling`.
+    fn take(&mut self, more: usize, ceiling: usize) -> bool {
+        let taken = BUFFERED.fetch_update(Ordering::AcqRel, Ordering::Acquire, |now| {
+            now.checked_add(more).filter(|total| *total <= ceiling)
+        });
+        if taken.is_ok() {
+            self.0 += more;
+        }
+        taken.is_ok()
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        BUFFERED.fetch_sub(self.0, Ordering::AcqRel);
+    }
+}
+
+/// What the process's answers hold right now, for tests and metrics.
+pub fn buffered_response_bytes() -> usize {
+    BUFFERED.load(Ordering::Acquire)
+}
+
+/// Reads a whole answer, refusing one larger than `limit` as soon as it says so
+/// (`Content-Length`) or its bytes pass the limit, so a huge or endless body costs at most
+/// `limit` bytes of memory.
+pub(crate) async fn read_body(
+    mut response: reqwest::Response,
+    limit: usize,
+    display_url: &str,
+    timeout: Duration,
+) -> Result<Vec<u8>, ProviderError> {
+    let status = response.status().as_u16();
+    let too_big = |what: String| ProviderError {
+        kind: ProviderErrorKind::ResponseTooLarge,
+        message: format!(
+            "the provider answered {status} with {what}, more than the {} allowed per answer: \
+             check that base_url points at the model's api and not at a proxy or file server; \
+             raise the provider's max_response_mib if replies really are this large",
+            human_bytes(limit)
+        ),
+        status: Some(status),
+        retry_after: None,
+    };
+    let announced = response.content_length();
+    if let Some(n) = announced.filter(|n| *n > limit as u64) {
+        return Err(too_big(format!("a body of {}", human_bytes_u64(n))));
+    }
+    let ceiling = PROCESS_RESPONSE_BYTES.max(limit);
+    let mut held = Held(0);
+    let first = announced.map_or(0, |n| n as usize);
+    let mut bytes = Vec::new();
+    if first > 0 && held.take(first, ceiling) {
+        bytes.reserve_exact(first);
+    }
+    while let Some(chunk) = response
+        .chunk()
+        .await
+        .map_err(|e| transport_error(display_url, timeout, &e))?
+    {
+        if bytes.len() + chunk.len() > limit {
+            return Err(too_big("a body that went on past that".to_owned()));
+        }
+        let before = bytes.capacity();
+        bytes.reserve(chunk.len());
+        let grown = bytes.capacity() - before;
+        if grown > 0 && !held.take(grown, ceiling) {
+            return Err(ProviderError {
+                kind: ProviderErrorKind::Transient,
+                message: format!(
+                    "answers being read in this worker already hold {}: this one is dropped and \
+                     its job runs again later; a provider sending huge bodies is the likely cause",
+                    human_bytes(ceiling)
+                ),
+                status: Some(status),
+                retry_after: None,
+            });
+        }
+        bytes.extend_from_slice(&chunk);
+    }
+    Ok(bytes)
+}
+
+fn human_bytes(n: usize) -> String {
+    human_bytes_u64(n as u64)
+}
+
+fn human_bytes_u64(n: u64) -> String {
+    const MIB: u64 = 1024 * 1024;
+    if n >= MIB && n.is_multiple_of(MIB) {
+        format!("{} MiB", n / MIB)
+    } else if n >= MIB {
+        format!("{:.1} MiB", n as f64 / MIB as f64)
+    } else {
+        format!("{n} bytes")
+    }
+}
 
 /// The URL as it may be printed: no user, password or query (where keys sometimes go).
 pub(crate) fn display_url(url: &reqwest::Url) -> String {

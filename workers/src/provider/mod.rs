@@ -5,6 +5,8 @@
 
 pub mod anthropic;
 mod http;
+
+pub use http::{DEFAULT_MAX_RESPONSE_BYTES, buffered_response_bytes};
 pub mod openai;
 pub mod simulated;
 
@@ -83,6 +85,8 @@ pub enum ProviderErrorKind {
     QuotaExhausted,
     ContentFilter,
     MalformedResponse,
+    /// The answer's body passed the per-answer size cap (`max_response_mib`).
+    ResponseTooLarge,
 }
 
 impl ProviderErrorKind {
@@ -97,6 +101,7 @@ impl ProviderErrorKind {
             Self::QuotaExhausted => "quota_exhausted",
             Self::ContentFilter => "content_filter",
             Self::MalformedResponse => "malformed_response",
+            Self::ResponseTooLarge => "response_too_large",
         }
     }
 }

@@ -35,6 +35,8 @@ pub struct OpenAiConfig {
     /// The whole request, from connect to the last byte of the reply.
     pub timeout: Duration,
     pub connect_timeout: Duration,
+    /// The largest answer read; a larger one fails as `response_too_large`.
+    pub max_response_bytes: usize,
 }
 
 impl Default for OpenAiConfig {
@@ -45,6 +47,7 @@ impl Default for OpenAiConfig {
             headers: Vec::new(),
             timeout: Duration::from_secs(120),
             connect_timeout: Duration::from_secs(10),
+            max_response_bytes: super::http::DEFAULT_MAX_RESPONSE_BYTES,
         }
     }
 }
@@ -58,6 +61,7 @@ impl fmt::Debug for OpenAiConfig {
             .field("headers", &header_names)
             .field("timeout", &self.timeout)
             .field("connect_timeout", &self.connect_timeout)
+            .field("max_response_bytes", &self.max_response_bytes)
             .finish()
     }
 }
@@ -69,6 +73,7 @@ pub struct OpenAiProvider {
     /// `url` without user info or query, for messages.
     display_url: String,
     timeout: Duration,
+    max_response_bytes: usize,
     /// Strings to scrub from every error message: the key and secret-looking header values.
     secrets: Vec<Secret>,
 }
@@ -159,6 +164,7 @@ impl OpenAiProvider {
             url,
             display_url,
             timeout: config.timeout,
+            max_response_bytes: config.max_response_bytes.max(1),
             secrets,
         })
     }
@@ -188,10 +194,13 @@ impl OpenAiProvider {
             .map_err(|e| self.transport_error(&e))?;
         let status = response.status().as_u16();
         let headers = std::mem::take(response.headers_mut());
-        let bytes = response
-            .bytes()
-            .await
-            .map_err(|e| self.transport_error(&e))?;
+        let bytes = super::http::read_body(
+            response,
+            self.max_response_bytes,
+            &self.display_url,
+            self.timeout,
+        )
+        .await?;
         if !(200..300).contains(&status) {
             return Err(classify(status, &headers, &bytes));
         }

@@ -100,6 +100,7 @@ pub fn parse(body: &[u8]) -> Result<Parsed, Box<Response>> {
         .map(|m| text_of(m.get("content")).chars().count())
         .sum();
     Ok(Parsed {
+        choices: 1,
         model: model.to_owned(),
         last_user,
         prompt_tokens: ((system_chars + prompt_chars) / 4 + 4 * messages.len()).max(1) as u64,
@@ -162,7 +163,7 @@ fn message(id: &str, model: &str, content: Value, stop_reason: &str, usage: (u64
     })
 }
 
-pub fn fault(fault: Fault) -> Response {
+pub fn fault(fault: Fault, shutdown: &tokio_util::sync::CancellationToken) -> Response {
     let status = |s: u16| StatusCode::from_u16(s).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     match fault {
         Fault::Status(429) => rate_limited(),
@@ -181,9 +182,11 @@ pub fn fault(fault: Fault) -> Response {
             StatusCode::OK,
             json!({"id": "msg_fake_empty", "type": "message", "role": "assistant"}),
         ),
-        Fault::Huge => {
-            huge(r#"{"id":"msg_fake_huge","type":"message","content":[{"type":"text","text":""#)
-        }
+        Fault::Huge(size) => huge(
+            r#"{"id":"msg_fake_huge","type":"message","content":[{"type":"text","text":""#,
+            size,
+            shutdown.clone(),
+        ),
         Fault::Error200 => json_response(
             StatusCode::OK,
             json!({"type": "error", "error": {"type": "api_error",

@@ -18,10 +18,16 @@ pub struct Parsed {
     pub last_user: String,
     pub prompt_tokens: u64,
     pub max_tokens: Option<u64>,
+    /// `n`: how many choices the OpenAI dialect answers with (each the same reply, each
+    /// counted in `completion_tokens`), 1 to [`MAX_CHOICES`].
+    pub choices: u64,
     /// Skill mode's `ANSWER: ok` / `ANSWER: wrong`, or a `--reply` text for this model, set
     /// after parsing when it applies.
     pub answer: Option<String>,
 }
+
+/// The most choices one answer carries, so a silly `n` can't make the fake build a huge body.
+pub const MAX_CHOICES: u64 = 128;
 
 /// The reply the fake gives.
 #[derive(Debug)]
@@ -81,7 +87,8 @@ pub enum Fault {
     Drop,
     Hang,
     Length,
-    Huge,
+    /// `size` bytes of unterminated JSON; an endless chunked body when `None`.
+    Huge(Option<u64>),
     Error200,
     Html,
 }
@@ -99,7 +106,8 @@ impl Fault {
             Self::Drop => "drop".into(),
             Self::Hang => "hang".into(),
             Self::Length => "length".into(),
-            Self::Huge => "huge".into(),
+            Self::Huge(Some(_)) => "huge".into(),
+            Self::Huge(None) => "endless".into(),
             Self::Error200 => "error_200".into(),
             Self::Html => "html".into(),
         }
@@ -120,7 +128,7 @@ const MAGIC: [(&str, &str); 10] = [
     ("FAKE:LENGTH", "length"),
 ];
 
-fn named(state: &AppState, name: &str, text: &str) -> Option<Fault> {
+fn named(state: &AppState, headers: &HeaderMap, name: &str, text: &str) -> Option<Fault> {
     Some(match name {
         "429" => Fault::Status(429),
         "429_once" => {
@@ -145,7 +153,14 @@ fn named(state: &AppState, name: &str, text: &str) -> Option<Fault> {
         "drop" => Fault::Drop,
         "hang" => Fault::Hang,
         "length" => Fault::Length,
-        "huge" => Fault::Huge,
+        "huge" => Fault::Huge(Some(
+            headers
+                .get("x-fake-body-mib")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .map_or(crate::HUGE_BYTES, |mib| mib.saturating_mul(1024 * 1024)),
+        )),
+        "endless" => Fault::Huge(None),
         "error_200" => Fault::Error200,
         "html" => Fault::Html,
         _ => return None,
@@ -164,7 +179,7 @@ pub fn choose(state: &AppState, headers: &HeaderMap, text: &str) -> Option<Fault
         .map(|(_, name)| *name);
     if let Some(fault) = magic
         .or(header.as_deref())
-        .and_then(|name| named(state, name, text))
+        .and_then(|name| named(state, headers, name, text))
     {
         return Some(fault);
     }
@@ -238,7 +253,7 @@ async fn respond(
     let full = Reply::new(&parsed, false);
     let admission = state
         .limiter
-        .admit(parsed.prompt_tokens + full.completion_tokens);
+        .admit(parsed.prompt_tokens + full.completion_tokens * parsed.choices);
     if !admission.admitted {
         let response = match dialect {
             OpenAi => openai::over_limit(&parsed, &admission),
@@ -280,9 +295,10 @@ async fn respond(
         }
         None | Some(Fault::Length) => {
             let reply = Reply::new(&parsed, fault == Some(Fault::Length));
-            state
-                .limiter
-                .settle(&admission, parsed.prompt_tokens + reply.completion_tokens);
+            state.limiter.settle(
+                &admission,
+                parsed.prompt_tokens + reply.completion_tokens * parsed.choices,
+            );
             let n = state.next_id.fetch_add(1, Ordering::Relaxed);
             match dialect {
                 OpenAi => openai::success(n, &parsed, &reply),
@@ -292,8 +308,8 @@ async fn respond(
         Some(fault) => {
             state.limiter.settle(&admission, parsed.prompt_tokens);
             let mut response = match dialect {
-                OpenAi => openai::fault(fault),
-                Anthropic => anthropic::fault(fault),
+                OpenAi => openai::fault(fault, &state.shutdown),
+                Anthropic => anthropic::fault(fault, &state.shutdown),
             };
             // Opt-in, so the OpenAI dialect's default hint stays the short `retry-after-ms`.
             if let (Fault::Status(429), Some(secs)) = (fault, options.retry_after_secs)

@@ -5,7 +5,8 @@
 //! It serves:
 //! - `POST /v1/chat/completions` (also `/chat/completions`): a deterministic reply echoing the
 //!   model and the first 40 characters of the last user message, with usage counts and
-//!   `finish_reason` `stop` (or `length` when `max_tokens` is smaller than the reply);
+//!   `finish_reason` `stop` (or `length` when `max_tokens` is smaller than the reply); `n` (up
+//!   to 128) repeats the choice, and `completion_tokens` counts every choice;
 //! - `POST /v1/messages`: the same reply in Anthropic's shape (`stop_reason` `end_turn` or
 //!   `max_tokens`); needs `anthropic-version` and `max_tokens`, and `x-api-key` when
 //!   `--require-key` is set;
@@ -31,8 +32,10 @@
 //! - the header `x-fake-fault` with one of `429`, `429_once`, `500`, `500_once`, `502`, `503`,
 //!   `529`, `context`, `malformed`, `quota`, `filter`, `no_choices`, `drop` (close the connection
 //!   without a response), `hang` (answer nothing for `--hang-secs`, then close), `length` (a
-//!   reply cut short), `huge` (a 5 MiB unterminated JSON body), `error_200` (200 with an error
-//!   object), `html` (200 `text/html`);
+//!   reply cut short), `huge` (a 5 MiB unterminated JSON body with `Content-Length`; the header
+//!   `x-fake-body-mib: N` sets its size, streamed, so the fake itself stays small), `endless`
+//!   (200 with a chunked JSON body that never ends), `error_200` (200 with an error object),
+//!   `html` (200 `text/html`);
 //! - the header `x-fake-latency-ms: N`, added to the drawn latency;
 //! - `--fail-rate-{429,500,502,503,529}`, `--drop-rate`, `--hang-rate`, `--malformed-rate`,
 //!   `--length-rate`, `--filter-rate`: that fraction of requests, at random (one draw each);
@@ -67,6 +70,7 @@ use axum::extract::{ConnectInfo, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use futures::StreamExt as _;
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
@@ -75,8 +79,8 @@ use flow::Dialect;
 use limits::Limiter;
 use options::Options;
 
-/// The size of the `huge` fault's body.
-const HUGE_BYTES: usize = 5 * 1024 * 1024;
+/// The size of the `huge` fault's body, unless `x-fake-body-mib` says otherwise.
+pub const HUGE_BYTES: u64 = 5 * 1024 * 1024;
 
 pub struct AppState {
     options: Options,
@@ -188,17 +192,46 @@ pub fn html() -> Response {
         .into_response()
 }
 
-/// 200 `application/json` with [`HUGE_BYTES`] of a reply that never ends.
-pub fn huge(prefix: &str) -> Response {
-    let mut body = Vec::with_capacity(HUGE_BYTES);
-    body.extend_from_slice(prefix.as_bytes());
-    body.resize(HUGE_BYTES, b'x');
-    (
+/// One chunk of a huge or endless body: the same 64 KiB of `x` each time, so the fake holds
+/// almost nothing however much it sends.
+const FILL_CHUNK: usize = 64 * 1024;
+
+/// 200 `application/json` with `size` bytes (with `Content-Length`) of a reply whose JSON
+/// never ends, or an endless chunked one when `size` is `None`, sent until the client
+/// hangs up or the fake shuts down.
+pub fn huge(prefix: &str, size: Option<u64>, shutdown: CancellationToken) -> Response {
+    let fill = Bytes::from(vec![b'x'; FILL_CHUNK]);
+    let head = Bytes::copy_from_slice(prefix.as_bytes());
+    let mut left = size.map(|s| s.saturating_sub(head.len() as u64));
+    let body = futures::stream::once(async move { Ok::<_, std::io::Error>(head) }).chain(
+        futures::stream::poll_fn(move |_| {
+            if shutdown.is_cancelled() {
+                return std::task::Poll::Ready(None);
+            }
+            let next = match &mut left {
+                Some(0) => None,
+                Some(n) => {
+                    let take = (*n).min(FILL_CHUNK as u64);
+                    *n -= take;
+                    Some(fill.slice(..take as usize))
+                }
+                None => Some(fill.clone()),
+            };
+            std::task::Poll::Ready(next.map(Ok))
+        }),
+    );
+    let mut response = (
         StatusCode::OK,
         [(header::CONTENT_TYPE, "application/json")],
-        Body::from(body),
+        Body::from_stream(body),
     )
-        .into_response()
+        .into_response();
+    if let Some(size) = size
+        && let Ok(value) = header::HeaderValue::from_str(&size.max(prefix.len() as u64).to_string())
+    {
+        response.headers_mut().insert(header::CONTENT_LENGTH, value);
+    }
+    response
 }
 
 async fn run(options: Options) -> Result<(), Box<dyn Error>> {

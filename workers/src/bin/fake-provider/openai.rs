@@ -98,6 +98,11 @@ pub fn parse(body: &[u8]) -> Result<Parsed, Box<Response>> {
         max_tokens: ["max_completion_tokens", "max_tokens"]
             .iter()
             .find_map(|k| request.get(*k).and_then(Value::as_u64)),
+        choices: request
+            .get("n")
+            .and_then(Value::as_u64)
+            .unwrap_or(1)
+            .clamp(1, crate::flow::MAX_CHOICES),
         answer: None,
     })
 }
@@ -150,7 +155,7 @@ fn server_error(status: StatusCode) -> Response {
     )
 }
 
-pub fn fault(fault: Fault) -> Response {
+pub fn fault(fault: Fault, shutdown: &tokio_util::sync::CancellationToken) -> Response {
     match fault {
         Fault::Status(429) => rate_limited(),
         Fault::Status(529) => error_response(
@@ -186,8 +191,10 @@ pub fn fault(fault: Fault) -> Response {
             StatusCode::OK,
             json!({"id": "fakecmpl-empty", "object": "chat.completion", "choices": []}),
         ),
-        Fault::Huge => huge(
+        Fault::Huge(size) => huge(
             r#"{"id":"fakecmpl-huge","object":"chat.completion","choices":[{"index":0,"message":{"role":"assistant","content":""#,
+            size,
+            shutdown.clone(),
         ),
         Fault::Error200 => json_response(
             StatusCode::OK,
@@ -208,6 +215,16 @@ pub fn success(n: u64, parsed: &Parsed, reply: &Reply) -> Response {
         .map(|d| d.as_secs())
         .unwrap_or(0);
     let prompt_tokens = parsed.prompt_tokens;
+    let choices: Vec<Value> = (0..parsed.choices)
+        .map(|index| {
+            json!({
+                "index": index,
+                "message": {"role": "assistant", "content": reply.content},
+                "finish_reason": if reply.truncated { "length" } else { "stop" },
+            })
+        })
+        .collect();
+    let completion_tokens = reply.completion_tokens * parsed.choices;
     let mut response = json_response(
         StatusCode::OK,
         json!({
@@ -215,15 +232,11 @@ pub fn success(n: u64, parsed: &Parsed, reply: &Reply) -> Response {
             "object": "chat.completion",
             "created": created,
             "model": parsed.model,
-            "choices": [{
-                "index": 0,
-                "message": {"role": "assistant", "content": reply.content},
-                "finish_reason": if reply.truncated { "length" } else { "stop" },
-            }],
+            "choices": choices,
             "usage": {
                 "prompt_tokens": prompt_tokens,
-                "completion_tokens": reply.completion_tokens,
-                "total_tokens": prompt_tokens + reply.completion_tokens,
+                "completion_tokens": completion_tokens,
+                "total_tokens": prompt_tokens + completion_tokens,
             },
         }),
     );

@@ -30,9 +30,6 @@ use super::{ChatCall, Completion, ProviderError, ProviderErrorKind, Secret};
 /// The API version sent when the config names none.
 pub const DEFAULT_VERSION: &str = "2023-06-01";
 
-/// The largest reply we read; a bigger one is a broken or hostile server, not a completion.
-const MAX_RESPONSE_BYTES: usize = 32 * 1024 * 1024;
-
 /// How to reach the Messages API (or a compatible proxy).
 #[derive(Clone)]
 pub struct AnthropicConfig {
@@ -49,6 +46,8 @@ pub struct AnthropicConfig {
     /// The whole request, from connect to the last byte of the reply.
     pub timeout: Duration,
     pub connect_timeout: Duration,
+    /// The largest answer read; a larger one fails as `response_too_large`.
+    pub max_response_bytes: usize,
 }
 
 impl Default for AnthropicConfig {
@@ -61,6 +60,7 @@ impl Default for AnthropicConfig {
             // Long replies without streaming take minutes; Anthropic's own SDKs wait 10.
             timeout: Duration::from_secs(600),
             connect_timeout: Duration::from_secs(10),
+            max_response_bytes: super::http::DEFAULT_MAX_RESPONSE_BYTES,
         }
     }
 }
@@ -75,6 +75,7 @@ impl fmt::Debug for AnthropicConfig {
             .field("headers", &header_names)
             .field("timeout", &self.timeout)
             .field("connect_timeout", &self.connect_timeout)
+            .field("max_response_bytes", &self.max_response_bytes)
             .finish()
     }
 }
@@ -86,6 +87,7 @@ pub struct AnthropicProvider {
     /// `url` without user info or query, for messages.
     display_url: String,
     timeout: Duration,
+    max_response_bytes: usize,
     /// Strings to scrub from every error message: the key and secret-looking header values.
     secrets: Vec<Secret>,
 }
@@ -199,6 +201,7 @@ impl AnthropicProvider {
             url,
             display_url,
             timeout: config.timeout,
+            max_response_bytes: config.max_response_bytes.max(1),
             secrets,
         })
     }
@@ -230,47 +233,17 @@ impl AnthropicProvider {
             .map_err(|e| self.transport_error(&e))?;
         let status = response.status().as_u16();
         let headers = std::mem::take(response.headers_mut());
-        let bytes = self.read_body(status, response).await?;
+        let bytes = super::http::read_body(
+            response,
+            self.max_response_bytes,
+            &self.display_url,
+            self.timeout,
+        )
+        .await?;
         if !(200..300).contains(&status) {
             return Err(classify(status, &headers, &bytes));
         }
         response::parse_success(status, &headers, &bytes, body)
-    }
-
-    /// The whole reply, refusing one larger than [`MAX_RESPONSE_BYTES`].
-    async fn read_body(
-        &self,
-        status: u16,
-        mut response: reqwest::Response,
-    ) -> Result<Vec<u8>, ProviderError> {
-        let too_big = || ProviderError {
-            kind: ProviderErrorKind::MalformedResponse,
-            message: format!(
-                "the provider answered {status} with a reply larger than {} MiB: check that \
-                 base_url points at the Messages API",
-                MAX_RESPONSE_BYTES / (1024 * 1024)
-            ),
-            status: Some(status),
-            retry_after: None,
-        };
-        if response
-            .content_length()
-            .is_some_and(|n| n > MAX_RESPONSE_BYTES as u64)
-        {
-            return Err(too_big());
-        }
-        let mut bytes = Vec::new();
-        while let Some(chunk) = response
-            .chunk()
-            .await
-            .map_err(|e| self.transport_error(&e))?
-        {
-            if bytes.len() + chunk.len() > MAX_RESPONSE_BYTES {
-                return Err(too_big());
-            }
-            bytes.extend_from_slice(&chunk);
-        }
-        Ok(bytes)
     }
 
     fn transport_error(&self, err: &reqwest::Error) -> ProviderError {
