@@ -126,7 +126,7 @@ pub async fn batch(
 }
 
 /// The batch's `manifest.json`, or `None` when it has none (its input failed validation).
-async fn read_manifest(state: &ApiState, id: &str) -> Result<Option<Value>, ApiError> {
+pub(super) async fn read_manifest(state: &ApiState, id: &str) -> Result<Option<Value>, ApiError> {
     let path = state.app.store.manifest_path(id);
     match state.app.store.get(&path).await {
         Ok(bytes) => serde_json::from_slice(&bytes)
