@@ -17,8 +17,9 @@ use serde_json::{Value, json};
 
 mod object;
 
+pub(in crate::api) use object::load_api;
 pub use object::{ApiBatch, BatchErrorItem, ENDPOINT, WINDOW, WINDOW_SECS, batch_object};
-use object::{check_metadata, load_api, save_api};
+use object::{check_metadata, save_api};
 
 use super::ApiState;
 use super::error::{ApiError, ApiJson, ApiQuery};

@@ -131,7 +131,13 @@ pub async fn serve(
         stop_upkeep.clone(),
     ));
     // The last hour of queue depth for `/api/queues/history`, stopped with the upkeep.
-    let history = api::native::QueueHistory::default();
+    let mut history = api::native::QueueHistory::default();
+    if let Some(url) = app.settings.redis_url.as_deref() {
+        let conn = batchyard_jobs::redis_conn::connect(url)
+            .await
+            .context("cannot connect to redis")?;
+        history = history.persisted(api::native::history::Persist::new(conn, app.queue.name()));
+    }
     tasks.spawn(api::native::history::sample(
         Arc::clone(&app.queue),
         history.clone(),

@@ -48,7 +48,7 @@ fn record_path(state: &ApiState, batch_id: &str) -> object_store::path::Path {
         .path_of(&format!("api/batches/{batch_id}.json"))
 }
 
-pub(super) async fn load_api(
+pub(in crate::api) async fn load_api(
     state: &ApiState,
     batch_id: &str,
 ) -> Result<Option<ApiBatch>, ApiError> {
