@@ -267,6 +267,21 @@ fn refused_and_cancelled_batches_tell_the_truth_and_history_survives_a_restart()
         "{one}"
     );
 
+    // Replay it; a second replay while the first runs is refused, naming the first.
+    let json_body = ["-H", "Content-Type: application/json", "--data", "{}"];
+    let retry = format!("/api/batches/{bid}/retry");
+    let first = ok_json(call(&s, "POST", &retry, &json_body));
+    let replay = first["replay_id"].as_str().unwrap();
+    assert!(first["retried"].as_u64().unwrap() > 100, "{first}");
+    let e = expect_error(call(&s, "POST", &retry, &json_body), 409);
+    assert!(
+        e["message"].as_str().unwrap().contains(replay),
+        "the refusal names {replay}: {e}"
+    );
+    let done = wait_batch(&s, &bid, Duration::from_secs(120));
+    assert_eq!(done["status"], "completed", "{done}");
+    assert_eq!(done["request_counts"]["completed"], 200, "{done}");
+
     // A restart keeps the samples taken before it.
     s.stop();
     std::thread::sleep(Duration::from_millis(1100));
