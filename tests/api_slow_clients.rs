@@ -156,7 +156,9 @@ fn slow_clients_do_not_hold_serve_hostage() {
         worst = worst.max(took);
     }
     eprintln!("worst answer during a 600-connection slow flood: {worst:?}");
-    assert!(worst < Duration::from_secs(2), "{worst:?}");
+    // Well under the header timeout: a new client gets in by closing a slow one, it does not
+    // wait for slow ones to time out (without that, 1.4 s here; with it, about 1 ms).
+    assert!(worst < Duration::from_millis(750), "{worst:?}");
 
     // Every slow client is let go within the header timeout (plus scheduling slack).
     let deadline = Instant::now() + Duration::from_secs(HEADER_TIMEOUT + 10);
