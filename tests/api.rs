@@ -470,6 +470,17 @@ fn every_batch_object_validates_with_the_openai_sdk() {
         "{cli_view}"
     );
     assert_eq!(cli_view["model"], "small", "{cli_view}");
+    let e = expect_error(
+        call(&s, "GET", &format!("/v1/files/file-{submitted}-input"), &[]),
+        404,
+    );
+    assert!(
+        e["message"]
+            .as_str()
+            .unwrap()
+            .contains("submitted from the CLI"),
+        "{e}"
+    );
 
     let out = Command::new("python3")
         .arg(repo_root().join("tests/api_client.py"))
