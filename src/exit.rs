@@ -11,6 +11,7 @@ pub fn code_for(err: &anyhow::Error) -> i32 {
         || err
             .downcast_ref::<crate::submission::InvalidInput>()
             .is_some()
+        || err.downcast_ref::<crate::replay::ReplayBusy>().is_some()
     {
         2
     } else {

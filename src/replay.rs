@@ -7,6 +7,7 @@
 
 use batchyard_jobs::batch::{BatchRecord, BatchState, now_millis};
 use batchyard_jobs::job::{Job, Route};
+use batchyard_jobs::ledger::Reopen;
 use batchyard_jobs::outcome::{OutputLine, codes};
 use futures::{StreamExt, TryStreamExt};
 
@@ -14,6 +15,47 @@ use crate::app::App;
 use crate::exit::UsageError;
 
 const CHUNK: usize = 1000;
+
+/// A replay refused because the batch is not finished: another replay (named when known) or
+/// the first run is still going. Only one replay of a batch runs at a time.
+#[derive(Debug)]
+pub struct ReplayBusy {
+    pub batch_id: String,
+    pub state: BatchState,
+    pub replay: Option<String>,
+}
+
+impl std::fmt::Display for ReplayBusy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (id, state) = (&self.batch_id, self.state.as_str());
+        match &self.replay {
+            Some(replay) => write!(
+                f,
+                "batch {id} is {state}, being replayed by {replay}; one replay of a batch runs at a time: wait for it (`batchyard watch {id}`), then retry what still failed"
+            ),
+            None => write!(
+                f,
+                "batch {id} is {state}; retry works on finished batches (wait, or cancel it first)"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for ReplayBusy {}
+
+impl ReplayBusy {
+    fn new(batch_id: &str, state: BatchState, replay: Option<String>) -> Self {
+        Self {
+            batch_id: batch_id.to_string(),
+            state,
+            replay,
+        }
+    }
+}
+
+fn new_replay_id() -> String {
+    batchyard_jobs::job::new_batch_id().replacen("batch_", "replay_", 1)
+}
 
 /// What a retry selects.
 #[derive(Debug, Clone, Default)]
@@ -30,6 +72,8 @@ pub struct Replayed {
     pub retried: u64,
     /// Failures that matched but can't be replayed (invalid input has no request to send).
     pub not_replayable: u64,
+    /// The replay that reopened the batch; `None` when nothing was replayed.
+    pub replay_id: Option<String>,
 }
 
 async fn finished_batch(app: &App, batch_id: &str) -> anyhow::Result<BatchRecord> {
@@ -38,11 +82,10 @@ async fn finished_batch(app: &App, batch_id: &str) -> anyhow::Result<BatchRecord
             "batch {batch_id} was not found; check the id with `batchyard status`"
         ))
         .into()),
-        Some(r) if !r.state.is_terminal() => Err(UsageError(format!(
-            "batch {batch_id} is {}; retry works on finished batches (wait, or cancel it first)",
-            r.state.as_str()
-        ))
-        .into()),
+        Some(r) if !r.state.is_terminal() => {
+            let replay = app.ledger.last_replay(batch_id).await?;
+            Err(ReplayBusy::new(batch_id, r.state, replay).into())
+        }
         Some(r) => Ok(r),
     }
 }
@@ -104,18 +147,18 @@ pub async fn retry(app: &App, batch_id: &str, filter: &RetryFilter) -> anyhow::R
             record,
             retried,
             not_replayable,
+            replay_id: None,
         });
     }
-    match (filter.budget_usd, record.budget_usd) {
+    // Checked before the batch is reopened, applied after: a refused replay changes nothing.
+    let new_budget = match (filter.budget_usd, record.budget_usd) {
         (Some(more), _) => {
             if !more.is_finite() || more <= 0.0 {
                 return Err(
                     UsageError(format!("--budget-usd must be more than 0, not {more}")).into(),
                 );
             }
-            app.ledger
-                .set_budget(batch_id, Some(record.cost_usd() + more))
-                .await?;
+            Some(record.cost_usd() + more)
         }
         (None, Some(budget))
             if record.budget_exhausted_at.is_some() || record.cost_usd() >= budget =>
@@ -126,9 +169,17 @@ pub async fn retry(app: &App, batch_id: &str, filter: &RetryFilter) -> anyhow::R
             ))
             .into());
         }
-        (None, _) => {}
+        (None, _) => None,
+    };
+    let replay_id = new_replay_id();
+    // The finished-batch check above can race with another replay; this one can't.
+    if let Reopen::Busy { state, replay } = app.ledger.reopen(batch_id, retried, &replay_id).await?
+    {
+        return Err(ReplayBusy::new(batch_id, state, replay).into());
     }
-    app.ledger.reopen(batch_id, retried).await?;
+    if new_budget.is_some() {
+        app.ledger.set_budget(batch_id, new_budget).await?;
+    }
 
     // Pass 2: enqueue. Chunk numbers continue above any earlier enqueue of this batch.
     let mut chunk_no = now_millis().saturating_mul(1000);
@@ -155,11 +206,12 @@ pub async fn retry(app: &App, batch_id: &str, filter: &RetryFilter) -> anyhow::R
         app.queue.enqueue_chunk(batch_id, chunk_no, &chunk).await?;
     }
     let record = app.ledger.get(batch_id).await?.unwrap_or(record);
-    tracing::info!(batch_id, retried, "failed items re-enqueued");
+    tracing::info!(batch_id, replay_id, retried, "failed items re-enqueued");
     Ok(Replayed {
         record,
         retried,
         not_replayable,
+        replay_id: Some(replay_id),
     })
 }
 

@@ -6,6 +6,8 @@ Run by tests/api.rs (official_openai_python_client) with:
   BATCHYARD_API_TOKEN       a token from the server's BATCHYARD_API_TOKENS
   BATCHYARD_API_INPUT       a small JSONL of chat requests (custom ids are checked)
   BATCHYARD_API_SLOW_INPUT  a larger JSONL, slow enough to cancel while it runs
+or, with BATCHYARD_API_VALIDATE_ONLY=1, only checks that every batch object the server lists
+and retrieves validates against the SDK's `Batch` model, and prints "api_client: validated N".
 
 Exit 0 and print "api_client: ok" on success. Without the `openai` package: exit 77 (the
 Rust test skips) outside CI, exit 1 under CI=true, where it must be installed.
@@ -38,10 +40,33 @@ def wait(client, batch_id, limit=90.0):
         time.sleep(0.3)
 
 
+def validate_all(client):
+    """Every batch, listed and retrieved, parsed strictly: the SDK's own responses skip
+    validation, so a null required field would only show up in a user's model_validate."""
+    from openai.types import Batch
+
+    listed = client.batches.with_raw_response.list(limit=100).http_response.json()
+    seen = 0
+    for raw in listed["data"]:
+        Batch.model_validate(raw)
+        one = client.batches.with_raw_response.retrieve(raw["id"]).http_response.json()
+        batch = Batch.model_validate(one)
+        if batch.status in TERMINAL and batch.status != "failed":
+            assert batch.usage is not None, one
+            assert batch.usage.total_tokens == (
+                batch.usage.input_tokens + batch.usage.output_tokens
+            ), one
+        seen += 1
+    print(f"api_client: validated {seen}")
+
+
 def main():
     base = os.environ["BATCHYARD_API_BASE"]
     token = os.environ["BATCHYARD_API_TOKEN"]
     client = openai.OpenAI(base_url=base, api_key=token, max_retries=0, timeout=60)
+    if os.environ.get("BATCHYARD_API_VALIDATE_ONLY") == "1":
+        validate_all(client)
+        return
 
     # Authentication errors come back as the client's own exception type.
     try:

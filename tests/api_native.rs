@@ -181,3 +181,116 @@ fn native_endpoints_describe_queues_batches_and_models() {
     assert_eq!(large["reason"], "auth: test pause", "{models}");
     s.stop();
 }
+
+fn history_times(s: &Server) -> Vec<u64> {
+    ok_json(call(s, "GET", "/api/queues/history", &[]))["points"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["t"].as_u64().unwrap())
+        .collect()
+}
+
+/// Issue 16: a batch refused at validation is shown failed with its reason (not a full green
+/// bar), a cancelled batch has no rate, and the queue history survives a restart of `serve`.
+#[test]
+fn refused_and_cancelled_batches_tell_the_truth_and_history_survives_a_restart() {
+    let Some(cluster) = Cluster::start("api_native_truth", &["--latency-ms", "100"], 30) else {
+        return;
+    };
+    let s = Server::start(&cluster);
+    let start = Instant::now();
+    let before = loop {
+        let t = history_times(&s);
+        if !t.is_empty() {
+            break t;
+        }
+        assert!(start.elapsed() < Duration::from_secs(10), "no history");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+
+    // Three bad lines of four.
+    let body = format!(
+        "{}\n{{not json}}\n{{\"custom_id\": 3}}\nplain\n",
+        request_line("ok-1", "hi")
+    );
+    let bad = write_file(cluster.dir.path(), "bad.jsonl", body.as_bytes());
+    let file = upload(&s, &bad);
+    let refused = ok_json(create_batch(&s, file["id"].as_str().unwrap(), "{}"));
+    assert_eq!(refused["status"], "failed", "{refused}");
+    let rid = refused["id"].as_str().unwrap();
+    let one = ok_json(call(&s, "GET", &format!("/api/batches/{rid}"), &[]));
+    assert_eq!(one["status"], "failed", "{one}");
+    assert_eq!(one["progress"], 0.0, "nothing ran: {one}");
+    assert_eq!(
+        one["partial"], false,
+        "an ended batch is not partial: {one}"
+    );
+    assert_eq!(
+        one["errors_by_code"],
+        serde_json::json!({"invalid_input": 3}),
+        "{one}"
+    );
+    let reason = one["reason"].as_str().unwrap_or_default();
+    assert!(
+        reason.contains("line 2") && reason.contains("and 2 more"),
+        "the reason names the first bad line: {one}"
+    );
+    assert!(
+        one["errors"].as_array().is_some_and(|e| e.len() == 3),
+        "{one}"
+    );
+
+    // Cancelled while most items were queued: they settle at once without running.
+    let file = upload(&s, &input(cluster.dir.path(), "slow", 200));
+    let created = ok_json(create_batch(&s, file["id"].as_str().unwrap(), "{}"));
+    let bid = created["id"].as_str().unwrap().to_string();
+    let _workers = Workers(vec![cluster.spawn_worker(&["--concurrency", "1"])]);
+    let start = Instant::now();
+    while cluster.status(&bid)["request_counts"]["completed"]
+        .as_u64()
+        .unwrap()
+        < 3
+    {
+        assert!(start.elapsed() < Duration::from_secs(60), "no progress");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    ok_json(call(&s, "POST", &format!("/v1/batches/{bid}/cancel"), &[]));
+    assert_eq!(
+        wait_batch(&s, &bid, Duration::from_secs(60))["status"],
+        "cancelled"
+    );
+    let one = ok_json(call(&s, "GET", &format!("/api/batches/{bid}"), &[]));
+    assert!(one["rate_per_sec"].is_null(), "{one}");
+    assert!(
+        one["errors_by_code"]["cancelled"].as_u64().unwrap() > 100,
+        "{one}"
+    );
+
+    // Replay it; a second replay while the first runs is refused, naming the first.
+    let json_body = ["-H", "Content-Type: application/json", "--data", "{}"];
+    let retry = format!("/api/batches/{bid}/retry");
+    let first = ok_json(call(&s, "POST", &retry, &json_body));
+    let replay = first["replay_id"].as_str().unwrap();
+    assert!(first["retried"].as_u64().unwrap() > 100, "{first}");
+    let e = expect_error(call(&s, "POST", &retry, &json_body), 409);
+    assert!(
+        e["message"].as_str().unwrap().contains(replay),
+        "the refusal names {replay}: {e}"
+    );
+    let done = wait_batch(&s, &bid, Duration::from_secs(120));
+    assert_eq!(done["status"], "completed", "{done}");
+    assert_eq!(done["request_counts"]["completed"], 200, "{done}");
+
+    // A restart keeps the samples taken before it.
+    s.stop();
+    std::thread::sleep(Duration::from_millis(1100));
+    let s = Server::start(&cluster);
+    let after = history_times(&s);
+    assert!(
+        after.contains(&before[0]),
+        "the first serve's sample {} is gone after a restart: {after:?}",
+        before[0]
+    );
+    s.stop();
+}

@@ -170,7 +170,13 @@ fn dashboard_in_headless_chromium() {
         .args(["models", "pause", "large", "--reason", PAUSE_REASON]));
     assert!(out.status.success(), "{}", text(&out.stderr));
 
-    if !drive(&chromium, &cluster, &s, &bid, "dashboard.png") {
+    // A batch refused at validation (issue 16: it showed a full green bar).
+    let bad = write_file(dir, "bad.jsonl", b"{not json}\n");
+    let bad = upload(&s, &bad);
+    let refused = ok_json(create_batch(&s, bad["id"].as_str().unwrap(), "{}"));
+    let refused = refused["id"].as_str().unwrap().to_string();
+
+    if !drive_with(&chromium, &cluster, &s, &bid, &refused, "dashboard.png") {
         return;
     }
     // The replay button's endpoint: the dead letters run again and the batch finishes anew.
@@ -199,12 +205,25 @@ fn dashboard_in_headless_chromium() {
 /// Runs tests/dashboard_check.py against the server (`batch` empty: nothing submitted yet) and
 /// keeps its screenshot as `target/NAME`. False when the test skips.
 fn drive(chromium: &Path, cluster: &Cluster, s: &Server, batch: &str, name: &str) -> bool {
+    drive_with(chromium, cluster, s, batch, "", name)
+}
+
+/// As [`drive`], also checking how `refused` (a batch whose input failed validation) shows.
+fn drive_with(
+    chromium: &Path,
+    cluster: &Cluster,
+    s: &Server,
+    batch: &str,
+    refused: &str,
+    name: &str,
+) -> bool {
     let shot = cluster.dir.path().join(name);
     let out = Command::new("python3")
         .arg(repo_root().join("tests/dashboard_check.py"))
         .env("BATCHYARD_DASH_URL", format!("{}/", s.base))
         .env("BATCHYARD_DASH_TOKEN", TOKEN)
         .env("BATCHYARD_DASH_BATCH", batch)
+        .env("BATCHYARD_DASH_REFUSED", refused)
         .env("BATCHYARD_DASH_SHOT", &shot)
         .env("BATCHYARD_CHROMIUM", chromium)
         .env("BATCHYARD_DASH_TMP", cluster.dir.path())

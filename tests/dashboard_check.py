@@ -209,6 +209,37 @@ STATE_JS = r"""
 """
 
 
+REFUSED = ""
+
+
+def check_refused(cdp, refused):
+    """A batch refused at validation: a full red bar that says nothing ran, and its reason in
+    the detail; every created cell is a full date."""
+    want = json.dumps(refused)
+    row = cdp.eval(
+        "(() => { const r = document.querySelector('#batches-table tr[data-batch=%s]');"
+        " return r && {done: r.querySelector('.progress .done').style.width,"
+        " failed: r.querySelector('.progress .failed').style.width,"
+        " label: r.querySelector('.progress-label').textContent}; })()" % want
+    )
+    if not row or row["failed"] != "100%" or row["done"] != "0%" or "nothing ran" not in row["label"]:
+        raise Fail(f"the refused batch {refused} is not a full red bar saying nothing ran: {row}")
+    created = cdp.eval(
+        "[...document.querySelectorAll('#batches-table tbody tr')].map((r) => r.lastElementChild.textContent)"
+    )
+    if not created or not all(re.fullmatch(r"\d{4}-\d{2}-\d{2} \d{2}:\d{2}", c) for c in created):
+        raise Fail(f"the created column is not a full date: {created}")
+    cdp.click(f"#batches-table tbody tr[data-batch={want}] td")
+    st = cdp.wait_for(
+        "the refusal reason",
+        "(() => { const e = document.querySelector('#detail-reason');"
+        " return {ok: document.querySelector('#detail-id').textContent === %s && !!e && !e.hidden"
+        " && /line 1/.test(e.textContent), text: e && e.textContent}; })()" % want,
+        20,
+    )
+    log(f"refused batch: bar {row}, reason {st['text']!r}, created {created}")
+
+
 def check(cdp, url, token, batch, shot):
     cdp.call("Page.enable")
     cdp.call("Runtime.enable")
@@ -249,6 +280,8 @@ def check(cdp, url, token, batch, shot):
         90,
     )
     log(f"rendered: {json.dumps(st)}")
+    if REFUSED:
+        check_refused(cdp, REFUSED)
     paused = cdp.eval(
         "(() => { const r = document.querySelector('#models-table tr[data-model=\"large\"]');"
         " return r && {badge: r.querySelector('.badge').textContent,"
@@ -336,6 +369,8 @@ def check_console(cdp):
 def main():
     env = os.environ
     url, token, batch = env["BATCHYARD_DASH_URL"], env["BATCHYARD_DASH_TOKEN"], env.get("BATCHYARD_DASH_BATCH", "")
+    global REFUSED
+    REFUSED = env.get("BATCHYARD_DASH_REFUSED", "")
     shot, binary, tmp = env["BATCHYARD_DASH_SHOT"], env["BATCHYARD_CHROMIUM"], env["BATCHYARD_DASH_TMP"]
     profile = tempfile.mkdtemp(prefix="chromium-profile-", dir=tmp)
     proc, browser_ws, tail = start_chromium(binary, profile)

@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use batchyard_jobs::batch::{BatchRecord, BatchState, usd_to_nanos};
 use batchyard_jobs::error::QueueError;
-use batchyard_jobs::ledger::Reservation;
+use batchyard_jobs::ledger::{Reopen, Reservation};
 use common::{TestRedis, unique_name};
 use ledger_budget_support::{Target, USD, denied, record, watch};
 use rand::rngs::StdRng;
@@ -56,6 +56,7 @@ on_both! {
     end_and_reopen_drop_reservations,
     missing_batch_is_not_found,
     budgets_round_like_rust,
+    racing_replays_reopen_once,
 }
 
 async fn unlimited_without_budget(t: Target) {
@@ -394,7 +395,10 @@ async fn end_and_reopen_drop_reservations(t: Target) {
     // A run lost after its batch ended leaves a reservation; replay must not inherit it.
     t.ledger.reserve(&id, "j3", 300).await.unwrap();
     t.assert_held(&id, &[("j3", 300)]).await;
-    t.ledger.reopen(&id, 0).await.unwrap();
+    assert_eq!(
+        t.ledger.reopen(&id, 0, "replay-1").await.unwrap(),
+        batchyard_jobs::ledger::Reopen::Reopened
+    );
     t.assert_held(&id, &[]).await;
     let r = t.get(&id).await;
     assert_eq!((r.state, r.spent_nanos), (BatchState::InProgress, 0));
@@ -451,5 +455,64 @@ async fn budgets_round_like_rust(t: Target) {
             denied(0, nanos, nanos),
             "budget {budget}"
         );
+    }
+}
+
+/// Issue 13: two `retry`s at once both reopened a batch and drove `failed` to -75.
+async fn racing_replays_reopen_once(t: Target) {
+    let id = unique_name("replays");
+    let mut given = record(&id, None);
+    (given.state, given.counts.completed, given.counts.failed) = (BatchState::Failed, 25, 75);
+    t.ledger.create(&given).await.unwrap();
+    let answers = futures::future::join_all((0..8).map(|i| {
+        let ledger = Arc::clone(&t.ledger);
+        let id = id.clone();
+        async move {
+            ledger
+                .reopen(&id, 75, &format!("replay-{i}"))
+                .await
+                .unwrap()
+        }
+    }))
+    .await;
+    let won: Vec<usize> = (0..8).filter(|i| answers[*i] == Reopen::Reopened).collect();
+    assert_eq!(won.len(), 1, "{answers:?}");
+    let busy = Reopen::Busy {
+        state: BatchState::InProgress,
+        replay: Some(format!("replay-{}", won[0])),
+    };
+    assert!(
+        answers
+            .iter()
+            .filter(|a| **a != Reopen::Reopened)
+            .all(|a| *a == busy)
+    );
+    assert_eq!(t.get(&id).await.counts.failed, 0);
+    assert_eq!(t.ledger.last_replay(&id).await.unwrap(), busy_name(&busy));
+
+    // More items than the count holds (a stale count) floor it at zero, never below.
+    t.ledger
+        .set_state(&id, BatchState::Completed)
+        .await
+        .unwrap();
+    assert_eq!(
+        t.ledger.reopen(&id, 80, "again").await.unwrap(),
+        Reopen::Reopened
+    );
+    assert_eq!(t.get(&id).await.counts.failed, 0);
+    if let Some(conn) = &t.conn {
+        let raw: String = conn
+            .clone()
+            .hget(format!("by:batch:{{{id}}}"), "failed")
+            .await
+            .unwrap();
+        assert_eq!(raw, "0");
+    }
+}
+
+fn busy_name(r: &Reopen) -> Option<String> {
+    match r {
+        Reopen::Busy { replay, .. } => replay.clone(),
+        Reopen::Reopened => None,
     }
 }

@@ -17,8 +17,9 @@ use serde_json::{Value, json};
 
 mod object;
 
+pub(in crate::api) use object::load_api;
 pub use object::{ApiBatch, BatchErrorItem, ENDPOINT, WINDOW, WINDOW_SECS, batch_object};
-use object::{check_metadata, load_api, save_api};
+use object::{check_metadata, save_api};
 
 use super::ApiState;
 use super::error::{ApiError, ApiJson, ApiQuery};
@@ -220,7 +221,12 @@ pub async fn retrieve(
     if record.is_none() && api.is_none() {
         return Err(ApiError::not_found("batch", &id));
     }
-    Ok(Json(batch_object(&id, record.as_ref(), api.as_ref())))
+    let mut object = batch_object(&id, record.as_ref(), api.as_ref());
+    if let Some(r) = record.as_ref().filter(|r| r.state.is_terminal()) {
+        let manifest = super::native::read_manifest(&state, &r.id).await?;
+        object::add_usage(&mut object, manifest.as_ref());
+    }
+    Ok(Json(object))
 }
 
 pub async fn cancel(
@@ -279,9 +285,19 @@ pub async fn list(
     let page: Vec<&BatchRecord> = records.iter().skip(start).take(limit).collect();
     let has_more = records.len() > start + page.len();
     let apis = join_all(page.iter().map(|r| load_api(&state, &r.id))).await;
+    let manifests = join_all(page.iter().map(|r| async {
+        if r.state.is_terminal() {
+            super::native::read_manifest(&state, &r.id).await
+        } else {
+            Ok(None)
+        }
+    }))
+    .await;
     let mut data = Vec::with_capacity(page.len());
-    for (record, api) in page.iter().zip(apis) {
-        data.push(batch_object(&record.id, Some(record), api?.as_ref()));
+    for ((record, api), manifest) in page.iter().zip(apis).zip(manifests) {
+        let mut object = batch_object(&record.id, Some(record), api?.as_ref());
+        object::add_usage(&mut object, manifest?.as_ref());
+        data.push(object);
     }
     Ok(Json(json!({
         "object": "list",

@@ -88,6 +88,12 @@ impl FileId {
                 (u, ResultKind::Output)
             } else if let Some(u) = batch.strip_suffix("-errors") {
                 (u, ResultKind::Errors)
+            } else if let Some(u) = batch.strip_suffix("-input") {
+                // The `input_file_id` of a batch that did not come through `/v1/files`.
+                return Err(ApiError::invalid(format!(
+                    "file {id} names the input of batch batch_{u}, which was submitted from the CLI or a pipeline and is not kept as an uploaded file; read the input where it was submitted from"
+                ))
+                .with_status(StatusCode::NOT_FOUND));
             } else {
                 return Err(bad());
             };

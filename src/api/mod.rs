@@ -8,6 +8,7 @@
 //! - [`native`]: `/api/*`, batchyard's own read-only views for dashboards (same tokens).
 //! - [`replay`]: `POST /api/batches/{id}/retry`, the dashboard's replay button.
 //! - [`pipelines`]: `/api/pipelines`, scheduled pipelines, their runs, and run-now.
+//! - [`limits`] and [`listen`]: body and header timeouts, early 413s, a bound on connections.
 //!
 //! [`router`] builds the whole tree. Other faces (metrics, dashboard, native API) can be
 //! merged into it with `router(state).merge(other)`: `other` must have no fallback of its own
@@ -19,6 +20,8 @@ pub mod batches;
 pub mod dashboard;
 pub mod error;
 pub mod files;
+pub mod limits;
+pub mod listen;
 pub mod native;
 pub mod pipelines;
 pub mod replay;
@@ -55,6 +58,8 @@ pub struct ApiState {
     /// Submissions run as tasks of their own; shutdown waits for them.
     pub tasks: TaskTracker,
     pub max_file_bytes: u64,
+    /// How long a request body may stall between two chunks.
+    pub body_timeout: Duration,
     pub tokens: Tokens,
     /// How long `completion_window: "24h"` really lasts (24 h unless [`WINDOW_SECS_ENV`]).
     pub completion_window: Duration,
@@ -70,6 +75,11 @@ pub fn router(state: ApiState) -> Router {
     // Room for the multipart framing around the file itself.
     let upload_limit =
         usize::try_from(state.max_file_bytes.saturating_add(64 * 1024)).unwrap_or(usize::MAX);
+    let body_limits = limits::BodyLimits {
+        upload: u64::try_from(upload_limit).unwrap_or(u64::MAX),
+        json: MAX_JSON_BYTES as u64,
+        idle: state.body_timeout,
+    };
     let v1 = Router::new()
         .route(
             "/v1/files",
@@ -102,6 +112,10 @@ pub fn router(state: ApiState) -> Router {
         .merge(dashboard::router())
         .fallback(error::not_found)
         .method_not_allowed_fallback(error::method_not_allowed)
+        .layer(middleware::from_fn_with_state(
+            body_limits,
+            limits::limit_bodies,
+        ))
         .with_state(state)
 }
 

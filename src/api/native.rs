@@ -56,7 +56,7 @@ pub async fn queues(State(state): State<ApiState>) -> Result<Json<Value>, ApiErr
 pub async fn queue_history(State(state): State<ApiState>) -> Json<Value> {
     Json(json!({
         "interval_secs": history::EVERY.as_secs(),
-        "points": state.history.points(),
+        "points": state.history.read().await,
     }))
 }
 
@@ -106,9 +106,20 @@ pub async fn batch(
     } else {
         None
     };
-    let (spend, errors) = manifest.as_ref().map_or((json!({}), json!({})), |m| {
-        (m["spend_by_model"].clone(), m["errors_by_code"].clone())
-    });
+    // A batch without a manifest that has ended was refused before it ran (its input failed
+    // validation): the API's record says why.
+    let refusal = if record.state.is_terminal() && manifest.is_none() {
+        super::batches::load_api(&state, &id)
+            .await?
+            .map(|a| a.errors)
+            .unwrap_or_default()
+    } else {
+        Vec::new()
+    };
+    let (spend, errors) = manifest.as_ref().map_or_else(
+        || (json!({}), json!(refusal_counts(&refusal))),
+        |m| (m["spend_by_model"].clone(), m["errors_by_code"].clone()),
+    );
     let letters = state.app.queue.dead_letters(DEAD_SCAN).await?;
     let mut dead: BTreeMap<&str, u64> = BTreeMap::new();
     for letter in letters.iter().filter(|l| l.job.batch_id == id) {
@@ -118,15 +129,62 @@ pub async fn batch(
     if let Value::Object(fields) = &mut out {
         fields.insert("spend_by_model".into(), spend);
         fields.insert("errors_by_code".into(), errors);
-        fields.insert("partial".into(), Value::Bool(manifest.is_none()));
+        // Partial only while the batch runs: an ended batch has nothing more to report.
+        fields.insert(
+            "partial".into(),
+            Value::Bool(manifest.is_none() && !record.state.is_terminal()),
+        );
+        fields.insert("reason".into(), json!(refusal_reason(&refusal)));
+        fields.insert(
+            "errors".into(),
+            json!(refusal.iter().take(REFUSAL_ERRORS).collect::<Vec<_>>()),
+        );
         fields.insert("dead_letters_by_code".into(), json!(dead));
         fields.insert("dead_letters_scanned".into(), json!(letters.len()));
     }
     Ok(Json(out))
 }
 
+/// Errors of a refused batch shown in its detail view.
+const REFUSAL_ERRORS: usize = 20;
+
+/// Refusal errors by code. The API keeps the first few bad lines and one "and N more" entry
+/// (see `batches::create`), which stands for N lines.
+fn refusal_counts(errors: &[super::batches::BatchErrorItem]) -> BTreeMap<String, u64> {
+    let mut counts = BTreeMap::new();
+    for e in errors {
+        let more = e
+            .message
+            .strip_prefix("and ")
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|n| n.parse::<u64>().ok())
+            .filter(|_| e.line.is_none());
+        *counts.entry(e.code.clone()).or_default() += more.unwrap_or(1);
+    }
+    counts
+}
+
+/// One line saying why a batch was refused: the first error, and how many lines were bad.
+fn refusal_reason(errors: &[super::batches::BatchErrorItem]) -> Option<String> {
+    let first = errors.first()?;
+    let total: u64 = refusal_counts(errors).values().sum();
+    let at = first
+        .line
+        .map(|l| format!("line {l}: "))
+        .unwrap_or_default();
+    let more = if total > 1 {
+        format!(" (and {} more)", total - 1)
+    } else {
+        String::new()
+    };
+    Some(format!(
+        "the input was refused ({}): {at}{}{more}",
+        first.code, first.message
+    ))
+}
+
 /// The batch's `manifest.json`, or `None` when it has none (its input failed validation).
-async fn read_manifest(state: &ApiState, id: &str) -> Result<Option<Value>, ApiError> {
+pub(super) async fn read_manifest(state: &ApiState, id: &str) -> Result<Option<Value>, ApiError> {
     let path = state.app.store.manifest_path(id);
     match state.app.store.get(&path).await {
         Ok(bytes) => serde_json::from_slice(&bytes)

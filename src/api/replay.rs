@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 use super::ApiState;
 use super::error::{ApiError, ApiJson};
 use crate::exit::UsageError;
-use crate::replay::{RetryFilter, retry};
+use crate::replay::{ReplayBusy, RetryFilter, retry};
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -42,7 +42,11 @@ pub async fn retry_batch(
             "status": replayed.record.state.as_str(),
             "retried": replayed.retried,
             "not_replayable": replayed.not_replayable,
+            "replay_id": replayed.replay_id,
         }))),
+        Err(e) if e.downcast_ref::<ReplayBusy>().is_some() => {
+            Err(ApiError::invalid(e.to_string()).with_status(StatusCode::CONFLICT))
+        }
         Err(e) => match e.downcast_ref::<UsageError>() {
             Some(UsageError(message)) if message.contains("was not found") => {
                 Err(ApiError::not_found("batch", &id))

@@ -50,6 +50,7 @@ pub async fn retry(
     if args.json {
         let mut view = batch_json(&replayed.record, &app.store);
         view["retried"] = replayed.retried.into();
+        view["replay_id"] = replayed.replay_id.clone().into();
         println!("{view}");
     } else if replayed.retried == 0 {
         println!(
@@ -58,8 +59,10 @@ pub async fn retry(
         );
     } else {
         println!(
-            "batch {}: {} item(s) re-enqueued; workers will rewrite its files when they finish",
-            replayed.record.id, replayed.retried
+            "batch {}: {} item(s) re-enqueued by {}; workers will rewrite its files when they finish",
+            replayed.record.id,
+            replayed.retried,
+            replayed.replay_id.as_deref().unwrap_or("this replay")
         );
     }
     Ok(())

@@ -61,6 +61,50 @@ pub async fn serve(
                 ))
             })?,
     };
+    let secs = |name: &str, default: Duration| -> Result<Duration, UsageError> {
+        match env.get(name) {
+            None => Ok(default),
+            Some(v) => v
+                .trim()
+                .parse::<u64>()
+                .ok()
+                .filter(|n| *n > 0)
+                .map(Duration::from_secs)
+                .ok_or_else(|| {
+                    UsageError(format!(
+                        "{name} must be a whole number of seconds above 0, not {v:?}"
+                    ))
+                }),
+        }
+    };
+    let body_timeout = secs(
+        api::limits::BODY_TIMEOUT_ENV,
+        api::limits::DEFAULT_BODY_TIMEOUT,
+    )?;
+    let header_timeout = secs(
+        api::limits::HEADER_TIMEOUT_ENV,
+        api::limits::DEFAULT_HEADER_TIMEOUT,
+    )?;
+    let max_connections = match env.get(api::limits::MAX_CONNECTIONS_ENV) {
+        None => api::limits::DEFAULT_MAX_CONNECTIONS,
+        Some(v) => v
+            .trim()
+            .parse::<usize>()
+            .ok()
+            .filter(|n| *n > 0)
+            .ok_or_else(|| {
+                UsageError(format!(
+                    "{} must be a whole number above 0, not {v:?}",
+                    api::limits::MAX_CONNECTIONS_ENV
+                ))
+            })?,
+    };
+    let limits = api::listen::Limits {
+        header_timeout,
+        body_timeout,
+        max_connections,
+    }
+    .within_fd_limit();
     let addr: std::net::SocketAddr = args.addr.parse().map_err(|e| {
         UsageError(format!(
             "--addr {:?} is not an address: {e}; use HOST:PORT, e.g. 127.0.0.1:8080",
@@ -87,7 +131,13 @@ pub async fn serve(
         stop_upkeep.clone(),
     ));
     // The last hour of queue depth for `/api/queues/history`, stopped with the upkeep.
-    let history = api::native::QueueHistory::default();
+    let mut history = api::native::QueueHistory::default();
+    if let Some(url) = app.settings.redis_url.as_deref() {
+        let conn = batchyard_jobs::redis_conn::connect(url)
+            .await
+            .context("cannot connect to redis")?;
+        history = history.persisted(api::native::history::Persist::new(conn, app.queue.name()));
+    }
     tasks.spawn(api::native::history::sample(
         Arc::clone(&app.queue),
         history.clone(),
@@ -110,6 +160,7 @@ pub async fn serve(
         app: Arc::new(app),
         tasks: tasks.clone(),
         max_file_bytes,
+        body_timeout,
         tokens,
         completion_window,
         history,
@@ -117,16 +168,20 @@ pub async fn serve(
     };
     // Tests and scripts that pass port 0 read the real address from this line.
     println!("listening on http://{local}");
-    tracing::info!(addr = %local, "serving the batch api");
+    tracing::info!(
+        addr = %local,
+        max_connections = limits.max_connections,
+        header_timeout_secs = limits.header_timeout.as_secs(),
+        body_timeout_secs = limits.body_timeout.as_secs(),
+        "serving the batch api"
+    );
     // `/metrics` is open like `/healthz`: Prometheus scrapes it without a token.
     let routes = api::router(state).merge(crate::metrics_http::router(metrics));
-    axum::serve(listener, routes)
-        .with_graceful_shutdown(async {
-            super::shutdown_signal().await;
-            tracing::info!("signal received; finishing requests in flight");
-        })
-        .await
-        .context("the http server failed")?;
+    api::listen::serve(listener, routes, limits, async {
+        super::shutdown_signal().await;
+        tracing::info!("signal received; finishing requests in flight");
+    })
+    .await;
     stop_upkeep.cancel();
     tasks.close();
     if tokio::time::timeout(DRAIN, tasks.wait()).await.is_err() {

@@ -53,6 +53,15 @@ impl Server {
         Self { child, base }
     }
 
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// `host:port`, for raw TCP.
+    pub fn addr(&self) -> String {
+        self.base.trim_start_matches("http://").to_string()
+    }
+
     /// Sends SIGTERM and expects a clean exit.
     pub fn stop(mut self) {
         let pid = self.child.id().to_string();

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use tokio::sync::Mutex;
 
-use super::{Ledger, Reservation, Settlement, SubmitStep};
+use super::{Ledger, Reopen, Reservation, Settlement, SubmitStep};
 use crate::batch::{BatchFailure, BatchRecord, BatchState, failure_codes, now_secs, usd_to_nanos};
 use crate::error::QueueError;
 
@@ -17,6 +17,8 @@ struct Entry {
     lease: Option<(String, Instant)>,
     /// Job id -> reserved nano-dollars; sums to the record's `reserved_nanos`.
     reservations: HashMap<String, i64>,
+    /// The last replay that reopened the batch.
+    replay: Option<String>,
 }
 
 impl Entry {
@@ -181,15 +183,27 @@ impl Ledger for MemoryLedger {
         Ok(record.clone())
     }
 
-    async fn reopen(&self, batch_id: &str, retried: u64) -> Result<(), QueueError> {
+    async fn reopen(
+        &self,
+        batch_id: &str,
+        retried: u64,
+        replay_id: &str,
+    ) -> Result<Reopen, QueueError> {
         let mut batches = self.batches.lock().await;
         let entry = batches
             .get_mut(batch_id)
             .ok_or_else(|| QueueError::BatchNotFound(batch_id.to_string()))?;
+        let replay = entry.replay.clone();
         let record = entry
             .record
             .as_mut()
             .ok_or_else(|| QueueError::BatchNotFound(batch_id.to_string()))?;
+        if !record.state.is_terminal() {
+            return Ok(Reopen::Busy {
+                state: record.state,
+                replay,
+            });
+        }
         record.counts.failed = record.counts.failed.saturating_sub(retried);
         record.state = BatchState::InProgress;
         record.finalizing_at = None;
@@ -200,7 +214,13 @@ impl Ledger for MemoryLedger {
         entry.settled = Vec::new();
         entry.lease = None;
         entry.drop_reservations();
-        Ok(())
+        entry.replay = Some(replay_id.to_string());
+        Ok(Reopen::Reopened)
+    }
+
+    async fn last_replay(&self, batch_id: &str) -> Result<Option<String>, QueueError> {
+        let batches = self.batches.lock().await;
+        Ok(batches.get(batch_id).and_then(|e| e.replay.clone()))
     }
 
     async fn reserve(

@@ -73,6 +73,19 @@ pub enum SubmitStep<'a> {
     Resume { lease_until_ms: u64 },
 }
 
+/// What [`Ledger::reopen`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reopen {
+    /// The batch runs again under this replay.
+    Reopened,
+    /// The batch is not finished (another replay runs, or it never ended): nothing changed.
+    /// `replay` names the replay that reopened it, if one did.
+    Busy {
+        state: BatchState,
+        replay: Option<String>,
+    },
+}
+
 #[async_trait]
 pub trait Ledger: Send + Sync {
     /// Writes a new batch record. Done before its first job is enqueued.
@@ -108,10 +121,20 @@ pub trait Ledger: Send + Sync {
     async fn request_cancel(&self, batch_id: &str) -> Result<BatchRecord, QueueError>;
 
     /// Reopens a finished batch so `retried` of its failed items can run again: they leave the
-    /// failed count and will be settled anew. Reservations left by lost runs are dropped; the
+    /// failed count (which never goes below zero) and will be settled anew. Atomic with the
+    /// check that the batch is finished, so of two replays at once only one reopens it; the
+    /// other gets [`Reopen::Busy`] naming `replay_id` of the first. Reservations left by lost runs are dropped; the
     /// budget and its exhausted mark are left as they are (see [`Ledger::set_budget`]). The
     /// completion window is dropped: a replay would otherwise expire at once.
-    async fn reopen(&self, batch_id: &str, retried: u64) -> Result<(), QueueError>;
+    async fn reopen(
+        &self,
+        batch_id: &str,
+        retried: u64,
+        replay_id: &str,
+    ) -> Result<Reopen, QueueError>;
+
+    /// The replay that last reopened the batch, if any (see [`Ledger::reopen`]).
+    async fn last_replay(&self, batch_id: &str) -> Result<Option<String>, QueueError>;
 
     /// Reserves the worst-case cost of one call of job `job_id` against the batch budget,
     /// atomically. A job holds at most one reservation: a new one replaces what an earlier

@@ -3,7 +3,8 @@
 //! Keys: `by:batch:{<id>}` (hash), `by:batch:{<id>}:settled` (bitmap, dropped when the batch
 //! ends), `by:batch:{<id>}:final` (finalization lease), `by:batch:{<id>}:resv` (budget
 //! reservations in flight, job id -> nano-dollars; its sum is the hash's `reserved_nanos`;
-//! dropped when the batch ends or is reopened), and `by:batches` (ids by creation).
+//! dropped when the batch ends or is reopened), and `by:batches` (ids by creation). The hash's
+//! `replay_id` names the last replay that reopened the batch.
 
 mod budget;
 
@@ -15,7 +16,7 @@ use async_trait::async_trait;
 use redis::aio::ConnectionManager;
 use redis::{AsyncCommands, Script};
 
-use super::{Ledger, Reservation, Settlement, SubmitStep};
+use super::{Ledger, Reopen, Reservation, Settlement, SubmitStep};
 use crate::batch::{
     BatchFailure, BatchRecord, BatchState, RequestCounts, SubmitProgress, now_secs,
 };
@@ -85,18 +86,27 @@ end
 return state
 "#;
 
-/// Reopens a finished batch for a replay of `ARGV[1]` failed items. Nothing is in flight for
-/// a finished batch, so any reservation left is a leak from a lost run. The completion window
-/// goes too: a replay is the operator's call, and a window that has passed would expire it.
+/// Reopens a finished batch for a replay of `ARGV[1]` failed items, as replay `ARGV[2]`.
+/// Returns {1} when reopened, {0, state, replay} when the batch is not finished (a replay
+/// already runs), {-1} when it does not exist. Nothing is in flight for a finished batch, so
+/// any reservation left is a leak from a lost run. The completion window goes too: a replay is
+/// the operator's call, and a window that has passed would expire it.
 const REOPEN_LUA: &str = r#"
-if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
--- Negated as text: Lua would turn -0 into "-0", which HINCRBY rejects.
-if ARGV[1] ~= '0' then redis.call('HINCRBY', KEYS[1], 'failed', '-' .. ARGV[1]) end
-redis.call('HSET', KEYS[1], 'state', 'in_progress')
+if redis.call('EXISTS', KEYS[1]) == 0 then return {-1} end
+local state = redis.call('HGET', KEYS[1], 'state')
+if state ~= 'completed' and state ~= 'failed' and state ~= 'expired' and state ~= 'cancelled' then
+  return {0, state or '', redis.call('HGET', KEYS[1], 'replay_id') or ''}
+end
+-- Floored at zero: a count that went negative would keep the batch from ever finishing.
+local failed = tonumber(redis.call('HGET', KEYS[1], 'failed') or '0') or 0
+local left = failed - tonumber(ARGV[1])
+if left < 0 then left = 0 end
+redis.call('HSET', KEYS[1], 'state', 'in_progress', 'failed', left,
+  'replay_id', ARGV[2], 'replay_started_at', ARGV[3])
 redis.call('HDEL', KEYS[1], 'finalizing_at', 'completed_at', 'cancel_requested_at',
   'reserved_nanos', 'expires_at')
 redis.call('DEL', KEYS[2], KEYS[3], KEYS[4])
-return 1
+return {1}
 "#;
 
 #[derive(Clone)]
@@ -322,20 +332,40 @@ impl Ledger for RedisLedger {
             .ok_or_else(|| QueueError::BatchNotFound(batch_id.to_string()))
     }
 
-    async fn reopen(&self, batch_id: &str, retried: u64) -> Result<(), QueueError> {
+    async fn reopen(
+        &self,
+        batch_id: &str,
+        retried: u64,
+        replay_id: &str,
+    ) -> Result<Reopen, QueueError> {
         let mut conn = self.conn.clone();
-        let found: i64 = Script::new(REOPEN_LUA)
+        let answer: Vec<redis::Value> = Script::new(REOPEN_LUA)
             .key(record_key(batch_id))
             .key(settled_key(batch_id))
             .key(lease_key(batch_id))
             .key(resv_key(batch_id))
             .arg(retried)
+            .arg(replay_id)
+            .arg(now_secs())
             .invoke_async(&mut conn)
             .await?;
-        if found < 0 {
-            return Err(QueueError::BatchNotFound(batch_id.to_string()));
+        let text = |i: usize| match answer.get(i) {
+            Some(redis::Value::BulkString(b)) => String::from_utf8_lossy(b).into_owned(),
+            _ => String::new(),
+        };
+        match answer.first() {
+            Some(redis::Value::Int(1)) => Ok(Reopen::Reopened),
+            Some(redis::Value::Int(0)) => Ok(Reopen::Busy {
+                state: BatchState::parse(&text(1)).unwrap_or(BatchState::InProgress),
+                replay: Some(text(2)).filter(|r| !r.is_empty()),
+            }),
+            _ => Err(QueueError::BatchNotFound(batch_id.to_string())),
         }
-        Ok(())
+    }
+
+    async fn last_replay(&self, batch_id: &str) -> Result<Option<String>, QueueError> {
+        let mut conn = self.conn.clone();
+        Ok(conn.hget(record_key(batch_id), "replay_id").await?)
     }
 
     async fn reserve(

@@ -48,7 +48,7 @@ fn record_path(state: &ApiState, batch_id: &str) -> object_store::path::Path {
         .path_of(&format!("api/batches/{batch_id}.json"))
 }
 
-pub(super) async fn load_api(
+pub(in crate::api) async fn load_api(
     state: &ApiState,
     batch_id: &str,
 ) -> Result<Option<ApiBatch>, ApiError> {
@@ -91,7 +91,10 @@ pub fn batch_object(id: &str, record: Option<&BatchRecord>, api: Option<&ApiBatc
         "object": "batch",
         "endpoint": api.map_or(ENDPOINT, |a| a.endpoint.as_str()),
         "errors": errors,
-        "input_file_id": api.map(|a| a.input_file_id.as_str()),
+        // The SDK requires a string. A batch submitted from the CLI (or a pipeline) was not
+        // uploaded through `/v1/files`, so it gets an id that names its input, and that id is
+        // never mistaken for an upload.
+        "input_file_id": api.map_or_else(|| input_file_id(id), |a| a.input_file_id.clone()),
         "completion_window": api.map_or(WINDOW, |a| a.completion_window.as_str()),
         "status": state.as_str(),
         "output_file_id": file(ResultKind::Output, counts.completed),
@@ -111,11 +114,48 @@ pub fn batch_object(id: &str, record: Option<&BatchRecord>, api: Option<&ApiBatc
         "cancelled_at": stamp(BatchState::Cancelled),
         "request_counts": counts,
         "metadata": api.and_then(|a| a.metadata.as_ref()),
+        // Known once the batch is finished, from its manifest: see [`add_usage`].
+        "model": null,
+        "usage": null,
         // batchyard's own, beside OpenAI's fields.
         "cost_usd": record.map(BatchRecord::cost_usd),
         "budget_usd": record.and_then(|r| r.budget_usd),
         "task": record.and_then(|r| r.task.as_deref()),
     })
+}
+
+/// The `input_file_id` of a batch that was not created through the API.
+pub fn input_file_id(batch_id: &str) -> String {
+    format!("file-{batch_id}-input")
+}
+
+/// Fills OpenAI's `usage` and `model` of a finished batch from its `manifest.json`: tokens as
+/// the finalizer counted them (batchyard does not track cached or reasoning tokens, so those
+/// details are 0), and the model that answered most items (`null` when none did).
+pub fn add_usage(object: &mut Value, manifest: Option<&Value>) {
+    let Some(m) = manifest else { return };
+    let tokens = |k: &str| m.get(k).and_then(Value::as_u64).unwrap_or(0);
+    let (input, output) = (tokens("input_tokens"), tokens("output_tokens"));
+    object["usage"] = json!({
+        "input_tokens": input,
+        "input_tokens_details": {"cached_tokens": 0},
+        "output_tokens": output,
+        "output_tokens_details": {"reasoning_tokens": 0},
+        "total_tokens": input.saturating_add(output),
+    });
+    let top = m
+        .get("spend_by_model")
+        .and_then(Value::as_object)
+        .and_then(|models| {
+            models
+                .iter()
+                .map(|(k, v)| (v.get("requests").and_then(Value::as_u64).unwrap_or(0), k))
+                .filter(|(n, _)| *n > 0)
+                .max_by(|a, b| a.0.cmp(&b.0).then_with(|| b.1.cmp(a.1)))
+        });
+    if let Some((_, model)) = top {
+        object["model"] = json!(model);
+    }
 }
 
 pub(super) fn check_metadata(

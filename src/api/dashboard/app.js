@@ -78,6 +78,16 @@
     return sameDay ? d.toLocaleTimeString() : d.toLocaleString();
   }
 
+  // A full local date and time, YYYY-MM-DD HH:MM, for columns read across days.
+  function dateTime(v) {
+    const ms = toMs(v);
+    if (ms === null) return "—";
+    const d = new Date(ms);
+    const two = (n) => String(n).padStart(2, "0");
+    return d.getFullYear() + "-" + two(d.getMonth() + 1) + "-" + two(d.getDate()) + " " +
+      two(d.getHours()) + ":" + two(d.getMinutes());
+  }
+
   // {code: n} or [{code|model|name, count|cost_usd|usd|...}] as [[name, value]], biggest first.
   function pairs(v) {
     let out = [];
@@ -322,21 +332,23 @@
     const total = num(c.total) ?? 0;
     const done = num(c.completed) ?? 0;
     const failed = num(c.failed) ?? 0;
+    // A batch that ended with nothing run (its input was refused) is a full red bar.
+    const refused = total === 0 && (b.status === "failed" || b.status === "expired");
     let frac = total > 0 ? (done + failed) / total : num(b.progress);
     if (frac !== null && frac > 1) frac = frac / 100; // a percentage
     const pct = frac === null ? 0 : Math.max(0, Math.min(1, frac)) * 100;
     const bar = h("div", { class: "progress", role: "progressbar", "aria-valuemin": 0, "aria-valuemax": 100, "aria-valuenow": Math.round(pct) });
     const ok = h("div", { class: "done" });
     const bad = h("div", { class: "failed" });
-    const okPct = total > 0 ? (done / total) * 100 : pct;
-    const badPct = total > 0 ? (failed / total) * 100 : 0;
+    const okPct = total > 0 ? (done / total) * 100 : (refused ? 0 : pct);
+    const badPct = total > 0 ? (failed / total) * 100 : (refused ? 100 : 0);
     ok.style.width = okPct + "%";
     bad.style.left = okPct + "%";
     bad.style.width = badPct + "%";
     bar.append(ok, bad);
     const label = total > 0
       ? int(done) + " / " + int(total) + (failed ? " · " + int(failed) + " failed" : "")
-      : Math.round(pct) + "%";
+      : (refused ? "nothing ran · " + b.status : Math.round(pct) + "%");
     return h("div", {}, bar, h("span", { class: "progress-label" }, label));
   }
 
@@ -356,7 +368,7 @@
         h("td", { class: "num" }, num(b.rate_per_sec) === null ? "—" : b.rate_per_sec.toFixed(1) + "/s"),
         h("td", { class: "num" }, duration(b.eta_secs)),
         h("td", { class: "num" }, usd(b.cost_usd) + (num(b.budget_usd) !== null ? " / " + usd(b.budget_usd) : "")),
-        h("td", {}, clock(b.created_at)));
+        h("td", { class: "mono", title: clock(b.created_at) }, dateTime(b.created_at)));
       tr.addEventListener("click", () => {
         selected = b.id;
         userSelected = true;
@@ -387,6 +399,8 @@
     $("#detail-empty").textContent = "Select a batch.";
     $("#detail-empty").hidden = true;
     $("#detail-body").hidden = false;
+    $("#detail-reason").textContent = b.reason || "";
+    $("#detail-reason").hidden = !b.reason;
 
     const dead = pairs(b.dead_letters_by_code);
     $("#dead-table tbody").replaceChildren(...dead.map(([code, n]) => {

@@ -1,6 +1,6 @@
 //! A batch summarised for a dashboard: progress, rate and ETA from the ledger record alone.
 
-use batchyard_jobs::batch::BatchRecord;
+use batchyard_jobs::batch::{BatchRecord, BatchState};
 use serde_json::{Value, json};
 
 /// Items settled per second since the batch went in progress, and the seconds left at that
@@ -9,6 +9,14 @@ fn rate_and_eta(r: &BatchRecord, now: u64) -> (Option<f64>, Option<u64>) {
     let Some(started) = r.in_progress_at else {
         return (None, None);
     };
+    // A cancel or an expiry settles every queued item at once without running it, so the
+    // settled count stops measuring work (a cancelled batch showed 500 items/s).
+    if matches!(
+        r.state,
+        BatchState::Cancelling | BatchState::Cancelled | BatchState::Expired
+    ) {
+        return (None, None);
+    }
     let finished = r.state.is_terminal();
     let end = if finished {
         r.completed_at.or(r.finalizing_at).unwrap_or(now)
@@ -30,7 +38,12 @@ fn rate_and_eta(r: &BatchRecord, now: u64) -> (Option<f64>, Option<u64>) {
 pub fn summary(r: &BatchRecord, now: u64) -> Value {
     let total = r.counts.total;
     let progress = if total == 0 {
-        if r.state.is_terminal() { 1.0 } else { 0.0 }
+        // Nothing to run: done only if it completed; a batch refused at validation ran nothing.
+        if r.state == BatchState::Completed {
+            1.0
+        } else {
+            0.0
+        }
     } else {
         (r.settled() as f64 / total as f64).min(1.0)
     };
@@ -111,5 +124,17 @@ mod tests {
         validating.in_progress_at = None;
         let v = summary(&validating, 500);
         assert!(v["rate_per_sec"].is_null() && v["eta_secs"].is_null());
+    }
+
+    #[test]
+    fn cancelled_and_refused_batches_show_no_rate_and_no_progress() {
+        // 2 items ran, 8 were cancelled in the same second.
+        let mut cancelled = record(BatchState::Cancelled, 2, 8);
+        cancelled.completed_at = Some(101);
+        assert!(summary(&cancelled, 500)["rate_per_sec"].is_null());
+        let mut refused = record(BatchState::Failed, 0, 0);
+        refused.counts.total = 0;
+        refused.in_progress_at = None;
+        assert_eq!(summary(&refused, 500)["progress"], 0.0);
     }
 }
