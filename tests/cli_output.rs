@@ -203,3 +203,38 @@ fn run_prints_clean_costs_and_a_result_path_that_opens() {
     let manifest = output.replace("output.jsonl", "manifest.json");
     assert_no_float_noise("manifest.json", &std::fs::read_to_string(manifest).unwrap());
 }
+
+#[test]
+fn rejected_answers_are_not_one_info_line_each() {
+    let dir = tempfile::tempdir().unwrap();
+    // Default models, and a task no answer passes: every item escalates through all three.
+    let config = write_file(
+        dir.path(),
+        "c.toml",
+        b"[tasks.picky]\nprompt = \"{{ text }}\"\n[tasks.picky.validate]\nregex = \"never-in-any-answer-q7z\"\n",
+    );
+    let docs = dir.path().join("docs");
+    std::fs::create_dir(&docs).unwrap();
+    for i in 0..20 {
+        std::fs::write(docs.join(format!("d{i}.txt")), format!("document {i}")).unwrap();
+    }
+    let out = run(batchyard(dir.path())
+        .args([
+            "--config",
+            config.to_str().unwrap(),
+            "run",
+            "docs",
+            "--task",
+            "picky",
+            "--json",
+        ])
+        .env("RUST_LOG", "info"));
+    let stderr = text(&out.stderr);
+    assert_eq!(last_json(&out)["request_counts"]["failed"], 20, "{stderr}");
+    let rejected = stderr
+        .lines()
+        .filter(|l| l.contains("answer not accepted"))
+        .count();
+    assert_eq!(rejected, 0, "one INFO line per rejected answer:\n{stderr}");
+    assert!(stderr.lines().count() < 20, "{stderr}");
+}
