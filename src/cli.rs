@@ -229,8 +229,13 @@ pub struct InputArgs {
 pub struct RunArgs {
     #[command(flatten)]
     pub input: InputArgs,
-    /// Storage URL for results (overrides config and BATCHYARD_STORAGE_URL) [default: [storage] url, else file://./batchyard-data]
-    #[arg(long, value_name = "URL")]
+    /// Storage URL for results (overrides [storage] url in the config) [default: [storage] url, else file://./batchyard-data]
+    #[arg(
+        long,
+        value_name = "URL",
+        env = "BATCHYARD_STORAGE_URL",
+        hide_env_values = true
+    )]
     pub storage: Option<String>,
     /// Jobs run at once [default: [worker] concurrency in the config, else 64]
     #[arg(long, value_name = "N")]

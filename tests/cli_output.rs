@@ -238,3 +238,37 @@ fn rejected_answers_are_not_one_info_line_each() {
     assert_eq!(rejected, 0, "one INFO line per rejected answer:\n{stderr}");
     assert!(stderr.lines().count() < 20, "{stderr}");
 }
+
+#[test]
+fn run_storage_comes_from_the_flag_then_the_environment() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = write_file(
+        dir.path(),
+        "in.jsonl",
+        (request_line("a", "hi") + "\n").as_bytes(),
+    );
+    let input = input.to_str().unwrap();
+    // Empty means unset, as everywhere else: the built-in default.
+    let out = run(batchyard(dir.path())
+        .args(["run", input])
+        .env("BATCHYARD_STORAGE_URL", ""));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(dir.path().join("batchyard-data/batches").is_dir());
+    let env_dir = dir.path().join("from-env");
+    let out = run(batchyard(dir.path()).args(["run", input]).env(
+        "BATCHYARD_STORAGE_URL",
+        format!("file://{}", env_dir.display()),
+    ));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(env_dir.join("batches").is_dir());
+    let flag_dir = dir.path().join("from-flag");
+    let out = run(batchyard(dir.path())
+        .args(["run", input, "--storage"])
+        .arg(format!("file://{}", flag_dir.display()))
+        .env(
+            "BATCHYARD_STORAGE_URL",
+            format!("file://{}", env_dir.display()),
+        ));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(flag_dir.join("batches").is_dir());
+}

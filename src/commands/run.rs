@@ -29,7 +29,9 @@ pub async fn run(
         }
         settings.concurrency = c;
     }
-    let app = App::connect(settings, args.storage.as_deref(), true, "run").await?;
+    // An empty BATCHYARD_STORAGE_URL means unset, as in the config loader.
+    let storage = args.storage.as_deref().filter(|s| !s.is_empty());
+    let app = App::connect(settings, storage, true, "run").await?;
     let submitted = crate::submission::submit(&app, &super::submit_request(&args.input)).await?;
     let batch_id = submitted.record.id.clone();
     if submitted.invalid > 0 {
