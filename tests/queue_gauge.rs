@@ -114,6 +114,10 @@ fn ordinary_failures_are_not_lost_jobs_on_the_gauge() {
         std::thread::sleep(Duration::from_millis(500));
     };
     assert_eq!(gauge(&body, "lost"), Some(0.0), "{body}");
+    // `status` says the same: six dead letters, none of them lost.
+    let view = last_json(&run(&mut cmd(&["status", "--json"])));
+    assert_eq!(view["queues"][0]["dead"], 6, "{view}");
+    assert_eq!(view["queues"][0]["lost"], 0, "{view}");
     assert_eq!(
         gauge(&body, "dead"),
         None,
