@@ -66,12 +66,14 @@ pub async fn models(
         let list: Vec<_> = rows
             .iter()
             .map(|(m, state)| {
+                let (provider_rpm, provider_tpm) = provider_limit(catalog, &m.provider);
                 json!({
                     "model": m.key, "provider": m.provider, "name": m.name, "tier": m.tier,
                     "input_usd_per_mtok": m.input_usd_per_mtok, "output_usd_per_mtok": m.output_usd_per_mtok,
                     "context_window": m.context_window, "capabilities": m.capabilities,
                     "rpm": m.rpm, "tpm": m.tpm,
-                    "provider_rpm": provider_limit(catalog, &m.provider).0, "provider_tpm": provider_limit(catalog, &m.provider).1, "state": state.name(), "detail": describe(state),
+                    "provider_rpm": provider_rpm, "provider_tpm": provider_tpm,
+                    "state": state.name(), "detail": describe(state),
                 })
             })
             .collect();
@@ -84,7 +86,7 @@ pub async fn models(
     );
     let mut provider_wide = false;
     for (m, state) in rows {
-        let (provider_rpm, provider_tpm) = catalog.provider_limits(&m.provider).unwrap_or_default();
+        let (provider_rpm, provider_tpm) = provider_limit(catalog, &m.provider);
         let rpm = limit(m.rpm.map(u64::from), provider_rpm.map(u64::from));
         let tpm = limit(m.tpm, provider_tpm);
         provider_wide |= rpm.ends_with('*') || tpm.ends_with('*');
