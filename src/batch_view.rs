@@ -1,6 +1,6 @@
 //! The batch object printed by `--json` and `status BATCH_ID`.
 
-use batchyard_jobs::batch::BatchRecord;
+use batchyard_jobs::batch::{BatchRecord, nanos_to_usd, usd_to_nanos};
 use batchyard_jobs::storage::ResultStore;
 use serde_json::{Value, json};
 
@@ -33,9 +33,12 @@ pub fn batch_json(record: &BatchRecord, store: &ResultStore) -> Value {
         "manifest": location(store.manifest_path(&record.id)),
         "cost_usd": record.cost_usd(),
         "budget_usd": record.budget_usd,
-        "budget_remaining_usd": record.budget_usd.map(|b| (b - record.cost_usd()).max(0.0)),
+        // In nano-dollars, as the ledger counts: `b - cost` in f64 prints 0.0019616500000000002.
+        "budget_remaining_usd": record.budget_usd.map(|b| {
+            nanos_to_usd(usd_to_nanos(b).saturating_sub(record.spent_nanos).max(0))
+        }),
         "budget_exhausted": record.budget_exhausted_at.is_some(),
-        "reserved_usd": batchyard_jobs::batch::nanos_to_usd(record.reserved_nanos),
+        "reserved_usd": nanos_to_usd(record.reserved_nanos),
         "task": record.task,
         "errors": errors,
         "submit": submit,

@@ -4,16 +4,39 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
+/// What `--help` says about the environment: the variables that override the config file,
+/// and the two that shape logs.
+const ENVIRONMENT: &str = "\
+Environment:
+  BATCHYARD_CONFIG       config file, when --config is not given
+  BATCHYARD_REDIS_URL    queue and ledger (overrides [queue] redis_url); without it only `run` works
+  BATCHYARD_STORAGE_URL  where results go (overrides [storage] url) [default: file://./batchyard-data]
+  BATCHYARD_API_TOKENS   bearer tokens for `serve`, comma-separated (required by `serve`)
+  BATCHYARD_API_MAX_FILE_BYTES, BATCHYARD_API_WINDOW_SECS
+                         `serve`: upload size limit and completion window [default: 200 MiB, 24 h]
+  RUST_LOG               log filter, e.g. info, debug, batchyard_workers=debug
+                         [default: info for worker, serve and scheduler; warn for the rest]
+  LOG_FORMAT=json        logs as JSON lines (one object per line) instead of text
+  NO_COLOR               no colour in logs (colour is only used when stderr is a terminal)
+Logs go to stderr; results and --json objects go to stdout.";
+
 #[derive(Debug, Parser)]
 #[command(
     name = "batchyard",
     version,
     about = "Batch job orchestrator for offline LLM workloads: the cheapest adequate model per item",
-    long_about = None
+    long_about = None,
+    after_help = ENVIRONMENT
 )]
 pub struct Cli {
-    /// Config file (else BATCHYARD_CONFIG, else ./batchyard.toml, else built-in defaults)
-    #[arg(long, global = true, value_name = "FILE")]
+    /// Config file [default: ./batchyard.toml when it exists, else built-in defaults]
+    #[arg(
+        long,
+        global = true,
+        value_name = "FILE",
+        env = "BATCHYARD_CONFIG",
+        hide_env_values = true
+    )]
     pub config: Option<PathBuf>,
     #[command(subcommand)]
     pub command: Command,
@@ -22,38 +45,52 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Submit and process a batch in this process (in-process queue when no Redis is configured)
+    #[command(after_help = ENVIRONMENT)]
     Run(RunArgs),
     /// Validate a batch and enqueue it to Redis, then return
+    #[command(after_help = ENVIRONMENT)]
     Submit(SubmitArgs),
     /// Process jobs from the Redis queue
+    #[command(after_help = ENVIRONMENT)]
     Worker(WorkerArgs),
     /// Show queue depth, or one batch
+    #[command(after_help = ENVIRONMENT)]
     Status(StatusArgs),
     /// Stream a finished batch's output.jsonl (or errors.jsonl) to stdout
+    #[command(after_help = ENVIRONMENT)]
     Results(ResultsArgs),
     /// Cancel a running batch: queued items end as `cancelled`, in-flight ones finish
+    #[command(after_help = ENVIRONMENT)]
     Cancel(CancelArgs),
     /// Re-run a finished batch's failed items (optionally one error code, optionally on another model)
+    #[command(after_help = ENVIRONMENT)]
     Retry(RetryArgs),
     /// List models with their prices, limits and health; pause or resume one
+    #[command(after_help = ENVIRONMENT)]
     Models(ModelsArgs),
     /// Estimate tokens, cost per model, routed cost and time of an input; enqueues nothing
+    #[command(after_help = ENVIRONMENT)]
     Estimate(InputArgs),
     /// Explain how one item would be routed: candidates, constraints, cost, p, the choice
+    #[command(after_help = ENVIRONMENT)]
     Route(RouteArgs),
     /// Serve the OpenAI-compatible Batch API, the native API, /metrics and the dashboard
+    #[command(after_help = ENVIRONMENT)]
     Serve(ServeArgs),
     /// Follow one batch with a live progress bar until it ends (exit 1 unless it completed)
+    #[command(after_help = ENVIRONMENT)]
     Watch(WatchArgs),
     /// Fire every enabled [pipelines.<name>] on its schedule, exactly once per tick across replicas
+    #[command(after_help = ENVIRONMENT)]
     Scheduler(SchedulerArgs),
     /// List scheduled pipelines, trigger one now, or show its runs
+    #[command(after_help = ENVIRONMENT)]
     Pipelines(PipelinesArgs),
 }
 
 #[derive(Debug, Args)]
 pub struct SchedulerArgs {
-    /// Serve Prometheus metrics at http://ADDR/metrics (pipeline runs and last successes)
+    /// Serve Prometheus metrics at http://ADDR/metrics (pipeline runs and last successes) [default: no metrics server]
     #[arg(long, value_name = "ADDR")]
     pub metrics_addr: Option<String>,
 }
@@ -154,13 +191,13 @@ pub struct CancelArgs {
 #[derive(Debug, Args)]
 pub struct RetryArgs {
     pub batch_id: String,
-    /// Only items that failed with this error code (e.g. transient, rate_limited, worker_lost)
+    /// Only items that failed with this error code (e.g. transient, rate_limited, worker_lost) [default: every replayable failure]
     #[arg(long)]
     pub code: Option<String>,
-    /// Pin the retried items to this configured model
+    /// Pin the retried items to this configured model [default: routed as before]
     #[arg(long)]
     pub model: Option<String>,
-    /// Let the retry spend this much more (USD): the batch's budget becomes spent + this
+    /// Let the retry spend this much more (USD): the batch's budget becomes spent + this [default: the batch's budget as it is]
     #[arg(long, value_name = "USD")]
     pub budget_usd: Option<f64>,
     #[arg(long)]
@@ -171,10 +208,10 @@ pub struct RetryArgs {
 pub struct InputArgs {
     /// A JSONL file, a folder of .txt/.md documents, or an object-store URL (s3://bucket/prefix/)
     pub input: String,
-    /// The task that renders documents (and routes requests whose model is "auto")
+    /// The task that renders documents (and routes requests whose model is "auto") [default: none; JSONL requests name their model]
     #[arg(long)]
     pub task: Option<String>,
-    /// Stop spending once the batch has spent this much (USD)
+    /// Stop spending once the batch has spent this much (USD) [default: no budget]
     #[arg(long, value_name = "USD")]
     pub budget_usd: Option<f64>,
     /// Enqueue the valid lines; record each invalid one in errors.jsonl
@@ -192,11 +229,16 @@ pub struct InputArgs {
 pub struct RunArgs {
     #[command(flatten)]
     pub input: InputArgs,
-    /// Storage URL for results (overrides config and BATCHYARD_STORAGE_URL)
-    #[arg(long, value_name = "URL")]
+    /// Storage URL for results (overrides [storage] url in the config) [default: [storage] url, else file://./batchyard-data]
+    #[arg(
+        long,
+        value_name = "URL",
+        env = "BATCHYARD_STORAGE_URL",
+        hide_env_values = true
+    )]
     pub storage: Option<String>,
-    /// Jobs run at once
-    #[arg(long)]
+    /// Jobs run at once [default: [worker] concurrency in the config, else 64]
+    #[arg(long, value_name = "N")]
     pub concurrency: Option<usize>,
 }
 
@@ -214,13 +256,13 @@ pub struct SubmitArgs {
 
 #[derive(Debug, Args)]
 pub struct WorkerArgs {
-    /// Jobs run at once (LLM calls are I/O bound)
-    #[arg(long)]
+    /// Jobs run at once (LLM calls are I/O bound) [default: [worker] concurrency in the config, else 64]
+    #[arg(long, value_name = "N")]
     pub concurrency: Option<usize>,
-    /// Exit once the queue has been empty this many seconds
+    /// Exit once the queue has been empty this many seconds [default: run until SIGTERM/SIGINT]
     #[arg(long, value_name = "SECONDS")]
     pub exit_when_idle: Option<f64>,
-    /// Serve Prometheus metrics at http://ADDR/metrics
+    /// Serve Prometheus metrics at http://ADDR/metrics [default: no metrics server]
     #[arg(long, value_name = "ADDR")]
     pub metrics_addr: Option<String>,
 }
@@ -234,7 +276,7 @@ pub struct StatusArgs {
     /// Refresh the view until interrupted
     #[arg(long)]
     pub watch: bool,
-    /// Exit 1 when the total pending jobs are above N (for monitoring checks)
+    /// Exit 1 when the total pending jobs are above N (for monitoring checks) [default: never]
     #[arg(long, value_name = "N")]
     pub fail_above: Option<u64>,
 }

@@ -33,6 +33,7 @@ use clap::Parser;
 use crate::cli::{Cli, Command};
 
 fn main() -> ExitCode {
+    telemetry::exit_quietly_on_closed_stdout();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {
@@ -56,7 +57,7 @@ fn main() -> ExitCode {
     {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
+            telemetry::stderr_line(&format!("error: cannot start the async runtime: {e}"));
             return ExitCode::from(1);
         }
     };
@@ -81,8 +82,10 @@ fn main() -> ExitCode {
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        // The reader went away (`| head`): nothing to report, and no one to report it to.
+        Err(e) if telemetry::is_broken_pipe(&e) => ExitCode::from(telemetry::SIGPIPE_EXIT as u8),
         Err(e) => {
-            eprintln!("error: {e:#}");
+            telemetry::stderr_line(&format!("error: {e:#}"));
             ExitCode::from(exit::code_for(&e) as u8)
         }
     }

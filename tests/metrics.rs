@@ -222,7 +222,7 @@ fn worker_serves_prometheus_metrics_that_match_the_batch() {
         "{body}"
     );
     // The depth gauge has every state.
-    for state in ["pending", "in_flight", "delayed", "dead"] {
+    for state in ["pending", "in_flight", "delayed", "failed", "lost"] {
         let series = format!("state=\"{state}\"");
         assert_eq!(
             samples(&body, "batchyard_queue_depth", &[&series]).len(),

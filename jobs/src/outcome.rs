@@ -60,6 +60,7 @@ pub struct Extension {
     pub model: Option<String>,
     pub attempts: u32,
     pub escalations: u32,
+    #[serde(serialize_with = "usd_in_nanos")]
     pub cost_usd: f64,
     pub input_tokens: u64,
     pub output_tokens: u64,
@@ -82,6 +83,12 @@ pub struct Extension {
     pub last_output: Option<String>,
 }
 
+/// Dollars as the ledger counts them, to the nano-dollar: a cost is tokens times a price per
+/// million, and f64 writes that as 0.000018449999999999998 instead of 0.00001845.
+fn usd_in_nanos<S: serde::Serializer>(usd: &f64, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_f64(crate::batch::nanos_to_usd(crate::batch::usd_to_nanos(*usd)))
+}
+
 fn is_zero(n: &u64) -> bool {
     *n == 0
 }
@@ -93,6 +100,7 @@ pub struct Step {
     /// `passed`, `failed_validation`, `truncated`, `content_filter`, `context_overflow`, or
     /// another provider error code.
     pub outcome: String,
+    #[serde(serialize_with = "usd_in_nanos")]
     pub cost_usd: f64,
     pub input_tokens: u64,
     pub output_tokens: u64,

@@ -66,11 +66,14 @@ pub async fn models(
         let list: Vec<_> = rows
             .iter()
             .map(|(m, state)| {
+                let (provider_rpm, provider_tpm) = provider_limit(catalog, &m.provider);
                 json!({
                     "model": m.key, "provider": m.provider, "name": m.name, "tier": m.tier,
                     "input_usd_per_mtok": m.input_usd_per_mtok, "output_usd_per_mtok": m.output_usd_per_mtok,
                     "context_window": m.context_window, "capabilities": m.capabilities,
-                    "rpm": m.rpm, "tpm": m.tpm, "state": state.name(), "detail": describe(state),
+                    "rpm": m.rpm, "tpm": m.tpm,
+                    "provider_rpm": provider_rpm, "provider_tpm": provider_tpm,
+                    "state": state.name(), "detail": describe(state),
                 })
             })
             .collect();
@@ -78,12 +81,17 @@ pub async fn models(
         return Ok(());
     }
     println!(
-        "{:<12} {:<10} {:<16} {:>4} {:>9} {:>9} {:>8}  STATE",
-        "MODEL", "PROVIDER", "NAME", "TIER", "IN/MTOK", "OUT/MTOK", "CONTEXT"
+        "{:<12} {:<10} {:<16} {:>4} {:>9} {:>9} {:>8} {:>8} {:>10}  STATE",
+        "MODEL", "PROVIDER", "NAME", "TIER", "IN/MTOK", "OUT/MTOK", "CONTEXT", "RPM", "TPM"
     );
+    let mut provider_wide = false;
     for (m, state) in rows {
+        let (provider_rpm, provider_tpm) = provider_limit(catalog, &m.provider);
+        let rpm = limit(m.rpm.map(u64::from), provider_rpm.map(u64::from));
+        let tpm = limit(m.tpm, provider_tpm);
+        provider_wide |= rpm.ends_with('*') || tpm.ends_with('*');
         println!(
-            "{:<12} {:<10} {:<16} {:>4} {:>9.2} {:>9.2} {:>8}  {}",
+            "{:<12} {:<10} {:<16} {:>4} {:>9.2} {:>9.2} {:>8} {:>8} {:>10}  {}",
             m.key,
             m.provider,
             m.name,
@@ -91,8 +99,29 @@ pub async fn models(
             m.input_usd_per_mtok,
             m.output_usd_per_mtok,
             m.context_window,
+            rpm,
+            tpm,
             describe(&state)
         );
     }
+    if provider_wide {
+        println!("* the provider's account-wide limit (the model sets none of its own)");
+    }
     Ok(())
+}
+
+fn provider_limit(
+    catalog: &batchyard_workers::catalog::Catalog,
+    provider: &str,
+) -> (Option<u32>, Option<u64>) {
+    catalog.provider_limits(provider).unwrap_or_default()
+}
+
+/// A model's own limit, else its provider's account-wide one (marked `*`), else `-`.
+fn limit(model: Option<u64>, provider: Option<u64>) -> String {
+    match (model, provider) {
+        (Some(n), _) => n.to_string(),
+        (None, Some(n)) => format!("{n}*"),
+        (None, None) => "-".into(),
+    }
 }

@@ -29,7 +29,9 @@ pub async fn run(
         }
         settings.concurrency = c;
     }
-    let app = App::connect(settings, args.storage.as_deref(), true, "run").await?;
+    // An empty BATCHYARD_STORAGE_URL means unset, as in the config loader.
+    let storage = args.storage.as_deref().filter(|s| !s.is_empty());
+    let app = App::connect(settings, storage, true, "run").await?;
     let submitted = crate::submission::submit(&app, &super::submit_request(&args.input)).await?;
     let batch_id = submitted.record.id.clone();
     if submitted.invalid > 0 {
@@ -67,7 +69,7 @@ pub async fn run(
         let record = app.ledger.get(&batch_id).await?;
         if let (Some(bar), Some(r)) = (&bar, &record) {
             bar.set_position(r.settled());
-            bar.set_message(format!("${:.4}", r.cost_usd()));
+            bar.set_message(format!("${:.6}", r.cost_usd()));
         }
         match record {
             Some(r) if r.state.is_terminal() || interrupted => break r,
@@ -102,9 +104,15 @@ fn progress_bar(total: u64, json: bool) -> Option<ProgressBar> {
     }
     let bar = ProgressBar::new(total);
     if let Ok(style) = ProgressStyle::with_template(
-        "{spinner} [{elapsed_precise}] {wide_bar} {pos}/{len} items, {per_sec}, eta {eta} {msg}",
+        "{spinner} [{elapsed_precise}] {wide_bar} {pos}/{len} items, {rate}, eta {eta} {msg}",
     ) {
-        bar.set_style(style);
+        // indicatif's {per_sec} prints four decimals ("12.3457/s"); a rate needs no more than one.
+        bar.set_style(style.with_key(
+            "rate",
+            |state: &indicatif::ProgressState, w: &mut dyn std::fmt::Write| {
+                let _ = write!(w, "{}", format_rate(state.per_sec()));
+            },
+        ));
     }
     Some(bar)
 }
@@ -141,14 +149,46 @@ async fn print_summary(app: &App, record: &BatchRecord) {
     }
     eprintln!(
         "output: {}",
-        app.store
-            .display_location(&app.store.output_path(&record.id))
+        location(app, &app.store.output_path(&record.id))
     );
     if c.failed > 0 {
         eprintln!(
             "errors: {}",
-            app.store
-                .display_location(&app.store.errors_path(&record.id))
+            location(app, &app.store.errors_path(&record.id))
         );
+    }
+}
+
+/// A path to open for a `file://` store, else the object's URL.
+fn location(app: &App, path: &object_store::path::Path) -> String {
+    app.store.local_path(path).map_or_else(
+        || app.store.display_location(path),
+        |p| p.display().to_string(),
+    )
+}
+
+/// Items per second, rounded to what a person reads: `1234/s`, `12.3/s`, `0.25/s`.
+pub fn format_rate(per_sec: f64) -> String {
+    if !per_sec.is_finite() || per_sec <= 0.0 {
+        "0/s".into()
+    } else if per_sec >= 100.0 {
+        format!("{per_sec:.0}/s")
+    } else if per_sec >= 1.0 {
+        format!("{per_sec:.1}/s")
+    } else {
+        format!("{per_sec:.2}/s")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::format_rate;
+
+    #[test]
+    fn rates_are_rounded() {
+        assert_eq!(format_rate(1234.5678), "1235/s");
+        assert_eq!(format_rate(12.345678), "12.3/s");
+        assert_eq!(format_rate(0.254), "0.25/s");
+        assert_eq!(format_rate(f64::NAN), "0/s");
     }
 }

@@ -119,6 +119,8 @@ enum Snapshot {
 struct QueueView {
     name: String,
     depth: QueueDepth,
+    /// Of `depth.dead`, the jobs lost rather than ended with an ordinary error.
+    lost: u64,
     /// Newest first.
     batches: Vec<BatchRecord>,
 }
@@ -143,6 +145,7 @@ async fn read(app: &App, args: &StatusArgs) -> anyhow::Result<Snapshot> {
             None => Ok(Snapshot::Queue(QueueView {
                 name: app.queue.name().to_string(),
                 depth: app.queue.depth().await?,
+                lost: app.queue.lost().await?,
                 batches: app.ledger.list(SCAN).await?,
             })),
         }
@@ -216,6 +219,7 @@ fn queue_json(q: &QueueView, app: &App) -> Value {
             "in_flight": d.in_flight,
             "delayed": d.delayed,
             "dead": d.dead,
+            "lost": q.lost,
             "total_pending": q.total_pending(),
         }],
         "total_pending": q.total_pending(),
@@ -229,13 +233,13 @@ fn queue_text(q: &QueueView) -> String {
     let mut s = String::new();
     let _ = writeln!(
         s,
-        "{:<16} {:>10} {:>10} {:>10} {:>10}",
-        "QUEUE", "PENDING", "IN_FLIGHT", "DELAYED", "DEAD"
+        "{:<16} {:>10} {:>10} {:>10} {:>10} {:>10}",
+        "QUEUE", "PENDING", "IN_FLIGHT", "DELAYED", "DEAD", "LOST"
     );
     let _ = writeln!(
         s,
-        "{:<16} {:>10} {:>10} {:>10} {:>10}",
-        q.name, d.pending, d.in_flight, d.delayed, d.dead
+        "{:<16} {:>10} {:>10} {:>10} {:>10} {:>10}",
+        q.name, d.pending, d.in_flight, d.delayed, d.dead, q.lost
     );
     let _ = writeln!(
         s,

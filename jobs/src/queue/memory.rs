@@ -391,6 +391,13 @@ impl Queue for MemoryQueue {
         })
     }
 
+    async fn lost(&self) -> Result<u64, QueueError> {
+        let mut state = self.state.lock().await;
+        state.prune_dead(Instant::now(), self.opts.dead_letter_retention);
+        let lost = state.dead.iter().filter(|(_, l)| super::is_lost(&l.code));
+        Ok(lost.count() as u64)
+    }
+
     async fn dead_letters(&self, limit: usize) -> Result<Vec<DeadLetter>, QueueError> {
         let mut state = self.state.lock().await;
         state.prune_dead(Instant::now(), self.opts.dead_letter_retention);

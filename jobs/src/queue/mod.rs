@@ -86,6 +86,16 @@ pub struct DeadLetter {
     pub at_millis: u64,
 }
 
+/// Dead-letter codes of jobs that were lost rather than finished: a job that kept taking its
+/// workers down (or outlived them), and an entry no worker could decode. Every other dead
+/// letter is an item that ended with an ordinary error (`validation_failed`,
+/// `budget_exhausted`, ...), already in `errors.jsonl` and kept only for replay.
+pub const LOST_CODES: [&str; 2] = ["worker_lost", "malformed_job"];
+
+pub fn is_lost(code: &str) -> bool {
+    LOST_CODES.contains(&code)
+}
+
 #[async_trait]
 pub trait Queue: Send + Sync {
     /// Adds one chunk of a batch's jobs. Idempotent per `(batch_id, chunk_no)`: a chunk that
@@ -158,6 +168,14 @@ pub trait Queue: Send + Sync {
 
     /// The newest dead letters, at most `limit`.
     async fn dead_letters(&self, limit: usize) -> Result<Vec<DeadLetter>, QueueError>;
+
+    /// Of the dead letters within retention, those with a [`LOST_CODES`] code: what an
+    /// operator alerts on, unlike `depth().dead`, which also counts ordinary failures.
+    /// The default reads every letter; the real queues keep a count instead.
+    async fn lost(&self) -> Result<u64, QueueError> {
+        let letters = self.dead_letters(usize::MAX).await?;
+        Ok(letters.iter().filter(|l| is_lost(&l.code)).count() as u64)
+    }
 
     /// The queue's name, for status and metrics.
     fn name(&self) -> &str;

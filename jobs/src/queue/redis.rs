@@ -9,6 +9,7 @@
 //! | `delayed` | zset, score = due epoch ms | `<entry id>\|<job JSON>` waiting for a retry delay |
 //! | `dead` | zset, score = epoch ms | [`DeadLetter`] JSON, trimmed to the retention |
 //! | `staged:<batch>` | list | job JSON of a batch being submitted, not yet visible to workers |
+//! | `lost` | zset, score = epoch ms (client clock) | `<job id>:<entry id>` of dead letters with a [`super::LOST_CODES`] code, for the `lost` gauge |
 //!
 //! Acks delete the entry, so `XLEN` is pending plus in flight and depth is exact. Every
 //! multi-step change is one Lua script (see `scripts/`), so a retry after a client timeout
@@ -65,6 +66,9 @@ pub struct RedisQueue {
     enq: String,
     delayed: String,
     dead: String,
+    /// Lost jobs among the dead letters (zset, score = epoch ms), so they are counted
+    /// without reading every letter.
+    lost: String,
     scripts: Scripts,
     timers: Mutex<Timers>,
 }
@@ -84,6 +88,7 @@ impl RedisQueue {
             enq: format!("{prefix}enq"),
             delayed: format!("{prefix}delayed"),
             dead: format!("{prefix}dead"),
+            lost: format!("{prefix}lost"),
             opts,
             scripts: Scripts::new(),
             timers: Mutex::new(Timers::default()),
@@ -361,6 +366,18 @@ impl Queue for RedisQueue {
             delayed: n(delayed),
             dead: n(dead),
         })
+    }
+
+    async fn lost(&self) -> Result<u64, QueueError> {
+        let mut conn = self.conn.clone();
+        let since = now_millis().saturating_sub(millis(self.opts.dead_letter_retention));
+        let n: u64 = redis::cmd("ZCOUNT")
+            .arg(&self.lost)
+            .arg(since)
+            .arg("+inf")
+            .query_async(&mut conn)
+            .await?;
+        Ok(n)
     }
 
     async fn dead_letters(&self, limit: usize) -> Result<Vec<DeadLetter>, QueueError> {

@@ -166,12 +166,26 @@ impl ResultStore {
 
     /// A human-readable location of `path`, e.g. for the run summary.
     pub fn display_location(&self, path: &Path) -> String {
+        // `file://./x` is neither a path nor a URL a browser or `curl` can open.
+        if let Some(local) = self.local_path(path)
+            && let Ok(url) = url::Url::from_file_path(&local)
+        {
+            return url.to_string();
+        }
         let rel = path
             .as_ref()
             .strip_prefix(self.prefix.as_ref())
             .unwrap_or(path.as_ref())
             .trim_start_matches('/');
         format!("{}/{}", self.url.trim_end_matches('/'), rel)
+    }
+
+    /// Where `path` is on this machine's disk, made absolute: `file://` stores only.
+    pub fn local_path(&self, path: &Path) -> Option<std::path::PathBuf> {
+        self.files.as_ref()?;
+        let dir = self.url.strip_prefix("file://")?;
+        let root = std::path::absolute(dir).ok()?;
+        Some(path.as_ref().split('/').fold(root, |p, part| p.join(part)))
     }
 
     /// Writes a whole object; an existing one is replaced, so reruns are idempotent.

@@ -83,9 +83,18 @@ pub fn batch_object(id: &str, record: Option<&BatchRecord>, api: Option<&ApiBatc
     let counts = record.map(|r| r.counts).unwrap_or_default();
     let finished = state.is_terminal();
     let file = |kind, n: u64| (finished && n > 0).then(|| result_file_id(id, kind));
+    // Refusals the API recorded, or a whole-batch failure from the ledger (a submit cut off,
+    // results lost from storage).
     let errors = api
         .filter(|a| !a.errors.is_empty())
-        .map(|a| json!({"object": "list", "data": a.errors}));
+        .map(|a| json!({"object": "list", "data": a.errors}))
+        .or_else(|| {
+            record.and_then(|r| r.failure.as_ref()).map(|f| {
+                json!({"object": "list", "data": [
+                    {"code": f.code, "message": f.message, "param": null, "line": null}
+                ]})
+            })
+        });
     json!({
         "id": id,
         "object": "batch",

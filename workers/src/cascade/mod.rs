@@ -134,7 +134,7 @@ impl JobRunner {
                         ModelOutcome::Unavailable(state) => {
                             self.commit(job, reserved, 0.0, &mut run).await;
                             unavailable.add(&model.key, state);
-                            tracing::info!(model = %model.key, "model cooling down or paused; trying the next");
+                            tracing::debug!(model = %model.key, "model cooling down or paused; trying the next");
                             continue;
                         }
                         ModelOutcome::Wait(delay) => {
@@ -284,7 +284,9 @@ impl JobRunner {
                     );
                 }
                 Verdict::Fail { reason, .. } => {
-                    tracing::info!(model = %model.key, reason = %reason, "answer not accepted");
+                    // One line per rejected answer drowned everything else at INFO (2,082 of 2,768 lines
+                    // in one log); the escalation and validation_failed metrics count them.
+                    tracing::debug!(model = %model.key, reason = %reason, "answer not accepted");
                     run.ext.last_output = Some(answer_text(&done.body).to_string());
                     if has_next {
                         run.ext.escalations += 1;

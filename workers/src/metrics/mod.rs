@@ -42,7 +42,9 @@ use tokio_util::sync::CancellationToken;
 use crate::catalog::ModelSpec;
 use crate::provider::{Completion, ProviderError};
 
-/// Jobs by queue and state (`pending`, `in_flight`, `delayed`, `dead`), sampled.
+/// Jobs by queue and state, sampled: `pending`, `in_flight`, `delayed`, and the dead letters
+/// split into `failed` (items that ended with an error, kept for replay) and `lost`
+/// ([`batchyard_jobs::queue::LOST_CODES`]: jobs that kept killing workers, undecodable ones).
 pub const QUEUE_DEPTH: &str = "batchyard_queue_depth";
 /// Jobs that ended, by outcome (`success` or the error code) and the model that answered last.
 pub const JOBS_TOTAL: &str = "batchyard_jobs_total";
@@ -305,11 +307,22 @@ pub async fn sample(
         match queue.depth().await {
             Ok(depth) => {
                 let name = queue.name().to_string();
+                // Dead letters split in two: items that ended with an ordinary error (kept a
+                // week for replay, after every normal run) and jobs that were lost. A single
+                // `dead` count made `dead > 0` alerts fire after every run.
+                let lost = match queue.lost().await {
+                    Ok(n) => n.min(depth.dead),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot count the lost jobs for metrics");
+                        0
+                    }
+                };
                 for (state, value) in [
                     ("pending", depth.pending),
                     ("in_flight", depth.in_flight),
                     ("delayed", depth.delayed),
-                    ("dead", depth.dead),
+                    ("failed", depth.dead - lost),
+                    ("lost", lost),
                 ] {
                     gauge!(QUEUE_DEPTH, "queue" => name.clone(), "state" => state)
                         .set(value as f64);

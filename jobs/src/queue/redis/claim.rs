@@ -179,6 +179,28 @@ impl RedisQueue {
             .arg(member)
             .invoke_async(&mut conn)
             .await?;
+        if crate::queue::is_lost(&letter.code) {
+            // Counted apart for `lost()`; trimmed to the retention like the letters.
+            let since = letter
+                .at_millis
+                .saturating_sub(millis(self.opts.dead_letter_retention));
+            // The letter is kept already: a failure here only undercounts a metric, and must
+            // not send the job round again.
+            let indexed: Result<(), _> = redis::pipe()
+                .zadd(
+                    &self.lost,
+                    format!("{}:{handle}", letter.job.job_id),
+                    letter.at_millis,
+                )
+                .ignore()
+                .zrembyscore(&self.lost, "-inf", format!("({since}"))
+                .ignore()
+                .query_async(&mut conn)
+                .await;
+            if let Err(e) = indexed {
+                tracing::warn!(queue = %self.opts.name, error = %e, "a lost job was dead-lettered but not counted in the lost gauge");
+            }
+        }
         Ok(())
     }
 
