@@ -276,3 +276,63 @@ fn a_killed_submit_leaves_nothing_runnable_and_its_batch_ends() {
     let _ = worker.kill();
     let _ = worker.wait();
 }
+
+#[test]
+fn every_non_terminal_state_reaches_a_terminal_one_once_workers_run() {
+    let Some(cluster) = Cluster::start_opts(
+        "submit_states",
+        &[],
+        Options {
+            submit_lease_secs: 2,
+            ..Options::default()
+        },
+    ) else {
+        return;
+    };
+    let mut c = conn(&cluster);
+    let submit = |name: &str, n: usize| -> String {
+        cluster.submit(&input(&cluster, name, n, "s"), &[])["id"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    // finalizing: a finished batch put back in `finalizing`, as a finalizer killed mid-write
+    // leaves it.
+    let finalizing = submit("fin", 20);
+    let mut w = cluster.spawn_worker(&["--exit-when-idle", "1"]);
+    assert_eq!(cluster.wait_terminal(&finalizing, Duration::from_secs(60))["status"], "completed");
+    wait_exit(&mut w, Duration::from_secs(60));
+    let _: () = redis::cmd("HSET")
+        .arg(format!("by:batch:{{{finalizing}}}"))
+        .arg("state")
+        .arg("finalizing")
+        .query(&mut c)
+        .unwrap();
+    // validating: a submit cut off before its seal.
+    let path = input(&cluster, "val", 5000, &"v".repeat(300));
+    let (validating, _) = oom_submit(&cluster, &path);
+    // in_progress and cancelling: queued, with no worker running.
+    let in_progress = submit("run", 50);
+    let cancelling = submit("can", 50);
+    let out = run(cluster.cmd().args(["cancel", &cancelling]));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let states = [
+        (&finalizing, "finalizing", "completed"),
+        (&validating, "validating", "failed"),
+        (&in_progress, "in_progress", "completed"),
+        (&cancelling, "cancelling", "cancelled"),
+    ];
+    for (id, before, _) in states {
+        assert_eq!(cluster.status(id)["status"], before, "{id}");
+    }
+    let mut worker = cluster.spawn_worker(&[]);
+    for (id, before, after) in states {
+        let end = cluster.wait_terminal(id, Duration::from_secs(60));
+        assert_eq!(end["status"], after, "{before} -> {end}");
+    }
+    let errors = cluster.results(&cancelling, true);
+    assert_eq!(errors.len(), 50);
+    assert!(errors.iter().all(|l| l["error"]["code"] == "cancelled"));
+    let _ = worker.kill();
+    let _ = worker.wait();
+}

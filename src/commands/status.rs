@@ -195,6 +195,19 @@ fn batch_text(record: &BatchRecord, view: &Value) -> String {
     if let Some(out) = view.get("output_file").and_then(|v| v.as_str()) {
         let _ = writeln!(s, "output     {out}");
     }
+    if let Some(submit) = &record.submit {
+        let what = if submit.sealed {
+            "submitted; its jobs are being moved into the queue"
+        } else if record.state == batchyard_jobs::batch::BatchState::Validating {
+            "being submitted: nothing of it runs until the whole input is staged"
+        } else {
+            "its submit stopped before the whole input was staged"
+        };
+        let _ = writeln!(s, "submit     {what}");
+    }
+    if let Some(f) = &record.failure {
+        let _ = writeln!(s, "failure    {}: {}", f.code, f.message);
+    }
     s
 }
 

@@ -283,6 +283,12 @@ async fn failure_reason(app: &App, record: &BatchRecord) -> Option<String> {
     let c = record.counts;
     let mut reason = match record.state {
         BatchState::Completed => return None,
+        // A whole-batch failure (a submit cut off, results lost) says why itself.
+        BatchState::Failed if record.failure.is_some() => {
+            let f = record.failure.as_ref().map(|f| (f.code.as_str(), f.message.as_str()));
+            let (code, message) = f.unwrap_or_default();
+            format!("batch {id} failed ({code}): {message}")
+        }
         BatchState::Failed => format!(
             "batch {id} failed: none of its {} item(s) succeeded{}",
             c.total,
