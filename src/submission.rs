@@ -33,6 +33,8 @@ pub struct SubmitRequest {
     pub no_cache: bool,
     /// OpenAI's `completion_window`: items still queued when it ends are `expired`, not run.
     pub completion_window: Option<std::time::Duration>,
+    /// Of a folder, follow symbolic links whose targets stay inside it.
+    pub follow_symlinks: bool,
 }
 
 /// The input had bad lines and nothing was enqueued.
@@ -94,10 +96,12 @@ impl Builder<'_> {
         };
         let custom_id = item.custom_id().to_string();
         let line = item.line();
+        let location = item.location().to_string();
         let bad = |reason: String| InputError {
-            location: format!("line {line}"),
-            line: Some(line),
+            location: location.clone(),
+            line,
             custom_id: Some(custom_id.clone()),
+            entry: None,
             reason,
             fatal: false,
         };
@@ -140,6 +144,7 @@ fn options(app: &App, req: &SubmitRequest, only: Option<&BTreeSet<String>>) -> I
         max_line_bytes: app.settings.max_line_bytes,
         task: req.task.clone(),
         names: app.settings.known_names(),
+        follow_symlinks: req.follow_symlinks,
     }
 }
 
@@ -277,9 +282,9 @@ pub async fn submit_selected(
         }
         total += 1;
     }
-    let skipped_files = reader.skipped_files();
-    if skipped_files > 0 {
-        eprintln!("skipped {skipped_files} file(s) that are not .txt or .md");
+    let skipped = reader.skipped_summary();
+    if !skipped.is_empty() {
+        eprintln!("skipped {skipped}");
     }
     if bad_count > 0 && !req.skip_invalid {
         return Err(InvalidInput {
@@ -352,10 +357,10 @@ pub async fn submit_selected(
 }
 
 /// Writes a bad line's outcome and counts it, so it lands in `errors.jsonl`.
-/// `line-N` for a bad line with no readable id, unless an item of the batch is called that:
-/// then `line-N-invalid`, `line-N-invalid-2`, ..., so ids stay unique across the output files.
-fn made_up_id(line: u64, taken: &mut DuplicateCheck) -> String {
-    let base = format!("line-{line}");
+/// `line-N` for a bad line with no readable id, and the escaped path of a refused file of a
+/// folder, unless an item of the batch is called that: then `BASE-invalid`,
+/// `BASE-invalid-2`, ..., so ids stay unique across the output files.
+fn made_up_id(base: String, taken: &mut DuplicateCheck) -> String {
     if taken.insert(&base) {
         return base;
     }
@@ -375,9 +380,10 @@ async fn record_invalid(
     e: &InputError,
     taken: &mut DuplicateCheck,
 ) -> anyhow::Result<()> {
-    let custom_id = match &e.custom_id {
-        Some(id) => id.clone(),
-        None => made_up_id(e.line.unwrap_or(seq + 1), taken),
+    let custom_id = match (&e.custom_id, &e.entry, e.line) {
+        (Some(id), _, _) => id.clone(),
+        (None, Some(entry), _) => made_up_id(entry.clone(), taken),
+        (None, None, line) => made_up_id(format!("line-{}", line.unwrap_or(seq + 1)), taken),
     };
     let job_id = job_id_for(batch_id, &format!("\u{0}invalid:{seq}"));
     let line = OutputLine::failure(

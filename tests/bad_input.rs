@@ -61,7 +61,11 @@ fn missing_and_empty_custom_ids() {
 #[test]
 fn duplicate_custom_id() {
     let body = format!("{}\n{}\n{}\n", good("a"), good("b"), good("a"));
-    assert_rejected(body.as_bytes(), "line 3", "duplicate custom_id \"a\"");
+    assert_rejected(
+        body.as_bytes(),
+        "in.jsonl:3: duplicate custom_id \"a\"",
+        "every item needs its own",
+    );
 }
 
 #[test]

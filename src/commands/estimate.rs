@@ -134,6 +134,7 @@ async fn nth_job(app: &App, input: &str, args: &RouteArgs) -> anyhow::Result<Job
         skip_invalid: true,
         no_cache: false,
         completion_window: None,
+        follow_symlinks: false,
     };
     let mut scanner = Scanner::open(app, &req).await?;
     let mut index = 0u64;

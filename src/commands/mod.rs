@@ -39,6 +39,7 @@ pub fn submit_request(args: &crate::cli::InputArgs) -> SubmitRequest {
         skip_invalid: args.skip_invalid,
         no_cache: args.no_cache,
         completion_window: None,
+        follow_symlinks: args.follow_symlinks,
     }
 }
 

@@ -21,8 +21,14 @@ pub struct JsonlReader {
 enum RawLine {
     Line,
     TooLong,
+    /// Over the limit, and no line end within [`MAX_SKIP_BYTES`] either.
+    Endless,
     Eof,
 }
+
+/// How far past the line limit a line is skipped to find its end. An input with no line end
+/// at all (a stream of zeros) is then given up on, instead of being read forever.
+const MAX_SKIP_BYTES: usize = 1 << 30;
 
 impl JsonlReader {
     pub fn new(
@@ -41,11 +47,16 @@ impl JsonlReader {
         }
     }
 
+    fn location(&self) -> String {
+        format!("{}:{}", self.name, self.line_no)
+    }
+
     fn error(&self, custom_id: Option<String>, reason: impl Into<String>) -> InputError {
         InputError {
-            location: format!("{}:{}", self.name, self.line_no),
+            location: self.location(),
             line: Some(self.line_no),
             custom_id,
+            entry: None,
             reason: reason.into(),
             fatal: false,
         }
@@ -57,6 +68,7 @@ impl JsonlReader {
         let limit = self.options.max_line_bytes;
         let mut too_long = false;
         let mut any = false;
+        let mut skipped = 0usize;
         loop {
             let available = self.reader.fill_buf().await?;
             if available.is_empty() {
@@ -76,6 +88,11 @@ impl JsonlReader {
                     self.buf.clear();
                 } else {
                     self.buf.extend_from_slice(chunk);
+                }
+            } else {
+                skipped = skipped.saturating_add(chunk.len());
+                if skipped > MAX_SKIP_BYTES {
+                    return Ok(RawLine::Endless);
                 }
             }
             let consumed = found.unwrap_or(available.len());
@@ -122,6 +139,17 @@ impl JsonlReader {
                         format!(
                             "line is longer than the limit of {} bytes; raise input.max_line_bytes",
                             self.options.max_line_bytes
+                        ),
+                    )));
+                }
+                RawLine::Endless => {
+                    self.done = true;
+                    return Some(Err(InputError::fatal(
+                        format!("{}:{}", self.name, self.line_no + 1),
+                        format!(
+                            "line is longer than the limit of {} bytes, and has no end within {} MiB more; the input looks like an endless stream, give a file of JSON lines",
+                            self.options.max_line_bytes,
+                            MAX_SKIP_BYTES >> 20
                         ),
                     )));
                 }
@@ -194,7 +222,8 @@ impl JsonlReader {
             Ok(Item::Document {
                 id,
                 fields: obj,
-                line: self.line_no,
+                line: Some(self.line_no),
+                location: self.location(),
             })
         }
     }
@@ -284,6 +313,7 @@ impl JsonlReader {
             body,
             route,
             line: self.line_no,
+            location: self.location(),
         })
     }
 
