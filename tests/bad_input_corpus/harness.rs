@@ -119,6 +119,10 @@ pub fn generate(name: &str, dir: &Path) -> PathBuf {
         }
         // Devices are inputs as they are: never read, refused from their metadata.
         "dev-zero" => PathBuf::from("/dev/zero"),
+        // Not a path: the URL itself is the case.
+        "s3-input-with-keys" => {
+            PathBuf::from("s3://AKIACORPUS0013:corpus-input-secret-0013@batchyard/in.jsonl")
+        }
         "dev-urandom" => PathBuf::from("/dev/urandom"),
         "symlink-to-passwd" => {
             let p = dir.join(name);

@@ -162,8 +162,15 @@ impl InputSource {
             .iter()
             .any(|s| input.starts_with(s));
         if is_url && !input.starts_with("file://") {
+            let shown = crate::error::redact(input);
             let parsed = url::Url::parse(input)
-                .map_err(|e| InputError::fatal(input, format!("not a valid url: {e}")))?;
+                .map_err(|e| InputError::fatal(&shown, format!("not a valid url: {e}")))?;
+            if !parsed.username().is_empty() || parsed.password().is_some() {
+                return Err(InputError::fatal(
+                    shown,
+                    "holds a user name or password; remove them and give the keys in the AWS_* / GOOGLE_* / AZURE_* variables",
+                ));
+            }
             let store_url = format!(
                 "{}://{}",
                 parsed.scheme(),
