@@ -396,7 +396,7 @@ async fn record_invalid(
             ..Extension::default()
         },
     );
-    let bytes = Bytes::from(serde_json::to_vec(&line)?);
+    let bytes = Bytes::from(batchyard_jobs::jsonl::to_line(&line)?);
     app.store
         .put(&app.store.result_path(batch_id, &job_id), bytes)
         .await?;
