@@ -23,6 +23,8 @@ use crate::exit::UsageError;
 const CHUNK: usize = 1000;
 /// Bad lines listed in an error before the rest are only counted.
 const MAX_LISTED: usize = 20;
+/// How long the result store may take to accept the probe of a submission.
+const PROBE_LIMIT: std::time::Duration = std::time::Duration::from_secs(30);
 
 #[derive(Debug, Clone)]
 pub struct SubmitRequest {
@@ -294,6 +296,8 @@ pub async fn submit_selected(
         .into());
     }
 
+    probe_store(app, &batch_id).await?;
+
     // Pass 2: the batch record first, then the jobs, chunk by chunk.
     let created_at = now_secs();
     let record = BatchRecord {
@@ -354,6 +358,51 @@ pub async fn submit_selected(
     let record = app.ledger.get(&batch_id).await?.unwrap_or(record);
     tracing::info!(batch_id = %batch_id, total, invalid, "batch submitted");
     Ok(Submitted { record, invalid })
+}
+
+/// Writes and deletes a small object where the batch's results will go, before anything is
+/// enqueued: a store that can never be written (a read-only or pseudo folder such as
+/// file:///proc/self, a cloud bucket without credentials) fails the submission here, instead
+/// of every job failing to store its paid answer in a worker's retry loop.
+async fn probe_store(app: &App, batch_id: &str) -> anyhow::Result<()> {
+    let path = app
+        .store
+        .path_of(&format!("batches/{batch_id}/.submit-probe"));
+    let where_ = batchyard_jobs::error::redact(app.store.url());
+    let failed = |reason: String| {
+        UsageError(format!(
+            "the result store {where_} can't be written: {reason}; nothing was enqueued. Check storage.url (or --storage), the folder's permissions or the bucket's credentials"
+        ))
+    };
+    match tokio::time::timeout(
+        PROBE_LIMIT,
+        app.store.put(&path, Bytes::from_static(b"probe")),
+    )
+    .await
+    {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => {
+            let reason = match e {
+                // Said here, "it will be retried" would not be true.
+                batchyard_jobs::error::StoreError::Unavailable { message, .. }
+                | batchyard_jobs::error::StoreError::Rejected { message, .. } => message,
+                other => other.to_string(),
+            };
+            return Err(failed(reason).into());
+        }
+        Err(_) => {
+            return Err(failed(format!(
+                "a write did not finish within {} s",
+                PROBE_LIMIT.as_secs()
+            ))
+            .into());
+        }
+    }
+    // Left behind, it is harmless (finalizing reads only results/); the write was the test.
+    if let Err(e) = app.store.delete(&path).await {
+        tracing::warn!(error = %e, "cannot delete the submission's store probe");
+    }
+    Ok(())
 }
 
 /// Writes a bad line's outcome and counts it, so it lands in `errors.jsonl`.
