@@ -331,3 +331,61 @@ impl JsonlReader {
 fn memchr(haystack: &[u8]) -> Option<usize> {
     haystack.iter().position(|&b| b == b'\n')
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+    use super::*;
+    use crate::input::KnownNames;
+
+    fn reader(source: Box<dyn AsyncRead + Unpin + Send>) -> JsonlReader {
+        let options = InputOptions {
+            max_line_bytes: 1024,
+            task: None,
+            names: KnownNames::default(),
+            only: None,
+            follow_symlinks: false,
+        };
+        JsonlReader::new(source, "stream".into(), options)
+    }
+
+    /// A stream with no line end at all (what /dev/zero gives) ends the read with the line
+    /// limit's error, after a bounded skip, instead of being read forever.
+    #[tokio::test]
+    async fn a_stream_without_newlines_ends_with_the_line_limit() {
+        let started = std::time::Instant::now();
+        let mut r = reader(Box::new(tokio::io::repeat(b'x')));
+        let first = tokio::time::timeout(std::time::Duration::from_secs(120), r.next())
+            .await
+            .expect("the read must end")
+            .unwrap()
+            .unwrap_err();
+        assert!(first.fatal, "{first}");
+        assert_eq!(first.location, "stream:1");
+        assert!(
+            first.reason.contains("longer than the limit of 1024 bytes")
+                && first.reason.contains("endless stream"),
+            "{first}"
+        );
+        assert!(r.next().await.is_none());
+        eprintln!("gave up after {:.1} s", started.elapsed().as_secs_f64());
+    }
+
+    /// A long line that does end is skipped, and the lines after it are still read.
+    #[tokio::test]
+    async fn a_long_line_that_ends_is_skipped_and_reading_goes_on() {
+        let mut body = vec![b'x'; 5000];
+        body.extend_from_slice(b"\n{\"custom_id\":\"a\",\"body\":{\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}]}}\n");
+        let mut r = reader(Box::new(std::io::Cursor::new(body)));
+        let first = r.next().await.unwrap().unwrap_err();
+        assert_eq!(first.location, "stream:1");
+        assert!(
+            !first.fatal && first.reason.contains("longer than the limit"),
+            "{first}"
+        );
+        let second = r.next().await.unwrap().unwrap();
+        assert_eq!(second.custom_id(), "a");
+        assert_eq!(second.location(), "stream:2");
+        assert!(r.next().await.is_none());
+    }
+}
