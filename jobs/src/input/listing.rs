@@ -133,7 +133,7 @@ impl DocumentLister {
         match &self.walk {
             Walk::Folder { walk, .. } => walk.skipped_summary(),
             Walk::Objects { .. } if self.skipped > 0 => {
-                format!("{} object(s) that are not .txt or .md", self.skipped)
+                format!("{} file(s) that are not .txt or .md", self.skipped)
             }
             Walk::Objects { .. } => String::new(),
         }

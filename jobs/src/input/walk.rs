@@ -213,13 +213,9 @@ impl FolderWalk {
 
     fn found(&mut self, rel: PathBuf, path: PathBuf, meta: Metadata) {
         match rel.to_str() {
-            Some(text) => {
-                let id = rel
-                    .components()
-                    .map(|c| c.as_os_str().to_string_lossy().into_owned())
-                    .collect::<Vec<_>>()
-                    .join("/");
-                debug_assert_eq!(id, text);
+            // Built from entry names joined with `/`: the text is the id as it always was.
+            Some(id) => {
+                let id = id.to_string();
                 let location = self.root.join(&rel).display().to_string();
                 self.pending.push_back(FolderEntry::Document {
                     id,
