@@ -50,7 +50,7 @@ pub(crate) fn scrub(secrets: &[Secret], err: &mut ProviderError) {
 /// Header names whose values are treated as secrets.
 pub(crate) fn looks_secret(header_name: &str) -> bool {
     let name = header_name.to_ascii_lowercase();
-    ["key", "token", "auth", "secret", "cookie", "password"]
+    ["key", "token", "auth", "secret", "cookie", "password", "signature"]
         .iter()
         .any(|word| name.contains(word))
 }
