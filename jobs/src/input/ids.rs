@@ -155,14 +155,16 @@ fn is_symbol(c: char) -> bool {
 }
 
 /// A variation selector picks a presentation of the character before it: emoji or text for
-/// a symbol, a glyph variant for an ideograph, and a keycap base (`1`, `#`, `*`) before U+20E3.
+/// a symbol (also the few emoji that are punctuation or letters, from U+2000 on: `‼`, `ℹ`,
+/// `〽`), a glyph variant for an ideograph, and a keycap base (`1`, `#`, `*`) before U+20E3.
+/// After an ASCII or Latin letter it selects nothing and only hides in the id.
 fn selects(chars: &[char], i: usize) -> bool {
     let Some(&prev) = i.checked_sub(1).and_then(|j| chars.get(j)) else {
         return false;
     };
     let keycap =
         (prev.is_ascii_digit() || prev == '#' || prev == '*') && chars.get(i + 1) == Some(&KEYCAP);
-    keycap || is_symbol(prev) || get_general_category(prev) == Gc::OtherLetter
+    keycap || is_symbol(prev) || (u32::from(prev) >= 0x2000 && is_base(prev) && !is_mark(prev))
 }
 
 /// A ZWJ between two emoji (the one before may carry a selector or a skin-tone modifier).
@@ -237,7 +239,11 @@ mod tests {
             "fire-heart-❤\u{FE0F}\u{200D}🔥",
             "wales-🏴\u{E0067}\u{E0062}\u{E0077}\u{E006C}\u{E0073}\u{E007F}.txt",
             "flag-🇫🇷",
-            "葛\u{E0100}城", // an ideographic variation sequence
+            "葛\u{E0100}城",         // an ideographic variation sequence
+            "wow-\u{203C}\u{FE0F}",  // a double exclamation emoji is punctuation
+            "info-\u{2139}\u{FE0F}", // the information emoji is a letter
+            "eye-\u{1F441}\u{FE0F}\u{200D}\u{1F5E8}\u{FE0F}",
+            "thumbs-\u{1F44D}\u{1F3FD}",
         ] {
             assert_eq!(check_id("custom_id", id), None, "{id:?}");
         }
@@ -269,6 +275,8 @@ mod tests {
             ),
             ("\u{FE0F}", "U+FE0F"),
             ("a\u{E0100}", "U+E0100"),
+            ("caf\u{E9}\u{FE0F}", "U+FE0F"),
+            ("a \u{FE0F}", "U+FE0F"),
             ("doc\u{200D}1", "U+200D"),
             ("☕\u{200D}", "U+200D"),
             ("doc-\u{3164}", "blank filler character U+3164"),
