@@ -246,6 +246,7 @@ fn a_bad_config_names_file_and_key() {
 }
 
 /// Runs `batchyard run INPUT ARGS` in a fresh folder; returns (exit code, stderr, seconds).
+/// Killed (and failed) after 90 s: what this checks used to run forever.
 fn run_timed(input: &str, extra: &[&str]) -> (Option<i32>, String, f64) {
     let dir = tempfile::tempdir().unwrap();
     let input = if input.starts_with('/') || input.contains("://") {
@@ -255,13 +256,17 @@ fn run_timed(input: &str, extra: &[&str]) -> (Option<i32>, String, f64) {
         path.display().to_string()
     };
     let started = std::time::Instant::now();
-    let mut cmd = batchyard(dir.path());
-    let out = run(cmd.args(["run", &input]).args(extra));
-    (
-        out.status.code(),
-        text(&out.stderr),
-        started.elapsed().as_secs_f64(),
-    )
+    let stderr_path = dir.path().join("stderr");
+    let mut child = batchyard(dir.path())
+        .args(["run", &input])
+        .args(extra)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&stderr_path).unwrap())
+        .spawn()
+        .unwrap();
+    let status = support::cluster::wait_exit(&mut child, std::time::Duration::from_secs(90));
+    let stderr = text(&std::fs::read(&stderr_path).unwrap());
+    (status.code(), stderr, started.elapsed().as_secs_f64())
 }
 
 #[test]
