@@ -220,6 +220,9 @@ pub struct InputArgs {
     /// Neither read nor write the result cache for this batch
     #[arg(long)]
     pub no_cache: bool,
+    /// Of a folder, read symbolic links whose targets stay inside it (default: skip links)
+    #[arg(long)]
+    pub follow_symlinks: bool,
     /// Print one JSON object (the batch) as the last line of stdout
     #[arg(long)]
     pub json: bool,

@@ -31,6 +31,8 @@ use crate::exit::UsageError;
 const CHUNK: usize = 1000;
 /// Bad lines listed in an error before the rest are only counted.
 const MAX_LISTED: usize = 20;
+/// How long the result store may take to accept the probe of a submission.
+const PROBE_LIMIT: std::time::Duration = std::time::Duration::from_secs(30);
 
 #[derive(Debug, Clone)]
 pub struct SubmitRequest {
@@ -43,6 +45,8 @@ pub struct SubmitRequest {
     pub completion_window: Option<std::time::Duration>,
     /// Continue this batch's interrupted submit (same input) instead of starting a new one.
     pub resume: Option<String>,
+    /// Of a folder, follow symbolic links whose targets stay inside it.
+    pub follow_symlinks: bool,
 }
 
 /// The input had bad lines and nothing was enqueued.
@@ -104,10 +108,12 @@ impl Builder<'_> {
         };
         let custom_id = item.custom_id().to_string();
         let line = item.line();
+        let location = item.location().to_string();
         let bad = |reason: String| InputError {
-            location: format!("line {line}"),
-            line: Some(line),
+            location: location.clone(),
+            line,
             custom_id: Some(custom_id.clone()),
+            entry: None,
             reason,
             fatal: false,
         };
@@ -150,6 +156,7 @@ fn options(app: &App, req: &SubmitRequest, only: Option<&BTreeSet<String>>) -> I
         max_line_bytes: app.settings.max_line_bytes,
         task: req.task.clone(),
         names: app.settings.known_names(),
+        follow_symlinks: req.follow_symlinks,
     }
 }
 
@@ -309,9 +316,9 @@ pub async fn submit_selected(
         }
         total += 1;
     }
-    let skipped_files = reader.skipped_files();
-    if skipped_files > 0 {
-        eprintln!("skipped {skipped_files} file(s) that are not .txt or .md");
+    let skipped = reader.skipped_summary();
+    if !skipped.is_empty() {
+        eprintln!("skipped {skipped}");
     }
     if bad_count > 0 && !req.skip_invalid {
         return Err(InvalidInput {
@@ -320,6 +327,8 @@ pub async fn submit_selected(
         }
         .into());
     }
+
+    probe_store(app, &batch_id).await?;
 
     let fingerprint = hex::encode(fingerprint.finalize());
     let lease_len = app.settings.queue.submit_lease;
@@ -524,11 +533,56 @@ async fn taken_error(app: &App, batch_id: &str) -> anyhow::Error {
     )
 }
 
+/// Writes and deletes a small object where the batch's results will go, before anything is
+/// enqueued: a store that can never be written (a read-only or pseudo folder such as
+/// file:///proc/self, a cloud bucket without credentials) fails the submission here, instead
+/// of every job failing to store its paid answer in a worker's retry loop.
+async fn probe_store(app: &App, batch_id: &str) -> anyhow::Result<()> {
+    let path = app
+        .store
+        .path_of(&format!("batches/{batch_id}/.submit-probe"));
+    let where_ = batchyard_jobs::error::redact(app.store.url());
+    let failed = |reason: String| {
+        UsageError(format!(
+            "the result store {where_} can't be written: {reason}; nothing was enqueued. Check storage.url (or --storage), the folder's permissions or the bucket's credentials"
+        ))
+    };
+    match tokio::time::timeout(
+        PROBE_LIMIT,
+        app.store.put(&path, Bytes::from_static(b"probe")),
+    )
+    .await
+    {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => {
+            let reason = match e {
+                // Said here, "it will be retried" would not be true.
+                batchyard_jobs::error::StoreError::Unavailable { message, .. }
+                | batchyard_jobs::error::StoreError::Rejected { message, .. } => message,
+                other => other.to_string(),
+            };
+            return Err(failed(reason).into());
+        }
+        Err(_) => {
+            return Err(failed(format!(
+                "a write did not finish within {} s",
+                PROBE_LIMIT.as_secs()
+            ))
+            .into());
+        }
+    }
+    // Left behind, it is harmless (finalizing reads only results/); the write was the test.
+    if let Err(e) = app.store.delete(&path).await {
+        tracing::warn!(error = %e, "cannot delete the submission's store probe");
+    }
+    Ok(())
+}
+
 /// Writes a bad line's outcome and counts it, so it lands in `errors.jsonl`.
-/// `line-N` for a bad line with no readable id, unless an item of the batch is called that:
-/// then `line-N-invalid`, `line-N-invalid-2`, ..., so ids stay unique across the output files.
-fn made_up_id(line: u64, taken: &mut DuplicateCheck) -> String {
-    let base = format!("line-{line}");
+/// `line-N` for a bad line with no readable id, and the escaped path of a refused file of a
+/// folder, unless an item of the batch is called that: then `BASE-invalid`,
+/// `BASE-invalid-2`, ..., so ids stay unique across the output files.
+fn made_up_id(base: String, taken: &mut DuplicateCheck) -> String {
     if taken.insert(&base) {
         return base;
     }
@@ -548,9 +602,10 @@ async fn record_invalid(
     e: &InputError,
     taken: &mut DuplicateCheck,
 ) -> anyhow::Result<()> {
-    let custom_id = match &e.custom_id {
-        Some(id) => id.clone(),
-        None => made_up_id(e.line.unwrap_or(seq + 1), taken),
+    let custom_id = match (&e.custom_id, &e.entry, e.line) {
+        (Some(id), _, _) => id.clone(),
+        (None, Some(entry), _) => made_up_id(entry.clone(), taken),
+        (None, None, line) => made_up_id(format!("line-{}", line.unwrap_or(seq + 1)), taken),
     };
     let job_id = job_id_for(batch_id, &format!("\u{0}invalid:{seq}"));
     let line = OutputLine::failure(
@@ -563,7 +618,7 @@ async fn record_invalid(
             ..Extension::default()
         },
     );
-    let bytes = Bytes::from(serde_json::to_vec(&line)?);
+    let bytes = Bytes::from(batchyard_jobs::jsonl::to_line(&line)?);
     app.store
         .put(&app.store.result_path(batch_id, &job_id), bytes)
         .await?;

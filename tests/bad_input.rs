@@ -61,7 +61,11 @@ fn missing_and_empty_custom_ids() {
 #[test]
 fn duplicate_custom_id() {
     let body = format!("{}\n{}\n{}\n", good("a"), good("b"), good("a"));
-    assert_rejected(body.as_bytes(), "line 3", "duplicate custom_id \"a\"");
+    assert_rejected(
+        body.as_bytes(),
+        "in.jsonl:3: duplicate custom_id \"a\"",
+        "every item needs its own",
+    );
 }
 
 #[test]
@@ -239,4 +243,65 @@ fn a_bad_config_names_file_and_key() {
         stderr.contains("batchyard.toml") && stderr.contains("bogus"),
         "{stderr}"
     );
+}
+
+/// Runs `batchyard run INPUT ARGS` in a fresh folder; returns (exit code, stderr, seconds).
+/// Killed (and failed) after 90 s: what this checks used to run forever.
+fn run_timed(input: &str, extra: &[&str]) -> (Option<i32>, String, f64) {
+    let dir = tempfile::tempdir().unwrap();
+    let input = if input.starts_with('/') || input.contains("://") {
+        input.to_string()
+    } else {
+        let path = write_file(dir.path(), input, good("a").as_bytes());
+        path.display().to_string()
+    };
+    let started = std::time::Instant::now();
+    let stderr_path = dir.path().join("stderr");
+    let mut child = batchyard(dir.path())
+        .args(["run", &input])
+        .args(extra)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&stderr_path).unwrap())
+        .spawn()
+        .unwrap();
+    let status = support::cluster::wait_exit(&mut child, std::time::Duration::from_secs(90));
+    let stderr = text(&std::fs::read(&stderr_path).unwrap());
+    (status.code(), stderr, started.elapsed().as_secs_f64())
+}
+
+#[test]
+fn a_device_as_the_input_is_refused_before_it_is_read() {
+    for device in ["/dev/zero", "/dev/urandom"] {
+        let (code, stderr, secs) = run_timed(device, &[]);
+        assert_eq!(code, Some(2), "{device}: {stderr}");
+        assert!(
+            stderr.contains(&format!("{device}: is not a regular file or folder")),
+            "{stderr}"
+        );
+        assert!(secs < 10.0, "{device} took {secs:.1} s");
+    }
+}
+
+#[test]
+fn a_store_that_can_never_be_written_fails_the_submission() {
+    // A pseudo folder: its subfolders can't be created.
+    let (code, stderr, secs) = run_timed("in.jsonl", &["--storage", "file:///proc/self"]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        stderr.contains("the result store file:///proc/self can't be written"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("nothing was enqueued"), "{stderr}");
+    assert!(!stderr.contains("will be retried"), "{stderr}");
+    assert!(secs < 20.0, "took {secs:.1} s");
+    // A bucket without credentials: no key, no reachable metadata server. Bounded by the
+    // probe's 30 s, never a worker's retry loop.
+    let (code, stderr, secs) = run_timed(
+        "in.jsonl",
+        &["--storage", "gs://batchyard-no-such-bucket/p"],
+    );
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("can't be written"), "{stderr}");
+    assert!(!stderr.contains("will be retried"), "{stderr}");
+    assert!(secs < 60.0, "took {secs:.1} s");
 }

@@ -325,3 +325,60 @@ fn the_api_lists_pipelines_shows_runs_and_runs_one_now() {
     );
     s.stop();
 }
+
+/// A pipeline over a file:// folder reads links by the same rule as `run`: skipped by
+/// default, followed with `follow_symlinks = true` only inside the folder, and a link out
+/// (to /etc/passwd, to a folder outside) is never submitted, on any run.
+#[test]
+fn a_pipeline_never_follows_a_symlink_out_of_its_folder() {
+    let dir = tempfile::tempdir().unwrap();
+    let outside = dir.path().join("outside");
+    std::fs::create_dir(&outside).unwrap();
+    std::fs::write(outside.join("secret.txt"), "SECRET-OUTSIDE-2").unwrap();
+    let inbox = dir.path().join("inbox");
+    std::fs::create_dir(&inbox).unwrap();
+    std::fs::write(inbox.join("a.txt"), "first document").unwrap();
+    std::os::unix::fs::symlink("/etc/passwd", inbox.join("link.txt")).unwrap();
+    std::os::unix::fs::symlink(&outside, inbox.join("out")).unwrap();
+    std::os::unix::fs::symlink(inbox.join("a.txt"), inbox.join("same.txt")).unwrap();
+    std::os::unix::fs::symlink(&inbox, inbox.join("loop")).unwrap();
+    let extra = format!(
+        "[pipelines.plain]\nschedule = \"0 2 * * *\"\ninput = \"file://{inbox}\"\ntask = \"summarize\"\n\n\
+         [pipelines.follow]\nschedule = \"0 2 * * *\"\ninput = \"file://{inbox}\"\ntask = \"summarize\"\nfollow_symlinks = true\n",
+        inbox = inbox.display()
+    );
+    let Some(cluster) = cluster_with("pipelines_symlinks", extra) else {
+        return;
+    };
+    let plain = pipeline_run(&cluster, "plain");
+    assert_eq!(plain["items"], 1, "{plain}");
+    let follow = pipeline_run(&cluster, "follow");
+    assert_eq!(follow["items"], 2, "a.txt and same.txt only: {follow}");
+    // Nothing new on the next run: the refused links don't look new forever.
+    let again = pipeline_run(&cluster, "follow");
+    assert_eq!(again["outcome"], "nothing_new", "{again}");
+    let mut workers = cluster.spawn_worker(&["--concurrency", "4", "--exit-when-idle", "2"]);
+    wait_exit(&mut workers, Duration::from_secs(60));
+    for run in [&plain, &follow] {
+        let id = run["batch_id"].as_str().unwrap();
+        let batch = cluster.wait_terminal(id, Duration::from_secs(60));
+        assert_eq!(batch["request_counts"]["failed"], 0, "{batch}");
+        let ok = cluster.results(id, false);
+        let text = serde_json::to_string(&ok).unwrap();
+        assert!(
+            !text.contains("root:") && !text.contains("SECRET-OUTSIDE"),
+            "{text}"
+        );
+        let mut ids: Vec<&str> = ok
+            .iter()
+            .map(|l| l["custom_id"].as_str().unwrap())
+            .collect();
+        ids.sort_unstable();
+        let want: &[&str] = if run == &plain {
+            &["a.txt"]
+        } else {
+            &["a.txt", "same.txt"]
+        };
+        assert_eq!(ids, want);
+    }
+}

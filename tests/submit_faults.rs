@@ -300,7 +300,10 @@ fn every_non_terminal_state_reaches_a_terminal_one_once_workers_run() {
     // leaves it.
     let finalizing = submit("fin", 20);
     let mut w = cluster.spawn_worker(&["--exit-when-idle", "1"]);
-    assert_eq!(cluster.wait_terminal(&finalizing, Duration::from_secs(60))["status"], "completed");
+    assert_eq!(
+        cluster.wait_terminal(&finalizing, Duration::from_secs(60))["status"],
+        "completed"
+    );
     wait_exit(&mut w, Duration::from_secs(60));
     let _: () = redis::cmd("HSET")
         .arg(format!("by:batch:{{{finalizing}}}"))

@@ -14,6 +14,7 @@
 //!   what a sweep does with a submit that went silent.
 //! - [`storage`]: the object-storage layout of results (`batches/<id>/...`).
 //! - [`outcome`]: the output line format (OpenAI batch output plus a `batchyard` object).
+//! - [`jsonl`]: writing JSON lines with U+2028/U+2029 escaped, so every reader splits alike.
 //! - [`redis_conn`]: opening a self-healing Redis connection.
 //! - [`error`]: boundary errors with a kind and `is_retryable()`.
 
@@ -21,6 +22,7 @@ pub mod batch;
 pub mod error;
 pub mod input;
 pub mod job;
+pub mod jsonl;
 pub mod ledger;
 pub mod outcome;
 pub mod queue;

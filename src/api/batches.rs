@@ -96,6 +96,7 @@ pub async fn create(
         no_cache: false,
         completion_window: Some(state.completion_window),
         resume: None,
+        follow_symlinks: false,
     };
     // A task of its own: a client that hangs up must not stop a submission half-way.
     let app = std::sync::Arc::clone(&state.app);

@@ -135,6 +135,7 @@ async fn nth_job(app: &App, input: &str, args: &RouteArgs) -> anyhow::Result<Job
         no_cache: false,
         completion_window: None,
         resume: None,
+        follow_symlinks: false,
     };
     let mut scanner = Scanner::open(app, &req).await?;
     let mut index = 0u64;

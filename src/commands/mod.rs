@@ -40,6 +40,7 @@ pub fn submit_request(args: &crate::cli::InputArgs) -> SubmitRequest {
         no_cache: args.no_cache,
         completion_window: None,
         resume: None,
+        follow_symlinks: args.follow_symlinks,
     }
 }
 

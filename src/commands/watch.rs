@@ -285,7 +285,10 @@ async fn failure_reason(app: &App, record: &BatchRecord) -> Option<String> {
         BatchState::Completed => return None,
         // A whole-batch failure (a submit cut off, results lost) says why itself.
         BatchState::Failed if record.failure.is_some() => {
-            let f = record.failure.as_ref().map(|f| (f.code.as_str(), f.message.as_str()));
+            let f = record
+                .failure
+                .as_ref()
+                .map(|f| (f.code.as_str(), f.message.as_str()));
             let (code, message) = f.unwrap_or_default();
             format!("batch {id} failed ({code}): {message}")
         }

@@ -8,8 +8,8 @@ pub mod pipelines;
 mod raw;
 
 use parts::{
-    MAX_SECS, build_provider, cache_settings, check_url, describe_toml_error, has_password,
-    response_format, routing_policy, scrub_toml_message,
+    MAX_SECS, build_provider, cache_settings, check_url, describe_toml_error, has_credentials,
+    has_password, response_format, routing_policy, scrub_toml_message,
 };
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -198,6 +198,14 @@ impl Settings {
                 &["s3", "s3a", "gs", "az", "abfs", "abfss", "azure"],
             )
             .map_err(|r| err("storage.url", r))?;
+            // The url is kept in every batch record (in Redis) and shown by status: a key in
+            // it would be stored and shown in clear.
+            if has_credentials(&storage_url) {
+                return Err(err(
+                    "storage.url",
+                    "holds a user name or password (from the file or BATCHYARD_STORAGE_URL); remove them and give the keys in AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (or the GOOGLE_* / AZURE_* variables)".into(),
+                ));
+            }
         } else if storage_url.len() <= "file://".len() {
             return Err(err(
                 "storage.url",
@@ -208,14 +216,11 @@ impl Settings {
         let mut warnings = Vec::new();
         // Supported (the password is redacted wherever the url is shown), but a file is
         // copied, committed and shared far more than the environment.
-        for (key, url, var) in [
-            (
-                "queue.redis_url",
-                &raw.queue.redis_url,
-                "BATCHYARD_REDIS_URL",
-            ),
-            ("storage.url", &raw.storage.url, "BATCHYARD_STORAGE_URL"),
-        ] {
+        for (key, url, var) in [(
+            "queue.redis_url",
+            &raw.queue.redis_url,
+            "BATCHYARD_REDIS_URL",
+        )] {
             if url.as_deref().is_some_and(has_password) {
                 warnings.push(format!(
                     "config {file}: {key}: holds a password in the config file; set the url in {var} instead, which overrides the file"

@@ -83,15 +83,80 @@ pub(super) fn response_format(
     Ok(json)
 }
 
-/// Headers that carry credentials, which belong in the environment, not the config file.
-const SECRET_HEADERS: [&str; 6] = [
-    "authorization",
-    "proxy-authorization",
-    "x-api-key",
-    "api-key",
-    "x-goog-api-key",
+/// Words that make a header name a credential's (`Authorization`, `X-Auth-Token`,
+/// `anthropic-api-key`, `Cookie`, `X-Amz-Signature`, ...): such a header's value belongs in
+/// the environment, not the config file. Matched inside the trimmed, case-folded name, so a
+/// new vendor's spelling is caught too.
+const CREDENTIAL_WORDS: [&str; 7] = [
+    "auth",
+    "key",
+    "token",
+    "secret",
     "cookie",
+    "signature",
+    "passw",
 ];
+
+fn says_credential(name: &str) -> bool {
+    let name = name.trim().to_ascii_lowercase();
+    CREDENTIAL_WORDS.iter().any(|w| name.contains(w))
+}
+
+/// A header value that names an environment variable: `${VAR}`.
+fn env_reference(value: &str) -> Option<&str> {
+    value
+        .trim()
+        .strip_prefix("${")
+        .and_then(|v| v.strip_suffix('}'))
+        .filter(|v| is_env_name(v))
+}
+
+/// An HTTP header name: a non-empty token (RFC 9110), once trimmed.
+fn is_header_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+}
+
+/// The provider's headers, names trimmed, `${VAR}` values read from the environment (a
+/// header whose variable is unset or empty is not sent, as with `api_key_env`). Refuses a
+/// credential-named header whose value is not a `${VAR}`, without repeating the value.
+pub(super) fn build_headers(
+    at: &dyn Fn(&str) -> String,
+    headers: Option<&BTreeMap<String, String>>,
+    env: &BTreeMap<String, String>,
+) -> Result<Vec<(String, String)>, (String, String)> {
+    let mut out: Vec<(String, String)> = Vec::new();
+    for (raw_name, value) in headers.into_iter().flatten() {
+        let name = raw_name.trim();
+        let key = at(&format!("headers.{raw_name}"));
+        if !is_header_name(name) {
+            return Err((
+                key,
+                "is not a valid HTTP header name (letters, digits and !#$%&'*+-.^_`|~)".into(),
+            ));
+        }
+        if out.iter().any(|(n, _)| n.eq_ignore_ascii_case(name)) {
+            return Err((key, "is given twice (header names ignore case)".into()));
+        }
+        match env_reference(value) {
+            Some(var) => {
+                if let Some(v) = env.get(var).filter(|v| !v.is_empty()) {
+                    out.push((name.to_string(), v.clone()));
+                }
+            }
+            None if says_credential(name) => {
+                return Err((
+                    key,
+                    "credentials are not read from the config file; put the value in an environment variable and write \"${VAR}\" here (or use api_key_env for the provider's key)".into(),
+                ));
+            }
+            None => out.push((name.to_string(), value.clone())),
+        }
+    }
+    Ok(out)
+}
 
 /// The longest duration any setting may have: ten years. Longer ones overflow clock
 /// arithmetic at run time, far from the config that caused it.
@@ -109,7 +174,7 @@ pub(super) fn bounded_secs(key: &str, secs: u64) -> Result<u64, (String, String)
 }
 
 /// True when `url` carries a user name or password.
-fn has_credentials(url: &str) -> bool {
+pub(super) fn has_credentials(url: &str) -> bool {
     url::Url::parse(url).is_ok_and(|u| !u.username().is_empty() || u.password().is_some())
 }
 
@@ -227,18 +292,7 @@ pub(super) fn build_provider(
                     "must be the name of an environment variable (letters, digits and _), not the key itself; put the key in an environment variable and name that variable here".into(),
                 ));
             }
-            if let Some(name) = p
-                .headers
-                .iter()
-                .flatten()
-                .map(|(name, _)| name)
-                .find(|name| SECRET_HEADERS.contains(&name.to_ascii_lowercase().as_str()))
-            {
-                return Err((
-                    at(&format!("headers.{name}")),
-                    "credentials are not read from the config file; put the key in an environment variable and name it with api_key_env".into(),
-                ));
-            }
+            let headers = build_headers(&at, p.headers.as_ref(), env)?;
             if let Some(secs) = p.timeout_secs {
                 bounded_secs(&at("timeout_secs"), secs)?;
             }
@@ -259,7 +313,6 @@ pub(super) fn build_provider(
                 .filter(|v| !v.is_empty())
                 .map(|v| Secret::new(v.clone()));
             let base_url = base_url.trim_end_matches('/').to_string();
-            let headers = p.headers.clone().unwrap_or_default().into_iter().collect();
             let built = if anthropic {
                 let mut config = AnthropicConfig {
                     base_url,

@@ -42,6 +42,8 @@ pub struct Pipeline {
     pub only_new: bool,
     pub catch_up: CatchUp,
     pub enabled: bool,
+    /// Of a folder input, follow symbolic links whose targets stay inside it.
+    pub follow_symlinks: bool,
 }
 
 impl Pipeline {
@@ -164,6 +166,7 @@ pub fn build(
         task: raw.task.clone(),
         budget_usd: raw.budget_usd,
         only_new: raw.only_new.unwrap_or(true),
+        follow_symlinks: raw.follow_symlinks.unwrap_or(false),
         catch_up,
         enabled: raw.enabled.unwrap_or(true),
     })
@@ -185,6 +188,7 @@ mod tests {
             only_new: None,
             catch_up: None,
             enabled: None,
+            follow_symlinks: None,
         };
         build("p", &raw, &BTreeSet::from(["summarize".to_string()])).unwrap()
     }

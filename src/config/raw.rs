@@ -189,4 +189,6 @@ pub struct RawPipeline {
     pub only_new: Option<bool>,
     pub catch_up: Option<String>,
     pub enabled: Option<bool>,
+    /// Follow symbolic links of a folder input that stay inside it (else they are skipped).
+    pub follow_symlinks: Option<bool>,
 }

@@ -344,3 +344,83 @@ fn durations_and_line_limits_are_bounded() {
     }
     assert!(load("[queue]\ndead_letter_retention_hours = 87600\n").is_ok());
 }
+
+#[test]
+fn credential_headers_are_refused_by_what_their_name_says() {
+    let secret = "sk-live-header-never-shown-7";
+    let table = "[providers.local]\n";
+    for name in [
+        "\"authorization \"",
+        "\" Authorization\"",
+        "X-Auth-Token",
+        "anthropic-api-key",
+        "X-API-KEY",
+        "Cookie",
+        "x-amz-signature",
+        "X-Client-Secret",
+        "Proxy-Authorization",
+    ] {
+        let text = EXAMPLE.replace(
+            table,
+            &format!("{table}headers = {{ {name} = \"{secret}\" }}\n"),
+        );
+        let e = load(&text)
+            .err()
+            .unwrap_or_else(|| panic!("{name} got through"));
+        let shown = e.to_string();
+        assert!(e.key.starts_with("providers.local.headers."), "{shown}");
+        assert!(e.reason.contains("${VAR}"), "{shown}");
+        assert!(!shown.contains(secret), "{shown}");
+    }
+    // Ordinary headers pass, trimmed; a credential header may name an environment variable
+    // (and is left out while the variable is unset).
+    let raw: BTreeMap<String, String> = [
+        (" anthropic-beta ", "prompt-caching"),
+        ("X-Auth-Token", "${LOCAL_TOKEN}"),
+        ("X-Unset-Key", "${UNSET_VAR}"),
+    ]
+    .iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    let at = |field: &str| format!("providers.local.{field}");
+    let headers = parts::build_headers(&at, Some(&raw), &env(&[("LOCAL_TOKEN", secret)])).unwrap();
+    assert_eq!(
+        headers,
+        [
+            ("anthropic-beta".to_string(), "prompt-caching".to_string()),
+            ("X-Auth-Token".to_string(), secret.to_string()),
+        ]
+    );
+    let text = EXAMPLE.replace(
+        table,
+        &format!("{table}headers = {{ X-Auth-Token = \"${{LOCAL_TOKEN}}\" }}\n"),
+    );
+    assert!(load(&text).is_ok());
+    // Not a header name at all.
+    let e = load(&EXAMPLE.replace(table, &format!("{table}headers = {{ \"a b\" = \"x\" }}\n")))
+        .err()
+        .unwrap();
+    assert!(e.reason.contains("not a valid HTTP header name"), "{e}");
+}
+
+#[test]
+fn a_storage_url_with_keys_is_refused_from_the_file_and_the_environment() {
+    let secret = "wJalrXUtnFEMI-never-shown";
+    let url = format!("s3://AKIAEXAMPLE:{secret}@batchyard/results");
+    let e = load(&EXAMPLE.replace("s3://batchyard/results", &url))
+        .err()
+        .unwrap();
+    assert_eq!(e.key, "storage.url", "{e}");
+    assert!(!e.to_string().contains(secret), "{e}");
+    assert!(!e.to_string().contains("AKIAEXAMPLE"), "{e}");
+    let e = Settings::from_toml(
+        EXAMPLE,
+        Some(PathBuf::from("test.toml")),
+        &env(&[("BATCHYARD_STORAGE_URL", &url)]),
+    )
+    .err()
+    .unwrap();
+    assert_eq!(e.key, "storage.url", "{e}");
+    assert!(e.reason.contains("AWS_ACCESS_KEY_ID"), "{e}");
+    assert!(!e.to_string().contains(secret), "{e}");
+}

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use batchyard_jobs::input::InputSource;
+use batchyard_jobs::input::{FolderEntry, FolderWalk, InputSource, WalkOptions};
 use batchyard_jobs::storage::ResultStore;
 use futures::StreamExt;
 
@@ -18,12 +18,18 @@ fn is_document(name: &str) -> bool {
 }
 
 /// Lists a folder or object-store prefix. `Err` says why it can't be listed.
-pub async fn list_input(input: &str, env: &BTreeMap<String, String>) -> Result<Listing, String> {
+pub async fn list_input(
+    input: &str,
+    follow_symlinks: bool,
+    env: &BTreeMap<String, String>,
+) -> Result<Listing, String> {
     let source = InputSource::resolve(input).map_err(|e| e.to_string())?;
     match source {
-        InputSource::Folder(root) => tokio::task::spawn_blocking(move || list_folder(&root))
-            .await
-            .map_err(|e| format!("listing stopped: {e}"))?,
+        InputSource::Folder(root) => {
+            tokio::task::spawn_blocking(move || list_folder(&root, follow_symlinks))
+                .await
+                .map_err(|e| format!("listing stopped: {e}"))?
+        }
         InputSource::ObjectPrefix { store_url, prefix } => {
             let store = ResultStore::open(&store_url, env).map_err(|e| e.to_string())?;
             let mut listing = store.list_relative(&prefix);
@@ -56,36 +62,22 @@ pub async fn list_input(input: &str, env: &BTreeMap<String, String>) -> Result<L
     }
 }
 
-fn list_folder(root: &Path) -> Result<Listing, String> {
+fn list_folder(root: &Path, follow_symlinks: bool) -> Result<Listing, String> {
     let mut found = Listing::new();
-    let mut dirs = vec![root.to_path_buf()];
-    while let Some(dir) = dirs.pop() {
-        let entries = std::fs::read_dir(&dir)
-            .map_err(|e| format!("cannot list folder {}: {e}", dir.display()))?;
-        for entry in entries.filter_map(Result::ok) {
-            let path = entry.path();
-            let Ok(meta) = entry.metadata() else { continue };
-            if meta.is_dir() {
-                dirs.push(path);
-                continue;
-            }
-            if !is_document(&entry.file_name().to_string_lossy()) {
-                continue;
-            }
-            let id = path
-                .strip_prefix(root)
-                .unwrap_or(&path)
-                .components()
-                .map(|c| c.as_os_str().to_string_lossy().into_owned())
-                .collect::<Vec<_>>()
-                .join("/");
-            let mtime = meta
-                .modified()
-                .ok()
-                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-                .map_or(0, |d| d.as_nanos());
-            found.insert(id, format!("size:{}:mtime:{mtime}", meta.len()));
-        }
+    let mut walk =
+        FolderWalk::new(root, WalkOptions { follow_symlinks }).map_err(|e| e.to_string())?;
+    // Refused entries (a name that is not UTF-8, a link leaving the folder) are left out:
+    // submission would refuse them too, and they would look new on every run.
+    while let Some(entry) = walk.next_entry() {
+        let FolderEntry::Document { id, meta, .. } = entry.map_err(|e| e.to_string())? else {
+            continue;
+        };
+        let mtime = meta
+            .modified()
+            .ok()
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map_or(0, |d| d.as_nanos());
+        found.insert(id, format!("size:{}:mtime:{mtime}", meta.len()));
     }
     Ok(found)
 }

@@ -55,7 +55,7 @@ pub async fn connect_state(app: &App) -> anyhow::Result<PipelineState> {
 /// Fails (exit 2) naming the first pipeline whose input can't be listed.
 pub async fn check_inputs(app: &App, pipelines: &[Pipeline]) -> anyhow::Result<()> {
     for p in pipelines {
-        listing::list_input(&p.input, &app.settings.env)
+        listing::list_input(&p.input, p.follow_symlinks, &app.settings.env)
             .await
             .map_err(|e| {
                 UsageError(format!(

@@ -162,7 +162,7 @@ async fn submit_new(
     pipeline: &Pipeline,
     trigger: &Trigger,
 ) -> anyhow::Result<Option<(String, u64)>> {
-    let listing = list_input(&pipeline.input, &app.settings.env)
+    let listing = list_input(&pipeline.input, pipeline.follow_symlinks, &app.settings.env)
         .await
         .map_err(|e| {
             anyhow::anyhow!(
@@ -195,6 +195,7 @@ async fn submit_new(
         no_cache: false,
         completion_window: None,
         resume: None,
+        follow_symlinks: pipeline.follow_symlinks,
     };
     let submitted = submit_selected(app, &req, new_batch_id(), Some(&keep)).await?;
     write_origin(app, pipeline, trigger, &submitted.record.id, &chosen).await;

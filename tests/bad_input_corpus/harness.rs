@@ -117,6 +117,46 @@ pub fn generate(name: &str, dir: &Path) -> PathBuf {
             f.set_len(10 << 30).unwrap();
             p
         }
+        // Devices are inputs as they are: never read, refused from their metadata.
+        "dev-zero" => PathBuf::from("/dev/zero"),
+        // Not a path: the URL itself is the case.
+        "s3-input-with-keys" => {
+            PathBuf::from("s3://AKIACORPUS0013:corpus-input-secret-0013@batchyard/in.jsonl")
+        }
+        "dev-urandom" => PathBuf::from("/dev/urandom"),
+        "symlink-to-passwd" => {
+            let p = dir.join(name);
+            std::fs::create_dir(&p).unwrap();
+            std::os::unix::fs::symlink("/etc/passwd", p.join("link.txt")).unwrap();
+            p
+        }
+        "symlinks-out-and-in" => {
+            let p = dir.join(name);
+            std::fs::create_dir(&p).unwrap();
+            std::fs::write(p.join("a.txt"), "fine").unwrap();
+            std::os::unix::fs::symlink("/etc/passwd", p.join("link.txt")).unwrap();
+            std::os::unix::fs::symlink("/etc", p.join("etc")).unwrap();
+            std::os::unix::fs::symlink(p.join("a.txt"), p.join("same.txt")).unwrap();
+            p
+        }
+        "symlink-loops" => {
+            let p = dir.join(name);
+            std::fs::create_dir_all(p.join("sub")).unwrap();
+            std::os::unix::fs::symlink(&p, p.join("sub/up")).unwrap();
+            std::os::unix::fs::symlink(p.join("l2"), p.join("l1")).unwrap();
+            std::os::unix::fs::symlink(p.join("l1"), p.join("l2")).unwrap();
+            p
+        }
+        "non-utf8-names" => {
+            use std::os::unix::ffi::OsStrExt;
+            let p = dir.join(name);
+            std::fs::create_dir(&p).unwrap();
+            for n in [&b"n\xfe.txt"[..], b"n\xff.txt"] {
+                std::fs::write(p.join(std::ffi::OsStr::from_bytes(n)), "latin-1 name").unwrap();
+            }
+            std::fs::write(p.join("ok.txt"), "fine").unwrap();
+            p
+        }
         other => panic!("unknown generated input {other:?}"),
     }
 }

@@ -317,7 +317,7 @@ impl JobRunner {
             // Kept in the result object (not in errors.jsonl) so `batchyard retry` can replay it.
             line.job = Some(Box::new(job.clone()));
         }
-        let bytes = match serde_json::to_vec(&line) {
+        let bytes = match batchyard_jobs::jsonl::to_line(&line) {
             Ok(b) => Bytes::from(b),
             Err(e) => {
                 tracing::error!(error = %e, "cannot encode the outcome");

@@ -21,8 +21,14 @@ pub struct JsonlReader {
 enum RawLine {
     Line,
     TooLong,
+    /// Over the limit, and no line end within [`MAX_SKIP_BYTES`] either.
+    Endless,
     Eof,
 }
+
+/// How far past the line limit a line is skipped to find its end. An input with no line end
+/// at all (a stream of zeros) is then given up on, instead of being read forever.
+const MAX_SKIP_BYTES: usize = 1 << 30;
 
 impl JsonlReader {
     pub fn new(
@@ -41,11 +47,16 @@ impl JsonlReader {
         }
     }
 
+    fn location(&self) -> String {
+        format!("{}:{}", self.name, self.line_no)
+    }
+
     fn error(&self, custom_id: Option<String>, reason: impl Into<String>) -> InputError {
         InputError {
-            location: format!("{}:{}", self.name, self.line_no),
+            location: self.location(),
             line: Some(self.line_no),
             custom_id,
+            entry: None,
             reason: reason.into(),
             fatal: false,
         }
@@ -57,6 +68,7 @@ impl JsonlReader {
         let limit = self.options.max_line_bytes;
         let mut too_long = false;
         let mut any = false;
+        let mut skipped = 0usize;
         loop {
             let available = self.reader.fill_buf().await?;
             if available.is_empty() {
@@ -76,6 +88,11 @@ impl JsonlReader {
                     self.buf.clear();
                 } else {
                     self.buf.extend_from_slice(chunk);
+                }
+            } else {
+                skipped = skipped.saturating_add(chunk.len());
+                if skipped > MAX_SKIP_BYTES {
+                    return Ok(RawLine::Endless);
                 }
             }
             let consumed = found.unwrap_or(available.len());
@@ -122,6 +139,17 @@ impl JsonlReader {
                         format!(
                             "line is longer than the limit of {} bytes; raise input.max_line_bytes",
                             self.options.max_line_bytes
+                        ),
+                    )));
+                }
+                RawLine::Endless => {
+                    self.done = true;
+                    return Some(Err(InputError::fatal(
+                        format!("{}:{}", self.name, self.line_no + 1),
+                        format!(
+                            "line is longer than the limit of {} bytes, and has no end within {} MiB more; the input looks like an endless stream, give a file of JSON lines",
+                            self.options.max_line_bytes,
+                            MAX_SKIP_BYTES >> 20
                         ),
                     )));
                 }
@@ -194,7 +222,8 @@ impl JsonlReader {
             Ok(Item::Document {
                 id,
                 fields: obj,
-                line: self.line_no,
+                line: Some(self.line_no),
+                location: self.location(),
             })
         }
     }
@@ -284,6 +313,7 @@ impl JsonlReader {
             body,
             route,
             line: self.line_no,
+            location: self.location(),
         })
     }
 
@@ -300,4 +330,62 @@ impl JsonlReader {
 
 fn memchr(haystack: &[u8]) -> Option<usize> {
     haystack.iter().position(|&b| b == b'\n')
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+    use super::*;
+    use crate::input::KnownNames;
+
+    fn reader(source: Box<dyn AsyncRead + Unpin + Send>) -> JsonlReader {
+        let options = InputOptions {
+            max_line_bytes: 1024,
+            task: None,
+            names: KnownNames::default(),
+            only: None,
+            follow_symlinks: false,
+        };
+        JsonlReader::new(source, "stream".into(), options)
+    }
+
+    /// A stream with no line end at all (what /dev/zero gives) ends the read with the line
+    /// limit's error, after a bounded skip, instead of being read forever.
+    #[tokio::test]
+    async fn a_stream_without_newlines_ends_with_the_line_limit() {
+        let started = std::time::Instant::now();
+        let mut r = reader(Box::new(tokio::io::repeat(b'x')));
+        let first = tokio::time::timeout(std::time::Duration::from_secs(120), r.next())
+            .await
+            .expect("the read must end")
+            .unwrap()
+            .unwrap_err();
+        assert!(first.fatal, "{first}");
+        assert_eq!(first.location, "stream:1");
+        assert!(
+            first.reason.contains("longer than the limit of 1024 bytes")
+                && first.reason.contains("endless stream"),
+            "{first}"
+        );
+        assert!(r.next().await.is_none());
+        eprintln!("gave up after {:.1} s", started.elapsed().as_secs_f64());
+    }
+
+    /// A long line that does end is skipped, and the lines after it are still read.
+    #[tokio::test]
+    async fn a_long_line_that_ends_is_skipped_and_reading_goes_on() {
+        let mut body = vec![b'x'; 5000];
+        body.extend_from_slice(b"\n{\"custom_id\":\"a\",\"body\":{\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}]}}\n");
+        let mut r = reader(Box::new(std::io::Cursor::new(body)));
+        let first = r.next().await.unwrap().unwrap_err();
+        assert_eq!(first.location, "stream:1");
+        assert!(
+            !first.fatal && first.reason.contains("longer than the limit"),
+            "{first}"
+        );
+        let second = r.next().await.unwrap().unwrap();
+        assert_eq!(second.custom_id(), "a");
+        assert_eq!(second.location(), "stream:2");
+        assert!(r.next().await.is_none());
+    }
 }

@@ -8,13 +8,13 @@ use object_store::ObjectMeta;
 use serde_json::{Map, Value};
 use tokio::io::AsyncRead;
 
-use super::{InputError, InputOptions, Item, check_id};
+use super::walk::{FolderEntry, FolderWalk, WalkOptions};
+use super::{InputError, InputOptions, Item, check_id, escape_name};
 use crate::error::StoreError;
 use crate::storage::ResultStore;
 
 fn is_document(name: &str) -> bool {
-    let lower = name.to_ascii_lowercase();
-    lower.ends_with(".txt") || lower.ends_with(".md")
+    super::walk::is_document(name.as_ref())
 }
 
 /// False for a document outside [`InputOptions::only`]: not read, not counted.
@@ -38,9 +38,7 @@ pub(super) async fn object_reader(
 enum Walk {
     Folder {
         root: PathBuf,
-        /// Folders still to read, deepest last; files of the current folder, sorted.
-        dirs: Vec<PathBuf>,
-        files: std::vec::IntoIter<PathBuf>,
+        walk: Box<FolderWalk>,
     },
     Objects {
         store: ResultStore,
@@ -64,11 +62,16 @@ pub struct DocumentLister {
 impl DocumentLister {
     pub fn folder(root: &Path, options: InputOptions) -> Result<Self, InputError> {
         Self::require_task(&root.display().to_string(), &options)?;
+        let walk = FolderWalk::new(
+            root,
+            WalkOptions {
+                follow_symlinks: options.follow_symlinks,
+            },
+        )?;
         Ok(Self {
             walk: Walk::Folder {
                 root: root.to_path_buf(),
-                dirs: vec![root.to_path_buf()],
-                files: Vec::new().into_iter(),
+                walk: Box::new(walk),
             },
             options,
             skipped: 0,
@@ -117,8 +120,23 @@ impl DocumentLister {
         }
     }
 
+    /// Entries skipped as not documents (and, of a folder, symbolic links).
     pub fn skipped(&self) -> u64 {
-        self.skipped
+        match &self.walk {
+            Walk::Folder { walk, .. } => walk.skipped_other() + walk.skipped_links(),
+            Walk::Objects { .. } => self.skipped,
+        }
+    }
+
+    /// What was skipped, for the skip message: empty when nothing was.
+    pub fn skipped_summary(&self) -> String {
+        match &self.walk {
+            Walk::Folder { walk, .. } => walk.skipped_summary(),
+            Walk::Objects { .. } if self.skipped > 0 => {
+                format!("{} file(s) that are not .txt or .md", self.skipped)
+            }
+            Walk::Objects { .. } => String::new(),
+        }
     }
 
     fn limit(&self) -> u64 {
@@ -137,14 +155,10 @@ impl DocumentLister {
         self.seen += 1;
         let id_ok = check_id("document path", id).is_none();
         InputError {
-            // Debug formatting escapes the characters that made the name unusable.
-            location: if id_ok {
-                location.to_string()
-            } else {
-                format!("{location:?}")
-            },
+            location: shown(location, id_ok),
             line: None,
             custom_id: id_ok.then(|| id.to_string()),
+            entry: Some(escape_name(id.as_ref())),
             reason,
             fatal: false,
         }
@@ -152,18 +166,15 @@ impl DocumentLister {
 
     fn document(&mut self, id: String, bytes: Vec<u8>, location: &str) -> Result<Item, InputError> {
         // A file name can hold what an id may not (a newline, a direction override): then
-        // the error names the file by its location only.
+        // the error names the file by its escaped location only.
         let id_problem = check_id("document path", &id);
         self.seen += 1;
-        let location = match &id_problem {
-            // Debug formatting escapes the characters that made the name unusable.
-            Some(_) => format!("{location:?}"),
-            None => location.to_string(),
-        };
+        let location = shown(location, id_problem.is_none());
         let bad = |reason: String| InputError {
             location: location.clone(),
             line: None,
             custom_id: id_problem.is_none().then(|| id.clone()),
+            entry: Some(escape_name(id.as_ref())),
             reason,
             fatal: false,
         };
@@ -188,7 +199,8 @@ impl DocumentLister {
         Ok(Item::Document {
             id,
             fields,
-            line: self.produced,
+            line: None,
+            location,
         })
     }
 
@@ -207,9 +219,9 @@ impl DocumentLister {
                     Walk::Folder { root, .. } => root.display().to_string(),
                     Walk::Objects { name, .. } => name.clone(),
                 };
-                let skipped = match self.skipped {
-                    0 => String::new(),
-                    n => format!(" ({n} other file(s) skipped)"),
+                let skipped = match self.skipped_summary() {
+                    s if s.is_empty() => s,
+                    s => format!(" (skipped: {s})"),
                 };
                 return Some(Err(InputError::fatal(
                     name,
@@ -222,80 +234,56 @@ impl DocumentLister {
 
     async fn next_file(&mut self) -> Option<Result<Item, InputError>> {
         loop {
-            let Walk::Folder { root, dirs, files } = &mut self.walk else {
+            let Walk::Folder { walk, .. } = &mut self.walk else {
                 return None;
             };
-            if let Some(file) = files.next() {
-                let id = file
-                    .strip_prefix(&*root)
-                    .unwrap_or(&file)
-                    .components()
-                    .map(|c| c.as_os_str().to_string_lossy().into_owned())
-                    .collect::<Vec<_>>()
-                    .join("/");
-                if !wanted(&self.options, &id) {
-                    continue;
+            let (id, file, location, meta) = match walk.next_entry()? {
+                Err(e) => return Some(Err(e)),
+                Ok(FolderEntry::Refused {
+                    location,
+                    entry,
+                    reason,
+                }) => {
+                    self.seen += 1;
+                    return Some(Err(InputError {
+                        location,
+                        line: None,
+                        custom_id: None,
+                        entry: Some(entry),
+                        reason,
+                        fatal: false,
+                    }));
                 }
-                let location = file.display().to_string();
-                // Looked at before reading: a pipe named `x.txt` would block the read forever,
-                // and a huge file would be read whole into memory.
-                match tokio::fs::metadata(&file).await {
-                    Ok(m) if !m.is_file() => {
-                        let reason = "is not a regular file (a pipe, socket or device); only regular files are read as documents";
-                        return Some(Err(self.refuse(&id, &location, reason.into())));
-                    }
-                    Ok(m) if m.len() > self.limit() => {
-                        let reason = self.too_large();
-                        return Some(Err(self.refuse(&id, &location, reason)));
-                    }
-                    Ok(_) => {}
-                    Err(e) => {
-                        return Some(Err(InputError::fatal(
-                            location,
-                            format!("cannot read: {e}"),
-                        )));
-                    }
-                }
-                let bytes = match tokio::fs::read(&file).await {
-                    Ok(b) => b,
-                    Err(e) => {
-                        return Some(Err(InputError::fatal(
-                            location,
-                            format!("cannot read: {e}"),
-                        )));
-                    }
-                };
-                return Some(self.document(id, bytes, &location));
+                Ok(FolderEntry::Document {
+                    id,
+                    path,
+                    location,
+                    meta,
+                }) => (id, path, location, meta),
+            };
+            if !wanted(&self.options, &id) {
+                continue;
             }
-            let dir = dirs.pop()?;
-            let mut entries = match std::fs::read_dir(&dir) {
-                Ok(rd) => rd.filter_map(Result::ok).collect::<Vec<_>>(),
+            // Looked at before reading: a pipe named `x.txt` would block the read forever,
+            // and a huge file would be read whole into memory.
+            if !meta.is_file() {
+                let reason = "is not a regular file (a pipe, socket or device); only regular files are read as documents";
+                return Some(Err(self.refuse(&id, &location, reason.into())));
+            }
+            if meta.len() > self.limit() {
+                let reason = self.too_large();
+                return Some(Err(self.refuse(&id, &location, reason)));
+            }
+            let bytes = match read_regular(&file, self.limit()).await {
+                Ok(b) => b,
                 Err(e) => {
                     return Some(Err(InputError::fatal(
-                        dir.display().to_string(),
-                        format!("cannot list folder: {e}"),
+                        shown(&location, check_id("document path", &id).is_none()),
+                        format!("cannot read: {e}"),
                     )));
                 }
             };
-            entries.sort_by_key(|e| e.file_name());
-            let mut found = Vec::new();
-            let mut subdirs = Vec::new();
-            for entry in entries {
-                let path = entry.path();
-                let Ok(kind) = entry.file_type() else {
-                    continue;
-                };
-                if kind.is_dir() {
-                    subdirs.push(path);
-                } else if is_document(&entry.file_name().to_string_lossy()) {
-                    found.push(path);
-                } else {
-                    self.skipped += 1;
-                }
-            }
-            subdirs.reverse();
-            dirs.extend(subdirs);
-            *files = found.into_iter();
+            return Some(self.document(id, bytes, &location));
         }
     }
 
@@ -341,6 +329,31 @@ impl DocumentLister {
     }
 }
 
+/// `location` as it can be shown: escaped and quoted when its name is not a usable id.
+fn shown(location: &str, id_ok: bool) -> String {
+    if id_ok {
+        location.to_string()
+    } else {
+        format!("\"{}\"", escape_name(location.as_ref()))
+    }
+}
+
+/// Reads a file checked to be regular, never following a link in its last component (one
+/// swapped in after the walk looked), and never holding more than `limit` + 1 bytes.
+async fn read_regular(path: &Path, limit: u64) -> std::io::Result<Vec<u8>> {
+    use tokio::io::AsyncReadExt;
+    let file = tokio::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)
+        .await?;
+    let mut bytes = Vec::new();
+    file.take(limit.saturating_add(1))
+        .read_to_end(&mut bytes)
+        .await?;
+    Ok(bytes)
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -359,6 +372,7 @@ mod tests {
                 tasks: BTreeSet::from(["t".to_string()]),
             },
             only: only.map(|ids| Arc::new(ids.iter().map(|s| s.to_string()).collect())),
+            follow_symlinks: false,
         }
     }
 

@@ -6,8 +6,10 @@
 //!
 //! Every error names its place (`file:line`, or the object) and the reason.
 
+mod ids;
 mod jsonl;
 mod listing;
+mod walk;
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::fmt;
@@ -19,62 +21,13 @@ use sha2::{Digest, Sha256};
 use crate::job::Route;
 use crate::storage::ResultStore;
 
+pub use ids::{MAX_ID_BYTES, check_id, escape_name};
 pub use jsonl::JsonlReader;
 pub use listing::DocumentLister;
+pub use walk::{FolderEntry, FolderWalk, WalkOptions};
 
 /// The default cap on one input line: 8 MiB.
 pub const DEFAULT_MAX_LINE_BYTES: usize = 8 * 1024 * 1024;
-
-/// The longest custom id (or document id) accepted, in bytes. Ids are repeated in every
-/// output line, in logs and in Redis, so an id the size of a document is refused.
-pub const MAX_ID_BYTES: usize = 1024;
-
-/// Why an id (`field` names it in the message) can't be used, or `None` when it can.
-///
-/// Ids are shown in terminals, logs and files downstream, so ids that hide what they are
-/// (control, invisible or direction-changing characters) are refused. Path-like ids
-/// (`../x`) are accepted, as OpenAI accepts them: results are stored under a hash of the
-/// id, so they can't climb out of the batch (tests/embedded.rs). The message never repeats
-/// the id itself: it may be huge or hostile.
-pub fn check_id(field: &str, id: &str) -> Option<String> {
-    if id.trim().is_empty() {
-        return Some(format!("{field:?} is empty"));
-    }
-    if id.len() > MAX_ID_BYTES {
-        return Some(format!(
-            "{field:?} is {} bytes long; at most {MAX_ID_BYTES} are allowed",
-            id.len()
-        ));
-    }
-    if let Some(c) = id.chars().find(|c| c.is_control()) {
-        return Some(format!(
-            "{field:?} contains the control character U+{:04X}; use printable characters only",
-            u32::from(c)
-        ));
-    }
-    if let Some(c) = id.chars().find(|c| is_hidden(*c)) {
-        return Some(format!(
-            "{field:?} contains the invisible or direction-changing character U+{:04X}, so it would not read as what it is; remove it",
-            u32::from(c)
-        ));
-    }
-    None
-}
-
-/// Zero-width and bidirectional formatting characters.
-fn is_hidden(c: char) -> bool {
-    matches!(
-        c,
-        '\u{00AD}'
-            | '\u{061C}'
-            | '\u{180E}'
-            | '\u{200B}'..='\u{200F}'
-            | '\u{202A}'..='\u{202E}'
-            | '\u{2060}'..='\u{2064}'
-            | '\u{2066}'..='\u{2069}'
-            | '\u{FEFF}'
-    )
-}
 
 /// One valid input item.
 #[derive(Debug, Clone, PartialEq)]
@@ -85,12 +38,17 @@ pub enum Item {
         body: Map<String, Value>,
         route: Route,
         line: u64,
+        /// `file:line`.
+        location: String,
     },
     /// A document to render through a task's template. `fields` includes `text`.
     Document {
         id: String,
         fields: Map<String, Value>,
-        line: u64,
+        /// The line of a document JSONL file; `None` for a file of a folder or an object.
+        line: Option<u64>,
+        /// `file:line`, or the document's path or object URL.
+        location: String,
     },
 }
 
@@ -102,9 +60,17 @@ impl Item {
         }
     }
 
-    pub fn line(&self) -> u64 {
+    pub fn line(&self) -> Option<u64> {
         match self {
-            Self::Request { line, .. } | Self::Document { line, .. } => *line,
+            Self::Request { line, .. } => Some(*line),
+            Self::Document { line, .. } => *line,
+        }
+    }
+
+    /// Where the item came from, as errors name it: `file:line`, a path or an object URL.
+    pub fn location(&self) -> &str {
+        match self {
+            Self::Request { location, .. } | Self::Document { location, .. } => location,
         }
     }
 }
@@ -119,6 +85,9 @@ pub struct InputError {
     pub line: Option<u64>,
     /// The custom id, when it could be read.
     pub custom_id: Option<String>,
+    /// Of a folder or prefix, the entry's path below it, escaped ([`escape_name`]) when the
+    /// name can't be an id: `--skip-invalid` records a refused file under it.
+    pub entry: Option<String>,
     pub reason: String,
     /// True when the whole input is unusable (unreadable, empty); `--skip-invalid` can't help.
     pub fatal: bool,
@@ -130,6 +99,7 @@ impl InputError {
             location: location.into(),
             line: None,
             custom_id: None,
+            entry: None,
             reason: reason.into(),
             fatal: true,
         }
@@ -153,6 +123,9 @@ pub struct InputOptions {
     /// Of a folder or prefix, read only the documents with these ids (pipelines take just the
     /// new ones); the others are passed over without being read. `None`: every document.
     pub only: Option<std::sync::Arc<BTreeSet<String>>>,
+    /// Of a folder, follow symbolic links whose targets stay inside it; else links are
+    /// skipped and counted.
+    pub follow_symlinks: bool,
 }
 
 /// Where an input lives.
@@ -189,8 +162,15 @@ impl InputSource {
             .iter()
             .any(|s| input.starts_with(s));
         if is_url && !input.starts_with("file://") {
+            let shown = crate::error::redact(input);
             let parsed = url::Url::parse(input)
-                .map_err(|e| InputError::fatal(input, format!("not a valid url: {e}")))?;
+                .map_err(|e| InputError::fatal(&shown, format!("not a valid url: {e}")))?;
+            if !parsed.username().is_empty() || parsed.password().is_some() {
+                return Err(InputError::fatal(
+                    shown,
+                    "holds a user name or password; remove them and give the keys in the AWS_* / GOOGLE_* / AZURE_* variables",
+                ));
+            }
             let store_url = format!(
                 "{}://{}",
                 parsed.scheme(),
@@ -211,8 +191,15 @@ impl InputSource {
         })?;
         if meta.is_dir() {
             Ok(Self::Folder(path))
-        } else {
+        } else if meta.is_file() {
             Ok(Self::JsonlFile(path))
+        } else {
+            // A device or pipe may never end (/dev/zero) or block forever: refused from its
+            // metadata, before anything is read.
+            Err(InputError::fatal(
+                input,
+                "is not a regular file or folder (a pipe, socket or device); save the input to a file and give its path",
+            ))
         }
     }
 }
@@ -277,11 +264,20 @@ impl InputReader {
         }
     }
 
-    /// Non-document files a folder or prefix held, skipped.
+    /// Non-document files (and symbolic links) a folder or prefix held, skipped.
     pub fn skipped_files(&self) -> u64 {
         match self {
             Self::Jsonl(_) => 0,
             Self::Documents(r) => r.skipped(),
+        }
+    }
+
+    /// What was skipped, e.g. `2 file(s) that are not .txt or .md, 1 symbolic link(s); ...`;
+    /// empty when nothing was.
+    pub fn skipped_summary(&self) -> String {
+        match self {
+            Self::Jsonl(_) => String::new(),
+            Self::Documents(r) => r.skipped_summary(),
         }
     }
 }
@@ -299,50 +295,5 @@ impl DuplicateCheck {
         let mut first = [0u8; 16];
         first.copy_from_slice(&digest[..16]);
         self.seen.insert(u128::from_le_bytes(first))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn ordinary_ids_pass() {
-        for id in [
-            "doc-17",
-            "a/b/c.txt",
-            "a..b",
-            "...",
-            "../../etc/passwd",
-            "/abs",
-            "文档-1",
-            "café ☕",
-            "x".repeat(1024).as_str(),
-        ] {
-            assert_eq!(check_id("custom_id", id), None, "{id:?}");
-        }
-    }
-
-    #[test]
-    fn hostile_ids_are_refused_without_being_repeated() {
-        let long = "y".repeat(MAX_ID_BYTES + 1);
-        for (id, reason) in [
-            ("", "is empty"),
-            (" \t", "is empty"),
-            ("a\u{0}b", "U+0000"),
-            ("a\nb", "U+000A"),
-            ("a\u{7f}", "U+007F"),
-            ("abc\u{202E}gpj.exe", "U+202E"),
-            ("doc\u{200B}1", "U+200B"),
-            ("\u{FEFF}doc", "U+FEFF"),
-            (long.as_str(), "at most 1024"),
-        ] {
-            let message = check_id("custom_id", id).unwrap_or_default();
-            assert!(message.contains(reason), "{id:?}: {message}");
-            assert!(message.starts_with("\"custom_id\""), "{message}");
-            if id.len() > 2 {
-                assert!(!message.contains(id), "{message}");
-            }
-        }
     }
 }

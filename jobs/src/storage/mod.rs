@@ -87,6 +87,12 @@ impl ResultStore {
         if parsed.host_str().is_none_or(str::is_empty) {
             return Err(bad("the url names no bucket".into()));
         }
+        // The url is stored in batch records and shown: keys in it would be kept in clear.
+        if !parsed.username().is_empty() || parsed.password().is_some() {
+            return Err(bad(
+                "holds a user name or password; remove them and give the keys in the AWS_* / GOOGLE_* / AZURE_* variables".into(),
+            ));
+        }
         let options = env
             .iter()
             .filter(|(k, _)| CLOUD_ENV_PREFIXES.iter().any(|p| k.starts_with(p)))

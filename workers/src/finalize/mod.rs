@@ -271,10 +271,11 @@ impl Finalizer {
                 }
                 (&mut errors, &errors_path)
             };
-            let mut bytes = serde_json::to_vec(&line).map_err(|e| StoreError::Corrupt {
-                path: path.clone(),
-                message: e.to_string(),
-            })?;
+            let mut bytes =
+                batchyard_jobs::jsonl::to_line(&line).map_err(|e| StoreError::Corrupt {
+                    path: path.clone(),
+                    message: e.to_string(),
+                })?;
             bytes.push(b'\n');
             writer
                 .write_all(&bytes)

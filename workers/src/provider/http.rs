@@ -165,9 +165,17 @@ pub(crate) fn scrub(secrets: &[Secret], err: &mut ProviderError) {
 /// Header names whose values are treated as secrets.
 pub(crate) fn looks_secret(header_name: &str) -> bool {
     let name = header_name.to_ascii_lowercase();
-    ["key", "token", "auth", "secret", "cookie", "password"]
-        .iter()
-        .any(|word| name.contains(word))
+    [
+        "key",
+        "token",
+        "auth",
+        "secret",
+        "cookie",
+        "password",
+        "signature",
+    ]
+    .iter()
+    .any(|word| name.contains(word))
 }
 
 /// The error and its sources, without the URL (we print our own, credential-free one).
