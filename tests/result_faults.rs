@@ -87,6 +87,28 @@ fn result_files(dir: &Path) -> Vec<PathBuf> {
         .unwrap_or_default()
 }
 
+/// Submits `n` items and starts a worker; returns once `results` outcomes are stored.
+fn start_batch(cluster: &Cluster, store: &FileStore, n: usize, results: usize) -> (String, Child) {
+    let body: String = (0..n)
+        .map(|i| request_line(&format!("doc-{i}"), &format!("item {i}")) + "\n")
+        .collect();
+    let path = write_file(cluster.dir.path(), "in.jsonl", body.as_bytes());
+    let out = run(cmd(cluster, store).args(["submit", path.to_str().unwrap(), "--json"]));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let id = last_json(&out)["id"].as_str().unwrap().to_string();
+    let w = worker(cluster, store);
+    let dir = results_dir(store, &id);
+    let start = Instant::now();
+    while result_files(&dir).len() < results {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "no results appeared"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    (id, w)
+}
+
 #[test]
 fn results_deleted_mid_run_end_result_lost_not_completed_and_retry_runs_them() {
     let Some(cluster) =
@@ -96,24 +118,8 @@ fn results_deleted_mid_run_end_result_lost_not_completed_and_retry_runs_them() {
     };
     let store = file_store(&cluster);
     let n = 200;
-    let body: String = (0..n)
-        .map(|i| request_line(&format!("doc-{i}"), &format!("item {i}")) + "\n")
-        .collect();
-    let path = write_file(cluster.dir.path(), "in.jsonl", body.as_bytes());
-    let out = run(cmd(&cluster, &store).args(["submit", path.to_str().unwrap(), "--json"]));
-    assert!(out.status.success(), "{}", text(&out.stderr));
-    let id = last_json(&out)["id"].as_str().unwrap().to_string();
-
-    let mut w = worker(&cluster, &store);
+    let (id, mut w) = start_batch(&cluster, &store, n, 60);
     let dir = results_dir(&store, &id);
-    let start = Instant::now();
-    while result_files(&dir).len() < 60 {
-        assert!(
-            start.elapsed() < Duration::from_secs(60),
-            "no results appeared"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
     let deleted = 25;
     for f in result_files(&dir).into_iter().take(deleted) {
         std::fs::remove_file(f).unwrap();
@@ -175,22 +181,7 @@ fn a_batch_whose_whole_folder_is_lost_says_failed_not_completed() {
     };
     let store = file_store(&cluster);
     let n = 120;
-    let body: String = (0..n)
-        .map(|i| request_line(&format!("doc-{i}"), &format!("item {i}")) + "\n")
-        .collect();
-    let path = write_file(cluster.dir.path(), "in.jsonl", body.as_bytes());
-    let out = run(cmd(&cluster, &store).args(["submit", path.to_str().unwrap(), "--json"]));
-    let id = last_json(&out)["id"].as_str().unwrap().to_string();
-    let mut w = worker(&cluster, &store);
-    let dir = results_dir(&store, &id);
-    let start = Instant::now();
-    while result_files(&dir).len() < 30 {
-        assert!(
-            start.elapsed() < Duration::from_secs(60),
-            "no results appeared"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    let (id, mut w) = start_batch(&cluster, &store, n, 30);
     std::fs::remove_dir_all(store.dir.join("batches").join(&id)).unwrap();
     let done = wait_terminal(&cluster, &store, &id);
     assert_eq!(done["status"], "failed", "{done}");

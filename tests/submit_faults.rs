@@ -191,19 +191,15 @@ fn a_silent_submit_ends_submit_interrupted_and_can_still_be_resumed() {
     let _ = worker.wait();
 }
 
-#[test]
-fn a_killed_submit_leaves_nothing_runnable_and_its_batch_ends() {
-    let Some(cluster) = Cluster::start_opts(
-        "submit_kill",
-        &[],
-        Options {
-            submit_lease_secs: 2,
-            ..Options::default()
-        },
-    ) else {
-        return;
-    };
-    let path = input(&cluster, "kill", 100_000, "z");
+/// Starts a submit of 100,000 lines and SIGKILLs it once it has staged something (long
+/// before it could finish); returns the batch id. `other` is a batch staged before, ignored.
+fn kill_mid_submit(
+    cluster: &Cluster,
+    c: &mut redis::Connection,
+    name: &str,
+    other: Option<&str>,
+) -> String {
+    let path = input(cluster, name, 100_000, "z");
     let mut submit = cluster
         .cmd()
         .args(["submit", &path])
@@ -211,15 +207,14 @@ fn a_killed_submit_leaves_nothing_runnable_and_its_batch_ends() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let mut c = conn(&cluster);
-    // Kill it once it has staged something (and before it finishes: 100,000 lines).
     let start = Instant::now();
     let id = loop {
         let keys: Vec<String> = redis::cmd("KEYS")
             .arg("by:{default}:staged:*")
-            .query(&mut c)
+            .query(c)
             .unwrap();
-        if let Some(k) = keys.first() {
+        let fresh = keys.iter().find(|k| other.is_none_or(|o| !k.ends_with(o)));
+        if let Some(k) = fresh {
             break k.rsplit(':').next().unwrap().to_string();
         }
         assert!(
@@ -234,6 +229,23 @@ fn a_killed_submit_leaves_nothing_runnable_and_its_batch_ends() {
     };
     submit.kill().unwrap();
     submit.wait().unwrap();
+    id
+}
+
+#[test]
+fn a_killed_submit_leaves_nothing_runnable_and_its_batch_ends() {
+    let Some(cluster) = Cluster::start_opts(
+        "submit_kill",
+        &[],
+        Options {
+            submit_lease_secs: 2,
+            ..Options::default()
+        },
+    ) else {
+        return;
+    };
+    let mut c = conn(&cluster);
+    let id = kill_mid_submit(&cluster, &mut c, "kill", None);
     assert_eq!(stream_len(&mut c), 0, "nothing is visible to workers");
 
     // Cancel of a batch still being submitted ends it at once, without workers.
@@ -242,31 +254,7 @@ fn a_killed_submit_leaves_nothing_runnable_and_its_batch_ends() {
     assert_eq!(cluster.status(&id)["status"], "cancelled");
 
     // And a killed submit that nobody cancels is ended by a worker's sweep.
-    let path2 = input(&cluster, "kill2", 100_000, "w");
-    let mut submit = cluster
-        .cmd()
-        .args(["submit", &path2])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let start = Instant::now();
-    let id2 = loop {
-        let keys: Vec<String> = redis::cmd("KEYS")
-            .arg("by:{default}:staged:*")
-            .query(&mut c)
-            .unwrap();
-        if let Some(k) = keys.iter().find(|k| !k.ends_with(&id)) {
-            break k.rsplit(':').next().unwrap().to_string();
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(60),
-            "nothing was staged"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    submit.kill().unwrap();
-    submit.wait().unwrap();
+    let id2 = kill_mid_submit(&cluster, &mut c, "kill2", Some(&id));
     let mut worker = cluster.spawn_worker(&[]);
     let batch = cluster.wait_terminal(&id2, Duration::from_secs(40));
     assert_eq!(batch["status"], "failed", "{batch}");

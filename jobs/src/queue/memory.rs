@@ -48,6 +48,19 @@ struct State {
 }
 
 impl State {
+    /// Marks chunk `chunk_no` of a batch applied; false if it was already (idempotent adds).
+    fn take_chunk(&mut self, batch_id: &str, chunk_no: u64) -> bool {
+        if self
+            .high_water
+            .get(batch_id)
+            .is_some_and(|&hwm| chunk_no <= hwm)
+        {
+            return false;
+        }
+        self.high_water.insert(batch_id.to_string(), chunk_no);
+        true
+    }
+
     fn next_id(&mut self) -> u64 {
         self.next_id += 1;
         self.next_id
@@ -189,14 +202,9 @@ impl Queue for MemoryQueue {
     ) -> Result<(), QueueError> {
         {
             let mut state = self.state.lock().await;
-            if state
-                .high_water
-                .get(batch_id)
-                .is_some_and(|&hwm| chunk_no <= hwm)
-            {
+            if !state.take_chunk(batch_id, chunk_no) {
                 return Ok(());
             }
-            state.high_water.insert(batch_id.to_string(), chunk_no);
             state.pending.extend(jobs.iter().map(|job| Waiting {
                 job: job.clone(),
                 deliveries: 0,
@@ -244,14 +252,9 @@ impl Queue for MemoryQueue {
         jobs: &[Job],
     ) -> Result<(), QueueError> {
         let mut state = self.state.lock().await;
-        if state
-            .high_water
-            .get(batch_id)
-            .is_some_and(|&hwm| chunk_no <= hwm)
-        {
+        if !state.take_chunk(batch_id, chunk_no) {
             return Ok(());
         }
-        state.high_water.insert(batch_id.to_string(), chunk_no);
         state
             .staged
             .entry(batch_id.to_string())

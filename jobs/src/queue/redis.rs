@@ -145,6 +145,27 @@ impl RedisQueue {
         }
     }
 
+    /// Runs a chunk script (enqueue or stage) over `target` and the high-water marks.
+    async fn add_chunk(
+        &self,
+        script: &redis::Script,
+        target: &str,
+        batch_id: &str,
+        chunk_no: u64,
+        jobs: &[Job],
+    ) -> Result<(), QueueError> {
+        let mut invocation = script.key(target);
+        invocation.key(&self.enq).arg(batch_id).arg(chunk_no);
+        for job in jobs {
+            let json = serde_json::to_vec(job)
+                .map_err(|e| QueueError::Decode(format!("job could not be encoded: {e}")))?;
+            invocation.arg(json);
+        }
+        let mut conn = self.conn.clone();
+        let _: i64 = invocation.invoke_async(&mut conn).await?;
+        Ok(())
+    }
+
     fn staged_key(&self, batch_id: &str) -> String {
         format!("by:{{{}}}:staged:{batch_id}", self.opts.name)
     }
@@ -213,16 +234,14 @@ impl Queue for RedisQueue {
         chunk_no: u64,
         jobs: &[Job],
     ) -> Result<(), QueueError> {
-        let mut invocation = self.scripts.enqueue.key(&self.stream);
-        invocation.key(&self.enq).arg(batch_id).arg(chunk_no);
-        for job in jobs {
-            let json = serde_json::to_vec(job)
-                .map_err(|e| QueueError::Decode(format!("job could not be encoded: {e}")))?;
-            invocation.arg(json);
-        }
-        let mut conn = self.conn.clone();
-        let _: i64 = invocation.invoke_async(&mut conn).await?;
-        Ok(())
+        self.add_chunk(
+            &self.scripts.enqueue,
+            &self.stream,
+            batch_id,
+            chunk_no,
+            jobs,
+        )
+        .await
     }
 
     async fn stage_chunk(
@@ -231,16 +250,9 @@ impl Queue for RedisQueue {
         chunk_no: u64,
         jobs: &[Job],
     ) -> Result<(), QueueError> {
-        let mut invocation = self.scripts.stage.key(self.staged_key(batch_id));
-        invocation.key(&self.enq).arg(batch_id).arg(chunk_no);
-        for job in jobs {
-            let json = serde_json::to_vec(job)
-                .map_err(|e| QueueError::Decode(format!("job could not be encoded: {e}")))?;
-            invocation.arg(json);
-        }
-        let mut conn = self.conn.clone();
-        let _: i64 = invocation.invoke_async(&mut conn).await?;
-        Ok(())
+        let staged = self.staged_key(batch_id);
+        self.add_chunk(&self.scripts.stage, &staged, batch_id, chunk_no, jobs)
+            .await
     }
 
     async fn publish_staged(&self, batch_id: &str, max: usize) -> Result<u64, QueueError> {
