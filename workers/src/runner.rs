@@ -225,7 +225,15 @@ impl JobRunner {
         {
             return Decision::Stored { line };
         }
-        let record = self.batch(&job.batch_id).await;
+        let mut record = self.batch(&job.batch_id).await;
+        if record.as_ref().is_some_and(stops_dispatch) {
+            // A cached record that would end the item without a call may be stale (a replay
+            // reopened the batch a moment ago): decide on a fresh one.
+            if let Ok(mut cache) = self.batches.lock() {
+                cache.remove(&job.batch_id);
+            }
+            record = self.batch(&job.batch_id).await;
+        }
         if let Some(record) = &record {
             if record.cancel_requested_at.is_some()
                 || matches!(record.state, BatchState::Cancelling | BatchState::Cancelled)
@@ -384,6 +392,17 @@ impl JobRunner {
             tracing::warn!(error = %e, "cannot ack; the job will be reclaimed and its outcome rewritten");
         }
     }
+}
+
+/// Whether a batch record ends queued items without a call: cancelled, expired, or out of
+/// budget.
+fn stops_dispatch(record: &BatchRecord) -> bool {
+    record.cancel_requested_at.is_some()
+        || matches!(record.state, BatchState::Cancelling | BatchState::Cancelled)
+        || record.is_expired(now_secs())
+        || record
+            .budget_usd
+            .is_some_and(|b| record.budget_exhausted_at.is_some() || record.cost_usd() >= b)
 }
 
 #[async_trait]
