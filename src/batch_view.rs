@@ -44,3 +44,26 @@ pub fn batch_json(record: &BatchRecord, store: &ResultStore) -> Value {
         "submit": submit,
     })
 }
+
+/// What queued items may be waiting for: models paused (by an operator, or for auth or
+/// quota) or cooling down, each with what to do. Empty when every model is healthy or the
+/// health store can't be read.
+pub async fn waiting_for(app: &crate::app::App) -> Vec<String> {
+    use batchyard_workers::health::ModelState;
+    let mut out = Vec::new();
+    for key in app.settings.catalog.model_keys() {
+        match app.health.state(&key).await {
+            Ok(ModelState::Paused { reason, .. }) => out.push(format!(
+                "model {key} is paused ({reason}): its items wait; fix the cause, then `batchyard models resume {key}`"
+            )),
+            Ok(ModelState::CoolingDown { until_ms }) => out.push(format!(
+                "model {key} is cooling down after failures ({}s left): its items wait or go to the next model",
+                until_ms
+                    .saturating_sub(batchyard_jobs::batch::now_millis())
+                    .div_ceil(1000)
+            )),
+            _ => {}
+        }
+    }
+    out
+}

@@ -229,9 +229,27 @@ pub async fn cancel(app: &App, batch_id: &str) -> anyhow::Result<BatchRecord> {
         .into());
     }
     let after = app.ledger.request_cancel(batch_id).await?;
+    Ok(settle_cancel(app, &before, after).await?)
+}
+
+/// After a cancel is recorded: drops what a batch still being submitted staged, or, when
+/// nothing is in flight anywhere (and no worker starts an item of it now, the cancel being
+/// recorded), ends its unrun items at once rather than waiting for workers to drop each one.
+pub async fn settle_cancel(
+    app: &App,
+    before: &BatchRecord,
+    after: BatchRecord,
+) -> Result<BatchRecord, batchyard_workers::finalize::FinalizeError> {
+    let batch_id = before.id.as_str();
     if after.state == BatchState::Cancelled && before.submit.is_some() {
         // Cancelled while still being submitted: what it staged can never run.
         app.queue.discard_staged(batch_id).await?;
+        return Ok(after);
+    }
+    if after.state == BatchState::Cancelling && app.queue.depth().await?.in_flight == 0 {
+        let ended = app.finalizer().drain_cancelled(batch_id).await?;
+        tracing::info!(batch_id, ended, "cancelled the batch's unrun items at once");
+        return Ok(app.ledger.get(batch_id).await?.unwrap_or(after));
     }
     Ok(after)
 }

@@ -37,7 +37,12 @@ fn cancel_ends_queued_items_as_cancelled_and_in_flight_ones_finish() {
     }
     let out = run(cluster.cmd().args(["cancel", &id, "--json"]));
     assert!(out.status.success(), "{}", text(&out.stderr));
-    assert_eq!(last_json(&out)["status"], "cancelling");
+    // `cancelled` at once if nothing happened to be in flight at that instant.
+    let status = last_json(&out)["status"].as_str().unwrap().to_string();
+    assert!(
+        ["cancelling", "cancelled"].contains(&status.as_str()),
+        "{status}"
+    );
     let done = cluster.wait_terminal(&id, Duration::from_secs(60));
     assert!(wait_exit(&mut worker, Duration::from_secs(30)).success());
     assert_eq!(done["status"], "cancelled", "{done}");

@@ -135,6 +135,21 @@ fn auth_failures_pause_the_model_until_an_operator_resumes_it() {
         "items wait, they don't fail: {status}"
     );
     assert_eq!(status["request_counts"]["failed"], 0, "{status}");
+    // `status` says what the items wait for, and what to run.
+    let waits = status["waiting_for"].as_array().unwrap();
+    assert!(
+        waits.iter().any(|w| w
+            .as_str()
+            .unwrap()
+            .contains("batchyard models resume small")),
+        "{status}"
+    );
+    let out = run(cluster.cmd().args(["status", &id]));
+    assert!(
+        text(&out.stdout).contains("waiting    model small is paused"),
+        "{}",
+        text(&out.stdout)
+    );
 
     // The right key alone is not enough: the model stays paused until resumed.
     // Paused items come back every few seconds; the worker must outlast that.

@@ -304,9 +304,24 @@ fn every_non_terminal_state_reaches_a_terminal_one_once_workers_run() {
     let (validating, _) = oom_submit(&cluster, &path);
     // in_progress and cancelling: queued, with no worker running.
     let in_progress = submit("run", 50);
-    let cancelling = submit("can", 50);
-    let out = run(cluster.cmd().args(["cancel", &cancelling]));
+    // `cancel` with nothing in flight ends the batch at once, every unrun item `cancelled`.
+    let at_once = submit("now", 30);
+    let out = run(cluster.cmd().args(["cancel", &at_once]));
     assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(cluster.status(&at_once)["status"], "cancelled");
+    let errors = cluster.results(&at_once, true);
+    assert_eq!(errors.len(), 30);
+    assert!(errors.iter().all(|l| l["error"]["code"] == "cancelled"));
+    // cancelling: as a cancel leaves a batch while other jobs are in flight.
+    let cancelling = submit("can", 50);
+    let _: () = redis::cmd("HSET")
+        .arg(format!("by:batch:{{{cancelling}}}"))
+        .arg("state")
+        .arg("cancelling")
+        .arg("cancel_requested_at")
+        .arg(1)
+        .query(&mut c)
+        .unwrap();
     let states = [
         (&finalizing, "finalizing", "completed"),
         (&validating, "validating", "failed"),

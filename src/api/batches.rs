@@ -245,6 +245,9 @@ pub async fn cancel(
         )));
     }
     let record = state.app.ledger.request_cancel(&id).await?;
+    let record = crate::replay::settle_cancel(&state.app, &before, record)
+        .await
+        .map_err(|e| ApiError::internal("ending the cancelled batch's unrun items failed", &e))?;
     tracing::info!(batch_id = %id, "batch cancel requested");
     let api = load_api(&state, &id).await?;
     Ok(Json(batch_object(&id, Some(&record), api.as_ref())))

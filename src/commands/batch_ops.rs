@@ -19,11 +19,18 @@ pub async fn cancel(
     if args.json {
         println!("{}", batch_json(&record, &app.store));
     } else {
-        println!(
-            "batch {} is {}: queued items will end as cancelled; in-flight items finish",
-            record.id,
-            record.state.as_str()
-        );
+        if record.state == batchyard_jobs::batch::BatchState::Cancelled {
+            println!(
+                "batch {} is cancelled: nothing was in flight, so its unrun items ended at once (errors.jsonl, code cancelled)",
+                record.id
+            );
+        } else {
+            println!(
+                "batch {} is {}: queued items will end as cancelled; in-flight items finish",
+                record.id,
+                record.state.as_str()
+            );
+        }
     }
     Ok(())
 }

@@ -112,7 +112,7 @@ async fn watch(app: &App, args: &StatusArgs) -> anyhow::Result<()> {
 }
 
 enum Snapshot {
-    Batch(Box<BatchRecord>),
+    Batch(Box<BatchRecord>, Vec<String>),
     Queue(QueueView),
 }
 
@@ -136,7 +136,14 @@ async fn read(app: &App, args: &StatusArgs) -> anyhow::Result<Snapshot> {
     let reading = async {
         match &args.batch_id {
             Some(id) => match app.ledger.get(id).await? {
-                Some(record) => Ok(Snapshot::Batch(Box::new(record))),
+                Some(record) => {
+                    let waits = if record.state.is_terminal() {
+                        Vec::new()
+                    } else {
+                        crate::batch_view::waiting_for(app).await
+                    };
+                    Ok(Snapshot::Batch(Box::new(record), waits))
+                }
                 None => Err(UsageError(format!(
                     "batch {id} was not found; `batchyard status` lists recent batches"
                 ))
@@ -164,8 +171,18 @@ impl Snapshot {
     /// The whole view, ending with a newline.
     fn render(&self, app: &App, json: bool) -> String {
         match (self, json) {
-            (Self::Batch(record), true) => format!("{}\n", batch_json(record, &app.store)),
-            (Self::Batch(record), false) => batch_text(record, &batch_json(record, &app.store)),
+            (Self::Batch(record, waits), true) => {
+                let mut view = batch_json(record, &app.store);
+                view["waiting_for"] = json!(waits);
+                format!("{view}\n")
+            }
+            (Self::Batch(record, waits), false) => {
+                let mut text = batch_text(record, &batch_json(record, &app.store));
+                for w in waits {
+                    let _ = writeln!(text, "waiting    {w}");
+                }
+                text
+            }
             (Self::Queue(q), true) => format!("{}\n", queue_json(q, app)),
             (Self::Queue(q), false) => queue_text(q),
         }

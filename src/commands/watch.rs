@@ -25,6 +25,8 @@ use crate::batch_view::batch_json;
 use crate::cli::WatchArgs;
 use crate::exit::UsageError;
 
+/// How often `watch` looks at what queued items may be waiting for.
+const WAITS_EVERY: Duration = Duration::from_secs(10);
 /// One ledger read may take this long before it counts as failed.
 const POLL_TIMEOUT: Duration = Duration::from_secs(10);
 /// Without one successful read for this long, watching gives up.
@@ -61,9 +63,22 @@ pub async fn watch(
     let mut rate = Rate::default();
     let mut last_ok = Instant::now();
     let mut interrupted = false;
+    let mut waits: Vec<String> = Vec::new();
+    let mut waits_read: Option<Instant> = None;
     while !record.state.is_terminal() {
         rate.sample(record.settled());
         display.show(&record, &rate);
+        // Say what queued items wait for (a paused or cooling model) when it changes.
+        if waits_read.is_none_or(|t| t.elapsed() >= WAITS_EVERY) {
+            waits_read = Some(Instant::now());
+            let now = crate::batch_view::waiting_for(&app).await;
+            if now != waits {
+                for w in &now {
+                    display.note(&format!("waiting: {w}"));
+                }
+                waits = now;
+            }
+        }
         tokio::select! {
             () = tokio::time::sleep(interval) => {}
             () = &mut shutdown => { interrupted = true; break; }

@@ -15,6 +15,7 @@ use futures::{StreamExt, TryStreamExt};
 use serde::Serialize;
 use tokio::io::AsyncWriteExt;
 
+mod drain;
 mod lost;
 pub mod sweep;
 
