@@ -5,10 +5,12 @@
 //! outcomes overwrite the old ones, and the batch is finalized again, so each custom id still
 //! appears exactly once in `output.jsonl` ∪ `errors.jsonl`.
 
-use batchyard_jobs::batch::{BatchRecord, BatchState, now_millis};
+use batchyard_jobs::batch::{BatchRecord, BatchState};
 use batchyard_jobs::job::{Job, Route};
 use batchyard_jobs::ledger::Reopen;
+use batchyard_jobs::ledger::SubmitStep;
 use batchyard_jobs::outcome::{OutputLine, codes};
+use batchyard_jobs::staging::{self, Lease};
 use futures::{StreamExt, TryStreamExt};
 
 use crate::app::App;
@@ -172,17 +174,76 @@ pub async fn retry(app: &App, batch_id: &str, filter: &RetryFilter) -> anyhow::R
         (None, _) => None,
     };
     let replay_id = new_replay_id();
+    // Pass 2: stage the jobs under this replay's own id, invisible to workers, so a replay
+    // cut off here leaves the batch as it was (and a racing replay never touches them).
+    let staging_id = format!("{batch_id}.{replay_id}");
+    if let Err(e) = stage_replay(app, batch_id, &staging_id, filter).await {
+        discard(app, &staging_id).await;
+        return Err(e);
+    }
     // The finished-batch check above can race with another replay; this one can't.
-    if let Reopen::Busy { state, replay } = app.ledger.reopen(batch_id, retried, &replay_id).await?
-    {
+    let reopened = app.ledger.reopen(batch_id, retried, &replay_id).await;
+    let reopened = match reopened {
+        Ok(r) => r,
+        Err(e) => {
+            discard(app, &staging_id).await;
+            return Err(e.into());
+        }
+    };
+    if let Reopen::Busy { state, replay } = reopened {
+        discard(app, &staging_id).await;
         return Err(ReplayBusy::new(batch_id, state, replay).into());
     }
     if new_budget.is_some() {
         app.ledger.set_budget(batch_id, new_budget).await?;
     }
+    // Reopened: the staged jobs are committed. If this process stops while moving them into
+    // the queue, a worker's sweep finishes the move once the lease lapses.
+    let mut lease = Lease::new(
+        app.ledger.as_ref(),
+        batch_id,
+        app.settings.queue.submit_lease,
+    );
+    app.ledger
+        .submit_step(
+            batch_id,
+            SubmitStep::Replaying {
+                lease_until_ms: lease.until_ms(),
+                staging: &staging_id,
+            },
+        )
+        .await?;
+    staging::publish(
+        app.ledger.as_ref(),
+        app.queue.as_ref(),
+        batch_id,
+        &staging_id,
+        Some(&mut lease),
+    )
+    .await
+    .map_err(|e| {
+        anyhow::anyhow!(
+            "batch {batch_id} is reopened for replay {replay_id} but not all of its jobs reached the queue yet: {e}; a running worker finishes moving them once Redis accepts writes"
+        )
+    })?;
+    let record = app.ledger.get(batch_id).await?.unwrap_or(record);
+    tracing::info!(batch_id, replay_id, retried, "failed items re-enqueued");
+    Ok(Replayed {
+        record,
+        retried,
+        not_replayable,
+        replay_id: Some(replay_id),
+    })
+}
 
-    // Pass 2: enqueue. Chunk numbers continue above any earlier enqueue of this batch.
-    let mut chunk_no = now_millis().saturating_mul(1000);
+/// Stages the jobs a replay runs again under `staging_id`.
+async fn stage_replay(
+    app: &App,
+    batch_id: &str,
+    staging_id: &str,
+    filter: &RetryFilter,
+) -> anyhow::Result<()> {
+    let mut chunk_no = 0u64;
     let mut chunk: Vec<Job> = Vec::with_capacity(CHUNK);
     let mut replaying = std::pin::pin!(failures(app, batch_id, filter));
     while let Some((job, cost)) = replaying.try_next().await? {
@@ -197,22 +258,21 @@ pub async fn retry(app: &App, batch_id: &str, filter: &RetryFilter) -> anyhow::R
         }
         chunk.push(job);
         if chunk.len() >= CHUNK {
-            app.queue.enqueue_chunk(batch_id, chunk_no, &chunk).await?;
+            app.queue.stage_chunk(staging_id, chunk_no, &chunk).await?;
             chunk_no += 1;
             chunk.clear();
         }
     }
     if !chunk.is_empty() {
-        app.queue.enqueue_chunk(batch_id, chunk_no, &chunk).await?;
+        app.queue.stage_chunk(staging_id, chunk_no, &chunk).await?;
     }
-    let record = app.ledger.get(batch_id).await?.unwrap_or(record);
-    tracing::info!(batch_id, replay_id, retried, "failed items re-enqueued");
-    Ok(Replayed {
-        record,
-        retried,
-        not_replayable,
-        replay_id: Some(replay_id),
-    })
+    Ok(())
+}
+
+async fn discard(app: &App, staging_id: &str) {
+    if let Err(e) = app.queue.discard_staged(staging_id).await {
+        tracing::warn!(staging_id, error = %e, "cannot drop a replay's staged jobs");
+    }
 }
 
 pub async fn cancel(app: &App, batch_id: &str) -> anyhow::Result<BatchRecord> {

@@ -417,6 +417,7 @@ pub async fn submit_selected(
         app.ledger.as_ref(),
         app.queue.as_ref(),
         &batch_id,
+        &batch_id,
         Some(&mut lease),
     )
     .await
@@ -464,6 +465,7 @@ fn new_record(
             lease_until_ms: lease.until_ms(),
             fingerprint: fingerprint.to_string(),
             sealed: false,
+            staging: None,
         }),
         failure: None,
     }

@@ -342,3 +342,56 @@ fn every_non_terminal_state_reaches_a_terminal_one_once_workers_run() {
     let _ = worker.kill();
     let _ = worker.wait();
 }
+
+#[test]
+fn a_retry_cut_off_by_redis_leaves_the_batch_as_it_was_and_can_run_again() {
+    let Some(cluster) = Cluster::start_opts(
+        "retry_oom",
+        &["--fail-rate-500", "1.0"],
+        Options {
+            max_attempts: 1,
+            ..Options::default()
+        },
+    ) else {
+        return;
+    };
+    let n = 40;
+    let id = cluster.submit(&input(&cluster, "r", n, "x"), &[])["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let mut w = cluster.spawn_worker(&["--exit-when-idle", "2"]);
+    let first = cluster.wait_terminal(&id, Duration::from_secs(60));
+    wait_exit(&mut w, Duration::from_secs(60));
+    assert_eq!(first["request_counts"]["failed"], n as u64, "{first}");
+
+    let mut c = conn(&cluster);
+    cap_memory(&mut c, 0);
+    let _: () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("maxmemory")
+        .arg(1)
+        .query(&mut c)
+        .unwrap();
+    let out = run(cluster.cmd().args(["retry", &id]));
+    uncap_memory(&mut c);
+    assert!(!out.status.success(), "the retry should fail at maxmemory");
+    let after = cluster.status(&id);
+    assert_eq!(after["status"], first["status"], "left as it was: {after}");
+    assert_eq!(after["request_counts"], first["request_counts"]);
+    let staged: Vec<String> = redis::cmd("KEYS")
+        .arg("by:{default}:staged:*")
+        .query(&mut c)
+        .unwrap();
+    assert!(staged.is_empty(), "nothing staged is left behind: {staged:?}");
+    assert_eq!(stream_len(&mut c), 0);
+
+    // Not refused as "being replayed": the batch was never reopened.
+    let out = run(cluster.cmd().args(["retry", &id]));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let mut w = cluster.spawn_worker(&["--exit-when-idle", "2"]);
+    let again = cluster.wait_terminal(&id, Duration::from_secs(60));
+    wait_exit(&mut w, Duration::from_secs(60));
+    assert_eq!(again["request_counts"]["failed"], n as u64, "{again}");
+    assert_eq!(cluster.results(&id, true).len(), n);
+}

@@ -112,6 +112,18 @@ pub struct SubmitProgress {
     /// Sealed: every job is staged and the batch only waits for them to be moved to the
     /// queue, which anyone may finish.
     pub sealed: bool,
+    /// Where the jobs wait before they are published, when not under the batch's own id (a
+    /// replay stages under `<batch>.<replay>`, so two racing replays never touch each
+    /// other's jobs).
+    #[serde(default)]
+    pub staging: Option<String>,
+}
+
+impl SubmitProgress {
+    /// The staging id of `batch_id`'s jobs.
+    pub fn staging_id<'a>(&'a self, batch_id: &'a str) -> &'a str {
+        self.staging.as_deref().unwrap_or(batch_id)
+    }
 }
 
 /// A whole-batch failure, with a typed code.

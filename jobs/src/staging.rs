@@ -73,6 +73,7 @@ pub async fn publish(
     ledger: &dyn Ledger,
     queue: &dyn Queue,
     batch_id: &str,
+    staging: &str,
     mut lease: Option<&mut Lease<'_>>,
 ) -> Result<u64, QueueError> {
     let mut moved = 0u64;
@@ -80,13 +81,17 @@ pub async fn publish(
         if let Some(lease) = lease.as_deref_mut() {
             lease.keep().await?;
         }
-        let n = queue.publish_staged(batch_id, PUBLISH_STEP).await?;
+        let n = queue.publish_staged(staging, PUBLISH_STEP).await?;
         if n == 0 {
             break;
         }
         moved += n;
     }
     ledger.submit_step(batch_id, SubmitStep::Published).await?;
+    if staging != batch_id {
+        // A replay's own high-water mark; the batch's is dropped when it is finalized.
+        queue.forget_batch(staging).await?;
+    }
     Ok(moved)
 }
 
@@ -106,7 +111,8 @@ pub async fn settle_abandoned(
         return Ok(false);
     }
     if submit.sealed {
-        let moved = publish(ledger, queue, &record.id, None).await?;
+        let staging = submit.staging_id(&record.id);
+        let moved = publish(ledger, queue, &record.id, staging, None).await?;
         tracing::warn!(batch_id = %record.id, moved, "finished publishing a batch whose submit stopped after sealing it");
         return Ok(true);
     }

@@ -333,6 +333,18 @@ impl Ledger for MemoryLedger {
                 record.submit = None;
                 true
             }
+            SubmitStep::Replaying {
+                lease_until_ms,
+                staging,
+            } if record.state == BatchState::InProgress => {
+                record.submit = Some(crate::batch::SubmitProgress {
+                    lease_until_ms,
+                    fingerprint: "replay".into(),
+                    sealed: true,
+                    staging: Some(staging.to_string()),
+                });
+                true
+            }
             SubmitStep::Interrupted { now_ms, message }
                 if validating
                     && record

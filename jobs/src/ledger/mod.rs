@@ -71,6 +71,12 @@ pub enum SubmitStep<'a> {
     /// `validating`, or `failed` with `submit_interrupted` -> `validating` with a new lease
     /// and the counts reset (nothing of an unsealed batch ran).
     Resume { lease_until_ms: u64 },
+    /// A replay reopened the batch (`in_progress`) and staged its jobs under `staging`: they
+    /// are sealed from the start, so a sweep finishes publishing them if the replay stops.
+    Replaying {
+        lease_until_ms: u64,
+        staging: &'a str,
+    },
 }
 
 /// What [`Ledger::reopen`] did.

@@ -162,6 +162,7 @@ fn parse_record(id: &str, map: &HashMap<String, String>) -> Option<BatchRecord> 
             lease_until_ms: num("submit_lease_until_ms").unwrap_or(0),
             fingerprint: fingerprint.clone(),
             sealed: map.get("sealed").is_some_and(|v| v == "1"),
+            staging: map.get("staging").cloned(),
         }),
         failure: map.get("failure_code").map(|code| BatchFailure {
             code: code.clone(),
@@ -426,6 +427,10 @@ impl Ledger for RedisLedger {
             SubmitStep::Published => ("published", 0, ""),
             SubmitStep::Interrupted { now_ms, message } => ("interrupted", now_ms, message),
             SubmitStep::Resume { lease_until_ms } => ("resume", lease_until_ms, ""),
+            SubmitStep::Replaying {
+                lease_until_ms,
+                staging,
+            } => ("replaying", lease_until_ms, staging),
         };
         let mut conn = self.conn.clone();
         let applied: i64 = self

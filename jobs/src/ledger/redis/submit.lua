@@ -2,7 +2,7 @@
 -- batch is not in a state the step applies to, -1 when there is no such batch.
 -- KEYS[1] batch hash, KEYS[2] settlement bitmap, KEYS[3] reservations, KEYS[4] lease
 -- ARGV[1] step, ARGV[2] ms (lease end, or now for `interrupted`), ARGV[3] now (s),
--- ARGV[4] message
+-- ARGV[4] message (the staging id for `replaying`)
 if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
 local state = redis.call('HGET', KEYS[1], 'state')
 local sealed = redis.call('HGET', KEYS[1], 'sealed') == '1'
@@ -19,7 +19,13 @@ elseif step == 'seal' then
     'sealed', '1', 'submit_lease_until_ms', ARGV[2])
   return 1
 elseif step == 'published' then
-  redis.call('HDEL', KEYS[1], 'fingerprint', 'sealed', 'submit_lease_until_ms')
+  redis.call('HDEL', KEYS[1], 'fingerprint', 'sealed', 'submit_lease_until_ms', 'staging')
+  return 1
+elseif step == 'replaying' then
+  -- A replay reopened the batch and staged its jobs under ARGV[4]: sealed from the start.
+  if state ~= 'in_progress' then return 0 end
+  redis.call('HSET', KEYS[1], 'fingerprint', 'replay', 'sealed', '1',
+    'submit_lease_until_ms', ARGV[2], 'staging', ARGV[4])
   return 1
 elseif step == 'interrupted' then
   if state ~= 'validating' then return 0 end
