@@ -4,6 +4,12 @@ use batchyard_jobs::batch::{BatchRecord, nanos_to_usd, usd_to_nanos};
 use batchyard_jobs::storage::ResultStore;
 use serde_json::{Value, json};
 
+/// One JSON value as a line of output: U+2028/U+2029 escaped, so a reader that splits on
+/// Unicode line breaks still sees one record.
+pub fn json_line<T: serde::Serialize + ?Sized>(value: &T) -> String {
+    batchyard_jobs::jsonl::to_line_string(value).unwrap_or_default()
+}
+
 pub fn batch_json(record: &BatchRecord, store: &ResultStore) -> Value {
     let finished = record.state.is_terminal();
     let location = |path| finished.then(|| store.display_location(&path));
@@ -66,4 +72,22 @@ pub async fn waiting_for(app: &crate::app::App) -> Vec<String> {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn printed_json_keeps_unicode_line_breaks_escaped() {
+        let line = json_line(&json!({"task": "a\u{2028}b\u{2029}c"}));
+        assert!(
+            !line.contains('\u{2028}') && !line.contains('\u{2029}'),
+            "{line}"
+        );
+        assert!(line.contains(r"a\u2028b\u2029c"), "{line}");
+        let back: Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(back["task"], "a\u{2028}b\u{2029}c");
+    }
 }

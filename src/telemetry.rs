@@ -22,6 +22,21 @@ impl Write for QuietStderr {
         if STDERR_GONE.load(Ordering::Relaxed) {
             return Ok(buf.len());
         }
+        const LS: &[u8] = "\u{2028}".as_bytes();
+        const PS: &[u8] = "\u{2029}".as_bytes();
+        if buf.windows(3).any(|w| w == LS || w == PS) {
+            // A log line (JSON or text) must stay one line for readers that split on Unicode
+            // line breaks: write the separators as escapes.
+            let escaped = batchyard_jobs::jsonl::escape_line_separators(buf.to_vec());
+            return match std::io::stderr().write_all(&escaped) {
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => Err(e),
+                Err(_) => {
+                    STDERR_GONE.store(true, Ordering::Relaxed);
+                    Ok(buf.len())
+                }
+                Ok(()) => Ok(buf.len()),
+            };
+        }
         match std::io::stderr().write(buf) {
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => Err(e),
             Err(_) => {

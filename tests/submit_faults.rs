@@ -383,7 +383,10 @@ fn a_retry_cut_off_by_redis_leaves_the_batch_as_it_was_and_can_run_again() {
         .arg("by:{default}:staged:*")
         .query(&mut c)
         .unwrap();
-    assert!(staged.is_empty(), "nothing staged is left behind: {staged:?}");
+    assert!(
+        staged.is_empty(),
+        "nothing staged is left behind: {staged:?}"
+    );
     assert_eq!(stream_len(&mut c), 0);
 
     // Not refused as "being replayed": the batch was never reopened.

@@ -17,7 +17,10 @@ pub async fn cancel(
     let app = App::connect(settings, None, false, "cancel").await?;
     let record = replay::cancel(&app, &args.batch_id).await?;
     if args.json {
-        println!("{}", batch_json(&record, &app.store));
+        println!(
+            "{}",
+            crate::batch_view::json_line(&batch_json(&record, &app.store))
+        );
     } else {
         if record.state == batchyard_jobs::batch::BatchState::Cancelled {
             println!(
@@ -58,7 +61,7 @@ pub async fn retry(
         let mut view = batch_json(&replayed.record, &app.store);
         view["retried"] = replayed.retried.into();
         view["replay_id"] = replayed.replay_id.clone().into();
-        println!("{view}");
+        println!("{}", crate::batch_view::json_line(&view));
     } else if replayed.retried == 0 {
         println!(
             "batch {}: no failed items match; nothing to retry",

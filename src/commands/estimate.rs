@@ -53,7 +53,7 @@ pub async fn estimate(
     }
     estimate.finish(&app.settings.catalog);
     if args.json {
-        println!("{}", serde_json::to_string(&estimate)?);
+        println!("{}", crate::batch_view::json_line(&estimate));
     } else {
         print!("{}", estimate.render());
         if let Some(e) = first_bad {
@@ -117,7 +117,7 @@ pub async fn route(
     }
     let view = explain(&plan, &states);
     if args.json {
-        println!("{view}");
+        println!("{}", crate::batch_view::json_line(&view));
     } else {
         print!("{}", render(&plan, &states));
     }

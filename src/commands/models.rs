@@ -77,7 +77,10 @@ pub async fn models(
                 })
             })
             .collect();
-        println!("{}", json!({ "models": list }));
+        println!(
+            "{}",
+            crate::batch_view::json_line(&json!({ "models": list }))
+        );
         return Ok(());
     }
     println!(

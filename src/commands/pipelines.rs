@@ -31,7 +31,10 @@ pub async fn pipelines(
             find(&app, name)?;
             let runs = history_rows(&app, &state, name, *limit).await?;
             if *json {
-                println!("{}", json!({ "pipeline": name, "runs": runs }));
+                println!(
+                    "{}",
+                    crate::batch_view::json_line(&json!({ "pipeline": name, "runs": runs }))
+                );
             } else if runs.is_empty() {
                 println!("pipeline {name} has not run yet");
             } else {
@@ -102,7 +105,10 @@ async fn trigger(
 async fn list(app: &App, state: &PipelineState, as_json: bool) -> anyhow::Result<()> {
     let rows = pipeline_rows(app, state).await?;
     if as_json {
-        println!("{}", json!({ "pipelines": rows }));
+        println!(
+            "{}",
+            crate::batch_view::json_line(&json!({ "pipelines": rows }))
+        );
         return Ok(());
     }
     if rows.is_empty() {

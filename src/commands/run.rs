@@ -93,7 +93,10 @@ pub async fn run(
     }
     print_summary(&app, &record).await;
     if args.input.json {
-        println!("{}", batch_json(&record, &app.store));
+        println!(
+            "{}",
+            crate::batch_view::json_line(&batch_json(&record, &app.store))
+        );
     }
     Ok(())
 }

@@ -174,7 +174,7 @@ impl Snapshot {
             (Self::Batch(record, waits), true) => {
                 let mut view = batch_json(record, &app.store);
                 view["waiting_for"] = json!(waits);
-                format!("{view}\n")
+                format!("{}\n", crate::batch_view::json_line(&view))
             }
             (Self::Batch(record, waits), false) => {
                 let mut text = batch_text(record, &batch_json(record, &app.store));
@@ -183,7 +183,9 @@ impl Snapshot {
                 }
                 text
             }
-            (Self::Queue(q), true) => format!("{}\n", queue_json(q, app)),
+            (Self::Queue(q), true) => {
+                format!("{}\n", crate::batch_view::json_line(&queue_json(q, app)))
+            }
             (Self::Queue(q), false) => queue_text(q),
         }
     }

@@ -28,7 +28,10 @@ pub async fn submit(
     };
     let record = &submitted.record;
     if args.input.json {
-        println!("{}", batch_json(record, &app.store));
+        println!(
+            "{}",
+            crate::batch_view::json_line(&batch_json(record, &app.store))
+        );
     } else {
         println!(
             "submitted {} with {} item(s){}; watch it with `batchyard status {}`",

@@ -118,7 +118,10 @@ pub async fn watch(
             record.state.as_str()
         );
         if args.json {
-            println!("{}", batch_json(&record, &app.store));
+            println!(
+                "{}",
+                crate::batch_view::json_line(&batch_json(&record, &app.store))
+            );
         }
         std::process::exit(INTERRUPTED);
     }
@@ -126,7 +129,10 @@ pub async fn watch(
     eprintln!("{}", summary(&record));
     let reason = failure_reason(&app, &record).await;
     if args.json {
-        println!("{}", batch_json(&record, &app.store));
+        println!(
+            "{}",
+            crate::batch_view::json_line(&batch_json(&record, &app.store))
+        );
     }
     match reason {
         None => Ok(()),
