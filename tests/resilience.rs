@@ -3,6 +3,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod api_support;
 mod support;
 
 use std::time::{Duration, Instant};
@@ -150,6 +151,23 @@ fn auth_failures_pause_the_model_until_an_operator_resumes_it() {
         "{}",
         text(&out.stdout)
     );
+    // And so do the native API and the dashboard's detail view.
+    let server = api_support::Server::start(&cluster);
+    let detail = api_support::ok_json(api_support::call(
+        &server,
+        "GET",
+        &format!("/api/batches/{id}"),
+        &[],
+    ));
+    assert!(
+        detail["waiting_for"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|w| w.as_str().unwrap().contains("models resume small")),
+        "{detail}"
+    );
+    drop(server);
 
     // The right key alone is not enough: the model stays paused until resumed.
     // Paused items come back every few seconds; the worker must outlast that.

@@ -134,7 +134,22 @@ pub async fn batch(
             "partial".into(),
             Value::Bool(manifest.is_none() && !record.state.is_terminal()),
         );
-        fields.insert("reason".into(), json!(refusal_reason(&refusal)));
+        // Why it failed as a whole: a refused input, else the ledger's reason (a submit cut
+        // off, results lost).
+        let reason = refusal_reason(&refusal).or_else(|| {
+            record
+                .failure
+                .as_ref()
+                .map(|f| format!("{}: {}", f.code, f.message))
+        });
+        fields.insert("reason".into(), json!(reason));
+        // What a running batch's queued items wait for (paused or cooling models).
+        let waits = if record.state.is_terminal() {
+            Vec::new()
+        } else {
+            crate::batch_view::waiting_for(&state.app).await
+        };
+        fields.insert("waiting_for".into(), json!(waits));
         fields.insert(
             "errors".into(),
             json!(refusal.iter().take(REFUSAL_ERRORS).collect::<Vec<_>>()),

@@ -399,8 +399,9 @@
     $("#detail-empty").textContent = "Select a batch.";
     $("#detail-empty").hidden = true;
     $("#detail-body").hidden = false;
-    $("#detail-reason").textContent = b.reason || "";
-    $("#detail-reason").hidden = !b.reason;
+    const why = b.reason || (b.waiting_for || []).map((w) => "waiting: " + w).join("\n");
+    $("#detail-reason").textContent = why;
+    $("#detail-reason").hidden = !why;
 
     const dead = pairs(b.dead_letters_by_code);
     $("#dead-table tbody").replaceChildren(...dead.map(([code, n]) => {

@@ -1,8 +1,9 @@
 //! Results that went missing after their items were settled (a lifecycle rule, an operator,
-//! a lost bucket). The finalizer looks before it writes: when fewer results are stored than
-//! the batch has items, it walks the batch's kept input (`batches/<id>/input/`) and writes a
+//! a lost bucket). When the finalizer's pass finds fewer results than the batch has items, it
+//! walks the batch's kept input (`batches/<id>/input/`) and writes a
 //! `result_lost` failure for every job whose result is gone, with the job kept so that
-//! `batchyard retry BATCH --code result_lost` runs it again. What it can't name (the input
+//! `batchyard retry BATCH --code result_lost` runs it again, then writes the files once more.
+//! What it can't name (the input
 //! copy is gone too) is reported as a count: the batch then ends `failed`, never `completed`.
 
 use batchyard_jobs::job::Job;
@@ -12,21 +13,9 @@ use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
 
 use super::FinalizeError;
-use batchyard_jobs::error::StoreError;
 
 /// Results looked up at once while walking the input.
 const LOOKUPS: usize = 32;
-
-/// How many results are stored for the batch (a listing, no reads).
-pub(super) async fn stored_results(store: &ResultStore, batch_id: &str) -> Result<u64, StoreError> {
-    let mut n = 0u64;
-    let mut listing = store.list(&store.results_dir(batch_id));
-    while let Some(meta) = listing.next().await {
-        meta?;
-        n += 1;
-    }
-    Ok(n)
-}
 
 /// Writes a `result_lost` failure for each job of the kept input whose result is missing;
 /// returns how many it wrote.

@@ -112,6 +112,13 @@ pub struct Manifest {
     pub reconciled: bool,
 }
 
+/// What one pass over the results did.
+enum Pass {
+    Done(Option<Box<Manifest>>),
+    /// Missing results were written as `result_lost`: the files must be written again.
+    Repaired,
+}
+
 /// How long a finalization lease lasts unless renewed. The holder renews it every third of
 /// that; a killed holder's batch is taken over by [`sweep`] once it lapses.
 pub const LEASE: Duration = Duration::from_secs(15);
@@ -161,25 +168,30 @@ impl Finalizer {
         }
     }
 
+    /// Writes the batch files; if results turn out to be missing, names them from the kept
+    /// input (`result_lost`) and writes the files once more.
     async fn write_files(&self, batch_id: &str) -> Result<Option<Manifest>, FinalizeError> {
+        match self.write_files_once(batch_id, false).await? {
+            Pass::Done(manifest) => Ok(manifest.map(|m| *m)),
+            Pass::Repaired => match self.write_files_once(batch_id, true).await? {
+                Pass::Done(manifest) => Ok(manifest.map(|m| *m)),
+                Pass::Repaired => Ok(None),
+            },
+        }
+    }
+
+    async fn write_files_once(
+        &self,
+        batch_id: &str,
+        repaired: bool,
+    ) -> Result<Pass, FinalizeError> {
         let record = self
             .ledger
             .get(batch_id)
             .await?
             .ok_or_else(|| QueueError::BatchNotFound(batch_id.to_string()))?;
         if record.state.is_terminal() {
-            return Ok(None);
-        }
-        // Results deleted after their items settled: name them from the kept input.
-        let stored = lost::stored_results(&self.store, batch_id).await?;
-        if stored < record.counts.total {
-            let named = lost::record_lost(&self.store, batch_id).await?;
-            tracing::error!(
-                batch_id,
-                missing = record.counts.total - stored,
-                named,
-                "results of settled items are missing from storage; they end as result_lost"
-            );
+            return Ok(Pass::Done(None));
         }
         let output_path = self.store.output_path(batch_id);
         let errors_path = self.store.errors_path(batch_id);
@@ -296,6 +308,19 @@ impl Finalizer {
             s.cost_usd = nanos_to_usd(s.cost_nanos);
         }
         let written = ok + failed;
+        if !repaired && written < record.counts.total {
+            // Results deleted after their items settled: name them from the kept input.
+            let named = lost::record_lost(&self.store, batch_id).await?;
+            tracing::error!(
+                batch_id,
+                missing = record.counts.total - written,
+                named,
+                "results of settled items are missing from storage; they end as result_lost"
+            );
+            if named > 0 {
+                return Ok(Pass::Repaired);
+            }
+        }
         // OpenAI: a batch whose window ended with items not run is `expired`, with partial
         // results; a cancel said more about intent, so it wins.
         let lost = record.counts.total.saturating_sub(written)
@@ -397,7 +422,7 @@ impl Finalizer {
             cost_usd = manifest.cost_usd,
             "batch finalized"
         );
-        Ok(Some(manifest))
+        Ok(Pass::Done(Some(Box::new(manifest))))
     }
 }
 
