@@ -5,22 +5,23 @@
 //! first pass finds bad lines, nothing is enqueued unless `--skip-invalid` was given; then each
 //! bad line becomes an `invalid_input` outcome of its own.
 
+mod record;
 mod stage;
 
 use std::collections::BTreeSet;
 use std::fmt;
 
-use batchyard_jobs::batch::{BatchRecord, BatchState, RequestCounts, SubmitProgress, now_secs};
+use batchyard_jobs::batch::{BatchRecord, BatchState};
 use batchyard_jobs::input::{
     DuplicateCheck, InputError, InputOptions, InputReader, InputSource, Item,
 };
 use batchyard_jobs::job::{Job, Route, job_id_for, new_batch_id};
-use batchyard_jobs::ledger::SubmitStep;
 use batchyard_jobs::outcome::{Extension, OutputLine, codes};
 use batchyard_jobs::staging::{self, Lease};
 use bytes::Bytes;
 use sha2::{Digest, Sha256};
 
+use self::record::{new_record, probe_store, resume_record, taken_error};
 use self::stage::Sealed;
 pub use self::stage::SubmitInterrupted;
 
@@ -31,8 +32,6 @@ use crate::exit::UsageError;
 const CHUNK: usize = 1000;
 /// Bad lines listed in an error before the rest are only counted.
 const MAX_LISTED: usize = 20;
-/// How long the result store may take to accept the probe of a submission.
-const PROBE_LIMIT: std::time::Duration = std::time::Duration::from_secs(30);
 
 #[derive(Debug, Clone)]
 pub struct SubmitRequest {
@@ -426,158 +425,6 @@ pub async fn submit_selected(
     let invalid = bad_count;
     tracing::info!(batch_id = %batch_id, total, invalid, "batch submitted");
     Ok(Submitted { record, invalid })
-}
-
-fn new_record(
-    app: &App,
-    req: &SubmitRequest,
-    batch_id: &str,
-    total: u64,
-    fingerprint: &str,
-    lease: &Lease<'_>,
-) -> BatchRecord {
-    let created_at = now_secs();
-    BatchRecord {
-        id: batch_id.to_string(),
-        state: BatchState::Validating,
-        counts: RequestCounts {
-            total,
-            completed: 0,
-            failed: 0,
-        },
-        spent_nanos: 0,
-        budget_usd: req.budget_usd,
-        task: req.task.clone(),
-        storage_url: app.store.url().to_string(),
-        created_at,
-        in_progress_at: None,
-        finalizing_at: None,
-        completed_at: None,
-        cancel_requested_at: None,
-        reserved_nanos: 0,
-        budget_exhausted_at: None,
-        no_cache: req.no_cache,
-        // Rounded up, so a window never ends before it has fully passed.
-        expires_at: req
-            .completion_window
-            .map(|w| created_at.saturating_add(w.as_secs() + u64::from(w.subsec_nanos() > 0))),
-        submit: Some(SubmitProgress {
-            lease_until_ms: lease.until_ms(),
-            fingerprint: fingerprint.to_string(),
-            sealed: false,
-            staging: None,
-        }),
-        failure: None,
-    }
-}
-
-/// Takes up an interrupted submit: the same input (by fingerprint), not finished yet.
-async fn resume_record(
-    app: &App,
-    batch_id: &str,
-    fingerprint: &str,
-    total: u64,
-    lease: &Lease<'_>,
-) -> anyhow::Result<BatchRecord> {
-    let Some(record) = app.ledger.get(batch_id).await? else {
-        return Err(UsageError(format!(
-            "--resume {batch_id}: no such batch; check the id with `batchyard status`"
-        ))
-        .into());
-    };
-    let Some(submit) = &record.submit else {
-        return Err(UsageError(format!(
-            "--resume {batch_id}: the batch is {} and its submit is not unfinished; nothing to resume",
-            record.state.as_str()
-        ))
-        .into());
-    };
-    if submit.fingerprint != fingerprint || record.counts.total != total {
-        return Err(UsageError(format!(
-            "--resume {batch_id}: this input is not the one first submitted as {batch_id} \
-             (its items differ); resume with the same input and flags, or submit it as a new batch"
-        ))
-        .into());
-    }
-    if submit.sealed {
-        return Ok(record);
-    }
-    let resumed = app
-        .ledger
-        .submit_step(
-            batch_id,
-            SubmitStep::Resume {
-                lease_until_ms: lease.until_ms(),
-            },
-        )
-        .await?;
-    if !resumed {
-        return Err(UsageError(format!(
-            "--resume {batch_id}: the batch is {} and can't be resumed",
-            record.state.as_str()
-        ))
-        .into());
-    }
-    Ok(app.ledger.get(batch_id).await?.unwrap_or(record))
-}
-
-/// The batch stopped being this submit's while it staged: cancelled, or ended by a sweep.
-async fn taken_error(app: &App, batch_id: &str) -> anyhow::Error {
-    if let Err(e) = app.queue.discard_staged(batch_id).await {
-        tracing::warn!(batch_id, error = %e, "cannot drop the staged jobs of a batch that ended while submitting");
-    }
-    let state = match app.ledger.get(batch_id).await {
-        Ok(Some(r)) => r.state.as_str().to_string(),
-        _ => "gone".to_string(),
-    };
-    anyhow::anyhow!(
-        "batch {batch_id} ended ({state}) while it was being submitted; nothing of it ran; submit the input again"
-    )
-}
-
-/// Writes and deletes a small object where the batch's results will go, before anything is
-/// enqueued: a store that can never be written (a read-only or pseudo folder such as
-/// file:///proc/self, a cloud bucket without credentials) fails the submission here, instead
-/// of every job failing to store its paid answer in a worker's retry loop.
-async fn probe_store(app: &App, batch_id: &str) -> anyhow::Result<()> {
-    let path = app
-        .store
-        .path_of(&format!("batches/{batch_id}/.submit-probe"));
-    let where_ = batchyard_jobs::error::redact(app.store.url());
-    let failed = |reason: String| {
-        UsageError(format!(
-            "the result store {where_} can't be written: {reason}; nothing was enqueued. Check storage.url (or --storage), the folder's permissions or the bucket's credentials"
-        ))
-    };
-    match tokio::time::timeout(
-        PROBE_LIMIT,
-        app.store.put(&path, Bytes::from_static(b"probe")),
-    )
-    .await
-    {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => {
-            let reason = match e {
-                // Said here, "it will be retried" would not be true.
-                batchyard_jobs::error::StoreError::Unavailable { message, .. }
-                | batchyard_jobs::error::StoreError::Rejected { message, .. } => message,
-                other => other.to_string(),
-            };
-            return Err(failed(reason).into());
-        }
-        Err(_) => {
-            return Err(failed(format!(
-                "a write did not finish within {} s",
-                PROBE_LIMIT.as_secs()
-            ))
-            .into());
-        }
-    }
-    // Left behind, it is harmless (finalizing reads only results/); the write was the test.
-    if let Err(e) = app.store.delete(&path).await {
-        tracing::warn!(error = %e, "cannot delete the submission's store probe");
-    }
-    Ok(())
 }
 
 /// Writes a bad line's outcome and counts it, so it lands in `errors.jsonl`.

@@ -89,6 +89,18 @@ fn batch_id_in(stderr: &str) -> String {
         .collect()
 }
 
+/// A cluster whose silent submits are ended after 2 s.
+fn short_lease_cluster(name: &str) -> Option<Cluster> {
+    Cluster::start_opts(
+        name,
+        &[],
+        Options {
+            submit_lease_secs: 2,
+            ..Options::default()
+        },
+    )
+}
+
 /// A submit that hits Redis's memory limit partway: returns (batch id, stderr).
 fn oom_submit(cluster: &Cluster, path: &str) -> (String, String) {
     let mut c = conn(cluster);
@@ -152,14 +164,7 @@ fn a_submit_cut_off_at_maxmemory_runs_nothing_and_resumes_exactly_once() {
 
 #[test]
 fn a_silent_submit_ends_submit_interrupted_and_can_still_be_resumed() {
-    let Some(cluster) = Cluster::start_opts(
-        "submit_lease",
-        &[],
-        Options {
-            submit_lease_secs: 2,
-            ..Options::default()
-        },
-    ) else {
+    let Some(cluster) = short_lease_cluster("submit_lease") else {
         return;
     };
     let n = 5000;
@@ -234,14 +239,7 @@ fn kill_mid_submit(
 
 #[test]
 fn a_killed_submit_leaves_nothing_runnable_and_its_batch_ends() {
-    let Some(cluster) = Cluster::start_opts(
-        "submit_kill",
-        &[],
-        Options {
-            submit_lease_secs: 2,
-            ..Options::default()
-        },
-    ) else {
+    let Some(cluster) = short_lease_cluster("submit_kill") else {
         return;
     };
     let mut c = conn(&cluster);
@@ -267,14 +265,7 @@ fn a_killed_submit_leaves_nothing_runnable_and_its_batch_ends() {
 
 #[test]
 fn every_non_terminal_state_reaches_a_terminal_one_once_workers_run() {
-    let Some(cluster) = Cluster::start_opts(
-        "submit_states",
-        &[],
-        Options {
-            submit_lease_secs: 2,
-            ..Options::default()
-        },
-    ) else {
+    let Some(cluster) = short_lease_cluster("submit_states") else {
         return;
     };
     let mut c = conn(&cluster);

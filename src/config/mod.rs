@@ -8,8 +8,8 @@ pub mod pipelines;
 mod raw;
 
 use parts::{
-    MAX_SECS, build_provider, cache_settings, check_url, describe_toml_error, has_credentials,
-    has_password, response_format, routing_policy, scrub_toml_message,
+    build_provider, cache_settings, check_url, describe_toml_error, has_credentials, has_password,
+    response_format, routing_policy, scrub_toml_message,
 };
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -227,7 +227,7 @@ impl Settings {
                 ));
             }
         }
-        check_durations(&raw).map_err(|(k, r)| err(&k, r))?;
+        parts::check_durations(&raw).map_err(|(k, r)| err(&k, r))?;
         let max_line_bytes = raw.input.max_line_bytes.unwrap_or(DEFAULT_MAX_LINE_BYTES);
         if !(1..=MAX_LINE_BYTES_CAP).contains(&max_line_bytes) {
             return Err(err(
@@ -463,47 +463,6 @@ impl Settings {
 
 /// The largest `input.max_line_bytes`: one line is held whole while it is checked.
 const MAX_LINE_BYTES_CAP: usize = 1 << 30;
-
-/// Every duration setting at most ten years, so clock arithmetic can't overflow later.
-fn check_durations(raw: &RawConfig) -> Result<(), (String, String)> {
-    let (q, r) = (&raw.queue, &raw.retry);
-    let hours = MAX_SECS / 3600;
-    let ms = MAX_SECS * 1000;
-    let settings = [
-        (
-            "queue.visibility_timeout_secs",
-            q.visibility_timeout_secs,
-            MAX_SECS,
-        ),
-        ("queue.submit_lease_secs", q.submit_lease_secs, MAX_SECS),
-        (
-            "queue.dead_letter_retention_hours",
-            q.dead_letter_retention_hours,
-            hours,
-        ),
-        (
-            "worker.drain_timeout_secs",
-            raw.worker.drain_timeout_secs,
-            MAX_SECS,
-        ),
-        ("health.cooldown_secs", raw.health.cooldown_secs, MAX_SECS),
-        ("limits.window_secs", raw.limits.window_secs, MAX_SECS),
-        ("cache.ttl_secs", raw.cache.ttl_secs, MAX_SECS),
-        ("retry.base_ms", r.base_ms, ms),
-        ("retry.cap_ms", r.cap_ms, ms),
-    ];
-    for (key, value, limit) in settings {
-        if let Some(v) = value
-            && v > limit
-        {
-            return Err((
-                key.to_string(),
-                format!("must be at most {limit} (ten years), not {v}"),
-            ));
-        }
-    }
-    Ok(())
-}
 
 #[cfg(test)]
 mod tests;

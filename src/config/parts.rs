@@ -392,3 +392,44 @@ pub(super) fn describe_toml_error(text: &str, e: &toml::de::Error) -> (String, S
     };
     (key, format!(":{line}:{col}"))
 }
+
+/// Every duration setting at most ten years, so clock arithmetic can't overflow later.
+pub(super) fn check_durations(raw: &super::raw::RawConfig) -> Result<(), (String, String)> {
+    let (q, r) = (&raw.queue, &raw.retry);
+    let hours = MAX_SECS / 3600;
+    let ms = MAX_SECS * 1000;
+    let settings = [
+        (
+            "queue.visibility_timeout_secs",
+            q.visibility_timeout_secs,
+            MAX_SECS,
+        ),
+        ("queue.submit_lease_secs", q.submit_lease_secs, MAX_SECS),
+        (
+            "queue.dead_letter_retention_hours",
+            q.dead_letter_retention_hours,
+            hours,
+        ),
+        (
+            "worker.drain_timeout_secs",
+            raw.worker.drain_timeout_secs,
+            MAX_SECS,
+        ),
+        ("health.cooldown_secs", raw.health.cooldown_secs, MAX_SECS),
+        ("limits.window_secs", raw.limits.window_secs, MAX_SECS),
+        ("cache.ttl_secs", raw.cache.ttl_secs, MAX_SECS),
+        ("retry.base_ms", r.base_ms, ms),
+        ("retry.cap_ms", r.cap_ms, ms),
+    ];
+    for (key, value, limit) in settings {
+        if let Some(v) = value
+            && v > limit
+        {
+            return Err((
+                key.to_string(),
+                format!("must be at most {limit} (ten years), not {v}"),
+            ));
+        }
+    }
+    Ok(())
+}

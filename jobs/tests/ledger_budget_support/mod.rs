@@ -2,6 +2,33 @@
 //! the Redis `:resv` hash, and a watcher of the budget invariant.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+/// Runs each scenario as two tests, `on_memory::<scenario>` and `on_redis::<scenario>` (on a
+/// throwaway redis-server).
+macro_rules! on_both {
+    ($($scenario:ident),* $(,)?) => {
+        mod on_memory {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $scenario() {
+                    super::$scenario(super::Target::memory()).await;
+                }
+            )*
+        }
+
+        mod on_redis {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $scenario() {
+                    let Some(server) = super::TestRedis::start(stringify!($scenario)) else {
+                        return;
+                    };
+                    super::$scenario(super::Target::redis(&server).await).await;
+                }
+            )*
+        }
+    };
+}
+
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
