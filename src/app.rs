@@ -12,19 +12,19 @@ use batchyard_jobs::queue::redis::{RedisQueue, unique_consumer_name};
 use batchyard_jobs::storage::ResultStore;
 use std::time::Duration;
 
-use batchyard_workers::adequacy::Adequacy;
-use batchyard_workers::adequacy::memory::MemoryAdequacy;
-use batchyard_workers::adequacy::redis::RedisAdequacy;
-use batchyard_workers::cache::ResultCache;
 use batchyard_workers::call::Guards;
+use batchyard_workers::call::health::ModelHealth;
+use batchyard_workers::call::health::memory::MemoryHealth;
+use batchyard_workers::call::health::redis::RedisHealth;
+use batchyard_workers::call::limiter::memory::MemoryLimiter;
+use batchyard_workers::call::limiter::redis::RedisLimiter;
 use batchyard_workers::finalize::Finalizer;
-use batchyard_workers::health::ModelHealth;
-use batchyard_workers::health::memory::MemoryHealth;
-use batchyard_workers::health::redis::RedisHealth;
-use batchyard_workers::limiter::memory::MemoryLimiter;
-use batchyard_workers::limiter::redis::RedisLimiter;
-use batchyard_workers::router::Router;
-use batchyard_workers::runner::JobRunner;
+use batchyard_workers::job::cache::ResultCache;
+use batchyard_workers::job::runner::JobRunner;
+use batchyard_workers::route::adequacy::Adequacy;
+use batchyard_workers::route::adequacy::memory::MemoryAdequacy;
+use batchyard_workers::route::adequacy::redis::RedisAdequacy;
+use batchyard_workers::route::router::Router;
 
 use crate::config::Settings;
 use crate::exit::UsageError;
@@ -148,6 +148,11 @@ impl App {
         )
     }
 
+    /// The router workers use: shared adequacy, the catalog's token estimates.
+    pub fn router(&self) -> Router {
+        Router::new(Arc::clone(&self.adequacy))
+    }
+
     pub fn runner(&self) -> JobRunner {
         let runner = JobRunner::new(
             Arc::clone(&self.settings.catalog),
@@ -165,7 +170,7 @@ impl App {
             .then(|| ResultCache::new(self.store.clone(), self.settings.cache.ttl));
         runner
             .with_guards(self.guards.clone())
-            .with_router(Router::new(Arc::clone(&self.adequacy)))
+            .with_router(self.router())
             .with_cache(cache)
     }
 }

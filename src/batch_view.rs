@@ -55,7 +55,7 @@ pub fn batch_json(record: &BatchRecord, store: &ResultStore) -> Value {
 /// quota) or cooling down, each with what to do. Empty when every model is healthy or the
 /// health store can't be read.
 pub async fn waiting_for(app: &crate::app::App) -> Vec<String> {
-    use batchyard_workers::health::ModelState;
+    use batchyard_workers::call::health::ModelState;
     let mut out = Vec::new();
     for key in app.settings.catalog.model_keys() {
         match app.health.state(&key).await {

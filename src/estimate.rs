@@ -7,8 +7,8 @@
 use std::collections::BTreeMap;
 
 use batchyard_workers::catalog::Catalog;
-use batchyard_workers::router::Plan;
-use batchyard_workers::tokens::rough_prompt_tokens;
+use batchyard_workers::catalog::tokens::rough_prompt_tokens;
+use batchyard_workers::route::router::Plan;
 use serde::Serialize;
 
 /// One model's share of the estimate.

@@ -15,7 +15,7 @@ use axum::extract::{Path as UrlPath, State};
 use batchyard_jobs::batch::now_secs;
 use batchyard_jobs::error::StoreError;
 use batchyard_jobs::queue::QueueDepth;
-use batchyard_workers::health::ModelState;
+use batchyard_workers::call::health::ModelState;
 use serde::Deserialize;
 use serde_json::{Value, json};
 

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use batchyard_jobs::job::{Job, Route};
-use batchyard_workers::router::Plan;
+use batchyard_workers::route::router::Plan;
 use serde_json::{Map, Value, json};
 
 use crate::app::App;
@@ -31,7 +31,7 @@ pub async fn estimate(
     env: &BTreeMap<String, String>,
 ) -> anyhow::Result<()> {
     let app = connect_to_look(config, env, "estimate").await?;
-    let router = app.runner().router;
+    let router = app.router();
     let mut scanner = Scanner::open(&app, &super::submit_request(args)).await?;
     let mut estimate = Estimate::default();
     let mut first_bad = None;
@@ -102,7 +102,7 @@ pub async fn route(
             .into());
         }
     };
-    let router = app.runner().router;
+    let router = app.router();
     let plan = router
         .plan(&app.settings.catalog, &job)
         .await

@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use batchyard_workers::health::ModelState;
+use batchyard_workers::call::health::ModelState;
 use serde_json::json;
 
 use crate::app::App;

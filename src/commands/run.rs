@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use batchyard_jobs::batch::BatchRecord;
-use batchyard_workers::pool::{PoolOptions, run_pool};
+use batchyard_workers::job::pool::{PoolOptions, run_pool};
 use indicatif::{ProgressBar, ProgressStyle};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;

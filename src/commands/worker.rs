@@ -5,8 +5,8 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use batchyard_workers::job::pool::{ClaimGate, DeliveryHandler, PoolOptions, run_pool};
 use batchyard_workers::metrics;
-use batchyard_workers::pool::{ClaimGate, DeliveryHandler, PoolOptions, run_pool};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 

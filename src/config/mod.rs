@@ -19,13 +19,13 @@ use std::time::Duration;
 
 use batchyard_jobs::input::{DEFAULT_MAX_LINE_BYTES, KnownNames};
 use batchyard_jobs::queue::QueueOptions;
-use batchyard_workers::adequacy::AdequacyPolicy;
+use batchyard_workers::call::health::HealthPolicy;
+use batchyard_workers::call::limiter::Tuning;
+use batchyard_workers::call::retry::RetryPolicy;
+use batchyard_workers::catalog::validate::Validators;
 use batchyard_workers::catalog::{Catalog, ModelSpec, TaskSpec};
-use batchyard_workers::health::HealthPolicy;
-use batchyard_workers::limiter::Tuning;
-use batchyard_workers::retry::RetryPolicy;
-use batchyard_workers::runner::RunnerOptions;
-use batchyard_workers::validate::Validators;
+use batchyard_workers::job::runner::RunnerOptions;
+use batchyard_workers::route::adequacy::AdequacyPolicy;
 
 pub use defaults::DEFAULT_STORAGE_URL;
 use raw::RawConfig;

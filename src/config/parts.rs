@@ -8,7 +8,7 @@ use batchyard_workers::provider::{
     SimulatedConfig, SimulatedProvider,
 };
 
-use batchyard_workers::adequacy::AdequacyPolicy;
+use batchyard_workers::route::adequacy::AdequacyPolicy;
 
 use super::CacheSettings;
 use super::raw::{RawCache, RawProvider, RawRouting};

@@ -173,7 +173,7 @@ pub struct RawTask {
     pub response_format: Option<toml::Value>,
     /// Checks each answer must pass (json_schema, regex, min/max_chars, finish_reason,
     /// refusal_patterns, command).
-    pub validate: Option<batchyard_workers::validate::ValidateConfig>,
+    pub validate: Option<batchyard_workers::catalog::validate::ValidateConfig>,
 }
 
 /// `[pipelines.<name>]`: a recurring batch over a folder or object-store prefix.

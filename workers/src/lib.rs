@@ -1,38 +1,32 @@
 //! # batchyard-workers: what a worker does with a job
 //!
-//! - [`pool`]: the generic worker: claim, run with bounded concurrency (apalis), drain.
-//! - [`runner`]: the job body: route, call with retries, store the outcome, settle, ack.
-//! - [`cascade`]: one job's walk down its plan: cache, budget reservation, call, checks,
-//!   escalation.
-//! - [`finalize`]: the one finalizer per batch: `output.jsonl`, `errors.jsonl`, `manifest.json`.
-//! - [`catalog`]: models (prices, tiers, context) and tasks (templates, constraints).
-//! - [`router`]: the cheapest adequate models for a job, in order of expected cost.
-//! - [`adequacy`]: learned pass probabilities per model, task and length bucket (Beta
-//!   posteriors shared through Redis, Thompson sampling).
-//! - [`tokens`]: prompt token estimates (tiktoken per model family, calibrated fallback).
-//! - [`cache`]: the content-addressed result cache across batches.
-//! - [`provider`]: the provider trait's enum dispatch: `simulated`, `openai`.
-//! - [`retry`]: the one retry module: backoff with full jitter, provider hints honoured.
-//! - [`limiter`]: shared RPM/TPM admission across all workers (Redis) or in process.
-//! - [`health`]: shared model health: circuit breaker with a half-open probe, operator pause,
-//!   retry budget (in memory or through Redis).
+//! The crate is seven wings. Each wing's `mod.rs` says what it holds and what it may use;
+//! imports point down this list only (a wing uses the wings below it, never one above):
+//!
+//! - [`job`]: one job from claim to ack: the generic worker [`job::pool`], the job body
+//!   [`job::runner`] and the cascade it owns (cache, budget reservation, guarded call, checks,
+//!   escalation), fail-closed budgets [`job::budget`] and the result cache [`job::cache`].
+//! - [`finalize`]: the one finalizer per batch: `output.jsonl`, `errors.jsonl`, `manifest.json`,
+//!   and the sweep that finishes what stopped workers left.
+//! - [`call`]: one model call as the cluster allows it: [`call::guards`], the one provider
+//!   retry module [`call::retry`], the shared rate limiter [`call::limiter`] and model health
+//!   [`call::health`] (breaker, pause, retry budget).
+//! - [`route`]: which models a job may run on, cheapest adequate first: [`route::router`] and
+//!   the learned pass rates [`route::adequacy`].
 //! - [`metrics`]: Prometheus metric names and the one-line recording calls; the sampler of
 //!   queue depth and batch ETAs.
-//! - [`validate`]: checks on a task's outputs (JSON schema, regex, length, finish reason,
-//!   refusals, a config-only command), compiled once from config.
-pub mod adequacy;
-pub mod cache;
+//! - [`catalog`]: models (prices, tiers, context, their provider clients) and tasks
+//!   (templates, constraints), with prompt token estimates [`catalog::tokens`] and the compiled
+//!   output checks [`catalog::validate`].
+//! - [`provider`]: the provider boundary, an enum over `simulated`, `openai` and `anthropic`
+//!   with their shared HTTP handling.
+//!
+//! Retries with backoff are built in exactly one place, `batchyard_jobs::retry`; the provider
+//! side of it (hints, per-model retry budget) is [`call::retry`].
 pub mod call;
-pub mod cascade;
 pub mod catalog;
 pub mod finalize;
-pub mod health;
-pub mod limiter;
+pub mod job;
 pub mod metrics;
-pub mod pool;
 pub mod provider;
-pub mod retry;
-pub mod router;
-pub mod runner;
-pub mod tokens;
-pub mod validate;
+pub mod route;

@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 use adequacy_support::{
     LIMIT, ProbeStore, Store, TestRedis, greedy, learned, mean, redis_store, simulate, stores, task,
 };
-use batchyard_workers::adequacy::memory::MemoryAdequacy;
-use batchyard_workers::adequacy::{Adequacy, AdequacyPolicy, Evidence, tier_prior};
+use batchyard_workers::route::adequacy::memory::MemoryAdequacy;
+use batchyard_workers::route::adequacy::{Adequacy, AdequacyPolicy, Evidence, tier_prior};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use redis::AsyncCommands;

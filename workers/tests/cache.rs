@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use batchyard_jobs::batch::now_millis;
 use batchyard_jobs::storage::ResultStore;
-use batchyard_workers::cache::{CacheKey, CachedCompletion, ResultCache};
 use batchyard_workers::catalog::ModelSpec;
+use batchyard_workers::job::cache::{CacheKey, CachedCompletion, ResultCache};
 use bytes::Bytes;
 use serde_json::{Map, Value, json};
 

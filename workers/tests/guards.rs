@@ -8,11 +8,11 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
+use batchyard_workers::call::health::HealthPolicy;
+use batchyard_workers::call::health::memory::MemoryHealth;
+use batchyard_workers::call::limiter::memory::MemoryLimiter;
 use batchyard_workers::call::{Guards, ModelOutcome};
 use batchyard_workers::catalog::ModelSpec;
-use batchyard_workers::health::HealthPolicy;
-use batchyard_workers::health::memory::MemoryHealth;
-use batchyard_workers::limiter::memory::MemoryLimiter;
 use batchyard_workers::provider::Provider;
 use support::fake_provider::{FakeServer, body_for, call, fast_policy};
 

@@ -10,9 +10,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use batchyard_jobs::redis_conn::connect;
-use batchyard_workers::health::memory::MemoryHealth;
-use batchyard_workers::health::redis::RedisHealth;
-use batchyard_workers::health::{HealthPolicy, ModelHealth, ModelState};
+use batchyard_workers::call::health::memory::MemoryHealth;
+use batchyard_workers::call::health::redis::RedisHealth;
+use batchyard_workers::call::health::{HealthPolicy, ModelHealth, ModelState};
 use batchyard_workers::provider::ProviderErrorKind as Kind;
 
 /// A redis-server of our own, killed by its PID on drop.

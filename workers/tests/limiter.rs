@@ -10,9 +10,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use batchyard_workers::limiter::memory::MemoryLimiter;
-use batchyard_workers::limiter::redis::RedisLimiter;
-use batchyard_workers::limiter::{
+use batchyard_workers::call::limiter::memory::MemoryLimiter;
+use batchyard_workers::call::limiter::redis::RedisLimiter;
+use batchyard_workers::call::limiter::{
     Admission, LimitSpec, Limiter, LimiterError, Reservation, Tuning, acquire,
 };
 use limiter_support::TestRedis;

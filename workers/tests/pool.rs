@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use batchyard_jobs::queue::{Delivery, Queue};
-use batchyard_workers::pool::{DeliveryHandler, PoolStats, run_pool};
+use batchyard_workers::job::pool::{DeliveryHandler, PoolStats, run_pool};
 use support::pool::{RecordingHandler, TestQueue, jobs, options, run_bounded};
 use tokio_util::sync::CancellationToken;
 

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use batchyard_jobs::queue::{Delivery, Queue, QueueOptions};
-use batchyard_workers::pool::DeliveryHandler;
+use batchyard_workers::job::pool::DeliveryHandler;
 use support::pool::{TestQueue, jobs, options, run_bounded};
 use tokio_util::sync::CancellationToken;
 

@@ -4,8 +4,8 @@
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
+use batchyard_workers::call::retry::{RetryPolicy, call_with_retry_gated};
 use batchyard_workers::provider::{ProviderError, ProviderErrorKind};
-use batchyard_workers::retry::{RetryPolicy, call_with_retry_gated};
 
 fn policy() -> RetryPolicy {
     RetryPolicy {

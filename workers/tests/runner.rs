@@ -13,12 +13,12 @@ use batchyard_jobs::outcome::OutputLine;
 use batchyard_jobs::queue::memory::MemoryQueue;
 use batchyard_jobs::queue::{Queue, QueueOptions};
 use batchyard_jobs::storage::ResultStore;
+use batchyard_workers::call::retry::RetryPolicy;
 use batchyard_workers::catalog::{Catalog, ModelSpec, TaskSpec};
 use batchyard_workers::finalize::Finalizer;
-use batchyard_workers::pool::DeliveryHandler;
+use batchyard_workers::job::pool::DeliveryHandler;
+use batchyard_workers::job::runner::{JobRunner, RunnerOptions};
 use batchyard_workers::provider::{Provider, SimulatedConfig, SimulatedProvider};
-use batchyard_workers::retry::RetryPolicy;
-use batchyard_workers::runner::{JobRunner, RunnerOptions};
 use serde_json::json;
 
 struct Rig {

@@ -3,7 +3,9 @@
 use std::collections::BTreeSet;
 
 use batchyard_workers::catalog::ModelSpec;
-use batchyard_workers::tokens::{Encoding, TokenEstimator, encoding_for, rough_prompt_tokens};
+use batchyard_workers::catalog::tokens::{
+    Encoding, TokenEstimator, encoding_for, rough_prompt_tokens,
+};
 use serde_json::{Map, Value, json};
 
 fn model(key: &str, name: &str) -> ModelSpec {

@@ -10,9 +10,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use batchyard_jobs::redis_conn::connect;
-use batchyard_workers::adequacy::memory::MemoryAdequacy;
-use batchyard_workers::adequacy::redis::RedisAdequacy;
-use batchyard_workers::adequacy::{
+use batchyard_workers::route::adequacy::memory::MemoryAdequacy;
+use batchyard_workers::route::adequacy::redis::RedisAdequacy;
+use batchyard_workers::route::adequacy::{
     Adequacy, AdequacyError, AdequacyPolicy, AdequacyStore, Observed,
 };
 use rand::rngs::StdRng;

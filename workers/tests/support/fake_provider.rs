@@ -5,10 +5,10 @@ use std::io::{BufRead as _, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use batchyard_workers::call::retry::{RetryPolicy, call_with_retry};
 use batchyard_workers::provider::{
     ChatCall, Completion, OpenAiConfig, OpenAiProvider, ProviderError,
 };
-use batchyard_workers::retry::{RetryPolicy, call_with_retry};
 use serde_json::{Map, Value, json};
 
 /// A running fake provider, killed on drop.

@@ -11,7 +11,7 @@ use batchyard_jobs::error::QueueError;
 use batchyard_jobs::job::{Job, Route};
 use batchyard_jobs::queue::memory::MemoryQueue;
 use batchyard_jobs::queue::{DeadLetter, Delivery, Queue, QueueDepth, QueueOptions};
-use batchyard_workers::pool::{DeliveryHandler, PoolOptions, PoolStats, run_pool};
+use batchyard_workers::job::pool::{DeliveryHandler, PoolOptions, PoolStats, run_pool};
 use tokio_util::sync::CancellationToken;
 
 /// Every pool run in these tests must end within this.

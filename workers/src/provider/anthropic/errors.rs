@@ -1,7 +1,7 @@
 //! Anthropic error replies as typed errors.
 //!
 //! Bodies look like `{"type":"error","error":{"type":"overloaded_error","message":"..."}}`. The
-//! status decides first, through the shared OpenAI classification ([`openai::classify`]); the
+//! status decides first, through the shared HTTP classification ([`http::classify`]); the
 //! error type then refines it:
 //! - `overloaded_error` (529), `api_error`, `timeout_error`: `transient`;
 //! - `rate_limit_error`: `rate_limited`; `billing_error` or "credit balance is too low":
@@ -12,17 +12,13 @@
 //! reads) and, on a 429, the `anthropic-ratelimit-*-reset` time (RFC 3339) of each limit that is
 //! used up.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use reqwest::header::HeaderMap;
 use serde_json::Value;
 
-use super::super::openai;
-use super::super::{ProviderError, ProviderErrorKind};
-use super::snippet;
-
-/// The longest retry hint we believe; anything longer is a broken header.
-const MAX_HINT: Duration = Duration::from_secs(24 * 60 * 60);
+use crate::provider::http::{self, MAX_HINT, header_str, parse_rfc3339, snippet};
+use crate::provider::{ProviderError, ProviderErrorKind};
 
 /// The limits Anthropic reports, as they appear in `anthropic-ratelimit-{limit}-reset`.
 const LIMITS: [&str; 4] = ["requests", "tokens", "input-tokens", "output-tokens"];
@@ -31,7 +27,7 @@ const LIMITS: [&str; 4] = ["requests", "tokens", "input-tokens", "output-tokens"
 pub fn classify(status: u16, headers: &HeaderMap, body: &[u8]) -> ProviderError {
     let value = serde_json::from_slice::<Value>(body).unwrap_or(Value::Null);
     refine(
-        openai::classify(status, headers, body),
+        http::classify(status, headers, body),
         status,
         headers,
         &value,
@@ -135,14 +131,6 @@ fn quota_message(status: u16, said: &str) -> String {
     )
 }
 
-fn header_str<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
-    headers
-        .get(name)
-        .and_then(|v| v.to_str().ok())
-        .map(str::trim)
-        .filter(|v| !v.is_empty())
-}
-
 /// The time until each used-up limit resets (a limit without a remaining count counts as used
 /// up).
 fn reset_hints(headers: &HeaderMap) -> impl Iterator<Item = Duration> + '_ {
@@ -164,79 +152,11 @@ fn reset_hints(headers: &HeaderMap) -> impl Iterator<Item = Duration> + '_ {
     })
 }
 
-/// An RFC 3339 timestamp: `2025-01-02T03:04:05Z`, with optional fractional seconds and a
-/// `±HH:MM` offset instead of `Z`.
-pub fn parse_rfc3339(value: &str) -> Option<SystemTime> {
-    let value = value.trim();
-    let bytes = value.as_bytes();
-    if bytes.len() < 20 || !matches!(bytes[10], b'T' | b't' | b' ') {
-        return None;
-    }
-    let num = |range: std::ops::Range<usize>| -> Option<u64> {
-        let part = value.get(range)?;
-        if !part.bytes().all(|b| b.is_ascii_digit()) {
-            return None;
-        }
-        part.parse().ok()
-    };
-    if bytes[4] != b'-' || bytes[7] != b'-' || bytes[13] != b':' || bytes[16] != b':' {
-        return None;
-    }
-    let (year, month, day) = (num(0..4)?, num(5..7)?, num(8..10)?);
-    let (hour, minute, second) = (num(11..13)?, num(14..16)?, num(17..19)?);
-    if !(1..=12).contains(&month) || !(1..=31).contains(&day) || hour > 23 || minute > 59 {
-        return None;
-    }
-    if second > 60 {
-        return None;
-    }
-    let mut rest = &value[19..];
-    let mut nanos = 0u64;
-    if let Some(frac) = rest.strip_prefix('.') {
-        let digits = frac.bytes().take_while(u8::is_ascii_digit).count();
-        if digits == 0 {
-            return None;
-        }
-        let kept = &frac[..digits.min(9)];
-        nanos = kept.parse::<u64>().ok()? * 10u64.pow(9 - kept.len() as u32);
-        rest = &frac[digits..];
-    }
-    let offset_secs: i64 = match rest {
-        "Z" | "z" => 0,
-        _ => {
-            let sign = match rest.as_bytes().first()? {
-                b'+' => 1,
-                b'-' => -1,
-                _ => return None,
-            };
-            let (h, m) = rest.get(1..)?.split_once(':')?;
-            if h.len() != 2 || m.len() != 2 {
-                return None;
-            }
-            let (h, m): (i64, i64) = (h.parse().ok()?, m.parse().ok()?);
-            sign * (h * 3600 + m * 60)
-        }
-    };
-    let days = days_from_civil(i64::try_from(year).ok()?, month, day);
-    let local = days * 86_400 + i64::try_from(hour * 3600 + minute * 60 + second).ok()?;
-    let utc = u64::try_from(local - offset_secs).ok()?;
-    UNIX_EPOCH.checked_add(Duration::new(utc, u32::try_from(nanos).ok()?))
-}
-
-/// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's algorithm).
-fn days_from_civil(year: i64, month: u64, day: u64) -> i64 {
-    let y = if month <= 2 { year - 1 } else { year };
-    let era = if y >= 0 { y } else { y - 399 } / 400;
-    let yoe = y - era * 400;
-    let m = month as i64;
-    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + day as i64 - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
-}
-
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests {
+    use std::time::UNIX_EPOCH;
+
     use super::*;
 
     fn error_body(kind: &str, message: &str) -> Vec<u8> {

@@ -20,11 +20,12 @@ mod response;
 use std::fmt;
 use std::time::Duration;
 
-use reqwest::header::{HeaderMap, HeaderName, HeaderValue, USER_AGENT};
-use serde_json::{Map, Value};
+use reqwest::header::{HeaderMap, HeaderValue};
 
-pub use errors::{classify, parse_rfc3339};
+pub use crate::provider::http::parse_rfc3339;
+pub use errors::classify;
 
+use super::http::{self, Endpoint, EndpointConfig, KeyHeader};
 use super::{ChatCall, Completion, ProviderError, ProviderErrorKind, Secret};
 
 /// The API version sent when the config names none.
@@ -82,21 +83,14 @@ impl fmt::Debug for AnthropicConfig {
 
 /// A client for the Messages API. Cheap to share.
 pub struct AnthropicProvider {
-    client: reqwest::Client,
-    url: reqwest::Url,
-    /// `url` without user info or query, for messages.
-    display_url: String,
-    timeout: Duration,
-    max_response_bytes: usize,
-    /// Strings to scrub from every error message: the key and secret-looking header values.
-    secrets: Vec<Secret>,
+    endpoint: Endpoint,
 }
 
 impl fmt::Debug for AnthropicProvider {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("AnthropicProvider")
-            .field("url", &self.display_url)
-            .field("timeout", &self.timeout)
+            .field("url", &self.endpoint.display_url())
+            .field("timeout", &self.endpoint.timeout())
             .finish_non_exhaustive()
     }
 }
@@ -109,40 +103,13 @@ fn config_error(message: impl Into<String>) -> ProviderError {
 fn messages_url(base_url: &str) -> Result<reqwest::Url, ProviderError> {
     let base = base_url.trim().trim_end_matches('/');
     let base = base.strip_suffix("/v1").unwrap_or(base);
-    let url = reqwest::Url::parse(&format!("{base}/v1/messages")).map_err(|e| {
-        config_error(format!(
-            "the provider base_url is not a valid url ({e}): use e.g. https://api.anthropic.com"
-        ))
-    })?;
-    if !matches!(url.scheme(), "http" | "https") {
-        return Err(config_error(format!(
-            "the provider base_url must start with http:// or https://, not {}://",
-            url.scheme()
-        )));
-    }
-    Ok(url)
-}
-
-fn sensitive_value(value: &str, what: &str) -> Result<HeaderValue, ProviderError> {
-    let mut header_value = HeaderValue::from_str(value.trim()).map_err(|_| {
-        config_error(format!(
-            "the value of {what} has characters not allowed in http headers: check for newlines \
-             or quotes"
-        ))
-    })?;
-    header_value.set_sensitive(true);
-    Ok(header_value)
+    http::base_url(base, "/v1/messages", "https://api.anthropic.com")
 }
 
 impl AnthropicProvider {
     /// Checks the config and builds the pooled client. Fails on a bad URL, version or header.
     pub fn new(config: AnthropicConfig) -> Result<Self, ProviderError> {
         let url = messages_url(&config.base_url)?;
-        let display_url = crate::provider::http::display_url(&url);
-
-        let mut headers = HeaderMap::new();
-        let mut secrets = Vec::new();
-        headers.insert(USER_AGENT, HeaderValue::from_static("batchyard"));
         let version = config.version.trim();
         let version = if version.is_empty() {
             DEFAULT_VERSION
@@ -155,117 +122,42 @@ impl AnthropicProvider {
                  {DEFAULT_VERSION}"
             ))
         })?;
-        headers.insert("anthropic-version", version);
-        for (name, value) in &config.headers {
-            let header_name = HeaderName::from_bytes(name.trim().as_bytes()).map_err(|_| {
-                config_error(format!(
-                    "the provider header name {name:?} is not a valid http header name"
-                ))
-            })?;
-            let header_value = sensitive_value(value, &format!("provider header {name:?}"))?;
-            if crate::provider::http::looks_secret(name) && value.trim().len() >= 4 {
-                secrets.push(Secret::new(value.trim().to_owned()));
-            }
-            headers.insert(header_name, header_value);
-        }
-        if let Some(key) = &config.api_key {
-            let key_text = key.expose().trim();
-            let auth = |message: &str| ProviderError::new(ProviderErrorKind::Auth, message);
-            if key_text.is_empty() {
-                return Err(auth(
-                    "the provider api key is empty: set the key's environment variable or remove \
-                     it from the config",
-                ));
-            }
-            let value = sensitive_value(key_text, "the api key").map_err(|_| {
-                auth(
-                    "the provider api key has characters not allowed in http headers: check for \
-                     stray newlines or quotes",
-                )
-            })?;
-            headers.insert("x-api-key", value);
-            secrets.push(Secret::new(key_text.to_owned()));
-        }
-
-        let client = reqwest::Client::builder()
-            .default_headers(headers)
-            .timeout(config.timeout)
-            .connect_timeout(config.connect_timeout)
-            .pool_idle_timeout(Duration::from_secs(90))
-            .tcp_nodelay(true)
-            .build()
-            .map_err(|e| config_error(format!("could not build the http client: {e}")))?;
-
-        Ok(Self {
-            client,
+        let mut fixed_headers = HeaderMap::new();
+        fixed_headers.insert("anthropic-version", version);
+        let endpoint = Endpoint::new(EndpointConfig {
             url,
-            display_url,
+            fixed_headers,
+            headers: &config.headers,
+            api_key: config.api_key.as_ref(),
+            key_header: KeyHeader::Named("x-api-key"),
             timeout: config.timeout,
-            max_response_bytes: config.max_response_bytes.max(1),
-            secrets,
-        })
+            connect_timeout: config.connect_timeout,
+            max_response_bytes: config.max_response_bytes,
+        })?;
+        Ok(Self { endpoint })
     }
 
     /// The endpoint, without credentials.
     pub fn url(&self) -> &str {
-        &self.display_url
+        self.endpoint.display_url()
     }
 
     /// One POST to `/v1/messages`. Does not retry: that is the retry module's job.
     pub async fn complete(&self, call: ChatCall<'_>) -> Result<Completion, ProviderError> {
         let result = match request::messages_body(call) {
-            Ok(body) => self.send(&body).await,
+            Ok(body) => match self.endpoint.post(&body, classify).await {
+                Ok((status, headers, bytes)) => {
+                    response::parse_success(status, &headers, &bytes, &body)
+                }
+                Err(e) => Err(e),
+            },
             Err(e) => Err(e),
         };
         result.map_err(|mut err| {
-            self.scrub(&mut err);
+            self.endpoint.scrub(&mut err);
             err
         })
     }
-
-    async fn send(&self, body: &Map<String, Value>) -> Result<Completion, ProviderError> {
-        let mut response = self
-            .client
-            .post(self.url.clone())
-            .json(body)
-            .send()
-            .await
-            .map_err(|e| self.transport_error(&e))?;
-        let status = response.status().as_u16();
-        let headers = std::mem::take(response.headers_mut());
-        let bytes = super::http::read_body(
-            response,
-            self.max_response_bytes,
-            &self.display_url,
-            self.timeout,
-        )
-        .await?;
-        if !(200..300).contains(&status) {
-            return Err(classify(status, &headers, &bytes));
-        }
-        response::parse_success(status, &headers, &bytes, body)
-    }
-
-    fn transport_error(&self, err: &reqwest::Error) -> ProviderError {
-        crate::provider::http::transport_error(&self.display_url, self.timeout, err)
-    }
-
-    fn scrub(&self, err: &mut ProviderError) {
-        crate::provider::http::scrub(&self.secrets, err);
-    }
-}
-
-/// At most `max` characters of `text` on one line.
-fn snippet(text: &str, max: usize) -> String {
-    let mut out: String = text
-        .chars()
-        .take(max)
-        .map(|c| if c.is_control() { ' ' } else { c })
-        .collect();
-    if text.chars().nth(max).is_some() {
-        out.push_str("...");
-    }
-    out
 }
 
 #[cfg(test)]
@@ -309,7 +201,7 @@ mod tests {
             ProviderErrorKind::Auth,
             "bad key sk-ant-verysecret123 and tok-hidden-456",
         );
-        provider.scrub(&mut err);
+        provider.endpoint.scrub(&mut err);
         assert_eq!(err.message, "bad key *** and ***");
     }
 

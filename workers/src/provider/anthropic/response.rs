@@ -7,7 +7,7 @@ use serde_json::{Map, Value, json};
 
 use super::super::{Completion, ProviderError, ProviderErrorKind};
 use super::errors::classify_value;
-use super::snippet;
+use crate::provider::http::snippet;
 
 /// `stop_reason` as an OpenAI `finish_reason`; unknown reasons pass through unchanged.
 pub fn finish_reason(stop_reason: &str) -> &str {

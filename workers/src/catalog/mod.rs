@@ -1,5 +1,15 @@
 //! The model catalog and the tasks: what can be called, at what price, for which work.
 
+//!
+//! - [`tokens`]: prompt token estimates (tiktoken per model family, calibrated fallback).
+//! - [`validate`]: checks on a task's outputs (JSON schema, regex, length, finish reason,
+//!   refusals, a config-only command), compiled once from config.
+//!
+//! May use: `provider`. Used by every wing above it.
+
+pub mod tokens;
+pub mod validate;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
@@ -49,7 +59,7 @@ pub struct TaskSpec {
     pub response_format: Option<Value>,
     /// Checks an answer must pass; a failure escalates to the next candidate model. `None`
     /// when the task declares no `[tasks.<name>.validate]`.
-    pub validators: Option<Arc<crate::validate::Validators>>,
+    pub validators: Option<Arc<crate::catalog::validate::Validators>>,
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -14,7 +14,6 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use batchyard_jobs::batch::{BatchRecord, BatchState, now_secs, usd_to_nanos};
 use batchyard_jobs::error::StoreError;
-use batchyard_jobs::job::Job;
 use batchyard_jobs::ledger::Ledger;
 use batchyard_jobs::outcome::{Extension, OutputLine, codes};
 use batchyard_jobs::queue::{Delivery, Queue};
@@ -22,16 +21,18 @@ use batchyard_jobs::storage::ResultStore;
 use bytes::Bytes;
 use tracing::{Instrument, field};
 
-use crate::cache::ResultCache;
+use super::budget::Budget;
+use super::cache::ResultCache;
+use super::cascade::{Cascade, Decision, Limits};
+use super::pool::{ClaimGate, DeliveryHandler};
 use crate::call::Guards;
+use crate::call::health::HealthPolicy;
+use crate::call::health::memory::MemoryHealth;
+use crate::call::limiter::memory::MemoryLimiter;
+use crate::call::retry::{RetryPolicy, backoff_delay};
 use crate::catalog::Catalog;
 use crate::finalize::Finalizer;
-use crate::health::HealthPolicy;
-use crate::health::memory::MemoryHealth;
-use crate::limiter::memory::MemoryLimiter;
-use crate::pool::{ClaimGate, DeliveryHandler};
-use crate::retry::{RetryPolicy, backoff_delay};
-use crate::router::Router;
+use crate::route::Router;
 
 /// Tries at storing an outcome in place before the job is put back (250 ms, then 500 ms apart).
 const STORE_TRIES: u32 = 3;
@@ -77,57 +78,15 @@ impl Default for RunnerOptions {
 
 /// Runs jobs. One per worker process, shared by all its concurrent jobs.
 pub struct JobRunner {
-    pub catalog: Arc<Catalog>,
-    pub router: Router,
-    pub queue: Arc<dyn Queue>,
-    pub ledger: Arc<dyn Ledger>,
-    pub store: ResultStore,
-    pub retry: RetryPolicy,
-    pub options: RunnerOptions,
-    pub finalizer: Finalizer,
-    pub guards: Guards,
-    /// The result cache across batches; `None` when `[cache] enabled = false`.
-    pub cache: Option<ResultCache>,
+    cascade: Cascade,
+    queue: Arc<dyn Queue>,
+    ledger: Arc<dyn Ledger>,
+    store: ResultStore,
+    retry: RetryPolicy,
+    options: RunnerOptions,
+    finalizer: Finalizer,
     batches: Mutex<HashMap<String, (Instant, BatchRecord)>>,
     gate: Arc<ClaimGate>,
-}
-
-/// What became of one job run.
-pub(crate) enum Decision {
-    /// Store this line, settle, then ack it (or keep it as a replayable dead letter when
-    /// `dead`). `committed_nanos` of the line's cost is already in the ledger.
-    End {
-        line: OutputLine,
-        dead: bool,
-        committed_nanos: i64,
-    },
-    /// A reclaimed job whose success is already stored (its worker stopped before acking):
-    /// settle it on that run's behalf and ack, without another call.
-    Stored { line: OutputLine },
-    /// Put the job back with a delay; `uncommitted_nanos` were spent and must be counted now.
-    Later {
-        job: Job,
-        delay: Duration,
-        uncommitted_nanos: i64,
-    },
-}
-
-impl Decision {
-    fn done(line: OutputLine) -> Self {
-        Self::End {
-            line,
-            dead: false,
-            committed_nanos: 0,
-        }
-    }
-
-    fn dead(line: OutputLine) -> Self {
-        Self::End {
-            line,
-            dead: true,
-            committed_nanos: 0,
-        }
-    }
 }
 
 impl JobRunner {
@@ -141,21 +100,25 @@ impl JobRunner {
         options: RunnerOptions,
         finalizer: Finalizer,
     ) -> Self {
+        let guards = Guards::new(
+            Arc::new(MemoryHealth::new(HealthPolicy::default())),
+            Arc::new(MemoryLimiter::new()),
+            Duration::from_secs(30),
+        );
+        let budget = Budget::new(Arc::clone(&ledger), retry);
+        let limits = Limits {
+            max_attempts: options.max_attempts,
+            unavailable_delay: options.unavailable_delay,
+            paused_ends_items: options.paused_ends_items,
+        };
         Self {
-            catalog,
-            router: Router::default(),
+            cascade: Cascade::new(catalog, budget, guards, retry, limits),
             queue,
             ledger,
             store,
             retry,
             options,
             finalizer,
-            guards: Guards::new(
-                Arc::new(MemoryHealth::new(HealthPolicy::default())),
-                Arc::new(MemoryLimiter::new()),
-                Duration::from_secs(30),
-            ),
-            cache: None,
             batches: Mutex::new(HashMap::new()),
             gate: Arc::new(ClaimGate::default()),
         }
@@ -163,19 +126,19 @@ impl JobRunner {
 
     /// Uses this router (its adequacy store is shared through Redis for distributed workers).
     pub fn with_router(mut self, router: Router) -> Self {
-        self.router = router;
+        self.cascade.router = router;
         self
     }
 
     /// Reads and writes answers through this cache.
     pub fn with_cache(mut self, cache: Option<ResultCache>) -> Self {
-        self.cache = cache;
+        self.cascade.cache = cache;
         self
     }
 
     /// Uses these health and rate-limit guards (shared through Redis for distributed workers).
     pub fn with_guards(mut self, guards: Guards) -> Self {
-        self.guards = guards;
+        self.cascade.guards = guards;
         self
     }
 
@@ -275,7 +238,7 @@ impl JobRunner {
                 ));
             }
         }
-        self.run_cascade(job, record.as_ref()).await
+        self.cascade.run(job, record.as_ref()).await
     }
 
     /// Stores an outcome, trying a few times in place first: a short store hiccup should not

@@ -15,10 +15,12 @@ use batchyard_jobs::job::{Job, Route};
 use serde::Serialize;
 use serde_json::{Map, Value};
 
-use crate::adequacy::memory::MemoryAdequacy;
-use crate::adequacy::{Adequacy, AdequacyPolicy, PassEstimate, length_bucket};
+use crate::catalog::tokens::{
+    TokenEstimator, completions_per_call, count_value, rough_prompt_tokens,
+};
 use crate::catalog::{Catalog, ModelSpec, TaskSpec};
-use crate::tokens::{TokenEstimator, completions_per_call, count_value, rough_prompt_tokens};
+use crate::route::adequacy::memory::MemoryAdequacy;
+use crate::route::adequacy::{Adequacy, AdequacyPolicy, PassEstimate, length_bucket};
 
 /// Why no model could take a job.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]

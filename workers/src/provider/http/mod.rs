@@ -1,5 +1,19 @@
 //! What the HTTP providers share: the URL they show, how a failed request reads, and keeping
 //! secrets out of error messages.
+//!
+//! - [`classify`]: the generic error classification (status, body, retry hints).
+//! - [`time`]: HTTP dates and RFC 3339 timestamps from headers.
+//! - [`endpoint`]: one configured endpoint: URL checks, headers and key, the pooled client,
+//!   and the POST every kind makes.
+
+mod classify;
+mod endpoint;
+mod time;
+
+pub(crate) use classify::{ErrorInfo, MAX_HINT, MAX_PROVIDER_MESSAGE_CHARS, header_str, snippet};
+pub use classify::{classify, parse_go_duration, parse_retry_after, retry_hint};
+pub(crate) use endpoint::{Endpoint, EndpointConfig, KeyHeader, base_url};
+pub use time::{parse_http_date, parse_rfc3339};
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;

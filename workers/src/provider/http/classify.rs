@@ -1,24 +1,26 @@
-//! Error classification: what an error response (status, headers, body) means, as a typed
-//! [`ProviderError`], and the provider's retry hint (`Retry-After`, `retry-after-ms`,
-//! `x-ratelimit-reset-*`).
+//! The generic error classification of an HTTP provider: what an error response (status,
+//! headers, body) means, as a typed [`ProviderError`], and the provider's retry hint
+//! (`Retry-After`, `retry-after-ms`, `x-ratelimit-reset-*`). OpenAI-compatible servers use it
+//! as it is; other kinds refine it with their own error types.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use reqwest::header::HeaderMap;
 use serde_json::Value;
 
+use super::time::parse_http_date;
 use crate::provider::{ProviderError, ProviderErrorKind};
 
 /// The longest retry hint we believe; anything longer is a broken header.
-const MAX_HINT: Duration = Duration::from_secs(24 * 60 * 60);
+pub(crate) const MAX_HINT: Duration = Duration::from_secs(24 * 60 * 60);
 
 /// How much of a provider's error text goes into our message.
-pub(super) const MAX_PROVIDER_MESSAGE_CHARS: usize = 300;
+pub(crate) const MAX_PROVIDER_MESSAGE_CHARS: usize = 300;
 
 /// What an error body says, in whichever of the common shapes it came.
 #[derive(Debug, Default)]
-pub(super) struct ErrorInfo {
-    pub(super) message: Option<String>,
+pub(crate) struct ErrorInfo {
+    pub(crate) message: Option<String>,
     code: Option<String>,
     kind: Option<String>,
 }
@@ -38,7 +40,7 @@ impl ErrorInfo {
         }
     }
 
-    pub(super) fn from_value(value: &Value) -> Self {
+    pub(crate) fn from_value(value: &Value) -> Self {
         fn text(v: Option<&Value>) -> Option<String> {
             match v? {
                 Value::String(s) if !s.is_empty() => Some(s.clone()),
@@ -180,7 +182,7 @@ pub fn classify(status: u16, headers: &HeaderMap, body: &[u8]) -> ProviderError 
     }
 }
 
-pub(super) fn header_str<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
+pub(crate) fn header_str<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
     headers
         .get(name)
         .and_then(|v| v.to_str().ok())
@@ -264,64 +266,8 @@ pub fn parse_go_duration(value: &str) -> Option<Duration> {
     Duration::try_from_secs_f64(total).ok()
 }
 
-const MONTHS: [&str; 12] = [
-    "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
-];
-
-/// An HTTP date: IMF-fixdate (`Sun, 06 Nov 1994 08:49:37 GMT`) or the obsolete RFC 850 form
-/// (`Sunday, 06-Nov-94 08:49:37 GMT`).
-pub fn parse_http_date(value: &str) -> Option<SystemTime> {
-    let (_weekday, rest) = value.trim().split_once(", ")?;
-    let mut parts = rest.split_whitespace();
-    let first = parts.next()?;
-    let (day, month, year) = if first.contains('-') {
-        let mut dmy = first.split('-');
-        let (d, m, y) = (dmy.next()?, dmy.next()?, dmy.next()?);
-        let y: i64 = y.parse().ok()?;
-        let y = if y < 100 {
-            y + if y >= 70 { 1900 } else { 2000 }
-        } else {
-            y
-        };
-        (d, m, y)
-    } else {
-        let m = parts.next()?;
-        let y: i64 = parts.next()?.parse().ok()?;
-        (first, m, y)
-    };
-    let time = parts.next()?;
-    if parts.next()? != "GMT" || parts.next().is_some() {
-        return None;
-    }
-    let day: u32 = day.parse().ok()?;
-    let month = u32::try_from(MONTHS.iter().position(|m| *m == month)? + 1).ok()?;
-    let mut hms = time.split(':');
-    let (h, mi, s): (u64, u64, u64) = (
-        hms.next()?.parse().ok()?,
-        hms.next()?.parse().ok()?,
-        hms.next()?.parse().ok()?,
-    );
-    if hms.next().is_some() || !(1..=31).contains(&day) || h > 23 || mi > 59 || s > 60 {
-        return None;
-    }
-    let days = days_from_civil(year, month, day);
-    let secs = u64::try_from(days).ok()?.checked_mul(86_400)? + h * 3600 + mi * 60 + s;
-    UNIX_EPOCH.checked_add(Duration::from_secs(secs))
-}
-
-/// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's algorithm).
-fn days_from_civil(year: i64, month: u32, day: u32) -> i64 {
-    let y = if month <= 2 { year - 1 } else { year };
-    let era = if y >= 0 { y } else { y - 399 } / 400;
-    let yoe = y - era * 400;
-    let m = i64::from(month);
-    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + i64::from(day) - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
-}
-
 /// At most `max` characters of `text` on one line.
-pub(super) fn snippet(text: &str, max: usize) -> String {
+pub(crate) fn snippet(text: &str, max: usize) -> String {
     let mut out: String = text
         .chars()
         .take(max)
@@ -352,22 +298,6 @@ mod tests {
         assert_eq!(parse_go_duration("soon"), None);
         assert_eq!(parse_go_duration("5x"), None);
         assert_eq!(parse_go_duration("-1s"), None);
-    }
-
-    #[test]
-    fn http_dates() {
-        let t = parse_http_date("Sun, 06 Nov 1994 08:49:37 GMT").unwrap();
-        assert_eq!(t.duration_since(UNIX_EPOCH).unwrap().as_secs(), 784_111_777);
-        let t = parse_http_date("Sunday, 06-Nov-94 08:49:37 GMT").unwrap();
-        assert_eq!(t.duration_since(UNIX_EPOCH).unwrap().as_secs(), 784_111_777);
-        let t = parse_http_date("Thu, 01 Jan 1970 00:00:00 GMT").unwrap();
-        assert_eq!(t, UNIX_EPOCH);
-        assert!(parse_http_date("Sun, 06 Nov 1994 08:49:37 PST").is_none());
-        assert!(parse_http_date("yesterday").is_none());
-        assert_eq!(
-            parse_retry_after("Sun, 06 Nov 1994 08:49:37 GMT"),
-            Some(Duration::ZERO)
-        );
     }
 
     #[test]

@@ -11,15 +11,18 @@
 use std::fmt;
 use std::time::Duration;
 
-use reqwest::header::{AUTHORIZATION, HeaderMap, HeaderName, HeaderValue, USER_AGENT};
+use reqwest::header::HeaderMap;
 use serde_json::{Map, Value};
 
 use super::{ChatCall, Completion, ProviderError, ProviderErrorKind, RateLimitReport, Secret};
 
-mod classify;
-
-use classify::{ErrorInfo, MAX_PROVIDER_MESSAGE_CHARS, header_str, snippet};
-pub use classify::{classify, parse_go_duration, parse_http_date, parse_retry_after, retry_hint};
+use super::http::{
+    Endpoint, EndpointConfig, ErrorInfo, KeyHeader, MAX_PROVIDER_MESSAGE_CHARS, base_url,
+    header_str, snippet,
+};
+pub use super::http::{
+    classify, parse_go_duration, parse_http_date, parse_retry_after, retry_hint,
+};
 
 /// How to reach one OpenAI-compatible endpoint.
 #[derive(Clone)]
@@ -68,151 +71,52 @@ impl fmt::Debug for OpenAiConfig {
 
 /// A client for one OpenAI-compatible endpoint. Cheap to share; clone the `Provider` around it.
 pub struct OpenAiProvider {
-    client: reqwest::Client,
-    url: reqwest::Url,
-    /// `url` without user info or query, for messages.
-    display_url: String,
-    timeout: Duration,
-    max_response_bytes: usize,
-    /// Strings to scrub from every error message: the key and secret-looking header values.
-    secrets: Vec<Secret>,
+    endpoint: Endpoint,
 }
 
 impl fmt::Debug for OpenAiProvider {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("OpenAiProvider")
-            .field("url", &self.display_url)
-            .field("timeout", &self.timeout)
+            .field("url", &self.endpoint.display_url())
+            .field("timeout", &self.endpoint.timeout())
             .finish_non_exhaustive()
     }
-}
-
-fn config_error(message: impl Into<String>) -> ProviderError {
-    ProviderError::new(ProviderErrorKind::InvalidRequest, message)
 }
 
 impl OpenAiProvider {
     /// Checks the config and builds the pooled client. Fails on a bad URL or header.
     pub fn new(config: OpenAiConfig) -> Result<Self, ProviderError> {
         let base = config.base_url.trim().trim_end_matches('/');
-        let url = reqwest::Url::parse(&format!("{base}/chat/completions")).map_err(|e| {
-            config_error(format!(
-                "the provider base_url is not a valid url ({e}): use e.g. https://api.openai.com/v1"
-            ))
-        })?;
-        if !matches!(url.scheme(), "http" | "https") {
-            return Err(config_error(format!(
-                "the provider base_url must start with http:// or https://, not {}://",
-                url.scheme()
-            )));
-        }
-        let display_url = super::http::display_url(&url);
-
-        let mut headers = HeaderMap::new();
-        let mut secrets = Vec::new();
-        headers.insert(USER_AGENT, HeaderValue::from_static("batchyard"));
-        for (name, value) in &config.headers {
-            let header_name = HeaderName::from_bytes(name.trim().as_bytes()).map_err(|_| {
-                config_error(format!(
-                    "the provider header name {name:?} is not a valid http header name"
-                ))
-            })?;
-            let mut header_value = HeaderValue::from_str(value.trim()).map_err(|_| {
-                config_error(format!(
-                    "the value of provider header {name:?} has characters not allowed in http \
-                     headers: check for newlines or quotes"
-                ))
-            })?;
-            header_value.set_sensitive(true);
-            if crate::provider::http::looks_secret(name) && value.trim().len() >= 4 {
-                secrets.push(Secret::new(value.trim().to_owned()));
-            }
-            headers.insert(header_name, header_value);
-        }
-        if let Some(key) = &config.api_key {
-            let key_text = key.expose().trim();
-            if key_text.is_empty() {
-                return Err(ProviderError::new(
-                    ProviderErrorKind::Auth,
-                    "the provider api key is empty: set the key's environment variable or remove \
-                     it from the config",
-                ));
-            }
-            let mut value = HeaderValue::from_str(&format!("Bearer {key_text}")).map_err(|_| {
-                ProviderError::new(
-                    ProviderErrorKind::Auth,
-                    "the provider api key has characters not allowed in http headers: check for \
-                     stray newlines or quotes",
-                )
-            })?;
-            value.set_sensitive(true);
-            headers.insert(AUTHORIZATION, value);
-            secrets.push(Secret::new(key_text.to_owned()));
-        }
-
-        let client = reqwest::Client::builder()
-            .default_headers(headers)
-            .timeout(config.timeout)
-            .connect_timeout(config.connect_timeout)
-            .pool_idle_timeout(Duration::from_secs(90))
-            .tcp_nodelay(true)
-            .build()
-            .map_err(|e| config_error(format!("could not build the http client: {e}")))?;
-
-        Ok(Self {
-            client,
+        let url = base_url(base, "/chat/completions", "https://api.openai.com/v1")?;
+        let endpoint = Endpoint::new(EndpointConfig {
             url,
-            display_url,
+            fixed_headers: HeaderMap::new(),
+            headers: &config.headers,
+            api_key: config.api_key.as_ref(),
+            key_header: KeyHeader::Bearer,
             timeout: config.timeout,
-            max_response_bytes: config.max_response_bytes.max(1),
-            secrets,
-        })
+            connect_timeout: config.connect_timeout,
+            max_response_bytes: config.max_response_bytes,
+        })?;
+        Ok(Self { endpoint })
     }
 
     /// The endpoint, without credentials.
     pub fn url(&self) -> &str {
-        &self.display_url
+        self.endpoint.display_url()
     }
 
     /// One POST to `/chat/completions`. Does not retry: that is the retry module's job.
     pub async fn complete(&self, call: ChatCall<'_>) -> Result<Completion, ProviderError> {
         let body = request_body(call);
-        let result = self.send(&body).await;
+        let result = match self.endpoint.post(&body, classify).await {
+            Ok((status, headers, bytes)) => parse_success(status, &headers, &bytes, &body),
+            Err(e) => Err(e),
+        };
         result.map_err(|mut err| {
-            self.scrub(&mut err);
+            self.endpoint.scrub(&mut err);
             err
         })
-    }
-
-    async fn send(&self, body: &Map<String, Value>) -> Result<Completion, ProviderError> {
-        let mut response = self
-            .client
-            .post(self.url.clone())
-            .json(body)
-            .send()
-            .await
-            .map_err(|e| self.transport_error(&e))?;
-        let status = response.status().as_u16();
-        let headers = std::mem::take(response.headers_mut());
-        let bytes = super::http::read_body(
-            response,
-            self.max_response_bytes,
-            &self.display_url,
-            self.timeout,
-        )
-        .await?;
-        if !(200..300).contains(&status) {
-            return Err(classify(status, &headers, &bytes));
-        }
-        parse_success(status, &headers, &bytes, body)
-    }
-
-    fn transport_error(&self, err: &reqwest::Error) -> ProviderError {
-        crate::provider::http::transport_error(&self.display_url, self.timeout, err)
-    }
-
-    fn scrub(&self, err: &mut ProviderError) {
-        crate::provider::http::scrub(&self.secrets, err);
     }
 }
 
@@ -406,7 +310,7 @@ mod tests {
             ProviderErrorKind::Auth,
             "bad key sk-verysecret123 and tok-hidden-456",
         );
-        provider.scrub(&mut err);
+        provider.endpoint.scrub(&mut err);
         assert_eq!(err.message, "bad key *** and ***");
     }
 

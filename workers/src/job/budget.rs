@@ -1,17 +1,16 @@
-//! The cascade's side of fail-closed budgets: reserve a candidate's worst case before its call,
+//! Fail-closed budgets: reserve a candidate's worst case before its call,
 //! and replace the reservation with the actual spend after it.
 
 use std::time::Duration;
 
+use std::sync::Arc;
+
 use batchyard_jobs::batch::{nanos_to_usd, usd_to_nanos};
 use batchyard_jobs::job::Job;
-use batchyard_jobs::ledger::Reservation;
-use batchyard_jobs::outcome::{OutputLine, codes};
+use batchyard_jobs::ledger::{Ledger, Reservation};
 
-use super::{Run, carry};
-use crate::retry::backoff_delay;
-use crate::router::{Candidate, DEFAULT_OUTPUT_TOKENS, requested_output_tokens};
-use crate::runner::{Decision, JobRunner};
+use crate::call::retry::{RetryPolicy, backoff_delay};
+use crate::route::router::{Candidate, DEFAULT_OUTPUT_TOKENS, requested_output_tokens};
 
 /// How long a job waits when the budget's room is held by calls in flight.
 const BUDGET_WAIT: Duration = Duration::from_millis(250);
@@ -19,7 +18,7 @@ const BUDGET_WAIT: Duration = Duration::from_millis(250);
 /// The `max_tokens` to send when the body sets none. Under a budget a call must not produce
 /// more than the allowance its worst case reserved, so the router's default allowance is sent
 /// when neither the request nor the task sets a limit.
-pub(super) fn max_tokens_to_send(
+pub(crate) fn max_tokens_to_send(
     budgeted: bool,
     task_default: Option<u32>,
     body: &serde_json::Map<String, serde_json::Value>,
@@ -36,18 +35,37 @@ pub(super) fn max_tokens_to_send(
     )
 }
 
-impl JobRunner {
-    /// Reserves the candidate's worst case against the batch budget. `Ok(true)` when a
-    /// reservation is held; `Err` ends the run (budget spent, or the ledger unreachable).
-    pub(super) async fn reserve(
-        &self,
-        job: &Job,
-        cand: &Candidate,
-    ) -> Result<bool, Box<dyn FnOnce(Run) -> Decision + Send>> {
+/// What a reservation attempt left the job with.
+pub(crate) enum Reserve {
+    /// A reservation is held: the call may go ahead and must be committed after it.
+    Held,
+    /// The batch has no budget: nothing to reserve or commit.
+    Unlimited,
+    /// The room is held by calls in flight, or the ledger is unreachable: run the job later.
+    Later(Duration),
+    /// The budget can't cover the call: the item ends, with this message.
+    Exhausted(String),
+}
+
+/// Fail-closed budgets against the ledger: reserve a candidate's worst case before its call,
+/// replace the reservation with the actual spend after it.
+#[derive(Clone)]
+pub(crate) struct Budget {
+    ledger: Arc<dyn Ledger>,
+    retry: RetryPolicy,
+}
+
+impl Budget {
+    pub(crate) fn new(ledger: Arc<dyn Ledger>, retry: RetryPolicy) -> Self {
+        Self { ledger, retry }
+    }
+
+    /// Reserves the candidate's worst case against the batch budget.
+    pub(crate) async fn reserve(&self, job: &Job, cand: &Candidate) -> Reserve {
         let worst = usd_to_nanos(cand.worst_case_usd).max(1);
         match self.ledger.reserve(&job.batch_id, &job.job_id, worst).await {
-            Ok(Reservation::Granted) => Ok(true),
-            Ok(Reservation::Unlimited) => Ok(false),
+            Ok(Reservation::Granted) => Reserve::Held,
+            Ok(Reservation::Unlimited) => Reserve::Unlimited,
             Ok(Reservation::Denied {
                 spent_nanos,
                 reserved_nanos,
@@ -55,19 +73,15 @@ impl JobRunner {
             }) if spent_nanos.saturating_add(worst) <= budget_nanos => {
                 // Calls in flight hold the room; it frees as they settle to actual costs.
                 tracing::debug!(reserved_nanos, "budget held by calls in flight; waiting");
-                let again = job.clone();
-                Err(Box::new(move |run: Run| Decision::Later {
-                    uncommitted_nanos: usd_to_nanos(run.cost) - run.committed_nanos,
-                    job: carry(again, &run),
-                    delay: BUDGET_WAIT,
-                }))
+                Reserve::Later(BUDGET_WAIT)
             }
             Ok(Reservation::Denied {
                 spent_nanos,
                 reserved_nanos,
                 budget_nanos,
             }) => {
-                let message = format!(
+                tracing::warn!(model = %cand.model.key, "budget exhausted; the batch stops spending");
+                Reserve::Exhausted(format!(
                     "the batch budget of ${:.4} can't cover the next call (worst case ${:.6} on {}; spent ${:.4}, ${:.4} in flight); give it more with `batchyard retry {} --budget-usd USD`",
                     nanos_to_usd(budget_nanos),
                     cand.worst_case_usd,
@@ -75,49 +89,27 @@ impl JobRunner {
                     nanos_to_usd(spent_nanos),
                     nanos_to_usd(reserved_nanos),
                     job.batch_id,
-                );
-                tracing::warn!(model = %cand.model.key, "budget exhausted; the batch stops spending");
-                let (job_id, custom_id) = (job.job_id.clone(), job.custom_id.clone());
-                Err(Box::new(move |run: Run| {
-                    run.end(
-                        |ext| {
-                            OutputLine::failure(
-                                &job_id,
-                                &custom_id,
-                                codes::BUDGET_EXHAUSTED,
-                                message,
-                                ext,
-                            )
-                        },
-                        true,
-                    )
-                }))
+                ))
             }
             Err(e) => {
                 // Fail closed: no reservation, no call.
                 tracing::warn!(error = %e, "cannot reserve budget; the job will run later");
-                let again = job.clone();
-                let delay = backoff_delay(&self.retry, job.attempt + 1).max(Duration::from_secs(1));
-                Err(Box::new(move |run: Run| Decision::Later {
-                    job: carry(again, &run),
-                    delay,
-                    uncommitted_nanos: usd_to_nanos(run.cost) - run.committed_nanos,
-                }))
+                Reserve::Later(
+                    backoff_delay(&self.retry, job.attempt + 1).max(Duration::from_secs(1)),
+                )
             }
         }
     }
 
-    /// Replaces a reservation with the actual spend (or records unreserved spend as it is).
-    pub(super) async fn commit(&self, job: &Job, reserved: bool, spent: f64, run: &mut Run) {
-        if !reserved {
-            return;
-        }
+    /// Replaces a held reservation with the actual spend; returns the nanos now in the ledger
+    /// (0 when Redis refused: settlement adds them then, so no spend is lost).
+    pub(crate) async fn commit(&self, job: &Job, spent: f64) -> i64 {
         let nanos = usd_to_nanos(spent);
         match self.ledger.commit(&job.batch_id, &job.job_id, nanos).await {
-            Ok(()) => run.committed_nanos += nanos,
-            // Not counted yet: settlement adds it, so no spend is lost.
+            Ok(()) => nanos,
             Err(e) => {
-                tracing::warn!(error = %e, "cannot commit the call's cost; it will be settled with the job")
+                tracing::warn!(error = %e, "cannot commit the call's cost; it will be settled with the job");
+                0
             }
         }
     }

@@ -1,7 +1,7 @@
 //! Counting every paid call, whatever Redis and the other workers do.
 //!
 //! - Spend and settlement that Redis refuses (down, or at `maxmemory`) are retried in place;
-//!   meanwhile the job holds the pool's [`ClaimGate`](crate::pool::ClaimGate) closed, so no
+//!   meanwhile the job holds the pool's [`ClaimGate`](crate::job::pool::ClaimGate) closed, so no
 //!   new job is claimed and called while its spend could not be counted.
 //! - One rule decides which of two successes of a job is its result: the first one stored.
 //!   A later run that finds it (a reclaimer, or a stalled worker waking up) does not write
@@ -19,7 +19,7 @@ use batchyard_jobs::queue::Delivery;
 use tokio::time::Instant;
 
 use super::JobRunner;
-use crate::retry::backoff_delay;
+use crate::call::retry::backoff_delay;
 
 /// A job waiting on Redis logs at most this often.
 const LOG_EVERY: Duration = Duration::from_secs(30);

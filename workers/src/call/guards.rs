@@ -6,11 +6,11 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::call::health::ModelHealth;
+use crate::call::limiter::{self, LimitSpec, Limiter};
+use crate::call::retry::{RetryPolicy, call_with_retry_gated};
 use crate::catalog::ModelSpec;
-use crate::health::ModelHealth;
-use crate::limiter::{self, LimitSpec, Limiter};
 use crate::provider::{ChatCall, Completion, Provider, ProviderError, ProviderErrorKind};
-use crate::retry::{RetryPolicy, call_with_retry_gated};
 
 /// The shared guards every call passes through.
 #[derive(Clone)]
@@ -62,7 +62,7 @@ impl Guards {
         match self.health.admit(model).await {
             Ok(true) => {
                 // Only a plain healthy state is cached: a half-open probe must be asked for.
-                if let Ok(crate::health::ModelState::Healthy) = self.health.state(model).await
+                if let Ok(crate::call::health::ModelState::Healthy) = self.health.state(model).await
                     && let Ok(mut cache) = self.healthy.lock()
                 {
                     cache.insert(model.to_string(), Instant::now());
@@ -130,7 +130,7 @@ pub enum ModelOutcome {
     },
     /// The model is cooling down or paused (its state, as far as health could tell): try the
     /// next candidate.
-    Unavailable(crate::health::ModelState),
+    Unavailable(crate::call::health::ModelState),
     /// No rate-limit capacity soon enough: run the job again after this delay.
     Wait(Duration),
 }
@@ -173,7 +173,7 @@ impl Guards {
                 .health
                 .state(&model.key)
                 .await
-                .unwrap_or(crate::health::ModelState::HalfOpen);
+                .unwrap_or(crate::call::health::ModelState::HalfOpen);
             return ModelOutcome::Unavailable(state);
         }
         let throttled = self

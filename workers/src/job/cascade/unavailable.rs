@@ -12,9 +12,8 @@ use batchyard_jobs::batch::now_millis;
 use batchyard_jobs::job::Job;
 use batchyard_jobs::outcome::{OutputLine, codes};
 
-use super::Run;
-use crate::health::ModelState;
-use crate::runner::{Decision, JobRunner};
+use super::{Cascade, Decision, Run};
+use crate::call::health::ModelState;
 
 /// The least wait before an item whose models are cooling down runs again. The cooldown's end
 /// is on the health store's clock: a worker whose clock runs ahead must not spend an item's
@@ -73,7 +72,7 @@ impl Unavailable {
     }
 }
 
-impl JobRunner {
+impl Cascade {
     /// Puts the item back until a model may answer, counting an attempt, or ends it once its
     /// attempts are used up.
     pub(super) async fn all_unavailable(&self, job: &Job, why: &Unavailable, run: Run) -> Decision {

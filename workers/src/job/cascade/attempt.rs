@@ -1,0 +1,204 @@
+//! One candidate's answer: from the result cache, or from a guarded call made under a budget
+//! reservation. A failed call escalates to the next candidate, goes back to the queue, or ends
+//! the walk.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use batchyard_jobs::job::Job;
+use batchyard_jobs::outcome::{OutputLine, codes};
+
+use super::verdict::{from_cache, step, to_cache};
+use super::{Cascade, Decision, Next, Run, Walk};
+use crate::call::ModelOutcome;
+use crate::call::retry::backoff_delay;
+use crate::catalog::ModelSpec;
+use crate::job::budget::{self, Reserve};
+use crate::job::cache::ResultCache;
+use crate::provider::{ChatCall, Completion, Provider, ProviderError, ProviderErrorKind};
+use crate::route::router::Candidate;
+
+impl Cascade {
+    /// The candidate's answer and whether it came from the cache; `Err` says where the walk
+    /// goes instead.
+    pub(super) async fn answer(
+        &self,
+        walk: &mut Walk<'_>,
+        cand: &Candidate,
+        provider: &Arc<Provider>,
+        has_next: bool,
+        run: &mut Run,
+    ) -> Result<(Completion, bool), Next> {
+        let model = &cand.model;
+        let job = walk.job;
+        let call = ChatCall {
+            model_name: &model.name,
+            body: &job.body,
+            default_max_tokens: budget::max_tokens_to_send(
+                walk.budgeted,
+                walk.task.and_then(|t| t.max_output_tokens),
+                &job.body,
+                model,
+            ),
+        };
+        // A simulated answer costs nothing to make again, so it isn't cached.
+        let key = walk
+            .cache
+            .filter(|_| !matches!(provider.as_ref(), Provider::Simulated(_)))
+            .map(|_| ResultCache::key(model, &job.body, call.default_max_tokens));
+        let hit = match (walk.cache, &key) {
+            (Some(cache), Some(key)) => cache.get(key).await,
+            _ => None,
+        };
+        run.ext.estimated_input_tokens = cand.prompt_tokens;
+        if let Some(entry) = hit {
+            return Ok((from_cache(entry), true));
+        }
+        let reserved = if walk.budgeted {
+            match self.budget.reserve(job, cand).await {
+                Reserve::Held => true,
+                Reserve::Unlimited => false,
+                Reserve::Later(delay) => {
+                    return Err(Next::end(self.later(job.clone(), delay, run.take()).await));
+                }
+                Reserve::Exhausted(message) => {
+                    return Err(Next::end(exhausted_budget(job, message, run.take())));
+                }
+            }
+        } else {
+            false
+        };
+        let limits = self.catalog.provider_limits(&model.provider);
+        let estimate = cand.prompt_tokens.saturating_add(cand.max_output_tokens);
+        let outcome = self
+            .guards
+            .call_model(&self.retry, provider, model, limits, call, estimate)
+            .await;
+        let result = match outcome {
+            ModelOutcome::Unavailable(state) => {
+                self.commit(job, reserved, 0.0, run).await;
+                walk.unavailable.add(&model.key, state);
+                tracing::debug!(model = %model.key, "model cooling down or paused; trying the next");
+                return Err(Next::Continue);
+            }
+            ModelOutcome::Wait(delay) => {
+                self.commit(job, reserved, 0.0, run).await;
+                // Waiting for capacity is not a failed attempt.
+                return Err(Next::end(self.later(job.clone(), delay, run.take()).await));
+            }
+            ModelOutcome::Answer {
+                completion,
+                attempts,
+            } => {
+                run.ext.attempts += attempts;
+                Ok(completion)
+            }
+            ModelOutcome::Failed { error, attempts } => {
+                run.ext.attempts += attempts;
+                Err(error)
+            }
+        };
+        let spent = match &result {
+            Ok(done) => model.cost_usd(done.input_tokens, done.output_tokens),
+            Err(_) => 0.0,
+        };
+        self.commit(job, reserved, spent, run).await;
+        match result {
+            Ok(done) => {
+                self.router
+                    .tokens
+                    .observe(model, cand.prompt_tokens, done.input_tokens);
+                if let (Some(cache), Some(key)) = (walk.cache, &key) {
+                    cache.put(key, &to_cache(&model.key, &done)).await;
+                }
+                Ok((done, false))
+            }
+            Err(e) => Err(self.failed(walk, model, e, has_next, run).await),
+        }
+    }
+
+    /// A call that failed after its in-place retries: escalate, retry later, or stop.
+    async fn failed(
+        &self,
+        walk: &mut Walk<'_>,
+        model: &ModelSpec,
+        e: ProviderError,
+        has_next: bool,
+        run: &mut Run,
+    ) -> Next {
+        let plan = walk.plan;
+        run.ext.model = Some(model.key.clone());
+        run.ext
+            .cascade
+            .push(step(&model.key, e.kind.code(), 0.0, None, false));
+        let escalate = matches!(
+            e.kind,
+            ProviderErrorKind::ContextOverflow | ProviderErrorKind::ContentFilter
+        );
+        if e.kind == ProviderErrorKind::ContentFilter
+            && plan.learns
+            && let Some(task) = &plan.task
+        {
+            self.router
+                .adequacy
+                .record(task, plan.bucket, &model.key, false)
+                .await;
+        }
+        // Transient trouble, and models paused for auth or quota, are the queue's to retry
+        // later; a model that keeps failing is cooled down by then and the next delivery falls
+        // back to the next candidate.
+        let retry_later = matches!(
+            e.kind,
+            ProviderErrorKind::RateLimited
+                | ProviderErrorKind::Transient
+                | ProviderErrorKind::MalformedResponse
+                | ProviderErrorKind::ResponseTooLarge
+                | ProviderErrorKind::Auth
+                | ProviderErrorKind::QuotaExhausted
+        );
+        tracing::warn!(model = %model.key, kind = e.kind.code(), error = %e.message, "provider call failed");
+        if e.kind == ProviderErrorKind::ContextOverflow {
+            walk.needs_context_over = Some(
+                walk.needs_context_over
+                    .map_or(model.context_window, |w| w.max(model.context_window)),
+            );
+        }
+        if escalate && has_next {
+            run.ext.escalations += 1;
+            crate::metrics::escalated(plan.task.as_deref());
+            walk.last_error = Some(e);
+            return Next::Continue;
+        }
+        let job = walk.job;
+        if retry_later && job.attempt + 1 < self.options.max_attempts {
+            let mut next = job.clone();
+            next.attempt += 1;
+            next.last_error = Some(format!("{}: {}", e.kind.code(), e.message));
+            let delay = e
+                .retry_after
+                .unwrap_or_else(|| backoff_delay(&self.retry, next.attempt));
+            let decision = self
+                .later(next, delay.max(Duration::from_millis(100)), run.take())
+                .await;
+            return Next::end(decision);
+        }
+        walk.exhausted = retry_later;
+        walk.last_error = Some(e);
+        Next::Stop
+    }
+}
+
+fn exhausted_budget(job: &Job, message: String, run: Run) -> Decision {
+    run.end(
+        |ext| {
+            OutputLine::failure(
+                &job.job_id,
+                &job.custom_id,
+                codes::BUDGET_EXHAUSTED,
+                message,
+                ext,
+            )
+        },
+        true,
+    )
+}
