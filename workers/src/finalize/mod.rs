@@ -1,14 +1,21 @@
 //! Finalization: once every job of a batch is settled, one worker concatenates the per-job
 //! results into `output.jsonl` and `errors.jsonl` and writes `manifest.json`, streaming.
+//!
+//! - [`Finalizer`] (here): the lease, the one pass over the results, the end state.
+//! - `tally`: what the lines add up to, the end state the files show, the manifest.
+//! - `manifest`: `manifest.json` and the reports in it.
+//! - `lost`: results missing from storage, named from the kept input as `result_lost`.
+//! - `drain`: a cancelled batch with nothing in flight ends at once.
+//! - [`sweep`]: finishes what stopped workers and submits left (expired leases).
+//!
+//! May use: nothing else in this crate (only `batchyard_jobs`). Used by: `job`.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use batchyard_jobs::batch::{BatchState, nanos_to_usd, now_secs, usd_to_nanos};
 use batchyard_jobs::error::{QueueError, StoreError};
 use batchyard_jobs::ledger::Ledger;
-use batchyard_jobs::outcome::{OutputLine, codes};
+use batchyard_jobs::outcome::OutputLine;
 use batchyard_jobs::storage::ResultStore;
 use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
@@ -18,8 +25,10 @@ mod drain;
 mod lost;
 mod manifest;
 pub mod sweep;
+mod tally;
 
 pub use self::manifest::{BudgetReport, EstimateReport, Manifest, ModelSpend};
+use self::tally::Tally;
 
 #[derive(Debug, thiserror::Error)]
 pub enum FinalizeError {
@@ -126,13 +135,7 @@ impl Finalizer {
         let errors_path = self.store.errors_path(batch_id);
         let mut output = self.store.writer(&output_path);
         let mut errors = self.store.writer(&errors_path);
-        let mut spend: BTreeMap<String, ModelSpend> = BTreeMap::new();
-        let mut errors_by_code: BTreeMap<String, u64> = BTreeMap::new();
-        let (mut ok, mut failed, mut input_tokens, mut output_tokens) = (0u64, 0u64, 0u64, 0u64);
-        let mut cost_nanos = 0i64;
-        let mut simulated = false;
-        let (mut escalations, mut cache_hits) = (0u64, 0u64);
-        let mut estimate = EstimateReport::default();
+        let mut tally = Tally::default();
         let store = self.store.clone();
         let mut bodies = self
             .store
@@ -154,63 +157,9 @@ impl Finalizer {
                 })?;
             line.job = None;
             line.settle_nanos = None;
-            let ext = &line.batchyard;
-            let nanos = usd_to_nanos(ext.cost_usd);
-            cost_nanos += nanos;
-            input_tokens += ext.input_tokens;
-            output_tokens += ext.output_tokens;
-            simulated |= ext.simulated;
-            escalations += u64::from(ext.escalations);
-            if ext.estimated_input_tokens > 0 {
-                estimate.estimated_input_tokens += ext.estimated_input_tokens;
-                // Only the answer the estimate was for: the last step.
-                estimate.actual_input_tokens += ext
-                    .cascade
-                    .last()
-                    .map_or(ext.input_tokens, |s| s.input_tokens);
-            }
-            if let Some(model) = &ext.model {
-                spend.entry(model.clone()).or_default().requests += 1;
-            }
-            let mut counted_nanos = 0i64;
-            for step in &ext.cascade {
-                let entry = spend.entry(step.model.clone()).or_default();
-                let step_nanos = usd_to_nanos(step.cost_usd);
-                counted_nanos += step_nanos;
-                entry.cost_nanos += step_nanos;
-                entry.input_tokens += step.input_tokens;
-                entry.output_tokens += step.output_tokens;
-                if step.input_tokens + step.output_tokens > 0 || step.cached {
-                    entry.calls += 1;
-                }
-                if step.cached {
-                    entry.cache_hits += 1;
-                    cache_hits += 1;
-                }
-                if step.passed() {
-                    entry.passes += 1;
-                } else {
-                    entry.fails += 1;
-                }
-            }
-            // Spend from earlier runs (a replay) or without a cascade goes to the final model,
-            // so the per-model costs add up to the total.
-            if let Some(model) = &ext.model {
-                let entry = spend.entry(model.clone()).or_default();
-                entry.cost_nanos += nanos - counted_nanos;
-                if ext.cascade.is_empty() {
-                    entry.input_tokens += ext.input_tokens;
-                    entry.output_tokens += ext.output_tokens;
-                }
-            }
-            let (writer, target) = if line.is_success() {
-                ok += 1;
+            let (writer, target) = if tally.add(&line) {
                 (&mut output, &output_path)
             } else {
-                failed += 1;
-                if let Some(e) = &line.error {
-                    *errors_by_code.entry(e.code.clone()).or_default() += 1;
-                }
                 (&mut errors, &errors_path)
             };
             let mut bytes =
@@ -233,10 +182,7 @@ impl Finalizer {
                 message: e.to_string(),
             })?;
         }
-        for s in spend.values_mut() {
-            s.cost_usd = nanos_to_usd(s.cost_nanos);
-        }
-        let written = ok + failed;
+        let written = tally.written();
         if !repaired && written < record.counts.total {
             // Results deleted after their items settled: name them from the kept input.
             let named = lost::record_lost(&self.store, batch_id).await?;
@@ -250,76 +196,13 @@ impl Finalizer {
                 return Ok(Pass::Repaired);
             }
         }
-        // OpenAI: a batch whose window ended with items not run is `expired`, with partial
-        // results; a cancel said more about intent, so it wins.
-        let lost = record.counts.total.saturating_sub(written)
-            + errors_by_code.get(codes::RESULT_LOST).copied().unwrap_or(0);
-        let state = if lost > 0 {
-            // A status never says more than the files show: incomplete is `failed` (the
-            // OpenAI SDK knows no other word for it), with the reason in `errors`.
-            BatchState::Failed
-        } else if record.cancel_requested_at.is_some() {
-            BatchState::Cancelled
-        } else if errors_by_code.contains_key(codes::EXPIRED) {
-            BatchState::Expired
-        } else if ok == 0 && written > 0 {
-            BatchState::Failed
-        } else {
-            BatchState::Completed
-        };
-        let completed_at = now_secs();
-        let manifest = Manifest {
-            batch_id: batch_id.to_string(),
-            status: state.as_str().to_string(),
-            request_counts: batchyard_jobs::batch::RequestCounts {
-                total: record.counts.total,
-                completed: ok,
-                failed,
-            },
-            cost_usd: nanos_to_usd(cost_nanos),
-            spend_by_model: spend,
-            errors_by_code,
-            input_tokens,
-            output_tokens,
-            escalations,
-            cache_hits,
-            budget: record.budget_usd.map(|budget| BudgetReport {
-                budget_usd: budget,
-                remaining_usd: (budget - record.cost_usd()).max(0.0),
-                exhausted: record.budget_exhausted_at.is_some(),
-            }),
-            estimate: EstimateReport {
-                ratio: (estimate.estimated_input_tokens > 0).then(|| {
-                    estimate.actual_input_tokens as f64 / estimate.estimated_input_tokens as f64
-                }),
-                ..estimate
-            },
-            created_at: record.created_at,
-            in_progress_at: record.in_progress_at,
-            finalizing_at: record.finalizing_at,
-            completed_at,
-            duration_secs: completed_at.saturating_sub(record.created_at),
-            output_file: self.store.display_location(&output_path),
-            error_file: self.store.display_location(&errors_path),
-            simulated,
-            lines_written: written,
-            ledger_cost_usd: record.cost_usd(),
-            // Per-line rounding to nano-dollars may differ by a nano-dollar a line.
-            reconciled: written == record.counts.total
-                && lost == 0
-                && (record.spent_nanos - cost_nanos).unsigned_abs()
-                    <= record.counts.total.max(1000),
-        };
-        if !manifest.reconciled {
-            tracing::error!(
-                batch_id,
-                written,
-                total = record.counts.total,
-                lines_cost_usd = manifest.cost_usd,
-                ledger_cost_usd = manifest.ledger_cost_usd,
-                "the batch files and the ledger do not agree"
-            );
-        }
+        let (ok, failed) = tally.counts();
+        let (lost, state) = (tally.lost(&record), tally.state(&record));
+        let manifest = tally.into_manifest(
+            &record,
+            self.store.display_location(&output_path),
+            self.store.display_location(&errors_path),
+        );
         let json = serde_json::to_vec_pretty(&manifest).map_err(|e| FinalizeError::Write {
             path: self.store.manifest_path(batch_id).to_string(),
             message: e.to_string(),
@@ -359,7 +242,7 @@ impl Finalizer {
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
     use super::*;
-    use batchyard_jobs::batch::{BatchRecord, RequestCounts};
+    use batchyard_jobs::batch::{BatchRecord, BatchState, RequestCounts};
     use batchyard_jobs::ledger::memory::MemoryLedger;
     use batchyard_jobs::outcome::{Extension, Response, codes};
 

@@ -7,7 +7,7 @@ use serde_json::{Map, Value, json};
 
 use super::super::{Completion, ProviderError, ProviderErrorKind};
 use super::errors::classify_value;
-use crate::provider::http::snippet;
+use crate::provider::http::{header_str, snippet};
 
 /// `stop_reason` as an OpenAI `finish_reason`; unknown reasons pass through unchanged.
 pub fn finish_reason(stop_reason: &str) -> &str {
@@ -51,23 +51,7 @@ pub fn parse_success(
         )));
     };
 
-    let mut text = String::new();
-    let mut tool_calls = Vec::new();
-    for block in blocks {
-        match block.get("type").and_then(Value::as_str) {
-            Some("text") => text.push_str(block.get("text").and_then(Value::as_str).unwrap_or("")),
-            Some("tool_use") => tool_calls.push(json!({
-                "id": block.get("id").cloned().unwrap_or(Value::Null),
-                "type": "function",
-                "function": {
-                    "name": block.get("name").cloned().unwrap_or(Value::Null),
-                    "arguments": block.get("input").unwrap_or(&json!({})).to_string(),
-                },
-            })),
-            // Thinking and server tool blocks are not part of the answer.
-            _ => {}
-        }
-    }
+    let (text, tool_calls) = answer_blocks(blocks);
     let finish = body
         .get("stop_reason")
         .and_then(Value::as_str)
@@ -94,13 +78,7 @@ pub fn parse_success(
         count("output_tokens").unwrap_or_else(|| (text.chars().count() as u64).div_ceil(4));
 
     let id = body.get("id").and_then(Value::as_str).unwrap_or("");
-    let request_id = headers
-        .get("request-id")
-        .and_then(|v| v.to_str().ok())
-        .map(str::trim)
-        .filter(|v| !v.is_empty())
-        .unwrap_or(id)
-        .to_owned();
+    let request_id = header_str(headers, "request-id").unwrap_or(id).to_owned();
     let model = body
         .get("model")
         .or_else(|| request.get("model"))
@@ -144,6 +122,28 @@ pub fn parse_success(
         simulated: false,
         rate_limits: None,
     })
+}
+
+/// The answer's text and its tool calls (as OpenAI `tool_calls`) from the content blocks.
+fn answer_blocks(blocks: &[Value]) -> (String, Vec<Value>) {
+    let mut text = String::new();
+    let mut tool_calls = Vec::new();
+    for block in blocks {
+        match block.get("type").and_then(Value::as_str) {
+            Some("text") => text.push_str(block.get("text").and_then(Value::as_str).unwrap_or("")),
+            Some("tool_use") => tool_calls.push(json!({
+                "id": block.get("id").cloned().unwrap_or(Value::Null),
+                "type": "function",
+                "function": {
+                    "name": block.get("name").cloned().unwrap_or(Value::Null),
+                    "arguments": block.get("input").unwrap_or(&json!({})).to_string(),
+                },
+            })),
+            // Thinking and server tool blocks are not part of the answer.
+            _ => {}
+        }
+    }
+    (text, tool_calls)
 }
 
 /// For replies without `usage`: about four characters a token, four tokens a message.
