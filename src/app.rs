@@ -121,7 +121,7 @@ impl App {
                 Duration::from_secs(30),
             )
         });
-        let health = Arc::clone(&guards.health);
+        let health = Arc::clone(guards.health());
         let adequacy = adequacy.unwrap_or_else(|| {
             Arc::new(Adequacy::new(
                 Arc::new(MemoryAdequacy::new(settings.routing.max_evidence)),

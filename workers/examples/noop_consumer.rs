@@ -3,7 +3,7 @@
 //! It opens the queue exactly as `batchyard worker` does (one connection from
 //! `batchyard_jobs::redis_conn::connect`, the default `QueueOptions` with the given name, a
 //! unique consumer name, claim block 500 ms) and runs the same apalis pool
-//! (`batchyard_workers::pool::run_pool`), but its handler only acks each delivery: no routing,
+//! (`batchyard_workers::job::pool::run_pool`), but its handler only acks each delivery: no routing,
 //! no provider, no result storage, no ledger. The difference between its throughput and the
 //! worker's is what the job body costs.
 //!
@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use batchyard_jobs::queue::redis::{RedisQueue, unique_consumer_name};
 use batchyard_jobs::queue::{Delivery, Queue, QueueOptions};
-use batchyard_workers::pool::{DeliveryHandler, PoolOptions, run_pool};
+use batchyard_workers::job::pool::{DeliveryHandler, PoolOptions, run_pool};
 use tokio_util::sync::CancellationToken;
 
 struct Args {

@@ -15,11 +15,11 @@ use crate::provider::{ChatCall, Completion, Provider, ProviderError, ProviderErr
 /// The shared guards every call passes through.
 #[derive(Clone)]
 pub struct Guards {
-    pub health: Arc<dyn ModelHealth>,
-    pub limiter: Arc<dyn Limiter>,
+    health: Arc<dyn ModelHealth>,
+    limiter: Arc<dyn Limiter>,
     /// The longest a call may wait for rate-limit capacity while its job is claimed. Longer
     /// waits put the job back in the queue with that delay instead.
-    pub max_wait: Duration,
+    max_wait: Duration,
     /// Models seen healthy recently, so a busy worker asks Redis at most every
     /// [`HEALTHY_CACHE`] per model instead of once per call.
     healthy: Arc<Mutex<HashMap<String, Instant>>>,
@@ -35,6 +35,11 @@ pub struct Guards {
 const HEALTHY_CACHE: Duration = Duration::from_millis(250);
 
 impl Guards {
+    /// The model health these guards consult (operators pause and resume through it).
+    pub fn health(&self) -> &Arc<dyn ModelHealth> {
+        &self.health
+    }
+
     pub fn new(
         health: Arc<dyn ModelHealth>,
         limiter: Arc<dyn Limiter>,

@@ -108,8 +108,8 @@ impl Plan {
 
 /// Shared by all jobs of a process.
 pub struct Router {
-    pub tokens: Arc<TokenEstimator>,
-    pub adequacy: Arc<Adequacy>,
+    pub(crate) tokens: Arc<TokenEstimator>,
+    pub(crate) adequacy: Arc<Adequacy>,
 }
 
 impl Default for Router {
