@@ -25,7 +25,7 @@ use reqwest::header::{HeaderMap, HeaderValue};
 pub use crate::provider::http::parse_rfc3339;
 pub use errors::classify;
 
-use super::http::{self, Endpoint, EndpointConfig, KeyHeader};
+use super::http::{self, Endpoint, EndpointConfig, HeaderNames, KeyHeader};
 use super::{ChatCall, Completion, ProviderError, ProviderErrorKind, Secret};
 
 /// The API version sent when the config names none.
@@ -68,31 +68,19 @@ impl Default for AnthropicConfig {
 
 impl fmt::Debug for AnthropicConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let header_names: Vec<&str> = self.headers.iter().map(|(k, _)| k.as_str()).collect();
         f.debug_struct("AnthropicConfig")
             .field("base_url", &self.base_url)
             .field("api_key", &self.api_key)
             .field("version", &self.version)
-            .field("headers", &header_names)
-            .field("timeout", &self.timeout)
-            .field("connect_timeout", &self.connect_timeout)
-            .field("max_response_bytes", &self.max_response_bytes)
-            .finish()
+            .field("headers", &HeaderNames(&self.headers))
+            .finish_non_exhaustive()
     }
 }
 
 /// A client for the Messages API. Cheap to share.
+#[derive(Debug)]
 pub struct AnthropicProvider {
     endpoint: Endpoint,
-}
-
-impl fmt::Debug for AnthropicProvider {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("AnthropicProvider")
-            .field("url", &self.endpoint.display_url())
-            .field("timeout", &self.endpoint.timeout())
-            .finish_non_exhaustive()
-    }
 }
 
 fn config_error(message: impl Into<String>) -> ProviderError {

@@ -7,7 +7,7 @@ use serde_json::{Map, Value, json};
 
 use super::super::{Completion, ProviderError, ProviderErrorKind};
 use super::errors::classify_value;
-use crate::provider::http::{header_str, snippet};
+use crate::provider::http::{self, header_str};
 
 /// `stop_reason` as an OpenAI `finish_reason`; unknown reasons pass through unchanged.
 pub fn finish_reason(stop_reason: &str) -> &str {
@@ -27,19 +27,8 @@ pub fn parse_success(
     bytes: &[u8],
     request: &Map<String, Value>,
 ) -> Result<Completion, ProviderError> {
-    let malformed = |message: String| ProviderError {
-        kind: ProviderErrorKind::MalformedResponse,
-        message,
-        status: Some(status),
-        retry_after: None,
-    };
-    let body: Value = serde_json::from_slice(bytes).map_err(|e| {
-        malformed(format!(
-            "the provider answered {status} with a body that is not json ({e}): check that \
-             base_url points at the Messages API; body starts {:?}",
-            snippet(&String::from_utf8_lossy(bytes), 80)
-        ))
-    })?;
+    let malformed = |message: String| http::malformed(status, message);
+    let body = http::json_body(status, bytes, "the Messages API")?;
     // Some proxies answer 200 with an error object.
     if body.get("type").and_then(Value::as_str) == Some("error") || body.get("error").is_some() {
         return Err(classify_value(status, headers, &body));

@@ -81,6 +81,15 @@ fn sensitive_value(value: &str, what: &str) -> Result<HeaderValue, ProviderError
     Ok(header_value)
 }
 
+impl std::fmt::Debug for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Endpoint")
+            .field("url", &self.display_url)
+            .field("timeout", &self.timeout)
+            .finish_non_exhaustive()
+    }
+}
+
 impl Endpoint {
     /// Checks the headers and key and builds the pooled client.
     pub(crate) fn new(config: EndpointConfig<'_>) -> Result<Self, ProviderError> {
@@ -143,10 +152,6 @@ impl Endpoint {
     /// The endpoint, without credentials.
     pub(crate) fn display_url(&self) -> &str {
         &self.display_url
-    }
-
-    pub(crate) fn timeout(&self) -> Duration {
-        self.timeout
     }
 
     /// One POST of `body`; a reply outside 2xx goes through `classify`. Returns the status,

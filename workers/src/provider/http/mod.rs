@@ -166,6 +166,45 @@ pub(crate) fn transport_error(
     ProviderError::new(ProviderErrorKind::Transient, message)
 }
 
+/// A 2xx reply that does not read as the kind's answer.
+pub(crate) fn malformed(status: u16, message: String) -> ProviderError {
+    ProviderError {
+        kind: ProviderErrorKind::MalformedResponse,
+        message,
+        status: Some(status),
+        retry_after: None,
+    }
+}
+
+/// A 2xx reply's body as JSON; `expected` names the API base_url should point at.
+pub(crate) fn json_body(
+    status: u16,
+    bytes: &[u8],
+    expected: &str,
+) -> Result<serde_json::Value, ProviderError> {
+    serde_json::from_slice(bytes).map_err(|e| {
+        malformed(
+            status,
+            format!(
+                "the provider answered {status} with a body that is not json ({e}): check that \
+                 base_url points at {expected}; body starts {:?}",
+                snippet(&String::from_utf8_lossy(bytes), 80)
+            ),
+        )
+    })
+}
+
+/// The names of a provider's extra headers, for `Debug`: their values are secrets.
+pub(crate) struct HeaderNames<'a>(pub(crate) &'a [(String, String)]);
+
+impl std::fmt::Debug for HeaderNames<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list()
+            .entries(self.0.iter().map(|(name, _)| name))
+            .finish()
+    }
+}
+
 /// Replaces every secret that shows up in the message with `***`.
 pub(crate) fn scrub(secrets: &[Secret], err: &mut ProviderError) {
     for secret in secrets {

@@ -17,8 +17,8 @@ use serde_json::{Map, Value};
 use super::{ChatCall, Completion, ProviderError, ProviderErrorKind, RateLimitReport, Secret};
 
 use super::http::{
-    Endpoint, EndpointConfig, ErrorInfo, KeyHeader, MAX_PROVIDER_MESSAGE_CHARS, base_url,
-    header_str, snippet,
+    self, Endpoint, EndpointConfig, ErrorInfo, HeaderNames, KeyHeader, MAX_PROVIDER_MESSAGE_CHARS,
+    base_url, header_str, snippet,
 };
 pub use super::http::{
     classify, parse_go_duration, parse_http_date, parse_retry_after, retry_hint,
@@ -57,30 +57,18 @@ impl Default for OpenAiConfig {
 
 impl fmt::Debug for OpenAiConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let header_names: Vec<&str> = self.headers.iter().map(|(k, _)| k.as_str()).collect();
         f.debug_struct("OpenAiConfig")
             .field("base_url", &self.base_url)
             .field("api_key", &self.api_key)
-            .field("headers", &header_names)
-            .field("timeout", &self.timeout)
-            .field("connect_timeout", &self.connect_timeout)
-            .field("max_response_bytes", &self.max_response_bytes)
-            .finish()
+            .field("headers", &HeaderNames(&self.headers))
+            .finish_non_exhaustive()
     }
 }
 
 /// A client for one OpenAI-compatible endpoint. Cheap to share; clone the `Provider` around it.
+#[derive(Debug)]
 pub struct OpenAiProvider {
     endpoint: Endpoint,
-}
-
-impl fmt::Debug for OpenAiProvider {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("OpenAiProvider")
-            .field("url", &self.endpoint.display_url())
-            .field("timeout", &self.endpoint.timeout())
-            .finish_non_exhaustive()
-    }
 }
 
 impl OpenAiProvider {
@@ -148,19 +136,8 @@ fn parse_success(
     bytes: &[u8],
     request: &Map<String, Value>,
 ) -> Result<Completion, ProviderError> {
-    let malformed = |message: String| ProviderError {
-        kind: ProviderErrorKind::MalformedResponse,
-        message,
-        status: Some(status),
-        retry_after: None,
-    };
-    let body: Value = serde_json::from_slice(bytes).map_err(|e| {
-        malformed(format!(
-            "the provider answered {status} with a body that is not json ({e}): check that \
-             base_url points at an openai-compatible /v1 endpoint; body starts {:?}",
-            snippet(&String::from_utf8_lossy(bytes), 80)
-        ))
-    })?;
+    let malformed = |message: String| http::malformed(status, message);
+    let body = http::json_body(status, bytes, "an openai-compatible /v1 endpoint")?;
     let Some(first) = body
         .get("choices")
         .and_then(Value::as_array)
