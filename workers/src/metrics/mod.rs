@@ -22,6 +22,12 @@
 //! here instead, only for batches that are active and that this worker ran in the last
 //! [`SEEN_WINDOW`], and the endpoint appends it with [`render_batch_etas`]. A batch's series
 //! disappears at the first sample after it ends.
+//!
+//! - [`overhead`]: the per-job overhead histogram: wall time minus provider calls, batch
+//!   finalization and deliberate waits.
+//! - `tests`: the unit tests of the recording calls and the ETA sampler.
+//!
+//! May use: `catalog`, `provider` (for labels). Used by: `job`, `call`.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fmt::Write as _;

@@ -2,13 +2,22 @@
 //!
 //! One [`Provider`] enum, built from config, dispatches to each kind. Every kind returns an
 //! OpenAI-shaped chat completion body, so everything downstream reads one format.
+//!
+//! - [`openai`]: any OpenAI-compatible `/chat/completions` endpoint.
+//! - [`anthropic`]: the Messages API, mapped to and from the OpenAI shape.
+//! - [`simulated`]: built in, deterministic, labelled in every output; no account needed.
+//! - `http`: what the HTTP kinds share: one `Endpoint` (client, headers, key, POST), capped
+//!   body reads, the generic error classification and retry hints, header timestamps,
+//!   scrubbing secrets from messages.
+//!
+//! May use: nothing else in this crate. Used by every wing above it.
 
 pub mod anthropic;
 mod http;
-
-pub use http::{DEFAULT_MAX_RESPONSE_BYTES, buffered_response_bytes};
 pub mod openai;
 pub mod simulated;
+
+pub use http::{DEFAULT_MAX_RESPONSE_BYTES, buffered_response_bytes};
 
 use std::fmt;
 use std::time::Duration;

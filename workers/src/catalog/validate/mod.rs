@@ -10,6 +10,10 @@
 //! file through [`Validators::compile`]. Nothing in a request or a document can add,
 //! change or select a validator; request data only ever reaches a validator as the output
 //! being judged (the command's stdin).
+//!
+//! - `schema`: the `json_schema` check (a fenced answer allowed).
+//! - `text`: the compiled `regex` check and refusal patterns.
+//! - `command`: the config-only `command` check (the output on stdin, bounded in time).
 
 mod command;
 mod schema;

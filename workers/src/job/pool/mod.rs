@@ -17,6 +17,9 @@
 //! Measured on 2 vCPUs, release, no-op handler that acks (`tests/pool.rs`, `--ignored`):
 //! about 36k jobs/s end to end through Redis (redis-server on the same machine, concurrency
 //! 64 or 256), and 160-200k jobs/s through the `MemoryQueue`.
+//!
+//! - `backend`: apalis-core's `Backend` over our [`Queue`], claiming only for free slots.
+//! - `heartbeat`: renews the claims of running deliveries, one queue call per beat.
 
 mod backend;
 mod heartbeat;

@@ -9,6 +9,9 @@
 //! Token counts are estimates (about four characters per token, plus four per message). When the
 //! request asks for JSON (`response_format` `json_object` or `json_schema`), the reply is a JSON
 //! object; for a schema it has the schema's properties, filled by type.
+//!
+//! - `hash`: a stable hash of the request body; every reply is a pure function of it.
+//! - `reply`: the summary-shaped text, or JSON for `json_object` / `json_schema` requests.
 
 use std::time::Duration;
 
