@@ -27,7 +27,7 @@ use batchyard_workers::router::Router;
 use batchyard_workers::runner::JobRunner;
 
 use crate::config::Settings;
-use crate::exit::UsageError;
+use crate::error::UsageError;
 
 pub struct App {
     pub settings: Settings,

@@ -9,7 +9,6 @@ mod record;
 mod stage;
 
 use std::collections::BTreeSet;
-use std::fmt;
 
 use batchyard_jobs::batch::{BatchRecord, BatchState};
 use batchyard_jobs::input::{
@@ -26,7 +25,7 @@ use self::stage::Sealed;
 pub use self::stage::SubmitInterrupted;
 
 use crate::app::App;
-use crate::exit::UsageError;
+use crate::error::{InvalidInput, UsageError};
 
 /// Lines per enqueue round trip.
 const CHUNK: usize = 1000;
@@ -46,37 +45,6 @@ pub struct SubmitRequest {
     pub resume: Option<String>,
     /// Of a folder, follow symbolic links whose targets stay inside it.
     pub follow_symlinks: bool,
-}
-
-/// The input had bad lines and nothing was enqueued.
-#[derive(Debug, thiserror::Error)]
-pub struct InvalidInput {
-    pub errors: Vec<InputError>,
-    pub total_bad: u64,
-}
-
-impl fmt::Display for InvalidInput {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        writeln!(
-            f,
-            "the input has {} invalid item(s); nothing was enqueued:",
-            self.total_bad
-        )?;
-        for e in &self.errors {
-            writeln!(f, "  {e}")?;
-        }
-        if self.total_bad > self.errors.len() as u64 {
-            writeln!(
-                f,
-                "  ... and {} more",
-                self.total_bad - self.errors.len() as u64
-            )?;
-        }
-        write!(
-            f,
-            "fix these lines, or pass --skip-invalid to enqueue the good ones"
-        )
-    }
 }
 
 #[derive(Debug, Clone)]

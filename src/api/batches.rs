@@ -22,10 +22,10 @@ pub use object::{ApiBatch, BatchErrorItem, ENDPOINT, WINDOW, WINDOW_SECS, batch_
 use object::{check_metadata, save_api};
 
 use super::ApiState;
-use super::error::{ApiError, ApiJson, ApiQuery};
 use super::files::{FileId, content_path, key_safe, upload_meta};
-use crate::exit::UsageError;
-use crate::submission::{InvalidInput, SubmitRequest, submit_with_id};
+use super::http_error::{ApiError, ApiJson, ApiQuery};
+use crate::error::{InvalidInput, UsageError};
+use crate::submission::{SubmitRequest, submit_with_id};
 
 /// Enough list entries to page deep without reading the whole ledger in one go.
 const MAX_SCAN: usize = 100_000;
@@ -245,7 +245,7 @@ pub async fn cancel(
         )));
     }
     let record = state.app.ledger.request_cancel(&id).await?;
-    let record = crate::replay::settle_cancel(&state.app, &before, record)
+    let record = crate::retry_cancel::settle_cancel(&state.app, &before, record)
         .await
         .map_err(|e| ApiError::internal("ending the cancelled batch's unrun items failed", &e))?;
     tracing::info!(batch_id = %id, "batch cancel requested");

@@ -19,7 +19,7 @@ use serde_json::{Value, json};
 use tokio::io::AsyncWriteExt;
 
 use super::ApiState;
-use super::error::ApiError;
+use super::http_error::ApiError;
 
 /// What we keep about an uploaded file, in `files/<id>.json`.
 #[derive(Debug, Clone, Serialize, Deserialize)]

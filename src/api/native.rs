@@ -20,7 +20,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::ApiState;
-use super::error::{ApiError, ApiQuery};
+use super::http_error::{ApiError, ApiQuery};
 
 pub use history::QueueHistory;
 

@@ -1,7 +1,7 @@
 //! One module per subcommand.
 
 pub mod batch_ops;
-pub mod estimate;
+pub mod estimate_route;
 pub mod models;
 pub mod pipelines;
 pub mod results;

@@ -15,7 +15,7 @@ use tokio_util::task::TaskTracker;
 use crate::api::{self, ApiState, Tokens};
 use crate::app::App;
 use crate::cli::ServeArgs;
-use crate::exit::UsageError;
+use crate::error::UsageError;
 
 /// How long shutdown waits for submissions that outlived their requests.
 const DRAIN: Duration = Duration::from_secs(60);

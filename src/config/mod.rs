@@ -4,7 +4,7 @@
 
 mod defaults;
 mod parts;
-pub mod pipelines;
+pub mod pipeline_spec;
 mod raw;
 
 use parts::{
@@ -28,16 +28,9 @@ use batchyard_workers::runner::RunnerOptions;
 use batchyard_workers::validate::Validators;
 
 pub use defaults::DEFAULT_STORAGE_URL;
-use raw::RawConfig;
 
-/// A config problem, naming the file, the key and the reason.
-#[derive(Debug, thiserror::Error)]
-#[error("config {file}: {key}: {reason}")]
-pub struct ConfigError {
-    pub file: String,
-    pub key: String,
-    pub reason: String,
-}
+use crate::error::ConfigError;
+use raw::RawConfig;
 
 /// `[cache]`: the result cache across batches.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -66,7 +59,7 @@ pub struct Settings {
     pub routing: AdequacyPolicy,
     pub cache: CacheSettings,
     /// `[pipelines.<name>]`, by name.
-    pub pipelines: BTreeMap<String, pipelines::Pipeline>,
+    pub pipelines: BTreeMap<String, pipeline_spec::Pipeline>,
     /// Warnings found while loading (e.g. a provider no model uses).
     pub warnings: Vec<String>,
     pub env: BTreeMap<String, String>,
@@ -432,7 +425,7 @@ impl Settings {
         let task_keys = catalog.task_keys();
         let mut pipelines = BTreeMap::new();
         for (name, p) in &raw.pipelines {
-            let built = pipelines::build(name, p, &task_keys).map_err(|(k, r)| err(&k, r))?;
+            let built = pipeline_spec::build(name, p, &task_keys).map_err(|(k, r)| err(&k, r))?;
             pipelines.insert(name.clone(), built);
         }
         let concurrency = raw.worker.concurrency.unwrap_or(64);

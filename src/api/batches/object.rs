@@ -9,8 +9,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use super::super::ApiState;
-use super::super::error::ApiError;
 use super::super::files::{ResultKind, result_file_id};
+use super::super::http_error::ApiError;
 
 pub const ENDPOINT: &str = "/v1/chat/completions";
 pub const WINDOW: &str = "24h";

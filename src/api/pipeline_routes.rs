@@ -10,8 +10,8 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::ApiState;
-use super::error::{ApiError, ApiQuery};
-use crate::config::pipelines::Pipeline;
+use super::http_error::{ApiError, ApiQuery};
+use crate::config::pipeline_spec::Pipeline;
 use crate::scheduler::state::PipelineState;
 use crate::scheduler::view::{history_rows, pipeline_rows, run_row, trigger_now};
 
