@@ -7,7 +7,7 @@ use batchyard_jobs::ledger::SubmitStep;
 use batchyard_jobs::staging::Lease;
 use bytes::Bytes;
 
-use super::SubmitRequest;
+use super::request::SubmitRequest;
 use crate::app::App;
 use crate::error::UsageError;
 
