@@ -7,8 +7,8 @@ use axum::http::StatusCode;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::ApiState;
 use super::http_error::{ApiError, ApiJson};
+use super::state::ApiState;
 use crate::error::{ReplayBusy, UsageError};
 use crate::retry_cancel::{RetryFilter, retry};
 

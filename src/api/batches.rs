@@ -17,13 +17,13 @@ use serde_json::{Value, json};
 
 mod object;
 
-pub(in crate::api) use object::load_api;
 pub use object::{ApiBatch, BatchErrorItem, ENDPOINT, WINDOW, WINDOW_SECS, batch_object};
 use object::{check_metadata, save_api};
+pub(in crate::api) use object::{load_api, read_manifest};
 
-use super::ApiState;
 use super::files::{FileId, content_path, key_safe, upload_meta};
 use super::http_error::{ApiError, ApiJson, ApiQuery};
+use super::state::ApiState;
 use crate::error::{InvalidInput, UsageError};
 use crate::submission::{SubmitRequest, submit_with_id};
 
@@ -117,7 +117,20 @@ pub async fn create(
         Ok(Err(e)) => e,
         Err(e) => return Err(ApiError::internal("the submission task failed", &e)),
     };
-    api.errors = if let Some(invalid) = failure.downcast_ref::<InvalidInput>() {
+    api.errors = match failure_errors(&failure, &file_id) {
+        Some(errors) => errors,
+        None => return Err(ApiError::internal("submitting the batch failed", &failure)),
+    };
+    tracing::info!(batch_id = %batch_id, errors = api.errors.len(), "batch input failed validation");
+    save_api(&state, &api).await?;
+    let record = record_failed(&state, &batch_id, &api).await?;
+    Ok(Json(batch_object(&batch_id, Some(&record), Some(&api))))
+}
+
+/// A submission's failure as the batch's `errors.data`: bad lines, or a file that can't be
+/// read as input. `None` for a failure that is not the input's fault.
+fn failure_errors(failure: &anyhow::Error, file_id: &str) -> Option<Vec<BatchErrorItem>> {
+    if let Some(invalid) = failure.downcast_ref::<InvalidInput>() {
         let mut items: Vec<BatchErrorItem> = invalid
             .errors
             .iter()
@@ -140,7 +153,7 @@ pub async fn create(
                 line: None,
             });
         }
-        items
+        Some(items)
     } else if let Some(usage) = failure.downcast_ref::<UsageError>() {
         // The message starts with where the file is stored; the client knows it by its id.
         let marker = format!("{file_id}.jsonl: ");
@@ -148,19 +161,15 @@ pub async fn create(
             .0
             .find(&marker)
             .map_or(usage.0.as_str(), |i| &usage.0[i + marker.len()..]);
-        vec![BatchErrorItem {
+        Some(vec![BatchErrorItem {
             code: "invalid_file".into(),
             message: message.to_string(),
             param: None,
             line: None,
-        }]
+        }])
     } else {
-        return Err(ApiError::internal("submitting the batch failed", &failure));
-    };
-    tracing::info!(batch_id = %batch_id, errors = api.errors.len(), "batch input failed validation");
-    save_api(&state, &api).await?;
-    let record = record_failed(&state, &batch_id, &api).await?;
-    Ok(Json(batch_object(&batch_id, Some(&record), Some(&api))))
+        None
+    }
 }
 
 /// A ledger record for a batch whose input failed validation, so it is listed like any other.
@@ -224,7 +233,7 @@ pub async fn retrieve(
     }
     let mut object = batch_object(&id, record.as_ref(), api.as_ref());
     if let Some(r) = record.as_ref().filter(|r| r.state.is_terminal()) {
-        let manifest = super::native::read_manifest(&state, &r.id).await?;
+        let manifest = read_manifest(&state, &r.id).await?;
         object::add_usage(&mut object, manifest.as_ref());
     }
     Ok(Json(object))
@@ -291,7 +300,7 @@ pub async fn list(
     let apis = join_all(page.iter().map(|r| load_api(&state, &r.id))).await;
     let manifests = join_all(page.iter().map(|r| async {
         if r.state.is_terminal() {
-            super::native::read_manifest(&state, &r.id).await
+            read_manifest(&state, &r.id).await
         } else {
             Ok(None)
         }

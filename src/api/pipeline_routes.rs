@@ -9,8 +9,8 @@ use axum::http::StatusCode;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::ApiState;
 use super::http_error::{ApiError, ApiQuery};
+use super::state::ApiState;
 use crate::config::pipeline_spec::Pipeline;
 use crate::scheduler::state::PipelineState;
 use crate::scheduler::view::{history_rows, pipeline_rows, run_row, trigger_now};

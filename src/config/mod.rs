@@ -5,10 +5,10 @@
 //! - [`raw`]: the file as written; every table denies unknown keys.
 //! - [`defaults`]: the built-in provider, models and tasks.
 //! - [`sections`]: `[queue]`, `[retry]`, `[storage]`, `[input]`, `[health]`, `[limits]`,
-//!   `[pipelines.*]` and `[worker]`, one function per section.
+//!   `[routing]`, `[cache]`, `[pipelines.*]` and `[worker]`, one function per section.
 //! - [`catalog_sections`]: `[providers.*]`, `[models.*]` and `[tasks.*]`, into the catalog.
-//! - [`parts`]: pieces the sections share: URLs, provider clients and headers, `[routing]`,
-//!   `[cache]`, duration bounds, and pointing at the spot of a TOML error.
+//! - [`parts`]: pieces the sections share: URLs, provider clients and headers, a task's
+//!   `response_format`, duration bounds, and pointing at the spot of a TOML error.
 //! - [`pipeline_spec`]: one `[pipelines.<name>]`, validated: schedule, timezone, catch-up.
 
 mod catalog_sections;
@@ -32,18 +32,11 @@ use batchyard_workers::limiter::Tuning;
 use batchyard_workers::retry::RetryPolicy;
 use batchyard_workers::runner::RunnerOptions;
 
-pub use defaults::DEFAULT_STORAGE_URL;
-use parts::{cache_settings, describe_toml_error, routing_policy, scrub_toml_message};
+use parts::{describe_toml_error, scrub_toml_message};
 use raw::RawConfig;
+pub use sections::CacheSettings;
 
 use crate::error::ConfigError;
-
-/// `[cache]`: the result cache across batches.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct CacheSettings {
-    pub enabled: bool,
-    pub ttl: Duration,
-}
 
 /// The validated configuration.
 pub struct Settings {
@@ -183,8 +176,8 @@ impl Settings {
         let retry = sections::retry(raw);
         let health = sections::health(raw)?;
         let limits = sections::limits(raw)?;
-        let routing = routing_policy(&raw.routing)?;
-        let cache = cache_settings(&raw.cache)?;
+        let routing = sections::routing_policy(&raw.routing)?;
+        let cache = sections::cache_settings(&raw.cache)?;
         let pipelines = sections::pipelines(raw, &catalog.task_keys())?;
         let (concurrency, drain_timeout) = sections::worker(raw)?;
         Ok(Self {

@@ -1,5 +1,6 @@
-//! The plain tables, one function per section: `[queue]` (with `[retry]` and the runner options
-//! it sets), `[storage]`, `[input]`, `[health]`, `[limits]`, `[pipelines.*]` and `[worker]`.
+//! The plain tables, one function per section: `[queue]` (with the runner options it sets),
+//! `[retry]`, `[storage]`, `[input]`, `[health]`, `[limits]`, `[routing]`, `[cache]`,
+//! `[pipelines.*]` and `[worker]`.
 //! Each check fails with `(key, reason)`; `Settings::from_raw` names the file.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -7,15 +8,23 @@ use std::time::Duration;
 
 use batchyard_jobs::input::DEFAULT_MAX_LINE_BYTES;
 use batchyard_jobs::queue::QueueOptions;
+use batchyard_workers::adequacy::AdequacyPolicy;
 use batchyard_workers::health::HealthPolicy;
 use batchyard_workers::limiter::Tuning;
 use batchyard_workers::retry::RetryPolicy;
 use batchyard_workers::runner::RunnerOptions;
 
-use super::DEFAULT_STORAGE_URL;
+use super::defaults::DEFAULT_STORAGE_URL;
 use super::parts::{check_url, has_credentials, has_password};
 use super::pipeline_spec::{self, Pipeline};
-use super::raw::RawConfig;
+use super::raw::{RawCache, RawConfig, RawRouting};
+
+/// `[cache]`: the result cache across batches.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct CacheSettings {
+    pub enabled: bool,
+    pub ttl: Duration,
+}
 
 type Bad = (String, String);
 
@@ -197,6 +206,52 @@ pub(super) fn limits(raw: &RawConfig) -> Result<Tuning, Bad> {
         limits.window = Duration::from_secs(secs);
     }
     Ok(limits)
+}
+
+/// `[routing]`, checked.
+pub(super) fn routing_policy(r: &RawRouting) -> Result<AdequacyPolicy, (String, String)> {
+    let d = AdequacyPolicy::default();
+    let policy = AdequacyPolicy {
+        learn: r.learn.unwrap_or(d.learn),
+        exploration: r.exploration.unwrap_or(d.exploration),
+        prior_strength: r.prior_strength.unwrap_or(d.prior_strength),
+        max_evidence: r.max_evidence.unwrap_or(d.max_evidence),
+        feature_buckets: r.feature_buckets.unwrap_or(d.feature_buckets),
+    };
+    if !(0.0..=1.0).contains(&policy.exploration) {
+        return Err((
+            "routing.exploration".into(),
+            format!("must be between 0 and 1, not {}", policy.exploration),
+        ));
+    }
+    if !policy.prior_strength.is_finite() || policy.prior_strength <= 0.0 {
+        return Err((
+            "routing.prior_strength".into(),
+            format!("must be more than 0, not {}", policy.prior_strength),
+        ));
+    }
+    if !policy.max_evidence.is_finite() || policy.max_evidence < 10.0 {
+        return Err((
+            "routing.max_evidence".into(),
+            format!("must be at least 10, not {}", policy.max_evidence),
+        ));
+    }
+    Ok(policy)
+}
+
+/// `[cache]`, checked. Entries live 30 days unless told otherwise.
+pub(super) fn cache_settings(c: &RawCache) -> Result<CacheSettings, (String, String)> {
+    let ttl_secs = c.ttl_secs.unwrap_or(30 * 24 * 3600);
+    if ttl_secs == 0 {
+        return Err((
+            "cache.ttl_secs".into(),
+            "must be more than 0; set enabled = false to turn the cache off".into(),
+        ));
+    }
+    Ok(CacheSettings {
+        enabled: c.enabled.unwrap_or(true),
+        ttl: Duration::from_secs(ttl_secs),
+    })
 }
 
 /// `[pipelines.*]`, by name; each names one of `task_keys`.
