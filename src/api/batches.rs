@@ -4,6 +4,8 @@
 //! (input file, endpoint, window, metadata, validation errors) is kept beside it in
 //! `api/batches/<batch_id>.json`, written before validation starts, so a batch whose input
 //! fails validation still exists: the ledger gets a `failed` record for it with no jobs.
+//!
+//! - [`object`]: OpenAI's batch object, the API's own record of a batch, and the metadata rules.
 
 use std::collections::BTreeMap;
 

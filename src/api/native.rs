@@ -4,6 +4,9 @@
 //! the health store, and `manifest.json` once a batch is finished. Nothing here lists a
 //! batch's result objects, so a dashboard polling every few seconds costs Redis and storage
 //! a handful of reads per request.
+//!
+//! - [`history`]: the last hour of queue depth, sampled by `serve` (kept in Redis too).
+//! - [`summary`]: a batch's progress, rate and ETA from its ledger record.
 
 pub mod history;
 pub mod summary;
