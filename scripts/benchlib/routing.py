@@ -36,7 +36,8 @@ import re
 import subprocess
 import time
 
-from . import common, fake
+from . import common
+from .fake import FakeProvider
 
 SEED = 5
 ITEMS = 5_000  # per scenario (>= 4,000)
@@ -199,7 +200,7 @@ def run_one(workdir, scenario, mode, jsonl, n, timeout):
     server = common.RedisServer(workdir, name)
     fake = worker = None
     try:
-        fake = fake.FakeProvider(workdir, name, ["--skills", skills_arg()])
+        fake = FakeProvider(workdir, name, ["--skills", skills_arg()])
         config = write_config(workdir, name, server.url, fake.base_url, mode)
         base = [common.BATCHYARD, "--config", config]
         out = run_cmd(base + ["submit", jsonl, "--task", "answer", "--json"], workdir, f"{name}-submit", timeout)
