@@ -27,7 +27,7 @@ use batchyard_workers::route::adequacy::redis::RedisAdequacy;
 use batchyard_workers::route::router::Router;
 
 use crate::config::Settings;
-use crate::exit::UsageError;
+use crate::error::UsageError;
 
 pub struct App {
     pub settings: Settings,

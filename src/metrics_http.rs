@@ -21,7 +21,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::exit::UsageError;
+use crate::error::UsageError;
 
 /// The installed recorder's handle; `None` until [`install`] first succeeds.
 static HANDLE: Mutex<Option<PrometheusHandle>> = Mutex::new(None);

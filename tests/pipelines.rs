@@ -1,7 +1,7 @@
 //! Scheduled pipelines: exactly one batch per tick across scheduler replicas, only-new
 //! documents across runs (including a changed object), failed runs that keep the schedule, and
 //! the config errors. Real Redis, the real S3-compatible server, the fake provider over HTTP.
-//! The DST rules are unit tests in src/config/pipelines.rs.
+//! The DST rules are unit tests in src/config/pipeline_spec.rs.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 

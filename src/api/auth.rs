@@ -13,7 +13,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use subtle::{Choice, ConstantTimeEq};
 
-use super::error::ApiError;
+use super::http_error::ApiError;
 
 pub const TOKENS_ENV: &str = "BATCHYARD_API_TOKENS";
 

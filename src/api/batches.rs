@@ -4,6 +4,8 @@
 //! (input file, endpoint, window, metadata, validation errors) is kept beside it in
 //! `api/batches/<batch_id>.json`, written before validation starts, so a batch whose input
 //! fails validation still exists: the ledger gets a `failed` record for it with no jobs.
+//!
+//! - [`object`]: OpenAI's batch object, the API's own record of a batch, and the metadata rules.
 
 use std::collections::BTreeMap;
 
@@ -17,15 +19,15 @@ use serde_json::{Value, json};
 
 mod object;
 
-pub(in crate::api) use object::load_api;
 pub use object::{ApiBatch, BatchErrorItem, ENDPOINT, WINDOW, WINDOW_SECS, batch_object};
 use object::{check_metadata, save_api};
+pub(in crate::api) use object::{load_api, read_manifest};
 
-use super::ApiState;
-use super::error::{ApiError, ApiJson, ApiQuery};
 use super::files::{FileId, content_path, key_safe, upload_meta};
-use crate::exit::UsageError;
-use crate::submission::{InvalidInput, SubmitRequest, submit_with_id};
+use super::http_error::{ApiError, ApiJson, ApiQuery};
+use super::state::ApiState;
+use crate::error::{InvalidInput, UsageError};
+use crate::submission::{SubmitRequest, submit_with_id};
 
 /// Enough list entries to page deep without reading the whole ledger in one go.
 const MAX_SCAN: usize = 100_000;
@@ -117,7 +119,20 @@ pub async fn create(
         Ok(Err(e)) => e,
         Err(e) => return Err(ApiError::internal("the submission task failed", &e)),
     };
-    api.errors = if let Some(invalid) = failure.downcast_ref::<InvalidInput>() {
+    api.errors = match failure_errors(&failure, &file_id) {
+        Some(errors) => errors,
+        None => return Err(ApiError::internal("submitting the batch failed", &failure)),
+    };
+    tracing::info!(batch_id = %batch_id, errors = api.errors.len(), "batch input failed validation");
+    save_api(&state, &api).await?;
+    let record = record_failed(&state, &batch_id, &api).await?;
+    Ok(Json(batch_object(&batch_id, Some(&record), Some(&api))))
+}
+
+/// A submission's failure as the batch's `errors.data`: bad lines, or a file that can't be
+/// read as input. `None` for a failure that is not the input's fault.
+fn failure_errors(failure: &anyhow::Error, file_id: &str) -> Option<Vec<BatchErrorItem>> {
+    if let Some(invalid) = failure.downcast_ref::<InvalidInput>() {
         let mut items: Vec<BatchErrorItem> = invalid
             .errors
             .iter()
@@ -140,7 +155,7 @@ pub async fn create(
                 line: None,
             });
         }
-        items
+        Some(items)
     } else if let Some(usage) = failure.downcast_ref::<UsageError>() {
         // The message starts with where the file is stored; the client knows it by its id.
         let marker = format!("{file_id}.jsonl: ");
@@ -148,19 +163,15 @@ pub async fn create(
             .0
             .find(&marker)
             .map_or(usage.0.as_str(), |i| &usage.0[i + marker.len()..]);
-        vec![BatchErrorItem {
+        Some(vec![BatchErrorItem {
             code: "invalid_file".into(),
             message: message.to_string(),
             param: None,
             line: None,
-        }]
+        }])
     } else {
-        return Err(ApiError::internal("submitting the batch failed", &failure));
-    };
-    tracing::info!(batch_id = %batch_id, errors = api.errors.len(), "batch input failed validation");
-    save_api(&state, &api).await?;
-    let record = record_failed(&state, &batch_id, &api).await?;
-    Ok(Json(batch_object(&batch_id, Some(&record), Some(&api))))
+        None
+    }
 }
 
 /// A ledger record for a batch whose input failed validation, so it is listed like any other.
@@ -224,7 +235,7 @@ pub async fn retrieve(
     }
     let mut object = batch_object(&id, record.as_ref(), api.as_ref());
     if let Some(r) = record.as_ref().filter(|r| r.state.is_terminal()) {
-        let manifest = super::native::read_manifest(&state, &r.id).await?;
+        let manifest = read_manifest(&state, &r.id).await?;
         object::add_usage(&mut object, manifest.as_ref());
     }
     Ok(Json(object))
@@ -245,7 +256,7 @@ pub async fn cancel(
         )));
     }
     let record = state.app.ledger.request_cancel(&id).await?;
-    let record = crate::replay::settle_cancel(&state.app, &before, record)
+    let record = crate::retry_cancel::settle_cancel(&state.app, &before, record)
         .await
         .map_err(|e| ApiError::internal("ending the cancelled batch's unrun items failed", &e))?;
     tracing::info!(batch_id = %id, "batch cancel requested");
@@ -291,7 +302,7 @@ pub async fn list(
     let apis = join_all(page.iter().map(|r| load_api(&state, &r.id))).await;
     let manifests = join_all(page.iter().map(|r| async {
         if r.state.is_terminal() {
-            super::native::read_manifest(&state, &r.id).await
+            read_manifest(&state, &r.id).await
         } else {
             Ok(None)
         }

@@ -17,7 +17,7 @@ use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 
-use super::error::{self, ApiError};
+use super::http_error::{self, ApiError};
 
 const INDEX_HTML: &str = include_str!("dashboard/index.html");
 const APP_CSS: &str = include_str!("dashboard/app.css");
@@ -89,7 +89,7 @@ async fn asset(Path(name): Path<String>) -> Result<Response, ApiError> {
         "app.css" => Ok(respond(CSS, ASSET_CACHE, APP_CSS)),
         "app.js" => Ok(respond(JS, ASSET_CACHE, APP_JS)),
         "panels.js" => Ok(respond(JS, ASSET_CACHE, PANELS_JS)),
-        _ => Err(error::not_found().await),
+        _ => Err(http_error::not_found().await),
     }
 }
 

@@ -18,8 +18,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use tokio::io::AsyncWriteExt;
 
-use super::ApiState;
-use super::error::ApiError;
+use super::http_error::ApiError;
+use super::state::ApiState;
 
 /// What we keep about an uploaded file, in `files/<id>.json`.
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -10,7 +10,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use tower_http::timeout::TimeoutBody;
 
-use super::error::ApiError;
+use super::http_error::ApiError;
 
 /// How long a request body may go without sending a byte when `BATCHYARD_API_BODY_TIMEOUT_SECS`
 /// is not set.

@@ -4,10 +4,11 @@
 //! - [`files`]: `/v1/files`, uploads and batch result files.
 //! - [`batches`]: `/v1/batches`, OpenAI's Batch API over the ledger and the submission path.
 //! - [`dashboard`]: the dashboard page at `/` and its `/assets/*` (public; reads `/api/*`).
-//! - [`error`]: OpenAI-shaped errors, and extractors that reject in that shape.
+//! - [`http_error`]: OpenAI-shaped errors, and extractors that reject in that shape.
 //! - [`native`]: `/api/*`, batchyard's own read-only views for dashboards (same tokens).
-//! - [`replay`]: `POST /api/batches/{id}/retry`, the dashboard's replay button.
-//! - [`pipelines`]: `/api/pipelines`, scheduled pipelines, their runs, and run-now.
+//! - [`batch_retry`]: `POST /api/batches/{id}/retry`, the dashboard's replay button.
+//! - [`pipeline_routes`]: `/api/pipelines`, scheduled pipelines, their runs, and run-now.
+//! - [`state`]: [`ApiState`], what every handler shares.
 //! - [`limits`] and [`listen`]: body and header timeouts, early 413s, a bound on connections.
 //!
 //! [`router`] builds the whole tree. Other faces (metrics, dashboard, native API) can be
@@ -16,17 +17,17 @@
 //! brings its own authentication if it needs any.
 
 pub mod auth;
+pub mod batch_retry;
 pub mod batches;
 pub mod dashboard;
-pub mod error;
 pub mod files;
+pub mod http_error;
 pub mod limits;
 pub mod listen;
 pub mod native;
-pub mod pipelines;
-pub mod replay;
+pub mod pipeline_routes;
+pub mod state;
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
@@ -35,11 +36,9 @@ use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{Json, middleware};
 use serde_json::{Value, json};
-use tokio_util::task::TaskTracker;
-
-use crate::app::App;
 
 pub use auth::{TOKENS_ENV, Tokens};
+pub use state::ApiState;
 
 /// The upload limit when `BATCHYARD_API_MAX_FILE_BYTES` is not set: OpenAI's 200 MB.
 pub const DEFAULT_MAX_FILE_BYTES: u64 = 200 * 1024 * 1024;
@@ -51,23 +50,6 @@ pub const WINDOW_SECS_ENV: &str = "BATCHYARD_API_WINDOW_SECS";
 const MAX_JSON_BYTES: usize = 1024 * 1024;
 /// How long a readiness probe waits on Redis or storage.
 const READY_TIMEOUT: Duration = Duration::from_secs(3);
-
-#[derive(Clone)]
-pub struct ApiState {
-    pub app: Arc<App>,
-    /// Submissions run as tasks of their own; shutdown waits for them.
-    pub tasks: TaskTracker,
-    pub max_file_bytes: u64,
-    /// How long a request body may stall between two chunks.
-    pub body_timeout: Duration,
-    pub tokens: Tokens,
-    /// How long `completion_window: "24h"` really lasts (24 h unless [`WINDOW_SECS_ENV`]).
-    pub completion_window: Duration,
-    /// Queue depth samples of the last hour, filled by [`native::history::sample`].
-    pub history: native::QueueHistory,
-    /// Pipeline state in Redis; `None` when no pipeline is configured or there is no Redis.
-    pub pipelines: Option<crate::scheduler::state::PipelineState>,
-}
 
 /// The whole API: `/v1/*` and `/api/*` behind the token check, probes and the fallback
 /// outside it.
@@ -94,11 +76,11 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/queues/history", get(native::queue_history))
         .route("/api/batches", get(native::batches))
         .route("/api/batches/{id}", get(native::batch))
-        .route("/api/batches/{id}/retry", post(replay::retry_batch))
+        .route("/api/batches/{id}/retry", post(batch_retry::retry_batch))
         .route("/api/models", get(native::models))
-        .route("/api/pipelines", get(pipelines::list))
-        .route("/api/pipelines/{name}/runs", get(pipelines::runs))
-        .route("/api/pipelines/{name}/run", post(pipelines::run_now))
+        .route("/api/pipelines", get(pipeline_routes::list))
+        .route("/api/pipelines/{name}/runs", get(pipeline_routes::runs))
+        .route("/api/pipelines/{name}/run", post(pipeline_routes::run_now))
         .layer(DefaultBodyLimit::max(MAX_JSON_BYTES))
         .route_layer(middleware::from_fn_with_state(
             state.tokens.clone(),
@@ -110,8 +92,8 @@ pub fn router(state: ApiState) -> Router {
         .merge(v1)
         // The dashboard page and its assets are public: the data comes from `/api/*`.
         .merge(dashboard::router())
-        .fallback(error::not_found)
-        .method_not_allowed_fallback(error::method_not_allowed)
+        .fallback(http_error::not_found)
+        .method_not_allowed_fallback(http_error::method_not_allowed)
         .layer(middleware::from_fn_with_state(
             body_limits,
             limits::limit_bodies,

@@ -4,6 +4,9 @@
 //! the health store, and `manifest.json` once a batch is finished. Nothing here lists a
 //! batch's result objects, so a dashboard polling every few seconds costs Redis and storage
 //! a handful of reads per request.
+//!
+//! - [`history`]: the last hour of queue depth, sampled by `serve` (kept in Redis too).
+//! - [`summary`]: a batch's progress, rate and ETA from its ledger record.
 
 pub mod history;
 pub mod summary;
@@ -13,14 +16,13 @@ use std::collections::BTreeMap;
 use axum::Json;
 use axum::extract::{Path as UrlPath, State};
 use batchyard_jobs::batch::now_secs;
-use batchyard_jobs::error::StoreError;
 use batchyard_jobs::queue::QueueDepth;
 use batchyard_workers::call::health::ModelState;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::ApiState;
-use super::error::{ApiError, ApiQuery};
+use super::http_error::{ApiError, ApiQuery};
+use super::state::ApiState;
 
 pub use history::QueueHistory;
 
@@ -102,7 +104,7 @@ pub async fn batch(
         return Err(ApiError::not_found("batch", &id));
     };
     let manifest = if record.state.is_terminal() {
-        read_manifest(&state, &id).await?
+        super::batches::read_manifest(&state, &id).await?
     } else {
         None
     };
@@ -196,18 +198,6 @@ fn refusal_reason(errors: &[super::batches::BatchErrorItem]) -> Option<String> {
         "the input was refused ({}): {at}{}{more}",
         first.code, first.message
     ))
-}
-
-/// The batch's `manifest.json`, or `None` when it has none (its input failed validation).
-pub(super) async fn read_manifest(state: &ApiState, id: &str) -> Result<Option<Value>, ApiError> {
-    let path = state.app.store.manifest_path(id);
-    match state.app.store.get(&path).await {
-        Ok(bytes) => serde_json::from_slice(&bytes)
-            .map(Some)
-            .map_err(|e| ApiError::internal("a batch manifest is not valid JSON", &e)),
-        Err(StoreError::NotFound { .. }) => Ok(None),
-        Err(e) => Err(e.into()),
-    }
 }
 
 /// The three states a dashboard shows, the reason, and until when (Unix milliseconds).

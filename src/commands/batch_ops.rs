@@ -6,7 +6,7 @@ use std::path::Path;
 use crate::app::App;
 use crate::batch_view::batch_json;
 use crate::cli::{CancelArgs, RetryArgs};
-use crate::replay::{self, RetryFilter};
+use crate::retry_cancel::{self, RetryFilter};
 
 pub async fn cancel(
     config: Option<&Path>,
@@ -15,7 +15,7 @@ pub async fn cancel(
 ) -> anyhow::Result<()> {
     let settings = super::load_settings(config, env)?;
     let app = App::connect(settings, None, false, "cancel").await?;
-    let record = replay::cancel(&app, &args.batch_id).await?;
+    let record = retry_cancel::cancel(&app, &args.batch_id).await?;
     if args.json {
         println!(
             "{}",
@@ -50,7 +50,7 @@ pub async fn retry(
         model: args.model.clone(),
         budget_usd: args.budget_usd,
     };
-    let replayed = replay::retry(&app, &args.batch_id, &filter).await?;
+    let replayed = retry_cancel::retry(&app, &args.batch_id, &filter).await?;
     if replayed.not_replayable > 0 {
         eprintln!(
             "{} invalid_input item(s) can't be replayed: fix those lines and submit them again",

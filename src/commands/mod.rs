@@ -1,7 +1,21 @@
-//! One module per subcommand.
+//! One module per subcommand, and what they share: loading the settings, a submit request
+//! from the input flags, and the shutdown signal.
+//!
+//! - [`run`]: `run`, submit and process one batch in this process.
+//! - [`submit`]: `submit`, validate and enqueue to Redis (or `--dry-run`, an estimate).
+//! - [`worker`]: `worker`, process jobs from Redis until stopped.
+//! - [`status`]: `status`, the queue's depth and batches, or one batch.
+//! - [`results`]: `results`, stream a batch's output or errors.
+//! - [`batch_ops`]: `cancel` and `retry`.
+//! - [`models`]: `models`, the catalog with live health; pause or resume a model.
+//! - [`estimate_route`]: `estimate` and `route`, look before you spend.
+//! - [`serve`]: `serve`, the HTTP API.
+//! - [`watch`]: `watch`, follow one batch until it ends.
+//! - [`scheduler`]: `scheduler`, fire the pipelines on their schedules.
+//! - [`pipelines`]: `pipelines list|run|history`.
 
 pub mod batch_ops;
-pub mod estimate;
+pub mod estimate_route;
 pub mod models;
 pub mod pipelines;
 pub mod results;

@@ -8,7 +8,7 @@ use serde_json::json;
 
 use crate::app::App;
 use crate::cli::{ModelsAction, ModelsArgs};
-use crate::exit::UsageError;
+use crate::error::UsageError;
 
 fn describe(state: &ModelState) -> String {
     match state {

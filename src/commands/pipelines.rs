@@ -7,8 +7,8 @@ use serde_json::{Value, json};
 
 use crate::app::App;
 use crate::cli::{PipelinesAction, PipelinesArgs};
-use crate::config::pipelines::Pipeline;
-use crate::exit::UsageError;
+use crate::config::pipeline_spec::Pipeline;
+use crate::error::UsageError;
 use crate::scheduler::connect_state;
 use crate::scheduler::state::PipelineState;
 use crate::scheduler::view::{history_rows, pipeline_rows, run_row, trigger_now};

@@ -8,7 +8,7 @@ use tokio::io::AsyncWriteExt;
 
 use crate::app::App;
 use crate::cli::ResultsArgs;
-use crate::exit::UsageError;
+use crate::error::UsageError;
 
 pub async fn results(
     config: Option<&Path>,

@@ -15,7 +15,7 @@ use tokio_util::task::TaskTracker;
 use crate::app::App;
 use crate::batch_view::batch_json;
 use crate::cli::RunArgs;
-use crate::exit::UsageError;
+use crate::error::UsageError;
 
 pub async fn run(
     config: Option<&Path>,

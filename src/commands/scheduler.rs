@@ -9,8 +9,8 @@ use tokio_util::task::TaskTracker;
 
 use crate::app::App;
 use crate::cli::SchedulerArgs;
-use crate::config::pipelines::Pipeline;
-use crate::exit::UsageError;
+use crate::config::pipeline_spec::Pipeline;
+use crate::error::UsageError;
 use crate::scheduler::{check_inputs, connect_state, drive};
 
 pub async fn scheduler(

@@ -10,60 +10,54 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use metrics_exporter_prometheus::PrometheusHandle;
+use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::api::native::QueueHistory;
 use crate::api::{self, ApiState, Tokens};
 use crate::app::App;
 use crate::cli::ServeArgs;
-use crate::exit::UsageError;
+use crate::error::UsageError;
+use crate::scheduler::state::PipelineState;
 
 /// How long shutdown waits for submissions that outlived their requests.
 const DRAIN: Duration = Duration::from_secs(60);
 
-pub async fn serve(
-    config: Option<&Path>,
-    args: &ServeArgs,
-    env: &BTreeMap<String, String>,
-) -> anyhow::Result<()> {
-    let tokens = Tokens::from_env(env).ok_or_else(|| {
-        UsageError(format!(
-            "{} is not set; set it to one or more comma-separated bearer tokens (e.g. `export {}=$(openssl rand -hex 32)`)",
-            api::TOKENS_ENV,
-            api::TOKENS_ENV
-        ))
-    })?;
-    let max_file_bytes = match env.get(api::MAX_FILE_BYTES_ENV) {
-        None => api::DEFAULT_MAX_FILE_BYTES,
-        Some(v) => v
-            .trim()
-            .parse::<u64>()
-            .ok()
-            .filter(|n| *n > 0)
-            .ok_or_else(|| {
-                UsageError(format!(
-                    "{} must be a whole number of bytes above 0, not {v:?}",
-                    api::MAX_FILE_BYTES_ENV
-                ))
-            })?,
-    };
-    let completion_window = match env.get(api::WINDOW_SECS_ENV) {
-        None => Duration::from_secs(api::batches::WINDOW_SECS),
-        Some(v) => v
-            .trim()
-            .parse::<u64>()
-            .ok()
-            .filter(|n| *n > 0)
-            .map(Duration::from_secs)
-            .ok_or_else(|| {
-                UsageError(format!(
-                    "{} must be a whole number of seconds above 0, not {v:?}; leave it unset for OpenAI's 24 h",
-                    api::WINDOW_SECS_ENV
-                ))
-            })?,
-    };
-    let secs = |name: &str, default: Duration| -> Result<Duration, UsageError> {
-        match env.get(name) {
-            None => Ok(default),
+/// What the environment sets for `serve`, checked before anything connects.
+struct ServeEnv {
+    tokens: Tokens,
+    max_file_bytes: u64,
+    completion_window: Duration,
+    body_timeout: Duration,
+    limits: api::listen::Limits,
+}
+
+impl ServeEnv {
+    fn from_env(env: &BTreeMap<String, String>) -> Result<Self, UsageError> {
+        let tokens = Tokens::from_env(env).ok_or_else(|| {
+            UsageError(format!(
+                "{} is not set; set it to one or more comma-separated bearer tokens (e.g. `export {}=$(openssl rand -hex 32)`)",
+                api::TOKENS_ENV,
+                api::TOKENS_ENV
+            ))
+        })?;
+        let max_file_bytes = match env.get(api::MAX_FILE_BYTES_ENV) {
+            None => api::DEFAULT_MAX_FILE_BYTES,
+            Some(v) => v
+                .trim()
+                .parse::<u64>()
+                .ok()
+                .filter(|n| *n > 0)
+                .ok_or_else(|| {
+                    UsageError(format!(
+                        "{} must be a whole number of bytes above 0, not {v:?}",
+                        api::MAX_FILE_BYTES_ENV
+                    ))
+                })?,
+        };
+        let completion_window = match env.get(api::WINDOW_SECS_ENV) {
+            None => Duration::from_secs(api::batches::WINDOW_SECS),
             Some(v) => v
                 .trim()
                 .parse::<u64>()
@@ -72,39 +66,122 @@ pub async fn serve(
                 .map(Duration::from_secs)
                 .ok_or_else(|| {
                     UsageError(format!(
-                        "{name} must be a whole number of seconds above 0, not {v:?}"
+                        "{} must be a whole number of seconds above 0, not {v:?}; leave it unset for OpenAI's 24 h",
+                        api::WINDOW_SECS_ENV
                     ))
-                }),
+                })?,
+        };
+        let secs = |name: &str, default: Duration| -> Result<Duration, UsageError> {
+            match env.get(name) {
+                None => Ok(default),
+                Some(v) => v
+                    .trim()
+                    .parse::<u64>()
+                    .ok()
+                    .filter(|n| *n > 0)
+                    .map(Duration::from_secs)
+                    .ok_or_else(|| {
+                        UsageError(format!(
+                            "{name} must be a whole number of seconds above 0, not {v:?}"
+                        ))
+                    }),
+            }
+        };
+        let body_timeout = secs(
+            api::limits::BODY_TIMEOUT_ENV,
+            api::limits::DEFAULT_BODY_TIMEOUT,
+        )?;
+        let header_timeout = secs(
+            api::limits::HEADER_TIMEOUT_ENV,
+            api::limits::DEFAULT_HEADER_TIMEOUT,
+        )?;
+        let max_connections = match env.get(api::limits::MAX_CONNECTIONS_ENV) {
+            None => api::limits::DEFAULT_MAX_CONNECTIONS,
+            Some(v) => v
+                .trim()
+                .parse::<usize>()
+                .ok()
+                .filter(|n| *n > 0)
+                .ok_or_else(|| {
+                    UsageError(format!(
+                        "{} must be a whole number above 0, not {v:?}",
+                        api::limits::MAX_CONNECTIONS_ENV
+                    ))
+                })?,
+        };
+        let limits = api::listen::Limits {
+            header_timeout,
+            body_timeout,
+            max_connections,
         }
-    };
-    let body_timeout = secs(
-        api::limits::BODY_TIMEOUT_ENV,
-        api::limits::DEFAULT_BODY_TIMEOUT,
-    )?;
-    let header_timeout = secs(
-        api::limits::HEADER_TIMEOUT_ENV,
-        api::limits::DEFAULT_HEADER_TIMEOUT,
-    )?;
-    let max_connections = match env.get(api::limits::MAX_CONNECTIONS_ENV) {
-        None => api::limits::DEFAULT_MAX_CONNECTIONS,
-        Some(v) => v
-            .trim()
-            .parse::<usize>()
-            .ok()
-            .filter(|n| *n > 0)
-            .ok_or_else(|| {
-                UsageError(format!(
-                    "{} must be a whole number above 0, not {v:?}",
-                    api::limits::MAX_CONNECTIONS_ENV
-                ))
-            })?,
-    };
-    let limits = api::listen::Limits {
-        header_timeout,
-        body_timeout,
-        max_connections,
+        .within_fd_limit();
+        Ok(Self {
+            tokens,
+            max_file_bytes,
+            completion_window,
+            body_timeout,
+            limits,
+        })
     }
-    .within_fd_limit();
+}
+
+/// The background work of the server, all stopped by `stop`: metrics upkeep, queue depth
+/// sampling and its history, and the pipelines' last successes when there are pipelines.
+async fn start_upkeep(
+    app: &App,
+    tasks: &TaskTracker,
+    metrics: PrometheusHandle,
+    stop: &CancellationToken,
+) -> anyhow::Result<(QueueHistory, Option<PipelineState>)> {
+    crate::metrics_http::spawn_upkeep(tasks, metrics, stop.clone());
+    // Queue depth on the API's /metrics too, so a deployment without worker metrics sees it.
+    tasks.spawn(batchyard_workers::metrics::sample(
+        Arc::clone(&app.queue),
+        Arc::clone(&app.ledger),
+        batchyard_workers::metrics::SAMPLE_EVERY,
+        stop.clone(),
+    ));
+    // The last hour of queue depth for `/api/queues/history`, stopped with the upkeep.
+    let mut history = QueueHistory::default();
+    if let Some(url) = app.settings.redis_url.as_deref() {
+        let conn = batchyard_jobs::redis_conn::connect(url)
+            .await
+            .context("cannot connect to redis")?;
+        history = history.persisted(api::native::history::Persist::new(conn, app.queue.name()));
+    }
+    tasks.spawn(api::native::history::sample(
+        Arc::clone(&app.queue),
+        history.clone(),
+        api::native::history::EVERY,
+        stop.clone(),
+    ));
+    let pipelines = if app.settings.pipelines.is_empty() || app.settings.redis_url.is_none() {
+        None
+    } else {
+        let pipeline_state = crate::scheduler::connect_state(app).await?;
+        // The last successes on the API's /metrics too, for alerts without scheduler metrics.
+        tasks.spawn(crate::scheduler::metrics::refresh(
+            pipeline_state.clone(),
+            app.settings.pipelines.keys().cloned().collect(),
+            stop.clone(),
+        ));
+        Some(pipeline_state)
+    };
+    Ok((history, pipelines))
+}
+
+pub async fn serve(
+    config: Option<&Path>,
+    args: &ServeArgs,
+    env: &BTreeMap<String, String>,
+) -> anyhow::Result<()> {
+    let ServeEnv {
+        tokens,
+        max_file_bytes,
+        completion_window,
+        body_timeout,
+        limits,
+    } = ServeEnv::from_env(env)?;
     let addr: std::net::SocketAddr = args.addr.parse().map_err(|e| {
         UsageError(format!(
             "--addr {:?} is not an address: {e}; use HOST:PORT, e.g. 127.0.0.1:8080",
@@ -121,41 +198,8 @@ pub async fn serve(
         .context("cannot read the address the server is bound to")?;
     let tasks = TaskTracker::new();
     let metrics = crate::metrics_http::install()?;
-    let stop_upkeep = tokio_util::sync::CancellationToken::new();
-    crate::metrics_http::spawn_upkeep(&tasks, metrics.clone(), stop_upkeep.clone());
-    // Queue depth on the API's /metrics too, so a deployment without worker metrics sees it.
-    tasks.spawn(batchyard_workers::metrics::sample(
-        Arc::clone(&app.queue),
-        Arc::clone(&app.ledger),
-        batchyard_workers::metrics::SAMPLE_EVERY,
-        stop_upkeep.clone(),
-    ));
-    // The last hour of queue depth for `/api/queues/history`, stopped with the upkeep.
-    let mut history = api::native::QueueHistory::default();
-    if let Some(url) = app.settings.redis_url.as_deref() {
-        let conn = batchyard_jobs::redis_conn::connect(url)
-            .await
-            .context("cannot connect to redis")?;
-        history = history.persisted(api::native::history::Persist::new(conn, app.queue.name()));
-    }
-    tasks.spawn(api::native::history::sample(
-        Arc::clone(&app.queue),
-        history.clone(),
-        api::native::history::EVERY,
-        stop_upkeep.clone(),
-    ));
-    let pipelines = if app.settings.pipelines.is_empty() || app.settings.redis_url.is_none() {
-        None
-    } else {
-        let pipeline_state = crate::scheduler::connect_state(&app).await?;
-        // The last successes on the API's /metrics too, for alerts without scheduler metrics.
-        tasks.spawn(crate::scheduler::metrics::refresh(
-            pipeline_state.clone(),
-            app.settings.pipelines.keys().cloned().collect(),
-            stop_upkeep.clone(),
-        ));
-        Some(pipeline_state)
-    };
+    let stop_upkeep = CancellationToken::new();
+    let (history, pipelines) = start_upkeep(&app, &tasks, metrics.clone(), &stop_upkeep).await?;
     let state = ApiState {
         app: Arc::new(app),
         tasks: tasks.clone(),

@@ -20,7 +20,7 @@ use serde_json::{Value, json};
 use crate::app::App;
 use crate::batch_view::batch_json;
 use crate::cli::StatusArgs;
-use crate::exit::UsageError;
+use crate::error::UsageError;
 
 /// How often `--watch` redraws.
 const REFRESH: Duration = Duration::from_secs(2);

@@ -13,7 +13,7 @@ pub async fn submit(
     env: &BTreeMap<String, String>,
 ) -> anyhow::Result<()> {
     if args.dry_run {
-        return super::estimate::estimate(config, &args.input, env).await;
+        return super::estimate_route::estimate(config, &args.input, env).await;
     }
     let settings = super::load_settings(config, env)?;
     let app = App::connect(settings, None, false, "submit").await?;

@@ -23,7 +23,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use crate::app::App;
 use crate::batch_view::batch_json;
 use crate::cli::WatchArgs;
-use crate::exit::UsageError;
+use crate::error::UsageError;
 
 /// How often `watch` looks at what queued items may be waiting for.
 const WAITS_EVERY: Duration = Duration::from_secs(10);

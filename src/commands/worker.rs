@@ -12,7 +12,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::app::App;
 use crate::cli::WorkerArgs;
-use crate::exit::UsageError;
+use crate::error::UsageError;
 
 pub async fn worker(
     config: Option<&Path>,

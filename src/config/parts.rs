@@ -8,56 +8,7 @@ use batchyard_workers::provider::{
     SimulatedConfig, SimulatedProvider,
 };
 
-use batchyard_workers::route::adequacy::AdequacyPolicy;
-
-use super::CacheSettings;
-use super::raw::{RawCache, RawProvider, RawRouting};
-
-/// `[routing]`, checked.
-pub(super) fn routing_policy(r: &RawRouting) -> Result<AdequacyPolicy, (String, String)> {
-    let d = AdequacyPolicy::default();
-    let policy = AdequacyPolicy {
-        learn: r.learn.unwrap_or(d.learn),
-        exploration: r.exploration.unwrap_or(d.exploration),
-        prior_strength: r.prior_strength.unwrap_or(d.prior_strength),
-        max_evidence: r.max_evidence.unwrap_or(d.max_evidence),
-        feature_buckets: r.feature_buckets.unwrap_or(d.feature_buckets),
-    };
-    if !(0.0..=1.0).contains(&policy.exploration) {
-        return Err((
-            "routing.exploration".into(),
-            format!("must be between 0 and 1, not {}", policy.exploration),
-        ));
-    }
-    if !policy.prior_strength.is_finite() || policy.prior_strength <= 0.0 {
-        return Err((
-            "routing.prior_strength".into(),
-            format!("must be more than 0, not {}", policy.prior_strength),
-        ));
-    }
-    if !policy.max_evidence.is_finite() || policy.max_evidence < 10.0 {
-        return Err((
-            "routing.max_evidence".into(),
-            format!("must be at least 10, not {}", policy.max_evidence),
-        ));
-    }
-    Ok(policy)
-}
-
-/// `[cache]`, checked. Entries live 30 days unless told otherwise.
-pub(super) fn cache_settings(c: &RawCache) -> Result<CacheSettings, (String, String)> {
-    let ttl_secs = c.ttl_secs.unwrap_or(30 * 24 * 3600);
-    if ttl_secs == 0 {
-        return Err((
-            "cache.ttl_secs".into(),
-            "must be more than 0; set enabled = false to turn the cache off".into(),
-        ));
-    }
-    Ok(CacheSettings {
-        enabled: c.enabled.unwrap_or(true),
-        ttl: Duration::from_secs(ttl_secs),
-    })
-}
+use super::raw::RawProvider;
 
 /// A task's `response_format` as the JSON it is sent as.
 pub(super) fn response_format(

@@ -1,3 +1,4 @@
+use super::defaults::DEFAULT_STORAGE_URL;
 use super::*;
 
 fn env(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {

@@ -3,7 +3,7 @@
 //!
 //! Timing uses apalis-cron's `CronScheduler` as a stream of ticks, fed by our own schedule
 //! ([`PipelineSchedule`]): the `cron` crate's fire times in the pipeline's IANA timezone, with
-//! a defined answer for DST gaps (see [`crate::config::pipelines::Pipeline::next_after`]).
+//! a defined answer for DST gaps (see [`crate::config::pipeline_spec::Pipeline::next_after`]).
 //! What apalis-cron doesn't do is the decisive part: every replica wakes at the same tick, and
 //! a claim, `SET by:pipeline:{<name>}:tick:<unix secs> NX`, lets exactly one of them submit.
 //!
@@ -33,8 +33,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::app::App;
-use crate::config::pipelines::{CatchUp, Pipeline};
-use crate::exit::UsageError;
+use crate::config::pipeline_spec::{CatchUp, Pipeline};
+use crate::error::UsageError;
 use run::{Trigger, run_pipeline};
 use state::PipelineState;
 

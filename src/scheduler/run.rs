@@ -12,7 +12,7 @@ use super::listing::list_input;
 use super::recover;
 use super::state::{LOCK_RENEW_EVERY, PERSIST_FOR, PipelineState, RunRecord, retrying};
 use crate::app::App;
-use crate::config::pipelines::Pipeline;
+use crate::config::pipeline_spec::Pipeline;
 use crate::submission::{SubmitRequest, submit_selected};
 
 /// What set a run off.

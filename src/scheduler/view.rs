@@ -6,7 +6,7 @@ use serde_json::{Value, json};
 use super::run::{Trigger, run_pipeline};
 use super::state::{PipelineState, RunRecord};
 use crate::app::App;
-use crate::config::pipelines::Pipeline;
+use crate::config::pipeline_spec::Pipeline;
 use batchyard_jobs::job::new_batch_id;
 
 /// One row per configured pipeline: its settings, next fire time in its timezone, and its

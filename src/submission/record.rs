@@ -7,9 +7,9 @@ use batchyard_jobs::ledger::SubmitStep;
 use batchyard_jobs::staging::Lease;
 use bytes::Bytes;
 
-use super::SubmitRequest;
+use super::request::SubmitRequest;
 use crate::app::App;
-use crate::exit::UsageError;
+use crate::error::UsageError;
 
 /// How long the result store may take to accept the probe of a submission.
 const PROBE_LIMIT: std::time::Duration = std::time::Duration::from_secs(30);

@@ -1,6 +1,6 @@
 //! The fake provider's skill mode over real HTTP: deterministic `ANSWER: ok` / `ANSWER: wrong`
 //! by `hash01(model, text) < 1 / (1 + exp(-12 (skill - D)))`, reproducible offline (the
-//! expected answers below were computed once in Python, as `scripts/bench_routing.py` does).
+//! expected answers below were computed once in Python, as `scripts/benchlib/routing.py` does).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::io::{BufRead as _, BufReader};

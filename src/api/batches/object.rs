@@ -8,9 +8,9 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use super::super::ApiState;
-use super::super::error::ApiError;
 use super::super::files::{ResultKind, result_file_id};
+use super::super::http_error::ApiError;
+use super::super::state::ApiState;
 
 pub const ENDPOINT: &str = "/v1/chat/completions";
 pub const WINDOW: &str = "24h";
@@ -56,6 +56,21 @@ pub(in crate::api) async fn load_api(
         Ok(bytes) => serde_json::from_slice(&bytes)
             .map(Some)
             .map_err(|e| ApiError::internal("a batch's API record is not valid JSON", &e)),
+        Err(batchyard_jobs::error::StoreError::NotFound { .. }) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// The batch's `manifest.json`, or `None` when it has none (its input failed validation).
+pub(in crate::api) async fn read_manifest(
+    state: &ApiState,
+    id: &str,
+) -> Result<Option<Value>, ApiError> {
+    let path = state.app.store.manifest_path(id);
+    match state.app.store.get(&path).await {
+        Ok(bytes) => serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| ApiError::internal("a batch manifest is not valid JSON", &e)),
         Err(batchyard_jobs::error::StoreError::NotFound { .. }) => Ok(None),
         Err(e) => Err(e.into()),
     }

@@ -7,10 +7,10 @@ use axum::http::StatusCode;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::ApiState;
-use super::error::{ApiError, ApiJson};
-use crate::exit::UsageError;
-use crate::replay::{ReplayBusy, RetryFilter, retry};
+use super::http_error::{ApiError, ApiJson};
+use super::state::ApiState;
+use crate::error::{ReplayBusy, UsageError};
+use crate::retry_cancel::{RetryFilter, retry};
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]

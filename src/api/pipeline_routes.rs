@@ -9,9 +9,9 @@ use axum::http::StatusCode;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::ApiState;
-use super::error::{ApiError, ApiQuery};
-use crate::config::pipelines::Pipeline;
+use super::http_error::{ApiError, ApiQuery};
+use super::state::ApiState;
+use crate::config::pipeline_spec::Pipeline;
 use crate::scheduler::state::PipelineState;
 use crate::scheduler::view::{history_rows, pipeline_rows, run_row, trigger_now};
 

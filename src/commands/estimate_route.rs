@@ -9,8 +9,8 @@ use serde_json::{Map, Value, json};
 
 use crate::app::App;
 use crate::cli::{InputArgs, RouteArgs};
-use crate::estimate::Estimate;
-use crate::exit::UsageError;
+use crate::cost_estimate::Estimate;
+use crate::error::UsageError;
 use crate::submission::Scanner;
 
 /// Connects for looking only: the learned pass rates from Redis when configured, else the

@@ -14,46 +14,9 @@ use batchyard_jobs::staging::{self, Lease};
 use futures::{StreamExt, TryStreamExt};
 
 use crate::app::App;
-use crate::exit::UsageError;
+use crate::error::{ReplayBusy, UsageError};
 
 const CHUNK: usize = 1000;
-
-/// A replay refused because the batch is not finished: another replay (named when known) or
-/// the first run is still going. Only one replay of a batch runs at a time.
-#[derive(Debug)]
-pub struct ReplayBusy {
-    pub batch_id: String,
-    pub state: BatchState,
-    pub replay: Option<String>,
-}
-
-impl std::fmt::Display for ReplayBusy {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let (id, state) = (&self.batch_id, self.state.as_str());
-        match &self.replay {
-            Some(replay) => write!(
-                f,
-                "batch {id} is {state}, being replayed by {replay}; one replay of a batch runs at a time: wait for it (`batchyard watch {id}`), then retry what still failed"
-            ),
-            None => write!(
-                f,
-                "batch {id} is {state}; retry works on finished batches (wait, or cancel it first)"
-            ),
-        }
-    }
-}
-
-impl std::error::Error for ReplayBusy {}
-
-impl ReplayBusy {
-    fn new(batch_id: &str, state: BatchState, replay: Option<String>) -> Self {
-        Self {
-            batch_id: batch_id.to_string(),
-            state,
-            replay,
-        }
-    }
-}
 
 fn new_replay_id() -> String {
     batchyard_jobs::job::new_batch_id().replacen("batch_", "replay_", 1)

@@ -1,9 +1,8 @@
-#!/usr/bin/env python3
 """B5: the routing benchmark. Cheapest-adequate routing measured through the real system.
 
     scripts/bench --only B5            # from the bench driver: updates only B5 in BENCHMARKS.md
     scripts/bench --only B5 --smoke    # 200 items per scenario; writes nothing
-    scripts/bench_routing.py [--smoke] [--items N] [--no-build] [--keep] [--write]
+    cd scripts && python3 -B -m benchlib.b5 [--smoke] [--items N] [--no-build] [--keep] [--write]
 
 A seeded dataset of documents, each carrying a hidden `[[difficulty=D]]` marker in its text,
 goes through `batchyard submit --task answer` and one `batchyard worker --concurrency 8`
@@ -23,23 +22,22 @@ are hard, so learning per prompt-length bucket pays). Each runs twice, `learned`
 Reported: routed ÷ oracle cost, validated success among the items the strongest model can
 pass, savings against always using the strongest model and against the static cascade, and
 the learning curve (routed ÷ oracle per window of 500 items in submission order).
-Python 3 standard library only; the process helpers come from `scripts/bench`.
+Python 3 standard library only; the process helpers come from `benchlib.common` and
+`benchlib.fake`; `benchlib.b5` runs it from `scripts/bench` and on its own.
 """
 
 import hashlib
 import itertools
-import importlib.machinery
-import importlib.util
 import json
 import math
 import os
 import random
 import re
 import subprocess
-import sys
 import time
 
-HERE = os.path.dirname(os.path.abspath(__file__))
+from . import common
+from .fake import FakeProvider
 
 SEED = 5
 ITEMS = 5_000  # per scenario (>= 4,000)
@@ -180,14 +178,14 @@ def skills_arg():
     return ",".join(f"{m}={skill}" for m, *_, skill in MODELS)
 
 
-def run_cmd(b, cmd, workdir, tag, timeout):
+def run_cmd(cmd, workdir, tag, timeout):
     out = os.path.join(workdir, f"{tag}.out")
     err = os.path.join(workdir, f"{tag}.err")
     with open(out, "w") as fo, open(err, "w") as fe:
-        p = b.PROCS.start(cmd, stdout=fo, stderr=fe, cwd=workdir, env=b.child_env())
-        rc, _, _ = b.wait_child(p, timeout)
+        p = common.PROCS.start(cmd, stdout=fo, stderr=fe, cwd=workdir, env=common.child_env())
+        rc, _, _ = common.wait_child(p, timeout)
     if rc != 0:
-        raise b.BenchError(f"{' '.join(cmd[3:5])} exited {rc}:\n{b.tail(err)}")
+        raise common.BenchError(f"{' '.join(cmd[3:5])} exited {rc}:\n{common.tail(err)}")
     return out
 
 
@@ -196,52 +194,52 @@ def read_lines(path):
         return [json.loads(l) for l in f if l.strip()]
 
 
-def run_one(b, workdir, scenario, mode, jsonl, n, timeout):
+def run_one(workdir, scenario, mode, jsonl, n, timeout):
     """Fresh redis and fake; submit; one worker until the batch is done; the output lines."""
     name = f"b5-{scenario}-{mode}"
-    server = b.RedisServer(workdir, name)
+    server = common.RedisServer(workdir, name)
     fake = worker = None
     try:
-        fake = b.FakeProvider(workdir, name, ["--skills", skills_arg()])
+        fake = FakeProvider(workdir, name, ["--skills", skills_arg()])
         config = write_config(workdir, name, server.url, fake.base_url, mode)
-        base = [b.BATCHYARD, "--config", config]
-        out = run_cmd(b, base + ["submit", jsonl, "--task", "answer", "--json"], workdir, f"{name}-submit", timeout)
+        base = [common.BATCHYARD, "--config", config]
+        out = run_cmd(base + ["submit", jsonl, "--task", "answer", "--json"], workdir, f"{name}-submit", timeout)
         batch_id = json.loads(open(out).read().splitlines()[-1])["id"]
         key = f"by:batch:{{{batch_id}}}"
         log_path = os.path.join(workdir, f"{name}-worker.log")
         t0 = time.monotonic()
         with open(log_path, "w") as lf:
-            worker = b.PROCS.start(
+            worker = common.PROCS.start(
                 base + ["worker", "--concurrency", str(CONCURRENCY), "--exit-when-idle", "2"],
-                stdout=lf, stderr=subprocess.STDOUT, cwd=workdir, env=b.child_env(),
+                stdout=lf, stderr=subprocess.STDOUT, cwd=workdir, env=common.child_env(),
             )
         last = t0
         while True:
             st, done, failed = server.client.cmd("HMGET", key, "state", "completed", "failed")
             if worker.poll() is not None:
-                b.PROCS.forget(worker)
+                common.PROCS.forget(worker)
                 break
             if time.monotonic() > t0 + timeout:
-                raise b.BenchError(f"B5 {name}: not done within {timeout:.0f} s ({st}, {done} completed, {failed} failed)")
+                raise common.BenchError(f"B5 {name}: not done within {timeout:.0f} s ({st}, {done} completed, {failed} failed)")
             if time.monotonic() - last >= 10:
-                b.log(f"  ... {int(done or 0) + int(failed or 0):,}/{n:,} settled, state {st}")
+                common.log(f"  ... {int(done or 0) + int(failed or 0):,}/{n:,} settled, state {st}")
                 last = time.monotonic()
             time.sleep(0.25)
         secs = time.monotonic() - t0
         st = server.client.cmd("HGET", key, "state")
         if worker.returncode != 0:
-            raise b.BenchError(f"B5 {name}: the worker exited {worker.returncode}:\n{b.tail(log_path)}")
+            raise common.BenchError(f"B5 {name}: the worker exited {worker.returncode}:\n{common.tail(log_path)}")
         if st not in ("completed", "failed"):
-            raise b.BenchError(f"B5 {name}: the worker exited but the batch is {st!r}:\n{b.tail(log_path)}")
-        ok_lines = read_lines(run_cmd(b, base + ["results", batch_id], workdir, f"{name}-out", timeout))
-        err_lines = read_lines(run_cmd(b, base + ["results", batch_id, "--errors"], workdir, f"{name}-err", timeout))
-        status = json.loads(open(run_cmd(b, base + ["status", batch_id, "--json"], workdir, f"{name}-status", timeout)).read().splitlines()[-1])
+            raise common.BenchError(f"B5 {name}: the worker exited but the batch is {st!r}:\n{common.tail(log_path)}")
+        ok_lines = read_lines(run_cmd(base + ["results", batch_id], workdir, f"{name}-out", timeout))
+        err_lines = read_lines(run_cmd(base + ["results", batch_id, "--errors"], workdir, f"{name}-err", timeout))
+        status = json.loads(open(run_cmd(base + ["status", batch_id, "--json"], workdir, f"{name}-status", timeout)).read().splitlines()[-1])
         calls = fake.stats().get("requests", 0)
-        b.log(f"B5 {name}: {len(ok_lines):,} passed, {len(err_lines):,} failed of {n:,} in {secs:.1f} s; {calls:,} calls")
+        common.log(f"B5 {name}: {len(ok_lines):,} passed, {len(err_lines):,} failed of {n:,} in {secs:.1f} s; {calls:,} calls")
         return {"ok": ok_lines, "err": err_lines, "status": status, "secs": secs, "calls": calls}
     finally:
         if worker is not None:
-            b.PROCS.stop(worker)
+            common.PROCS.stop(worker)
         if fake is not None:
             fake.stop()
         server.stop()
@@ -386,7 +384,7 @@ def section(summaries, window, command):
         + f". One `batchyard worker --concurrency {CONCURRENCY}`, a fresh redis-server and fake per run, "
         "`[cache] enabled = false`; `learned` is the default `[routing]`, `static` is `learn = false`. "
         f"Documents of {MIN_CHARS}–{MAX_CHARS} characters (log-uniform), seed {SEED}; oracle, always-strongest and "
-        "static-cascade costs computed offline with the fake's rule (`scripts/bench_routing.py`).\n"
+        "static-cascade costs computed offline with the fake's rule (`scripts/benchlib/routing.py`).\n"
     )
     for s in summaries:
         le, st = s["learned"], s["static"]
@@ -450,8 +448,8 @@ def verdict(ok):
 # ---------------------------------------------------------------------------------------------
 
 
-def run(b, workdir, smoke=False, items=None, command="scripts/bench --only B5"):
-    """B5 with the helpers of `scripts/bench` (module `b`). Returns {"rows", "summaries", ...}."""
+def run(workdir, smoke=False, items=None, command="scripts/bench --only B5"):
+    """B5 against fresh processes under `workdir`. Returns {"rows", "summaries", ...}."""
     n = items or (SMOKE_ITEMS if smoke else ITEMS)
     window = SMOKE_WINDOW if smoke else WINDOW
     timeout = 120.0 + n * 0.2
@@ -463,74 +461,23 @@ def run(b, workdir, smoke=False, items=None, command="scripts/bench --only B5"):
             for cid, text, _ in items_:
                 f.write(json.dumps({"id": cid, "text": text}) + "\n")
         truth = oracle(items_)
-        b.log(f"B5 {scenario}: {n:,} items; oracle ${sum(t['oracle'] for t in truth.values()):.4f}, "
+        common.log(f"B5 {scenario}: {n:,} items; oracle ${sum(t['oracle'] for t in truth.values()):.4f}, "
               f"static cascade (offline) ${sum(t['static'] for t in truth.values()):.4f}")
         res = {}
         for mode in MODES:
             try:
-                res[mode] = measure(run_one(b, workdir, scenario, mode, jsonl, n, timeout), truth, window)
+                res[mode] = measure(run_one(workdir, scenario, mode, jsonl, n, timeout), truth, window)
             except RuntimeError as e:
-                raise b.BenchError(f"B5 {scenario} {mode}: {e}")
+                raise common.BenchError(f"B5 {scenario} {mode}: {e}")
         s = summarise(scenario, truth, res, items_)
         summaries.append(s)
         if abs(s["static"]["routed"] - s["static_offline"]) > 0.005 * s["static_offline"]:
-            b.log(f"B5 {scenario}: WARNING: the static run cost ${s['static']['routed']:.4f}, the offline cheapest-first "
+            common.log(f"B5 {scenario}: WARNING: the static run cost ${s['static']['routed']:.4f}, the offline cheapest-first "
                   f"cascade ${s['static_offline']:.4f}: the cascade order or the fake's rule is not what the oracle assumes")
-        b.log(f"B5 {scenario}: routed/oracle learned {s['ratio']:.3f}, static {s['static_ratio']:.3f}; success "
+        common.log(f"B5 {scenario}: routed/oracle learned {s['ratio']:.3f}, static {s['static_ratio']:.3f}; success "
               f"{s['learned']['success']:.2%}; savings vs {STRONGEST} {s['save_strongest']:.1%}, vs static {s['save_static']:.1%}; "
               f"first-try lines with other input tokens than the oracle's: {s['learned']['token_mismatch'][0]} of {s['learned']['token_mismatch'][1]}")
     result = {"rows": rows(summaries), "summaries": summaries, "window": window, "command": command}
     print("\n".join(curve_table(summaries, window)))
     return result
 
-
-def load_bench():
-    """`scripts/bench` as a module (it has no .py suffix)."""
-    path = os.path.join(HERE, "bench")
-    loader = importlib.machinery.SourceFileLoader("batchyard_bench", path)
-    spec = importlib.util.spec_from_loader("batchyard_bench", loader)
-    mod = importlib.util.module_from_spec(spec)
-    loader.exec_module(mod)
-    return mod
-
-
-def main():
-    import argparse
-    import shutil
-    import tempfile
-
-    ap = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
-    ap.add_argument("--smoke", action="store_true", help=f"{SMOKE_ITEMS} items per scenario; writes nothing")
-    ap.add_argument("--items", type=int, help="items per scenario (ad hoc: writes nothing unless --write)")
-    ap.add_argument("--no-build", action="store_true", help="use the release binaries already built")
-    ap.add_argument("--keep", action="store_true", help="keep the temp dir (logs, configs, outputs)")
-    ap.add_argument("--write", action="store_true", help="update B5 in BENCHMARKS.md (not with --smoke)")
-    args = ap.parse_args()
-    sys.dont_write_bytecode = True  # loading scripts/bench leaves no scripts/__pycache__
-    b = load_bench()
-    workdir = tempfile.mkdtemp(prefix="batchyard-b5-")
-    try:
-        if not args.no_build:
-            b.build()
-        result = run(b, workdir, smoke=args.smoke, items=args.items, command="scripts/bench_routing.py --write")
-        for r in result["rows"]:
-            print(f"{r[0]:<4} {r[2]:<14} {r[3]:<70} {'(smoke)' if args.smoke else verdict(r[4])}\n     {r[1]}")
-        if args.write and not args.smoke:
-            splice_markdown(b.BENCH_MD, result)
-            b.log(f"updated B5 in {b.BENCH_MD}")
-        return 0
-    except b.BenchError as e:
-        b.log(f"FAILED: {e}")
-        return 1
-    except KeyboardInterrupt:
-        return 130
-    finally:
-        b.PROCS.stop_all()
-        if args.keep:
-            b.log(f"kept {workdir}")
-        else:
-            shutil.rmtree(workdir, ignore_errors=True)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,0 +1,24 @@
+//! What a submit is asked for, and what it answers.
+
+use batchyard_jobs::batch::BatchRecord;
+
+#[derive(Debug, Clone)]
+pub struct SubmitRequest {
+    pub input: String,
+    pub task: Option<String>,
+    pub budget_usd: Option<f64>,
+    pub skip_invalid: bool,
+    pub no_cache: bool,
+    /// OpenAI's `completion_window`: items still queued when it ends are `expired`, not run.
+    pub completion_window: Option<std::time::Duration>,
+    /// Continue this batch's interrupted submit (same input) instead of starting a new one.
+    pub resume: Option<String>,
+    /// Of a folder, follow symbolic links whose targets stay inside it.
+    pub follow_symlinks: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct Submitted {
+    pub record: BatchRecord,
+    pub invalid: u64,
+}
