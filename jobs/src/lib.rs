@@ -16,7 +16,9 @@
 //! - [`outcome`]: the output line format (OpenAI batch output plus a `batchyard` object).
 //! - [`jsonl`]: writing JSON lines with U+2028/U+2029 escaped, so every reader splits alike.
 //! - [`redis_conn`]: opening a self-healing Redis connection.
-//! - [`error`]: boundary errors with a kind and `is_retryable()`.
+//! - [`error`]: boundary errors with a kind; [`retry::Retryable`] says which are worth retrying.
+//! - [`retry`]: the one retry module: full-jitter backoff, bounded attempts and time, server
+//!   hints honoured, and the [`retry::Retryable`] trait.
 
 pub mod batch;
 pub mod error;
@@ -27,5 +29,6 @@ pub mod ledger;
 pub mod outcome;
 pub mod queue;
 pub mod redis_conn;
+pub mod retry;
 pub mod staging;
 pub mod storage;

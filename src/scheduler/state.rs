@@ -12,8 +12,9 @@
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use batchyard_jobs::retry::{RetryPolicy, retry_within};
 use redis::AsyncCommands;
 use redis::aio::ConnectionManager;
 use serde::{Deserialize, Serialize};
@@ -216,25 +217,22 @@ impl PipelineState {
     }
 }
 
-/// Runs `op` until it succeeds or `limit` has passed, backing off from 200 ms to 5 s: Redis
-/// restarting is weather, and the connection manager reconnects by itself.
-pub async fn retrying<T, E, F, Fut>(what: &str, limit: Duration, mut op: F) -> Result<T, E>
+/// Runs `op` until it succeeds or `limit` has passed, backing off (full jitter) under a
+/// ceiling from 200 ms to 5 s: Redis restarting is weather, and the connection manager
+/// reconnects by itself.
+pub async fn retrying<T, E, F, Fut>(what: &str, limit: Duration, op: F) -> Result<T, E>
 where
     E: std::fmt::Display,
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<T, E>>,
 {
-    let started = Instant::now();
-    let mut delay = Duration::from_millis(200);
-    loop {
-        match op().await {
-            Ok(v) => return Ok(v),
-            Err(e) if started.elapsed() + delay > limit => return Err(e),
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot {what} yet; retrying in {delay:?}");
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(5));
-            }
-        }
-    }
+    let policy = RetryPolicy {
+        base: Duration::from_millis(200),
+        cap: Duration::from_secs(5),
+        max_attempts: u32::MAX,
+    };
+    retry_within(&policy, limit, op, |e, delay| {
+        tracing::warn!(error = %e, "cannot {what} yet; retrying in {delay:?}");
+    })
+    .await
 }

@@ -40,11 +40,9 @@ impl RouteError {
             Self::UnknownModel(_) | Self::UnknownTask(_) => "invalid_request",
         }
     }
-
-    pub fn is_retryable(&self) -> bool {
-        false
-    }
 }
+
+impl batchyard_jobs::retry::Retryable for RouteError {}
 
 /// Output tokens assumed when neither the request nor the task sets a limit.
 pub const DEFAULT_OUTPUT_TOKENS: u64 = 512;

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use batchyard_jobs::redis_conn::connect;
+use batchyard_jobs::retry::Retryable as _;
 use batchyard_workers::health::memory::MemoryHealth;
 use batchyard_workers::health::redis::RedisHealth;
 use batchyard_workers::health::{HealthPolicy, ModelHealth, ModelState};

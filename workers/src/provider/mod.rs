@@ -130,9 +130,11 @@ impl ProviderError {
     pub fn kind(&self) -> ProviderErrorKind {
         self.kind
     }
+}
 
+impl batchyard_jobs::retry::Retryable for ProviderError {
     /// Worth retrying in place with backoff.
-    pub fn is_retryable(&self) -> bool {
+    fn is_retryable(&self) -> bool {
         matches!(
             self.kind,
             ProviderErrorKind::RateLimited
