@@ -14,6 +14,7 @@
 //!   what a sweep does with a submit that went silent.
 //! - [`storage`]: the object-storage layout of results (`batches/<id>/...`).
 //! - [`outcome`]: the output line format (OpenAI batch output plus a `batchyard` object).
+//! - [`codes`]: every user-visible error code, defined once.
 //! - [`jsonl`]: writing JSON lines with U+2028/U+2029 escaped, so every reader splits alike.
 //! - [`redis_conn`]: opening a self-healing Redis connection.
 //! - [`error`]: boundary errors with a kind; [`retry::Retryable`] says which are worth retrying.
@@ -21,6 +22,7 @@
 //!   hints honoured, and the [`retry::Retryable`] trait.
 
 pub mod batch;
+pub mod codes;
 pub mod error;
 pub mod input;
 pub mod job;
