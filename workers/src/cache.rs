@@ -22,7 +22,7 @@ use sha2::{Digest, Sha256};
 use crate::catalog::ModelSpec;
 
 /// Bumped when the key derivation or the entry format changes; old entries are then ignored.
-const VERSION: &str = "v1";
+const VERSION: &str = batchyard_jobs::keys::CACHE_VERSION;
 
 /// Body fields that change how an answer is delivered or accounted, not what it says.
 const IGNORED_FIELDS: [&str; 7] = [
@@ -57,19 +57,11 @@ pub struct CachedCompletion {
 pub struct ResultCache {
     store: ResultStore,
     ttl: Duration,
-    /// The store's root (its URL's prefix), under which `cache/` lives.
-    root: Path,
 }
 
 impl ResultCache {
     pub fn new(store: ResultStore, ttl: Duration) -> Self {
-        // The store keeps its prefix private; a batch folder sits two levels below it.
-        let root = store
-            .batch_dir("_")
-            .parent()
-            .and_then(|p| p.parent())
-            .unwrap_or_default();
-        Self { store, ttl, root }
+        Self { store, ttl }
     }
 
     /// The key of a call of `model` with this body (`default_max_tokens` as the call sends it).
@@ -108,13 +100,8 @@ impl ResultCache {
 
     /// Where the entry of `key` is stored.
     pub fn path(&self, key: &CacheKey) -> Path {
-        let shard = key.0.get(..2).filter(|s| s.len() == 2).unwrap_or("__");
-        self.root
-            .clone()
-            .join("cache")
-            .join(VERSION)
-            .join(shard)
-            .join(format!("{}.json", key.0))
+        self.store
+            .path_of(&batchyard_jobs::keys::cache_entry(&key.0))
     }
 
     /// A fresh entry, or `None` (missing, expired, unreadable: a miss, never an error).

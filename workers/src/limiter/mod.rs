@@ -58,7 +58,7 @@ impl LimitSpec {
     /// The model's own limits, scope `model:<key>`.
     pub fn model(model: &ModelSpec) -> Self {
         Self {
-            scope: format!("model:{}", model.key),
+            scope: batchyard_jobs::keys::limiter_model_scope(&model.key),
             rpm: model.rpm,
             tpm: model.tpm,
         }
@@ -67,7 +67,7 @@ impl LimitSpec {
     /// A provider account's limits shared by its models, scope `provider:<key>`.
     pub fn provider(key: &str, rpm: Option<u32>, tpm: Option<u64>) -> Self {
         Self {
-            scope: format!("provider:{key}"),
+            scope: batchyard_jobs::keys::limiter_provider_scope(key),
             rpm,
             tpm,
         }
