@@ -218,10 +218,16 @@ pub const API_READYZ: &str = "api/readyz";
 /// The result cache's layout version; also hashed into every cache key.
 pub const CACHE_VERSION: &str = "v1";
 
-/// A cached completion, sharded by the first two hex digits of its key.
-pub fn cache_entry(key_hex: &str) -> String {
+/// A cached completion, sharded by the first two hex digits of its key, as path parts: each
+/// is one part (a `/` inside is escaped, not a separator), so no key can leave `cache/`.
+pub fn cache_entry(key_hex: &str) -> [String; 4] {
     let shard = key_hex.get(..2).filter(|s| s.len() == 2).unwrap_or("__");
-    format!("cache/{CACHE_VERSION}/{shard}/{key_hex}.json")
+    [
+        "cache".to_owned(),
+        CACHE_VERSION.to_owned(),
+        shard.to_owned(),
+        format!("{key_hex}.json"),
+    ]
 }
 
 #[cfg(test)]
@@ -285,8 +291,8 @@ mod tests {
             (api_batch("batch_1"), "api/batches/batch_1.json"),
             (API_READYZ.to_owned(), "api/readyz"),
             (CACHE_VERSION.to_owned(), "v1"),
-            (cache_entry("abcdef"), "cache/v1/ab/abcdef.json"),
-            (cache_entry("a"), "cache/v1/__/a.json"),
+            (cache_entry("abcdef").join("/"), "cache/v1/ab/abcdef.json"),
+            (cache_entry("a").join("/"), "cache/v1/__/a.json"),
         ];
         for (built, today) in pinned {
             assert_eq!(built, today);

@@ -57,11 +57,19 @@ pub struct CachedCompletion {
 pub struct ResultCache {
     store: ResultStore,
     ttl: Duration,
+    /// The store's root (its URL's prefix), under which `cache/` lives.
+    root: Path,
 }
 
 impl ResultCache {
     pub fn new(store: ResultStore, ttl: Duration) -> Self {
-        Self { store, ttl }
+        // The store keeps its prefix private; a batch folder sits two levels below it.
+        let root = store
+            .batch_dir("_")
+            .parent()
+            .and_then(|p| p.parent())
+            .unwrap_or_default();
+        Self { store, ttl, root }
     }
 
     /// The key of a call of `model` with this body (`default_max_tokens` as the call sends it).
@@ -100,8 +108,10 @@ impl ResultCache {
 
     /// Where the entry of `key` is stored.
     pub fn path(&self, key: &CacheKey) -> Path {
-        self.store
-            .path_of(&batchyard_jobs::keys::cache_entry(&key.0))
+        // Joined part by part, so a hand-made key cannot climb out of the cache folder.
+        batchyard_jobs::keys::cache_entry(&key.0)
+            .into_iter()
+            .fold(self.root.clone(), |path, part| path.join(part))
     }
 
     /// A fresh entry, or `None` (missing, expired, unreadable: a miss, never an error).
