@@ -81,7 +81,7 @@ impl App {
                     Arc::new(RedisHealth::new(conn.clone(), settings.health.clone())),
                     Arc::new(RedisLimiter::with_tuning(
                         conn.clone(),
-                        "by",
+                        batchyard_jobs::keys::PREFIX,
                         settings.limits,
                     )),
                     max_wait,

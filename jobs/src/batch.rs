@@ -135,10 +135,7 @@ pub struct BatchFailure {
 
 /// Batch-level failure codes.
 pub mod failure_codes {
-    /// `submit` stopped before the whole input was staged; nothing of the batch ran.
-    pub const SUBMIT_INTERRUPTED: &str = "submit_interrupted";
-    /// Results of settled items went missing from storage before the batch files were written.
-    pub const RESULT_LOST: &str = "result_lost";
+    pub use crate::codes::{RESULT_LOST, SUBMIT_INTERRUPTED};
 }
 
 impl BatchRecord {

@@ -35,8 +35,10 @@ impl QueueError {
             Self::BatchNotFound(_) => ErrorKind::NotFound,
         }
     }
+}
 
-    pub fn is_retryable(&self) -> bool {
+impl crate::retry::Retryable for QueueError {
+    fn is_retryable(&self) -> bool {
         self.kind() == ErrorKind::Unavailable
     }
 }
@@ -89,10 +91,6 @@ impl StoreError {
         }
     }
 
-    pub fn is_retryable(&self) -> bool {
-        self.kind() == ErrorKind::Unavailable
-    }
-
     pub fn from_object_store(path: &str, e: object_store::Error) -> Self {
         let path = path.to_string();
         match e {
@@ -111,6 +109,12 @@ impl StoreError {
                 message: redact(&other.to_string()),
             },
         }
+    }
+}
+
+impl crate::retry::Retryable for StoreError {
+    fn is_retryable(&self) -> bool {
+        self.kind() == ErrorKind::Unavailable
     }
 }
 

@@ -12,20 +12,27 @@
 //!   exactly-once settlement per job and exactly one finalizer per batch.
 //! - [`staging`]: a submission's jobs kept apart until the whole input is in, then published;
 //!   what a sweep does with a submit that went silent.
-//! - [`storage`]: the object-storage layout of results (`batches/<id>/...`).
+//! - [`storage`]: the object store of results, at the paths [`keys`] names.
+//! - [`keys`]: every Redis key and object-store path, built in one place.
 //! - [`outcome`]: the output line format (OpenAI batch output plus a `batchyard` object).
+//! - [`codes`]: every user-visible error code, defined once.
 //! - [`jsonl`]: writing JSON lines with U+2028/U+2029 escaped, so every reader splits alike.
 //! - [`redis_conn`]: opening a self-healing Redis connection.
-//! - [`error`]: boundary errors with a kind and `is_retryable()`.
+//! - [`error`]: boundary errors with a kind; [`retry::Retryable`] says which are worth retrying.
+//! - [`retry`]: the one retry module: full-jitter backoff, bounded attempts and time, server
+//!   hints honoured, and the [`retry::Retryable`] trait.
 
 pub mod batch;
+pub mod codes;
 pub mod error;
 pub mod input;
 pub mod job;
 pub mod jsonl;
+pub mod keys;
 pub mod ledger;
 pub mod outcome;
 pub mod queue;
 pub mod redis_conn;
+pub mod retry;
 pub mod staging;
 pub mod storage;

@@ -5,23 +5,9 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-/// Typed error codes of `errors.jsonl`, beyond the provider taxonomy.
-pub mod codes {
-    pub const INVALID_INPUT: &str = "invalid_input";
-    pub const VALIDATION_FAILED: &str = "validation_failed";
-    pub const BUDGET_EXHAUSTED: &str = "budget_exhausted";
-    pub const CANCELLED: &str = "cancelled";
-    pub const EXPIRED: &str = "expired";
-    pub const WORKER_LOST: &str = "worker_lost";
-    pub const NO_ADEQUATE_MODEL: &str = "no_adequate_model";
-    /// The item's stored result went missing after it was settled (deleted from storage).
-    pub const RESULT_LOST: &str = "result_lost";
-    /// Every adequate model stayed cooling down (failing) through the item's attempts.
-    pub const MODEL_UNAVAILABLE: &str = "model_unavailable";
-    /// The item's only adequate models are paused (auth, quota, operator) and nothing can
-    /// resume them for this run.
-    pub const MODEL_PAUSED: &str = "model_paused";
-}
+/// Typed error codes of `errors.jsonl`, beyond the provider taxonomy (all codes live in
+/// [`crate::codes`]).
+pub use crate::codes;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct OutputLine {

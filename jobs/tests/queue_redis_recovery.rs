@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use batchyard_jobs::queue::redis::RedisQueue;
 use batchyard_jobs::queue::{Delivery, Queue, QueueOptions};
+use batchyard_jobs::retry::Retryable as _;
 use common::{TestRedis, jobs, unique_name};
 use queue_redis_support::{SHORT, ack_all, claim_n, depth, enqueue, open};
 

@@ -137,7 +137,7 @@ fn failure_errors(failure: &anyhow::Error, file_id: &str) -> Option<Vec<BatchErr
             .errors
             .iter()
             .map(|e| BatchErrorItem {
-                code: "invalid_input".into(),
+                code: batchyard_jobs::codes::INVALID_INPUT.into(),
                 message: e.reason.clone(),
                 param: None,
                 line: e.line,
@@ -147,7 +147,7 @@ fn failure_errors(failure: &anyhow::Error, file_id: &str) -> Option<Vec<BatchErr
         let more = invalid.total_bad.saturating_sub(items.len() as u64);
         if more > 0 {
             items.push(BatchErrorItem {
-                code: "invalid_input".into(),
+                code: batchyard_jobs::codes::INVALID_INPUT.into(),
                 message: format!(
                     "and {more} more invalid line(s); fix the file and upload it again"
                 ),
@@ -164,7 +164,7 @@ fn failure_errors(failure: &anyhow::Error, file_id: &str) -> Option<Vec<BatchErr
             .find(&marker)
             .map_or(usage.0.as_str(), |i| &usage.0[i + marker.len()..]);
         Some(vec![BatchErrorItem {
-            code: "invalid_file".into(),
+            code: batchyard_jobs::codes::INVALID_FILE.into(),
             message: message.to_string(),
             param: None,
             line: None,

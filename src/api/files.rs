@@ -104,11 +104,17 @@ impl FileId {
 }
 
 pub fn content_path(state: &ApiState, file_id: &str) -> Path {
-    state.app.store.path_of(&format!("files/{file_id}.jsonl"))
+    state
+        .app
+        .store
+        .path_of(&batchyard_jobs::keys::upload_content(file_id))
 }
 
 fn meta_path(state: &ApiState, file_id: &str) -> Path {
-    state.app.store.path_of(&format!("files/{file_id}.json"))
+    state
+        .app
+        .store
+        .path_of(&batchyard_jobs::keys::upload_meta(file_id))
 }
 
 /// The metadata of an uploaded file, or `None`.

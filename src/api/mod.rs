@@ -109,7 +109,7 @@ async fn healthz() -> Json<Value> {
 /// Redis and object storage answer: one cheap read of each.
 async fn readyz(State(state): State<ApiState>) -> (StatusCode, Json<Value>) {
     let redis = tokio::time::timeout(READY_TIMEOUT, state.app.ledger.list(1)).await;
-    let probe = state.app.store.path_of("api/readyz");
+    let probe = state.app.store.path_of(batchyard_jobs::keys::API_READYZ);
     let storage = tokio::time::timeout(READY_TIMEOUT, state.app.store.exists(&probe)).await;
     let redis_ok = matches!(redis, Ok(Ok(_)));
     let storage_ok = matches!(storage, Ok(Ok(_)));

@@ -5,9 +5,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::sync::Arc;
 
+use batchyard_workers::catalog::validate::Validators;
 use batchyard_workers::catalog::{Catalog, CatalogError, ModelSpec, TaskSpec};
 use batchyard_workers::provider::Provider;
-use batchyard_workers::catalog::validate::Validators;
 
 use super::defaults;
 use super::parts::{build_provider, response_format};

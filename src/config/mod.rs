@@ -25,12 +25,12 @@ use std::time::Duration;
 
 use batchyard_jobs::input::KnownNames;
 use batchyard_jobs::queue::QueueOptions;
-use batchyard_workers::route::adequacy::AdequacyPolicy;
-use batchyard_workers::catalog::Catalog;
 use batchyard_workers::call::health::HealthPolicy;
 use batchyard_workers::call::limiter::Tuning;
 use batchyard_workers::call::retry::RetryPolicy;
+use batchyard_workers::catalog::Catalog;
 use batchyard_workers::job::runner::RunnerOptions;
+use batchyard_workers::route::adequacy::AdequacyPolicy;
 
 use parts::{describe_toml_error, scrub_toml_message};
 use raw::RawConfig;

@@ -8,11 +8,11 @@ use std::time::Duration;
 
 use batchyard_jobs::input::DEFAULT_MAX_LINE_BYTES;
 use batchyard_jobs::queue::QueueOptions;
-use batchyard_workers::route::adequacy::AdequacyPolicy;
 use batchyard_workers::call::health::HealthPolicy;
 use batchyard_workers::call::limiter::Tuning;
 use batchyard_workers::call::retry::RetryPolicy;
 use batchyard_workers::job::runner::RunnerOptions;
+use batchyard_workers::route::adequacy::AdequacyPolicy;
 
 use super::defaults::DEFAULT_STORAGE_URL;
 use super::parts::{check_url, has_credentials, has_password};

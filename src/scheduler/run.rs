@@ -30,8 +30,10 @@ pub enum Trigger {
 impl Trigger {
     fn claim_key(&self) -> String {
         match self {
-            Self::Schedule(tick) | Self::CatchUp(tick) => format!("tick:{}", tick.timestamp()),
-            Self::Manual { id, .. } => format!("manual:{id}"),
+            Self::Schedule(tick) | Self::CatchUp(tick) => {
+                batchyard_jobs::keys::pipeline_tick(tick.timestamp())
+            }
+            Self::Manual { id, .. } => batchyard_jobs::keys::pipeline_manual(id),
         }
     }
 

@@ -12,8 +12,10 @@
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use batchyard_jobs::keys;
+use batchyard_jobs::retry::{RetryPolicy, retry_within};
 use redis::AsyncCommands;
 use redis::aio::ConnectionManager;
 use serde::{Deserialize, Serialize};
@@ -29,10 +31,6 @@ pub const LOCK_RENEW_EVERY: Duration = Duration::from_secs(20);
 pub const PERSIST_FOR: Duration = Duration::from_secs(120);
 /// Runs kept per pipeline.
 pub const HISTORY_LEN: isize = 100;
-
-fn key(pipeline: &str, rest: &str) -> String {
-    format!("by:pipeline:{{{pipeline}}}:{rest}")
-}
 
 /// One run of a pipeline, as `pipelines history` shows it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -68,7 +66,7 @@ impl PipelineState {
     pub async fn claim(&self, pipeline: &str, trigger: &str) -> redis::RedisResult<bool> {
         let mut conn = self.conn.clone();
         let set: Option<String> = redis::cmd("SET")
-            .arg(key(pipeline, trigger))
+            .arg(keys::pipeline_trigger(pipeline, trigger))
             .arg(&self.owner)
             .arg("NX")
             .arg("EX")
@@ -84,7 +82,7 @@ impl PipelineState {
     pub async fn lock(&self, pipeline: &str, token: &str) -> redis::RedisResult<bool> {
         let mut conn = self.conn.clone();
         let set: Option<String> = redis::cmd("SET")
-            .arg(key(pipeline, "lock"))
+            .arg(keys::pipeline_lock(pipeline))
             .arg(token)
             .arg("NX")
             .arg("EX")
@@ -101,7 +99,7 @@ impl PipelineState {
             "if redis.call('GET', KEYS[1]) == ARGV[1] then \
                return redis.call('EXPIRE', KEYS[1], ARGV[2]) end return 0",
         )
-        .key(key(pipeline, "lock"))
+        .key(keys::pipeline_lock(pipeline))
         .arg(token)
         .arg(LOCK_TTL_SECS)
         .invoke_async(&mut conn)
@@ -115,7 +113,7 @@ impl PipelineState {
         redis::Script::new(
             "if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end return 0",
         )
-        .key(key(pipeline, "lock"))
+        .key(keys::pipeline_lock(pipeline))
         .arg(token)
         .invoke_async::<i64>(&mut conn)
         .await
@@ -125,13 +123,14 @@ impl PipelineState {
     /// Remembers the newest scheduled tick that ran, for catch-up after downtime.
     pub async fn note_tick(&self, pipeline: &str, tick_unix: i64) -> redis::RedisResult<()> {
         // Runs of consecutive ticks may finish out of order; the value only moves forward.
-        self.raise(&key(pipeline, "last_tick"), tick_unix).await
+        self.raise(&keys::pipeline_last_tick(pipeline), tick_unix)
+            .await
     }
 
     /// Remembers that a run ended well at `at` (unix seconds).
     pub async fn note_success(&self, pipeline: &str, at: u64) -> redis::RedisResult<()> {
         self.raise(
-            &key(pipeline, "last_success"),
+            &keys::pipeline_last_success(pipeline),
             i64::try_from(at).unwrap_or(i64::MAX),
         )
         .await
@@ -154,25 +153,25 @@ impl PipelineState {
 
     pub async fn last_success(&self, pipeline: &str) -> redis::RedisResult<Option<u64>> {
         let mut conn = self.conn.clone();
-        conn.get(key(pipeline, "last_success")).await
+        conn.get(keys::pipeline_last_success(pipeline)).await
     }
 
     /// True when Redis holds no `seen` hash for the pipeline: it never submitted, or Redis lost
     /// its data and the hash must be rebuilt from object storage.
     pub async fn seen_is_empty(&self, pipeline: &str) -> redis::RedisResult<bool> {
         let mut conn = self.conn.clone();
-        let n: u64 = conn.hlen(key(pipeline, "seen")).await?;
+        let n: u64 = conn.hlen(keys::pipeline_seen(pipeline)).await?;
         Ok(n == 0)
     }
 
     pub async fn last_tick(&self, pipeline: &str) -> redis::RedisResult<Option<i64>> {
         let mut conn = self.conn.clone();
-        conn.get(key(pipeline, "last_tick")).await
+        conn.get(keys::pipeline_last_tick(pipeline)).await
     }
 
     pub async fn seen(&self, pipeline: &str) -> redis::RedisResult<HashMap<String, String>> {
         let mut conn = self.conn.clone();
-        conn.hgetall(key(pipeline, "seen")).await
+        conn.hgetall(keys::pipeline_seen(pipeline)).await
     }
 
     pub async fn mark_seen(
@@ -186,14 +185,16 @@ impl PipelineState {
         let mut conn = self.conn.clone();
         // Chunked so a huge first run doesn't build one enormous command.
         for chunk in items.chunks(1000) {
-            let () = conn.hset_multiple(key(pipeline, "seen"), chunk).await?;
+            let () = conn
+                .hset_multiple(keys::pipeline_seen(pipeline), chunk)
+                .await?;
         }
         Ok(())
     }
 
     pub async fn record(&self, pipeline: &str, run: &RunRecord) -> anyhow::Result<()> {
         let mut conn = self.conn.clone();
-        let runs = key(pipeline, "runs");
+        let runs = keys::pipeline_runs(pipeline);
         let () = redis::pipe()
             .atomic()
             .lpush(&runs, serde_json::to_string(run)?)
@@ -208,7 +209,9 @@ impl PipelineState {
     /// The newest `limit` runs, newest first.
     pub async fn history(&self, pipeline: &str, limit: isize) -> anyhow::Result<Vec<RunRecord>> {
         let mut conn = self.conn.clone();
-        let raw: Vec<String> = conn.lrange(key(pipeline, "runs"), 0, limit - 1).await?;
+        let raw: Vec<String> = conn
+            .lrange(keys::pipeline_runs(pipeline), 0, limit - 1)
+            .await?;
         Ok(raw
             .iter()
             .filter_map(|r| serde_json::from_str(r).ok())
@@ -216,25 +219,22 @@ impl PipelineState {
     }
 }
 
-/// Runs `op` until it succeeds or `limit` has passed, backing off from 200 ms to 5 s: Redis
-/// restarting is weather, and the connection manager reconnects by itself.
-pub async fn retrying<T, E, F, Fut>(what: &str, limit: Duration, mut op: F) -> Result<T, E>
+/// Runs `op` until it succeeds or `limit` has passed, backing off (full jitter) under a
+/// ceiling from 200 ms to 5 s: Redis restarting is weather, and the connection manager
+/// reconnects by itself.
+pub async fn retrying<T, E, F, Fut>(what: &str, limit: Duration, op: F) -> Result<T, E>
 where
     E: std::fmt::Display,
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<T, E>>,
 {
-    let started = Instant::now();
-    let mut delay = Duration::from_millis(200);
-    loop {
-        match op().await {
-            Ok(v) => return Ok(v),
-            Err(e) if started.elapsed() + delay > limit => return Err(e),
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot {what} yet; retrying in {delay:?}");
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(5));
-            }
-        }
-    }
+    let policy = RetryPolicy {
+        base: Duration::from_millis(200),
+        cap: Duration::from_secs(5),
+        max_attempts: u32::MAX,
+    };
+    retry_within(&policy, limit, op, |e, delay| {
+        tracing::warn!(error = %e, "cannot {what} yet; retrying in {delay:?}");
+    })
+    .await
 }

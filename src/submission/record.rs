@@ -128,7 +128,7 @@ pub(super) async fn taken_error(app: &App, batch_id: &str) -> anyhow::Error {
 pub(super) async fn probe_store(app: &App, batch_id: &str) -> anyhow::Result<()> {
     let path = app
         .store
-        .path_of(&format!("batches/{batch_id}/.submit-probe"));
+        .path_of(&batchyard_jobs::keys::submit_probe(batch_id));
     let where_ = batchyard_jobs::error::redact(app.store.url());
     let failed = |reason: String| {
         UsageError(format!(

@@ -5,6 +5,7 @@ use std::io::{BufRead as _, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use batchyard_jobs::retry::Retryable as _;
 use batchyard_workers::provider::{
     AnthropicConfig, AnthropicProvider, ChatCall, Completion, ProviderError, ProviderErrorKind,
     Secret,

@@ -6,6 +6,7 @@ use std::io::{BufRead as _, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use batchyard_jobs::retry::Retryable as _;
 use batchyard_workers::provider::openai::parse_go_duration;
 use batchyard_workers::provider::{
     ChatCall, Completion, OpenAiConfig, OpenAiProvider, ProviderError, ProviderErrorKind,

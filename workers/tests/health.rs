@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use batchyard_jobs::redis_conn::connect;
+use batchyard_jobs::retry::Retryable as _;
 use batchyard_workers::call::health::memory::MemoryHealth;
 use batchyard_workers::call::health::redis::RedisHealth;
 use batchyard_workers::call::health::{HealthPolicy, ModelHealth, ModelState};

@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
+use batchyard_jobs::retry::Retryable as _;
 use batchyard_workers::call::limiter::memory::MemoryLimiter;
 use batchyard_workers::call::limiter::redis::RedisLimiter;
 use batchyard_workers::call::limiter::{

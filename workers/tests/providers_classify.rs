@@ -4,6 +4,7 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use batchyard_jobs::retry::Retryable as _;
 use batchyard_workers::provider::ProviderErrorKind;
 use batchyard_workers::provider::openai::classify;
 use reqwest::header::{HeaderMap, HeaderValue};

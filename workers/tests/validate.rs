@@ -5,6 +5,7 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use batchyard_jobs::retry::Retryable as _;
 use batchyard_workers::catalog::validate::{
     CHECK_COMMAND, CHECK_FINISH_REASON, CHECK_JSON_SCHEMA, CHECK_MAX_CHARS, CHECK_MIN_CHARS,
     CHECK_REFUSAL, CHECK_REGEX, Failure, SchemaSource, ValidateConfig, ValidateConfigError,

@@ -21,23 +21,24 @@ use crate::batch::{
     BatchFailure, BatchRecord, BatchState, RequestCounts, SubmitProgress, now_secs,
 };
 use crate::error::QueueError;
+use crate::keys;
 
-const INDEX_KEY: &str = "by:batches";
+const INDEX_KEY: &str = keys::BATCH_INDEX;
 
 fn record_key(id: &str) -> String {
-    format!("by:batch:{{{id}}}")
+    keys::batch_record(id)
 }
 
 fn settled_key(id: &str) -> String {
-    format!("by:batch:{{{id}}}:settled")
+    keys::batch_settled(id)
 }
 
 fn lease_key(id: &str) -> String {
-    format!("by:batch:{{{id}}}:final")
+    keys::batch_final(id)
 }
 
 fn resv_key(id: &str) -> String {
-    format!("by:batch:{{{id}}}:resv")
+    keys::batch_resv(id)
 }
 
 /// Returns {counted, finalize}; -1 when the batch does not exist.

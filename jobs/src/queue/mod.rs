@@ -90,7 +90,7 @@ pub struct DeadLetter {
 /// workers down (or outlived them), and an entry no worker could decode. Every other dead
 /// letter is an item that ended with an ordinary error (`validation_failed`,
 /// `budget_exhausted`, ...), already in `errors.jsonl` and kept only for replay.
-pub const LOST_CODES: [&str; 2] = ["worker_lost", "malformed_job"];
+pub const LOST_CODES: [&str; 2] = [crate::codes::WORKER_LOST, crate::codes::MALFORMED_JOB];
 
 pub fn is_lost(code: &str) -> bool {
     LOST_CODES.contains(&code)

@@ -32,6 +32,7 @@ use self::scripts::Scripts;
 use super::{DeadLetter, Delivery, Queue, QueueDepth, QueueOptions};
 use crate::error::QueueError;
 use crate::job::Job;
+use crate::keys;
 
 /// The consumer group every worker joins.
 pub const GROUP: &str = "workers";
@@ -80,15 +81,14 @@ fn millis(d: Duration) -> u64 {
 impl RedisQueue {
     /// Opens the queue named in `opts`, creating its stream and consumer group if missing.
     pub async fn new(conn: ConnectionManager, opts: QueueOptions) -> Result<Self, QueueError> {
-        let prefix = format!("by:{{{}}}:", opts.name);
         let queue = Self {
             conn,
             blocking: None,
-            stream: format!("{prefix}stream"),
-            enq: format!("{prefix}enq"),
-            delayed: format!("{prefix}delayed"),
-            dead: format!("{prefix}dead"),
-            lost: format!("{prefix}lost"),
+            stream: keys::queue_stream(&opts.name),
+            enq: keys::queue_enq(&opts.name),
+            delayed: keys::queue_delayed(&opts.name),
+            dead: keys::queue_dead(&opts.name),
+            lost: keys::queue_lost(&opts.name),
             opts,
             scripts: Scripts::new(),
             timers: Mutex::new(Timers::default()),
@@ -167,7 +167,7 @@ impl RedisQueue {
     }
 
     fn staged_key(&self, batch_id: &str) -> String {
-        format!("by:{{{}}}:staged:{batch_id}", self.opts.name)
+        keys::queue_staged(&self.opts.name, batch_id)
     }
 
     /// Forgets a batch's enqueue high-water mark. Call after the batch is finalized.

@@ -21,6 +21,7 @@ use object_store::path::Path;
 use object_store::{ObjectMeta, ObjectStore, ObjectStoreExt, PutPayload};
 
 use crate::error::{StoreError, redact};
+use crate::keys;
 
 mod file_writer;
 use file_writer::FileWriter;
@@ -136,38 +137,38 @@ impl ResultStore {
     }
 
     pub fn batch_dir(&self, batch_id: &str) -> Path {
-        self.under(&format!("batches/{batch_id}"))
+        self.under(&keys::batch_dir(batch_id))
     }
 
     pub fn results_dir(&self, batch_id: &str) -> Path {
-        self.under(&format!("batches/{batch_id}/results"))
+        self.under(&keys::results_dir(batch_id))
     }
 
     pub fn result_path(&self, batch_id: &str, job_id: &str) -> Path {
-        self.under(&format!("batches/{batch_id}/results/{job_id}.json"))
+        self.under(&keys::result(batch_id, job_id))
     }
 
     /// Where the jobs of a batch's input are kept until the batch is final, so a result lost
     /// from storage can be named and run again.
     pub fn input_dir(&self, batch_id: &str) -> Path {
-        self.under(&format!("batches/{batch_id}/input"))
+        self.under(&keys::input_dir(batch_id))
     }
 
     /// One staged chunk of the input: job JSON, one per line.
     pub fn input_chunk_path(&self, batch_id: &str, chunk_no: u64) -> Path {
-        self.under(&format!("batches/{batch_id}/input/{chunk_no:08}.jsonl"))
+        self.under(&keys::input_chunk(batch_id, chunk_no))
     }
 
     pub fn output_path(&self, batch_id: &str) -> Path {
-        self.under(&format!("batches/{batch_id}/output.jsonl"))
+        self.under(&keys::output(batch_id))
     }
 
     pub fn errors_path(&self, batch_id: &str) -> Path {
-        self.under(&format!("batches/{batch_id}/errors.jsonl"))
+        self.under(&keys::errors(batch_id))
     }
 
     pub fn manifest_path(&self, batch_id: &str) -> Path {
-        self.under(&format!("batches/{batch_id}/manifest.json"))
+        self.under(&keys::manifest(batch_id))
     }
 
     /// A human-readable location of `path`, e.g. for the run summary.

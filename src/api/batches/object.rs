@@ -45,7 +45,7 @@ fn record_path(state: &ApiState, batch_id: &str) -> object_store::path::Path {
     state
         .app
         .store
-        .path_of(&format!("api/batches/{batch_id}.json"))
+        .path_of(&batchyard_jobs::keys::api_batch(batch_id))
 }
 
 pub(in crate::api) async fn load_api(

@@ -69,7 +69,7 @@ impl Persist {
     pub fn new(conn: ConnectionManager, queue: &str) -> Self {
         Self {
             conn,
-            key: format!("by:api:queue_history:{{{queue}}}"),
+            key: batchyard_jobs::keys::api_queue_history(queue),
         }
     }
 }

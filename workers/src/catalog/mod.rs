@@ -72,11 +72,7 @@ pub enum CatalogError {
     UnknownTask(String),
 }
 
-impl CatalogError {
-    pub fn is_retryable(&self) -> bool {
-        false
-    }
-}
+impl batchyard_jobs::retry::Retryable for CatalogError {}
 
 /// Models, tasks and the providers that serve them, built once from config.
 pub struct Catalog {

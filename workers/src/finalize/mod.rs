@@ -40,8 +40,8 @@ pub enum FinalizeError {
     Write { path: String, message: String },
 }
 
-impl FinalizeError {
-    pub fn is_retryable(&self) -> bool {
+impl batchyard_jobs::retry::Retryable for FinalizeError {
+    fn is_retryable(&self) -> bool {
         match self {
             Self::Ledger(e) => e.is_retryable(),
             Self::Store(e) => e.is_retryable(),

@@ -22,7 +22,7 @@ use sha2::{Digest, Sha256};
 use crate::catalog::ModelSpec;
 
 /// Bumped when the key derivation or the entry format changes; old entries are then ignored.
-const VERSION: &str = "v1";
+const VERSION: &str = batchyard_jobs::keys::CACHE_VERSION;
 
 /// Body fields that change how an answer is delivered or accounted, not what it says.
 const IGNORED_FIELDS: [&str; 7] = [
@@ -108,13 +108,10 @@ impl ResultCache {
 
     /// Where the entry of `key` is stored.
     pub fn path(&self, key: &CacheKey) -> Path {
-        let shard = key.0.get(..2).filter(|s| s.len() == 2).unwrap_or("__");
-        self.root
-            .clone()
-            .join("cache")
-            .join(VERSION)
-            .join(shard)
-            .join(format!("{}.json", key.0))
+        // Joined part by part, so a hand-made key cannot climb out of the cache folder.
+        batchyard_jobs::keys::cache_entry(&key.0)
+            .into_iter()
+            .fold(self.root.clone(), |path, part| path.join(part))
     }
 
     /// A fresh entry, or `None` (missing, expired, unreadable: a miss, never an error).

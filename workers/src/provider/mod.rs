@@ -22,6 +22,7 @@ pub use http::{DEFAULT_MAX_RESPONSE_BYTES, buffered_response_bytes};
 use std::fmt;
 use std::time::Duration;
 
+use batchyard_jobs::codes;
 use serde_json::{Map, Value};
 
 pub use anthropic::{AnthropicConfig, AnthropicProvider};
@@ -102,15 +103,15 @@ impl ProviderErrorKind {
     /// The code written to `errors.jsonl`.
     pub fn code(self) -> &'static str {
         match self {
-            Self::RateLimited => "rate_limited",
-            Self::Transient => "transient",
-            Self::ContextOverflow => "context_overflow",
-            Self::InvalidRequest => "invalid_request",
-            Self::Auth => "auth",
-            Self::QuotaExhausted => "quota_exhausted",
-            Self::ContentFilter => "content_filter",
-            Self::MalformedResponse => "malformed_response",
-            Self::ResponseTooLarge => "response_too_large",
+            Self::RateLimited => codes::RATE_LIMITED,
+            Self::Transient => codes::TRANSIENT,
+            Self::ContextOverflow => codes::CONTEXT_OVERFLOW,
+            Self::InvalidRequest => codes::INVALID_REQUEST,
+            Self::Auth => codes::AUTH,
+            Self::QuotaExhausted => codes::QUOTA_EXHAUSTED,
+            Self::ContentFilter => codes::CONTENT_FILTER,
+            Self::MalformedResponse => codes::MALFORMED_RESPONSE,
+            Self::ResponseTooLarge => codes::RESPONSE_TOO_LARGE,
         }
     }
 }
@@ -139,9 +140,11 @@ impl ProviderError {
     pub fn kind(&self) -> ProviderErrorKind {
         self.kind
     }
+}
 
+impl batchyard_jobs::retry::Retryable for ProviderError {
     /// Worth retrying in place with backoff.
-    pub fn is_retryable(&self) -> bool {
+    fn is_retryable(&self) -> bool {
         matches!(
             self.kind,
             ProviderErrorKind::RateLimited

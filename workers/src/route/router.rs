@@ -11,6 +11,7 @@
 
 use std::sync::Arc;
 
+use batchyard_jobs::codes;
 use batchyard_jobs::job::{Job, Route};
 use serde::Serialize;
 use serde_json::{Map, Value};
@@ -38,15 +39,13 @@ pub enum RouteError {
 impl RouteError {
     pub fn code(&self) -> &'static str {
         match self {
-            Self::NoAdequateModel(_) => "no_adequate_model",
-            Self::UnknownModel(_) | Self::UnknownTask(_) => "invalid_request",
+            Self::NoAdequateModel(_) => codes::NO_ADEQUATE_MODEL,
+            Self::UnknownModel(_) | Self::UnknownTask(_) => codes::INVALID_REQUEST,
         }
     }
-
-    pub fn is_retryable(&self) -> bool {
-        false
-    }
 }
+
+impl batchyard_jobs::retry::Retryable for RouteError {}
 
 /// Output tokens assumed when neither the request nor the task sets a limit.
 pub const DEFAULT_OUTPUT_TOKENS: u64 = 512;

@@ -143,7 +143,7 @@ impl RedisQueue {
                 Err(e) => {
                     let letter = DeadLetter {
                         job: wire::placeholder_job(&entry.job),
-                        code: "malformed_job".into(),
+                        code: crate::codes::MALFORMED_JOB.into(),
                         message: format!(
                             "stream entry {} could not be decoded as a job: {e}; raw: {}",
                             entry.id,

@@ -121,16 +121,16 @@ pub enum HealthError {
     Store(String),
 }
 
-impl HealthError {
+impl batchyard_jobs::retry::Retryable for HealthError {
     /// Worth trying again later (Redis was unreachable, timed out or restarting).
-    pub fn is_retryable(&self) -> bool {
+    fn is_retryable(&self) -> bool {
         matches!(self, Self::Unavailable(_))
     }
 }
 
 impl From<QueueError> for HealthError {
     fn from(e: QueueError) -> Self {
-        if e.is_retryable() {
+        if batchyard_jobs::retry::Retryable::is_retryable(&e) {
             Self::Unavailable(e.to_string())
         } else {
             Self::Store(e.to_string())

@@ -20,15 +20,15 @@ use super::{
 use crate::provider::ProviderErrorKind;
 
 fn health_key(model: &str) -> String {
-    format!("by:health:{{{model}}}")
+    batchyard_jobs::keys::health(model)
 }
 
 fn probe_key(model: &str) -> String {
-    format!("by:health:{{{model}}}:probe")
+    batchyard_jobs::keys::health_probe(model)
 }
 
 fn budget_key(model: &str) -> String {
-    format!("by:health:{{{model}}}:budget")
+    batchyard_jobs::keys::health_budget(model)
 }
 
 /// The server's clock in milliseconds; every script starts with it.

@@ -58,7 +58,7 @@ impl LimitSpec {
     /// The model's own limits, scope `model:<key>`.
     pub fn model(model: &ModelSpec) -> Self {
         Self {
-            scope: format!("model:{}", model.key),
+            scope: batchyard_jobs::keys::limiter_model_scope(&model.key),
             rpm: model.rpm,
             tpm: model.tpm,
         }
@@ -67,7 +67,7 @@ impl LimitSpec {
     /// A provider account's limits shared by its models, scope `provider:<key>`.
     pub fn provider(key: &str, rpm: Option<u32>, tpm: Option<u64>) -> Self {
         Self {
-            scope: format!("provider:{key}"),
+            scope: batchyard_jobs::keys::limiter_provider_scope(key),
             rpm,
             tpm,
         }
@@ -130,8 +130,8 @@ pub enum LimiterError {
     InvalidSpec { scope: String, reason: String },
 }
 
-impl LimiterError {
-    pub fn is_retryable(&self) -> bool {
+impl batchyard_jobs::retry::Retryable for LimiterError {
+    fn is_retryable(&self) -> bool {
         matches!(self, Self::Unavailable(_))
     }
 }
@@ -140,7 +140,7 @@ impl From<::redis::RedisError> for LimiterError {
     fn from(e: ::redis::RedisError) -> Self {
         // The queue's classification (and its redaction of URLs) is the one to trust.
         let q = batchyard_jobs::error::QueueError::from(e);
-        if q.is_retryable() {
+        if batchyard_jobs::retry::Retryable::is_retryable(&q) {
             Self::Unavailable(q.to_string())
         } else {
             Self::Redis(q.to_string())

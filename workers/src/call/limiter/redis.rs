@@ -57,7 +57,7 @@ impl RedisLimiter {
 
     /// The Redis key of one scope.
     pub fn key(&self, scope: &str) -> String {
-        format!("{{{}:lim}}:{scope}", self.prefix)
+        batchyard_jobs::keys::limiter(&self.prefix, scope)
     }
 
     /// Starts an invocation with the grid arguments every script reads first.

@@ -74,11 +74,9 @@ impl ValidateConfigError {
             reason: reason.into(),
         }
     }
-
-    pub fn is_retryable(&self) -> bool {
-        false
-    }
 }
+
+impl batchyard_jobs::retry::Retryable for ValidateConfigError {}
 
 /// Why an output was rejected: the check (`"json_schema"`, `"regex"`, ...) and a short,
 /// lowercase message saying what failed.
@@ -97,12 +95,10 @@ impl Failure {
             message: message.into(),
         }
     }
-
-    /// A rejected output is a judgement, not a transient fault: never retry the same call.
-    pub fn is_retryable(&self) -> bool {
-        false
-    }
 }
+
+/// A rejected output is a judgement, not a transient fault: never retry the same call.
+impl batchyard_jobs::retry::Retryable for Failure {}
 
 pub const CHECK_FINISH_REASON: &str = "finish_reason";
 pub const CHECK_REFUSAL: &str = "refusal_patterns";

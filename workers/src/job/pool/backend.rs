@@ -20,15 +20,19 @@ use apalis_core::task::task_id::{RandomId, TaskId};
 use apalis_core::worker::context::WorkerContext;
 use batchyard_jobs::error::QueueError;
 use batchyard_jobs::queue::{Delivery, Queue};
-use rand::Rng;
+use batchyard_jobs::retry::{self, RetryPolicy, Retryable as _};
 use tokio::time::{Instant, Sleep};
 use tokio_util::sync::CancellationToken;
 
 /// At most this many deliveries are asked for in one claim.
 pub(crate) const MAX_CLAIM_BATCH: usize = 256;
-/// First claim-error backoff; it doubles per consecutive error up to [`BACKOFF_MAX`].
-pub(crate) const BACKOFF_BASE: Duration = Duration::from_millis(100);
-pub(crate) const BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// Claim-error backoff: full jitter under a ceiling of 100 ms that doubles per consecutive
+/// error up to 5 s. Claims are retried for as long as the pool runs, so no attempt bound.
+pub(crate) const CLAIM_BACKOFF: RetryPolicy = RetryPolicy {
+    base: Duration::from_millis(100),
+    cap: Duration::from_secs(5),
+    max_attempts: u32::MAX,
+};
 /// A claim never blocks for less than this, so an idle pool does not spin.
 const MIN_CLAIM_BLOCK: Duration = Duration::from_millis(10);
 
@@ -147,13 +151,9 @@ impl QueueBackend {
     }
 }
 
-/// Exponential backoff with equal jitter: half fixed, half random.
+/// The wait after the `consecutive_errors`-th claim error in a row (1 for the first).
 pub(crate) fn backoff_delay(consecutive_errors: u32) -> Duration {
-    let exp = consecutive_errors.saturating_sub(1).min(16);
-    let base = BACKOFF_BASE.saturating_mul(1u32 << exp).min(BACKOFF_MAX);
-    let half = base / 2;
-    let jitter_ms = rand::rng().random_range(0..=half.as_millis().max(1) as u64);
-    half + Duration::from_millis(jitter_ms)
+    retry::backoff_delay(&CLAIM_BACKOFF, consecutive_errors.saturating_sub(1))
 }
 
 impl Backend for QueueBackend {
@@ -297,15 +297,10 @@ mod tests {
     fn backoff_grows_and_is_capped() {
         for n in 1..40 {
             let d = backoff_delay(n);
-            let cap = BACKOFF_BASE
-                .saturating_mul(1u32 << (n - 1).min(16))
-                .min(BACKOFF_MAX);
-            assert!(
-                d >= cap / 2 && d <= cap + Duration::from_millis(1),
-                "{n}: {d:?}"
-            );
+            assert!(d <= CLAIM_BACKOFF.ceiling(n - 1), "{n}: {d:?}");
         }
-        assert!(backoff_delay(1) <= Duration::from_millis(101));
-        assert!(backoff_delay(30) >= Duration::from_millis(2500));
+        assert!(backoff_delay(1) <= Duration::from_millis(100));
+        assert!(backoff_delay(30) <= Duration::from_secs(5));
+        assert_eq!(CLAIM_BACKOFF.ceiling(29), Duration::from_secs(5));
     }
 }

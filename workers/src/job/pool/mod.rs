@@ -123,11 +123,7 @@ pub enum PoolError {
     Worker(String),
 }
 
-impl PoolError {
-    pub fn is_retryable(&self) -> bool {
-        false
-    }
-}
+impl batchyard_jobs::retry::Retryable for PoolError {}
 
 /// What every job needs; injected into apalis tasks as `Data<JobShared>`.
 #[derive(Clone)]

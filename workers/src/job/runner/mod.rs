@@ -34,7 +34,8 @@ use crate::catalog::Catalog;
 use crate::finalize::Finalizer;
 use crate::route::Router;
 
-/// Tries at storing an outcome in place before the job is put back (250 ms, then 500 ms apart).
+/// Tries at storing an outcome in place before the job is put back (full-jitter backoff under
+/// 250 ms, then 500 ms).
 const STORE_TRIES: u32 = 3;
 /// The least wait before a job whose outcome could not be stored runs again.
 const STORE_RETRY_DELAY: Duration = Duration::from_secs(2);
@@ -248,18 +249,17 @@ impl JobRunner {
         path: &object_store::path::Path,
         bytes: Bytes,
     ) -> Result<(), StoreError> {
-        let mut delay = Duration::from_millis(250);
-        for _ in 1..STORE_TRIES {
-            match self.store.put(path, bytes.clone()).await {
-                Ok(()) => return Ok(()),
-                Err(e) => {
-                    tracing::debug!(error = %e, "cannot store the outcome yet; trying again");
-                    tokio::time::sleep(delay).await;
-                    delay *= 2;
-                }
-            }
-        }
-        self.store.put(path, bytes).await
+        let policy = RetryPolicy {
+            base: Duration::from_millis(250),
+            cap: Duration::from_secs(1),
+            max_attempts: STORE_TRIES,
+        };
+        let put = || self.store.put(path, bytes.clone());
+        let notify = |e: &StoreError, _| {
+            tracing::debug!(error = %e, "cannot store the outcome yet; trying again");
+        };
+        let backoff = batchyard_jobs::retry::FullJitter::new(&policy);
+        batchyard_jobs::retry::retry(backoff, put, |_| true, |_| None, notify).await
     }
 
     async fn finish(

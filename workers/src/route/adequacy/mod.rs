@@ -80,8 +80,10 @@ impl AdequacyError {
             Self::Redis(_) => "redis",
         }
     }
+}
 
-    pub fn is_retryable(&self) -> bool {
+impl batchyard_jobs::retry::Retryable for AdequacyError {
+    fn is_retryable(&self) -> bool {
         true
     }
 }

@@ -22,7 +22,7 @@ const RECORD_LUA: &str = include_str!("record.lua");
 const ALL: &str = "all";
 
 /// What `reset(None)` deletes.
-const KEY_PATTERN: &str = "by:adequacy:*";
+const KEY_PATTERN: &str = batchyard_jobs::keys::ADEQUACY_PATTERN;
 
 /// Keys asked for per SCAN round.
 const SCAN_COUNT: usize = 500;
@@ -32,7 +32,7 @@ const SCAN_COUNT: usize = 500;
 const MAX_SCAN_ROUNDS: usize = 10_000;
 
 fn adequacy_key(task: &str) -> String {
-    format!("by:adequacy:{{{task}}}")
+    batchyard_jobs::keys::adequacy(task)
 }
 
 fn store_error(e: RedisError) -> AdequacyError {

@@ -1,0 +1,301 @@
+//! Every Redis key and object-store path, built in one place. No other file writes a `by:`
+//! key or a `batches/…`, `files/…`, `api/…` or `cache/…` path by hand.
+//!
+//! The names are a storage format: live batches must survive an upgrade, so each one stays
+//! exactly as it is (the test below pins them all). Keys of one thing share a Redis Cluster
+//! hash tag (`{…}`) so a script can touch them together. Object paths are slash-separated and
+//! relative to the store's root (`ResultStore::path_of` puts them under its prefix).
+//!
+//! Redis:
+//! - queue `<q>`: `by:{<q>}:stream|enq|delayed|dead|lost`, `by:{<q>}:staged:<batch>`
+//! - ledger: `by:batches` (index), `by:batch:{<id>}` and its `:settled`, `:final`, `:resv`
+//! - adequacy: `by:adequacy:{<task>}`; health: `by:health:{<model>}` and `:probe`, `:budget`
+//! - limiter: `{by:lim}:model:<key>`, `{by:lim}:provider:<key>`
+//! - API queue history: `by:api:queue_history:{<queue>}`
+//! - pipelines: `by:pipeline:{<name>}:seen|runs|lock|last_tick|last_success|tick:<s>|manual:<id>`
+//!
+//! Objects: `batches/<id>/…` (results, input chunks, output, errors, manifest, submit probe),
+//! `files/<id>.jsonl|.json` (API uploads), `api/batches/<id>.json`, `api/readyz`,
+//! `cache/v1/<shard>/<sha256>.json`.
+
+/// The namespace of every Redis key.
+pub const PREFIX: &str = "by";
+
+// ---- queue ----
+
+fn queue_key(queue: &str, part: &str) -> String {
+    format!("{PREFIX}:{{{queue}}}:{part}")
+}
+
+pub fn queue_stream(queue: &str) -> String {
+    queue_key(queue, "stream")
+}
+
+/// Per-batch high-water mark of applied chunks.
+pub fn queue_enq(queue: &str) -> String {
+    queue_key(queue, "enq")
+}
+
+pub fn queue_delayed(queue: &str) -> String {
+    queue_key(queue, "delayed")
+}
+
+pub fn queue_dead(queue: &str) -> String {
+    queue_key(queue, "dead")
+}
+
+pub fn queue_lost(queue: &str) -> String {
+    queue_key(queue, "lost")
+}
+
+/// A batch's jobs, staged until its whole input is in.
+pub fn queue_staged(queue: &str, batch_id: &str) -> String {
+    queue_key(queue, &format!("staged:{batch_id}"))
+}
+
+// ---- ledger ----
+
+/// The index of every batch.
+pub const BATCH_INDEX: &str = "by:batches";
+
+pub fn batch_record(id: &str) -> String {
+    format!("{PREFIX}:batch:{{{id}}}")
+}
+
+pub fn batch_settled(id: &str) -> String {
+    format!("{}:settled", batch_record(id))
+}
+
+/// The finalizer's lease.
+pub fn batch_final(id: &str) -> String {
+    format!("{}:final", batch_record(id))
+}
+
+pub fn batch_resv(id: &str) -> String {
+    format!("{}:resv", batch_record(id))
+}
+
+// ---- routing and health ----
+
+pub fn adequacy(task: &str) -> String {
+    format!("{PREFIX}:adequacy:{{{task}}}")
+}
+
+/// Every adequacy key, for `SCAN MATCH`.
+pub const ADEQUACY_PATTERN: &str = "by:adequacy:*";
+
+pub fn health(model: &str) -> String {
+    format!("{PREFIX}:health:{{{model}}}")
+}
+
+pub fn health_probe(model: &str) -> String {
+    format!("{}:probe", health(model))
+}
+
+pub fn health_budget(model: &str) -> String {
+    format!("{}:budget", health(model))
+}
+
+// ---- limiter ----
+
+/// One limiter scope's key: `{<prefix>:lim}:<scope>` (the prefix is [`PREFIX`] in production;
+/// the common hash tag puts every limiter key in one slot).
+pub fn limiter(prefix: &str, scope: &str) -> String {
+    format!("{{{prefix}:lim}}:{scope}")
+}
+
+pub fn limiter_model_scope(model_key: &str) -> String {
+    format!("model:{model_key}")
+}
+
+pub fn limiter_provider_scope(provider_key: &str) -> String {
+    format!("provider:{provider_key}")
+}
+
+// ---- API and pipelines ----
+
+pub fn api_queue_history(queue: &str) -> String {
+    format!("{PREFIX}:api:queue_history:{{{queue}}}")
+}
+
+fn pipeline(name: &str, part: &str) -> String {
+    format!("{PREFIX}:pipeline:{{{name}}}:{part}")
+}
+
+/// Document id -> fingerprint already submitted.
+pub fn pipeline_seen(name: &str) -> String {
+    pipeline(name, "seen")
+}
+
+pub fn pipeline_runs(name: &str) -> String {
+    pipeline(name, "runs")
+}
+
+pub fn pipeline_lock(name: &str) -> String {
+    pipeline(name, "lock")
+}
+
+pub fn pipeline_last_tick(name: &str) -> String {
+    pipeline(name, "last_tick")
+}
+
+pub fn pipeline_last_success(name: &str) -> String {
+    pipeline(name, "last_success")
+}
+
+/// The claim of one trigger; `trigger` is [`pipeline_tick`] or [`pipeline_manual`].
+pub fn pipeline_trigger(name: &str, trigger: &str) -> String {
+    pipeline(name, trigger)
+}
+
+/// A scheduled tick's trigger (unix seconds).
+pub fn pipeline_tick(unix_secs: i64) -> String {
+    format!("tick:{unix_secs}")
+}
+
+/// A manual run's trigger.
+pub fn pipeline_manual(id: &str) -> String {
+    format!("manual:{id}")
+}
+
+// ---- object store ----
+
+pub fn batch_dir(batch_id: &str) -> String {
+    format!("batches/{batch_id}")
+}
+
+pub fn results_dir(batch_id: &str) -> String {
+    format!("batches/{batch_id}/results")
+}
+
+pub fn result(batch_id: &str, job_id: &str) -> String {
+    format!("batches/{batch_id}/results/{job_id}.json")
+}
+
+pub fn input_dir(batch_id: &str) -> String {
+    format!("batches/{batch_id}/input")
+}
+
+pub fn input_chunk(batch_id: &str, chunk_no: u64) -> String {
+    format!("batches/{batch_id}/input/{chunk_no:08}.jsonl")
+}
+
+pub fn output(batch_id: &str) -> String {
+    format!("batches/{batch_id}/output.jsonl")
+}
+
+pub fn errors(batch_id: &str) -> String {
+    format!("batches/{batch_id}/errors.jsonl")
+}
+
+pub fn manifest(batch_id: &str) -> String {
+    format!("batches/{batch_id}/manifest.json")
+}
+
+/// What `submit` writes to prove the store takes writes before it enqueues anything.
+pub fn submit_probe(batch_id: &str) -> String {
+    format!("batches/{batch_id}/.submit-probe")
+}
+
+/// An uploaded file's content (API).
+pub fn upload_content(file_id: &str) -> String {
+    format!("files/{file_id}.jsonl")
+}
+
+/// An uploaded file's metadata (API).
+pub fn upload_meta(file_id: &str) -> String {
+    format!("files/{file_id}.json")
+}
+
+/// The API's view of a batch.
+pub fn api_batch(batch_id: &str) -> String {
+    format!("api/batches/{batch_id}.json")
+}
+
+/// What `/readyz` reads to see that the store answers.
+pub const API_READYZ: &str = "api/readyz";
+
+/// The result cache's layout version; also hashed into every cache key.
+pub const CACHE_VERSION: &str = "v1";
+
+/// A cached completion, sharded by the first two hex digits of its key, as path parts: each
+/// is one part (a `/` inside is escaped, not a separator), so no key can leave `cache/`.
+pub fn cache_entry(key_hex: &str) -> [String; 4] {
+    let shard = key_hex.get(..2).filter(|s| s.len() == 2).unwrap_or("__");
+    [
+        "cache".to_owned(),
+        CACHE_VERSION.to_owned(),
+        shard.to_owned(),
+        format!("{key_hex}.json"),
+    ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every name as it is today: changing one strands live batches and state.
+    #[test]
+    fn every_key_and_path_is_pinned() {
+        let pinned: &[(String, &str)] = &[
+            (queue_stream("q"), "by:{q}:stream"),
+            (queue_enq("q"), "by:{q}:enq"),
+            (queue_delayed("q"), "by:{q}:delayed"),
+            (queue_dead("q"), "by:{q}:dead"),
+            (queue_lost("q"), "by:{q}:lost"),
+            (queue_staged("q", "b1"), "by:{q}:staged:b1"),
+            (BATCH_INDEX.to_owned(), "by:batches"),
+            (batch_record("b1"), "by:batch:{b1}"),
+            (batch_settled("b1"), "by:batch:{b1}:settled"),
+            (batch_final("b1"), "by:batch:{b1}:final"),
+            (batch_resv("b1"), "by:batch:{b1}:resv"),
+            (adequacy("summarise"), "by:adequacy:{summarise}"),
+            (ADEQUACY_PATTERN.to_owned(), "by:adequacy:*"),
+            (health("m"), "by:health:{m}"),
+            (health_probe("m"), "by:health:{m}:probe"),
+            (health_budget("m"), "by:health:{m}:budget"),
+            (PREFIX.to_owned(), "by"),
+            (
+                limiter(PREFIX, &limiter_model_scope("small")),
+                "{by:lim}:model:small",
+            ),
+            (
+                limiter(PREFIX, &limiter_provider_scope("p")),
+                "{by:lim}:provider:p",
+            ),
+            (api_queue_history("q"), "by:api:queue_history:{q}"),
+            (pipeline_seen("p"), "by:pipeline:{p}:seen"),
+            (pipeline_runs("p"), "by:pipeline:{p}:runs"),
+            (pipeline_lock("p"), "by:pipeline:{p}:lock"),
+            (pipeline_last_tick("p"), "by:pipeline:{p}:last_tick"),
+            (pipeline_last_success("p"), "by:pipeline:{p}:last_success"),
+            (
+                pipeline_trigger("p", &pipeline_tick(1_700_000_000)),
+                "by:pipeline:{p}:tick:1700000000",
+            ),
+            (
+                pipeline_trigger("p", &pipeline_manual("01J")),
+                "by:pipeline:{p}:manual:01J",
+            ),
+            (batch_dir("b1"), "batches/b1"),
+            (results_dir("b1"), "batches/b1/results"),
+            (result("b1", "j1"), "batches/b1/results/j1.json"),
+            (input_dir("b1"), "batches/b1/input"),
+            (input_chunk("b1", 7), "batches/b1/input/00000007.jsonl"),
+            (output("b1"), "batches/b1/output.jsonl"),
+            (errors("b1"), "batches/b1/errors.jsonl"),
+            (manifest("b1"), "batches/b1/manifest.json"),
+            (submit_probe("b1"), "batches/b1/.submit-probe"),
+            (upload_content("file-1"), "files/file-1.jsonl"),
+            (upload_meta("file-1"), "files/file-1.json"),
+            (api_batch("batch_1"), "api/batches/batch_1.json"),
+            (API_READYZ.to_owned(), "api/readyz"),
+            (CACHE_VERSION.to_owned(), "v1"),
+            (cache_entry("abcdef").join("/"), "cache/v1/ab/abcdef.json"),
+            (cache_entry("a").join("/"), "cache/v1/__/a.json"),
+        ];
+        for (built, today) in pinned {
+            assert_eq!(built, today);
+        }
+    }
+}
