@@ -16,12 +16,9 @@
 
 mod support;
 
-#[path = "chaos_workers/harness.rs"]
-mod harness;
-
 use std::time::{Duration, Instant};
 
-use harness::*;
+use support::chaos_workers::*;
 use support::cluster::{Cluster, Options};
 use support::invariants::assert_invariants;
 

@@ -12,7 +12,7 @@ use std::process::{Child, ExitStatus, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use support::redis::RedisServer;
+use batchyard_testkit::TestRedis;
 use support::*;
 
 fn wait_for_exit(child: &mut Child, limit: Duration) -> Option<ExitStatus> {
@@ -42,7 +42,7 @@ fn quiet_pipe_exit(status: ExitStatus) -> bool {
 
 #[test]
 fn worker_hears_sigterm_after_its_log_pipe_closes() {
-    let Some(redis) = RedisServer::start(false) else {
+    let Some(redis) = TestRedis::start(module_path!()) else {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
@@ -102,7 +102,7 @@ fn worker_hears_sigterm_after_its_log_pipe_closes() {
 
 #[test]
 fn results_into_a_closed_pipe_exits_quietly() {
-    let Some(redis) = RedisServer::start(false) else {
+    let Some(redis) = TestRedis::start(module_path!()) else {
         return;
     };
     let dir = tempfile::tempdir().unwrap();

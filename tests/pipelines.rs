@@ -148,7 +148,7 @@ fn chrono_secs(t: &str) -> i64 {
 
 #[test]
 fn only_new_objects_are_submitted_across_runs_including_a_changed_one() {
-    let Some(probe) = support::s3::s3_env_or_skip("pipelines_only_new") else {
+    let Some(probe) = batchyard_testkit::s3_env_or_skip("pipelines_only_new") else {
         return;
     };
     let prefix = probe.unique_prefix("inbox");

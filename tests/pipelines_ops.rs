@@ -4,14 +4,13 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod api_support;
 mod support;
 
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use api_support::*;
 use serde_json::Value;
+use support::api::*;
 use support::cluster::{Cluster, Options, wait_exit};
 use support::invariants::assert_invariants;
 use support::*;
@@ -127,7 +126,7 @@ fn a_budget_stop_inside_a_pipeline_run_ends_the_batch_and_retry_resumes_it() {
 
 #[test]
 fn after_redis_loses_its_data_the_seen_state_is_rebuilt_from_object_storage() {
-    let probe = support::s3::s3_env_or_skip("pipelines_rebuild");
+    let probe = batchyard_testkit::s3_env_or_skip("pipelines_rebuild");
     let Some(probe) = probe else { return };
     let prefix = probe.unique_prefix("pipelines-rebuild-inbox");
     let extra = format!(

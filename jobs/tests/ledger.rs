@@ -1,7 +1,7 @@
 //! The ledger, in memory and on a real Redis: exactly-once settlement, exactly one finalizer.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod common;
+mod support;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,7 +10,8 @@ use batchyard_jobs::batch::{BatchRecord, BatchState, RequestCounts, now_secs};
 use batchyard_jobs::ledger::memory::MemoryLedger;
 use batchyard_jobs::ledger::redis::RedisLedger;
 use batchyard_jobs::ledger::{Ledger, Reservation, Settlement};
-use common::{TestRedis, unique_name};
+use batchyard_testkit::TestRedis;
+use support::unique_name;
 
 fn record(id: &str, total: u64) -> BatchRecord {
     BatchRecord {
@@ -131,7 +132,7 @@ async fn memory_ledger_settles_exactly_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_ledger_settles_exactly_once_and_cleans_up() {
-    let Some(redis) = TestRedis::start("ledger") else {
+    let Some(redis) = TestRedis::start_or_external("ledger") else {
         return;
     };
     let conn = batchyard_jobs::redis_conn::connect(redis.url())

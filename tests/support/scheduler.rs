@@ -1,6 +1,5 @@
 //! `batchyard scheduler` replicas and `batchyard pipelines history`, for the tests that fire
 //! scheduled pipelines; plus a guard that kills long-running children by PID on drop.
-#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::io::{Read, Write};
 use std::net::TcpStream;

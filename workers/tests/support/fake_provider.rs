@@ -1,81 +1,73 @@
-//! A fake OpenAI-compatible provider process (`batchyard-fake-provider`) per test, and request
-//! builders for provider tests.
+//! Our providers pointed at a fake provider process (`batchyard_testkit::FakeProvider`), and
+//! request builders for provider tests.
 
-use std::io::{BufRead as _, BufReader};
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use batchyard_testkit::FakeProvider;
 use batchyard_workers::provider::{
-    ChatCall, Completion, OpenAiConfig, OpenAiProvider, ProviderError,
+    AnthropicConfig, AnthropicProvider, ChatCall, Completion, OpenAiConfig, OpenAiProvider,
+    ProviderError,
 };
 use batchyard_workers::retry::{RetryPolicy, call_with_retry};
 use serde_json::{Map, Value, json};
 
-/// A running fake provider, killed on drop.
-pub struct FakeServer {
-    child: Child,
-    url: String,
-}
+/// Our providers pointed at a running fake (the process itself is the testkit's).
+pub trait OpenAiFake {
+    fn provider_with(&self, config: OpenAiConfig) -> OpenAiProvider;
 
-impl FakeServer {
-    pub fn start(args: &[&str]) -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_batchyard-fake-provider"))
-            .args(["--addr", "127.0.0.1:0"])
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start the fake provider");
-        let stdout = child.stdout.take().expect("its stdout");
-        let mut line = String::new();
-        // One line, or EOF if it died.
-        BufReader::new(stdout)
-            .read_line(&mut line)
-            .expect("read the listening line");
-        let url = match line.trim().strip_prefix("listening on ") {
-            Some(url) => url.to_owned(),
-            None => {
-                let _ = child.kill();
-                panic!("unexpected first line from the fake provider: {line:?}");
-            }
-        };
-        Self { child, url }
-    }
-
-    pub fn base_url(&self) -> String {
-        format!("{}/v1", self.url)
-    }
-
-    pub fn provider(&self) -> OpenAiProvider {
+    fn provider(&self) -> OpenAiProvider {
         self.provider_with(OpenAiConfig::default())
     }
 
-    pub fn provider_with(&self, config: OpenAiConfig) -> OpenAiProvider {
+    /// A provider that sends `x-fake-fault: FAULT` with every call.
+    fn faulty(&self, fault: &str) -> OpenAiProvider {
+        self.provider_with(OpenAiConfig {
+            headers: fault_header(fault),
+            ..OpenAiConfig::default()
+        })
+    }
+}
+
+impl OpenAiFake for FakeProvider {
+    fn provider_with(&self, config: OpenAiConfig) -> OpenAiProvider {
         OpenAiProvider::new(OpenAiConfig {
-            base_url: self.base_url(),
+            base_url: self.base_url.clone(),
             ..config
         })
         .expect("build the provider")
     }
+}
 
-    /// Requests served, by status code.
-    pub async fn count(&self, status: u16) -> u64 {
-        let stats: Value = reqwest::get(format!("{}/stats", self.url))
-            .await
-            .expect("get /stats")
-            .json()
-            .await
-            .expect("stats json");
-        stats["by_status"][status.to_string()].as_u64().unwrap_or(0)
+/// The Anthropic provider against the fake's `/v1/messages`.
+pub trait AnthropicFake {
+    fn provider_with(&self, config: AnthropicConfig) -> AnthropicProvider;
+
+    fn provider(&self) -> AnthropicProvider {
+        self.provider_with(AnthropicConfig::default())
+    }
+
+    /// A provider that sends `x-fake-fault: FAULT` with every call.
+    fn faulty(&self, fault: &str) -> AnthropicProvider {
+        self.provider_with(AnthropicConfig {
+            headers: fault_header(fault),
+            ..AnthropicConfig::default()
+        })
     }
 }
 
-impl Drop for FakeServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+impl AnthropicFake for FakeProvider {
+    fn provider_with(&self, config: AnthropicConfig) -> AnthropicProvider {
+        AnthropicProvider::new(AnthropicConfig {
+            base_url: self.url.clone(),
+            ..config
+        })
+        .expect("build the provider")
     }
+}
+
+/// The header that makes the fake serve `fault` (see the fake provider's `//!` map).
+fn fault_header(fault: &str) -> Vec<(String, String)> {
+    vec![("x-fake-fault".into(), fault.into())]
 }
 
 pub fn body_for(text: &str) -> Map<String, Value> {

@@ -1,6 +1,5 @@
 //! The harness of `ledger_budget.rs`: one ledger under test, memory or Redis, with a look at
 //! the Redis `:resv` hash, and a watcher of the budget invariant.
-#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 /// Runs each scenario as two tests, `on_memory::<scenario>` and `on_redis::<scenario>` (on a
 /// throwaway redis-server).
@@ -19,7 +18,7 @@ macro_rules! on_both {
             $(
                 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
                 async fn $scenario() {
-                    let Some(server) = super::TestRedis::start(stringify!($scenario)) else {
+                    let Some(server) = super::TestRedis::start_or_external(stringify!($scenario)) else {
                         return;
                     };
                     super::$scenario(super::Target::redis(&server).await).await;
@@ -40,7 +39,9 @@ use batchyard_jobs::ledger::{Ledger, Reservation};
 use redis::AsyncCommands;
 use redis::aio::ConnectionManager;
 
-use crate::common::{TestRedis, unique_name};
+use batchyard_testkit::TestRedis;
+
+use crate::support::unique_name;
 
 pub const USD: i64 = 1_000_000_000;
 
