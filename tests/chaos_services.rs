@@ -29,9 +29,9 @@ use serde_json::Value;
 use support::cluster::{Cluster, Options};
 use support::invariants::assert_invariants;
 use support::scheduler::{
-    Children, history, pipeline_toml, redis_conn, run_lock_held, spawn_scheduler, terminate,
-    wait_for_lock,
+    Children, history, pipeline_toml, redis_conn, run_lock_held, spawn_scheduler, wait_for_lock,
 };
+use support::terminate;
 use support::write_file;
 
 #[test]

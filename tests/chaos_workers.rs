@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 use support::chaos_workers::*;
 use support::cluster::{Cluster, Options};
 use support::invariants::assert_invariants;
+use support::signal;
 
 /// The cluster config's `max_reclaims` (see `tests/support/cluster.rs`).
 const MAX_RECLAIMS: u64 = 3;

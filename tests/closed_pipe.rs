@@ -26,15 +26,6 @@ fn wait_for_exit(child: &mut Child, limit: Duration) -> Option<ExitStatus> {
     None
 }
 
-fn sigterm(child: &Child) {
-    let ok = std::process::Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .expect("kill should run")
-        .success();
-    assert!(ok, "kill -TERM {} failed", child.id());
-}
-
 /// Exit 0, or what a shell reports for SIGPIPE (141, or the signal itself).
 fn quiet_pipe_exit(status: ExitStatus) -> bool {
     status.code() == Some(0) || status.code() == Some(141) || status.signal() == Some(13)
@@ -90,7 +81,7 @@ fn worker_hears_sigterm_after_its_log_pipe_closes() {
     if let Some(status) = child.try_wait().unwrap() {
         panic!("the worker died once its log pipe closed: {status}");
     }
-    sigterm(&child);
+    signal(child.id(), "TERM");
     let status = wait_for_exit(&mut child, Duration::from_secs(20));
     if status.is_none() {
         let _ = child.kill();

@@ -12,7 +12,8 @@ use std::process::{Child, Stdio};
 use std::time::Duration;
 
 use serde_json::Value;
-use support::cluster::{Cluster, Options, wait_exit};
+use support::cluster::{Cluster, Options};
+use support::scheduler::history;
 use support::*;
 
 fn cluster_with(test: &str, extra_toml: String) -> Option<Cluster> {
@@ -36,18 +37,6 @@ fn pipeline_run(cluster: &Cluster, name: &str) -> Value {
     last_json(&out)
 }
 
-fn history(cluster: &Cluster, name: &str) -> Vec<Value> {
-    let out = run(cluster
-        .cmd()
-        .args(["pipelines", "history", name, "--json", "--limit", "100"]));
-    assert!(
-        out.status.success(),
-        "history failed: {}",
-        text(&out.stderr)
-    );
-    last_json(&out)["runs"].as_array().unwrap().clone()
-}
-
 fn spawn_scheduler(cluster: &Cluster, n: usize) -> Child {
     let log = std::fs::File::create(cluster.dir.path().join(format!("scheduler-{n}.log"))).unwrap();
     cluster
@@ -57,17 +46,6 @@ fn spawn_scheduler(cluster: &Cluster, n: usize) -> Child {
         .stderr(Stdio::from(log))
         .spawn()
         .expect("scheduler should start")
-}
-
-fn terminate(child: &mut Child) {
-    let pid = child.id().to_string();
-    let killed = std::process::Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap();
-    assert!(killed.success());
-    let status = wait_exit(child, Duration::from_secs(30));
-    assert!(status.success(), "scheduler exit after SIGTERM: {status:?}");
 }
 
 #[test]

@@ -246,10 +246,7 @@ fn the_scheduler_exports_runs_by_outcome_and_the_last_success() {
         );
         std::thread::sleep(Duration::from_millis(300));
     };
-    let _ = Command::new("kill")
-        .args(["-TERM", &scheduler.id().to_string()])
-        .status();
-    assert!(wait_exit(&mut scheduler, Duration::from_secs(30)).success());
+    terminate(&mut scheduler);
     assert_eq!(sample(&body, submitted), Some(1.0), "{body}");
     assert!(
         body.contains("# TYPE batchyard_pipeline_last_success_timestamp_seconds gauge"),

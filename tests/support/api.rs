@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use batchyard_testkit::listening_line;
 use serde_json::Value;
 
-use crate::support::cluster::{Cluster, wait_exit};
+use crate::support::cluster::Cluster;
 use crate::support::{request_line, text, write_file};
 
 pub const TOKEN: &str = "tok-api-test-123";
@@ -50,15 +50,7 @@ impl Server {
 
     /// Sends SIGTERM and expects a clean exit.
     pub fn stop(mut self) {
-        let pid = self.child.id().to_string();
-        assert!(
-            Command::new("kill")
-                .args(["-TERM", &pid])
-                .status()
-                .unwrap()
-                .success()
-        );
-        assert!(wait_exit(&mut self.child, Duration::from_secs(20)).success());
+        crate::support::terminate(&mut self.child);
     }
 }
 

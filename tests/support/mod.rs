@@ -11,7 +11,8 @@
 //! - `invariants`: the exactly-once and accounting checks every chaos test ends with;
 //! - `proxy`: a loopback TCP proxy in front of the object store that can be switched off;
 //! - `scheduler`: a `batchyard scheduler` process;
-//! - here: the batchyard binary with a clean environment, JSONL readers and request lines.
+//! - here: the batchyard binary with a clean environment, signals, JSONL readers and request
+//!   lines.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 pub mod api;
@@ -27,6 +28,27 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
 use serde_json::Value;
+
+/// Sends `SIG<name>` (e.g. `TERM`, `STOP`, `CONT`) to one process by PID.
+pub fn signal(pid: u32, name: &str) {
+    let status = Command::new("kill")
+        .arg(format!("-{name}"))
+        .arg(pid.to_string())
+        .status()
+        .unwrap();
+    assert!(status.success(), "kill -{name} {pid} failed");
+}
+
+/// SIGTERM by PID, then a clean exit within 30 s.
+pub fn terminate(child: &mut std::process::Child) {
+    signal(child.id(), "TERM");
+    let status = cluster::wait_exit(child, std::time::Duration::from_secs(30));
+    assert!(
+        status.success(),
+        "exit of pid {} after SIGTERM: {status:?}",
+        child.id()
+    );
+}
 
 /// The batchyard binary with a clean environment: no config, Redis or storage leaking in
 /// from the developer's shell.

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use super::cluster::{Cluster, wait_exit};
+use super::cluster::Cluster;
 use super::{last_json, run, text};
 
 /// Child processes (workers, schedulers), SIGKILLed by PID on drop so that a failing test
@@ -58,20 +58,7 @@ pub fn spawn_scheduler(cluster: &Cluster, n: usize) -> Child {
         .expect("scheduler should start")
 }
 
-/// SIGTERM by PID, then a clean exit within 30 s.
-pub fn terminate(child: &mut Child) {
-    let pid = child.id().to_string();
-    let killed = std::process::Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap();
-    assert!(killed.success(), "kill -TERM {pid} failed");
-    let status = wait_exit(child, Duration::from_secs(30));
-    assert!(
-        status.success(),
-        "exit of pid {pid} after SIGTERM: {status:?}"
-    );
-}
+use super::terminate;
 
 /// The pipeline's recorded runs, newest first (at most 1000).
 pub fn history(cluster: &Cluster, name: &str) -> Vec<Value> {

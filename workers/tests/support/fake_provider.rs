@@ -11,64 +11,53 @@ use batchyard_workers::provider::{
 use batchyard_workers::retry::{RetryPolicy, call_with_retry};
 use serde_json::{Map, Value, json};
 
-/// Our providers pointed at a running fake (the process itself is the testkit's).
-pub trait OpenAiFake {
-    fn provider_with(&self, config: OpenAiConfig) -> OpenAiProvider;
+/// A trait `$name` on the testkit's fake with our `$provider` pointed at it (`$base` is the
+/// fake's URL field that provider wants): `provider()`, `provider_with(config)` and
+/// `faulty(fault)`, which sends `x-fake-fault: FAULT` with every call.
+macro_rules! fake_client {
+    ($(#[$doc:meta])* $name:ident, $config:ident, $provider:ident, $base:ident) => {
+        $(#[$doc])*
+        pub trait $name {
+            fn provider_with(&self, config: $config) -> $provider;
 
-    fn provider(&self) -> OpenAiProvider {
-        self.provider_with(OpenAiConfig::default())
-    }
+            fn provider(&self) -> $provider {
+                self.provider_with($config::default())
+            }
 
-    /// A provider that sends `x-fake-fault: FAULT` with every call.
-    fn faulty(&self, fault: &str) -> OpenAiProvider {
-        self.provider_with(OpenAiConfig {
-            headers: fault_header(fault),
-            ..OpenAiConfig::default()
-        })
-    }
+            fn faulty(&self, fault: &str) -> $provider {
+                self.provider_with($config {
+                    headers: vec![("x-fake-fault".into(), fault.into())],
+                    ..$config::default()
+                })
+            }
+        }
+
+        impl $name for FakeProvider {
+            fn provider_with(&self, config: $config) -> $provider {
+                $provider::new($config {
+                    base_url: self.$base.clone(),
+                    ..config
+                })
+                .expect("build the provider")
+            }
+        }
+    };
 }
 
-impl OpenAiFake for FakeProvider {
-    fn provider_with(&self, config: OpenAiConfig) -> OpenAiProvider {
-        OpenAiProvider::new(OpenAiConfig {
-            base_url: self.base_url.clone(),
-            ..config
-        })
-        .expect("build the provider")
-    }
-}
-
-/// The Anthropic provider against the fake's `/v1/messages`.
-pub trait AnthropicFake {
-    fn provider_with(&self, config: AnthropicConfig) -> AnthropicProvider;
-
-    fn provider(&self) -> AnthropicProvider {
-        self.provider_with(AnthropicConfig::default())
-    }
-
-    /// A provider that sends `x-fake-fault: FAULT` with every call.
-    fn faulty(&self, fault: &str) -> AnthropicProvider {
-        self.provider_with(AnthropicConfig {
-            headers: fault_header(fault),
-            ..AnthropicConfig::default()
-        })
-    }
-}
-
-impl AnthropicFake for FakeProvider {
-    fn provider_with(&self, config: AnthropicConfig) -> AnthropicProvider {
-        AnthropicProvider::new(AnthropicConfig {
-            base_url: self.url.clone(),
-            ..config
-        })
-        .expect("build the provider")
-    }
-}
-
-/// The header that makes the fake serve `fault` (see the fake provider's `//!` map).
-fn fault_header(fault: &str) -> Vec<(String, String)> {
-    vec![("x-fake-fault".into(), fault.into())]
-}
+fake_client!(
+    /// The OpenAI provider against the fake's `/v1/chat/completions`.
+    OpenAiFake,
+    OpenAiConfig,
+    OpenAiProvider,
+    base_url
+);
+fake_client!(
+    /// The Anthropic provider against the fake's `/v1/messages` (its base URL has no `/v1`).
+    AnthropicFake,
+    AnthropicConfig,
+    AnthropicProvider,
+    url
+);
 
 pub fn body_for(text: &str) -> Map<String, Value> {
     let Value::Object(map) = json!({
