@@ -8,45 +8,13 @@
 mod support;
 
 use std::collections::BTreeSet;
-use std::process::{Child, Stdio};
+use std::process::Child;
 use std::time::Duration;
 
 use serde_json::Value;
-use support::cluster::{Cluster, Options};
-use support::scheduler::history;
+use support::cluster::Cluster;
+use support::scheduler::{cluster_with, history, pipeline_run, spawn_scheduler};
 use support::*;
-
-fn cluster_with(test: &str, extra_toml: String) -> Option<Cluster> {
-    Cluster::start_opts(
-        test,
-        &[],
-        Options {
-            extra_toml,
-            ..Options::default()
-        },
-    )
-}
-
-fn pipeline_run(cluster: &Cluster, name: &str) -> Value {
-    let out = run(cluster.cmd().args(["pipelines", "run", name, "--json"]));
-    assert!(
-        out.status.success(),
-        "pipelines run failed: {}",
-        text(&out.stderr)
-    );
-    last_json(&out)
-}
-
-fn spawn_scheduler(cluster: &Cluster, n: usize) -> Child {
-    let log = std::fs::File::create(cluster.dir.path().join(format!("scheduler-{n}.log"))).unwrap();
-    cluster
-        .cmd()
-        .arg("scheduler")
-        .stdout(Stdio::null())
-        .stderr(Stdio::from(log))
-        .spawn()
-        .expect("scheduler should start")
-}
 
 #[test]
 fn three_schedulers_submit_exactly_one_batch_per_tick() {

@@ -11,30 +11,10 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use support::api::*;
-use support::cluster::{Cluster, Options, wait_exit};
+use support::cluster::{Cluster, wait_exit};
 use support::invariants::assert_invariants;
+use support::scheduler::{cluster_with, pipeline_run};
 use support::*;
-
-fn cluster_with(test: &str, extra_toml: String) -> Option<Cluster> {
-    Cluster::start_opts(
-        test,
-        &[],
-        Options {
-            extra_toml,
-            ..Options::default()
-        },
-    )
-}
-
-fn pipeline_run(cluster: &Cluster, name: &str) -> Value {
-    let out = run(cluster.cmd().args(["pipelines", "run", name, "--json"]));
-    assert!(
-        out.status.success(),
-        "pipelines run failed: {}",
-        text(&out.stderr)
-    );
-    last_json(&out)
-}
 
 fn listed(cluster: &Cluster) -> Value {
     let out = run(cluster.cmd().args(["pipelines", "list", "--json"]));

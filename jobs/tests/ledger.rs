@@ -11,32 +11,19 @@ use batchyard_jobs::ledger::memory::MemoryLedger;
 use batchyard_jobs::ledger::redis::RedisLedger;
 use batchyard_jobs::ledger::{Ledger, Reservation, Settlement};
 use batchyard_testkit::TestRedis;
-use support::unique_name;
+use support::{batch_record, unique_name};
 
 fn record(id: &str, total: u64) -> BatchRecord {
     BatchRecord {
-        id: id.to_string(),
-        state: BatchState::InProgress,
         counts: RequestCounts {
             total,
             completed: 0,
             failed: 0,
         },
-        spent_nanos: 0,
         budget_usd: Some(1.5),
         task: Some("summarize".into()),
-        storage_url: "file://./x".into(),
-        created_at: now_secs(),
         in_progress_at: Some(now_secs()),
-        finalizing_at: None,
-        completed_at: None,
-        cancel_requested_at: None,
-        reserved_nanos: 0,
-        budget_exhausted_at: None,
-        no_cache: false,
-        expires_at: None,
-        submit: None,
-        failure: None,
+        ..batch_record(id)
     }
 }
 

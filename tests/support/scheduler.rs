@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use super::cluster::Cluster;
-use super::{last_json, run, text};
+use super::cluster::{Cluster, Options};
+use super::{last_json, run, terminate, text};
 
 /// Child processes (workers, schedulers), SIGKILLed by PID on drop so that a failing test
 /// leaves nothing running.
@@ -46,6 +46,29 @@ impl Drop for Children {
     }
 }
 
+/// A cluster with `extra_toml` (pipelines, tasks) added to its config.
+pub fn cluster_with(test: &str, extra_toml: String) -> Option<Cluster> {
+    Cluster::start_opts(
+        test,
+        &[],
+        Options {
+            extra_toml,
+            ..Options::default()
+        },
+    )
+}
+
+/// `batchyard pipelines run NAME --json`, which must succeed; its JSON.
+pub fn pipeline_run(cluster: &Cluster, name: &str) -> Value {
+    let out = run(cluster.cmd().args(["pipelines", "run", name, "--json"]));
+    assert!(
+        out.status.success(),
+        "pipelines run failed: {}",
+        text(&out.stderr)
+    );
+    last_json(&out)
+}
+
 /// A `batchyard scheduler` whose log goes to `scheduler-<n>.log` in the cluster's folder.
 pub fn spawn_scheduler(cluster: &Cluster, n: usize) -> Child {
     let log = std::fs::File::create(cluster.dir.path().join(format!("scheduler-{n}.log"))).unwrap();
@@ -57,8 +80,6 @@ pub fn spawn_scheduler(cluster: &Cluster, n: usize) -> Child {
         .spawn()
         .expect("scheduler should start")
 }
-
-use super::terminate;
 
 /// The pipeline's recorded runs, newest first (at most 1000).
 pub fn history(cluster: &Cluster, name: &str) -> Vec<Value> {

@@ -32,7 +32,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use batchyard_jobs::batch::{BatchRecord, BatchState, RequestCounts, now_secs};
+use batchyard_jobs::batch::BatchRecord;
 use batchyard_jobs::ledger::memory::MemoryLedger;
 use batchyard_jobs::ledger::redis::RedisLedger;
 use batchyard_jobs::ledger::{Ledger, Reservation};
@@ -41,7 +41,7 @@ use redis::aio::ConnectionManager;
 
 use batchyard_testkit::TestRedis;
 
-use crate::support::unique_name;
+use crate::support::{batch_record, unique_name};
 
 pub const USD: i64 = 1_000_000_000;
 
@@ -113,28 +113,8 @@ impl Target {
 
 pub fn record(id: &str, budget_usd: Option<f64>) -> BatchRecord {
     BatchRecord {
-        id: id.to_string(),
-        state: BatchState::InProgress,
-        counts: RequestCounts {
-            total: 100,
-            completed: 0,
-            failed: 0,
-        },
-        spent_nanos: 0,
         budget_usd,
-        task: None,
-        storage_url: "file://./x".into(),
-        created_at: now_secs(),
-        in_progress_at: None,
-        finalizing_at: None,
-        completed_at: None,
-        cancel_requested_at: None,
-        reserved_nanos: 0,
-        budget_exhausted_at: None,
-        no_cache: false,
-        expires_at: None,
-        submit: None,
-        failure: None,
+        ..batch_record(id)
     }
 }
 

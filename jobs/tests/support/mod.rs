@@ -3,7 +3,7 @@
 //!
 //! - `ledger_budget`: the harness of ledger_budget.rs (memory or Redis ledger, `on_both!`);
 //! - `queue_redis`: open a Redis queue on a test server, enqueue, claim, ack, expected depths;
-//! - here: unique queue names and job builders.
+//! - here: unique queue names, job and batch record builders.
 #![allow(
     dead_code,
     unused_macros,
@@ -16,8 +16,37 @@
 pub mod ledger_budget;
 pub mod queue_redis;
 
+use batchyard_jobs::batch::{BatchRecord, BatchState, RequestCounts, now_secs};
 use batchyard_jobs::job::{Job, Route};
 use serde_json::{Map, json};
+
+/// A batch record in progress, 100 jobs, no budget, no task: tests change what they need.
+pub fn batch_record(id: &str) -> BatchRecord {
+    BatchRecord {
+        id: id.to_string(),
+        state: BatchState::InProgress,
+        counts: RequestCounts {
+            total: 100,
+            completed: 0,
+            failed: 0,
+        },
+        spent_nanos: 0,
+        budget_usd: None,
+        task: None,
+        storage_url: "file://./x".into(),
+        created_at: now_secs(),
+        in_progress_at: None,
+        finalizing_at: None,
+        completed_at: None,
+        cancel_requested_at: None,
+        reserved_nanos: 0,
+        budget_exhausted_at: None,
+        no_cache: false,
+        expires_at: None,
+        submit: None,
+        failure: None,
+    }
+}
 
 /// A queue name no other test (or test run) uses.
 pub fn unique_name(test: &str) -> String {
