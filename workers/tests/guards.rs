@@ -4,7 +4,6 @@
 
 mod support;
 
-use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -19,18 +18,10 @@ use support::fake_provider::{OpenAiFake as _, body_for, call, fast_policy};
 
 fn model() -> ModelSpec {
     ModelSpec {
-        key: "small".into(),
-        provider: "fake".into(),
-        name: "small-1".into(),
         input_usd_per_mtok: 0.1,
         output_usd_per_mtok: 0.4,
-        cached_input_usd_per_mtok: None,
         context_window: 16_000,
-        max_output_tokens: None,
-        tier: 1,
-        capabilities: BTreeSet::new(),
-        rpm: None,
-        tpm: None,
+        ..support::model_spec("small", "fake", "small-1")
     }
 }
 
