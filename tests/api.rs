@@ -4,13 +4,12 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod api_support;
 mod support;
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use api_support::*;
+use support::api::*;
 use support::cluster::Cluster;
 use support::*;
 
@@ -366,10 +365,6 @@ fn files_and_batches_end_to_end() {
     s.stop();
 }
 
-fn in_ci() -> bool {
-    std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
-}
-
 #[test]
 fn official_openai_python_client() {
     // Latency makes the batch that gets cancelled slow enough to still be running.
@@ -390,7 +385,7 @@ fn official_openai_python_client() {
         .output()
         .expect("python3 should run");
     let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
-    if out.status.code() == Some(77) && !in_ci() {
+    if out.status.code() == Some(77) && !batchyard_testkit::in_ci() {
         eprintln!("SKIP official_openai_python_client: {}", stdout.trim());
         return;
     }

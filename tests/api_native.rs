@@ -3,12 +3,11 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod api_support;
 mod support;
 
 use std::time::{Duration, Instant};
 
-use api_support::*;
+use support::api::*;
 use support::cluster::Cluster;
 use support::*;
 

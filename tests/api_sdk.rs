@@ -3,19 +3,14 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod api_support;
 mod support;
 
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use api_support::*;
+use support::api::*;
 use support::cluster::Cluster;
 use support::*;
-
-fn in_ci() -> bool {
-    std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
-}
 
 /// Issue 15: batches made by `submit`, by `run` against Redis, by a pipeline and by the API
 /// (one whose input failed validation too) all validate against the SDK's `Batch` model, and
@@ -104,7 +99,7 @@ fn every_batch_object_validates_with_the_openai_sdk() {
         .output()
         .expect("python3 should run");
     let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
-    if out.status.code() == Some(77) && !in_ci() {
+    if out.status.code() == Some(77) && !batchyard_testkit::in_ci() {
         eprintln!(
             "SKIP every_batch_object_validates_with_the_openai_sdk: {}",
             stdout.trim()

@@ -6,7 +6,6 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod api_support;
 mod support;
 
 use std::io::{Read, Write};
@@ -14,7 +13,7 @@ use std::net::TcpStream;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use api_support::*;
+use support::api::*;
 use support::cluster::Cluster;
 
 const HEADER_TIMEOUT: u64 = 3;

@@ -7,19 +7,17 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod api_support;
 mod support;
-
-#[path = "bad_input_corpus/harness.rs"]
-mod harness;
 
 use std::path::Path;
 use std::time::Instant;
 
-use harness::{Serve, TOKEN, files_below, fill, fixtures, generate, redis_leftovers, run_bounded};
+use batchyard_testkit::TestRedis;
 use serde::Deserialize;
+use support::bad_input::{
+    Serve, TOKEN, files_below, fill, fixtures, generate, redis_leftovers, run_bounded,
+};
 use support::batchyard;
-use support::redis::RedisServer;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -110,7 +108,7 @@ fn the_corpus_is_well_formed() {
 }
 
 /// Runs one CLI case; returns what went wrong.
-fn cli_case(case: &Case, redis: &RedisServer) -> Vec<String> {
+fn cli_case(case: &Case, redis: &TestRedis) -> Vec<String> {
     let root = tempfile::tempdir().unwrap();
     let [work, conf, generated, store] = ["work", "conf", "gen", "store"].map(|d| {
         let p = root.path().join(d);
@@ -233,7 +231,7 @@ fn api_case(case: &Case, serve: &Serve, dir: &Path) -> Vec<String> {
         _ => Some(TOKEN),
     };
     let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
-    let (status, body) = api_support::curl(&serve.base, method, &path, token, &extra);
+    let (status, body) = support::api::curl(&serve.base, method, &path, token, &extra);
     let mut wrong = Vec::new();
     let expected = case.status.unwrap_or(400);
     if status != expected {
@@ -281,7 +279,7 @@ fn api_case(case: &Case, serve: &Serve, dir: &Path) -> Vec<String> {
 /// The checks can fail: a good input, submitted the same way, leaves its batch in Redis.
 #[test]
 fn a_good_submission_is_seen_by_the_checks() {
-    let Some(redis) = RedisServer::start(false) else {
+    let Some(redis) = TestRedis::start(module_path!()) else {
         return;
     };
     let case = Case {
@@ -307,7 +305,7 @@ fn a_good_submission_is_seen_by_the_checks() {
     std::fs::create_dir(&store).unwrap();
     let serve = Serve::start(&redis, dir.path(), &store);
     let file = format!("file=@{}", fixtures().join("jsonl/good.jsonl").display());
-    let (status, body) = api_support::curl(
+    let (status, body) = support::api::curl(
         &serve.base,
         "POST",
         "/v1/files",
@@ -320,7 +318,7 @@ fn a_good_submission_is_seen_by_the_checks() {
 
 #[test]
 fn every_bad_input_is_refused_cleanly() {
-    let Some(redis) = RedisServer::start(false) else {
+    let Some(redis) = TestRedis::start(module_path!()) else {
         return;
     };
     let corpus = corpus();

@@ -13,13 +13,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod api_support;
-#[path = "chaos_services/common.rs"]
-mod common;
 #[path = "chaos_services/provider_faults.rs"]
 mod provider_faults;
-#[path = "chaos_services/proxy.rs"]
-mod proxy;
 mod support;
 
 use std::collections::BTreeSet;
@@ -27,16 +22,16 @@ use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use common::*;
-use proxy::Proxy;
+use support::chaos_services::*;
+use support::proxy::Proxy;
 
 use serde_json::Value;
 use support::cluster::{Cluster, Options};
 use support::invariants::assert_invariants;
 use support::scheduler::{
-    Children, history, pipeline_toml, redis_conn, run_lock_held, spawn_scheduler, terminate,
-    wait_for_lock,
+    Children, history, pipeline_toml, redis_conn, run_lock_held, spawn_scheduler, wait_for_lock,
 };
+use support::terminate;
 use support::write_file;
 
 #[test]
@@ -63,7 +58,7 @@ fn c3_workers_serve_and_scheduler_survive_a_redis_restart() {
             .map(|_| cluster.spawn_worker(&["--concurrency", "8"]))
             .collect(),
     );
-    let server = api_support::Server::start(&cluster);
+    let server = support::api::Server::start(&cluster);
     assert_eq!(readyz(&server.base), 200, "serve ready before the fault");
     let mut scheduler = Children(vec![spawn_scheduler(&cluster, 0)]);
     wait_settled(&cluster, &id, n as u64 / 6, Duration::from_secs(60));
@@ -88,7 +83,7 @@ fn c3_workers_serve_and_scheduler_survive_a_redis_restart() {
         assert!(
             up.elapsed() < Duration::from_secs(30),
             "/readyz not 200 within 30 s of Redis coming back: {}",
-            api_support::serve_log(&cluster)
+            support::api::serve_log(&cluster)
         );
         std::thread::sleep(Duration::from_millis(200));
     }

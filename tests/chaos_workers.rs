@@ -16,14 +16,12 @@
 
 mod support;
 
-#[path = "chaos_workers/harness.rs"]
-mod harness;
-
 use std::time::{Duration, Instant};
 
-use harness::*;
+use support::chaos_workers::*;
 use support::cluster::{Cluster, Options};
 use support::invariants::assert_invariants;
+use support::signal;
 
 /// The cluster config's `max_reclaims` (see `tests/support/cluster.rs`).
 const MAX_RECLAIMS: u64 = 3;

@@ -12,7 +12,7 @@ use std::process::{Child, ExitStatus, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use support::redis::RedisServer;
+use batchyard_testkit::TestRedis;
 use support::*;
 
 fn wait_for_exit(child: &mut Child, limit: Duration) -> Option<ExitStatus> {
@@ -26,15 +26,6 @@ fn wait_for_exit(child: &mut Child, limit: Duration) -> Option<ExitStatus> {
     None
 }
 
-fn sigterm(child: &Child) {
-    let ok = std::process::Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .expect("kill should run")
-        .success();
-    assert!(ok, "kill -TERM {} failed", child.id());
-}
-
 /// Exit 0, or what a shell reports for SIGPIPE (141, or the signal itself).
 fn quiet_pipe_exit(status: ExitStatus) -> bool {
     status.code() == Some(0) || status.code() == Some(141) || status.signal() == Some(13)
@@ -42,7 +33,7 @@ fn quiet_pipe_exit(status: ExitStatus) -> bool {
 
 #[test]
 fn worker_hears_sigterm_after_its_log_pipe_closes() {
-    let Some(redis) = RedisServer::start(false) else {
+    let Some(redis) = TestRedis::start(module_path!()) else {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
@@ -90,7 +81,7 @@ fn worker_hears_sigterm_after_its_log_pipe_closes() {
     if let Some(status) = child.try_wait().unwrap() {
         panic!("the worker died once its log pipe closed: {status}");
     }
-    sigterm(&child);
+    signal(child.id(), "TERM");
     let status = wait_for_exit(&mut child, Duration::from_secs(20));
     if status.is_none() {
         let _ = child.kill();
@@ -102,7 +93,7 @@ fn worker_hears_sigterm_after_its_log_pipe_closes() {
 
 #[test]
 fn results_into_a_closed_pipe_exits_quietly() {
-    let Some(redis) = RedisServer::start(false) else {
+    let Some(redis) = TestRedis::start(module_path!()) else {
         return;
     };
     let dir = tempfile::tempdir().unwrap();

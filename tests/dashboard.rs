@@ -7,23 +7,18 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod api_support;
 mod support;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use api_support::*;
+use support::api::*;
 use support::cluster::{Cluster, Options};
 use support::*;
 
 /// tests/dashboard_check.py expects exactly this text on the paused model `large`.
 const PAUSE_REASON: &str = "quota <b>exceeded</b> & \"retry\" <script>later</script>";
-
-fn in_ci() -> bool {
-    std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
-}
 
 /// Headers (lower-cased names) and body of one GET, with curl.
 fn get(base: &str, path: &str) -> (u16, String, String) {
@@ -100,8 +95,7 @@ fn chromium() -> Option<PathBuf> {
 }
 
 fn skip_or_fail(why: &str) {
-    assert!(!in_ci(), "{why} (CI=true: the dashboard test must run)");
-    eprintln!("SKIP dashboard_in_headless_chromium: {why}");
+    batchyard_testkit::skip_or_fail("dashboard_in_headless_chromium", why);
 }
 
 #[test]

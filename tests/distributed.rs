@@ -196,14 +196,7 @@ fn sigterm_drains_and_exits_zero() {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
-    let pid = worker.id().to_string();
-    let killed = std::process::Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap();
-    assert!(killed.success());
-    let status = wait_exit(&mut worker, Duration::from_secs(20));
-    assert!(status.success(), "worker exit after SIGTERM: {status:?}");
+    terminate(&mut worker);
     // What it finished is counted; the rest is still queued for another worker.
     let batch = cluster.status(&id);
     let settled = batch["request_counts"]["completed"].as_u64().unwrap();

@@ -4,13 +4,12 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod api_support;
 mod support;
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use api_support::*;
+use support::api::*;
 use support::cluster::Cluster;
 
 const ITEMS: usize = 50;

@@ -11,8 +11,8 @@ use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
+use batchyard_testkit::FakeProvider;
 use serde_json::Value;
-use support::fake::FakeProvider;
 use support::*;
 
 /// A config with one model on the fake provider and two tasks: `summarize` passes any

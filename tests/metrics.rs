@@ -9,7 +9,7 @@ use std::path::Path;
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
-use support::cluster::{Cluster, Options, wait_exit};
+use support::cluster::{Cluster, Options};
 use support::*;
 
 const ITEMS: usize = 120;
@@ -274,15 +274,7 @@ fn worker_serves_prometheus_metrics_that_match_the_batch() {
     assert!(body.contains("# HELP batchyard_jobs_total"), "{body}");
 
     // SIGTERM stops the metrics server with the worker.
-    let pid = worker.id().to_string();
-    assert!(
-        Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .unwrap()
-            .success()
-    );
-    assert!(wait_exit(&mut worker, Duration::from_secs(30)).success());
+    terminate(&mut worker);
 }
 
 #[test]

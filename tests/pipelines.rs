@@ -8,67 +8,13 @@
 mod support;
 
 use std::collections::BTreeSet;
-use std::process::{Child, Stdio};
+use std::process::Child;
 use std::time::Duration;
 
 use serde_json::Value;
-use support::cluster::{Cluster, Options, wait_exit};
+use support::cluster::Cluster;
+use support::scheduler::{cluster_with, history, pipeline_run, spawn_scheduler};
 use support::*;
-
-fn cluster_with(test: &str, extra_toml: String) -> Option<Cluster> {
-    Cluster::start_opts(
-        test,
-        &[],
-        Options {
-            extra_toml,
-            ..Options::default()
-        },
-    )
-}
-
-fn pipeline_run(cluster: &Cluster, name: &str) -> Value {
-    let out = run(cluster.cmd().args(["pipelines", "run", name, "--json"]));
-    assert!(
-        out.status.success(),
-        "pipelines run failed: {}",
-        text(&out.stderr)
-    );
-    last_json(&out)
-}
-
-fn history(cluster: &Cluster, name: &str) -> Vec<Value> {
-    let out = run(cluster
-        .cmd()
-        .args(["pipelines", "history", name, "--json", "--limit", "100"]));
-    assert!(
-        out.status.success(),
-        "history failed: {}",
-        text(&out.stderr)
-    );
-    last_json(&out)["runs"].as_array().unwrap().clone()
-}
-
-fn spawn_scheduler(cluster: &Cluster, n: usize) -> Child {
-    let log = std::fs::File::create(cluster.dir.path().join(format!("scheduler-{n}.log"))).unwrap();
-    cluster
-        .cmd()
-        .arg("scheduler")
-        .stdout(Stdio::null())
-        .stderr(Stdio::from(log))
-        .spawn()
-        .expect("scheduler should start")
-}
-
-fn terminate(child: &mut Child) {
-    let pid = child.id().to_string();
-    let killed = std::process::Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap();
-    assert!(killed.success());
-    let status = wait_exit(child, Duration::from_secs(30));
-    assert!(status.success(), "scheduler exit after SIGTERM: {status:?}");
-}
 
 #[test]
 fn three_schedulers_submit_exactly_one_batch_per_tick() {
@@ -148,7 +94,7 @@ fn chrono_secs(t: &str) -> i64 {
 
 #[test]
 fn only_new_objects_are_submitted_across_runs_including_a_changed_one() {
-    let Some(probe) = support::s3::s3_env_or_skip("pipelines_only_new") else {
+    let Some(probe) = batchyard_testkit::s3_env_or_skip("pipelines_only_new") else {
         return;
     };
     let prefix = probe.unique_prefix("inbox");

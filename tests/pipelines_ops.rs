@@ -4,38 +4,17 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod api_support;
 mod support;
 
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use api_support::*;
 use serde_json::Value;
-use support::cluster::{Cluster, Options, wait_exit};
+use support::api::*;
+use support::cluster::{Cluster, wait_exit};
 use support::invariants::assert_invariants;
+use support::scheduler::{cluster_with, pipeline_run};
 use support::*;
-
-fn cluster_with(test: &str, extra_toml: String) -> Option<Cluster> {
-    Cluster::start_opts(
-        test,
-        &[],
-        Options {
-            extra_toml,
-            ..Options::default()
-        },
-    )
-}
-
-fn pipeline_run(cluster: &Cluster, name: &str) -> Value {
-    let out = run(cluster.cmd().args(["pipelines", "run", name, "--json"]));
-    assert!(
-        out.status.success(),
-        "pipelines run failed: {}",
-        text(&out.stderr)
-    );
-    last_json(&out)
-}
 
 fn listed(cluster: &Cluster) -> Value {
     let out = run(cluster.cmd().args(["pipelines", "list", "--json"]));
@@ -127,7 +106,7 @@ fn a_budget_stop_inside_a_pipeline_run_ends_the_batch_and_retry_resumes_it() {
 
 #[test]
 fn after_redis_loses_its_data_the_seen_state_is_rebuilt_from_object_storage() {
-    let probe = support::s3::s3_env_or_skip("pipelines_rebuild");
+    let probe = batchyard_testkit::s3_env_or_skip("pipelines_rebuild");
     let Some(probe) = probe else { return };
     let prefix = probe.unique_prefix("pipelines-rebuild-inbox");
     let extra = format!(
@@ -247,10 +226,7 @@ fn the_scheduler_exports_runs_by_outcome_and_the_last_success() {
         );
         std::thread::sleep(Duration::from_millis(300));
     };
-    let _ = Command::new("kill")
-        .args(["-TERM", &scheduler.id().to_string()])
-        .status();
-    assert!(wait_exit(&mut scheduler, Duration::from_secs(30)).success());
+    terminate(&mut scheduler);
     assert_eq!(sample(&body, submitted), Some(1.0), "{body}");
     assert!(
         body.contains("# TYPE batchyard_pipeline_last_success_timestamp_seconds gauge"),

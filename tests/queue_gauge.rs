@@ -9,7 +9,7 @@ mod support;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use support::redis::RedisServer;
+use batchyard_testkit::TestRedis;
 use support::*;
 
 fn gauge(body: &str, state: &str) -> Option<f64> {
@@ -38,7 +38,7 @@ impl Drop for Stop {
 
 #[test]
 fn ordinary_failures_are_not_lost_jobs_on_the_gauge() {
-    let Some(redis) = RedisServer::start(false) else {
+    let Some(redis) = TestRedis::start(module_path!()) else {
         return;
     };
     let dir = tempfile::tempdir().unwrap();

@@ -23,29 +23,18 @@ const SERVED_NAME: &str = "smollm2";
 /// second a request; this leaves room for a loaded CI machine).
 const RUN_TIMEOUT: Duration = Duration::from_secs(240);
 
-fn in_ci() -> bool {
-    std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
-}
-
 /// The server's base URL, or `None` (skip) outside CI when scripts/test did not start it.
 fn llama_url(test: &str) -> Option<String> {
-    match std::env::var("BATCHYARD_TEST_LLAMA_URL")
+    let url = std::env::var("BATCHYARD_TEST_LLAMA_URL")
         .ok()
         .filter(|v| !v.trim().is_empty())
-    {
-        Some(url) => Some(url.trim().trim_end_matches('/').to_string()),
-        None if in_ci() => panic!(
-            "CI=true but BATCHYARD_TEST_LLAMA_URL is not set: run the tests through scripts/test, \
-             which installs and starts the llama.cpp server (scripts/lib/llama.sh)"
-        ),
-        None => {
-            eprintln!(
-                "SKIP {test}: no real model (BATCHYARD_TEST_LLAMA_URL unset); run scripts/test \
-                 to install and start the llama.cpp server"
-            );
-            None
-        }
-    }
+        .map(|url| url.trim().trim_end_matches('/').to_string());
+    batchyard_testkit::require(
+        url,
+        test,
+        "no real model (BATCHYARD_TEST_LLAMA_URL unset); scripts/test installs and starts the \
+         llama.cpp server (scripts/lib/llama.sh)",
+    )
 }
 
 /// A config with one free local model behind the llama.cpp server, results under `store`.
@@ -343,7 +332,7 @@ fn a_real_cascade_escalates_from_the_local_model_when_its_json_fails_the_schema(
     // know it, so its answers fail the schema and the items escalate, every run.
     let strong_answer = r#"{"city": "Oslo", "temperature_c": 12, "unit": "celsius"}"#;
     let reply = format!("strong-1={strong_answer}");
-    let fake = support::fake::FakeProvider::start(&["--reply", &reply]);
+    let fake = batchyard_testkit::FakeProvider::start(&["--reply", &reply]);
     let store = dir.path().join("store");
     let toml = format!(
         r#"

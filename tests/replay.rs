@@ -7,8 +7,8 @@ mod support;
 
 use std::time::{Duration, Instant};
 
+use batchyard_testkit::FakeProvider;
 use support::cluster::{Cluster, Options, wait_exit};
-use support::fake::FakeProvider;
 use support::*;
 
 #[test]

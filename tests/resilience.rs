@@ -3,13 +3,12 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod api_support;
 mod support;
 
 use std::time::{Duration, Instant};
 
+use batchyard_testkit::FakeProvider;
 use support::cluster::{Cluster, Options, wait_exit};
-use support::fake::FakeProvider;
 use support::*;
 
 /// A second provider, healthy, with one model between small and large in price.
@@ -152,8 +151,8 @@ fn auth_failures_pause_the_model_until_an_operator_resumes_it() {
         text(&out.stdout)
     );
     // And so do the native API and the dashboard's detail view.
-    let server = api_support::Server::start(&cluster);
-    let detail = api_support::ok_json(api_support::call(
+    let server = support::api::Server::start(&cluster);
+    let detail = support::api::ok_json(support::api::call(
         &server,
         "GET",
         &format!("/api/batches/{id}"),

@@ -8,8 +8,8 @@ mod support;
 
 use std::path::{Path, PathBuf};
 
+use batchyard_testkit::FakeProvider;
 use serde_json::Value;
-use support::fake::FakeProvider;
 use support::*;
 
 /// Two models 2.5× apart in price; `extra` is appended (validators, routing, cache).

@@ -7,16 +7,15 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod api_support;
 mod support;
 
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use api_support::{Workers, curl, json_of};
+use batchyard_testkit::{RedisOptions, TestRedis};
 use serde_json::Value;
+use support::api::{Workers, curl, json_of};
 use support::cluster::{Cluster, Options};
-use support::redis::{RedisServer, Secure};
 use support::*;
 
 const REDIS_PASSWORD: &str = "rpw-canary-8c2f7a61";
@@ -32,7 +31,7 @@ struct Secured<'a> {
 }
 
 impl<'a> Secured<'a> {
-    fn new(cluster: &'a Cluster, redis: &RedisServer) -> Self {
+    fn new(cluster: &'a Cluster, redis: &TestRedis) -> Self {
         Self {
             cluster,
             redis_url: redis.url.clone(),
@@ -184,9 +183,9 @@ fn s3_objects(cluster: &Cluster) -> (String, usize) {
     (bodies, keys.len())
 }
 
-fn secure_cluster(name: &str, secure: Secure) -> Option<(Cluster, RedisServer)> {
+fn secure_cluster(name: &str, secure: RedisOptions) -> Option<(Cluster, TestRedis)> {
     let cluster = Cluster::start_opts(name, &["--require-key", API_KEY], Options::default())?;
-    let redis = RedisServer::start_secure(secure)?;
+    let redis = TestRedis::start_with(name, secure)?;
     Some((cluster, redis))
 }
 
@@ -201,10 +200,13 @@ fn assert_no_password(written: &str, what: &str) {
 /// never holds the password that was given.
 #[test]
 fn wrong_redis_password_fails_clearly_without_showing_it() {
-    let Some(redis) = RedisServer::start_secure(Secure {
-        password: Some(REDIS_PASSWORD.into()),
-        tls: false,
-    }) else {
+    let Some(redis) = TestRedis::start_with(
+        "wrong_redis_password",
+        RedisOptions {
+            password: Some(REDIS_PASSWORD.into()),
+            ..RedisOptions::default()
+        },
+    ) else {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
@@ -255,9 +257,10 @@ fn wrong_redis_password_fails_clearly_without_showing_it() {
 fn tls_redis_with_a_private_ca_runs_a_batch() {
     let Some((cluster, redis)) = secure_cluster(
         "security_tls",
-        Secure {
+        RedisOptions {
             password: Some(REDIS_PASSWORD.into()),
             tls: true,
+            aof: false,
         },
     ) else {
         return;
@@ -308,9 +311,10 @@ fn tls_redis_with_a_private_ca_runs_a_batch() {
 fn no_secret_shows_in_logs_files_or_api_responses() {
     let Some((cluster, redis)) = secure_cluster(
         "security_grep",
-        Secure {
+        RedisOptions {
             password: Some(REDIS_PASSWORD.into()),
             tls: false,
+            aof: false,
         },
     ) else {
         return;
@@ -428,7 +432,7 @@ fn api_ids_cannot_reach_objects_outside_their_place() {
     let Some(cluster) = Cluster::start("security_keys", &[], 30) else {
         return;
     };
-    let s = api_support::Server::start(&cluster);
+    let s = support::api::Server::start(&cluster);
     let sentinel = "sentinel-line-7a1c";
     let key = cluster.s3_key("secret.jsonl");
     cluster.s3_put(&key, sentinel);
@@ -442,17 +446,17 @@ fn api_ids_cannot_reach_objects_outside_their_place() {
     ];
     for id in climbs {
         for path in [format!("/v1/files/{id}"), format!("/v1/files/{id}/content")] {
-            let (code, body) = api_support::call(&s, "GET", &path, &[]);
+            let (code, body) = support::api::call(&s, "GET", &path, &[]);
             assert!(code == 404 || code == 400, "{path}: {code} {body}");
             assert!(!body.contains(sentinel), "{path} read the sentinel");
         }
-        let (code, _) = api_support::call(&s, "DELETE", &format!("/v1/files/{id}"), &[]);
+        let (code, _) = support::api::call(&s, "DELETE", &format!("/v1/files/{id}"), &[]);
         assert!(code == 404 || code == 400, "DELETE {id}: {code}");
         let create = format!(
             r#"{{"input_file_id":"{}","endpoint":"/v1/chat/completions","completion_window":"24h"}}"#,
             id.replace("%2F", "/").replace("%2E", ".")
         );
-        let (code, body) = api_support::call(
+        let (code, body) = support::api::call(
             &s,
             "POST",
             "/v1/batches",

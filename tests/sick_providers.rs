@@ -10,8 +10,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use batchyard_testkit::FakeProvider;
 use serde_json::Value;
-use support::fake::FakeProvider;
 use support::*;
 
 /// One provider (`fake`, with `provider_extra` keys) and one model, `small`.

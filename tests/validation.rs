@@ -5,7 +5,7 @@
 
 mod support;
 
-use support::fake::FakeProvider;
+use batchyard_testkit::FakeProvider;
 use support::*;
 
 fn config(dir: &std::path::Path, fake: &FakeProvider, validate: &str) -> std::path::PathBuf {

@@ -1,7 +1,7 @@
 //! The ledger, in memory and on a real Redis: exactly-once settlement, exactly one finalizer.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod common;
+mod support;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,32 +10,20 @@ use batchyard_jobs::batch::{BatchRecord, BatchState, RequestCounts, now_secs};
 use batchyard_jobs::ledger::memory::MemoryLedger;
 use batchyard_jobs::ledger::redis::RedisLedger;
 use batchyard_jobs::ledger::{Ledger, Reservation, Settlement};
-use common::{TestRedis, unique_name};
+use batchyard_testkit::TestRedis;
+use support::{batch_record, unique_name};
 
 fn record(id: &str, total: u64) -> BatchRecord {
     BatchRecord {
-        id: id.to_string(),
-        state: BatchState::InProgress,
         counts: RequestCounts {
             total,
             completed: 0,
             failed: 0,
         },
-        spent_nanos: 0,
         budget_usd: Some(1.5),
         task: Some("summarize".into()),
-        storage_url: "file://./x".into(),
-        created_at: now_secs(),
         in_progress_at: Some(now_secs()),
-        finalizing_at: None,
-        completed_at: None,
-        cancel_requested_at: None,
-        reserved_nanos: 0,
-        budget_exhausted_at: None,
-        no_cache: false,
-        expires_at: None,
-        submit: None,
-        failure: None,
+        ..batch_record(id)
     }
 }
 
@@ -131,7 +119,7 @@ async fn memory_ledger_settles_exactly_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_ledger_settles_exactly_once_and_cleans_up() {
-    let Some(redis) = TestRedis::start("ledger") else {
+    let Some(redis) = TestRedis::start_or_external("ledger") else {
         return;
     };
     let conn = batchyard_jobs::redis_conn::connect(redis.url())

@@ -2,9 +2,8 @@
 //! must give the same answers with the same exact nano arithmetic.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod common;
 #[macro_use]
-mod ledger_budget_support;
+mod support;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -13,11 +12,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use batchyard_jobs::batch::{BatchRecord, BatchState, usd_to_nanos};
 use batchyard_jobs::error::QueueError;
 use batchyard_jobs::ledger::{Reopen, Reservation};
-use common::{TestRedis, unique_name};
-use ledger_budget_support::{Target, USD, denied, record, watch};
+use batchyard_testkit::TestRedis;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use redis::AsyncCommands;
+use support::ledger_budget::{Target, USD, denied, record, watch};
+use support::unique_name;
 
 on_both! {
     unlimited_without_budget,

@@ -3,15 +3,15 @@
 //! gauge is something to alert on and the dead-letter count is not.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod common;
-mod queue_redis_support;
+mod support;
 
 use std::time::Duration;
 
 use batchyard_jobs::queue::memory::MemoryQueue;
 use batchyard_jobs::queue::{Delivery, Queue, QueueOptions};
-use common::{TestRedis, jobs, unique_name};
-use queue_redis_support::{claim_n, open};
+use batchyard_testkit::TestRedis;
+use support::queue_redis::{claim_n, open};
+use support::{jobs, unique_name};
 
 const CODES: [&str; 4] = [
     "validation_failed",
@@ -40,7 +40,7 @@ async fn memory_queue_counts_lost_jobs_apart_from_ordinary_failures() {
 
 #[tokio::test]
 async fn redis_queue_counts_lost_jobs_apart_from_ordinary_failures() {
-    let Some(redis) = TestRedis::start("lost") else {
+    let Some(redis) = TestRedis::start_or_external("lost") else {
         return;
     };
     let name = unique_name("lost");

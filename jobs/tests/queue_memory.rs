@@ -1,7 +1,7 @@
 //! The in-process queue: same contract as the Redis one.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod common;
+mod support;
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use batchyard_jobs::queue::memory::MemoryQueue;
 use batchyard_jobs::queue::{Queue, QueueDepth, QueueOptions};
-use common::jobs;
+use support::jobs;
 
 const SHORT: Duration = Duration::from_millis(20);
 

@@ -3,17 +3,17 @@
 //! restart tests are in `queue_redis_recovery.rs`.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod common;
-mod queue_redis_support;
+mod support;
 
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use batchyard_jobs::queue::redis::{RedisQueue, unique_consumer_name};
 use batchyard_jobs::queue::{Queue, QueueOptions};
-use common::{TestRedis, jobs, unique_name};
+use batchyard_testkit::TestRedis;
 use futures::{StreamExt, TryStreamExt, stream};
-use queue_redis_support::{SHORT, ack_all, claim_n, depth, enqueue, open};
+use support::queue_redis::{SHORT, ack_all, claim_n, depth, enqueue, open};
+use support::{jobs, unique_name};
 
 /// Claims and acks `n` jobs in rounds of 100, topping the queue up so its depth stays put.
 async fn throughput(q: &RedisQueue, batch: &str, first_chunk: u64, n: u64) -> f64 {
@@ -31,7 +31,8 @@ async fn throughput(q: &RedisQueue, batch: &str, first_chunk: u64, n: u64) -> f6
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn claim_cost_does_not_grow_with_queue_depth() {
-    let Some(redis) = TestRedis::start("claim_cost_does_not_grow_with_queue_depth") else {
+    let Some(redis) = TestRedis::start_or_external("claim_cost_does_not_grow_with_queue_depth")
+    else {
         return;
     };
     let shallow = open(&redis, &unique_name("shallow"), |_| {}).await;
@@ -56,7 +57,8 @@ async fn claim_cost_does_not_grow_with_queue_depth() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn burst_of_100k_and_20k_simultaneous_retries() {
-    let Some(redis) = TestRedis::start("burst_of_100k_and_20k_simultaneous_retries") else {
+    let Some(redis) = TestRedis::start_or_external("burst_of_100k_and_20k_simultaneous_retries")
+    else {
         return;
     };
     let q = open(&redis, &unique_name("burst"), |_| {}).await;
@@ -110,7 +112,7 @@ fn consumer_names_are_unique() {
 
 #[tokio::test]
 async fn depth_is_exact_through_a_sequence() {
-    let Some(redis) = TestRedis::start("depth") else {
+    let Some(redis) = TestRedis::start_or_external("depth") else {
         return;
     };
     let q = open(&redis, &unique_name("depth"), |_| {}).await;
@@ -134,7 +136,7 @@ async fn depth_is_exact_through_a_sequence() {
 
 #[tokio::test]
 async fn no_per_job_keys_remain_and_old_dead_letters_are_dropped() {
-    let Some(redis) = TestRedis::start("keys") else {
+    let Some(redis) = TestRedis::start_or_external("keys") else {
         return;
     };
     let name = unique_name("keys");
@@ -199,7 +201,7 @@ async fn no_per_job_keys_remain_and_old_dead_letters_are_dropped() {
 
 #[tokio::test]
 async fn promotion_moves_at_most_one_chunk_per_step() {
-    let Some(redis) = TestRedis::start("promote") else {
+    let Some(redis) = TestRedis::start_or_external("promote") else {
         return;
     };
     let q = open(&redis, &unique_name("promote"), |o| o.promote_chunk = 100).await;
@@ -225,7 +227,7 @@ async fn promotion_moves_at_most_one_chunk_per_step() {
 
 #[tokio::test]
 async fn a_repeated_chunk_is_not_enqueued_twice() {
-    let Some(redis) = TestRedis::start("idempotent") else {
+    let Some(redis) = TestRedis::start_or_external("idempotent") else {
         return;
     };
     let q = open(&redis, &unique_name("idem"), |_| {}).await;
@@ -245,7 +247,7 @@ async fn a_repeated_chunk_is_not_enqueued_twice() {
 
 #[tokio::test]
 async fn a_chunk_of_1000_large_jobs_is_one_call() {
-    let Some(redis) = TestRedis::start("big_chunk") else {
+    let Some(redis) = TestRedis::start_or_external("big_chunk") else {
         return;
     };
     let q = open(&redis, &unique_name("big"), |_| {}).await;
@@ -280,7 +282,7 @@ async fn stall_while_claiming(q: &RedisQueue) -> (Duration, Duration) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_waiting_claim_does_not_stall_other_commands() {
-    let Some(redis) = TestRedis::start("blocking") else {
+    let Some(redis) = TestRedis::start_or_external("blocking") else {
         return;
     };
     let polling = open(&redis, &unique_name("polling"), |_| {}).await;

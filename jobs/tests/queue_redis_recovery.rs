@@ -3,8 +3,7 @@
 //! and cleaning up idle consumers.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod common;
-mod queue_redis_support;
+mod support;
 
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
@@ -12,12 +11,13 @@ use std::time::{Duration, Instant};
 use batchyard_jobs::queue::redis::RedisQueue;
 use batchyard_jobs::queue::{Delivery, Queue, QueueOptions};
 use batchyard_jobs::retry::Retryable as _;
-use common::{TestRedis, jobs, unique_name};
-use queue_redis_support::{SHORT, ack_all, claim_n, depth, enqueue, open};
+use batchyard_testkit::{RedisOptions, TestRedis};
+use support::queue_redis::{SHORT, ack_all, claim_n, depth, enqueue, open};
+use support::{jobs, unique_name};
 
 #[tokio::test]
 async fn unacked_jobs_are_reclaimed_after_the_visibility_timeout() {
-    let Some(redis) = TestRedis::start("reclaim") else {
+    let Some(redis) = TestRedis::start_or_external("reclaim") else {
         return;
     };
     let name = unique_name("reclaim");
@@ -45,7 +45,7 @@ async fn unacked_jobs_are_reclaimed_after_the_visibility_timeout() {
 
 #[tokio::test]
 async fn a_job_reclaimed_too_often_is_returned_then_dead_lettered() {
-    let Some(redis) = TestRedis::start("poison") else {
+    let Some(redis) = TestRedis::start_or_external("poison") else {
         return;
     };
     let q = open(&redis, &unique_name("poison"), |o| {
@@ -113,7 +113,7 @@ async fn errors_while_down(q: &RedisQueue) -> usize {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn survives_a_redis_restart_that_loses_everything() {
-    let Some(mut redis) = TestRedis::start_owned("restart_lossy", false) else {
+    let Some(mut redis) = TestRedis::start("restart_lossy") else {
         return;
     };
     let q = open(&redis, "restart", |_| {}).await;
@@ -144,7 +144,13 @@ async fn survives_a_redis_restart_that_loses_everything() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn survives_a_redis_restart_with_persistence_and_keeps_jobs() {
-    let Some(mut redis) = TestRedis::start_owned("restart_aof", true) else {
+    let Some(mut redis) = TestRedis::start_with(
+        "restart_aof",
+        RedisOptions {
+            aof: true,
+            ..RedisOptions::default()
+        },
+    ) else {
         return;
     };
     let q = open(&redis, "restart", |_| {}).await;
@@ -164,7 +170,7 @@ async fn survives_a_redis_restart_with_persistence_and_keeps_jobs() {
 
 #[tokio::test]
 async fn a_malformed_entry_is_dead_lettered_and_claims_go_on() {
-    let Some(redis) = TestRedis::start("malformed") else {
+    let Some(redis) = TestRedis::start_or_external("malformed") else {
         return;
     };
     let q = open(&redis, &unique_name("malformed"), |_| {}).await;
@@ -201,7 +207,7 @@ async fn a_malformed_entry_is_dead_lettered_and_claims_go_on() {
 
 #[tokio::test]
 async fn idle_consumers_with_nothing_pending_are_deleted() {
-    let Some(redis) = TestRedis::start("consumers") else {
+    let Some(redis) = TestRedis::start_or_external("consumers") else {
         return;
     };
     let q = open(&redis, &unique_name("consumers"), |_| {}).await;

@@ -424,7 +424,7 @@ def build():
     for cmd in (
         ["cargo", "build", "--release", "--bin", "batchyard", "-p", "batchyard"],
         ["cargo", "build", "--release", "-p", "batchyard-workers", "--example", "noop_consumer"],
-        ["cargo", "build", "--release", "-p", "batchyard-workers", "--bin", "batchyard-fake-provider"],
+        ["cargo", "build", "--release", "-p", "batchyard-fake-provider", "--bin", "batchyard-fake-provider"],
     ):
         log("building: " + " ".join(cmd))
         p = PROCS.start(cmd, cwd=ROOT)

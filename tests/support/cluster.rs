@@ -1,6 +1,5 @@
 //! A whole deployment on loopback: real Redis, real S3 (SeaweedFS), a fake provider over HTTP,
 //! and a config file that names them.
-#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
@@ -8,10 +7,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use super::fake::FakeProvider;
-use super::redis::RedisServer;
-use super::s3::{S3Env, s3_env_or_skip};
 use super::{batchyard, last_json, run, text};
+use batchyard_testkit::{FakeProvider, RedisOptions, S3Env, TestRedis, s3_env_or_skip};
 
 /// Knobs for one cluster's config.
 pub struct Options {
@@ -52,7 +49,7 @@ impl Default for Options {
 static WORKER_LOGS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
 pub struct Cluster {
-    pub redis: RedisServer,
+    pub redis: TestRedis,
     pub s3: S3Env,
     pub fake: FakeProvider,
     pub dir: tempfile::TempDir,
@@ -93,7 +90,13 @@ impl Cluster {
 
     pub fn start_opts(test: &str, fake_args: &[&str], opts: Options) -> Option<Self> {
         let s3 = s3_env_or_skip(test)?;
-        let redis = RedisServer::start(opts.aof)?;
+        let redis = TestRedis::start_with(
+            test,
+            RedisOptions {
+                aof: opts.aof,
+                ..RedisOptions::default()
+            },
+        )?;
         let fake = FakeProvider::start(fake_args);
         let visibility_secs = opts.visibility_secs;
         let dir = tempfile::tempdir().unwrap();

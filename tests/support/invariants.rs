@@ -2,7 +2,6 @@
 //! each custom id exactly once in `output.jsonl` ∪ `errors.jsonl`, nothing left pending,
 //! the manifest's spend equal to the sum of the per-item costs, and the queue's depth
 //! statistics back to zero.
-#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::process::Command;
 

@@ -1,17 +1,54 @@
-//! Shared helpers for the end-to-end tests: real processes, real servers, loopback only.
+//! Shared helpers for the end-to-end tests: real processes, real servers, loopback only. Every
+//! test file does `mod support;` and uses what it needs, so items one file leaves unused are not
+//! dead code. The services themselves (Redis, S3, the fake provider) come from
+//! `batchyard-testkit`; here is what is specific to these tests, one module per topic:
+//!
+//! - `api`: a `batchyard serve` process and curl calls against it;
+//! - `bad_input`: the machinery of tests/bad_input_corpus.rs (generated inputs, bounded runs);
+//! - `chaos_services`: what the service-fault tests share (polling, logs, pipeline listings);
+//! - `chaos_workers`: worker processes, signals and pending entries for the worker-fault tests;
+//! - `cluster`: a whole deployment on loopback (Redis, S3, fake provider, workers);
+//! - `invariants`: the exactly-once and accounting checks every chaos test ends with;
+//! - `proxy`: a loopback TCP proxy in front of the object store that can be switched off;
+//! - `scheduler`: a `batchyard scheduler` process;
+//! - here: the batchyard binary with a clean environment, signals, JSONL readers and request
+//!   lines.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+pub mod api;
+pub mod bad_input;
+pub mod chaos_services;
+pub mod chaos_workers;
 pub mod cluster;
-pub mod fake;
 pub mod invariants;
-pub mod redis;
-pub mod s3;
+pub mod proxy;
 pub mod scheduler;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
 use serde_json::Value;
+
+/// Sends `SIG<name>` (e.g. `TERM`, `STOP`, `CONT`) to one process by PID.
+pub fn signal(pid: u32, name: &str) {
+    let status = Command::new("kill")
+        .arg(format!("-{name}"))
+        .arg(pid.to_string())
+        .status()
+        .unwrap();
+    assert!(status.success(), "kill -{name} {pid} failed");
+}
+
+/// SIGTERM by PID, then a clean exit within 30 s.
+pub fn terminate(child: &mut std::process::Child) {
+    signal(child.id(), "TERM");
+    let status = cluster::wait_exit(child, std::time::Duration::from_secs(30));
+    assert!(
+        status.success(),
+        "exit of pid {} after SIGTERM: {status:?}",
+        child.id()
+    );
+}
 
 /// The batchyard binary with a clean environment: no config, Redis or storage leaking in
 /// from the developer's shell.

@@ -1,6 +1,5 @@
 //! `batchyard scheduler` replicas and `batchyard pipelines history`, for the tests that fire
 //! scheduled pipelines; plus a guard that kills long-running children by PID on drop.
-#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -9,8 +8,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use super::cluster::{Cluster, wait_exit};
-use super::{last_json, run, text};
+use super::cluster::{Cluster, Options};
+use super::{last_json, run, terminate, text};
 
 /// Child processes (workers, schedulers), SIGKILLed by PID on drop so that a failing test
 /// leaves nothing running.
@@ -47,6 +46,29 @@ impl Drop for Children {
     }
 }
 
+/// A cluster with `extra_toml` (pipelines, tasks) added to its config.
+pub fn cluster_with(test: &str, extra_toml: String) -> Option<Cluster> {
+    Cluster::start_opts(
+        test,
+        &[],
+        Options {
+            extra_toml,
+            ..Options::default()
+        },
+    )
+}
+
+/// `batchyard pipelines run NAME --json`, which must succeed; its JSON.
+pub fn pipeline_run(cluster: &Cluster, name: &str) -> Value {
+    let out = run(cluster.cmd().args(["pipelines", "run", name, "--json"]));
+    assert!(
+        out.status.success(),
+        "pipelines run failed: {}",
+        text(&out.stderr)
+    );
+    last_json(&out)
+}
+
 /// A `batchyard scheduler` whose log goes to `scheduler-<n>.log` in the cluster's folder.
 pub fn spawn_scheduler(cluster: &Cluster, n: usize) -> Child {
     let log = std::fs::File::create(cluster.dir.path().join(format!("scheduler-{n}.log"))).unwrap();
@@ -57,21 +79,6 @@ pub fn spawn_scheduler(cluster: &Cluster, n: usize) -> Child {
         .stderr(Stdio::from(log))
         .spawn()
         .expect("scheduler should start")
-}
-
-/// SIGTERM by PID, then a clean exit within 30 s.
-pub fn terminate(child: &mut Child) {
-    let pid = child.id().to_string();
-    let killed = std::process::Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap();
-    assert!(killed.success(), "kill -TERM {pid} failed");
-    let status = wait_exit(child, Duration::from_secs(30));
-    assert!(
-        status.success(),
-        "exit of pid {pid} after SIGTERM: {status:?}"
-    );
 }
 
 /// The pipeline's recorded runs, newest first (at most 1000).

@@ -3,20 +3,21 @@
 //! workers, a simulated router learning true pass rates, and an unreachable store.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod adequacy_support;
+mod support;
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use adequacy_support::{
-    LIMIT, ProbeStore, Store, TestRedis, greedy, learned, mean, redis_store, simulate, stores, task,
-};
+use batchyard_testkit::TestRedis;
 use batchyard_workers::route::adequacy::memory::MemoryAdequacy;
 use batchyard_workers::route::adequacy::{Adequacy, AdequacyPolicy, Evidence, tier_prior};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use redis::AsyncCommands;
+use support::adequacy::{
+    LIMIT, ProbeStore, Store, greedy, learned, mean, redis_store, simulate, stores, task,
+};
 
 #[tokio::test]
 async fn without_evidence_the_mean_is_the_tier_prior() {

@@ -1,75 +1,18 @@
 //! The Anthropic provider over real HTTP, against the fake provider's `/v1/messages`.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::io::{BufRead as _, BufReader};
-use std::process::{Child, Command, Stdio};
+mod support;
+
 use std::time::{Duration, Instant};
 
 use batchyard_jobs::retry::Retryable as _;
+use batchyard_testkit::FakeProvider;
 use batchyard_workers::provider::{
     AnthropicConfig, AnthropicProvider, ChatCall, Completion, ProviderError, ProviderErrorKind,
     Secret,
 };
 use serde_json::{Map, Value, json};
-
-/// A running fake provider, killed on drop.
-struct FakeServer {
-    child: Child,
-    url: String,
-}
-
-impl FakeServer {
-    fn start(args: &[&str]) -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_batchyard-fake-provider"))
-            .args(["--addr", "127.0.0.1:0"])
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start the fake provider");
-        let stdout = child.stdout.take().expect("its stdout");
-        let mut line = String::new();
-        BufReader::new(stdout)
-            .read_line(&mut line)
-            .expect("read the listening line");
-        let Some(url) = line.trim().strip_prefix("listening on ") else {
-            let _ = child.kill();
-            panic!("unexpected first line from the fake provider: {line:?}");
-        };
-        Self {
-            url: url.to_owned(),
-            child,
-        }
-    }
-
-    fn provider_with(&self, config: AnthropicConfig) -> AnthropicProvider {
-        AnthropicProvider::new(AnthropicConfig {
-            base_url: self.url.clone(),
-            ..config
-        })
-        .expect("build the provider")
-    }
-
-    fn provider(&self) -> AnthropicProvider {
-        self.provider_with(AnthropicConfig::default())
-    }
-
-    /// A provider that sends `x-fake-fault: FAULT` with every call.
-    fn faulty(&self, fault: &str) -> AnthropicProvider {
-        self.provider_with(AnthropicConfig {
-            headers: vec![("x-fake-fault".into(), fault.into())],
-            ..AnthropicConfig::default()
-        })
-    }
-}
-
-impl Drop for FakeServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+use support::fake_provider::AnthropicFake as _;
 
 fn body(messages: Value) -> Map<String, Value> {
     json!({"model": "ignored", "messages": messages})
@@ -104,7 +47,7 @@ async fn fails(provider: &AnthropicProvider, text: &str) -> ProviderError {
 
 #[tokio::test]
 async fn text_and_usage_map_to_an_openai_completion() {
-    let server = FakeServer::start(&[]);
+    let server = FakeProvider::start(&[]);
     let text = "Summarise the quarterly report on widgets and gadgets, please.";
     let done = call(&server.provider(), &user(text)).await.unwrap();
     let first40: String = text.chars().take(40).collect();
@@ -136,7 +79,7 @@ async fn text_and_usage_map_to_an_openai_completion() {
 
 #[tokio::test]
 async fn system_messages_go_to_the_top_level_system_field() {
-    let server = FakeServer::start(&[]);
+    let server = FakeProvider::start(&[]);
     let provider = server.provider();
     let system = "You are a careful assistant who answers in exactly three bullet points.";
     // The fake refuses any role but user/assistant in `messages`, as the real API does, and
@@ -172,7 +115,7 @@ async fn system_messages_go_to_the_top_level_system_field() {
 
 #[tokio::test]
 async fn max_tokens_stop_maps_to_finish_reason_length() {
-    let server = FakeServer::start(&[]);
+    let server = FakeProvider::start(&[]);
     let provider = server.provider();
     let mut short = user("a question that needs a long answer");
     short.insert("max_tokens".into(), json!(3));
@@ -191,7 +134,7 @@ async fn max_tokens_stop_maps_to_finish_reason_length() {
 
 #[tokio::test]
 async fn overloaded_529_is_transient() {
-    let server = FakeServer::start(&[]);
+    let server = FakeProvider::start(&[]);
     let err = fails(&server.faulty("529"), "hi").await;
     assert_eq!(err.kind, ProviderErrorKind::Transient, "{err}");
     assert_eq!(err.status, Some(529));
@@ -206,7 +149,7 @@ async fn overloaded_529_is_transient() {
 #[tokio::test]
 async fn rate_limits_are_rate_limited_with_a_retry_hint() {
     // The injected 429: retry-after 1 and a requests reset one second ahead.
-    let server = FakeServer::start(&[]);
+    let server = FakeProvider::start(&[]);
     let err = fails(&server.faulty("429"), "hi").await;
     assert_eq!(err.kind, ProviderErrorKind::RateLimited, "{err}");
     assert_eq!(err.status, Some(429));
@@ -214,7 +157,7 @@ async fn rate_limits_are_rate_limited_with_a_retry_hint() {
 
     // The enforced limit: retry-after and the anthropic-ratelimit-requests-reset say when the
     // minute window ends.
-    let server = FakeServer::start(&["--rpm", "1"]);
+    let server = FakeProvider::start(&["--rpm", "1"]);
     let provider = server.provider();
     call(&provider, &user("first")).await.unwrap();
     let err = fails(&provider, "second").await;
@@ -230,7 +173,7 @@ async fn rate_limits_are_rate_limited_with_a_retry_hint() {
 async fn a_bad_key_is_auth_and_never_leaks() {
     let good = "sk-ant-good-0123456789";
     let bad = "sk-ant-wrong-9876543210";
-    let server = FakeServer::start(&["--require-key", good]);
+    let server = FakeProvider::start(&["--require-key", good]);
     let provider = server.provider_with(AnthropicConfig {
         api_key: Some(Secret::new(bad.to_owned())),
         ..AnthropicConfig::default()
@@ -261,7 +204,7 @@ async fn a_bad_key_is_auth_and_never_leaks() {
 
 #[tokio::test]
 async fn malformed_bodies_are_malformed_responses() {
-    let server = FakeServer::start(&[]);
+    let server = FakeProvider::start(&[]);
     for fault in ["malformed", "html", "huge", "no_choices"] {
         let err = fails(&server.faulty(fault), "hi").await;
         assert_eq!(
@@ -282,7 +225,7 @@ async fn malformed_bodies_are_malformed_responses() {
 
 #[tokio::test]
 async fn other_faults_are_typed() {
-    let server = FakeServer::start(&[]);
+    let server = FakeProvider::start(&[]);
     let provider = server.provider();
     let kind = |e: ProviderError| e.kind;
     assert_eq!(
@@ -302,7 +245,7 @@ async fn other_faults_are_typed() {
         ProviderErrorKind::Transient
     );
 
-    let server = FakeServer::start(&["--hang-secs", "30"]);
+    let server = FakeProvider::start(&["--hang-secs", "30"]);
     let provider = server.provider_with(AnthropicConfig {
         timeout: Duration::from_secs(1),
         ..AnthropicConfig::default()

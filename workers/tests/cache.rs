@@ -1,5 +1,7 @@
 //! The result cache: keys, round trips, expiry and damaged entries.
 
+mod support;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
@@ -9,29 +11,9 @@ use batchyard_workers::catalog::ModelSpec;
 use batchyard_workers::job::cache::{CacheKey, CachedCompletion, ResultCache};
 use bytes::Bytes;
 use serde_json::{Map, Value, json};
+use support::{body, model_spec};
 
 const DAY: Duration = Duration::from_secs(24 * 3600);
-
-fn model(key: &str, provider: &str, name: &str) -> ModelSpec {
-    ModelSpec {
-        key: key.into(),
-        provider: provider.into(),
-        name: name.into(),
-        input_usd_per_mtok: 1.0,
-        output_usd_per_mtok: 2.0,
-        cached_input_usd_per_mtok: None,
-        context_window: 128_000,
-        max_output_tokens: None,
-        tier: 1,
-        capabilities: BTreeSet::new(),
-        rpm: None,
-        tpm: None,
-    }
-}
-
-fn body(v: Value) -> Map<String, Value> {
-    v.as_object().cloned().unwrap_or_default()
-}
 
 fn base() -> Map<String, Value> {
     body(json!({
@@ -54,12 +36,12 @@ fn entry(created_at_ms: u64) -> CachedCompletion {
 }
 
 fn key_of(b: Value) -> CacheKey {
-    ResultCache::key(&model("fast", "openai", "gpt-4o-mini"), &body(b), None)
+    ResultCache::key(&model_spec("fast", "openai", "gpt-4o-mini"), &body(b), None)
 }
 
 #[test]
 fn key_is_hex_sha256() {
-    let key = ResultCache::key(&model("fast", "openai", "gpt-4o-mini"), &base(), None);
+    let key = ResultCache::key(&model_spec("fast", "openai", "gpt-4o-mini"), &base(), None);
     assert_eq!(key.0.len(), 64);
     assert!(
         key.0
@@ -97,12 +79,12 @@ fn key_ignores_key_order_and_delivery_fields() {
 
 #[test]
 fn key_changes_with_what_changes_the_answer() {
-    let fast = model("fast", "openai", "gpt-4o-mini");
+    let fast = model_spec("fast", "openai", "gpt-4o-mini");
     let k = |m: &ModelSpec, b: &Map<String, Value>| ResultCache::key(m, b, None);
     let reference = k(&fast, &base());
     let mut variants = Vec::new();
-    variants.push(k(&model("fast", "azure", "gpt-4o-mini"), &base()));
-    variants.push(k(&model("fast", "openai", "gpt-4o"), &base()));
+    variants.push(k(&model_spec("fast", "azure", "gpt-4o-mini"), &base()));
+    variants.push(k(&model_spec("fast", "openai", "gpt-4o"), &base()));
     for (field, value) in [
         (
             "messages",
@@ -130,7 +112,7 @@ fn key_changes_with_what_changes_the_answer() {
 
 #[test]
 fn default_max_tokens_counts_only_when_the_body_has_none() {
-    let m = model("fast", "openai", "gpt-4o-mini");
+    let m = model_spec("fast", "openai", "gpt-4o-mini");
     // The body sets its own limit: the default is never sent, so it does not matter.
     assert_eq!(
         ResultCache::key(&m, &base(), Some(64)),
@@ -160,13 +142,17 @@ fn default_max_tokens_counts_only_when_the_body_has_none() {
 fn catalog_key_is_not_hashed_but_the_model_name_is() {
     let b = base();
     assert_eq!(
-        ResultCache::key(&model("fast", "openai", "gpt-4o-mini"), &b, None),
-        ResultCache::key(&model("cheap", "openai", "gpt-4o-mini"), &b, None)
+        ResultCache::key(&model_spec("fast", "openai", "gpt-4o-mini"), &b, None),
+        ResultCache::key(&model_spec("cheap", "openai", "gpt-4o-mini"), &b, None)
     );
     // The same catalog key pointed at another model gets other answers.
     assert_ne!(
-        ResultCache::key(&model("fast", "openai", "gpt-4o-mini"), &b, None),
-        ResultCache::key(&model("fast", "openai", "gpt-4o-mini-2024-07-18"), &b, None)
+        ResultCache::key(&model_spec("fast", "openai", "gpt-4o-mini"), &b, None),
+        ResultCache::key(
+            &model_spec("fast", "openai", "gpt-4o-mini-2024-07-18"),
+            &b,
+            None
+        )
     );
 }
 

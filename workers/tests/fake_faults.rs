@@ -2,83 +2,19 @@
 //! them: typed errors, never a panic.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::io::{BufRead as _, BufReader};
-use std::process::{Child, Command, Stdio};
+mod support;
+
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use batchyard_jobs::retry::Retryable as _;
+use batchyard_testkit::{FakeProvider, fake_provider_bin};
 use batchyard_workers::provider::openai::parse_go_duration;
 use batchyard_workers::provider::{
     ChatCall, Completion, OpenAiConfig, OpenAiProvider, ProviderError, ProviderErrorKind,
 };
 use serde_json::{Map, Value, json};
-
-/// A running fake provider, killed on drop.
-struct FakeServer {
-    child: Child,
-    url: String,
-}
-
-impl FakeServer {
-    fn start(args: &[&str]) -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_batchyard-fake-provider"))
-            .args(["--addr", "127.0.0.1:0"])
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start the fake provider");
-        let stdout = child.stdout.take().expect("its stdout");
-        let mut line = String::new();
-        BufReader::new(stdout)
-            .read_line(&mut line)
-            .expect("read the listening line");
-        let Some(url) = line.trim().strip_prefix("listening on ") else {
-            let _ = child.kill();
-            panic!("unexpected first line from the fake provider: {line:?}");
-        };
-        Self {
-            url: url.to_owned(),
-            child,
-        }
-    }
-
-    fn provider_with(&self, config: OpenAiConfig) -> OpenAiProvider {
-        OpenAiProvider::new(OpenAiConfig {
-            base_url: format!("{}/v1", self.url),
-            ..config
-        })
-        .expect("build the provider")
-    }
-
-    fn provider(&self) -> OpenAiProvider {
-        self.provider_with(OpenAiConfig::default())
-    }
-
-    fn faulty(&self, fault: &str) -> OpenAiProvider {
-        self.provider_with(OpenAiConfig {
-            headers: vec![("x-fake-fault".into(), fault.into())],
-            ..OpenAiConfig::default()
-        })
-    }
-
-    async fn stats(&self) -> Value {
-        reqwest::get(format!("{}/stats", self.url))
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap()
-    }
-}
-
-impl Drop for FakeServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+use support::fake_provider::OpenAiFake as _;
 
 fn user(text: &str) -> Map<String, Value> {
     json!({"model": "x", "messages": [{"role": "user", "content": text}]})
@@ -124,7 +60,7 @@ fn header<'a>(response: &'a reqwest::Response, name: &str) -> &'a str {
 
 #[tokio::test]
 async fn the_rpm_limit_holds_and_429s_carry_real_looking_headers() {
-    let server = FakeServer::start(&["--rpm", "10"]);
+    let server = FakeProvider::start(&["--rpm", "10"]);
     clear_of_a_window_edge().await;
     let client = reqwest::Client::new();
     let url = format!("{}/v1/chat/completions", server.url);
@@ -168,7 +104,7 @@ async fn the_rpm_limit_holds_and_429s_carry_real_looking_headers() {
         "{hint:?}"
     );
 
-    let stats = server.stats().await;
+    let stats = server.stats();
     assert_eq!(stats["rpm"], 10);
     assert_eq!(stats["max_requests_per_window"], 10);
     let windows = stats["windows"].as_array().unwrap();
@@ -183,7 +119,7 @@ async fn the_rpm_limit_holds_and_429s_carry_real_looking_headers() {
 async fn the_tpm_limit_holds() {
     // "hello" costs 5 prompt tokens and "fake reply from small-1: hello" 8 completion tokens:
     // 13 a call, so 4 calls fit in 60 tokens and the fifth does not.
-    let server = FakeServer::start(&["--tpm", "60"]);
+    let server = FakeProvider::start(&["--tpm", "60"]);
     clear_of_a_window_edge().await;
     let provider = server.provider();
     for _ in 0..4 {
@@ -194,14 +130,14 @@ async fn the_tpm_limit_holds() {
     assert_eq!(err.kind, ProviderErrorKind::RateLimited, "{err}");
     assert!(err.message.contains("TPM"), "{err}");
     assert!(err.retry_after.is_some());
-    let stats = server.stats().await;
+    let stats = server.stats();
     assert_eq!(stats["max_tokens_per_window"], 52);
     assert!(stats["max_tokens_per_window"].as_u64().unwrap() <= 60);
 }
 
 #[tokio::test]
 async fn a_dropped_connection_is_transient() {
-    let server = FakeServer::start(&[]);
+    let server = FakeProvider::start(&[]);
     let err = fails(&server.faulty("drop"), "hi").await;
     assert_eq!(err.kind, ProviderErrorKind::Transient, "{err}");
     assert_eq!(err.status, None);
@@ -209,14 +145,14 @@ async fn a_dropped_connection_is_transient() {
     assert_eq!(err.kind, ProviderErrorKind::Transient, "{err}");
     // The server is fine afterwards.
     call(&server.provider(), "hi").await.unwrap();
-    let stats = server.stats().await;
+    let stats = server.stats();
     assert_eq!(stats["dropped"], 2);
     assert_eq!(stats["requests"], 1);
 }
 
 #[tokio::test]
 async fn a_hang_is_transient_after_the_client_timeout() {
-    let server = FakeServer::start(&["--hang-secs", "60"]);
+    let server = FakeProvider::start(&["--hang-secs", "60"]);
     let config = |headers: Vec<(String, String)>| OpenAiConfig {
         timeout: Duration::from_secs(1),
         headers,
@@ -235,12 +171,12 @@ async fn a_hang_is_transient_after_the_client_timeout() {
             "{took:?}"
         );
     }
-    assert_eq!(server.stats().await["hung"], 2);
+    assert_eq!(server.stats()["hung"], 2);
 }
 
 #[tokio::test]
 async fn length_faults_finish_with_length() {
-    let server = FakeServer::start(&[]);
+    let server = FakeProvider::start(&[]);
     for done in [
         call(&server.faulty("length"), "tell me a story")
             .await
@@ -252,14 +188,14 @@ async fn length_faults_finish_with_length() {
         assert_eq!(done.finish_reason.as_deref(), Some("length"));
         assert_eq!(done.body["choices"][0]["finish_reason"], "length");
     }
-    let server = FakeServer::start(&["--length-rate", "1"]);
+    let server = FakeProvider::start(&["--length-rate", "1"]);
     let done = call(&server.provider(), "hi").await.unwrap();
     assert_eq!(done.finish_reason.as_deref(), Some("length"));
 }
 
 #[tokio::test]
 async fn bad_bodies_end_as_typed_errors() {
-    let server = FakeServer::start(&[]);
+    let server = FakeProvider::start(&[]);
     let cases = [
         // 5 MiB of a reply that never ends.
         ("huge", ProviderErrorKind::MalformedResponse),
@@ -287,7 +223,7 @@ async fn bad_bodies_end_as_typed_errors() {
 /// cap, without reading (or holding) the rest.
 #[tokio::test]
 async fn oversized_and_endless_bodies_fail_at_the_cap() {
-    let server = FakeServer::start(&[]);
+    let server = FakeProvider::start(&[]);
     let with = |headers: &[(&str, &str)], cap: usize| {
         server.provider_with(OpenAiConfig {
             headers: headers
@@ -346,7 +282,7 @@ async fn oversized_and_endless_bodies_fail_at_the_cap() {
 
 #[tokio::test]
 async fn random_faults_mix_and_every_outcome_is_typed() {
-    let server = FakeServer::start(&[
+    let server = FakeProvider::start(&[
         "--fail-rate-503",
         "0.25",
         "--drop-rate",
@@ -368,14 +304,14 @@ async fn random_faults_mix_and_every_outcome_is_typed() {
         ok > 0 && length > 0 && transient > 0,
         "{ok} {length} {transient}"
     );
-    let stats = server.stats().await;
+    let stats = server.stats();
     assert!(stats["dropped"].as_u64().unwrap() > 0, "{stats}");
     assert!(stats["by_status"]["503"].as_u64().unwrap() > 0, "{stats}");
 }
 
 #[tokio::test]
 async fn lognormal_latency_has_its_median_near_p50_and_a_tail() {
-    let server = FakeServer::start(&["--latency-dist", "lognormal", "--latency-p50-ms", "40"]);
+    let server = FakeProvider::start(&["--latency-dist", "lognormal", "--latency-p50-ms", "40"]);
     let provider = server.provider();
     call(&provider, "warm up").await.unwrap();
     let mut took = Vec::new();
@@ -401,7 +337,7 @@ fn bad_flags_are_refused() {
         &["--rpm", "0"],
         &["--hang-rate", "2"],
     ] {
-        let output = Command::new(env!("CARGO_BIN_EXE_batchyard-fake-provider"))
+        let output = Command::new(fake_provider_bin())
             .args(args)
             .stdin(Stdio::null())
             .output()

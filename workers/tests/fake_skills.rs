@@ -3,82 +3,43 @@
 //! expected answers below were computed once in Python, as `scripts/benchlib/routing.py` does).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::io::{BufRead as _, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 
+use batchyard_testkit::{FakeProvider, fake_provider_bin};
 use serde_json::{Value, json};
 
-/// A running fake provider, killed on drop.
-struct FakeServer {
-    child: Child,
-    url: String,
-}
-
-impl FakeServer {
-    fn start(args: &[&str]) -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_batchyard-fake-provider"))
-            .args(["--addr", "127.0.0.1:0"])
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start the fake provider");
-        let stdout = child.stdout.take().expect("its stdout");
-        let mut line = String::new();
-        BufReader::new(stdout)
-            .read_line(&mut line)
-            .expect("read the listening line");
-        let Some(url) = line.trim().strip_prefix("listening on ") else {
-            let _ = child.kill();
-            panic!("unexpected first line from the fake provider: {line:?}");
-        };
-        Self {
-            url: url.to_owned(),
-            child,
-        }
-    }
-
-    /// One OpenAI chat call: (content, usage).
-    async fn ask(&self, model: &str, text: &str) -> (String, Value) {
-        let body = json!({"model": model, "messages": [{"role": "user", "content": text}]});
-        let reply: Value = reqwest::Client::new()
-            .post(format!("{}/v1/chat/completions", self.url))
-            .json(&body)
-            .send()
-            .await
-            .unwrap()
-            .error_for_status()
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        let content = reply["choices"][0]["message"]["content"]
-            .as_str()
-            .unwrap()
-            .to_owned();
-        (content, reply["usage"].clone())
-    }
-}
-
-impl Drop for FakeServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// One OpenAI chat call: (content, usage).
+async fn ask(fake: &FakeProvider, model: &str, text: &str) -> (String, Value) {
+    let body = json!({"model": model, "messages": [{"role": "user", "content": text}]});
+    let reply: Value = reqwest::Client::new()
+        .post(format!("{}/v1/chat/completions", fake.url))
+        .json(&body)
+        .send()
+        .await
+        .unwrap()
+        .error_for_status()
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let content = reply["choices"][0]["message"]["content"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    (content, reply["usage"].clone())
 }
 
 const SKILLS: &str = "mid=0.5,genius=1.0,dunce=0.0";
 
 #[tokio::test]
 async fn skill_mode_is_deterministic_and_follows_the_rule() {
-    let fake = FakeServer::start(&["--skills", SKILLS]);
+    let fake = FakeProvider::start(&["--skills", SKILLS]);
 
     // Same request, same answer, every time.
     let text = "Answer about this document.\n\n[[difficulty=0.5]] item 0";
-    let (first, usage) = fake.ask("mid", text).await;
+    let (first, usage) = ask(&fake, "mid", text).await;
     for _ in 0..5 {
-        assert_eq!(fake.ask("mid", text).await.0, first);
+        assert_eq!(ask(&fake, "mid", text).await.0, first);
     }
     // floor(54 chars / 4) + 4 per message; "ANSWER: wrong" is 13 chars, so 4 tokens.
     assert_eq!(usage["prompt_tokens"], 17);
@@ -90,7 +51,7 @@ async fn skill_mode_is_deterministic_and_follows_the_rule() {
     let expected = [false, false, true, true, false, true];
     for (i, pass) in expected.iter().enumerate() {
         let text = format!("Answer about this document.\n\n[[difficulty=0.5]] item {i}");
-        let (content, usage) = fake.ask("mid", &text).await;
+        let (content, usage) = ask(&fake, "mid", &text).await;
         let want = if *pass { "ANSWER: ok" } else { "ANSWER: wrong" };
         assert_eq!(content, want, "item {i}");
         assert_eq!(usage["completion_tokens"], if *pass { 3 } else { 4 });
@@ -99,22 +60,26 @@ async fn skill_mode_is_deterministic_and_follows_the_rule() {
     // A skill-1.0 model passes easy items; a skill-0.0 model fails hard ones.
     for i in 0..20 {
         let easy = format!("[[difficulty=0.05]] easy document {i}");
-        assert_eq!(fake.ask("genius", &easy).await.0, "ANSWER: ok", "{easy}");
+        assert_eq!(ask(&fake, "genius", &easy).await.0, "ANSWER: ok", "{easy}");
         let hard = format!("[[difficulty=0.95]] hard document {i}");
-        assert_eq!(fake.ask("dunce", &hard).await.0, "ANSWER: wrong", "{hard}");
+        assert_eq!(
+            ask(&fake, "dunce", &hard).await.0,
+            "ANSWER: wrong",
+            "{hard}"
+        );
     }
 
     // No marker, or a model without a skill: the usual echo reply.
-    let (plain, _) = fake.ask("mid", "no marker here").await;
+    let (plain, _) = ask(&fake, "mid", "no marker here").await;
     assert!(plain.starts_with("fake reply from mid: "), "{plain}");
-    let (other, _) = fake.ask("unknown", text).await;
+    let (other, _) = ask(&fake, "unknown", text).await;
     assert!(other.starts_with("fake reply from unknown: "), "{other}");
 }
 
 #[test]
 fn bad_skills_are_refused() {
     for bad in ["tiny", "tiny=2", "=0.5"] {
-        let out = Command::new(env!("CARGO_BIN_EXE_batchyard-fake-provider"))
+        let out = Command::new(fake_provider_bin())
             .args(["--skills", bad])
             .stdin(Stdio::null())
             .output()
@@ -127,7 +92,7 @@ fn bad_skills_are_refused() {
 
 #[test]
 fn help_documents_the_rule() {
-    let out = Command::new(env!("CARGO_BIN_EXE_batchyard-fake-provider"))
+    let out = Command::new(fake_provider_bin())
         .arg("--help")
         .output()
         .unwrap();

@@ -4,39 +4,31 @@
 
 mod support;
 
-use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
+use batchyard_testkit::FakeProvider;
 use batchyard_workers::call::health::HealthPolicy;
 use batchyard_workers::call::health::memory::MemoryHealth;
 use batchyard_workers::call::limiter::memory::MemoryLimiter;
 use batchyard_workers::call::{Guards, ModelOutcome};
 use batchyard_workers::catalog::ModelSpec;
 use batchyard_workers::provider::Provider;
-use support::fake_provider::{FakeServer, body_for, call, fast_policy};
+use support::fake_provider::{OpenAiFake as _, body_for, call, fast_policy};
 
 fn model() -> ModelSpec {
     ModelSpec {
-        key: "small".into(),
-        provider: "fake".into(),
-        name: "small-1".into(),
         input_usd_per_mtok: 0.1,
         output_usd_per_mtok: 0.4,
-        cached_input_usd_per_mtok: None,
         context_window: 16_000,
-        max_output_tokens: None,
-        tier: 1,
-        capabilities: BTreeSet::new(),
-        rpm: None,
-        tpm: None,
+        ..support::model_spec("small", "fake", "small-1")
     }
 }
 
 #[tokio::test]
 async fn a_429_pauses_an_undeclared_model_for_everyone_sharing_the_limiter() {
     // The provider allows one request a minute; we declared no limit for the model.
-    let server = FakeServer::start(&["--rpm", "1"]);
+    let server = FakeProvider::start(&["--rpm", "1"]);
     let provider = Provider::OpenAi(server.provider());
     let guards = Guards::new(
         Arc::new(MemoryHealth::new(HealthPolicy::default())),
@@ -72,7 +64,7 @@ async fn a_429_pauses_an_undeclared_model_for_everyone_sharing_the_limiter() {
         ModelOutcome::Wait(delay) => assert!(delay > Duration::from_millis(200), "{delay:?}"),
         other => panic!("expected a wait after the 429, got {other:?}"),
     }
-    assert_eq!(server.count(429).await, 1, "one 429, then no more calls");
+    assert_eq!(server.count(429), 1, "one 429, then no more calls");
     let third = other_worker
         .call_model(
             &policy,
@@ -85,9 +77,9 @@ async fn a_429_pauses_an_undeclared_model_for_everyone_sharing_the_limiter() {
         .await;
     assert!(matches!(third, ModelOutcome::Wait(_)), "{third:?}");
     assert_eq!(
-        server.count(429).await,
+        server.count(429),
         1,
         "the paused model was not called again"
     );
-    assert_eq!(server.count(200).await, 1);
+    assert_eq!(server.count(200), 1);
 }

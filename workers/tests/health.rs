@@ -3,83 +3,16 @@
 //! one real redis-server) and against one shared `MemoryHealth`.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use batchyard_jobs::redis_conn::connect;
 use batchyard_jobs::retry::Retryable as _;
+use batchyard_testkit::TestRedis;
 use batchyard_workers::call::health::memory::MemoryHealth;
 use batchyard_workers::call::health::redis::RedisHealth;
 use batchyard_workers::call::health::{HealthPolicy, ModelHealth, ModelState};
 use batchyard_workers::provider::ProviderErrorKind as Kind;
-
-/// A redis-server of our own, killed by its PID on drop.
-struct TestRedis {
-    child: Child,
-    url: String,
-}
-
-impl TestRedis {
-    /// `None` after a skip line when redis-server is missing; with `CI=true` that fails.
-    fn start(test: &str) -> Option<Self> {
-        let available = Command::new("redis-server")
-            .arg("--version")
-            .stdout(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success());
-        if !available {
-            if std::env::var("CI").is_ok_and(|v| v == "true" || v == "1") {
-                panic!("{test}: redis-server is not installed, and CI=true requires it");
-            }
-            eprintln!("SKIP {test}: redis-server not found");
-            return None;
-        }
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = listener.local_addr().unwrap().port();
-        drop(listener);
-        let child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
-            .arg("--dir")
-            .arg(std::env::temp_dir())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server could not be started");
-        let me = Self {
-            child,
-            url: format!("redis://127.0.0.1:{port}/"),
-        };
-        wait_for_ping(port);
-        Some(me)
-    }
-}
-
-impl Drop for TestRedis {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn wait_for_ping(port: u16) {
-    let started = Instant::now();
-    loop {
-        if let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) {
-            let _ = s.set_read_timeout(Some(Duration::from_millis(200)));
-            let mut buf = [0u8; 7];
-            if s.write_all(b"PING\r\n").is_ok() && s.read_exact(&mut buf).is_ok() {
-                assert_eq!(&buf, b"+PONG\r\n");
-                return;
-            }
-        }
-        assert!(started.elapsed() < LIMIT, "redis-server did not start");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
 
 /// A model name no other test uses.
 fn model(test: &str) -> String {

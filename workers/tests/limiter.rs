@@ -3,7 +3,7 @@
 //! admission, shared pauses and provider reports, and `acquire`'s waiting.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod limiter_support;
+mod support;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -11,12 +11,12 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use batchyard_jobs::retry::Retryable as _;
+use batchyard_testkit::TestRedis;
 use batchyard_workers::call::limiter::memory::MemoryLimiter;
 use batchyard_workers::call::limiter::redis::RedisLimiter;
 use batchyard_workers::call::limiter::{
     Admission, LimitSpec, Limiter, LimiterError, Reservation, Tuning, acquire,
 };
-use limiter_support::TestRedis;
 use redis::AsyncCommands;
 
 async fn limiter(redis: &TestRedis, tuning: Tuning) -> RedisLimiter {

@@ -10,15 +10,16 @@ mod support;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use batchyard_testkit::FakeProvider;
 use batchyard_workers::provider::{
     ChatCall, OpenAiConfig, OpenAiProvider, ProviderErrorKind, Secret,
 };
 use serde_json::{Map, Value, json};
-use support::fake_provider::{FakeServer, body_for, call, content, fast_policy, with_retry};
+use support::fake_provider::{OpenAiFake as _, body_for, call, content, fast_policy, with_retry};
 
 #[tokio::test]
 async fn openai_success_parses_usage_and_finish_reason() {
-    let server = FakeServer::start(&[]);
+    let server = FakeProvider::start(&[]);
     let provider = server.provider();
     let text = "Summarise this report about quarterly widget sales in the north region";
     let body = body_for(text);
@@ -46,12 +47,12 @@ async fn openai_success_parses_usage_and_finish_reason() {
         format!("fake reply from small-1: {first40}")
     );
     assert!(!done.simulated);
-    assert_eq!(server.count(200).await, 1);
+    assert_eq!(server.count(200), 1);
 }
 
 #[tokio::test]
 async fn default_max_tokens_is_sent_only_when_the_body_sets_none() {
-    let server = FakeServer::start(&[]);
+    let server = FakeProvider::start(&[]);
     let provider = server.provider();
     let body = body_for("a long enough message to need more than two tokens in reply");
     let done = provider
@@ -80,7 +81,7 @@ async fn default_max_tokens_is_sent_only_when_the_body_sets_none() {
 
 #[tokio::test]
 async fn rate_limited_once_is_retried_and_honours_retry_after_ms() {
-    let server = FakeServer::start(&[]);
+    let server = FakeProvider::start(&[]);
     let provider = server.provider();
     let body = body_for("please summarise FAKE:429_ONCE document 7");
     let started = Instant::now();
@@ -91,13 +92,13 @@ async fn rate_limited_once_is_retried_and_honours_retry_after_ms() {
     assert_eq!(done.finish_reason.as_deref(), Some("stop"));
     // The backoff alone is at most 5 ms; the 50 ms wait comes from `retry-after-ms: 50`.
     assert!(elapsed >= Duration::from_millis(50), "{elapsed:?}");
-    assert_eq!(server.count(429).await, 1);
-    assert_eq!(server.count(200).await, 1);
+    assert_eq!(server.count(429), 1);
+    assert_eq!(server.count(200), 1);
 }
 
 #[tokio::test]
 async fn rate_limit_error_carries_the_hint() {
-    let server = FakeServer::start(&["--fail-rate-429", "1"]);
+    let server = FakeProvider::start(&["--fail-rate-429", "1"]);
     let provider = server.provider();
     let body = body_for("anything");
     let (result, attempts) = with_retry(&provider, &fast_policy(3), &body).await;
@@ -106,12 +107,12 @@ async fn rate_limit_error_carries_the_hint() {
     assert_eq!(err.status, Some(429));
     assert_eq!(err.retry_after, Some(Duration::from_millis(50)));
     assert_eq!(attempts, 3);
-    assert_eq!(server.count(429).await, 3);
+    assert_eq!(server.count(429), 3);
 }
 
 #[tokio::test]
 async fn server_error_always_is_transient_after_max_attempts() {
-    let server = FakeServer::start(&[]);
+    let server = FakeProvider::start(&[]);
     let provider = server.provider();
     let body = body_for("FAKE:500_ALWAYS");
     let policy = fast_policy(4);
@@ -120,12 +121,12 @@ async fn server_error_always_is_transient_after_max_attempts() {
     assert_eq!(err.kind, ProviderErrorKind::Transient);
     assert_eq!(err.status, Some(500));
     assert_eq!(attempts, policy.max_attempts);
-    assert_eq!(server.count(500).await, u64::from(policy.max_attempts));
+    assert_eq!(server.count(500), u64::from(policy.max_attempts));
 }
 
 #[tokio::test]
 async fn server_error_once_then_success() {
-    let server = FakeServer::start(&[]);
+    let server = FakeProvider::start(&[]);
     let provider = server.provider();
     let body = body_for("FAKE:500_ONCE then fine");
     let (result, attempts) = with_retry(&provider, &fast_policy(4), &body).await;
@@ -135,7 +136,7 @@ async fn server_error_once_then_success() {
 
 #[tokio::test]
 async fn context_overflow_is_not_retried() {
-    let server = FakeServer::start(&[]);
+    let server = FakeProvider::start(&[]);
     let provider = server.provider();
     let body = body_for("a very long document FAKE:CONTEXT");
     let (result, attempts) = with_retry(&provider, &fast_policy(4), &body).await;
@@ -143,12 +144,12 @@ async fn context_overflow_is_not_retried() {
     assert_eq!(err.kind, ProviderErrorKind::ContextOverflow);
     assert_eq!(err.status, Some(400));
     assert_eq!(attempts, 1);
-    assert_eq!(server.count(400).await, 1);
+    assert_eq!(server.count(400), 1);
 }
 
 #[tokio::test]
 async fn malformed_response_is_classified_and_retried_once() {
-    let server = FakeServer::start(&[]);
+    let server = FakeProvider::start(&[]);
     let provider = server.provider();
     let body = body_for("FAKE:MALFORMED");
     let (result, attempts) = with_retry(&provider, &fast_policy(4), &body).await;
@@ -156,12 +157,12 @@ async fn malformed_response_is_classified_and_retried_once() {
     assert_eq!(err.kind, ProviderErrorKind::MalformedResponse);
     assert!(err.message.contains("not json"), "{}", err.message);
     assert_eq!(attempts, 2, "a malformed response is retried at most once");
-    assert_eq!(server.count(200).await, 2);
+    assert_eq!(server.count(200), 2);
 }
 
 #[tokio::test]
 async fn a_reply_without_choices_is_malformed() {
-    let server = FakeServer::start(&[]);
+    let server = FakeProvider::start(&[]);
     let provider = server.provider_with(OpenAiConfig {
         headers: vec![("x-fake-fault".into(), "no_choices".into())],
         ..OpenAiConfig::default()
@@ -175,7 +176,7 @@ async fn a_reply_without_choices_is_malformed() {
 
 #[tokio::test]
 async fn quota_exhausted_is_not_retried() {
-    let server = FakeServer::start(&[]);
+    let server = FakeProvider::start(&[]);
     let provider = server.provider();
     let (result, attempts) = with_retry(&provider, &fast_policy(4), &body_for("FAKE:QUOTA")).await;
     assert_eq!(
@@ -187,7 +188,7 @@ async fn quota_exhausted_is_not_retried() {
 
 #[tokio::test]
 async fn content_filter_by_header_fault_is_not_retried() {
-    let server = FakeServer::start(&[]);
+    let server = FakeProvider::start(&[]);
     let provider = server.provider_with(OpenAiConfig {
         headers: vec![("x-fake-fault".into(), "filter".into())],
         ..OpenAiConfig::default()
@@ -204,7 +205,7 @@ async fn content_filter_by_header_fault_is_not_retried() {
 async fn auth_failure_is_classified_and_never_leaks_the_key() {
     let good = "sk-fake-good-0123456789";
     let wrong = "sk-test-WRONG-abc123xyz";
-    let server = FakeServer::start(&["--require-key", good]);
+    let server = FakeProvider::start(&["--require-key", good]);
     let body = body_for("hello");
 
     // The fake echoes the wrong key in its message, as OpenAI does (partly): it must be scrubbed.
@@ -247,7 +248,7 @@ async fn auth_failure_is_classified_and_never_leaks_the_key() {
 
 #[tokio::test]
 async fn a_timeout_is_transient() {
-    let server = FakeServer::start(&[]);
+    let server = FakeProvider::start(&[]);
     let provider = server.provider_with(OpenAiConfig {
         timeout: Duration::from_millis(200),
         headers: vec![("x-fake-latency-ms".into(), "3000".into())],
@@ -286,7 +287,7 @@ async fn connection_refused_is_transient() {
 
 #[tokio::test]
 async fn one_client_serves_many_concurrent_calls() {
-    let server = FakeServer::start(&["--latency-ms", "5"]);
+    let server = FakeProvider::start(&["--latency-ms", "5"]);
     let provider = server.provider();
     let bodies: Vec<Map<String, Value>> = (0..64).map(|i| body_for(&format!("doc {i}"))).collect();
     let results = futures::future::join_all(
@@ -299,12 +300,12 @@ async fn one_client_serves_many_concurrent_calls() {
         let done = result.as_ref().expect("a completion");
         assert!(content(done).ends_with(&format!("doc {i}")));
     }
-    assert_eq!(server.count(200).await, 64);
+    assert_eq!(server.count(200), 64);
 }
 
 #[test]
 fn the_fake_provider_refuses_to_bind_beyond_loopback() {
-    let output = Command::new(env!("CARGO_BIN_EXE_batchyard-fake-provider"))
+    let output = Command::new(batchyard_testkit::fake_provider_bin())
         .args(["--addr", "0.0.0.0:0"])
         .stdin(Stdio::null())
         .output()
@@ -315,7 +316,7 @@ fn the_fake_provider_refuses_to_bind_beyond_loopback() {
 
 #[tokio::test]
 async fn the_providers_remaining_limits_are_reported() {
-    let server = FakeServer::start(&["--rpm", "100", "--tpm", "100000"]);
+    let server = FakeProvider::start(&["--rpm", "100", "--tpm", "100000"]);
     let provider = server.provider();
     let body = body_for("how much is left");
     let first = provider.complete(call("small-1", &body)).await.unwrap();
@@ -329,7 +330,7 @@ async fn the_providers_remaining_limits_are_reported() {
     );
     let second = provider.complete(call("small-1", &body)).await.unwrap();
     assert_eq!(second.rate_limits.unwrap().remaining_requests, Some(98));
-    let plain = FakeServer::start(&[]);
+    let plain = FakeProvider::start(&[]);
     let done = plain
         .provider()
         .complete(call("small-1", &body))

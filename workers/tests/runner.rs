@@ -2,6 +2,8 @@
 //! provider. Covers the paths that end a job without a model answer.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod support;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
@@ -31,18 +33,11 @@ struct Rig {
 
 fn model(key: &str, tier: u32, price: f64, context: u64) -> ModelSpec {
     ModelSpec {
-        key: key.into(),
-        provider: "sim".into(),
-        name: format!("sim-{key}"),
         input_usd_per_mtok: price,
         output_usd_per_mtok: price * 4.0,
-        cached_input_usd_per_mtok: None,
         context_window: context,
-        max_output_tokens: None,
         tier,
-        capabilities: BTreeSet::new(),
-        rpm: None,
-        tpm: None,
+        ..support::model_spec(key, "sim", &format!("sim-{key}"))
     }
 }
 

@@ -1,38 +1,21 @@
 //! Prompt token estimates: exact counts for OpenAI families, calibration for the rest.
 
-use std::collections::BTreeSet;
+mod support;
 
-use batchyard_workers::catalog::ModelSpec;
 use batchyard_workers::catalog::tokens::{
     Encoding, TokenEstimator, encoding_for, rough_prompt_tokens,
 };
-use serde_json::{Map, Value, json};
-
-fn model(key: &str, name: &str) -> ModelSpec {
-    ModelSpec {
-        key: key.into(),
-        provider: "p".into(),
-        name: name.into(),
-        input_usd_per_mtok: 1.0,
-        output_usd_per_mtok: 2.0,
-        cached_input_usd_per_mtok: None,
-        context_window: 128_000,
-        max_output_tokens: None,
-        tier: 1,
-        capabilities: BTreeSet::new(),
-        rpm: None,
-        tpm: None,
-    }
-}
-
-fn body(v: Value) -> Map<String, Value> {
-    v.as_object().cloned().unwrap_or_default()
-}
+use serde_json::json;
+use support::body;
 
 fn o200k(text: &str) -> u64 {
     tiktoken_rs::o200k_base_singleton()
         .encode_ordinary(text)
         .len() as u64
+}
+
+fn model(key: &str, name: &str) -> batchyard_workers::catalog::ModelSpec {
+    support::model_spec(key, "p", name)
 }
 
 #[test]

@@ -1,82 +1,63 @@
-//! A fake OpenAI-compatible provider process (`batchyard-fake-provider`) per test, and request
-//! builders for provider tests.
+//! Our providers pointed at a fake provider process (`batchyard_testkit::FakeProvider`), and
+//! request builders for provider tests.
 
-use std::io::{BufRead as _, BufReader};
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use batchyard_testkit::FakeProvider;
 use batchyard_workers::call::retry::{RetryPolicy, call_with_retry};
 use batchyard_workers::provider::{
-    ChatCall, Completion, OpenAiConfig, OpenAiProvider, ProviderError,
+    AnthropicConfig, AnthropicProvider, ChatCall, Completion, OpenAiConfig, OpenAiProvider,
+    ProviderError,
 };
 use serde_json::{Map, Value, json};
 
-/// A running fake provider, killed on drop.
-pub struct FakeServer {
-    child: Child,
-    url: String,
-}
+/// A trait `$name` on the testkit's fake with our `$provider` pointed at it (`$base` is the
+/// fake's URL field that provider wants): `provider()`, `provider_with(config)` and
+/// `faulty(fault)`, which sends `x-fake-fault: FAULT` with every call.
+macro_rules! fake_client {
+    ($(#[$doc:meta])* $name:ident, $config:ident, $provider:ident, $base:ident) => {
+        $(#[$doc])*
+        pub trait $name {
+            fn provider_with(&self, config: $config) -> $provider;
 
-impl FakeServer {
-    pub fn start(args: &[&str]) -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_batchyard-fake-provider"))
-            .args(["--addr", "127.0.0.1:0"])
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start the fake provider");
-        let stdout = child.stdout.take().expect("its stdout");
-        let mut line = String::new();
-        // One line, or EOF if it died.
-        BufReader::new(stdout)
-            .read_line(&mut line)
-            .expect("read the listening line");
-        let url = match line.trim().strip_prefix("listening on ") {
-            Some(url) => url.to_owned(),
-            None => {
-                let _ = child.kill();
-                panic!("unexpected first line from the fake provider: {line:?}");
+            fn provider(&self) -> $provider {
+                self.provider_with($config::default())
             }
-        };
-        Self { child, url }
-    }
 
-    pub fn base_url(&self) -> String {
-        format!("{}/v1", self.url)
-    }
+            fn faulty(&self, fault: &str) -> $provider {
+                self.provider_with($config {
+                    headers: vec![("x-fake-fault".into(), fault.into())],
+                    ..$config::default()
+                })
+            }
+        }
 
-    pub fn provider(&self) -> OpenAiProvider {
-        self.provider_with(OpenAiConfig::default())
-    }
-
-    pub fn provider_with(&self, config: OpenAiConfig) -> OpenAiProvider {
-        OpenAiProvider::new(OpenAiConfig {
-            base_url: self.base_url(),
-            ..config
-        })
-        .expect("build the provider")
-    }
-
-    /// Requests served, by status code.
-    pub async fn count(&self, status: u16) -> u64 {
-        let stats: Value = reqwest::get(format!("{}/stats", self.url))
-            .await
-            .expect("get /stats")
-            .json()
-            .await
-            .expect("stats json");
-        stats["by_status"][status.to_string()].as_u64().unwrap_or(0)
-    }
+        impl $name for FakeProvider {
+            fn provider_with(&self, config: $config) -> $provider {
+                $provider::new($config {
+                    base_url: self.$base.clone(),
+                    ..config
+                })
+                .expect("build the provider")
+            }
+        }
+    };
 }
 
-impl Drop for FakeServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+fake_client!(
+    /// The OpenAI provider against the fake's `/v1/chat/completions`.
+    OpenAiFake,
+    OpenAiConfig,
+    OpenAiProvider,
+    base_url
+);
+fake_client!(
+    /// The Anthropic provider against the fake's `/v1/messages` (its base URL has no `/v1`).
+    AnthropicFake,
+    AnthropicConfig,
+    AnthropicProvider,
+    url
+);
 
 pub fn body_for(text: &str) -> Map<String, Value> {
     let Value::Object(map) = json!({

@@ -1,6 +1,5 @@
 //! Helpers shared by the Redis queue tests: open a queue on a test server, enqueue, claim,
-//! ack, and an expected depth. Each test file declares `mod common;` and `mod queue_redis_support;`.
-#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+//! ack, and an expected depth.
 
 use std::time::{Duration, Instant};
 
@@ -9,7 +8,9 @@ use batchyard_jobs::queue::{Delivery, Queue, QueueDepth, QueueOptions};
 use batchyard_jobs::redis_conn::connect;
 use futures::{StreamExt, TryStreamExt, stream};
 
-use crate::common::{TestRedis, jobs};
+use batchyard_testkit::TestRedis;
+
+use crate::support::jobs;
 
 pub const SHORT: Duration = Duration::from_millis(100);
 

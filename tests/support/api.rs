@@ -1,14 +1,13 @@
 //! Helpers for tests/api.rs: a `batchyard serve` process and curl calls against it.
-#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use batchyard_testkit::listening_line;
 use serde_json::Value;
 
-use crate::support::cluster::{Cluster, wait_exit};
+use crate::support::cluster::Cluster;
 use crate::support::{request_line, text, write_file};
 
 pub const TOKEN: &str = "tok-api-test-123";
@@ -35,21 +34,8 @@ impl Server {
             .stderr(Stdio::from(log))
             .spawn()
             .expect("serve should start");
-        let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let mut line = String::new();
-            let _ = BufReader::new(stdout).read_line(&mut line);
-            let _ = tx.send(line);
-        });
-        let line = rx
-            .recv_timeout(Duration::from_secs(20))
-            .unwrap_or_else(|_| panic!("serve printed no address: {}", serve_log(cluster)));
-        let base = line
-            .trim()
-            .strip_prefix("listening on ")
-            .unwrap_or_else(|| panic!("unexpected first line {line:?}: {}", serve_log(cluster)))
-            .to_string();
+        let base = listening_line(&mut child, Duration::from_secs(20))
+            .unwrap_or_else(|e| panic!("serve: {e}: {}", serve_log(cluster)));
         Self { child, base }
     }
 
@@ -64,15 +50,7 @@ impl Server {
 
     /// Sends SIGTERM and expects a clean exit.
     pub fn stop(mut self) {
-        let pid = self.child.id().to_string();
-        assert!(
-            Command::new("kill")
-                .args(["-TERM", &pid])
-                .status()
-                .unwrap()
-                .success()
-        );
-        assert!(wait_exit(&mut self.child, Duration::from_secs(20)).success());
+        crate::support::terminate(&mut self.child);
     }
 }
 

@@ -1,55 +1,57 @@
-//! A throwaway redis-server per test, on a free 127.0.0.1 port in a temp dir.
+//! [`TestRedis`]: a throwaway redis-server per test, on a free 127.0.0.1 port in a temp dir,
+//! killed by its PID (SIGKILL) on drop.
 //!
-//! The binary is `$BATCHYARD_REDIS_SERVER` (exported by scripts/test) or
-//! `redis-server` on PATH. The server is killed by PID (SIGKILL) on drop.
+//! - `tls`: the CA and server certificate for a TLS-only server ([`RedisOptions::tls`]).
 //!
-//! [`RedisServer::start_secure`] starts one that wants a password (`--requirepass`) and/or
-//! speaks only TLS (`--port 0 --tls-port`), with a CA and server certificate made at start
-//! with the `openssl` CLI (`$BATCHYARD_OPENSSL` or `openssl` on PATH).
-#![allow(dead_code, clippy::panic)]
+//! The binary is `$BATCHYARD_REDIS_SERVER` (exported by scripts/test) or `redis-server` on
+//! PATH; when neither exists the test skips, or fails under CI ([`crate::skip_or_fail`]).
+
+mod tls;
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::{free_port, skip_or_fail};
+
 const PING_LIMIT: Duration = Duration::from_secs(5);
 
-pub struct RedisServer {
+/// A redis-server owned by one test, or an external one (see [`TestRedis::start_or_external`]).
+pub struct TestRedis {
     pub port: u16,
-    /// `redis://127.0.0.1:<port>/`
+    /// `redis://127.0.0.1:<port>/` (with `:password@`, or `rediss://...` for TLS).
     pub url: String,
     child: Option<Child>,
     dir: tempfile::TempDir,
     bin: PathBuf,
-    aof: bool,
-    password: Option<String>,
-    tls: bool,
+    opts: RedisOptions,
+    external: bool,
 }
 
-/// What [`RedisServer::start_secure`] turns on.
+/// How [`TestRedis::start_with`] configures the server; the default is a plain server
+/// without persistence.
 #[derive(Debug, Clone, Default)]
-pub struct Secure {
+pub struct RedisOptions {
+    /// `--appendonly yes --appendfsync always`: the data survives [`TestRedis::restart`].
+    pub aof: bool,
     /// `--requirepass`; the URL then carries it as `:password@`.
     pub password: Option<String>,
-    /// TLS only (no plain port); the URL is `rediss://...?tls_ca_file=<dir>/ca.pem`.
+    /// TLS only (no plain port); the URL is `rediss://...?tls_ca_file=<dir>/ca.pem`. Needs the
+    /// `openssl` CLI, which is treated like redis-server when missing.
     pub tls: bool,
 }
 
-impl std::fmt::Debug for RedisServer {
+impl std::fmt::Debug for TestRedis {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RedisServer")
+        f.debug_struct("TestRedis")
             .field("url", &self.url)
             .field("pid", &self.pid())
             .field("dir", &self.dir.path())
-            .field("aof", &self.aof)
+            .field("aof", &self.opts.aof)
             .finish()
     }
-}
-
-fn in_ci() -> bool {
-    std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
 }
 
 /// `$BATCHYARD_REDIS_SERVER`, else `redis-server` found on PATH.
@@ -66,201 +68,59 @@ fn find_redis_server() -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
-fn free_port() -> Option<u16> {
-    let listener = TcpListener::bind("127.0.0.1:0").ok()?;
-    listener.local_addr().ok().map(|a| a.port())
-}
-
-/// One raw `PING` over TCP; true on `+PONG`.
-fn ping(port: u16) -> bool {
+/// Sends `request` over plain TCP; true when the reply starts with `expect`.
+fn answers(port: u16, request: &[u8], expect: &[u8]) -> bool {
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
     let Ok(mut s) = TcpStream::connect_timeout(&addr, Duration::from_millis(200)) else {
         return false;
     };
     let _ = s.set_read_timeout(Some(Duration::from_millis(500)));
     let _ = s.set_write_timeout(Some(Duration::from_millis(500)));
-    if s.write_all(b"PING\r\n").is_err() {
+    if s.write_all(request).is_err() {
         return false;
     }
-    let mut buf = [0u8; 16];
+    let mut buf = vec![0u8; expect.len()];
     let mut got = 0;
-    while got < 7 {
+    while got < expect.len() {
         match s.read(&mut buf[got..]) {
             Ok(0) | Err(_) => break,
             Ok(n) => got += n,
         }
     }
-    buf[..got].starts_with(b"+PONG")
+    buf[..got].starts_with(expect)
 }
 
-/// `AUTH <password>` then `PING` over plain TCP; true on `+OK` and `+PONG`.
-fn auth_ping(port: u16, password: &str) -> bool {
-    let addr = SocketAddr::from(([127, 0, 0, 1], port));
-    let Ok(mut s) = TcpStream::connect_timeout(&addr, Duration::from_millis(200)) else {
-        return false;
-    };
-    let _ = s.set_read_timeout(Some(Duration::from_millis(500)));
-    let cmd = format!(
-        "*2\r\n$4\r\nAUTH\r\n${}\r\n{password}\r\nPING\r\n",
-        password.len()
-    );
-    if s.write_all(cmd.as_bytes()).is_err() {
-        return false;
-    }
-    let mut buf = [0u8; 32];
-    let mut got = 0;
-    while got < 12 {
-        match s.read(&mut buf[got..]) {
-            Ok(0) | Err(_) => break,
-            Ok(n) => got += n,
-        }
-    }
-    buf[..got].starts_with(b"+OK\r\n+PONG")
-}
-
-fn find_openssl() -> Option<PathBuf> {
-    if let Some(p) = std::env::var_os("BATCHYARD_OPENSSL").filter(|p| !p.is_empty()) {
-        return Some(PathBuf::from(p));
-    }
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .map(|d| d.join("openssl"))
-        .find(|p| p.is_file())
-}
-
-/// Writes `ca.pem`, `server.pem` and `server.key` (EC P-256, valid two days, the server's
-/// names 127.0.0.1 and localhost) into `dir`. False (after a skip line) when there is no
-/// openssl outside CI; panics in CI or when openssl fails.
-fn make_certificates(dir: &Path) -> bool {
-    let Some(openssl) = find_openssl() else {
-        if in_ci() {
-            panic!("CI=true but the openssl CLI was not found: apt-get install openssl");
-        }
-        eprintln!("SKIP: openssl CLI not found (needed to make a TLS certificate for redis)");
-        return false;
-    };
-    let ext = dir.join("server.ext");
-    std::fs::write(
-        &ext,
-        "subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=critical,CA:FALSE\n\
-         keyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth\n",
-    )
-    .unwrap_or_else(|e| panic!("writing {}: {e}", ext.display()));
-    let steps: [&[&str]; 3] = [
-        &[
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-            "-keyout",
-            "ca.key",
-            "-out",
-            "ca.pem",
-            "-days",
-            "2",
-            "-subj",
-            "/CN=batchyard test CA",
-            "-addext",
-            "basicConstraints=critical,CA:TRUE",
-            "-addext",
-            "keyUsage=critical,keyCertSign,cRLSign",
-        ],
-        &[
-            "req",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-            "-keyout",
-            "server.key",
-            "-out",
-            "server.csr",
-            "-subj",
-            "/CN=127.0.0.1",
-        ],
-        &[
-            "x509",
-            "-req",
-            "-in",
-            "server.csr",
-            "-CA",
-            "ca.pem",
-            "-CAkey",
-            "ca.key",
-            "-CAcreateserial",
-            "-out",
-            "server.pem",
-            "-days",
-            "2",
-            "-extfile",
-            "server.ext",
-        ],
-    ];
-    for args in steps {
-        let out = Command::new(&openssl)
-            .args(args)
-            .current_dir(dir)
-            .stdin(Stdio::null())
-            .output()
-            .unwrap_or_else(|e| panic!("running {}: {e}", openssl.display()));
-        assert!(
-            out.status.success(),
-            "openssl {args:?} failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    true
-}
-
-impl RedisServer {
-    /// Starts a server (`--appendonly yes` when `aof`, with `--appendfsync always`).
-    ///
-    /// Returns `None` (after printing a skip line) when redis-server is missing,
-    /// unless `CI=true`, where that panics. Panics if the server does not
-    /// answer PING within 5 s.
-    pub fn start(aof: bool) -> Option<Self> {
-        Self::start_inner(aof, Secure::default())
+impl TestRedis {
+    /// Starts a plain server. Returns `None` (after a skip line) when redis-server is missing,
+    /// unless `CI=true`, where that fails `test`. Panics if the server does not answer PING
+    /// within 5 s.
+    pub fn start(test: &str) -> Option<Self> {
+        Self::start_with(test, RedisOptions::default())
     }
 
-    /// Starts a server with a password and/or TLS (see [`Secure`]). As [`RedisServer::start`]
-    /// for a missing redis-server; a missing `openssl` CLI (needed for TLS) is treated alike.
-    pub fn start_secure(secure: Secure) -> Option<Self> {
-        Self::start_inner(false, secure)
-    }
-
-    fn start_inner(aof: bool, secure: Secure) -> Option<Self> {
+    /// [`TestRedis::start`] with AOF, a password and/or TLS (see [`RedisOptions`]).
+    pub fn start_with(test: &str, opts: RedisOptions) -> Option<Self> {
         let Some(bin) = find_redis_server() else {
-            if in_ci() {
-                panic!(
-                    "CI=true but redis-server was not found (BATCHYARD_REDIS_SERVER or PATH): \
-                     run the tests through scripts/test, which installs it"
-                );
-            }
-            eprintln!("SKIP: redis-server not found (install it, or run scripts/test)");
+            skip_or_fail(
+                test,
+                "redis-server not found (BATCHYARD_REDIS_SERVER or PATH)",
+            );
             return None;
         };
-        let dir = match tempfile::Builder::new()
+        let dir = tempfile::Builder::new()
             .prefix("batchyard-redis-")
             .tempdir()
-        {
-            Ok(d) => d,
-            Err(e) => panic!("creating a temp dir for redis-server: {e}"),
-        };
+            .unwrap_or_else(|e| panic!("creating a temp dir for redis-server: {e}"));
         let mut me = Self {
             port: 0,
             url: String::new(),
             child: None,
             dir,
             bin,
-            aof,
-            password: secure.password,
-            tls: secure.tls,
+            opts,
+            external: false,
         };
-        if me.tls && !make_certificates(me.dir.path()) {
+        if me.opts.tls && !tls::make_certificates(test, me.dir.path()) {
             return None;
         }
         let mut last_err = String::new();
@@ -283,13 +143,53 @@ impl RedisServer {
         panic!("redis-server did not start: {last_err}");
     }
 
+    /// The server named by `BATCHYARD_TEST_REDIS_URL` when set (then tests must use unique key
+    /// names, and cannot kill or restart it), else [`TestRedis::start`].
+    pub fn start_or_external(test: &str) -> Option<Self> {
+        let Some(url) = std::env::var("BATCHYARD_TEST_REDIS_URL")
+            .ok()
+            .filter(|u| !u.is_empty())
+        else {
+            return Self::start(test);
+        };
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("creating a temp dir: {e}"));
+        Some(Self {
+            port: 0,
+            url,
+            child: None,
+            dir,
+            bin: PathBuf::new(),
+            opts: RedisOptions::default(),
+            external: true,
+        })
+    }
+
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// Whether this is the external server of [`TestRedis::start_or_external`].
+    pub fn is_external(&self) -> bool {
+        self.external
+    }
+
+    /// A plain async connection, for inspecting keys.
+    pub async fn raw(&self) -> redis::aio::MultiplexedConnection {
+        redis::Client::open(self.url.as_str())
+            .expect("a valid redis URL")
+            .get_multiplexed_async_connection()
+            .await
+            .expect("a connection to the test redis-server")
+    }
+
     fn url_for(&self, port: u16) -> String {
         let auth = self
+            .opts
             .password
             .as_ref()
             .map(|p| format!(":{p}@"))
             .unwrap_or_default();
-        if self.tls {
+        if self.opts.tls {
             let ca = self.dir.path().join("ca.pem");
             format!(
                 "rediss://{auth}127.0.0.1:{port}/?tls_ca_file={}",
@@ -302,21 +202,24 @@ impl RedisServer {
 
     /// The PEM file of the CA that signed a TLS server's certificate.
     pub fn ca_file(&self) -> Option<PathBuf> {
-        self.tls.then(|| self.dir.path().join("ca.pem"))
+        self.opts.tls.then(|| self.dir.path().join("ca.pem"))
     }
 
     /// Whether the server answers, judged from `log_from` on in its log for a secure server.
     fn ready(&self, log_from: usize) -> bool {
-        if self.tls {
+        if self.opts.tls {
             let log = std::fs::read(self.log_path()).unwrap_or_default();
             let fresh = String::from_utf8_lossy(log.get(log_from..).unwrap_or_default());
             let addr = SocketAddr::from(([127, 0, 0, 1], self.port));
             return fresh.contains("Ready to accept connections")
                 && TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok();
         }
-        match &self.password {
-            Some(pw) => auth_ping(self.port, pw),
-            None => ping(self.port),
+        match &self.opts.password {
+            Some(pw) => {
+                let auth = format!("*2\r\n$4\r\nAUTH\r\n${}\r\n{pw}\r\nPING\r\n", pw.len());
+                answers(self.port, auth.as_bytes(), b"+OK\r\n+PONG")
+            }
+            None => answers(self.port, b"PING\r\n", b"+PONG"),
         }
     }
 
@@ -325,7 +228,7 @@ impl RedisServer {
         let log_from = std::fs::metadata(&log).map_or(0, |m| m.len() as usize);
         let mut cmd = Command::new(&self.bin);
         cmd.args(["--bind", "127.0.0.1"]);
-        if self.tls {
+        if self.opts.tls {
             let d = self.dir.path();
             cmd.args(["--port", "0"])
                 .args(["--tls-port", &self.port.to_string()])
@@ -339,14 +242,14 @@ impl RedisServer {
         } else {
             cmd.args(["--port", &self.port.to_string()]);
         }
-        if let Some(pw) = &self.password {
+        if let Some(pw) = &self.opts.password {
             cmd.args(["--requirepass", pw]);
         }
         let child = cmd
             .arg("--dir")
             .arg(self.dir.path())
             .args(["--save", ""])
-            .args(["--appendonly", if self.aof { "yes" } else { "no" }])
+            .args(["--appendonly", if self.opts.aof { "yes" } else { "no" }])
             .args(["--appendfsync", "always"])
             .args(["--daemonize", "no"])
             .arg("--logfile")
@@ -418,6 +321,7 @@ impl RedisServer {
     /// Kills the server if it runs, then starts it again on the same port and
     /// directory (with `aof`, the data comes back). Panics if it does not come up.
     pub fn restart(&mut self) {
+        assert!(!self.external, "only an owned server can be restarted");
         self.kill();
         let deadline = Instant::now() + PING_LIMIT;
         loop {
@@ -434,7 +338,7 @@ impl RedisServer {
     }
 }
 
-impl Drop for RedisServer {
+impl Drop for TestRedis {
     fn drop(&mut self) {
         self.kill();
     }

@@ -1,8 +1,5 @@
 //! Helpers for the adequacy tests: stores to run scenarios against, a store that counts (or
 //! fails) its calls, and a simulated router.
-#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
-
-mod server;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -10,6 +7,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use batchyard_jobs::redis_conn::connect;
+use batchyard_testkit::TestRedis;
 use batchyard_workers::route::adequacy::memory::MemoryAdequacy;
 use batchyard_workers::route::adequacy::redis::RedisAdequacy;
 use batchyard_workers::route::adequacy::{
@@ -17,8 +15,6 @@ use batchyard_workers::route::adequacy::{
 };
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-
-pub use server::TestRedis;
 
 pub type Store = Arc<dyn AdequacyStore>;
 

@@ -1,14 +1,14 @@
 //! The machinery of tests/bad_input_corpus.rs: generated inputs, bounded runs, and the
 //! checks that nothing was enqueued or written.
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::support;
-use crate::support::redis::RedisServer;
 use crate::support::{batchyard, text};
+use batchyard_testkit::{TestRedis, listening_line};
 
 /// One process of a case may take this long; the 100 MB line is the slowest.
 const CASE_LIMIT: Duration = Duration::from_secs(60);
@@ -183,7 +183,7 @@ pub fn files_below(dir: &Path) -> Vec<String> {
 
 /// What was enqueued or recorded: batch keys, non-empty streams, delayed or dead jobs.
 /// Cleans Redis afterwards, so one bad case does not blame the next.
-pub fn redis_leftovers(redis: &RedisServer) -> Vec<String> {
+pub fn redis_leftovers(redis: &TestRedis) -> Vec<String> {
     let client = redis::Client::open(redis.url.as_str()).unwrap();
     let mut con = client.get_connection().unwrap();
     let keys: Vec<String> = redis::cmd("KEYS").arg("*").query(&mut con).unwrap();
@@ -210,7 +210,7 @@ pub fn redis_leftovers(redis: &RedisServer) -> Vec<String> {
 }
 
 /// Replaces the placeholders a fixture config may hold.
-pub fn fill(template: &str, redis: &RedisServer, store: &Path) -> String {
+pub fn fill(template: &str, redis: &TestRedis, store: &Path) -> String {
     template
         .replace("{redis_url}", &redis.url)
         .replace("{redis_port}", &redis.port.to_string())
@@ -225,12 +225,12 @@ pub struct Serve {
 }
 
 impl Serve {
-    pub fn start(redis: &RedisServer, dir: &Path, store: &Path) -> Self {
+    pub fn start(redis: &TestRedis, dir: &Path, store: &Path) -> Self {
         let config = dir.join("serve.toml");
         let template = std::fs::read_to_string(fixtures().join("base.toml")).unwrap();
         std::fs::write(&config, fill(&template, redis, store)).unwrap();
         let log = dir.join("serve.log");
-        let mut child = batchyard(dir)
+        let child = batchyard(dir)
             .arg("--config")
             .arg(&config)
             .args(["serve", "--addr", "127.0.0.1:0"])
@@ -239,26 +239,13 @@ impl Serve {
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
             .expect("serve should start");
-        let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let mut line = String::new();
-            let _ = BufReader::new(stdout).read_line(&mut line);
-            let _ = tx.send(line);
-        });
         let mut me = Self {
             child,
             base: String::new(),
             log,
         };
-        let line = rx
-            .recv_timeout(Duration::from_secs(20))
-            .unwrap_or_else(|_| panic!("serve printed no address: {}", me.log_text()));
-        me.base = line
-            .trim()
-            .strip_prefix("listening on ")
-            .unwrap_or_else(|| panic!("unexpected first line {line:?}: {}", me.log_text()))
-            .to_string();
+        me.base = listening_line(&mut me.child, Duration::from_secs(20))
+            .unwrap_or_else(|e| panic!("serve: {e}: {}", me.log_text()));
         me
     }
 

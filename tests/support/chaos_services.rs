@@ -1,6 +1,5 @@
 //! What the service-fault tests share: inputs, polling with bounds, logs for failure messages,
 //! and the object-store listing of a pipeline's batches.
-#![allow(dead_code)]
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -91,7 +90,7 @@ pub fn wait_done(cluster: &Cluster, id: &str, limit: Duration) -> Value {
 }
 
 pub fn readyz(base: &str) -> u16 {
-    crate::api_support::curl(base, "GET", "/readyz", None, &["--max-time", "5"]).0
+    crate::support::api::curl(base, "GET", "/readyz", None, &["--max-time", "5"]).0
 }
 
 /// The `batches/<id>/pipeline.json` objects under the cluster's prefix: (batch id, tick).

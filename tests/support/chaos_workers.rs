@@ -2,7 +2,7 @@
 //! worker processes stopped by PID on drop, signals, and a look into the queue's pending
 //! entries (who holds what) through Redis `XPENDING`.
 
-use std::process::{Child, Command};
+use std::process::Child;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -121,16 +121,6 @@ impl Drop for Workers<'_> {
             let _ = child.wait();
         }
     }
-}
-
-/// Sends `SIG<name>` (e.g. `STOP`, `CONT`) to one process by PID.
-pub fn signal(pid: u32, name: &str) {
-    let status = Command::new("kill")
-        .arg(format!("-{name}"))
-        .arg(pid.to_string())
-        .status()
-        .unwrap();
-    assert!(status.success(), "kill -{name} {pid} failed");
 }
 
 /// Pending (claimed, unacked) entries per consumer of the cluster's queue. A worker's consumer

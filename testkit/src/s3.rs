@@ -13,11 +13,12 @@
 //!
 //! Tests share one bucket, so each test works under its own prefix
 //! ([`S3Env::storage_url`]).
-#![allow(dead_code, clippy::panic)]
 
 use std::process::Command;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
+
+use crate::in_ci;
 
 /// Where the test S3 server is and how to sign for it.
 #[derive(Clone)]
@@ -60,10 +61,6 @@ const AMBIENT_AWS: [&str; 8] = [
     "AWS_WEB_IDENTITY_TOKEN_FILE",
     "AWS_VIRTUAL_HOSTED_STYLE_REQUEST",
 ];
-
-fn in_ci() -> bool {
-    std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
-}
 
 fn non_empty(name: &str) -> Option<String> {
     std::env::var(name).ok().filter(|v| !v.is_empty())
@@ -109,13 +106,11 @@ pub fn s3_env() -> Option<S3Env> {
 
 /// [`s3_env`], printing a `SKIP <test>: ...` line when it returns `None`.
 pub fn s3_env_or_skip(test: &str) -> Option<S3Env> {
-    let env = s3_env();
-    if env.is_none() {
-        eprintln!(
-            "SKIP {test}: no test S3 server (BATCHYARD_TEST_S3_* unset); run scripts/test to start SeaweedFS"
-        );
-    }
-    env
+    crate::require(
+        s3_env(),
+        test,
+        "no test S3 server (BATCHYARD_TEST_S3_* unset); run scripts/test to start SeaweedFS",
+    )
 }
 
 static COUNTER: AtomicU64 = AtomicU64::new(0);

@@ -1,6 +1,5 @@
 //! The harness of `ledger_budget.rs`: one ledger under test, memory or Redis, with a look at
 //! the Redis `:resv` hash, and a watcher of the budget invariant.
-#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 /// Runs each scenario as two tests, `on_memory::<scenario>` and `on_redis::<scenario>` (on a
 /// throwaway redis-server).
@@ -19,7 +18,7 @@ macro_rules! on_both {
             $(
                 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
                 async fn $scenario() {
-                    let Some(server) = super::TestRedis::start(stringify!($scenario)) else {
+                    let Some(server) = super::TestRedis::start_or_external(stringify!($scenario)) else {
                         return;
                     };
                     super::$scenario(super::Target::redis(&server).await).await;
@@ -33,14 +32,16 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use batchyard_jobs::batch::{BatchRecord, BatchState, RequestCounts, now_secs};
+use batchyard_jobs::batch::BatchRecord;
 use batchyard_jobs::ledger::memory::MemoryLedger;
 use batchyard_jobs::ledger::redis::RedisLedger;
 use batchyard_jobs::ledger::{Ledger, Reservation};
 use redis::AsyncCommands;
 use redis::aio::ConnectionManager;
 
-use crate::common::{TestRedis, unique_name};
+use batchyard_testkit::TestRedis;
+
+use crate::support::{batch_record, unique_name};
 
 pub const USD: i64 = 1_000_000_000;
 
@@ -112,28 +113,8 @@ impl Target {
 
 pub fn record(id: &str, budget_usd: Option<f64>) -> BatchRecord {
     BatchRecord {
-        id: id.to_string(),
-        state: BatchState::InProgress,
-        counts: RequestCounts {
-            total: 100,
-            completed: 0,
-            failed: 0,
-        },
-        spent_nanos: 0,
         budget_usd,
-        task: None,
-        storage_url: "file://./x".into(),
-        created_at: now_secs(),
-        in_progress_at: None,
-        finalizing_at: None,
-        completed_at: None,
-        cancel_requested_at: None,
-        reserved_nanos: 0,
-        budget_exhausted_at: None,
-        no_cache: false,
-        expires_at: None,
-        submit: None,
-        failure: None,
+        ..batch_record(id)
     }
 }
 

@@ -48,6 +48,12 @@
 //! `1 / (1 + exp(-12 (skill - D)))`; see the `skill` module for the exact rule and usage.
 //! OpenAI-dialect usage is always `prompt_tokens = floor(chars of all message contents / 4) +
 //! 4 per message` (at least 1) and `completion_tokens = ceil(reply chars / 4)`.
+//!
+//! Modules: `options` (the flags), `flow` (one request for both dialects: auth, parse,
+//! admission, latency, a fault or the reply), `openai` and `anthropic` (the two dialects),
+//! `limits` (the RPM / TPM windows and `/stats` counts), `conn` (a listener whose connections a
+//! handler can drop), `skill` (skill mode's rule). Its own crate (`fake-provider/`), so the
+//! library crates do not depend on axum for it.
 
 mod anthropic;
 mod conn;
