@@ -139,6 +139,35 @@ pub mod failure_codes {
 }
 
 impl BatchRecord {
+    /// A batch of `total` items that nothing has happened to yet (`validating`, no spend, no
+    /// budget, window or cache opt-out); set the rest with struct update syntax.
+    pub fn new(id: String, total: u64, storage_url: String, created_at: u64) -> Self {
+        Self {
+            id,
+            state: BatchState::Validating,
+            counts: RequestCounts {
+                total,
+                completed: 0,
+                failed: 0,
+            },
+            spent_nanos: 0,
+            budget_usd: None,
+            task: None,
+            storage_url,
+            created_at,
+            in_progress_at: None,
+            finalizing_at: None,
+            completed_at: None,
+            cancel_requested_at: None,
+            reserved_nanos: 0,
+            budget_exhausted_at: None,
+            no_cache: false,
+            expires_at: None,
+            submit: None,
+            failure: None,
+        }
+    }
+
     pub fn cost_usd(&self) -> f64 {
         nanos_to_usd(self.spent_nanos)
     }

@@ -185,27 +185,18 @@ async fn record_failed(
         return Ok(existing);
     }
     let record = BatchRecord {
-        id: batch_id.to_string(),
         state: BatchState::Failed,
         counts: RequestCounts::default(),
-        spent_nanos: 0,
-        budget_usd: None,
-        task: None,
-        storage_url: state.app.store.url().to_string(),
-        created_at: api.created_at,
-        in_progress_at: None,
-        finalizing_at: None,
-        completed_at: None,
-        cancel_requested_at: None,
-        reserved_nanos: 0,
-        budget_exhausted_at: None,
-        no_cache: false,
         expires_at: Some(
             api.created_at
                 .saturating_add(state.completion_window.as_secs()),
         ),
-        submit: None,
-        failure: None,
+        ..BatchRecord::new(
+            batch_id.to_string(),
+            0,
+            state.app.store.url().to_string(),
+            api.created_at,
+        )
     };
     ledger.create(&record).await?;
     // Stamps the end time, which `create` does not store.

@@ -2,7 +2,7 @@
 //! (`--resume`), the error when a batch stops being this submit's, and the probe that a
 //! store can be written before anything is enqueued.
 
-use batchyard_jobs::batch::{BatchRecord, BatchState, RequestCounts, SubmitProgress, now_secs};
+use batchyard_jobs::batch::{BatchRecord, SubmitProgress, now_secs};
 use batchyard_jobs::ledger::SubmitStep;
 use batchyard_jobs::staging::Lease;
 use bytes::Bytes;
@@ -24,24 +24,8 @@ pub(super) fn new_record(
 ) -> BatchRecord {
     let created_at = now_secs();
     BatchRecord {
-        id: batch_id.to_string(),
-        state: BatchState::Validating,
-        counts: RequestCounts {
-            total,
-            completed: 0,
-            failed: 0,
-        },
-        spent_nanos: 0,
         budget_usd: req.budget_usd,
         task: req.task.clone(),
-        storage_url: app.store.url().to_string(),
-        created_at,
-        in_progress_at: None,
-        finalizing_at: None,
-        completed_at: None,
-        cancel_requested_at: None,
-        reserved_nanos: 0,
-        budget_exhausted_at: None,
         no_cache: req.no_cache,
         // Rounded up, so a window never ends before it has fully passed.
         expires_at: req
@@ -53,7 +37,12 @@ pub(super) fn new_record(
             sealed: false,
             staging: None,
         }),
-        failure: None,
+        ..BatchRecord::new(
+            batch_id.to_string(),
+            total,
+            app.store.url().to_string(),
+            created_at,
+        )
     }
 }
 

@@ -7,7 +7,7 @@ mod support;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
-use batchyard_jobs::batch::{BatchRecord, BatchState, RequestCounts, now_secs, usd_to_nanos};
+use batchyard_jobs::batch::{BatchRecord, BatchState, now_secs, usd_to_nanos};
 use batchyard_jobs::job::{Job, Route, job_id_for};
 use batchyard_jobs::ledger::Ledger;
 use batchyard_jobs::ledger::memory::MemoryLedger;
@@ -110,28 +110,16 @@ fn job(batch: &str, seq: u64, content: &str) -> Job {
 async fn start_batch(rig: &Rig, id: &str, jobs: &[Job], budget: Option<f64>) {
     rig.ledger
         .create(&BatchRecord {
-            id: id.into(),
             state: BatchState::InProgress,
-            counts: RequestCounts {
-                total: jobs.len() as u64,
-                completed: 0,
-                failed: 0,
-            },
-            spent_nanos: 0,
             budget_usd: budget,
             task: Some("t".into()),
-            storage_url: rig.store.url().into(),
-            created_at: now_secs(),
             in_progress_at: Some(now_secs()),
-            finalizing_at: None,
-            completed_at: None,
-            cancel_requested_at: None,
-            reserved_nanos: 0,
-            budget_exhausted_at: None,
-            no_cache: false,
-            expires_at: None,
-            submit: None,
-            failure: None,
+            ..BatchRecord::new(
+                id.into(),
+                jobs.len() as u64,
+                rig.store.url().into(),
+                now_secs(),
+            )
         })
         .await
         .unwrap();

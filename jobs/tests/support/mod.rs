@@ -16,35 +16,15 @@
 pub mod ledger_budget;
 pub mod queue_redis;
 
-use batchyard_jobs::batch::{BatchRecord, BatchState, RequestCounts, now_secs};
+use batchyard_jobs::batch::{BatchRecord, BatchState, now_secs};
 use batchyard_jobs::job::{Job, Route};
 use serde_json::{Map, json};
 
 /// A batch record in progress, 100 jobs, no budget, no task: tests change what they need.
 pub fn batch_record(id: &str) -> BatchRecord {
     BatchRecord {
-        id: id.to_string(),
         state: BatchState::InProgress,
-        counts: RequestCounts {
-            total: 100,
-            completed: 0,
-            failed: 0,
-        },
-        spent_nanos: 0,
-        budget_usd: None,
-        task: None,
-        storage_url: "file://./x".into(),
-        created_at: now_secs(),
-        in_progress_at: None,
-        finalizing_at: None,
-        completed_at: None,
-        cancel_requested_at: None,
-        reserved_nanos: 0,
-        budget_exhausted_at: None,
-        no_cache: false,
-        expires_at: None,
-        submit: None,
-        failure: None,
+        ..BatchRecord::new(id.to_string(), 100, "file://./x".into(), now_secs())
     }
 }
 

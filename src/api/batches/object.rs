@@ -236,7 +236,6 @@ mod tests {
 
     fn record(state: BatchState) -> BatchRecord {
         BatchRecord {
-            id: "batch_1".into(),
             state,
             counts: RequestCounts {
                 total: 3,
@@ -245,19 +244,11 @@ mod tests {
             },
             spent_nanos: 1_500_000_000,
             budget_usd: Some(5.0),
-            task: None,
-            storage_url: "memory://".into(),
-            created_at: 100,
             in_progress_at: Some(101),
             finalizing_at: Some(110),
             completed_at: Some(120),
-            cancel_requested_at: None,
-            reserved_nanos: 0,
-            budget_exhausted_at: None,
-            no_cache: false,
             expires_at: Some(100 + WINDOW_SECS),
-            submit: None,
-            failure: None,
+            ..BatchRecord::new("batch_1".into(), 0, "memory://".into(), 100)
         }
     }
 

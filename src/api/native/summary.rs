@@ -72,7 +72,6 @@ mod tests {
 
     fn record(state: BatchState, completed: u64, failed: u64) -> BatchRecord {
         BatchRecord {
-            id: "batch_1".into(),
             state,
             counts: RequestCounts {
                 total: 10,
@@ -80,20 +79,9 @@ mod tests {
                 failed,
             },
             spent_nanos: 2_000_000_000,
-            budget_usd: None,
             task: Some("t".into()),
-            storage_url: "memory://".into(),
-            created_at: 90,
             in_progress_at: Some(100),
-            finalizing_at: None,
-            completed_at: None,
-            cancel_requested_at: None,
-            reserved_nanos: 0,
-            budget_exhausted_at: None,
-            no_cache: false,
-            expires_at: None,
-            submit: None,
-            failure: None,
+            ..BatchRecord::new("batch_1".into(), 0, "memory://".into(), 90)
         }
     }
 

@@ -242,7 +242,7 @@ impl Finalizer {
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
     use super::*;
-    use batchyard_jobs::batch::{BatchRecord, BatchState, RequestCounts};
+    use batchyard_jobs::batch::{BatchRecord, BatchState};
     use batchyard_jobs::ledger::memory::MemoryLedger;
     use batchyard_jobs::outcome::{Extension, Response, codes};
 
@@ -269,27 +269,12 @@ mod tests {
         let store = ResultStore::open(&url, &Default::default()).unwrap();
         let ledger = Arc::new(MemoryLedger::new());
         let record = BatchRecord {
-            id: "batch_x".into(),
             state: BatchState::Finalizing,
-            counts: RequestCounts {
-                total: lines.len() as u64,
-                ..RequestCounts::default()
-            },
-            spent_nanos: 0,
-            budget_usd: None,
-            task: None,
-            storage_url: url,
-            created_at: 1,
             in_progress_at: Some(1),
             finalizing_at: Some(2),
-            completed_at: None,
             cancel_requested_at: cancelled.then_some(2),
-            reserved_nanos: 0,
-            budget_exhausted_at: None,
-            no_cache: false,
             expires_at: Some(2),
-            submit: None,
-            failure: None,
+            ..BatchRecord::new("batch_x".into(), lines.len() as u64, url, 1)
         };
         ledger.create(&record).await.unwrap();
         for (i, line) in lines.iter().enumerate() {

@@ -85,28 +85,13 @@ mod tests {
 
     fn record(state: BatchState, total: u64, completed: u64, failed: u64) -> BatchRecord {
         BatchRecord {
-            id: "batch_x".into(),
             state,
             counts: RequestCounts {
                 total,
                 completed,
                 failed,
             },
-            spent_nanos: 0,
-            budget_usd: None,
-            task: None,
-            storage_url: "memory://".into(),
-            created_at: 1,
-            in_progress_at: None,
-            finalizing_at: None,
-            completed_at: None,
-            cancel_requested_at: None,
-            reserved_nanos: 0,
-            budget_exhausted_at: None,
-            no_cache: false,
-            expires_at: None,
-            submit: None,
-            failure: None,
+            ..BatchRecord::new("batch_x".into(), 0, "memory://".into(), 1)
         }
     }
 

@@ -5,28 +5,14 @@ use super::*;
 
 fn record(total: u64, settled: u64, in_progress_at: Option<u64>) -> BatchRecord {
     BatchRecord {
-        id: "batch_x".into(),
         state: BatchState::InProgress,
         counts: RequestCounts {
             total,
             completed: settled,
             failed: 0,
         },
-        spent_nanos: 0,
-        budget_usd: None,
-        task: None,
-        storage_url: String::new(),
-        created_at: 0,
         in_progress_at,
-        finalizing_at: None,
-        completed_at: None,
-        cancel_requested_at: None,
-        reserved_nanos: 0,
-        budget_exhausted_at: None,
-        no_cache: false,
-        expires_at: None,
-        submit: None,
-        failure: None,
+        ..BatchRecord::new("batch_x".into(), 0, String::new(), 0)
     }
 }
 
