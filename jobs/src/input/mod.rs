@@ -5,6 +5,11 @@
 //! - a folder, or an object-store prefix: every `*.txt` / `*.md` below it is a document
 //!
 //! Every error names its place (`file:line`, or the object) and the reason.
+//!
+//! - `jsonl`: OpenAI batch request lines and document lines, read line by line.
+//! - `listing`: folders and object-store prefixes, one document per `*.txt` / `*.md`.
+//! - `walk`: the one folder walk submission and pipelines share.
+//! - `ids`: what an id may hold (by Unicode general category).
 
 mod ids;
 mod jsonl;

@@ -8,6 +8,9 @@
 //! and the reservation is granted only while spend plus every reservation in flight stays
 //! within the budget, so concurrent workers can't overspend together. Both ledgers implement
 //! the same rules; `tests/ledger_budget.rs` runs one scenario against each.
+//!
+//! - [`memory`]: the in-process ledger, for `batchyard run` without Redis.
+//! - [`redis`]: the shared ledger, one Lua script per multi-step change.
 
 pub mod memory;
 pub mod redis;

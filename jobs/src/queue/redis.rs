@@ -14,6 +14,11 @@
 //! Acks delete the entry, so `XLEN` is pending plus in flight and depth is exact. Every
 //! multi-step change is one Lua script (see `scripts/`), so a retry after a client timeout
 //! never half-applies. Times that matter (due dates, retention) come from the Redis clock.
+//!
+//! - `claim`: the claim path: reclaim from dead consumers, promote due retries, read new
+//!   entries, dead-letter undecodable ones.
+//! - `wire`: reading stream replies in RESP2 and RESP3 shapes.
+//! - `scripts`: the Lua scripts, loaded once.
 
 mod claim;
 mod scripts;

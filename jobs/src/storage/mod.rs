@@ -8,6 +8,8 @@
 //! ```
 //!
 //! Job ids are hex digests, so no user-supplied custom id ever becomes part of a key.
+//!
+//! - `file_writer`: writes and whole-object reads of a `file://` store on threads of their own.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
