@@ -49,7 +49,16 @@ pub struct Extension {
     #[serde(serialize_with = "usd_in_nanos")]
     pub cost_usd: f64,
     pub input_tokens: u64,
+    /// The part of `input_tokens` read from the provider's prompt cache (billed at the
+    /// model's cached input price). Absent when 0, and 0 in lines written before it existed.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub cached_input_tokens: u64,
+    /// The part of `input_tokens` written to the provider's prompt cache (billed at the
+    /// model's cache write price). Absent when 0.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub cache_write_input_tokens: u64,
     pub output_tokens: u64,
+    /// Served from batchyard's result cache (not the provider's prompt cache).
     pub cached: bool,
     /// Present and true only for the built-in simulated provider.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
@@ -89,7 +98,13 @@ pub struct Step {
     #[serde(serialize_with = "usd_in_nanos")]
     pub cost_usd: f64,
     pub input_tokens: u64,
+    /// Parts of `input_tokens`: prompt-cache reads and writes (absent when 0).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub cached_input_tokens: u64,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub cache_write_input_tokens: u64,
     pub output_tokens: u64,
+    /// Served from batchyard's result cache.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub cached: bool,
 }

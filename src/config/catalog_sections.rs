@@ -93,6 +93,7 @@ pub(super) fn models(raw: &RawConfig) -> Result<Vec<ModelSpec>, Bad> {
             ("input_usd_per_mtok", Some(m.input_usd_per_mtok)),
             ("output_usd_per_mtok", Some(m.output_usd_per_mtok)),
             ("cached_input_usd_per_mtok", m.cached_input_usd_per_mtok),
+            ("cache_write_usd_per_mtok", m.cache_write_usd_per_mtok),
         ] {
             if let Some(price) = price
                 && (!price.is_finite() || price < 0.0)
@@ -110,6 +111,7 @@ pub(super) fn models(raw: &RawConfig) -> Result<Vec<ModelSpec>, Bad> {
             input_usd_per_mtok: m.input_usd_per_mtok,
             output_usd_per_mtok: m.output_usd_per_mtok,
             cached_input_usd_per_mtok: m.cached_input_usd_per_mtok,
+            cache_write_usd_per_mtok: m.cache_write_usd_per_mtok,
             context_window: m.context_window,
             max_output_tokens: m.max_output_tokens,
             tier: m.tier,

@@ -16,6 +16,8 @@ pub(super) struct Tally {
     ok: u64,
     failed: u64,
     input_tokens: u64,
+    cached_input_tokens: u64,
+    cache_write_input_tokens: u64,
     output_tokens: u64,
     cost_nanos: i64,
     simulated: bool,
@@ -31,6 +33,8 @@ impl Tally {
         let nanos = usd_to_nanos(ext.cost_usd);
         self.cost_nanos += nanos;
         self.input_tokens += ext.input_tokens;
+        self.cached_input_tokens += ext.cached_input_tokens;
+        self.cache_write_input_tokens += ext.cache_write_input_tokens;
         self.output_tokens += ext.output_tokens;
         self.simulated |= ext.simulated;
         self.escalations += u64::from(ext.escalations);
@@ -52,6 +56,8 @@ impl Tally {
             counted_nanos += step_nanos;
             entry.cost_nanos += step_nanos;
             entry.input_tokens += step.input_tokens;
+            entry.cached_input_tokens += step.cached_input_tokens;
+            entry.cache_write_input_tokens += step.cache_write_input_tokens;
             entry.output_tokens += step.output_tokens;
             if step.input_tokens + step.output_tokens > 0 || step.cached {
                 entry.calls += 1;
@@ -73,6 +79,8 @@ impl Tally {
             entry.cost_nanos += nanos - counted_nanos;
             if ext.cascade.is_empty() {
                 entry.input_tokens += ext.input_tokens;
+                entry.cached_input_tokens += ext.cached_input_tokens;
+                entry.cache_write_input_tokens += ext.cache_write_input_tokens;
                 entry.output_tokens += ext.output_tokens;
             }
         }
@@ -150,6 +158,8 @@ impl Tally {
             spend_by_model: self.spend,
             errors_by_code: self.errors_by_code,
             input_tokens: self.input_tokens,
+            cached_input_tokens: self.cached_input_tokens,
+            cache_write_input_tokens: self.cache_write_input_tokens,
             output_tokens: self.output_tokens,
             escalations: self.escalations,
             cache_hits: self.cache_hits,
