@@ -24,6 +24,44 @@ pub struct Parsed {
     /// Skill mode's `ANSWER: ok` / `ANSWER: wrong`, or a `--reply` text for this model, set
     /// after parsing when it applies.
     pub answer: Option<String>,
+    /// The parts of `prompt_tokens` the answer reports as read from / written to a prompt
+    /// cache, set after parsing (see [`prompt_cache`]).
+    pub cache: PromptCache,
+}
+
+/// What the answer's usage says about the prompt cache.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PromptCache {
+    pub read: u64,
+    pub write: u64,
+}
+
+/// `[[cached_tokens=N]]` / `[[cache_write_tokens=N]]` in the last user message, else the
+/// `x-fake-cached-tokens` / `x-fake-cache-write-tokens` headers: the usage reports N prompt
+/// tokens read from (written to) the cache. Capped so reads plus writes never exceed the
+/// prompt, reads first, as a real cache would.
+pub fn prompt_cache(headers: &HeaderMap, last_user: &str, prompt_tokens: u64) -> PromptCache {
+    let ask = |marker: &str, header: &str| {
+        marked(last_user, marker)
+            .or_else(|| {
+                headers
+                    .get(header)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.trim().parse::<u64>().ok())
+            })
+            .unwrap_or(0)
+    };
+    let read = ask("[[cached_tokens=", "x-fake-cached-tokens").min(prompt_tokens);
+    let write = ask("[[cache_write_tokens=", "x-fake-cache-write-tokens")
+        .min(prompt_tokens.saturating_sub(read));
+    PromptCache { read, write }
+}
+
+/// The number in the first `MARKERN]]` of `text`.
+fn marked(text: &str, marker: &str) -> Option<u64> {
+    let (_, rest) = text.split_once(marker)?;
+    let (number, _) = rest.split_once("]]")?;
+    number.trim().parse().ok()
 }
 
 /// The most choices one answer carries, so a silly `n` can't make the fake build a huge body.
@@ -249,6 +287,8 @@ async fn respond(
                 .find(|(model, _)| *model == parsed.model)
                 .map(|(_, text)| text.clone())
         });
+
+    parsed.cache = prompt_cache(headers, &parsed.last_user, parsed.prompt_tokens);
 
     let full = Reply::new(&parsed, false);
     let admission = state

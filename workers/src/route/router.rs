@@ -226,7 +226,8 @@ impl Router {
                 // future work); the worst case, which budget reservations hold, also covers
                 // a cache write priced above plain input.
                 Candidate {
-                    call_cost_usd: model.cost_usd(TokenCounts::uncached(prompt, output.div_ceil(2))),
+                    call_cost_usd: model
+                        .cost_usd(TokenCounts::uncached(prompt, output.div_ceil(2))),
                     worst_case_usd: model.worst_case_usd(prompt, output),
                     model: Arc::clone(model),
                     prompt_tokens: prompt,

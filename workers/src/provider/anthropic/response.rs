@@ -234,13 +234,19 @@ mod tests {
         )
         .unwrap();
         assert_eq!(
-            (done.input_tokens, done.cached_input_tokens, done.cache_write_input_tokens),
+            (
+                done.input_tokens,
+                done.cached_input_tokens,
+                done.cache_write_input_tokens
+            ),
             (2520, 2500, 0)
         );
         // No writes: the OpenAI shape keeps its old fields only.
-        assert!(done.body["usage"]["prompt_tokens_details"]
-            .get("cache_write_tokens")
-            .is_none());
+        assert!(
+            done.body["usage"]["prompt_tokens_details"]
+                .get("cache_write_tokens")
+                .is_none()
+        );
     }
 
     #[test]

@@ -345,7 +345,11 @@ mod tests {
                 "prompt_tokens_details":{"cached_tokens":0,"cache_write_tokens":100}}}"#,
         );
         assert_eq!(
-            (done.input_tokens, done.cached_input_tokens, done.cache_write_input_tokens),
+            (
+                done.input_tokens,
+                done.cached_input_tokens,
+                done.cache_write_input_tokens
+            ),
             (194, 0, 100)
         );
         // No details at all (vLLM, Ollama): nothing cached.
@@ -354,7 +358,11 @@ mod tests {
               "usage":{"prompt_tokens":10,"completion_tokens":2}}"#,
         );
         assert_eq!(
-            (done.input_tokens, done.cached_input_tokens, done.cache_write_input_tokens),
+            (
+                done.input_tokens,
+                done.cached_input_tokens,
+                done.cache_write_input_tokens
+            ),
             (10, 0, 0)
         );
     }
