@@ -148,3 +148,44 @@ impl OutputLine {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+    use super::*;
+
+    #[test]
+    fn prompt_cache_counts_are_left_out_when_0_and_default_when_absent() {
+        let mut ext = Extension {
+            model: Some("m".into()),
+            input_tokens: 100,
+            output_tokens: 5,
+            cascade: vec![Step {
+                model: "m".into(),
+                outcome: step_outcomes::PASSED.into(),
+                input_tokens: 100,
+                output_tokens: 5,
+                ..Step::default()
+            }],
+            ..Extension::default()
+        };
+        // An uncached line is written as it was before these fields existed.
+        let plain = serde_json::to_value(&ext).unwrap();
+        assert!(plain.get("cached_input_tokens").is_none(), "{plain}");
+        assert!(plain.get("cache_write_input_tokens").is_none(), "{plain}");
+        assert!(plain["cascade"][0].get("cached_input_tokens").is_none());
+        // A line written before them reads back with zeros.
+        let old: Extension = serde_json::from_value(plain).unwrap();
+        assert_eq!(old, ext);
+
+        ext.cached_input_tokens = 60;
+        ext.cache_write_input_tokens = 40;
+        ext.cascade[0].cached_input_tokens = 60;
+        ext.cascade[0].cache_write_input_tokens = 40;
+        let cached = serde_json::to_value(&ext).unwrap();
+        assert_eq!(cached["cached_input_tokens"], 60);
+        assert_eq!(cached["cache_write_input_tokens"], 40);
+        assert_eq!(cached["cascade"][0]["cached_input_tokens"], 60);
+        assert_eq!(serde_json::from_value::<Extension>(cached).unwrap(), ext);
+    }
+}

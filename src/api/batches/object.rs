@@ -285,4 +285,28 @@ mod tests {
         let validating = batch_object("batch_1", None, None);
         assert_eq!(validating["status"], "validating");
     }
+
+    #[test]
+    fn usage_reports_the_manifests_cached_input() {
+        let mut object = json!({});
+        let manifest = json!({
+            "input_tokens": 300, "cached_input_tokens": 160, "cache_write_input_tokens": 40,
+            "output_tokens": 20,
+            "spend_by_model": {"claude": {"requests": 2}, "gpt": {"requests": 1}},
+        });
+        add_usage(&mut object, Some(&manifest));
+        assert_eq!(object["usage"]["input_tokens"], 300);
+        assert_eq!(
+            object["usage"]["input_tokens_details"]["cached_tokens"],
+            160
+        );
+        assert_eq!(object["usage"]["total_tokens"], 320);
+        assert_eq!(object["model"], "claude");
+        // A manifest from before cached tokens were counted.
+        add_usage(
+            &mut object,
+            Some(&json!({"input_tokens": 5, "output_tokens": 1})),
+        );
+        assert_eq!(object["usage"]["input_tokens_details"]["cached_tokens"], 0);
+    }
 }

@@ -192,3 +192,68 @@ impl Tally {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+    use super::*;
+    use batchyard_jobs::outcome::{Extension, Step, step_outcomes};
+
+    fn line(ext: Extension) -> OutputLine {
+        OutputLine::failure("j", "j", codes::TRANSIENT, "x", ext)
+    }
+
+    fn step(model: &str, cached: u64, written: u64) -> Step {
+        Step {
+            model: model.into(),
+            outcome: step_outcomes::FAILED_VALIDATION.into(),
+            cost_usd: 0.001,
+            input_tokens: 100,
+            cached_input_tokens: cached,
+            cache_write_input_tokens: written,
+            output_tokens: 5,
+            cached: false,
+        }
+    }
+
+    #[test]
+    fn prompt_cache_tokens_are_summed_per_model_and_for_the_batch() {
+        let mut tally = Tally::default();
+        // An escalation: the small model's answer (a cache write), then the large one's (a read).
+        tally.add(&line(Extension {
+            model: Some("large".into()),
+            cost_usd: 0.002,
+            input_tokens: 200,
+            cached_input_tokens: 80,
+            cache_write_input_tokens: 30,
+            output_tokens: 10,
+            cascade: vec![step("small", 0, 30), step("large", 80, 0)],
+            ..Extension::default()
+        }));
+        // A replayed line without a cascade: its counts go to its model.
+        tally.add(&line(Extension {
+            model: Some("small".into()),
+            cost_usd: 0.001,
+            input_tokens: 100,
+            cached_input_tokens: 7,
+            output_tokens: 5,
+            ..Extension::default()
+        }));
+        let record = BatchRecord::new("b".into(), 2, "file:///x".into(), 1);
+        let m = tally.into_manifest(&record, String::new(), String::new());
+        assert_eq!(
+            (m.cached_input_tokens, m.cache_write_input_tokens),
+            (87, 30)
+        );
+        let small = &m.spend_by_model["small"];
+        assert_eq!(
+            (small.cached_input_tokens, small.cache_write_input_tokens),
+            (7, 30)
+        );
+        let large = &m.spend_by_model["large"];
+        assert_eq!(
+            (large.cached_input_tokens, large.cache_write_input_tokens),
+            (80, 0)
+        );
+    }
+}
