@@ -260,8 +260,9 @@ fn a_cluster_ledger_bills_cache_reads_and_writes_at_their_prices() {
     let input = input_file(cluster.dir.path());
     let batch = cluster.submit(input.to_str().unwrap(), &[]);
     let id = batch["id"].as_str().unwrap().to_string();
-    let mut worker = cluster.spawn_worker(&["--concurrency", "4"]);
+    let mut worker = cluster.spawn_worker(&["--concurrency", "4", "--metrics-addr", "127.0.0.1:0"]);
     let done = cluster.wait_terminal(&id, Duration::from_secs(60));
+    let metrics = scrape(&metrics_url(cluster.dir.path()));
     let _ = worker.kill();
     let _ = worker.wait();
     assert_eq!(done["status"], "completed", "{done}");
@@ -271,4 +272,78 @@ fn a_cluster_ledger_bills_cache_reads_and_writes_at_their_prices() {
         &cluster.manifest(&id),
         done["cost_usd"].as_f64().unwrap(),
     );
+
+    // The metrics bill with the same prices, to the nano-dollar.
+    for model in ["gpt", "claude"] {
+        let want: f64 = ITEMS
+            .iter()
+            .filter(|i| i.1 == model)
+            .map(|i| micro_usd(i.1, i.2, i.3) * 1e3)
+            .sum();
+        let label = format!("model=\"{model}\"");
+        let nanos = sample(&metrics, "batchyard_cost_nanodollars_total", &[&label]);
+        assert!((nanos - want).abs() < 2.0, "{model}: {nanos} vs {want}");
+        for (cache, pick) in [("read", 2), ("write", 3)] {
+            let tokens: u64 = ITEMS
+                .iter()
+                .filter(|i| i.1 == model)
+                .map(|i| if pick == 2 { i.2 } else { i.3 })
+                .sum();
+            let cache = format!("cache=\"{cache}\"");
+            let got = sample(
+                &metrics,
+                "batchyard_prompt_cache_tokens_total",
+                &[&label, &cache],
+            );
+            assert_eq!(got, tokens as f64, "{model} {cache}:\n{metrics}");
+        }
+    }
+}
+
+/// The address a cluster worker logged (`metrics on http://ADDR/metrics`); bounded wait.
+fn metrics_url(dir: &std::path::Path) -> String {
+    for _ in 0..200 {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if !path
+                .file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("worker-")
+            {
+                continue;
+            }
+            let log = std::fs::read_to_string(&path).unwrap_or_default();
+            if let Some(at) = log.find("metrics on http://") {
+                let rest = &log[at + "metrics on ".len()..];
+                return rest.chars().take_while(|c| !c.is_whitespace()).collect();
+            }
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("the worker did not log its metrics address");
+}
+
+fn scrape(url: &str) -> String {
+    let out = std::process::Command::new("curl")
+        .args(["-sS", "--fail", "--max-time", "5", url])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "scrape failed: {}", text(&out.stderr));
+    text(&out.stdout)
+}
+
+/// The sum of the samples of `name` (exactly that metric) whose labels hold all of `labels`.
+fn sample(body: &str, name: &str, labels: &[&str]) -> f64 {
+    body.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (series, value) = l.rsplit_once(' ')?;
+            let inner = series.strip_prefix(name)?.strip_prefix('{')?;
+            labels
+                .iter()
+                .all(|want| inner.contains(want))
+                .then(|| value.parse::<f64>().unwrap())
+        })
+        .sum()
 }
