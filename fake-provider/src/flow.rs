@@ -369,3 +369,48 @@ async fn respond(
     }
     (response, true)
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prompt_cache_markers_win_over_headers_and_never_pass_the_prompt() {
+        let mut headers = HeaderMap::new();
+        headers.insert("x-fake-cached-tokens", "30".parse().unwrap());
+        headers.insert("x-fake-cache-write-tokens", "20".parse().unwrap());
+        let none = HeaderMap::new();
+        assert_eq!(prompt_cache(&none, "plain", 100), PromptCache::default());
+        assert_eq!(
+            prompt_cache(&headers, "plain", 100),
+            PromptCache {
+                read: 30,
+                write: 20
+            }
+        );
+        assert_eq!(
+            prompt_cache(&headers, "x [[cached_tokens=70]] y", 100),
+            PromptCache {
+                read: 70,
+                write: 20
+            }
+        );
+        // Reads first, then writes up to what is left.
+        assert_eq!(
+            prompt_cache(&none, "[[cache_write_tokens=50]][[cached_tokens=80]]", 100),
+            PromptCache {
+                read: 80,
+                write: 20
+            }
+        );
+        assert_eq!(
+            prompt_cache(&none, "[[cached_tokens=500]]", 100),
+            PromptCache {
+                read: 100,
+                write: 0
+            }
+        );
+        assert_eq!(prompt_cache(&none, "[[cached_tokens=x]]", 100).read, 0);
+    }
+}
