@@ -7,7 +7,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::Response;
 use serde_json::{Value, json};
 
-use crate::flow::{Fault, Parsed, Reply};
+use crate::flow::{Fault, Parsed, PromptCache, Reply};
 use crate::limits::{Admission, anthropic_headers, rfc3339};
 use crate::options::Options;
 use crate::{html, huge, json_response, malformed};
@@ -106,6 +106,7 @@ pub fn parse(body: &[u8]) -> Result<Parsed, Box<Response>> {
         prompt_tokens: ((system_chars + prompt_chars) / 4 + 4 * messages.len()).max(1) as u64,
         max_tokens: Some(max_tokens),
         answer: None,
+        cache: crate::flow::PromptCache::default(),
     })
 }
 
@@ -150,7 +151,7 @@ fn rate_limited() -> Response {
     response
 }
 
-fn message(id: &str, model: &str, content: Value, stop_reason: &str, usage: (u64, u64)) -> Value {
+fn message(id: &str, model: &str, content: Value, stop_reason: &str, usage: Value) -> Value {
     json!({
         "id": id,
         "type": "message",
@@ -159,7 +160,18 @@ fn message(id: &str, model: &str, content: Value, stop_reason: &str, usage: (u64
         "content": content,
         "stop_reason": stop_reason,
         "stop_sequence": null,
-        "usage": {"input_tokens": usage.0, "output_tokens": usage.1},
+        "usage": usage,
+    })
+}
+
+/// Anthropic's usage: `input_tokens` counts only what is neither read from nor written to
+/// the cache; the two cache counts are always present, as the real API sends them.
+fn usage(prompt_tokens: u64, cache: PromptCache, output_tokens: u64) -> Value {
+    json!({
+        "input_tokens": prompt_tokens.saturating_sub(cache.read + cache.write),
+        "cache_creation_input_tokens": cache.write,
+        "cache_read_input_tokens": cache.read,
+        "output_tokens": output_tokens,
     })
 }
 
@@ -176,7 +188,13 @@ pub fn fault(fault: Fault, shutdown: &tokio_util::sync::CancellationToken) -> Re
         ),
         Fault::Filter => json_response(
             StatusCode::OK,
-            message("msg_fake_refusal", "fake", json!([]), "refusal", (10, 0)),
+            message(
+                "msg_fake_refusal",
+                "fake",
+                json!([]),
+                "refusal",
+                usage(10, PromptCache::default(), 0),
+            ),
         ),
         Fault::NoChoices => json_response(
             StatusCode::OK,
@@ -210,7 +228,7 @@ pub fn success(n: u64, parsed: &Parsed, reply: &Reply) -> Response {
             } else {
                 "end_turn"
             },
-            (parsed.prompt_tokens, reply.completion_tokens),
+            usage(parsed.prompt_tokens, parsed.cache, reply.completion_tokens),
         ),
     );
     if let Ok(value) = HeaderValue::from_str(&format!("req_fake{n}")) {

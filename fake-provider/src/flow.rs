@@ -24,6 +24,44 @@ pub struct Parsed {
     /// Skill mode's `ANSWER: ok` / `ANSWER: wrong`, or a `--reply` text for this model, set
     /// after parsing when it applies.
     pub answer: Option<String>,
+    /// The parts of `prompt_tokens` the answer reports as read from / written to a prompt
+    /// cache, set after parsing (see [`prompt_cache`]).
+    pub cache: PromptCache,
+}
+
+/// What the answer's usage says about the prompt cache.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PromptCache {
+    pub read: u64,
+    pub write: u64,
+}
+
+/// `[[cached_tokens=N]]` / `[[cache_write_tokens=N]]` in the last user message, else the
+/// `x-fake-cached-tokens` / `x-fake-cache-write-tokens` headers: the usage reports N prompt
+/// tokens read from (written to) the cache. Capped so reads plus writes never exceed the
+/// prompt, reads first, as a real cache would.
+pub fn prompt_cache(headers: &HeaderMap, last_user: &str, prompt_tokens: u64) -> PromptCache {
+    let ask = |marker: &str, header: &str| {
+        marked(last_user, marker)
+            .or_else(|| {
+                headers
+                    .get(header)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.trim().parse::<u64>().ok())
+            })
+            .unwrap_or(0)
+    };
+    let read = ask("[[cached_tokens=", "x-fake-cached-tokens").min(prompt_tokens);
+    let write = ask("[[cache_write_tokens=", "x-fake-cache-write-tokens")
+        .min(prompt_tokens.saturating_sub(read));
+    PromptCache { read, write }
+}
+
+/// The number in the first `MARKERN]]` of `text`.
+fn marked(text: &str, marker: &str) -> Option<u64> {
+    let (_, rest) = text.split_once(marker)?;
+    let (number, _) = rest.split_once("]]")?;
+    number.trim().parse().ok()
 }
 
 /// The most choices one answer carries, so a silly `n` can't make the fake build a huge body.
@@ -250,6 +288,8 @@ async fn respond(
                 .map(|(_, text)| text.clone())
         });
 
+    parsed.cache = prompt_cache(headers, &parsed.last_user, parsed.prompt_tokens);
+
     let full = Reply::new(&parsed, false);
     let admission = state
         .limiter
@@ -328,4 +368,49 @@ async fn respond(
         }
     }
     (response, true)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prompt_cache_markers_win_over_headers_and_never_pass_the_prompt() {
+        let mut headers = HeaderMap::new();
+        headers.insert("x-fake-cached-tokens", "30".parse().unwrap());
+        headers.insert("x-fake-cache-write-tokens", "20".parse().unwrap());
+        let none = HeaderMap::new();
+        assert_eq!(prompt_cache(&none, "plain", 100), PromptCache::default());
+        assert_eq!(
+            prompt_cache(&headers, "plain", 100),
+            PromptCache {
+                read: 30,
+                write: 20
+            }
+        );
+        assert_eq!(
+            prompt_cache(&headers, "x [[cached_tokens=70]] y", 100),
+            PromptCache {
+                read: 70,
+                write: 20
+            }
+        );
+        // Reads first, then writes up to what is left.
+        assert_eq!(
+            prompt_cache(&none, "[[cache_write_tokens=50]][[cached_tokens=80]]", 100),
+            PromptCache {
+                read: 80,
+                write: 20
+            }
+        );
+        assert_eq!(
+            prompt_cache(&none, "[[cached_tokens=500]]", 100),
+            PromptCache {
+                read: 100,
+                write: 0
+            }
+        );
+        assert_eq!(prompt_cache(&none, "[[cached_tokens=x]]", 100).read, 0);
+    }
 }

@@ -104,6 +104,7 @@ pub fn parse(body: &[u8]) -> Result<Parsed, Box<Response>> {
             .unwrap_or(1)
             .clamp(1, crate::flow::MAX_CHOICES),
         answer: None,
+        cache: crate::flow::PromptCache::default(),
     })
 }
 
@@ -225,6 +226,12 @@ pub fn success(n: u64, parsed: &Parsed, reply: &Reply) -> Response {
         })
         .collect();
     let completion_tokens = reply.completion_tokens * parsed.choices;
+    // Like OpenAI, always; `cache_write_tokens` only when asked for, as gateways
+    // (OpenRouter) report writes for providers that bill them.
+    let mut details = json!({"cached_tokens": parsed.cache.read});
+    if parsed.cache.write > 0 {
+        details["cache_write_tokens"] = json!(parsed.cache.write);
+    }
     let mut response = json_response(
         StatusCode::OK,
         json!({
@@ -237,6 +244,7 @@ pub fn success(n: u64, parsed: &Parsed, reply: &Reply) -> Response {
                 "prompt_tokens": prompt_tokens,
                 "completion_tokens": completion_tokens,
                 "total_tokens": prompt_tokens + completion_tokens,
+                "prompt_tokens_details": details,
             },
         }),
     );

@@ -23,7 +23,12 @@ usage: batchyard-fake-provider [--addr 127.0.0.1:0] [--require-key KEY]
       u = (first 8 bytes of SHA-256(model \\0 last_user_message), big-endian, >> 11) / 2^53
       q = 1 / (1 + exp(-12 * (skill - D)));  pass iff u < q
     Usage as always: prompt_tokens = floor(chars of all message contents / 4) + 4 per message
-    (OpenAI dialect), completion_tokens = ceil(reply chars / 4) (3 for ok, 4 for wrong).";
+    (OpenAI dialect), completion_tokens = ceil(reply chars / 4) (3 for ok, 4 for wrong).
+  prompt cache (per request): [[cached_tokens=N]] / [[cache_write_tokens=N]] in the last user
+    message (or the x-fake-cached-tokens / x-fake-cache-write-tokens headers) make the usage
+    report N prompt tokens read from / written to the cache (at most the prompt, reads first):
+    openai prompt_tokens_details.cached_tokens (and cache_write_tokens), anthropic
+    cache_read_input_tokens / cache_creation_input_tokens beside the rest in input_tokens.";
 
 /// How latency is drawn; the median is `--latency-p50-ms` in each case.
 #[derive(Debug, Clone, Copy, PartialEq)]

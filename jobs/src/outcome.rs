@@ -49,7 +49,16 @@ pub struct Extension {
     #[serde(serialize_with = "usd_in_nanos")]
     pub cost_usd: f64,
     pub input_tokens: u64,
+    /// The part of `input_tokens` read from the provider's prompt cache (billed at the
+    /// model's cached input price). Absent when 0, and 0 in lines written before it existed.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub cached_input_tokens: u64,
+    /// The part of `input_tokens` written to the provider's prompt cache (billed at the
+    /// model's cache write price). Absent when 0.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub cache_write_input_tokens: u64,
     pub output_tokens: u64,
+    /// Served from batchyard's result cache (not the provider's prompt cache).
     pub cached: bool,
     /// Present and true only for the built-in simulated provider.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
@@ -89,7 +98,13 @@ pub struct Step {
     #[serde(serialize_with = "usd_in_nanos")]
     pub cost_usd: f64,
     pub input_tokens: u64,
+    /// Parts of `input_tokens`: prompt-cache reads and writes (absent when 0).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub cached_input_tokens: u64,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub cache_write_input_tokens: u64,
     pub output_tokens: u64,
+    /// Served from batchyard's result cache.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub cached: bool,
 }
@@ -131,5 +146,46 @@ impl OutputLine {
             job: None,
             settle_nanos: None,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+    use super::*;
+
+    #[test]
+    fn prompt_cache_counts_are_left_out_when_0_and_default_when_absent() {
+        let mut ext = Extension {
+            model: Some("m".into()),
+            input_tokens: 100,
+            output_tokens: 5,
+            cascade: vec![Step {
+                model: "m".into(),
+                outcome: step_outcomes::PASSED.into(),
+                input_tokens: 100,
+                output_tokens: 5,
+                ..Step::default()
+            }],
+            ..Extension::default()
+        };
+        // An uncached line is written as it was before these fields existed.
+        let plain = serde_json::to_value(&ext).unwrap();
+        assert!(plain.get("cached_input_tokens").is_none(), "{plain}");
+        assert!(plain.get("cache_write_input_tokens").is_none(), "{plain}");
+        assert!(plain["cascade"][0].get("cached_input_tokens").is_none());
+        // A line written before them reads back with zeros.
+        let old: Extension = serde_json::from_value(plain).unwrap();
+        assert_eq!(old, ext);
+
+        ext.cached_input_tokens = 60;
+        ext.cache_write_input_tokens = 40;
+        ext.cascade[0].cached_input_tokens = 60;
+        ext.cascade[0].cache_write_input_tokens = 40;
+        let cached = serde_json::to_value(&ext).unwrap();
+        assert_eq!(cached["cached_input_tokens"], 60);
+        assert_eq!(cached["cache_write_input_tokens"], 40);
+        assert_eq!(cached["cascade"][0]["cached_input_tokens"], 60);
+        assert_eq!(serde_json::from_value::<Extension>(cached).unwrap(), ext);
     }
 }

@@ -245,6 +245,7 @@ pub async fn models(State(state): State<ApiState>) -> Result<Json<Value>, ApiErr
             "input_usd_per_mtok": m.input_usd_per_mtok,
             "output_usd_per_mtok": m.output_usd_per_mtok,
             "cached_input_usd_per_mtok": m.cached_input_usd_per_mtok,
+            "cache_write_usd_per_mtok": m.cache_write_usd_per_mtok,
         }));
     }
     Ok(Json(Value::Array(out)))

@@ -76,6 +76,8 @@ pub async fn models(
                 json!({
                     "model": m.key, "provider": m.provider, "name": m.name, "tier": m.tier,
                     "input_usd_per_mtok": m.input_usd_per_mtok, "output_usd_per_mtok": m.output_usd_per_mtok,
+                    "cached_input_usd_per_mtok": m.cached_input_usd_per_mtok,
+                    "cache_write_usd_per_mtok": m.cache_write_usd_per_mtok,
                     "context_window": m.context_window, "capabilities": m.capabilities,
                     "rpm": m.rpm, "tpm": m.tpm,
                     "provider_rpm": provider_rpm, "provider_tpm": provider_tpm,

@@ -137,10 +137,14 @@ fn model_spec(key: &str, m: &RawModel, entry: Option<&ShippedModel>) -> Result<M
     let cached = m
         .cached_input_usd_per_mtok
         .or(entry.and_then(|e| e.cached_input_usd_per_mtok));
+    let cache_write = m
+        .cache_write_usd_per_mtok
+        .or(entry.and_then(|e| e.cache_write_usd_per_mtok));
     for (field, price) in [
         ("input_usd_per_mtok", Some(input)),
         ("output_usd_per_mtok", Some(output)),
         ("cached_input_usd_per_mtok", cached),
+        ("cache_write_usd_per_mtok", cache_write),
     ] {
         if let Some(price) = price
             && (!price.is_finite() || price < 0.0)
@@ -173,6 +177,7 @@ fn model_spec(key: &str, m: &RawModel, entry: Option<&ShippedModel>) -> Result<M
         input_usd_per_mtok: input,
         output_usd_per_mtok: output,
         cached_input_usd_per_mtok: cached,
+        cache_write_usd_per_mtok: cache_write,
         context_window,
         max_output_tokens: m
             .max_output_tokens
@@ -265,6 +270,7 @@ mod tests {
         assert_eq!(m.name, "claude-haiku-4-5");
         assert_eq!((m.input_usd_per_mtok, m.output_usd_per_mtok), (1.0, 5.0));
         assert_eq!(m.cached_input_usd_per_mtok, Some(0.1));
+        assert_eq!(m.cache_write_usd_per_mtok, Some(1.25));
         assert_eq!((m.context_window, m.tier), (200_000, 1));
         assert!(m.capabilities.contains("json"), "{:?}", m.capabilities);
         assert_eq!(

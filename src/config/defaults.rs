@@ -33,6 +33,7 @@ fn model(name: &str, input: f64, output: f64, context: u64, tier: u32, caps: &[&
         input_usd_per_mtok: Some(input),
         output_usd_per_mtok: Some(output),
         cached_input_usd_per_mtok: None,
+        cache_write_usd_per_mtok: None,
         context_window: Some(context),
         max_output_tokens: Some(16_384),
         tier: Some(tier),

@@ -152,6 +152,8 @@ pub struct RawModel {
     pub input_usd_per_mtok: Option<f64>,
     pub output_usd_per_mtok: Option<f64>,
     pub cached_input_usd_per_mtok: Option<f64>,
+    /// Input written to the provider's prompt cache; the input price when unset.
+    pub cache_write_usd_per_mtok: Option<f64>,
     pub context_window: Option<u64>,
     pub max_output_tokens: Option<u32>,
     pub tier: Option<u32>,

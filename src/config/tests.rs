@@ -95,6 +95,32 @@ fn negative_price_is_rejected() {
 }
 
 #[test]
+fn cache_prices_are_read_and_checked() {
+    let s = load(EXAMPLE).unwrap();
+    let large = s.catalog.model("large").unwrap();
+    assert_eq!(
+        (
+            large.cached_input_usd_per_mtok,
+            large.cache_write_usd_per_mtok
+        ),
+        (None, None)
+    );
+    let priced = EXAMPLE.replace(
+        "output_usd_per_mtok = 10.00",
+        "output_usd_per_mtok = 10.00\ncached_input_usd_per_mtok = 1.25\ncache_write_usd_per_mtok = 3.125",
+    );
+    let s = load(&priced).unwrap();
+    let large = s.catalog.model("large").unwrap();
+    assert_eq!(large.cached_input_usd_per_mtok, Some(1.25));
+    assert_eq!(large.cache_write_usd_per_mtok, Some(3.125));
+    let e = load(&priced.replace("3.125", "-0.5"))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("models.large.cache_write_usd_per_mtok"), "{e}");
+    assert!(e.contains("price must be 0 or more"), "{e}");
+}
+
+#[test]
 fn bad_urls_are_rejected() {
     let e = load(&EXAMPLE.replace("http://127.0.0.1:8089/v1", "not a url"))
         .unwrap_err()

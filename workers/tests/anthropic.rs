@@ -78,6 +78,29 @@ async fn text_and_usage_map_to_an_openai_completion() {
 }
 
 #[tokio::test]
+async fn prompt_cache_reads_and_writes_are_parts_of_the_input() {
+    let server = FakeProvider::start(&[]);
+    let provider = server.provider();
+    let text = "A long shared prefix for every item of the batch, then this item. ".repeat(8);
+    let plain = call(&provider, &user(&text)).await.unwrap();
+    assert_eq!(
+        (plain.cached_input_tokens, plain.cache_write_input_tokens),
+        (0, 0)
+    );
+    // The fake reports Anthropic's three counts; batchyard's input is their sum.
+    let marked = format!("{text}[[cache_write_tokens=40]][[cached_tokens=60]]");
+    let done = call(&provider, &user(&marked)).await.unwrap();
+    let prompt = (marked.chars().count() / 4 + 4) as u64;
+    assert_eq!(done.input_tokens, prompt);
+    assert_eq!(done.cached_input_tokens, 60);
+    assert_eq!(done.cache_write_input_tokens, 40);
+    let details = &done.body["usage"]["prompt_tokens_details"];
+    assert_eq!(details["cached_tokens"], 60);
+    assert_eq!(details["cache_write_tokens"], 40);
+    assert_eq!(done.body["usage"]["prompt_tokens"], prompt);
+}
+
+#[tokio::test]
 async fn system_messages_go_to_the_top_level_system_field() {
     let server = FakeProvider::start(&[]);
     let provider = server.provider();

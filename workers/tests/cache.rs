@@ -29,6 +29,8 @@ fn entry(created_at_ms: u64) -> CachedCompletion {
         body: json!({"choices": [{"message": {"content": "positive"}}]}),
         request_id: "req-1".into(),
         input_tokens: 12,
+        cached_input_tokens: 0,
+        cache_write_input_tokens: 0,
         output_tokens: 1,
         finish_reason: Some("stop".into()),
         created_at_ms,

@@ -51,6 +51,54 @@ async fn openai_success_parses_usage_and_finish_reason() {
 }
 
 #[tokio::test]
+async fn prompt_cache_reads_and_writes_are_read_from_the_usage() {
+    let server = FakeProvider::start(&[]);
+    let text = "A long shared prefix for every item of the batch, then this item. ".repeat(8);
+    // Per item, in the text.
+    let body = body_for(&format!("{text}[[cached_tokens=96]]"));
+    let done = server
+        .provider()
+        .complete(call("small-1", &body))
+        .await
+        .unwrap();
+    assert!(done.input_tokens > 96, "{}", done.input_tokens);
+    assert_eq!(done.cached_input_tokens, 96);
+    assert_eq!(done.cache_write_input_tokens, 0);
+    let details = &done.body["usage"]["prompt_tokens_details"];
+    assert_eq!(details["cached_tokens"], 96);
+    assert!(details.get("cache_write_tokens").is_none(), "{details}");
+    // Per provider, in headers (a gateway that bills cache writes too); the fake never
+    // reports more cached than the prompt.
+    let provider = server.provider_with(OpenAiConfig {
+        headers: vec![
+            ("x-fake-cached-tokens".into(), "100000".into()),
+            ("x-fake-cache-write-tokens".into(), "7".into()),
+        ],
+        ..OpenAiConfig::default()
+    });
+    let done = provider
+        .complete(call("small-1", &body_for(&text)))
+        .await
+        .unwrap();
+    assert_eq!(done.cached_input_tokens, done.input_tokens);
+    assert_eq!(done.cache_write_input_tokens, 0);
+    // Without a marker nothing is cached, and the detail says so as OpenAI's does.
+    let done = server
+        .provider()
+        .complete(call("small-1", &body_for(&text)))
+        .await
+        .unwrap();
+    assert_eq!(
+        (done.cached_input_tokens, done.cache_write_input_tokens),
+        (0, 0)
+    );
+    assert_eq!(
+        done.body["usage"]["prompt_tokens_details"]["cached_tokens"],
+        0
+    );
+}
+
+#[tokio::test]
 async fn default_max_tokens_is_sent_only_when_the_body_sets_none() {
     let server = FakeProvider::start(&[]);
     let provider = server.provider();

@@ -154,15 +154,16 @@ pub fn input_file_id(batch_id: &str) -> String {
 }
 
 /// Fills OpenAI's `usage` and `model` of a finished batch from its `manifest.json`: tokens as
-/// the finalizer counted them (batchyard does not track cached or reasoning tokens, so those
-/// details are 0), and the model that answered most items (`null` when none did).
+/// the finalizer counted them (cached input as the providers reported it; batchyard does not
+/// track reasoning tokens, so that detail is 0), and the model that answered most items
+/// (`null` when none did).
 pub fn add_usage(object: &mut Value, manifest: Option<&Value>) {
     let Some(m) = manifest else { return };
     let tokens = |k: &str| m.get(k).and_then(Value::as_u64).unwrap_or(0);
     let (input, output) = (tokens("input_tokens"), tokens("output_tokens"));
     object["usage"] = json!({
         "input_tokens": input,
-        "input_tokens_details": {"cached_tokens": 0},
+        "input_tokens_details": {"cached_tokens": tokens("cached_input_tokens")},
         "output_tokens": output,
         "output_tokens_details": {"reasoning_tokens": 0},
         "total_tokens": input.saturating_add(output),
@@ -283,5 +284,29 @@ mod tests {
         assert_eq!(old["expires_at"], 100 + WINDOW_SECS);
         let validating = batch_object("batch_1", None, None);
         assert_eq!(validating["status"], "validating");
+    }
+
+    #[test]
+    fn usage_reports_the_manifests_cached_input() {
+        let mut object = json!({});
+        let manifest = json!({
+            "input_tokens": 300, "cached_input_tokens": 160, "cache_write_input_tokens": 40,
+            "output_tokens": 20,
+            "spend_by_model": {"claude": {"requests": 2}, "gpt": {"requests": 1}},
+        });
+        add_usage(&mut object, Some(&manifest));
+        assert_eq!(object["usage"]["input_tokens"], 300);
+        assert_eq!(
+            object["usage"]["input_tokens_details"]["cached_tokens"],
+            160
+        );
+        assert_eq!(object["usage"]["total_tokens"], 320);
+        assert_eq!(object["model"], "claude");
+        // A manifest from before cached tokens were counted.
+        add_usage(
+            &mut object,
+            Some(&json!({"input_tokens": 5, "output_tokens": 1})),
+        );
+        assert_eq!(object["usage"]["input_tokens_details"]["cached_tokens"], 0);
     }
 }

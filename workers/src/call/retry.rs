@@ -121,6 +121,8 @@ mod tests {
             body: serde_json::json!({"choices": []}),
             request_id: "r".to_owned(),
             input_tokens: 1,
+            cached_input_tokens: 0,
+            cache_write_input_tokens: 0,
             output_tokens: 1,
             finish_reason: Some("stop".to_owned()),
             simulated: false,

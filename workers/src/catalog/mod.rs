@@ -1,5 +1,6 @@
 //! The model catalog and the tasks: what can be called, at what price, for which work.
 //!
+//! - [`cost`]: what one answer costs at a model's prices, cached input included.
 //! - [`shipped`]: the model catalog batchyard ships (prices, context, capabilities, a
 //!   suggested tier), which a config's models may name instead of typing prices.
 //! - [`tokens`]: prompt token estimates (tiktoken per model family, calibrated fallback).
@@ -8,6 +9,7 @@
 //!
 //! May use: `provider`. Used by every wing above it.
 
+pub mod cost;
 pub mod shipped;
 pub mod tokens;
 pub mod validate;
@@ -18,6 +20,8 @@ use std::sync::Arc;
 use serde_json::{Map, Value, json};
 
 use crate::provider::Provider;
+
+pub use cost::TokenCounts;
 
 /// One callable model.
 #[derive(Debug, Clone, PartialEq)]
@@ -30,22 +34,16 @@ pub struct ModelSpec {
     pub name: String,
     pub input_usd_per_mtok: f64,
     pub output_usd_per_mtok: f64,
+    /// Input tokens read from the provider's prompt cache; the input price when unset.
     pub cached_input_usd_per_mtok: Option<f64>,
+    /// Input tokens written to the provider's prompt cache; the input price when unset.
+    pub cache_write_usd_per_mtok: Option<f64>,
     pub context_window: u64,
     pub max_output_tokens: Option<u32>,
     pub tier: u32,
     pub capabilities: BTreeSet<String>,
     pub rpm: Option<u32>,
     pub tpm: Option<u64>,
-}
-
-impl ModelSpec {
-    /// Cost in USD of a call with these token counts.
-    pub fn cost_usd(&self, input_tokens: u64, output_tokens: u64) -> f64 {
-        (input_tokens as f64 * self.input_usd_per_mtok
-            + output_tokens as f64 * self.output_usd_per_mtok)
-            / 1e6
-    }
 }
 
 /// One kind of work: a template, and what a model needs to do it.

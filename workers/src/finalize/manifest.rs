@@ -17,6 +17,9 @@ pub struct ModelSpend {
     pub cache_hits: u64,
     pub cost_usd: f64,
     pub input_tokens: u64,
+    /// Parts of `input_tokens`: read from and written to the provider's prompt cache.
+    pub cached_input_tokens: u64,
+    pub cache_write_input_tokens: u64,
     pub output_tokens: u64,
     #[serde(skip)]
     pub(super) cost_nanos: i64,
@@ -51,6 +54,9 @@ pub struct Manifest {
     pub spend_by_model: BTreeMap<String, ModelSpend>,
     pub errors_by_code: BTreeMap<String, u64>,
     pub input_tokens: u64,
+    /// Parts of `input_tokens`: read from and written to the provider's prompt cache.
+    pub cached_input_tokens: u64,
+    pub cache_write_input_tokens: u64,
     pub output_tokens: u64,
     /// Times an answer was refused and the next model asked.
     pub escalations: u64,

@@ -16,6 +16,8 @@ pub(super) struct Tally {
     ok: u64,
     failed: u64,
     input_tokens: u64,
+    cached_input_tokens: u64,
+    cache_write_input_tokens: u64,
     output_tokens: u64,
     cost_nanos: i64,
     simulated: bool,
@@ -31,6 +33,8 @@ impl Tally {
         let nanos = usd_to_nanos(ext.cost_usd);
         self.cost_nanos += nanos;
         self.input_tokens += ext.input_tokens;
+        self.cached_input_tokens += ext.cached_input_tokens;
+        self.cache_write_input_tokens += ext.cache_write_input_tokens;
         self.output_tokens += ext.output_tokens;
         self.simulated |= ext.simulated;
         self.escalations += u64::from(ext.escalations);
@@ -52,6 +56,8 @@ impl Tally {
             counted_nanos += step_nanos;
             entry.cost_nanos += step_nanos;
             entry.input_tokens += step.input_tokens;
+            entry.cached_input_tokens += step.cached_input_tokens;
+            entry.cache_write_input_tokens += step.cache_write_input_tokens;
             entry.output_tokens += step.output_tokens;
             if step.input_tokens + step.output_tokens > 0 || step.cached {
                 entry.calls += 1;
@@ -73,6 +79,8 @@ impl Tally {
             entry.cost_nanos += nanos - counted_nanos;
             if ext.cascade.is_empty() {
                 entry.input_tokens += ext.input_tokens;
+                entry.cached_input_tokens += ext.cached_input_tokens;
+                entry.cache_write_input_tokens += ext.cache_write_input_tokens;
                 entry.output_tokens += ext.output_tokens;
             }
         }
@@ -150,6 +158,8 @@ impl Tally {
             spend_by_model: self.spend,
             errors_by_code: self.errors_by_code,
             input_tokens: self.input_tokens,
+            cached_input_tokens: self.cached_input_tokens,
+            cache_write_input_tokens: self.cache_write_input_tokens,
             output_tokens: self.output_tokens,
             escalations: self.escalations,
             cache_hits: self.cache_hits,
@@ -180,5 +190,70 @@ impl Tally {
                 && (record.spent_nanos - self.cost_nanos).unsigned_abs()
                     <= record.counts.total.max(1000),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+    use super::*;
+    use batchyard_jobs::outcome::{Extension, Step, step_outcomes};
+
+    fn line(ext: Extension) -> OutputLine {
+        OutputLine::failure("j", "j", codes::TRANSIENT, "x", ext)
+    }
+
+    fn step(model: &str, cached: u64, written: u64) -> Step {
+        Step {
+            model: model.into(),
+            outcome: step_outcomes::FAILED_VALIDATION.into(),
+            cost_usd: 0.001,
+            input_tokens: 100,
+            cached_input_tokens: cached,
+            cache_write_input_tokens: written,
+            output_tokens: 5,
+            cached: false,
+        }
+    }
+
+    #[test]
+    fn prompt_cache_tokens_are_summed_per_model_and_for_the_batch() {
+        let mut tally = Tally::default();
+        // An escalation: the small model's answer (a cache write), then the large one's (a read).
+        tally.add(&line(Extension {
+            model: Some("large".into()),
+            cost_usd: 0.002,
+            input_tokens: 200,
+            cached_input_tokens: 80,
+            cache_write_input_tokens: 30,
+            output_tokens: 10,
+            cascade: vec![step("small", 0, 30), step("large", 80, 0)],
+            ..Extension::default()
+        }));
+        // A replayed line without a cascade: its counts go to its model.
+        tally.add(&line(Extension {
+            model: Some("small".into()),
+            cost_usd: 0.001,
+            input_tokens: 100,
+            cached_input_tokens: 7,
+            output_tokens: 5,
+            ..Extension::default()
+        }));
+        let record = BatchRecord::new("b".into(), 2, "file:///x".into(), 1);
+        let m = tally.into_manifest(&record, String::new(), String::new());
+        assert_eq!(
+            (m.cached_input_tokens, m.cache_write_input_tokens),
+            (87, 30)
+        );
+        let small = &m.spend_by_model["small"];
+        assert_eq!(
+            (small.cached_input_tokens, small.cache_write_input_tokens),
+            (7, 30)
+        );
+        let large = &m.spend_by_model["large"];
+        assert_eq!(
+            (large.cached_input_tokens, large.cache_write_input_tokens),
+            (80, 0)
+        );
     }
 }

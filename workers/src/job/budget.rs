@@ -128,6 +128,7 @@ mod tests {
             input_usd_per_mtok: 1.0,
             output_usd_per_mtok: 1.0,
             cached_input_usd_per_mtok: None,
+            cache_write_usd_per_mtok: None,
             context_window: 100_000,
             max_output_tokens: cap,
             tier: 1,

@@ -47,6 +47,11 @@ pub struct CachedCompletion {
     pub body: Value,
     pub request_id: String,
     pub input_tokens: u64,
+    /// Prompt-cache reads and writes within `input_tokens` (0 in entries older than them).
+    #[serde(default)]
+    pub cached_input_tokens: u64,
+    #[serde(default)]
+    pub cache_write_input_tokens: u64,
     pub output_tokens: u64,
     pub finish_reason: Option<String>,
     /// When the entry was written, in milliseconds since the Unix epoch.

@@ -45,7 +45,7 @@ use metrics::{
 };
 use tokio_util::sync::CancellationToken;
 
-use crate::catalog::ModelSpec;
+use crate::catalog::{ModelSpec, TokenCounts};
 use crate::provider::{Completion, ProviderError};
 
 /// Jobs by queue and state, sampled: `pending`, `in_flight`, `delayed`, and the dead letters
@@ -60,6 +60,9 @@ pub const JOB_DURATION: &str = "batchyard_job_duration_seconds";
 pub const PROVIDER_CALL_DURATION: &str = "batchyard_provider_call_duration_seconds";
 /// Tokens the providers reported, by model and direction (`input`, `output`).
 pub const TOKENS_TOTAL: &str = "batchyard_tokens_total";
+/// The prompt-cache part of the input tokens, by model and `cache` (`read`, `write`): a
+/// metric of its own so that summing `batchyard_tokens_total` never counts a token twice.
+pub const PROMPT_CACHE_TOKENS_TOTAL: &str = "batchyard_prompt_cache_tokens_total";
 /// Spend by model, in nano-dollars (see the module doc).
 pub const COST_TOTAL: &str = "batchyard_cost_nanodollars_total";
 /// In-place retries of a provider call, by error kind.
@@ -137,6 +140,11 @@ pub fn describe() {
         "Tokens reported by providers, by model and direction"
     );
     describe_counter!(
+        PROMPT_CACHE_TOKENS_TOTAL,
+        Unit::Count,
+        "Input tokens read from or written to the provider's prompt cache, by model and cache"
+    );
+    describe_counter!(
         COST_TOTAL,
         Unit::Count,
         "Provider spend in nano-dollars (1e-9 USD), by model"
@@ -210,8 +218,17 @@ pub fn provider_called(
             .increment(done.input_tokens);
         counter!(TOKENS_TOTAL, "model" => model.key.clone(), "direction" => "output")
             .increment(done.output_tokens);
+        for (cache, tokens) in [
+            ("read", done.cached_input_tokens),
+            ("write", done.cache_write_input_tokens),
+        ] {
+            if tokens > 0 {
+                counter!(PROMPT_CACHE_TOKENS_TOTAL, "model" => model.key.clone(), "cache" => cache)
+                    .increment(tokens);
+            }
+        }
         // The same rounding as the ledger's, so the sums agree.
-        let nanos = usd_to_nanos(model.cost_usd(done.input_tokens, done.output_tokens));
+        let nanos = usd_to_nanos(model.cost_usd(TokenCounts::of(done)));
         counter!(COST_TOTAL, "model" => model.key.clone()).increment(nanos.max(0) as u64);
         if SAMPLING.load(Ordering::Relaxed)
             && let Ok(mut costs) = COSTS.lock()

@@ -66,7 +66,12 @@ pub struct Completion {
     /// An OpenAI chat completion object.
     pub body: Value,
     pub request_id: String,
+    /// Every input token, cache reads and writes included.
     pub input_tokens: u64,
+    /// The part of `input_tokens` read from the provider's prompt cache.
+    pub cached_input_tokens: u64,
+    /// The part of `input_tokens` written to the provider's prompt cache.
+    pub cache_write_input_tokens: u64,
     pub output_tokens: u64,
     pub finish_reason: Option<String>,
     /// True for the built-in simulated provider, so no one mistakes it for a model.

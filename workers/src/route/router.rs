@@ -19,7 +19,7 @@ use serde_json::{Map, Value};
 use crate::catalog::tokens::{
     TokenEstimator, completions_per_call, count_value, rough_prompt_tokens,
 };
-use crate::catalog::{Catalog, ModelSpec, TaskSpec};
+use crate::catalog::{Catalog, ModelSpec, TaskSpec, TokenCounts};
 use crate::route::adequacy::memory::MemoryAdequacy;
 use crate::route::adequacy::{Adequacy, AdequacyPolicy, PassEstimate, length_bucket};
 
@@ -222,9 +222,13 @@ impl Router {
                     .max_output_tokens
                     .map_or(output, |cap| output.min(u64::from(cap)))
                     .saturating_mul(completions);
+                // The expected cost assumes no prompt-cache hit (cache-aware estimates are
+                // future work); the worst case, which budget reservations hold, also covers
+                // a cache write priced above plain input.
                 Candidate {
-                    call_cost_usd: model.cost_usd(prompt, output.div_ceil(2)),
-                    worst_case_usd: model.cost_usd(prompt, output),
+                    call_cost_usd: model
+                        .cost_usd(TokenCounts::uncached(prompt, output.div_ceil(2))),
+                    worst_case_usd: model.worst_case_usd(prompt, output),
                     model: Arc::clone(model),
                     prompt_tokens: prompt,
                     max_output_tokens: output,

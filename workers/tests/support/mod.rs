@@ -27,6 +27,7 @@ pub fn model_spec(key: &str, provider: &str, name: &str) -> ModelSpec {
         input_usd_per_mtok: 1.0,
         output_usd_per_mtok: 2.0,
         cached_input_usd_per_mtok: None,
+        cache_write_usd_per_mtok: None,
         context_window: 128_000,
         max_output_tokens: None,
         tier: 1,

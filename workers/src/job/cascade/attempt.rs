@@ -12,7 +12,7 @@ use super::verdict::{from_cache, step, to_cache};
 use super::{Cascade, Decision, Next, Run, Walk};
 use crate::call::ModelOutcome;
 use crate::call::retry::backoff_delay;
-use crate::catalog::ModelSpec;
+use crate::catalog::{ModelSpec, TokenCounts};
 use crate::job::budget::{self, Reserve};
 use crate::job::cache::ResultCache;
 use crate::provider::{ChatCall, Completion, Provider, ProviderError, ProviderErrorKind};
@@ -99,7 +99,7 @@ impl Cascade {
             }
         };
         let spent = match &result {
-            Ok(done) => model.cost_usd(done.input_tokens, done.output_tokens),
+            Ok(done) => model.cost_usd(TokenCounts::of(done)),
             Err(_) => 0.0,
         };
         self.commit(job, reserved, spent, run).await;

@@ -4,7 +4,7 @@ use batchyard_jobs::batch::now_millis;
 use batchyard_jobs::outcome::{OutputLine, Response, Step, codes, step_outcomes};
 
 use super::{Cascade, Next, Run, Walk};
-use crate::catalog::{ModelSpec, TaskSpec};
+use crate::catalog::{ModelSpec, TaskSpec, TokenCounts};
 use crate::job::cache::CachedCompletion;
 use crate::provider::Completion;
 
@@ -33,12 +33,14 @@ impl Cascade {
         let cost = if cached {
             0.0
         } else {
-            model.cost_usd(done.input_tokens, done.output_tokens)
+            model.cost_usd(TokenCounts::of(&done))
         };
         run.cost += cost;
         run.ext.model = Some(model.key.clone());
         run.ext.cached = cached;
         run.ext.input_tokens += done.input_tokens;
+        run.ext.cached_input_tokens += done.cached_input_tokens;
+        run.ext.cache_write_input_tokens += done.cache_write_input_tokens;
         run.ext.output_tokens += done.output_tokens;
         run.ext.simulated |= done.simulated;
         let verdict = check(walk.task, &done, has_next).await;
@@ -142,6 +144,8 @@ pub(super) fn step(
         outcome: outcome.to_string(),
         cost_usd: cost,
         input_tokens: done.map_or(0, |d| d.input_tokens),
+        cached_input_tokens: done.map_or(0, |d| d.cached_input_tokens),
+        cache_write_input_tokens: done.map_or(0, |d| d.cache_write_input_tokens),
         output_tokens: done.map_or(0, |d| d.output_tokens),
         cached,
     }
@@ -153,6 +157,8 @@ pub(super) fn from_cache(entry: CachedCompletion) -> Completion {
         body: entry.body,
         request_id: entry.request_id,
         input_tokens: entry.input_tokens,
+        cached_input_tokens: entry.cached_input_tokens,
+        cache_write_input_tokens: entry.cache_write_input_tokens,
         output_tokens: entry.output_tokens,
         finish_reason: entry.finish_reason,
         simulated: false,
@@ -166,6 +172,8 @@ pub(super) fn to_cache(model: &str, done: &Completion) -> CachedCompletion {
         body: done.body.clone(),
         request_id: done.request_id.clone(),
         input_tokens: done.input_tokens,
+        cached_input_tokens: done.cached_input_tokens,
+        cache_write_input_tokens: done.cache_write_input_tokens,
         output_tokens: done.output_tokens,
         finish_reason: done.finish_reason.clone(),
         created_at_ms: now_millis(),

@@ -58,9 +58,12 @@ pub fn parse_success(
 
     let usage = body.get("usage");
     let count = |field: &str| usage.and_then(|u| u.get(field)).and_then(Value::as_u64);
+    // Anthropic counts cache reads and writes beside `input_tokens`; batchyard's
+    // `input_tokens` is the total, with the two as parts of it (OpenAI's way).
     let cache_read = count("cache_read_input_tokens").unwrap_or(0);
+    let cache_write = count("cache_creation_input_tokens").unwrap_or(0);
     let input_tokens = match count("input_tokens") {
-        Some(n) => n + cache_read + count("cache_creation_input_tokens").unwrap_or(0),
+        Some(n) => n + cache_read + cache_write,
         None => estimate_input_tokens(request),
     };
     let output_tokens =
@@ -84,7 +87,7 @@ pub fn parse_success(
         }
         message["tool_calls"] = Value::Array(tool_calls);
     }
-    let openai = json!({
+    let mut openai = json!({
         "id": id,
         "object": "chat.completion",
         "created": created,
@@ -102,10 +105,16 @@ pub fn parse_success(
             "prompt_tokens_details": {"cached_tokens": cache_read},
         },
     });
+    if cache_write > 0 {
+        // OpenRouter's name for it in the OpenAI shape; left out when 0, as before.
+        openai["usage"]["prompt_tokens_details"]["cache_write_tokens"] = json!(cache_write);
+    }
     Ok(Completion {
         body: openai,
         request_id,
         input_tokens,
+        cached_input_tokens: cache_read,
+        cache_write_input_tokens: cache_write,
         output_tokens,
         finish_reason: finish,
         simulated: false,
@@ -199,6 +208,45 @@ mod tests {
             5
         );
         assert_eq!(done.body["model"], "claude-x");
+    }
+
+    #[test]
+    fn cache_reads_and_writes_are_counted_into_the_input_and_kept_apart() {
+        let done = parse(
+            r#"{"id":"msg_2","type":"message","content":[{"type":"text","text":"ok"}],
+              "stop_reason":"end_turn",
+              "usage":{"input_tokens":20,"cache_creation_input_tokens":2500,
+                "cache_read_input_tokens":0,"output_tokens":7}}"#,
+        )
+        .unwrap();
+        assert_eq!(done.input_tokens, 2520);
+        assert_eq!(done.cached_input_tokens, 0);
+        assert_eq!(done.cache_write_input_tokens, 2500);
+        let usage = &done.body["usage"];
+        assert_eq!(usage["prompt_tokens"], 2520);
+        assert_eq!(usage["prompt_tokens_details"]["cached_tokens"], 0);
+        assert_eq!(usage["prompt_tokens_details"]["cache_write_tokens"], 2500);
+
+        let done = parse(
+            r#"{"id":"msg_3","type":"message","content":[{"type":"text","text":"ok"}],
+              "stop_reason":"end_turn",
+              "usage":{"input_tokens":20,"cache_read_input_tokens":2500,"output_tokens":7}}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            (
+                done.input_tokens,
+                done.cached_input_tokens,
+                done.cache_write_input_tokens
+            ),
+            (2520, 2500, 0)
+        );
+        // No writes: the OpenAI shape keeps its old fields only.
+        assert!(
+            done.body["usage"]["prompt_tokens_details"]
+                .get("cache_write_tokens")
+                .is_none()
+        );
     }
 
     #[test]

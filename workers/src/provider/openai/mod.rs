@@ -180,6 +180,18 @@ fn parse_success(
     let usage = body.get("usage");
     let count = |field: &str| usage.and_then(|u| u.get(field)).and_then(Value::as_u64);
     let input_tokens = count("prompt_tokens").unwrap_or_else(|| estimate_input_tokens(request));
+    // Parts of `prompt_tokens`: OpenAI's `cached_tokens` (cache reads), and the
+    // `cache_write_tokens` that OpenRouter and other gateways add for providers that bill
+    // cache writes.
+    let detail = |field: &str| {
+        usage
+            .and_then(|u| u.get("prompt_tokens_details"))
+            .and_then(|d| d.get(field))
+            .and_then(Value::as_u64)
+            .unwrap_or(0)
+    };
+    let cached_input_tokens = detail("cached_tokens");
+    let cache_write_input_tokens = detail("cache_write_tokens");
     let output_tokens = count("completion_tokens").unwrap_or_else(|| match content {
         Some(Value::String(s)) => (s.chars().count() as u64).div_ceil(4),
         _ => 0,
@@ -192,6 +204,8 @@ fn parse_success(
         body,
         request_id,
         input_tokens,
+        cached_input_tokens,
+        cache_write_input_tokens,
         output_tokens,
         finish_reason,
         simulated: false,
@@ -306,5 +320,50 @@ mod tests {
         .unwrap_err();
         assert_eq!(err.kind, ProviderErrorKind::Auth);
         assert!(!err.to_string().contains("sk-bad"));
+    }
+
+    fn parse(body: &str) -> Completion {
+        parse_success(200, &HeaderMap::new(), body.as_bytes(), &Map::new()).unwrap()
+    }
+
+    #[test]
+    fn cache_reads_and_writes_are_parts_of_the_prompt_tokens() {
+        // OpenAI: cache reads in prompt_tokens_details.cached_tokens.
+        let done = parse(
+            r#"{"id":"c","choices":[{"message":{"content":"hi"},"finish_reason":"stop"}],
+              "usage":{"prompt_tokens":2006,"completion_tokens":300,"total_tokens":2306,
+                "prompt_tokens_details":{"cached_tokens":1920,"audio_tokens":0}}}"#,
+        );
+        assert_eq!(done.input_tokens, 2006);
+        assert_eq!(done.cached_input_tokens, 1920);
+        assert_eq!(done.cache_write_input_tokens, 0);
+        assert_eq!(done.output_tokens, 300);
+        // A gateway (OpenRouter) that also reports cache writes.
+        let done = parse(
+            r#"{"choices":[{"message":{"content":"hi"}}],
+              "usage":{"prompt_tokens":194,"completion_tokens":2,
+                "prompt_tokens_details":{"cached_tokens":0,"cache_write_tokens":100}}}"#,
+        );
+        assert_eq!(
+            (
+                done.input_tokens,
+                done.cached_input_tokens,
+                done.cache_write_input_tokens
+            ),
+            (194, 0, 100)
+        );
+        // No details at all (vLLM, Ollama): nothing cached.
+        let done = parse(
+            r#"{"choices":[{"message":{"content":"hi"}}],
+              "usage":{"prompt_tokens":10,"completion_tokens":2}}"#,
+        );
+        assert_eq!(
+            (
+                done.input_tokens,
+                done.cached_input_tokens,
+                done.cache_write_input_tokens
+            ),
+            (10, 0, 0)
+        );
     }
 }

@@ -143,6 +143,7 @@ impl SimulatedProvider {
                 "prompt_tokens": input_tokens,
                 "completion_tokens": output_tokens,
                 "total_tokens": input_tokens + output_tokens,
+                "prompt_tokens_details": {"cached_tokens": 0},
             },
             "simulated": true,
         });
@@ -150,6 +151,9 @@ impl SimulatedProvider {
             body,
             request_id: id,
             input_tokens,
+            // The simulated provider keeps no prompt cache.
+            cached_input_tokens: 0,
+            cache_write_input_tokens: 0,
             output_tokens,
             finish_reason: Some(finish_reason.to_owned()),
             simulated: true,
