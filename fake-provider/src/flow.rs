@@ -9,7 +9,7 @@ use axum::response::Response;
 
 use crate::conn::Conn;
 use crate::options::RandomFault;
-use crate::{AppState, anthropic, openai};
+use crate::{AppState, anthropic, gemini, openai};
 
 /// A request, as far as the fake cares.
 #[derive(Debug)]
@@ -199,6 +199,8 @@ pub fn choose(state: &AppState, headers: &HeaderMap, text: &str) -> Option<Fault
 pub enum Dialect {
     OpenAi,
     Anthropic,
+    /// The model comes from the path (`models/{model}:generateContent`), not the body.
+    Gemini,
 }
 
 /// Answers one request (or drops its connection), and counts it.
@@ -209,7 +211,19 @@ pub async fn handle(
     body: &[u8],
     dialect: Dialect,
 ) -> Response {
-    let (response, delivered) = respond(state, conn, headers, body, dialect).await;
+    handle_model(state, conn, headers, body, dialect, "").await
+}
+
+/// [`handle`] for a dialect whose model is named by the path (Gemini).
+pub async fn handle_model(
+    state: &AppState,
+    conn: &Conn,
+    headers: &HeaderMap,
+    body: &[u8],
+    dialect: Dialect,
+    model: &str,
+) -> Response {
+    let (response, delivered) = respond(state, conn, headers, body, dialect, model).await;
     if delivered {
         state.record(response.status());
     }
@@ -222,12 +236,14 @@ async fn respond(
     headers: &HeaderMap,
     body: &[u8],
     dialect: Dialect,
+    model: &str,
 ) -> (Response, bool) {
-    use Dialect::{Anthropic, OpenAi};
+    use Dialect::{Anthropic, Gemini, OpenAi};
     let options = &state.options;
     let refused = match dialect {
         OpenAi => openai::check_auth(options, headers),
         Anthropic => anthropic::check_request(options, headers),
+        Gemini => gemini::check_auth(options, headers),
     };
     if let Some(response) = refused {
         return (response, true);
@@ -235,6 +251,7 @@ async fn respond(
     let parsed = match dialect {
         OpenAi => openai::parse(body),
         Anthropic => anthropic::parse(body),
+        Gemini => gemini::parse(body, model),
     };
     let mut parsed = match parsed {
         Ok(p) => p,
@@ -258,6 +275,7 @@ async fn respond(
         let response = match dialect {
             OpenAi => openai::over_limit(&parsed, &admission),
             Anthropic => anthropic::over_limit(&admission),
+            Gemini => gemini::over_limit(&admission),
         };
         return (response, true);
     }
@@ -303,6 +321,7 @@ async fn respond(
             match dialect {
                 OpenAi => openai::success(n, &parsed, &reply),
                 Anthropic => anthropic::success(n, &parsed, &reply),
+                Gemini => gemini::success(n, &parsed, &reply),
             }
         }
         Some(fault) => {
@@ -310,6 +329,7 @@ async fn respond(
             let mut response = match dialect {
                 OpenAi => openai::fault(fault, &state.shutdown),
                 Anthropic => anthropic::fault(fault, &state.shutdown),
+                Gemini => gemini::fault(fault, &state.shutdown),
             };
             // Opt-in, so the OpenAI dialect's default hint stays the short `retry-after-ms`.
             if let (Fault::Status(429), Some(secs)) = (fault, options.retry_after_secs)
@@ -325,6 +345,8 @@ async fn respond(
         match dialect {
             OpenAi => crate::limits::openai_headers(&admission, headers),
             Anthropic => crate::limits::anthropic_headers(&admission, headers),
+            // Google sends no rate-limit headers.
+            Gemini => {}
         }
     }
     (response, true)
