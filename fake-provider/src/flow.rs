@@ -230,6 +230,30 @@ pub async fn handle_model(
     response
 }
 
+/// The dialect's auth and header checks, then its parse: the request, or the answer that
+/// refuses it.
+fn accept(
+    options: &crate::options::Options,
+    headers: &HeaderMap,
+    body: &[u8],
+    dialect: Dialect,
+    model: &str,
+) -> Result<Parsed, Box<Response>> {
+    let refused = match dialect {
+        Dialect::OpenAi => openai::check_auth(options, headers),
+        Dialect::Anthropic => anthropic::check_request(options, headers),
+        Dialect::Gemini => gemini::check_auth(options, headers),
+    };
+    if let Some(response) = refused {
+        return Err(Box::new(response));
+    }
+    match dialect {
+        Dialect::OpenAi => openai::parse(body),
+        Dialect::Anthropic => anthropic::parse(body),
+        Dialect::Gemini => gemini::parse(body, model),
+    }
+}
+
 async fn respond(
     state: &AppState,
     conn: &Conn,
@@ -240,20 +264,7 @@ async fn respond(
 ) -> (Response, bool) {
     use Dialect::{Anthropic, Gemini, OpenAi};
     let options = &state.options;
-    let refused = match dialect {
-        OpenAi => openai::check_auth(options, headers),
-        Anthropic => anthropic::check_request(options, headers),
-        Gemini => gemini::check_auth(options, headers),
-    };
-    if let Some(response) = refused {
-        return (response, true);
-    }
-    let parsed = match dialect {
-        OpenAi => openai::parse(body),
-        Anthropic => anthropic::parse(body),
-        Gemini => gemini::parse(body, model),
-    };
-    let mut parsed = match parsed {
+    let mut parsed = match accept(options, headers, body, dialect, model) {
         Ok(p) => p,
         Err(response) => return (*response, true),
     };

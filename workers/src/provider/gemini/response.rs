@@ -61,32 +61,7 @@ pub fn parse_success(
         .and_then(Value::as_array)
         .and_then(|c| c.first());
     let Some(candidate) = candidate else {
-        if let Some(reason) = body
-            .get("promptFeedback")
-            .and_then(|f| f.get("blockReason"))
-            .and_then(Value::as_str)
-        {
-            let said = body
-                .get("promptFeedback")
-                .and_then(|f| f.get("blockReasonMessage"))
-                .and_then(Value::as_str)
-                .map(|m| format!(": {}", snippet(m, 200)))
-                .unwrap_or_default();
-            return Err(filtered(
-                status,
-                format!(
-                    "the provider blocked the prompt (blockReason {reason}){said}; rephrase the \
-                     input or use another model"
-                ),
-            ));
-        }
-        return Err(http::malformed(
-            status,
-            format!(
-                "the provider answered {status} without candidates: check that base_url points \
-                 at the Gemini API"
-            ),
-        ));
+        return Err(no_candidate(status, &body));
     };
 
     let text = answer_text(candidate);
@@ -158,6 +133,35 @@ pub fn parse_success(
         simulated: false,
         rate_limits: None,
     })
+}
+
+/// A reply without candidates: a blocked prompt (`content_filter`), or not Gemini's answer.
+fn no_candidate(status: u16, body: &Value) -> ProviderError {
+    let feedback = body.get("promptFeedback");
+    let Some(reason) = feedback
+        .and_then(|f| f.get("blockReason"))
+        .and_then(Value::as_str)
+    else {
+        return http::malformed(
+            status,
+            format!(
+                "the provider answered {status} without candidates: check that base_url points \
+                 at the Gemini API"
+            ),
+        );
+    };
+    let said = feedback
+        .and_then(|f| f.get("blockReasonMessage"))
+        .and_then(Value::as_str)
+        .map(|m| format!(": {}", snippet(m, 200)))
+        .unwrap_or_default();
+    filtered(
+        status,
+        format!(
+            "the provider blocked the prompt (blockReason {reason}){said}; rephrase the input or \
+             use another model"
+        ),
+    )
 }
 
 /// The candidate's answer text: its text parts, without thoughts.
