@@ -8,6 +8,8 @@
 //!   sampling to `generationConfig`, JSON tasks to `responseMimeType` + `responseJsonSchema`.
 //! - [`response`] maps the reply back to an OpenAI chat completion: text, `finishReason` as
 //!   `finish_reason`, `usageMetadata` as `usage` (thinking tokens count as output).
+//! - [`tools`] maps function calling both ways (declarations, `toolConfig`, `functionCall`
+//!   and `functionResponse` parts).
 //! - [`errors`] types Google's `{"error":{"code","message","status","details"}}` on top of the
 //!   shared classification, with `RetryInfo.retryDelay` as the hint of a 429.
 //! - The key is never in the URL (Google also accepts `?key=`; we don't use it), is redacted
@@ -16,6 +18,7 @@
 mod errors;
 mod request;
 mod response;
+mod tools;
 
 use std::fmt;
 use std::time::Duration;

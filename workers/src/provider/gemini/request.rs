@@ -10,12 +10,15 @@
 //! - `response_format` `json_object` sets `responseMimeType: application/json`, and
 //!   `json_schema` adds the schema as `responseJsonSchema` (plain JSON Schema, unlike the
 //!   OpenAPI subset `responseSchema` takes), so the model is held to it;
-//! - what Gemini cannot take (tools, `n` > 1, other roles, audio parts) is refused with a
-//!   message saying what to do, rather than silently dropped.
+//! - function `tools`, `tool_choice`, assistant `tool_calls` and `tool` messages go through
+//!   [`super::tools`];
+//! - what Gemini cannot take (`n` > 1, other roles, audio parts, images by URL) is refused
+//!   with a message saying what to do, rather than silently dropped.
 
 use serde_json::{Map, Value, json};
 
 use super::super::{ChatCall, ProviderError, ProviderErrorKind};
+use super::tools;
 
 fn refuse(message: impl Into<String>) -> ProviderError {
     ProviderError::new(ProviderErrorKind::InvalidRequest, message)
@@ -30,6 +33,8 @@ pub fn generate_body(call: ChatCall<'_>) -> Result<Map<String, Value>, ProviderE
     };
     let mut system: Vec<String> = Vec::new();
     let mut turns: Vec<(&'static str, Vec<Value>)> = Vec::new();
+    // Tool call ids to function names, for the `tool` messages that answer them.
+    let mut names = Map::new();
     for (i, message) in messages.iter().enumerate() {
         let role = message.get("role").and_then(Value::as_str).unwrap_or("");
         let content = message.get("content");
@@ -42,16 +47,16 @@ pub fn generate_body(call: ChatCall<'_>) -> Result<Map<String, Value>, ProviderE
             }
             "user" => push_turn(&mut turns, "user", parts(content, i, true)?),
             "assistant" => {
-                if message
-                    .get("tool_calls")
-                    .and_then(Value::as_array)
-                    .is_some_and(|c| !c.is_empty())
-                {
-                    return Err(tools_refused());
+                let mut said = parts(content, i, false)?;
+                if let Some(calls) = message.get("tool_calls").and_then(Value::as_array) {
+                    said.extend(tools::call_parts(calls, i, &mut names)?);
                 }
-                push_turn(&mut turns, "model", parts(content, i, false)?);
+                push_turn(&mut turns, "model", said);
             }
-            "tool" => return Err(tools_refused()),
+            "tool" => {
+                let part = tools::response_part(message, plain_text(content), i, &names)?;
+                push_turn(&mut turns, "user", vec![part]);
+            }
             other => {
                 return Err(refuse(format!(
                     "messages[{i}] has role {other:?}, which the gemini provider cannot send; \
@@ -64,9 +69,6 @@ pub fn generate_body(call: ChatCall<'_>) -> Result<Map<String, Value>, ProviderE
         return Err(refuse(
             "the request has no user message: the Gemini API needs at least one",
         ));
-    }
-    if body.get("tools").is_some_and(|t| !t.is_null()) {
-        return Err(tools_refused());
     }
     if body.get("n").and_then(Value::as_u64).is_some_and(|n| n > 1) {
         return Err(refuse(
@@ -86,18 +88,19 @@ pub fn generate_body(call: ChatCall<'_>) -> Result<Map<String, Value>, ProviderE
         .map(|(role, parts)| json!({"role": role, "parts": parts}))
         .collect();
     out.insert("contents".into(), Value::Array(contents));
+    if let Some(Value::Array(list)) = body.get("tools")
+        && !list.is_empty()
+    {
+        out.insert("tools".into(), tools::declarations(list)?);
+        if let Some(config) = tools::tool_config(body.get("tool_choice")) {
+            out.insert("toolConfig".into(), config);
+        }
+    }
     out.insert(
         "generationConfig".into(),
         Value::Object(generation_config(call)?),
     );
     Ok(out)
-}
-
-fn tools_refused() -> ProviderError {
-    refuse(
-        "tools and tool messages are not supported by the gemini provider yet: route tasks \
-         with tools to an openai or anthropic model",
-    )
 }
 
 fn generation_config(call: ChatCall<'_>) -> Result<Map<String, Value>, ProviderError> {
@@ -326,6 +329,32 @@ mod tests {
     }
 
     #[test]
+    fn a_tool_round_trip_is_sent_as_function_parts() {
+        let out = map(
+            r#"{"messages":[
+                {"role":"user","content":"find x"},
+                {"role":"assistant","content":null,"tool_calls":[{"id":"c1","type":"function",
+                  "function":{"name":"lookup","arguments":"{\"q\":\"x\"}"}}]},
+                {"role":"tool","tool_call_id":"c1","content":"42"}],
+              "tools":[{"type":"function","function":{"name":"lookup","parameters":{"type":"object"}}}],
+              "tool_choice":"required"}"#,
+            None,
+        )
+        .unwrap();
+        let contents = out["contents"].as_array().unwrap();
+        assert_eq!(contents.len(), 3);
+        assert_eq!(contents[1]["role"], "model");
+        assert_eq!(contents[1]["parts"][0]["functionCall"]["name"], "lookup");
+        assert_eq!(contents[2]["role"], "user");
+        assert_eq!(
+            contents[2]["parts"][0]["functionResponse"],
+            json!({"name": "lookup", "response": {"content": "42"}})
+        );
+        assert_eq!(out["tools"][0]["functionDeclarations"][0]["name"], "lookup");
+        assert_eq!(out["toolConfig"]["functionCallingConfig"]["mode"], "ANY");
+    }
+
+    #[test]
     fn what_gemini_cannot_take_is_refused() {
         for bad in [
             r#"{"messages":[{"role":"system","content":"only system"}]}"#,
@@ -333,7 +362,8 @@ mod tests {
             r#"{"messages":[{"role":"user","content":"x"}],"n":2}"#,
             r#"{"messages":[{"role":"user","content":[{"type":"input_audio"}]}]}"#,
             r#"{"messages":[{"role":"user","content":[{"type":"image_url","image_url":{"url":"https://x/y.png"}}]}]}"#,
-            r#"{"messages":[{"role":"user","content":"x"}],"tools":[{"type":"function"}]}"#,
+            r#"{"messages":[{"role":"user","content":"x"}],"tools":[{"type":"web_search"}]}"#,
+            r#"{"messages":[{"role":"user","content":"x"},{"role":"tool","tool_call_id":"c9","content":"1"}]}"#,
             r#"{"messages":[{"role":"user","content":"x"}],"response_format":{"type":"json_schema","json_schema":{}}}"#,
             r#"{"prompt":"x"}"#,
         ] {

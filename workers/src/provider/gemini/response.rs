@@ -1,7 +1,8 @@
 //! A `generateContent` reply, as an OpenAI chat completion.
 //!
 //! - the text is the first candidate's `content.parts[].text` joined, leaving out thought
-//!   summaries (`thought: true`), which are not the answer;
+//!   summaries (`thought: true`), which are not the answer; `functionCall` parts become
+//!   `tool_calls` (and `finish_reason` `tool_calls`);
 //! - `finishReason` becomes `finish_reason` ([`finish_reason`]);
 //! - a prompt blocked before any candidate (`promptFeedback.blockReason`), or a candidate
 //!   stopped by a filter with no text, is a `content_filter` error, so the cascade escalates;
@@ -17,6 +18,7 @@ use serde_json::{Value, json};
 
 use super::super::{Completion, ProviderError, ProviderErrorKind};
 use super::errors::classify_value;
+use super::tools;
 use crate::provider::http::{self, header_str, snippet};
 
 /// `finishReason` as an OpenAI `finish_reason`; unknown reasons pass through lowercased.
@@ -64,10 +66,21 @@ pub fn parse_success(
         return Err(no_candidate(status, &body));
     };
 
-    let text = answer_text(candidate);
+    let parts = candidate
+        .get("content")
+        .and_then(|c| c.get("parts"))
+        .and_then(Value::as_array)
+        .map(Vec::as_slice)
+        .unwrap_or_default();
+    let text = answer_text(parts);
+    let tool_calls = tools::tool_calls(parts);
     let raw_finish = candidate.get("finishReason").and_then(Value::as_str);
-    let finish = raw_finish.map(finish_reason);
-    if finish.as_deref() == Some("content_filter") && text.is_empty() {
+    let mut finish = raw_finish.map(finish_reason);
+    // Gemini ends a turn of function calls with STOP; OpenAI readers expect `tool_calls`.
+    if !tool_calls.is_empty() && matches!(finish.as_deref(), None | Some("stop")) {
+        finish = Some("tool_calls".to_owned());
+    }
+    if finish.as_deref() == Some("content_filter") && text.is_empty() && tool_calls.is_empty() {
         return Err(filtered(
             status,
             format!(
@@ -103,6 +116,13 @@ pub fn parse_success(
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0);
+    let mut message = json!({"role": "assistant", "content": text});
+    if !tool_calls.is_empty() {
+        if text.is_empty() {
+            message["content"] = Value::Null;
+        }
+        message["tool_calls"] = Value::Array(tool_calls);
+    }
     let openai = json!({
         "id": id,
         "object": "chat.completion",
@@ -110,7 +130,7 @@ pub fn parse_success(
         "model": model,
         "choices": [{
             "index": 0,
-            "message": {"role": "assistant", "content": text},
+            "message": message,
             "finish_reason": finish,
             "logprobs": null,
         }],
@@ -165,13 +185,7 @@ fn no_candidate(status: u16, body: &Value) -> ProviderError {
 }
 
 /// The candidate's answer text: its text parts, without thoughts.
-fn answer_text(candidate: &Value) -> String {
-    let parts = candidate
-        .get("content")
-        .and_then(|c| c.get("parts"))
-        .and_then(Value::as_array)
-        .map(Vec::as_slice)
-        .unwrap_or_default();
+fn answer_text(parts: &[Value]) -> String {
     parts
         .iter()
         .filter(|p| p.get("thought") != Some(&Value::Bool(true)))
@@ -266,5 +280,15 @@ mod tests {
             ProviderErrorKind::MalformedResponse
         );
         assert_eq!(kind("<html>"), ProviderErrorKind::MalformedResponse);
+        // Function calls are an answer even without text.
+        let called = parse(
+            r#"{"candidates":[{"content":{"parts":[{"functionCall":{"name":"f","args":{}}}]},
+                "finishReason":"STOP"}]}"#,
+        )
+        .unwrap();
+        assert_eq!(called.finish_reason.as_deref(), Some("tool_calls"));
+        let message = &called.body["choices"][0]["message"];
+        assert_eq!(message["content"], Value::Null);
+        assert_eq!(message["tool_calls"][0]["function"]["name"], "f");
     }
 }
