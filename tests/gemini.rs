@@ -90,8 +90,15 @@ fn a_throttled_gemini_model_answers_after_its_retry_delay_and_bills_its_usage() 
         return;
     };
     let id = submit_items(&cluster, "g", 12);
+    let started = std::time::Instant::now();
     let done = work(&cluster, &id);
-    assert_eq!(done["status"], "completed", "{done}");
+    let elapsed = started.elapsed();
+    assert_eq!(
+        done["status"],
+        "completed",
+        "{done} {:?}",
+        cluster.results(&id, true).first()
+    );
     assert_eq!(done["request_counts"]["completed"], 12, "{done}");
 
     let ok = cluster.results(&id, false);
@@ -124,6 +131,11 @@ fn a_throttled_gemini_model_answers_after_its_retry_delay_and_bills_its_usage() 
     );
 
     let stats = gemini.stats();
+    eprintln!(
+        "gemini throttled: 12 items in {elapsed:?}, {} calls answered 429 RESOURCE_EXHAUSTED, \
+         at most {} admitted per 2 s window",
+        stats["by_status"]["429"], stats["max_requests_per_window"]
+    );
     assert_eq!(stats["by_status"]["200"], 12, "{stats}");
     assert!(
         stats["by_status"]["429"].as_u64().unwrap_or(0) > 0,
