@@ -102,6 +102,17 @@ async fn text_usage_and_finish_reason_map_to_an_openai_completion() {
     assert_eq!(done.body["usage"]["total_tokens"], prompt + completion);
     assert!(!done.simulated);
 
+    // A proxy without the version prefix: the fake serves `/models/...` too.
+    let bare = GeminiProvider::new(GeminiConfig {
+        base_url: server.url.clone(),
+        ..GeminiConfig::default()
+    })
+    .unwrap();
+    assert_eq!(
+        call(&bare, &user("hi")).await.unwrap().body["choices"][0]["message"]["content"],
+        "fake reply from gemini-test: hi"
+    );
+
     // maxOutputTokens reaches the model: a short limit ends in MAX_TOKENS, i.e. length.
     let mut short = user("a question that needs a long answer");
     short.insert("max_tokens".into(), json!(3));

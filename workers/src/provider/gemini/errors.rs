@@ -126,6 +126,9 @@ fn refine(mut err: ProviderError, status: u16, body: &Value) -> ProviderError {
     let rate_limited = google == "RESOURCE_EXHAUSTED" || status == 429;
     let refined = if rate_limited && (billing || daily_quota(body)) {
         Some((K::QuotaExhausted, quota_message(status, &said)))
+    } else if rate_limited && err.kind == K::QuotaExhausted {
+        // The shared reading already saw an OpenAI-style `insufficient_quota` (a proxy).
+        None
     } else if rate_limited {
         Some((
             K::RateLimited,
@@ -323,6 +326,12 @@ mod tests {
         assert_eq!(
             kind(404, "NOT_FOUND", "models/x is not found", none.clone()),
             K::InvalidRequest
+        );
+        // A proxy's OpenAI-style quota error keeps its meaning.
+        let proxy = br#"{"error":{"message":"out","type":"insufficient_quota","code":"insufficient_quota"}}"#;
+        assert_eq!(
+            classify(429, &HeaderMap::new(), proxy).kind,
+            K::QuotaExhausted
         );
         // A 200 carrying an error object.
         assert_eq!(kind(200, "UNAVAILABLE", "overloaded", none), K::Transient);
