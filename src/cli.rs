@@ -171,6 +171,15 @@ pub struct ModelsArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum ModelsAction {
+    /// List the shipped model catalog (prices, context, capabilities, a suggested tier) that a
+    /// config's `[models.X] catalog = "provider/model"` can name instead of typing prices
+    Catalog {
+        /// Only this provider kind: openai, anthropic, gemini or bedrock
+        #[arg(long)]
+        provider: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
     /// Clear a model's pause (after auth or quota trouble) or cooldown, for every worker
     Resume { model: String },
     /// Stop every worker from calling a model until it is resumed

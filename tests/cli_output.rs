@@ -110,6 +110,48 @@ fn models_show_rpm_and_tpm() {
 }
 
 #[test]
+fn the_shipped_catalog_lists_and_fills_a_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let out =
+        run(batchyard(dir.path()).args(["models", "catalog", "--provider", "bedrock", "--json"]));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let v = last_json(&out);
+    let models = v["models"].as_array().unwrap();
+    assert!(models.len() >= 5, "{v}");
+    assert!(
+        models.iter().all(|m| m["model"]["kind"] == "bedrock"),
+        "{v}"
+    );
+    assert!(v["source"].as_str().unwrap().contains("litellm"), "{v}");
+    assert!(v["age_days"].as_i64().unwrap() >= 0, "{v}");
+
+    let out = run(batchyard(dir.path()).args(["models", "catalog"]));
+    let table = text(&out.stdout);
+    assert!(
+        table
+            .lines()
+            .any(|l| l.starts_with("anthropic/claude-haiku-4-5")),
+        "{table}"
+    );
+    assert!(table.contains("prices from litellm"), "{table}");
+
+    // A model that names an entry takes its prices; `models` says where they came from.
+    let config = format!(
+        "{CONFIG}\n[models.haiku]\nprovider = \"spare\"\ncatalog = \"anthropic/claude-haiku-4-5\"\n"
+    );
+    let config = write_file(dir.path(), "c.toml", config.as_bytes());
+    let out = run(batchyard(dir.path()).args(["--config", config.to_str().unwrap(), "models"]));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let table = text(&out.stdout);
+    let haiku = table.lines().find(|l| l.starts_with("haiku")).unwrap();
+    assert!(
+        haiku.contains("claude-haiku-4-5") && haiku.contains(" 1.00 ") && haiku.contains(" 5.00 "),
+        "{haiku}"
+    );
+    assert!(table.contains("from the shipped catalog where the config sets no price: haiku (anthropic/claude-haiku-4-5)"), "{table}");
+}
+
+#[test]
 fn logs_have_no_colour_when_stderr_is_not_a_terminal() {
     let dir = tempfile::tempdir().unwrap();
     let config = write_file(dir.path(), "c.toml", CONFIG.as_bytes());

@@ -8,6 +8,7 @@
 //! - [`results`]: `results`, stream a batch's output or errors.
 //! - [`batch_ops`]: `cancel` and `retry`.
 //! - [`models`]: `models`, the catalog with live health; pause or resume a model.
+//! - [`model_catalog`]: `models catalog`, the shipped model catalog and the age of its prices.
 //! - [`estimate_route`]: `estimate` and `route`, look before you spend.
 //! - [`serve`]: `serve`, the HTTP API.
 //! - [`watch`]: `watch`, follow one batch until it ends.
@@ -16,6 +17,7 @@
 
 pub mod batch_ops;
 pub mod estimate_route;
+pub mod model_catalog;
 pub mod models;
 pub mod pipelines;
 pub mod results;

@@ -30,11 +30,16 @@ pub async fn models(
     args: &ModelsArgs,
     env: &BTreeMap<String, String>,
 ) -> anyhow::Result<()> {
+    if let Some(ModelsAction::Catalog { provider, json }) = &args.action {
+        return super::model_catalog::list(provider.as_deref(), *json || args.json);
+    }
     let settings = super::load_settings(config, env)?;
     let app = App::connect(settings, None, true, "models").await?;
     let catalog = &app.settings.catalog;
     if let Some(action) = &args.action {
-        let (ModelsAction::Resume { model } | ModelsAction::Pause { model, .. }) = action;
+        let (ModelsAction::Resume { model } | ModelsAction::Pause { model, .. }) = action else {
+            return Ok(());
+        };
         if catalog.model(model).is_none() {
             let known: Vec<String> = catalog.model_keys().into_iter().collect();
             return Err(UsageError(format!(
@@ -54,6 +59,7 @@ pub async fn models(
                     "model {model} paused for every worker until `batchyard models resume {model}`"
                 );
             }
+            ModelsAction::Catalog { .. } => {}
         }
         return Ok(());
     }
@@ -74,6 +80,7 @@ pub async fn models(
                     "rpm": m.rpm, "tpm": m.tpm,
                     "provider_rpm": provider_rpm, "provider_tpm": provider_tpm,
                     "state": state.name(), "detail": describe(state),
+                    "catalog": app.settings.model_catalog.get(&m.key),
                 })
             })
             .collect();
@@ -109,6 +116,20 @@ pub async fn models(
     }
     if provider_wide {
         println!("* the provider's account-wide limit (the model sets none of its own)");
+    }
+    let from_catalog = &app.settings.model_catalog;
+    if !from_catalog.is_empty()
+        && let Ok(shipped) = batchyard_workers::catalog::shipped::ShippedCatalog::get()
+    {
+        let named: Vec<String> = from_catalog
+            .iter()
+            .map(|(model, entry)| format!("{model} ({entry})"))
+            .collect();
+        println!(
+            "from the shipped catalog where the config sets no price: {}; {}",
+            named.join(", "),
+            super::model_catalog::provenance(shipped)
+        );
     }
     Ok(())
 }

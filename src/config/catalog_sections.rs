@@ -5,13 +5,14 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::sync::Arc;
 
+use batchyard_workers::catalog::shipped::{ShippedCatalog, ShippedModel};
 use batchyard_workers::catalog::validate::Validators;
 use batchyard_workers::catalog::{Catalog, CatalogError, ModelSpec, TaskSpec};
 use batchyard_workers::provider::Provider;
 
 use super::defaults;
 use super::parts::{build_provider, response_format};
-use super::raw::RawConfig;
+use super::raw::{RawConfig, RawModel};
 
 type Bad = (String, String);
 
@@ -73,9 +74,12 @@ pub(super) fn providers(
     Ok(providers)
 }
 
-/// `[models.*]`: each names a configured provider, non-negative prices and a context window.
-pub(super) fn models(raw: &RawConfig) -> Result<Vec<ModelSpec>, Bad> {
+/// `[models.*]`: each names a configured provider, non-negative prices and a context window,
+/// written in the table or taken from the shipped catalog entry it names. Returns the models
+/// and, for those that name one, their catalog entry.
+pub(super) fn models(raw: &RawConfig) -> Result<(Vec<ModelSpec>, BTreeMap<String, String>), Bad> {
     let mut models = Vec::new();
+    let mut from_catalog = BTreeMap::new();
     for (key, m) in &raw.models {
         let at = |field: &str| format!("models.{key}.{field}");
         if !raw.providers.contains_key(&m.provider) {
@@ -89,36 +93,95 @@ pub(super) fn models(raw: &RawConfig) -> Result<Vec<ModelSpec>, Bad> {
                 ),
             ));
         }
-        for (field, price) in [
-            ("input_usd_per_mtok", Some(m.input_usd_per_mtok)),
-            ("output_usd_per_mtok", Some(m.output_usd_per_mtok)),
-            ("cached_input_usd_per_mtok", m.cached_input_usd_per_mtok),
-        ] {
-            if let Some(price) = price
-                && (!price.is_finite() || price < 0.0)
-            {
-                return Err((at(field), format!("price must be 0 or more, not {price}")));
+        let entry = match &m.catalog {
+            Some(name) => {
+                let entry = ShippedCatalog::get()
+                    .and_then(|c| c.entry(name))
+                    .map_err(|e| (at("catalog"), e.to_string()))?;
+                from_catalog.insert(key.clone(), name.clone());
+                Some(entry)
             }
-        }
-        if m.context_window == 0 {
-            return Err((at("context_window"), "must be more than 0".into()));
-        }
-        models.push(ModelSpec {
-            key: key.clone(),
-            provider: m.provider.clone(),
-            name: m.name.clone().unwrap_or_else(|| key.clone()),
-            input_usd_per_mtok: m.input_usd_per_mtok,
-            output_usd_per_mtok: m.output_usd_per_mtok,
-            cached_input_usd_per_mtok: m.cached_input_usd_per_mtok,
-            context_window: m.context_window,
-            max_output_tokens: m.max_output_tokens,
-            tier: m.tier,
-            capabilities: m.capabilities.iter().cloned().collect(),
-            rpm: m.rpm,
-            tpm: m.tpm,
-        });
+            None => None,
+        };
+        models.push(model_spec(key, m, entry)?);
     }
-    Ok(models)
+    Ok((models, from_catalog))
+}
+
+/// A field the model's table must set when it names no catalog entry.
+fn required<T>(key: &str, field: &str, value: Option<T>) -> Result<T, Bad> {
+    value.ok_or_else(|| {
+        (
+            format!("models.{key}.{field}"),
+            "missing: set it, or name a shipped model with `catalog = \"provider/model\"` \
+             (`batchyard models catalog` lists them)"
+                .to_string(),
+        )
+    })
+}
+
+/// One model: the table's fields, else its catalog entry's.
+fn model_spec(key: &str, m: &RawModel, entry: Option<&ShippedModel>) -> Result<ModelSpec, Bad> {
+    let at = |field: &str| format!("models.{key}.{field}");
+    let input = required(
+        key,
+        "input_usd_per_mtok",
+        m.input_usd_per_mtok.or(entry.map(|e| e.input_usd_per_mtok)),
+    )?;
+    let output = required(
+        key,
+        "output_usd_per_mtok",
+        m.output_usd_per_mtok
+            .or(entry.map(|e| e.output_usd_per_mtok)),
+    )?;
+    let cached = m
+        .cached_input_usd_per_mtok
+        .or(entry.and_then(|e| e.cached_input_usd_per_mtok));
+    for (field, price) in [
+        ("input_usd_per_mtok", Some(input)),
+        ("output_usd_per_mtok", Some(output)),
+        ("cached_input_usd_per_mtok", cached),
+    ] {
+        if let Some(price) = price
+            && (!price.is_finite() || price < 0.0)
+        {
+            return Err((at(field), format!("price must be 0 or more, not {price}")));
+        }
+    }
+    let context_window = required(
+        key,
+        "context_window",
+        m.context_window.or(entry.map(|e| e.context_window)),
+    )?;
+    if context_window == 0 {
+        return Err((at("context_window"), "must be more than 0".into()));
+    }
+    let tier = required(key, "tier", m.tier.or(entry.map(|e| e.tier)))?;
+    let capabilities = match (&m.capabilities, entry) {
+        (Some(caps), _) => caps.iter().cloned().collect(),
+        (None, Some(e)) => e.capabilities.iter().cloned().collect(),
+        (None, None) => Default::default(),
+    };
+    Ok(ModelSpec {
+        key: key.to_owned(),
+        provider: m.provider.clone(),
+        name: m
+            .name
+            .clone()
+            .or(entry.map(|e| e.name.clone()))
+            .unwrap_or_else(|| key.to_owned()),
+        input_usd_per_mtok: input,
+        output_usd_per_mtok: output,
+        cached_input_usd_per_mtok: cached,
+        context_window,
+        max_output_tokens: m
+            .max_output_tokens
+            .or(entry.and_then(|e| e.max_output_tokens)),
+        tier,
+        capabilities,
+        rpm: m.rpm,
+        tpm: m.tpm,
+    })
 }
 
 /// `[tasks.*]`: validators compiled (paths relative to the config file's folder) and the
@@ -173,4 +236,75 @@ pub(super) fn catalog(
             .map(|(k, p)| (k.clone(), (p.rpm, p.tpm)))
             .collect(),
     ))
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::path::PathBuf;
+
+    use crate::config::Settings;
+
+    fn load(models: &str) -> Result<Settings, String> {
+        let text = format!(
+            "[providers.claude]\nkind = \"anthropic\"\n\n[providers.oai]\nkind = \"openai\"\n\
+             base_url = \"http://127.0.0.1:9/v1\"\n\n{models}"
+        );
+        Settings::from_toml(&text, Some(PathBuf::from("c.toml")), &BTreeMap::new())
+            .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn a_model_can_take_everything_from_the_shipped_catalog() {
+        let s = load(
+            "[models.haiku]\nprovider = \"claude\"\ncatalog = \"anthropic/claude-haiku-4-5\"\n",
+        )
+        .unwrap();
+        let m = s.catalog.model("haiku").unwrap();
+        assert_eq!(m.name, "claude-haiku-4-5");
+        assert_eq!((m.input_usd_per_mtok, m.output_usd_per_mtok), (1.0, 5.0));
+        assert_eq!(m.cached_input_usd_per_mtok, Some(0.1));
+        assert_eq!((m.context_window, m.tier), (200_000, 1));
+        assert!(m.capabilities.contains("json"), "{:?}", m.capabilities);
+        assert_eq!(
+            s.model_catalog.get("haiku").map(String::as_str),
+            Some("anthropic/claude-haiku-4-5")
+        );
+    }
+
+    #[test]
+    fn what_the_config_writes_wins_over_the_catalog() {
+        let s = load(
+            "[models.mini]\nprovider = \"oai\"\ncatalog = \"openai/gpt-4.1-mini\"\n\
+             input_usd_per_mtok = 0.35\ntier = 1\nname = \"my-deployment\"\ncapabilities = []\n",
+        )
+        .unwrap();
+        let m = s.catalog.model("mini").unwrap();
+        assert_eq!(m.input_usd_per_mtok, 0.35);
+        assert_eq!(m.output_usd_per_mtok, 1.6);
+        assert_eq!((m.tier, m.name.as_str()), (1, "my-deployment"));
+        assert!(m.capabilities.is_empty());
+    }
+
+    #[test]
+    fn an_unknown_catalog_name_fails_with_the_closest_ones() {
+        let e =
+            load("[models.h]\nprovider = \"claude\"\ncatalog = \"anthropic/claude-haiku-4.5\"\n")
+                .unwrap_err();
+        assert!(e.contains("c.toml"), "{e}");
+        assert!(e.contains("models.h.catalog"), "{e}");
+        assert!(e.contains("closest: anthropic/claude-haiku-4-5"), "{e}");
+    }
+
+    #[test]
+    fn without_a_catalog_entry_prices_and_window_are_required() {
+        let e = load("[models.x]\nprovider = \"oai\"\noutput_usd_per_mtok = 1.0\ncontext_window = 8000\ntier = 1\n")
+            .unwrap_err();
+        assert!(e.contains("models.x.input_usd_per_mtok"), "{e}");
+        assert!(e.contains("catalog = "), "{e}");
+        let e = load("[models.x]\nprovider = \"oai\"\ninput_usd_per_mtok = 1.0\noutput_usd_per_mtok = 1.0\ntier = 1\n")
+            .unwrap_err();
+        assert!(e.contains("models.x.context_window"), "{e}");
+    }
 }

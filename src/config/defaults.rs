@@ -28,14 +28,15 @@ pub fn provider() -> (String, RawProvider) {
 fn model(name: &str, input: f64, output: f64, context: u64, tier: u32, caps: &[&str]) -> RawModel {
     RawModel {
         provider: SIMULATED_PROVIDER.into(),
+        catalog: None,
         name: Some(name.into()),
-        input_usd_per_mtok: input,
-        output_usd_per_mtok: output,
+        input_usd_per_mtok: Some(input),
+        output_usd_per_mtok: Some(output),
         cached_input_usd_per_mtok: None,
-        context_window: context,
+        context_window: Some(context),
         max_output_tokens: Some(16_384),
-        tier,
-        capabilities: caps.iter().map(|c| c.to_string()).collect(),
+        tier: Some(tier),
+        capabilities: Some(caps.iter().map(|c| c.to_string()).collect()),
         rpm: None,
         tpm: None,
     }

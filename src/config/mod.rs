@@ -59,6 +59,8 @@ pub struct Settings {
     pub cache: CacheSettings,
     /// `[pipelines.<name>]`, by name.
     pub pipelines: BTreeMap<String, pipeline_spec::Pipeline>,
+    /// The models whose table names a shipped catalog entry, with that entry's name.
+    pub model_catalog: BTreeMap<String, String>,
     /// Warnings found while loading (e.g. a provider no model uses).
     pub warnings: Vec<String>,
     pub env: BTreeMap<String, String>,
@@ -168,7 +170,7 @@ impl Settings {
         parts::check_durations(raw)?;
         let max_line_bytes = sections::max_line_bytes(raw)?;
         let providers = catalog_sections::providers(raw, env, file, &mut warnings)?;
-        let models = catalog_sections::models(raw)?;
+        let (models, model_catalog) = catalog_sections::models(raw)?;
         let tasks = catalog_sections::tasks(raw, base_dir)?;
         let catalog = catalog_sections::catalog(raw, models, tasks, providers)?;
         let queue = sections::queue(raw)?;
@@ -196,6 +198,7 @@ impl Settings {
             routing,
             cache,
             pipelines,
+            model_catalog,
             warnings,
             env: env.clone(),
         })

@@ -145,15 +145,17 @@ pub struct RawProvider {
 #[serde(deny_unknown_fields)]
 pub struct RawModel {
     pub provider: String,
+    /// A shipped catalog entry (`provider/model`) that fills every field this table leaves
+    /// out; what the table writes wins.
+    pub catalog: Option<String>,
     pub name: Option<String>,
-    pub input_usd_per_mtok: f64,
-    pub output_usd_per_mtok: f64,
+    pub input_usd_per_mtok: Option<f64>,
+    pub output_usd_per_mtok: Option<f64>,
     pub cached_input_usd_per_mtok: Option<f64>,
-    pub context_window: u64,
+    pub context_window: Option<u64>,
     pub max_output_tokens: Option<u32>,
-    pub tier: u32,
-    #[serde(default)]
-    pub capabilities: Vec<String>,
+    pub tier: Option<u32>,
+    pub capabilities: Option<Vec<String>>,
     pub rpm: Option<u32>,
     pub tpm: Option<u64>,
 }

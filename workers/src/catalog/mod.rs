@@ -1,12 +1,14 @@
 //! The model catalog and the tasks: what can be called, at what price, for which work.
-
 //!
+//! - [`shipped`]: the model catalog batchyard ships (prices, context, capabilities, a
+//!   suggested tier), which a config's models may name instead of typing prices.
 //! - [`tokens`]: prompt token estimates (tiktoken per model family, calibrated fallback).
 //! - [`validate`]: checks on a task's outputs (JSON schema, regex, length, finish reason,
 //!   refusals, a config-only command), compiled once from config.
 //!
 //! May use: `provider`. Used by every wing above it.
 
+pub mod shipped;
 pub mod tokens;
 pub mod validate;
 
