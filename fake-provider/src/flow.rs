@@ -9,7 +9,7 @@ use axum::response::Response;
 
 use crate::conn::Conn;
 use crate::options::RandomFault;
-use crate::{AppState, anthropic, openai};
+use crate::{AppState, anthropic, gemini, openai};
 
 /// A request, as far as the fake cares.
 #[derive(Debug)]
@@ -237,6 +237,8 @@ pub fn choose(state: &AppState, headers: &HeaderMap, text: &str) -> Option<Fault
 pub enum Dialect {
     OpenAi,
     Anthropic,
+    /// The model comes from the path (`models/{model}:generateContent`), not the body.
+    Gemini,
 }
 
 /// Answers one request (or drops its connection), and counts it.
@@ -247,11 +249,47 @@ pub async fn handle(
     body: &[u8],
     dialect: Dialect,
 ) -> Response {
-    let (response, delivered) = respond(state, conn, headers, body, dialect).await;
+    handle_model(state, conn, headers, body, dialect, "").await
+}
+
+/// [`handle`] for a dialect whose model is named by the path (Gemini).
+pub async fn handle_model(
+    state: &AppState,
+    conn: &Conn,
+    headers: &HeaderMap,
+    body: &[u8],
+    dialect: Dialect,
+    model: &str,
+) -> Response {
+    let (response, delivered) = respond(state, conn, headers, body, dialect, model).await;
     if delivered {
         state.record(response.status());
     }
     response
+}
+
+/// The dialect's auth and header checks, then its parse: the request, or the answer that
+/// refuses it.
+fn accept(
+    options: &crate::options::Options,
+    headers: &HeaderMap,
+    body: &[u8],
+    dialect: Dialect,
+    model: &str,
+) -> Result<Parsed, Box<Response>> {
+    let refused = match dialect {
+        Dialect::OpenAi => openai::check_auth(options, headers),
+        Dialect::Anthropic => anthropic::check_request(options, headers),
+        Dialect::Gemini => gemini::check_auth(options, headers),
+    };
+    if let Some(response) = refused {
+        return Err(Box::new(response));
+    }
+    match dialect {
+        Dialect::OpenAi => openai::parse(body),
+        Dialect::Anthropic => anthropic::parse(body),
+        Dialect::Gemini => gemini::parse(body, model),
+    }
 }
 
 async fn respond(
@@ -260,21 +298,11 @@ async fn respond(
     headers: &HeaderMap,
     body: &[u8],
     dialect: Dialect,
+    model: &str,
 ) -> (Response, bool) {
-    use Dialect::{Anthropic, OpenAi};
+    use Dialect::{Anthropic, Gemini, OpenAi};
     let options = &state.options;
-    let refused = match dialect {
-        OpenAi => openai::check_auth(options, headers),
-        Anthropic => anthropic::check_request(options, headers),
-    };
-    if let Some(response) = refused {
-        return (response, true);
-    }
-    let parsed = match dialect {
-        OpenAi => openai::parse(body),
-        Anthropic => anthropic::parse(body),
-    };
-    let mut parsed = match parsed {
+    let mut parsed = match accept(options, headers, body, dialect, model) {
         Ok(p) => p,
         Err(response) => return (*response, true),
     };
@@ -298,6 +326,7 @@ async fn respond(
         let response = match dialect {
             OpenAi => openai::over_limit(&parsed, &admission),
             Anthropic => anthropic::over_limit(&admission),
+            Gemini => gemini::over_limit(&admission),
         };
         return (response, true);
     }
@@ -343,6 +372,7 @@ async fn respond(
             match dialect {
                 OpenAi => openai::success(n, &parsed, &reply),
                 Anthropic => anthropic::success(n, &parsed, &reply),
+                Gemini => gemini::success(n, &parsed, &reply),
             }
         }
         Some(fault) => {
@@ -350,6 +380,7 @@ async fn respond(
             let mut response = match dialect {
                 OpenAi => openai::fault(fault, &state.shutdown),
                 Anthropic => anthropic::fault(fault, &state.shutdown),
+                Gemini => gemini::fault(fault, &state.shutdown),
             };
             // Opt-in, so the OpenAI dialect's default hint stays the short `retry-after-ms`.
             if let (Fault::Status(429), Some(secs)) = (fault, options.retry_after_secs)
@@ -365,6 +396,8 @@ async fn respond(
         match dialect {
             OpenAi => crate::limits::openai_headers(&admission, headers),
             Anthropic => crate::limits::anthropic_headers(&admission, headers),
+            // Google sends no rate-limit headers.
+            Gemini => {}
         }
     }
     (response, true)

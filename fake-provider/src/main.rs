@@ -1,4 +1,4 @@
-//! `batchyard-fake-provider`: an OpenAI- and Anthropic-compatible server with fault injection,
+//! `batchyard-fake-provider`: an OpenAI-, Anthropic- and Gemini-compatible server with fault injection,
 //! for tests and benchmarks. It binds loopback only. Run with `--help` for the flags.
 //!
 //! It prints one line, `listening on http://127.0.0.1:PORT`, and never writes to stdout again.
@@ -10,6 +10,9 @@
 //! - `POST /v1/messages`: the same reply in Anthropic's shape (`stop_reason` `end_turn` or
 //!   `max_tokens`); needs `anthropic-version` and `max_tokens`, and `x-api-key` when
 //!   `--require-key` is set;
+//! - `POST /v1beta/models/{model}:generateContent` (also `/models/...`): the same reply in
+//!   Gemini's shape (`finishReason` `STOP` or `MAX_TOKENS`, `usageMetadata`), checking
+//!   `x-goog-api-key` when `--require-key` is set; its errors are Google's (see `gemini`);
 //! - `GET /stats`: `{"requests", "by_status": {"200": N, ...}, "dropped", "hung", "faults":
 //!   {"429": N, "hang": N, "malformed": N, "length": N, ...} (the random faults served, by kind),
 //!   "rpm", "tpm",
@@ -49,8 +52,8 @@
 //! OpenAI-dialect usage is always `prompt_tokens = floor(chars of all message contents / 4) +
 //! 4 per message` (at least 1) and `completion_tokens = ceil(reply chars / 4)`.
 //!
-//! Modules: `options` (the flags), `flow` (one request for both dialects: auth, parse,
-//! admission, latency, a fault or the reply), `openai` and `anthropic` (the two dialects),
+//! Modules: `options` (the flags), `flow` (one request for every dialect: auth, parse,
+//! admission, latency, a fault or the reply), `openai`, `anthropic` and `gemini` (the dialects),
 //! `limits` (the RPM / TPM windows and `/stats` counts), `conn` (a listener whose connections a
 //! handler can drop), `skill` (skill mode's rule). Its own crate (`fake-provider/`), so the
 //! library crates do not depend on axum for it.
@@ -58,6 +61,7 @@
 mod anthropic;
 mod conn;
 mod flow;
+mod gemini;
 mod limits;
 mod openai;
 mod options;
@@ -72,7 +76,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use axum::Router;
 use axum::body::{Body, Bytes};
-use axum::extract::{ConnectInfo, State};
+use axum::extract::{ConnectInfo, Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -126,6 +130,8 @@ fn router(state: Arc<AppState>) -> Router {
         .route("/v1/chat/completions", post(chat))
         .route("/chat/completions", post(chat))
         .route("/v1/messages", post(messages))
+        .route("/v1beta/models/{*tail}", post(generate))
+        .route("/models/{*tail}", post(generate))
         .route("/stats", get(stats))
         .route("/health", get(|| async { "ok" }))
         .with_state(state)
@@ -147,6 +153,21 @@ async fn messages(
     body: Bytes,
 ) -> Response {
     flow::handle(&state, &conn, &headers, &body, Dialect::Anthropic).await
+}
+
+async fn generate(
+    State(state): State<Arc<AppState>>,
+    ConnectInfo(conn): ConnectInfo<Conn>,
+    Path(tail): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    match gemini::model_of(&tail) {
+        Ok(model) => {
+            flow::handle_model(&state, &conn, &headers, &body, Dialect::Gemini, &model).await
+        }
+        Err(response) => *response,
+    }
 }
 
 async fn stats(State(state): State<Arc<AppState>>) -> Response {

@@ -4,8 +4,8 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use batchyard_workers::provider::{
-    AnthropicConfig, AnthropicProvider, OpenAiConfig, OpenAiProvider, Provider, Secret,
-    SimulatedConfig, SimulatedProvider,
+    AnthropicConfig, AnthropicProvider, GeminiConfig, GeminiProvider, OpenAiConfig, OpenAiProvider,
+    Provider, Secret, SimulatedConfig, SimulatedProvider, gemini,
 };
 
 use super::raw::RawProvider;
@@ -212,7 +212,7 @@ pub(super) fn build_provider(
             }
             Ok(Provider::Simulated(SimulatedProvider::new(config)))
         }
-        "openai" | "anthropic" => {
+        "openai" | "anthropic" | "gemini" => {
             let anthropic = p.kind == "anthropic";
             if p.latency_ms.is_some() {
                 return Err(only_for("latency_ms", "simulated"));
@@ -223,6 +223,7 @@ pub(super) fn build_provider(
             let base_url = match (&p.base_url, anthropic) {
                 (Some(url), _) => url.as_str(),
                 (None, true) => "https://api.anthropic.com",
+                (None, false) if p.kind == "gemini" => gemini::DEFAULT_BASE_URL,
                 (None, false) => {
                     return Err((at("base_url"), "is required for kind \"openai\"".into()));
                 }
@@ -264,7 +265,17 @@ pub(super) fn build_provider(
                 .filter(|v| !v.is_empty())
                 .map(|v| Secret::new(v.clone()));
             let base_url = base_url.trim_end_matches('/').to_string();
-            let built = if anthropic {
+            let built = if p.kind == "gemini" {
+                let mut config = GeminiConfig {
+                    base_url,
+                    api_key,
+                    headers,
+                    max_response_bytes,
+                    ..GeminiConfig::default()
+                };
+                config.timeout = p.timeout_secs.map_or(config.timeout, Duration::from_secs);
+                GeminiProvider::new(config).map(Provider::Gemini)
+            } else if anthropic {
                 let mut config = AnthropicConfig {
                     base_url,
                     api_key,
@@ -290,7 +301,7 @@ pub(super) fn build_provider(
         other => Err((
             at("kind"),
             format!(
-                "unknown provider kind {other:?}; use \"openai\", \"anthropic\" or \"simulated\""
+                "unknown provider kind {other:?}; use \"openai\", \"anthropic\", \"gemini\" or \"simulated\""
             ),
         )),
     }

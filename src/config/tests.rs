@@ -451,3 +451,48 @@ fn a_storage_url_with_keys_is_refused_from_the_file_and_the_environment() {
     assert!(e.reason.contains("AWS_ACCESS_KEY_ID"), "{e}");
     assert!(!e.to_string().contains(secret), "{e}");
 }
+
+#[test]
+fn gemini_providers_default_to_the_public_endpoint_and_hide_the_key() {
+    let text = format!(
+        "{EXAMPLE}\n[providers.google]\nkind = \"gemini\"\napi_key_env = \"GEMINI_API_KEY\"\n\
+         timeout_secs = 45\n"
+    );
+    let key = "AIzaSyVerySecret-42";
+    let s = Settings::from_toml(&text, None, &env(&[("GEMINI_API_KEY", key)])).unwrap();
+    let google = s.catalog.provider("google").unwrap();
+    assert_eq!(google.kind_name(), "gemini");
+    let debug = format!("{google:?}");
+    assert!(
+        debug.contains("https://generativelanguage.googleapis.com/v1beta/models"),
+        "{debug}"
+    );
+    assert!(debug.contains("45s"), "{debug}");
+    assert!(!debug.contains(key), "{debug}");
+
+    let proxied = text.replace(
+        "kind = \"gemini\"",
+        "kind = \"gemini\"\nbase_url = \"http://127.0.0.1:9/v1beta\"",
+    );
+    let debug = format!("{:?}", load(&proxied).unwrap().catalog.provider("google"));
+    assert!(
+        debug.contains("http://127.0.0.1:9/v1beta/models"),
+        "{debug}"
+    );
+
+    for (extra, key_path) in [
+        ("latency_ms = 5", "providers.google.latency_ms"),
+        ("base_url = \"ftp://x\"", "providers.google.base_url"),
+        ("api_key_env = \"AIza key\"", "providers.google.api_key_env"),
+    ] {
+        let bad = text
+            .replace("api_key_env = \"GEMINI_API_KEY\"\n", "")
+            .replace("kind = \"gemini\"", &format!("kind = \"gemini\"\n{extra}"));
+        let e = load(&bad).unwrap_err().to_string();
+        assert!(e.contains(key_path), "{extra}: {e}");
+    }
+    let e = load(&text.replace("kind = \"gemini\"", "kind = \"gemni\""))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("\"gemini\""), "the message lists the kind: {e}");
+}

@@ -5,6 +5,7 @@
 //!
 //! - [`openai`]: any OpenAI-compatible `/chat/completions` endpoint.
 //! - [`anthropic`]: the Messages API, mapped to and from the OpenAI shape.
+//! - [`gemini`]: Google's Gemini API (`generateContent`), mapped to and from the OpenAI shape.
 //! - [`simulated`]: built in, deterministic, labelled in every output; no account needed.
 //! - `http`: what the HTTP kinds share: one `Endpoint` (client, headers, key, POST), capped
 //!   body reads, the generic error classification and retry hints, header timestamps,
@@ -13,6 +14,7 @@
 //! May use: nothing else in this crate. Used by every wing above it.
 
 pub mod anthropic;
+pub mod gemini;
 mod http;
 pub mod openai;
 pub mod simulated;
@@ -26,6 +28,7 @@ use batchyard_jobs::codes;
 use serde_json::{Map, Value};
 
 pub use anthropic::{AnthropicConfig, AnthropicProvider};
+pub use gemini::{GeminiConfig, GeminiProvider};
 pub use openai::{OpenAiConfig, OpenAiProvider};
 pub use simulated::{SimulatedConfig, SimulatedProvider};
 
@@ -165,6 +168,7 @@ pub enum Provider {
     Simulated(SimulatedProvider),
     OpenAi(OpenAiProvider),
     Anthropic(AnthropicProvider),
+    Gemini(GeminiProvider),
 }
 
 impl Provider {
@@ -173,6 +177,7 @@ impl Provider {
             Self::Simulated(p) => p.complete(call).await,
             Self::OpenAi(p) => p.complete(call).await,
             Self::Anthropic(p) => p.complete(call).await,
+            Self::Gemini(p) => p.complete(call).await,
         }
     }
 
@@ -181,6 +186,7 @@ impl Provider {
             Self::Simulated(_) => "simulated",
             Self::OpenAi(_) => "openai",
             Self::Anthropic(_) => "anthropic",
+            Self::Gemini(_) => "gemini",
         }
     }
 }

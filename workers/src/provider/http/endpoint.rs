@@ -161,22 +161,45 @@ impl Endpoint {
         body: &Map<String, Value>,
         classify: fn(u16, &HeaderMap, &[u8]) -> ProviderError,
     ) -> Result<(u16, HeaderMap, Vec<u8>), ProviderError> {
+        self.send(self.url.clone(), &self.display_url, body, classify)
+            .await
+    }
+
+    /// [`Self::post`] to another URL with this endpoint's client, headers and key: for kinds
+    /// whose URL names the model (Gemini's `{base}/models/{model}:generateContent`). The
+    /// caller builds `url` from [`Self::url`].
+    pub(crate) async fn post_to(
+        &self,
+        url: reqwest::Url,
+        body: &Map<String, Value>,
+        classify: fn(u16, &HeaderMap, &[u8]) -> ProviderError,
+    ) -> Result<(u16, HeaderMap, Vec<u8>), ProviderError> {
+        let shown = display_url(&url);
+        self.send(url, &shown, body, classify).await
+    }
+
+    /// The configured URL (with any query), for kinds that extend it per call.
+    pub(crate) fn url(&self) -> &reqwest::Url {
+        &self.url
+    }
+
+    async fn send(
+        &self,
+        url: reqwest::Url,
+        shown: &str,
+        body: &Map<String, Value>,
+        classify: fn(u16, &HeaderMap, &[u8]) -> ProviderError,
+    ) -> Result<(u16, HeaderMap, Vec<u8>), ProviderError> {
         let mut response = self
             .client
-            .post(self.url.clone())
+            .post(url)
             .json(body)
             .send()
             .await
-            .map_err(|e| transport_error(&self.display_url, self.timeout, &e))?;
+            .map_err(|e| transport_error(shown, self.timeout, &e))?;
         let status = response.status().as_u16();
         let headers = std::mem::take(response.headers_mut());
-        let bytes = read_body(
-            response,
-            self.max_response_bytes,
-            &self.display_url,
-            self.timeout,
-        )
-        .await?;
+        let bytes = read_body(response, self.max_response_bytes, shown, self.timeout).await?;
         if !(200..300).contains(&status) {
             return Err(classify(status, &headers, &bytes));
         }
