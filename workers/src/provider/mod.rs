@@ -5,6 +5,8 @@
 //!
 //! - [`openai`]: any OpenAI-compatible `/chat/completions` endpoint.
 //! - [`anthropic`]: the Messages API, mapped to and from the OpenAI shape.
+//! - [`azure_openai`]: Azure OpenAI deployments (the `openai` kind's body and reader, a URL
+//!   per deployment, `api-key` or Entra ID auth).
 //! - [`simulated`]: built in, deterministic, labelled in every output; no account needed.
 //! - `http`: what the HTTP kinds share: one `Endpoint` (client, headers, key, POST), capped
 //!   body reads, the generic error classification and retry hints, header timestamps,
@@ -13,6 +15,7 @@
 //! May use: nothing else in this crate. Used by every wing above it.
 
 pub mod anthropic;
+pub mod azure_openai;
 mod http;
 pub mod openai;
 pub mod simulated;
@@ -26,6 +29,7 @@ use batchyard_jobs::codes;
 use serde_json::{Map, Value};
 
 pub use anthropic::{AnthropicConfig, AnthropicProvider};
+pub use azure_openai::{AzureAuth, AzureOpenAiConfig, AzureOpenAiProvider};
 pub use openai::{OpenAiConfig, OpenAiProvider};
 pub use simulated::{SimulatedConfig, SimulatedProvider};
 
@@ -160,6 +164,7 @@ pub enum Provider {
     Simulated(SimulatedProvider),
     OpenAi(OpenAiProvider),
     Anthropic(AnthropicProvider),
+    AzureOpenAi(AzureOpenAiProvider),
 }
 
 impl Provider {
@@ -168,6 +173,7 @@ impl Provider {
             Self::Simulated(p) => p.complete(call).await,
             Self::OpenAi(p) => p.complete(call).await,
             Self::Anthropic(p) => p.complete(call).await,
+            Self::AzureOpenAi(p) => p.complete(call).await,
         }
     }
 
@@ -176,6 +182,7 @@ impl Provider {
             Self::Simulated(_) => "simulated",
             Self::OpenAi(_) => "openai",
             Self::Anthropic(_) => "anthropic",
+            Self::AzureOpenAi(_) => "azure_openai",
         }
     }
 }

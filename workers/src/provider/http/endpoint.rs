@@ -161,22 +161,40 @@ impl Endpoint {
         body: &Map<String, Value>,
         classify: fn(u16, &HeaderMap, &[u8]) -> ProviderError,
     ) -> Result<(u16, HeaderMap, Vec<u8>), ProviderError> {
+        self.send(self.url.clone(), &self.display_url, body, classify)
+            .await
+    }
+
+    /// [`Endpoint::post`] to another URL with this endpoint's client, headers and limits: for
+    /// kinds whose URL names the model (an Azure deployment), so one pooled client serves
+    /// every model of the provider.
+    pub(crate) async fn post_to(
+        &self,
+        url: reqwest::Url,
+        body: &Map<String, Value>,
+        classify: fn(u16, &HeaderMap, &[u8]) -> ProviderError,
+    ) -> Result<(u16, HeaderMap, Vec<u8>), ProviderError> {
+        let shown = display_url(&url);
+        self.send(url, &shown, body, classify).await
+    }
+
+    async fn send(
+        &self,
+        url: reqwest::Url,
+        shown: &str,
+        body: &Map<String, Value>,
+        classify: fn(u16, &HeaderMap, &[u8]) -> ProviderError,
+    ) -> Result<(u16, HeaderMap, Vec<u8>), ProviderError> {
         let mut response = self
             .client
-            .post(self.url.clone())
+            .post(url)
             .json(body)
             .send()
             .await
-            .map_err(|e| transport_error(&self.display_url, self.timeout, &e))?;
+            .map_err(|e| transport_error(shown, self.timeout, &e))?;
         let status = response.status().as_u16();
         let headers = std::mem::take(response.headers_mut());
-        let bytes = read_body(
-            response,
-            self.max_response_bytes,
-            &self.display_url,
-            self.timeout,
-        )
-        .await?;
+        let bytes = read_body(response, self.max_response_bytes, shown, self.timeout).await?;
         if !(200..300).contains(&status) {
             return Err(classify(status, &headers, &bytes));
         }
