@@ -9,7 +9,7 @@ use axum::response::Response;
 
 use crate::conn::Conn;
 use crate::options::RandomFault;
-use crate::{AppState, anthropic, openai};
+use crate::{AppState, anthropic, azure, openai};
 
 /// A request, as far as the fake cares.
 #[derive(Debug)]
@@ -199,6 +199,9 @@ pub fn choose(state: &AppState, headers: &HeaderMap, text: &str) -> Option<Fault
 pub enum Dialect {
     OpenAi,
     Anthropic,
+    /// Azure OpenAI: the OpenAI body and reply; its query, key and deployment were checked
+    /// (and the deployment put in the body as `model`) before [`handle`].
+    Azure,
 }
 
 /// Answers one request (or drops its connection), and counts it.
@@ -223,17 +226,18 @@ async fn respond(
     body: &[u8],
     dialect: Dialect,
 ) -> (Response, bool) {
-    use Dialect::{Anthropic, OpenAi};
+    use Dialect::{Anthropic, Azure, OpenAi};
     let options = &state.options;
     let refused = match dialect {
         OpenAi => openai::check_auth(options, headers),
         Anthropic => anthropic::check_request(options, headers),
+        Azure => None,
     };
     if let Some(response) = refused {
         return (response, true);
     }
     let parsed = match dialect {
-        OpenAi => openai::parse(body),
+        OpenAi | Azure => openai::parse(body),
         Anthropic => anthropic::parse(body),
     };
     let mut parsed = match parsed {
@@ -258,6 +262,7 @@ async fn respond(
         let response = match dialect {
             OpenAi => openai::over_limit(&parsed, &admission),
             Anthropic => anthropic::over_limit(&admission),
+            Azure => azure::over_limit(&admission),
         };
         return (response, true);
     }
@@ -301,7 +306,7 @@ async fn respond(
             );
             let n = state.next_id.fetch_add(1, Ordering::Relaxed);
             match dialect {
-                OpenAi => openai::success(n, &parsed, &reply),
+                OpenAi | Azure => openai::success(n, &parsed, &reply),
                 Anthropic => anthropic::success(n, &parsed, &reply),
             }
         }
@@ -310,6 +315,7 @@ async fn respond(
             let mut response = match dialect {
                 OpenAi => openai::fault(fault, &state.shutdown),
                 Anthropic => anthropic::fault(fault, &state.shutdown),
+                Azure => azure::fault(fault, &state.shutdown),
             };
             // Opt-in, so the OpenAI dialect's default hint stays the short `retry-after-ms`.
             if let (Fault::Status(429), Some(secs)) = (fault, options.retry_after_secs)
@@ -325,6 +331,7 @@ async fn respond(
         match dialect {
             OpenAi => crate::limits::openai_headers(&admission, headers),
             Anthropic => crate::limits::anthropic_headers(&admission, headers),
+            Azure => azure::headers(&admission, headers),
         }
     }
     (response, true)
