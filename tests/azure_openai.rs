@@ -168,3 +168,31 @@ fn a_failing_azure_deployment_cools_down_and_items_fall_back() {
     );
     assert_no_key(dir.path(), &stderr);
 }
+
+/// Measured: all 12 items end `failed` (rate_limited) after 5 deliveries in about 12 s, none
+/// on the backup. A 429 pauses the model in the limiter, but the router still plans it first,
+/// so a throttled model is not yet a reason to fall back (for any kind, not only Azure).
+#[test]
+#[ignore = "fallback on throttling is not built yet: a rate-limited item is requeued to the same model"]
+fn a_throttled_azure_deployment_hands_items_to_the_fallback() {
+    let dir = tempfile::tempdir().unwrap();
+    // Every call is Azure's 429 with `retry-after-ms: 300`.
+    let azure = FakeProvider::start(&["--require-key", KEY, "--fail-rate-429", "1.0"]);
+    let backup = FakeProvider::start(&[]);
+    config(
+        dir.path(),
+        &azure,
+        &backup,
+        "[queue]\nmax_attempts = 5\n[retry]\nbase_ms = 5\ncap_ms = 20\nmax_attempts = 2\n",
+    );
+    let (batch, output, stderr) = run_batch(dir.path(), &docs(dir.path(), 12));
+    assert_eq!(batch["status"], "completed", "{batch}");
+    assert_eq!(batch["request_counts"]["completed"], 12, "{batch}");
+    assert!(
+        models_of(&output).iter().all(|m| *m == "backup"),
+        "{output:?}"
+    );
+    let throttled = azure.count(429);
+    assert!(throttled >= 1, "429s served: {throttled}");
+    assert_no_key(dir.path(), &stderr);
+}
