@@ -9,7 +9,7 @@ use axum::response::Response;
 
 use crate::conn::Conn;
 use crate::options::RandomFault;
-use crate::{AppState, anthropic, gemini, openai};
+use crate::{AppState, anthropic, azure, gemini, openai};
 
 /// A request, as far as the fake cares.
 #[derive(Debug)]
@@ -239,6 +239,9 @@ pub enum Dialect {
     Anthropic,
     /// The model comes from the path (`models/{model}:generateContent`), not the body.
     Gemini,
+    /// Azure OpenAI: the OpenAI body and reply; its query, key and deployment were checked
+    /// (and the deployment put in the body as `model`) before [`handle`].
+    Azure,
 }
 
 /// Answers one request (or drops its connection), and counts it.
@@ -281,12 +284,14 @@ fn accept(
         Dialect::OpenAi => openai::check_auth(options, headers),
         Dialect::Anthropic => anthropic::check_request(options, headers),
         Dialect::Gemini => gemini::check_auth(options, headers),
+        // Its query, key and deployment were checked before `handle`.
+        Dialect::Azure => None,
     };
     if let Some(response) = refused {
         return Err(Box::new(response));
     }
     match dialect {
-        Dialect::OpenAi => openai::parse(body),
+        Dialect::OpenAi | Dialect::Azure => openai::parse(body),
         Dialect::Anthropic => anthropic::parse(body),
         Dialect::Gemini => gemini::parse(body, model),
     }
@@ -300,7 +305,7 @@ async fn respond(
     dialect: Dialect,
     model: &str,
 ) -> (Response, bool) {
-    use Dialect::{Anthropic, Gemini, OpenAi};
+    use Dialect::{Anthropic, Azure, Gemini, OpenAi};
     let options = &state.options;
     let mut parsed = match accept(options, headers, body, dialect, model) {
         Ok(p) => p,
@@ -327,6 +332,7 @@ async fn respond(
             OpenAi => openai::over_limit(&parsed, &admission),
             Anthropic => anthropic::over_limit(&admission),
             Gemini => gemini::over_limit(&admission),
+            Azure => azure::over_limit(&admission),
         };
         return (response, true);
     }
@@ -370,7 +376,7 @@ async fn respond(
             );
             let n = state.next_id.fetch_add(1, Ordering::Relaxed);
             match dialect {
-                OpenAi => openai::success(n, &parsed, &reply),
+                OpenAi | Azure => openai::success(n, &parsed, &reply),
                 Anthropic => anthropic::success(n, &parsed, &reply),
                 Gemini => gemini::success(n, &parsed, &reply),
             }
@@ -381,6 +387,7 @@ async fn respond(
                 OpenAi => openai::fault(fault, &state.shutdown),
                 Anthropic => anthropic::fault(fault, &state.shutdown),
                 Gemini => gemini::fault(fault, &state.shutdown),
+                Azure => azure::fault(fault, &state.shutdown),
             };
             // Opt-in, so the OpenAI dialect's default hint stays the short `retry-after-ms`.
             if let (Fault::Status(429), Some(secs)) = (fault, options.retry_after_secs)
@@ -398,6 +405,7 @@ async fn respond(
             Anthropic => crate::limits::anthropic_headers(&admission, headers),
             // Google sends no rate-limit headers.
             Gemini => {}
+            Azure => azure::headers(&admission, headers),
         }
     }
     (response, true)

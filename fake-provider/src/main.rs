@@ -1,5 +1,5 @@
-//! `batchyard-fake-provider`: an OpenAI-, Anthropic- and Gemini-compatible server with fault injection,
-//! for tests and benchmarks. It binds loopback only. Run with `--help` for the flags.
+//! `batchyard-fake-provider`: an OpenAI-, Anthropic-, Gemini- and Azure-OpenAI-compatible server
+//! with fault injection, for tests and benchmarks. It binds loopback only. Run with `--help` for the flags.
 //!
 //! It prints one line, `listening on http://127.0.0.1:PORT`, and never writes to stdout again.
 //! It serves:
@@ -13,6 +13,14 @@
 //! - `POST /v1beta/models/{model}:generateContent` (also `/models/...`): the same reply in
 //!   Gemini's shape (`finishReason` `STOP` or `MAX_TOKENS`, `usageMetadata`), checking
 //!   `x-goog-api-key` when `--require-key` is set; its errors are Google's (see `gemini`);
+//! - `POST /openai/deployments/{deployment}/chat/completions?api-version=V`: Azure OpenAI,
+//!   the OpenAI reply with the deployment as `model` (the body needs none); a missing
+//!   `api-version` is 404 and one not shaped `YYYY-MM-DD[-preview]` 400, as Azure answers;
+//!   with `--require-key`, the `api-key` header or `Authorization: Bearer` must carry it
+//!   (401 otherwise). Limits and faults apply in Azure's shapes: 429s carry `retry-after-ms`
+//!   (over a limit also `retry-after` and `x-ratelimit-remaining-*`; a fault 429 only
+//!   `retry-after-ms: 300`), the content filter is a 400 with `innererror.code =
+//!   ResponsibleAIPolicyViolation`;
 //! - `GET /stats`: `{"requests", "by_status": {"200": N, ...}, "dropped", "hung", "faults":
 //!   {"429": N, "hang": N, "malformed": N, "length": N, ...} (the random faults served, by kind),
 //!   "rpm", "tpm",
@@ -53,12 +61,13 @@
 //! 4 per message` (at least 1) and `completion_tokens = ceil(reply chars / 4)`.
 //!
 //! Modules: `options` (the flags), `flow` (one request for every dialect: auth, parse,
-//! admission, latency, a fault or the reply), `openai`, `anthropic` and `gemini` (the dialects),
+//! admission, latency, a fault or the reply), `openai`, `anthropic`, `gemini` and `azure` (the dialects),
 //! `limits` (the RPM / TPM windows and `/stats` counts), `conn` (a listener whose connections a
 //! handler can drop), `skill` (skill mode's rule). Its own crate (`fake-provider/`), so the
 //! library crates do not depend on axum for it.
 
 mod anthropic;
+mod azure;
 mod conn;
 mod flow;
 mod gemini;
@@ -76,7 +85,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use axum::Router;
 use axum::body::{Body, Bytes};
-use axum::extract::{ConnectInfo, Path, State};
+use axum::extract::{ConnectInfo, Path, RawQuery, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -132,6 +141,10 @@ fn router(state: Arc<AppState>) -> Router {
         .route("/v1/messages", post(messages))
         .route("/v1beta/models/{*tail}", post(generate))
         .route("/models/{*tail}", post(generate))
+        .route(
+            "/openai/deployments/{deployment}/chat/completions",
+            post(azure_chat),
+        )
         .route("/stats", get(stats))
         .route("/health", get(|| async { "ok" }))
         .with_state(state)
@@ -168,6 +181,24 @@ async fn generate(
         }
         Err(response) => *response,
     }
+}
+
+async fn azure_chat(
+    State(state): State<Arc<AppState>>,
+    ConnectInfo(conn): ConnectInfo<Conn>,
+    Path(deployment): Path<String>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    if let Some(refused) =
+        azure::check_request(&state.options, &headers, query.as_deref().unwrap_or(""))
+    {
+        state.record(refused.status());
+        return refused;
+    }
+    let body = azure::with_deployment(&body, &deployment);
+    flow::handle(&state, &conn, &headers, &body, Dialect::Azure).await
 }
 
 async fn stats(State(state): State<Arc<AppState>>) -> Response {

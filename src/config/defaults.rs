@@ -17,6 +17,7 @@ pub fn provider() -> (String, RawProvider) {
             headers: None,
             timeout_secs: None,
             max_response_mib: None,
+            api_version: None,
             latency_ms: None,
             output_tokens: None,
             rpm: None,

@@ -9,12 +9,15 @@
 //! - [`catalog_sections`]: `[providers.*]`, `[models.*]` and `[tasks.*]`, into the catalog.
 //! - [`parts`]: pieces the sections share: URLs, provider clients and headers, a task's
 //!   `response_format`, duration bounds, and pointing at the spot of a TOML error.
+//! - [`provider_azure`]: what `kind = "azure_openai"` adds: `api_version`, and the key or
+//!   Entra ID token it sends.
 //! - [`pipeline_spec`]: one `[pipelines.<name>]`, validated: schedule, timezone, catch-up.
 
 mod catalog_sections;
 mod defaults;
 mod parts;
 pub mod pipeline_spec;
+mod provider_azure;
 mod raw;
 mod sections;
 

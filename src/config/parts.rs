@@ -4,8 +4,9 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use batchyard_workers::provider::{
-    AnthropicConfig, AnthropicProvider, GeminiConfig, GeminiProvider, OpenAiConfig, OpenAiProvider,
-    Provider, Secret, SimulatedConfig, SimulatedProvider, gemini,
+    AnthropicConfig, AnthropicProvider, AzureOpenAiConfig, AzureOpenAiProvider, GeminiConfig,
+    GeminiProvider, OpenAiConfig, OpenAiProvider, Provider, Secret, SimulatedConfig,
+    SimulatedProvider, gemini,
 };
 
 use super::raw::RawProvider;
@@ -195,6 +196,9 @@ pub(super) fn build_provider(
             ),
         )
     };
+    if p.api_version.is_some() && p.kind != "azure_openai" {
+        return Err(only_for("api_version", "azure_openai"));
+    }
     match p.kind.as_str() {
         "simulated" => {
             if p.base_url.is_some() {
@@ -212,7 +216,7 @@ pub(super) fn build_provider(
             }
             Ok(Provider::Simulated(SimulatedProvider::new(config)))
         }
-        "openai" | "anthropic" | "gemini" => {
+        "openai" | "anthropic" | "gemini" | "azure_openai" => {
             let anthropic = p.kind == "anthropic";
             if p.latency_ms.is_some() {
                 return Err(only_for("latency_ms", "simulated"));
@@ -225,7 +229,7 @@ pub(super) fn build_provider(
                 (None, true) => "https://api.anthropic.com",
                 (None, false) if p.kind == "gemini" => gemini::DEFAULT_BASE_URL,
                 (None, false) => {
-                    return Err((at("base_url"), "is required for kind \"openai\"".into()));
+                    return Err((at("base_url"), format!("is required for kind {:?}", p.kind)));
                 }
             };
             check_url(base_url, &["http", "https"]).map_err(|r| (at("base_url"), r))?;
@@ -265,6 +269,17 @@ pub(super) fn build_provider(
                 .filter(|v| !v.is_empty())
                 .map(|v| Secret::new(v.clone()));
             let base_url = base_url.trim_end_matches('/').to_string();
+            if p.kind == "azure_openai" {
+                let config = super::provider_azure::config(p, base_url, api_key, headers, env)
+                    .map_err(|r| (at("api_version"), r))?;
+                return AzureOpenAiProvider::new(AzureOpenAiConfig {
+                    max_response_bytes,
+                    timeout: p.timeout_secs.map_or(config.timeout, Duration::from_secs),
+                    ..config
+                })
+                .map(Provider::AzureOpenAi)
+                .map_err(|e| (at("base_url"), e.message));
+            }
             let built = if p.kind == "gemini" {
                 let mut config = GeminiConfig {
                     base_url,
@@ -301,7 +316,7 @@ pub(super) fn build_provider(
         other => Err((
             at("kind"),
             format!(
-                "unknown provider kind {other:?}; use \"openai\", \"anthropic\", \"gemini\" or \"simulated\""
+                "unknown provider kind {other:?}; use \"openai\", \"anthropic\", \"gemini\", \"azure_openai\" or \"simulated\""
             ),
         )),
     }

@@ -131,6 +131,9 @@ pub struct RawProvider {
     pub timeout_secs: Option<u64>,
     /// The largest answer read from this provider, in MiB (default 16).
     pub max_response_mib: Option<u64>,
+    /// azure_openai only: the `api-version` query parameter (default
+    /// `batchyard_workers::provider::azure_openai::DEFAULT_API_VERSION`).
+    pub api_version: Option<String>,
     /// simulated only: added latency per call.
     pub latency_ms: Option<u64>,
     /// simulated only: output tokens per call.

@@ -6,6 +6,8 @@
 //! - [`openai`]: any OpenAI-compatible `/chat/completions` endpoint.
 //! - [`anthropic`]: the Messages API, mapped to and from the OpenAI shape.
 //! - [`gemini`]: Google's Gemini API (`generateContent`), mapped to and from the OpenAI shape.
+//! - [`azure_openai`]: Azure OpenAI deployments (the `openai` kind's body and reader, a URL
+//!   per deployment, `api-key` or Entra ID auth).
 //! - [`simulated`]: built in, deterministic, labelled in every output; no account needed.
 //! - `http`: what the HTTP kinds share: one `Endpoint` (client, headers, key, POST), capped
 //!   body reads, the generic error classification and retry hints, header timestamps,
@@ -14,6 +16,7 @@
 //! May use: nothing else in this crate. Used by every wing above it.
 
 pub mod anthropic;
+pub mod azure_openai;
 pub mod gemini;
 mod http;
 pub mod openai;
@@ -28,6 +31,7 @@ use batchyard_jobs::codes;
 use serde_json::{Map, Value};
 
 pub use anthropic::{AnthropicConfig, AnthropicProvider};
+pub use azure_openai::{AzureAuth, AzureOpenAiConfig, AzureOpenAiProvider};
 pub use gemini::{GeminiConfig, GeminiProvider};
 pub use openai::{OpenAiConfig, OpenAiProvider};
 pub use simulated::{SimulatedConfig, SimulatedProvider};
@@ -169,6 +173,7 @@ pub enum Provider {
     OpenAi(OpenAiProvider),
     Anthropic(AnthropicProvider),
     Gemini(GeminiProvider),
+    AzureOpenAi(AzureOpenAiProvider),
 }
 
 impl Provider {
@@ -178,6 +183,7 @@ impl Provider {
             Self::OpenAi(p) => p.complete(call).await,
             Self::Anthropic(p) => p.complete(call).await,
             Self::Gemini(p) => p.complete(call).await,
+            Self::AzureOpenAi(p) => p.complete(call).await,
         }
     }
 
@@ -187,6 +193,7 @@ impl Provider {
             Self::OpenAi(_) => "openai",
             Self::Anthropic(_) => "anthropic",
             Self::Gemini(_) => "gemini",
+            Self::AzureOpenAi(_) => "azure_openai",
         }
     }
 }

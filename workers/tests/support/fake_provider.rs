@@ -6,8 +6,8 @@ use std::time::Duration;
 use batchyard_testkit::FakeProvider;
 use batchyard_workers::call::retry::{RetryPolicy, call_with_retry};
 use batchyard_workers::provider::{
-    AnthropicConfig, AnthropicProvider, ChatCall, Completion, OpenAiConfig, OpenAiProvider,
-    ProviderError,
+    AnthropicConfig, AnthropicProvider, AzureOpenAiConfig, AzureOpenAiProvider, ChatCall,
+    Completion, OpenAiConfig, OpenAiProvider, ProviderError,
 };
 use serde_json::{Map, Value, json};
 
@@ -56,6 +56,14 @@ fake_client!(
     AnthropicFake,
     AnthropicConfig,
     AnthropicProvider,
+    url
+);
+fake_client!(
+    /// The Azure OpenAI provider against the fake's `/openai/deployments/...` (its base URL
+    /// is the fake's root, as a resource endpoint is).
+    AzureFake,
+    AzureOpenAiConfig,
+    AzureOpenAiProvider,
     url
 );
 

@@ -165,9 +165,9 @@ impl Endpoint {
             .await
     }
 
-    /// [`Self::post`] to another URL with this endpoint's client, headers and key: for kinds
-    /// whose URL names the model (Gemini's `{base}/models/{model}:generateContent`). The
-    /// caller builds `url` from [`Self::url`].
+    /// [`Self::post`] to another URL with this endpoint's client, headers and limits: for kinds
+    /// whose URL names the model (Gemini's `{base}/models/{model}:generateContent`, an Azure
+    /// deployment), so one pooled client serves every model of the provider.
     pub(crate) async fn post_to(
         &self,
         url: reqwest::Url,

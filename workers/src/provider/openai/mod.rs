@@ -24,6 +24,9 @@ pub use super::http::{
     classify, parse_go_duration, parse_http_date, parse_retry_after, retry_hint,
 };
 
+/// What an `openai` base_url should point at, for messages.
+const OPENAI_API: &str = "an openai-compatible /v1 endpoint";
+
 /// How to reach one OpenAI-compatible endpoint.
 #[derive(Clone)]
 pub struct OpenAiConfig {
@@ -98,7 +101,9 @@ impl OpenAiProvider {
     pub async fn complete(&self, call: ChatCall<'_>) -> Result<Completion, ProviderError> {
         let body = request_body(call);
         let result = match self.endpoint.post(&body, classify).await {
-            Ok((status, headers, bytes)) => parse_success(status, &headers, &bytes, &body),
+            Ok((status, headers, bytes)) => {
+                parse_success(status, &headers, &bytes, &body, OPENAI_API)
+            }
             Err(e) => Err(e),
         };
         result.map_err(|mut err| {
@@ -108,8 +113,9 @@ impl OpenAiProvider {
     }
 }
 
-/// The body sent: the caller's, with `model` set and `max_tokens` defaulted.
-fn request_body(call: ChatCall<'_>) -> Map<String, Value> {
+/// The body sent: the caller's, with `model` set and `max_tokens` defaulted. Also the body
+/// of the `azure_openai` kind.
+pub(super) fn request_body(call: ChatCall<'_>) -> Map<String, Value> {
     let mut body = call.body.clone();
     body.insert(
         "model".to_owned(),
@@ -129,15 +135,17 @@ fn request_body(call: ChatCall<'_>) -> Map<String, Value> {
     body
 }
 
-/// Reads a 2xx reply.
-fn parse_success(
+/// Reads a 2xx reply; `expected` names the API base_url should point at, for the message
+/// when the body is not JSON. Also the reader of the `azure_openai` kind.
+pub(super) fn parse_success(
     status: u16,
     headers: &HeaderMap,
     bytes: &[u8],
     request: &Map<String, Value>,
+    expected: &str,
 ) -> Result<Completion, ProviderError> {
     let malformed = |message: String| http::malformed(status, message);
-    let body = http::json_body(status, bytes, "an openai-compatible /v1 endpoint")?;
+    let body = http::json_body(status, bytes, expected)?;
     let Some(first) = body
         .get("choices")
         .and_then(Value::as_array)
@@ -323,7 +331,14 @@ mod tests {
     }
 
     fn parse(body: &str) -> Completion {
-        parse_success(200, &HeaderMap::new(), body.as_bytes(), &Map::new()).unwrap()
+        parse_success(
+            200,
+            &HeaderMap::new(),
+            body.as_bytes(),
+            &Map::new(),
+            OPENAI_API,
+        )
+        .unwrap()
     }
 
     #[test]
