@@ -181,21 +181,24 @@ pub(super) fn check_url(url: &str, schemes: &[&str]) -> Result<(), String> {
     Ok(())
 }
 
+/// A provider setting given to a kind it does not belong to.
+fn only_for(key: &str, p: &RawProvider, field: &str, kind: &str) -> (String, String) {
+    (
+        format!("providers.{key}.{field}"),
+        format!(
+            "is not a setting of kind {:?}; it belongs to kind {kind:?}",
+            p.kind
+        ),
+    )
+}
+
 pub(super) fn build_provider(
     key: &str,
     p: &RawProvider,
     env: &BTreeMap<String, String>,
 ) -> Result<Provider, (String, String)> {
     let at = |field: &str| format!("providers.{key}.{field}");
-    let only_for = |field: &str, kind: &str| {
-        (
-            at(field),
-            format!(
-                "is not a setting of kind {:?}; it belongs to kind {kind:?}",
-                p.kind
-            ),
-        )
-    };
+    let only_for = |field: &str, kind: &str| only_for(key, p, field, kind);
     if p.api_version.is_some() && p.kind != "azure_openai" {
         return Err(only_for("api_version", "azure_openai"));
     }
@@ -216,103 +219,7 @@ pub(super) fn build_provider(
             }
             Ok(Provider::Simulated(SimulatedProvider::new(config)))
         }
-        "openai" | "anthropic" | "gemini" | "azure_openai" => {
-            let anthropic = p.kind == "anthropic";
-            if p.latency_ms.is_some() {
-                return Err(only_for("latency_ms", "simulated"));
-            }
-            if p.output_tokens.is_some() {
-                return Err(only_for("output_tokens", "simulated"));
-            }
-            let base_url = match (&p.base_url, anthropic) {
-                (Some(url), _) => url.as_str(),
-                (None, true) => "https://api.anthropic.com",
-                (None, false) if p.kind == "gemini" => gemini::DEFAULT_BASE_URL,
-                (None, false) => {
-                    return Err((at("base_url"), format!("is required for kind {:?}", p.kind)));
-                }
-            };
-            check_url(base_url, &["http", "https"]).map_err(|r| (at("base_url"), r))?;
-            if has_credentials(base_url) {
-                return Err((
-                    at("base_url"),
-                    "holds a user name or password; remove it, and name the key's environment variable with api_key_env".into(),
-                ));
-            }
-            if let Some(var) = &p.api_key_env
-                && !is_env_name(var)
-            {
-                // Never repeat the value: a key pasted here is the usual way to get this.
-                return Err((
-                    at("api_key_env"),
-                    "must be the name of an environment variable (letters, digits and _), not the key itself; put the key in an environment variable and name that variable here".into(),
-                ));
-            }
-            let headers = build_headers(&at, p.headers.as_ref(), env)?;
-            if let Some(secs) = p.timeout_secs {
-                bounded_secs(&at("timeout_secs"), secs)?;
-            }
-            let max_response_bytes = match p.max_response_mib {
-                None => batchyard_workers::provider::DEFAULT_MAX_RESPONSE_BYTES,
-                Some(mib @ 1..=1024) => (mib as usize) << 20,
-                Some(mib) => {
-                    return Err((
-                        at("max_response_mib"),
-                        format!("must be from 1 to 1024 (MiB per answer), not {mib}"),
-                    ));
-                }
-            };
-            let api_key = p
-                .api_key_env
-                .as_ref()
-                .and_then(|var| env.get(var))
-                .filter(|v| !v.is_empty())
-                .map(|v| Secret::new(v.clone()));
-            let base_url = base_url.trim_end_matches('/').to_string();
-            if p.kind == "azure_openai" {
-                let config = super::provider_azure::config(p, base_url, api_key, headers, env)
-                    .map_err(|r| (at("api_version"), r))?;
-                return AzureOpenAiProvider::new(AzureOpenAiConfig {
-                    max_response_bytes,
-                    timeout: p.timeout_secs.map_or(config.timeout, Duration::from_secs),
-                    ..config
-                })
-                .map(Provider::AzureOpenAi)
-                .map_err(|e| (at("base_url"), e.message));
-            }
-            let built = if p.kind == "gemini" {
-                let mut config = GeminiConfig {
-                    base_url,
-                    api_key,
-                    headers,
-                    max_response_bytes,
-                    ..GeminiConfig::default()
-                };
-                config.timeout = p.timeout_secs.map_or(config.timeout, Duration::from_secs);
-                GeminiProvider::new(config).map(Provider::Gemini)
-            } else if anthropic {
-                let mut config = AnthropicConfig {
-                    base_url,
-                    api_key,
-                    headers,
-                    max_response_bytes,
-                    ..AnthropicConfig::default()
-                };
-                config.timeout = p.timeout_secs.map_or(config.timeout, Duration::from_secs);
-                AnthropicProvider::new(config).map(Provider::Anthropic)
-            } else {
-                let mut config = OpenAiConfig {
-                    base_url,
-                    api_key,
-                    headers,
-                    max_response_bytes,
-                    ..OpenAiConfig::default()
-                };
-                config.timeout = p.timeout_secs.map_or(config.timeout, Duration::from_secs);
-                OpenAiProvider::new(config).map(Provider::OpenAi)
-            };
-            built.map_err(|e| (at("base_url"), e.message))
-        }
+        "openai" | "anthropic" | "gemini" | "azure_openai" => http_provider(key, p, env),
         other => Err((
             at("kind"),
             format!(
@@ -320,6 +227,125 @@ pub(super) fn build_provider(
             ),
         )),
     }
+}
+
+/// A provider reached over HTTP: the URL, key, headers and limits every HTTP kind shares.
+fn http_provider(
+    key: &str,
+    p: &RawProvider,
+    env: &BTreeMap<String, String>,
+) -> Result<Provider, (String, String)> {
+    let at = |field: &str| format!("providers.{key}.{field}");
+    let only_for = |field: &str, kind: &str| only_for(key, p, field, kind);
+    let anthropic = p.kind == "anthropic";
+    if p.latency_ms.is_some() {
+        return Err(only_for("latency_ms", "simulated"));
+    }
+    if p.output_tokens.is_some() {
+        return Err(only_for("output_tokens", "simulated"));
+    }
+    let base_url = match (&p.base_url, anthropic) {
+        (Some(url), _) => url.as_str(),
+        (None, true) => "https://api.anthropic.com",
+        (None, false) if p.kind == "gemini" => gemini::DEFAULT_BASE_URL,
+        (None, false) => {
+            return Err((at("base_url"), format!("is required for kind {:?}", p.kind)));
+        }
+    };
+    check_url(base_url, &["http", "https"]).map_err(|r| (at("base_url"), r))?;
+    if has_credentials(base_url) {
+        return Err((
+                at("base_url"),
+                "holds a user name or password; remove it, and name the key's environment variable with api_key_env".into(),
+            ));
+    }
+    if let Some(var) = &p.api_key_env
+        && !is_env_name(var)
+    {
+        // Never repeat the value: a key pasted here is the usual way to get this.
+        return Err((
+                at("api_key_env"),
+                "must be the name of an environment variable (letters, digits and _), not the key itself; put the key in an environment variable and name that variable here".into(),
+            ));
+    }
+    let headers = build_headers(&at, p.headers.as_ref(), env)?;
+    if let Some(secs) = p.timeout_secs {
+        bounded_secs(&at("timeout_secs"), secs)?;
+    }
+    let max_response_bytes = match p.max_response_mib {
+        None => batchyard_workers::provider::DEFAULT_MAX_RESPONSE_BYTES,
+        Some(mib @ 1..=1024) => (mib as usize) << 20,
+        Some(mib) => {
+            return Err((
+                at("max_response_mib"),
+                format!("must be from 1 to 1024 (MiB per answer), not {mib}"),
+            ));
+        }
+    };
+    let api_key = p
+        .api_key_env
+        .as_ref()
+        .and_then(|var| env.get(var))
+        .filter(|v| !v.is_empty())
+        .map(|v| Secret::new(v.clone()));
+    let base_url = base_url.trim_end_matches('/').to_string();
+    http_client(p, &at, base_url, api_key, headers, max_response_bytes, env)
+}
+
+/// The client of one HTTP kind, from the checked parts.
+#[allow(clippy::too_many_arguments)]
+fn http_client(
+    p: &RawProvider,
+    at: &dyn Fn(&str) -> String,
+    base_url: String,
+    api_key: Option<Secret>,
+    headers: Vec<(String, String)>,
+    max_response_bytes: usize,
+    env: &BTreeMap<String, String>,
+) -> Result<Provider, (String, String)> {
+    if p.kind == "azure_openai" {
+        let config = super::provider_azure::config(p, base_url, api_key, headers, env)
+            .map_err(|r| (at("api_version"), r))?;
+        return AzureOpenAiProvider::new(AzureOpenAiConfig {
+            max_response_bytes,
+            timeout: p.timeout_secs.map_or(config.timeout, Duration::from_secs),
+            ..config
+        })
+        .map(Provider::AzureOpenAi)
+        .map_err(|e| (at("base_url"), e.message));
+    }
+    let built = if p.kind == "gemini" {
+        let mut config = GeminiConfig {
+            base_url,
+            api_key,
+            headers,
+            max_response_bytes,
+            ..GeminiConfig::default()
+        };
+        config.timeout = p.timeout_secs.map_or(config.timeout, Duration::from_secs);
+        GeminiProvider::new(config).map(Provider::Gemini)
+    } else if p.kind == "anthropic" {
+        let mut config = AnthropicConfig {
+            base_url,
+            api_key,
+            headers,
+            max_response_bytes,
+            ..AnthropicConfig::default()
+        };
+        config.timeout = p.timeout_secs.map_or(config.timeout, Duration::from_secs);
+        AnthropicProvider::new(config).map(Provider::Anthropic)
+    } else {
+        let mut config = OpenAiConfig {
+            base_url,
+            api_key,
+            headers,
+            max_response_bytes,
+            ..OpenAiConfig::default()
+        };
+        config.timeout = p.timeout_secs.map_or(config.timeout, Duration::from_secs);
+        OpenAiProvider::new(config).map(Provider::OpenAi)
+    };
+    built.map_err(|e| (at("base_url"), e.message))
 }
 
 /// A bare key (`a.b-c_d`) or a quoted one (`"x-y"`).
