@@ -9,6 +9,8 @@
 //! - [`azure_openai`]: Azure OpenAI deployments (the `openai` kind's body and reader, a URL
 //!   per deployment, `api-key` or Entra ID auth).
 //! - [`simulated`]: built in, deterministic, labelled in every output; no account needed.
+//! - `shape`: the OpenAI chat completion the other kinds answer with, and the parts of an
+//!   OpenAI tool call they send on.
 //! - `http`: what the HTTP kinds share: one `Endpoint` (client, headers, key, POST), capped
 //!   body reads, the generic error classification and retry hints, header timestamps,
 //!   scrubbing secrets from messages.
@@ -20,6 +22,7 @@ pub mod azure_openai;
 pub mod gemini;
 mod http;
 pub mod openai;
+mod shape;
 pub mod simulated;
 
 pub use http::{DEFAULT_MAX_RESPONSE_BYTES, buffered_response_bytes};

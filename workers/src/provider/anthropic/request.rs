@@ -14,6 +14,7 @@
 use serde_json::{Map, Value, json};
 
 use super::super::{ChatCall, ProviderError, ProviderErrorKind};
+use crate::provider::shape;
 
 /// `max_tokens` when neither the body nor the catalog says.
 pub const FALLBACK_MAX_TOKENS: u64 = 1024;
@@ -239,21 +240,7 @@ fn assistant_content(message: &Value, i: usize) -> Result<Value, ProviderError> 
     }
     for call in calls {
         let id = call.get("id").and_then(Value::as_str).unwrap_or("");
-        let function = call.get("function");
-        let name = function
-            .and_then(|f| f.get("name"))
-            .and_then(Value::as_str)
-            .ok_or_else(|| refuse(format!("messages[{i}] has a tool call without a name")))?;
-        let input = match function.and_then(|f| f.get("arguments")) {
-            Some(Value::String(s)) if s.trim().is_empty() => json!({}),
-            Some(Value::String(s)) => serde_json::from_str(s).map_err(|e| {
-                refuse(format!(
-                    "messages[{i}] has tool call arguments that are not json ({e})"
-                ))
-            })?,
-            Some(v @ Value::Object(_)) => v.clone(),
-            _ => json!({}),
-        };
+        let (name, input) = shape::tool_call_parts(call, i)?;
         blocks.push(json!({"type": "tool_use", "id": id, "name": name, "input": input}));
     }
     Ok(Value::Array(blocks))

@@ -1,13 +1,12 @@
 //! A Messages API reply, as an OpenAI chat completion.
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
 use reqwest::header::HeaderMap;
 use serde_json::{Map, Value, json};
 
 use super::super::{Completion, ProviderError, ProviderErrorKind};
 use super::errors::classify_value;
 use crate::provider::http::{self, header_str};
+use crate::provider::shape;
 
 /// `stop_reason` as an OpenAI `finish_reason`; unknown reasons pass through unchanged.
 pub fn finish_reason(stop_reason: &str) -> &str {
@@ -76,34 +75,15 @@ pub fn parse_success(
         .or_else(|| request.get("model"))
         .cloned()
         .unwrap_or(Value::Null);
-    let created = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
-    let mut message = json!({"role": "assistant", "content": text});
-    if !tool_calls.is_empty() {
-        if text.is_empty() {
-            message["content"] = Value::Null;
-        }
-        message["tool_calls"] = Value::Array(tool_calls);
-    }
-    let mut openai = json!({
-        "id": id,
-        "object": "chat.completion",
-        "created": created,
-        "model": model,
-        "choices": [{
-            "index": 0,
-            "message": message,
-            "finish_reason": finish,
-            "logprobs": null,
-        }],
-        "usage": {
-            "prompt_tokens": input_tokens,
-            "completion_tokens": output_tokens,
-            "total_tokens": input_tokens + output_tokens,
-            "prompt_tokens_details": {"cached_tokens": cache_read},
-        },
+    let mut openai = shape::chat_completion(shape::Answer {
+        id,
+        model,
+        text,
+        tool_calls,
+        finish: finish.as_deref(),
+        input_tokens,
+        output_tokens,
+        cached_tokens: cache_read,
     });
     if cache_write > 0 {
         // OpenRouter's name for it in the OpenAI shape; left out when 0, as before.

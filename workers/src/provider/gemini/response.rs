@@ -11,8 +11,6 @@
 //!   output, as thinking is billed as output; `cachedContentTokenCount` is reported as
 //!   `prompt_tokens_details.cached_tokens`.
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
 use reqwest::header::HeaderMap;
 use serde_json::{Value, json};
 
@@ -20,6 +18,7 @@ use super::super::{Completion, ProviderError, ProviderErrorKind};
 use super::errors::classify_value;
 use super::tools;
 use crate::provider::http::{self, header_str, snippet};
+use crate::provider::shape;
 
 /// `finishReason` as an OpenAI `finish_reason`; unknown reasons pass through lowercased.
 pub fn finish_reason(reason: &str) -> String {
@@ -112,38 +111,18 @@ pub fn parse_success(
         .get("modelVersion")
         .and_then(Value::as_str)
         .unwrap_or(model);
-    let created = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
-    let mut message = json!({"role": "assistant", "content": text});
-    if !tool_calls.is_empty() {
-        if text.is_empty() {
-            message["content"] = Value::Null;
-        }
-        message["tool_calls"] = Value::Array(tool_calls);
-    }
-    let openai = json!({
-        "id": id,
-        "object": "chat.completion",
-        "created": created,
-        "model": model,
-        "choices": [{
-            "index": 0,
-            "message": message,
-            "finish_reason": finish,
-            "logprobs": null,
-        }],
-        "usage": {
-            "prompt_tokens": input_tokens,
-            "completion_tokens": output_tokens,
-            "total_tokens": input_tokens + output_tokens,
-            "prompt_tokens_details": {"cached_tokens": cached},
-            "completion_tokens_details": {
-                "reasoning_tokens": count("thoughtsTokenCount").unwrap_or(0),
-            },
-        },
+    let mut openai = shape::chat_completion(shape::Answer {
+        id: &id,
+        model: json!(model),
+        text,
+        tool_calls,
+        finish: finish.as_deref(),
+        input_tokens,
+        output_tokens,
+        cached_tokens: cached,
     });
+    openai["usage"]["completion_tokens_details"] =
+        json!({"reasoning_tokens": count("thoughtsTokenCount").unwrap_or(0)});
     Ok(Completion {
         body: openai,
         request_id,

@@ -17,6 +17,7 @@ const SIGNATURE_MARK: &str = "~ts~";
 use serde_json::{Map, Value, json};
 
 use super::super::{ProviderError, ProviderErrorKind};
+use crate::provider::shape;
 
 fn refuse(message: impl Into<String>) -> ProviderError {
     ProviderError::new(ProviderErrorKind::InvalidRequest, message)
@@ -80,21 +81,7 @@ pub fn call_parts(
     calls
         .iter()
         .map(|call| {
-            let function = call.get("function");
-            let name = function
-                .and_then(|f| f.get("name"))
-                .and_then(Value::as_str)
-                .ok_or_else(|| refuse(format!("messages[{i}] has a tool call without a name")))?;
-            let args = match function.and_then(|f| f.get("arguments")) {
-                Some(Value::String(s)) if s.trim().is_empty() => json!({}),
-                Some(Value::String(s)) => serde_json::from_str(s).map_err(|e| {
-                    refuse(format!(
-                        "messages[{i}] has tool call arguments that are not json ({e})"
-                    ))
-                })?,
-                Some(v @ Value::Object(_)) => v.clone(),
-                _ => json!({}),
-            };
+            let (name, args) = shape::tool_call_parts(call, i)?;
             let id = call.get("id").and_then(Value::as_str);
             if let Some(id) = id {
                 names.insert(id.to_owned(), json!(name));
