@@ -120,10 +120,18 @@ fn c4_the_provider_fault_mix_at_once() {
             "{line}"
         );
     }
-    // A truncated or malformed answer is never passed off as a success.
+    // A truncated or malformed answer is never passed off as a success while a larger model
+    // is left: truncation escalates. On the last model (`large`) a truncated answer is what
+    // the provider gave, and it stays a 200 with `finish_reason: "length"`, as in OpenAI's
+    // batch output (1% of calls are truncated here, so about one run in ten sees one).
     for line in &ok {
         let body = &line["response"]["body"];
-        assert_eq!(body["choices"][0]["finish_reason"], "stop", "{line}");
+        let finish = body["choices"][0]["finish_reason"].as_str();
+        let last_model = line["batchyard"]["model"] == "large";
+        assert!(
+            finish == Some("stop") || (finish == Some("length") && last_model),
+            "{line}"
+        );
         assert!(
             body["choices"][0]["message"]["content"].is_string(),
             "{line}"
