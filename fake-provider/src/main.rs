@@ -27,6 +27,8 @@
 //!   "max_requests_per_window", "max_tokens_per_window", "windows": [{"start", "requests",
 //!   "tokens", "rejected"}]}` (windows are the 60 s rate-limit windows, `start` in unix seconds;
 //!   `requests` / `tokens` count admitted requests only);
+//! - `POST /{tenant}/oauth2/v2.0/token` and `GET /msi/token`: Microsoft Entra ID tokens for
+//!   the Azure route (see `entra`; `/stats` counts them as `entra_tokens_issued`);
 //! - `GET /health`: `ok`.
 //!
 //! Limits (`--rpm`, `--tpm`): fixed 60 s windows aligned to the minute. Over a limit: 429 with
@@ -62,6 +64,7 @@
 //!
 //! Modules: `options` (the flags), `flow` (one request for every dialect: auth, parse,
 //! admission, latency, a fault or the reply), `openai`, `anthropic`, `gemini` and `azure` (the dialects),
+//! `entra` (Entra ID tokens for the Azure route),
 //! `limits` (the RPM / TPM windows and `/stats` counts), `conn` (a listener whose connections a
 //! handler can drop), `skill` (skill mode's rule). Its own crate (`fake-provider/`), so the
 //! library crates do not depend on axum for it.
@@ -69,6 +72,7 @@
 mod anthropic;
 mod azure;
 mod conn;
+mod entra;
 mod flow;
 mod gemini;
 mod limits;
@@ -113,6 +117,8 @@ pub struct AppState {
     /// The random faults served (not those asked for by magic text or header), by
     /// [`flow::Fault::name`].
     faults: Mutex<BTreeMap<String, u64>>,
+    /// Entra ID tokens issued by the token endpoints.
+    entra: entra::Tokens,
     /// Cancelled on shutdown, so hung requests let go.
     shutdown: CancellationToken,
 }
@@ -145,6 +151,8 @@ fn router(state: Arc<AppState>) -> Router {
             "/openai/deployments/{deployment}/chat/completions",
             post(azure_chat),
         )
+        .route("/{tenant}/oauth2/v2.0/token", post(entra_token))
+        .route("/msi/token", get(entra_managed_identity))
         .route("/stats", get(stats))
         .route("/health", get(|| async { "ok" }))
         .with_state(state)
@@ -191,14 +199,38 @@ async fn azure_chat(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    if let Some(refused) =
-        azure::check_request(&state.options, &headers, query.as_deref().unwrap_or(""))
-    {
+    if let Some(refused) = azure::check_request(
+        &state.options,
+        &state.entra,
+        &headers,
+        query.as_deref().unwrap_or(""),
+    ) {
         state.record(refused.status());
         return refused;
     }
     let body = azure::with_deployment(&body, &deployment);
     flow::handle(&state, &conn, &headers, &body, Dialect::Azure).await
+}
+
+async fn entra_token(State(state): State<Arc<AppState>>, body: Bytes) -> Response {
+    let response = entra::token(
+        &state.options,
+        &state.entra,
+        &String::from_utf8_lossy(&body),
+    );
+    state.record(response.status());
+    response
+}
+
+async fn entra_managed_identity(
+    State(state): State<Arc<AppState>>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+) -> Response {
+    let query = query.unwrap_or_default();
+    let response = entra::managed_identity(&state.options, &state.entra, &headers, &query);
+    state.record(response.status());
+    response
 }
 
 async fn stats(State(state): State<Arc<AppState>>) -> Response {
@@ -214,6 +246,7 @@ async fn stats(State(state): State<Arc<AppState>>) -> Response {
         "dropped": state.dropped.load(Ordering::Relaxed),
         "hung": state.hung.load(Ordering::Relaxed),
         "faults": lock(&state.faults).clone(),
+        "entra_tokens_issued": state.entra.count(),
     });
     if let (Value::Object(out), Value::Object(limits)) = (&mut body, state.limiter.stats()) {
         out.extend(limits);
@@ -305,6 +338,7 @@ async fn run(options: Options) -> Result<(), Box<dyn Error>> {
         dropped: AtomicU64::new(0),
         hung: AtomicU64::new(0),
         faults: Mutex::new(BTreeMap::new()),
+        entra: entra::Tokens::default(),
         shutdown: shutdown.clone(),
     });
     {

@@ -13,6 +13,10 @@ usage: batchyard-fake-provider [--addr 127.0.0.1:0] [--require-key KEY]
             [--fail-rate-429 F] [--fail-rate-500 F] [--fail-rate-502 F] [--fail-rate-503 F]
             [--fail-rate-529 F] [--drop-rate F] [--hang-rate F] [--malformed-rate F]
             [--length-rate F] [--filter-rate F]
+  entra id (POST /{tenant}/oauth2/v2.0/token, GET /msi/token):
+            [--entra-client-secret S]  the secret, assertion or X-IDENTITY-HEADER accepted; with
+              it, Azure bearer tokens must be live ones issued here
+            [--entra-token-ttl-secs N]  an issued token's life (3599)
   [--retry-after-secs N]  fault 429s also carry `retry-after: N` (off by default)
   [--hang-secs N]  how long a hung request waits before its connection is closed (600)
   [--reply MODEL=TEXT]  this model always answers TEXT (repeatable)
@@ -56,6 +60,11 @@ pub enum RandomFault {
 pub struct Options {
     pub addr: SocketAddr,
     pub require_key: Option<String>,
+    /// The Entra ID client secret (or federated assertion, or managed-identity header) the
+    /// token endpoints accept; with it, Azure bearer tokens must be live ones issued here.
+    pub entra_client_secret: Option<String>,
+    /// How long an issued Entra ID token lives.
+    pub entra_token_ttl: Duration,
     pub rpm: Option<u64>,
     pub tpm: Option<u64>,
     /// The limit window, 60 s like real providers; tests shorten it.
@@ -78,6 +87,8 @@ impl Default for Options {
         Self {
             addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             require_key: None,
+            entra_client_secret: None,
+            entra_token_ttl: Duration::from_secs(3599),
             rpm: None,
             tpm: None,
             window_secs: 60,
@@ -135,6 +146,10 @@ impl Options {
             match name.as_str() {
                 "--addr" => options.addr = value.parse()?,
                 "--require-key" => options.require_key = Some(value),
+                "--entra-client-secret" => options.entra_client_secret = Some(value),
+                "--entra-token-ttl-secs" => {
+                    options.entra_token_ttl = Duration::from_secs(positive(&name, &value)?);
+                }
                 "--rpm" => options.rpm = Some(positive(&name, &value)?),
                 "--tpm" => options.tpm = Some(positive(&name, &value)?),
                 "--window-secs" => options.window_secs = positive(&name, &value)?,

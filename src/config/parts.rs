@@ -305,7 +305,7 @@ fn http_client(
 ) -> Result<Provider, (String, String)> {
     if p.kind == "azure_openai" {
         let config = super::provider_azure::config(p, base_url, api_key, headers, env)
-            .map_err(|r| (at("api_version"), r))?;
+            .map_err(|(field, r)| (at(field), r))?;
         return AzureOpenAiProvider::new(AzureOpenAiConfig {
             max_response_bytes,
             timeout: p.timeout_secs.map_or(config.timeout, Duration::from_secs),
