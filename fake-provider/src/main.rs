@@ -21,6 +21,11 @@
 //!   (over a limit also `retry-after` and `x-ratelimit-remaining-*`; a fault 429 only
 //!   `retry-after-ms: 300`), the content filter is a 400 with `innererror.code =
 //!   ResponsibleAIPolicyViolation`;
+//! - `POST /model/{modelId}/converse`: AWS Bedrock's Converse API, the same reply with
+//!   `stopReason` `end_turn` or `max_tokens` and `usage` (cache reads and writes included);
+//!   with `--bedrock-secret`, each request's SigV4 signature is recomputed and checked (403
+//!   `InvalidSignatureException` when it differs), or a Bedrock API key is taken as
+//!   `Authorization: Bearer` (`--require-key`); its errors are AWS's (see `bedrock`);
 //! - `GET /stats`: `{"requests", "by_status": {"200": N, ...}, "dropped", "hung", "faults":
 //!   {"429": N, "hang": N, "malformed": N, "length": N, ...} (the random faults served, by kind),
 //!   "rpm", "tpm",
@@ -61,19 +66,22 @@
 //! 4 per message` (at least 1) and `completion_tokens = ceil(reply chars / 4)`.
 //!
 //! Modules: `options` (the flags), `flow` (one request for every dialect: auth, parse,
-//! admission, latency, a fault or the reply), `openai`, `anthropic`, `gemini` and `azure` (the dialects),
+//! admission, latency, a fault or the reply), `openai`, `anthropic`, `gemini`, `azure` and
+//! `bedrock` (the dialects), `sigv4` (checking AWS signatures),
 //! `limits` (the RPM / TPM windows and `/stats` counts), `conn` (a listener whose connections a
 //! handler can drop), `skill` (skill mode's rule). Its own crate (`fake-provider/`), so the
 //! library crates do not depend on axum for it.
 
 mod anthropic;
 mod azure;
+mod bedrock;
 mod conn;
 mod flow;
 mod gemini;
 mod limits;
 mod openai;
 mod options;
+mod sigv4;
 mod skill;
 
 use std::collections::{BTreeMap, HashSet};
@@ -145,6 +153,7 @@ fn router(state: Arc<AppState>) -> Router {
             "/openai/deployments/{deployment}/chat/completions",
             post(azure_chat),
         )
+        .route("/model/{model}/converse", post(converse))
         .route("/stats", get(stats))
         .route("/health", get(|| async { "ok" }))
         .with_state(state)
@@ -199,6 +208,24 @@ async fn azure_chat(
     }
     let body = azure::with_deployment(&body, &deployment);
     flow::handle(&state, &conn, &headers, &body, Dialect::Azure).await
+}
+
+async fn converse(
+    State(state): State<Arc<AppState>>,
+    ConnectInfo(conn): ConnectInfo<Conn>,
+    Path(model): Path<String>,
+    uri: axum::http::Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let query = uri.query().unwrap_or("");
+    let refused = bedrock::check_auth(&state.options, &headers, uri.path(), query, &body)
+        .or_else(|| bedrock::check_model(&model));
+    if let Some(refused) = refused {
+        state.record(refused.status());
+        return refused;
+    }
+    flow::handle_model(&state, &conn, &headers, &body, Dialect::Bedrock, &model).await
 }
 
 async fn stats(State(state): State<Arc<AppState>>) -> Response {

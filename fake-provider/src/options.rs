@@ -6,6 +6,7 @@ use std::time::Duration;
 
 pub const USAGE: &str = "\
 usage: batchyard-fake-provider [--addr 127.0.0.1:0] [--require-key KEY]
+  bedrock SigV4 check:  [--bedrock-secret SECRET] [--bedrock-key-id ID (AKIDFAKE)]
   limits (fixed 60 s windows on the minute):  [--rpm N] [--tpm N] [--window-secs N]
   latency:  [--latency-ms N | --latency-p50-ms N] [--latency-dist fixed|uniform|lognormal]
             [--latency-sigma F]
@@ -56,6 +57,10 @@ pub enum RandomFault {
 pub struct Options {
     pub addr: SocketAddr,
     pub require_key: Option<String>,
+    /// Bedrock: the secret access key SigV4 signatures are checked with.
+    pub bedrock_secret: Option<String>,
+    /// Bedrock: the access key id it belongs to (`bedrock::DEFAULT_KEY_ID` when unset).
+    pub bedrock_key_id: Option<String>,
     pub rpm: Option<u64>,
     pub tpm: Option<u64>,
     /// The limit window, 60 s like real providers; tests shorten it.
@@ -78,6 +83,8 @@ impl Default for Options {
         Self {
             addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             require_key: None,
+            bedrock_secret: None,
+            bedrock_key_id: None,
             rpm: None,
             tpm: None,
             window_secs: 60,
@@ -135,6 +142,8 @@ impl Options {
             match name.as_str() {
                 "--addr" => options.addr = value.parse()?,
                 "--require-key" => options.require_key = Some(value),
+                "--bedrock-secret" => options.bedrock_secret = Some(value),
+                "--bedrock-key-id" => options.bedrock_key_id = Some(value),
                 "--rpm" => options.rpm = Some(positive(&name, &value)?),
                 "--tpm" => options.tpm = Some(positive(&name, &value)?),
                 "--window-secs" => options.window_secs = positive(&name, &value)?,
