@@ -26,6 +26,9 @@
 //!   with `--bedrock-secret`, each request's SigV4 signature is recomputed and checked (403
 //!   `InvalidSignatureException` when it differs), or a Bedrock API key is taken as
 //!   `Authorization: Bearer` (`--require-key`); its errors are AWS's (see `bedrock`);
+//! - the AWS credential chain's cloud sources (instance metadata, the container agent, STS
+//!   `AssumeRoleWithWebIdentity` at `POST /`), handing out the Bedrock dialect's keys (see
+//!   `aws_creds`);
 //! - `GET /stats`: `{"requests", "by_status": {"200": N, ...}, "dropped", "hung", "faults":
 //!   {"429": N, "hang": N, "malformed": N, "length": N, ...} (the random faults served, by kind),
 //!   "rpm", "tpm",
@@ -73,6 +76,7 @@
 //! library crates do not depend on axum for it.
 
 mod anthropic;
+mod aws_creds;
 mod azure;
 mod bedrock;
 mod conn;
@@ -118,6 +122,8 @@ pub struct AppState {
     limiter: Limiter,
     dropped: AtomicU64,
     hung: AtomicU64,
+    /// Credentials handed out by the AWS chain stand-ins.
+    credentials_served: AtomicU64,
     /// The random faults served (not those asked for by magic text or header), by
     /// [`flow::Fault::name`].
     faults: Mutex<BTreeMap<String, u64>>,
@@ -154,6 +160,17 @@ fn router(state: Arc<AppState>) -> Router {
             post(azure_chat),
         )
         .route("/model/{model}/converse", post(converse))
+        .route("/", post(sts))
+        .route(
+            "/latest/api/token",
+            axum::routing::put(|| async { aws_creds::imds_token() }),
+        )
+        .route("/latest/meta-data/iam/security-credentials/", get(imds))
+        .route(
+            "/latest/meta-data/iam/security-credentials/{role}",
+            get(imds_role),
+        )
+        .route("/container-credentials", get(container_credentials))
         .route("/stats", get(stats))
         .route("/health", get(|| async { "ok" }))
         .with_state(state)
@@ -228,6 +245,26 @@ async fn converse(
     flow::handle_model(&state, &conn, &headers, &body, Dialect::Bedrock, &model).await
 }
 
+async fn sts(State(state): State<Arc<AppState>>, body: Bytes) -> Response {
+    aws_creds::assume_role_with_web_identity(&state, &body)
+}
+
+async fn imds(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
+    aws_creds::imds_credentials(&state, &headers, None)
+}
+
+async fn imds_role(
+    State(state): State<Arc<AppState>>,
+    Path(role): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    aws_creds::imds_credentials(&state, &headers, Some(&role))
+}
+
+async fn container_credentials(State(state): State<Arc<AppState>>) -> Response {
+    aws_creds::container_credentials(&state)
+}
+
 async fn stats(State(state): State<Arc<AppState>>) -> Response {
     let by_status = lock(&state.by_status).clone();
     let total: u64 = by_status.values().sum();
@@ -241,6 +278,7 @@ async fn stats(State(state): State<Arc<AppState>>) -> Response {
         "dropped": state.dropped.load(Ordering::Relaxed),
         "hung": state.hung.load(Ordering::Relaxed),
         "faults": lock(&state.faults).clone(),
+        "credentials_served": state.credentials_served.load(Ordering::Relaxed),
     });
     if let (Value::Object(out), Value::Object(limits)) = (&mut body, state.limiter.stats()) {
         out.extend(limits);
@@ -331,6 +369,7 @@ async fn run(options: Options) -> Result<(), Box<dyn Error>> {
         failed_once: Mutex::new(HashSet::new()),
         dropped: AtomicU64::new(0),
         hung: AtomicU64::new(0),
+        credentials_served: AtomicU64::new(0),
         faults: Mutex::new(BTreeMap::new()),
         shutdown: shutdown.clone(),
     });

@@ -7,6 +7,7 @@ use std::time::Duration;
 pub const USAGE: &str = "\
 usage: batchyard-fake-provider [--addr 127.0.0.1:0] [--require-key KEY]
   bedrock SigV4 check:  [--bedrock-secret SECRET] [--bedrock-key-id ID (AKIDFAKE)]
+    [--credentials-ttl-secs N]  expiry of the credentials the AWS chain stand-ins hand out (3600)
   limits (fixed 60 s windows on the minute):  [--rpm N] [--tpm N] [--window-secs N]
   latency:  [--latency-ms N | --latency-p50-ms N] [--latency-dist fixed|uniform|lognormal]
             [--latency-sigma F]
@@ -61,6 +62,8 @@ pub struct Options {
     pub bedrock_secret: Option<String>,
     /// Bedrock: the access key id it belongs to (`bedrock::DEFAULT_KEY_ID` when unset).
     pub bedrock_key_id: Option<String>,
+    /// How long the credentials of the AWS chain stand-ins are valid.
+    pub credentials_ttl_secs: u64,
     pub rpm: Option<u64>,
     pub tpm: Option<u64>,
     /// The limit window, 60 s like real providers; tests shorten it.
@@ -85,6 +88,7 @@ impl Default for Options {
             require_key: None,
             bedrock_secret: None,
             bedrock_key_id: None,
+            credentials_ttl_secs: 3600,
             rpm: None,
             tpm: None,
             window_secs: 60,
@@ -144,6 +148,7 @@ impl Options {
                 "--require-key" => options.require_key = Some(value),
                 "--bedrock-secret" => options.bedrock_secret = Some(value),
                 "--bedrock-key-id" => options.bedrock_key_id = Some(value),
+                "--credentials-ttl-secs" => options.credentials_ttl_secs = value.parse()?,
                 "--rpm" => options.rpm = Some(positive(&name, &value)?),
                 "--tpm" => options.tpm = Some(positive(&name, &value)?),
                 "--window-secs" => options.window_secs = positive(&name, &value)?,

@@ -1,12 +1,14 @@
 //! Who a Bedrock call is made as: a Bedrock API key (bearer), fixed keys from the variables
-//! the config names, or the standard AWS credential chain (`aws-config`: environment,
-//! `AWS_PROFILE` or the configured `profile` and the shared files, web identity, container,
-//! instance metadata), built on first use and refreshed before its credentials expire.
+//! the config names, the configured `profile` of the shared AWS files (alone, so the
+//! environment's keys cannot take over), or the standard AWS credential chain (`aws-config`:
+//! environment, `AWS_PROFILE` and the shared files, web identity, container, instance
+//! metadata). Chain credentials are loaded on first use and refreshed before they expire.
 
 use std::fmt;
 use std::time::{Duration, SystemTime};
 
 use aws_config::default_provider::credentials::DefaultCredentialsChain;
+use aws_config::profile::ProfileFileCredentialsProvider;
 use aws_config::provider_config::ProviderConfig;
 use aws_credential_types::Credentials;
 use aws_credential_types::provider::error::CredentialsError;
@@ -163,13 +165,21 @@ async fn build_chain(
     let config = ProviderConfig::without_region()
         .with_region(Some(aws_config::Region::new(region.to_owned())))
         .with_http_client(http);
-    let mut builder = DefaultCredentialsChain::builder()
-        .configure(config)
-        .region(aws_config::Region::new(region.to_owned()));
+    // A named profile is used alone: in the default chain the environment's keys come first,
+    // and those usually belong to object storage.
     if let Some(profile) = profile {
-        builder = builder.profile_name(profile);
+        let provider = ProfileFileCredentialsProvider::builder()
+            .configure(&config)
+            .profile_name(profile)
+            .build();
+        return Ok(SharedCredentialsProvider::new(provider));
     }
-    Ok(SharedCredentialsProvider::new(builder.build().await))
+    let chain = DefaultCredentialsChain::builder()
+        .configure(config)
+        .region(aws_config::Region::new(region.to_owned()))
+        .build()
+        .await;
+    Ok(SharedCredentialsProvider::new(chain))
 }
 
 /// A chain failure: no credentials anywhere is `auth` (the model pauses until fixed); a source

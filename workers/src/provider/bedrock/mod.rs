@@ -109,7 +109,6 @@ impl fmt::Debug for BedrockConfig {
 }
 
 /// A client for the Bedrock runtime. Cheap to share.
-#[derive(Debug)]
 pub struct BedrockProvider {
     endpoint: Endpoint,
     region: String,
@@ -117,6 +116,16 @@ pub struct BedrockProvider {
     signer: Option<auth::Credentialer>,
     /// The auth's `Debug` (no secret in it), so `Debug` says who calls are made as.
     auth: String,
+}
+
+impl fmt::Debug for BedrockProvider {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BedrockProvider")
+            .field("endpoint", &self.endpoint)
+            .field("region", &self.region)
+            .field("auth", &self.auth)
+            .finish_non_exhaustive()
+    }
 }
 
 impl BedrockProvider {
