@@ -201,3 +201,43 @@ async fn overflow_validation_missing_models_and_server_errors_are_typed() {
         assert_eq!(err.kind, want, "{fault}: {err}");
     }
 }
+
+/// An independent signer agrees: botocore's SigV4Auth (from PyPI) reproduces the signature
+/// `sign.rs` pins, and the fake accepts botocore's signature for a model id with `:` and
+/// refuses a wrong one (`scripts/bedrock_sigv4_check.py`). scripts/test installs botocore;
+/// under CI a missing one fails.
+#[test]
+fn botocore_agrees_with_our_signer_and_the_fake() {
+    let test = "botocore_agrees_with_our_signer_and_the_fake";
+    let script =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/bedrock_sigv4_check.py");
+    let server = signing_fake(&[]);
+    let output = match std::process::Command::new("python3")
+        .arg(&script)
+        .args([server.url.as_str(), KEY_ID, SECRET])
+        .output()
+    {
+        Ok(output) => output,
+        Err(e) => {
+            batchyard_testkit::skip_or_fail(test, &format!("python3 does not run ({e})"));
+            return;
+        }
+    };
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    if output.status.code() == Some(2) {
+        batchyard_testkit::skip_or_fail(
+            test,
+            "botocore is missing (python3 -m pip install botocore)",
+        );
+        return;
+    }
+    assert!(output.status.success(), "{text}");
+    assert!(text.contains("botocore agrees with sign.rs"), "{text}");
+    assert!(text.contains("accepts botocore's signature"), "{text}");
+    assert_eq!(server.count(200), 1);
+    assert_eq!(server.count(403), 1);
+}
