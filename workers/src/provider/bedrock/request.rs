@@ -17,6 +17,7 @@ use serde_json::{Map, Value, json};
 
 use super::super::{ChatCall, ProviderError, ProviderErrorKind};
 use super::tools;
+use crate::provider::shape::{self, plain_text, push_turn};
 
 fn refuse(message: impl Into<String>) -> ProviderError {
     ProviderError::new(ProviderErrorKind::InvalidRequest, message)
@@ -152,33 +153,6 @@ fn inference_config(call: ChatCall<'_>) -> Map<String, Value> {
     config
 }
 
-/// Appends `blocks` as a turn of `role`, merging it into the previous turn of the same role.
-fn push_turn(turns: &mut Vec<(&'static str, Vec<Value>)>, role: &'static str, blocks: Vec<Value>) {
-    if blocks.is_empty() {
-        return;
-    }
-    if let Some((last_role, last)) = turns.last_mut()
-        && *last_role == role
-    {
-        last.extend(blocks);
-        return;
-    }
-    turns.push((role, blocks));
-}
-
-/// The text of a content: the string, or its text parts joined.
-fn plain_text(content: Option<&Value>) -> String {
-    match content {
-        Some(Value::String(s)) => s.clone(),
-        Some(Value::Array(parts)) => parts
-            .iter()
-            .filter_map(|p| p.get("text").and_then(Value::as_str))
-            .collect::<Vec<_>>()
-            .join("\n"),
-        _ => String::new(),
-    }
-}
-
 /// A message's content as Converse blocks, each cache-marked part followed by a cache point.
 /// A user message must have some; system blocks take text only.
 fn blocks(
@@ -211,13 +185,7 @@ fn block(part: &Value, i: usize, system: bool) -> Result<Value, ProviderError> {
     match part.get("type").and_then(Value::as_str).unwrap_or("") {
         "text" => Ok(json!({"text": part.get("text").and_then(Value::as_str).unwrap_or("")})),
         "image_url" if !system => {
-            let url = part
-                .get("image_url")
-                .and_then(|u| u.get("url").or(Some(u)))
-                .and_then(Value::as_str)
-                .ok_or_else(|| {
-                    refuse(format!("messages[{i}] has an image_url part without url"))
-                })?;
+            let url = shape::image_url(part, i)?;
             inline_image(url).ok_or_else(|| {
                 refuse(format!(
                     "messages[{i}] has an image the bedrock provider cannot send: give it as a \
