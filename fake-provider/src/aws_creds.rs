@@ -14,7 +14,7 @@
 //! `/stats` counts what was handed out as `credentials_served`.
 
 use std::sync::atomic::Ordering;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -22,6 +22,7 @@ use serde_json::json;
 
 use crate::AppState;
 use crate::bedrock::DEFAULT_KEY_ID;
+use crate::limits::rfc3339;
 
 /// The IMDSv2 session token the fake hands out and then requires.
 const IMDS_TOKEN: &str = "fake-imds-token";
@@ -30,33 +31,9 @@ const ROLE: &str = "fake-bedrock-role";
 /// The secret handed out when `--bedrock-secret` is not set.
 const DEFAULT_SECRET: &str = "fake-chain-secret";
 
-/// `YYYY-MM-DDTHH:MM:SSZ` for a unix time (civil-from-days, H. Hinnant's algorithm).
-fn rfc3339(secs: u64) -> String {
-    let days = (secs / 86_400) as i64;
-    let rest = secs % 86_400;
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
-        rest / 3600,
-        rest % 3600 / 60,
-        rest % 60
-    )
-}
-
 /// The key id, secret, session token and expiry to hand out now.
 fn issue(state: &AppState) -> (String, String, String, String) {
     let n = state.credentials_served.fetch_add(1, Ordering::Relaxed) + 1;
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
     let options = &state.options;
     (
         options
@@ -68,7 +45,7 @@ fn issue(state: &AppState) -> (String, String, String, String) {
             .clone()
             .unwrap_or_else(|| DEFAULT_SECRET.to_owned()),
         format!("fake-session-token-{n}"),
-        rfc3339(now + options.credentials_ttl_secs),
+        rfc3339(SystemTime::now() + Duration::from_secs(options.credentials_ttl_secs)),
     )
 }
 
@@ -83,7 +60,7 @@ fn json_credentials(state: &AppState) -> Response {
             "SecretAccessKey": secret,
             "Token": token,
             "Expiration": expiration,
-            "LastUpdated": rfc3339(0),
+            "LastUpdated": rfc3339(SystemTime::now()),
         }),
     )
 }
@@ -155,17 +132,4 @@ pub fn assume_role_with_web_identity(state: &AppState, body: &[u8]) -> Response 
 </AssumeRoleWithWebIdentityResponse>"#
     );
     (StatusCode::OK, [("content-type", "text/xml")], xml).into_response()
-}
-
-#[cfg(test)]
-#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn timestamps_are_rfc3339() {
-        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
-        assert_eq!(rfc3339(1_700_000_000), "2023-11-14T22:13:20Z");
-        assert_eq!(rfc3339(951_782_400), "2000-02-29T00:00:00Z");
-    }
 }
