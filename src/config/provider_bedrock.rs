@@ -273,7 +273,11 @@ tier = 1
         let s = load("region = \"us-east-1\"", &env).unwrap();
         assert!(shown(&s).contains("Bearer(***)"), "{}", shown(&s));
         let s = load("region = \"us-east-1\"\nprofile = \"bedrock\"", &env).unwrap();
-        assert!(shown(&s).contains("Some(\"bedrock\")"), "{}", shown(&s));
+        assert!(
+            shown(&s).contains("Chain { profile: Some("),
+            "{}",
+            shown(&s)
+        );
         let s = load("region = \"us-east-1\"", &[]).unwrap();
         assert!(shown(&s).contains("Chain"), "{}", shown(&s));
     }
