@@ -7,7 +7,8 @@
 //! - a text part carrying `cache_control` (the shared prompt-cache convention) is followed by
 //!   a `{"cachePoint": {"type": "default"}}` block, in `system[]` or in the message;
 //! - `inferenceConfig`: `maxTokens` from `max_tokens`, `max_completion_tokens` or the call's
-//!   default; `temperature`, `topP`; `stop` becomes `stopSequences`;
+//!   default; `temperature`, `topP`; `stop` becomes `stopSequences`; `seed`, `top_k` and the
+//!   penalties have no common Converse field (models differ) and are left out;
 //! - function `tools`, `tool_choice`, assistant `tool_calls` and `tool` messages go through
 //!   [`super::tools`];
 //! - what Converse cannot take (`n` > 1, `response_format`, other roles, audio, images by
