@@ -21,6 +21,14 @@
 //!   (over a limit also `retry-after` and `x-ratelimit-remaining-*`; a fault 429 only
 //!   `retry-after-ms: 300`), the content filter is a 400 with `innererror.code =
 //!   ResponsibleAIPolicyViolation`;
+//! - `POST /model/{modelId}/converse`: AWS Bedrock's Converse API, the same reply with
+//!   `stopReason` `end_turn` or `max_tokens` and `usage` (cache reads and writes included);
+//!   with `--bedrock-secret`, each request's SigV4 signature is recomputed and checked (403
+//!   `InvalidSignatureException` when it differs), or a Bedrock API key is taken as
+//!   `Authorization: Bearer` (`--require-key`); its errors are AWS's (see `bedrock`);
+//! - the AWS credential chain's cloud sources (instance metadata, the container agent, STS
+//!   `AssumeRoleWithWebIdentity` at `POST /`), handing out the Bedrock dialect's keys (see
+//!   `aws_creds`);
 //! - `GET /stats`: `{"requests", "by_status": {"200": N, ...}, "dropped", "hung", "faults":
 //!   {"429": N, "hang": N, "malformed": N, "length": N, ...} (the random faults served, by kind),
 //!   "rpm", "tpm",
@@ -63,14 +71,17 @@
 //! 4 per message` (at least 1) and `completion_tokens = ceil(reply chars / 4)`.
 //!
 //! Modules: `options` (the flags), `flow` (one request for every dialect: auth, parse,
-//! admission, latency, a fault or the reply), `openai`, `anthropic`, `gemini` and `azure` (the dialects),
-//! `entra` (Entra ID tokens for the Azure route),
+//! admission, latency, a fault or the reply), `openai`, `anthropic`, `gemini`, `azure` and
+//! `bedrock` (the dialects), `sigv4` (checking AWS signatures), `aws_creds` (AWS credential
+//! sources), `entra` (Entra ID tokens for the Azure route),
 //! `limits` (the RPM / TPM windows and `/stats` counts), `conn` (a listener whose connections a
 //! handler can drop), `skill` (skill mode's rule). Its own crate (`fake-provider/`), so the
 //! library crates do not depend on axum for it.
 
 mod anthropic;
+mod aws_creds;
 mod azure;
+mod bedrock;
 mod conn;
 mod entra;
 mod flow;
@@ -78,6 +89,7 @@ mod gemini;
 mod limits;
 mod openai;
 mod options;
+mod sigv4;
 mod skill;
 
 use std::collections::{BTreeMap, HashSet};
@@ -114,6 +126,8 @@ pub struct AppState {
     limiter: Limiter,
     dropped: AtomicU64,
     hung: AtomicU64,
+    /// Credentials handed out by the AWS chain stand-ins.
+    credentials_served: AtomicU64,
     /// The random faults served (not those asked for by magic text or header), by
     /// [`flow::Fault::name`].
     faults: Mutex<BTreeMap<String, u64>>,
@@ -153,6 +167,18 @@ fn router(state: Arc<AppState>) -> Router {
         )
         .route("/{tenant}/oauth2/v2.0/token", post(entra_token))
         .route("/msi/token", get(entra_managed_identity))
+        .route("/model/{model}/converse", post(converse))
+        .route("/", post(sts))
+        .route(
+            "/latest/api/token",
+            axum::routing::put(|| async { aws_creds::imds_token() }),
+        )
+        .route("/latest/meta-data/iam/security-credentials/", get(imds))
+        .route(
+            "/latest/meta-data/iam/security-credentials/{role}",
+            get(imds_role),
+        )
+        .route("/container-credentials", get(container_credentials))
         .route("/stats", get(stats))
         .route("/health", get(|| async { "ok" }))
         .with_state(state)
@@ -233,6 +259,44 @@ async fn entra_managed_identity(
     response
 }
 
+async fn converse(
+    State(state): State<Arc<AppState>>,
+    ConnectInfo(conn): ConnectInfo<Conn>,
+    Path(model): Path<String>,
+    uri: axum::http::Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let query = uri.query().unwrap_or("");
+    let refused = bedrock::check_auth(&state.options, &headers, uri.path(), query, &body)
+        .or_else(|| bedrock::check_model(&model));
+    if let Some(refused) = refused {
+        state.record(refused.status());
+        return refused;
+    }
+    flow::handle_model(&state, &conn, &headers, &body, Dialect::Bedrock, &model).await
+}
+
+async fn sts(State(state): State<Arc<AppState>>, body: Bytes) -> Response {
+    aws_creds::assume_role_with_web_identity(&state, &body)
+}
+
+async fn imds(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
+    aws_creds::imds_credentials(&state, &headers, None)
+}
+
+async fn imds_role(
+    State(state): State<Arc<AppState>>,
+    Path(role): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    aws_creds::imds_credentials(&state, &headers, Some(&role))
+}
+
+async fn container_credentials(State(state): State<Arc<AppState>>) -> Response {
+    aws_creds::container_credentials(&state)
+}
+
 async fn stats(State(state): State<Arc<AppState>>) -> Response {
     let by_status = lock(&state.by_status).clone();
     let total: u64 = by_status.values().sum();
@@ -247,6 +311,7 @@ async fn stats(State(state): State<Arc<AppState>>) -> Response {
         "hung": state.hung.load(Ordering::Relaxed),
         "faults": lock(&state.faults).clone(),
         "entra_tokens_issued": state.entra.count(),
+        "credentials_served": state.credentials_served.load(Ordering::Relaxed),
     });
     if let (Value::Object(out), Value::Object(limits)) = (&mut body, state.limiter.stats()) {
         out.extend(limits);
@@ -337,6 +402,7 @@ async fn run(options: Options) -> Result<(), Box<dyn Error>> {
         failed_once: Mutex::new(HashSet::new()),
         dropped: AtomicU64::new(0),
         hung: AtomicU64::new(0),
+        credentials_served: AtomicU64::new(0),
         faults: Mutex::new(BTreeMap::new()),
         entra: entra::Tokens::default(),
         shutdown: shutdown.clone(),

@@ -6,6 +6,8 @@ use std::time::Duration;
 
 pub const USAGE: &str = "\
 usage: batchyard-fake-provider [--addr 127.0.0.1:0] [--require-key KEY]
+  bedrock SigV4 check:  [--bedrock-secret SECRET] [--bedrock-key-id ID (AKIDFAKE)]
+    [--credentials-ttl-secs N]  expiry of the credentials the AWS chain stand-ins hand out (3600)
   limits (fixed 60 s windows on the minute):  [--rpm N] [--tpm N] [--window-secs N]
   latency:  [--latency-ms N | --latency-p50-ms N] [--latency-dist fixed|uniform|lognormal]
             [--latency-sigma F]
@@ -65,6 +67,12 @@ pub struct Options {
     pub entra_client_secret: Option<String>,
     /// How long an issued Entra ID token lives.
     pub entra_token_ttl: Duration,
+    /// Bedrock: the secret access key SigV4 signatures are checked with.
+    pub bedrock_secret: Option<String>,
+    /// Bedrock: the access key id it belongs to (`bedrock::DEFAULT_KEY_ID` when unset).
+    pub bedrock_key_id: Option<String>,
+    /// How long the credentials of the AWS chain stand-ins are valid.
+    pub credentials_ttl_secs: u64,
     pub rpm: Option<u64>,
     pub tpm: Option<u64>,
     /// The limit window, 60 s like real providers; tests shorten it.
@@ -89,6 +97,9 @@ impl Default for Options {
             require_key: None,
             entra_client_secret: None,
             entra_token_ttl: Duration::from_secs(3599),
+            bedrock_secret: None,
+            bedrock_key_id: None,
+            credentials_ttl_secs: 3600,
             rpm: None,
             tpm: None,
             window_secs: 60,
@@ -150,6 +161,9 @@ impl Options {
                 "--entra-token-ttl-secs" => {
                     options.entra_token_ttl = Duration::from_secs(positive(&name, &value)?);
                 }
+                "--bedrock-secret" => options.bedrock_secret = Some(value),
+                "--bedrock-key-id" => options.bedrock_key_id = Some(value),
+                "--credentials-ttl-secs" => options.credentials_ttl_secs = value.parse()?,
                 "--rpm" => options.rpm = Some(positive(&name, &value)?),
                 "--tpm" => options.tpm = Some(positive(&name, &value)?),
                 "--window-secs" => options.window_secs = positive(&name, &value)?,
