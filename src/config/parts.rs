@@ -338,36 +338,25 @@ fn http_client(
         .map(Provider::AzureOpenAi)
         .map_err(|e| (at("base_url"), e.message));
     }
-    let built = if p.kind == "gemini" {
-        let mut config = GeminiConfig {
-            base_url,
-            api_key,
-            headers,
-            max_response_bytes,
-            ..GeminiConfig::default()
-        };
-        config.timeout = p.timeout_secs.map_or(config.timeout, Duration::from_secs);
-        GeminiProvider::new(config).map(Provider::Gemini)
-    } else if p.kind == "anthropic" {
-        let mut config = AnthropicConfig {
-            base_url,
-            api_key,
-            headers,
-            max_response_bytes,
-            ..AnthropicConfig::default()
-        };
-        config.timeout = p.timeout_secs.map_or(config.timeout, Duration::from_secs);
-        AnthropicProvider::new(config).map(Provider::Anthropic)
-    } else {
-        let mut config = OpenAiConfig {
-            base_url,
-            api_key,
-            headers,
-            max_response_bytes,
-            ..OpenAiConfig::default()
-        };
-        config.timeout = p.timeout_secs.map_or(config.timeout, Duration::from_secs);
-        OpenAiProvider::new(config).map(Provider::OpenAi)
+    // The kinds whose config is exactly the shared HTTP settings.
+    macro_rules! shared_http {
+        ($config:ident, $provider:ident, $variant:ident) => {{
+            let defaults = $config::default();
+            $provider::new($config {
+                base_url,
+                api_key,
+                headers,
+                max_response_bytes,
+                timeout: p.timeout_secs.map_or(defaults.timeout, Duration::from_secs),
+                ..defaults
+            })
+            .map(Provider::$variant)
+        }};
+    }
+    let built = match p.kind.as_str() {
+        "gemini" => shared_http!(GeminiConfig, GeminiProvider, Gemini),
+        "anthropic" => shared_http!(AnthropicConfig, AnthropicProvider, Anthropic),
+        _ => shared_http!(OpenAiConfig, OpenAiProvider, OpenAi),
     };
     built.map_err(|e| (at("base_url"), e.message))
 }
