@@ -68,6 +68,7 @@
 
 mod anthropic;
 mod azure;
+mod batch;
 mod conn;
 mod flow;
 mod gemini;
@@ -115,6 +116,8 @@ pub struct AppState {
     faults: Mutex<BTreeMap<String, u64>>,
     /// Cancelled on shutdown, so hung requests let go.
     shutdown: CancellationToken,
+    /// The batch APIs' files and batches.
+    batches: batch::Batches,
 }
 
 pub fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -136,6 +139,7 @@ impl AppState {
 
 fn router(state: Arc<AppState>) -> Router {
     Router::new()
+        .merge(batch::routes(&state.options.batch))
         .route("/v1/chat/completions", post(chat))
         .route("/chat/completions", post(chat))
         .route("/v1/messages", post(messages))
@@ -214,6 +218,7 @@ async fn stats(State(state): State<Arc<AppState>>) -> Response {
         "dropped": state.dropped.load(Ordering::Relaxed),
         "hung": state.hung.load(Ordering::Relaxed),
         "faults": lock(&state.faults).clone(),
+        "batches": state.batches.stats(),
     });
     if let (Value::Object(out), Value::Object(limits)) = (&mut body, state.limiter.stats()) {
         out.extend(limits);
@@ -306,6 +311,7 @@ async fn run(options: Options) -> Result<(), Box<dyn Error>> {
         hung: AtomicU64::new(0),
         faults: Mutex::new(BTreeMap::new()),
         shutdown: shutdown.clone(),
+        batches: batch::Batches::default(),
     });
     {
         let mut stdout = std::io::stdout().lock();
