@@ -458,3 +458,36 @@ async fn the_failing_fraction_is_fixed_by_custom_id() {
         failing[0].len()
     );
 }
+
+#[tokio::test]
+async fn the_store_refuses_past_its_byte_cap() {
+    let fake = FakeProvider::start(&["--batch-max-bytes", "4000", "--batch-turnaround-ms", "100"]);
+    let client = Client::new(&fake);
+    let (status, body) = client.upload(&"x".repeat(5000)).await;
+    assert_eq!(status, 413, "{body}");
+    let lines: Vec<String> = (0..10)
+        .map(|i| line(&format!("k{i}"), "m", "hi").to_string())
+        .collect();
+    let (status, file) = client.upload(&lines.join("\n")).await;
+    assert_eq!(status, 200, "{file}");
+    // The answers of 10 lines pass what is left of the cap.
+    let (status, body) = client
+        .create(
+            json!({"input_file_id": file["id"], "endpoint": "/v1/chat/completions",
+            "completion_window": "24h"}),
+        )
+        .await;
+    assert_eq!(status, 413, "{body}");
+    // Deleting the input frees its bytes.
+    client
+        .delete(&format!("/v1/files/{}", file["id"].as_str().unwrap()))
+        .await;
+    assert_eq!(fake.stats()["batches"]["stored_bytes"], 0);
+    // So do the answers of 40 message-batch requests.
+    let requests: Vec<Value> = (0..40)
+        .map(|i| common::request(&format!("r{i}"), "m", "hi"))
+        .collect();
+    let (status, refused) = client.message_batch(&requests).await;
+    assert_eq!(status, 413, "{refused}");
+    assert_eq!(refused["error"]["type"], "request_too_large");
+}
