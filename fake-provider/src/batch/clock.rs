@@ -47,8 +47,8 @@ impl Default for BatchOptions {
     }
 }
 
-pub const USAGE: &str = "\
-  batch APIs (OpenAI /v1/files + /v1/batches, Anthropic /v1/messages/batches):
+pub const USAGE: &str =
+    "  batch APIs (OpenAI /v1/files + /v1/batches, Anthropic /v1/messages/batches):
             [--batch-window-secs F]  what the \"24h\" completion window means here (86400)
             [--batch-turnaround-ms N]  how long a batch takes when nothing goes wrong (2000)
             [--batch-item-fail-rate F]  this fraction of items errors, chosen by custom_id (0)
