@@ -8,7 +8,7 @@ mod common;
 
 use std::collections::BTreeSet;
 
-use common::{Client, FakeProvider, KEY, ids, line, request};
+use common::{KEY, ids, many_lines, many_requests, request, start};
 use serde_json::{Value, json};
 
 fn id(batch: &Value) -> String {
@@ -17,15 +17,9 @@ fn id(batch: &Value) -> String {
 
 #[tokio::test]
 async fn a_message_batch_ends_with_results_answered_as_real_time_does() {
-    let fake = FakeProvider::start(&[
-        "--require-key",
-        KEY,
-        "--batch-turnaround-ms",
-        "600",
-        "--batch-window-secs",
-        "30",
-    ]);
-    let client = Client::new(&fake);
+    let (fake, client) = start(&format!(
+        "--require-key {KEY} --batch-turnaround-ms 600 --batch-window-secs 30"
+    ));
     let mut requests: Vec<Value> = (0..4)
         .map(|i| request(&format!("ok-{i}"), "claude-fake", &format!("question {i}")))
         .collect();
@@ -95,17 +89,8 @@ async fn a_message_batch_ends_with_results_answered_as_real_time_does() {
 
 #[tokio::test]
 async fn expired_and_canceled_batches_keep_their_finished_results() {
-    let fake = FakeProvider::start(&[
-        "--batch-expire",
-        "--batch-turnaround-ms",
-        "200",
-        "--batch-window-secs",
-        "1",
-    ]);
-    let client = Client::new(&fake);
-    let requests: Vec<Value> = (0..10)
-        .map(|i| request(&format!("e{i}"), "m", "hi"))
-        .collect();
+    let (_fake, client) = start("--batch-expire --batch-turnaround-ms 200 --batch-window-secs 1");
+    let requests: Vec<Value> = many_requests("e", 10, "m", "hi");
     let (_, created) = client.message_batch(&requests).await;
     let ended = client.wait_ended(&id(&created), 5).await;
     assert_eq!(ended["request_counts"]["succeeded"], 5);
@@ -118,11 +103,8 @@ async fn expired_and_canceled_batches_keep_their_finished_results() {
         .collect();
     assert_eq!(expired, (5..10).map(|i| format!("e{i}")).collect());
 
-    let fake = FakeProvider::start(&["--batch-turnaround-ms", "3000"]);
-    let client = Client::new(&fake);
-    let requests: Vec<Value> = (0..40)
-        .map(|i| request(&format!("c{i}"), "m", "hi"))
-        .collect();
+    let (fake, client) = start("--batch-turnaround-ms 3000");
+    let requests: Vec<Value> = many_requests("c", 40, "m", "hi");
     let (_, created) = client.message_batch(&requests).await;
     let path = format!("/v1/messages/batches/{}", id(&created));
     let (status, _) = client.anthropic_delete(&path).await;
@@ -161,13 +143,7 @@ async fn expired_and_canceled_batches_keep_their_finished_results() {
 #[tokio::test]
 async fn over_the_enqueued_token_limit_a_create_is_refused_with_429() {
     // Anthropic's parse: floor(11 / 4) + 4 = 6 input tokens a request; 10 = 60 of 100.
-    let fake = FakeProvider::start(&[
-        "--batch-turnaround-ms",
-        "1000",
-        "--batch-enqueued-token-limit",
-        "100",
-    ]);
-    let client = Client::new(&fake);
+    let (fake, client) = start("--batch-turnaround-ms 1000 --batch-enqueued-token-limit 100");
     let batch = |tag: &str| -> Vec<Value> {
         (0..10)
             .map(|i| request(&format!("{tag}{i}"), "m", "hello there"))
@@ -188,8 +164,7 @@ async fn over_the_enqueued_token_limit_a_create_is_refused_with_429() {
 
 #[tokio::test]
 async fn a_create_with_bad_custom_ids_is_refused() {
-    let fake = FakeProvider::start(&[]);
-    let client = Client::new(&fake);
+    let (fake, client) = start("");
     for requests in [
         vec![request("has/slash", "m", "hi")],
         vec![request("same", "m", "hi"), request("same", "m", "again")],
@@ -215,8 +190,7 @@ async fn a_create_with_bad_custom_ids_is_refused() {
 
 #[tokio::test]
 async fn the_list_pages_newest_first_both_ways() {
-    let fake = FakeProvider::start(&[]);
-    let client = Client::new(&fake);
+    let (_fake, client) = start("");
     let mut made = Vec::new();
     for i in 0..5 {
         let (_, b) = client
@@ -258,16 +232,8 @@ async fn the_list_pages_newest_first_both_ways() {
 
 #[tokio::test]
 async fn the_failing_items_are_the_same_custom_ids_in_both_apis() {
-    let fake = FakeProvider::start(&[
-        "--batch-item-fail-rate",
-        "0.25",
-        "--batch-turnaround-ms",
-        "100",
-    ]);
-    let client = Client::new(&fake);
-    let requests: Vec<Value> = (0..100)
-        .map(|i| request(&format!("f{i}"), "m", "hi"))
-        .collect();
+    let (_fake, client) = start("--batch-item-fail-rate 0.25 --batch-turnaround-ms 100");
+    let requests: Vec<Value> = many_requests("f", 100, "m", "hi");
     let (_, created) = client.message_batch(&requests).await;
     let ended = client.wait_ended(&id(&created), 5).await;
     let results = client.results(&ended).await;
@@ -294,9 +260,7 @@ async fn the_failing_items_are_the_same_custom_ids_in_both_apis() {
         errored.len()
     );
 
-    let lines: Vec<Value> = (0..100)
-        .map(|i| line(&format!("f{i}"), "m", "hi"))
-        .collect();
+    let lines: Vec<Value> = many_lines("f", 100, "m", "hi");
     let batch = client.openai_batch(&lines).await;
     let (done, _) = client
         .wait(&batch["id"], 5, |b| b["status"] == "completed")

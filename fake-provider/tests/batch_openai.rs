@@ -8,22 +8,16 @@ mod common;
 
 use std::collections::BTreeSet;
 
-use common::{Client, FakeProvider, KEY, ids, line};
+use common::{KEY, ids, line, many_lines, start};
 use serde_json::{Value, json};
 
 const LIFECYCLE: [&str; 4] = ["validating", "in_progress", "finalizing", "completed"];
 
 #[tokio::test]
 async fn a_batch_goes_validating_to_completed_and_answers_as_real_time_does() {
-    let fake = FakeProvider::start(&[
-        "--require-key",
-        KEY,
-        "--batch-turnaround-ms",
-        "1000",
-        "--batch-window-secs",
-        "30",
-    ]);
-    let client = Client::new(&fake);
+    let (fake, client) = start(&format!(
+        "--require-key {KEY} --batch-turnaround-ms 1000 --batch-window-secs 30"
+    ));
     let mut lines: Vec<Value> = (0..5)
         .map(|i| line(&format!("ok-{i}"), "gpt-fake", &format!("question {i}")))
         .collect();
@@ -166,15 +160,8 @@ async fn a_batch_goes_validating_to_completed_and_answers_as_real_time_does() {
 #[tokio::test]
 async fn an_expired_batch_keeps_what_was_done_and_lists_the_rest_as_batch_expired() {
     // --batch-expire: the first half finishes, the batch expires at the 1 s window.
-    let fake = FakeProvider::start(&[
-        "--batch-expire",
-        "--batch-turnaround-ms",
-        "200",
-        "--batch-window-secs",
-        "1",
-    ]);
-    let client = Client::new(&fake);
-    let lines: Vec<Value> = (0..10).map(|i| line(&format!("e{i}"), "m", "hi")).collect();
+    let (_fake, client) = start("--batch-expire --batch-turnaround-ms 200 --batch-window-secs 1");
+    let lines: Vec<Value> = many_lines("e", 10, "m", "hi");
     let created = client.openai_batch(&lines).await;
     let (done, seen) = client
         .wait(&created["id"], 5, |b| b["status"] == "expired")
@@ -202,9 +189,8 @@ async fn an_expired_batch_keeps_what_was_done_and_lists_the_rest_as_batch_expire
     assert!(ids(&errors).is_disjoint(&first_half));
 
     // Slower than its window: it expires with the part its clock got through.
-    let slow = FakeProvider::start(&["--batch-turnaround-ms", "4000", "--batch-window-secs", "1"]);
-    let client = Client::new(&slow);
-    let lines: Vec<Value> = (0..16).map(|i| line(&format!("s{i}"), "m", "hi")).collect();
+    let (_slow, client) = start("--batch-turnaround-ms 4000 --batch-window-secs 1");
+    let lines: Vec<Value> = many_lines("s", 16, "m", "hi");
     let created = client.openai_batch(&lines).await;
     let (done, _) = client
         .wait(&created["id"], 5, |b| b["status"] == "expired")
@@ -219,9 +205,8 @@ async fn an_expired_batch_keeps_what_was_done_and_lists_the_rest_as_batch_expire
 
 #[tokio::test]
 async fn a_cancelled_batch_keeps_what_was_done_when_cancelled() {
-    let fake = FakeProvider::start(&["--batch-turnaround-ms", "3000"]);
-    let client = Client::new(&fake);
-    let lines: Vec<Value> = (0..40).map(|i| line(&format!("c{i}"), "m", "hi")).collect();
+    let (fake, client) = start("--batch-turnaround-ms 3000");
+    let lines: Vec<Value> = many_lines("c", 40, "m", "hi");
     let created = client.openai_batch(&lines).await;
     let id = created["id"].as_str().unwrap();
     client
@@ -263,8 +248,7 @@ async fn a_cancelled_batch_keeps_what_was_done_when_cancelled() {
 
 #[tokio::test]
 async fn a_bad_input_file_fails_validation_with_its_lines() {
-    let fake = FakeProvider::start(&["--batch-turnaround-ms", "200"]);
-    let client = Client::new(&fake);
+    let (fake, client) = start("--batch-turnaround-ms 200");
     let mut wrong_url = line("b", "m", "hi");
     wrong_url["url"] = json!("/v1/embeddings");
     let content = [
@@ -326,13 +310,17 @@ async fn a_bad_input_file_fails_validation_with_its_lines() {
     assert_eq!(failed["errors"]["data"][0]["code"], "too_many_requests");
 
     // Refused at create: these never become batches.
-    for bad in [
-        json!({"input_file_id": file["id"], "endpoint": "/v1/embeddings", "completion_window": "24h"}),
-        json!({"input_file_id": file["id"], "endpoint": "/v1/chat/completions", "completion_window": "48h"}),
-        json!({"input_file_id": file["id"], "endpoint": "/v1/chat/completions", "completion_window": "24h",
-            "metadata": (0..17).map(|i| (format!("k{i}"), json!("v"))).collect::<serde_json::Map<_, _>>()}),
+    let too_much: serde_json::Map<String, Value> =
+        (0..17).map(|i| (format!("k{i}"), json!("v"))).collect();
+    for (endpoint, window, metadata) in [
+        ("/v1/embeddings", "24h", Value::Null),
+        ("/v1/chat/completions", "48h", Value::Null),
+        ("/v1/chat/completions", "24h", Value::Object(too_much)),
     ] {
-        let (status, body) = client.create(bad).await;
+        let (status, body) = client
+            .create(json!({"input_file_id": file["id"], "endpoint": endpoint,
+                "completion_window": window, "metadata": metadata}))
+            .await;
         assert_eq!(status, 400, "{body}");
         assert_eq!(body["error"]["type"], "invalid_request_error");
     }
@@ -342,13 +330,7 @@ async fn a_bad_input_file_fails_validation_with_its_lines() {
 #[tokio::test]
 async fn the_enqueued_token_limit_fails_a_batch_that_would_pass_it() {
     // Each line: floor(11 / 4) + 4 = 6 prompt tokens; 10 lines = 60 of a 100 limit.
-    let fake = FakeProvider::start(&[
-        "--batch-turnaround-ms",
-        "1500",
-        "--batch-enqueued-token-limit",
-        "100",
-    ]);
-    let client = Client::new(&fake);
+    let (fake, client) = start("--batch-turnaround-ms 1500 --batch-enqueued-token-limit 100");
     let batch = |model: &'static str, tag: &'static str| {
         (0..10)
             .map(move |i| line(&format!("{tag}{i}"), model, "hello there"))
@@ -388,8 +370,7 @@ async fn the_enqueued_token_limit_fails_a_batch_that_would_pass_it() {
 
 #[tokio::test]
 async fn the_list_pages_newest_first() {
-    let fake = FakeProvider::start(&[]);
-    let client = Client::new(&fake);
+    let (_fake, client) = start("");
     let mut made = Vec::new();
     for i in 0..5 {
         let batch = client
@@ -427,16 +408,8 @@ async fn the_list_pages_newest_first() {
 
 #[tokio::test]
 async fn the_failing_fraction_is_fixed_by_custom_id() {
-    let fake = FakeProvider::start(&[
-        "--batch-item-fail-rate",
-        "0.3",
-        "--batch-turnaround-ms",
-        "100",
-    ]);
-    let client = Client::new(&fake);
-    let lines: Vec<Value> = (0..200)
-        .map(|i| line(&format!("f{i}"), "m", "hi"))
-        .collect();
+    let (_fake, client) = start("--batch-item-fail-rate 0.3 --batch-turnaround-ms 100");
+    let lines: Vec<Value> = many_lines("f", 200, "m", "hi");
     let mut failing = Vec::new();
     for _ in 0..2 {
         let created = client.openai_batch(&lines).await;
@@ -461,8 +434,7 @@ async fn the_failing_fraction_is_fixed_by_custom_id() {
 
 #[tokio::test]
 async fn the_store_refuses_past_its_byte_cap() {
-    let fake = FakeProvider::start(&["--batch-max-bytes", "4000", "--batch-turnaround-ms", "100"]);
-    let client = Client::new(&fake);
+    let (fake, client) = start("--batch-max-bytes 4000 --batch-turnaround-ms 100");
     let (status, body) = client.upload(&"x".repeat(5000)).await;
     assert_eq!(status, 413, "{body}");
     let lines: Vec<String> = (0..10)

@@ -21,7 +21,7 @@ use serde_json::{Value, json};
 use super::answer::{self, Answer, Api};
 use super::clock::{Phase, Timeline};
 use super::store::{Item, MessageBatch, Store, processing_status, shuffle_key};
-use super::{anthropic_error, now_ms};
+use super::{AnthropicAuth, anthropic_error, now_ms};
 use crate::limits::rfc3339;
 use crate::{AppState, json_response};
 
@@ -93,13 +93,11 @@ fn requests(body: &[u8]) -> Result<Vec<(String, Vec<u8>)>, Box<Response>> {
 }
 
 pub async fn create(
+    _: AnthropicAuth,
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    if let Some(refused) = crate::anthropic::check_request(&state.options, &headers) {
-        return refused;
-    }
     let requests = match requests(&body) {
         Ok(r) => r,
         Err(refused) => return *refused,
@@ -208,13 +206,11 @@ fn find(store: &Store, id: &str) -> Result<usize, Box<Response>> {
 }
 
 pub async fn get(
+    _: AnthropicAuth,
     State(state): State<Arc<AppState>>,
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> Response {
-    if let Some(refused) = crate::anthropic::check_request(&state.options, &headers) {
-        return refused;
-    }
     let store = state.batches.lock();
     match find(&store, &id) {
         Ok(i) => json_response(
@@ -226,13 +222,10 @@ pub async fn get(
 }
 
 pub async fn results(
+    _: AnthropicAuth,
     State(state): State<Arc<AppState>>,
     Path(id): Path<String>,
-    headers: HeaderMap,
 ) -> Response {
-    if let Some(refused) = crate::anthropic::check_request(&state.options, &headers) {
-        return refused;
-    }
     let store = state.batches.lock();
     let batch = match find(&store, &id) {
         Ok(i) => &store.anthropic[i],
@@ -273,13 +266,11 @@ pub async fn results(
 }
 
 pub async fn cancel(
+    _: AnthropicAuth,
     State(state): State<Arc<AppState>>,
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> Response {
-    if let Some(refused) = crate::anthropic::check_request(&state.options, &headers) {
-        return refused;
-    }
     let now = now_ms();
     let mut store = state.batches.lock();
     let i = match find(&store, &id) {
@@ -305,13 +296,10 @@ pub async fn cancel(
 }
 
 pub async fn delete(
+    _: AnthropicAuth,
     State(state): State<Arc<AppState>>,
     Path(id): Path<String>,
-    headers: HeaderMap,
 ) -> Response {
-    if let Some(refused) = crate::anthropic::check_request(&state.options, &headers) {
-        return refused;
-    }
     let mut store = state.batches.lock();
     let i = match find(&store, &id) {
         Ok(i) => i,
@@ -338,13 +326,11 @@ pub async fn delete(
 }
 
 pub async fn list(
+    _: AnthropicAuth,
     State(state): State<Arc<AppState>>,
     Query(query): Query<HashMap<String, String>>,
     headers: HeaderMap,
 ) -> Response {
-    if let Some(refused) = crate::anthropic::check_request(&state.options, &headers) {
-        return refused;
-    }
     let limit = match super::page_limit(&query) {
         Ok(n) => n,
         Err(message) => return invalid(&message),

@@ -6,12 +6,12 @@ use std::sync::Arc;
 
 use axum::extract::multipart::MultipartRejection;
 use axum::extract::{Multipart, Path, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
 use super::store::File;
-use super::{now_ms, openai_error};
+use super::{OpenAiAuth, now_ms, openai_error};
 use crate::{AppState, json_response};
 
 /// OpenAI's limit on a batch input file.
@@ -26,13 +26,10 @@ fn not_found(id: &str) -> Response {
 }
 
 pub async fn upload(
+    _: OpenAiAuth,
     State(state): State<Arc<AppState>>,
-    headers: HeaderMap,
     multipart: Result<Multipart, MultipartRejection>,
 ) -> Response {
-    if let Some(refused) = crate::openai::check_auth(&state.options, &headers) {
-        return refused;
-    }
     let mut multipart = match multipart {
         Ok(m) => m,
         Err(e) => {
@@ -106,13 +103,10 @@ pub async fn upload(
 }
 
 pub async fn get(
+    _: OpenAiAuth,
     State(state): State<Arc<AppState>>,
     Path(id): Path<String>,
-    headers: HeaderMap,
 ) -> Response {
-    if let Some(refused) = crate::openai::check_auth(&state.options, &headers) {
-        return refused;
-    }
     match state.batches.lock().files.get(&id) {
         Some(file) => json_response(StatusCode::OK, file.json()),
         None => not_found(&id),
@@ -120,13 +114,10 @@ pub async fn get(
 }
 
 pub async fn content(
+    _: OpenAiAuth,
     State(state): State<Arc<AppState>>,
     Path(id): Path<String>,
-    headers: HeaderMap,
 ) -> Response {
-    if let Some(refused) = crate::openai::check_auth(&state.options, &headers) {
-        return refused;
-    }
     let content = state
         .batches
         .lock()
@@ -145,13 +136,10 @@ pub async fn content(
 }
 
 pub async fn delete(
+    _: OpenAiAuth,
     State(state): State<Arc<AppState>>,
     Path(id): Path<String>,
-    headers: HeaderMap,
 ) -> Response {
-    if let Some(refused) = crate::openai::check_auth(&state.options, &headers) {
-        return refused;
-    }
     let mut store = state.batches.lock();
     let Some(file) = store.files.remove(&id) else {
         return not_found(&id);

@@ -5,8 +5,8 @@
 //!
 //! Modules: `clock` (the `--batch-*` flags and the phase of a batch at a moment), `answer`
 //! (one item answered by the real-time code), `store` (files, batches, byte cap, `/stats`
-//! counts), `files` (OpenAI `/v1/files`), `input` (OpenAI input-file validation), `openai` (OpenAI `/v1/batches`), `anthropic`
-//! (`/v1/messages/batches`).
+//! counts), `files` (OpenAI `/v1/files`), `input` (OpenAI input-file validation), `openai`
+//! (OpenAI `/v1/batches`), `anthropic` (`/v1/messages/batches`).
 
 pub mod answer;
 pub mod anthropic;
@@ -20,8 +20,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::Router;
-use axum::extract::DefaultBodyLimit;
+use axum::extract::{DefaultBodyLimit, FromRequestParts};
 use axum::http::StatusCode;
+use axum::http::request::Parts;
 use axum::response::Response;
 use axum::routing::{get, post};
 use serde_json::{Value, json};
@@ -75,6 +76,36 @@ pub fn routes(options: &BatchOptions) -> Router<Arc<AppState>> {
         .layer(DefaultBodyLimit::max(
             usize::try_from(limit).unwrap_or(usize::MAX),
         ))
+}
+
+/// A request that passed the OpenAI dialect's key check (`--require-key`): the first
+/// extractor of every OpenAI batch and files handler.
+pub struct OpenAiAuth;
+
+impl FromRequestParts<Arc<AppState>> for OpenAiAuth {
+    type Rejection = Response;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &Arc<AppState>,
+    ) -> Result<Self, Response> {
+        crate::openai::check_auth(&state.options, &parts.headers).map_or(Ok(Self), Err)
+    }
+}
+
+/// A request that passed the Anthropic dialect's checks (`x-api-key` with `--require-key`,
+/// `anthropic-version` always).
+pub struct AnthropicAuth;
+
+impl FromRequestParts<Arc<AppState>> for AnthropicAuth {
+    type Rejection = Response;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &Arc<AppState>,
+    ) -> Result<Self, Response> {
+        crate::anthropic::check_request(&state.options, &parts.headers).map_or(Ok(Self), Err)
+    }
 }
 
 pub fn now_ms() -> u64 {

@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use axum::response::Response;
 use serde_json::{Map, Value, json};
 
@@ -22,7 +22,7 @@ use super::answer::{self, Answer, Api};
 use super::clock::{Phase, Timeline};
 use super::input::{self, Line};
 use super::store::{File, Item, OpenAiBatch, Store, shuffle_key};
-use super::{now_ms, openai_error};
+use super::{OpenAiAuth, now_ms, openai_error};
 use crate::{AppState, json_response};
 
 const ENDPOINT: &str = "/v1/chat/completions";
@@ -50,14 +50,7 @@ fn check_metadata(metadata: Option<&Value>) -> Result<Value, Box<Response>> {
     }
 }
 
-pub async fn create(
-    State(state): State<Arc<AppState>>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    if let Some(refused) = crate::openai::check_auth(&state.options, &headers) {
-        return refused;
-    }
+pub async fn create(_: OpenAiAuth, State(state): State<Arc<AppState>>, body: Bytes) -> Response {
     let Ok(Value::Object(request)) = serde_json::from_slice::<Value>(&body) else {
         return bad("We could not parse the JSON body of your request.");
     };
@@ -352,13 +345,10 @@ fn view(store: &mut Store, index: usize, now: u64) -> Value {
 }
 
 pub async fn get(
+    _: OpenAiAuth,
     State(state): State<Arc<AppState>>,
     Path(id): Path<String>,
-    headers: HeaderMap,
 ) -> Response {
-    if let Some(refused) = crate::openai::check_auth(&state.options, &headers) {
-        return refused;
-    }
     let mut store = state.batches.lock();
     match store.openai_index(&id) {
         Some(index) => json_response(StatusCode::OK, view(&mut store, index, now_ms())),
@@ -367,13 +357,10 @@ pub async fn get(
 }
 
 pub async fn cancel(
+    _: OpenAiAuth,
     State(state): State<Arc<AppState>>,
     Path(id): Path<String>,
-    headers: HeaderMap,
 ) -> Response {
-    if let Some(refused) = crate::openai::check_auth(&state.options, &headers) {
-        return refused;
-    }
     let now = now_ms();
     let mut store = state.batches.lock();
     let Some(index) = store.openai_index(&id) else {
@@ -397,13 +384,10 @@ pub async fn cancel(
 }
 
 pub async fn list(
+    _: OpenAiAuth,
     State(state): State<Arc<AppState>>,
     Query(query): Query<HashMap<String, String>>,
-    headers: HeaderMap,
 ) -> Response {
-    if let Some(refused) = crate::openai::check_auth(&state.options, &headers) {
-        return refused;
-    }
     let limit = match super::page_limit(&query) {
         Ok(n) => n,
         Err(message) => return bad(&message),

@@ -224,6 +224,28 @@ impl Client {
     }
 }
 
+/// The fake with these flags (space-separated), and a client for it.
+pub fn start(flags: &str) -> (FakeProvider, Client) {
+    let args: Vec<&str> = flags.split_whitespace().collect();
+    let fake = FakeProvider::start(&args);
+    let client = Client::new(&fake);
+    (fake, client)
+}
+
+/// `n` input lines `TAG0`, `TAG1`, ... asking `model` the same `text`.
+pub fn many_lines(tag: &str, n: usize, model: &str, text: &str) -> Vec<Value> {
+    (0..n)
+        .map(|i| line(&format!("{tag}{i}"), model, text))
+        .collect()
+}
+
+/// `n` Anthropic requests `TAG0`, `TAG1`, ...
+pub fn many_requests(tag: &str, n: usize, model: &str, text: &str) -> Vec<Value> {
+    (0..n)
+        .map(|i| request(&format!("{tag}{i}"), model, text))
+        .collect()
+}
+
 /// An OpenAI batch input line for `/v1/chat/completions`.
 pub fn line(custom_id: &str, model: &str, text: &str) -> Value {
     json!({"custom_id": custom_id, "method": "POST", "url": "/v1/chat/completions",
