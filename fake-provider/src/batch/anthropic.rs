@@ -20,7 +20,7 @@ use serde_json::{Value, json};
 
 use super::answer::{self, Answer, Api};
 use super::clock::{Phase, Timeline};
-use super::store::{Item, MessageBatch, Store, processing_status, shuffle_key};
+use super::store::{Item, MessageBatch, Store, processing_status, quoted, shuffled};
 use super::{AnthropicAuth, anthropic_error, now_ms};
 use crate::limits::rfc3339;
 use crate::{AppState, json_response};
@@ -129,7 +129,11 @@ pub async fn create(
         }
     }
     let mut items = Vec::with_capacity(requests.len());
-    for (custom_id, params) in requests {
+    for (i, (custom_id, params)) in requests.into_iter().enumerate() {
+        // A big batch takes a while to answer: let the other requests through meanwhile.
+        if i % 256 == 255 {
+            tokio::task::yield_now().await;
+        }
         let answer = if options.item_fails(&custom_id) {
             let n = state
                 .next_id
@@ -141,6 +145,8 @@ pub async fn create(
         items.push(Item { custom_id, answer });
     }
     let bytes = items.iter().map(|i| i.answer.bytes()).sum();
+    // The clock starts once every item has its answer, however long that took.
+    let now = now_ms();
     let mut store = state.batches.lock();
     if !store.reserve(bytes, options.max_bytes) {
         return anthropic_error(
@@ -238,23 +244,22 @@ pub async fn results(
              processing_status is ended"
         ));
     }
-    let mut order: Vec<usize> = (0..batch.items.len()).collect();
-    order.sort_by_key(|i| shuffle_key(&batch.items[*i].custom_id));
     let mut out = String::new();
-    for i in order {
+    for i in shuffled(&batch.items) {
         let item = &batch.items[i];
+        // Built as text: the answers are stored serialized.
         let result = match (i < done, phase) {
             (true, _) if item.answer.ok() => {
-                json!({"type": "succeeded", "message": item.answer.body})
+                format!(r#"{{"type":"succeeded","message":{}}}"#, item.answer.body)
             }
-            (true, _) => json!({"type": "errored", "error": item.answer.body}),
-            (false, Phase::Expired(_)) => json!({"type": "expired"}),
-            (false, _) => json!({"type": "canceled"}),
+            (true, _) => format!(r#"{{"type":"errored","error":{}}}"#, item.answer.body),
+            (false, Phase::Expired(_)) => r#"{"type":"expired"}"#.to_owned(),
+            (false, _) => r#"{"type":"canceled"}"#.to_owned(),
         };
         let _ = writeln!(
             out,
-            "{}",
-            json!({"custom_id": item.custom_id, "result": result})
+            r#"{{"custom_id":{},"result":{result}}}"#,
+            quoted(&item.custom_id)
         );
     }
     (

@@ -21,7 +21,7 @@ use serde_json::{Map, Value, json};
 use super::answer::{self, Answer, Api};
 use super::clock::{Phase, Timeline};
 use super::input::{self, Line};
-use super::store::{File, Item, OpenAiBatch, Store, shuffle_key};
+use super::store::{File, Item, OpenAiBatch, Store, quoted, shuffled};
 use super::{OpenAiAuth, now_ms, openai_error};
 use crate::{AppState, json_response};
 
@@ -111,6 +111,8 @@ pub async fn create(_: OpenAiAuth, State(state): State<Arc<AppState>>, body: Byt
         Err(errors) => batch.errors = errors,
     }
     let failed = !batch.errors.is_empty();
+    // The clock starts once every item has its answer, however long that took.
+    let now = now_ms();
     batch.timeline = Timeline::new(options, now, batch.items.len(), failed);
     batch.bytes = batch.items.iter().map(|i| i.answer.bytes()).sum();
     let mut store = state.batches.lock();
@@ -159,7 +161,11 @@ fn over_quota(state: &AppState, tokens: &BTreeMap<String, u64>, now: u64) -> Vec
 
 async fn answer_all(state: &AppState, lines: &[Line]) -> Vec<Item> {
     let mut items = Vec::with_capacity(lines.len());
-    for line in lines {
+    for (i, line) in lines.iter().enumerate() {
+        // A big batch takes a while to answer: let the other requests through meanwhile.
+        if i % 256 == 255 {
+            tokio::task::yield_now().await;
+        }
         let answer = if state.options.batch.item_fails(&line.custom_id) {
             let n = state
                 .next_id
@@ -195,33 +201,26 @@ fn write_files(store: &mut Store, index: usize, now: u64) {
         ),
         _ => return,
     };
-    let mut order: Vec<usize> = (0..batch.items.len()).collect();
-    order.sort_by_key(|i| shuffle_key(&batch.items[*i].custom_id));
+    let never_run = json!({"code": never_run.0, "message": never_run.1});
     let (mut output, mut errors) = (String::new(), String::new());
-    for i in order {
+    for i in shuffled(&batch.items) {
         let item = &batch.items[i];
-        let id = format!("batch_req_{}_{i}", batch.id);
-        let (line, into) = if i < done {
-            let response = json!({"status_code": item.answer.status,
-                "request_id": item.answer.request_id, "body": item.answer.body});
-            let into = if item.answer.ok() {
-                &mut output
-            } else {
-                &mut errors
-            };
-            (
-                json!({"id": id, "custom_id": item.custom_id, "response": response,
-                    "error": null}),
-                into,
-            )
-        } else {
-            (
-                json!({"id": id, "custom_id": item.custom_id, "response": null,
-                "error": {"code": never_run.0, "message": never_run.1}}),
-                &mut errors,
-            )
+        let head = format!(
+            r#"{{"id":"batch_req_{}_{i}","custom_id":{}"#,
+            batch.id,
+            quoted(&item.custom_id)
+        );
+        // Built as text: the answers are stored serialized.
+        let _ = match (i < done, item.answer.ok()) {
+            (true, ok) => writeln!(
+                if ok { &mut output } else { &mut errors },
+                r#"{head},"response":{{"status_code":{},"request_id":{},"body":{}}},"error":null}}"#,
+                item.answer.status,
+                quoted(&item.answer.request_id),
+                item.answer.body
+            ),
+            (false, _) => writeln!(errors, r#"{head},"response":null,"error":{never_run}}}"#),
         };
-        let _ = writeln!(into, "{line}");
     }
     let output_id = add_file(
         store,

@@ -180,8 +180,17 @@ pub fn processing_status(phase: Phase) -> &'static str {
     }
 }
 
-/// A stable shuffle key: results come back in no particular order, as the real APIs say, so
-/// clients that assume input order fail here too.
-pub fn shuffle_key(custom_id: &str) -> u64 {
-    (crate::skill::hash01("batch-order", custom_id) * (1u64 << 53) as f64) as u64
+/// The items' indexes in a stable shuffle: results come back in no particular order, as the
+/// real APIs say, so clients that assume input order fail here too.
+pub fn shuffled(items: &[Item]) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..items.len()).collect();
+    order.sort_by_cached_key(|i| {
+        (crate::skill::hash01("batch-order", &items[*i].custom_id) * (1u64 << 53) as f64) as u64
+    });
+    order
+}
+
+/// `s` as a JSON string.
+pub fn quoted(s: &str) -> String {
+    Value::from(s).to_string()
 }
