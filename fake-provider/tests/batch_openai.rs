@@ -354,7 +354,8 @@ async fn the_enqueued_token_limit_fails_a_batch_that_would_pass_it() {
     let (other, _) = client
         .wait(&other["id"], 5, |b| b["status"] != "validating")
         .await;
-    assert_eq!(other["status"], "in_progress");
+    // Past validating (in progress, or further along on a loaded machine), not failed.
+    assert_ne!(other["status"], "failed", "{other}");
     // Once the first has ended, its share is free again.
     client
         .wait(&first["id"], 10, |b| b["status"] == "completed")
@@ -363,7 +364,8 @@ async fn the_enqueued_token_limit_fails_a_batch_that_would_pass_it() {
     let (third, _) = client
         .wait(&third["id"], 10, |b| b["status"] != "validating")
         .await;
-    assert_eq!(third["status"], "in_progress", "{third}");
+    assert_ne!(third["status"], "failed", "{third}");
+    assert!(third["errors"].is_null(), "{third}");
     let stats = fake.stats()["batches"].clone();
     assert_eq!(stats["by_status"]["failed"], 1, "{stats}");
 }

@@ -12,7 +12,7 @@ use common::{FakeProvider, KEY};
 
 #[test]
 fn the_official_sdks_drive_the_batch_apis() {
-    let fake = FakeProvider::start(&["--require-key", KEY, "--batch-turnaround-ms", "500"]);
+    let fake = FakeProvider::start(&["--require-key", KEY, "--batch-turnaround-ms", "1500"]);
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/sdk_batch.py");
     let out = Command::new("python3")
         .arg(script)
