@@ -36,7 +36,8 @@
 //!
 //! Batch APIs (module `batch`), on a clock sped up by flags, in memory:
 //! - OpenAI: `POST /v1/files` (multipart `purpose=batch`, `file`; 200 MB at most),
-//!   `GET /v1/files/{id}`, `GET /v1/files/{id}/content`, `DELETE /v1/files/{id}`;
+//!   `GET /v1/files` (`purpose`, `limit`, `after`, `order`; newest first), `GET /v1/files/{id}`,
+//!   `GET /v1/files/{id}/content`, `DELETE /v1/files/{id}`;
 //!   `POST /v1/batches` (`input_file_id`, `endpoint` `/v1/chat/completions`,
 //!   `completion_window` `24h`, `metadata` up to 16 pairs), `GET /v1/batches/{id}`,
 //!   `POST /v1/batches/{id}/cancel`, `GET /v1/batches?limit=&after=` (newest first,

@@ -372,7 +372,7 @@ async fn the_enqueued_token_limit_fails_a_batch_that_would_pass_it() {
 
 #[tokio::test]
 async fn the_list_pages_newest_first() {
-    let (_fake, client) = start("");
+    let (_fake, client) = start("--batch-turnaround-ms 600000");
     let mut made = Vec::new();
     for i in 0..5 {
         let batch = client
@@ -406,6 +406,28 @@ async fn the_list_pages_newest_first() {
     assert_eq!(listed, made);
     let (status, _) = client.get("/v1/batches?limit=0").await;
     assert_eq!(status, 400);
+
+    // The input files list the same way (what a restart lists to find orphaned uploads).
+    let mut inputs = Vec::new();
+    for id in &made {
+        inputs.push(client.batch(&json!(id)).await["input_file_id"].clone());
+    }
+    let file_ids = |page: &Value| -> Vec<Value> {
+        page["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|f| f["id"].clone())
+            .collect()
+    };
+    let (_, page) = client.get("/v1/files?purpose=batch&limit=2").await;
+    assert_eq!(file_ids(&page), inputs[..2]);
+    assert_eq!(page["has_more"], true);
+    let (_, all) = client.get("/v1/files?purpose=batch&order=asc").await;
+    inputs.reverse();
+    assert_eq!(file_ids(&all), inputs);
+    let (_, none) = client.get("/v1/files?purpose=batch_output").await;
+    assert_eq!(none["data"], json!([]), "no batch has ended");
 }
 
 #[tokio::test]

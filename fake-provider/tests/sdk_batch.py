@@ -1,7 +1,7 @@
 """The official SDKs against the fake provider's batch APIs (run by tests/batch_sdk.rs).
 
-OpenAI (`openai`): files.create / batches.create / retrieve / list / cancel, files.content and
-files.delete, every batch object validated against the SDK's `Batch` model. Anthropic
+OpenAI (`openai`): files.create / batches.create / retrieve / list / cancel, files.content,
+files.list and files.delete, every batch object validated against the SDK's `Batch` model. Anthropic
 (`anthropic`, when installed): messages.batches.create / retrieve / results / list / cancel.
 Env: FAKE_URL (http://127.0.0.1:PORT), FAKE_KEY. Exit 77 when the openai package is missing.
 """
@@ -68,6 +68,7 @@ def check_openai():
     page = client.batches.list(limit=1)
     assert [x.id for x in page.data] == [slow.id] and page.has_more, page
     assert [x.id for x in client.batches.list(limit=10)] == [slow.id, b.id]
+    assert [x.id for x in client.files.list(purpose="batch")] == [f.id]
     assert client.files.delete(f.id).deleted
     print(f"sdk_batch: openai {openai.__version__} ok")
 

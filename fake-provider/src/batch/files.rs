@@ -1,17 +1,18 @@
 //! OpenAI's Files API, as far as batches use it: `POST /v1/files` (multipart: `purpose`
-//! `batch`, `file`), `GET /v1/files/{id}`, `GET /v1/files/{id}/content`,
-//! `DELETE /v1/files/{id}`.
+//! `batch`, `file`), `GET /v1/files` (`purpose`, `limit`, `after`, `order`),
+//! `GET /v1/files/{id}`, `GET /v1/files/{id}/content`, `DELETE /v1/files/{id}`.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use axum::extract::multipart::MultipartRejection;
-use axum::extract::{Multipart, Path, State};
+use axum::extract::{Multipart, Path, Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
 use super::store::File;
-use super::{OpenAiAuth, now_ms, openai_error};
+use super::{OpenAiAuth, openai_error};
 use crate::{AppState, json_response};
 
 /// OpenAI's limit on a batch input file.
@@ -88,18 +89,57 @@ pub async fn upload(
             None,
         );
     }
-    let id = format!("file-fake{}", store.next());
-    let file = File {
-        id: id.clone(),
-        filename,
-        purpose,
-        created_at: now_ms() / 1000,
-        content,
-    };
-    let body = file.json();
-    store.files.insert(id, file);
+    let id = store.add_file(&filename, &purpose, content);
     store.counts.files_uploaded += 1;
-    json_response(StatusCode::OK, body)
+    match store.files.get(&id) {
+        Some(file) => json_response(StatusCode::OK, file.json()),
+        None => not_found(&id),
+    }
+}
+
+/// `GET /v1/files?purpose=&limit=&after=&order=`: newest first unless `order=asc`, up to
+/// 10,000 a page, as OpenAI's.
+pub async fn list(
+    _: OpenAiAuth,
+    State(state): State<Arc<AppState>>,
+    Query(query): Query<HashMap<String, String>>,
+) -> Response {
+    let limit = match query.get("limit").map(|v| v.parse::<usize>()) {
+        None => 10_000,
+        Some(Ok(n)) if (1..=10_000).contains(&n) => n,
+        Some(_) => {
+            return openai_error(
+                StatusCode::BAD_REQUEST,
+                "limit must be between 1 and 10000",
+                None,
+            );
+        }
+    };
+    let store = state.batches.lock();
+    let mut files: Vec<&File> = store
+        .files
+        .values()
+        .filter(|f| query.get("purpose").is_none_or(|p| *p == f.purpose))
+        .collect();
+    files.sort_by_key(|f| f.seq);
+    if query.get("order").map(String::as_str) != Some("asc") {
+        files.reverse();
+    }
+    if let Some(after) = query.get("after") {
+        let start = files
+            .iter()
+            .position(|f| f.id == *after)
+            .map_or(files.len(), |p| p + 1);
+        files.drain(..start);
+    }
+    let has_more = files.len() > limit;
+    files.truncate(limit);
+    json_response(
+        StatusCode::OK,
+        json!({"object": "list", "data": files.iter().map(|f| f.json()).collect::<Vec<_>>(),
+            "first_id": files.first().map(|f| &f.id), "last_id": files.last().map(|f| &f.id),
+            "has_more": has_more}),
+    )
 }
 
 pub async fn get(

@@ -57,7 +57,7 @@ impl Batches {
 pub fn routes(options: &BatchOptions) -> Router<Arc<AppState>> {
     let limit = options.max_bytes.min(MAX_REQUEST_BYTES) + 1024 * 1024;
     Router::new()
-        .route("/v1/files", post(files::upload))
+        .route("/v1/files", post(files::upload).get(files::list))
         .route("/v1/files/{id}", get(files::get).delete(files::delete))
         .route("/v1/files/{id}/content", get(files::content))
         .route("/v1/batches", post(openai::create).get(openai::list))

@@ -21,7 +21,7 @@ use serde_json::{Map, Value, json};
 use super::answer::{self, Answer, Api};
 use super::clock::{Phase, Timeline};
 use super::input::{self, Line};
-use super::store::{File, Item, OpenAiBatch, Store, quoted, shuffled};
+use super::store::{Item, OpenAiBatch, Store, quoted, shuffled};
 use super::{OpenAiAuth, now_ms, openai_error};
 use crate::{AppState, json_response};
 
@@ -244,17 +244,8 @@ fn add_file(store: &mut Store, filename: &str, content: String) -> Option<String
     if content.is_empty() {
         return None;
     }
-    let id = format!("file-fake{}", store.next());
     store.bytes += content.len() as u64;
-    let file = File {
-        id: id.clone(),
-        filename: filename.to_owned(),
-        purpose: "batch_output".to_owned(),
-        created_at: now_ms() / 1000,
-        content: Bytes::from(content),
-    };
-    store.files.insert(id.clone(), file);
-    Some(id)
+    Some(store.add_file(filename, "batch_output", Bytes::from(content)))
 }
 
 fn batch_json(batch: &OpenAiBatch, now: u64) -> Value {

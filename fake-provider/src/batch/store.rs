@@ -20,6 +20,8 @@ pub struct Item {
 /// An OpenAI file: an uploaded batch input, or a batch's output or error file.
 #[derive(Debug, Clone)]
 pub struct File {
+    /// Its place in upload order, for the list.
+    pub seq: u64,
     pub id: String,
     pub filename: String,
     pub purpose: String,
@@ -98,6 +100,22 @@ impl Store {
     pub fn next(&mut self) -> u64 {
         self.next += 1;
         self.next
+    }
+
+    /// Stores a file (its bytes already reserved, or admitted with its batch): its id.
+    pub fn add_file(&mut self, filename: &str, purpose: &str, content: Bytes) -> String {
+        let seq = self.next();
+        let id = format!("file-fake{seq}");
+        let file = File {
+            seq,
+            id: id.clone(),
+            filename: filename.to_owned(),
+            purpose: purpose.to_owned(),
+            created_at: super::now_ms() / 1000,
+            content,
+        };
+        self.files.insert(id.clone(), file);
+        id
     }
 
     /// Takes `bytes` of the cap, or says no.
