@@ -67,17 +67,7 @@ async fn a_batch_goes_validating_to_completed_and_answers_as_real_time_does() {
     let (done, seen) = client
         .wait(&created["id"], 10, |b| b["status"] == "completed")
         .await;
-    // Statuses come in lifecycle order (polling may miss a short phase, never reorder).
-    let positions: Vec<usize> = seen
-        .iter()
-        .map(|s| {
-            LIFECYCLE
-                .iter()
-                .position(|l| l == s)
-                .expect("a lifecycle status")
-        })
-        .collect();
-    assert!(positions.windows(2).all(|w| w[0] < w[1]), "{seen:?}");
+    in_lifecycle_order(&seen);
     assert!(seen.contains(&"in_progress".to_owned()), "{seen:?}");
     assert_eq!(
         done["request_counts"],
@@ -100,26 +90,7 @@ async fn a_batch_goes_validating_to_completed_and_answers_as_real_time_does() {
         errors[0]["response"]["body"]["error"]["code"],
         "context_length_exceeded"
     );
-    let mut usage = 0;
-    for out in &output {
-        assert!(out["error"].is_null());
-        assert_eq!(out["response"]["status_code"], 200);
-        let id = out["custom_id"].as_str().unwrap();
-        let sent = lines.iter().find(|l| l["custom_id"] == id).unwrap();
-        // The same answer the real-time endpoint gives the same body.
-        let (_, live) = client.chat(&sent["body"]).await;
-        let body = &out["response"]["body"];
-        assert_eq!(
-            body["choices"][0]["message"], live["choices"][0]["message"],
-            "{id}"
-        );
-        assert_eq!(
-            body["choices"][0]["finish_reason"],
-            live["choices"][0]["finish_reason"]
-        );
-        assert_eq!(body["usage"], live["usage"]);
-        usage += body["usage"]["prompt_tokens"].as_u64().unwrap();
-    }
+    let usage = same_as_real_time(&client, &lines, &output).await;
     let short = output.iter().find(|o| o["custom_id"] == "short").unwrap();
     assert_eq!(
         short["response"]["body"]["choices"][0]["finish_reason"],
@@ -155,6 +126,46 @@ async fn a_batch_goes_validating_to_completed_and_answers_as_real_time_does() {
     assert_eq!(stats["by_status"]["completed"], 1, "{stats}");
     assert_eq!(stats["files_uploaded"], 1);
     assert_eq!(stats["files_deleted"], 1);
+}
+
+/// Statuses come in lifecycle order (polling may miss a short phase, never reorder).
+fn in_lifecycle_order(seen: &[String]) {
+    let positions: Vec<usize> = seen
+        .iter()
+        .map(|s| {
+            LIFECYCLE
+                .iter()
+                .position(|l| l == s)
+                .expect("a lifecycle status")
+        })
+        .collect();
+    assert!(positions.windows(2).all(|w| w[0] < w[1]), "{seen:?}");
+}
+
+/// Each output line answers as `/v1/chat/completions` answers the same body; the prompt
+/// tokens they add up to.
+async fn same_as_real_time(client: &common::Client, lines: &[Value], output: &[Value]) -> u64 {
+    let mut usage = 0;
+    for out in output {
+        assert!(out["error"].is_null());
+        assert_eq!(out["response"]["status_code"], 200);
+        let id = out["custom_id"].as_str().unwrap();
+        let sent = lines.iter().find(|l| l["custom_id"] == id).unwrap();
+        // The same answer the real-time endpoint gives the same body.
+        let (_, live) = client.chat(&sent["body"]).await;
+        let body = &out["response"]["body"];
+        assert_eq!(
+            body["choices"][0]["message"], live["choices"][0]["message"],
+            "{id}"
+        );
+        assert_eq!(
+            body["choices"][0]["finish_reason"],
+            live["choices"][0]["finish_reason"]
+        );
+        assert_eq!(body["usage"], live["usage"]);
+        usage += body["usage"]["prompt_tokens"].as_u64().unwrap();
+    }
+    usage
 }
 
 #[tokio::test]
