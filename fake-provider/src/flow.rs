@@ -9,7 +9,7 @@ use axum::response::Response;
 
 use crate::conn::Conn;
 use crate::options::RandomFault;
-use crate::{AppState, anthropic, azure, gemini, openai};
+use crate::{AppState, anthropic, azure, bedrock, gemini, openai};
 
 /// A request, as far as the fake cares.
 #[derive(Debug)]
@@ -249,6 +249,9 @@ pub enum Dialect {
     /// Azure OpenAI: the OpenAI body and reply; its query, key and deployment were checked
     /// (and the deployment put in the body as `model`) before [`handle`].
     Azure,
+    /// Bedrock Converse: the model comes from the path; its signature was checked before
+    /// [`handle_model`].
+    Bedrock,
 }
 
 /// Answers one request (or drops its connection), and counts it.
@@ -291,8 +294,8 @@ fn accept(
         Dialect::OpenAi => openai::check_auth(options, headers),
         Dialect::Anthropic => anthropic::check_request(options, headers),
         Dialect::Gemini => gemini::check_auth(options, headers),
-        // Its query, key and deployment were checked before `handle`.
-        Dialect::Azure => None,
+        // Its query, key and deployment (or signature) were checked before `handle`.
+        Dialect::Azure | Dialect::Bedrock => None,
     };
     if let Some(response) = refused {
         return Err(Box::new(response));
@@ -301,6 +304,7 @@ fn accept(
         Dialect::OpenAi | Dialect::Azure => openai::parse(body),
         Dialect::Anthropic => anthropic::parse(body),
         Dialect::Gemini => gemini::parse(body, model),
+        Dialect::Bedrock => bedrock::parse(body, model),
     }
 }
 
@@ -328,7 +332,7 @@ async fn respond(
     dialect: Dialect,
     model: &str,
 ) -> (Response, bool) {
-    use Dialect::{Anthropic, Azure, Gemini, OpenAi};
+    use Dialect::{Anthropic, Azure, Bedrock, Gemini, OpenAi};
     let options = &state.options;
     let mut parsed = match accept(options, headers, body, dialect, model) {
         Ok(p) => p,
@@ -346,6 +350,7 @@ async fn respond(
             Anthropic => anthropic::over_limit(&admission),
             Gemini => gemini::over_limit(&admission),
             Azure => azure::over_limit(&admission),
+            Bedrock => bedrock::over_limit(&admission),
         };
         return (response, true);
     }
@@ -392,6 +397,7 @@ async fn respond(
                 OpenAi | Azure => openai::success(n, &parsed, &reply),
                 Anthropic => anthropic::success(n, &parsed, &reply),
                 Gemini => gemini::success(n, &parsed, &reply),
+                Bedrock => bedrock::success(n, &parsed, &reply),
             }
         }
         Some(fault) => {
@@ -401,6 +407,7 @@ async fn respond(
                 Anthropic => anthropic::fault(fault, &state.shutdown),
                 Gemini => gemini::fault(fault, &state.shutdown),
                 Azure => azure::fault(fault, &state.shutdown),
+                Bedrock => bedrock::fault(fault, &state.shutdown),
             };
             // Opt-in, so the OpenAI dialect's default hint stays the short `retry-after-ms`.
             if let (Fault::Status(429), Some(secs)) = (fault, options.retry_after_secs)
@@ -416,8 +423,8 @@ async fn respond(
         match dialect {
             OpenAi => crate::limits::openai_headers(&admission, headers),
             Anthropic => crate::limits::anthropic_headers(&admission, headers),
-            // Google sends no rate-limit headers.
-            Gemini => {}
+            // Google and AWS send no rate-limit headers.
+            Gemini | Bedrock => {}
             Azure => azure::headers(&admission, headers),
         }
     }

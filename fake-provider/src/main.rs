@@ -21,6 +21,14 @@
 //!   (over a limit also `retry-after` and `x-ratelimit-remaining-*`; a fault 429 only
 //!   `retry-after-ms: 300`), the content filter is a 400 with `innererror.code =
 //!   ResponsibleAIPolicyViolation`;
+//! - `POST /model/{modelId}/converse`: AWS Bedrock's Converse API, the same reply with
+//!   `stopReason` `end_turn` or `max_tokens` and `usage` (cache reads and writes included);
+//!   with `--bedrock-secret`, each request's SigV4 signature is recomputed and checked (403
+//!   `InvalidSignatureException` when it differs), or a Bedrock API key is taken as
+//!   `Authorization: Bearer` (`--require-key`); its errors are AWS's (see `bedrock`);
+//! - the AWS credential chain's cloud sources (instance metadata, the container agent, STS
+//!   `AssumeRoleWithWebIdentity` at `POST /`), handing out the Bedrock dialect's keys (see
+//!   `aws_creds`);
 //! - `GET /stats`: `{"requests", "by_status": {"200": N, ...}, "dropped", "hung", "faults":
 //!   {"429": N, "hang": N, "malformed": N, "length": N, ...} (the random faults served, by kind),
 //!   "rpm", "tpm",
@@ -32,6 +40,8 @@
 //!   "anthropic": {"created", "by_status", "cancelled", "refused", "deleted"}}` (`created`
 //!   and `cancelled` count both APIs' accepted creates and cancels; `by_status` is each
 //!   batch's state now, OpenAI's `status` or Anthropic's `processing_status`);
+//! - `POST /{tenant}/oauth2/v2.0/token` and `GET /msi/token`: Microsoft Entra ID tokens for
+//!   the Azure route (see `entra`; `/stats` counts them as `entra_tokens_issued`);
 //! - `GET /health`: `ok`.
 //!
 //! Batch APIs (module `batch`), on a clock sped up by flags, in memory:
@@ -102,20 +112,26 @@
 //! 4 per message` (at least 1) and `completion_tokens = ceil(reply chars / 4)`.
 //!
 //! Modules: `options` (the flags), `flow` (one request for every dialect: auth, parse,
-//! admission, latency, a fault or the reply), `openai`, `anthropic`, `gemini` and `azure` (the dialects),
+//! admission, latency, a fault or the reply), `openai`, `anthropic`, `gemini`, `azure` and
+//! `bedrock` (the dialects), `sigv4` (checking AWS signatures), `aws_creds` (AWS credential
+//! sources), `entra` (Entra ID tokens for the Azure route),
 //! `limits` (the RPM / TPM windows and `/stats` counts), `conn` (a listener whose connections a
 //! handler can drop), `skill` (skill mode's rule), `batch` (the batch APIs). Its own crate
 //! (`fake-provider/`), so the library crates do not depend on axum for it.
 
 mod anthropic;
+mod aws_creds;
 mod azure;
 mod batch;
+mod bedrock;
 mod conn;
+mod entra;
 mod flow;
 mod gemini;
 mod limits;
 mod openai;
 mod options;
+mod sigv4;
 mod skill;
 
 use std::collections::{BTreeMap, HashSet};
@@ -152,9 +168,13 @@ pub struct AppState {
     limiter: Limiter,
     dropped: AtomicU64,
     hung: AtomicU64,
+    /// Credentials handed out by the AWS chain stand-ins.
+    credentials_served: AtomicU64,
     /// The random faults served (not those asked for by magic text or header), by
     /// [`flow::Fault::name`].
     faults: Mutex<BTreeMap<String, u64>>,
+    /// Entra ID tokens issued by the token endpoints.
+    entra: entra::Tokens,
     /// Cancelled on shutdown, so hung requests let go.
     shutdown: CancellationToken,
     /// The batch APIs' files and batches.
@@ -190,6 +210,20 @@ fn router(state: Arc<AppState>) -> Router {
             "/openai/deployments/{deployment}/chat/completions",
             post(azure_chat),
         )
+        .route("/{tenant}/oauth2/v2.0/token", post(entra_token))
+        .route("/msi/token", get(entra_managed_identity))
+        .route("/model/{model}/converse", post(converse))
+        .route("/", post(sts))
+        .route(
+            "/latest/api/token",
+            axum::routing::put(|| async { aws_creds::imds_token() }),
+        )
+        .route("/latest/meta-data/iam/security-credentials/", get(imds))
+        .route(
+            "/latest/meta-data/iam/security-credentials/{role}",
+            get(imds_role),
+        )
+        .route("/container-credentials", get(container_credentials))
         .route("/stats", get(stats))
         .route("/health", get(|| async { "ok" }))
         .with_state(state)
@@ -236,14 +270,76 @@ async fn azure_chat(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    if let Some(refused) =
-        azure::check_request(&state.options, &headers, query.as_deref().unwrap_or(""))
-    {
+    if let Some(refused) = azure::check_request(
+        &state.options,
+        &state.entra,
+        &headers,
+        query.as_deref().unwrap_or(""),
+    ) {
         state.record(refused.status());
         return refused;
     }
     let body = azure::with_deployment(&body, &deployment);
     flow::handle(&state, &conn, &headers, &body, Dialect::Azure).await
+}
+
+async fn entra_token(State(state): State<Arc<AppState>>, body: Bytes) -> Response {
+    let response = entra::token(
+        &state.options,
+        &state.entra,
+        &String::from_utf8_lossy(&body),
+    );
+    state.record(response.status());
+    response
+}
+
+async fn entra_managed_identity(
+    State(state): State<Arc<AppState>>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+) -> Response {
+    let query = query.unwrap_or_default();
+    let response = entra::managed_identity(&state.options, &state.entra, &headers, &query);
+    state.record(response.status());
+    response
+}
+
+async fn converse(
+    State(state): State<Arc<AppState>>,
+    ConnectInfo(conn): ConnectInfo<Conn>,
+    Path(model): Path<String>,
+    uri: axum::http::Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let query = uri.query().unwrap_or("");
+    let refused = bedrock::check_auth(&state.options, &headers, uri.path(), query, &body)
+        .or_else(|| bedrock::check_model(&model));
+    if let Some(refused) = refused {
+        state.record(refused.status());
+        return refused;
+    }
+    flow::handle_model(&state, &conn, &headers, &body, Dialect::Bedrock, &model).await
+}
+
+async fn sts(State(state): State<Arc<AppState>>, body: Bytes) -> Response {
+    aws_creds::assume_role_with_web_identity(&state, &body)
+}
+
+async fn imds(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
+    aws_creds::imds_credentials(&state, &headers, None)
+}
+
+async fn imds_role(
+    State(state): State<Arc<AppState>>,
+    Path(role): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    aws_creds::imds_credentials(&state, &headers, Some(&role))
+}
+
+async fn container_credentials(State(state): State<Arc<AppState>>) -> Response {
+    aws_creds::container_credentials(&state)
 }
 
 async fn stats(State(state): State<Arc<AppState>>) -> Response {
@@ -259,6 +355,8 @@ async fn stats(State(state): State<Arc<AppState>>) -> Response {
         "dropped": state.dropped.load(Ordering::Relaxed),
         "hung": state.hung.load(Ordering::Relaxed),
         "faults": lock(&state.faults).clone(),
+        "entra_tokens_issued": state.entra.count(),
+        "credentials_served": state.credentials_served.load(Ordering::Relaxed),
         "batches": state.batches.stats(),
     });
     if let (Value::Object(out), Value::Object(limits)) = (&mut body, state.limiter.stats()) {
@@ -350,7 +448,9 @@ async fn run(options: Options) -> Result<(), Box<dyn Error>> {
         failed_once: Mutex::new(HashSet::new()),
         dropped: AtomicU64::new(0),
         hung: AtomicU64::new(0),
+        credentials_served: AtomicU64::new(0),
         faults: Mutex::new(BTreeMap::new()),
+        entra: entra::Tokens::default(),
         shutdown: shutdown.clone(),
         batches: batch::Batches::default(),
     });

@@ -6,6 +6,8 @@ use std::time::Duration;
 
 pub const USAGE: &str = "\
 usage: batchyard-fake-provider [--addr 127.0.0.1:0] [--require-key KEY]
+  bedrock SigV4 check:  [--bedrock-secret SECRET] [--bedrock-key-id ID (AKIDFAKE)]
+    [--credentials-ttl-secs N]  expiry of the credentials the AWS chain stand-ins hand out (3600)
   limits (fixed 60 s windows on the minute):  [--rpm N] [--tpm N] [--window-secs N]
   latency:  [--latency-ms N | --latency-p50-ms N] [--latency-dist fixed|uniform|lognormal]
             [--latency-sigma F]
@@ -13,6 +15,10 @@ usage: batchyard-fake-provider [--addr 127.0.0.1:0] [--require-key KEY]
             [--fail-rate-429 F] [--fail-rate-500 F] [--fail-rate-502 F] [--fail-rate-503 F]
             [--fail-rate-529 F] [--drop-rate F] [--hang-rate F] [--malformed-rate F]
             [--length-rate F] [--filter-rate F]
+  entra id (POST /{tenant}/oauth2/v2.0/token, GET /msi/token):
+            [--entra-client-secret S]  the secret, assertion or X-IDENTITY-HEADER accepted; with
+              it, Azure bearer tokens must be live ones issued here
+            [--entra-token-ttl-secs N]  an issued token's life (3599)
   [--retry-after-secs N]  fault 429s also carry `retry-after: N` (off by default)
   [--hang-secs N]  how long a hung request waits before its connection is closed (600)
   [--reply MODEL=TEXT]  this model always answers TEXT (repeatable)
@@ -56,6 +62,17 @@ pub enum RandomFault {
 pub struct Options {
     pub addr: SocketAddr,
     pub require_key: Option<String>,
+    /// The Entra ID client secret (or federated assertion, or managed-identity header) the
+    /// token endpoints accept; with it, Azure bearer tokens must be live ones issued here.
+    pub entra_client_secret: Option<String>,
+    /// How long an issued Entra ID token lives.
+    pub entra_token_ttl: Duration,
+    /// Bedrock: the secret access key SigV4 signatures are checked with.
+    pub bedrock_secret: Option<String>,
+    /// Bedrock: the access key id it belongs to (`bedrock::DEFAULT_KEY_ID` when unset).
+    pub bedrock_key_id: Option<String>,
+    /// How long the credentials of the AWS chain stand-ins are valid.
+    pub credentials_ttl_secs: u64,
     pub rpm: Option<u64>,
     pub tpm: Option<u64>,
     /// The limit window, 60 s like real providers; tests shorten it.
@@ -80,6 +97,11 @@ impl Default for Options {
         Self {
             addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             require_key: None,
+            entra_client_secret: None,
+            entra_token_ttl: Duration::from_secs(3599),
+            bedrock_secret: None,
+            bedrock_key_id: None,
+            credentials_ttl_secs: 3600,
             rpm: None,
             tpm: None,
             window_secs: 60,
@@ -147,6 +169,13 @@ impl Options {
             match name.as_str() {
                 "--addr" => options.addr = value.parse()?,
                 "--require-key" => options.require_key = Some(value),
+                "--entra-client-secret" => options.entra_client_secret = Some(value),
+                "--entra-token-ttl-secs" => {
+                    options.entra_token_ttl = Duration::from_secs(positive(&name, &value)?);
+                }
+                "--bedrock-secret" => options.bedrock_secret = Some(value),
+                "--bedrock-key-id" => options.bedrock_key_id = Some(value),
+                "--credentials-ttl-secs" => options.credentials_ttl_secs = value.parse()?,
                 "--rpm" => options.rpm = Some(positive(&name, &value)?),
                 "--tpm" => options.tpm = Some(positive(&name, &value)?),
                 "--window-secs" => options.window_secs = positive(&name, &value)?,
