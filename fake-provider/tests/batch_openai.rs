@@ -121,11 +121,20 @@ async fn a_batch_goes_validating_to_completed_and_answers_as_real_time_does() {
         .await;
     assert_eq!(status, 404);
 
+    // With the result files gone too, the batch holds no stored bytes.
+    for id in [&done["output_file_id"], &done["error_file_id"]] {
+        let (status, _) = client
+            .delete(&format!("/v1/files/{}", id.as_str().unwrap()))
+            .await;
+        assert_eq!(status, 200);
+    }
+
     let stats = fake.stats()["batches"].clone();
     assert_eq!(stats["created"], 1, "{stats}");
     assert_eq!(stats["by_status"]["completed"], 1, "{stats}");
     assert_eq!(stats["files_uploaded"], 1);
-    assert_eq!(stats["files_deleted"], 1);
+    assert_eq!(stats["files_deleted"], 3);
+    assert_eq!(stats["stored_bytes"], 0, "{stats}");
 }
 
 /// Statuses come in lifecycle order (polling may miss a short phase, never reorder).

@@ -236,6 +236,13 @@ fn write_files(store: &mut Store, index: usize, now: u64) {
     batch.output_file_id = output_id;
     batch.error_file_id = error_id;
     batch.files_written = true;
+    // The answers now live in the files (deleting them frees the bytes); the batch keeps
+    // only what its counts and usage need.
+    for item in &mut batch.items {
+        item.answer.body = String::new();
+    }
+    let freed = std::mem::take(&mut batch.bytes);
+    store.release(freed);
 }
 
 /// A result file (none when empty). Counted in the store's bytes, past the cap if need be:

@@ -1,6 +1,7 @@
 //! What the batch APIs hold, in memory and under one byte cap: uploaded and result files,
 //! OpenAI batches, Anthropic message batches (each item's answer is computed when the batch is
-//! created and revealed as its clock says), and the counts `/stats` reports.
+//! created and revealed as its clock says; an OpenAI batch's answers move into its result files
+//! when it ends, so deleting those frees them), and the counts `/stats` reports.
 
 use std::collections::BTreeMap;
 
