@@ -205,6 +205,13 @@ fn named(state: &AppState, headers: &HeaderMap, name: &str, text: &str) -> Optio
     })
 }
 
+/// The fault the magic text in `text` asks for, if any (no header, no random draw): what a
+/// batch item gets, as it has no headers of its own.
+pub fn magic(state: &AppState, text: &str) -> Option<Fault> {
+    let (_, name) = MAGIC.iter().find(|(marker, _)| text.contains(marker))?;
+    named(state, &HeaderMap::new(), name, text)
+}
+
 /// The request's own fault (magic text first, then the header), else a random one.
 pub fn choose(state: &AppState, headers: &HeaderMap, text: &str) -> Option<Fault> {
     let header = headers
@@ -301,6 +308,22 @@ fn accept(
     }
 }
 
+/// What every answer path sets after parsing: skill mode's or `--reply`'s answer, and the
+/// prompt-cache usage. Shared with the batch APIs, so their items answer as real-time does.
+pub fn fill(state: &AppState, headers: &HeaderMap, parsed: &mut Parsed) {
+    let options = &state.options;
+    parsed.answer = crate::skill::answer(&options.skills, &parsed.model, &parsed.last_user)
+        .map(str::to_owned)
+        .or_else(|| {
+            options
+                .replies
+                .iter()
+                .find(|(model, _)| *model == parsed.model)
+                .map(|(_, text)| text.clone())
+        });
+    parsed.cache = prompt_cache(headers, &parsed.last_user, parsed.prompt_tokens);
+}
+
 async fn respond(
     state: &AppState,
     conn: &Conn,
@@ -315,17 +338,7 @@ async fn respond(
         Ok(p) => p,
         Err(response) => return (*response, true),
     };
-    parsed.answer = crate::skill::answer(&options.skills, &parsed.model, &parsed.last_user)
-        .map(str::to_owned)
-        .or_else(|| {
-            options
-                .replies
-                .iter()
-                .find(|(model, _)| *model == parsed.model)
-                .map(|(_, text)| text.clone())
-        });
-
-    parsed.cache = prompt_cache(headers, &parsed.last_user, parsed.prompt_tokens);
+    fill(state, headers, &mut parsed);
 
     let full = Reply::new(&parsed, false);
     let admission = state

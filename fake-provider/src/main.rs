@@ -34,10 +34,51 @@
 //!   "rpm", "tpm",
 //!   "max_requests_per_window", "max_tokens_per_window", "windows": [{"start", "requests",
 //!   "tokens", "rejected"}]}` (windows are the 60 s rate-limit windows, `start` in unix seconds;
-//!   `requests` / `tokens` count admitted requests only);
+//!   `requests` / `tokens` count admitted requests only; batch API calls are not counted
+//!   there), and `"batches": {"created", "by_status", "cancelled", "files_uploaded",
+//!   "files_deleted", "stored_bytes", "openai": {"created", "by_status", "cancelled"},
+//!   "anthropic": {"created", "by_status", "cancelled", "refused", "deleted"}}` (`created`
+//!   and `cancelled` count both APIs' accepted creates and cancels; `by_status` is each
+//!   batch's state now, OpenAI's `status` or Anthropic's `processing_status`);
 //! - `POST /{tenant}/oauth2/v2.0/token` and `GET /msi/token`: Microsoft Entra ID tokens for
 //!   the Azure route (see `entra`; `/stats` counts them as `entra_tokens_issued`);
 //! - `GET /health`: `ok`.
+//!
+//! Batch APIs (module `batch`), on a clock sped up by flags, in memory:
+//! - OpenAI: `POST /v1/files` (multipart `purpose=batch`, `file`; 200 MB at most),
+//!   `GET /v1/files` (`purpose`, `limit`, `after`, `order`; newest first), `GET /v1/files/{id}`,
+//!   `GET /v1/files/{id}/content`, `DELETE /v1/files/{id}`;
+//!   `POST /v1/batches` (`input_file_id`, `endpoint` `/v1/chat/completions`,
+//!   `completion_window` `24h`, `metadata` up to 16 pairs), `GET /v1/batches/{id}`,
+//!   `POST /v1/batches/{id}/cancel`, `GET /v1/batches?limit=&after=` (newest first,
+//!   `first_id`, `last_id`, `has_more`). Status `validating → in_progress → finalizing →
+//!   completed`, or `failed` (bad JSON line, wrong `url`/`method`, missing `custom_id` or
+//!   `body`, duplicate `custom_id`, mixed models, more than 50,000 lines, or the enqueued-token
+//!   quota: `errors.data[]` with `code`, `message`, `param`, `line`), `expired`, `cancelling →
+//!   cancelled`. Output file: the 2xx answers; error file: the error answers and, for an
+//!   expired or cancelled batch, the lines never run (`error.code` `batch_expired` /
+//!   `batch_cancelled`); lines in no particular order. Cancelling an ended batch is a 400.
+//! - Anthropic: `POST /v1/messages/batches` (`requests: [{custom_id, params}]`, up to 100,000,
+//!   custom_ids `^[a-zA-Z0-9_-]{1,64}$` and unique, else 400), `GET /v1/messages/batches/{id}`
+//!   (`processing_status` `in_progress | canceling | ended`, `request_counts` all `processing`
+//!   until ended, `results_url` once ended), `GET .../{id}/results` (JSONL, unordered,
+//!   `succeeded | errored | canceled | expired`; 400 before the end),
+//!   `POST .../{id}/cancel` (400 once ended), `DELETE .../{id}` (ended only),
+//!   `GET /v1/messages/batches?limit=&after_id=&before_id=` (newest first). Same auth as
+//!   `/v1/messages`.
+//! - Every item is answered, when the batch is created, exactly as the real-time endpoint
+//!   answers its body (skill mode, `--reply`, prompt-cache markers, `max_tokens`, magic text;
+//!   `FAKE:DROP`/`FAKE:HANG` and non-JSON faults become 500 items), with no limits, faults
+//!   drawn at random or latency, and revealed as the clock says: with `step = turnaround / 10`,
+//!   validating for one step, items done one by one (in input order) over the next eight,
+//!   finalizing for the last. Flags: `--batch-window-secs` (what "24h" means, 86400),
+//!   `--batch-turnaround-ms` (2000), `--batch-item-fail-rate F` (that fraction of items errors
+//!   with a 500 / `api_error`, chosen by a hash of the custom_id, the same in both APIs),
+//!   `--batch-expire[=F]` (batches never complete: at the window they expire with the first F of
+//!   their items done, 0.5), `--batch-enqueued-token-limit N` (per model, estimated input
+//!   tokens over batches not yet ended: OpenAI's batch fails with `token_limit_exceeded`,
+//!   Anthropic's create is a 429 `rate_limit_error`), `--batch-max-bytes N` (what the store
+//!   holds: uploads, answers, result files; past it 413, 512 MiB). See `batch::clock`.
 //!
 //! Limits (`--rpm`, `--tpm`): fixed 60 s windows aligned to the minute. Over a limit: 429 with
 //! `retry-after` (seconds to the window's end) and `x-ratelimit-{limit,remaining,reset}-
@@ -75,12 +116,13 @@
 //! `bedrock` (the dialects), `sigv4` (checking AWS signatures), `aws_creds` (AWS credential
 //! sources), `entra` (Entra ID tokens for the Azure route),
 //! `limits` (the RPM / TPM windows and `/stats` counts), `conn` (a listener whose connections a
-//! handler can drop), `skill` (skill mode's rule). Its own crate (`fake-provider/`), so the
-//! library crates do not depend on axum for it.
+//! handler can drop), `skill` (skill mode's rule), `batch` (the batch APIs). Its own crate
+//! (`fake-provider/`), so the library crates do not depend on axum for it.
 
 mod anthropic;
 mod aws_creds;
 mod azure;
+mod batch;
 mod bedrock;
 mod conn;
 mod entra;
@@ -135,6 +177,8 @@ pub struct AppState {
     entra: entra::Tokens,
     /// Cancelled on shutdown, so hung requests let go.
     shutdown: CancellationToken,
+    /// The batch APIs' files and batches.
+    batches: batch::Batches,
 }
 
 pub fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -156,6 +200,7 @@ impl AppState {
 
 fn router(state: Arc<AppState>) -> Router {
     Router::new()
+        .merge(batch::routes(&state.options.batch))
         .route("/v1/chat/completions", post(chat))
         .route("/chat/completions", post(chat))
         .route("/v1/messages", post(messages))
@@ -312,6 +357,7 @@ async fn stats(State(state): State<Arc<AppState>>) -> Response {
         "faults": lock(&state.faults).clone(),
         "entra_tokens_issued": state.entra.count(),
         "credentials_served": state.credentials_served.load(Ordering::Relaxed),
+        "batches": state.batches.stats(),
     });
     if let (Value::Object(out), Value::Object(limits)) = (&mut body, state.limiter.stats()) {
         out.extend(limits);
@@ -406,6 +452,7 @@ async fn run(options: Options) -> Result<(), Box<dyn Error>> {
         faults: Mutex::new(BTreeMap::new()),
         entra: entra::Tokens::default(),
         shutdown: shutdown.clone(),
+        batches: batch::Batches::default(),
     });
     {
         let mut stdout = std::io::stdout().lock();

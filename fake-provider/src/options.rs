@@ -88,6 +88,8 @@ pub struct Options {
     pub skills: Vec<(String, f64)>,
     /// `--reply MODEL=TEXT` (repeatable): this model always answers TEXT.
     pub replies: Vec<(String, String)>,
+    /// The `--batch-*` flags (see [`crate::batch::clock`]).
+    pub batch: crate::batch::clock::BatchOptions,
 }
 
 impl Default for Options {
@@ -110,6 +112,7 @@ impl Default for Options {
             retry_after_secs: None,
             skills: Vec::new(),
             replies: Vec::new(),
+            batch: crate::batch::clock::BatchOptions::default(),
         }
     }
 }
@@ -122,13 +125,18 @@ impl Options {
         let mut sigma = 0.6;
         while let Some(flag) = args.next() {
             if flag == "--help" || flag == "-h" {
-                println!("{USAGE}");
+                println!("{USAGE}\n{}", crate::batch::clock::USAGE);
                 return Ok(None);
             }
             let (name, inline) = match flag.split_once('=') {
                 Some((n, v)) => (n.to_owned(), Some(v.to_owned())),
                 None => (flag.clone(), None),
             };
+            // The one flag whose value is optional.
+            if name == "--batch-expire" && inline.is_none() {
+                options.batch.expire_done = Some(0.5);
+                continue;
+            }
             let value = match inline.or_else(|| args.next()) {
                 Some(v) => v,
                 None => return Err(format!("{name} needs a value\n{USAGE}").into()),
@@ -152,6 +160,10 @@ impl Options {
                 if rate > 0.0 {
                     options.fault_rates.push((fault, rate));
                 }
+                continue;
+            }
+            if let Some(taken) = options.batch.take(&name, &value) {
+                taken?;
                 continue;
             }
             match name.as_str() {
