@@ -38,6 +38,29 @@ pub struct Job {
     /// carries its whole spend.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub prior_cost_usd: f64,
+    /// The answer a provider batch gave for this item (the offload lane): the cascade uses it
+    /// in place of a call to that model.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefetched: Option<Prefetched>,
+    /// Models this item has already been sent to through a provider batch; its cascade does
+    /// not offload to them again.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub offloaded_to: Vec<String>,
+}
+
+/// One item's outcome from a provider batch, as the offload lane hands it to the cascade.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Prefetched {
+    /// The model key (`[models.<key>]`) the provider batch ran.
+    pub model: String,
+    /// The provider batch's id, for the item's trail.
+    pub provider_batch: String,
+    /// An OpenAI chat completion body, when the item succeeded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completion: Option<Value>,
+    /// Why it did not (a provider error code and message), when it failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<(String, String)>,
 }
 
 fn is_zero(v: &f64) -> bool {

@@ -7,7 +7,8 @@
 //! relative to the store's root (`ResultStore::path_of` puts them under its prefix).
 //!
 //! Redis:
-//! - queue `<q>`: `by:{<q>}:stream|enq|delayed|dead|lost`, `by:{<q>}:staged:<batch>`
+//! - queue `<q>`: `by:{<q>}:stream|enq|delayed|dead|lost`, `by:{<q>}:staged:<batch>`,
+//!   `by:{<q>}:parked:<batch>`
 //! - ledger: `by:batches` (index), `by:batch:{<id>}` and its `:settled`, `:final`, `:resv`
 //! - adequacy: `by:adequacy:{<task>}`; health: `by:health:{<model>}` and `:probe`, `:budget`
 //! - limiter: `{by:lim}:model:<key>`, `{by:lim}:provider:<key>`
@@ -51,6 +52,12 @@ pub fn queue_lost(queue: &str) -> String {
 /// A batch's jobs, staged until its whole input is in.
 pub fn queue_staged(queue: &str, batch_id: &str) -> String {
     queue_key(queue, &format!("staged:{batch_id}"))
+}
+
+/// A batch's jobs parked for the offload lane (a hash, job id -> job JSON): out of the
+/// stream while a provider batch API answers them.
+pub fn queue_parked(queue: &str, batch_id: &str) -> String {
+    queue_key(queue, &format!("parked:{batch_id}"))
 }
 
 // ---- ledger ----
@@ -246,6 +253,7 @@ mod tests {
             (queue_stream("q"), "by:{q}:stream"),
             (queue_enq("q"), "by:{q}:enq"),
             (queue_delayed("q"), "by:{q}:delayed"),
+            (queue_parked("q", "b"), "by:{q}:parked:b"),
             (queue_dead("q"), "by:{q}:dead"),
             (queue_lost("q"), "by:{q}:lost"),
             (queue_staged("q", "b1"), "by:{q}:staged:b1"),

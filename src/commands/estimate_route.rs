@@ -92,6 +92,8 @@ pub async fn route(
                 attempt: 0,
                 last_error: None,
                 prior_cost_usd: 0.0,
+                prefetched: None,
+                offloaded_to: Vec::new(),
             }
         }
         (None, Some(input)) => nth_job(&app, input, args).await?,

@@ -93,6 +93,8 @@ impl Builder<'_> {
             attempt: 0,
             last_error: None,
             prior_cost_usd: 0.0,
+            prefetched: None,
+            offloaded_to: Vec::new(),
         }))
     }
 }

@@ -104,6 +104,8 @@ fn job(batch: &str, seq: u64, content: &str) -> Job {
         attempt: 0,
         last_error: None,
         prior_cost_usd: 0.0,
+        prefetched: None,
+        offloaded_to: Vec::new(),
     }
 }
 

@@ -45,6 +45,8 @@ struct State {
     high_water: HashMap<String, u64>,
     /// Jobs of batches being submitted, not yet visible to `claim`.
     staged: HashMap<String, VecDeque<Job>>,
+    /// Jobs parked for the offload lane, by batch and job id.
+    parked: HashMap<String, BTreeMap<String, Job>>,
 }
 
 impl State {
@@ -358,6 +360,65 @@ impl Queue for MemoryQueue {
         // A sleeping claimer must recompute its wake-up time for the new due date.
         self.notify.notify_waiters();
         Ok(())
+    }
+
+    async fn park(&self, delivery: &Delivery, job: &Job) -> Result<(), QueueError> {
+        let mut state = self.state.lock().await;
+        state.take_in_flight(&delivery.handle);
+        state
+            .parked
+            .entry(job.batch_id.clone())
+            .or_default()
+            .insert(job.job_id.clone(), job.clone());
+        Ok(())
+    }
+
+    async fn parked(
+        &self,
+        batch_id: &str,
+        cursor: u64,
+        max: usize,
+    ) -> Result<(Vec<Job>, u64), QueueError> {
+        let state = self.state.lock().await;
+        let Some(jobs) = state.parked.get(batch_id) else {
+            return Ok((Vec::new(), 0));
+        };
+        let start = usize::try_from(cursor).unwrap_or(usize::MAX);
+        let page: Vec<Job> = jobs
+            .values()
+            .skip(start)
+            .take(max.max(1))
+            .cloned()
+            .collect();
+        let next = start + page.len();
+        let next = if next >= jobs.len() { 0 } else { next as u64 };
+        Ok((page, next))
+    }
+
+    async fn parked_count(&self, batch_id: &str) -> Result<u64, QueueError> {
+        let state = self.state.lock().await;
+        Ok(state.parked.get(batch_id).map_or(0, |j| j.len() as u64))
+    }
+
+    async fn release(&self, job: &Job) -> Result<bool, QueueError> {
+        {
+            let mut state = self.state.lock().await;
+            let Some(jobs) = state.parked.get_mut(&job.batch_id) else {
+                return Ok(false);
+            };
+            if jobs.remove(&job.job_id).is_none() {
+                return Ok(false);
+            }
+            if jobs.is_empty() {
+                state.parked.remove(&job.batch_id);
+            }
+            state.pending.push_back(Waiting {
+                job: job.clone(),
+                deliveries: 0,
+            });
+        }
+        self.notify.notify_waiters();
+        Ok(true)
     }
 
     async fn dead_letter(

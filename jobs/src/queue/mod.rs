@@ -177,6 +177,28 @@ pub trait Queue: Send + Sync {
         Ok(letters.iter().filter(|l| is_lost(&l.code)).count() as u64)
     }
 
+    /// Acks this delivery and parks `job` for the offload lane: kept apart, invisible to
+    /// `claim`, until [`Queue::release`] puts it back. Parking a parked job replaces it.
+    async fn park(&self, delivery: &Delivery, job: &Job) -> Result<(), QueueError>;
+
+    /// Up to about `max` of a batch's parked jobs, from `cursor` (0 to start); the next cursor
+    /// comes back with them (0: no more). Jobs parked or released meanwhile may be missed or
+    /// seen twice, as with Redis `HSCAN`.
+    async fn parked(
+        &self,
+        batch_id: &str,
+        cursor: u64,
+        max: usize,
+    ) -> Result<(Vec<Job>, u64), QueueError>;
+
+    /// How many of a batch's jobs are parked.
+    async fn parked_count(&self, batch_id: &str) -> Result<u64, QueueError>;
+
+    /// Moves a parked job back into the queue as `job` (say, carrying a provider batch's
+    /// answer). Atomic; false, and nothing enqueued, when the job was not parked (already
+    /// released), so releasing twice never runs an item twice.
+    async fn release(&self, job: &Job) -> Result<bool, QueueError>;
+
     /// The queue's name, for status and metrics.
     fn name(&self) -> &str;
 

@@ -9,6 +9,7 @@
 //! | `delayed` | zset, score = due epoch ms | `<entry id>\|<job JSON>` waiting for a retry delay |
 //! | `dead` | zset, score = epoch ms | [`DeadLetter`] JSON, trimmed to the retention |
 //! | `staged:<batch>` | list | job JSON of a batch being submitted, not yet visible to workers |
+//! | `parked:<batch>` | hash | job id → job JSON parked for the offload lane (a provider batch) |
 //! | `lost` | zset, score = epoch ms (client clock) | `<job id>:<entry id>` of dead letters with a [`super::LOST_CODES`] code, for the `lost` gauge |
 //!
 //! Acks delete the entry, so `XLEN` is pending plus in flight and depth is exact. Every
@@ -18,9 +19,11 @@
 //! - `claim`: the claim path: reclaim from dead consumers, promote due retries, read new
 //!   entries, dead-letter undecodable ones.
 //! - `wire`: reading stream replies in RESP2 and RESP3 shapes.
+//! - `parking`: the offload lane's parked jobs (`parked:<batch>`, a hash of job JSON).
 //! - `scripts`: the Lua scripts, loaded once.
 
 mod claim;
+mod parking;
 mod scripts;
 mod wire;
 
@@ -420,6 +423,27 @@ impl Queue for RedisQueue {
                 }
             })
             .collect())
+    }
+
+    async fn park(&self, delivery: &Delivery, job: &Job) -> Result<(), QueueError> {
+        self.park_job(delivery, job).await
+    }
+
+    async fn parked(
+        &self,
+        batch_id: &str,
+        cursor: u64,
+        max: usize,
+    ) -> Result<(Vec<Job>, u64), QueueError> {
+        self.parked_page(batch_id, cursor, max).await
+    }
+
+    async fn parked_count(&self, batch_id: &str) -> Result<u64, QueueError> {
+        self.parked_len(batch_id).await
+    }
+
+    async fn release(&self, job: &Job) -> Result<bool, QueueError> {
+        self.release_job(job).await
     }
 
     fn name(&self) -> &str {

@@ -50,6 +50,8 @@ pub fn job(batch: &str, seq: u64, pad: usize) -> Job {
         attempt: 0,
         last_error: None,
         prior_cost_usd: 0.0,
+        prefetched: None,
+        offloaded_to: Vec::new(),
     }
 }
 

@@ -28,6 +28,8 @@ pub fn job(seq: u64) -> Job {
         attempt: 0,
         last_error: None,
         prior_cost_usd: 0.0,
+        prefetched: None,
+        offloaded_to: Vec::new(),
     }
 }
 
@@ -174,6 +176,29 @@ impl Queue for TestQueue {
 
     async fn dead_letters(&self, limit: usize) -> Result<Vec<DeadLetter>, QueueError> {
         self.inner.dead_letters(limit).await
+    }
+
+    async fn park(&self, d: &Delivery, job: &Job) -> Result<(), QueueError> {
+        self.inner.park(d, job).await?;
+        self.finish();
+        Ok(())
+    }
+
+    async fn parked(
+        &self,
+        b: &str,
+        cursor: u64,
+        max: usize,
+    ) -> Result<(Vec<Job>, u64), QueueError> {
+        self.inner.parked(b, cursor, max).await
+    }
+
+    async fn parked_count(&self, b: &str) -> Result<u64, QueueError> {
+        self.inner.parked_count(b).await
+    }
+
+    async fn release(&self, job: &Job) -> Result<bool, QueueError> {
+        self.inner.release(job).await
     }
 
     fn name(&self) -> &str {

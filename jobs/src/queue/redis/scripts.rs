@@ -18,6 +18,8 @@ pub(super) struct Scripts {
     pub depth: Script,
     pub dead_list: Script,
     pub housekeeping: Script,
+    pub park: Script,
+    pub release: Script,
 }
 
 impl Scripts {
@@ -35,6 +37,8 @@ impl Scripts {
             depth: Script::new(include_str!("../scripts/depth.lua")),
             dead_list: Script::new(include_str!("../scripts/dead_list.lua")),
             housekeeping: Script::new(include_str!("../scripts/housekeeping.lua")),
+            park: Script::new(include_str!("../scripts/park.lua")),
+            release: Script::new(include_str!("../scripts/release.lua")),
         }
     }
 }

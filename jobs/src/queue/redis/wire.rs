@@ -130,6 +130,8 @@ pub(super) fn placeholder_job(raw: &[u8]) -> Job {
         attempt: 0,
         last_error: None,
         prior_cost_usd: 0.0,
+        prefetched: None,
+        offloaded_to: Vec::new(),
     }
 }
 
