@@ -99,6 +99,14 @@ pub struct BatchRecord {
     /// Why the batch ended `failed` as a whole (OpenAI's `errors`), e.g. `submit_interrupted`.
     #[serde(default)]
     pub failure: Option<BatchFailure>,
+    /// `--deadline` (Unix seconds): the batch may use provider batch APIs (the offload lane)
+    /// as long as it still finishes by then. `None`: real-time only.
+    #[serde(default)]
+    pub deadline_at: Option<u64>,
+    /// When the offload lane handed everything left to real-time (the deadline came near,
+    /// or offload stopped): from then on no item is parked.
+    #[serde(default)]
+    pub realtime_at: Option<u64>,
 }
 
 /// A submission under way: the batch becomes visible to workers only once it is sealed.
@@ -165,7 +173,14 @@ impl BatchRecord {
             expires_at: None,
             submit: None,
             failure: None,
+            deadline_at: None,
+            realtime_at: None,
         }
+    }
+
+    /// Whether items of this batch may still be parked for a provider batch.
+    pub fn offloading(&self) -> bool {
+        self.deadline_at.is_some() && self.realtime_at.is_none()
     }
 
     pub fn cost_usd(&self) -> f64 {

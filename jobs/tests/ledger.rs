@@ -136,3 +136,43 @@ async fn redis_ledger_settles_exactly_once_and_cleans_up() {
         .unwrap();
     assert_eq!(keys, vec![format!("by:batch:{{{id}}}")]);
 }
+
+/// A deadline survives the round trip, and the switch to real-time happens once.
+async fn deadline_and_switch(ledger: Arc<dyn Ledger>, id: &str) {
+    let deadline = now_secs() + 3600;
+    ledger
+        .create(&BatchRecord {
+            deadline_at: Some(deadline),
+            ..record(id, 10)
+        })
+        .await
+        .unwrap();
+    let r = ledger.get(id).await.unwrap().unwrap();
+    assert_eq!(r.deadline_at, Some(deadline));
+    assert!(r.offloading());
+    assert!(ledger.to_realtime(id).await.unwrap());
+    assert!(
+        !ledger.to_realtime(id).await.unwrap(),
+        "only the first switch counts"
+    );
+    let r = ledger.get(id).await.unwrap().unwrap();
+    assert!(r.realtime_at.is_some());
+    assert!(!r.offloading());
+    assert!(ledger.to_realtime("no-such-batch").await.is_err());
+}
+
+#[tokio::test]
+async fn memory_ledger_keeps_the_deadline_and_switches_once() {
+    deadline_and_switch(Arc::new(MemoryLedger::new()), "b-deadline").await;
+}
+
+#[tokio::test]
+async fn redis_ledger_keeps_the_deadline_and_switches_once() {
+    let Some(redis) = TestRedis::start_or_external("ledger_deadline") else {
+        return;
+    };
+    let conn = batchyard_jobs::redis_conn::connect(redis.url())
+        .await
+        .unwrap();
+    deadline_and_switch(Arc::new(RedisLedger::new(conn)), &unique_name("deadline")).await;
+}

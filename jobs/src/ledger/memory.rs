@@ -275,6 +275,19 @@ impl Ledger for MemoryLedger {
         Ok(())
     }
 
+    async fn to_realtime(&self, batch_id: &str) -> Result<bool, QueueError> {
+        let mut batches = self.batches.lock().await;
+        let record = batches
+            .get_mut(batch_id)
+            .ok_or_else(|| QueueError::BatchNotFound(batch_id.to_string()))?
+            .record_mut(batch_id)?;
+        if record.realtime_at.is_some() {
+            return Ok(false);
+        }
+        record.realtime_at = Some(now_secs());
+        Ok(true)
+    }
+
     async fn set_budget(&self, batch_id: &str, budget_usd: Option<f64>) -> Result<(), QueueError> {
         let mut batches = self.batches.lock().await;
         let record = batches

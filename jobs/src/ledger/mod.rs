@@ -169,6 +169,10 @@ pub trait Ledger: Send + Sync {
         actual_nanos: i64,
     ) -> Result<(), QueueError>;
 
+    /// Ends the batch's offload lane: from now on its items run real-time. True the first
+    /// time (the time is kept), false after.
+    async fn to_realtime(&self, batch_id: &str) -> Result<bool, QueueError>;
+
     /// Sets the batch budget (`None`: no limit) and clears the budget-exhausted mark.
     async fn set_budget(&self, batch_id: &str, budget_usd: Option<f64>) -> Result<(), QueueError>;
 

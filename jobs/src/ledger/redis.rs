@@ -169,6 +169,8 @@ fn parse_record(id: &str, map: &HashMap<String, String>) -> Option<BatchRecord> 
             code: code.clone(),
             message: map.get("failure_message").cloned().unwrap_or_default(),
         }),
+        deadline_at: num("deadline_at"),
+        realtime_at: num("realtime_at"),
     })
 }
 
@@ -221,6 +223,12 @@ impl Ledger for RedisLedger {
         if let Some(failure) = &record.failure {
             fields.push(("failure_code", failure.code.clone()));
             fields.push(("failure_message", failure.message.clone()));
+        }
+        if let Some(at) = record.deadline_at {
+            fields.push(("deadline_at", at.to_string()));
+        }
+        if let Some(at) = record.realtime_at {
+            fields.push(("realtime_at", at.to_string()));
         }
         let mut conn = self.conn.clone();
         redis::pipe()
@@ -392,6 +400,23 @@ impl Ledger for RedisLedger {
         self.budget
             .commit(&mut conn, batch_id, job_id, actual_nanos)
             .await
+    }
+
+    async fn to_realtime(&self, batch_id: &str) -> Result<bool, QueueError> {
+        let script = redis::Script::new(
+            "if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end \
+             return redis.call('HSETNX', KEYS[1], 'realtime_at', ARGV[1])",
+        );
+        let mut conn = self.conn.clone();
+        let set: i64 = script
+            .key(record_key(batch_id))
+            .arg(now_secs())
+            .invoke_async(&mut conn)
+            .await?;
+        if set < 0 {
+            return Err(QueueError::BatchNotFound(batch_id.to_string()));
+        }
+        Ok(set == 1)
     }
 
     async fn set_budget(&self, batch_id: &str, budget_usd: Option<f64>) -> Result<(), QueueError> {
