@@ -46,6 +46,10 @@ pub struct Job {
     /// not offload to them again.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub offloaded_to: Vec<String>,
+    /// The offload lane gave this item back to run real-time from now on (its group was
+    /// too small for a provider batch, or the deadline came near).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub realtime: bool,
 }
 
 /// One item's outcome from a provider batch, as the offload lane hands it to the cascade.

@@ -107,6 +107,10 @@ pub struct Step {
     /// Served from batchyard's result cache.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub cached: bool,
+    /// The provider batch that answered, when the answer came through a batch API (billed
+    /// at the model's batch price).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provider_batch: Option<String>,
 }
 
 impl Step {

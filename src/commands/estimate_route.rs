@@ -94,6 +94,7 @@ pub async fn route(
                 prior_cost_usd: 0.0,
                 prefetched: None,
                 offloaded_to: Vec::new(),
+                realtime: false,
             }
         }
         (None, Some(input)) => nth_job(&app, input, args).await?,

@@ -7,12 +7,12 @@ use std::sync::Arc;
 
 use batchyard_workers::catalog::shipped::{ShippedCatalog, ShippedModel};
 use batchyard_workers::catalog::validate::Validators;
-use batchyard_workers::catalog::{Catalog, CatalogError, ModelSpec, TaskSpec};
+use batchyard_workers::catalog::{BatchPrices, Catalog, CatalogError, ModelSpec, TaskSpec};
 use batchyard_workers::provider::Provider;
 
 use super::defaults;
 use super::parts::{build_provider, response_format};
-use super::raw::{RawConfig, RawModel};
+use super::raw::{RawConfig, RawModel, RawProvider};
 
 type Bad = (String, String);
 
@@ -103,9 +103,71 @@ pub(super) fn models(raw: &RawConfig) -> Result<(Vec<ModelSpec>, BTreeMap<String
             }
             None => None,
         };
-        models.push(model_spec(key, m, entry)?);
+        let mut spec = model_spec(key, m, entry)?;
+        spec.batch = batch_prices(key, m, &raw.providers[&m.provider], entry, &spec)?;
+        models.push(spec);
     }
     Ok((models, from_catalog))
+}
+
+/// Whether a provider's batch API is there to use: OpenAI's own API and Anthropic by
+/// default, another OpenAI-compatible server only with `batch_api = true`.
+fn provider_batches(p: &RawProvider) -> bool {
+    match p.kind.as_str() {
+        "openai" => p.batch_api.unwrap_or_else(|| {
+            p.base_url
+                .as_deref()
+                .and_then(|u| url::Url::parse(u).ok())
+                .is_some_and(|u| u.host_str() == Some("api.openai.com"))
+        }),
+        "anthropic" => p.batch_api.unwrap_or(true),
+        _ => false,
+    }
+}
+
+/// A model's batch prices (the offload lane), or `None` when it is never offloaded: the
+/// table's, else its catalog entry's, else half its real-time prices.
+fn batch_prices(
+    key: &str,
+    m: &RawModel,
+    p: &RawProvider,
+    entry: Option<&ShippedModel>,
+    spec: &ModelSpec,
+) -> Result<Option<BatchPrices>, Bad> {
+    let at = |field: &str| format!("models.{key}.{field}");
+    let input = m
+        .batch_input_usd_per_mtok
+        .or(entry.and_then(|e| e.batch_input_usd_per_mtok))
+        .unwrap_or(spec.input_usd_per_mtok / 2.0);
+    let output = m
+        .batch_output_usd_per_mtok
+        .or(entry.and_then(|e| e.batch_output_usd_per_mtok))
+        .unwrap_or(spec.output_usd_per_mtok / 2.0);
+    for (field, price) in [
+        ("batch_input_usd_per_mtok", input),
+        ("batch_output_usd_per_mtok", output),
+    ] {
+        if !price.is_finite() || price < 0.0 {
+            return Err((at(field), format!("price must be 0 or more, not {price}")));
+        }
+    }
+    if m.batch_api == Some(true) && !provider_batches(p) {
+        return Err((
+            at("batch_api"),
+            format!(
+                "provider {:?} has no batch API batchyard can use; set batch_api = true on the \
+                 provider if it serves OpenAI's /v1/batches",
+                m.provider
+            ),
+        ));
+    }
+    if m.batch_api == Some(false) || !provider_batches(p) {
+        return Ok(None);
+    }
+    Ok(Some(BatchPrices {
+        input_usd_per_mtok: input,
+        output_usd_per_mtok: output,
+    }))
 }
 
 /// A field the model's table must set when it names no catalog entry.
@@ -186,6 +248,7 @@ fn model_spec(key: &str, m: &RawModel, entry: Option<&ShippedModel>) -> Result<M
         capabilities,
         rpm: m.rpm,
         tpm: m.tpm,
+        batch: None,
     })
 }
 

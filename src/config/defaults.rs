@@ -27,6 +27,7 @@ pub fn provider() -> (String, RawProvider) {
             output_tokens: None,
             rpm: None,
             tpm: None,
+            batch_api: None,
         },
     )
 }
@@ -46,6 +47,9 @@ fn model(name: &str, input: f64, output: f64, context: u64, tier: u32, caps: &[&
         capabilities: Some(caps.iter().map(|c| c.to_string()).collect()),
         rpm: None,
         tpm: None,
+        batch_input_usd_per_mtok: None,
+        batch_output_usd_per_mtok: None,
+        batch_api: None,
     }
 }
 

@@ -151,6 +151,9 @@ pub struct RawProvider {
     pub rpm: Option<u32>,
     /// Account-wide tokens per minute, shared by all of this provider's models.
     pub tpm: Option<u64>,
+    /// Whether the provider's batch API may be used (the offload lane). Default: yes for
+    /// OpenAI's own API and Anthropic, no for other OpenAI-compatible servers.
+    pub batch_api: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -172,6 +175,12 @@ pub struct RawModel {
     pub capabilities: Option<Vec<String>>,
     pub rpm: Option<u32>,
     pub tpm: Option<u64>,
+    /// Prices through the provider's batch API; default: the shipped catalog's, else half
+    /// the real-time prices.
+    pub batch_input_usd_per_mtok: Option<f64>,
+    pub batch_output_usd_per_mtok: Option<f64>,
+    /// `false` keeps this model out of provider batches (data that must not rest there).
+    pub batch_api: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]

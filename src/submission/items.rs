@@ -95,6 +95,7 @@ impl Builder<'_> {
             prior_cost_usd: 0.0,
             prefetched: None,
             offloaded_to: Vec::new(),
+            realtime: false,
         }))
     }
 }

@@ -106,6 +106,7 @@ fn job(batch: &str, seq: u64, content: &str) -> Job {
         prior_cost_usd: 0.0,
         prefetched: None,
         offloaded_to: Vec::new(),
+        realtime: false,
     }
 }
 

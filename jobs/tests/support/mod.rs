@@ -52,6 +52,7 @@ pub fn job(batch: &str, seq: u64, pad: usize) -> Job {
         prior_cost_usd: 0.0,
         prefetched: None,
         offloaded_to: Vec::new(),
+        realtime: false,
     }
 }
 

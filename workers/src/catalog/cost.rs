@@ -62,6 +62,31 @@ impl ModelSpec {
 }
 
 impl ModelSpec {
+    /// Cost in USD of an answer through the provider's batch API: every input price scaled
+    /// by the batch input discount, output at the batch output price. The real-time price
+    /// when the model has no batch prices.
+    pub fn batch_cost_usd(&self, t: TokenCounts) -> f64 {
+        let Some(batch) = self.batch else {
+            return self.cost_usd(t);
+        };
+        let ratio = if self.input_usd_per_mtok > 0.0 {
+            batch.input_usd_per_mtok / self.input_usd_per_mtok
+        } else {
+            1.0
+        };
+        let scaled = ModelSpec {
+            input_usd_per_mtok: batch.input_usd_per_mtok,
+            output_usd_per_mtok: batch.output_usd_per_mtok,
+            cached_input_usd_per_mtok: self.cached_input_usd_per_mtok.map(|p| p * ratio),
+            cache_write_usd_per_mtok: self.cache_write_usd_per_mtok.map(|p| p * ratio),
+            batch: None,
+            ..self.clone()
+        };
+        scaled.cost_usd(t)
+    }
+}
+
+impl ModelSpec {
     /// The most a call of `input` prompt tokens and at most `output` output tokens can cost,
     /// however the provider splits the input between plain, cache-read and cache-write
     /// tokens (a cache write may be priced above plain input, as Anthropic's is).
@@ -98,6 +123,7 @@ mod tests {
             capabilities: Default::default(),
             rpm: None,
             tpm: None,
+            batch: None,
         }
     }
 

@@ -44,6 +44,16 @@ pub struct ModelSpec {
     pub capabilities: BTreeSet<String>,
     pub rpm: Option<u32>,
     pub tpm: Option<u64>,
+    /// Prices through the provider's batch API (the offload lane); `None`: this model is
+    /// never offloaded (its provider has no batch API, or the config opts it out).
+    pub batch: Option<BatchPrices>,
+}
+
+/// What a model costs through its provider's batch API, per million tokens.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct BatchPrices {
+    pub input_usd_per_mtok: f64,
+    pub output_usd_per_mtok: f64,
 }
 
 /// One kind of work: a template, and what a model needs to do it.

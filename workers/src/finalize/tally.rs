@@ -213,6 +213,7 @@ mod tests {
             cache_write_input_tokens: written,
             output_tokens: 5,
             cached: false,
+            provider_batch: None,
         }
     }
 

@@ -135,6 +135,7 @@ mod tests {
             capabilities: Default::default(),
             rpm: None,
             tpm: None,
+            batch: None,
         }
     }
 

@@ -119,6 +119,23 @@ pub enum ProviderErrorKind {
 }
 
 impl ProviderErrorKind {
+    /// The kind a [`Self::code`] names; an unknown code is `transient` (worth another try).
+    pub fn from_code(code: &str) -> Self {
+        [
+            Self::RateLimited,
+            Self::ContextOverflow,
+            Self::InvalidRequest,
+            Self::Auth,
+            Self::QuotaExhausted,
+            Self::ContentFilter,
+            Self::MalformedResponse,
+            Self::ResponseTooLarge,
+        ]
+        .into_iter()
+        .find(|k| k.code() == code)
+        .unwrap_or(Self::Transient)
+    }
+
     /// The code written to `errors.jsonl`.
     pub fn code(self) -> &'static str {
         match self {

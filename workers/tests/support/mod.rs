@@ -34,6 +34,7 @@ pub fn model_spec(key: &str, provider: &str, name: &str) -> ModelSpec {
         capabilities: BTreeSet::new(),
         rpm: None,
         tpm: None,
+        batch: None,
     }
 }
 

@@ -30,6 +30,7 @@ pub fn job(seq: u64) -> Job {
         prior_cost_usd: 0.0,
         prefetched: None,
         offloaded_to: Vec::new(),
+        realtime: false,
     }
 }
 

@@ -132,6 +132,7 @@ pub(super) fn placeholder_job(raw: &[u8]) -> Job {
         prior_cost_usd: 0.0,
         prefetched: None,
         offloaded_to: Vec::new(),
+        realtime: false,
     }
 }
 

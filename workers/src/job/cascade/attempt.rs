@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use batchyard_jobs::job::Job;
 use batchyard_jobs::outcome::{OutputLine, codes};
+use batchyard_jobs::retry::Retryable as _;
 
 use super::verdict::{from_cache, step, to_cache};
 use super::{Cascade, Decision, Next, Run, Walk};
@@ -28,9 +29,26 @@ impl Cascade {
         provider: &Arc<Provider>,
         has_next: bool,
         run: &mut Run,
-    ) -> Result<(Completion, bool), Next> {
+    ) -> Result<(Completion, Origin), Next> {
         let model = &cand.model;
         let job = walk.job;
+        if let Some(pre) = job.prefetched.as_ref().filter(|p| p.model == model.key) {
+            match batch_answer(pre, &job.body) {
+                Ok(done) => return Ok((done, Origin::Batch)),
+                Err(e) if !e.is_retryable() => {
+                    return Err(self.failed(walk, model, e, has_next, run).await);
+                }
+                // A passing fault inside the provider batch: this turn runs real-time.
+                Err(e) => {
+                    tracing::debug!(model = %model.key, error = %e, "batch answer unusable; calling")
+                }
+            }
+        } else if job.offloaded_to.contains(&model.key) {
+            // A provider batch of an earlier wave already answered this model's turn.
+            return Err(Next::Continue);
+        } else if walk.offload && model.batch.is_some() {
+            return Err(Next::end(self.park(job, &model.key, run.take())));
+        }
         let call = ChatCall {
             model_name: &model.name,
             body: &job.body,
@@ -52,7 +70,7 @@ impl Cascade {
         };
         run.ext.estimated_input_tokens = cand.prompt_tokens;
         if let Some(entry) = hit {
-            return Ok((from_cache(entry), true));
+            return Ok((from_cache(entry), Origin::Cache));
         }
         if has_next && let Some(left) = self.guards.throttled_for(&model.key) {
             // The provider asked us to slow down; another adequate model answers now instead
@@ -130,7 +148,7 @@ impl Cascade {
                 if let (Some(cache), Some(key)) = (walk.cache, &key) {
                     cache.put(key, &to_cache(&model.key, &done)).await;
                 }
-                Ok((done, false))
+                Ok((done, Origin::Call))
             }
             Err(e) => Err(self.failed(walk, model, e, has_next, run).await),
         }
@@ -218,6 +236,39 @@ impl Cascade {
         walk.exhausted = retry_later;
         walk.last_error = Some(e);
         Next::Stop
+    }
+}
+
+/// Where an answer came from, which sets what it costs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Origin {
+    /// A call now, at the real-time price.
+    Call,
+    /// batchyard's result cache: already paid for.
+    Cache,
+    /// A provider batch (the offload lane), at the batch price.
+    Batch,
+}
+
+/// A provider batch's answer for this item as a call's reply, or its error as a call's.
+fn batch_answer(
+    pre: &batchyard_jobs::job::Prefetched,
+    request: &serde_json::Map<String, serde_json::Value>,
+) -> Result<Completion, ProviderError> {
+    match (&pre.completion, &pre.error) {
+        (Some(body), _) => {
+            let mut done = crate::provider::openai::completion_from_body(body, request)?;
+            done.request_id = format!("{}:{}", pre.provider_batch, done.request_id);
+            Ok(done)
+        }
+        (None, Some((code, message))) => Err(ProviderError::new(
+            crate::provider::ProviderErrorKind::from_code(code),
+            format!("in provider batch {}: {message}", pre.provider_batch),
+        )),
+        (None, None) => Err(ProviderError::new(
+            crate::provider::ProviderErrorKind::MalformedResponse,
+            format!("provider batch {} gave no answer", pre.provider_batch),
+        )),
     }
 }
 

@@ -23,6 +23,10 @@ pub(crate) enum Decision {
         delay: Duration,
         uncommitted_nanos: i64,
     },
+    /// Park the job for its batch's next provider-batch wave (the offload lane): `job`
+    /// names the model it waits for last in `offloaded_to`. `uncommitted_nanos` as for
+    /// `Later`.
+    Park { job: Job, uncommitted_nanos: i64 },
 }
 
 impl Decision {

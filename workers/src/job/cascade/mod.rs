@@ -93,6 +93,8 @@ struct Walk<'a> {
     unavailable: Unavailable,
     /// After a context overflow only a larger context window can help.
     needs_context_over: Option<u64>,
+    /// The batch may still send this item to a provider batch API (its deadline allows).
+    offload: bool,
 }
 
 /// Where the walk goes after one candidate.
@@ -163,6 +165,9 @@ impl Cascade {
             exhausted: false,
             unavailable: Unavailable::default(),
             needs_context_over: None,
+            // A budgeted batch stays real-time: a provider batch's spend is not reserved yet.
+            offload: !job.realtime
+                && record.is_some_and(|r| r.offloading() && r.budget_usd.is_none()),
         };
         let count = plan.candidates.len();
         for (index, cand) in plan.candidates.iter().enumerate() {
@@ -198,7 +203,7 @@ impl Cascade {
             return Next::Continue;
         }
         match self.answer(walk, cand, provider, has_next, run).await {
-            Ok((done, cached)) => self.judge(walk, model, has_next, done, cached, run).await,
+            Ok((done, origin)) => self.judge(walk, model, has_next, done, origin, run).await,
             Err(next) => next,
         }
     }
@@ -226,6 +231,18 @@ impl Cascade {
     async fn commit(&self, job: &Job, reserved: bool, spent: f64, run: &mut Run) {
         if reserved {
             run.committed_nanos += self.budget.commit(job, spent).await;
+        }
+    }
+
+    /// Parks the job until a provider batch of `model` answers it, carrying what this run
+    /// spent. Any earlier batch answer is used up.
+    fn park(&self, job: &Job, model: &str, run: Run) -> Decision {
+        let mut next = carry(job.clone(), &run);
+        next.prefetched = None;
+        next.offloaded_to.push(model.to_owned());
+        Decision::Park {
+            uncommitted_nanos: usd_to_nanos(run.cost) - run.committed_nanos,
+            job: next,
         }
     }
 

@@ -3,6 +3,7 @@
 use batchyard_jobs::batch::now_millis;
 use batchyard_jobs::outcome::{OutputLine, Response, Step, codes, step_outcomes};
 
+use super::attempt::Origin;
 use super::{Cascade, Next, Run, Walk};
 use crate::catalog::{ModelSpec, TaskSpec, TokenCounts};
 use crate::job::cache::CachedCompletion;
@@ -26,14 +27,15 @@ impl Cascade {
         model: &ModelSpec,
         has_next: bool,
         done: Completion,
-        cached: bool,
+        origin: Origin,
         run: &mut Run,
     ) -> Next {
         let (job, plan) = (walk.job, walk.plan);
-        let cost = if cached {
-            0.0
-        } else {
-            model.cost_usd(TokenCounts::of(&done))
+        let cached = origin == Origin::Cache;
+        let cost = match origin {
+            Origin::Cache => 0.0,
+            Origin::Call => model.cost_usd(TokenCounts::of(&done)),
+            Origin::Batch => model.batch_cost_usd(TokenCounts::of(&done)),
         };
         run.cost += cost;
         run.ext.model = Some(model.key.clone());
@@ -48,9 +50,11 @@ impl Cascade {
             Verdict::Pass => step_outcomes::PASSED,
             Verdict::Fail { outcome, .. } => outcome,
         };
-        run.ext
-            .cascade
-            .push(step(&model.key, outcome, cost, Some(&done), cached));
+        let mut turn = step(&model.key, outcome, cost, Some(&done), cached);
+        if origin == Origin::Batch {
+            turn.provider_batch = job.prefetched.as_ref().map(|p| p.provider_batch.clone());
+        }
+        run.ext.cascade.push(turn);
         // A cached answer was learned from when it was made.
         if !cached
             && plan.learns
@@ -148,6 +152,7 @@ pub(super) fn step(
         cache_write_input_tokens: done.map_or(0, |d| d.cache_write_input_tokens),
         output_tokens: done.map_or(0, |d| d.output_tokens),
         cached,
+        provider_batch: None,
     }
 }
 

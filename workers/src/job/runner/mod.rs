@@ -420,6 +420,17 @@ impl DeliveryHandler for JobRunner {
                     }
                     self.requeue_patiently(&delivery, &job, delay).await;
                 }
+                Decision::Park {
+                    job,
+                    uncommitted_nanos,
+                } => {
+                    if uncommitted_nanos > 0 {
+                        self.commit_patiently(&job.batch_id, &job.job_id, uncommitted_nanos)
+                            .await;
+                    }
+                    tracing::debug!(model = ?job.offloaded_to.last(), "parked for a provider batch");
+                    self.park_patiently(&delivery, &job).await;
+                }
             }
         };
         crate::metrics::overhead::measure(run.instrument(span)).await

@@ -117,6 +117,17 @@ impl JobRunner {
         }
     }
 
+    /// Parks the job for the offload lane, as patiently as a requeue.
+    pub(super) async fn park_patiently(&self, delivery: &Delivery, job: &Job) {
+        if self
+            .patiently("park", || self.queue.park(delivery, job))
+            .await
+            .is_none()
+        {
+            tracing::warn!("cannot park; the job will be reclaimed");
+        }
+    }
+
     /// The success stored for this job by an earlier run, if any.
     pub(super) async fn stored_success(&self, job: &Job) -> Option<OutputLine> {
         let path = self.store.result_path(&job.batch_id, &job.job_id);

@@ -221,6 +221,28 @@ pub(super) fn parse_success(
     })
 }
 
+/// An OpenAI chat completion that came another way than a call (a provider batch's output),
+/// read as a call's reply is: usage, finish reason, an empty filtered answer as
+/// `content_filter`.
+pub fn completion_from_body(
+    body: &Value,
+    request: &Map<String, Value>,
+) -> Result<Completion, ProviderError> {
+    let bytes = serde_json::to_vec(body).map_err(|e| {
+        ProviderError::new(
+            ProviderErrorKind::MalformedResponse,
+            format!("cannot read the batch answer: {e}"),
+        )
+    })?;
+    parse_success(
+        200,
+        &HeaderMap::new(),
+        &bytes,
+        request,
+        "an openai chat completion",
+    )
+}
+
 /// `x-ratelimit-remaining-*` and `x-ratelimit-reset-*`, as OpenAI and many compatible servers
 /// send them on every response.
 fn rate_limit_report(headers: &reqwest::header::HeaderMap) -> Option<RateLimitReport> {
