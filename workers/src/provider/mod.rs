@@ -10,6 +10,7 @@
 //! - [`gemini`]: Google's Gemini API (`generateContent`), mapped to and from the OpenAI shape.
 //! - [`azure_openai`]: Azure OpenAI deployments (the `openai` kind's body and reader, a URL
 //!   per deployment, `api-key` or Entra ID auth).
+//! - [`batch`]: the providers' batch APIs (the offload lane), for the kinds that have one.
 //! - [`simulated`]: built in, deterministic, labelled in every output; no account needed.
 //! - `shape`: the OpenAI chat completion the other kinds answer with, and the parts of an
 //!   OpenAI tool call they send on.
@@ -21,6 +22,7 @@
 
 pub mod anthropic;
 pub mod azure_openai;
+pub mod batch;
 pub mod bedrock;
 pub mod gemini;
 mod http;

@@ -192,6 +192,55 @@ impl Endpoint {
         self.send_request(request, &shown, classify).await
     }
 
+    /// A request of any method to `url` on this endpoint's client (its key and headers go
+    /// with it), for the batch APIs' uploads, reads and deletes.
+    pub(crate) fn request(
+        &self,
+        method: reqwest::Method,
+        url: reqwest::Url,
+    ) -> reqwest::RequestBuilder {
+        self.client.request(method, url)
+    }
+
+    /// Sends `request` and reads its reply as [`Self::post`] does (size cap, `classify` for
+    /// a non-2xx).
+    pub(crate) async fn execute(
+        &self,
+        request: reqwest::RequestBuilder,
+        url: &reqwest::Url,
+        classify: fn(u16, &HeaderMap, &[u8]) -> ProviderError,
+    ) -> Result<(u16, HeaderMap, Vec<u8>), ProviderError> {
+        self.send_request(request, &display_url(url), classify)
+            .await
+    }
+
+    /// Sends `request` and hands back the response unread, for a body too big to hold (a
+    /// batch's results, read line by line); a non-2xx is read (capped) and classified.
+    pub(crate) async fn open(
+        &self,
+        request: reqwest::RequestBuilder,
+        url: &reqwest::Url,
+        classify: fn(u16, &HeaderMap, &[u8]) -> ProviderError,
+    ) -> Result<reqwest::Response, ProviderError> {
+        let shown = display_url(url);
+        let mut response = request
+            .send()
+            .await
+            .map_err(|e| transport_error(&shown, self.timeout, &e))?;
+        let status = response.status().as_u16();
+        if (200..300).contains(&status) {
+            return Ok(response);
+        }
+        let headers = std::mem::take(response.headers_mut());
+        let bytes = read_body(response, self.max_response_bytes, &shown, self.timeout).await?;
+        Err(classify(status, &headers, &bytes))
+    }
+
+    /// The whole-request timeout, for reads that outlive one request's body.
+    pub(crate) fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
     /// The configured URL (with any query), for kinds that extend it per call.
     pub(crate) fn url(&self) -> &reqwest::Url {
         &self.url

@@ -7,6 +7,9 @@
 //!   `retry_after`. The retry module decides what to do with it.
 //! - The API key is sent only in the `Authorization` header (marked sensitive), is redacted from
 //!   every error message, and never appears in `Debug` output.
+//! - [`batch`]: OpenAI's Batch API (files, batches, results) on the same endpoint and key.
+
+pub mod batch;
 
 use std::fmt;
 use std::time::Duration;
