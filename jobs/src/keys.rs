@@ -9,7 +9,8 @@
 //! Redis:
 //! - queue `<q>`: `by:{<q>}:stream|enq|delayed|dead|lost`, `by:{<q>}:staged:<batch>`,
 //!   `by:{<q>}:parked:<batch>`
-//! - ledger: `by:batches` (index), `by:batch:{<id>}` and its `:settled`, `:final`, `:resv`
+//! - ledger: `by:batches` (index), `by:batch:{<id>}` and its `:settled`, `:final`, `:resv`,
+//!   `:offload`
 //! - adequacy: `by:adequacy:{<task>}`; health: `by:health:{<model>}` and `:probe`, `:budget`
 //! - limiter: `{by:lim}:model:<key>`, `{by:lim}:provider:<key>`
 //! - API queue history: `by:api:queue_history:{<queue>}`
@@ -76,6 +77,11 @@ pub fn batch_settled(id: &str) -> String {
 /// The finalizer's lease.
 pub fn batch_final(id: &str) -> String {
     format!("{}:final", batch_record(id))
+}
+
+/// The offload lane's lease: who submits, polls and ingests the batch's provider batches.
+pub fn batch_offload_lease(id: &str) -> String {
+    format!("{}:offload", batch_record(id))
 }
 
 pub fn batch_resv(id: &str) -> String {
@@ -219,6 +225,16 @@ pub fn api_batch(batch_id: &str) -> String {
     format!("api/batches/{batch_id}.json")
 }
 
+/// The offload lane's state of a batch: its provider batches.
+pub fn offload_state(batch_id: &str) -> String {
+    format!("batches/{batch_id}/offload/state.json")
+}
+
+/// The job ids one provider batch of the offload lane holds, one a line.
+pub fn offload_jobs(batch_id: &str, provider_batch_key: &str) -> String {
+    format!("batches/{batch_id}/offload/{provider_batch_key}.jobs")
+}
+
 /// What `batchyard check` writes, reads back and deletes to see that the store works.
 pub fn check_probe(probe_id: &str) -> String {
     format!("check/{probe_id}.probe")
@@ -261,6 +277,7 @@ mod tests {
             (batch_record("b1"), "by:batch:{b1}"),
             (batch_settled("b1"), "by:batch:{b1}:settled"),
             (batch_final("b1"), "by:batch:{b1}:final"),
+            (batch_offload_lease("b1"), "by:batch:{b1}:offload"),
             (batch_resv("b1"), "by:batch:{b1}:resv"),
             (adequacy("summarise"), "by:adequacy:{summarise}"),
             (ADEQUACY_PATTERN.to_owned(), "by:adequacy:*"),
@@ -304,6 +321,8 @@ mod tests {
             (api_batch("batch_1"), "api/batches/batch_1.json"),
             (API_READYZ.to_owned(), "api/readyz"),
             (check_probe("p"), "check/p.probe"),
+            (offload_state("b"), "batches/b/offload/state.json"),
+            (offload_jobs("b", "w1-m-0"), "batches/b/offload/w1-m-0.jobs"),
             (CACHE_VERSION.to_owned(), "v1"),
             (cache_entry("abcdef").join("/"), "cache/v1/ab/abcdef.json"),
             (cache_entry("a").join("/"), "cache/v1/__/a.json"),

@@ -72,6 +72,9 @@ async fn parks_and_releases_once(q: &dyn Queue) {
     }
     assert_eq!(seen.len(), 4, "{seen:?}");
     let (parked, _) = q.parked("b", 0, 10).await.unwrap();
+    let one = q.parked_job("b", &parked[0].job_id).await.unwrap();
+    assert_eq!(one.as_ref(), Some(&parked[0]));
+    assert_eq!(q.parked_job("b", "nope").await.unwrap(), None);
     let mut answered = parked[0].clone();
     answered.prefetched = Some(Prefetched {
         model: "small".into(),

@@ -3,6 +3,8 @@
 //! The crate is seven wings. Each wing's `mod.rs` says what it holds and what it may use;
 //! imports point down this list only (a wing uses the wings below it, never one above):
 //!
+//! - [`offload`]: the offload lane: a batch with a deadline sends its items through the
+//!   providers' batch APIs at the batch price, in waves, and switches to real-time in time.
 //! - [`job`]: one job from claim to ack: the generic worker [`job::pool`], the job body
 //!   [`job::runner`] and the cascade it owns (cache, budget reservation, guarded call, checks,
 //!   escalation), fail-closed budgets [`job::budget`] and the result cache [`job::cache`].
@@ -28,5 +30,6 @@ pub mod catalog;
 pub mod finalize;
 pub mod job;
 pub mod metrics;
+pub mod offload;
 pub mod provider;
 pub mod route;

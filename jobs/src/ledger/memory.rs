@@ -15,6 +15,8 @@ struct Entry {
     record: Option<BatchRecord>,
     settled: Vec<u64>,
     lease: Option<(String, Instant)>,
+    /// The offload lane's lease.
+    offload_lease: Option<(String, Instant)>,
     /// Job id -> reserved nano-dollars; sums to the record's `reserved_nanos`.
     reservations: HashMap<String, i64>,
     /// The last replay that reopened the batch.
@@ -160,6 +162,24 @@ impl Ledger for MemoryLedger {
             Some((holder, until)) if holder != owner && *until > now => Ok(false),
             _ => {
                 entry.lease = Some((owner.to_string(), now + ttl));
+                Ok(true)
+            }
+        }
+    }
+
+    async fn try_lock_offload(
+        &self,
+        batch_id: &str,
+        owner: &str,
+        ttl: Duration,
+    ) -> Result<bool, QueueError> {
+        let mut batches = self.batches.lock().await;
+        let entry = batches.entry(batch_id.to_string()).or_default();
+        let now = Instant::now();
+        match &entry.offload_lease {
+            Some((holder, until)) if holder != owner && *until > now => Ok(false),
+            _ => {
+                entry.offload_lease = Some((owner.to_string(), now + ttl));
                 Ok(true)
             }
         }

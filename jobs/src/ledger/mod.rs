@@ -124,6 +124,15 @@ pub trait Ledger: Send + Sync {
         ttl: Duration,
     ) -> Result<bool, QueueError>;
 
+    /// The offload lane's lease of a batch, taken or extended by `owner` for `ttl`: one
+    /// worker at a time submits, polls and ingests its provider batches.
+    async fn try_lock_offload(
+        &self,
+        batch_id: &str,
+        owner: &str,
+        ttl: Duration,
+    ) -> Result<bool, QueueError>;
+
     /// Asks a running batch to stop: queued items will end as `cancelled`, in-flight ones
     /// finish. Returns the record as it now is; a batch already finished (or finalizing) is
     /// returned unchanged.

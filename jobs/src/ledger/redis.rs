@@ -183,6 +183,25 @@ fn state_stamp_field(state: BatchState) -> Option<&'static str> {
     }
 }
 
+impl RedisLedger {
+    /// Takes the lease at `key`, or extends it when this owner already holds it.
+    async fn lease(&self, key: &str, owner: &str, ttl: Duration) -> Result<bool, QueueError> {
+        let mut conn = self.conn.clone();
+        let held: i64 = Script::new(
+            "if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return 1 end \
+             if redis.call('GET', KEYS[1]) == ARGV[1] then \
+               redis.call('PEXPIRE', KEYS[1], ARGV[2]) return 1 end \
+             return 0",
+        )
+        .key(key)
+        .arg(owner)
+        .arg(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX))
+        .invoke_async(&mut conn)
+        .await?;
+        Ok(held == 1)
+    }
+}
+
 #[async_trait]
 impl Ledger for RedisLedger {
     async fn create(&self, record: &BatchRecord) -> Result<(), QueueError> {
@@ -311,20 +330,17 @@ impl Ledger for RedisLedger {
         owner: &str,
         ttl: Duration,
     ) -> Result<bool, QueueError> {
-        let mut conn = self.conn.clone();
-        // Take the lease, or extend it when this owner already holds it.
-        let held: i64 = Script::new(
-            "if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return 1 end \
-             if redis.call('GET', KEYS[1]) == ARGV[1] then \
-               redis.call('PEXPIRE', KEYS[1], ARGV[2]) return 1 end \
-             return 0",
-        )
-        .key(lease_key(batch_id))
-        .arg(owner)
-        .arg(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX))
-        .invoke_async(&mut conn)
-        .await?;
-        Ok(held == 1)
+        self.lease(&lease_key(batch_id), owner, ttl).await
+    }
+
+    async fn try_lock_offload(
+        &self,
+        batch_id: &str,
+        owner: &str,
+        ttl: Duration,
+    ) -> Result<bool, QueueError> {
+        self.lease(&keys::batch_offload_lease(batch_id), owner, ttl)
+            .await
     }
 
     async fn request_cancel(&self, batch_id: &str) -> Result<BatchRecord, QueueError> {

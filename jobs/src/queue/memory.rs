@@ -395,6 +395,15 @@ impl Queue for MemoryQueue {
         Ok((page, next))
     }
 
+    async fn parked_job(&self, batch_id: &str, job_id: &str) -> Result<Option<Job>, QueueError> {
+        let state = self.state.lock().await;
+        Ok(state
+            .parked
+            .get(batch_id)
+            .and_then(|jobs| jobs.get(job_id))
+            .cloned())
+    }
+
     async fn parked_count(&self, batch_id: &str) -> Result<u64, QueueError> {
         let state = self.state.lock().await;
         Ok(state.parked.get(batch_id).map_or(0, |j| j.len() as u64))

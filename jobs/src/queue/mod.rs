@@ -191,6 +191,9 @@ pub trait Queue: Send + Sync {
         max: usize,
     ) -> Result<(Vec<Job>, u64), QueueError>;
 
+    /// One parked job, if it is parked.
+    async fn parked_job(&self, batch_id: &str, job_id: &str) -> Result<Option<Job>, QueueError>;
+
     /// How many of a batch's jobs are parked.
     async fn parked_count(&self, batch_id: &str) -> Result<u64, QueueError>;
 

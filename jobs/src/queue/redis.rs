@@ -438,6 +438,10 @@ impl Queue for RedisQueue {
         self.parked_page(batch_id, cursor, max).await
     }
 
+    async fn parked_job(&self, batch_id: &str, job_id: &str) -> Result<Option<Job>, QueueError> {
+        self.parked_one(batch_id, job_id).await
+    }
+
     async fn parked_count(&self, batch_id: &str) -> Result<u64, QueueError> {
         self.parked_len(batch_id).await
     }

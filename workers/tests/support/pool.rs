@@ -194,6 +194,10 @@ impl Queue for TestQueue {
         self.inner.parked(b, cursor, max).await
     }
 
+    async fn parked_job(&self, b: &str, id: &str) -> Result<Option<Job>, QueueError> {
+        self.inner.parked_job(b, id).await
+    }
+
     async fn parked_count(&self, b: &str) -> Result<u64, QueueError> {
         self.inner.parked_count(b).await
     }

@@ -63,6 +63,21 @@ impl RedisQueue {
         Ok((jobs, next))
     }
 
+    pub(super) async fn parked_one(
+        &self,
+        batch_id: &str,
+        job_id: &str,
+    ) -> Result<Option<Job>, QueueError> {
+        let mut conn = self.conn.clone();
+        let raw: Option<Vec<u8>> = conn.hget(self.parked_key(batch_id), job_id).await?;
+        raw.map(|raw| {
+            serde_json::from_slice(&raw).map_err(|e| {
+                QueueError::Decode(format!("parked job {job_id} does not decode: {e}"))
+            })
+        })
+        .transpose()
+    }
+
     pub(super) async fn parked_len(&self, batch_id: &str) -> Result<u64, QueueError> {
         let mut conn = self.conn.clone();
         Ok(conn.hlen(self.parked_key(batch_id)).await?)

@@ -1,0 +1,146 @@
+//! The offload lane: a batch with a deadline buys its answers through the providers' batch
+//! APIs, at the batch price, in waves, and still finishes by the deadline.
+//!
+//! The queue and the cascade do most of it. A worker that runs an item of such a batch parks
+//! it (out of the stream) for its cheapest batch-capable candidate instead of calling. This
+//! wing's [`Coordinator`], which every worker process runs, leads each such batch in turn
+//! (one lease holder at a time) and on each tick:
+//! 1. ingests ended provider batches: each answer goes back into the queue inside its job,
+//!    where the cascade judges it as it would a call's (a failed check escalates, and the
+//!    next model's turn is the next wave); items with no answer go back to be parked again;
+//! 2. near the deadline, hands everything to real-time: provider batches are cancelled and
+//!    every parked item runs now;
+//! 3. cuts the next wave: parked items grouped by model, each group big enough sent as
+//!    provider batches, the rest run real-time.
+//!
+//! - `state`: the provider batches of a batch, kept in the object store.
+//! - `tick`: one batch's step (the three above).
+//! - `ingest`: one ended provider batch's results back into the queue.
+//!
+//! May use: `catalog`, `provider` and the jobs crate. Used by the binary.
+
+mod ingest;
+pub mod state;
+mod tick;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use batchyard_jobs::ledger::Ledger;
+use batchyard_jobs::queue::Queue;
+use batchyard_jobs::storage::ResultStore;
+use tokio_util::sync::CancellationToken;
+
+use crate::catalog::Catalog;
+
+/// `[offload]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OffloadOptions {
+    /// `mode = "auto"`: batches with a deadline use the lane; `"off"`: none does.
+    pub enabled: bool,
+    /// A smaller group for one model runs real-time: a provider batch is not worth it.
+    pub min_items: usize,
+    /// How often provider batches are polled and waves cut.
+    pub poll_interval: Duration,
+    /// Real-time takes over this long before the deadline would be missed.
+    pub switch_margin: Duration,
+    /// The most items in one provider batch (OpenAI takes 50,000).
+    pub max_items: usize,
+    /// What real-time is assumed to do, in items a second, when working out how long the
+    /// rest of a batch would take: the conservative default stands until measured.
+    pub realtime_items_per_sec: f64,
+}
+
+impl Default for OffloadOptions {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            min_items: 100,
+            poll_interval: Duration::from_secs(30),
+            switch_margin: Duration::from_secs(600),
+            max_items: 50_000,
+            realtime_items_per_sec: 2.0,
+        }
+    }
+}
+
+/// Leads the offload lane of each batch this process may lead. Cheap to clone.
+#[derive(Clone)]
+pub struct Coordinator {
+    queue: Arc<dyn Queue>,
+    ledger: Arc<dyn Ledger>,
+    store: ResultStore,
+    catalog: Arc<Catalog>,
+    options: OffloadOptions,
+    owner: String,
+    /// Group sizes seen at the last tick, by batch and model: a group that stopped growing
+    /// below `min_items` is sent real-time.
+    seen: Arc<std::sync::Mutex<HashMap<(String, String), usize>>>,
+}
+
+impl Coordinator {
+    pub fn new(
+        queue: Arc<dyn Queue>,
+        ledger: Arc<dyn Ledger>,
+        store: ResultStore,
+        catalog: Arc<Catalog>,
+        options: OffloadOptions,
+        owner: String,
+    ) -> Self {
+        Self {
+            queue,
+            ledger,
+            store,
+            catalog,
+            options,
+            owner,
+            seen: Arc::default(),
+        }
+    }
+
+    /// Ticks every batch with a deadline that is still running, until `cancel`.
+    pub async fn run(&self, cancel: CancellationToken) {
+        if !self.options.enabled {
+            return;
+        }
+        loop {
+            self.tick_all().await;
+            tokio::select! {
+                () = cancel.cancelled() => return,
+                () = tokio::time::sleep(self.options.poll_interval) => {}
+            }
+        }
+    }
+
+    /// One tick over every batch this process may lead now.
+    pub async fn tick_all(&self) {
+        let batches = match self.ledger.list(500).await {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::warn!(error = %e, "offload: cannot list batches; trying again next tick");
+                return;
+            }
+        };
+        for record in batches {
+            if record.deadline_at.is_none() || record.state.is_terminal() {
+                continue;
+            }
+            let lease = self.options.poll_interval * 3 + Duration::from_secs(30);
+            match self
+                .ledger
+                .try_lock_offload(&record.id, &self.owner, lease)
+                .await
+            {
+                Ok(true) => {
+                    let span = tracing::info_span!("offload", batch_id = %record.id);
+                    tracing::Instrument::instrument(self.tick(&record), span).await;
+                }
+                Ok(false) => {}
+                Err(e) => {
+                    tracing::warn!(batch_id = %record.id, error = %e, "offload: cannot take the lease")
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,112 @@
+//! What the offload lane keeps per batch, in the object store beside the batch's files: its
+//! provider batches (`offload/state.json`) and the job ids each holds (`offload/<key>.jobs`).
+//! Only the lease holder writes them; any worker that takes the lease over reads them back, so
+//! a provider batch outlives the worker that made it.
+
+use batchyard_jobs::error::StoreError;
+use batchyard_jobs::keys;
+use batchyard_jobs::storage::ResultStore;
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+/// Where one provider batch stands, as far as the lane knows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Phase {
+    /// Recorded before the provider was asked: it may or may not exist there.
+    Creating,
+    Running,
+    /// Cancel asked (the deadline came near, or the batch was cancelled).
+    Cancelling,
+    /// Ended and ingested: every item went back to the queue.
+    Done,
+}
+
+/// One provider batch of the lane.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ProviderBatch {
+    /// batchyard's name for it: `w<wave>-<model>-<n>`; also its tag at the provider.
+    pub key: String,
+    /// The model key it runs.
+    pub model: String,
+    /// The provider's id, once known.
+    pub remote_id: Option<String>,
+    pub phase: Phase,
+    pub items: u64,
+    /// Unix seconds when it was recorded.
+    pub created_at: u64,
+    /// How it ended (`completed`, `expired`, `cancelled`, `failed: <code>`), once it has.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ended: Option<String>,
+}
+
+/// The lane's state of one batch.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct LaneState {
+    /// Waves cut so far.
+    pub waves: u64,
+    pub provider_batches: Vec<ProviderBatch>,
+}
+
+impl LaneState {
+    /// Provider batches not yet ingested.
+    pub fn open(&self) -> impl Iterator<Item = &ProviderBatch> {
+        self.provider_batches
+            .iter()
+            .filter(|pb| pb.phase != Phase::Done)
+    }
+}
+
+pub async fn load(store: &ResultStore, batch_id: &str) -> Result<LaneState, StoreError> {
+    let path = store.path_of(&keys::offload_state(batch_id));
+    match store.get(&path).await {
+        Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| StoreError::Corrupt {
+            path: path.to_string(),
+            message: e.to_string(),
+        }),
+        Err(StoreError::NotFound { .. }) => Ok(LaneState::default()),
+        Err(e) => Err(e),
+    }
+}
+
+pub async fn save(
+    store: &ResultStore,
+    batch_id: &str,
+    state: &LaneState,
+) -> Result<(), StoreError> {
+    let path = store.path_of(&keys::offload_state(batch_id));
+    let bytes = serde_json::to_vec(state).map_err(|e| StoreError::Corrupt {
+        path: path.to_string(),
+        message: e.to_string(),
+    })?;
+    store.put(&path, Bytes::from(bytes)).await
+}
+
+pub async fn save_jobs(
+    store: &ResultStore,
+    batch_id: &str,
+    key: &str,
+    job_ids: &[String],
+) -> Result<(), StoreError> {
+    let path = store.path_of(&keys::offload_jobs(batch_id, key));
+    let mut text = job_ids.join("\n");
+    text.push('\n');
+    store.put(&path, Bytes::from(text)).await
+}
+
+pub async fn load_jobs(
+    store: &ResultStore,
+    batch_id: &str,
+    key: &str,
+) -> Result<Vec<String>, StoreError> {
+    let path = store.path_of(&keys::offload_jobs(batch_id, key));
+    match store.get(&path).await {
+        Ok(bytes) => Ok(String::from_utf8_lossy(&bytes)
+            .lines()
+            .filter(|l| !l.is_empty())
+            .map(str::to_owned)
+            .collect()),
+        Err(StoreError::NotFound { .. }) => Ok(Vec::new()),
+        Err(e) => Err(e),
+    }
+}

@@ -1,0 +1,323 @@
+//! One batch's step of the offload lane: bring every provider batch forward (ingesting the
+//! ended ones), switch to real-time when the deadline comes near, then cut the next wave.
+
+use std::collections::{BTreeMap, HashSet};
+use std::time::Duration;
+
+use batchyard_jobs::batch::{BatchRecord, now_secs};
+use batchyard_jobs::job::Job;
+use serde_json::Value;
+
+use super::Coordinator;
+use super::state::{self, LaneState, Phase, ProviderBatch};
+use crate::provider::batch::{BatchApi, BatchItem, EndedAs, RemoteState};
+
+/// The most parked jobs one tick looks at (a page at a time), so a tick stays bounded.
+const MAX_SCAN: usize = 200_000;
+const PAGE: usize = 1_000;
+
+impl Coordinator {
+    pub(super) async fn tick(&self, record: &BatchRecord) {
+        let mut lane = match state::load(&self.store, &record.id).await {
+            Ok(lane) => lane,
+            Err(e) => {
+                tracing::warn!(error = %e, "offload: cannot read the lane's state; trying again next tick");
+                return;
+            }
+        };
+        for index in 0..lane.provider_batches.len() {
+            self.advance(record, &mut lane, index).await;
+        }
+        let realtime = record.realtime_at.is_some() || record.cancel_requested_at.is_some();
+        if !realtime && self.deadline_near(record) {
+            tracing::info!("offload: the deadline is near; the rest runs real-time");
+            if let Err(e) = self.ledger.to_realtime(&record.id).await {
+                tracing::warn!(error = %e, "offload: cannot record the switch to real-time");
+                return;
+            }
+            self.cancel_open(&mut lane).await;
+        }
+        if record.cancel_requested_at.is_some() {
+            self.cancel_open(&mut lane).await;
+        }
+        let switched = realtime || record.realtime_at.is_some() || self.deadline_near(record);
+        self.cut(record, &mut lane, switched).await;
+        if let Err(e) = state::save(&self.store, &record.id, &lane).await {
+            tracing::warn!(error = %e, "offload: cannot save the lane's state");
+        }
+    }
+
+    /// Whether what is left would not finish by the deadline (less the margin) unless it
+    /// starts real-time now.
+    fn deadline_near(&self, record: &BatchRecord) -> bool {
+        let Some(deadline) = record.deadline_at else {
+            return false;
+        };
+        let left = record
+            .counts
+            .total
+            .saturating_sub(record.counts.completed + record.counts.failed);
+        let rate = self.options.realtime_items_per_sec.max(0.001);
+        let needed = Duration::from_secs_f64(left as f64 / rate) + self.options.switch_margin;
+        now_secs() + needed.as_secs() >= deadline
+    }
+
+    fn api(&self, model: &str) -> Option<BatchApi<'_>> {
+        let spec = self.catalog.model(model)?;
+        spec.batch?;
+        BatchApi::of(self.catalog.provider(&spec.provider)?)
+    }
+
+    /// Moves one provider batch forward: finds one whose create was cut off, polls the others,
+    /// ingests an ended one.
+    async fn advance(&self, record: &BatchRecord, lane: &mut LaneState, index: usize) {
+        let pb = lane.provider_batches[index].clone();
+        if pb.phase == Phase::Done {
+            return;
+        }
+        let Some(api) = self.api(&pb.model) else {
+            tracing::warn!(model = %pb.model, "offload: the model has no batch API any more; its items run again");
+            self.give_back(record, &pb, false).await;
+            lane.provider_batches[index].phase = Phase::Done;
+            return;
+        };
+        let remote_id = match (&pb.remote_id, pb.phase) {
+            (Some(id), _) => id.clone(),
+            (None, _) => match api.find(&pb.key, pb.created_at).await {
+                Ok(Some(id)) => {
+                    tracing::info!(key = %pb.key, remote_id = %id, "offload: found a provider batch whose id was not recorded");
+                    lane.provider_batches[index].remote_id = Some(id.clone());
+                    lane.provider_batches[index].phase = Phase::Running;
+                    id
+                }
+                Ok(None) => {
+                    // The create never reached the provider: the items are grouped again.
+                    lane.provider_batches[index].phase = Phase::Done;
+                    lane.provider_batches[index].ended = Some("never_created".into());
+                    return;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "offload: cannot list provider batches");
+                    return;
+                }
+            },
+        };
+        let status = match api.status(&remote_id).await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(remote_id, error = %e, "offload: cannot read a provider batch");
+                return;
+            }
+        };
+        let RemoteState::Ended(ended) = status.state else {
+            return;
+        };
+        let (label, ingest) = match &ended {
+            EndedAs::Completed => ("completed".to_owned(), true),
+            EndedAs::Expired => ("expired".to_owned(), true),
+            EndedAs::Cancelled => ("cancelled".to_owned(), true),
+            EndedAs::Failed { code, message } => {
+                tracing::warn!(
+                    remote_id,
+                    code,
+                    message,
+                    "offload: the provider refused a batch; its items run real-time"
+                );
+                (format!("failed: {code}"), false)
+            }
+        };
+        if ingest {
+            if let Err(e) = self.ingest(record, &pb, &api, &remote_id).await {
+                tracing::warn!(remote_id, error = %e, "offload: cannot ingest yet; trying again next tick");
+                return;
+            }
+        } else {
+            self.give_back(record, &pb, true).await;
+        }
+        if let Err(e) = api.forget(&remote_id).await {
+            tracing::debug!(remote_id, error = %e, "offload: cannot delete the provider's files");
+        }
+        let done = &mut lane.provider_batches[index];
+        done.phase = Phase::Done;
+        done.ended = Some(label);
+    }
+
+    async fn cancel_open(&self, lane: &mut LaneState) {
+        for pb in &mut lane.provider_batches {
+            if pb.phase != Phase::Running {
+                continue;
+            }
+            let (Some(api), Some(id)) = (self.api(&pb.model), pb.remote_id.clone()) else {
+                continue;
+            };
+            match api.cancel(&id).await {
+                Ok(()) => pb.phase = Phase::Cancelling,
+                Err(e) => tracing::warn!(remote_id = %id, error = %e, "offload: cannot cancel"),
+            }
+        }
+    }
+
+    /// Every parked job not in an open provider batch, grouped by the model it waits for.
+    async fn unassigned(
+        &self,
+        record: &BatchRecord,
+        lane: &LaneState,
+    ) -> Option<BTreeMap<String, Vec<Job>>> {
+        let mut assigned = HashSet::new();
+        for pb in lane.open() {
+            match state::load_jobs(&self.store, &record.id, &pb.key).await {
+                Ok(ids) => assigned.extend(ids),
+                Err(e) => {
+                    tracing::warn!(error = %e, "offload: cannot read a provider batch's jobs");
+                    return None;
+                }
+            }
+        }
+        let mut groups: BTreeMap<String, Vec<Job>> = BTreeMap::new();
+        let mut cursor = 0;
+        let mut scanned = 0;
+        loop {
+            let (page, next) = match self.queue.parked(&record.id, cursor, PAGE).await {
+                Ok(p) => p,
+                Err(e) => {
+                    tracing::warn!(error = %e, "offload: cannot read the parked jobs");
+                    return None;
+                }
+            };
+            scanned += page.len();
+            for job in page {
+                if assigned.contains(&job.job_id) {
+                    continue;
+                }
+                if let Some(model) = job.offloaded_to.last().cloned() {
+                    groups.entry(model).or_default().push(job);
+                }
+            }
+            cursor = next;
+            if cursor == 0 || scanned >= MAX_SCAN {
+                return Some(groups);
+            }
+        }
+    }
+
+    /// Sends each group big enough as provider batches; the rest, or everything once
+    /// `realtime`, back to the queue to run real-time.
+    async fn cut(&self, record: &BatchRecord, lane: &mut LaneState, realtime: bool) {
+        let Some(groups) = self.unassigned(record, lane).await else {
+            return;
+        };
+        let mut cut_any = false;
+        for (model, jobs) in groups {
+            let seen_key = (record.id.clone(), model.clone());
+            let before = self
+                .seen
+                .lock()
+                .map(|mut s| s.insert(seen_key.clone(), jobs.len()))
+                .unwrap_or(None);
+            let api = self.api(&model);
+            let stalled = before == Some(jobs.len());
+            if realtime || api.is_none() || (jobs.len() < self.options.min_items && stalled) {
+                for job in jobs {
+                    self.release_realtime(job).await;
+                }
+                continue;
+            }
+            let (Some(api), true) = (api, jobs.len() >= self.options.min_items) else {
+                continue;
+            };
+            if !cut_any {
+                lane.waves += 1;
+                cut_any = true;
+            }
+            for (n, chunk) in jobs.chunks(self.options.max_items.max(1)).enumerate() {
+                let key = format!("w{}-{model}-{n}", lane.waves);
+                self.submit(record, lane, &api, &model, key, chunk).await;
+            }
+            if let Ok(mut s) = self.seen.lock() {
+                s.remove(&seen_key);
+            }
+        }
+    }
+
+    /// Records, then sends, one provider batch: a worker killed between the two leaves a
+    /// `Creating` record that the next tick resolves by the tag, never a second paid batch.
+    async fn submit(
+        &self,
+        record: &BatchRecord,
+        lane: &mut LaneState,
+        api: &BatchApi<'_>,
+        model: &str,
+        key: String,
+        jobs: &[Job],
+    ) {
+        let ids: Vec<String> = jobs.iter().map(|j| j.job_id.clone()).collect();
+        if let Err(e) = state::save_jobs(&self.store, &record.id, &key, &ids).await {
+            tracing::warn!(error = %e, "offload: cannot record a provider batch's jobs");
+            return;
+        }
+        lane.provider_batches.push(ProviderBatch {
+            key: key.clone(),
+            model: model.to_owned(),
+            remote_id: None,
+            phase: Phase::Creating,
+            items: jobs.len() as u64,
+            created_at: now_secs(),
+            ended: None,
+        });
+        if let Err(e) = state::save(&self.store, &record.id, lane).await {
+            tracing::warn!(error = %e, "offload: cannot record a provider batch; not sending it");
+            lane.provider_batches.pop();
+            return;
+        }
+        let items: Vec<BatchItem> = jobs.iter().map(|j| self.item(j, model)).collect();
+        match api.submit(&key, &items).await {
+            Ok(id) => {
+                tracing::info!(key, remote_id = %id, items = items.len(), model, "offload: provider batch sent");
+                if let Some(pb) = lane.provider_batches.last_mut() {
+                    pb.remote_id = Some(id);
+                    pb.phase = Phase::Running;
+                }
+            }
+            // Left `Creating`: the next tick looks for it by its tag, and if the provider
+            // has none, groups its items again.
+            Err(e) => tracing::warn!(key, error = %e, "offload: cannot send a provider batch"),
+        }
+        if let Err(e) = state::save(&self.store, &record.id, lane).await {
+            tracing::warn!(error = %e, "offload: cannot record a sent provider batch; the next tick finds it by its tag");
+        }
+    }
+
+    /// The request one job sends: its body for `model`, with the task's output allowance.
+    fn item(&self, job: &Job, model: &str) -> BatchItem {
+        let mut body = job.body.clone();
+        if let Some(spec) = self.catalog.model(model) {
+            body.insert("model".into(), Value::String(spec.name.clone()));
+        }
+        let allowance = match &job.route {
+            batchyard_jobs::job::Route::Task { task } => {
+                self.catalog.task(task).and_then(|t| t.max_output_tokens)
+            }
+            _ => None,
+        };
+        if let Some(n) = allowance
+            && !body.contains_key("max_tokens")
+            && !body.contains_key("max_completion_tokens")
+        {
+            body.insert("max_tokens".into(), Value::from(n));
+        }
+        BatchItem {
+            custom_id: job.job_id.clone(),
+            body,
+        }
+    }
+
+    /// Puts a parked job back to run real-time from now on.
+    pub(super) async fn release_realtime(&self, mut job: Job) {
+        job.offloaded_to.pop();
+        job.prefetched = None;
+        job.realtime = true;
+        if let Err(e) = self.queue.release(&job).await {
+            tracing::warn!(job_id = %job.job_id, error = %e, "offload: cannot release a job; next tick");
+        }
+    }
+}
