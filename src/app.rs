@@ -153,6 +153,18 @@ impl App {
         Router::new(Arc::clone(&self.adequacy))
     }
 
+    /// The offload lane's coordinator of this process.
+    pub fn coordinator(&self) -> batchyard_workers::offload::Coordinator {
+        batchyard_workers::offload::Coordinator::new(
+            Arc::clone(&self.queue),
+            Arc::clone(&self.ledger),
+            self.store.clone(),
+            Arc::clone(&self.settings.catalog),
+            self.settings.offload.clone(),
+            self.consumer.clone(),
+        )
+    }
+
     pub fn runner(&self) -> JobRunner {
         let runner = JobRunner::new(
             Arc::clone(&self.settings.catalog),

@@ -244,6 +244,11 @@ pub struct InputArgs {
     /// Neither read nor write the result cache for this batch
     #[arg(long)]
     pub no_cache: bool,
+    /// Finish by then (24h, 90m, 1h30m, 2d, or an RFC 3339 time): the batch may use the
+    /// providers' batch APIs at about half price while the deadline allows [default: none,
+    /// real-time only]
+    #[arg(long, value_name = "WHEN", value_parser = crate::deadline::parse)]
+    pub deadline: Option<crate::deadline::Deadline>,
     /// Of a folder, read symbolic links whose targets stay inside it (default: skip links)
     #[arg(long)]
     pub follow_symlinks: bool,

@@ -1,7 +1,7 @@
 //! # batchyard: the faces of the orchestrator (CLI, HTTP API, scheduler) over `batchyard-workers`
 //! and `batchyard-jobs`. `main.rs` parses the command line and calls [`run`].
 //!
-//! - [`cli`]: the subcommands and their flags.
+//! - [`cli`]: the subcommands and their flags; [`deadline`]: what `--deadline` accepts.
 //! - [`commands`]: one module per subcommand, called by [`run`].
 //! - [`config`]: finding, parsing and validating the config file.
 //! - [`error`]: the user-facing errors and the exit codes (0 ok, 2 bad usage or input, 1 else).
@@ -22,6 +22,7 @@ pub mod cli;
 mod commands;
 mod config;
 mod cost_estimate;
+pub mod deadline;
 mod error;
 mod metrics_http;
 mod retry_cancel;

@@ -41,7 +41,7 @@ pub struct Job {
     /// The answer a provider batch gave for this item (the offload lane): the cascade uses it
     /// in place of a call to that model.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub prefetched: Option<Prefetched>,
+    pub prefetched: Option<Box<Prefetched>>,
     /// Models this item has already been sent to through a provider batch; its cascade does
     /// not offload to them again.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -50,6 +50,10 @@ pub struct Job {
     /// too small for a provider batch, or the deadline came near).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub realtime: bool,
+    /// What the item's earlier waves recorded (its trail, tokens, escalations), carried so
+    /// its line tells the whole story.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub carried: Option<Box<crate::outcome::Extension>>,
 }
 
 /// One item's outcome from a provider batch, as the offload lane hands it to the cascade.

@@ -76,12 +76,12 @@ async fn parks_and_releases_once(q: &dyn Queue) {
     assert_eq!(one.as_ref(), Some(&parked[0]));
     assert_eq!(q.parked_job("b", "nope").await.unwrap(), None);
     let mut answered = parked[0].clone();
-    answered.prefetched = Some(Prefetched {
+    answered.prefetched = Some(Box::new(Prefetched {
         model: "small".into(),
         provider_batch: "batch_abc".into(),
         completion: Some(json!({"choices": []})),
         error: None,
-    });
+    }));
     assert!(q.release(&answered).await.unwrap());
     assert!(
         !q.release(&answered).await.unwrap(),

@@ -99,6 +99,7 @@ pub async fn create(
         completion_window: Some(state.completion_window),
         resume: None,
         follow_symlinks: false,
+        deadline_at: None,
     };
     // A task of its own: a client that hangs up must not stop a submission half-way.
     let app = std::sync::Arc::clone(&state.app);

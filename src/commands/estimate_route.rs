@@ -95,6 +95,7 @@ pub async fn route(
                 prefetched: None,
                 offloaded_to: Vec::new(),
                 realtime: false,
+                carried: None,
             }
         }
         (None, Some(input)) => nth_job(&app, input, args).await?,
@@ -139,6 +140,7 @@ async fn nth_job(app: &App, input: &str, args: &RouteArgs) -> anyhow::Result<Job
         completion_window: None,
         resume: None,
         follow_symlinks: false,
+        deadline_at: None,
     };
     let mut scanner = Scanner::open(app, &req).await?;
     let mut index = 0u64;

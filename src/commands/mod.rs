@@ -59,6 +59,9 @@ pub fn submit_request(args: &crate::cli::InputArgs) -> SubmitRequest {
         completion_window: None,
         resume: None,
         follow_symlinks: args.follow_symlinks,
+        deadline_at: args
+            .deadline
+            .map(|d| d.unix(batchyard_jobs::batch::now_secs())),
     }
 }
 

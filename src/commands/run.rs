@@ -57,6 +57,9 @@ pub async fn run(
         options,
         cancel.clone(),
     ));
+    let coordinator = app.coordinator();
+    let stop_lane = cancel.clone();
+    tracker.spawn(async move { coordinator.run(stop_lane).await });
     tracker.close();
 
     let bar = progress_bar(submitted.record.counts.total, args.input.json);

@@ -63,6 +63,10 @@ pub async fn worker(
             background.clone(),
         ));
     }
+    // Batches with a deadline have their provider batches led by one worker at a time.
+    let coordinator = app.coordinator();
+    let stop_lane = background.clone();
+    tracker.spawn(async move { coordinator.run(stop_lane).await });
     // Batches whose finalizer was killed mid-write are finished by whichever worker looks next.
     tracker.spawn(batchyard_workers::finalize::sweep::sweep(
         app.finalizer(),

@@ -63,6 +63,8 @@ pub struct Settings {
     /// How the router learns which models pass each task.
     pub routing: AdequacyPolicy,
     pub cache: CacheSettings,
+    /// `[offload]`: the lane through the providers' batch APIs.
+    pub offload: batchyard_workers::offload::OffloadOptions,
     /// `[pipelines.<name>]`, by name.
     pub pipelines: BTreeMap<String, pipeline_spec::Pipeline>,
     /// The models whose table names a shipped catalog entry, with that entry's name.
@@ -186,6 +188,7 @@ impl Settings {
         let limits = sections::limits(raw)?;
         let routing = sections::routing_policy(&raw.routing)?;
         let cache = sections::cache_settings(&raw.cache)?;
+        let offload = sections::offload(raw)?;
         let pipelines = sections::pipelines(raw, &catalog.task_keys())?;
         let (concurrency, drain_timeout) = sections::worker(raw)?;
         Ok(Self {
@@ -203,6 +206,7 @@ impl Settings {
             limits,
             routing,
             cache,
+            offload,
             pipelines,
             model_catalog,
             warnings,

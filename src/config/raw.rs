@@ -26,6 +26,8 @@ pub struct RawConfig {
     #[serde(default)]
     pub cache: RawCache,
     #[serde(default)]
+    pub offload: RawOffload,
+    #[serde(default)]
     pub providers: BTreeMap<String, RawProvider>,
     #[serde(default)]
     pub models: BTreeMap<String, RawModel>,
@@ -97,6 +99,18 @@ pub struct RawRouting {
     pub max_evidence: Option<f64>,
     /// Learn per prompt-length bucket as well as per task.
     pub feature_buckets: Option<bool>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawOffload {
+    /// `auto` (default) or `off`.
+    pub mode: Option<String>,
+    pub min_items: Option<usize>,
+    pub poll_interval_secs: Option<u64>,
+    pub switch_margin_secs: Option<u64>,
+    pub max_items: Option<usize>,
+    pub realtime_items_per_sec: Option<f64>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -12,10 +12,11 @@ use batchyard_workers::call::health::HealthPolicy;
 use batchyard_workers::call::limiter::Tuning;
 use batchyard_workers::call::retry::RetryPolicy;
 use batchyard_workers::job::runner::RunnerOptions;
+use batchyard_workers::offload::OffloadOptions;
 use batchyard_workers::route::adequacy::AdequacyPolicy;
 
 use super::defaults::DEFAULT_STORAGE_URL;
-use super::parts::{check_url, has_credentials, has_password};
+use super::parts::{bounded_secs, check_url, has_credentials, has_password};
 use super::pipeline_spec::{self, Pipeline};
 use super::raw::{RawCache, RawConfig, RawRouting};
 
@@ -274,4 +275,62 @@ pub(super) fn worker(raw: &RawConfig) -> Result<(usize, Duration), Bad> {
     }
     let drain_timeout = Duration::from_secs(raw.worker.drain_timeout_secs.unwrap_or(30));
     Ok((concurrency, drain_timeout))
+}
+
+/// `[offload]`: whether batches with a deadline use the providers' batch APIs, and how.
+pub(super) fn offload(raw: &RawConfig) -> Result<OffloadOptions, Bad> {
+    let o = &raw.offload;
+    let d = OffloadOptions::default();
+    let enabled = match o.mode.as_deref() {
+        None | Some("auto") => true,
+        Some("off") => false,
+        Some(other) => {
+            return Err((
+                "offload.mode".into(),
+                format!("must be \"auto\" or \"off\", not {other:?}"),
+            ));
+        }
+    };
+    let positive = |key: &str, v: Option<u64>, default: u64| match v {
+        Some(0) => Err((format!("offload.{key}"), "must be more than 0".to_string())),
+        Some(n) => Ok(n),
+        None => Ok(default),
+    };
+    let poll = positive(
+        "poll_interval_secs",
+        o.poll_interval_secs,
+        d.poll_interval.as_secs(),
+    )?;
+    let margin = o.switch_margin_secs.unwrap_or(d.switch_margin.as_secs());
+    let min_items = positive(
+        "min_items",
+        o.min_items.map(|n| n as u64),
+        d.min_items as u64,
+    )?;
+    let max_items = positive(
+        "max_items",
+        o.max_items.map(|n| n as u64),
+        d.max_items as u64,
+    )?;
+    if max_items > 50_000 {
+        return Err((
+            "offload.max_items".into(),
+            "must be at most 50000 (the most OpenAI takes in one batch)".into(),
+        ));
+    }
+    let rate = o.realtime_items_per_sec.unwrap_or(d.realtime_items_per_sec);
+    if !rate.is_finite() || rate <= 0.0 {
+        return Err((
+            "offload.realtime_items_per_sec".into(),
+            format!("must be more than 0, not {rate}"),
+        ));
+    }
+    Ok(OffloadOptions {
+        enabled,
+        min_items: usize::try_from(min_items).unwrap_or(usize::MAX),
+        poll_interval: Duration::from_secs(bounded_secs("offload.poll_interval_secs", poll)?),
+        switch_margin: Duration::from_secs(bounded_secs("offload.switch_margin_secs", margin)?),
+        max_items: usize::try_from(max_items).unwrap_or(usize::MAX),
+        realtime_items_per_sec: rate,
+    })
 }

@@ -198,6 +198,7 @@ async fn submit_new(
         completion_window: None,
         resume: None,
         follow_symlinks: pipeline.follow_symlinks,
+        deadline_at: None,
     };
     let submitted = submit_selected(app, &req, new_batch_id(), Some(&keep)).await?;
     write_origin(app, pipeline, trigger, &submitted.record.id, &chosen).await;

@@ -96,6 +96,7 @@ impl Builder<'_> {
             prefetched: None,
             offloaded_to: Vec::new(),
             realtime: false,
+            carried: None,
         }))
     }
 }

@@ -31,6 +31,7 @@ pub(super) fn new_record(
         expires_at: req
             .completion_window
             .map(|w| created_at.saturating_add(w.as_secs() + u64::from(w.subsec_nanos() > 0))),
+        deadline_at: req.deadline_at,
         submit: Some(SubmitProgress {
             lease_until_ms: lease.until_ms(),
             fingerprint: fingerprint.to_string(),

@@ -15,6 +15,8 @@ pub struct SubmitRequest {
     pub resume: Option<String>,
     /// Of a folder, follow symbolic links whose targets stay inside it.
     pub follow_symlinks: bool,
+    /// `--deadline`, in Unix seconds: the batch may use the offload lane until then.
+    pub deadline_at: Option<u64>,
 }
 
 #[derive(Debug, Clone)]

@@ -107,6 +107,7 @@ fn job(batch: &str, seq: u64, content: &str) -> Job {
         prefetched: None,
         offloaded_to: Vec::new(),
         realtime: false,
+        carried: None,
     }
 }
 

@@ -53,6 +53,7 @@ pub fn job(batch: &str, seq: u64, pad: usize) -> Job {
         prefetched: None,
         offloaded_to: Vec::new(),
         realtime: false,
+        carried: None,
     }
 }
 

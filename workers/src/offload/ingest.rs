@@ -52,7 +52,7 @@ impl Coordinator {
                 .map_err(store_error)?;
             match parked {
                 Some(mut job) if job.offloaded_to.last() == Some(&pb.model) => {
-                    job.prefetched = Some(pre);
+                    job.prefetched = Some(Box::new(pre));
                     self.queue.release(&job).await.map_err(store_error)?;
                     answered.insert(job_id);
                 }

@@ -31,6 +31,7 @@ pub fn job(seq: u64) -> Job {
         prefetched: None,
         offloaded_to: Vec::new(),
         realtime: false,
+        carried: None,
     }
 }
 

@@ -133,6 +133,7 @@ pub(super) fn placeholder_job(raw: &[u8]) -> Job {
         prefetched: None,
         offloaded_to: Vec::new(),
         realtime: false,
+        carried: None,
     }
 }
 

@@ -135,6 +135,9 @@ impl Cascade {
     /// Runs `job` through its cascade. `record` is the batch (budget, cache opt-out).
     pub(crate) async fn run(&self, job: &Job, record: Option<&BatchRecord>) -> Decision {
         let mut run = Run::default();
+        if let Some(carried) = &job.carried {
+            run.ext = (**carried).clone();
+        }
         let plan = match self.router.plan(&self.catalog, job).await {
             Ok(plan) => plan,
             Err(e) => {
@@ -240,6 +243,7 @@ impl Cascade {
         let mut next = carry(job.clone(), &run);
         next.prefetched = None;
         next.offloaded_to.push(model.to_owned());
+        next.carried = Some(Box::new(run.ext.clone()));
         Decision::Park {
             uncommitted_nanos: usd_to_nanos(run.cost) - run.committed_nanos,
             job: next,

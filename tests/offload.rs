@@ -1,0 +1,198 @@
+//! The offload lane end to end: `batchyard run --deadline` sends a batch's items through the
+//! fake provider's OpenAI Batch API (a sped-up clock) in waves: the cheap model's wave first,
+//! then the items whose answer failed the task's check as a second wave on the next model,
+//! every answer billed at the batch price.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod support;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use batchyard_testkit::FakeProvider;
+use serde_json::Value;
+use support::*;
+
+/// A cheap model and a strong one on the fake, both through its batch API; a task whose
+/// check passes "easy" items on any model and "hard" ones only on `large`.
+fn config(dir: &Path, fake: &FakeProvider, extra: &str) {
+    write_file(
+        dir,
+        "batchyard.toml",
+        format!(
+            r#"
+[storage]
+url = "file://{store}"
+
+[routing]
+learn = false
+
+[offload]
+min_items = 3
+poll_interval_secs = 1
+switch_margin_secs = 0
+realtime_items_per_sec = 1000
+{extra}
+
+[providers.fake]
+kind = "openai"
+base_url = "{base}"
+batch_api = true
+
+[models.small]
+provider = "fake"
+name = "small-1"
+input_usd_per_mtok = 1.0
+output_usd_per_mtok = 2.0
+context_window = 16000
+tier = 1
+
+[models.large]
+provider = "fake"
+name = "large-1"
+input_usd_per_mtok = 4.0
+output_usd_per_mtok = 8.0
+context_window = 16000
+tier = 1
+
+[tasks.read]
+prompt = "{{{{ text }}}}"
+max_output_tokens = 100
+[tasks.read.validate]
+regex = "^fake reply from (\\S+: easy|large-1: hard)"
+"#,
+            store = dir.join("store").display(),
+            base = fake.base_url,
+        )
+        .as_bytes(),
+    );
+}
+
+fn docs(dir: &Path, easy: usize, hard: usize) -> std::path::PathBuf {
+    let body: String = (0..easy)
+        .map(|i| format!("easy-{i}"))
+        .chain((0..hard).map(|i| format!("hard-{i}")))
+        .map(|id| format!("{{\"id\":\"{id}\",\"text\":\"{id} document\"}}\n"))
+        .collect();
+    write_file(dir, "docs.jsonl", body.as_bytes())
+}
+
+fn run_batch(dir: &Path, input: &Path, extra: &[&str]) -> (Value, Vec<Value>, String) {
+    let started = Instant::now();
+    let out = run(batchyard(dir)
+        .args(["--config", "batchyard.toml", "run", input.to_str().unwrap()])
+        .args(["--task", "read", "--json"])
+        .args(extra));
+    let stderr = text(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(started.elapsed() < Duration::from_secs(120));
+    let batch = last_json(&out);
+    let output = read_jsonl(
+        &dir.join("store/batches")
+            .join(batch["id"].as_str().unwrap())
+            .join("output.jsonl"),
+    );
+    (batch, output, stderr)
+}
+
+fn steps(line: &Value) -> Vec<(String, String, bool)> {
+    line["batchyard"]["cascade"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            (
+                s["model"].as_str().unwrap().to_owned(),
+                s["outcome"].as_str().unwrap().to_owned(),
+                s["provider_batch"].is_string(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn a_deadline_batch_runs_in_waves_through_the_batch_api_at_the_batch_price() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = FakeProvider::start(&["--batch-turnaround-ms", "300"]);
+    config(dir.path(), &fake, "");
+    let input = docs(dir.path(), 6, 4);
+    let (batch, output, stderr) = run_batch(dir.path(), &input, &["--deadline", "1h"]);
+    assert_eq!(batch["status"], "completed", "{batch}\n{stderr}");
+    assert_eq!(batch["request_counts"]["completed"], 10, "{batch}");
+    assert_eq!(output.len(), 10);
+    let mut total = 0.0;
+    for line in &output {
+        let id = line["custom_id"].as_str().unwrap();
+        let ext = &line["batchyard"];
+        let trail = steps(line);
+        if id.starts_with("easy") {
+            assert_eq!(trail, [("small".into(), "passed".into(), true)], "{line}");
+        } else {
+            assert_eq!(
+                trail,
+                [
+                    ("small".into(), "failed_validation".into(), true),
+                    ("large".into(), "passed".into(), true),
+                ],
+                "{line}"
+            );
+        }
+        // Every answer at half the real-time price (the batch default).
+        let mut want = 0.0;
+        for s in ext["cascade"].as_array().unwrap() {
+            let (i, o) = if s["model"] == "small" {
+                (0.5, 1.0)
+            } else {
+                (2.0, 4.0)
+            };
+            want += (s["input_tokens"].as_f64().unwrap() * i
+                + s["output_tokens"].as_f64().unwrap() * o)
+                / 1e6;
+        }
+        let cost = ext["cost_usd"].as_f64().unwrap();
+        assert!((cost - want).abs() < 1e-9, "{id}: {cost} vs {want}");
+        total += cost;
+    }
+    assert!(
+        (batch["cost_usd"].as_f64().unwrap() - total).abs() < 1e-8,
+        "{batch}"
+    );
+    let stats = fake.stats();
+    // Wave 1: every item on small; wave 2: the hard ones on large.
+    assert_eq!(stats["batches"]["created"], 2, "{stats}");
+    assert_eq!(fake.count(429), 0);
+}
+
+#[test]
+fn without_a_deadline_nothing_is_offloaded() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = FakeProvider::start(&[]);
+    config(dir.path(), &fake, "");
+    let input = docs(dir.path(), 3, 1);
+    let (batch, output, _) = run_batch(dir.path(), &input, &[]);
+    assert_eq!(batch["status"], "completed", "{batch}");
+    for line in &output {
+        assert!(steps(line).iter().all(|s| !s.2), "{line}");
+    }
+    assert_eq!(fake.stats()["batches"]["created"], 0);
+}
+
+#[test]
+fn a_group_too_small_for_a_provider_batch_runs_real_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = FakeProvider::start(&["--batch-turnaround-ms", "300"]);
+    config(dir.path(), &fake, "");
+    // 2 items: under min_items = 3.
+    let input = docs(dir.path(), 2, 0);
+    let (batch, output, _) = run_batch(dir.path(), &input, &["--deadline", "1h"]);
+    assert_eq!(batch["status"], "completed", "{batch}");
+    for line in &output {
+        assert_eq!(
+            steps(line),
+            [("small".into(), "passed".into(), false)],
+            "{line}"
+        );
+    }
+    assert_eq!(fake.stats()["batches"]["created"], 0);
+}
