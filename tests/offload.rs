@@ -16,7 +16,11 @@ use support::*;
 
 /// A cheap model and a strong one on the fake, both through its batch API; a task whose
 /// check passes "easy" items on any model and "hard" ones only on `large`.
-fn config(dir: &Path, fake: &FakeProvider, extra: &str) {
+/// The `[offload]` settings of most tests: quick ticks, the deadline never near.
+const QUICK: &str = "min_items = 3\npoll_interval_secs = 1\nswitch_margin_secs = 0\n\
+                     realtime_items_per_sec = 1000";
+
+fn config(dir: &Path, fake: &FakeProvider, offload: &str) {
     write_file(
         dir,
         "batchyard.toml",
@@ -29,11 +33,7 @@ url = "file://{store}"
 learn = false
 
 [offload]
-min_items = 3
-poll_interval_secs = 1
-switch_margin_secs = 0
-realtime_items_per_sec = 1000
-{extra}
+{offload}
 
 [providers.fake]
 kind = "openai"
@@ -115,7 +115,7 @@ fn steps(line: &Value) -> Vec<(String, String, bool)> {
 fn a_deadline_batch_runs_in_waves_through_the_batch_api_at_the_batch_price() {
     let dir = tempfile::tempdir().unwrap();
     let fake = FakeProvider::start(&["--batch-turnaround-ms", "300"]);
-    config(dir.path(), &fake, "");
+    config(dir.path(), &fake, QUICK);
     let input = docs(dir.path(), 6, 4);
     let (batch, output, stderr) = run_batch(dir.path(), &input, &["--deadline", "1h"]);
     assert_eq!(batch["status"], "completed", "{batch}\n{stderr}");
@@ -168,7 +168,7 @@ fn a_deadline_batch_runs_in_waves_through_the_batch_api_at_the_batch_price() {
 fn without_a_deadline_nothing_is_offloaded() {
     let dir = tempfile::tempdir().unwrap();
     let fake = FakeProvider::start(&[]);
-    config(dir.path(), &fake, "");
+    config(dir.path(), &fake, QUICK);
     let input = docs(dir.path(), 3, 1);
     let (batch, output, _) = run_batch(dir.path(), &input, &[]);
     assert_eq!(batch["status"], "completed", "{batch}");
@@ -182,7 +182,7 @@ fn without_a_deadline_nothing_is_offloaded() {
 fn a_group_too_small_for_a_provider_batch_runs_real_time() {
     let dir = tempfile::tempdir().unwrap();
     let fake = FakeProvider::start(&["--batch-turnaround-ms", "300"]);
-    config(dir.path(), &fake, "");
+    config(dir.path(), &fake, QUICK);
     // 2 items: under min_items = 3.
     let input = docs(dir.path(), 2, 0);
     let (batch, output, _) = run_batch(dir.path(), &input, &["--deadline", "1h"]);
@@ -195,4 +195,78 @@ fn a_group_too_small_for_a_provider_batch_runs_real_time() {
         );
     }
     assert_eq!(fake.stats()["batches"]["created"], 0);
+}
+
+#[test]
+fn a_deadline_too_close_for_the_batch_api_switches_to_real_time_and_is_met() {
+    let dir = tempfile::tempdir().unwrap();
+    // Provider batches take ten minutes here: far past the deadline.
+    let fake = FakeProvider::start(&["--batch-turnaround-ms", "600000"]);
+    // 6 items at 1 a second real-time, plus 2 s of margin: real-time must start by 8 s
+    // before the 12 s deadline.
+    config(
+        dir.path(),
+        &fake,
+        "min_items = 3\npoll_interval_secs = 1\nswitch_margin_secs = 2\nrealtime_items_per_sec = 1",
+    );
+    let input = docs(dir.path(), 6, 0);
+    let started = Instant::now();
+    let (batch, output, stderr) = run_batch(dir.path(), &input, &["--deadline", "12s"]);
+    let took = started.elapsed();
+    assert_eq!(batch["status"], "completed", "{batch}\n{stderr}");
+    assert!(
+        took < Duration::from_secs(12),
+        "missed the deadline: {took:?}"
+    );
+    let stats = fake.stats();
+    assert_eq!(stats["batches"]["created"], 1, "{stats}");
+    assert_eq!(stats["batches"]["cancelled"], 1, "{stats}");
+    for line in &output {
+        assert_eq!(
+            steps(line),
+            [("small".into(), "passed".into(), false)],
+            "{line}"
+        );
+    }
+}
+
+#[test]
+fn an_expired_provider_batch_keeps_its_answers_and_only_the_rest_runs_again() {
+    let dir = tempfile::tempdir().unwrap();
+    // Every provider batch expires after 1 s with the first half of its lines answered.
+    let fake = FakeProvider::start(&[
+        "--batch-window-secs",
+        "1",
+        "--batch-expire",
+        "--batch-turnaround-ms",
+        "200",
+    ]);
+    config(dir.path(), &fake, QUICK);
+    let input = docs(dir.path(), 10, 0);
+    let (batch, output, stderr) = run_batch(dir.path(), &input, &["--deadline", "1h"]);
+    assert_eq!(batch["status"], "completed", "{batch}\n{stderr}");
+    assert_eq!(output.len(), 10);
+    let mut ids: Vec<&str> = output
+        .iter()
+        .map(|l| l["custom_id"].as_str().unwrap())
+        .collect();
+    ids.sort_unstable();
+    ids.dedup();
+    assert_eq!(ids.len(), 10, "each item exactly once");
+    let by_batch = output
+        .iter()
+        .filter(|l| steps(l).iter().any(|s| s.2))
+        .count();
+    // Wave 1 answers 5 of 10, wave 2 about half the rest; what is left under min_items runs
+    // real-time.
+    assert!(
+        by_batch >= 7,
+        "answered through provider batches: {by_batch}"
+    );
+    let created = fake.stats()["batches"]["created"].as_u64().unwrap();
+    assert!(created >= 2, "{created}");
+    // An item answered once is never sent again: each provider batch held fewer items.
+    for line in &output {
+        assert_eq!(steps(line).len(), 1, "{line}");
+    }
 }

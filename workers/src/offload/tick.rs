@@ -41,6 +41,13 @@ impl Coordinator {
             self.cancel_open(&mut lane).await;
         }
         let switched = realtime || record.realtime_at.is_some() || self.deadline_near(record);
+        if switched {
+            // A cancel can take the provider minutes: the items don't wait for it. Answers
+            // that still come are ingested as paid and unused.
+            for pb in lane.open() {
+                self.give_back(record, pb, true).await;
+            }
+        }
         self.cut(record, &mut lane, switched).await;
         if let Err(e) = state::save(&self.store, &record.id, &lane).await {
             tracing::warn!(error = %e, "offload: cannot save the lane's state");
