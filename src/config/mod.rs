@@ -188,7 +188,7 @@ impl Settings {
         let limits = sections::limits(raw)?;
         let routing = sections::routing_policy(&raw.routing)?;
         let cache = sections::cache_settings(&raw.cache)?;
-        let offload = sections::offload(raw)?;
+        let offload = sections::offload(raw, env)?;
         let pipelines = sections::pipelines(raw, &catalog.task_keys())?;
         let (concurrency, drain_timeout) = sections::worker(raw)?;
         Ok(Self {

@@ -278,7 +278,10 @@ pub(super) fn worker(raw: &RawConfig) -> Result<(usize, Duration), Bad> {
 }
 
 /// `[offload]`: whether batches with a deadline use the providers' batch APIs, and how.
-pub(super) fn offload(raw: &RawConfig) -> Result<OffloadOptions, Bad> {
+pub(super) fn offload(
+    raw: &RawConfig,
+    env: &BTreeMap<String, String>,
+) -> Result<OffloadOptions, Bad> {
     let o = &raw.offload;
     let d = OffloadOptions::default();
     let enabled = match o.mode.as_deref() {
@@ -332,5 +335,8 @@ pub(super) fn offload(raw: &RawConfig) -> Result<OffloadOptions, Bad> {
         switch_margin: Duration::from_secs(bounded_secs("offload.switch_margin_secs", margin)?),
         max_items: usize::try_from(max_items).unwrap_or(usize::MAX),
         realtime_items_per_sec: rate,
+        crash_at: env
+            .get("BATCHYARD_TEST_CRASH_AT")
+            .and_then(|v| batchyard_workers::offload::CrashPoint::parse(v)),
     })
 }

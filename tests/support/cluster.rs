@@ -22,6 +22,8 @@ pub struct Options {
     pub max_attempts: u32,
     /// Appended to the config: more providers, models or queue keys.
     pub extra_toml: String,
+    /// Appended to `[providers.fake]`.
+    pub provider_extra: String,
     /// Extra keys of `[models.small]`, e.g. `rpm = 20`.
     pub small_extra: String,
     /// The result cache across batches. Off by default so that call counts equal item counts.
@@ -39,6 +41,7 @@ impl Default for Options {
             cooldown_secs: 30,
             max_attempts: 5,
             extra_toml: String::new(),
+            provider_extra: String::new(),
             small_extra: String::new(),
             cache: false,
             submit_lease_secs: 120,
@@ -134,6 +137,7 @@ cooldown_secs = {cooldown}
 kind = "openai"
 base_url = "{base}"
 api_key_env = "FAKE_API_KEY"
+{provider_extra}
 
 [models.small]
 provider = "fake"
@@ -165,6 +169,7 @@ max_output_tokens = 300
                 max_attempts = opts.max_attempts,
                 cooldown = opts.cooldown_secs,
                 extra = opts.extra_toml,
+                provider_extra = opts.provider_extra,
                 small_extra = opts.small_extra,
                 cache = opts.cache,
                 submit_lease_secs = opts.submit_lease_secs,

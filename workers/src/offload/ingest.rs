@@ -2,8 +2,9 @@
 //! the cascade to judge; each item the batch did not answer (expired, cancelled, a passing
 //! fault) back to be parked again or run real-time.
 //!
-//! Ingesting twice is harmless: a job already released is not parked, so its line is skipped
-//! (and, if it holds an answer, that answer's cost is counted, since it was paid for).
+//! Ingesting twice is harmless: a job already released is not parked, so its line is skipped.
+//! The answers of a provider batch whose items were given to real-time are paid for and
+//! unused: their cost is counted all the same.
 
 use std::collections::HashSet;
 
@@ -11,8 +12,8 @@ use batchyard_jobs::batch::{BatchRecord, usd_to_nanos};
 use batchyard_jobs::job::Prefetched;
 use batchyard_jobs::retry::Retryable as _;
 
-use super::Coordinator;
 use super::state::{self, ProviderBatch};
+use super::{Coordinator, CrashPoint};
 use crate::catalog::TokenCounts;
 use crate::provider::ProviderError;
 use crate::provider::batch::{BatchApi, ItemResult};
@@ -55,10 +56,20 @@ impl Coordinator {
                     job.prefetched = Some(Box::new(pre));
                     self.queue.release(&job).await.map_err(store_error)?;
                     answered.insert(job_id);
+                    self.options.crash_point(CrashPoint::MidIngest);
+                    if answered.len() % 1000 == 0
+                        && !matches!(self.hold(&record.id).await, Ok(true))
+                    {
+                        return Err(ProviderError::new(
+                            crate::provider::ProviderErrorKind::Transient,
+                            "lost the offload lease while ingesting; the new holder goes on",
+                        ));
+                    }
                 }
-                // Released before (an earlier ingest, or real-time took it over): a paid
-                // answer nobody uses still counts.
-                _ => unused_nanos += self.cost_nanos(&pb.model, &pre),
+                // Real-time took the item over: a paid answer nobody uses still counts.
+                _ if pb.given_back => unused_nanos += self.cost_nanos(&pb.model, &pre),
+                // Released by an earlier ingest of this batch (cut off midway): already there.
+                _ => {}
             }
         }
         if unused_nanos > 0 {

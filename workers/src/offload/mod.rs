@@ -50,6 +50,41 @@ pub struct OffloadOptions {
     /// What real-time is assumed to do, in items a second, when working out how long the
     /// rest of a batch would take: the conservative default stands until measured.
     pub realtime_items_per_sec: f64,
+    /// Tests only (`BATCHYARD_TEST_CRASH_AT`): the process aborts at this step, as a
+    /// `kill -9` there would, so crash recovery can be tested at each step.
+    pub crash_at: Option<CrashPoint>,
+}
+
+/// The steps of the lane a test can crash the process at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CrashPoint {
+    /// A provider batch is recorded, not yet sent.
+    BeforeCreate,
+    /// Sent, its id not yet recorded.
+    AfterCreate,
+    /// Its first answer is back in the queue, the rest not.
+    MidIngest,
+}
+
+impl CrashPoint {
+    pub fn parse(text: &str) -> Option<Self> {
+        match text {
+            "before_create" => Some(Self::BeforeCreate),
+            "after_create" => Some(Self::AfterCreate),
+            "mid_ingest" => Some(Self::MidIngest),
+            _ => None,
+        }
+    }
+}
+
+impl OffloadOptions {
+    /// Aborts the process here when a test asked for it.
+    pub(crate) fn crash_point(&self, at: CrashPoint) {
+        if self.crash_at == Some(at) {
+            tracing::error!(?at, "BATCHYARD_TEST_CRASH_AT: aborting");
+            std::process::abort();
+        }
+    }
 }
 
 impl Default for OffloadOptions {
@@ -61,6 +96,7 @@ impl Default for OffloadOptions {
             switch_margin: Duration::from_secs(600),
             max_items: 50_000,
             realtime_items_per_sec: 2.0,
+            crash_at: None,
         }
     }
 }
@@ -126,12 +162,7 @@ impl Coordinator {
             if record.deadline_at.is_none() || record.state.is_terminal() {
                 continue;
             }
-            let lease = self.options.poll_interval * 3 + Duration::from_secs(30);
-            match self
-                .ledger
-                .try_lock_offload(&record.id, &self.owner, lease)
-                .await
-            {
+            match self.hold(&record.id).await {
                 Ok(true) => {
                     let span = tracing::info_span!("offload", batch_id = %record.id);
                     tracing::Instrument::instrument(self.tick(&record), span).await;
@@ -142,5 +173,17 @@ impl Coordinator {
                 }
             }
         }
+    }
+
+    /// Takes or renews this process's lease on a batch's lane. Long steps renew it as they
+    /// go, so a lease only lapses when its holder stopped.
+    pub(crate) async fn hold(
+        &self,
+        batch_id: &str,
+    ) -> Result<bool, batchyard_jobs::error::QueueError> {
+        let lease = self.options.poll_interval * 3 + Duration::from_secs(10);
+        self.ledger
+            .try_lock_offload(batch_id, &self.owner, lease)
+            .await
     }
 }

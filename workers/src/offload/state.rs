@@ -38,6 +38,10 @@ pub struct ProviderBatch {
     /// How it ended (`completed`, `expired`, `cancelled`, `failed: <code>`), once it has.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ended: Option<String>,
+    /// Its items were given back to run real-time before it ended: whatever it still answers
+    /// is paid for and unused.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub given_back: bool,
 }
 
 /// The lane's state of one batch.

@@ -8,8 +8,8 @@ use batchyard_jobs::batch::{BatchRecord, now_secs};
 use batchyard_jobs::job::Job;
 use serde_json::Value;
 
-use super::Coordinator;
 use super::state::{self, LaneState, Phase, ProviderBatch};
+use super::{Coordinator, CrashPoint};
 use crate::provider::batch::{BatchApi, BatchItem, EndedAs, RemoteState};
 
 /// The most parked jobs one tick looks at (a page at a time), so a tick stays bounded.
@@ -44,8 +44,13 @@ impl Coordinator {
         if switched {
             // A cancel can take the provider minutes: the items don't wait for it. Answers
             // that still come are ingested as paid and unused.
-            for pb in lane.open() {
+            for pb in lane
+                .provider_batches
+                .iter_mut()
+                .filter(|pb| pb.phase != Phase::Done)
+            {
                 self.give_back(record, pb, true).await;
+                pb.given_back = true;
             }
         }
         self.cut(record, &mut lane, switched).await;
@@ -237,6 +242,10 @@ impl Coordinator {
                 cut_any = true;
             }
             for (n, chunk) in jobs.chunks(self.options.max_items.max(1)).enumerate() {
+                if !matches!(self.hold(&record.id).await, Ok(true)) {
+                    // Another worker leads the batch now: it sends the rest.
+                    return;
+                }
                 let key = format!("w{}-{model}-{n}", lane.waves);
                 self.submit(record, lane, &api, &model, key, chunk).await;
             }
@@ -270,6 +279,7 @@ impl Coordinator {
             items: jobs.len() as u64,
             created_at: now_secs(),
             ended: None,
+            given_back: false,
         });
         if let Err(e) = state::save(&self.store, &record.id, lane).await {
             tracing::warn!(error = %e, "offload: cannot record a provider batch; not sending it");
@@ -277,7 +287,12 @@ impl Coordinator {
             return;
         }
         let items: Vec<BatchItem> = jobs.iter().map(|j| self.item(j, model)).collect();
-        match api.submit(&key, &items).await {
+        self.options.crash_point(CrashPoint::BeforeCreate);
+        let sent = api.submit(&key, &items).await;
+        if sent.is_ok() {
+            self.options.crash_point(CrashPoint::AfterCreate);
+        }
+        match sent {
             Ok(id) => {
                 tracing::info!(key, remote_id = %id, items = items.len(), model, "offload: provider batch sent");
                 if let Some(pb) = lane.provider_batches.last_mut() {
