@@ -260,6 +260,7 @@ pub async fn submit_selected(
         .into());
     }
 
+    check_deadline(app, req, total)?;
     probe_store(app, &batch_id).await?;
 
     let lease_len = app.settings.queue.submit_lease;
@@ -306,4 +307,25 @@ pub async fn submit_selected(
     let invalid = bad_count;
     tracing::info!(batch_id = %batch_id, total, invalid, "batch submitted");
     Ok(Submitted { record, invalid })
+}
+
+/// A deadline that even real-time could not meet is refused before anything is enqueued,
+/// with the numbers it was judged on.
+fn check_deadline(app: &App, req: &SubmitRequest, total: u64) -> anyhow::Result<()> {
+    let Some(deadline) = req.deadline_at else {
+        return Ok(());
+    };
+    let rate = app.settings.offload.realtime_items_per_sec;
+    let needed = (total as f64 / rate).ceil() as u64;
+    let now = batchyard_jobs::batch::now_secs();
+    let left = deadline.saturating_sub(now);
+    if needed > left {
+        return Err(UsageError(format!(
+            "--deadline leaves {left} s, but {total} items take about {needed} s real-time at \
+             [offload] realtime_items_per_sec = {rate}; give a later deadline, or raise that \
+             rate if your workers and provider limits allow more"
+        ))
+        .into());
+    }
+    Ok(())
 }

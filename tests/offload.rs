@@ -270,3 +270,26 @@ fn an_expired_provider_batch_keeps_its_answers_and_only_the_rest_runs_again() {
         assert_eq!(steps(line).len(), 1, "{line}");
     }
 }
+
+#[test]
+fn a_deadline_even_real_time_cannot_meet_is_refused_at_submit() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = FakeProvider::start(&[]);
+    config(
+        dir.path(),
+        &fake,
+        "min_items = 3\npoll_interval_secs = 1\nrealtime_items_per_sec = 0.1",
+    );
+    // 6 items at 0.1 a second: 60 s, and the deadline is in 20 s.
+    let input = docs(dir.path(), 6, 0);
+    let out = run(batchyard(dir.path())
+        .args(["--config", "batchyard.toml", "run", input.to_str().unwrap()])
+        .args(["--task", "read", "--deadline", "20s"]));
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("take about 60 s"), "{stderr}");
+    assert!(
+        !dir.path().join("store/batches").exists(),
+        "nothing was enqueued"
+    );
+}
