@@ -169,9 +169,9 @@ fn a_failing_azure_deployment_cools_down_and_items_fall_back() {
     assert_no_key(dir.path(), &stderr);
 }
 
-/// A deployment that answers every call with 429: each item leaves it for the backup at its
-/// first 429 (no in-place retry while another adequate model exists), and while the pause
-/// holds, items skip it without a call.
+/// A deployment that answers every call with 429: each item waits out the short pause it
+/// asks for once (in place), and when the retry is refused too, moves to the backup instead
+/// of going back to the queue.
 #[test]
 fn a_throttled_azure_deployment_hands_items_to_the_fallback() {
     let dir = tempfile::tempdir().unwrap();
@@ -192,7 +192,8 @@ fn a_throttled_azure_deployment_hands_items_to_the_fallback() {
         "{output:?}"
     );
     let throttled = azure.count(429);
-    // At least one 429 taught us; at most one per item (no in-place retries on it).
-    assert!((1..=12).contains(&throttled), "429s served: {throttled}");
+    // At least one 429 taught us; at most one per in-place attempt of each item (a short
+    // pause is waited out once, then the item moves on).
+    assert!((1..=24).contains(&throttled), "429s served: {throttled}");
     assert_no_key(dir.path(), &stderr);
 }

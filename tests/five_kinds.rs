@@ -215,5 +215,6 @@ fn items_leave_a_throttled_bedrock_model_for_gemini() {
         assert_eq!(l["batchyard"]["model"], "flash", "{l}");
     }
     let throttled = bedrock.count(429);
-    assert!((1..=12).contains(&throttled), "429s served: {throttled}");
+    // At most the in-place attempts ([retry] max_attempts = 2) of each item.
+    assert!((1..=24).contains(&throttled), "429s served: {throttled}");
 }

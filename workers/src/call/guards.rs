@@ -116,8 +116,14 @@ impl Guards {
         limiter::acquire(&*self.limiter, specs, tokens, left).await
     }
 
+    /// Whether the pause after this model's last 429 here lasts longer than a call may wait
+    /// for capacity: a caller with another adequate model goes there instead.
+    pub fn long_pause(&self, model: &str) -> bool {
+        self.throttled_for(model)
+            .is_some_and(|left| left > self.max_wait)
+    }
+
     /// How much is left of the pause after this model's last 429 here, if it is still on.
-    /// A caller with another adequate model goes there instead of waiting it out.
     pub fn throttled_for(&self, model: &str) -> Option<Duration> {
         let until = self.throttled.lock().ok()?.get(model).copied()?;
         until
@@ -172,9 +178,6 @@ fn limit_specs(
 
 impl Guards {
     /// Calls `model` for `call`, retrying in place as the policy and the retry budget allow.
-    /// With `fallback_ready` (the caller has another adequate model) a 429 is not retried in
-    /// place: the caller moves on.
-    #[allow(clippy::too_many_arguments)]
     pub async fn call_model(
         &self,
         policy: &RetryPolicy,
@@ -183,7 +186,6 @@ impl Guards {
         provider_limits: Option<(Option<u32>, Option<u64>)>,
         call: ChatCall<'_>,
         estimated_tokens: u64,
-        fallback_ready: bool,
     ) -> ModelOutcome {
         if !self.admit(&model.key).await {
             // Half-open is what a refusal means when health can't say more: another caller holds
@@ -211,9 +213,8 @@ impl Guards {
             }
             let health = Arc::clone(&self.health);
             let key = model.key.clone();
-            let fall_back = fallback_ready && e.kind == ProviderErrorKind::RateLimited;
             async move {
-                if capacity_wait || long_hint.is_some() || fall_back {
+                if capacity_wait || long_hint.is_some() {
                     return false;
                 }
                 health.allow_retry(&key).await.unwrap_or(true)

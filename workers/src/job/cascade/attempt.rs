@@ -72,10 +72,10 @@ impl Cascade {
         if let Some(entry) = hit {
             return Ok((from_cache(entry), Origin::Cache));
         }
-        if has_next && let Some(left) = self.guards.throttled_for(&model.key) {
-            // The provider asked us to slow down; another adequate model answers now instead
-            // of the item waiting out the pause.
-            tracing::debug!(model = %model.key, pause_ms = left.as_millis() as u64, "model throttled; falling back");
+        if has_next && self.guards.long_pause(&model.key) {
+            // The provider asked for a pause longer than a call may wait: another adequate
+            // model answers now instead of the item waiting it out.
+            tracing::debug!(model = %model.key, "model throttled for long; falling back");
             crate::metrics::fell_back(&model.key, codes::RATE_LIMITED);
             return Err(Next::Continue);
         }
@@ -97,15 +97,7 @@ impl Cascade {
         let estimate = cand.prompt_tokens.saturating_add(cand.max_output_tokens);
         let outcome = self
             .guards
-            .call_model(
-                &self.retry,
-                provider,
-                model,
-                limits,
-                call,
-                estimate,
-                has_next,
-            )
+            .call_model(&self.retry, provider, model, limits, call, estimate)
             .await;
         let result = match outcome {
             ModelOutcome::Unavailable(state) => {
