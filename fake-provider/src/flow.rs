@@ -27,6 +27,8 @@ pub struct Parsed {
     /// The parts of `prompt_tokens` the answer reports as read from / written to a prompt
     /// cache, set after parsing (see [`prompt_cache`]).
     pub cache: PromptCache,
+    /// What the request offers the TTL prompt cache (see [`crate::prompt_cache`]).
+    pub probe: crate::prompt_cache::Probe,
 }
 
 /// What the answer's usage says about the prompt cache.
@@ -322,6 +324,13 @@ async fn respond(
         });
 
     parsed.cache = prompt_cache(headers, &parsed.last_user, parsed.prompt_tokens);
+    if parsed.cache == PromptCache::default() {
+        // No marker or header: the TTL cache decides.
+        parsed.cache =
+            state
+                .prompt_caches
+                .serve(&parsed.model, &parsed.probe, parsed.prompt_tokens);
+    }
 
     let full = Reply::new(&parsed, false);
     let admission = state

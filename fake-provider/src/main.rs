@@ -60,6 +60,10 @@
 //! OpenAI-dialect usage is always `prompt_tokens = floor(chars of all message contents / 4) +
 //! 4 per message` (at least 1) and `completion_tokens = ceil(reply chars / 4)`.
 //!
+//! Prompt cache: besides the magic text below, a TTL cache per (model, prefix) (module
+//! `prompt_cache`): explicit `cache_control` points in the Anthropic dialect, automatic prefixes
+//! in the OpenAI and Azure dialects; `/stats` counts it under `prompt_cache`.
+//!
 //! Modules: `options` (the flags), `flow` (one request for every dialect: auth, parse,
 //! admission, latency, a fault or the reply), `openai`, `anthropic`, `gemini` and `azure` (the dialects),
 //! `limits` (the RPM / TPM windows and `/stats` counts), `conn` (a listener whose connections a
@@ -74,6 +78,7 @@ mod gemini;
 mod limits;
 mod openai;
 mod options;
+mod prompt_cache;
 mod skill;
 
 use std::collections::{BTreeMap, HashSet};
@@ -115,6 +120,8 @@ pub struct AppState {
     faults: Mutex<BTreeMap<String, u64>>,
     /// Cancelled on shutdown, so hung requests let go.
     shutdown: CancellationToken,
+    /// The TTL prompt cache (`--prompt-cache-ttl-secs`, `--prompt-cache-min-tokens`).
+    prompt_caches: prompt_cache::PromptCaches,
 }
 
 pub fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -214,6 +221,7 @@ async fn stats(State(state): State<Arc<AppState>>) -> Response {
         "dropped": state.dropped.load(Ordering::Relaxed),
         "hung": state.hung.load(Ordering::Relaxed),
         "faults": lock(&state.faults).clone(),
+        "prompt_cache": state.prompt_caches.stats(),
     });
     if let (Value::Object(out), Value::Object(limits)) = (&mut body, state.limiter.stats()) {
         out.extend(limits);
@@ -298,6 +306,10 @@ async fn run(options: Options) -> Result<(), Box<dyn Error>> {
     let shutdown = CancellationToken::new();
     let state = Arc::new(AppState {
         limiter: Limiter::new(options.rpm, options.tpm, options.window_secs),
+        prompt_caches: prompt_cache::PromptCaches::new(
+            options.prompt_cache_ttl,
+            options.prompt_cache_min_tokens,
+        ),
         options,
         next_id: AtomicU64::new(1),
         by_status: Mutex::new(BTreeMap::new()),

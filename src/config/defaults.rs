@@ -81,6 +81,7 @@ pub fn tasks() -> Vec<(String, RawTask)> {
                 max_output_tokens: Some(300),
                 response_format: None,
                 validate: None,
+                prompt_cache: Default::default(),
             },
         ),
         (
@@ -93,6 +94,7 @@ pub fn tasks() -> Vec<(String, RawTask)> {
                 max_output_tokens: Some(50),
                 response_format: None,
                 validate: None,
+                prompt_cache: Default::default(),
             },
         ),
         (
@@ -105,6 +107,7 @@ pub fn tasks() -> Vec<(String, RawTask)> {
                 max_output_tokens: Some(500),
                 response_format: None,
                 validate: None,
+                prompt_cache: Default::default(),
             },
         ),
     ]
