@@ -1,0 +1,180 @@
+//! `[tasks.X] prompt_cache` end to end, over real HTTP to the fake provider and its TTL prompt
+//! cache: with `auto`, a task whose 2,500-token system prompt is static gets a cache point, so
+//! the anthropic kind's first item writes the cache and the later ones read it (cheaper, and the
+//! lines and the manifest say so); with `off`, no cache point and no cached token. The openai
+//! kind caches by itself either way (no cache point reaches it).
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use batchyard_testkit::FakeProvider;
+use serde_json::Value;
+use support::*;
+
+/// 10,000 characters: the fake counts 2,500 tokens.
+fn system_prompt() -> String {
+    let text = "Follow the house rules for summaries closely. ".repeat(200);
+    let text = format!("{text}{}", "x".repeat(10_000 - text.len()));
+    assert_eq!(text.chars().count(), 10_000);
+    text
+}
+
+const SYSTEM_TOKENS: u64 = 2_500;
+const ITEMS: usize = 6;
+
+/// One model (`m`) of `kind` on the fake, one task (`t`) with the long system prompt.
+fn config(dir: &Path, fake: &FakeProvider, kind: &str, mode: &str) -> PathBuf {
+    let base = if kind == "anthropic" {
+        &fake.url
+    } else {
+        &fake.base_url
+    };
+    write_file(
+        dir,
+        "batchyard.toml",
+        format!(
+            r#"
+[storage]
+url = "file://{store}"
+
+[providers.p]
+kind = "{kind}"
+base_url = "{base}"
+
+[models.m]
+provider = "p"
+name = "model-{kind}"
+input_usd_per_mtok = 3.0
+cached_input_usd_per_mtok = 0.3
+cache_write_usd_per_mtok = 3.75
+output_usd_per_mtok = 15.0
+context_window = 200000
+tier = 1
+
+[tasks.t]
+system = "{system}"
+prompt = "{{{{ text }}}}"
+max_output_tokens = 50
+prompt_cache = "{mode}"
+"#,
+            store = dir.join("store").display(),
+            system = system_prompt(),
+        )
+        .as_bytes(),
+    )
+}
+
+/// Runs the batch one item at a time (so the first call warms the cache for the rest); the
+/// output lines in input order, and the manifest.
+fn run_batch(kind: &str, mode: &str) -> (Vec<Value>, Value) {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = FakeProvider::start(&[]);
+    config(dir.path(), &fake, kind, mode);
+    let docs: String = (0..ITEMS)
+        .map(|i| format!("{{\"id\":\"d{i}\",\"text\":\"document number {i:04}\"}}\n"))
+        .collect();
+    let input = write_file(dir.path(), "docs.jsonl", docs.as_bytes());
+    let started = Instant::now();
+    let out = run(batchyard(dir.path()).args([
+        "run",
+        input.to_str().unwrap(),
+        "--task",
+        "t",
+        "--concurrency",
+        "1",
+        "--json",
+    ]));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(started.elapsed() < Duration::from_secs(120));
+    let batch = last_json(&out);
+    assert_eq!(batch["status"], "completed", "{batch}");
+    let base = dir
+        .path()
+        .join("store/batches")
+        .join(batch["id"].as_str().unwrap());
+    let mut lines = read_jsonl(&base.join("output.jsonl"));
+    lines.sort_by_key(|l| l["custom_id"].as_str().unwrap().to_owned());
+    let manifest: Value =
+        serde_json::from_slice(&std::fs::read(base.join("manifest.json")).unwrap()).unwrap();
+    assert_eq!(lines.len(), ITEMS);
+    (lines, manifest)
+}
+
+fn field(line: &Value, key: &str) -> u64 {
+    line["batchyard"][key].as_u64().unwrap_or(0)
+}
+
+fn cost(manifest: &Value) -> f64 {
+    manifest["cost_usd"].as_f64().unwrap()
+}
+
+#[test]
+fn auto_puts_a_cache_point_the_anthropic_kind_reads_and_off_does_not() {
+    let (auto, auto_manifest) = run_batch("anthropic", "auto");
+    let (off, off_manifest) = run_batch("anthropic", "off");
+    // auto: the first item writes the system prompt, every later one reads it.
+    assert_eq!(field(&auto[0], "cache_write_input_tokens"), SYSTEM_TOKENS);
+    assert_eq!(field(&auto[0], "cached_input_tokens"), 0);
+    for line in &auto[1..] {
+        assert_eq!(field(line, "cached_input_tokens"), SYSTEM_TOKENS, "{line}");
+        assert_eq!(field(line, "cache_write_input_tokens"), 0, "{line}");
+        assert!(
+            line["batchyard"]["cost_usd"].as_f64().unwrap()
+                < auto[0]["batchyard"]["cost_usd"].as_f64().unwrap() / 2.0,
+            "{line}"
+        );
+    }
+    let read = SYSTEM_TOKENS * (ITEMS as u64 - 1);
+    assert_eq!(
+        auto_manifest["cached_input_tokens"], read,
+        "{auto_manifest}"
+    );
+    assert_eq!(auto_manifest["cache_write_input_tokens"], SYSTEM_TOKENS);
+    let spend = &auto_manifest["spend_by_model"]["m"];
+    assert_eq!(spend["cached_input_tokens"], read, "{spend}");
+    // off: no cache point, so the explicit-caching kind reads and writes nothing.
+    for line in &off {
+        assert_eq!(field(line, "cached_input_tokens"), 0, "{line}");
+        assert_eq!(field(line, "cache_write_input_tokens"), 0, "{line}");
+    }
+    assert_eq!(off_manifest["cached_input_tokens"].as_u64().unwrap_or(0), 0);
+    // Same answers, same token totals, a third of the bill or less.
+    assert_eq!(auto_manifest["input_tokens"], off_manifest["input_tokens"]);
+    for (a, o) in auto.iter().zip(&off) {
+        assert_eq!(
+            a["response"]["body"]["choices"][0]["message"]["content"],
+            o["response"]["body"]["choices"][0]["message"]["content"]
+        );
+    }
+    assert!(
+        cost(&auto_manifest) < 0.4 * cost(&off_manifest),
+        "auto {} vs off {}",
+        cost(&auto_manifest),
+        cost(&off_manifest)
+    );
+}
+
+#[test]
+fn the_openai_kind_caches_by_itself_in_128_token_steps_either_way() {
+    // 10,000 + 20 characters of prompt: the longest cacheable step is 1024 + 11 * 128 tokens.
+    let step = 1024 + 11 * 128;
+    for mode in ["auto", "off"] {
+        let (lines, manifest) = run_batch("openai", mode);
+        assert_eq!(field(&lines[0], "cached_input_tokens"), 0, "{mode}");
+        for line in &lines[1..] {
+            assert_eq!(field(line, "cached_input_tokens"), step, "{mode}: {line}");
+            // The part arrays never reach the openai kind: its body is flattened (10,020 / 4 + 4
+            // per message).
+            assert_eq!(field(line, "input_tokens"), 2_513, "{mode}: {line}");
+        }
+        assert_eq!(
+            manifest["cached_input_tokens"],
+            step * (ITEMS as u64 - 1),
+            "{mode}: {manifest}"
+        );
+    }
+}
