@@ -68,9 +68,8 @@ prompt_cache = "{mode}"
     )
 }
 
-/// Runs the batch one item at a time (so the first call warms the cache for the rest); the
-/// output lines in input order, and the manifest.
-fn run_batch(kind: &str, mode: &str) -> (Vec<Value>, Value) {
+/// A config and the input of `ITEMS` documents, in a new directory, with its fake.
+fn setup(kind: &str, mode: &str) -> (tempfile::TempDir, FakeProvider, PathBuf) {
     let dir = tempfile::tempdir().unwrap();
     let fake = FakeProvider::start(&[]);
     config(dir.path(), &fake, kind, mode);
@@ -78,6 +77,22 @@ fn run_batch(kind: &str, mode: &str) -> (Vec<Value>, Value) {
         .map(|i| format!("{{\"id\":\"d{i}\",\"text\":\"document number {i:04}\"}}\n"))
         .collect();
     let input = write_file(dir.path(), "docs.jsonl", docs.as_bytes());
+    (dir, fake, input)
+}
+
+/// `batchyard estimate --json` of the setup's input.
+fn estimate(kind: &str, mode: &str) -> Value {
+    let (dir, _fake, input) = setup(kind, mode);
+    let args = ["estimate", input.to_str().unwrap(), "--task", "t", "--json"];
+    let out = run(batchyard(dir.path()).args(args));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    last_json(&out)
+}
+
+/// Runs the batch one item at a time (so the first call warms the cache for the rest); the
+/// output lines in input order, and the manifest.
+fn run_batch(kind: &str, mode: &str) -> (Vec<Value>, Value) {
+    let (dir, _fake, input) = setup(kind, mode);
     let started = Instant::now();
     let out = run(batchyard(dir.path()).args([
         "run",
@@ -177,4 +192,26 @@ fn the_openai_kind_caches_by_itself_in_128_token_steps_either_way() {
             "{mode}: {manifest}"
         );
     }
+}
+
+#[test]
+fn estimate_shows_the_cached_share_and_the_saving() {
+    let auto = estimate("anthropic", "auto");
+    let off = estimate("anthropic", "off");
+    // Five of six items read 2,500 of their ~2,510 prompt tokens; the first writes them.
+    let share = auto["cached_share"].as_f64().unwrap();
+    assert!((0.8..0.84).contains(&share), "{auto}");
+    assert_eq!(off["cached_share"], 0.0, "{off}");
+    let routed = |e: &Value| e["routed_expected_usd"].as_f64().unwrap();
+    let saving = auto["cache_saving_usd"].as_f64().unwrap();
+    assert!(
+        (routed(&off) - routed(&auto) - saving).abs() < 1e-9,
+        "{auto} {off}"
+    );
+    assert!(routed(&auto) < 0.4 * routed(&off), "{auto} {off}");
+    // The table says it too.
+    let (dir, _fake, input) = setup("anthropic", "auto");
+    let out = run(batchyard(dir.path()).args(["estimate", input.to_str().unwrap(), "--task", "t"]));
+    let table = text(&out.stdout);
+    assert!(table.contains("prompt cache 8"), "{table}");
 }

@@ -132,6 +132,53 @@ fn marked(text: &str, at: usize) -> Value {
     Value::Array(parts)
 }
 
+/// The static prefix a body's last cache point closes: its length in characters, and a hash
+/// of its text (equal prefixes hit the same provider cache entry).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CachedPrefix {
+    pub chars: u64,
+    pub hash: u64,
+}
+
+impl CachedPrefix {
+    /// Estimated tokens, four characters a token.
+    pub fn tokens(&self) -> u64 {
+        self.chars / 4
+    }
+}
+
+/// The prefix up to a body's last cache point, if it has one.
+pub fn cached_prefix(body: &serde_json::Map<String, Value>) -> Option<CachedPrefix> {
+    use std::hash::Hasher as _;
+    let messages = body.get("messages")?.as_array()?;
+    let mut hasher = std::hash::DefaultHasher::new();
+    let mut chars = 0u64;
+    let mut last = None;
+    for message in messages {
+        let parts = match message.get("content") {
+            Some(Value::String(s)) => {
+                hasher.write(s.as_bytes());
+                chars += s.chars().count() as u64;
+                continue;
+            }
+            Some(Value::Array(parts)) => parts,
+            _ => continue,
+        };
+        for part in parts {
+            let text = part.get("text").and_then(Value::as_str).unwrap_or("");
+            hasher.write(text.as_bytes());
+            chars += text.chars().count() as u64;
+            if part.get("cache_control").is_some() {
+                last = Some(CachedPrefix {
+                    chars,
+                    hash: hasher.clone().finish(),
+                });
+            }
+        }
+    }
+    last
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests {
@@ -206,5 +253,23 @@ mod tests {
         let (_, p) = plan.contents(None, rendered.clone());
         assert_eq!(p[0]["text"], head.trim_end());
         assert_eq!(flatten(&p), json!(rendered));
+    }
+
+    #[test]
+    fn the_cached_prefix_ends_at_the_last_point_and_hashes_its_text() {
+        let system = long(1100);
+        let plan = CachePlan::of(Some(&system), "{{ text }}");
+        let body = |doc: &str| {
+            let (s, p) = plan.contents(Some(system.clone()), doc.into());
+            let m = json!({"messages": [
+                {"role": "system", "content": s.unwrap()},
+                {"role": "user", "content": p}]});
+            m.as_object().unwrap().clone()
+        };
+        let a = cached_prefix(&body("one")).unwrap();
+        assert_eq!(a.tokens(), 1100);
+        assert_eq!(Some(a), cached_prefix(&body("two")));
+        let plain = json!({"messages": [{"role": "user", "content": "x"}]});
+        assert!(cached_prefix(plain.as_object().unwrap()).is_none());
     }
 }
