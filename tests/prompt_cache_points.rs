@@ -70,8 +70,16 @@ prompt_cache = "{mode}"
 
 /// A config and the input of `ITEMS` documents, in a new directory, with its fake.
 fn setup(kind: &str, mode: &str) -> (tempfile::TempDir, FakeProvider, PathBuf) {
+    setup_with(kind, mode, &[])
+}
+
+fn setup_with(
+    kind: &str,
+    mode: &str,
+    fake_args: &[&str],
+) -> (tempfile::TempDir, FakeProvider, PathBuf) {
     let dir = tempfile::tempdir().unwrap();
-    let fake = FakeProvider::start(&[]);
+    let fake = FakeProvider::start(fake_args);
     config(dir.path(), &fake, kind, mode);
     let docs: String = (0..ITEMS)
         .map(|i| format!("{{\"id\":\"d{i}\",\"text\":\"document number {i:04}\"}}\n"))
@@ -89,10 +97,19 @@ fn estimate(kind: &str, mode: &str) -> Value {
     last_json(&out)
 }
 
-/// Runs the batch one item at a time (so the first call warms the cache for the rest); the
-/// output lines in input order, and the manifest.
+/// Runs the batch one item at a time; the output lines in input order, and the manifest.
 fn run_batch(kind: &str, mode: &str) -> (Vec<Value>, Value) {
-    let (dir, _fake, input) = setup(kind, mode);
+    run_batch_with(kind, mode, &[], 1)
+}
+
+/// [`run_batch`] with flags for the fake and `concurrency` items at once.
+fn run_batch_with(
+    kind: &str,
+    mode: &str,
+    fake_args: &[&str],
+    concurrency: usize,
+) -> (Vec<Value>, Value) {
+    let (dir, _fake, input) = setup_with(kind, mode, fake_args);
     let started = Instant::now();
     let out = run(batchyard(dir.path()).args([
         "run",
@@ -100,7 +117,7 @@ fn run_batch(kind: &str, mode: &str) -> (Vec<Value>, Value) {
         "--task",
         "t",
         "--concurrency",
-        "1",
+        &concurrency.to_string(),
         "--json",
     ]));
     assert!(out.status.success(), "{}", text(&out.stderr));
@@ -214,4 +231,25 @@ fn estimate_shows_the_cached_share_and_the_saving() {
     let out = run(batchyard(dir.path()).args(["estimate", input.to_str().unwrap(), "--task", "t"]));
     let table = text(&out.stdout);
     assert!(table.contains("prompt cache 8"), "{table}");
+}
+
+#[test]
+fn concurrent_items_wait_for_the_first_to_warm_the_cache() {
+    // Six items at once, 300 ms a call: without cache-warm dispatch all six would miss.
+    let slow = ["--latency-ms", "300"];
+    let (lines, manifest) = run_batch_with("anthropic", "auto", &slow, 6);
+    let writes: Vec<u64> = lines
+        .iter()
+        .map(|l| field(l, "cache_write_input_tokens"))
+        .collect();
+    assert_eq!(writes.iter().filter(|w| **w > 0).count(), 1, "{writes:?}");
+    assert_eq!(manifest["cache_write_input_tokens"], SYSTEM_TOKENS);
+    assert_eq!(
+        manifest["cached_input_tokens"],
+        SYSTEM_TOKENS * (ITEMS as u64 - 1),
+        "{manifest}"
+    );
+    // With off there is nothing to wait for: no point, no cached token.
+    let (_, off) = run_batch_with("anthropic", "off", &slow, 6);
+    assert_eq!(off["cached_input_tokens"].as_u64().unwrap_or(0), 0);
 }

@@ -324,13 +324,6 @@ async fn respond(
         });
 
     parsed.cache = prompt_cache(headers, &parsed.last_user, parsed.prompt_tokens);
-    if parsed.cache == PromptCache::default() {
-        // No marker or header: the TTL cache decides.
-        parsed.cache =
-            state
-                .prompt_caches
-                .serve(&parsed.model, &parsed.probe, parsed.prompt_tokens);
-    }
 
     let full = Reply::new(&parsed, false);
     let admission = state
@@ -352,6 +345,14 @@ async fn respond(
         .and_then(|v| v.trim().parse::<u64>().ok())
         .unwrap_or(0);
     let latency = options.sample_latency() + Duration::from_millis(extra_ms);
+    if parsed.cache == PromptCache::default() {
+        // No marker or header: the TTL cache decides, on arrival; what this request writes
+        // is readable once it is answered.
+        parsed.cache =
+            state
+                .prompt_caches
+                .serve(&parsed.model, &parsed.probe, parsed.prompt_tokens, latency);
+    }
     if !latency.is_zero() {
         tokio::select! {
             () = tokio::time::sleep(latency) => {}

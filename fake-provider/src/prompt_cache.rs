@@ -123,11 +123,24 @@ struct Counts {
     eligible: u64,
 }
 
+#[derive(Debug, Clone, Copy)]
+struct Entry {
+    from: Instant,
+    until: Instant,
+}
+
+impl Entry {
+    fn live(&self, now: Instant) -> bool {
+        self.from <= now && now < self.until
+    }
+}
+
 pub struct PromptCaches {
     ttl: Duration,
     min_tokens: u64,
-    /// Key: hash of (model, prefix hash); value: when it expires.
-    entries: Mutex<HashMap<u64, Instant>>,
+    /// Key: hash of (model, prefix hash); value: from when it can be read (a prefix is
+    /// cached once its request is answered) and when it expires.
+    entries: Mutex<HashMap<u64, Entry>>,
     counts: Mutex<Counts>,
 }
 
@@ -142,8 +155,16 @@ impl PromptCaches {
         }
     }
 
-    /// What `probe` reads and writes for `model` now, at most `prompt_tokens` in all.
-    pub fn serve(&self, model: &str, probe: &Probe, prompt_tokens: u64) -> PromptCache {
+    /// What `probe` reads and writes for `model` now, at most `prompt_tokens` in all. What it
+    /// writes can be read `answered_in` from now (when its answer is complete), as a real
+    /// cache: requests that arrive while the first is in flight miss too.
+    pub fn serve(
+        &self,
+        model: &str,
+        probe: &Probe,
+        prompt_tokens: u64,
+        answered_in: Duration,
+    ) -> PromptCache {
         let (prefixes, explicit) = match probe {
             Probe::None => return PromptCache::default(),
             Probe::Explicit(p) => (p, true),
@@ -166,11 +187,11 @@ impl PromptCaches {
             return PromptCache::default();
         };
         let now = Instant::now();
-        let expiry = now + self.ttl;
+        let from = now + answered_in;
         let mut entries = lock(&self.entries);
         let read = eligible
             .iter()
-            .filter(|(k, _)| entries.get(k).is_some_and(|until| *until > now))
+            .filter(|(k, _)| entries.get(k).is_some_and(|e| e.live(now)))
             .map(|(_, t)| *t)
             .max()
             .unwrap_or(0);
@@ -178,7 +199,15 @@ impl PromptCaches {
             evict(&mut entries, now);
         }
         for (k, _) in &eligible {
-            entries.insert(*k, expiry);
+            let entry = entries.entry(*k).or_insert(Entry { from, until: from });
+            // A live entry is refreshed; a pending one keeps its earlier start.
+            if !entry.live(now) && entry.from > from {
+                entry.from = from;
+            }
+            if entry.until < now {
+                entry.from = from;
+            }
+            entry.until = entry.from.max(now) + self.ttl;
         }
         drop(entries);
         // Anthropic bills the part past the longest hit up to the last point as a write;
@@ -215,16 +244,16 @@ impl PromptCaches {
 }
 
 /// The expired entries go; if still too many, those expiring first (the older half).
-fn evict(entries: &mut HashMap<u64, Instant>, now: Instant) {
-    entries.retain(|_, until| *until > now);
+fn evict(entries: &mut HashMap<u64, Entry>, now: Instant) {
+    entries.retain(|_, e| e.until > now);
     if entries.len() < MAX_ENTRIES / 2 {
         return;
     }
-    let mut expiries: Vec<Instant> = entries.values().copied().collect();
+    let mut expiries: Vec<Instant> = entries.values().map(|e| e.until).collect();
     let mid = expiries.len() / 2;
     let (_, median, _) = expiries.select_nth_unstable(mid);
     let median = *median;
-    entries.retain(|_, until| *until > median);
+    entries.retain(|_, e| e.until > median);
 }
 
 #[cfg(test)]
@@ -241,7 +270,7 @@ mod tests {
         let caches = PromptCaches::new(Duration::from_millis(300), 1024);
         let system = text(2500, 's');
         let probe = |doc: &str| Probe::explicit([(system.as_str(), true), (doc, false)]);
-        let first = caches.serve("claude", &probe("doc one"), 2600);
+        let first = caches.serve("claude", &probe("doc one"), 2600, Duration::ZERO);
         assert_eq!(
             first,
             PromptCache {
@@ -249,7 +278,7 @@ mod tests {
                 write: 2500
             }
         );
-        let second = caches.serve("claude", &probe("doc two"), 2600);
+        let second = caches.serve("claude", &probe("doc two"), 2600, Duration::ZERO);
         assert_eq!(
             second,
             PromptCache {
@@ -258,14 +287,24 @@ mod tests {
             }
         );
         // Another model has its own cache.
-        assert_eq!(caches.serve("opus", &probe("x"), 2600).write, 2500);
+        assert_eq!(
+            caches
+                .serve("opus", &probe("x"), 2600, Duration::ZERO)
+                .write,
+            2500
+        );
         // Without a point nothing is cached; a short point is ignored.
         assert_eq!(Probe::explicit([(system.as_str(), false)]), Probe::None);
         let short = Probe::explicit([("short", true)]);
-        assert_eq!(caches.serve("claude", &short, 10), PromptCache::default());
+        assert_eq!(
+            caches.serve("claude", &short, 10, Duration::ZERO),
+            PromptCache::default()
+        );
         std::thread::sleep(Duration::from_millis(400));
         assert_eq!(
-            caches.serve("claude", &probe("doc three"), 2600).write,
+            caches
+                .serve("claude", &probe("doc three"), 2600, Duration::ZERO)
+                .write,
             2500
         );
         let stats = caches.stats();
@@ -279,10 +318,10 @@ mod tests {
         let shared = text(1300, 'p');
         let a = format!("{shared}{}", text(400, 'a'));
         let b = format!("{shared}{}", text(400, 'b'));
-        let first = caches.serve("gpt", &Probe::automatic(&a), 1700);
+        let first = caches.serve("gpt", &Probe::automatic(&a), 1700, Duration::ZERO);
         assert_eq!(first, PromptCache::default());
         // 1300 shared tokens: 1024 + 2 * 128 = 1280 of them are read.
-        let second = caches.serve("gpt", &Probe::automatic(&b), 1700);
+        let second = caches.serve("gpt", &Probe::automatic(&b), 1700, Duration::ZERO);
         assert_eq!(
             second,
             PromptCache {
@@ -291,7 +330,12 @@ mod tests {
             }
         );
         // The same prompt again: every step of it.
-        assert_eq!(caches.serve("gpt", &Probe::automatic(&b), 1700).read, 1664);
+        assert_eq!(
+            caches
+                .serve("gpt", &Probe::automatic(&b), 1700, Duration::ZERO)
+                .read,
+            1664
+        );
         // Below 1024 tokens nothing is cached.
         assert_eq!(Probe::automatic(&text(1000, 'q')), Probe::None);
     }
@@ -301,8 +345,26 @@ mod tests {
         let caches = PromptCaches::new(Duration::from_secs(300), 1);
         for i in 0..(MAX_ENTRIES + 10) {
             let t = format!("{i:08}");
-            caches.serve("m", &Probe::explicit([(t.as_str(), true)]), 100);
+            caches.serve(
+                "m",
+                &Probe::explicit([(t.as_str(), true)]),
+                100,
+                Duration::ZERO,
+            );
         }
         assert!(lock(&caches.entries).len() <= MAX_ENTRIES);
+    }
+
+    #[test]
+    fn a_prefix_is_readable_only_once_its_first_request_is_answered() {
+        let caches = PromptCaches::new(Duration::from_secs(300), 1024);
+        let system = text(2000, 's');
+        let probe = Probe::explicit([(system.as_str(), true)]);
+        let slow = Duration::from_millis(200);
+        assert_eq!(caches.serve("c", &probe, 2000, slow).write, 2000);
+        // Arrives while the first is in flight: misses and writes too.
+        assert_eq!(caches.serve("c", &probe, 2000, slow).write, 2000);
+        std::thread::sleep(Duration::from_millis(250));
+        assert_eq!(caches.serve("c", &probe, 2000, slow).read, 2000);
     }
 }
