@@ -21,13 +21,10 @@ at most 0.6× off on the anthropic kind. The `bedrock` kind has the hook (`KINDS
 on main yet: it is reported as not run.
 """
 
-import argparse
 import json
 import math
 import os
-import shutil
 import sys
-import tempfile
 import time
 import tomllib
 
@@ -239,35 +236,11 @@ def splice(result):
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
-    ap.add_argument("--smoke", action="store_true", help=f"{SMOKE_ITEMS} items, anthropic only; writes nothing")
-    ap.add_argument("--items", type=int, help="items per run (ad hoc: writes nothing unless --write)")
-    ap.add_argument("--no-build", action="store_true", help="use the release binaries already built")
-    ap.add_argument("--keep", action="store_true", help="keep the temp dir (logs, configs, outputs)")
-    ap.add_argument("--write", action="store_true", help="update B8 in BENCHMARKS.md (not with --smoke)")
-    args = ap.parse_args()
-    workdir = tempfile.mkdtemp(prefix="batchyard-b8-")
-    try:
-        if not args.no_build:
-            common.build()
-        result = run(workdir, smoke=args.smoke, items=args.items, command="python3 -m benchlib.b8 --write")
-        for r in result["rows"]:
-            print(f"{r[0]:<4} {r[2]:<14} {r[3]:<70} {'(smoke)' if args.smoke else routing.verdict(r[4])}\n     {r[1]}")
-        if args.write and not args.smoke:
-            splice(result)
-            common.log(f"updated B8 in {common.BENCH_MD}")
-        return 0
-    except common.BenchError as e:
-        common.log(f"FAILED: {e}")
-        return 1
-    except KeyboardInterrupt:
-        return 130
-    finally:
-        common.PROCS.stop_all()
-        if args.keep:
-            common.log(f"kept {workdir}")
-        else:
-            shutil.rmtree(workdir, ignore_errors=True)
+    return common.standalone(
+        __doc__, "B8", SMOKE_ITEMS,
+        lambda workdir, smoke, items, command: run(workdir, smoke=smoke, items=items, command=command),
+        splice, ", anthropic only",
+    )
 
 
 if __name__ == "__main__":

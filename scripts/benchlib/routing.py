@@ -451,8 +451,7 @@ def splice_markdown(path, result):
         f.write("\n".join(lines).rstrip() + "\n")
 
 
-def verdict(ok):
-    return "n/a (reported)" if ok is None else ("PASS" if ok else "SHORT")
+verdict = common.verdict
 
 
 # ---------------------------------------------------------------------------------------------
@@ -490,4 +489,3 @@ def run(workdir, smoke=False, items=None, command="scripts/bench --only B5"):
     result = {"rows": rows(summaries), "summaries": summaries, "window": window, "command": command}
     print("\n".join(curve_table(summaries, window)))
     return result
-
