@@ -197,7 +197,7 @@ def rows(results, n):
             ))
     for kind, models in KINDS.items():
         if models is None:
-            out.append(("B8", f"prompt cache, `{kind}` kind", "<= 0.60", "not run: no fake of this kind on main yet", None))
+            out.append(("B8", f"prompt cache, `{kind}` kind: cost with `auto` ÷ `off`", "— (not run)", "not run: no fake of this kind on main yet", None))
     return out
 
 
