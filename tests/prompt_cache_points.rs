@@ -253,3 +253,13 @@ fn concurrent_items_wait_for_the_first_to_warm_the_cache() {
     let (_, off) = run_batch_with("anthropic", "off", &slow, 6);
     assert_eq!(off["cached_input_tokens"].as_u64().unwrap_or(0), 0);
 }
+
+#[test]
+fn a_bad_prompt_cache_value_names_the_key() {
+    let (dir, _fake, input) = setup("anthropic", "sometimes");
+    let out = run(batchyard(dir.path()).args(["estimate", input.to_str().unwrap(), "--task", "t"]));
+    assert!(!out.status.success());
+    let err = text(&out.stderr);
+    assert!(err.contains("prompt_cache"), "{err}");
+    assert!(err.contains("auto") && err.contains("off"), "{err}");
+}
