@@ -80,6 +80,9 @@ pub enum Command {
     /// Follow one batch with a live progress bar until it ends (exit 1 unless it completed)
     #[command(after_help = ENVIRONMENT)]
     Watch(WatchArgs),
+    /// Check the config, the age of catalog prices, Redis and the object store (exit 1 on an error)
+    #[command(after_help = ENVIRONMENT)]
+    Check(CheckArgs),
     /// Fire every enabled [pipelines.<name>] on its schedule, exactly once per tick across replicas
     #[command(after_help = ENVIRONMENT)]
     Scheduler(SchedulerArgs),
@@ -157,6 +160,18 @@ pub struct RouteArgs {
     /// Which item of --input (1 = the first)
     #[arg(long, value_name = "N")]
     pub line: Option<u64>,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    /// Only the config and the catalog: don't contact Redis or the object store
+    #[arg(long)]
+    pub offline: bool,
+    /// Fail (exit 1) on warnings too, e.g. catalog prices older than 90 days
+    #[arg(long)]
+    pub strict: bool,
     #[arg(long)]
     pub json: bool,
 }

@@ -76,6 +76,7 @@ async fn dispatch(cli: &Cli, env: &BTreeMap<String, String>) -> anyhow::Result<(
         Command::Cancel(args) => commands::batch_ops::cancel(config, args, env).await,
         Command::Retry(args) => commands::batch_ops::retry(config, args, env).await,
         Command::Models(args) => commands::models::models(config, args, env).await,
+        Command::Check(args) => commands::check::check(config, args, env).await,
         Command::Estimate(args) => commands::estimate_route::estimate(config, args, env).await,
         Command::Route(args) => commands::estimate_route::route(config, args, env).await,
         Command::Serve(args) => commands::serve::serve(config, args, env).await,

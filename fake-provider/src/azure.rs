@@ -37,8 +37,14 @@ fn known_version(version: &str) -> bool {
 }
 
 /// The `api-version` query (404 when missing, 400 when unknown, as Azure answers) and, with
-/// `--require-key`, the `api-key` header or `Authorization: Bearer` (401).
-pub fn check_request(options: &Options, headers: &HeaderMap, query: &str) -> Option<Response> {
+/// `--require-key`, the `api-key` header or `Authorization: Bearer` (401); with
+/// `--entra-client-secret`, a live Entra ID token issued by this fake is accepted too.
+pub fn check_request(
+    options: &Options,
+    entra: &crate::entra::Tokens,
+    headers: &HeaderMap,
+    query: &str,
+) -> Option<Response> {
     let version = query
         .split('&')
         .find_map(|pair| pair.strip_prefix("api-version="));
@@ -59,7 +65,10 @@ pub fn check_request(options: &Options, headers: &HeaderMap, query: &str) -> Opt
         }
         Some(_) => {}
     }
-    let key = options.require_key.as_ref()?;
+    let with_entra = options.entra_client_secret.is_some();
+    if options.require_key.is_none() && !with_entra {
+        return None;
+    }
     let text = |name| {
         headers
             .get(name)
@@ -67,7 +76,12 @@ pub fn check_request(options: &Options, headers: &HeaderMap, query: &str) -> Opt
     };
     let api_key = text(header::HeaderName::from_static("api-key"));
     let bearer = text(header::AUTHORIZATION).and_then(|v| v.strip_prefix("Bearer "));
-    if api_key == Some(key.as_str()) || bearer == Some(key.as_str()) {
+    if let Some(key) = &options.require_key
+        && (api_key == Some(key.as_str()) || bearer == Some(key.as_str()))
+    {
+        return None;
+    }
+    if with_entra && bearer.is_some_and(|token| entra.live(token)) {
         return None;
     }
     // Echoes what it was given (the real service does not), so tests can prove clients scrub.

@@ -9,7 +9,7 @@ use axum::response::Response;
 
 use crate::conn::Conn;
 use crate::options::RandomFault;
-use crate::{AppState, anthropic, azure, gemini, openai};
+use crate::{AppState, anthropic, azure, bedrock, gemini, openai};
 
 /// A request, as far as the fake cares.
 #[derive(Debug)]
@@ -207,6 +207,13 @@ fn named(state: &AppState, headers: &HeaderMap, name: &str, text: &str) -> Optio
     })
 }
 
+/// The fault the magic text in `text` asks for, if any (no header, no random draw): what a
+/// batch item gets, as it has no headers of its own.
+pub fn magic(state: &AppState, text: &str) -> Option<Fault> {
+    let (_, name) = MAGIC.iter().find(|(marker, _)| text.contains(marker))?;
+    named(state, &HeaderMap::new(), name, text)
+}
+
 /// The request's own fault (magic text first, then the header), else a random one.
 pub fn choose(state: &AppState, headers: &HeaderMap, text: &str) -> Option<Fault> {
     let header = headers
@@ -244,6 +251,9 @@ pub enum Dialect {
     /// Azure OpenAI: the OpenAI body and reply; its query, key and deployment were checked
     /// (and the deployment put in the body as `model`) before [`handle`].
     Azure,
+    /// Bedrock Converse: the model comes from the path; its signature was checked before
+    /// [`handle_model`].
+    Bedrock,
 }
 
 /// Answers one request (or drops its connection), and counts it.
@@ -286,8 +296,8 @@ fn accept(
         Dialect::OpenAi => openai::check_auth(options, headers),
         Dialect::Anthropic => anthropic::check_request(options, headers),
         Dialect::Gemini => gemini::check_auth(options, headers),
-        // Its query, key and deployment were checked before `handle`.
-        Dialect::Azure => None,
+        // Its query, key and deployment (or signature) were checked before `handle`.
+        Dialect::Azure | Dialect::Bedrock => None,
     };
     if let Some(response) = refused {
         return Err(Box::new(response));
@@ -296,7 +306,24 @@ fn accept(
         Dialect::OpenAi | Dialect::Azure => openai::parse(body),
         Dialect::Anthropic => anthropic::parse(body),
         Dialect::Gemini => gemini::parse(body, model),
+        Dialect::Bedrock => bedrock::parse(body, model),
     }
+}
+
+/// What every answer path sets after parsing: skill mode's or `--reply`'s answer, and the
+/// prompt-cache usage. Shared with the batch APIs, so their items answer as real-time does.
+pub fn fill(state: &AppState, headers: &HeaderMap, parsed: &mut Parsed) {
+    let options = &state.options;
+    parsed.answer = crate::skill::answer(&options.skills, &parsed.model, &parsed.last_user)
+        .map(str::to_owned)
+        .or_else(|| {
+            options
+                .replies
+                .iter()
+                .find(|(model, _)| *model == parsed.model)
+                .map(|(_, text)| text.clone())
+        });
+    parsed.cache = prompt_cache(headers, &parsed.last_user, parsed.prompt_tokens);
 }
 
 async fn respond(
@@ -307,23 +334,13 @@ async fn respond(
     dialect: Dialect,
     model: &str,
 ) -> (Response, bool) {
-    use Dialect::{Anthropic, Azure, Gemini, OpenAi};
+    use Dialect::{Anthropic, Azure, Bedrock, Gemini, OpenAi};
     let options = &state.options;
     let mut parsed = match accept(options, headers, body, dialect, model) {
         Ok(p) => p,
         Err(response) => return (*response, true),
     };
-    parsed.answer = crate::skill::answer(&options.skills, &parsed.model, &parsed.last_user)
-        .map(str::to_owned)
-        .or_else(|| {
-            options
-                .replies
-                .iter()
-                .find(|(model, _)| *model == parsed.model)
-                .map(|(_, text)| text.clone())
-        });
-
-    parsed.cache = prompt_cache(headers, &parsed.last_user, parsed.prompt_tokens);
+    fill(state, headers, &mut parsed);
 
     let full = Reply::new(&parsed, false);
     let admission = state
@@ -335,6 +352,7 @@ async fn respond(
             Anthropic => anthropic::over_limit(&admission),
             Gemini => gemini::over_limit(&admission),
             Azure => azure::over_limit(&admission),
+            Bedrock => bedrock::over_limit(&admission),
         };
         return (response, true);
     }
@@ -389,6 +407,7 @@ async fn respond(
                 OpenAi | Azure => openai::success(n, &parsed, &reply),
                 Anthropic => anthropic::success(n, &parsed, &reply),
                 Gemini => gemini::success(n, &parsed, &reply),
+                Bedrock => bedrock::success(n, &parsed, &reply),
             }
         }
         Some(fault) => {
@@ -398,6 +417,7 @@ async fn respond(
                 Anthropic => anthropic::fault(fault, &state.shutdown),
                 Gemini => gemini::fault(fault, &state.shutdown),
                 Azure => azure::fault(fault, &state.shutdown),
+                Bedrock => bedrock::fault(fault, &state.shutdown),
             };
             // Opt-in, so the OpenAI dialect's default hint stays the short `retry-after-ms`.
             if let (Fault::Status(429), Some(secs)) = (fault, options.retry_after_secs)
@@ -413,8 +433,8 @@ async fn respond(
         match dialect {
             OpenAi => crate::limits::openai_headers(&admission, headers),
             Anthropic => crate::limits::anthropic_headers(&admission, headers),
-            // Google sends no rate-limit headers.
-            Gemini => {}
+            // Google and AWS send no rate-limit headers.
+            Gemini | Bedrock => {}
             Azure => azure::headers(&admission, headers),
         }
     }

@@ -21,13 +21,64 @@
 //!   (over a limit also `retry-after` and `x-ratelimit-remaining-*`; a fault 429 only
 //!   `retry-after-ms: 300`), the content filter is a 400 with `innererror.code =
 //!   ResponsibleAIPolicyViolation`;
+//! - `POST /model/{modelId}/converse`: AWS Bedrock's Converse API, the same reply with
+//!   `stopReason` `end_turn` or `max_tokens` and `usage` (cache reads and writes included);
+//!   with `--bedrock-secret`, each request's SigV4 signature is recomputed and checked (403
+//!   `InvalidSignatureException` when it differs), or a Bedrock API key is taken as
+//!   `Authorization: Bearer` (`--require-key`); its errors are AWS's (see `bedrock`);
+//! - the AWS credential chain's cloud sources (instance metadata, the container agent, STS
+//!   `AssumeRoleWithWebIdentity` at `POST /`), handing out the Bedrock dialect's keys (see
+//!   `aws_creds`);
 //! - `GET /stats`: `{"requests", "by_status": {"200": N, ...}, "dropped", "hung", "faults":
 //!   {"429": N, "hang": N, "malformed": N, "length": N, ...} (the random faults served, by kind),
 //!   "rpm", "tpm",
 //!   "max_requests_per_window", "max_tokens_per_window", "windows": [{"start", "requests",
 //!   "tokens", "rejected"}]}` (windows are the 60 s rate-limit windows, `start` in unix seconds;
-//!   `requests` / `tokens` count admitted requests only);
+//!   `requests` / `tokens` count admitted requests only; batch API calls are not counted
+//!   there), and `"batches": {"created", "by_status", "cancelled", "files_uploaded",
+//!   "files_deleted", "stored_bytes", "openai": {"created", "by_status", "cancelled"},
+//!   "anthropic": {"created", "by_status", "cancelled", "refused", "deleted"}}` (`created`
+//!   and `cancelled` count both APIs' accepted creates and cancels; `by_status` is each
+//!   batch's state now, OpenAI's `status` or Anthropic's `processing_status`);
+//! - `POST /{tenant}/oauth2/v2.0/token` and `GET /msi/token`: Microsoft Entra ID tokens for
+//!   the Azure route (see `entra`; `/stats` counts them as `entra_tokens_issued`);
 //! - `GET /health`: `ok`.
+//!
+//! Batch APIs (module `batch`), on a clock sped up by flags, in memory:
+//! - OpenAI: `POST /v1/files` (multipart `purpose=batch`, `file`; 200 MB at most),
+//!   `GET /v1/files` (`purpose`, `limit`, `after`, `order`; newest first), `GET /v1/files/{id}`,
+//!   `GET /v1/files/{id}/content`, `DELETE /v1/files/{id}`;
+//!   `POST /v1/batches` (`input_file_id`, `endpoint` `/v1/chat/completions`,
+//!   `completion_window` `24h`, `metadata` up to 16 pairs), `GET /v1/batches/{id}`,
+//!   `POST /v1/batches/{id}/cancel`, `GET /v1/batches?limit=&after=` (newest first,
+//!   `first_id`, `last_id`, `has_more`). Status `validating → in_progress → finalizing →
+//!   completed`, or `failed` (bad JSON line, wrong `url`/`method`, missing `custom_id` or
+//!   `body`, duplicate `custom_id`, mixed models, more than 50,000 lines, or the enqueued-token
+//!   quota: `errors.data[]` with `code`, `message`, `param`, `line`), `expired`, `cancelling →
+//!   cancelled`. Output file: the 2xx answers; error file: the error answers and, for an
+//!   expired or cancelled batch, the lines never run (`error.code` `batch_expired` /
+//!   `batch_cancelled`); lines in no particular order. Cancelling an ended batch is a 400.
+//! - Anthropic: `POST /v1/messages/batches` (`requests: [{custom_id, params}]`, up to 100,000,
+//!   custom_ids `^[a-zA-Z0-9_-]{1,64}$` and unique, else 400), `GET /v1/messages/batches/{id}`
+//!   (`processing_status` `in_progress | canceling | ended`, `request_counts` all `processing`
+//!   until ended, `results_url` once ended), `GET .../{id}/results` (JSONL, unordered,
+//!   `succeeded | errored | canceled | expired`; 400 before the end),
+//!   `POST .../{id}/cancel` (400 once ended), `DELETE .../{id}` (ended only),
+//!   `GET /v1/messages/batches?limit=&after_id=&before_id=` (newest first). Same auth as
+//!   `/v1/messages`.
+//! - Every item is answered, when the batch is created, exactly as the real-time endpoint
+//!   answers its body (skill mode, `--reply`, prompt-cache markers, `max_tokens`, magic text;
+//!   `FAKE:DROP`/`FAKE:HANG` and non-JSON faults become 500 items), with no limits, faults
+//!   drawn at random or latency, and revealed as the clock says: with `step = turnaround / 10`,
+//!   validating for one step, items done one by one (in input order) over the next eight,
+//!   finalizing for the last. Flags: `--batch-window-secs` (what "24h" means, 86400),
+//!   `--batch-turnaround-ms` (2000), `--batch-item-fail-rate F` (that fraction of items errors
+//!   with a 500 / `api_error`, chosen by a hash of the custom_id, the same in both APIs),
+//!   `--batch-expire[=F]` (batches never complete: at the window they expire with the first F of
+//!   their items done, 0.5), `--batch-enqueued-token-limit N` (per model, estimated input
+//!   tokens over batches not yet ended: OpenAI's batch fails with `token_limit_exceeded`,
+//!   Anthropic's create is a 429 `rate_limit_error`), `--batch-max-bytes N` (what the store
+//!   holds: uploads, answers, result files; past it 413, 512 MiB). See `batch::clock`.
 //!
 //! Limits (`--rpm`, `--tpm`): fixed 60 s windows aligned to the minute. Over a limit: 429 with
 //! `retry-after` (seconds to the window's end) and `x-ratelimit-{limit,remaining,reset}-
@@ -61,24 +112,31 @@
 //! 4 per message` (at least 1) and `completion_tokens = ceil(reply chars / 4)`.
 //!
 //! Prompt cache: besides the magic text below, a TTL cache per (model, prefix) (module
-//! `prompt_cache`): explicit `cache_control` points in the Anthropic dialect, automatic prefixes
+//! `prompt_cache`): explicit cache points in the Anthropic and Bedrock dialects, automatic prefixes
 //! in the OpenAI and Azure dialects; `/stats` counts it under `prompt_cache`.
 //!
 //! Modules: `options` (the flags), `flow` (one request for every dialect: auth, parse,
-//! admission, latency, a fault or the reply), `openai`, `anthropic`, `gemini` and `azure` (the dialects),
+//! admission, latency, a fault or the reply), `openai`, `anthropic`, `gemini`, `azure` and
+//! `bedrock` (the dialects), `sigv4` (checking AWS signatures), `aws_creds` (AWS credential
+//! sources), `entra` (Entra ID tokens for the Azure route),
 //! `limits` (the RPM / TPM windows and `/stats` counts), `conn` (a listener whose connections a
-//! handler can drop), `skill` (skill mode's rule). Its own crate (`fake-provider/`), so the
-//! library crates do not depend on axum for it.
+//! handler can drop), `skill` (skill mode's rule), `batch` (the batch APIs). Its own crate
+//! (`fake-provider/`), so the library crates do not depend on axum for it.
 
 mod anthropic;
+mod aws_creds;
 mod azure;
+mod batch;
+mod bedrock;
 mod conn;
+mod entra;
 mod flow;
 mod gemini;
 mod limits;
 mod openai;
 mod options;
 mod prompt_cache;
+mod sigv4;
 mod skill;
 
 use std::collections::{BTreeMap, HashSet};
@@ -115,13 +173,19 @@ pub struct AppState {
     limiter: Limiter,
     dropped: AtomicU64,
     hung: AtomicU64,
+    /// Credentials handed out by the AWS chain stand-ins.
+    credentials_served: AtomicU64,
     /// The random faults served (not those asked for by magic text or header), by
     /// [`flow::Fault::name`].
     faults: Mutex<BTreeMap<String, u64>>,
+    /// Entra ID tokens issued by the token endpoints.
+    entra: entra::Tokens,
     /// Cancelled on shutdown, so hung requests let go.
     shutdown: CancellationToken,
     /// The TTL prompt cache (`--prompt-cache-ttl-secs`, `--prompt-cache-min-tokens`).
     prompt_caches: prompt_cache::PromptCaches,
+    /// The batch APIs' files and batches.
+    batches: batch::Batches,
 }
 
 pub fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -143,6 +207,7 @@ impl AppState {
 
 fn router(state: Arc<AppState>) -> Router {
     Router::new()
+        .merge(batch::routes(&state.options.batch))
         .route("/v1/chat/completions", post(chat))
         .route("/chat/completions", post(chat))
         .route("/v1/messages", post(messages))
@@ -152,6 +217,20 @@ fn router(state: Arc<AppState>) -> Router {
             "/openai/deployments/{deployment}/chat/completions",
             post(azure_chat),
         )
+        .route("/{tenant}/oauth2/v2.0/token", post(entra_token))
+        .route("/msi/token", get(entra_managed_identity))
+        .route("/model/{model}/converse", post(converse))
+        .route("/", post(sts))
+        .route(
+            "/latest/api/token",
+            axum::routing::put(|| async { aws_creds::imds_token() }),
+        )
+        .route("/latest/meta-data/iam/security-credentials/", get(imds))
+        .route(
+            "/latest/meta-data/iam/security-credentials/{role}",
+            get(imds_role),
+        )
+        .route("/container-credentials", get(container_credentials))
         .route("/stats", get(stats))
         .route("/health", get(|| async { "ok" }))
         .with_state(state)
@@ -198,14 +277,76 @@ async fn azure_chat(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    if let Some(refused) =
-        azure::check_request(&state.options, &headers, query.as_deref().unwrap_or(""))
-    {
+    if let Some(refused) = azure::check_request(
+        &state.options,
+        &state.entra,
+        &headers,
+        query.as_deref().unwrap_or(""),
+    ) {
         state.record(refused.status());
         return refused;
     }
     let body = azure::with_deployment(&body, &deployment);
     flow::handle(&state, &conn, &headers, &body, Dialect::Azure).await
+}
+
+async fn entra_token(State(state): State<Arc<AppState>>, body: Bytes) -> Response {
+    let response = entra::token(
+        &state.options,
+        &state.entra,
+        &String::from_utf8_lossy(&body),
+    );
+    state.record(response.status());
+    response
+}
+
+async fn entra_managed_identity(
+    State(state): State<Arc<AppState>>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+) -> Response {
+    let query = query.unwrap_or_default();
+    let response = entra::managed_identity(&state.options, &state.entra, &headers, &query);
+    state.record(response.status());
+    response
+}
+
+async fn converse(
+    State(state): State<Arc<AppState>>,
+    ConnectInfo(conn): ConnectInfo<Conn>,
+    Path(model): Path<String>,
+    uri: axum::http::Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let query = uri.query().unwrap_or("");
+    let refused = bedrock::check_auth(&state.options, &headers, uri.path(), query, &body)
+        .or_else(|| bedrock::check_model(&model));
+    if let Some(refused) = refused {
+        state.record(refused.status());
+        return refused;
+    }
+    flow::handle_model(&state, &conn, &headers, &body, Dialect::Bedrock, &model).await
+}
+
+async fn sts(State(state): State<Arc<AppState>>, body: Bytes) -> Response {
+    aws_creds::assume_role_with_web_identity(&state, &body)
+}
+
+async fn imds(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
+    aws_creds::imds_credentials(&state, &headers, None)
+}
+
+async fn imds_role(
+    State(state): State<Arc<AppState>>,
+    Path(role): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    aws_creds::imds_credentials(&state, &headers, Some(&role))
+}
+
+async fn container_credentials(State(state): State<Arc<AppState>>) -> Response {
+    aws_creds::container_credentials(&state)
 }
 
 async fn stats(State(state): State<Arc<AppState>>) -> Response {
@@ -222,6 +363,9 @@ async fn stats(State(state): State<Arc<AppState>>) -> Response {
         "hung": state.hung.load(Ordering::Relaxed),
         "faults": lock(&state.faults).clone(),
         "prompt_cache": state.prompt_caches.stats(),
+        "entra_tokens_issued": state.entra.count(),
+        "credentials_served": state.credentials_served.load(Ordering::Relaxed),
+        "batches": state.batches.stats(),
     });
     if let (Value::Object(out), Value::Object(limits)) = (&mut body, state.limiter.stats()) {
         out.extend(limits);
@@ -316,8 +460,11 @@ async fn run(options: Options) -> Result<(), Box<dyn Error>> {
         failed_once: Mutex::new(HashSet::new()),
         dropped: AtomicU64::new(0),
         hung: AtomicU64::new(0),
+        credentials_served: AtomicU64::new(0),
         faults: Mutex::new(BTreeMap::new()),
+        entra: entra::Tokens::default(),
         shutdown: shutdown.clone(),
+        batches: batch::Batches::default(),
     });
     {
         let mut stdout = std::io::stdout().lock();

@@ -6,6 +6,8 @@ use std::time::Duration;
 
 pub const USAGE: &str = "\
 usage: batchyard-fake-provider [--addr 127.0.0.1:0] [--require-key KEY]
+  bedrock SigV4 check:  [--bedrock-secret SECRET] [--bedrock-key-id ID (AKIDFAKE)]
+    [--credentials-ttl-secs N]  expiry of the credentials the AWS chain stand-ins hand out (3600)
   limits (fixed 60 s windows on the minute):  [--rpm N] [--tpm N] [--window-secs N]
   latency:  [--latency-ms N | --latency-p50-ms N] [--latency-dist fixed|uniform|lognormal]
             [--latency-sigma F]
@@ -13,6 +15,10 @@ usage: batchyard-fake-provider [--addr 127.0.0.1:0] [--require-key KEY]
             [--fail-rate-429 F] [--fail-rate-500 F] [--fail-rate-502 F] [--fail-rate-503 F]
             [--fail-rate-529 F] [--drop-rate F] [--hang-rate F] [--malformed-rate F]
             [--length-rate F] [--filter-rate F]
+  entra id (POST /{tenant}/oauth2/v2.0/token, GET /msi/token):
+            [--entra-client-secret S]  the secret, assertion or X-IDENTITY-HEADER accepted; with
+              it, Azure bearer tokens must be live ones issued here
+            [--entra-token-ttl-secs N]  an issued token's life (3599)
   [--retry-after-secs N]  fault 429s also carry `retry-after: N` (off by default)
   [--hang-secs N]  how long a hung request waits before its connection is closed (600)
   [--reply MODEL=TEXT]  this model always answers TEXT (repeatable)
@@ -33,7 +39,7 @@ usage: batchyard-fake-provider [--addr 127.0.0.1:0] [--require-key KEY]
             [--prompt-cache-ttl-secs F]  how long a cached prefix lives, refreshed on a read
             (300, as Anthropic's and OpenAI's default; 0 turns the model off)
             [--prompt-cache-min-tokens N]  the shortest cacheable prefix (1024)
-    anthropic: prefixes ending at a block with cache_control; the first call writes
+    anthropic, bedrock: prefixes ending at a block with cache_control (a cachePoint); the first call writes
     (cache_creation_input_tokens), later ones within the TTL read (cache_read_input_tokens).
     openai / azure: automatic, the longest cached prefix of 1024 + k * 128 tokens is read
     (prompt_tokens_details.cached_tokens).";
@@ -64,6 +70,17 @@ pub enum RandomFault {
 pub struct Options {
     pub addr: SocketAddr,
     pub require_key: Option<String>,
+    /// The Entra ID client secret (or federated assertion, or managed-identity header) the
+    /// token endpoints accept; with it, Azure bearer tokens must be live ones issued here.
+    pub entra_client_secret: Option<String>,
+    /// How long an issued Entra ID token lives.
+    pub entra_token_ttl: Duration,
+    /// Bedrock: the secret access key SigV4 signatures are checked with.
+    pub bedrock_secret: Option<String>,
+    /// Bedrock: the access key id it belongs to (`bedrock::DEFAULT_KEY_ID` when unset).
+    pub bedrock_key_id: Option<String>,
+    /// How long the credentials of the AWS chain stand-ins are valid.
+    pub credentials_ttl_secs: u64,
     pub rpm: Option<u64>,
     pub tpm: Option<u64>,
     /// The limit window, 60 s like real providers; tests shorten it.
@@ -82,6 +99,8 @@ pub struct Options {
     /// How long a cached prompt prefix lives; zero turns the cache model off.
     pub prompt_cache_ttl: Duration,
     pub prompt_cache_min_tokens: u64,
+    /// The `--batch-*` flags (see [`crate::batch::clock`]).
+    pub batch: crate::batch::clock::BatchOptions,
 }
 
 impl Default for Options {
@@ -89,6 +108,11 @@ impl Default for Options {
         Self {
             addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             require_key: None,
+            entra_client_secret: None,
+            entra_token_ttl: Duration::from_secs(3599),
+            bedrock_secret: None,
+            bedrock_key_id: None,
+            credentials_ttl_secs: 3600,
             rpm: None,
             tpm: None,
             window_secs: 60,
@@ -101,6 +125,7 @@ impl Default for Options {
             replies: Vec::new(),
             prompt_cache_ttl: Duration::from_secs(300),
             prompt_cache_min_tokens: 1024,
+            batch: crate::batch::clock::BatchOptions::default(),
         }
     }
 }
@@ -113,13 +138,18 @@ impl Options {
         let mut sigma = 0.6;
         while let Some(flag) = args.next() {
             if flag == "--help" || flag == "-h" {
-                println!("{USAGE}");
+                println!("{USAGE}\n{}", crate::batch::clock::USAGE);
                 return Ok(None);
             }
             let (name, inline) = match flag.split_once('=') {
                 Some((n, v)) => (n.to_owned(), Some(v.to_owned())),
                 None => (flag.clone(), None),
             };
+            // The one flag whose value is optional.
+            if name == "--batch-expire" && inline.is_none() {
+                options.batch.expire_done = Some(0.5);
+                continue;
+            }
             let value = match inline.or_else(|| args.next()) {
                 Some(v) => v,
                 None => return Err(format!("{name} needs a value\n{USAGE}").into()),
@@ -145,9 +175,20 @@ impl Options {
                 }
                 continue;
             }
+            if let Some(taken) = options.batch.take(&name, &value) {
+                taken?;
+                continue;
+            }
             match name.as_str() {
                 "--addr" => options.addr = value.parse()?,
                 "--require-key" => options.require_key = Some(value),
+                "--entra-client-secret" => options.entra_client_secret = Some(value),
+                "--entra-token-ttl-secs" => {
+                    options.entra_token_ttl = Duration::from_secs(positive(&name, &value)?);
+                }
+                "--bedrock-secret" => options.bedrock_secret = Some(value),
+                "--bedrock-key-id" => options.bedrock_key_id = Some(value),
+                "--credentials-ttl-secs" => options.credentials_ttl_secs = value.parse()?,
                 "--rpm" => options.rpm = Some(positive(&name, &value)?),
                 "--tpm" => options.tpm = Some(positive(&name, &value)?),
                 "--window-secs" => options.window_secs = positive(&name, &value)?,

@@ -1,8 +1,8 @@
 //! A prompt cache with a TTL, per (model, prefix): what real providers bill as cache reads and
 //! writes, so benchmarks and tests see what ordering and cache points are worth.
 //!
-//! - Explicit (the Anthropic dialect): only prefixes ending at a block with `cache_control`
-//!   are cached. A request reads the longest of its cached points (refreshing its TTL, as
+//! - Explicit (the Anthropic dialect, and Bedrock's): only prefixes ending at a block with
+//!   `cache_control` (a `cachePoint` block) are cached. A request reads the longest of its cached points (refreshing its TTL, as
 //!   Anthropic does) and writes its last point when that one is longer.
 //! - Automatic (the OpenAI and Azure dialects): every request's prompt is cached in prefixes
 //!   of 1024 tokens and then 128-token steps, as OpenAI does; a request reads the longest

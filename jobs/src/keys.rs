@@ -15,7 +15,7 @@
 //! - pipelines: `by:pipeline:{<name>}:seen|runs|lock|last_tick|last_success|tick:<s>|manual:<id>`
 //!
 //! Objects: `batches/<id>/…` (results, input chunks, output, errors, manifest, submit probe),
-//! `files/<id>.jsonl|.json` (API uploads), `api/batches/<id>.json`, `api/readyz`,
+//! `files/<id>.jsonl|.json` (API uploads), `api/batches/<id>.json`, `api/readyz`, `check/<id>.probe`,
 //! `cache/v1/<shard>/<sha256>.json`.
 
 /// The namespace of every Redis key.
@@ -212,6 +212,11 @@ pub fn api_batch(batch_id: &str) -> String {
     format!("api/batches/{batch_id}.json")
 }
 
+/// What `batchyard check` writes, reads back and deletes to see that the store works.
+pub fn check_probe(probe_id: &str) -> String {
+    format!("check/{probe_id}.probe")
+}
+
 /// What `/readyz` reads to see that the store answers.
 pub const API_READYZ: &str = "api/readyz";
 
@@ -290,6 +295,7 @@ mod tests {
             (upload_meta("file-1"), "files/file-1.json"),
             (api_batch("batch_1"), "api/batches/batch_1.json"),
             (API_READYZ.to_owned(), "api/readyz"),
+            (check_probe("p"), "check/p.probe"),
             (CACHE_VERSION.to_owned(), "v1"),
             (cache_entry("abcdef").join("/"), "cache/v1/ab/abcdef.json"),
             (cache_entry("a").join("/"), "cache/v1/__/a.json"),

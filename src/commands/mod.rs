@@ -6,6 +6,7 @@
 //! - [`worker`]: `worker`, process jobs from Redis until stopped.
 //! - [`status`]: `status`, the queue's depth and batches, or one batch.
 //! - [`results`]: `results`, stream a batch's output or errors.
+//! - [`check`]: `check`, the config, catalog price age, Redis and the store, before a batch.
 //! - [`batch_ops`]: `cancel` and `retry`.
 //! - [`models`]: `models`, the catalog with live health; pause or resume a model.
 //! - [`model_catalog`]: `models catalog`, the shipped model catalog and the age of its prices.
@@ -16,6 +17,7 @@
 //! - [`pipelines`]: `pipelines list|run|history`.
 
 pub mod batch_ops;
+pub mod check;
 pub mod estimate_route;
 pub mod model_catalog;
 pub mod models;

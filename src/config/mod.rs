@@ -11,6 +11,8 @@
 //!   `response_format`, duration bounds, and pointing at the spot of a TOML error.
 //! - [`provider_azure`]: what `kind = "azure_openai"` adds: `api_version`, and the key or
 //!   Entra ID token it sends.
+//! - [`provider_bedrock`]: what `kind = "bedrock"` adds: `region`, the endpoint (not the
+//!   generic `AWS_ENDPOINT_URL`), and whose AWS credentials sign the calls.
 //! - [`pipeline_spec`]: one `[pipelines.<name>]`, validated: schedule, timezone, catch-up.
 
 mod catalog_sections;
@@ -18,6 +20,7 @@ mod defaults;
 mod parts;
 pub mod pipeline_spec;
 mod provider_azure;
+mod provider_bedrock;
 mod raw;
 mod sections;
 

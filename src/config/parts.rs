@@ -4,9 +4,9 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use batchyard_workers::provider::{
-    AnthropicConfig, AnthropicProvider, AzureOpenAiConfig, AzureOpenAiProvider, GeminiConfig,
-    GeminiProvider, OpenAiConfig, OpenAiProvider, Provider, Secret, SimulatedConfig,
-    SimulatedProvider, gemini,
+    AnthropicConfig, AnthropicProvider, AzureOpenAiConfig, AzureOpenAiProvider, BedrockConfig,
+    BedrockProvider, GeminiConfig, GeminiProvider, OpenAiConfig, OpenAiProvider, Provider, Secret,
+    SimulatedConfig, SimulatedProvider, gemini,
 };
 
 use super::raw::RawProvider;
@@ -202,6 +202,11 @@ pub(super) fn build_provider(
     if p.api_version.is_some() && p.kind != "azure_openai" {
         return Err(only_for("api_version", "azure_openai"));
     }
+    if let Some(field) = super::provider_bedrock::own_fields(p)
+        && p.kind != "bedrock"
+    {
+        return Err(only_for(field, "bedrock"));
+    }
     match p.kind.as_str() {
         "simulated" => {
             if p.base_url.is_some() {
@@ -219,11 +224,13 @@ pub(super) fn build_provider(
             }
             Ok(Provider::Simulated(SimulatedProvider::new(config)))
         }
-        "openai" | "anthropic" | "gemini" | "azure_openai" => http_provider(key, p, env),
+        "openai" | "anthropic" | "gemini" | "azure_openai" | "bedrock" => {
+            http_provider(key, p, env)
+        }
         other => Err((
             at("kind"),
             format!(
-                "unknown provider kind {other:?}; use \"openai\", \"anthropic\", \"gemini\", \"azure_openai\" or \"simulated\""
+                "unknown provider kind {other:?}; use \"openai\", \"anthropic\", \"gemini\", \"azure_openai\", \"bedrock\" or \"simulated\""
             ),
         )),
     }
@@ -244,8 +251,14 @@ fn http_provider(
     if p.output_tokens.is_some() {
         return Err(only_for("output_tokens", "simulated"));
     }
+    let bedrock_url;
     let base_url = match (&p.base_url, anthropic) {
         (Some(url), _) => url.as_str(),
+        (None, _) if p.kind == "bedrock" => {
+            bedrock_url = super::provider_bedrock::default_base_url(p, env)
+                .map_err(|(field, r)| (at(&field), r))?;
+            bedrock_url.as_str()
+        }
         (None, true) => "https://api.anthropic.com",
         (None, false) if p.kind == "gemini" => gemini::DEFAULT_BASE_URL,
         (None, false) => {
@@ -303,9 +316,20 @@ fn http_client(
     max_response_bytes: usize,
     env: &BTreeMap<String, String>,
 ) -> Result<Provider, (String, String)> {
+    if p.kind == "bedrock" {
+        let config = super::provider_bedrock::config(p, base_url, headers, env)
+            .map_err(|(field, r)| (at(&field), r))?;
+        return BedrockProvider::new(BedrockConfig {
+            max_response_bytes,
+            timeout: p.timeout_secs.map_or(config.timeout, Duration::from_secs),
+            ..config
+        })
+        .map(Provider::Bedrock)
+        .map_err(|e| (at("base_url"), e.message));
+    }
     if p.kind == "azure_openai" {
         let config = super::provider_azure::config(p, base_url, api_key, headers, env)
-            .map_err(|r| (at("api_version"), r))?;
+            .map_err(|(field, r)| (at(field), r))?;
         return AzureOpenAiProvider::new(AzureOpenAiConfig {
             max_response_bytes,
             timeout: p.timeout_secs.map_or(config.timeout, Duration::from_secs),
@@ -314,36 +338,25 @@ fn http_client(
         .map(Provider::AzureOpenAi)
         .map_err(|e| (at("base_url"), e.message));
     }
-    let built = if p.kind == "gemini" {
-        let mut config = GeminiConfig {
-            base_url,
-            api_key,
-            headers,
-            max_response_bytes,
-            ..GeminiConfig::default()
-        };
-        config.timeout = p.timeout_secs.map_or(config.timeout, Duration::from_secs);
-        GeminiProvider::new(config).map(Provider::Gemini)
-    } else if p.kind == "anthropic" {
-        let mut config = AnthropicConfig {
-            base_url,
-            api_key,
-            headers,
-            max_response_bytes,
-            ..AnthropicConfig::default()
-        };
-        config.timeout = p.timeout_secs.map_or(config.timeout, Duration::from_secs);
-        AnthropicProvider::new(config).map(Provider::Anthropic)
-    } else {
-        let mut config = OpenAiConfig {
-            base_url,
-            api_key,
-            headers,
-            max_response_bytes,
-            ..OpenAiConfig::default()
-        };
-        config.timeout = p.timeout_secs.map_or(config.timeout, Duration::from_secs);
-        OpenAiProvider::new(config).map(Provider::OpenAi)
+    // The kinds whose config is exactly the shared HTTP settings.
+    macro_rules! shared_http {
+        ($config:ident, $provider:ident, $variant:ident) => {{
+            let defaults = $config::default();
+            $provider::new($config {
+                base_url,
+                api_key,
+                headers,
+                max_response_bytes,
+                timeout: p.timeout_secs.map_or(defaults.timeout, Duration::from_secs),
+                ..defaults
+            })
+            .map(Provider::$variant)
+        }};
+    }
+    let built = match p.kind.as_str() {
+        "gemini" => shared_http!(GeminiConfig, GeminiProvider, Gemini),
+        "anthropic" => shared_http!(AnthropicConfig, AnthropicProvider, Anthropic),
+        _ => shared_http!(OpenAiConfig, OpenAiProvider, OpenAi),
     };
     built.map_err(|e| (at("base_url"), e.message))
 }

@@ -1,25 +1,31 @@
 //! What `kind = "azure_openai"` adds to a provider table: `api_version`, checked, and which
 //! credential is sent: the key `api_key_env` names, else an Entra ID token from
-//! `AZURE_OPENAI_AD_TOKEN`.
+//! `AZURE_OPENAI_AD_TOKEN`, else Entra ID tokens fetched and refreshed for the identity the
+//! `AZURE_*` / `IDENTITY_*` variables describe (`entra`).
 
 use std::collections::BTreeMap;
 
+use std::sync::Arc;
+use std::time::Duration;
+
+use batchyard_workers::provider::azure_openai::entra::{EntraCredential, EntraSource};
 use batchyard_workers::provider::azure_openai::{self, AD_TOKEN_ENV, DEFAULT_API_VERSION};
 use batchyard_workers::provider::{AzureAuth, AzureOpenAiConfig, Secret};
 
 use super::raw::RawProvider;
 
-/// The client config, or why `api_version` is refused (without quoting any secret: the
-/// version is not one).
+/// The client config, or the setting refused and why (without quoting any secret).
 pub(super) fn config(
     p: &RawProvider,
     base_url: String,
     api_key: Option<Secret>,
     headers: Vec<(String, String)>,
     env: &BTreeMap<String, String>,
-) -> Result<AzureOpenAiConfig, String> {
+) -> Result<AzureOpenAiConfig, (&'static str, String)> {
     let api_version = match &p.api_version {
-        Some(v) => azure_openai::check_api_version(v)?.to_owned(),
+        Some(v) => azure_openai::check_api_version(v)
+            .map_err(|r| ("api_version", r))?
+            .to_owned(),
         None => DEFAULT_API_VERSION.to_owned(),
     };
     // A key that is set wins: it is what the config names. The token is the fallback for
@@ -30,9 +36,8 @@ pub(super) fn config(
             .get(AD_TOKEN_ENV)
             .map(|t| t.trim())
             .filter(|t| !t.is_empty())
-            .map_or(AzureAuth::None, |t| {
-                AzureAuth::AdToken(Secret::new(t.to_owned()))
-            }),
+            .map(|t| AzureAuth::AdToken(Secret::new(t.to_owned())))
+            .map_or_else(|| entra(p, env), Ok)?,
     };
     Ok(AzureOpenAiConfig {
         base_url,
@@ -41,6 +46,19 @@ pub(super) fn config(
         headers,
         ..AzureOpenAiConfig::default()
     })
+}
+
+/// Entra ID tokens for the identity the environment describes, or no credential at all.
+fn entra(
+    p: &RawProvider,
+    env: &BTreeMap<String, String>,
+) -> Result<AzureAuth, (&'static str, String)> {
+    let Some(source) = EntraSource::from_env(env).map_err(|r| ("kind", r))? else {
+        return Ok(AzureAuth::None);
+    };
+    let timeout = Duration::from_secs(p.timeout_secs.unwrap_or(60).min(120));
+    let credential = EntraCredential::new(source, timeout).map_err(|e| ("kind", e.message))?;
+    Ok(AzureAuth::Entra(Arc::new(credential)))
 }
 
 #[cfg(test)]
@@ -94,6 +112,32 @@ tier = 1
         )
         .unwrap();
         assert!(!format!("{:?}", s.catalog.provider("az").unwrap()).contains("eyJ-token"));
+    }
+
+    #[test]
+    fn without_a_key_an_entra_identity_in_the_environment_is_used() {
+        let secret = "entra-secret-in-env-31";
+        let text = BASE
+            .replace("api_key_env = \"AZ_KEY\"\n", "")
+            .replace("API_VERSION", "");
+        let env: BTreeMap<String, String> = [
+            ("AZURE_TENANT_ID", "tenant-1"),
+            ("AZURE_CLIENT_ID", "app-1"),
+            ("AZURE_CLIENT_SECRET", secret),
+        ]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        let s = Settings::from_toml(&text, None, &env).unwrap();
+        let shown = format!("{:?}", s.catalog.provider("az").unwrap());
+        assert!(shown.contains("EntraCredential"), "{shown}");
+        assert!(!shown.contains(secret), "{shown}");
+        let half: BTreeMap<String, String> = env
+            .into_iter()
+            .filter(|(k, _)| k != "AZURE_CLIENT_SECRET")
+            .collect();
+        let e = Settings::from_toml(&text, None, &half).err().unwrap();
+        assert!(e.reason.contains("AZURE_FEDERATED_TOKEN_FILE"), "{e}");
     }
 
     #[test]

@@ -134,6 +134,15 @@ pub struct RawProvider {
     /// azure_openai only: the `api-version` query parameter (default
     /// `batchyard_workers::provider::azure_openai::DEFAULT_API_VERSION`).
     pub api_version: Option<String>,
+    /// bedrock only: the AWS region (else `AWS_REGION`).
+    pub region: Option<String>,
+    /// bedrock only: a profile of the shared AWS config and credentials files.
+    pub profile: Option<String>,
+    /// bedrock only: the variables holding this provider's own AWS keys, which win over the
+    /// standard chain.
+    pub access_key_id_env: Option<String>,
+    pub secret_access_key_env: Option<String>,
+    pub session_token_env: Option<String>,
     /// simulated only: added latency per call.
     pub latency_ms: Option<u64>,
     /// simulated only: output tokens per call.

@@ -7,49 +7,17 @@ use std::time::{Duration, Instant};
 
 use batchyard_jobs::retry::Retryable as _;
 use batchyard_testkit::FakeProvider;
-use batchyard_workers::provider::{
-    AnthropicConfig, AnthropicProvider, ChatCall, Completion, ProviderError, ProviderErrorKind,
-    Secret,
-};
-use serde_json::{Map, Value, json};
-use support::fake_provider::AnthropicFake as _;
+use batchyard_workers::provider::{AnthropicConfig, ProviderError, ProviderErrorKind, Secret};
+use serde_json::json;
+use support::fake_provider::{AnthropicFake as _, ask, fails, messages, user};
 
-fn body(messages: Value) -> Map<String, Value> {
-    json!({"model": "ignored", "messages": messages})
-        .as_object()
-        .cloned()
-        .unwrap()
-}
-
-fn user(text: &str) -> Map<String, Value> {
-    body(json!([{"role": "user", "content": text}]))
-}
-
-async fn call(
-    provider: &AnthropicProvider,
-    body: &Map<String, Value>,
-) -> Result<Completion, ProviderError> {
-    provider
-        .complete(ChatCall {
-            model_name: "claude-test",
-            body,
-            default_max_tokens: Some(200),
-        })
-        .await
-}
-
-async fn fails(provider: &AnthropicProvider, text: &str) -> ProviderError {
-    match call(provider, &user(text)).await {
-        Ok(done) => panic!("expected an error, got {:?}", done.body),
-        Err(e) => e,
-    }
-}
+const MODEL: &str = "claude-test";
 
 #[tokio::test]
 async fn text_and_usage_map_to_an_openai_completion() {
     let server = FakeProvider::start(&[]);
     let text = "Summarise the quarterly report on widgets and gadgets, please.";
-    let done = call(&server.provider(), &user(text)).await.unwrap();
+    let done = ask(&server.provider(), MODEL, &user(text)).await.unwrap();
     let first40: String = text.chars().take(40).collect();
     let expected = format!("fake reply from claude-test: {first40}");
     assert_eq!(done.body["object"], "chat.completion");
@@ -82,14 +50,14 @@ async fn prompt_cache_reads_and_writes_are_parts_of_the_input() {
     let server = FakeProvider::start(&[]);
     let provider = server.provider();
     let text = "A long shared prefix for every item of the batch, then this item. ".repeat(8);
-    let plain = call(&provider, &user(&text)).await.unwrap();
+    let plain = ask(&provider, MODEL, &user(&text)).await.unwrap();
     assert_eq!(
         (plain.cached_input_tokens, plain.cache_write_input_tokens),
         (0, 0)
     );
     // The fake reports Anthropic's three counts; batchyard's input is their sum.
     let marked = format!("{text}[[cache_write_tokens=40]][[cached_tokens=60]]");
-    let done = call(&provider, &user(&marked)).await.unwrap();
+    let done = ask(&provider, MODEL, &user(&marked)).await.unwrap();
     let prompt = (marked.chars().count() / 4 + 4) as u64;
     assert_eq!(done.input_tokens, prompt);
     assert_eq!(done.cached_input_tokens, 60);
@@ -107,12 +75,12 @@ async fn system_messages_go_to_the_top_level_system_field() {
     let system = "You are a careful assistant who answers in exactly three bullet points.";
     // The fake refuses any role but user/assistant in `messages`, as the real API does, and
     // counts the top-level system prompt in the input tokens.
-    let with = body(json!([
+    let with = messages(json!([
         {"role": "system", "content": system},
         {"role": "user", "content": "hello"},
     ]));
-    let done = call(&provider, &with).await.unwrap();
-    let without = call(&provider, &user("hello")).await.unwrap();
+    let done = ask(&provider, MODEL, &with).await.unwrap();
+    let without = ask(&provider, MODEL, &user("hello")).await.unwrap();
     let system_tokens = (system.chars().count() + 5) / 4 - 5 / 4;
     assert_eq!(
         done.input_tokens,
@@ -124,12 +92,12 @@ async fn system_messages_go_to_the_top_level_system_field() {
     );
 
     // A conversation with an earlier assistant turn keeps its order.
-    let turns = body(json!([
+    let turns = messages(json!([
         {"role": "user", "content": "first question"},
         {"role": "assistant", "content": "first answer"},
         {"role": "user", "content": "second question"},
     ]));
-    let done = call(&provider, &turns).await.unwrap();
+    let done = ask(&provider, MODEL, &turns).await.unwrap();
     assert_eq!(
         done.body["choices"][0]["message"]["content"],
         "fake reply from claude-test: second question"
@@ -142,14 +110,18 @@ async fn max_tokens_stop_maps_to_finish_reason_length() {
     let provider = server.provider();
     let mut short = user("a question that needs a long answer");
     short.insert("max_tokens".into(), json!(3));
-    let done = call(&provider, &short).await.unwrap();
+    let done = ask(&provider, MODEL, &short).await.unwrap();
     assert_eq!(done.finish_reason.as_deref(), Some("length"));
     assert_eq!(done.body["choices"][0]["finish_reason"], "length");
     assert_eq!(done.output_tokens, 3);
 
     for done in [
-        call(&provider, &user("FAKE:LENGTH please")).await.unwrap(),
-        call(&server.faulty("length"), &user("hi")).await.unwrap(),
+        ask(&provider, MODEL, &user("FAKE:LENGTH please"))
+            .await
+            .unwrap(),
+        ask(&server.faulty("length"), MODEL, &user("hi"))
+            .await
+            .unwrap(),
     ] {
         assert_eq!(done.finish_reason.as_deref(), Some("length"));
     }
@@ -158,14 +130,14 @@ async fn max_tokens_stop_maps_to_finish_reason_length() {
 #[tokio::test]
 async fn overloaded_529_is_transient() {
     let server = FakeProvider::start(&[]);
-    let err = fails(&server.faulty("529"), "hi").await;
+    let err = fails(&server.faulty("529"), MODEL, "hi").await;
     assert_eq!(err.kind, ProviderErrorKind::Transient, "{err}");
     assert_eq!(err.status, Some(529));
     assert!(err.is_retryable());
-    let err = fails(&server.faulty("500"), "hi").await;
+    let err = fails(&server.faulty("500"), MODEL, "hi").await;
     assert_eq!(err.kind, ProviderErrorKind::Transient, "{err}");
     // A 200 carrying an error object is typed by its error type.
-    let err = fails(&server.faulty("error_200"), "hi").await;
+    let err = fails(&server.faulty("error_200"), MODEL, "hi").await;
     assert_eq!(err.kind, ProviderErrorKind::Transient, "{err}");
 }
 
@@ -173,7 +145,7 @@ async fn overloaded_529_is_transient() {
 async fn rate_limits_are_rate_limited_with_a_retry_hint() {
     // The injected 429: retry-after 1 and a requests reset one second ahead.
     let server = FakeProvider::start(&[]);
-    let err = fails(&server.faulty("429"), "hi").await;
+    let err = fails(&server.faulty("429"), MODEL, "hi").await;
     assert_eq!(err.kind, ProviderErrorKind::RateLimited, "{err}");
     assert_eq!(err.status, Some(429));
     assert_eq!(err.retry_after, Some(Duration::from_secs(1)));
@@ -182,8 +154,8 @@ async fn rate_limits_are_rate_limited_with_a_retry_hint() {
     // minute window ends.
     let server = FakeProvider::start(&["--rpm", "1"]);
     let provider = server.provider();
-    call(&provider, &user("first")).await.unwrap();
-    let err = fails(&provider, "second").await;
+    ask(&provider, MODEL, &user("first")).await.unwrap();
+    let err = fails(&provider, MODEL, "second").await;
     assert_eq!(err.kind, ProviderErrorKind::RateLimited, "{err}");
     let hint = err.retry_after.expect("a retry hint");
     assert!(
@@ -203,7 +175,7 @@ async fn a_bad_key_is_auth_and_never_leaks() {
     });
     assert!(!format!("{provider:?}").contains(bad));
     // The fake echoes the key it was given; the provider must scrub it.
-    let err = fails(&provider, "hi").await;
+    let err = fails(&provider, MODEL, "hi").await;
     assert_eq!(err.kind, ProviderErrorKind::Auth, "{err}");
     assert_eq!(err.status, Some(401));
     for shown in [err.to_string(), format!("{err:?}"), err.message.clone()] {
@@ -215,21 +187,21 @@ async fn a_bad_key_is_auth_and_never_leaks() {
     }
     assert!(err.message.contains("***"), "{}", err.message);
 
-    let err = fails(&server.provider(), "hi").await;
+    let err = fails(&server.provider(), MODEL, "hi").await;
     assert_eq!(err.kind, ProviderErrorKind::Auth, "{err}");
 
     let provider = server.provider_with(AnthropicConfig {
         api_key: Some(Secret::new(good.to_owned())),
         ..AnthropicConfig::default()
     });
-    call(&provider, &user("hi")).await.unwrap();
+    ask(&provider, MODEL, &user("hi")).await.unwrap();
 }
 
 #[tokio::test]
 async fn malformed_bodies_are_malformed_responses() {
     let server = FakeProvider::start(&[]);
     for fault in ["malformed", "html", "huge", "no_choices"] {
-        let err = fails(&server.faulty(fault), "hi").await;
+        let err = fails(&server.faulty(fault), MODEL, "hi").await;
         assert_eq!(
             err.kind,
             ProviderErrorKind::MalformedResponse,
@@ -242,7 +214,7 @@ async fn malformed_bodies_are_malformed_responses() {
             err.message.len()
         );
     }
-    let err = fails(&server.provider(), "FAKE:MALFORMED").await;
+    let err = fails(&server.provider(), MODEL, "FAKE:MALFORMED").await;
     assert_eq!(err.kind, ProviderErrorKind::MalformedResponse, "{err}");
 }
 
@@ -252,19 +224,19 @@ async fn other_faults_are_typed() {
     let provider = server.provider();
     let kind = |e: ProviderError| e.kind;
     assert_eq!(
-        kind(fails(&provider, "FAKE:CONTEXT").await),
+        kind(fails(&provider, MODEL, "FAKE:CONTEXT").await),
         ProviderErrorKind::ContextOverflow
     );
     assert_eq!(
-        kind(fails(&provider, "FAKE:QUOTA").await),
+        kind(fails(&provider, MODEL, "FAKE:QUOTA").await),
         ProviderErrorKind::QuotaExhausted
     );
     assert_eq!(
-        kind(fails(&provider, "FAKE:FILTER").await),
+        kind(fails(&provider, MODEL, "FAKE:FILTER").await),
         ProviderErrorKind::ContentFilter
     );
     assert_eq!(
-        kind(fails(&provider, "FAKE:DROP").await),
+        kind(fails(&provider, MODEL, "FAKE:DROP").await),
         ProviderErrorKind::Transient
     );
 
@@ -274,7 +246,7 @@ async fn other_faults_are_typed() {
         ..AnthropicConfig::default()
     });
     let started = Instant::now();
-    let err = fails(&provider, "FAKE:HANG").await;
+    let err = fails(&provider, MODEL, "FAKE:HANG").await;
     assert_eq!(err.kind, ProviderErrorKind::Transient, "{err}");
     assert!(err.message.contains("timed out"), "{err}");
     assert!(started.elapsed() < Duration::from_secs(10));

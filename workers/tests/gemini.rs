@@ -2,78 +2,32 @@
 //! `/v1beta/models/{model}:generateContent`.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod support;
+
 use std::time::{Duration, Instant};
 
 use batchyard_jobs::retry::Retryable as _;
 use batchyard_testkit::FakeProvider;
 use batchyard_workers::call::retry::{RetryPolicy, call_with_retry};
-use batchyard_workers::provider::{
-    ChatCall, Completion, GeminiConfig, GeminiProvider, ProviderError, ProviderErrorKind, Secret,
-};
-use serde_json::{Map, Value, json};
+use batchyard_workers::provider::{GeminiConfig, GeminiProvider, ProviderErrorKind, Secret};
+use serde_json::json;
+use support::fake_provider::{GeminiFake as _, ask, fails, messages, user};
 
-fn gemini(server: &FakeProvider, config: GeminiConfig) -> GeminiProvider {
-    GeminiProvider::new(GeminiConfig {
-        base_url: format!("{}/v1beta", server.url),
-        ..config
-    })
-    .expect("build the provider")
-}
-
-fn faulty(server: &FakeProvider, fault: &str) -> GeminiProvider {
-    gemini(
-        server,
-        GeminiConfig {
-            headers: vec![("x-fake-fault".into(), fault.into())],
-            ..GeminiConfig::default()
-        },
-    )
-}
-
-fn body(messages: Value) -> Map<String, Value> {
-    json!({"model": "ignored", "messages": messages})
-        .as_object()
-        .cloned()
-        .unwrap()
-}
-
-fn user(text: &str) -> Map<String, Value> {
-    body(json!([{"role": "user", "content": text}]))
-}
-
-async fn call(
-    provider: &GeminiProvider,
-    body: &Map<String, Value>,
-) -> Result<Completion, ProviderError> {
-    provider
-        .complete(ChatCall {
-            model_name: "gemini-test",
-            body,
-            default_max_tokens: Some(200),
-        })
-        .await
-}
-
-async fn fails(provider: &GeminiProvider, text: &str) -> ProviderError {
-    match call(provider, &user(text)).await {
-        Ok(done) => panic!("expected an error, got {:?}", done.body),
-        Err(e) => e,
-    }
-}
+const MODEL: &str = "gemini-test";
 
 #[tokio::test]
 async fn text_usage_and_finish_reason_map_to_an_openai_completion() {
     let server = FakeProvider::start(&[]);
-    let provider = gemini(&server, GeminiConfig::default());
+    let provider = server.provider();
     let system = "You are a careful assistant who answers in exactly three bullet points.";
     let text = "Summarise the quarterly report on widgets and gadgets, please.";
-    let with_system = body(json!([
+    let with_system = messages(json!([
         {"role": "system", "content": system},
         {"role": "user", "content": "an earlier question"},
         {"role": "assistant", "content": "an earlier answer"},
         {"role": "user", "content": text},
     ]));
-    let done = call(&provider, &with_system).await.unwrap();
+    let done = ask(&provider, MODEL, &with_system).await.unwrap();
     let first40: String = text.chars().take(40).collect();
     let expected = format!("fake reply from gemini-test: {first40}");
     assert_eq!(done.body["object"], "chat.completion");
@@ -109,14 +63,14 @@ async fn text_usage_and_finish_reason_map_to_an_openai_completion() {
     })
     .unwrap();
     assert_eq!(
-        call(&bare, &user("hi")).await.unwrap().body["choices"][0]["message"]["content"],
+        ask(&bare, MODEL, &user("hi")).await.unwrap().body["choices"][0]["message"]["content"],
         "fake reply from gemini-test: hi"
     );
 
     // maxOutputTokens reaches the model: a short limit ends in MAX_TOKENS, i.e. length.
     let mut short = user("a question that needs a long answer");
     short.insert("max_tokens".into(), json!(3));
-    let done = call(&provider, &short).await.unwrap();
+    let done = ask(&provider, MODEL, &short).await.unwrap();
     assert_eq!(done.finish_reason.as_deref(), Some("length"));
     assert_eq!(done.output_tokens, 3);
 }
@@ -124,8 +78,8 @@ async fn text_usage_and_finish_reason_map_to_an_openai_completion() {
 #[tokio::test]
 async fn a_429_with_retry_info_is_retried_after_its_hint() {
     let server = FakeProvider::start(&[]);
-    let provider = gemini(&server, GeminiConfig::default());
-    let err = fails(&faulty(&server, "429"), "hi").await;
+    let provider = server.provider();
+    let err = fails(&server.faulty("429"), MODEL, "hi").await;
     assert_eq!(err.kind, ProviderErrorKind::RateLimited, "{err}");
     assert_eq!(err.status, Some(429));
     assert_eq!(
@@ -143,7 +97,7 @@ async fn a_429_with_retry_info_is_retried_after_its_hint() {
     };
     let request = user("FAKE:429_ONCE for gemini");
     let started = Instant::now();
-    let (result, attempts) = call_with_retry(&policy, || call(&provider, &request)).await;
+    let (result, attempts) = call_with_retry(&policy, || ask(&provider, MODEL, &request)).await;
     let waited = started.elapsed();
     let done = result.unwrap();
     assert_eq!(attempts, 2);
@@ -154,9 +108,9 @@ async fn a_429_with_retry_info_is_retried_after_its_hint() {
 
     // The enforced limit: retryDelay says when the minute window ends.
     let server = FakeProvider::start(&["--rpm", "1"]);
-    let provider = gemini(&server, GeminiConfig::default());
-    call(&provider, &user("first")).await.unwrap();
-    let err = fails(&provider, "second").await;
+    let provider = server.provider();
+    ask(&provider, MODEL, &user("first")).await.unwrap();
+    let err = fails(&provider, MODEL, "second").await;
     assert_eq!(err.kind, ProviderErrorKind::RateLimited, "{err}");
     let hint = err.retry_after.expect("a retry hint");
     assert!(
@@ -168,25 +122,25 @@ async fn a_429_with_retry_info_is_retried_after_its_hint() {
 #[tokio::test]
 async fn safety_stops_are_content_filter_and_others_are_typed() {
     let server = FakeProvider::start(&[]);
-    let provider = gemini(&server, GeminiConfig::default());
-    let err = fails(&provider, "FAKE:FILTER").await;
+    let provider = server.provider();
+    let err = fails(&provider, MODEL, "FAKE:FILTER").await;
     assert_eq!(err.kind, ProviderErrorKind::ContentFilter, "{err}");
     assert!(err.message.contains("SAFETY"), "{err}");
     assert_eq!(
-        fails(&provider, "FAKE:CONTEXT").await.kind,
+        fails(&provider, MODEL, "FAKE:CONTEXT").await.kind,
         ProviderErrorKind::ContextOverflow
     );
     assert_eq!(
-        fails(&provider, "FAKE:QUOTA").await.kind,
+        fails(&provider, MODEL, "FAKE:QUOTA").await.kind,
         ProviderErrorKind::QuotaExhausted
     );
     for fault in ["500", "503", "error_200"] {
-        let err = fails(&faulty(&server, fault), "hi").await;
+        let err = fails(&server.faulty(fault), MODEL, "hi").await;
         assert_eq!(err.kind, ProviderErrorKind::Transient, "{fault}: {err}");
         assert!(err.is_retryable());
     }
     for fault in ["malformed", "html", "huge", "no_choices"] {
-        let err = fails(&faulty(&server, fault), "hi").await;
+        let err = fails(&server.faulty(fault), MODEL, "hi").await;
         assert_eq!(
             err.kind,
             ProviderErrorKind::MalformedResponse,
@@ -201,7 +155,7 @@ async fn safety_stops_are_content_filter_and_others_are_typed() {
     })
     .unwrap();
     assert_eq!(
-        fails(&lost, "hi").await.kind,
+        fails(&lost, MODEL, "hi").await.kind,
         ProviderErrorKind::InvalidRequest
     );
 }
@@ -211,16 +165,13 @@ async fn a_bad_key_is_auth_and_never_leaks() {
     let good = "AIzaSyGood0123456789";
     let bad = "AIzaSyWrong9876543210";
     let server = FakeProvider::start(&["--require-key", good]);
-    let provider = gemini(
-        &server,
-        GeminiConfig {
-            api_key: Some(Secret::new(bad.to_owned())),
-            ..GeminiConfig::default()
-        },
-    );
+    let provider = server.provider_with(GeminiConfig {
+        api_key: Some(Secret::new(bad.to_owned())),
+        ..GeminiConfig::default()
+    });
     assert!(!format!("{provider:?}").contains(bad));
     // The fake echoes the key it was given; the provider must scrub it.
-    let err = fails(&provider, "hi").await;
+    let err = fails(&provider, MODEL, "hi").await;
     assert_eq!(err.kind, ProviderErrorKind::Auth, "{err}");
     assert_eq!(err.status, Some(400), "Google answers a wrong key with 400");
     for shown in [err.to_string(), format!("{err:?}"), err.message.clone()] {
@@ -234,16 +185,13 @@ async fn a_bad_key_is_auth_and_never_leaks() {
     assert!(!err.is_retryable());
 
     // No key at all: 403 PERMISSION_DENIED.
-    let err = fails(&gemini(&server, GeminiConfig::default()), "hi").await;
+    let err = fails(&server.provider(), MODEL, "hi").await;
     assert_eq!(err.kind, ProviderErrorKind::Auth, "{err}");
     assert_eq!(err.status, Some(403));
 
-    let provider = gemini(
-        &server,
-        GeminiConfig {
-            api_key: Some(Secret::new(good.to_owned())),
-            ..GeminiConfig::default()
-        },
-    );
-    call(&provider, &user("hi")).await.unwrap();
+    let provider = server.provider_with(GeminiConfig {
+        api_key: Some(Secret::new(good.to_owned())),
+        ..GeminiConfig::default()
+    });
+    ask(&provider, MODEL, &user("hi")).await.unwrap();
 }

@@ -47,6 +47,7 @@ async fn a_429_pauses_an_undeclared_model_for_everyone_sharing_the_limiter() {
             None,
             call("small-1", &body),
             100,
+            false,
         )
         .await;
     assert!(matches!(first, ModelOutcome::Answer { .. }), "{first:?}");
@@ -58,6 +59,7 @@ async fn a_429_pauses_an_undeclared_model_for_everyone_sharing_the_limiter() {
             None,
             call("small-1", &body),
             100,
+            false,
         )
         .await;
     match second {
@@ -73,6 +75,7 @@ async fn a_429_pauses_an_undeclared_model_for_everyone_sharing_the_limiter() {
             None,
             call("small-1", &body),
             100,
+            false,
         )
         .await;
     assert!(matches!(third, ModelOutcome::Wait(_)), "{third:?}");

@@ -2,7 +2,7 @@
 //! paused), the shared rate limiter must admit it, and in-place retries are bounded by the
 //! retry policy and the model's retry budget. Every outcome is reported back to both.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -23,8 +23,9 @@ pub struct Guards {
     /// Models seen healthy recently, so a busy worker asks Redis at most every
     /// [`HEALTHY_CACHE`] per model instead of once per call.
     healthy: Arc<Mutex<HashMap<String, Instant>>>,
-    /// Models that answered 429 here; their pauses are checked from then on.
-    throttled: Arc<Mutex<HashSet<String>>>,
+    /// Models that answered 429 here, with the end of the pause that followed; their shared
+    /// pauses are checked from then on.
+    throttled: Arc<Mutex<HashMap<String, Instant>>>,
     /// One waiter per limit scope per process asks the shared limiter; the others queue here.
     /// Without this, hundreds of waiting jobs all re-ask Redis each time a slot frees up.
     turns: Arc<Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>>,
@@ -115,6 +116,15 @@ impl Guards {
         limiter::acquire(&*self.limiter, specs, tokens, left).await
     }
 
+    /// How much is left of the pause after this model's last 429 here, if it is still on.
+    /// A caller with another adequate model goes there instead of waiting it out.
+    pub fn throttled_for(&self, model: &str) -> Option<Duration> {
+        let until = self.throttled.lock().ok()?.get(model).copied()?;
+        until
+            .checked_duration_since(Instant::now())
+            .filter(|left| !left.is_zero())
+    }
+
     fn forget_healthy(&self, model: &str) {
         if let Ok(mut cache) = self.healthy.lock() {
             cache.remove(model);
@@ -162,6 +172,9 @@ fn limit_specs(
 
 impl Guards {
     /// Calls `model` for `call`, retrying in place as the policy and the retry budget allow.
+    /// With `fallback_ready` (the caller has another adequate model) a 429 is not retried in
+    /// place: the caller moves on.
+    #[allow(clippy::too_many_arguments)]
     pub async fn call_model(
         &self,
         policy: &RetryPolicy,
@@ -170,6 +183,7 @@ impl Guards {
         provider_limits: Option<(Option<u32>, Option<u64>)>,
         call: ChatCall<'_>,
         estimated_tokens: u64,
+        fallback_ready: bool,
     ) -> ModelOutcome {
         if !self.admit(&model.key).await {
             // Half-open is what a refusal means when health can't say more: another caller holds
@@ -184,7 +198,7 @@ impl Guards {
         let throttled = self
             .throttled
             .lock()
-            .map(|t| t.contains(&model.key))
+            .map(|t| t.contains_key(&model.key))
             .unwrap_or(false);
         let specs = limit_specs(model, provider_limits, throttled);
         let waited: Mutex<Option<Duration>> = Mutex::new(None);
@@ -197,8 +211,9 @@ impl Guards {
             }
             let health = Arc::clone(&self.health);
             let key = model.key.clone();
+            let fall_back = fallback_ready && e.kind == ProviderErrorKind::RateLimited;
             async move {
-                if capacity_wait || long_hint.is_some() {
+                if capacity_wait || long_hint.is_some() || fall_back {
                     return false;
                 }
                 health.allow_retry(&key).await.unwrap_or(true)
@@ -296,10 +311,10 @@ impl Guards {
             && e.kind == ProviderErrorKind::RateLimited
         {
             // One 429 pauses the model for every worker until the provider's reset time.
-            if let Ok(mut t) = self.throttled.lock() {
-                t.insert(model.key.clone());
-            }
             let pause = e.retry_after.unwrap_or(Duration::from_secs(1));
+            if let Ok(mut t) = self.throttled.lock() {
+                t.insert(model.key.clone(), Instant::now() + pause);
+            }
             let model_scope = LimitSpec::model(model);
             let scopes = specs.iter().map(|s| s.scope.as_str()).chain(
                 (!specs.iter().any(|s| s.scope == model_scope.scope))

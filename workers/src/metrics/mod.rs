@@ -69,6 +69,8 @@ pub const COST_TOTAL: &str = "batchyard_cost_nanodollars_total";
 pub const RETRIES_TOTAL: &str = "batchyard_retries_total";
 /// Escalations to the next candidate (failed check, truncation, overflow), by task.
 pub const ESCALATIONS_TOTAL: &str = "batchyard_escalations_total";
+/// Items that left a throttled or paused model for the next candidate, by model and reason.
+pub const FALLBACKS_TOTAL: &str = "batchyard_fallbacks_total";
 /// Answers served from the result cache, by model.
 pub const CACHE_HITS_TOTAL: &str = "batchyard_cache_hits_total";
 /// Time spent getting rate-limit admission, by model (see the module doc).
@@ -158,6 +160,11 @@ pub fn describe() {
         ESCALATIONS_TOTAL,
         Unit::Count,
         "Escalations to the next candidate model, by task"
+    );
+    describe_counter!(
+        FALLBACKS_TOTAL,
+        Unit::Count,
+        "Items that left a throttled or paused model for the next candidate, by model and reason"
     );
     describe_counter!(
         CACHE_HITS_TOTAL,
@@ -280,6 +287,12 @@ pub fn escalated(task: Option<&str>) {
         SharedString::from_owned(t.to_string())
     });
     counter!(ESCALATIONS_TOTAL, "task" => task).increment(1);
+}
+
+/// An item left `model` for the next candidate because the model was throttled or paused
+/// (`reason`: the error code).
+pub fn fell_back(model: &str, reason: &'static str) {
+    counter!(FALLBACKS_TOTAL, "model" => model.to_string(), "reason" => reason).increment(1);
 }
 
 /// An answer came from the result cache.

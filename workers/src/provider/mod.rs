@@ -5,6 +5,8 @@
 //!
 //! - [`openai`]: any OpenAI-compatible `/chat/completions` endpoint.
 //! - [`anthropic`]: the Messages API, mapped to and from the OpenAI shape.
+//! - [`bedrock`]: AWS Bedrock's Converse API, SigV4-signed (credentials from the AWS chain or
+//!   named variables) or with a Bedrock API key, mapped to and from the OpenAI shape.
 //! - [`gemini`]: Google's Gemini API (`generateContent`), mapped to and from the OpenAI shape.
 //! - [`azure_openai`]: Azure OpenAI deployments (the `openai` kind's body and reader, a URL
 //!   per deployment, `api-key` or Entra ID auth).
@@ -21,6 +23,7 @@
 
 pub mod anthropic;
 pub mod azure_openai;
+pub mod bedrock;
 pub mod cache_point;
 pub mod gemini;
 mod http;
@@ -38,6 +41,7 @@ use serde_json::{Map, Value};
 
 pub use anthropic::{AnthropicConfig, AnthropicProvider};
 pub use azure_openai::{AzureAuth, AzureOpenAiConfig, AzureOpenAiProvider};
+pub use bedrock::{BedrockAuth, BedrockConfig, BedrockProvider};
 pub use gemini::{GeminiConfig, GeminiProvider};
 pub use openai::{OpenAiConfig, OpenAiProvider};
 pub use simulated::{SimulatedConfig, SimulatedProvider};
@@ -180,6 +184,7 @@ pub enum Provider {
     Anthropic(AnthropicProvider),
     Gemini(GeminiProvider),
     AzureOpenAi(AzureOpenAiProvider),
+    Bedrock(BedrockProvider),
 }
 
 impl Provider {
@@ -190,6 +195,7 @@ impl Provider {
             Self::Anthropic(p) => p.complete(call).await,
             Self::Gemini(p) => p.complete(call).await,
             Self::AzureOpenAi(p) => p.complete(call).await,
+            Self::Bedrock(p) => p.complete(call).await,
         }
     }
 
@@ -200,6 +206,7 @@ impl Provider {
             Self::Anthropic(_) => "anthropic",
             Self::Gemini(_) => "gemini",
             Self::AzureOpenAi(_) => "azure_openai",
+            Self::Bedrock(_) => "bedrock",
         }
     }
 }

@@ -1,5 +1,6 @@
 //! The OpenAI shapes the non-OpenAI kinds translate to and from: the chat completion every
-//! kind answers with, and the parts of an OpenAI tool call they send on.
+//! kind answers with, the parts of an OpenAI tool call they send on, and the pieces of a
+//! message (its plain text, an image part's URL, turns merged by role) they all read.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -74,4 +75,49 @@ pub(crate) fn tool_call_parts(call: &Value, i: usize) -> Result<(&str, Value), P
         _ => json!({}),
     };
     Ok((name, arguments))
+}
+
+/// The text of a message's content: the string, or its text parts joined by newlines.
+pub(crate) fn plain_text(content: Option<&Value>) -> String {
+    match content {
+        Some(Value::String(s)) => s.clone(),
+        Some(Value::Array(parts)) => parts
+            .iter()
+            .filter_map(|p| p.get("text").and_then(Value::as_str))
+            .collect::<Vec<_>>()
+            .join("\n"),
+        _ => String::new(),
+    }
+}
+
+/// The URL of an `image_url` part of `messages[i]` (`{"image_url": {"url"}}` or a bare string).
+pub(crate) fn image_url(part: &Value, i: usize) -> Result<&str, ProviderError> {
+    part.get("image_url")
+        .and_then(|u| u.get("url").or(Some(u)))
+        .and_then(Value::as_str)
+        .ok_or_else(|| {
+            ProviderError::new(
+                ProviderErrorKind::InvalidRequest,
+                format!("messages[{i}] has an image_url part without url"),
+            )
+        })
+}
+
+/// Appends `items` as a turn of `role`, merging it into the previous turn of the same role
+/// (the APIs that want roles to alternate).
+pub(crate) fn push_turn(
+    turns: &mut Vec<(&'static str, Vec<Value>)>,
+    role: &'static str,
+    items: Vec<Value>,
+) {
+    if items.is_empty() {
+        return;
+    }
+    if let Some((last_role, last)) = turns.last_mut()
+        && *last_role == role
+    {
+        last.extend(items);
+        return;
+    }
+    turns.push((role, items));
 }

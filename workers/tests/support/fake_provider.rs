@@ -7,15 +7,15 @@ use batchyard_testkit::FakeProvider;
 use batchyard_workers::call::retry::{RetryPolicy, call_with_retry};
 use batchyard_workers::provider::{
     AnthropicConfig, AnthropicProvider, AzureOpenAiConfig, AzureOpenAiProvider, ChatCall,
-    Completion, OpenAiConfig, OpenAiProvider, ProviderError,
+    Completion, GeminiConfig, GeminiProvider, OpenAiConfig, OpenAiProvider, ProviderError,
 };
 use serde_json::{Map, Value, json};
 
-/// A trait `$name` on the testkit's fake with our `$provider` pointed at it (`$base` is the
-/// fake's URL field that provider wants): `provider()`, `provider_with(config)` and
+/// A trait `$name` on the testkit's fake with our `$provider` pointed at it (`$base` gives
+/// the base URL that provider wants from the fake): `provider()`, `provider_with(config)` and
 /// `faulty(fault)`, which sends `x-fake-fault: FAULT` with every call.
 macro_rules! fake_client {
-    ($(#[$doc:meta])* $name:ident, $config:ident, $provider:ident, $base:ident) => {
+    ($(#[$doc:meta])* $name:ident, $config:ident, $provider:ident, $base:expr) => {
         $(#[$doc])*
         pub trait $name {
             fn provider_with(&self, config: $config) -> $provider;
@@ -34,8 +34,9 @@ macro_rules! fake_client {
 
         impl $name for FakeProvider {
             fn provider_with(&self, config: $config) -> $provider {
+                let base: fn(&FakeProvider) -> String = $base;
                 $provider::new($config {
-                    base_url: self.$base.clone(),
+                    base_url: base(self),
                     ..config
                 })
                 .expect("build the provider")
@@ -49,14 +50,14 @@ fake_client!(
     OpenAiFake,
     OpenAiConfig,
     OpenAiProvider,
-    base_url
+    |fake| fake.base_url.clone()
 );
 fake_client!(
     /// The Anthropic provider against the fake's `/v1/messages` (its base URL has no `/v1`).
     AnthropicFake,
     AnthropicConfig,
     AnthropicProvider,
-    url
+    |fake| fake.url.clone()
 );
 fake_client!(
     /// The Azure OpenAI provider against the fake's `/openai/deployments/...` (its base URL
@@ -64,8 +65,76 @@ fake_client!(
     AzureFake,
     AzureOpenAiConfig,
     AzureOpenAiProvider,
-    url
+    |fake| fake.url.clone()
 );
+fake_client!(
+    /// The Gemini provider against the fake's `/v1beta/models/{model}:generateContent`.
+    GeminiFake,
+    GeminiConfig,
+    GeminiProvider,
+    |fake| format!("{}/v1beta", fake.url)
+);
+
+/// One `complete` over every provider type, so the request helpers below serve all kinds.
+pub trait Completes {
+    fn complete_call(
+        &self,
+        call: ChatCall<'_>,
+    ) -> impl Future<Output = Result<Completion, ProviderError>>;
+}
+
+macro_rules! completes {
+    ($($provider:ty),*) => {$(
+        impl Completes for $provider {
+            async fn complete_call(&self, call: ChatCall<'_>) -> Result<Completion, ProviderError> {
+                self.complete(call).await
+            }
+        }
+    )*};
+}
+
+completes!(
+    OpenAiProvider,
+    AnthropicProvider,
+    AzureOpenAiProvider,
+    GeminiProvider
+);
+
+/// An OpenAI chat completions body with these `messages`.
+pub fn messages(messages: Value) -> Map<String, Value> {
+    json!({"model": "ignored", "messages": messages})
+        .as_object()
+        .cloned()
+        .unwrap()
+}
+
+/// A body with one user message.
+pub fn user(text: &str) -> Map<String, Value> {
+    messages(json!([{"role": "user", "content": text}]))
+}
+
+/// Asks `model` through `provider`, with at most 200 output tokens unless the body says.
+pub async fn ask<P: Completes>(
+    provider: &P,
+    model: &str,
+    body: &Map<String, Value>,
+) -> Result<Completion, ProviderError> {
+    provider
+        .complete_call(ChatCall {
+            model_name: model,
+            body,
+            default_max_tokens: Some(200),
+        })
+        .await
+}
+
+/// The error asking `model` about `text` must end in.
+pub async fn fails<P: Completes>(provider: &P, model: &str, text: &str) -> ProviderError {
+    match ask(provider, model, &user(text)).await {
+        Ok(done) => panic!("expected an error, got {:?}", done.body),
+        Err(e) => e,
+    }
+}
 
 pub fn body_for(text: &str) -> Map<String, Value> {
     let Value::Object(map) = json!({

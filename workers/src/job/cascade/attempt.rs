@@ -54,6 +54,13 @@ impl Cascade {
         if let Some(entry) = hit {
             return Ok((from_cache(entry), true));
         }
+        if has_next && let Some(left) = self.guards.throttled_for(&model.key) {
+            // The provider asked us to slow down; another adequate model answers now instead
+            // of the item waiting out the pause.
+            tracing::debug!(model = %model.key, pause_ms = left.as_millis() as u64, "model throttled; falling back");
+            crate::metrics::fell_back(&model.key, codes::RATE_LIMITED);
+            return Err(Next::Continue);
+        }
         let reserved = if walk.budgeted {
             match self.budget.reserve(job, cand).await {
                 Reserve::Held => true,
@@ -74,7 +81,15 @@ impl Cascade {
         let mut warming = self.warmth.enter(&model.key, &job.body).await;
         let outcome = self
             .guards
-            .call_model(&self.retry, provider, model, limits, call, estimate)
+            .call_model(
+                &self.retry,
+                provider,
+                model,
+                limits,
+                call,
+                estimate,
+                has_next,
+            )
             .await;
         if matches!(outcome, ModelOutcome::Answer { .. }) {
             warming.warmed();
@@ -89,6 +104,10 @@ impl Cascade {
             }
             ModelOutcome::Wait(delay) => {
                 self.commit(job, reserved, 0.0, run).await;
+                if has_next && self.guards.throttled_for(&model.key).is_some() {
+                    crate::metrics::fell_back(&model.key, codes::RATE_LIMITED);
+                    return Err(Next::Continue);
+                }
                 // Waiting for capacity is not a failed attempt.
                 return Err(Next::end(self.later(job.clone(), delay, run.take()).await));
             }
@@ -168,6 +187,20 @@ impl Cascade {
                 walk.needs_context_over
                     .map_or(model.context_window, |w| w.max(model.context_window)),
             );
+        }
+        // A throttled or paused model has nothing more to give this item now; an adequate
+        // model next in line does. Waiting is only worth it when nothing else can answer.
+        let fall_back = matches!(
+            e.kind,
+            ProviderErrorKind::RateLimited
+                | ProviderErrorKind::Auth
+                | ProviderErrorKind::QuotaExhausted
+        );
+        if fall_back && has_next {
+            tracing::info!(model = %model.key, kind = e.kind.code(), "falling back to the next candidate");
+            crate::metrics::fell_back(&model.key, e.kind.code());
+            walk.last_error = Some(e);
+            return Next::Continue;
         }
         if escalate && has_next {
             run.ext.escalations += 1;

@@ -15,6 +15,7 @@ use serde_json::{Map, Value, json};
 
 use super::super::{ChatCall, ProviderError, ProviderErrorKind};
 use crate::provider::shape;
+use crate::provider::shape::plain_text;
 
 /// `max_tokens` when neither the body nor the catalog says.
 pub const FALLBACK_MAX_TOKENS: u64 = 1024;
@@ -200,19 +201,6 @@ fn into_blocks(content: Value) -> Vec<Value> {
         Value::Array(blocks) => blocks,
         Value::Null => Vec::new(),
         other => vec![other],
-    }
-}
-
-/// The text of a content: the string, or its text parts joined.
-fn plain_text(content: Option<&Value>) -> String {
-    match content {
-        Some(Value::String(s)) => s.clone(),
-        Some(Value::Array(parts)) => parts
-            .iter()
-            .filter_map(|p| p.get("text").and_then(Value::as_str))
-            .collect::<Vec<_>>()
-            .join("\n"),
-        _ => String::new(),
     }
 }
 

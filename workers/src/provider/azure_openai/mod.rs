@@ -8,16 +8,21 @@
 //!   reused as they are. The body keeps `model` (the deployment name), as OpenAI's own Azure
 //!   client sends it; Azure routes by the URL and ignores the field.
 //! - Auth ([`AzureAuth`]): the resource key in the `api-key` header, or a Microsoft Entra ID
-//!   token as `Authorization: Bearer`. Either is a secret: sent only in a sensitive header,
-//!   scrubbed from every error message, never in `Debug` output.
+//!   token as `Authorization: Bearer`: a static one, or one [`entra`] fetches and refreshes.
+//!   Each is a secret: sent only in a sensitive header, scrubbed from every error message,
+//!   never in `Debug` output.
 //! - Errors: the shared classification (429 with `retry-after-ms` and `x-ratelimit-*`, the
 //!   content filter's `innererror.code = ResponsibleAIPolicyViolation`), plus [`classify`]'s
 //!   hints for what Azure users get wrong: the key of another resource, a model `name` that
 //!   is not a deployment, an `api_version` the resource does not serve.
 //!
-//! This module has no submodules.
+//! - [`entra`]: Entra ID tokens from a service principal, workload identity or managed
+//!   identity, refreshed before they expire.
+
+pub mod entra;
 
 use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 
 use reqwest::header::HeaderMap;
@@ -46,6 +51,9 @@ pub enum AzureAuth {
     ApiKey(Secret),
     /// A Microsoft Entra ID access token, sent as `Authorization: Bearer`.
     AdToken(Secret),
+    /// Entra ID tokens fetched (and refreshed) from a credential, sent as `Authorization:
+    /// Bearer`.
+    Entra(Arc<entra::EntraCredential>),
 }
 
 /// How to reach one Azure OpenAI resource.
@@ -139,6 +147,8 @@ pub struct AzureOpenAiProvider {
     /// `{base}/openai/deployments/`; each call appends its deployment.
     deployments: reqwest::Url,
     api_version: String,
+    /// Set when tokens are fetched per call rather than fixed at start.
+    entra: Option<Arc<entra::EntraCredential>>,
 }
 
 impl AzureOpenAiProvider {
@@ -152,6 +162,11 @@ impl AzureOpenAiProvider {
             AzureAuth::None => (None, KeyHeader::Bearer),
             AzureAuth::ApiKey(key) => (Some(key), KeyHeader::Named("api-key")),
             AzureAuth::AdToken(token) => (Some(token), KeyHeader::Bearer),
+            AzureAuth::Entra(_) => (None, KeyHeader::Bearer),
+        };
+        let entra = match &config.auth {
+            AzureAuth::Entra(credential) => Some(Arc::clone(credential)),
+            _ => None,
         };
         let endpoint = Endpoint::new(EndpointConfig {
             url: deployments.clone(),
@@ -167,6 +182,7 @@ impl AzureOpenAiProvider {
             endpoint,
             deployments,
             api_version,
+            entra,
         })
     }
 
@@ -196,10 +212,22 @@ impl AzureOpenAiProvider {
 
     /// One POST to the model's deployment. Does not retry: that is the retry module's job.
     pub async fn complete(&self, call: ChatCall<'_>) -> Result<Completion, ProviderError> {
+        let mut token = None;
         let result = match self.deployment_url(call.model_name) {
             Ok(url) => {
                 let body = openai::request_body(call);
-                match self.endpoint.post_to(url, &body, classify).await {
+                let sent = match &self.entra {
+                    None => self.endpoint.post_to(url, &body, classify).await,
+                    Some(credential) => match credential.token().await {
+                        Ok(t) => {
+                            let sent = self.post_with_token(url, &body, &t).await;
+                            token = Some(t);
+                            sent
+                        }
+                        Err(e) => Err(e),
+                    },
+                };
+                match sent {
                     Ok((status, headers, bytes)) => {
                         openai::parse_success(status, &headers, &bytes, &body, AZURE_API)
                     }
@@ -208,10 +236,52 @@ impl AzureOpenAiProvider {
             }
             Err(e) => Err(e),
         };
+        if let (Err(e), Some(credential)) = (&result, &self.entra)
+            && e.kind == ProviderErrorKind::Auth
+            && e.status == Some(401)
+        {
+            // Revoked or expired early: the next call gets a fresh token.
+            credential.forget().await;
+        }
         result.map_err(|mut err| {
             self.endpoint.scrub(&mut err);
+            if let Some(t) = token.as_ref().filter(|t| t.expose().len() >= 4) {
+                err.message = err.message.replace(t.expose(), "***");
+            }
+            if let Some(credential) = &self.entra {
+                credential.scrub(&mut err);
+            }
             err
         })
+    }
+
+    /// One POST with this call's Entra ID token in a sensitive `Authorization` header.
+    async fn post_with_token(
+        &self,
+        url: reqwest::Url,
+        body: &serde_json::Map<String, serde_json::Value>,
+        token: &Secret,
+    ) -> Result<(u16, HeaderMap, Vec<u8>), ProviderError> {
+        let mut headers = HeaderMap::new();
+        let mut value =
+            reqwest::header::HeaderValue::from_str(&format!("Bearer {}", token.expose().trim()))
+                .map_err(|_| {
+                    ProviderError::new(
+                        ProviderErrorKind::Auth,
+                        "the entra id token has characters not allowed in http headers",
+                    )
+                })?;
+        value.set_sensitive(true);
+        headers.insert(reqwest::header::AUTHORIZATION, value);
+        headers.insert(
+            reqwest::header::CONTENT_TYPE,
+            reqwest::header::HeaderValue::from_static("application/json"),
+        );
+        let bytes = serde_json::to_vec(body)
+            .map_err(|e| config_error(format!("cannot serialise the request: {e}")))?;
+        self.endpoint
+            .post_bytes_to(url, bytes, headers, classify)
+            .await
     }
 }
 
@@ -221,9 +291,10 @@ pub fn classify(status: u16, headers: &HeaderMap, body: &[u8]) -> ProviderError 
     let said = String::from_utf8_lossy(body).to_ascii_lowercase();
     let hint = match err.kind {
         ProviderErrorKind::Auth => Some(
-            "; azure_openai sends the resource's key (api_key_env, as the api-key header) or \
-             else an entra id token from AZURE_OPENAI_AD_TOKEN, and the key must be of the \
-             resource base_url names",
+            "; azure_openai sends the resource's key (api_key_env, as the api-key header), else \
+             an entra id token (AZURE_OPENAI_AD_TOKEN, or fetched for AZURE_CLIENT_ID with \
+             AZURE_CLIENT_SECRET or AZURE_FEDERATED_TOKEN_FILE, or a managed identity), and \
+             the key must be of the resource base_url names",
         ),
         ProviderErrorKind::InvalidRequest if said.contains("deploymentnotfound") => Some(
             "; for azure_openai the model's name is the deployment name, as the azure portal \

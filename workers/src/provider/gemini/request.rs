@@ -19,6 +19,7 @@ use serde_json::{Map, Value, json};
 
 use super::super::{ChatCall, ProviderError, ProviderErrorKind};
 use super::tools;
+use crate::provider::shape::{self, plain_text, push_turn};
 
 fn refuse(message: impl Into<String>) -> ProviderError {
     ProviderError::new(ProviderErrorKind::InvalidRequest, message)
@@ -160,33 +161,6 @@ fn generation_config(call: ChatCall<'_>) -> Result<Map<String, Value>, ProviderE
     Ok(config)
 }
 
-/// Appends `parts` as a turn of `role`, merging it into the previous turn of the same role.
-fn push_turn(turns: &mut Vec<(&'static str, Vec<Value>)>, role: &'static str, parts: Vec<Value>) {
-    if parts.is_empty() {
-        return;
-    }
-    if let Some((last_role, last)) = turns.last_mut()
-        && *last_role == role
-    {
-        last.extend(parts);
-        return;
-    }
-    turns.push((role, parts));
-}
-
-/// The text of a content: the string, or its text parts joined.
-fn plain_text(content: Option<&Value>) -> String {
-    match content {
-        Some(Value::String(s)) => s.clone(),
-        Some(Value::Array(parts)) => parts
-            .iter()
-            .filter_map(|p| p.get("text").and_then(Value::as_str))
-            .collect::<Vec<_>>()
-            .join("\n"),
-        _ => String::new(),
-    }
-}
-
 /// A message's content as Gemini parts. A user message must have some.
 fn parts(content: Option<&Value>, i: usize, user: bool) -> Result<Vec<Value>, ProviderError> {
     match content {
@@ -204,13 +178,7 @@ fn part(part: &Value, i: usize) -> Result<Value, ProviderError> {
     match part.get("type").and_then(Value::as_str).unwrap_or("") {
         "text" => Ok(json!({"text": part.get("text").and_then(Value::as_str).unwrap_or("")})),
         "image_url" => {
-            let url = part
-                .get("image_url")
-                .and_then(|u| u.get("url").or(Some(u)))
-                .and_then(Value::as_str)
-                .ok_or_else(|| {
-                    refuse(format!("messages[{i}] has an image_url part without url"))
-                })?;
+            let url = shape::image_url(part, i)?;
             inline_image(url).ok_or_else(|| {
                 refuse(format!(
                     "messages[{i}] has an image by url; the gemini provider sends images inline \

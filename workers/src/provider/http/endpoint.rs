@@ -178,6 +178,20 @@ impl Endpoint {
         self.send(url, &shown, body, classify).await
     }
 
+    /// A POST of a body already serialised, with per-request headers: for Bedrock, whose
+    /// signature covers the exact bytes and a date header.
+    pub(crate) async fn post_bytes_to(
+        &self,
+        url: reqwest::Url,
+        body: Vec<u8>,
+        headers: HeaderMap,
+        classify: fn(u16, &HeaderMap, &[u8]) -> ProviderError,
+    ) -> Result<(u16, HeaderMap, Vec<u8>), ProviderError> {
+        let shown = display_url(&url);
+        let request = self.client.post(url).headers(headers).body(body);
+        self.send_request(request, &shown, classify).await
+    }
+
     /// The configured URL (with any query), for kinds that extend it per call.
     pub(crate) fn url(&self) -> &reqwest::Url {
         &self.url
@@ -190,10 +204,17 @@ impl Endpoint {
         body: &Map<String, Value>,
         classify: fn(u16, &HeaderMap, &[u8]) -> ProviderError,
     ) -> Result<(u16, HeaderMap, Vec<u8>), ProviderError> {
-        let mut response = self
-            .client
-            .post(url)
-            .json(body)
+        self.send_request(self.client.post(url).json(body), shown, classify)
+            .await
+    }
+
+    async fn send_request(
+        &self,
+        request: reqwest::RequestBuilder,
+        shown: &str,
+        classify: fn(u16, &HeaderMap, &[u8]) -> ProviderError,
+    ) -> Result<(u16, HeaderMap, Vec<u8>), ProviderError> {
+        let mut response = request
             .send()
             .await
             .map_err(|e| transport_error(shown, self.timeout, &e))?;

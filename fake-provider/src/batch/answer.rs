@@ -1,0 +1,154 @@
+//! One batch item answered exactly as the real-time endpoint answers the same body (the same
+//! parse, skill mode, `--reply`, prompt-cache usage, `max_tokens` cut and magic-text faults),
+//! without auth (the batch request was checked), limits or latency.
+
+use axum::http::HeaderMap;
+use axum::response::Response;
+use serde_json::{Value, json};
+
+use crate::AppState;
+use crate::flow::{self, Fault, Reply};
+
+/// Which real-time endpoint the item stands for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Api {
+    OpenAi,
+    Anthropic,
+}
+
+/// What the real-time endpoint would have answered.
+#[derive(Debug, Clone)]
+pub struct Answer {
+    pub status: u16,
+    /// The answer's JSON, serialized: a `Value` per item would cost several times more memory.
+    pub body: String,
+    pub request_id: String,
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+    pub cached_tokens: u64,
+}
+
+impl Answer {
+    pub fn ok(&self) -> bool {
+        (200..300).contains(&self.status)
+    }
+
+    /// The `--batch-item-fail-rate` error: a 500, as a provider's own failure.
+    pub fn server_error(api: Api, request_id: String) -> Self {
+        let body = match api {
+            Api::OpenAi => json!({"error": {
+                "message": "The server had an error processing your request (fake batch item).",
+                "type": "server_error", "param": null, "code": null}}),
+            Api::Anthropic => json!({"type": "error", "error": {
+                "type": "api_error", "message": "Internal server error (fake batch item)"}}),
+        };
+        Self {
+            status: 500,
+            body: body.to_string(),
+            request_id,
+            input_tokens: 0,
+            output_tokens: 0,
+            cached_tokens: 0,
+        }
+    }
+
+    /// The stored size, for the store's byte cap.
+    pub fn bytes(&self) -> u64 {
+        (self.body.len() + self.request_id.len() + 64) as u64
+    }
+}
+
+/// The estimated input tokens of a body (the quota counts these), without answering it.
+pub fn input_tokens(api: Api, body: &[u8]) -> Option<(String, u64)> {
+    let parsed = match api {
+        Api::OpenAi => crate::openai::parse(body),
+        Api::Anthropic => crate::anthropic::parse(body),
+    }
+    .ok()?;
+    Some((parsed.model, parsed.prompt_tokens))
+}
+
+/// Answers one item's body.
+pub async fn answer(state: &AppState, api: Api, body: &[u8]) -> Answer {
+    let Some(response) = respond(state, api, body) else {
+        let n = state
+            .next_id
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        return Answer::server_error(api, format!("req_fake_batch{n}"));
+    };
+    let status = response.status();
+    let request_id = response
+        .headers()
+        .get(match api {
+            Api::OpenAi => "x-request-id",
+            Api::Anthropic => "request-id",
+        })
+        .and_then(|v| v.to_str().ok())
+        .map_or_else(|| "req_fake_batch".to_owned(), str::to_owned);
+    // These bodies are built in memory, never streamed: only the connection faults
+    // (mapped away in `respond`) are not.
+    let bytes = axum::body::to_bytes(response.into_body(), 16 * 1024 * 1024).await;
+    let Some(body) = bytes
+        .ok()
+        .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
+    else {
+        // A batch has no connection to drop or page to mangle: a non-JSON answer (the
+        // malformed and html faults) is the provider's own failure.
+        return Answer::server_error(api, request_id);
+    };
+    let usage = |key: &str| body.pointer(key).and_then(Value::as_u64).unwrap_or(0);
+    let (input_tokens, output_tokens, cached_tokens) = match api {
+        Api::OpenAi => (
+            usage("/usage/prompt_tokens"),
+            usage("/usage/completion_tokens"),
+            usage("/usage/prompt_tokens_details/cached_tokens"),
+        ),
+        Api::Anthropic => (
+            usage("/usage/input_tokens")
+                + usage("/usage/cache_read_input_tokens")
+                + usage("/usage/cache_creation_input_tokens"),
+            usage("/usage/output_tokens"),
+            usage("/usage/cache_read_input_tokens"),
+        ),
+    };
+    Answer {
+        status: status.as_u16(),
+        body: body.to_string(),
+        request_id,
+        input_tokens,
+        output_tokens,
+        cached_tokens,
+    }
+}
+
+/// The real-time answer, or `None` for a fault that has no answer (drop, hang, huge).
+fn respond(state: &AppState, api: Api, body: &[u8]) -> Option<Response> {
+    let parsed = match api {
+        Api::OpenAi => crate::openai::parse(body),
+        Api::Anthropic => crate::anthropic::parse(body),
+    };
+    let mut parsed = match parsed {
+        Ok(p) => p,
+        Err(refused) => return Some(*refused),
+    };
+    flow::fill(state, &HeaderMap::new(), &mut parsed);
+    let n = state
+        .next_id
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let fault = flow::magic(state, &parsed.last_user);
+    Some(match fault {
+        None | Some(Fault::Length) => {
+            let reply = Reply::new(&parsed, fault.is_some());
+            match api {
+                Api::OpenAi => crate::openai::success(n, &parsed, &reply),
+                Api::Anthropic => crate::anthropic::success(n, &parsed, &reply),
+            }
+        }
+        // Nothing to hang up on in a batch: the item fails as the provider's own error.
+        Some(Fault::Drop | Fault::Hang | Fault::Huge(_)) => return None,
+        Some(fault) => match api {
+            Api::OpenAi => crate::openai::fault(fault, &state.shutdown),
+            Api::Anthropic => crate::anthropic::fault(fault, &state.shutdown),
+        },
+    })
+}
