@@ -1,8 +1,9 @@
 //! `[tasks.X] prompt_cache` end to end, over real HTTP to the fake provider and its TTL prompt
 //! cache: with `auto`, a task whose 2,500-token system prompt is static gets a cache point, so
-//! the anthropic kind's first item writes the cache and the later ones read it (cheaper, and the
-//! lines and the manifest say so); with `off`, no cache point and no cached token. The openai
-//! kind caches by itself either way (no cache point reaches it).
+//! the anthropic and bedrock kinds' first item writes the cache and the later ones read it
+//! (cheaper, and the lines and the manifest say so); with `off`, no cache point and no cached
+//! token. The openai kind caches by itself either way (no cache point reaches it). Concurrent
+//! items wait for the first (cache-warm dispatch), and `estimate` shows the cached share.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -27,11 +28,18 @@ const SYSTEM_TOKENS: u64 = 2_500;
 const ITEMS: usize = 6;
 
 /// One model (`m`) of `kind` on the fake, one task (`t`) with the long system prompt.
+/// The bedrock fake checks SigV4 with these (test values, named by `*_env` in the config).
+const BEDROCK_KEY: (&str, &str) = ("AKIDCACHETEST", "cache-test-secret");
+
 fn config(dir: &Path, fake: &FakeProvider, kind: &str, mode: &str) -> PathBuf {
-    let base = if kind == "anthropic" {
-        &fake.url
-    } else {
-        &fake.base_url
+    let (base, extra) = match kind {
+        "anthropic" => (&fake.url, ""),
+        "bedrock" => (
+            &fake.url,
+            "region = \"us-east-1\"\naccess_key_id_env = \"PC_KEY_ID\"\n\
+             secret_access_key_env = \"PC_SECRET\"\n",
+        ),
+        _ => (&fake.base_url, ""),
     };
     write_file(
         dir,
@@ -44,7 +52,7 @@ url = "file://{store}"
 [providers.p]
 kind = "{kind}"
 base_url = "{base}"
-
+{extra}
 [models.m]
 provider = "p"
 name = "model-{kind}"
@@ -79,7 +87,16 @@ fn setup_with(
     fake_args: &[&str],
 ) -> (tempfile::TempDir, FakeProvider, PathBuf) {
     let dir = tempfile::tempdir().unwrap();
-    let fake = FakeProvider::start(fake_args);
+    let mut args = fake_args.to_vec();
+    if kind == "bedrock" {
+        args.extend([
+            "--bedrock-key-id",
+            BEDROCK_KEY.0,
+            "--bedrock-secret",
+            BEDROCK_KEY.1,
+        ]);
+    }
+    let fake = FakeProvider::start(&args);
     config(dir.path(), &fake, kind, mode);
     let docs: String = (0..ITEMS)
         .map(|i| format!("{{\"id\":\"d{i}\",\"text\":\"document number {i:04}\"}}\n"))
@@ -111,15 +128,18 @@ fn run_batch_with(
 ) -> (Vec<Value>, Value) {
     let (dir, _fake, input) = setup_with(kind, mode, fake_args);
     let started = Instant::now();
-    let out = run(batchyard(dir.path()).args([
-        "run",
-        input.to_str().unwrap(),
-        "--task",
-        "t",
-        "--concurrency",
-        &concurrency.to_string(),
-        "--json",
-    ]));
+    let out = run(batchyard(dir.path())
+        .env("PC_KEY_ID", BEDROCK_KEY.0)
+        .env("PC_SECRET", BEDROCK_KEY.1)
+        .args([
+            "run",
+            input.to_str().unwrap(),
+            "--task",
+            "t",
+            "--concurrency",
+            &concurrency.to_string(),
+            "--json",
+        ]));
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert!(started.elapsed() < Duration::from_secs(120));
     let batch = last_json(&out);
@@ -146,8 +166,18 @@ fn cost(manifest: &Value) -> f64 {
 
 #[test]
 fn auto_puts_a_cache_point_the_anthropic_kind_reads_and_off_does_not() {
-    let (auto, auto_manifest) = run_batch("anthropic", "auto");
-    let (off, off_manifest) = run_batch("anthropic", "off");
+    explicit_caching_reads_with_auto_only("anthropic");
+}
+
+#[test]
+fn auto_puts_a_cache_point_the_bedrock_kind_reads_and_off_does_not() {
+    // The bedrock kind sends it as a cachePoint block; the fake checks SigV4.
+    explicit_caching_reads_with_auto_only("bedrock");
+}
+
+fn explicit_caching_reads_with_auto_only(kind: &str) {
+    let (auto, auto_manifest) = run_batch(kind, "auto");
+    let (off, off_manifest) = run_batch(kind, "off");
     // auto: the first item writes the system prompt, every later one reads it.
     assert_eq!(field(&auto[0], "cache_write_input_tokens"), SYSTEM_TOKENS);
     assert_eq!(field(&auto[0], "cached_input_tokens"), 0);

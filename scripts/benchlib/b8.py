@@ -1,6 +1,6 @@
 """B8: prompt caching on a routing workload. B5's cascade (learned routing, a validator) with a
-2,500-token shared system prompt, on fakes of the `anthropic` kind (explicit cache points) and
-the `openai` kind (automatic caching), priced at the shipped catalog's real prices (cached
+2,500-token shared system prompt, on fakes of the `anthropic` and `bedrock` kinds (explicit cache
+points) and the `openai` kind (automatic caching), priced at the shipped catalog's real prices (cached
 input, cache writes), once with `prompt_cache = "off"` and once `"auto"`.
 
     scripts/bench --only B8            # updates only B8 in BENCHMARKS.md
@@ -17,8 +17,8 @@ with `auto` the cache point closes the prefix (system + that line).
 Reported per kind and mode: the routed cost ÷ the oracle (per item, the cheapest passing model
 at uncached prices, as B5), the cached share of the input tokens billed, the fake's hit rate
 (requests reading a cached prefix ÷ requests offering one), and auto ÷ off. Target: auto costs
-at most 0.6× off on the anthropic kind. The `bedrock` kind has the hook (`KINDS`) but no fake
-on main yet: it is reported as not run.
+at most 0.6× off on the anthropic and bedrock kinds (the bedrock fake checks SigV4 with a
+bench-only key).
 """
 
 import json
@@ -37,7 +37,8 @@ LATENCY_MS = 100
 TTL_SECS = 300
 TARGET = 0.60
 SKILLS = (0.55, 0.80, 0.99)
-# kind -> (model key == provider-side name, shipped catalog entry, tier); None: no fake yet.
+# kind -> (model key == provider-side name, shipped catalog entry, tier); None: not run (a
+# kind without a fake).
 KINDS = {
     "anthropic": [
         ("haiku", "anthropic/claude-haiku-4-5", 1),
@@ -49,11 +50,12 @@ KINDS = {
         ("mini", "openai/gpt-4.1-mini", 2),
         ("full", "openai/gpt-4.1", 3),
     ],
-    # The bedrock kind and its fake are being built in parallel (not on main when B8 was
-    # written). Once `kind = "bedrock"` and its fake route land, list its models here (e.g.
-    # ("haiku", "bedrock/us.anthropic.claude-3-5-haiku-20241022-v1:0", 1)) and give
-    # `base_url_of` its URL; the rest of B8 runs unchanged.
-    "bedrock": None,
+    # Bedrock's models that cache (Nova bills no cache write: its writes cost the input price).
+    "bedrock": [
+        ("micro", "bedrock/nova-micro", 1),
+        ("haiku", "bedrock/claude-3-5-haiku", 2),
+        ("pro", "bedrock/nova-pro", 3),
+    ],
 }
 MODES = ("off", "auto")
 SECTION = "## Prompt caching (B8)"
@@ -78,8 +80,8 @@ def prices(kind):
 
 def prompt_tokens(kind, text):
     """The fake's count: system and user characters over 4, plus 4 per message (the anthropic
-    dialect's system is no message)."""
-    messages = 1 if kind == "anthropic" else 2
+    and bedrock dialects' system is no message)."""
+    messages = 1 if kind in ("anthropic", "bedrock") else 2
     return (len(system_prompt()) + len(routing.PREFIX + text)) // 4 + 4 * messages
 
 
@@ -100,8 +102,22 @@ def oracle(kind, items):
     return total
 
 
+# The bedrock fake checks SigV4 with this key (test values, named by the provider's *_env).
+BEDROCK_KEY = ("AKIDB8BENCH", "b8-bench-secret")
+
+
 def base_url_of(kind, fake):
-    return fake.url if kind == "anthropic" else fake.base_url
+    return fake.url if kind in ("anthropic", "bedrock") else fake.base_url
+
+
+def provider_toml(kind, base_url):
+    if kind != "bedrock":
+        return f'[providers.fake]\nkind = "{kind}"\nbase_url = "{base_url}"\n'
+    os.environ["B8_AWS_KEY_ID"], os.environ["B8_AWS_SECRET"] = BEDROCK_KEY
+    return (
+        f'[providers.fake]\nkind = "bedrock"\nbase_url = "{base_url}"\nregion = "us-east-1"\n'
+        'access_key_id_env = "B8_AWS_KEY_ID"\nsecret_access_key_env = "B8_AWS_SECRET"\n'
+    )
 
 
 def write_config(workdir, name, redis_url, kind, base_url, mode):
@@ -111,7 +127,7 @@ def write_config(workdir, name, redis_url, kind, base_url, mode):
         f'[storage]\nurl = "file://{os.path.join(workdir, "store-" + name)}"\n',
         "[routing]\nexploration = 0.5\nprior_strength = 4.0\nmax_evidence = 400\nfeature_buckets = true\n",
         "[cache]\nenabled = false\n",
-        f'[providers.fake]\nkind = "{kind}"\nbase_url = "{base_url}"\n',
+        provider_toml(kind, base_url),
     ]
     for key, entry, tier in KINDS[kind]:
         lines.append(f'[models.{key}]\nprovider = "fake"\ncatalog = "{entry}"\nname = "{key}"\ntier = {tier}\n')
@@ -128,6 +144,8 @@ def run_one(workdir, kind, mode, jsonl, n, timeout):
     name = f"b8-{kind}-{mode}"
     skills = ",".join(f"{key}={skill}" for (key, _, _), skill in zip(KINDS[kind], SKILLS))
     args = ["--skills", skills, "--latency-ms", str(LATENCY_MS), "--prompt-cache-ttl-secs", str(TTL_SECS)]
+    if kind == "bedrock":
+        args += ["--bedrock-key-id", BEDROCK_KEY[0], "--bedrock-secret", BEDROCK_KEY[1]]
     run = routing.run_batch(
         workdir, name, jsonl, n, timeout, args,
         lambda redis_url, fake: write_config(workdir, name, redis_url, kind, base_url_of(kind, fake), mode),
@@ -220,11 +238,11 @@ def section(result):
     md += [
         "",
         "Reading the figures. The anthropic kind caches only at explicit cache points, so `off` reads nothing and "
-        "`auto` reads the shared prefix on every call after each model's first (cached input at 0.1× the input "
-        "price, one write at 1.25×). The openai kind caches by itself in 128-token steps above 1,024 tokens, so "
+        "`auto` reads the shared prefix on every call after each model's first (Claude: cached input at 0.1× the "
+        "input price, one write at 1.25×; Nova: 0.25×, no write charge). The openai kind caches by itself in 128-token steps above 1,024 tokens, so "
         "`off` already reads most of the prefix; `auto` adds only cache-warm dispatch (no concurrent cold first "
-        "calls), and its saving is small. The bedrock kind has no fake on main yet (the hook is `KINDS` in "
-        "`scripts/benchlib/b8.py`).",
+        "calls), and its saving is small. The bedrock kind caches at `cachePoint` blocks as the anthropic "
+        "kind at `cache_control` ones; of its models only Claude bills a cache write.",
     ]
     return md
 
