@@ -111,9 +111,7 @@
 //! OpenAI-dialect usage is always `prompt_tokens = floor(chars of all message contents / 4) +
 //! 4 per message` (at least 1) and `completion_tokens = ceil(reply chars / 4)`.
 //!
-//! Prompt cache: besides the magic text below, a TTL cache per (model, prefix) (module
-//! `prompt_cache`): explicit cache points in the Anthropic and Bedrock dialects, automatic prefixes
-//! in the OpenAI and Azure dialects; `/stats` counts it under `prompt_cache`.
+//! Prompt cache: a TTL cache per (model, prefix) (`prompt_cache`), counted in `/stats`.
 //!
 //! Modules: `options` (the flags), `flow` (one request for every dialect: auth, parse,
 //! admission, latency, a fault or the reply), `openai`, `anthropic`, `gemini`, `azure` and
@@ -450,10 +448,7 @@ async fn run(options: Options) -> Result<(), Box<dyn Error>> {
     let shutdown = CancellationToken::new();
     let state = Arc::new(AppState {
         limiter: Limiter::new(options.rpm, options.tpm, options.window_secs),
-        prompt_caches: prompt_cache::PromptCaches::new(
-            options.prompt_cache_ttl,
-            options.prompt_cache_min_tokens,
-        ),
+        prompt_caches: prompt_cache::PromptCaches::of(&options),
         options,
         next_id: AtomicU64::new(1),
         by_status: Mutex::new(BTreeMap::new()),

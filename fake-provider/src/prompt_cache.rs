@@ -155,6 +155,11 @@ impl PromptCaches {
         }
     }
 
+    /// Per `--prompt-cache-ttl-secs` and `--prompt-cache-min-tokens`.
+    pub fn of(options: &crate::options::Options) -> Self {
+        Self::new(options.prompt_cache_ttl, options.prompt_cache_min_tokens)
+    }
+
     /// What `probe` reads and writes for `model` now, at most `prompt_tokens` in all. What it
     /// writes can be read `answered_in` from now (when its answer is complete), as a real
     /// cache: requests that arrive while the first is in flight miss too.
