@@ -237,12 +237,13 @@ def section(result):
             for mode in MODES))
     md += [
         "",
-        "Reading the figures. The anthropic kind caches only at explicit cache points, so `off` reads nothing and "
+        "Reading the figures. The anthropic and bedrock kinds cache only at explicit cache points, so `off` reads nothing and "
         "`auto` reads the shared prefix on every call after each model's first (Claude: cached input at 0.1× the "
         "input price, one write at 1.25×; Nova: 0.25×, no write charge). The openai kind caches by itself in 128-token steps above 1,024 tokens, so "
         "`off` already reads most of the prefix; `auto` adds only cache-warm dispatch (no concurrent cold first "
         "calls), and its saving is small. The bedrock kind caches at `cachePoint` blocks as the anthropic "
-        "kind at `cache_control` ones; of its models only Claude bills a cache write.",
+        "kind at `cache_control` ones; of its models only Claude bills a cache write. The learned router "
+        "explores at random, so the cost ÷ oracle figures move a little between runs.",
     ]
     return md
 
