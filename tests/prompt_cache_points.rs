@@ -293,3 +293,18 @@ fn a_bad_prompt_cache_value_names_the_key() {
     assert!(err.contains("prompt_cache"), "{err}");
     assert!(err.contains("auto") && err.contains("off"), "{err}");
 }
+
+#[test]
+fn route_prices_the_cached_prefix() {
+    let (dir, _fake, _) = setup("anthropic", "auto");
+    let args = ["route", "--text", "a document", "--task", "t", "--json"];
+    let out = run(batchyard(dir.path()).args(args));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let plan = last_json(&out);
+    let first = &plan["candidates"][0];
+    // The system prompt up to its cache point, as the router's warm-cache price reads it.
+    assert_eq!(first["cached_prompt_tokens"], SYSTEM_TOKENS, "{plan}");
+    assert!(
+        first["call_cost_usd"].as_f64().unwrap() < 0.5 * first["worst_case_usd"].as_f64().unwrap()
+    );
+}
