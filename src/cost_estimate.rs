@@ -7,6 +7,7 @@
 use std::collections::BTreeMap;
 
 use batchyard_workers::catalog::Catalog;
+use batchyard_workers::catalog::prompt_cache::cached_prefix;
 use batchyard_workers::catalog::tokens::rough_prompt_tokens;
 use batchyard_workers::route::router::Plan;
 use serde::Serialize;
@@ -24,6 +25,10 @@ pub struct ModelEstimate {
     pub expected_calls: f64,
     pub expected_tokens: f64,
     pub expected_cost_usd: f64,
+    /// Prompt tokens of those calls expected from the provider's prompt cache.
+    pub expected_cached_tokens: f64,
+    /// What those calls would cost with no prompt cache.
+    pub uncached_cost_usd: f64,
     pub tier: u32,
     pub rpm: Option<u32>,
     pub tpm: Option<u64>,
@@ -55,6 +60,17 @@ pub struct Estimate {
     pub min_duration_secs: Option<f64>,
     /// The limit that sets that time.
     pub bound_by: Option<String>,
+    /// The share of the routed calls' prompt tokens expected from prompt caches: each model's
+    /// first call with a prefix writes it, the later ones read it (the batch is assumed to
+    /// run within the cache's TTL, which cache-warm dispatch helps keep).
+    pub cached_share: f64,
+    /// What the prompt cache is expected to save on the routed cost, writes included.
+    pub cache_saving_usd: f64,
+    /// The (model, prefix) pairs whose cache write is counted.
+    #[serde(skip)]
+    written: std::collections::BTreeSet<(String, u64)>,
+    #[serde(skip)]
+    expected_prompt_tokens: f64,
 }
 
 impl Estimate {
@@ -76,6 +92,7 @@ impl Estimate {
             .map(|c| c.worst_case_usd)
             .sum::<f64>();
         self.routed_expected_usd += plan.expected_usd();
+        let prefix = cached_prefix(body);
         let mut reach = 1.0;
         for (i, cand) in plan.candidates.iter().enumerate() {
             let m = self.models.entry(cand.model.key.clone()).or_default();
@@ -89,6 +106,18 @@ impl Estimate {
             }
             m.expected_calls += reach;
             m.expected_cost_usd += reach * cand.call_cost_usd;
+            m.expected_cached_tokens += reach * cand.cached_prompt_tokens as f64;
+            m.uncached_cost_usd += reach * cand.uncached_call_cost_usd;
+            self.expected_prompt_tokens += reach * cand.prompt_tokens as f64;
+            // The first call reaching a model with this prefix writes the cache instead.
+            if let Some(p) = prefix.filter(|_| cand.cached_prompt_tokens > 0 && reach > 0.0)
+                && self.written.insert((cand.model.key.clone(), p.hash))
+            {
+                let write = cand.cold_call_cost_usd - cand.call_cost_usd;
+                m.expected_cached_tokens -= reach * cand.cached_prompt_tokens as f64;
+                m.expected_cost_usd += write;
+                self.routed_expected_usd += write;
+            }
             m.expected_tokens +=
                 reach * (cand.prompt_tokens as f64 + cand.max_output_tokens.div_ceil(2) as f64);
             reach *= 1.0 - cand.pass.mean.clamp(0.0, 1.0);
@@ -97,6 +126,17 @@ impl Estimate {
 
     /// Works out the time the rate limits imply, per model and per provider account.
     pub fn finish(&mut self, catalog: &Catalog) {
+        let cached: f64 = self.models.values().map(|m| m.expected_cached_tokens).sum();
+        self.cached_share = if self.expected_prompt_tokens > 0.0 {
+            cached / self.expected_prompt_tokens
+        } else {
+            0.0
+        };
+        self.cache_saving_usd = self
+            .models
+            .values()
+            .map(|m| m.uncached_cost_usd - m.expected_cost_usd)
+            .sum();
         let mut slowest: Option<(f64, String)> = None;
         let mut consider = |secs: f64, what: String| {
             if slowest.as_ref().is_none_or(|(s, _)| secs > *s) {
@@ -182,6 +222,14 @@ impl Estimate {
             "routed       ${:.4} expected with today's pass rates (escalations included)",
             self.routed_expected_usd
         ));
+        if self.cached_share > 0.0 {
+            line(format!(
+                "prompt cache {:.0}% of the routed prompt tokens expected cached, saving ${:.4} \
+                 (one cache write per model and prefix included)",
+                self.cached_share * 100.0,
+                self.cache_saving_usd
+            ));
+        }
         line(format!(
             "worst case   ${:.4} if every item runs its whole cascade at its output limits",
             self.worst_case_usd

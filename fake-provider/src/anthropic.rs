@@ -10,6 +10,7 @@ use serde_json::{Value, json};
 use crate::flow::{Fault, Parsed, PromptCache, Reply};
 use crate::limits::{Admission, anthropic_headers, rfc3339};
 use crate::options::Options;
+use crate::prompt_cache::Probe;
 use crate::{html, huge, json_response, malformed};
 
 fn error_response(status: StatusCode, kind: &str, message: &str) -> Response {
@@ -53,8 +54,28 @@ fn text_of(content: Option<&Value>) -> String {
             .iter()
             .filter_map(|b| b.get("text").and_then(Value::as_str))
             .collect::<Vec<_>>()
-            .join("\n"),
+            // Blocks split at a cache point are one text cut in two: joined back as they were.
+            .join(if blocks.iter().any(|b| b.get("cache_control").is_some()) {
+                ""
+            } else {
+                "\n"
+            }),
         _ => String::new(),
+    }
+}
+
+/// The text blocks of a content, each with whether a cache point follows it.
+fn blocks_of(content: Option<&Value>) -> Vec<(&str, bool)> {
+    match content {
+        Some(Value::String(s)) => vec![(s.as_str(), false)],
+        Some(Value::Array(blocks)) => blocks
+            .iter()
+            .filter_map(|b| {
+                let text = b.get("text").and_then(Value::as_str)?;
+                Some((text, b.get("cache_control").is_some()))
+            })
+            .collect(),
+        _ => Vec::new(),
     }
 }
 
@@ -107,6 +128,12 @@ pub fn parse(body: &[u8]) -> Result<Parsed, Box<Response>> {
         max_tokens: Some(max_tokens),
         answer: None,
         cache: crate::flow::PromptCache::default(),
+        // Anthropic caches explicitly: system first, then the messages, in order.
+        probe: Probe::explicit(
+            blocks_of(request.get("system"))
+                .into_iter()
+                .chain(messages.iter().flat_map(|m| blocks_of(m.get("content")))),
+        ),
     })
 }
 

@@ -24,6 +24,7 @@ use serde_json::{Value, json};
 use crate::flow::{Fault, Parsed, PromptCache, Reply};
 use crate::limits::Admission;
 use crate::options::Options;
+use crate::prompt_cache::Probe;
 use crate::sigv4::{self, Refusal};
 use crate::{html, huge, json_response, malformed};
 
@@ -122,9 +123,33 @@ fn text_of(content: &Value) -> String {
                 .iter()
                 .filter_map(|b| b.get("text").and_then(Value::as_str))
                 .collect::<Vec<_>>()
-                .join("\n")
+                // Text cut at a cache point is one text in two blocks: joined back as it was.
+                .join(if blocks.iter().any(|b| b.get("cachePoint").is_some()) {
+                    ""
+                } else {
+                    "\n"
+                })
         })
         .unwrap_or_default()
+}
+
+/// The text blocks of a `system` or `content` array, each with whether a `cachePoint` block
+/// follows it.
+fn cache_segments(content: Option<&Value>) -> Vec<(&str, bool)> {
+    let Some(blocks) = content.and_then(Value::as_array) else {
+        return Vec::new();
+    };
+    let mut out: Vec<(&str, bool)> = Vec::new();
+    for block in blocks {
+        if let Some(text) = block.get("text").and_then(Value::as_str) {
+            out.push((text, false));
+        } else if block.get("cachePoint").is_some()
+            && let Some(last) = out.last_mut()
+        {
+            last.1 = true;
+        }
+    }
+    out
 }
 
 /// The request, or the 400 that refuses it.
@@ -181,6 +206,14 @@ pub fn parse(body: &[u8], model: &str) -> Result<Parsed, Box<Response>> {
         max_tokens,
         answer: None,
         cache: PromptCache::default(),
+        // Bedrock caches at explicit cache points: system first, then the messages.
+        probe: Probe::explicit(
+            cache_segments(request.get("system")).into_iter().chain(
+                messages
+                    .iter()
+                    .flat_map(|m| cache_segments(m.get("content"))),
+            ),
+        ),
     })
 }
 

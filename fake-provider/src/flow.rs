@@ -27,6 +27,8 @@ pub struct Parsed {
     /// The parts of `prompt_tokens` the answer reports as read from / written to a prompt
     /// cache, set after parsing (see [`prompt_cache`]).
     pub cache: PromptCache,
+    /// What the request offers the TTL prompt cache (see [`crate::prompt_cache`]).
+    pub probe: crate::prompt_cache::Probe,
 }
 
 /// What the answer's usage says about the prompt cache.
@@ -361,6 +363,14 @@ async fn respond(
         .and_then(|v| v.trim().parse::<u64>().ok())
         .unwrap_or(0);
     let latency = options.sample_latency() + Duration::from_millis(extra_ms);
+    if parsed.cache == PromptCache::default() {
+        // No marker or header: the TTL cache decides, on arrival; what this request writes
+        // is readable once it is answered.
+        parsed.cache =
+            state
+                .prompt_caches
+                .serve(&parsed.model, &parsed.probe, parsed.prompt_tokens, latency);
+    }
     if !latency.is_zero() {
         tokio::select! {
             () = tokio::time::sleep(latency) => {}

@@ -136,6 +136,7 @@ pub fn parse(body: &[u8], model: &str) -> Result<Parsed, Box<Response>> {
         max_tokens,
         answer: None,
         cache: crate::flow::PromptCache::default(),
+        probe: crate::prompt_cache::Probe::None,
     })
 }
 

@@ -111,6 +111,8 @@
 //! OpenAI-dialect usage is always `prompt_tokens = floor(chars of all message contents / 4) +
 //! 4 per message` (at least 1) and `completion_tokens = ceil(reply chars / 4)`.
 //!
+//! Prompt cache: a TTL cache per (model, prefix) (`prompt_cache`), counted in `/stats`.
+//!
 //! Modules: `options` (the flags), `flow` (one request for every dialect: auth, parse,
 //! admission, latency, a fault or the reply), `openai`, `anthropic`, `gemini`, `azure` and
 //! `bedrock` (the dialects), `sigv4` (checking AWS signatures), `aws_creds` (AWS credential
@@ -131,6 +133,7 @@ mod gemini;
 mod limits;
 mod openai;
 mod options;
+mod prompt_cache;
 mod sigv4;
 mod skill;
 
@@ -177,6 +180,8 @@ pub struct AppState {
     entra: entra::Tokens,
     /// Cancelled on shutdown, so hung requests let go.
     shutdown: CancellationToken,
+    /// The TTL prompt cache (`--prompt-cache-ttl-secs`, `--prompt-cache-min-tokens`).
+    prompt_caches: prompt_cache::PromptCaches,
     /// The batch APIs' files and batches.
     batches: batch::Batches,
 }
@@ -355,6 +360,7 @@ async fn stats(State(state): State<Arc<AppState>>) -> Response {
         "dropped": state.dropped.load(Ordering::Relaxed),
         "hung": state.hung.load(Ordering::Relaxed),
         "faults": lock(&state.faults).clone(),
+        "prompt_cache": state.prompt_caches.stats(),
         "entra_tokens_issued": state.entra.count(),
         "credentials_served": state.credentials_served.load(Ordering::Relaxed),
         "batches": state.batches.stats(),
@@ -442,6 +448,7 @@ async fn run(options: Options) -> Result<(), Box<dyn Error>> {
     let shutdown = CancellationToken::new();
     let state = Arc::new(AppState {
         limiter: Limiter::new(options.rpm, options.tpm, options.window_secs),
+        prompt_caches: prompt_cache::PromptCaches::of(&options),
         options,
         next_id: AtomicU64::new(1),
         by_status: Mutex::new(BTreeMap::new()),

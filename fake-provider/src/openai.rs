@@ -9,6 +9,7 @@ use serde_json::{Value, json};
 use crate::flow::{Fault, Parsed, Reply};
 use crate::limits::{Admission, go_duration, openai_headers};
 use crate::options::Options;
+use crate::prompt_cache::Probe;
 use crate::{html, huge, json_response, malformed};
 
 fn error_response(status: StatusCode, message: &str, kind: &str, code: Value) -> Response {
@@ -44,14 +45,15 @@ pub fn check_auth(options: &Options, headers: &HeaderMap) -> Option<Response> {
     ))
 }
 
-pub fn text_of(content: Option<&Value>) -> &str {
+/// A content's text: the string, or its text parts one after the other.
+pub fn text_of(content: Option<&Value>) -> String {
     match content {
-        Some(Value::String(s)) => s,
+        Some(Value::String(s)) => s.clone(),
         Some(Value::Array(parts)) => parts
             .iter()
-            .find_map(|p| p.get("text").and_then(Value::as_str))
-            .unwrap_or(""),
-        _ => "",
+            .filter_map(|p| p.get("text").and_then(Value::as_str))
+            .collect(),
+        _ => String::new(),
     }
 }
 
@@ -86,14 +88,14 @@ pub fn parse(body: &[u8]) -> Result<Parsed, Box<Response>> {
         .rev()
         .find(|m| m.get("role").and_then(Value::as_str) == Some("user"))
         .map(|m| text_of(m.get("content")))
-        .unwrap_or("");
-    let prompt_chars: usize = messages
-        .iter()
-        .map(|m| text_of(m.get("content")).chars().count())
-        .sum();
+        .unwrap_or_default();
+    let texts: Vec<String> = messages.iter().map(|m| text_of(m.get("content"))).collect();
+    let prompt_chars: usize = texts.iter().map(|t| t.chars().count()).sum();
     Ok(Parsed {
+        // OpenAI caches every long prompt by itself, on its prefix.
+        probe: Probe::automatic(&texts.concat()),
         model: model.to_owned(),
-        last_user: last_user.to_owned(),
+        last_user,
         prompt_tokens: (prompt_chars / 4 + 4 * messages.len()).max(1) as u64,
         max_tokens: ["max_completion_tokens", "max_tokens"]
             .iter()

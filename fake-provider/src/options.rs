@@ -34,7 +34,15 @@ usage: batchyard-fake-provider [--addr 127.0.0.1:0] [--require-key KEY]
     message (or the x-fake-cached-tokens / x-fake-cache-write-tokens headers) make the usage
     report N prompt tokens read from / written to the cache (at most the prompt, reads first):
     openai prompt_tokens_details.cached_tokens (and cache_write_tokens), anthropic
-    cache_read_input_tokens / cache_creation_input_tokens beside the rest in input_tokens.";
+    cache_read_input_tokens / cache_creation_input_tokens beside the rest in input_tokens.
+  prompt cache (modelled, when no marker or header asks):
+            [--prompt-cache-ttl-secs F]  how long a cached prefix lives, refreshed on a read
+            (300, as Anthropic's and OpenAI's default; 0 turns the model off)
+            [--prompt-cache-min-tokens N]  the shortest cacheable prefix (1024)
+    anthropic, bedrock: prefixes ending at a block with cache_control (a cachePoint); the first call writes
+    (cache_creation_input_tokens), later ones within the TTL read (cache_read_input_tokens).
+    openai / azure: automatic, the longest cached prefix of 1024 + k * 128 tokens is read
+    (prompt_tokens_details.cached_tokens).";
 
 /// How latency is drawn; the median is `--latency-p50-ms` in each case.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -88,6 +96,9 @@ pub struct Options {
     pub skills: Vec<(String, f64)>,
     /// `--reply MODEL=TEXT` (repeatable): this model always answers TEXT.
     pub replies: Vec<(String, String)>,
+    /// How long a cached prompt prefix lives; zero turns the cache model off.
+    pub prompt_cache_ttl: Duration,
+    pub prompt_cache_min_tokens: u64,
     /// The `--batch-*` flags (see [`crate::batch::clock`]).
     pub batch: crate::batch::clock::BatchOptions,
 }
@@ -112,6 +123,8 @@ impl Default for Options {
             retry_after_secs: None,
             skills: Vec::new(),
             replies: Vec::new(),
+            prompt_cache_ttl: Duration::from_secs(300),
+            prompt_cache_min_tokens: 1024,
             batch: crate::batch::clock::BatchOptions::default(),
         }
     }
@@ -191,6 +204,13 @@ impl Options {
                     }
                 }
                 "--hang-secs" => options.hang = Duration::from_secs(value.parse()?),
+                "--prompt-cache-ttl-secs" => {
+                    options.prompt_cache_ttl = Duration::try_from_secs_f64(value.parse()?)
+                        .map_err(|_| format!("{name} must be a number of seconds, not {value}"))?;
+                }
+                "--prompt-cache-min-tokens" => {
+                    options.prompt_cache_min_tokens = positive(&name, &value)?;
+                }
                 "--retry-after-secs" => options.retry_after_secs = Some(value.parse()?),
                 "--skills" => options.skills = crate::skill::parse(&value)?,
                 "--reply" => match value.split_once('=') {

@@ -2,12 +2,15 @@
 stopped by PID), a minimal Redis client and throwaway redis-server, inputs and configs,
 `batchyard submit`, the release build."""
 
+import argparse
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 
 
@@ -42,7 +45,7 @@ TARGETS = {
     "B2s": "100%",
 }
 # What --only can pick (B1 also runs B1r, B4 and B1-diag; B6 also runs B6-c64).
-BENCH_IDS = ("B1", "B2", "B3", "B5", "B6", "B7")
+BENCH_IDS = ("B1", "B2", "B3", "B5", "B6", "B7", "B8")
 # B5, the routing benchmark, lives in benchlib/routing.py (see its docstring).
 SHM = "/dev/shm"  # B1-diag's tmpfs
 
@@ -437,3 +440,42 @@ def build():
     for path in (BATCHYARD, NOOP, FAKE):
         if not os.access(path, os.X_OK):
             raise BenchError(f"build produced no {path}")
+
+
+def verdict(ok):
+    """A B5 / B8 row's verdict word; `None`: reported only."""
+    return "n/a (reported)" if ok is None else ("PASS" if ok else "SHORT")
+
+
+def standalone(doc, bench_id, smoke_items, run_fn, splice_fn, smoke_note=""):
+    """`python3 -m benchlib.b5` / `benchlib.b8`: build, run `run_fn(workdir, smoke, items,
+    command)`, print its rows, splice them into BENCHMARKS.md with `--write`."""
+    ap = argparse.ArgumentParser(description=doc.split("\n", 1)[0])
+    ap.add_argument("--smoke", action="store_true", help=f"{smoke_items} items per run{smoke_note}; writes nothing")
+    ap.add_argument("--items", type=int, help="items per run (ad hoc: writes nothing unless --write)")
+    ap.add_argument("--no-build", action="store_true", help="use the release binaries already built")
+    ap.add_argument("--keep", action="store_true", help="keep the temp dir (logs, configs, outputs)")
+    ap.add_argument("--write", action="store_true", help=f"update {bench_id} in BENCHMARKS.md (not with --smoke)")
+    args = ap.parse_args()
+    workdir = tempfile.mkdtemp(prefix=f"batchyard-{bench_id.lower()}-")
+    try:
+        if not args.no_build:
+            build()
+        result = run_fn(workdir, args.smoke, args.items, f"python3 -m benchlib.{bench_id.lower()} --write")
+        for r in result["rows"]:
+            print(f"{r[0]:<4} {r[2]:<14} {r[3]:<70} {'(smoke)' if args.smoke else verdict(r[4])}\n     {r[1]}")
+        if args.write and not args.smoke:
+            splice_fn(result)
+            log(f"updated {bench_id} in {BENCH_MD}")
+        return 0
+    except BenchError as e:
+        log(f"FAILED: {e}")
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    finally:
+        PROCS.stop_all()
+        if args.keep:
+            log(f"kept {workdir}")
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)

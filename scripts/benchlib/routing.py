@@ -195,13 +195,22 @@ def read_lines(path):
 
 
 def run_one(workdir, scenario, mode, jsonl, n, timeout):
-    """Fresh redis and fake; submit; one worker until the batch is done; the output lines."""
+    """B5's run: its config on a fresh redis and fake with the models' skills."""
     name = f"b5-{scenario}-{mode}"
+    return run_batch(
+        workdir, name, jsonl, n, timeout, ["--skills", skills_arg()],
+        lambda redis_url, fake: write_config(workdir, name, redis_url, fake.base_url, mode),
+    )
+
+
+def run_batch(workdir, name, jsonl, n, timeout, fake_args, config_for):
+    """Fresh redis and fake (`fake_args`), the config `config_for(redis_url, fake)` writes;
+    submit; one worker until the batch is done; the output lines and the fake's /stats (B5, B8)."""
     server = common.RedisServer(workdir, name)
     fake = worker = None
     try:
-        fake = FakeProvider(workdir, name, ["--skills", skills_arg()])
-        config = write_config(workdir, name, server.url, fake.base_url, mode)
+        fake = FakeProvider(workdir, name, fake_args)
+        config = config_for(server.url, fake)
         base = [common.BATCHYARD, "--config", config]
         out = run_cmd(base + ["submit", jsonl, "--task", "answer", "--json"], workdir, f"{name}-submit", timeout)
         batch_id = json.loads(open(out).read().splitlines()[-1])["id"]
@@ -220,7 +229,7 @@ def run_one(workdir, scenario, mode, jsonl, n, timeout):
                 common.PROCS.forget(worker)
                 break
             if time.monotonic() > t0 + timeout:
-                raise common.BenchError(f"B5 {name}: not done within {timeout:.0f} s ({st}, {done} completed, {failed} failed)")
+                raise common.BenchError(f"{name}: not done within {timeout:.0f} s ({st}, {done} completed, {failed} failed)")
             if time.monotonic() - last >= 10:
                 common.log(f"  ... {int(done or 0) + int(failed or 0):,}/{n:,} settled, state {st}")
                 last = time.monotonic()
@@ -228,15 +237,16 @@ def run_one(workdir, scenario, mode, jsonl, n, timeout):
         secs = time.monotonic() - t0
         st = server.client.cmd("HGET", key, "state")
         if worker.returncode != 0:
-            raise common.BenchError(f"B5 {name}: the worker exited {worker.returncode}:\n{common.tail(log_path)}")
+            raise common.BenchError(f"{name}: the worker exited {worker.returncode}:\n{common.tail(log_path)}")
         if st not in ("completed", "failed"):
-            raise common.BenchError(f"B5 {name}: the worker exited but the batch is {st!r}:\n{common.tail(log_path)}")
+            raise common.BenchError(f"{name}: the worker exited but the batch is {st!r}:\n{common.tail(log_path)}")
         ok_lines = read_lines(run_cmd(base + ["results", batch_id], workdir, f"{name}-out", timeout))
         err_lines = read_lines(run_cmd(base + ["results", batch_id, "--errors"], workdir, f"{name}-err", timeout))
         status = json.loads(open(run_cmd(base + ["status", batch_id, "--json"], workdir, f"{name}-status", timeout)).read().splitlines()[-1])
-        calls = fake.stats().get("requests", 0)
-        common.log(f"B5 {name}: {len(ok_lines):,} passed, {len(err_lines):,} failed of {n:,} in {secs:.1f} s; {calls:,} calls")
-        return {"ok": ok_lines, "err": err_lines, "status": status, "secs": secs, "calls": calls}
+        stats = fake.stats()
+        calls = stats.get("requests", 0)
+        common.log(f"{name}: {len(ok_lines):,} passed, {len(err_lines):,} failed of {n:,} in {secs:.1f} s; {calls:,} calls")
+        return {"ok": ok_lines, "err": err_lines, "status": status, "secs": secs, "calls": calls, "fake": stats}
     finally:
         if worker is not None:
             common.PROCS.stop(worker)
@@ -441,8 +451,7 @@ def splice_markdown(path, result):
         f.write("\n".join(lines).rstrip() + "\n")
 
 
-def verdict(ok):
-    return "n/a (reported)" if ok is None else ("PASS" if ok else "SHORT")
+verdict = common.verdict
 
 
 # ---------------------------------------------------------------------------------------------
@@ -480,4 +489,3 @@ def run(workdir, smoke=False, items=None, command="scripts/bench --only B5"):
     result = {"rows": rows(summaries), "summaries": summaries, "window": window, "command": command}
     print("\n".join(curve_table(summaries, window)))
     return result
-

@@ -166,6 +166,7 @@ fn explain(plan: &Plan, states: &BTreeMap<String, String>) -> Value {
                 "tier": c.model.tier,
                 "state": states.get(&c.model.key),
                 "prompt_tokens": c.prompt_tokens,
+                "cached_prompt_tokens": c.cached_prompt_tokens,
                 "max_output_tokens": c.max_output_tokens,
                 "call_cost_usd": c.call_cost_usd,
                 "worst_case_usd": c.worst_case_usd,

@@ -278,6 +278,7 @@ pub(super) fn tasks(raw: &RawConfig, base_dir: &Path) -> Result<Vec<TaskSpec>, B
             max_output_tokens: t.max_output_tokens,
             response_format: format,
             validators,
+            prompt_cache: t.prompt_cache,
         });
     }
     Ok(tasks)

@@ -90,6 +90,7 @@ pub fn tasks() -> Vec<(String, RawTask)> {
                 max_output_tokens: Some(300),
                 response_format: None,
                 validate: None,
+                prompt_cache: Default::default(),
             },
         ),
         (
@@ -102,6 +103,7 @@ pub fn tasks() -> Vec<(String, RawTask)> {
                 max_output_tokens: Some(50),
                 response_format: None,
                 validate: None,
+                prompt_cache: Default::default(),
             },
         ),
         (
@@ -114,6 +116,7 @@ pub fn tasks() -> Vec<(String, RawTask)> {
                 max_output_tokens: Some(500),
                 response_format: None,
                 validate: None,
+                prompt_cache: Default::default(),
             },
         ),
     ]

@@ -213,6 +213,10 @@ pub struct RawTask {
     /// Checks each answer must pass (json_schema, regex, min/max_chars, finish_reason,
     /// refusal_patterns, command).
     pub validate: Option<batchyard_workers::catalog::validate::ValidateConfig>,
+    /// `"auto"` (default): a cache point after a static prefix of 1024+ estimated tokens;
+    /// `"off"`: none.
+    #[serde(default)]
+    pub prompt_cache: batchyard_workers::catalog::prompt_cache::PromptCacheMode,
 }
 
 /// `[pipelines.<name>]`: a recurring batch over a folder or object-store prefix.

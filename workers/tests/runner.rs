@@ -66,6 +66,7 @@ fn rig() -> Rig {
             max_output_tokens: Some(20),
             response_format: None,
             validators: None,
+            prompt_cache: Default::default(),
         }],
         providers,
     )

@@ -1,6 +1,7 @@
 //! The model catalog and the tasks: what can be called, at what price, for which work.
 //!
 //! - [`cost`]: what one answer costs at a model's prices, cached input included.
+//! - [`prompt_cache`]: cache points after a task's long static prefix (`prompt_cache = "auto"`).
 //! - [`shipped`]: the model catalog batchyard ships (prices, context, capabilities, a
 //!   suggested tier), which a config's models may name instead of typing prices.
 //! - [`tokens`]: prompt token estimates (tiktoken per model family, calibrated fallback).
@@ -10,6 +11,7 @@
 //! May use: `provider`. Used by every wing above it.
 
 pub mod cost;
+pub mod prompt_cache;
 pub mod shipped;
 pub mod tokens;
 pub mod validate;
@@ -70,6 +72,8 @@ pub struct TaskSpec {
     /// Checks an answer must pass; a failure escalates to the next candidate model. `None`
     /// when the task declares no `[tasks.<name>.validate]`.
     pub validators: Option<Arc<crate::catalog::validate::Validators>>,
+    /// `auto`: a cache point after a long enough static prefix (see [`prompt_cache`]).
+    pub prompt_cache: prompt_cache::PromptCacheMode,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -91,6 +95,8 @@ pub struct Catalog {
     providers: BTreeMap<String, Arc<Provider>>,
     provider_limits: BTreeMap<String, (Option<u32>, Option<u64>)>,
     templates: minijinja::Environment<'static>,
+    /// Per task with `prompt_cache = "auto"`: where its static prefix ends.
+    cache_plans: BTreeMap<String, prompt_cache::CachePlan>,
 }
 
 impl std::fmt::Debug for Catalog {
@@ -129,7 +135,16 @@ impl Catalog {
                     })?;
             }
         }
+        let cache_plans = tasks
+            .iter()
+            .filter(|t| t.prompt_cache == prompt_cache::PromptCacheMode::Auto)
+            .map(|t| {
+                let plan = prompt_cache::CachePlan::of(t.system.as_deref(), &t.prompt);
+                (t.key.clone(), plan)
+            })
+            .collect();
         Ok(Self {
+            cache_plans,
             models: models
                 .into_iter()
                 .map(|m| (m.key.clone(), Arc::new(m)))
@@ -201,12 +216,19 @@ impl Catalog {
                 reason: e.to_string(),
             })
         };
+        let system = match task.system {
+            Some(_) => Some(render(format!("{task_key}.system"))?),
+            None => None,
+        };
+        let prompt = render(format!("{task_key}.prompt"))?;
+        let (system, prompt) = match self.cache_plans.get(task_key) {
+            Some(plan) => plan.contents(system, prompt),
+            None => (system.map(Value::String), Value::String(prompt)),
+        };
         let mut messages = Vec::with_capacity(2);
-        if task.system.is_some() {
-            let system = render(format!("{task_key}.system"))?;
+        if let Some(system) = system {
             messages.push(json!({"role": "system", "content": system}));
         }
-        let prompt = render(format!("{task_key}.prompt"))?;
         messages.push(json!({"role": "user", "content": prompt}));
         let mut body = Map::new();
         body.insert("model".into(), Value::String(format!("task:{task_key}")));

@@ -12,6 +12,8 @@
 //!   per deployment, `api-key` or Entra ID auth).
 //! - [`batch`]: the providers' batch APIs (the offload lane), for the kinds that have one.
 //! - [`simulated`]: built in, deterministic, labelled in every output; no account needed.
+//! - [`cache_point`]: cache points in an OpenAI-shaped body (parts with `cache_control`),
+//!   and the flattening for the kinds that cache by themselves.
 //! - `shape`: the OpenAI chat completion the other kinds answer with, and the parts of an
 //!   OpenAI tool call they send on.
 //! - `http`: what the HTTP kinds share: one `Endpoint` (client, headers, key, POST), capped
@@ -24,6 +26,7 @@ pub mod anthropic;
 pub mod azure_openai;
 pub mod batch;
 pub mod bedrock;
+pub mod cache_point;
 pub mod gemini;
 mod http;
 pub mod openai;

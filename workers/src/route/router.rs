@@ -16,6 +16,7 @@ use batchyard_jobs::job::{Job, Route};
 use serde::Serialize;
 use serde_json::{Map, Value};
 
+use crate::catalog::prompt_cache::cached_prefix;
 use crate::catalog::tokens::{
     TokenEstimator, completions_per_call, count_value, rough_prompt_tokens,
 };
@@ -67,8 +68,16 @@ pub struct Candidate {
     /// The output allowance: what a call may produce at most, over all the choices it asks for
     /// (`n`).
     pub max_output_tokens: u64,
-    /// Expected cost of one call (half the output allowance assumed).
+    /// Expected cost of one call (half the output allowance assumed), with the body's cached
+    /// prefix read from a warm prompt cache.
     pub call_cost_usd: f64,
+    /// Prompt tokens expected from the provider's prompt cache when it is warm: the prefix
+    /// up to the body's cache point (0 without one).
+    pub cached_prompt_tokens: u64,
+    /// [`Self::call_cost_usd`] with no cache involved.
+    pub uncached_call_cost_usd: f64,
+    /// [`Self::call_cost_usd`] for the call that writes the cache (the first per model).
+    pub cold_call_cost_usd: f64,
     /// Worst-case cost of one call: what a budget reserves.
     pub worst_case_usd: f64,
     pub pass: PassEstimate,
@@ -201,6 +210,7 @@ impl Router {
         let output = requested_output_tokens(body, task).unwrap_or(DEFAULT_OUTPUT_TOKENS);
         let completions = completions_per_call(body);
         let bucket = length_bucket(rough_prompt_tokens(body));
+        let prefix = cached_prefix(body);
         let learns = task.is_some_and(|t| t.validators.is_some());
         let estimates = match task.filter(|_| learns) {
             Some(t) => {
@@ -222,12 +232,25 @@ impl Router {
                     .max_output_tokens
                     .map_or(output, |cap| output.min(u64::from(cap)))
                     .saturating_mul(completions);
-                // The expected cost assumes no prompt-cache hit (cache-aware estimates are
-                // future work); the worst case, which budget reservations hold, also covers
-                // a cache write priced above plain input.
+                // A body with a cache point is one of many items sharing its prefix: the
+                // expected cost reads it from a warm cache (the one write per model is the
+                // estimate's to add). The worst case, which budget reservations hold, also
+                // covers a cache write priced above plain input.
+                let cached = prefix.map_or(0, |p| p.tokens().min(prompt));
+                let half = output.div_ceil(2);
+                let with = |cached_input, cache_write_input| {
+                    model.cost_usd(TokenCounts {
+                        input: prompt,
+                        cached_input,
+                        cache_write_input,
+                        output: half,
+                    })
+                };
                 Candidate {
-                    call_cost_usd: model
-                        .cost_usd(TokenCounts::uncached(prompt, output.div_ceil(2))),
+                    call_cost_usd: with(cached, 0),
+                    cached_prompt_tokens: cached,
+                    uncached_call_cost_usd: with(0, 0),
+                    cold_call_cost_usd: with(0, cached),
                     worst_case_usd: model.worst_case_usd(prompt, output),
                     model: Arc::clone(model),
                     prompt_tokens: prompt,

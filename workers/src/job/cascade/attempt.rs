@@ -95,10 +95,16 @@ impl Cascade {
         };
         let limits = self.catalog.provider_limits(&model.provider);
         let estimate = cand.prompt_tokens.saturating_add(cand.max_output_tokens);
+        // Behind the call warming this prompt's cached prefix on this model, if one is in flight.
+        let mut warming = self.warmth.enter(&model.key, &job.body).await;
         let outcome = self
             .guards
             .call_model(&self.retry, provider, model, limits, call, estimate)
             .await;
+        if matches!(outcome, ModelOutcome::Answer { .. }) {
+            warming.warmed();
+        }
+        drop(warming);
         let result = match outcome {
             ModelOutcome::Unavailable(state) => {
                 self.commit(job, reserved, 0.0, run).await;

@@ -9,6 +9,8 @@
 //! - `verdict`: the checks on an answer, and what a passed or failed check makes of the run.
 //! - `unavailable`: when every adequate model is cooling down or paused.
 //! - `decision`: what the runner gets back.
+//! - `warm`: cache-warm dispatch: the first call for a (model, cached prefix) goes alone, the
+//!   rest follow it, so the provider's prompt cache is written once and then read.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,6 +23,7 @@ mod attempt;
 mod decision;
 mod unavailable;
 mod verdict;
+mod warm;
 
 pub(crate) use decision::Decision;
 
@@ -45,6 +48,8 @@ pub(crate) struct Cascade {
     budget: Budget,
     retry: RetryPolicy,
     options: Limits,
+    /// Which cached prefixes this worker has warmed (cache-warm dispatch).
+    warmth: warm::Warmth,
 }
 
 /// The job-level limits a cascade keeps to (the runner's options say what each means).
@@ -129,6 +134,7 @@ impl Cascade {
             budget,
             retry,
             options,
+            warmth: warm::Warmth::default(),
         }
     }
 

@@ -37,9 +37,9 @@ pub fn messages_body(call: ChatCall<'_>) -> Result<Map<String, Value>, ProviderE
         .unwrap_or(FALLBACK_MAX_TOKENS);
     out.insert("max_tokens".into(), Value::from(max_tokens));
 
-    let mut system: Vec<String> = Vec::new();
+    let mut system: Vec<Value> = Vec::new();
     if let Some(Value::String(s)) = body.get("system") {
-        system.push(s.clone());
+        system.push(text_block(s));
     }
     let mut turns: Vec<(String, Value)> = Vec::new();
     let messages = match body.get("messages") {
@@ -50,12 +50,7 @@ pub fn messages_body(call: ChatCall<'_>) -> Result<Map<String, Value>, ProviderE
         let role = message.get("role").and_then(Value::as_str).unwrap_or("");
         let content = message.get("content");
         match role {
-            "system" | "developer" => {
-                let text = plain_text(content);
-                if !text.is_empty() {
-                    system.push(text);
-                }
-            }
+            "system" | "developer" => system.extend(system_blocks(content)),
             "user" => push_turn(&mut turns, "user", user_content(content, i)?),
             "assistant" => push_turn(&mut turns, "assistant", assistant_content(message, i)?),
             "tool" => {
@@ -84,10 +79,10 @@ pub fn messages_body(call: ChatCall<'_>) -> Result<Map<String, Value>, ProviderE
         ));
     }
     if let Some(instruction) = response_format_instruction(body.get("response_format"))? {
-        system.push(instruction);
+        system.push(text_block(&instruction));
     }
-    if !system.is_empty() {
-        out.insert("system".into(), Value::String(system.join("\n\n")));
+    if let Some(system) = system_value(system) {
+        out.insert("system".into(), system);
     }
     let turns = turns
         .into_iter()
@@ -134,6 +129,58 @@ pub fn messages_body(call: ChatCall<'_>) -> Result<Map<String, Value>, ProviderE
     Ok(out)
 }
 
+fn text_block(text: &str) -> Value {
+    json!({"type": "text", "text": text})
+}
+
+/// A system message's text as blocks: with a cache point, one per text part, each keeping its
+/// `cache_control`; else one block of its text (parts joined by a newline, as before).
+fn system_blocks(content: Option<&Value>) -> Vec<Value> {
+    let parts = match content {
+        Some(Value::Array(parts)) if parts.iter().any(|p| p.get("cache_control").is_some()) => {
+            parts.as_slice()
+        }
+        other => {
+            let text = plain_text(other);
+            return if text.is_empty() {
+                Vec::new()
+            } else {
+                vec![text_block(&text)]
+            };
+        }
+    };
+    parts
+        .iter()
+        .filter_map(|p| {
+            let text = p
+                .get("text")
+                .and_then(Value::as_str)
+                .filter(|t| !t.is_empty())?;
+            let mut block = text_block(text);
+            if let Some(point) = p.get("cache_control") {
+                block["cache_control"] = point.clone();
+            }
+            Some(block)
+        })
+        .collect()
+}
+
+/// The top-level `system`: one string (blank lines between the parts) unless a part carries
+/// a cache point, which only an array of blocks can say where it goes.
+fn system_value(blocks: Vec<Value>) -> Option<Value> {
+    if blocks.is_empty() {
+        return None;
+    }
+    if blocks.iter().any(|b| b.get("cache_control").is_some()) {
+        return Some(Value::Array(blocks));
+    }
+    let texts: Vec<&str> = blocks
+        .iter()
+        .filter_map(|b| b.get("text").and_then(Value::as_str))
+        .collect();
+    Some(Value::String(texts.join("\n\n")))
+}
+
 /// Appends `content` as a turn of `role`, merging it into the previous turn of the same role.
 fn push_turn(turns: &mut Vec<(String, Value)>, role: &str, content: Value) {
     if let Some((last_role, last)) = turns.last_mut()
@@ -174,10 +221,14 @@ fn user_content(content: Option<&Value>, i: usize) -> Result<Value, ProviderErro
 fn content_part(part: &Value, i: usize) -> Result<Value, ProviderError> {
     let kind = part.get("type").and_then(Value::as_str).unwrap_or("");
     match kind {
-        "text" => Ok(json!({
-            "type": "text",
-            "text": part.get("text").and_then(Value::as_str).unwrap_or(""),
-        })),
+        "text" => {
+            let mut block = text_block(part.get("text").and_then(Value::as_str).unwrap_or(""));
+            // A cache point after this text (the shared convention), as the Messages API has it.
+            if let Some(point) = part.get("cache_control") {
+                block["cache_control"] = point.clone();
+            }
+            Ok(block)
+        }
         "image_url" => {
             let url = part
                 .get("image_url")
@@ -409,5 +460,33 @@ mod tests {
             let err = map(bad, None).unwrap_err();
             assert_eq!(err.kind, ProviderErrorKind::InvalidRequest, "{bad}");
         }
+    }
+
+    #[test]
+    fn cache_points_become_blocks_with_cache_control() {
+        let point = json!({"type": "ephemeral"});
+        let out = map(
+            r#"{"messages":[
+                {"role":"system","content":[{"type":"text","text":"Long rules.","cache_control":{"type":"ephemeral"}}]},
+                {"role":"user","content":[{"type":"text","text":"Head: ","cache_control":{"type":"ephemeral"}},
+                                          {"type":"text","text":"the doc"}]}]}"#,
+            None,
+        )
+        .unwrap();
+        assert_eq!(
+            out["system"],
+            json!([{"type": "text", "text": "Long rules.", "cache_control": point}])
+        );
+        let content = &out["messages"][0]["content"];
+        assert_eq!(content[0]["cache_control"], point);
+        assert_eq!(content[1], json!({"type": "text", "text": "the doc"}));
+        // Without a point the system stays one string.
+        let out = map(
+            r#"{"messages":[{"role":"system","content":[{"type":"text","text":"a"},{"type":"text","text":"b"}]},
+                {"role":"user","content":"x"}]}"#,
+            None,
+        )
+        .unwrap();
+        assert_eq!(out["system"], "a\nb");
     }
 }

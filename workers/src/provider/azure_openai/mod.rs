@@ -331,6 +331,23 @@ mod tests {
     }
 
     #[test]
+    fn cache_points_reach_the_deployment_flattened() {
+        // Azure caches long prefixes by itself, as OpenAI: the body it gets has plain text.
+        let body: serde_json::Map<String, serde_json::Value> = serde_json::from_value(
+            serde_json::json!({"messages": [{"role": "user", "content": [
+                {"type": "text", "text": "Head: ", "cache_control": {"type": "ephemeral"}},
+                {"type": "text", "text": "doc"}]}]}),
+        )
+        .unwrap();
+        let out = openai::request_body(ChatCall {
+            model_name: "mini-deploy",
+            body: &body,
+            default_max_tokens: None,
+        });
+        assert_eq!(out["messages"][0]["content"], "Head: doc");
+    }
+
+    #[test]
     fn the_url_names_the_deployment_and_the_version() {
         for base in [
             "https://myres.openai.azure.com",

@@ -27,7 +27,9 @@ fn refuse(message: impl Into<String>) -> ProviderError {
 
 /// The `generateContent` request for `call`, or why it cannot be expressed.
 pub fn generate_body(call: ChatCall<'_>) -> Result<Map<String, Value>, ProviderError> {
-    let body = call.body;
+    // Gemini caches long prefixes by itself: cache points go, their parts joined back.
+    let flat = crate::provider::cache_point::flattened_body(call.body);
+    let body = flat.as_ref().unwrap_or(call.body);
     let messages = match body.get("messages") {
         Some(Value::Array(m)) => m.as_slice(),
         _ => return Err(refuse("the request body has no `messages` array")),
@@ -211,6 +213,32 @@ mod tests {
             body: &body,
             default_max_tokens: default_max,
         })
+    }
+
+    #[test]
+    fn cache_points_are_flattened_away() {
+        let out = map(
+            r#"{"messages":[
+                {"role":"system","content":[{"type":"text","text":"Rules ","cache_control":{"type":"ephemeral"}},
+                  {"type":"text","text":"in fr"}]},
+                {"role":"user","content":[{"type":"text","text":"Head: ","cache_control":{"type":"ephemeral"}},
+                  {"type":"text","text":"doc"}]}]}"#,
+            None,
+        )
+        .unwrap();
+        assert_eq!(
+            out["systemInstruction"],
+            json!({"parts": [{"text": "Rules in fr"}]})
+        );
+        assert_eq!(
+            out["contents"][0],
+            json!({"role":"user","parts":[{"text":"Head: doc"}]})
+        );
+        assert!(
+            !serde_json::to_string(&out)
+                .unwrap()
+                .contains("cache_control")
+        );
     }
 
     #[test]

@@ -119,7 +119,9 @@ impl OpenAiProvider {
 /// The body sent: the caller's, with `model` set and `max_tokens` defaulted. Also the body
 /// of the `azure_openai` kind.
 pub(super) fn request_body(call: ChatCall<'_>) -> Map<String, Value> {
-    let mut body = call.body.clone();
+    // OpenAI caches long prefixes by itself: cache points go, their parts joined back.
+    let mut body = crate::provider::cache_point::flattened_body(call.body)
+        .unwrap_or_else(|| call.body.clone());
     body.insert(
         "model".to_owned(),
         Value::String(call.model_name.to_owned()),
@@ -313,6 +315,29 @@ mod tests {
             default_max_tokens: Some(64),
         });
         assert!(!out.contains_key("max_tokens"));
+    }
+
+    #[test]
+    fn cache_points_are_flattened_away() {
+        let body: Map<String, Value> = serde_json::from_value(serde_json::json!({"messages": [
+            {"role": "system", "content": [
+                {"type": "text", "text": "Rules.", "cache_control": {"type": "ephemeral"}}]},
+            {"role": "user", "content": [
+                {"type": "text", "text": "Head: ", "cache_control": {"type": "ephemeral"}},
+                {"type": "text", "text": "doc"}]}]}))
+        .unwrap();
+        let out = request_body(ChatCall {
+            model_name: "gpt-x",
+            body: &body,
+            default_max_tokens: None,
+        });
+        assert_eq!(out["messages"][0]["content"], "Rules.");
+        assert_eq!(out["messages"][1]["content"], "Head: doc");
+        assert!(
+            !serde_json::to_string(&out)
+                .unwrap()
+                .contains("cache_control")
+        );
     }
 
     #[test]

@@ -96,6 +96,12 @@ impl SimulatedProvider {
 
     /// The synchronous core of [`Self::complete`], without the latency.
     pub fn complete_now(&self, call: ChatCall<'_>) -> Completion {
+        // No prompt cache here: a body with cache points answers as the same body without.
+        let flat = crate::provider::cache_point::flattened_body(call.body);
+        let call = ChatCall {
+            body: flat.as_ref().unwrap_or(call.body),
+            ..call
+        };
         let hash = request_hash(self.config.seed, call.model_name, call.body);
         let input = InputStats::of(call.body);
         let natural = self
@@ -263,6 +269,25 @@ mod tests {
             body,
             default_max_tokens: None,
         }
+    }
+
+    #[test]
+    fn cache_points_answer_as_the_plain_body() {
+        let p = SimulatedProvider::new(SimulatedConfig::default());
+        let plain = p.complete_now(ChatCall {
+            model_name: "m",
+            body: &body(json!({"messages":[{"role":"user","content":"Head: the doc"}]})),
+            default_max_tokens: None,
+        });
+        let parts = p.complete_now(ChatCall {
+            model_name: "m",
+            body: &body(json!({"messages":[{"role":"user","content":[
+                {"type":"text","text":"Head: ","cache_control":{"type":"ephemeral"}},
+                {"type":"text","text":"the doc"}]}]})),
+            default_max_tokens: None,
+        });
+        assert_eq!(plain.body, parts.body);
+        assert_eq!(plain.input_tokens, parts.input_tokens);
     }
 
     #[test]
