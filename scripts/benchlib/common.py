@@ -45,7 +45,7 @@ TARGETS = {
     "B2s": "100%",
 }
 # What --only can pick (B1 also runs B1r, B4 and B1-diag; B6 also runs B6-c64).
-BENCH_IDS = ("B1", "B2", "B3", "B5", "B6", "B7", "B8")
+BENCH_IDS = ("B1", "B2", "B3", "B5", "B6", "B7", "B9")
 # B5, the routing benchmark, lives in benchlib/routing.py (see its docstring).
 SHM = "/dev/shm"  # B1-diag's tmpfs
 
@@ -443,12 +443,12 @@ def build():
 
 
 def verdict(ok):
-    """A B5 / B8 row's verdict word; `None`: reported only."""
+    """A B5 / B9 row's verdict word; `None`: reported only."""
     return "n/a (reported)" if ok is None else ("PASS" if ok else "SHORT")
 
 
 def standalone(doc, bench_id, smoke_items, run_fn, splice_fn, smoke_note=""):
-    """`python3 -m benchlib.b5` / `benchlib.b8`: build, run `run_fn(workdir, smoke, items,
+    """`python3 -m benchlib.b5` / `benchlib.b9`: build, run `run_fn(workdir, smoke, items,
     command)`, print its rows, splice them into BENCHMARKS.md with `--write`."""
     ap = argparse.ArgumentParser(description=doc.split("\n", 1)[0])
     ap.add_argument("--smoke", action="store_true", help=f"{smoke_items} items per run{smoke_note}; writes nothing")

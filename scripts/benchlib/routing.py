@@ -205,7 +205,7 @@ def run_one(workdir, scenario, mode, jsonl, n, timeout):
 
 def run_batch(workdir, name, jsonl, n, timeout, fake_args, config_for):
     """Fresh redis and fake (`fake_args`), the config `config_for(redis_url, fake)` writes;
-    submit; one worker until the batch is done; the output lines and the fake's /stats (B5, B8)."""
+    submit; one worker until the batch is done; the output lines and the fake's /stats (B5, B9)."""
     server = common.RedisServer(workdir, name)
     fake = worker = None
     try:

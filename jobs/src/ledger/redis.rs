@@ -7,6 +7,7 @@
 //! `replay_id` names the last replay that reopened the batch.
 
 mod budget;
+mod lease;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -180,25 +181,6 @@ fn state_stamp_field(state: BatchState) -> Option<&'static str> {
         BatchState::Finalizing => Some("finalizing_at"),
         s if s.is_terminal() => Some("completed_at"),
         _ => None,
-    }
-}
-
-impl RedisLedger {
-    /// Takes the lease at `key`, or extends it when this owner already holds it.
-    async fn lease(&self, key: &str, owner: &str, ttl: Duration) -> Result<bool, QueueError> {
-        let mut conn = self.conn.clone();
-        let held: i64 = Script::new(
-            "if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return 1 end \
-             if redis.call('GET', KEYS[1]) == ARGV[1] then \
-               redis.call('PEXPIRE', KEYS[1], ARGV[2]) return 1 end \
-             return 0",
-        )
-        .key(key)
-        .arg(owner)
-        .arg(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX))
-        .invoke_async(&mut conn)
-        .await?;
-        Ok(held == 1)
     }
 }
 

@@ -12,6 +12,7 @@ use batchyard_jobs::retry::Retryable as _;
 use super::verdict::{from_cache, step, to_cache};
 use super::{Cascade, Decision, Next, Run, Walk};
 use crate::call::ModelOutcome;
+use crate::call::health::ModelState;
 use crate::call::retry::backoff_delay;
 use crate::catalog::{ModelSpec, TokenCounts};
 use crate::job::budget::{self, Reserve};
@@ -32,22 +33,8 @@ impl Cascade {
     ) -> Result<(Completion, Origin), Next> {
         let model = &cand.model;
         let job = walk.job;
-        if let Some(pre) = job.prefetched.as_ref().filter(|p| p.model == model.key) {
-            match batch_answer(pre, &job.body) {
-                Ok(done) => return Ok((done, Origin::Batch)),
-                Err(e) if !e.is_retryable() => {
-                    return Err(self.failed(walk, model, e, has_next, run).await);
-                }
-                // A passing fault inside the provider batch: this turn runs real-time.
-                Err(e) => {
-                    tracing::debug!(model = %model.key, error = %e, "batch answer unusable; calling")
-                }
-            }
-        } else if job.offloaded_to.contains(&model.key) {
-            // A provider batch of an earlier wave already answered this model's turn.
-            return Err(Next::Continue);
-        } else if walk.offload && model.batch.is_some() {
-            return Err(Next::end(self.park(job, &model.key, run.take())));
+        if let Some(turn) = self.batch_turn(walk, model, has_next, run).await {
+            return turn;
         }
         let call = ChatCall {
             model_name: &model.name,
@@ -152,6 +139,39 @@ impl Cascade {
         }
     }
 
+    /// The offload lane's part of a turn: a provider batch's answer for this model, a turn
+    /// an earlier wave already took, or parking for the next wave. `None`: call as usual.
+    async fn batch_turn(
+        &self,
+        walk: &mut Walk<'_>,
+        model: &ModelSpec,
+        has_next: bool,
+        run: &mut Run,
+    ) -> Option<Result<(Completion, Origin), Next>> {
+        let job = walk.job;
+        if let Some(pre) = job.prefetched.as_ref().filter(|p| p.model == model.key) {
+            return match batch_answer(pre, &job.body) {
+                Ok(done) => Some(Ok((done, Origin::Batch))),
+                Err(e) if !e.is_retryable() => {
+                    Some(Err(self.failed(walk, model, e, has_next, run).await))
+                }
+                // A passing fault inside the provider batch: this turn runs real-time.
+                Err(e) => {
+                    tracing::debug!(model = %model.key, error = %e, "batch answer unusable; calling");
+                    None
+                }
+            };
+        }
+        if job.offloaded_to.contains(&model.key) {
+            // A provider batch of an earlier wave already answered this model's turn.
+            return Some(Err(Next::Continue));
+        }
+        if walk.offload && model.batch.is_some() {
+            return Some(Err(Next::end(self.park(job, &model.key, run.take()))));
+        }
+        None
+    }
+
     /// A call that failed after its in-place retries: escalate, retry later, or stop.
     async fn failed(
         &self,
@@ -209,7 +229,23 @@ impl Cascade {
         if fall_back && has_next {
             tracing::info!(model = %model.key, kind = e.kind.code(), "falling back to the next candidate");
             crate::metrics::fell_back(&model.key, e.kind.code());
-            walk.last_error = Some(e);
+            // Unavailable, not failed: if no later candidate answers either, the item waits
+            // for this model as it would for a paused or cooling one, and does not end.
+            let now = batchyard_jobs::batch::now_millis();
+            let state = match e.kind {
+                ProviderErrorKind::RateLimited => ModelState::CoolingDown {
+                    until_ms: now
+                        + u64::try_from(
+                            e.retry_after.unwrap_or(Duration::from_secs(1)).as_millis(),
+                        )
+                        .unwrap_or(u64::MAX / 2),
+                },
+                _ => ModelState::Paused {
+                    reason: format!("{}: {}", e.kind.code(), e.message),
+                    since_ms: now,
+                },
+            };
+            walk.unavailable.add(&model.key, state);
             return Next::Continue;
         }
         if escalate && has_next {

@@ -1,11 +1,11 @@
-"""B8: prompt caching on a routing workload. B5's cascade (learned routing, a validator) with a
+"""B9: prompt caching on a routing workload. B5's cascade (learned routing, a validator) with a
 2,500-token shared system prompt, on fakes of the `anthropic` and `bedrock` kinds (explicit cache
 points) and the `openai` kind (automatic caching), priced at the shipped catalog's real prices (cached
 input, cache writes), once with `prompt_cache = "off"` and once `"auto"`.
 
-    scripts/bench --only B8            # updates only B8 in BENCHMARKS.md
-    scripts/bench --only B8 --smoke    # the anthropic kind, 30 items a run; writes nothing
-    cd scripts && python3 -B -m benchlib.b8 [--smoke] [--items N] [--no-build] [--keep] [--write]
+    scripts/bench --only B9            # updates only B9 in BENCHMARKS.md
+    scripts/bench --only B9 --smoke    # the anthropic kind, 30 items a run; writes nothing
+    cd scripts && python3 -B -m benchlib.b9 [--smoke] [--items N] [--no-build] [--keep] [--write]
 
 Each run: a fresh redis-server and `batchyard-fake-provider --skills ... --latency-ms 100
 --prompt-cache-ttl-secs 300` (its TTL prompt cache: a written prefix is readable once its
@@ -58,7 +58,7 @@ KINDS = {
     ],
 }
 MODES = ("off", "auto")
-SECTION = "## Prompt caching (B8)"
+SECTION = "## Prompt caching (B9)"
 SHIPPED = os.path.join(common.ROOT, "workers", "src", "catalog", "shipped.toml")
 
 
@@ -103,7 +103,7 @@ def oracle(kind, items):
 
 
 # The bedrock fake checks SigV4 with this key (test values, named by the provider's *_env).
-BEDROCK_KEY = ("AKIDB8BENCH", "b8-bench-secret")
+BEDROCK_KEY = ("AKIDB9BENCH", "b9-bench-secret")
 
 
 def base_url_of(kind, fake):
@@ -113,10 +113,10 @@ def base_url_of(kind, fake):
 def provider_toml(kind, base_url):
     if kind != "bedrock":
         return f'[providers.fake]\nkind = "{kind}"\nbase_url = "{base_url}"\n'
-    os.environ["B8_AWS_KEY_ID"], os.environ["B8_AWS_SECRET"] = BEDROCK_KEY
+    os.environ["B9_AWS_KEY_ID"], os.environ["B9_AWS_SECRET"] = BEDROCK_KEY
     return (
         f'[providers.fake]\nkind = "bedrock"\nbase_url = "{base_url}"\nregion = "us-east-1"\n'
-        'access_key_id_env = "B8_AWS_KEY_ID"\nsecret_access_key_env = "B8_AWS_SECRET"\n'
+        'access_key_id_env = "B9_AWS_KEY_ID"\nsecret_access_key_env = "B9_AWS_SECRET"\n'
     )
 
 
@@ -141,7 +141,7 @@ def write_config(workdir, name, redis_url, kind, base_url, mode):
 
 
 def run_one(workdir, kind, mode, jsonl, n, timeout):
-    name = f"b8-{kind}-{mode}"
+    name = f"b9-{kind}-{mode}"
     skills = ",".join(f"{key}={skill}" for (key, _, _), skill in zip(KINDS[kind], SKILLS))
     args = ["--skills", skills, "--latency-ms", str(LATENCY_MS), "--prompt-cache-ttl-secs", str(TTL_SECS)]
     if kind == "bedrock":
@@ -170,11 +170,11 @@ def run_one(workdir, kind, mode, jsonl, n, timeout):
     }
 
 
-def run(workdir, smoke=False, items=None, command="scripts/bench --only B8"):
+def run(workdir, smoke=False, items=None, command="scripts/bench --only B9"):
     n = items or (SMOKE_ITEMS if smoke else ITEMS)
     timeout = 120.0 + n * 0.3
     items_ = routing.dataset("invisible", n)
-    jsonl = os.path.join(workdir, "b8.jsonl")
+    jsonl = os.path.join(workdir, "b9.jsonl")
     with open(jsonl, "w") as f:
         for cid, text, _ in items_:
             f.write(json.dumps({"id": cid, "text": text}) + "\n")
@@ -186,7 +186,7 @@ def run(workdir, smoke=False, items=None, command="scripts/bench --only B8"):
         results[kind] = {"oracle": truth, **res}
         off, auto = res["off"], res["auto"]
         common.log(
-            f"B8 {kind}: off {off['cost'] / truth:.3f}× oracle (cached {off['cached_share']:.1%}), auto "
+            f"B9 {kind}: off {off['cost'] / truth:.3f}× oracle (cached {off['cached_share']:.1%}), auto "
             f"{auto['cost'] / truth:.3f}× (cached {auto['cached_share']:.1%}, hit rate {auto['hit_rate']:.1%}); "
             f"auto ÷ off {auto['cost'] / off['cost']:.3f}"
         )
@@ -200,7 +200,7 @@ def rows(results, n):
         ratio = auto["cost"] / off["cost"] if off["cost"] else 0.0
         judged = kind in ("anthropic", "bedrock")
         out.append((
-            "B8", f"prompt cache, `{kind}` kind ({n:,} items, 2,500-token system prompt): cost with `prompt_cache = \"auto\"` ÷ `\"off\"`",
+            "B9", f"prompt cache, `{kind}` kind ({n:,} items, 2,500-token system prompt): cost with `prompt_cache = \"auto\"` ÷ `\"off\"`",
             f"<= {TARGET:.2f}" if judged else "— (reported)",
             f"{ratio:.3f} (${auto['cost']:.4f} vs ${off['cost']:.4f})",
             ratio <= TARGET if judged else None,
@@ -208,14 +208,14 @@ def rows(results, n):
         for mode in MODES:
             m = r[mode]
             out.append((
-                "B8", f"prompt cache, `{kind}` kind, `{mode}`: routed cost ÷ oracle (uncached cheapest passing model); cached share of input",
+                "B9", f"prompt cache, `{kind}` kind, `{mode}`: routed cost ÷ oracle (uncached cheapest passing model); cached share of input",
                 "— (reported)",
                 f"{m['cost'] / truth:.3f}; {m['cached_share']:.1%} cached, fake hit rate {m['hit_rate']:.1%}, {m['writes']} cache writes",
                 None,
             ))
     for kind, models in KINDS.items():
         if models is None:
-            out.append(("B8", f"prompt cache, `{kind}` kind: cost with `auto` ÷ `off`", "— (not run)", "not run: no fake of this kind on main yet", None))
+            out.append(("B9", f"prompt cache, `{kind}` kind: cost with `auto` ÷ `off`", "— (not run)", "not run: no fake of this kind on main yet", None))
     return out
 
 
@@ -251,12 +251,12 @@ def section(result):
 def splice(result):
     from .report import splice as splice_rows
 
-    splice_rows(common.BENCH_MD, result["rows"], ("B8",), SECTION, section(result))
+    splice_rows(common.BENCH_MD, result["rows"], ("B9",), SECTION, section(result))
 
 
 def main():
     return common.standalone(
-        __doc__, "B8", SMOKE_ITEMS,
+        __doc__, "B9", SMOKE_ITEMS,
         lambda workdir, smoke, items, command: run(workdir, smoke=smoke, items=items, command=command),
         splice, ", anthropic only",
     )
