@@ -157,14 +157,7 @@ impl Ledger for MemoryLedger {
     ) -> Result<bool, QueueError> {
         let mut batches = self.batches.lock().await;
         let entry = batches.entry(batch_id.to_string()).or_default();
-        let now = Instant::now();
-        match &entry.lease {
-            Some((holder, until)) if holder != owner && *until > now => Ok(false),
-            _ => {
-                entry.lease = Some((owner.to_string(), now + ttl));
-                Ok(true)
-            }
-        }
+        Ok(take_lease(&mut entry.lease, owner, ttl))
     }
 
     async fn try_lock_offload(
@@ -175,14 +168,7 @@ impl Ledger for MemoryLedger {
     ) -> Result<bool, QueueError> {
         let mut batches = self.batches.lock().await;
         let entry = batches.entry(batch_id.to_string()).or_default();
-        let now = Instant::now();
-        match &entry.offload_lease {
-            Some((holder, until)) if holder != owner && *until > now => Ok(false),
-            _ => {
-                entry.offload_lease = Some((owner.to_string(), now + ttl));
-                Ok(true)
-            }
-        }
+        Ok(take_lease(&mut entry.offload_lease, owner, ttl))
     }
 
     async fn request_cancel(&self, batch_id: &str) -> Result<BatchRecord, QueueError> {
@@ -428,5 +414,18 @@ impl Ledger for MemoryLedger {
         records.sort_by(|a, b| b.created_at.cmp(&a.created_at).then(b.id.cmp(&a.id)));
         records.truncate(limit);
         Ok(records)
+    }
+}
+
+/// Takes `lease` for `owner` (or extends it when `owner` holds it) unless another holds it
+/// still.
+fn take_lease(lease: &mut Option<(String, Instant)>, owner: &str, ttl: Duration) -> bool {
+    let now = Instant::now();
+    match lease {
+        Some((holder, until)) if holder != owner && *until > now => false,
+        _ => {
+            *lease = Some((owner.to_string(), now + ttl));
+            true
+        }
     }
 }
