@@ -101,7 +101,18 @@ pub fn assert_invariants(
         "manifest spend {spent} != sum of per-item costs {sum}: {manifest}"
     );
 
-    let depth = cluster.depth();
+    // Other batches (a pipeline's last run, fired as the scheduler stopped) may still be
+    // draining: the queue must come back to zero, within a bounded wait.
+    let drained = std::time::Instant::now();
+    let mut depth = cluster.depth();
+    while ["pending", "in_flight", "delayed"]
+        .iter()
+        .any(|k| depth[*k].as_u64() != Some(0))
+        && drained.elapsed() < std::time::Duration::from_secs(30)
+    {
+        std::thread::sleep(std::time::Duration::from_millis(250));
+        depth = cluster.depth();
+    }
     for key in ["pending", "in_flight", "delayed"] {
         assert_eq!(
             depth[key].as_u64(),
