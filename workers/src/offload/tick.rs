@@ -29,7 +29,8 @@ impl Coordinator {
             self.advance(record, &mut lane, index).await;
         }
         let realtime = record.realtime_at.is_some() || record.cancel_requested_at.is_some();
-        if !realtime && self.deadline_near(record) {
+        let near = self.deadline_near(record);
+        if !realtime && near {
             tracing::info!("offload: the deadline is near; the rest runs real-time");
             if let Err(e) = self.ledger.to_realtime(&record.id).await {
                 tracing::warn!(error = %e, "offload: cannot record the switch to real-time");
@@ -40,7 +41,7 @@ impl Coordinator {
         if record.cancel_requested_at.is_some() {
             self.cancel_open(&mut lane).await;
         }
-        let switched = realtime || record.realtime_at.is_some() || self.deadline_near(record);
+        let switched = realtime || near;
         if switched {
             // A cancel can take the provider minutes: the items don't wait for it. Answers
             // that still come are ingested as paid and unused.
