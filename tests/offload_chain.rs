@@ -1,0 +1,123 @@
+//! batchyard's own `serve` is an OpenAI-compatible batch server, so one batchyard can offload
+//! to another: a downstream `batchyard run --deadline` sends its waves through the upstream's
+//! `/v1/files` + `/v1/batches` (real HTTP, a bearer token), and the upstream (Redis, S3, a
+//! worker, the fake provider) runs them as its own batches.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use support::api::{Server, TOKEN, Workers, call, json_of};
+use support::cluster::{Cluster, Options};
+use support::offload::{QUICK, docs, steps};
+use support::*;
+
+#[test]
+fn one_batchyard_offloads_its_waves_to_another() {
+    let Some(upstream) = Cluster::start_opts("offload_chain", &[], Options::default()) else {
+        return;
+    };
+    let server = Server::start(&upstream);
+    let _workers = Workers(vec![upstream.spawn_worker(&[])]);
+
+    let dir = tempfile::tempdir().unwrap();
+    write_file(
+        dir.path(),
+        "batchyard.toml",
+        format!(
+            r#"
+[storage]
+url = "file://{store}"
+
+[routing]
+learn = false
+
+[offload]
+{QUICK}
+
+[providers.upstream]
+kind = "openai"
+base_url = "{base}/v1"
+api_key_env = "UPSTREAM_TOKEN"
+batch_api = true
+
+[models.small]
+provider = "upstream"
+name = "small"
+input_usd_per_mtok = 1.0
+output_usd_per_mtok = 2.0
+context_window = 16000
+tier = 1
+
+[models.large]
+provider = "upstream"
+name = "large"
+input_usd_per_mtok = 4.0
+output_usd_per_mtok = 8.0
+context_window = 16000
+tier = 1
+
+[tasks.read]
+prompt = "{{{{ text }}}}"
+max_output_tokens = 100
+[tasks.read.validate]
+regex = "^fake reply from (\\S+: easy|large-1: hard)"
+"#,
+            store = dir.path().join("store").display(),
+            base = server.base,
+        )
+        .as_bytes(),
+    );
+    let input = docs(dir.path(), 6, 4);
+    let started = Instant::now();
+    let out = run(batchyard(dir.path())
+        .args(["--config", "batchyard.toml", "run", input.to_str().unwrap()])
+        .args(["--task", "read", "--json", "--deadline", "1h"])
+        .env("UPSTREAM_TOKEN", TOKEN));
+    let stderr = text(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(started.elapsed() < Duration::from_secs(120));
+    assert!(!stderr.contains(TOKEN), "the token leaked into the log");
+    let batch = last_json(&out);
+    assert_eq!(batch["status"], "completed", "{batch}\n{stderr}");
+    let output = read_jsonl(
+        &dir.path()
+            .join("store/batches")
+            .join(batch["id"].as_str().unwrap())
+            .join("output.jsonl"),
+    );
+    assert_eq!(output.len(), 10);
+    for line in &output {
+        let id = line["custom_id"].as_str().unwrap();
+        let want: &[(&str, &str)] = if id.starts_with("easy") {
+            &[("small", "passed")]
+        } else {
+            &[("small", "failed_validation"), ("large", "passed")]
+        };
+        let got = steps(line);
+        assert_eq!(got.len(), want.len(), "{line}");
+        for ((model, outcome, batched), (m, o)) in got.iter().zip(want) {
+            assert_eq!((model.as_str(), outcome.as_str(), *batched), (*m, *o, true));
+        }
+    }
+    // The upstream ran both waves as its own batches, and answered every item through its
+    // provider.
+    let (status, body) = call(&server, "GET", "/v1/batches?limit=100", &[]);
+    assert_eq!(status, 200, "{body}");
+    let listed = json_of(&body);
+    let batches = listed["data"].as_array().unwrap();
+    assert_eq!(batches.len(), 2, "{listed}");
+    let mut counts: Vec<u64> = batches
+        .iter()
+        .map(|b| {
+            assert_eq!(b["status"], "completed", "{b}");
+            assert!(b["metadata"]["batchyard_tag"].is_string(), "{b}");
+            b["request_counts"]["completed"].as_u64().unwrap()
+        })
+        .collect();
+    counts.sort_unstable();
+    assert_eq!(counts, [4, 10]);
+    assert_eq!(upstream.fake.stats()["requests"], 14);
+}
