@@ -14,14 +14,8 @@ use support::cluster::{Cluster, Options};
 use support::offload::{QUICK, docs, steps};
 use support::*;
 
-#[test]
-fn one_batchyard_offloads_its_waves_to_another() {
-    let Some(upstream) = Cluster::start_opts("offload_chain", &[], Options::default()) else {
-        return;
-    };
-    let server = Server::start(&upstream);
-    let _workers = Workers(vec![upstream.spawn_worker(&[])]);
-
+/// The downstream: a cheap and a strong model, both the upstream's, through its batch API.
+fn downstream(server: &Server) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     write_file(
         dir.path(),
@@ -70,6 +64,18 @@ regex = "^fake reply from (\\S+: easy|large-1: hard)"
         )
         .as_bytes(),
     );
+    dir
+}
+
+#[test]
+fn one_batchyard_offloads_its_waves_to_another() {
+    let Some(upstream) = Cluster::start_opts("offload_chain", &[], Options::default()) else {
+        return;
+    };
+    let server = Server::start(&upstream);
+    let _workers = Workers(vec![upstream.spawn_worker(&[])]);
+
+    let dir = downstream(&server);
     let input = docs(dir.path(), 6, 4);
     let started = Instant::now();
     let out = run(batchyard(dir.path())
@@ -120,4 +126,33 @@ regex = "^fake reply from (\\S+: easy|large-1: hard)"
     counts.sort_unstable();
     assert_eq!(counts, [4, 10]);
     assert_eq!(upstream.fake.stats()["requests"], 14);
+}
+
+#[test]
+fn a_provider_batch_refused_outright_is_not_sent_again_and_its_items_run_real_time() {
+    let Some(upstream) = Cluster::start_opts("offload_refused", &[], Options::default()) else {
+        return;
+    };
+    let server = Server::start(&upstream);
+    let dir = downstream(&server);
+    let input = docs(dir.path(), 4, 0);
+    let started = Instant::now();
+    // A token the upstream doesn't know: its batch API answers 401.
+    let out = run(batchyard(dir.path())
+        .args(["--config", "batchyard.toml", "run", input.to_str().unwrap()])
+        .args(["--task", "read", "--json", "--deadline", "1h"])
+        .env("UPSTREAM_TOKEN", "tok-not-known-here"));
+    let stderr = text(&out.stderr);
+    assert!(started.elapsed() < Duration::from_secs(60), "{stderr}");
+    assert!(!stderr.contains("tok-not-known-here"), "the token leaked");
+    assert!(
+        stderr.contains("refused a provider batch"),
+        "the refusal is reported: {stderr}"
+    );
+    let batch = last_json(&out);
+    // Real-time has no better luck with a bad token: every item ends, none waits forever.
+    assert_eq!(batch["request_counts"]["failed"], 4, "{batch}");
+    let (status, body) = call(&server, "GET", "/v1/batches?limit=100", &[]);
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(json_of(&body)["data"].as_array().unwrap().len(), 0, "{body}");
 }
