@@ -1,7 +1,8 @@
 //! The providers' batch APIs (the offload lane): many requests sent at once, answered within
 //! a window at the batch price, read back as one results file.
 //!
-//! [`BatchApi`] dispatches to the kinds that have one (OpenAI's `/v1/files` + `/v1/batches`).
+//! [`BatchApi`] dispatches to the kinds that have one (OpenAI's `/v1/files` + `/v1/batches`;
+//! Bedrock's batch inference jobs over S3, `bedrock::batch`).
 //! Every item goes in with the job id as its `custom_id`, so a result finds its job without a
 //! table. Results are read line by line ([`ResultLines`]), never held whole.
 
@@ -67,6 +68,7 @@ pub enum ItemResult {
 #[derive(Debug, Clone, Copy)]
 pub enum BatchApi<'a> {
     OpenAi(&'a super::OpenAiProvider),
+    Bedrock(&'a super::BedrockProvider),
 }
 
 impl<'a> BatchApi<'a> {
@@ -74,6 +76,7 @@ impl<'a> BatchApi<'a> {
     pub fn of(provider: &'a Provider) -> Option<Self> {
         match provider {
             Provider::OpenAi(p) => Some(Self::OpenAi(p)),
+            Provider::Bedrock(p) if p.batches() => Some(Self::Bedrock(p)),
             _ => None,
         }
     }
@@ -83,6 +86,8 @@ impl<'a> BatchApi<'a> {
         match self {
             // OpenAI: 200 MB.
             Self::OpenAi(_) => 200_000_000,
+            // Bedrock: 1 GB per input file (the default quota).
+            Self::Bedrock(_) => 1_000_000_000,
         }
     }
 
@@ -91,6 +96,7 @@ impl<'a> BatchApi<'a> {
     pub async fn submit(&self, tag: &str, items: &[BatchItem]) -> Result<String, ProviderError> {
         match self {
             Self::OpenAi(p) => p.batch_submit(tag, items).await,
+            Self::Bedrock(p) => p.batch_submit(tag, items).await,
         }
     }
 
@@ -99,12 +105,14 @@ impl<'a> BatchApi<'a> {
     pub async fn find(&self, tag: &str, since_unix: u64) -> Result<Option<String>, ProviderError> {
         match self {
             Self::OpenAi(p) => p.batch_find(tag, since_unix).await,
+            Self::Bedrock(p) => p.batch_find(tag, since_unix).await,
         }
     }
 
     pub async fn status(&self, id: &str) -> Result<RemoteStatus, ProviderError> {
         match self {
             Self::OpenAi(p) => p.batch_status(id).await,
+            Self::Bedrock(p) => p.batch_status(id).await,
         }
     }
 
@@ -112,12 +120,14 @@ impl<'a> BatchApi<'a> {
     pub async fn results(&self, id: &str) -> Result<ResultLines, ProviderError> {
         match self {
             Self::OpenAi(p) => p.batch_results(id).await,
+            Self::Bedrock(p) => p.batch_results(id).await,
         }
     }
 
     pub async fn cancel(&self, id: &str) -> Result<(), ProviderError> {
         match self {
             Self::OpenAi(p) => p.batch_cancel(id).await,
+            Self::Bedrock(p) => p.batch_cancel(id).await,
         }
     }
 
@@ -125,6 +135,7 @@ impl<'a> BatchApi<'a> {
     pub async fn forget(&self, id: &str) -> Result<(), ProviderError> {
         match self {
             Self::OpenAi(p) => p.batch_forget(id).await,
+            Self::Bedrock(p) => p.batch_forget(id).await,
         }
     }
 }
@@ -135,8 +146,8 @@ pub const MAX_RESULT_LINE: usize = 16 * 1024 * 1024;
 
 /// Results files read one line at a time, from one or more responses in turn.
 pub struct ResultLines {
-    bodies: std::collections::VecDeque<reqwest::Response>,
-    current: Option<reqwest::Response>,
+    bodies: std::collections::VecDeque<Body>,
+    current: Option<Body>,
     buf: Vec<u8>,
     parse: fn(&[u8]) -> Option<(String, ItemResult)>,
     timeout: Duration,
@@ -155,7 +166,22 @@ impl ResultLines {
         timeout: Duration,
     ) -> Self {
         Self {
-            bodies: bodies.into(),
+            bodies: bodies.into_iter().map(Body::Http).collect(),
+            current: None,
+            buf: Vec::new(),
+            parse,
+            timeout,
+        }
+    }
+
+    /// Results read from object storage (Bedrock writes them to the user's bucket).
+    pub(crate) fn from_streams(
+        streams: Vec<ObjectStream>,
+        parse: fn(&[u8]) -> Option<(String, ItemResult)>,
+        timeout: Duration,
+    ) -> Self {
+        Self {
+            bodies: streams.into_iter().map(Body::Stream).collect(),
             current: None,
             buf: Vec::new(),
             parse,
@@ -202,6 +228,26 @@ impl ResultLines {
                     }
                 }
             }
+        }
+    }
+}
+
+/// An object read from storage, chunk by chunk.
+pub(crate) type ObjectStream =
+    futures::stream::BoxStream<'static, Result<bytes::Bytes, batchyard_jobs::error::StoreError>>;
+
+/// One results file: an HTTP response or an object in storage.
+enum Body {
+    Http(reqwest::Response),
+    Stream(ObjectStream),
+}
+
+impl Body {
+    async fn chunk(&mut self) -> Result<Option<bytes::Bytes>, String> {
+        use futures::StreamExt as _;
+        match self {
+            Self::Http(r) => r.chunk().await.map_err(|e| e.to_string()),
+            Self::Stream(s) => s.next().await.transpose().map_err(|e| e.to_string()),
         }
     }
 }

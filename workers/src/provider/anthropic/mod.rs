@@ -24,6 +24,9 @@ use reqwest::header::{HeaderMap, HeaderValue};
 
 pub use crate::provider::http::parse_rfc3339;
 pub use errors::classify;
+// Bedrock's batch records for Claude are Messages bodies and replies.
+pub(crate) use request::messages_body;
+pub(crate) use response::parse_success as parse_messages_reply;
 
 use super::http::{self, Endpoint, EndpointConfig, HeaderNames, KeyHeader};
 use super::{ChatCall, Completion, ProviderError, ProviderErrorKind, Secret};

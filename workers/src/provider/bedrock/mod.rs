@@ -11,11 +11,14 @@
 //! - [`errors`] types AWS errors (`x-amzn-ErrorType` or the body's `__type`).
 //! - [`sign`] builds the URL and the SigV4 headers (`aws-sigv4`), encoding the path as the
 //!   AWS SDKs do.
+//! - [`batch`]: batch inference jobs on the control plane, over the user's S3 bucket (the
+//!   offload lane).
 //! - [`auth`] says who the call is made as, and keeps the chain's credentials fresh.
 //! - `chain_http`: the reqwest-backed HTTP client the AWS credential chain uses.
 //! - Keys, tokens and signatures are never in a URL, a message or `Debug` output.
 
 mod auth;
+pub mod batch;
 mod chain_http;
 mod errors;
 mod request;
@@ -29,8 +32,9 @@ use std::time::{Duration, SystemTime};
 use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderValue};
 
 pub use auth::BedrockAuth;
+pub use batch::BedrockBatchConfig;
 pub use errors::classify;
-pub use sign::{converse_url, encode_label, signed_headers};
+pub use sign::{converse_url, encode_label, signed_headers, signed_method_headers};
 
 use super::http::{self, Endpoint, EndpointConfig, HeaderNames, KeyHeader};
 use super::{ChatCall, Completion, ProviderError, ProviderErrorKind};
@@ -79,6 +83,8 @@ pub struct BedrockConfig {
     pub timeout: Duration,
     pub connect_timeout: Duration,
     pub max_response_bytes: usize,
+    /// Where batch jobs read and write; `None`: this provider does not batch.
+    pub batch: Option<BedrockBatchConfig>,
 }
 
 impl BedrockConfig {
@@ -93,6 +99,7 @@ impl BedrockConfig {
             timeout: Duration::from_secs(600),
             connect_timeout: Duration::from_secs(10),
             max_response_bytes: super::http::DEFAULT_MAX_RESPONSE_BYTES,
+            batch: None,
         }
     }
 }
@@ -104,6 +111,7 @@ impl fmt::Debug for BedrockConfig {
             .field("region", &self.region)
             .field("auth", &self.auth)
             .field("headers", &HeaderNames(&self.headers))
+            .field("batch", &self.batch)
             .finish_non_exhaustive()
     }
 }
@@ -116,6 +124,7 @@ pub struct BedrockProvider {
     signer: Option<auth::Credentialer>,
     /// The auth's `Debug` (no secret in it), so `Debug` says who calls are made as.
     auth: String,
+    batch: Option<BedrockBatchConfig>,
 }
 
 impl fmt::Debug for BedrockProvider {
@@ -156,7 +165,13 @@ impl BedrockProvider {
             region,
             signer,
             auth: format!("{:?}", config.auth),
+            batch: config.batch,
         })
+    }
+
+    /// Whether batch jobs are configured (`batch_role_arn` and `batch_s3_url`).
+    pub fn batches(&self) -> bool {
+        self.batch.is_some()
     }
 
     /// The runtime endpoint, without credentials.

@@ -61,6 +61,18 @@ pub fn signed_headers(
     body: &[u8],
     time: SystemTime,
 ) -> Result<HeaderMap, ProviderError> {
+    signed_method_headers("POST", credentials, region, url, body, time)
+}
+
+/// [`signed_headers`] for any method: the batch control plane reads with GET.
+pub fn signed_method_headers(
+    method: &str,
+    credentials: &Credentials,
+    region: &str,
+    url: &reqwest::Url,
+    body: &[u8],
+    time: SystemTime,
+) -> Result<HeaderMap, ProviderError> {
     let failed = |what: String| {
         ProviderError::new(
             ProviderErrorKind::Auth,
@@ -79,7 +91,7 @@ pub fn signed_headers(
         .into();
     let content_type = "application/json";
     let request = SignableRequest::new(
-        "POST",
+        method,
         url.as_str(),
         std::iter::once(("content-type", content_type)),
         SignableBody::Bytes(body),
