@@ -121,6 +121,7 @@ fn provider_batches(p: &RawProvider) -> bool {
                 .is_some_and(|u| u.host_str() == Some("api.openai.com"))
         }),
         "anthropic" => p.batch_api.unwrap_or(true),
+        "bedrock" => p.batch_api.unwrap_or(true) && super::provider_bedrock_batch::wanted(p),
         _ => false,
     }
 }
@@ -151,6 +152,15 @@ fn batch_prices(
             return Err((at(field), format!("price must be 0 or more, not {price}")));
         }
     }
+    if m.batch_api == Some(true) && !provider_batches(p) && p.kind == "bedrock" {
+        return Err((
+            at("batch_api"),
+            format!(
+                "provider {:?} cannot batch: set batch_role_arn and batch_s3_url on it",
+                m.provider
+            ),
+        ));
+    }
     if m.batch_api == Some(true) && !provider_batches(p) {
         return Err((
             at("batch_api"),
@@ -162,6 +172,9 @@ fn batch_prices(
         ));
     }
     if m.batch_api == Some(false) || !provider_batches(p) {
+        return Ok(None);
+    }
+    if p.kind == "bedrock" && !super::provider_bedrock_batch::model_batches(key, m, &spec.name)? {
         return Ok(None);
     }
     if m.batch_enqueued_token_limit == Some(0) {

@@ -23,6 +23,8 @@ pub fn provider() -> (String, RawProvider) {
             access_key_id_env: None,
             secret_access_key_env: None,
             session_token_env: None,
+            batch_role_arn: None,
+            batch_s3_url: None,
             latency_ms: None,
             output_tokens: None,
             rpm: None,

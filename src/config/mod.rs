@@ -13,6 +13,8 @@
 //!   Entra ID token it sends.
 //! - [`provider_bedrock`]: what `kind = "bedrock"` adds: `region`, the endpoint (not the
 //!   generic `AWS_ENDPOINT_URL`), and whose AWS credentials sign the calls.
+//! - [`provider_bedrock_batch`]: `batch_role_arn` and `batch_s3_url`, a bedrock provider's
+//!   batch jobs (the bucket, the control plane).
 //! - [`pipeline_spec`]: one `[pipelines.<name>]`, validated: schedule, timezone, catch-up.
 
 mod catalog_sections;
@@ -21,6 +23,7 @@ mod parts;
 pub mod pipeline_spec;
 mod provider_azure;
 mod provider_bedrock;
+mod provider_bedrock_batch;
 mod raw;
 mod sections;
 

@@ -25,6 +25,8 @@ pub(super) fn own_fields(p: &RawProvider) -> Option<&'static str> {
         (p.access_key_id_env.is_some(), "access_key_id_env"),
         (p.secret_access_key_env.is_some(), "secret_access_key_env"),
         (p.session_token_env.is_some(), "session_token_env"),
+        (p.batch_role_arn.is_some(), "batch_role_arn"),
+        (p.batch_s3_url.is_some(), "batch_s3_url"),
     ]
     .into_iter()
     .find_map(|(given, field)| given.then_some(field))
@@ -175,11 +177,15 @@ pub(super) fn config(
     }
     let region = region(p, env)?;
     let auth = auth(p, env)?;
-    Ok(BedrockConfig {
+    let client = BedrockConfig {
         base_url,
         auth,
         headers,
         ..BedrockConfig::new(&region)
+    };
+    Ok(BedrockConfig {
+        batch: super::provider_bedrock_batch::config(p, &client, env)?,
+        ..client
     })
 }
 

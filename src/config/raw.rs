@@ -157,6 +157,10 @@ pub struct RawProvider {
     pub access_key_id_env: Option<String>,
     pub secret_access_key_env: Option<String>,
     pub session_token_env: Option<String>,
+    /// bedrock only: the iam role its batch jobs run as, and the `s3://` url they read and
+    /// write (both, for the offload lane).
+    pub batch_role_arn: Option<String>,
+    pub batch_s3_url: Option<String>,
     /// simulated only: added latency per call.
     pub latency_ms: Option<u64>,
     /// simulated only: output tokens per call.

@@ -133,6 +133,7 @@ impl fmt::Debug for BedrockProvider {
             .field("endpoint", &self.endpoint)
             .field("region", &self.region)
             .field("auth", &self.auth)
+            .field("batch", &self.batch)
             .finish_non_exhaustive()
     }
 }
