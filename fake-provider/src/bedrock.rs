@@ -55,6 +55,18 @@ pub fn check_auth(
     query: &str,
     body: &[u8],
 ) -> Option<Response> {
+    check_auth_method(options, "POST", headers, raw_path, query, body)
+}
+
+/// [`check_auth`] for any method (the batch control plane reads with GET).
+pub fn check_auth_method(
+    options: &Options,
+    method: &str,
+    headers: &HeaderMap,
+    raw_path: &str,
+    query: &str,
+    body: &[u8],
+) -> Option<Response> {
     let forbidden = |name: &str, message: &str| aws_error(StatusCode::FORBIDDEN, name, message);
     let authorization = headers.get("authorization").and_then(|v| v.to_str().ok());
     if let Some(given) = authorization.and_then(|v| v.strip_prefix("Bearer ")) {
@@ -78,7 +90,7 @@ pub fn check_auth(
     };
     let key_id = options.bedrock_key_id.as_deref().unwrap_or(DEFAULT_KEY_ID);
     let request = sigv4::Signed {
-        method: "POST",
+        method,
         raw_path,
         query,
         headers,

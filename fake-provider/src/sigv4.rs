@@ -69,6 +69,47 @@ fn canonical_uri(raw_path: &str) -> String {
         .join("/")
 }
 
+/// The query's pairs sorted by name then value, each name and value encoded as SigV4 wants
+/// (decoded first, so `+`, `%20` and a bare space agree).
+fn canonical_query(query: &str) -> String {
+    let decode = |s: &str| -> String {
+        let bytes = s.as_bytes();
+        let mut out = Vec::with_capacity(bytes.len());
+        let mut i = 0;
+        while i < bytes.len() {
+            let hex = bytes
+                .get(i + 1..i + 3)
+                .and_then(|h| std::str::from_utf8(h).ok())
+                .and_then(|h| u8::from_str_radix(h, 16).ok());
+            match (bytes[i], hex) {
+                (b'%', Some(b)) => {
+                    out.push(b);
+                    i += 3;
+                    continue;
+                }
+                (b'+', _) => out.push(b' '),
+                (b, _) => out.push(b),
+            }
+            i += 1;
+        }
+        String::from_utf8_lossy(&out).into_owned()
+    };
+    let mut pairs: Vec<(String, String)> = query
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            let (k, v) = p.split_once('=').unwrap_or((p, ""));
+            (encode_segment(&decode(k)), encode_segment(&decode(v)))
+        })
+        .collect();
+    pairs.sort();
+    pairs
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join("&")
+}
+
 /// The parts of `AWS4-HMAC-SHA256 Credential=..., SignedHeaders=..., Signature=...`.
 struct Authorization<'a> {
     key_id: &'a str,
@@ -167,8 +208,9 @@ pub fn verify(
         canonical_headers.push_str(&format!("{name}:{}\n", values.join(",")));
     }
     let canonical = format!(
-        "{method}\n{}\n{query}\n{canonical_headers}\n{}\n{}",
+        "{method}\n{}\n{}\n{canonical_headers}\n{}\n{}",
         canonical_uri(raw_path),
+        canonical_query(query),
         auth.signed_headers,
         sha256_hex(body)
     );

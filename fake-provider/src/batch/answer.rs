@@ -14,6 +14,8 @@ use crate::flow::{self, Fault, Reply};
 pub enum Api {
     OpenAi,
     Anthropic,
+    /// Bedrock's Converse shape (Nova's `messages-v1` is close enough once renamed).
+    Bedrock,
 }
 
 /// What the real-time endpoint would have answered.
@@ -41,6 +43,8 @@ impl Answer {
                 "type": "server_error", "param": null, "code": null}}),
             Api::Anthropic => json!({"type": "error", "error": {
                 "type": "api_error", "message": "Internal server error (fake batch item)"}}),
+            Api::Bedrock => json!({"__type": "InternalServerException",
+                "message": "Internal server error (fake batch item)"}),
         };
         Self {
             status: 500,
@@ -63,6 +67,7 @@ pub fn input_tokens(api: Api, body: &[u8]) -> Option<(String, u64)> {
     let parsed = match api {
         Api::OpenAi => crate::openai::parse(body),
         Api::Anthropic => crate::anthropic::parse(body),
+        Api::Bedrock => crate::bedrock::parse(body, "bedrock"),
     }
     .ok()?;
     Some((parsed.model, parsed.prompt_tokens))
@@ -82,6 +87,7 @@ pub async fn answer(state: &AppState, api: Api, body: &[u8]) -> Answer {
         .get(match api {
             Api::OpenAi => "x-request-id",
             Api::Anthropic => "request-id",
+            Api::Bedrock => "x-amzn-requestid",
         })
         .and_then(|v| v.to_str().ok())
         .map_or_else(|| "req_fake_batch".to_owned(), str::to_owned);
@@ -110,6 +116,13 @@ pub async fn answer(state: &AppState, api: Api, body: &[u8]) -> Answer {
             usage("/usage/output_tokens"),
             usage("/usage/cache_read_input_tokens"),
         ),
+        Api::Bedrock => (
+            usage("/usage/inputTokens")
+                + usage("/usage/cacheReadInputTokens")
+                + usage("/usage/cacheWriteInputTokens"),
+            usage("/usage/outputTokens"),
+            usage("/usage/cacheReadInputTokens"),
+        ),
     };
     Answer {
         status: status.as_u16(),
@@ -126,6 +139,7 @@ fn respond(state: &AppState, api: Api, body: &[u8]) -> Option<Response> {
     let parsed = match api {
         Api::OpenAi => crate::openai::parse(body),
         Api::Anthropic => crate::anthropic::parse(body),
+        Api::Bedrock => crate::bedrock::parse(body, "bedrock"),
     };
     let mut parsed = match parsed {
         Ok(p) => p,
@@ -142,6 +156,7 @@ fn respond(state: &AppState, api: Api, body: &[u8]) -> Option<Response> {
             match api {
                 Api::OpenAi => crate::openai::success(n, &parsed, &reply),
                 Api::Anthropic => crate::anthropic::success(n, &parsed, &reply),
+                Api::Bedrock => crate::bedrock::success(n, &parsed, &reply),
             }
         }
         // Nothing to hang up on in a batch: the item fails as the provider's own error.
@@ -149,6 +164,7 @@ fn respond(state: &AppState, api: Api, body: &[u8]) -> Option<Response> {
         Some(fault) => match api {
             Api::OpenAi => crate::openai::fault(fault, &state.shutdown),
             Api::Anthropic => crate::anthropic::fault(fault, &state.shutdown),
+            Api::Bedrock => crate::bedrock::fault(fault, &state.shutdown),
         },
     })
 }

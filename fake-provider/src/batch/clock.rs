@@ -32,6 +32,8 @@ pub struct BatchOptions {
     pub enqueued_token_limit: Option<u64>,
     /// The most bytes the batch store holds: inputs, answers and result files.
     pub max_bytes: u64,
+    /// Bedrock's batch jobs: the S3 server they read and write.
+    pub bedrock: super::bedrock::S3Options,
 }
 
 impl Default for BatchOptions {
@@ -43,6 +45,7 @@ impl Default for BatchOptions {
             expire_done: None,
             enqueued_token_limit: None,
             max_bytes: 512 * 1024 * 1024,
+            bedrock: super::bedrock::S3Options::default(),
         }
     }
 }
@@ -57,7 +60,10 @@ pub const USAGE: &str =
             [--batch-enqueued-token-limit N]  per model, over batches not yet ended: OpenAI
                                   fails the batch (token_limit_exceeded), Anthropic answers 429
             [--batch-max-bytes N]  what the batch store holds at most (536870912); past it,
-                                  uploads and creates get 413";
+                                  uploads and creates get 413
+            [--bedrock-batch-s3-endpoint URL --bedrock-batch-s3-key-id ID
+             --bedrock-batch-s3-secret S]  the S3 server Bedrock batch jobs read and write
+            [--bedrock-batch-min-records N]  a smaller Bedrock job fails validation (1)";
 
 impl BatchOptions {
     /// Takes a `--batch-*` flag with its value; `None` for a flag that is not one of them.
@@ -80,7 +86,7 @@ impl BatchOptions {
                 .parse::<u64>()
                 .map(|n| self.max_bytes = n)
                 .map_err(|_| format!("{name} takes a number of bytes, not {value:?}").into()),
-            _ => return None,
+            _ => return self.bedrock.take(name, value),
         };
         Some(result)
     }

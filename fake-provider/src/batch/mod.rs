@@ -6,10 +6,12 @@
 //! Modules: `clock` (the `--batch-*` flags and the phase of a batch at a moment), `answer`
 //! (one item answered by the real-time code), `store` (files, batches, byte cap, `/stats`
 //! counts), `files` (OpenAI `/v1/files`), `input` (OpenAI input-file validation), `openai`
-//! (OpenAI `/v1/batches`), `anthropic` (`/v1/messages/batches`).
+//! (OpenAI `/v1/batches`), `anthropic` (`/v1/messages/batches`), `bedrock` (Bedrock's batch
+//! inference jobs over an S3 server).
 
 pub mod answer;
 pub mod anthropic;
+pub mod bedrock;
 pub mod clock;
 pub mod files;
 pub mod input;
@@ -40,6 +42,8 @@ pub struct Batches {
     store: Mutex<Store>,
     /// Held across a create, so its quota check and the batch it admits are one step.
     pub creating: tokio::sync::Mutex<()>,
+    /// Bedrock's batch inference jobs.
+    pub bedrock: Mutex<bedrock::Jobs>,
 }
 
 impl Batches {
@@ -73,6 +77,10 @@ pub fn routes(options: &BatchOptions) -> Router<Arc<AppState>> {
         )
         .route("/v1/messages/batches/{id}/results", get(anthropic::results))
         .route("/v1/messages/batches/{id}/cancel", post(anthropic::cancel))
+        .route("/model-invocation-job", post(bedrock::create))
+        .route("/model-invocation-job/{id}", get(bedrock::get))
+        .route("/model-invocation-job/{id}/stop", post(bedrock::stop))
+        .route("/model-invocation-jobs", get(bedrock::list))
         .layer(DefaultBodyLimit::max(
             usize::try_from(limit).unwrap_or(usize::MAX),
         ))
