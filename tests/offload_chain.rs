@@ -154,5 +154,9 @@ fn a_provider_batch_refused_outright_is_not_sent_again_and_its_items_run_real_ti
     assert_eq!(batch["request_counts"]["failed"], 4, "{batch}");
     let (status, body) = call(&server, "GET", "/v1/batches?limit=100", &[]);
     assert_eq!(status, 200, "{body}");
-    assert_eq!(json_of(&body)["data"].as_array().unwrap().len(), 0, "{body}");
+    assert_eq!(
+        json_of(&body)["data"].as_array().unwrap().len(),
+        0,
+        "{body}"
+    );
 }

@@ -37,7 +37,8 @@
 //!   `requests` / `tokens` count admitted requests only; batch API calls are not counted
 //!   there), and `"batches": {"created", "by_status", "cancelled", "files_uploaded",
 //!   "files_deleted", "stored_bytes", "openai": {"created", "by_status", "cancelled"},
-//!   "anthropic": {"created", "by_status", "cancelled", "refused", "deleted"}}` (`created`
+//!   "anthropic": {"created", "by_status", "cancelled", "refused", "deleted"},
+//!   "bedrock_jobs_created"}` (`created`
 //!   and `cancelled` count both APIs' accepted creates and cancels; `by_status` is each
 //!   batch's state now, OpenAI's `status` or Anthropic's `processing_status`);
 //! - `POST /{tenant}/oauth2/v2.0/token` and `GET /msi/token`: Microsoft Entra ID tokens for
@@ -66,6 +67,11 @@
 //!   `POST .../{id}/cancel` (400 once ended), `DELETE .../{id}` (ended only),
 //!   `GET /v1/messages/batches?limit=&after_id=&before_id=` (newest first). Same auth as
 //!   `/v1/messages`.
+//! - Bedrock batch inference (module `batch::bedrock`): `POST /model-invocation-job`,
+//!   `GET /model-invocation-job/{id}`, `POST .../{id}/stop`, `GET /model-invocation-jobs`,
+//!   SigV4-checked as Converse; records read from and `.jsonl.out` / `manifest.json.out`
+//!   written to the S3 server `--bedrock-batch-s3-endpoint` (keys `--bedrock-batch-s3-key-id`,
+//!   `--bedrock-batch-s3-secret`).
 //! - Every item is answered, when the batch is created, exactly as the real-time endpoint
 //!   answers its body (skill mode, `--reply`, prompt-cache markers, `max_tokens`, magic text;
 //!   `FAKE:DROP`/`FAKE:HANG` and non-JSON faults become 500 items), with no limits, faults

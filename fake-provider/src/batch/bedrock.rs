@@ -85,6 +85,13 @@ pub struct Jobs {
     jobs: Vec<Job>,
 }
 
+impl Jobs {
+    /// Jobs created (a create repeated with its token is not a new one).
+    pub fn created(&self) -> usize {
+        self.jobs.len()
+    }
+}
+
 fn invalid(message: &str) -> Response {
     aws_error(StatusCode::BAD_REQUEST, "ValidationException", message)
 }

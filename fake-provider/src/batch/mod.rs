@@ -53,7 +53,9 @@ impl Batches {
 
     /// `/stats`' `batches` object.
     pub fn stats(&self) -> Value {
-        self.lock().stats(now_ms())
+        let mut stats = self.lock().stats(now_ms());
+        stats["bedrock_jobs_created"] = json!(crate::lock(&self.bedrock).created());
+        stats
     }
 }
 
