@@ -181,7 +181,7 @@ LLAMA
         let s = load(BOTH, "").unwrap();
         assert!(batches(&s, "haiku") && batches(&s, "nova"));
         assert!(!batches(&s, "llama"), "no batch body for llama");
-        let prices = s.catalog.model("haiku").unwrap().batch.clone().unwrap();
+        let prices = s.catalog.model("haiku").unwrap().batch.unwrap();
         assert!((prices.input_usd_per_mtok - 0.4).abs() < 1e-9);
         let shown = format!("{:?}", s.catalog.provider("aws").unwrap());
         assert!(

@@ -166,7 +166,7 @@ fn model_input(
 
 impl BedrockProvider {
     fn batch_config(&self) -> Result<&BedrockBatchConfig, ProviderError> {
-        self.batch.as_ref().ok_or_else(|| {
+        self.batch.as_deref().ok_or_else(|| {
             refuse("this bedrock provider has no batch_role_arn and batch_s3_url: it cannot batch")
         })
     }

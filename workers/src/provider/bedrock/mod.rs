@@ -124,7 +124,8 @@ pub struct BedrockProvider {
     signer: Option<auth::Credentialer>,
     /// The auth's `Debug` (no secret in it), so `Debug` says who calls are made as.
     auth: String,
-    batch: Option<BedrockBatchConfig>,
+    /// Boxed: most providers have none, and the enum of providers stays small.
+    batch: Option<Box<BedrockBatchConfig>>,
 }
 
 impl fmt::Debug for BedrockProvider {
@@ -166,7 +167,7 @@ impl BedrockProvider {
             region,
             signer,
             auth: format!("{:?}", config.auth),
-            batch: config.batch,
+            batch: config.batch.map(Box::new),
         })
     }
 
