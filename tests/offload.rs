@@ -28,39 +28,7 @@ fn a_deadline_batch_runs_in_waves_through_the_batch_api_at_the_batch_price() {
     assert_eq!(batch["status"], "completed", "{batch}\n{stderr}");
     assert_eq!(batch["request_counts"]["completed"], 10, "{batch}");
     assert_eq!(output.len(), 10);
-    let mut total = 0.0;
-    for line in &output {
-        let id = line["custom_id"].as_str().unwrap();
-        let ext = &line["batchyard"];
-        let trail = steps(line);
-        if id.starts_with("easy") {
-            assert_eq!(trail, [("small".into(), "passed".into(), true)], "{line}");
-        } else {
-            assert_eq!(
-                trail,
-                [
-                    ("small".into(), "failed_validation".into(), true),
-                    ("large".into(), "passed".into(), true),
-                ],
-                "{line}"
-            );
-        }
-        // Every answer at half the real-time price (the batch default).
-        let mut want = 0.0;
-        for s in ext["cascade"].as_array().unwrap() {
-            let (i, o) = if s["model"] == "small" {
-                (0.5, 1.0)
-            } else {
-                (2.0, 4.0)
-            };
-            want += (s["input_tokens"].as_f64().unwrap() * i
-                + s["output_tokens"].as_f64().unwrap() * o)
-                / 1e6;
-        }
-        let cost = ext["cost_usd"].as_f64().unwrap();
-        assert!((cost - want).abs() < 1e-9, "{id}: {cost} vs {want}");
-        total += cost;
-    }
+    let total = assert_waves_at_batch_price(&output);
     assert!(
         (batch["cost_usd"].as_f64().unwrap() - total).abs() < 1e-8,
         "{batch}"

@@ -8,39 +8,26 @@
 
 mod support;
 
-use std::collections::BTreeSet;
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use batchyard_jobs::storage::ResultStore;
 use batchyard_testkit::{FakeProvider, S3Env, s3_env_or_skip};
 use futures::TryStreamExt as _;
-use support::cluster::{Cluster, Options, wait_exit};
-use support::offload::{QUICK, docs, steps};
+use support::cluster::{Cluster, Options};
+use support::offload::{
+    QUICK, assert_once_through_batches, assert_waves_at_batch_price, docs, offload_config_with,
+    run_batch_env, submit_and_crash,
+};
 use support::*;
 
 const ROLE: &str = "arn:aws:iam::123456789012:role/BedrockBatch";
 
-/// The fake, checking signatures made with the S3 server's keys (the AWS chain finds them in
-/// `AWS_ACCESS_KEY_ID`, where the bucket's are), reading and writing that S3 server.
+/// The fake's Bedrock routes on the test S3 server, its batch clock at `turnaround_ms`.
 fn fake_args(s3: &S3Env, turnaround_ms: &str) -> Vec<String> {
-    [
-        "--bedrock-secret",
-        &s3.secret,
-        "--bedrock-key-id",
-        &s3.key_id,
-        "--bedrock-batch-s3-endpoint",
-        &s3.endpoint,
-        "--bedrock-batch-s3-key-id",
-        &s3.key_id,
-        "--bedrock-batch-s3-secret",
-        &s3.secret,
-        "--batch-turnaround-ms",
-        turnaround_ms,
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect()
+    let mut args = s3.fake_bedrock_args();
+    args.extend(["--batch-turnaround-ms".to_owned(), turnaround_ms.to_owned()]);
+    args
 }
 
 fn bucket_objects(s3: &S3Env, url: &str) -> Vec<String> {
@@ -54,54 +41,13 @@ fn bucket_objects(s3: &S3Env, url: &str) -> Vec<String> {
 }
 
 fn config(dir: &Path, fake: &FakeProvider, bucket: &str) {
-    write_file(
-        dir,
-        "batchyard.toml",
-        format!(
-            r#"
-[storage]
-url = "file://{store}"
-
-[routing]
-learn = false
-
-[offload]
-{QUICK}
-
-[providers.aws]
-kind = "bedrock"
-region = "us-east-1"
-base_url = "{base}"
-batch_role_arn = "{ROLE}"
-batch_s3_url = "{bucket}"
-
-[models.small]
-provider = "aws"
-name = "us.anthropic.claude-small-v1:0"
-input_usd_per_mtok = 1.0
-output_usd_per_mtok = 2.0
-context_window = 16000
-tier = 1
-
-[models.large]
-provider = "aws"
-name = "us.anthropic.claude-large-v1:0"
-input_usd_per_mtok = 4.0
-output_usd_per_mtok = 8.0
-context_window = 16000
-tier = 1
-
-[tasks.read]
-prompt = "{{{{ text }}}}"
-max_output_tokens = 100
-[tasks.read.validate]
-regex = "^fake reply from (\\S+: easy|\\S+large\\S+: hard)"
-"#,
-            store = dir.join("store").display(),
-            base = fake.url,
-        )
-        .as_bytes(),
+    let provider = format!(
+        "kind = \"bedrock\"\nregion = \"us-east-1\"\nbase_url = \"{}\"\n\
+         batch_role_arn = \"{ROLE}\"\nbatch_s3_url = \"{bucket}\"",
+        fake.url
     );
+    let names = ["us.anthropic.claude-small-1", "us.anthropic.claude-large-1"];
+    offload_config_with(dir, &provider, names, QUICK, "");
 }
 
 #[test]
@@ -115,67 +61,20 @@ fn a_deadline_batch_runs_its_waves_as_bedrock_jobs_at_the_batch_price() {
     let bucket = s3.storage_url("offload-bedrock-waves");
     config(dir.path(), &fake, &bucket);
     let input = docs(dir.path(), 6, 4);
-    let started = Instant::now();
-    let mut cmd = batchyard(dir.path());
-    s3.apply(&mut cmd);
-    let out = run(cmd
-        .args(["--config", "batchyard.toml", "run", input.to_str().unwrap()])
-        .args(["--task", "read", "--json", "--deadline", "1h"]));
-    let stderr = text(&out.stderr);
-    assert!(out.status.success(), "{stderr}");
-    assert!(started.elapsed() < Duration::from_secs(120));
-    let batch = last_json(&out);
+    let (batch, output, stderr) =
+        run_batch_env(dir.path(), &input, &["--deadline", "1h"], s3.child_env());
     assert_eq!(batch["status"], "completed", "{batch}\n{stderr}");
-    let output = read_jsonl(
-        &dir.path()
-            .join("store/batches")
-            .join(batch["id"].as_str().unwrap())
-            .join("output.jsonl"),
+    assert_eq!(exactly_once(&output, &[]), 10);
+    let total = assert_waves_at_batch_price(&output);
+    assert!(
+        (batch["cost_usd"].as_f64().unwrap() - total).abs() < 1e-8,
+        "{batch}"
     );
-    assert_eq!(output.len(), 10);
-    let ids: BTreeSet<&str> = output
-        .iter()
-        .map(|l| l["custom_id"].as_str().unwrap())
-        .collect();
-    assert_eq!(ids.len(), 10, "each item exactly once");
     for line in &output {
-        let id = line["custom_id"].as_str().unwrap();
-        let trail = steps(line);
-        if id.starts_with("easy") {
-            assert_eq!(trail, [("small".into(), "passed".into(), true)], "{line}");
-        } else {
-            assert_eq!(
-                trail,
-                [
-                    ("small".into(), "failed_validation".into(), true),
-                    ("large".into(), "passed".into(), true),
-                ],
-                "{line}"
-            );
+        for step in line["batchyard"]["cascade"].as_array().unwrap() {
+            let job = step["provider_batch"].as_str().unwrap();
+            assert!(job.contains(":model-invocation-job/"), "{step}");
         }
-        let mut want = 0.0;
-        for s in line["batchyard"]["cascade"].as_array().unwrap() {
-            assert!(
-                s["provider_batch"]
-                    .as_str()
-                    .unwrap()
-                    .contains(":model-invocation-job/"),
-                "{s}"
-            );
-            let (i, o) = if s["model"] == "small" {
-                (0.5, 1.0)
-            } else {
-                (2.0, 4.0)
-            };
-            want += (s["input_tokens"].as_f64().unwrap() * i
-                + s["output_tokens"].as_f64().unwrap() * o)
-                / 1e6;
-        }
-        let cost = line["batchyard"]["cost_usd"].as_f64().unwrap();
-        assert!(
-            want > 0.0 && (cost - want).abs() < 1e-9,
-            "{id}: {cost} vs {want}"
-        );
     }
     let stats = fake.stats();
     // Wave 1: every item on small; wave 2: the hard ones on large. No real-time call.
@@ -216,43 +115,14 @@ fn a_crash_after_create_model_invocation_job_makes_no_second_job() {
     // The fake's address is known once it runs.
     let toml = std::fs::read_to_string(&cluster.config).unwrap();
     std::fs::write(&cluster.config, toml.replace("@FAKE@", &cluster.fake.url)).unwrap();
-    let body: String = (0..6)
-        .map(|i| request_line(&format!("c-{i}"), &format!("item {i}")) + "\n")
-        .collect();
-    let input = write_file(cluster.dir.path(), "in.jsonl", body.as_bytes());
-    let id = cluster.submit(input.to_str().unwrap(), &["--deadline", "1h"])["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let mut doomed = cluster
-        .cmd()
-        .arg("worker")
-        .env("BATCHYARD_TEST_CRASH_AT", "after_create")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let status = wait_exit(&mut doomed, Duration::from_secs(60));
-    assert!(!status.success(), "the worker should have aborted");
+    let id = submit_and_crash(&cluster, 6, "after_create");
     assert_eq!(cluster.fake.stats()["batches"]["bedrock_jobs_created"], 1);
     let mut worker = cluster.spawn_worker(&["--exit-when-idle", "30"]);
     let done = cluster.wait_terminal(&id, Duration::from_secs(120));
     let _ = worker.kill();
     let _ = worker.wait();
     assert_eq!(done["status"], "completed", "{done}");
-    let lines = cluster.results(&id, false);
-    let ids: BTreeSet<&str> = lines
-        .iter()
-        .map(|l| l["custom_id"].as_str().unwrap())
-        .collect();
-    assert_eq!((lines.len(), ids.len()), (6, 6), "each item exactly once");
-    for line in &lines {
-        let steps = line["batchyard"]["cascade"].as_array().unwrap();
-        assert!(
-            steps.iter().any(|s| s["provider_batch"].is_string()),
-            "answered through the Bedrock job: {line}"
-        );
-    }
+    assert_once_through_batches(&cluster.results(&id, false), 6);
     let stats = cluster.fake.stats();
     assert_eq!(
         stats["batches"]["bedrock_jobs_created"], 1,

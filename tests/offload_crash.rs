@@ -7,11 +7,10 @@
 
 mod support;
 
-use std::collections::BTreeSet;
 use std::time::Duration;
 
-use support::cluster::{Cluster, Options, wait_exit};
-use support::*;
+use support::cluster::{Cluster, Options};
+use support::offload::{assert_once_through_batches, submit_and_crash};
 
 const ITEMS: usize = 6;
 
@@ -29,46 +28,13 @@ fn crash_at(point: &str) {
     ) else {
         return;
     };
-    let body: String = (0..ITEMS)
-        .map(|i| request_line(&format!("c-{i}"), &format!("item {i}")) + "\n")
-        .collect();
-    let input = write_file(cluster.dir.path(), "in.jsonl", body.as_bytes());
-    let id = cluster.submit(input.to_str().unwrap(), &["--deadline", "1h"])["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let mut doomed = cluster
-        .cmd()
-        .arg("worker")
-        .env("BATCHYARD_TEST_CRASH_AT", point)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let status = wait_exit(&mut doomed, Duration::from_secs(60));
-    assert!(
-        !status.success(),
-        "the worker should have aborted at {point}"
-    );
+    let id = submit_and_crash(&cluster, ITEMS, point);
     let mut worker = cluster.spawn_worker(&["--exit-when-idle", "30"]);
     let done = cluster.wait_terminal(&id, Duration::from_secs(120));
     let _ = worker.kill();
     let _ = worker.wait();
     assert_eq!(done["status"], "completed", "{done}");
-    let lines = cluster.results(&id, false);
-    assert_eq!(lines.len(), ITEMS, "{lines:?}");
-    let ids: BTreeSet<&str> = lines
-        .iter()
-        .map(|l| l["custom_id"].as_str().unwrap())
-        .collect();
-    assert_eq!(ids.len(), ITEMS, "each item exactly once");
-    for line in &lines {
-        let steps = line["batchyard"]["cascade"].as_array().unwrap();
-        assert!(
-            steps.iter().any(|s| s["provider_batch"].is_string()),
-            "answered through the batch API: {line}"
-        );
-    }
+    assert_once_through_batches(&cluster.results(&id, false), ITEMS);
     let stats = cluster.fake.stats();
     assert_eq!(
         stats["batches"]["created"], 1,

@@ -153,6 +153,22 @@ impl S3Env {
         cmd.envs(self.child_env())
     }
 
+    /// Flags for the fake provider: its Bedrock batch jobs read and write this S3 server, and
+    /// its Bedrock routes check signatures made with this server's keys (which the AWS
+    /// chain of a child with [`S3Env::child_env`] signs with).
+    pub fn fake_bedrock_args(&self) -> Vec<String> {
+        [
+            ("--bedrock-secret", &self.secret),
+            ("--bedrock-key-id", &self.key_id),
+            ("--bedrock-batch-s3-endpoint", &self.endpoint),
+            ("--bedrock-batch-s3-key-id", &self.key_id),
+            ("--bedrock-batch-s3-secret", &self.secret),
+        ]
+        .iter()
+        .flat_map(|(flag, value)| [flag.to_string(), value.to_string()])
+        .collect()
+    }
+
     /// A unique prefix for one test: `<test>-<pid>-<nanos>-<n>`.
     pub fn unique_prefix(&self, test_name: &str) -> String {
         let nanos = SystemTime::now()

@@ -1,5 +1,6 @@
 //! The offload lane's test kit: a config with a cheap and a strong model on the fake's batch
-//! API, a document mix, one `batchyard run`, and a line's cascade trail.
+//! API, a document mix, one `batchyard run`, a line's cascade trail, the checks of the waves
+//! and of each item once, and a worker aborted at a crash point.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -7,7 +8,8 @@ use std::time::{Duration, Instant};
 use batchyard_testkit::FakeProvider;
 use serde_json::Value;
 
-use super::{batchyard, last_json, read_jsonl, run, text, write_file};
+use super::cluster::{Cluster, wait_exit};
+use super::{batchyard, last_json, read_jsonl, request_line, run, text, write_file};
 
 /// The `[offload]` settings of most tests: quick ticks, the deadline never near.
 pub const QUICK: &str = "min_items = 3\npoll_interval_secs = 1\nswitch_margin_secs = 0\n\
@@ -17,6 +19,22 @@ pub const QUICK: &str = "min_items = 3\npoll_interval_secs = 1\nswitch_margin_se
 /// check passes "easy" items on any model and "hard" ones only on `large`. `small_extra`:
 /// more lines for `[models.small]`.
 pub fn offload_config(dir: &Path, fake: &FakeProvider, offload: &str, small_extra: &str) {
+    let provider = format!(
+        "kind = \"openai\"\nbase_url = \"{}\"\nbatch_api = true",
+        fake.base_url
+    );
+    offload_config_with(dir, &provider, ["small-1", "large-1"], offload, small_extra);
+}
+
+/// [`offload_config`] with another `[providers.fake]` table and model names (`large`'s
+/// ending in `large-1`).
+pub fn offload_config_with(
+    dir: &Path,
+    provider: &str,
+    names: [&str; 2],
+    offload: &str,
+    small_extra: &str,
+) {
     write_file(
         dir,
         "batchyard.toml",
@@ -32,13 +50,11 @@ learn = false
 {offload}
 
 [providers.fake]
-kind = "openai"
-base_url = "{base}"
-batch_api = true
+{provider}
 
 [models.small]
 provider = "fake"
-name = "small-1"
+name = "{small}"
 input_usd_per_mtok = 1.0
 output_usd_per_mtok = 2.0
 context_window = 16000
@@ -47,7 +63,7 @@ tier = 1
 
 [models.large]
 provider = "fake"
-name = "large-1"
+name = "{large}"
 input_usd_per_mtok = 4.0
 output_usd_per_mtok = 8.0
 context_window = 16000
@@ -57,13 +73,74 @@ tier = 1
 prompt = "{{{{ text }}}}"
 max_output_tokens = 100
 [tasks.read.validate]
-regex = "^fake reply from (\\S+: easy|large-1: hard)"
+regex = "^fake reply from (\\S+: easy|\\S*large-1: hard)"
 "#,
             store = dir.join("store").display(),
-            base = fake.base_url,
+            small = names[0],
+            large = names[1],
         )
         .as_bytes(),
     );
+}
+
+/// Checks the two waves of [`offload_config`]'s task over `docs`' items (easy ones pass on
+/// `small`, hard ones escalate to `large`, every step through a provider batch) and that each
+/// line costs its tokens at half the real-time prices; returns the lines' total cost.
+pub fn assert_waves_at_batch_price(output: &[Value]) -> f64 {
+    let mut total = 0.0;
+    for line in output {
+        let id = line["custom_id"].as_str().unwrap();
+        let ext = &line["batchyard"];
+        let trail = steps(line);
+        if id.starts_with("easy") {
+            assert_eq!(trail, [("small".into(), "passed".into(), true)], "{line}");
+        } else {
+            assert_eq!(
+                trail,
+                [
+                    ("small".into(), "failed_validation".into(), true),
+                    ("large".into(), "passed".into(), true),
+                ],
+                "{line}"
+            );
+        }
+        // Every answer at half the real-time price (the batch default).
+        let mut want = 0.0;
+        for s in ext["cascade"].as_array().unwrap() {
+            let (i, o) = if s["model"] == "small" {
+                (0.5, 1.0)
+            } else {
+                (2.0, 4.0)
+            };
+            want += (s["input_tokens"].as_f64().unwrap() * i
+                + s["output_tokens"].as_f64().unwrap() * o)
+                / 1e6;
+        }
+        let cost = ext["cost_usd"].as_f64().unwrap();
+        assert!(
+            want > 0.0 && (cost - want).abs() < 1e-9,
+            "{id}: {cost} vs {want}"
+        );
+        total += cost;
+    }
+    total
+}
+
+/// `n` lines, one per custom id, each answered through a provider batch.
+pub fn assert_once_through_batches(lines: &[Value], n: usize) {
+    assert_eq!(lines.len(), n, "{lines:?}");
+    let ids: std::collections::BTreeSet<&str> = lines
+        .iter()
+        .map(|l| l["custom_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids.len(), n, "each item exactly once");
+    for line in lines {
+        let steps = line["batchyard"]["cascade"].as_array().unwrap();
+        assert!(
+            steps.iter().any(|s| s["provider_batch"].is_string()),
+            "answered through the batch API: {line}"
+        );
+    }
 }
 
 pub fn docs(dir: &Path, easy: usize, hard: usize) -> std::path::PathBuf {
@@ -76,8 +153,19 @@ pub fn docs(dir: &Path, easy: usize, hard: usize) -> std::path::PathBuf {
 }
 
 pub fn run_batch(dir: &Path, input: &Path, extra: &[&str]) -> (Value, Vec<Value>, String) {
+    run_batch_env(dir, input, extra, Vec::new())
+}
+
+/// [`run_batch`] with more environment variables.
+pub fn run_batch_env(
+    dir: &Path,
+    input: &Path,
+    extra: &[&str],
+    env: Vec<(String, String)>,
+) -> (Value, Vec<Value>, String) {
     let started = Instant::now();
     let out = run(batchyard(dir)
+        .envs(env)
         .args(["--config", "batchyard.toml", "run", input.to_str().unwrap()])
         .args(["--task", "read", "--json"])
         .args(extra));
@@ -106,4 +194,31 @@ pub fn steps(line: &Value) -> Vec<(String, String, bool)> {
             )
         })
         .collect()
+}
+
+/// Submits `n` items with a deadline and runs a worker that aborts at `point`
+/// (`BATCHYARD_TEST_CRASH_AT`); returns the batch id.
+pub fn submit_and_crash(cluster: &Cluster, n: usize, point: &str) -> String {
+    let body: String = (0..n)
+        .map(|i| request_line(&format!("c-{i}"), &format!("item {i}")) + "\n")
+        .collect();
+    let input = write_file(cluster.dir.path(), "in.jsonl", body.as_bytes());
+    let id = cluster.submit(input.to_str().unwrap(), &["--deadline", "1h"])["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let mut doomed = cluster
+        .cmd()
+        .arg("worker")
+        .env("BATCHYARD_TEST_CRASH_AT", point)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let status = wait_exit(&mut doomed, Duration::from_secs(60));
+    assert!(
+        !status.success(),
+        "the worker should have aborted at {point}"
+    );
+    id
 }

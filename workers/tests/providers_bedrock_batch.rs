@@ -21,44 +21,32 @@ use futures::TryStreamExt as _;
 use serde_json::Value;
 use support::fake_provider::body_for;
 
-const KEY_ID: &str = "AKIDBEDROCKBATCH";
-const SECRET: &str = "bedrock/Batch+Secret0123456789";
 const HAIKU: &str = "us.anthropic.claude-3-5-haiku-20241022-v1:0";
 const NOVA: &str = "amazon.nova-lite-v1:0";
 const ROLE: &str = "arn:aws:iam::123456789012:role/BedrockBatch";
 
 fn fake(s3: &S3Env, extra: &[&str]) -> FakeProvider {
-    let mut args = vec![
-        "--bedrock-secret",
-        SECRET,
-        "--bedrock-key-id",
-        KEY_ID,
-        "--bedrock-batch-s3-endpoint",
-        &s3.endpoint,
-        "--bedrock-batch-s3-key-id",
-        &s3.key_id,
-        "--bedrock-batch-s3-secret",
-        &s3.secret,
-    ];
-    args.extend_from_slice(extra);
-    FakeProvider::start(&args)
+    let mut args = s3.fake_bedrock_args();
+    args.extend(extra.iter().map(|a| a.to_string()));
+    FakeProvider::start(&args.iter().map(String::as_str).collect::<Vec<_>>())
 }
 
 fn store_env(s3: &S3Env) -> BTreeMap<String, String> {
     s3.child_env().into_iter().collect()
 }
 
-fn provider(server: &FakeProvider, s3_url: &str, store: &ResultStore, secret: &str) -> Provider {
+/// Signed with the S3 server's keys, which the fake checks (`secret`: a wrong one, or not).
+fn provider(server: &FakeProvider, s3: &S3Env, store: &ResultStore, secret: &str) -> Provider {
     let mut config = BedrockConfig::new("us-east-1");
     config.base_url = server.url.clone();
     config.auth = BedrockAuth::Keys {
-        access_key_id: Secret::new(KEY_ID.into()),
+        access_key_id: Secret::new(s3.key_id.clone()),
         secret_access_key: Secret::new(secret.into()),
         session_token: None,
     };
     config.batch = Some(BedrockBatchConfig {
         role_arn: ROLE.into(),
-        s3_url: s3_url.into(),
+        s3_url: store.url().into(),
         control_url: server.url.clone(),
         store: store.clone(),
     });
@@ -117,7 +105,7 @@ async fn a_claude_job_runs_once_answers_every_record_and_leaves_nothing_in_the_b
     let server = fake(&s3, &["--batch-turnaround-ms", "400"]);
     let url = s3.storage_url("bedrock-batch-claude");
     let store = ResultStore::open(&url, &store_env(&s3)).unwrap();
-    let provider = provider(&server, &url, &store, SECRET);
+    let provider = provider(&server, &s3, &store, &s3.secret);
     let api = BatchApi::of(&provider).expect("a bedrock provider with a bucket batches");
     let batch = items(HAIKU, &["one", "two", "three FAKE:CONTEXT", "four", "five"]);
 
@@ -182,7 +170,7 @@ async fn a_stopped_job_keeps_what_was_answered_and_nova_records_read_back() {
     let server = fake(&s3, &["--batch-turnaround-ms", "3000"]);
     let url = s3.storage_url("bedrock-batch-stop");
     let store = ResultStore::open(&url, &store_env(&s3)).unwrap();
-    let provider = provider(&server, &url, &store, SECRET);
+    let provider = provider(&server, &s3, &store, &s3.secret);
     let api = BatchApi::of(&provider).unwrap();
     let texts: Vec<String> = (0..40).map(|i| format!("item {i}")).collect();
     let texts: Vec<&str> = texts.iter().map(String::as_str).collect();
@@ -232,8 +220,8 @@ async fn too_few_records_fail_validation_and_a_wrong_signature_is_an_auth_error(
     );
     let url = s3.storage_url("bedrock-batch-refusals");
     let store = ResultStore::open(&url, &store_env(&s3)).unwrap();
-    let provider = provider(&server, &url, &store, SECRET);
-    let api = BatchApi::of(&provider).unwrap();
+    let signed = provider(&server, &s3, &store, &s3.secret);
+    let api = BatchApi::of(&signed).unwrap();
     let id = api
         .submit("w1-haiku-0", &items(HAIKU, &["a", "b"]))
         .await
@@ -244,7 +232,7 @@ async fn too_few_records_fail_validation_and_a_wrong_signature_is_an_auth_error(
     };
     assert!(message.contains("at least 3"), "{message}");
 
-    let wrong = provider_with_secret(&server, &url, &store);
+    let wrong = provider(&server, &s3, &store, "Wrong/Secret");
     let api = BatchApi::of(&wrong).unwrap();
     let err = api
         .submit("w1-haiku-1", &items(HAIKU, &["a", "b", "c"]))
@@ -254,14 +242,10 @@ async fn too_few_records_fail_validation_and_a_wrong_signature_is_an_auth_error(
     assert!(!err.message.contains("Wrong"), "{}", err.message);
 
     let plain = items("meta.llama3-8b-instruct-v1:0", &["a"]);
-    let err = BatchApi::of(&provider)
+    let err = BatchApi::of(&signed)
         .unwrap()
         .submit("w1-llama-0", &plain)
         .await
         .unwrap_err();
     assert_eq!(err.kind, ProviderErrorKind::InvalidRequest, "{err:?}");
-}
-
-fn provider_with_secret(server: &FakeProvider, url: &str, store: &ResultStore) -> Provider {
-    provider(server, url, store, "Wrong/Secret")
 }

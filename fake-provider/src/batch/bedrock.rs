@@ -19,9 +19,9 @@ use std::error::Error;
 use std::sync::Arc;
 
 use axum::body::Bytes;
-use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, Method, StatusCode, Uri};
-use axum::response::Response;
+use axum::extract::{FromRequest, Path, Query, Request, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
 use object_store::aws::AmazonS3Builder;
 use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStore, ObjectStoreExt as _, PutPayload};
@@ -104,22 +104,33 @@ fn not_found(id: &str) -> Response {
     )
 }
 
-fn checked(
-    state: &AppState,
-    method: &Method,
-    uri: &Uri,
-    headers: &HeaderMap,
-    body: &[u8],
-) -> Option<Response> {
-    let query = uri.query().unwrap_or("");
-    crate::bedrock::check_auth_method(
-        &state.options,
-        method.as_str(),
-        headers,
-        uri.path(),
-        query,
-        body,
-    )
+/// A request whose SigV4 signature checked out, and its body: the last extractor of every
+/// handler here.
+pub struct Signed(Bytes);
+
+impl FromRequest<Arc<AppState>> for Signed {
+    type Rejection = Response;
+
+    async fn from_request(request: Request, state: &Arc<AppState>) -> Result<Self, Response> {
+        let (parts, body) = request.into_parts();
+        let (method, uri, headers) = (
+            parts.method.clone(),
+            parts.uri.clone(),
+            parts.headers.clone(),
+        );
+        let body = Bytes::from_request(Request::from_parts(parts, body), state)
+            .await
+            .map_err(IntoResponse::into_response)?;
+        let refused = crate::bedrock::check_auth_method(
+            &state.options,
+            method.as_str(),
+            &headers,
+            uri.path(),
+            uri.query().unwrap_or(""),
+            &body,
+        );
+        refused.map_or(Ok(Self(body)), Err)
+    }
 }
 
 /// `s3://bucket/key` as the bucket's store and the key.
@@ -206,16 +217,7 @@ fn error_line(id: &Value, input: &Value, code: u16, message: &str) -> (String, b
     (line.to_string(), true)
 }
 
-pub async fn create(
-    State(state): State<Arc<AppState>>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    if let Some(refused) = checked(&state, &method, &uri, &headers, &body) {
-        return refused;
-    }
+pub async fn create(State(state): State<Arc<AppState>>, Signed(body): Signed) -> Response {
     let Ok(request) = serde_json::from_slice::<Value>(&body) else {
         return invalid("The request body is not valid JSON.");
     };
@@ -417,13 +419,8 @@ fn find(state: &AppState, id: &str) -> Option<usize> {
 pub async fn get(
     State(state): State<Arc<AppState>>,
     Path(id): Path<String>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
+    _: Signed,
 ) -> Response {
-    if let Some(refused) = checked(&state, &method, &uri, &headers, &[]) {
-        return refused;
-    }
     let Some(index) = find(&state, &id) else {
         return not_found(&id);
     };
@@ -440,14 +437,8 @@ pub async fn get(
 pub async fn stop(
     State(state): State<Arc<AppState>>,
     Path(id): Path<String>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Bytes,
+    _: Signed,
 ) -> Response {
-    if let Some(refused) = checked(&state, &method, &uri, &headers, &body) {
-        return refused;
-    }
     let now = now_ms();
     let mut jobs = crate::lock(&state.batches.bedrock);
     let Some(job) = jobs
@@ -467,13 +458,8 @@ pub async fn stop(
 pub async fn list(
     State(state): State<Arc<AppState>>,
     Query(query): Query<std::collections::HashMap<String, String>>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
+    _: Signed,
 ) -> Response {
-    if let Some(refused) = checked(&state, &method, &uri, &headers, &[]) {
-        return refused;
-    }
     let contains = query.get("nameContains").cloned().unwrap_or_default();
     let max: usize = query
         .get("maxResults")

@@ -14,20 +14,19 @@
 //!   `forget` once ingested.
 
 use std::fmt;
-use std::time::SystemTime;
 
 use batchyard_jobs::storage::ResultStore;
 use bytes::Bytes;
 use futures::TryStreamExt as _;
 use reqwest::Method;
-use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderValue};
+use reqwest::header::HeaderMap;
 use serde_json::{Map, Value, json};
 
-use super::{BedrockProvider, classify, encode_label, request, response, signed_method_headers};
+use super::{BedrockProvider, classify, encode_label, request, response};
 use crate::provider::batch::{
     BatchItem, EndedAs, ItemResult, ObjectStream, RemoteState, RemoteStatus, ResultLines,
 };
-use crate::provider::http::{self, json_body};
+use crate::provider::http::json_body;
 use crate::provider::{ChatCall, ProviderError, ProviderErrorKind};
 
 /// What Claude's InvokeModel body on Bedrock names as its version.
@@ -192,24 +191,7 @@ impl BedrockProvider {
             None => Vec::new(),
         };
         let result = async {
-            let headers = match &self.signer {
-                Some(signer) => {
-                    let credentials = signer.credentials().await?;
-                    signed_method_headers(
-                        method.as_str(),
-                        &credentials,
-                        &self.region,
-                        &url,
-                        &bytes,
-                        SystemTime::now(),
-                    )?
-                }
-                None => {
-                    let mut headers = HeaderMap::new();
-                    headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-                    headers
-                }
-            };
+            let headers = self.headers_for(method.as_str(), &url, &bytes).await?;
             let request = self
                 .endpoint
                 .request(method, url.clone())
@@ -222,10 +204,7 @@ impl BedrockProvider {
         match result {
             Ok(v) => Ok(v),
             Err(mut err) => {
-                self.endpoint.scrub(&mut err);
-                if let Some(signer) = &self.signer {
-                    http::scrub(&signer.secrets().await, &mut err);
-                }
+                self.scrub(&mut err).await;
                 Err(err)
             }
         }

@@ -193,17 +193,7 @@ impl BedrockProvider {
                     format!("could not serialise the converse request: {e}"),
                 )
             })?;
-            let headers = match &self.signer {
-                Some(signer) => {
-                    let credentials = signer.credentials().await?;
-                    signed_headers(&credentials, &self.region, &url, &bytes, SystemTime::now())?
-                }
-                None => {
-                    let mut headers = HeaderMap::new();
-                    headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-                    headers
-                }
-            };
+            let headers = self.headers_for("POST", &url, &bytes).await?;
             let (status, headers, answer) = self
                 .endpoint
                 .post_bytes_to(url, bytes, headers, classify)
@@ -214,12 +204,45 @@ impl BedrockProvider {
         match result {
             Ok(done) => Ok(done),
             Err(mut err) => {
-                self.endpoint.scrub(&mut err);
-                if let Some(signer) = &self.signer {
-                    http::scrub(&signer.secrets().await, &mut err);
-                }
+                self.scrub(&mut err).await;
                 Err(err)
             }
+        }
+    }
+
+    /// The headers of one request: SigV4 over `bytes`, or with a bearer key (already in the
+    /// endpoint's headers) the content type alone.
+    async fn headers_for(
+        &self,
+        method: &str,
+        url: &reqwest::Url,
+        bytes: &[u8],
+    ) -> Result<HeaderMap, ProviderError> {
+        match &self.signer {
+            Some(signer) => {
+                let credentials = signer.credentials().await?;
+                signed_method_headers(
+                    method,
+                    &credentials,
+                    &self.region,
+                    url,
+                    bytes,
+                    SystemTime::now(),
+                )
+            }
+            None => {
+                let mut headers = HeaderMap::new();
+                headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+                Ok(headers)
+            }
+        }
+    }
+
+    /// Removes every secret this provider knows from `err`'s message.
+    async fn scrub(&self, err: &mut ProviderError) {
+        self.endpoint.scrub(err);
+        if let Some(signer) = &self.signer {
+            http::scrub(&signer.secrets().await, err);
         }
     }
 }
