@@ -2,12 +2,12 @@
 //! API, a document mix, one `batchyard run`, and a line's cascade trail.
 
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use batchyard_testkit::FakeProvider;
 use serde_json::Value;
 
-use super::{batchyard, last_json, read_jsonl, run, text, write_file};
+use super::{batchyard, run_to_output, write_file};
 
 /// The `[offload]` settings of most tests: quick ticks, the deadline never near.
 pub const QUICK: &str = "min_items = 3\npoll_interval_secs = 1\nswitch_margin_secs = 0\n\
@@ -85,21 +85,13 @@ pub fn docs(dir: &Path, easy: usize, hard: usize) -> std::path::PathBuf {
 }
 
 pub fn run_batch(dir: &Path, input: &Path, extra: &[&str]) -> (Value, Vec<Value>, String) {
-    let started = Instant::now();
-    let out = run(batchyard(dir)
-        .args(["--config", "batchyard.toml", "run", input.to_str().unwrap()])
-        .args(["--task", "read", "--json"])
-        .args(extra));
-    let stderr = text(&out.stderr);
-    assert!(out.status.success(), "{stderr}");
-    assert!(started.elapsed() < Duration::from_secs(120));
-    let batch = last_json(&out);
-    let output = read_jsonl(
-        &dir.join("store/batches")
-            .join(batch["id"].as_str().unwrap())
-            .join("output.jsonl"),
-    );
-    (batch, output, stderr)
+    run_to_output(
+        dir,
+        batchyard(dir)
+            .args(["--config", "batchyard.toml", "run", input.to_str().unwrap()])
+            .args(["--task", "read", "--json"])
+            .args(extra),
+    )
 }
 
 pub fn steps(line: &Value) -> Vec<(String, String, bool)> {
