@@ -165,6 +165,16 @@ impl App {
         )
     }
 
+    /// The webhook notifier of this process.
+    pub fn notifier(&self) -> batchyard_workers::notify::Notifier {
+        let store = self.store.clone();
+        batchyard_workers::notify::Notifier::new(
+            Arc::clone(&self.ledger),
+            self.settings.notify.clone(),
+            Arc::new(move |record| crate::batch_view::batch_json(record, &store)),
+        )
+    }
+
     pub fn runner(&self) -> JobRunner {
         let runner = JobRunner::new(
             Arc::clone(&self.settings.catalog),

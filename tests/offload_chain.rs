@@ -11,59 +11,17 @@ use std::time::{Duration, Instant};
 
 use support::api::{Server, TOKEN, Workers, call, json_of};
 use support::cluster::{Cluster, Options};
-use support::offload::{QUICK, docs, steps};
+use support::offload::{QUICK, docs, lane_config, steps};
 use support::*;
 
 /// The downstream: a cheap and a strong model, both the upstream's, through its batch API.
 fn downstream(server: &Server) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
-    write_file(
-        dir.path(),
-        "batchyard.toml",
-        format!(
-            r#"
-[storage]
-url = "file://{store}"
-
-[routing]
-learn = false
-
-[offload]
-{QUICK}
-
-[providers.upstream]
-kind = "openai"
-base_url = "{base}/v1"
-api_key_env = "UPSTREAM_TOKEN"
-batch_api = true
-
-[models.small]
-provider = "upstream"
-name = "small"
-input_usd_per_mtok = 1.0
-output_usd_per_mtok = 2.0
-context_window = 16000
-tier = 1
-
-[models.large]
-provider = "upstream"
-name = "large"
-input_usd_per_mtok = 4.0
-output_usd_per_mtok = 8.0
-context_window = 16000
-tier = 1
-
-[tasks.read]
-prompt = "{{{{ text }}}}"
-max_output_tokens = 100
-[tasks.read.validate]
-regex = "^fake reply from (\\S+: easy|large-1: hard)"
-"#,
-            store = dir.path().join("store").display(),
-            base = server.base,
-        )
-        .as_bytes(),
+    let provider = format!(
+        "kind = \"openai\"\nbase_url = \"{}/v1\"\napi_key_env = \"UPSTREAM_TOKEN\"\nbatch_api = true",
+        server.base
     );
+    lane_config(dir.path(), &provider, ["small", "large"], QUICK, "");
     dir
 }
 

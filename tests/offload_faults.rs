@@ -12,11 +12,10 @@
 
 mod support;
 
-use std::collections::BTreeSet;
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use support::cluster::{Cluster, Options};
+use support::offload::assert_once_through_one_provider_batch;
 use support::proxy::Proxy;
 use support::*;
 
@@ -61,30 +60,6 @@ fn wait_created(cluster: &Cluster) {
     }
 }
 
-fn assert_exactly_once_through_the_batch_api(cluster: &Cluster, id: &str) {
-    let done = cluster.wait_terminal(id, Duration::from_secs(120));
-    assert_eq!(done["status"], "completed", "{done}");
-    let lines = cluster.results(id, false);
-    assert_eq!(lines.len(), ITEMS, "{lines:?}");
-    let ids: BTreeSet<&str> = lines
-        .iter()
-        .map(|l| l["custom_id"].as_str().unwrap())
-        .collect();
-    assert_eq!(ids.len(), ITEMS, "each item exactly once");
-    for line in &lines {
-        let steps = line["batchyard"]["cascade"].as_array().unwrap();
-        assert!(
-            steps.iter().any(|s| s["provider_batch"].is_string()),
-            "answered through the batch API: {line}"
-        );
-    }
-    let stats = cluster.fake.stats();
-    assert_eq!(
-        stats["batches"]["created"], 1,
-        "one paid provider batch: {stats}"
-    );
-}
-
 fn alive(worker: &mut std::process::Child) {
     assert!(
         worker.try_wait().unwrap().is_none(),
@@ -102,7 +77,7 @@ fn a_redis_restart_while_a_provider_batch_is_open_loses_and_repeats_nothing() {
     wait_created(&cluster);
     cluster.redis.restart();
     alive(&mut worker);
-    assert_exactly_once_through_the_batch_api(&cluster, &id);
+    assert_once_through_one_provider_batch(&cluster, &id, ITEMS);
     alive(&mut worker);
     let _ = worker.kill();
     let _ = worker.wait();
@@ -142,7 +117,7 @@ fn redis_refusing_writes_when_the_provider_batch_ends_delays_the_ingest_only() {
     assert_eq!(status["request_counts"]["completed"], 0, "{status}");
     alive(&mut worker);
     set(&mut c, "maxmemory", "0");
-    assert_exactly_once_through_the_batch_api(&cluster, &id);
+    assert_once_through_one_provider_batch(&cluster, &id, ITEMS);
     alive(&mut worker);
     let _ = worker.kill();
     let _ = worker.wait();
@@ -153,14 +128,8 @@ fn the_store_away_when_the_provider_batch_ends_delays_the_ingest_only() {
     let Some(mut cluster) = cluster("offload_store_away", false) else {
         return;
     };
-    let target: SocketAddr = cluster
-        .s3
-        .endpoint
-        .trim_start_matches("http://")
-        .parse()
-        .expect("the test S3 endpoint is http://127.0.0.1:PORT");
-    let proxy = Proxy::start(target);
-    cluster.s3.endpoint = format!("http://{}", proxy.addr);
+    // Every child (and the test's own S3 reads) goes through the proxy.
+    let proxy = Proxy::in_front_of_store(&mut cluster);
     let id = submit(&cluster);
     let mut worker = cluster.spawn_worker(&[]);
     wait_created(&cluster);
@@ -172,7 +141,7 @@ fn the_store_away_when_the_provider_batch_ends_delays_the_ingest_only() {
         "the lane kept trying the store"
     );
     proxy.set_up(true);
-    assert_exactly_once_through_the_batch_api(&cluster, &id);
+    assert_once_through_one_provider_batch(&cluster, &id, ITEMS);
     alive(&mut worker);
     let _ = worker.kill();
     let _ = worker.wait();

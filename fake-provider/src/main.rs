@@ -38,8 +38,8 @@
 //!   there), and `"batches": {"created", "by_status", "cancelled", "files_uploaded",
 //!   "files_deleted", "stored_bytes", "openai": {"created", "by_status", "cancelled"},
 //!   "anthropic": {"created", "by_status", "cancelled", "refused", "deleted"},
-//!   "bedrock_jobs_created"}` (`created`
-//!   and `cancelled` count both APIs' accepted creates and cancels; `by_status` is each
+//!   "bedrock_jobs_created"}` (`created` counts every API's accepted creates, Bedrock's jobs
+//!   included, `cancelled` OpenAI's and Anthropic's cancels; `by_status` is each
 //!   batch's state now, OpenAI's `status` or Anthropic's `processing_status`);
 //! - `POST /{tenant}/oauth2/v2.0/token` and `GET /msi/token`: Microsoft Entra ID tokens for
 //!   the Azure route (see `entra`; `/stats` counts them as `entra_tokens_issued`);

@@ -91,6 +91,11 @@ pub fn offload_enqueued(model: &str) -> String {
     format!("by:offload:{{{model}}}:enqueued")
 }
 
+/// Where a batch's end notification stands (a hash: `attempts`, `next_at`, `done`).
+pub fn batch_notify(id: &str) -> String {
+    format!("{}:notify", batch_record(id))
+}
+
 pub fn batch_resv(id: &str) -> String {
     format!("{}:resv", batch_record(id))
 }
@@ -286,6 +291,7 @@ mod tests {
             (batch_final("b1"), "by:batch:{b1}:final"),
             (batch_offload_lease("b1"), "by:batch:{b1}:offload"),
             (offload_enqueued("small"), "by:offload:{small}:enqueued"),
+            (batch_notify("b1"), "by:batch:{b1}:notify"),
             (batch_resv("b1"), "by:batch:{b1}:resv"),
             (adequacy("summarise"), "by:adequacy:{summarise}"),
             (ADEQUACY_PATTERN.to_owned(), "by:adequacy:*"),

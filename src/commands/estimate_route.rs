@@ -141,6 +141,7 @@ async fn nth_job(app: &App, input: &str, args: &RouteArgs) -> anyhow::Result<Job
         resume: None,
         follow_symlinks: false,
         deadline_at: None,
+        notify_url: None,
     };
     let mut scanner = Scanner::open(app, &req).await?;
     let mut index = 0u64;

@@ -1,15 +1,15 @@
 //! The offload lane's test kit: a config with a cheap and a strong model on the fake's batch
-//! API, a document mix, one `batchyard run`, a line's cascade trail, the checks of the waves
-//! and of each item once, and a worker aborted at a crash point.
+//! API, a document mix, one `batchyard run`, a line's cascade trail, the waves' checks, a
+//! worker aborted at a crash point, and the exactly-once assertion.
 
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use batchyard_testkit::FakeProvider;
 use serde_json::Value;
 
 use super::cluster::{Cluster, wait_exit};
-use super::{batchyard, last_json, read_jsonl, request_line, run, text, write_file};
+use super::{batchyard, request_line, run_to_output, write_file};
 
 /// The `[offload]` settings of most tests: quick ticks, the deadline never near.
 pub const QUICK: &str = "min_items = 3\npoll_interval_secs = 1\nswitch_margin_secs = 0\n\
@@ -23,18 +23,12 @@ pub fn offload_config(dir: &Path, fake: &FakeProvider, offload: &str, small_extr
         "kind = \"openai\"\nbase_url = \"{}\"\nbatch_api = true",
         fake.base_url
     );
-    offload_config_with(dir, &provider, ["small-1", "large-1"], offload, small_extra);
+    lane_config(dir, &provider, ["small-1", "large-1"], offload, small_extra);
 }
 
-/// [`offload_config`] with another `[providers.fake]` table and model names (`large`'s
-/// ending in `large-1`).
-pub fn offload_config_with(
-    dir: &Path,
-    provider: &str,
-    names: [&str; 2],
-    offload: &str,
-    small_extra: &str,
-) {
+/// As [`offload_config`], with `provider`'s table (as TOML lines) and the two models' names
+/// there.
+pub fn lane_config(dir: &Path, provider: &str, names: [&str; 2], offload: &str, small_extra: &str) {
     write_file(
         dir,
         "batchyard.toml",
@@ -83,6 +77,25 @@ regex = "^fake reply from (\\S+: easy|\\S*large-1: hard)"
     );
 }
 
+pub fn docs(dir: &Path, easy: usize, hard: usize) -> std::path::PathBuf {
+    let body: String = (0..easy)
+        .map(|i| format!("easy-{i}"))
+        .chain((0..hard).map(|i| format!("hard-{i}")))
+        .map(|id| format!("{{\"id\":\"{id}\",\"text\":\"{id} document\"}}\n"))
+        .collect();
+    write_file(dir, "docs.jsonl", body.as_bytes())
+}
+
+pub fn run_batch(dir: &Path, input: &Path, extra: &[&str]) -> (Value, Vec<Value>, String) {
+    run_to_output(
+        dir,
+        batchyard(dir)
+            .args(["--config", "batchyard.toml", "run", input.to_str().unwrap()])
+            .args(["--task", "read", "--json"])
+            .args(extra),
+    )
+}
+
 /// Checks the two waves of [`offload_config`]'s task over `docs`' items (easy ones pass on
 /// `small`, hard ones escalate to `large`, every step through a provider batch) and that each
 /// line costs its tokens at half the real-time prices; returns the lines' total cost.
@@ -126,76 +139,6 @@ pub fn assert_waves_at_batch_price(output: &[Value]) -> f64 {
     total
 }
 
-/// `n` lines, one per custom id, each answered through a provider batch.
-pub fn assert_once_through_batches(lines: &[Value], n: usize) {
-    assert_eq!(lines.len(), n, "{lines:?}");
-    let ids: std::collections::BTreeSet<&str> = lines
-        .iter()
-        .map(|l| l["custom_id"].as_str().unwrap())
-        .collect();
-    assert_eq!(ids.len(), n, "each item exactly once");
-    for line in lines {
-        let steps = line["batchyard"]["cascade"].as_array().unwrap();
-        assert!(
-            steps.iter().any(|s| s["provider_batch"].is_string()),
-            "answered through the batch API: {line}"
-        );
-    }
-}
-
-pub fn docs(dir: &Path, easy: usize, hard: usize) -> std::path::PathBuf {
-    let body: String = (0..easy)
-        .map(|i| format!("easy-{i}"))
-        .chain((0..hard).map(|i| format!("hard-{i}")))
-        .map(|id| format!("{{\"id\":\"{id}\",\"text\":\"{id} document\"}}\n"))
-        .collect();
-    write_file(dir, "docs.jsonl", body.as_bytes())
-}
-
-pub fn run_batch(dir: &Path, input: &Path, extra: &[&str]) -> (Value, Vec<Value>, String) {
-    run_batch_env(dir, input, extra, Vec::new())
-}
-
-/// [`run_batch`] with more environment variables.
-pub fn run_batch_env(
-    dir: &Path,
-    input: &Path,
-    extra: &[&str],
-    env: Vec<(String, String)>,
-) -> (Value, Vec<Value>, String) {
-    let started = Instant::now();
-    let out = run(batchyard(dir)
-        .envs(env)
-        .args(["--config", "batchyard.toml", "run", input.to_str().unwrap()])
-        .args(["--task", "read", "--json"])
-        .args(extra));
-    let stderr = text(&out.stderr);
-    assert!(out.status.success(), "{stderr}");
-    assert!(started.elapsed() < Duration::from_secs(120));
-    let batch = last_json(&out);
-    let output = read_jsonl(
-        &dir.join("store/batches")
-            .join(batch["id"].as_str().unwrap())
-            .join("output.jsonl"),
-    );
-    (batch, output, stderr)
-}
-
-pub fn steps(line: &Value) -> Vec<(String, String, bool)> {
-    line["batchyard"]["cascade"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| {
-            (
-                s["model"].as_str().unwrap().to_owned(),
-                s["outcome"].as_str().unwrap().to_owned(),
-                s["provider_batch"].is_string(),
-            )
-        })
-        .collect()
-}
-
 /// Submits `n` items with a deadline and runs a worker that aborts at `point`
 /// (`BATCHYARD_TEST_CRASH_AT`); returns the batch id.
 pub fn submit_and_crash(cluster: &Cluster, n: usize, point: &str) -> String {
@@ -221,4 +164,45 @@ pub fn submit_and_crash(cluster: &Cluster, n: usize, point: &str) -> String {
         "the worker should have aborted at {point}"
     );
     id
+}
+
+pub fn steps(line: &Value) -> Vec<(String, String, bool)> {
+    line["batchyard"]["cascade"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            (
+                s["model"].as_str().unwrap().to_owned(),
+                s["outcome"].as_str().unwrap().to_owned(),
+                s["provider_batch"].is_string(),
+            )
+        })
+        .collect()
+}
+
+/// Every one of `items` items of batch `id` ended exactly once, answered through a provider
+/// batch, and the fake accepted exactly one provider batch (never a second, paid, one).
+pub fn assert_once_through_one_provider_batch(cluster: &Cluster, id: &str, items: usize) {
+    let done = cluster.wait_terminal(id, Duration::from_secs(120));
+    assert_eq!(done["status"], "completed", "{done}");
+    let lines = cluster.results(id, false);
+    assert_eq!(lines.len(), items, "{lines:?}");
+    let ids: std::collections::BTreeSet<&str> = lines
+        .iter()
+        .map(|l| l["custom_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids.len(), items, "each item exactly once");
+    for line in &lines {
+        let steps = line["batchyard"]["cascade"].as_array().unwrap();
+        assert!(
+            steps.iter().any(|s| s["provider_batch"].is_string()),
+            "answered through the batch API: {line}"
+        );
+    }
+    let stats = cluster.fake.stats();
+    assert_eq!(
+        stats["batches"]["created"], 1,
+        "one paid provider batch: {stats}"
+    );
 }

@@ -54,7 +54,10 @@ impl Batches {
     /// `/stats`' `batches` object.
     pub fn stats(&self) -> Value {
         let mut stats = self.lock().stats(now_ms());
-        stats["bedrock_jobs_created"] = json!(crate::lock(&self.bedrock).created());
+        let bedrock = crate::lock(&self.bedrock).created() as u64;
+        stats["bedrock_jobs_created"] = json!(bedrock);
+        // `created` counts every API's accepted creates.
+        stats["created"] = json!(stats["created"].as_u64().unwrap_or(0) + bedrock);
         stats
     }
 }

@@ -71,6 +71,8 @@ pub const RETRIES_TOTAL: &str = "batchyard_retries_total";
 pub const ESCALATIONS_TOTAL: &str = "batchyard_escalations_total";
 /// Items that left a throttled or paused model for the next candidate, by model and reason.
 pub const FALLBACKS_TOTAL: &str = "batchyard_fallbacks_total";
+/// Webhook delivery attempts, by outcome (`delivered`, `failed`, `gave_up`).
+pub const NOTIFICATIONS_TOTAL: &str = "batchyard_notifications_total";
 /// Answers served from the result cache, by model.
 pub const CACHE_HITS_TOTAL: &str = "batchyard_cache_hits_total";
 /// Time spent getting rate-limit admission, by model (see the module doc).
@@ -165,6 +167,11 @@ pub fn describe() {
         FALLBACKS_TOTAL,
         Unit::Count,
         "Items that left a throttled or paused model for the next candidate, by model and reason"
+    );
+    describe_counter!(
+        NOTIFICATIONS_TOTAL,
+        Unit::Count,
+        "Webhook delivery attempts for ended batches, by outcome"
     );
     describe_counter!(
         CACHE_HITS_TOTAL,
@@ -293,6 +300,11 @@ pub fn escalated(task: Option<&str>) {
 /// (`reason`: the error code).
 pub fn fell_back(model: &str, reason: &'static str) {
     counter!(FALLBACKS_TOTAL, "model" => model.to_string(), "reason" => reason).increment(1);
+}
+
+/// A webhook delivery attempt ended (`delivered`, `failed`, `gave_up`).
+pub fn notified(outcome: &'static str) {
+    counter!(NOTIFICATIONS_TOTAL, "outcome" => outcome).increment(1);
 }
 
 /// An answer came from the result cache.

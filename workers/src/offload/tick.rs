@@ -294,7 +294,11 @@ impl Coordinator {
                 }
                 continue;
             }
-            let (Some(api), true) = (api, jobs.len() >= self.options.min_items) else {
+            // A group still growing waits a tick for the rest of its wave (unless it already
+            // fills a provider batch): one poll interval against a day's window, for one
+            // provider batch instead of a few and no remainder sent real-time.
+            let settled = stalled || jobs.len() >= self.options.max_items;
+            let (Some(api), true) = (api, jobs.len() >= self.options.min_items && settled) else {
                 continue;
             };
             if !cut_any {
