@@ -12,7 +12,7 @@
 //! - [`sign`] builds the URL and the SigV4 headers (`aws-sigv4`), encoding the path as the
 //!   AWS SDKs do.
 //! - [`batch`]: batch inference jobs on the control plane, over the user's S3 bucket (the
-//!   offload lane).
+//!   offload lane); `records`: their records both ways and the jobs' states.
 //! - [`auth`] says who the call is made as, and keeps the chain's credentials fresh.
 //! - `chain_http`: the reqwest-backed HTTP client the AWS credential chain uses.
 //! - Keys, tokens and signatures are never in a URL, a message or `Debug` output.
@@ -21,6 +21,7 @@ mod auth;
 pub mod batch;
 mod chain_http;
 mod errors;
+mod records;
 mod request;
 mod response;
 mod sign;
