@@ -249,3 +249,37 @@ async fn too_few_records_fail_validation_and_a_wrong_signature_is_an_auth_error(
         .unwrap_err();
     assert_eq!(err.kind, ProviderErrorKind::InvalidRequest, "{err:?}");
 }
+
+#[tokio::test]
+async fn an_expired_job_keeps_the_records_answered_by_the_window() {
+    let Some(s3) = s3_env_or_skip("bedrock batch expiry") else {
+        return;
+    };
+    // Jobs never complete: at the 1 s window the first half of their records are done.
+    let server = fake(&s3, &["--batch-window-secs", "1", "--batch-expire=0.5"]);
+    let url = s3.storage_url("bedrock-batch-expiry");
+    let store = ResultStore::open(&url, &store_env(&s3)).unwrap();
+    let signed = provider(&server, &s3, &store, &s3.secret);
+    let api = BatchApi::of(&signed).unwrap();
+    let texts: Vec<String> = (0..10).map(|i| format!("record {i}")).collect();
+    let texts: Vec<&str> = texts.iter().map(String::as_str).collect();
+    let id = api
+        .submit("w1-haiku-0", &items(HAIKU, &texts))
+        .await
+        .unwrap();
+    let status = ended(&api, &id).await;
+    assert_eq!(status.state, RemoteState::Ended(EndedAs::Expired));
+    let answers = results(&api, &id).await;
+    let answered: Vec<&str> = {
+        let mut ids: Vec<&str> = answers.keys().map(String::as_str).collect();
+        ids.sort_unstable();
+        ids
+    };
+    assert_eq!(
+        answered,
+        ["job0000", "job0001", "job0002", "job0003", "job0004"]
+    );
+    assert!(answers.values().all(|r| matches!(r, ItemResult::Answer(_))));
+    api.forget(&id).await.unwrap();
+    assert!(objects(&store).await.is_empty());
+}
