@@ -105,6 +105,9 @@ impl Default for OffloadOptions {
     }
 }
 
+/// A group of parked items: its batch and the model it waits for.
+type GroupKey = (String, String);
+
 /// Leads the offload lane of each batch this process may lead. Cheap to clone.
 #[derive(Clone)]
 pub struct Coordinator {
@@ -114,9 +117,9 @@ pub struct Coordinator {
     catalog: Arc<Catalog>,
     options: OffloadOptions,
     owner: String,
-    /// Group sizes seen at the last tick, by batch and model: a group that stopped growing
-    /// below `min_items` is sent real-time.
-    seen: Arc<std::sync::Mutex<HashMap<(String, String), usize>>>,
+    /// Each group's size at the last tick and for how many ticks it has not changed, by
+    /// batch and model: a wave is cut once its group stopped growing.
+    seen: Arc<std::sync::Mutex<HashMap<GroupKey, (usize, u32)>>>,
     /// Ended batches whose provider batches have all ended too: nothing left to poll.
     quiet: Arc<std::sync::Mutex<HashSet<String>>>,
     tokens: Arc<TokenEstimator>,
