@@ -16,10 +16,13 @@
 //! - `state`: the provider batches of a batch, kept in the object store.
 //! - `tick`: one batch's step (the three above).
 //! - `ingest`: one ended provider batch's results back into the queue.
+//! - [`rate`]: how long the rest of a batch would take real-time (declared limits, the
+//!   measured throughput, or the configured rate), which the switch is judged on.
 //!
-//! May use: `catalog`, `provider` and the jobs crate. Used by the binary.
+//! May use: `catalog`, `provider`, `metrics` and the jobs crate. Used by the binary.
 
 mod ingest;
+pub mod rate;
 pub mod state;
 mod tick;
 
@@ -33,6 +36,7 @@ use batchyard_jobs::storage::ResultStore;
 use tokio_util::sync::CancellationToken;
 
 use crate::catalog::Catalog;
+use crate::metrics::throughput::RealtimeMeter;
 
 /// `[offload]`.
 #[derive(Debug, Clone, PartialEq)]
@@ -113,6 +117,10 @@ pub struct Coordinator {
     /// Group sizes seen at the last tick, by batch and model: a group that stopped growing
     /// below `min_items` is sent real-time.
     seen: Arc<std::sync::Mutex<HashMap<(String, String), usize>>>,
+    /// The real-time throughput measured across the workers.
+    meter: Arc<RealtimeMeter>,
+    /// What the real-time time of each batch was last judged on, so a change is logged once.
+    rate_basis: Arc<std::sync::Mutex<HashMap<String, &'static str>>>,
 }
 
 impl Coordinator {
@@ -132,7 +140,15 @@ impl Coordinator {
             options,
             owner,
             seen: Arc::default(),
+            meter: Arc::new(RealtimeMeter::in_process(1)),
+            rate_basis: Arc::default(),
         }
+    }
+
+    /// Judges the deadline on the throughput `meter` measures (shared with the runner).
+    pub fn with_meter(mut self, meter: Arc<RealtimeMeter>) -> Self {
+        self.meter = meter;
+        self
     }
 
     /// Ticks every batch with a deadline that is still running, until `cancel`.
@@ -151,6 +167,13 @@ impl Coordinator {
 
     /// One tick over every batch this process may lead now.
     pub async fn tick_all(&self) {
+        // Every worker's counts reach the fleet's window, whether it leads a batch or not.
+        self.meter.push().await;
+        if let Ok(mut seen) = self.rate_basis.lock()
+            && seen.len() > 1_000
+        {
+            seen.clear();
+        }
         let batches = match self.ledger.list(500).await {
             Ok(b) => b,
             Err(e) => {
