@@ -21,6 +21,7 @@ pub mod chaos_services;
 pub mod chaos_workers;
 pub mod cluster;
 pub mod invariants;
+pub mod offload;
 pub mod proxy;
 pub mod scheduler;
 

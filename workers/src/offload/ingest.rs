@@ -72,10 +72,10 @@ impl Coordinator {
                 _ => {}
             }
         }
-        if unused_nanos > 0 {
-            let tag = format!("offload:{}", pb.key);
+        if pb.given_back {
+            // Also releases what a budget held for these answers (nothing without one).
             self.ledger
-                .commit(&record.id, &tag, unused_nanos)
+                .commit(&record.id, &super::money::offload_tag(pb), unused_nanos)
                 .await
                 .map_err(store_error)?;
         }

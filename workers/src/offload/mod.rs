@@ -16,17 +16,20 @@
 //! - `state`: the provider batches of a batch, kept in the object store.
 //! - `tick`: one batch's step (the three above).
 //! - `ingest`: one ended provider batch's results back into the queue.
+//! - `money`: cutting a group by the provider's limits and the model's enqueued-token quota,
+//!   and what a budget holds for a provider batch whose items went real-time.
 //! - [`rate`]: how long the rest of a batch would take real-time (declared limits, the
 //!   measured throughput, or the configured rate), which the switch is judged on.
 //!
 //! May use: `catalog`, `provider`, `metrics` and the jobs crate. Used by the binary.
 
 mod ingest;
+mod money;
 pub mod rate;
 pub mod state;
 mod tick;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -36,6 +39,7 @@ use batchyard_jobs::storage::ResultStore;
 use tokio_util::sync::CancellationToken;
 
 use crate::catalog::Catalog;
+use crate::catalog::tokens::TokenEstimator;
 use crate::metrics::throughput::RealtimeMeter;
 
 /// `[offload]`.
@@ -121,6 +125,9 @@ pub struct Coordinator {
     meter: Arc<RealtimeMeter>,
     /// What the real-time time of each batch was last judged on, so a change is logged once.
     rate_basis: Arc<std::sync::Mutex<HashMap<String, &'static str>>>,
+    /// Ended batches whose provider batches have all ended too: nothing left to poll.
+    quiet: Arc<std::sync::Mutex<HashSet<String>>>,
+    tokens: Arc<TokenEstimator>,
 }
 
 impl Coordinator {
@@ -142,6 +149,8 @@ impl Coordinator {
             seen: Arc::default(),
             meter: Arc::new(RealtimeMeter::in_process(1)),
             rate_basis: Arc::default(),
+            quiet: Arc::default(),
+            tokens: Arc::default(),
         }
     }
 
@@ -182,7 +191,11 @@ impl Coordinator {
             }
         };
         for record in batches {
-            if record.deadline_at.is_none() || record.state.is_terminal() {
+            // An ended batch is still ticked while provider batches it sent are open: their
+            // answers are paid for, so they are cancelled, polled and counted to the end.
+            let quiet = record.state.is_terminal()
+                && self.quiet.lock().is_ok_and(|q| q.contains(&record.id));
+            if record.deadline_at.is_none() || quiet {
                 continue;
             }
             match self.hold(&record.id).await {
