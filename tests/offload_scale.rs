@@ -13,86 +13,30 @@ use std::time::{Duration, Instant};
 
 use batchyard_testkit::FakeProvider;
 use serde_json::Value;
+use support::offload::{docs, offload_config};
 use support::*;
 
 const EASY: usize = 4_000;
 const HARD: usize = 1_000;
 /// The deadline the offloaded run is given.
 const DEADLINE_SECS: u64 = 3_600;
-const QUICK: &str = "poll_interval_secs = 1\nswitch_margin_secs = 0";
+/// Quick ticks; the deadline judged on the default real-time rate.
+const QUICK_TICKS: &str = "poll_interval_secs = 1\nswitch_margin_secs = 0";
 
-/// `small` on one provider, `large` on another, both through an OpenAI-style batch API; a
-/// check that passes "easy" items on any model and "hard" ones only on `large`.
+/// The offload kit's config with `large` moved to a second provider (another fake), so the
+/// cheap model's waves go to one batch API and the strong model's to the other.
 fn config(dir: &Path, cheap: &FakeProvider, strong: &FakeProvider, offload: &str, small: &str) {
-    write_file(
-        dir,
-        "batchyard.toml",
-        format!(
-            r#"
-[storage]
-url = "file://{store}"
-
-[routing]
-learn = false
-
-[offload]
-{offload}
-
-[providers.cheap]
-kind = "openai"
-base_url = "{cheap}"
-batch_api = true
-
-[providers.strong]
-kind = "openai"
-base_url = "{strong}"
-batch_api = true
-
-[models.small]
-provider = "cheap"
-name = "small-1"
-input_usd_per_mtok = 1.0
-output_usd_per_mtok = 2.0
-context_window = 16000
-tier = 1
-{small}
-
-[models.large]
-provider = "strong"
-name = "large-1"
-input_usd_per_mtok = 4.0
-output_usd_per_mtok = 8.0
-context_window = 16000
-tier = 1
-
-[tasks.read]
-prompt = "{{{{ text }}}}"
-max_output_tokens = 100
-[tasks.read.validate]
-regex = "^fake reply from (\\S+: easy|large-1: hard)"
-"#,
-            store = dir.join("store").display(),
-            cheap = cheap.base_url,
-            strong = strong.base_url,
-        )
-        .as_bytes(),
-    );
-}
-
-fn docs(dir: &Path, easy: usize, hard: usize) -> std::path::PathBuf {
-    // Easy and hard interleaved, as a real input would be.
-    let every = (easy + hard) / hard.max(1);
-    let body: String = (0..easy + hard)
-        .map(|i| {
-            let id = if hard > 0 && i % every == every - 1 {
-                format!("hard-{i}")
-            } else {
-                format!("easy-{i}")
-            };
-            format!("{{\"id\":\"{id}\",\"text\":\"{id} document\"}}\n")
-        })
-        .collect();
-    write_file(dir, "docs.jsonl", body.as_bytes())
+    offload_config(dir, cheap, offload, small);
+    let path = dir.join("batchyard.toml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let large = "[models.large]\nprovider = \"fake\"";
+    assert!(text.contains(large), "the kit's config changed: {text}");
+    let text = text.replace(large, "[models.large]\nprovider = \"strong\"")
+        + &format!(
+            "\n[providers.strong]\nkind = \"openai\"\nbase_url = \"{}\"\nbatch_api = true\n",
+            strong.base_url
+        );
+    std::fs::write(&path, text).unwrap();
 }
 
 struct Ran {
@@ -166,7 +110,7 @@ fn five_thousand_items_offloaded_across_two_providers_cost_at_most_055_of_real_t
     let dir = tempfile::tempdir().unwrap();
     let cheap = FakeProvider::start(&["--batch-turnaround-ms", "500"]);
     let strong = FakeProvider::start(&["--batch-turnaround-ms", "500"]);
-    config(dir.path(), &cheap, &strong, QUICK, "");
+    config(dir.path(), &cheap, &strong, QUICK_TICKS, "");
     let input = docs(dir.path(), EASY, HARD);
 
     // Each answer bought for itself: the result cache would serve the second run free.
