@@ -35,8 +35,10 @@ fn a_budgeted_deadline_batch_is_offloaded_and_spends_within_its_budget() {
     let cost = batch["cost_usd"].as_f64().unwrap();
     assert!(cost > 0.0 && cost <= 0.5, "{batch}");
     assert!((cost - total).abs() < 1e-8, "{batch}");
-    // Wave 1 on small, wave 2 (the hard ones) on large: the budget changed nothing.
-    assert_eq!(fake.stats()["batches"]["created"], 2);
+    // Wave 1 on small, wave 2 (the hard ones) on large; a tick that saw wave 1 half parked
+    // may have sent it in two.
+    let created = fake.stats()["batches"]["created"].as_u64().unwrap();
+    assert!((2..=3).contains(&created), "{created} provider batches");
 }
 
 #[test]

@@ -2,12 +2,12 @@
 //! API, a document mix, one `batchyard run`, and a line's cascade trail.
 
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use batchyard_testkit::FakeProvider;
 use serde_json::Value;
 
-use super::{batchyard, last_json, read_jsonl, run, text, write_file};
+use super::{batchyard, run_to_output, write_file};
 
 /// The `[offload]` settings of most tests: quick ticks, the deadline never near.
 pub const QUICK: &str = "min_items = 3\npoll_interval_secs = 1\nswitch_margin_secs = 0\n\
@@ -17,6 +17,16 @@ pub const QUICK: &str = "min_items = 3\npoll_interval_secs = 1\nswitch_margin_se
 /// check passes "easy" items on any model and "hard" ones only on `large`. `small_extra`:
 /// more lines for `[models.small]`.
 pub fn offload_config(dir: &Path, fake: &FakeProvider, offload: &str, small_extra: &str) {
+    let provider = format!(
+        "kind = \"openai\"\nbase_url = \"{}\"\nbatch_api = true",
+        fake.base_url
+    );
+    lane_config(dir, &provider, ["small-1", "large-1"], offload, small_extra);
+}
+
+/// As [`offload_config`], with `provider`'s table (as TOML lines) and the two models' names
+/// there.
+pub fn lane_config(dir: &Path, provider: &str, names: [&str; 2], offload: &str, small_extra: &str) {
     write_file(
         dir,
         "batchyard.toml",
@@ -32,13 +42,11 @@ learn = false
 {offload}
 
 [providers.fake]
-kind = "openai"
-base_url = "{base}"
-batch_api = true
+{provider}
 
 [models.small]
 provider = "fake"
-name = "small-1"
+name = "{small}"
 input_usd_per_mtok = 1.0
 output_usd_per_mtok = 2.0
 context_window = 16000
@@ -47,7 +55,7 @@ tier = 1
 
 [models.large]
 provider = "fake"
-name = "large-1"
+name = "{large}"
 input_usd_per_mtok = 4.0
 output_usd_per_mtok = 8.0
 context_window = 16000
@@ -60,7 +68,8 @@ max_output_tokens = 100
 regex = "^fake reply from (\\S+: easy|large-1: hard)"
 "#,
             store = dir.join("store").display(),
-            base = fake.base_url,
+            small = names[0],
+            large = names[1],
         )
         .as_bytes(),
     );
@@ -76,21 +85,13 @@ pub fn docs(dir: &Path, easy: usize, hard: usize) -> std::path::PathBuf {
 }
 
 pub fn run_batch(dir: &Path, input: &Path, extra: &[&str]) -> (Value, Vec<Value>, String) {
-    let started = Instant::now();
-    let out = run(batchyard(dir)
-        .args(["--config", "batchyard.toml", "run", input.to_str().unwrap()])
-        .args(["--task", "read", "--json"])
-        .args(extra));
-    let stderr = text(&out.stderr);
-    assert!(out.status.success(), "{stderr}");
-    assert!(started.elapsed() < Duration::from_secs(120));
-    let batch = last_json(&out);
-    let output = read_jsonl(
-        &dir.join("store/batches")
-            .join(batch["id"].as_str().unwrap())
-            .join("output.jsonl"),
-    );
-    (batch, output, stderr)
+    run_to_output(
+        dir,
+        batchyard(dir)
+            .args(["--config", "batchyard.toml", "run", input.to_str().unwrap()])
+            .args(["--task", "read", "--json"])
+            .args(extra),
+    )
 }
 
 pub fn steps(line: &Value) -> Vec<(String, String, bool)> {
@@ -106,4 +107,34 @@ pub fn steps(line: &Value) -> Vec<(String, String, bool)> {
             )
         })
         .collect()
+}
+
+/// Every one of `items` items of batch `id` ended exactly once, answered through a provider
+/// batch, and the fake accepted exactly one provider batch (never a second, paid, one).
+pub fn assert_once_through_one_provider_batch(
+    cluster: &super::cluster::Cluster,
+    id: &str,
+    items: usize,
+) {
+    let done = cluster.wait_terminal(id, Duration::from_secs(120));
+    assert_eq!(done["status"], "completed", "{done}");
+    let lines = cluster.results(id, false);
+    assert_eq!(lines.len(), items, "{lines:?}");
+    let ids: std::collections::BTreeSet<&str> = lines
+        .iter()
+        .map(|l| l["custom_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids.len(), items, "each item exactly once");
+    for line in &lines {
+        let steps = line["batchyard"]["cascade"].as_array().unwrap();
+        assert!(
+            steps.iter().any(|s| s["provider_batch"].is_string()),
+            "answered through the batch API: {line}"
+        );
+    }
+    let stats = cluster.fake.stats();
+    assert_eq!(
+        stats["batches"]["created"], 1,
+        "one paid provider batch: {stats}"
+    );
 }

@@ -72,6 +72,7 @@ impl Coordinator {
                 _ => {}
             }
         }
+        tracing::info!(key = %pb.key, remote_id, answered = answered.len(), unused_usd = batchyard_jobs::batch::nanos_to_usd(unused_nanos), given_back = pb.given_back, "offload: provider batch ingested");
         if pb.given_back {
             // Also releases what a budget held for these answers (nothing without one).
             self.ledger

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use batchyard_jobs::batch::{BatchRecord, now_secs};
 use batchyard_jobs::job::Job;
+use batchyard_jobs::retry::Retryable as _;
 use serde_json::Value;
 
 use super::money::{Weight, split};
@@ -378,6 +379,19 @@ impl Coordinator {
                 if let Some(pb) = lane.provider_batches.last_mut() {
                     pb.remote_id = Some(id);
                     pb.phase = Phase::Running;
+                }
+            }
+            // Refused outright (auth, billing, a bad request): nothing was created, and
+            // trying again would be refused again. The items run real-time, where a paused
+            // provider pauses for every worker and the cascade falls back.
+            Err(e) if !e.is_retryable() => {
+                tracing::warn!(key, error = %e, "offload: the provider refused a provider batch; its items run real-time");
+                if let Some(pb) = lane.provider_batches.last_mut() {
+                    pb.phase = Phase::Done;
+                    pb.ended = Some(format!("refused: {}", e.kind.code()));
+                }
+                if let Some(pb) = lane.provider_batches.last().cloned() {
+                    self.give_back(record, &pb, true).await;
                 }
             }
             // Left `Creating`: the next tick looks for it by its tag, and if the provider

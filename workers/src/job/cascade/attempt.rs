@@ -308,6 +308,21 @@ pub(super) enum Origin {
 }
 
 /// A provider batch's answer for this item as a call's reply, or its error as a call's.
+impl Cascade {
+    /// What the provider batch answer `job` carries cost, for a job that ends before the
+    /// cascade judges it (cancelled, expired, out of budget): it is paid all the same.
+    pub(crate) fn unjudged_answer_usd(&self, job: &Job) -> f64 {
+        let Some(pre) = &job.prefetched else {
+            return 0.0;
+        };
+        let Some(model) = self.catalog.model(&pre.model) else {
+            return 0.0;
+        };
+        batch_answer(pre, &job.body)
+            .map_or(0.0, |done| model.batch_cost_usd(TokenCounts::of(&done)))
+    }
+}
+
 fn batch_answer(
     pre: &batchyard_jobs::job::Prefetched,
     request: &serde_json::Map<String, serde_json::Value>,
