@@ -53,30 +53,25 @@ fn run_batch(dir: &Path, input: &Path, extra: &[&str]) -> Ran {
 
 fn run_logged(dir: &Path, input: &Path, extra: &[&str]) -> (Ran, String) {
     let started = Instant::now();
-    let out = run(batchyard(dir)
-        .env("RUST_LOG", "warn,batchyard_workers::offload=info")
-        .args(["--config", "batchyard.toml", "run", input.to_str().unwrap()])
-        .args(["--task", "read", "--json", "--concurrency", "64"])
-        .args(extra));
+    let (batch, output, stderr) = run_to_output(
+        dir,
+        batchyard(dir)
+            .env("RUST_LOG", "warn,batchyard_workers::offload=info")
+            .args(["--config", "batchyard.toml", "run", input.to_str().unwrap()])
+            .args(["--task", "read", "--json", "--concurrency", "64"])
+            .args(extra),
+    );
     let took = started.elapsed();
-    let stderr = text(&out.stderr);
-    assert!(out.status.success(), "{}", tail(&stderr));
-    let batch = last_json(&out);
     let root = dir
         .join("store/batches")
         .join(batch["id"].as_str().unwrap());
     let manifest: Value =
         serde_json::from_slice(&std::fs::read(root.join("manifest.json")).unwrap()).unwrap();
-    let errors = if root.join("errors.jsonl").exists() {
-        read_jsonl(&root.join("errors.jsonl"))
-    } else {
-        vec![]
-    };
     let ran = Ran {
         batch,
         manifest,
-        output: read_jsonl(&root.join("output.jsonl")),
-        errors,
+        output,
+        errors: read_jsonl(&root.join("errors.jsonl")),
         took,
     };
     (ran, stderr)
