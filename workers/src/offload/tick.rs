@@ -51,7 +51,7 @@ impl Coordinator {
         }
         self.release_shares(record, &mut lane).await;
         let realtime = record.realtime_at.is_some() || record.cancel_requested_at.is_some();
-        let near = self.deadline_near(record);
+        let near = self.deadline_near(record, &lane).await;
         if !realtime && near {
             tracing::info!("offload: the deadline is near; the rest runs real-time");
             if let Err(e) = self.ledger.to_realtime(&record.id).await {
@@ -118,17 +118,14 @@ impl Coordinator {
     }
 
     /// Whether what is left would not finish by the deadline (less the margin) unless it
-    /// starts real-time now.
-    fn deadline_near(&self, record: &BatchRecord) -> bool {
+    /// starts real-time now (see [`super::rate`] for how long real-time takes).
+    async fn deadline_near(&self, record: &BatchRecord, lane: &LaneState) -> bool {
         let Some(deadline) = record.deadline_at else {
             return false;
         };
-        let left = record
-            .counts
-            .total
-            .saturating_sub(record.counts.completed + record.counts.failed);
-        let rate = self.options.realtime_items_per_sec.max(0.001);
-        let needed = Duration::from_secs_f64(left as f64 / rate) + self.options.switch_margin;
+        let needed = self.realtime_needed(record, lane).await;
+        let needed =
+            Duration::from_secs_f64(needed.secs.clamp(0.0, 1e12)) + self.options.switch_margin;
         now_secs() + needed.as_secs() >= deadline
     }
 
