@@ -260,7 +260,7 @@ pub async fn submit_selected(
         .into());
     }
 
-    check_deadline(app, req, total)?;
+    check_deadline(app, req, total).await?;
     probe_store(app, &batch_id).await?;
 
     let lease_len = app.settings.queue.submit_lease;
@@ -310,20 +310,32 @@ pub async fn submit_selected(
 }
 
 /// A deadline that even real-time could not meet is refused before anything is enqueued,
-/// with the numbers it was judged on.
-fn check_deadline(app: &App, req: &SubmitRequest, total: u64) -> anyhow::Result<()> {
+/// with the numbers it was judged on (the measured real-time throughput, or with none yet
+/// the configured rate; see `batchyard_workers::offload::rate`).
+async fn check_deadline(app: &App, req: &SubmitRequest, total: u64) -> anyhow::Result<()> {
     let Some(deadline) = req.deadline_at else {
         return Ok(());
     };
-    let rate = app.settings.offload.realtime_items_per_sec;
-    let needed = (total as f64 / rate).ceil() as u64;
+    let measured = app.meter.measure().await;
+    let left = batchyard_workers::offload::rate::Left {
+        unattributed: total,
+        ..Default::default()
+    };
+    let needed = batchyard_workers::offload::rate::realtime_needed(
+        &app.settings.catalog,
+        &left,
+        measured.as_ref(),
+        app.settings.offload.realtime_items_per_sec,
+    );
+    let needed_secs = needed.secs.ceil() as u64;
     let now = batchyard_jobs::batch::now_secs();
     let left = deadline.saturating_sub(now);
-    if needed > left {
+    if needed_secs > left {
         return Err(UsageError(format!(
-            "--deadline leaves {left} s, but {total} items take about {needed} s real-time at \
-             [offload] realtime_items_per_sec = {rate}; give a later deadline, or raise that \
-             rate if your workers and provider limits allow more"
+            "--deadline leaves {left} s, but {total} items take about {needed_secs} s real-time \
+             ({}); give a later deadline, or raise [offload] realtime_items_per_sec if your \
+             workers and provider limits allow more",
+            needed.basis
         ))
         .into());
     }

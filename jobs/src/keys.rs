@@ -11,6 +11,7 @@
 //!   `by:{<q>}:parked:<batch>`
 //! - ledger: `by:batches` (index), `by:batch:{<id>}` and its `:settled`, `:final`, `:resv`,
 //!   `:offload`
+//! - real-time throughput: `by:realtime_rate`
 //! - adequacy: `by:adequacy:{<task>}`; health: `by:health:{<model>}` and `:probe`, `:budget`
 //! - limiter: `{by:lim}:model:<key>`, `{by:lim}:provider:<key>`
 //! - API queue history: `by:api:queue_history:{<queue>}`
@@ -101,6 +102,10 @@ pub fn batch_resv(id: &str) -> String {
 }
 
 // ---- routing and health ----
+
+/// The real-time throughput measured across the fleet (a hash of per-minute fields): what
+/// the offload lane's deadline is judged on where a model declares no limits.
+pub const REALTIME_RATE: &str = "by:realtime_rate";
 
 pub fn adequacy(task: &str) -> String {
     format!("{PREFIX}:adequacy:{{{task}}}")
@@ -293,6 +298,7 @@ mod tests {
             (offload_enqueued("small"), "by:offload:{small}:enqueued"),
             (batch_notify("b1"), "by:batch:{b1}:notify"),
             (batch_resv("b1"), "by:batch:{b1}:resv"),
+            (REALTIME_RATE.to_owned(), "by:realtime_rate"),
             (adequacy("summarise"), "by:adequacy:{summarise}"),
             (ADEQUACY_PATTERN.to_owned(), "by:adequacy:*"),
             (health("m"), "by:health:{m}"),

@@ -25,9 +25,11 @@
 //!
 //! - [`overhead`]: the per-job overhead histogram: wall time minus provider calls, batch
 //!   finalization and deliberate waits.
+//! - [`throughput`]: the real-time throughput measured on recent items (in process, or
+//!   shared through Redis at each offload tick), which the offload lane's deadline uses.
 //! - `tests`: the unit tests of the recording calls and the ETA sampler.
 //!
-//! May use: `catalog`, `provider` (for labels). Used by: `job`, `call`.
+//! May use: `catalog`, `provider` (for labels). Used by: `job`, `call`, `offload`.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fmt::Write as _;
@@ -86,6 +88,7 @@ pub const UNSETTLED_JOBS: &str = "batchyard_worker_unsettled_jobs";
 pub use overhead::{JOB_OVERHEAD, OVERHEAD_BUCKETS};
 
 pub mod overhead;
+pub mod throughput;
 
 /// Jobs take milliseconds (cache, simulated) to minutes (slow models, long retries).
 pub const JOB_DURATION_BUCKETS: &[f64] = &[
