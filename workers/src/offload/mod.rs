@@ -16,10 +16,12 @@
 //! - `state`: the provider batches of a batch, kept in the object store.
 //! - `tick`: one batch's step (the three above).
 //! - `ingest`: one ended provider batch's results back into the queue.
+//! - `recover`: a provider batch whose id was never recorded, found again (or known unsent).
 //!
 //! May use: `catalog`, `provider` and the jobs crate. Used by the binary.
 
 mod ingest;
+mod recover;
 pub mod state;
 mod tick;
 

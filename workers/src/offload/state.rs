@@ -42,6 +42,10 @@ pub struct ProviderBatch {
     /// is paid for and unused.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub given_back: bool,
+    /// While `Creating` with no id: the provider batches that could be this one (a provider
+    /// that keeps no tag), each checked by its results once it has ended.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub candidates: Vec<String>,
 }
 
 /// The lane's state of one batch.

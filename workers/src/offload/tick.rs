@@ -96,23 +96,9 @@ impl Coordinator {
         };
         let remote_id = match (&pb.remote_id, pb.phase) {
             (Some(id), _) => id.clone(),
-            (None, _) => match api.find(&pb.key, pb.created_at).await {
-                Ok(Some(id)) => {
-                    tracing::info!(key = %pb.key, remote_id = %id, "offload: found a provider batch whose id was not recorded");
-                    lane.provider_batches[index].remote_id = Some(id.clone());
-                    lane.provider_batches[index].phase = Phase::Running;
-                    id
-                }
-                Ok(None) => {
-                    // The create never reached the provider: the items are grouped again.
-                    lane.provider_batches[index].phase = Phase::Done;
-                    lane.provider_batches[index].ended = Some("never_created".into());
-                    return;
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "offload: cannot list provider batches");
-                    return;
-                }
+            (None, _) => match self.recover(record, lane, index, &api).await {
+                Some(id) => id,
+                None => return,
             },
         };
         let status = match api.status(&remote_id).await {
@@ -281,6 +267,7 @@ impl Coordinator {
             created_at: now_secs(),
             ended: None,
             given_back: false,
+            candidates: Vec::new(),
         });
         if let Err(e) = state::save(&self.store, &record.id, lane).await {
             tracing::warn!(error = %e, "offload: cannot record a provider batch; not sending it");

@@ -1,7 +1,8 @@
 //! The providers' batch APIs (the offload lane): many requests sent at once, answered within
 //! a window at the batch price, read back as one results file.
 //!
-//! [`BatchApi`] dispatches to the kinds that have one (OpenAI's `/v1/files` + `/v1/batches`).
+//! [`BatchApi`] dispatches to the kinds that have one: OpenAI's `/v1/files` + `/v1/batches`
+//! (`openai::batch`) and Anthropic's Message Batches (`anthropic::batch`).
 //! Every item goes in with the job id as its `custom_id`, so a result finds its job without a
 //! table. Results are read line by line ([`ResultLines`]), never held whole.
 
@@ -63,10 +64,23 @@ pub enum ItemResult {
     Error(ProviderError),
 }
 
+/// What [`BatchApi::find`] saw of a provider batch whose id was never recorded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Found {
+    /// No such batch: the create never reached the provider.
+    None,
+    /// This one, for sure (the provider kept batchyard's tag on it).
+    Sure(String),
+    /// Batches that could be it (the provider keeps no tag): which one, if any, shows only in
+    /// their results, whose custom ids are the job ids, once they have ended.
+    Maybe(Vec<String>),
+}
+
 /// A provider batch's API, for the kinds that have one.
 #[derive(Debug, Clone, Copy)]
 pub enum BatchApi<'a> {
     OpenAi(&'a super::OpenAiProvider),
+    Anthropic(&'a super::AnthropicProvider),
 }
 
 impl<'a> BatchApi<'a> {
@@ -74,6 +88,7 @@ impl<'a> BatchApi<'a> {
     pub fn of(provider: &'a Provider) -> Option<Self> {
         match provider {
             Provider::OpenAi(p) => Some(Self::OpenAi(p)),
+            Provider::Anthropic(p) => Some(Self::Anthropic(p)),
             _ => None,
         }
     }
@@ -83,20 +98,26 @@ impl<'a> BatchApi<'a> {
     pub async fn submit(&self, tag: &str, items: &[BatchItem]) -> Result<String, ProviderError> {
         match self {
             Self::OpenAi(p) => p.batch_submit(tag, items).await,
+            Self::Anthropic(p) => p.batch_submit(items).await,
         }
     }
 
-    /// The id of a provider batch submitted with `tag` since `since_unix` (a submit whose id
-    /// was never recorded), if there is one.
-    pub async fn find(&self, tag: &str, since_unix: u64) -> Result<Option<String>, ProviderError> {
+    /// The provider batch of `items` requests submitted with `tag` at about `since_unix` (a
+    /// submit whose id was never recorded), as far as the provider can tell.
+    pub async fn find(&self, tag: &str, since_unix: u64, items: u64) -> Result<Found, ProviderError> {
         match self {
-            Self::OpenAi(p) => p.batch_find(tag, since_unix).await,
+            Self::OpenAi(p) => Ok(match p.batch_find(tag, since_unix).await? {
+                Some(id) => Found::Sure(id),
+                None => Found::None,
+            }),
+            Self::Anthropic(p) => p.batch_find(since_unix, items).await,
         }
     }
 
     pub async fn status(&self, id: &str) -> Result<RemoteStatus, ProviderError> {
         match self {
             Self::OpenAi(p) => p.batch_status(id).await,
+            Self::Anthropic(p) => p.batch_status(id).await,
         }
     }
 
@@ -104,19 +125,23 @@ impl<'a> BatchApi<'a> {
     pub async fn results(&self, id: &str) -> Result<ResultLines, ProviderError> {
         match self {
             Self::OpenAi(p) => p.batch_results(id).await,
+            Self::Anthropic(p) => p.batch_results(id).await,
         }
     }
 
     pub async fn cancel(&self, id: &str) -> Result<(), ProviderError> {
         match self {
             Self::OpenAi(p) => p.batch_cancel(id).await,
+            Self::Anthropic(p) => p.batch_cancel(id).await,
         }
     }
 
-    /// Deletes what the batch left at the provider (input and output files), once ingested.
+    /// Deletes what the batch left at the provider (OpenAI's input and output files,
+    /// Anthropic's batch itself), once ingested.
     pub async fn forget(&self, id: &str) -> Result<(), ProviderError> {
         match self {
             Self::OpenAi(p) => p.batch_forget(id).await,
+            Self::Anthropic(p) => p.batch_forget(id).await,
         }
     }
 }
