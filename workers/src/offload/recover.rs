@@ -71,8 +71,7 @@ impl Coordinator {
                 }
             }
         }
-        let jobs: HashSet<String> = match state::load_jobs(&self.store, &record.id, &pb.key).await
-        {
+        let jobs: HashSet<String> = match state::load_jobs(&self.store, &record.id, &pb.key).await {
             Ok(ids) => ids.into_iter().collect(),
             Err(e) => {
                 tracing::warn!(error = %e, "offload: cannot read a provider batch's jobs");

@@ -104,7 +104,12 @@ impl<'a> BatchApi<'a> {
 
     /// The provider batch of `items` requests submitted with `tag` at about `since_unix` (a
     /// submit whose id was never recorded), as far as the provider can tell.
-    pub async fn find(&self, tag: &str, since_unix: u64, items: u64) -> Result<Found, ProviderError> {
+    pub async fn find(
+        &self,
+        tag: &str,
+        since_unix: u64,
+        items: u64,
+    ) -> Result<Found, ProviderError> {
         match self {
             Self::OpenAi(p) => Ok(match p.batch_find(tag, since_unix).await? {
                 Some(id) => Found::Sure(id),

@@ -134,7 +134,11 @@ impl AnthropicProvider {
         str_field(&created, "id")
     }
 
-    pub(crate) async fn batch_find(&self, since_unix: u64, items: u64) -> Result<Found, ProviderError> {
+    pub(crate) async fn batch_find(
+        &self,
+        since_unix: u64,
+        items: u64,
+    ) -> Result<Found, ProviderError> {
         let earliest = since_unix.saturating_sub(SKEW_SECS);
         let latest = since_unix + self.endpoint.timeout().as_secs() + SKEW_SECS;
         let mut candidates = Vec::new();
@@ -146,7 +150,10 @@ impl AnthropicProvider {
                 url.query_pairs_mut().append_pair("after_id", a);
             }
             let page = self.batches_call(Method::GET, url, None).await?;
-            let data = page["data"].as_array().map(Vec::as_slice).unwrap_or_default();
+            let data = page["data"]
+                .as_array()
+                .map(Vec::as_slice)
+                .unwrap_or_default();
             let mut past = false;
             for batch in data {
                 let Some(created) = batch["created_at"].as_str().and_then(unix_of) else {
@@ -225,7 +232,9 @@ impl AnthropicProvider {
     /// Deletes the ended batch (its requests and results) at Anthropic.
     pub(crate) async fn batch_forget(&self, id: &str) -> Result<(), ProviderError> {
         let url = self.batches_url(&[id])?;
-        self.batches_call(Method::DELETE, url, None).await.map(|_| ())
+        self.batches_call(Method::DELETE, url, None)
+            .await
+            .map(|_| ())
     }
 }
 
@@ -355,7 +364,10 @@ mod tests {
         assert_eq!(body["choices"][0]["message"]["content"], "hi");
         assert_eq!(body["usage"]["prompt_tokens"], 45);
         assert_eq!(body["usage"]["prompt_tokens_details"]["cached_tokens"], 30);
-        assert_eq!(body["usage"]["prompt_tokens_details"]["cache_write_tokens"], 5);
+        assert_eq!(
+            body["usage"]["prompt_tokens_details"]["cache_write_tokens"],
+            5
+        );
 
         let errored = |e: &str| {
             let line = format!(r#"{{"custom_id":"b","result":{{"type":"errored","error":{e}}}}}"#);
