@@ -24,6 +24,8 @@ pub struct Options {
     pub extra_toml: String,
     /// Appended to `[providers.fake]`.
     pub provider_extra: String,
+    /// `[providers.fake] kind`: `openai` unless a test says.
+    pub provider_kind: &'static str,
     /// Extra keys of `[models.small]`, e.g. `rpm = 20`.
     pub small_extra: String,
     /// The result cache across batches. Off by default so that call counts equal item counts.
@@ -42,6 +44,7 @@ impl Default for Options {
             max_attempts: 5,
             extra_toml: String::new(),
             provider_extra: String::new(),
+            provider_kind: "openai",
             small_extra: String::new(),
             cache: false,
             submit_lease_secs: 120,
@@ -134,7 +137,7 @@ failure_threshold = {threshold}
 cooldown_secs = {cooldown}
 
 [providers.fake]
-kind = "openai"
+kind = "{provider_kind}"
 base_url = "{base}"
 api_key_env = "FAKE_API_KEY"
 {provider_extra}
@@ -170,6 +173,7 @@ max_output_tokens = 300
                 cooldown = opts.cooldown_secs,
                 extra = opts.extra_toml,
                 provider_extra = opts.provider_extra,
+                provider_kind = opts.provider_kind,
                 small_extra = opts.small_extra,
                 cache = opts.cache,
                 submit_lease_secs = opts.submit_lease_secs,
