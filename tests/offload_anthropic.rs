@@ -15,56 +15,35 @@ use std::time::{Duration, Instant};
 
 use batchyard_testkit::FakeProvider;
 use serde_json::{Value, json};
-use support::cluster::{Cluster, Options, wait_exit};
+use support::cluster::{Cluster, Options, QUICK_OFFLOAD};
 use support::*;
 
-/// `small` answers "easy" items well enough; "hard" ones pass only on `large`.
+/// `small` answers "easy" items well enough; "hard" ones pass only on `large`. `small` has
+/// its own batch prices; `large` gets the default, half its real-time prices.
 fn write_config(dir: &Path, fake: &FakeProvider) {
-    let toml = format!(
-        r#"
-[storage]
-url = "file://{store}"
-
-[routing]
-learn = false
-
-[offload]
-min_items = 3
-poll_interval_secs = 1
-switch_margin_secs = 0
-realtime_items_per_sec = 1000
-
-[providers.claude]
-kind = "anthropic"
-base_url = "{base}"
-
-[models.small]
-provider = "claude"
-name = "small-1"
-input_usd_per_mtok = 1.0
-output_usd_per_mtok = 5.0
-batch_input_usd_per_mtok = 0.5
-batch_output_usd_per_mtok = 2.5
-context_window = 16000
-tier = 1
-
-[models.large]
-provider = "claude"
-name = "large-1"
-input_usd_per_mtok = 3.0
-output_usd_per_mtok = 15.0
-context_window = 16000
-tier = 1
-
-[tasks.read]
-prompt = "{{{{ text }}}}"
-max_output_tokens = 100
-[tasks.read.validate]
-regex = "^fake reply from (\\S+: easy|large-1: hard)"
-"#,
-        store = dir.join("store").display(),
-        base = fake.url,
+    let mut toml = format!(
+        "[storage]\nurl = \"file://{}\"\n[routing]\nlearn = false\n\
+         [providers.claude]\nkind = \"anthropic\"\nbase_url = \"{}\"\n\
+         [tasks.read]\nprompt = \"{{{{ text }}}}\"\nmax_output_tokens = 100\n\
+         validate = {{ regex = '^fake reply from (\\S+: easy|large-1: hard)' }}\n{QUICK_OFFLOAD}",
+        dir.join("store").display(),
+        fake.url,
     );
+    for (key, input, output, batch) in [
+        (
+            "small",
+            1.0,
+            5.0,
+            "batch_input_usd_per_mtok = 0.5\nbatch_output_usd_per_mtok = 2.5\n",
+        ),
+        ("large", 3.0, 15.0, ""),
+    ] {
+        toml.push_str(&format!(
+            "[models.{key}]\nprovider = \"claude\"\nname = \"{key}-1\"\n\
+             input_usd_per_mtok = {input}\noutput_usd_per_mtok = {output}\n{batch}\
+             context_window = 16000\ntier = 1\n"
+        ));
+    }
     write_file(dir, "batchyard.toml", toml.as_bytes());
 }
 
@@ -179,31 +158,14 @@ fn killed_after_create(decoy: bool) {
         &["--batch-turnaround-ms", "500"],
         Options {
             provider_kind: "anthropic",
-            extra_toml: "[offload]\nmin_items = 3\npoll_interval_secs = 1\n\
-                         switch_margin_secs = 0\nrealtime_items_per_sec = 1000\n"
-                .into(),
+            extra_toml: QUICK_OFFLOAD.into(),
             ..Options::default()
         },
     ) else {
         return;
     };
-    let input: String = (0..ITEMS)
-        .map(|i| request_line(&format!("k-{i}"), &format!("item {i}")) + "\n")
-        .collect();
-    let input = write_file(cluster.dir.path(), "in.jsonl", input.as_bytes());
-    let id = cluster.submit(input.to_str().unwrap(), &["--deadline", "1h"])["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let mut doomed = cluster
-        .cmd()
-        .arg("worker")
-        .env("BATCHYARD_TEST_CRASH_AT", "after_create")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    assert!(!wait_exit(&mut doomed, Duration::from_secs(60)).success());
+    let id = cluster.submit_with_deadline("k", ITEMS);
+    cluster.crash_worker_at("after_create");
     // Made after ours, so the takeover reads it first.
     let decoy_id = decoy.then(|| make_decoy(&cluster.fake));
     let mut worker = cluster.spawn_worker(&["--exit-when-idle", "30"]);

@@ -10,8 +10,7 @@ mod support;
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use support::cluster::{Cluster, Options, wait_exit};
-use support::*;
+use support::cluster::{Cluster, Options, QUICK_OFFLOAD};
 
 const ITEMS: usize = 6;
 
@@ -21,35 +20,14 @@ fn crash_at(point: &str) {
         &["--batch-turnaround-ms", "500"],
         Options {
             provider_extra: "batch_api = true".into(),
-            extra_toml: "[offload]\nmin_items = 3\npoll_interval_secs = 1\n\
-                         switch_margin_secs = 0\nrealtime_items_per_sec = 1000\n"
-                .into(),
+            extra_toml: QUICK_OFFLOAD.into(),
             ..Options::default()
         },
     ) else {
         return;
     };
-    let body: String = (0..ITEMS)
-        .map(|i| request_line(&format!("c-{i}"), &format!("item {i}")) + "\n")
-        .collect();
-    let input = write_file(cluster.dir.path(), "in.jsonl", body.as_bytes());
-    let id = cluster.submit(input.to_str().unwrap(), &["--deadline", "1h"])["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let mut doomed = cluster
-        .cmd()
-        .arg("worker")
-        .env("BATCHYARD_TEST_CRASH_AT", point)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let status = wait_exit(&mut doomed, Duration::from_secs(60));
-    assert!(
-        !status.success(),
-        "the worker should have aborted at {point}"
-    );
+    let id = cluster.submit_with_deadline("c", ITEMS);
+    cluster.crash_worker_at(point);
     let mut worker = cluster.spawn_worker(&["--exit-when-idle", "30"]);
     let done = cluster.wait_terminal(&id, Duration::from_secs(120));
     let _ = worker.kill();

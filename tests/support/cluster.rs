@@ -268,6 +268,43 @@ max_output_tokens = 300
     }
 }
 
+/// `[offload]` of the lane's crash tests: quick ticks, the deadline never near.
+pub const QUICK_OFFLOAD: &str = "[offload]\nmin_items = 3\npoll_interval_secs = 1\n\
+                                 switch_margin_secs = 0\nrealtime_items_per_sec = 1000\n";
+
+impl Cluster {
+    /// Submits `n` items (`{prefix}-{i}`) due in an hour, so they go through the offload
+    /// lane; the batch id.
+    pub fn submit_with_deadline(&self, prefix: &str, n: usize) -> String {
+        let body: String = (0..n)
+            .map(|i| super::request_line(&format!("{prefix}-{i}"), &format!("item {i}")) + "\n")
+            .collect();
+        let input = super::write_file(self.dir.path(), "in.jsonl", body.as_bytes());
+        self.submit(input.to_str().unwrap(), &["--deadline", "1h"])["id"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    }
+
+    /// Runs a worker that aborts at the offload lane's step `point`
+    /// (`BATCHYARD_TEST_CRASH_AT`), as a `kill -9` there would, and waits until it has.
+    pub fn crash_worker_at(&self, point: &str) {
+        let mut doomed = self
+            .cmd()
+            .arg("worker")
+            .env("BATCHYARD_TEST_CRASH_AT", point)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let status = wait_exit(&mut doomed, Duration::from_secs(60));
+        assert!(
+            !status.success(),
+            "the worker should have aborted at {point}"
+        );
+    }
+}
+
 /// Waits for a child to exit, killing it (and failing) after `limit`.
 pub fn wait_exit(child: &mut Child, limit: Duration) -> std::process::ExitStatus {
     let start = Instant::now();

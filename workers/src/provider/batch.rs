@@ -21,6 +21,21 @@ pub struct BatchItem {
     pub body: Map<String, Value>,
 }
 
+impl BatchItem {
+    /// The item as a call to its model, for the kinds' request mappings.
+    pub fn call(&self) -> super::ChatCall<'_> {
+        super::ChatCall {
+            model_name: self
+                .body
+                .get("model")
+                .and_then(Value::as_str)
+                .unwrap_or_default(),
+            body: &self.body,
+            default_max_tokens: None,
+        }
+    }
+}
+
 /// Where a provider batch stands.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RemoteState {
@@ -226,6 +241,20 @@ impl ResultLines {
             }
         }
     }
+}
+
+/// A string field of a batch API's answer (an id), or the error saying it is missing.
+pub(crate) fn str_field(value: &Value, field: &str) -> Result<String, ProviderError> {
+    value
+        .get(field)
+        .and_then(Value::as_str)
+        .map(str::to_owned)
+        .ok_or_else(|| {
+            ProviderError::new(
+                ProviderErrorKind::MalformedResponse,
+                format!("the batch API's answer has no {field:?}"),
+            )
+        })
 }
 
 fn trim(line: &[u8]) -> &[u8] {

@@ -35,10 +35,10 @@ use serde_json::{Map, Value};
 
 use super::{AnthropicProvider, classify, request, response};
 use crate::provider::batch::{
-    BatchItem, EndedAs, Found, ItemResult, RemoteState, RemoteStatus, ResultLines,
+    BatchItem, EndedAs, Found, ItemResult, RemoteState, RemoteStatus, ResultLines, str_field,
 };
 use crate::provider::http::{json_body, parse_rfc3339};
-use crate::provider::{ChatCall, ProviderError, ProviderErrorKind};
+use crate::provider::{ProviderError, ProviderErrorKind};
 
 /// How far back `find` looks, in pages of 100 batches.
 pub const FIND_PAGES: usize = 20;
@@ -107,16 +107,7 @@ impl AnthropicProvider {
                     ),
                 ));
             }
-            let params = request::messages_body(ChatCall {
-                model_name: item
-                    .body
-                    .get("model")
-                    .and_then(Value::as_str)
-                    .unwrap_or_default(),
-                body: &item.body,
-                default_max_tokens: None,
-            })
-            .map_err(|e| {
+            let params = request::messages_body(item.call()).map_err(|e| {
                 ProviderError::new(e.kind, format!("job {}: {}", item.custom_id, e.message))
             })?;
             if i > 0 {
@@ -236,14 +227,6 @@ impl AnthropicProvider {
             .await
             .map(|_| ())
     }
-}
-
-fn str_field(value: &Value, field: &str) -> Result<String, ProviderError> {
-    value
-        .get(field)
-        .and_then(Value::as_str)
-        .map(str::to_owned)
-        .ok_or_else(|| malformed(format!("the batch API's answer has no {field:?}")))
 }
 
 fn unix_of(time: &str) -> Option<u64> {
