@@ -288,8 +288,17 @@ impl Coordinator {
                     pb.phase = Phase::Running;
                 }
             }
-            // Left `Creating`: the next tick looks for it by its tag, and if the provider
-            // has none, groups its items again.
+            // A 4xx is the provider's answer: nothing was made, and the items are grouped
+            // again (looking for it would make a provider without tags wait on look-alikes).
+            Err(e) if e.status.is_some_and(|s| (400..500).contains(&s)) => {
+                tracing::warn!(key, error = %e, "offload: the provider refused a provider batch");
+                if let Some(pb) = lane.provider_batches.last_mut() {
+                    pb.phase = Phase::Done;
+                    pb.ended = Some(format!("refused: {}", e.kind.code()));
+                }
+            }
+            // Left `Creating`: the next tick looks for it, and if the provider has none,
+            // groups its items again.
             Err(e) => tracing::warn!(key, error = %e, "offload: cannot send a provider batch"),
         }
         if let Err(e) = state::save(&self.store, &record.id, lane).await {
