@@ -66,6 +66,11 @@
 //!   `POST .../{id}/cancel` (400 once ended), `DELETE .../{id}` (ended only),
 //!   `GET /v1/messages/batches?limit=&after_id=&before_id=` (newest first). Same auth as
 //!   `/v1/messages`.
+//! - Gemini: `POST /v1beta/models/{model}:batchGenerateContent` (inline requests, each with
+//!   `metadata.key`; `display_name`), `GET /v1beta/batches/{id}` (an operation: `metadata.state`
+//!   `BATCH_STATE_*`, `batchStats`, and once `done` the unordered `inlinedResponses`),
+//!   `POST /v1beta/batches/{id}:cancel`, `DELETE /v1beta/batches/{id}` (ended only),
+//!   `GET /v1beta/batches?pageSize=&pageToken=` (newest first). Same auth as `generateContent`.
 //! - Every item is answered, when the batch is created, exactly as the real-time endpoint
 //!   answers its body (skill mode, `--reply`, prompt-cache markers, `max_tokens`, magic text;
 //!   `FAKE:DROP`/`FAKE:HANG` and non-JSON faults become 500 items), with no limits, faults
@@ -259,6 +264,9 @@ async fn generate(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
+    if let Some(model) = tail.strip_suffix(":batchGenerateContent") {
+        return batch::gemini::create(&state, &headers, model, &body).await;
+    }
     match gemini::model_of(&tail) {
         Ok(model) => {
             flow::handle_model(&state, &conn, &headers, &body, Dialect::Gemini, &model).await

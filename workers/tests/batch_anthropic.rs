@@ -6,17 +6,17 @@
 
 mod support;
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::time::{Duration, Instant};
+use std::collections::BTreeSet;
 
 use batchyard_testkit::FakeProvider;
 use batchyard_workers::provider::batch::{
-    BatchApi, BatchItem, EndedAs, Found, ItemResult, RemoteState, RemoteStatus,
+    BatchApi, BatchItem, EndedAs, Found, ItemResult, RemoteState,
 };
 use batchyard_workers::provider::{
     AnthropicConfig, AnthropicProvider, Provider, ProviderErrorKind, Secret,
 };
-use serde_json::{Map, Value, json};
+use serde_json::Map;
+use support::batch::{assert_answered_as_real_time, results, wait_ended};
 use support::fake_provider::AnthropicFake as _;
 
 const KEY: &str = "sk-ant-batch-secret-1";
@@ -30,15 +30,7 @@ fn provider(fake: &FakeProvider) -> Provider {
 }
 
 fn item(id: &str, text: &str) -> BatchItem {
-    let body = json!({"model": "claude-test", "max_tokens": 50,
-        "messages": [{"role": "system", "content": "be brief"}, {"role": "user", "content": text}]});
-    let Value::Object(body) = body else {
-        unreachable!()
-    };
-    BatchItem {
-        custom_id: id.to_owned(),
-        body,
-    }
+    support::batch::item(id, "claude-test", text)
 }
 
 fn now() -> u64 {
@@ -46,30 +38,6 @@ fn now() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_secs()
-}
-
-async fn wait_ended(api: &BatchApi<'_>, id: &str) -> RemoteStatus {
-    let started = Instant::now();
-    loop {
-        let status = api.status(id).await.unwrap();
-        if matches!(status.state, RemoteState::Ended(_)) {
-            return status;
-        }
-        assert!(started.elapsed() < Duration::from_secs(20), "{status:?}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-async fn results(api: &BatchApi<'_>, id: &str) -> BTreeMap<String, ItemResult> {
-    let mut lines = api.results(id).await.unwrap();
-    let mut out = BTreeMap::new();
-    for _ in 0..10_000 {
-        let Some((id, result)) = lines.next().await.unwrap() else {
-            return out;
-        };
-        assert!(out.insert(id, result).is_none(), "one line per item");
-    }
-    panic!("too many lines")
 }
 
 #[tokio::test]
@@ -102,22 +70,7 @@ async fn a_batch_is_answered_as_real_time_with_errors_classified() {
         api_key: Some(Secret::new(KEY.to_owned())),
         ..AnthropicConfig::default()
     });
-    for n in ["a0", "a1"] {
-        let ItemResult::Answer(body) = &got[n] else {
-            panic!("{n}: {:?}", got[n])
-        };
-        let sent = &items.iter().find(|i| i.custom_id == n).unwrap().body;
-        let live = real_time
-            .complete(batchyard_workers::provider::ChatCall {
-                model_name: "claude-test",
-                body: sent,
-                default_max_tokens: None,
-            })
-            .await
-            .unwrap();
-        assert_eq!(body["choices"], live.body["choices"], "{n}");
-        assert_eq!(body["usage"], live.body["usage"], "{n}");
-    }
+    assert_answered_as_real_time(&got, &items, &["a0", "a1"], &real_time).await;
     let ItemResult::Answer(cached) = &got["a1"] else {
         unreachable!()
     };

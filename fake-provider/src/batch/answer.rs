@@ -11,9 +11,21 @@ use crate::flow::{self, Fault, Reply};
 
 /// Which real-time endpoint the item stands for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Api {
+pub enum Api<'a> {
     OpenAi,
     Anthropic,
+    /// `generateContent` of this model (Gemini's body names none).
+    Gemini(&'a str),
+}
+
+impl Api<'_> {
+    fn parse(self, body: &[u8]) -> Result<flow::Parsed, Box<Response>> {
+        match self {
+            Api::OpenAi => crate::openai::parse(body),
+            Api::Anthropic => crate::anthropic::parse(body),
+            Api::Gemini(model) => crate::gemini::parse(body, model),
+        }
+    }
 }
 
 /// What the real-time endpoint would have answered.
@@ -34,13 +46,15 @@ impl Answer {
     }
 
     /// The `--batch-item-fail-rate` error: a 500, as a provider's own failure.
-    pub fn server_error(api: Api, request_id: String) -> Self {
+    pub fn server_error(api: Api<'_>, request_id: String) -> Self {
         let body = match api {
             Api::OpenAi => json!({"error": {
                 "message": "The server had an error processing your request (fake batch item).",
                 "type": "server_error", "param": null, "code": null}}),
             Api::Anthropic => json!({"type": "error", "error": {
                 "type": "api_error", "message": "Internal server error (fake batch item)"}}),
+            Api::Gemini(_) => json!({"error": {"code": 500, "status": "INTERNAL",
+                "message": "An internal error has occurred (fake batch item)."}}),
         };
         Self {
             status: 500,
@@ -59,17 +73,13 @@ impl Answer {
 }
 
 /// The estimated input tokens of a body (the quota counts these), without answering it.
-pub fn input_tokens(api: Api, body: &[u8]) -> Option<(String, u64)> {
-    let parsed = match api {
-        Api::OpenAi => crate::openai::parse(body),
-        Api::Anthropic => crate::anthropic::parse(body),
-    }
-    .ok()?;
+pub fn input_tokens(api: Api<'_>, body: &[u8]) -> Option<(String, u64)> {
+    let parsed = api.parse(body).ok()?;
     Some((parsed.model, parsed.prompt_tokens))
 }
 
 /// Answers one item's body.
-pub async fn answer(state: &AppState, api: Api, body: &[u8]) -> Answer {
+pub async fn answer(state: &AppState, api: Api<'_>, body: &[u8]) -> Answer {
     let Some(response) = respond(state, api, body) else {
         let n = state
             .next_id
@@ -81,7 +91,7 @@ pub async fn answer(state: &AppState, api: Api, body: &[u8]) -> Answer {
         .headers()
         .get(match api {
             Api::OpenAi => "x-request-id",
-            Api::Anthropic => "request-id",
+            Api::Anthropic | Api::Gemini(_) => "request-id",
         })
         .and_then(|v| v.to_str().ok())
         .map_or_else(|| "req_fake_batch".to_owned(), str::to_owned);
@@ -110,6 +120,11 @@ pub async fn answer(state: &AppState, api: Api, body: &[u8]) -> Answer {
             usage("/usage/output_tokens"),
             usage("/usage/cache_read_input_tokens"),
         ),
+        Api::Gemini(_) => (
+            usage("/usageMetadata/promptTokenCount"),
+            usage("/usageMetadata/candidatesTokenCount"),
+            usage("/usageMetadata/cachedContentTokenCount"),
+        ),
     };
     Answer {
         status: status.as_u16(),
@@ -122,12 +137,8 @@ pub async fn answer(state: &AppState, api: Api, body: &[u8]) -> Answer {
 }
 
 /// The real-time answer, or `None` for a fault that has no answer (drop, hang, huge).
-fn respond(state: &AppState, api: Api, body: &[u8]) -> Option<Response> {
-    let parsed = match api {
-        Api::OpenAi => crate::openai::parse(body),
-        Api::Anthropic => crate::anthropic::parse(body),
-    };
-    let mut parsed = match parsed {
+fn respond(state: &AppState, api: Api<'_>, body: &[u8]) -> Option<Response> {
+    let mut parsed = match api.parse(body) {
         Ok(p) => p,
         Err(refused) => return Some(*refused),
     };
@@ -142,6 +153,7 @@ fn respond(state: &AppState, api: Api, body: &[u8]) -> Option<Response> {
             match api {
                 Api::OpenAi => crate::openai::success(n, &parsed, &reply),
                 Api::Anthropic => crate::anthropic::success(n, &parsed, &reply),
+                Api::Gemini(_) => crate::gemini::success(n, &parsed, &reply),
             }
         }
         // Nothing to hang up on in a batch: the item fails as the provider's own error.
@@ -149,6 +161,7 @@ fn respond(state: &AppState, api: Api, body: &[u8]) -> Option<Response> {
         Some(fault) => match api {
             Api::OpenAi => crate::openai::fault(fault, &state.shutdown),
             Api::Anthropic => crate::anthropic::fault(fault, &state.shutdown),
+            Api::Gemini(_) => crate::gemini::fault(fault, &state.shutdown),
         },
     })
 }

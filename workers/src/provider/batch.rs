@@ -2,7 +2,8 @@
 //! a window at the batch price, read back as one results file.
 //!
 //! [`BatchApi`] dispatches to the kinds that have one: OpenAI's `/v1/files` + `/v1/batches`
-//! (`openai::batch`) and Anthropic's Message Batches (`anthropic::batch`).
+//! (`openai::batch`), Anthropic's Message Batches (`anthropic::batch`) and Gemini's batch mode
+//! with inline requests (`gemini::batch`).
 //! Every item goes in with the job id as its `custom_id`, so a result finds its job without a
 //! table. Results are read line by line ([`ResultLines`]), never held whole.
 
@@ -96,6 +97,7 @@ pub enum Found {
 pub enum BatchApi<'a> {
     OpenAi(&'a super::OpenAiProvider),
     Anthropic(&'a super::AnthropicProvider),
+    Gemini(&'a super::GeminiProvider),
 }
 
 impl<'a> BatchApi<'a> {
@@ -104,6 +106,7 @@ impl<'a> BatchApi<'a> {
         match provider {
             Provider::OpenAi(p) => Some(Self::OpenAi(p)),
             Provider::Anthropic(p) => Some(Self::Anthropic(p)),
+            Provider::Gemini(p) => Some(Self::Gemini(p)),
             _ => None,
         }
     }
@@ -114,6 +117,7 @@ impl<'a> BatchApi<'a> {
         match self {
             Self::OpenAi(p) => p.batch_submit(tag, items).await,
             Self::Anthropic(p) => p.batch_submit(items).await,
+            Self::Gemini(p) => p.batch_submit(tag, items).await,
         }
     }
 
@@ -131,6 +135,7 @@ impl<'a> BatchApi<'a> {
                 None => Found::None,
             }),
             Self::Anthropic(p) => p.batch_find(since_unix, items).await,
+            Self::Gemini(p) => p.batch_find(tag, since_unix).await,
         }
     }
 
@@ -138,6 +143,7 @@ impl<'a> BatchApi<'a> {
         match self {
             Self::OpenAi(p) => p.batch_status(id).await,
             Self::Anthropic(p) => p.batch_status(id).await,
+            Self::Gemini(p) => p.batch_status(id).await,
         }
     }
 
@@ -146,6 +152,7 @@ impl<'a> BatchApi<'a> {
         match self {
             Self::OpenAi(p) => p.batch_results(id).await,
             Self::Anthropic(p) => p.batch_results(id).await,
+            Self::Gemini(p) => p.batch_results(id).await,
         }
     }
 
@@ -153,6 +160,7 @@ impl<'a> BatchApi<'a> {
         match self {
             Self::OpenAi(p) => p.batch_cancel(id).await,
             Self::Anthropic(p) => p.batch_cancel(id).await,
+            Self::Gemini(p) => p.batch_cancel(id).await,
         }
     }
 
@@ -162,6 +170,7 @@ impl<'a> BatchApi<'a> {
         match self {
             Self::OpenAi(p) => p.batch_forget(id).await,
             Self::Anthropic(p) => p.batch_forget(id).await,
+            Self::Gemini(p) => p.batch_forget(id).await,
         }
     }
 }
@@ -172,6 +181,8 @@ pub const MAX_RESULT_LINE: usize = 16 * 1024 * 1024;
 
 /// Results files read one line at a time, from one or more responses in turn.
 pub struct ResultLines {
+    /// Results already read whole (Gemini's inline responses), handed out first.
+    ready: std::collections::VecDeque<(String, ItemResult)>,
     bodies: std::collections::VecDeque<reqwest::Response>,
     current: Option<reqwest::Response>,
     buf: Vec<u8>,
@@ -192,6 +203,7 @@ impl ResultLines {
         timeout: Duration,
     ) -> Self {
         Self {
+            ready: std::collections::VecDeque::new(),
             bodies: bodies.into(),
             current: None,
             buf: Vec::new(),
@@ -200,9 +212,19 @@ impl ResultLines {
         }
     }
 
+    /// Results that came inside the batch's own answer.
+    pub(crate) fn ready(items: Vec<(String, ItemResult)>, timeout: Duration) -> Self {
+        let mut lines = Self::new(Vec::new(), |_| None, timeout);
+        lines.ready = items.into();
+        lines
+    }
+
     /// The next item's result; `None` at the end. A line that does not read is skipped (its
     /// item counts as unanswered, and runs again).
     pub async fn next(&mut self) -> Result<Option<(String, ItemResult)>, ProviderError> {
+        if let Some(item) = self.ready.pop_front() {
+            return Ok(Some(item));
+        }
         loop {
             if let Some(end) = self.buf.iter().position(|b| *b == b'\n') {
                 let line: Vec<u8> = self.buf.drain(..=end).collect();
@@ -241,6 +263,32 @@ impl ResultLines {
             }
         }
     }
+}
+
+/// One call of a batch API on `endpoint` (its key and headers go with it), its JSON answer;
+/// errors classified by `classify` and scrubbed of the endpoint's secrets.
+pub(crate) async fn call_json(
+    endpoint: &super::http::Endpoint,
+    method: reqwest::Method,
+    url: reqwest::Url,
+    body: Option<Vec<u8>>,
+    classify: fn(u16, &reqwest::header::HeaderMap, &[u8]) -> ProviderError,
+    api: &str,
+) -> Result<Value, ProviderError> {
+    let mut request = endpoint.request(method, url.clone());
+    if let Some(body) = body {
+        request = request
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .body(body);
+    }
+    let result = match endpoint.execute(request, &url, classify).await {
+        Ok((status, _, bytes)) => super::http::json_body(status, &bytes, api),
+        Err(e) => Err(e),
+    };
+    result.map_err(|mut e| {
+        endpoint.scrub(&mut e);
+        e
+    })
 }
 
 /// A string field of a batch API's answer (an id), or the error saying it is missing.

@@ -35,9 +35,10 @@ use serde_json::{Map, Value};
 
 use super::{AnthropicProvider, classify, request, response};
 use crate::provider::batch::{
-    BatchItem, EndedAs, Found, ItemResult, RemoteState, RemoteStatus, ResultLines, str_field,
+    BatchItem, EndedAs, Found, ItemResult, RemoteState, RemoteStatus, ResultLines, call_json,
+    str_field,
 };
-use crate::provider::http::{json_body, parse_rfc3339};
+use crate::provider::http::parse_rfc3339;
 use crate::provider::{ProviderError, ProviderErrorKind};
 
 /// How far back `find` looks, in pages of 100 batches.
@@ -74,20 +75,15 @@ impl AnthropicProvider {
         url: reqwest::Url,
         body: Option<Vec<u8>>,
     ) -> Result<Value, ProviderError> {
-        let mut request = self.endpoint.request(method, url.clone());
-        if let Some(body) = body {
-            request = request
-                .header(reqwest::header::CONTENT_TYPE, "application/json")
-                .body(body);
-        }
-        let result = match self.endpoint.execute(request, &url, classify).await {
-            Ok((status, _, bytes)) => json_body(status, &bytes, "Anthropic's batch API"),
-            Err(e) => Err(e),
-        };
-        result.map_err(|mut e| {
-            self.endpoint.scrub(&mut e);
-            e
-        })
+        call_json(
+            &self.endpoint,
+            method,
+            url,
+            body,
+            classify,
+            "Anthropic's batch API",
+        )
+        .await
     }
 
     async fn batch_get(&self, id: &str) -> Result<Value, ProviderError> {
