@@ -40,7 +40,14 @@ impl Coordinator {
         let mut candidates = pb.candidates.clone();
         if candidates.is_empty() {
             match api.find(&pb.key, pb.created_at, pb.items).await {
-                Ok(Found::Sure(id)) => return Some(adopt(lane, index, id)),
+                Ok(Found::Sure(id)) => {
+                    let id = adopt(lane, index, id);
+                    // Its items went real-time meanwhile: what it still answers is unused.
+                    if pb.given_back && api.cancel(&id).await.is_ok() {
+                        lane.provider_batches[index].phase = Phase::Cancelling;
+                    }
+                    return Some(id);
+                }
                 Ok(Found::None) => {
                     never_created(lane, index);
                     return None;
