@@ -1,9 +1,9 @@
-//! The offload lane on an `anthropic`-kind provider: waves through the fake's Message Batches
-//! API (and the same through Gemini's batch mode), every line billed at the batch price, each
-//! provider batch deleted once ingested; and
-//! across a `kill -9` between the create and recording its id, where Anthropic keeps no tag
-//! to find the batch by: no second paid batch, every item exactly once, and a look-alike
-//! batch of someone else's left alone.
+//! The offload lane on an `anthropic`-kind provider (and a `gemini` one): waves through the
+//! fake's Message Batches API (Gemini's batch mode), every line billed at the batch price, each
+//! provider batch deleted once ingested; and across a `kill -9` between the create and
+//! recording its id, where Anthropic keeps no tag to find the batch by: no second paid batch,
+//! every item exactly once, and a look-alike batch of someone else's left alone (Gemini keeps
+//! the tag as the batch's display name: found for sure).
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -166,14 +166,14 @@ fn waves(fake: &FakeProvider, kind: &str, base_url: &str, prefix: &str) {
 const ITEMS: usize = 6;
 
 /// A worker killed right after the create (its id unrecorded), another taking over; with
-/// `decoy`, a batch of the same size made by someone else in between.
-fn killed_after_create(decoy: bool) {
-    let name = format!("offload_anthropic_crash_{decoy}");
+/// `decoy` (Anthropic only), a batch of the same size made by someone else in between.
+fn killed_after_create(kind: &'static str, decoy: bool) {
+    let name = format!("offload_{kind}_crash_{decoy}");
     let Some(cluster) = Cluster::start_opts(
         &name,
         &["--batch-turnaround-ms", "500"],
         Options {
-            provider_kind: "anthropic",
+            provider_kind: kind,
             extra_toml: QUICK_OFFLOAD.into(),
             ..Options::default()
         },
@@ -199,11 +199,12 @@ fn killed_after_create(decoy: bool) {
         logs.contains("found a provider batch whose id was not recorded"),
         "{logs}"
     );
-    // With the decoy, two candidates: told apart by their results, not by a guess.
-    let candidates = if decoy {
-        r#"candidates=["msgbatch_fake2", "msgbatch_fake1"]"#
-    } else {
-        r#"candidates=["msgbatch_fake1"]"#
+    // With the decoy, two candidates: told apart by their results, not by a guess. Gemini
+    // keeps the tag: no candidates, the batch is known.
+    let candidates = match (kind, decoy) {
+        ("anthropic", true) => r#"candidates=["msgbatch_fake2", "msgbatch_fake1"]"#,
+        ("anthropic", false) => r#"candidates=["msgbatch_fake1"]"#,
+        _ => "remote_id=batches/fake1",
     };
     assert!(logs.contains(candidates), "{logs}");
     assert_eq!(logs.contains("is another's batch"), decoy, "{logs}");
@@ -232,7 +233,7 @@ fn killed_after_create(decoy: bool) {
         !remote.contains(decoy_id.as_deref().unwrap_or("")),
         "the decoy was adopted"
     );
-    let stats = cluster.fake.stats()["batches"]["anthropic"].clone();
+    let stats = cluster.fake.stats()["batches"][kind].clone();
     let made = 1 + u64::from(decoy);
     assert_eq!(stats["created"], made, "one paid batch of ours: {stats}");
     assert_eq!(
@@ -273,10 +274,15 @@ fn make_decoy(fake: &FakeProvider) -> String {
 
 #[test]
 fn a_crash_after_the_create_adopts_the_batch_without_sending_it_again() {
-    killed_after_create(false);
+    killed_after_create("anthropic", false);
 }
 
 #[test]
 fn a_look_alike_batch_is_told_apart_by_its_results_and_left_alone() {
-    killed_after_create(true);
+    killed_after_create("anthropic", true);
+}
+
+#[test]
+fn a_crash_after_a_gemini_create_finds_the_batch_by_its_tag() {
+    killed_after_create("gemini", false);
 }

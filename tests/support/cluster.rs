@@ -167,7 +167,11 @@ max_output_tokens = 300
 {extra}
 "#,
                 redis = redis.url,
-                base = fake.base_url,
+                // Gemini's base names its API version; the others' take `/v1`.
+                base = match opts.provider_kind {
+                    "gemini" => format!("{}/v1beta", fake.url),
+                    _ => fake.base_url.clone(),
+                },
                 threshold = opts.failure_threshold,
                 max_attempts = opts.max_attempts,
                 cooldown = opts.cooldown_secs,
