@@ -72,6 +72,32 @@ impl Answer {
     }
 }
 
+/// Every request of a batch answered, `(custom_id, body)` each; `--batch-item-fail-rate`
+/// picks the ones that fail as the provider's own error.
+pub async fn answer_all(
+    state: &AppState,
+    api: Api<'_>,
+    requests: Vec<(String, Vec<u8>)>,
+) -> Vec<super::store::Item> {
+    let mut items = Vec::with_capacity(requests.len());
+    for (i, (custom_id, body)) in requests.into_iter().enumerate() {
+        // A big batch takes a while to answer: let the other requests through meanwhile.
+        if i % 256 == 255 {
+            tokio::task::yield_now().await;
+        }
+        let answer = if state.options.batch.item_fails(&custom_id) {
+            let n = state
+                .next_id
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            Answer::server_error(api, format!("req_fake{n}"))
+        } else {
+            answer(state, api, &body).await
+        };
+        items.push(super::store::Item { custom_id, answer });
+    }
+    items
+}
+
 /// The estimated input tokens of a body (the quota counts these), without answering it.
 pub fn input_tokens(api: Api<'_>, body: &[u8]) -> Option<(String, u64)> {
     let parsed = api.parse(body).ok()?;

@@ -17,10 +17,10 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use serde_json::{Value, json};
 
-use super::answer::{self, Answer, Api};
+use super::answer::{self, Api};
 use super::clock::Phase;
 use super::now_ms;
-use super::store::{GeminiBatch, Item, MessageBatch, shuffled};
+use super::store::{GeminiBatch, MessageBatch, shuffled};
 use crate::limits::rfc3339;
 use crate::{AppState, json_response};
 
@@ -104,19 +104,7 @@ pub async fn create(
     };
     let _serial = state.batches.creating.lock().await;
     let options = &state.options.batch;
-    let mut items = Vec::with_capacity(requests.len());
-    for (i, (custom_id, request)) in requests.into_iter().enumerate() {
-        if i % 256 == 255 {
-            tokio::task::yield_now().await;
-        }
-        let api = Api::Gemini(model);
-        let answer = if options.item_fails(&custom_id) {
-            Answer::server_error(api, format!("req_fake_gemini{i}"))
-        } else {
-            answer::answer(state, api, &request).await
-        };
-        items.push(Item { custom_id, answer });
-    }
+    let items = answer::answer_all(state, Api::Gemini(model), requests).await;
     let bytes = items.iter().map(|i| i.answer.bytes()).sum();
     let now = now_ms();
     let mut store = state.batches.lock();
