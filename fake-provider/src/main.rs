@@ -37,9 +37,10 @@
 //!   `requests` / `tokens` count admitted requests only; batch API calls are not counted
 //!   there), and `"batches": {"created", "by_status", "cancelled", "files_uploaded",
 //!   "files_deleted", "stored_bytes", "openai": {"created", "by_status", "cancelled"},
-//!   "anthropic": {"created", "by_status", "cancelled", "refused", "deleted"}}` (`created`
-//!   and `cancelled` count both APIs' accepted creates and cancels; `by_status` is each
-//!   batch's state now, OpenAI's `status` or Anthropic's `processing_status`);
+//!   "anthropic": {"created", "by_status", "cancelled", "refused", "deleted"},
+//!   "gemini": {"created", "cancelled", "deleted"}}` (`created` and `cancelled` count every
+//!   API's accepted creates and cancels; `by_status` is each OpenAI and Anthropic batch's
+//!   state now, OpenAI's `status` or Anthropic's `processing_status`);
 //! - `POST /{tenant}/oauth2/v2.0/token` and `GET /msi/token`: Microsoft Entra ID tokens for
 //!   the Azure route (see `entra`; `/stats` counts them as `entra_tokens_issued`);
 //! - `GET /health`: `ok`.
