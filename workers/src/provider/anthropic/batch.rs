@@ -27,7 +27,11 @@
 //! reads its first result lines, and adopts the one whose custom ids are all its own jobs; a
 //! candidate that proves someone else's is left alone (never cancelled, never deleted). So a
 //! worker killed between create and recording the id never causes a second paid batch, and
-//! each item is answered once.
+//! each item is answered once. Money: while the lane waits nothing more is bought; if the
+//! deadline comes first, the items run real-time and the candidate, once proven the lane's, is
+//! ingested as paid and unused (it cannot be cancelled before it is known to be ours). More
+//! than [`FIND_PAGES`] × 100 batches made since the record is an error, not "none": the lane
+//! tries again next tick rather than risk paying twice.
 
 use reqwest::Method;
 use reqwest::header::HeaderMap;
