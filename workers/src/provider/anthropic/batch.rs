@@ -15,7 +15,7 @@
 //!
 //! ## Finding a batch whose id was never recorded
 //!
-//! A Message Batch carries no metadata, so [`AnthropicProvider::batch_find`] cannot look for
+//! A Message Batch carries no metadata, so `find` cannot look for
 //! batchyard's tag. It lists the account's batches (newest first, at most
 //! [`FIND_PAGES`] pages of 100) and keeps those created from `since − 2 min` (clock skew) to
 //! `since + request timeout + 2 min` (the create was sent after the record was written and
