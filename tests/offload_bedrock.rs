@@ -16,7 +16,6 @@ use futures::TryStreamExt as _;
 use support::cluster::{Cluster, Options};
 use support::offload::{
     QUICK, assert_once_through_one_provider_batch, assert_waves_at_batch_price, docs, lane_config,
-    submit_and_crash,
 };
 use support::*;
 
@@ -119,7 +118,8 @@ fn a_crash_after_create_model_invocation_job_makes_no_second_job() {
     // The fake's address is known once it runs.
     let toml = std::fs::read_to_string(&cluster.config).unwrap();
     std::fs::write(&cluster.config, toml.replace("@FAKE@", &cluster.fake.url)).unwrap();
-    let id = submit_and_crash(&cluster, 6, "after_create");
+    let id = cluster.submit_with_deadline("c", 6);
+    cluster.crash_worker_at("after_create");
     assert_eq!(cluster.fake.stats()["batches"]["bedrock_jobs_created"], 1);
     let mut worker = cluster.spawn_worker(&["--exit-when-idle", "30"]);
     assert_once_through_one_provider_batch(&cluster, &id, 6);

@@ -7,8 +7,8 @@
 
 mod support;
 
-use support::cluster::{Cluster, Options};
-use support::offload::{assert_once_through_one_provider_batch, submit_and_crash};
+use support::cluster::{Cluster, Options, QUICK_OFFLOAD};
+use support::offload::assert_once_through_one_provider_batch;
 
 const ITEMS: usize = 6;
 
@@ -18,15 +18,14 @@ fn crash_at(point: &str) {
         &["--batch-turnaround-ms", "500"],
         Options {
             provider_extra: "batch_api = true".into(),
-            extra_toml: "[offload]\nmin_items = 3\npoll_interval_secs = 1\n\
-                         switch_margin_secs = 0\nrealtime_items_per_sec = 1000\n"
-                .into(),
+            extra_toml: QUICK_OFFLOAD.into(),
             ..Options::default()
         },
     ) else {
         return;
     };
-    let id = submit_and_crash(&cluster, ITEMS, point);
+    let id = cluster.submit_with_deadline("c", ITEMS);
+    cluster.crash_worker_at(point);
     let mut worker = cluster.spawn_worker(&["--exit-when-idle", "30"]);
     assert_once_through_one_provider_batch(&cluster, &id, ITEMS);
     let _ = worker.kill();

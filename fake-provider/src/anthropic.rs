@@ -24,15 +24,20 @@ fn invalid(message: &str) -> Response {
     error_response(StatusCode::BAD_REQUEST, "invalid_request_error", message)
 }
 
-/// `x-api-key` when `--require-key` is set, and `anthropic-version` always, as the real API.
+/// `x-api-key` (or `Authorization: Bearer`, which Anthropic's SDK 2.x sends) when
+/// `--require-key` is set, and `anthropic-version` always, as the real API.
 pub fn check_request(options: &Options, headers: &HeaderMap) -> Option<Response> {
     if let Some(key) = &options.require_key {
-        let given = headers.get("x-api-key").and_then(|v| v.to_str().ok());
+        let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+        let given = header("x-api-key").or_else(|| {
+            header(axum::http::header::AUTHORIZATION.as_str())
+                .and_then(|v| v.strip_prefix("Bearer "))
+        });
         if given != Some(key.as_str()) {
             // Echoes what it was given, so tests can prove clients scrub it.
             let message = match given {
                 Some(wrong) => format!("invalid x-api-key: {wrong}"),
-                None => "x-api-key header is required".to_owned(),
+                None => "x-api-key (or Authorization: Bearer) header is required".to_owned(),
             };
             return Some(error_response(
                 StatusCode::UNAUTHORIZED,

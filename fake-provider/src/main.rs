@@ -38,9 +38,10 @@
 //!   there), and `"batches": {"created", "by_status", "cancelled", "files_uploaded",
 //!   "files_deleted", "stored_bytes", "openai": {"created", "by_status", "cancelled"},
 //!   "anthropic": {"created", "by_status", "cancelled", "refused", "deleted"},
-//!   "bedrock_jobs_created"}` (`created` counts every API's accepted creates, Bedrock's jobs
-//!   included, `cancelled` OpenAI's and Anthropic's cancels; `by_status` is each
-//!   batch's state now, OpenAI's `status` or Anthropic's `processing_status`);
+//!   "gemini": {"created", "cancelled", "deleted"}, "bedrock_jobs_created"}` (`created`
+//!   counts every API's accepted creates, Bedrock's jobs included, `cancelled` the
+//!   accepted cancels of OpenAI, Anthropic and Gemini; `by_status` is each OpenAI and
+//!   Anthropic batch's state now, OpenAI's `status` or Anthropic's `processing_status`);
 //! - `POST /{tenant}/oauth2/v2.0/token` and `GET /msi/token`: Microsoft Entra ID tokens for
 //!   the Azure route (see `entra`; `/stats` counts them as `entra_tokens_issued`);
 //! - `GET /health`: `ok`.
@@ -72,6 +73,11 @@
 //!   SigV4-checked as Converse; records read from and `.jsonl.out` / `manifest.json.out`
 //!   written to the S3 server `--bedrock-batch-s3-endpoint` (keys `--bedrock-batch-s3-key-id`,
 //!   `--bedrock-batch-s3-secret`).
+//! - Gemini: `POST /v1beta/models/{model}:batchGenerateContent` (inline requests, each with
+//!   `metadata.key`; `display_name`), `GET /v1beta/batches/{id}` (an operation: `metadata.state`
+//!   `BATCH_STATE_*`, `batchStats`, and once `done` the unordered `inlinedResponses`),
+//!   `POST /v1beta/batches/{id}:cancel`, `DELETE /v1beta/batches/{id}` (ended only),
+//!   `GET /v1beta/batches?pageSize=&pageToken=` (newest first). Same auth as `generateContent`.
 //! - Every item is answered, when the batch is created, exactly as the real-time endpoint
 //!   answers its body (skill mode, `--reply`, prompt-cache markers, `max_tokens`, magic text;
 //!   `FAKE:DROP`/`FAKE:HANG` and non-JSON faults become 500 items), with no limits, faults
@@ -265,6 +271,9 @@ async fn generate(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
+    if let Some(model) = tail.strip_suffix(":batchGenerateContent") {
+        return batch::gemini::create(&state, &headers, model, &body).await;
+    }
     match gemini::model_of(&tail) {
         Ok(model) => {
             flow::handle_model(&state, &conn, &headers, &body, Dialect::Gemini, &model).await

@@ -36,6 +36,16 @@ async fn a_message_batch_ends_with_results_answered_as_real_time_does() {
         .await
         .unwrap();
     assert_eq!(anonymous.status().as_u16(), 401);
+    // Anthropic's SDK 2.x sends the key as a bearer token: taken as `x-api-key` is.
+    let bearer = |key: &str| {
+        reqwest::Client::new()
+            .get(format!("{}/v1/messages/batches", fake.url))
+            .header("anthropic-version", "2023-06-01")
+            .bearer_auth(key)
+            .send()
+    };
+    assert_eq!(bearer(KEY).await.unwrap().status().as_u16(), 200);
+    assert_eq!(bearer("sk-wrong").await.unwrap().status().as_u16(), 401);
 
     let (status, created) = client.message_batch(&requests).await;
     assert_eq!(status, 200, "{created}");

@@ -110,7 +110,7 @@ pub(super) fn models(raw: &RawConfig) -> Result<(Vec<ModelSpec>, BTreeMap<String
     Ok((models, from_catalog))
 }
 
-/// Whether a provider's batch API is there to use: OpenAI's own API and Anthropic by
+/// Whether a provider's batch API is there to use: OpenAI's own API, Anthropic and Gemini by
 /// default, another OpenAI-compatible server only with `batch_api = true`.
 fn provider_batches(p: &RawProvider) -> bool {
     match p.kind.as_str() {
@@ -120,7 +120,7 @@ fn provider_batches(p: &RawProvider) -> bool {
                 .and_then(|u| url::Url::parse(u).ok())
                 .is_some_and(|u| u.host_str() == Some("api.openai.com"))
         }),
-        "anthropic" => p.batch_api.unwrap_or(true),
+        "anthropic" | "gemini" => p.batch_api.unwrap_or(true),
         "bedrock" => p.batch_api.unwrap_or(true) && super::provider_bedrock_batch::wanted(p),
         _ => false,
     }

@@ -496,3 +496,47 @@ fn gemini_providers_default_to_the_public_endpoint_and_hide_the_key() {
         .to_string();
     assert!(e.contains("\"gemini\""), "the message lists the kind: {e}");
 }
+
+#[test]
+fn anthropic_and_gemini_providers_batch_unless_told_not_to() {
+    let provider = |name: &str, kind: &str, extra: &str| {
+        format!(
+            "[providers.{name}]\nkind = \"{kind}\"\nbase_url = \"http://127.0.0.1:9\"\n{extra}\n"
+        )
+    };
+    let model = |key: &str, provider: &str| {
+        format!(
+            "[models.{key}]\nprovider = \"{provider}\"\nname = \"{key}\"\n\
+             input_usd_per_mtok = 2.0\noutput_usd_per_mtok = 8.0\ncontext_window = 8000\ntier = 1\n"
+        )
+    };
+    let text = [
+        provider("a", "anthropic", ""),
+        provider("g", "gemini", ""),
+        provider("quiet", "anthropic", "batch_api = false"),
+        provider("compat", "openai", ""),
+        model("claude", "a"),
+        model("gem", "g"),
+        model("kept", "quiet"),
+        model("local", "compat"),
+    ]
+    .concat();
+    let s = load(&text).unwrap();
+    let batch = |key: &str| s.catalog.model(key).unwrap().batch;
+    for key in ["claude", "gem"] {
+        let prices = batch(key).unwrap_or_else(|| panic!("{key} has no batch price"));
+        assert_eq!(
+            (prices.input_usd_per_mtok, prices.output_usd_per_mtok),
+            (1.0, 4.0),
+            "half the real-time price by default"
+        );
+    }
+    assert!(
+        batch("kept").is_none(),
+        "batch_api = false keeps it real-time"
+    );
+    assert!(
+        batch("local").is_none(),
+        "an OpenAI-compatible server has no batch API by default"
+    );
+}

@@ -24,6 +24,8 @@ pub struct Options {
     pub extra_toml: String,
     /// Appended to `[providers.fake]`.
     pub provider_extra: String,
+    /// `[providers.fake] kind`: `openai` unless a test says.
+    pub provider_kind: &'static str,
     /// Extra keys of `[models.small]`, e.g. `rpm = 20`.
     pub small_extra: String,
     /// The result cache across batches. Off by default so that call counts equal item counts.
@@ -42,6 +44,7 @@ impl Default for Options {
             max_attempts: 5,
             extra_toml: String::new(),
             provider_extra: String::new(),
+            provider_kind: "openai",
             small_extra: String::new(),
             cache: false,
             submit_lease_secs: 120,
@@ -134,7 +137,7 @@ failure_threshold = {threshold}
 cooldown_secs = {cooldown}
 
 [providers.fake]
-kind = "openai"
+kind = "{provider_kind}"
 base_url = "{base}"
 api_key_env = "FAKE_API_KEY"
 {provider_extra}
@@ -164,12 +167,17 @@ max_output_tokens = 300
 {extra}
 "#,
                 redis = redis.url,
-                base = fake.base_url,
+                // Gemini's base names its API version; the others' take `/v1`.
+                base = match opts.provider_kind {
+                    "gemini" => format!("{}/v1beta", fake.url),
+                    _ => fake.base_url.clone(),
+                },
                 threshold = opts.failure_threshold,
                 max_attempts = opts.max_attempts,
                 cooldown = opts.cooldown_secs,
                 extra = opts.extra_toml,
                 provider_extra = opts.provider_extra,
+                provider_kind = opts.provider_kind,
                 small_extra = opts.small_extra,
                 cache = opts.cache,
                 submit_lease_secs = opts.submit_lease_secs,
@@ -261,6 +269,43 @@ max_output_tokens = 300
             );
             std::thread::sleep(Duration::from_millis(200));
         }
+    }
+}
+
+/// `[offload]` of the lane's crash tests: quick ticks, the deadline never near.
+pub const QUICK_OFFLOAD: &str = "[offload]\nmin_items = 3\npoll_interval_secs = 1\n\
+                                 switch_margin_secs = 0\nrealtime_items_per_sec = 1000\n";
+
+impl Cluster {
+    /// Submits `n` items (`{prefix}-{i}`) due in an hour, so they go through the offload
+    /// lane; the batch id.
+    pub fn submit_with_deadline(&self, prefix: &str, n: usize) -> String {
+        let body: String = (0..n)
+            .map(|i| super::request_line(&format!("{prefix}-{i}"), &format!("item {i}")) + "\n")
+            .collect();
+        let input = super::write_file(self.dir.path(), "in.jsonl", body.as_bytes());
+        self.submit(input.to_str().unwrap(), &["--deadline", "1h"])["id"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    }
+
+    /// Runs a worker that aborts at the offload lane's step `point`
+    /// (`BATCHYARD_TEST_CRASH_AT`), as a `kill -9` there would, and waits until it has.
+    pub fn crash_worker_at(&self, point: &str) {
+        let mut doomed = self
+            .cmd()
+            .arg("worker")
+            .env("BATCHYARD_TEST_CRASH_AT", point)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let status = wait_exit(&mut doomed, Duration::from_secs(60));
+        assert!(
+            !status.success(),
+            "the worker should have aborted at {point}"
+        );
     }
 }
 

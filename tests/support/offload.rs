@@ -8,8 +8,8 @@ use std::time::Duration;
 use batchyard_testkit::FakeProvider;
 use serde_json::Value;
 
-use super::cluster::{Cluster, wait_exit};
-use super::{batchyard, request_line, run_to_output, write_file};
+use super::cluster::Cluster;
+use super::{batchyard, run_to_output, write_file};
 
 /// The `[offload]` settings of most tests: quick ticks, the deadline never near.
 pub const QUICK: &str = "min_items = 3\npoll_interval_secs = 1\nswitch_margin_secs = 0\n\
@@ -137,33 +137,6 @@ pub fn assert_waves_at_batch_price(output: &[Value]) -> f64 {
         total += cost;
     }
     total
-}
-
-/// Submits `n` items with a deadline and runs a worker that aborts at `point`
-/// (`BATCHYARD_TEST_CRASH_AT`); returns the batch id.
-pub fn submit_and_crash(cluster: &Cluster, n: usize, point: &str) -> String {
-    let body: String = (0..n)
-        .map(|i| request_line(&format!("c-{i}"), &format!("item {i}")) + "\n")
-        .collect();
-    let input = write_file(cluster.dir.path(), "in.jsonl", body.as_bytes());
-    let id = cluster.submit(input.to_str().unwrap(), &["--deadline", "1h"])["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let mut doomed = cluster
-        .cmd()
-        .arg("worker")
-        .env("BATCHYARD_TEST_CRASH_AT", point)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let status = wait_exit(&mut doomed, Duration::from_secs(60));
-    assert!(
-        !status.success(),
-        "the worker should have aborted at {point}"
-    );
-    id
 }
 
 pub fn steps(line: &Value) -> Vec<(String, String, bool)> {

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use batchyard_jobs::storage::ResultStore;
 use batchyard_testkit::{FakeProvider, S3Env, s3_env_or_skip};
 use batchyard_workers::provider::batch::{
-    BatchApi, BatchItem, EndedAs, ItemResult, RemoteState, RemoteStatus,
+    BatchApi, BatchItem, EndedAs, Found, ItemResult, RemoteState, RemoteStatus,
 };
 use batchyard_workers::provider::bedrock::BedrockBatchConfig;
 use batchyard_workers::provider::{
@@ -113,8 +113,11 @@ async fn a_claude_job_runs_once_answers_every_record_and_leaves_nothing_in_the_b
     assert!(id.contains(":model-invocation-job/"), "{id}");
     // A create sent again (a crash before the id was recorded) is the same job.
     assert_eq!(api.submit("w1-haiku-0", &batch).await.unwrap(), id);
-    assert_eq!(api.find("w1-haiku-0", 0).await.unwrap(), Some(id.clone()));
-    assert_eq!(api.find("w2-haiku-0", 0).await.unwrap(), None);
+    assert_eq!(
+        api.find("w1-haiku-0", 0, 5).await.unwrap(),
+        Found::Sure(id.clone())
+    );
+    assert_eq!(api.find("w2-haiku-0", 0, 5).await.unwrap(), Found::None);
     let input = objects(&store).await;
     assert_eq!(input.len(), 1, "{input:?}");
     let line: Value = serde_json::from_slice(

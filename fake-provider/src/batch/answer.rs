@@ -11,11 +11,24 @@ use crate::flow::{self, Fault, Reply};
 
 /// Which real-time endpoint the item stands for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Api {
+pub enum Api<'a> {
     OpenAi,
     Anthropic,
     /// Bedrock's Converse shape (Nova's `messages-v1` is close enough once renamed).
     Bedrock,
+    /// `generateContent` of this model (Gemini's body names none).
+    Gemini(&'a str),
+}
+
+impl Api<'_> {
+    fn parse(self, body: &[u8]) -> Result<flow::Parsed, Box<Response>> {
+        match self {
+            Api::OpenAi => crate::openai::parse(body),
+            Api::Anthropic => crate::anthropic::parse(body),
+            Api::Bedrock => crate::bedrock::parse(body, "bedrock"),
+            Api::Gemini(model) => crate::gemini::parse(body, model),
+        }
+    }
 }
 
 /// What the real-time endpoint would have answered.
@@ -36,7 +49,7 @@ impl Answer {
     }
 
     /// The `--batch-item-fail-rate` error: a 500, as a provider's own failure.
-    pub fn server_error(api: Api, request_id: String) -> Self {
+    pub fn server_error(api: Api<'_>, request_id: String) -> Self {
         let body = match api {
             Api::OpenAi => json!({"error": {
                 "message": "The server had an error processing your request (fake batch item).",
@@ -45,6 +58,8 @@ impl Answer {
                 "type": "api_error", "message": "Internal server error (fake batch item)"}}),
             Api::Bedrock => json!({"__type": "InternalServerException",
                 "message": "Internal server error (fake batch item)"}),
+            Api::Gemini(_) => json!({"error": {"code": 500, "status": "INTERNAL",
+                "message": "An internal error has occurred (fake batch item)."}}),
         };
         Self {
             status: 500,
@@ -62,19 +77,40 @@ impl Answer {
     }
 }
 
-/// The estimated input tokens of a body (the quota counts these), without answering it.
-pub fn input_tokens(api: Api, body: &[u8]) -> Option<(String, u64)> {
-    let parsed = match api {
-        Api::OpenAi => crate::openai::parse(body),
-        Api::Anthropic => crate::anthropic::parse(body),
-        Api::Bedrock => crate::bedrock::parse(body, "bedrock"),
+/// Every request of a batch answered, `(custom_id, body)` each; `--batch-item-fail-rate`
+/// picks the ones that fail as the provider's own error.
+pub async fn answer_all(
+    state: &AppState,
+    api: Api<'_>,
+    requests: Vec<(String, Vec<u8>)>,
+) -> Vec<super::store::Item> {
+    let mut items = Vec::with_capacity(requests.len());
+    for (i, (custom_id, body)) in requests.into_iter().enumerate() {
+        // A big batch takes a while to answer: let the other requests through meanwhile.
+        if i % 256 == 255 {
+            tokio::task::yield_now().await;
+        }
+        let answer = if state.options.batch.item_fails(&custom_id) {
+            let n = state
+                .next_id
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            Answer::server_error(api, format!("req_fake{n}"))
+        } else {
+            answer(state, api, &body).await
+        };
+        items.push(super::store::Item { custom_id, answer });
     }
-    .ok()?;
+    items
+}
+
+/// The estimated input tokens of a body (the quota counts these), without answering it.
+pub fn input_tokens(api: Api<'_>, body: &[u8]) -> Option<(String, u64)> {
+    let parsed = api.parse(body).ok()?;
     Some((parsed.model, parsed.prompt_tokens))
 }
 
 /// Answers one item's body.
-pub async fn answer(state: &AppState, api: Api, body: &[u8]) -> Answer {
+pub async fn answer(state: &AppState, api: Api<'_>, body: &[u8]) -> Answer {
     let Some(response) = respond(state, api, body) else {
         let n = state
             .next_id
@@ -86,7 +122,7 @@ pub async fn answer(state: &AppState, api: Api, body: &[u8]) -> Answer {
         .headers()
         .get(match api {
             Api::OpenAi => "x-request-id",
-            Api::Anthropic => "request-id",
+            Api::Anthropic | Api::Gemini(_) => "request-id",
             Api::Bedrock => "x-amzn-requestid",
         })
         .and_then(|v| v.to_str().ok())
@@ -123,6 +159,11 @@ pub async fn answer(state: &AppState, api: Api, body: &[u8]) -> Answer {
             usage("/usage/outputTokens"),
             usage("/usage/cacheReadInputTokens"),
         ),
+        Api::Gemini(_) => (
+            usage("/usageMetadata/promptTokenCount"),
+            usage("/usageMetadata/candidatesTokenCount"),
+            usage("/usageMetadata/cachedContentTokenCount"),
+        ),
     };
     Answer {
         status: status.as_u16(),
@@ -135,13 +176,8 @@ pub async fn answer(state: &AppState, api: Api, body: &[u8]) -> Answer {
 }
 
 /// The real-time answer, or `None` for a fault that has no answer (drop, hang, huge).
-fn respond(state: &AppState, api: Api, body: &[u8]) -> Option<Response> {
-    let parsed = match api {
-        Api::OpenAi => crate::openai::parse(body),
-        Api::Anthropic => crate::anthropic::parse(body),
-        Api::Bedrock => crate::bedrock::parse(body, "bedrock"),
-    };
-    let mut parsed = match parsed {
+fn respond(state: &AppState, api: Api<'_>, body: &[u8]) -> Option<Response> {
+    let mut parsed = match api.parse(body) {
         Ok(p) => p,
         Err(refused) => return Some(*refused),
     };
@@ -157,6 +193,7 @@ fn respond(state: &AppState, api: Api, body: &[u8]) -> Option<Response> {
                 Api::OpenAi => crate::openai::success(n, &parsed, &reply),
                 Api::Anthropic => crate::anthropic::success(n, &parsed, &reply),
                 Api::Bedrock => crate::bedrock::success(n, &parsed, &reply),
+                Api::Gemini(_) => crate::gemini::success(n, &parsed, &reply),
             }
         }
         // Nothing to hang up on in a batch: the item fails as the provider's own error.
@@ -165,6 +202,7 @@ fn respond(state: &AppState, api: Api, body: &[u8]) -> Option<Response> {
             Api::OpenAi => crate::openai::fault(fault, &state.shutdown),
             Api::Anthropic => crate::anthropic::fault(fault, &state.shutdown),
             Api::Bedrock => crate::bedrock::fault(fault, &state.shutdown),
+            Api::Gemini(_) => crate::gemini::fault(fault, &state.shutdown),
         },
     })
 }

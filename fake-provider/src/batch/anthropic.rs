@@ -18,9 +18,9 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
-use super::answer::{self, Answer, Api};
+use super::answer::{self, Api};
 use super::clock::{Phase, Timeline};
-use super::store::{Item, MessageBatch, Store, processing_status, quoted, shuffled};
+use super::store::{MessageBatch, Store, processing_status, quoted, shuffled};
 use super::{AnthropicAuth, anthropic_error, now_ms};
 use crate::limits::rfc3339;
 use crate::{AppState, json_response};
@@ -128,22 +128,7 @@ pub async fn create(
             );
         }
     }
-    let mut items = Vec::with_capacity(requests.len());
-    for (i, (custom_id, params)) in requests.into_iter().enumerate() {
-        // A big batch takes a while to answer: let the other requests through meanwhile.
-        if i % 256 == 255 {
-            tokio::task::yield_now().await;
-        }
-        let answer = if options.item_fails(&custom_id) {
-            let n = state
-                .next_id
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            Answer::server_error(Api::Anthropic, format!("req_fake{n}"))
-        } else {
-            answer::answer(&state, Api::Anthropic, &params).await
-        };
-        items.push(Item { custom_id, answer });
-    }
+    let items = answer::answer_all(&state, Api::Anthropic, requests).await;
     let bytes = items.iter().map(|i| i.answer.bytes()).sum();
     // The clock starts once every item has its answer, however long that took.
     let now = now_ms();

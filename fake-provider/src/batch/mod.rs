@@ -1,19 +1,22 @@
-//! The providers' batch APIs, on the fake's sped-up clock: OpenAI's Files and Batch APIs and
-//! Anthropic's Message Batches. Each item is answered exactly as the real-time endpoint answers
+//! The providers' batch APIs, on the fake's sped-up clock: OpenAI's Files and Batch APIs,
+//! Anthropic's Message Batches, Gemini's batch mode and Bedrock's
+//! batch inference. Each item is answered exactly as the real-time endpoint answers
 //! the same body, at creation, and revealed as the batch's clock says (state is computed on
 //! read: no task per batch). Everything lives in memory under `--batch-max-bytes`.
 //!
 //! Modules: `clock` (the `--batch-*` flags and the phase of a batch at a moment), `answer`
 //! (one item answered by the real-time code), `store` (files, batches, byte cap, `/stats`
 //! counts), `files` (OpenAI `/v1/files`), `input` (OpenAI input-file validation), `openai`
-//! (OpenAI `/v1/batches`), `anthropic` (`/v1/messages/batches`), `bedrock` (Bedrock's batch
-//! inference jobs over an S3 server).
+//! (OpenAI `/v1/batches`), `anthropic` (`/v1/messages/batches`), `gemini` (Gemini's
+//! `batchGenerateContent` with inline requests, `/v1beta/batches`), `bedrock` (Bedrock's
+//! batch inference jobs over an S3 server).
 
 pub mod answer;
 pub mod anthropic;
 pub mod bedrock;
 pub mod clock;
 pub mod files;
+pub mod gemini;
 pub mod input;
 pub mod openai;
 pub mod store;
@@ -86,6 +89,11 @@ pub fn routes(options: &BatchOptions) -> Router<Arc<AppState>> {
         .route("/model-invocation-job/{id}", get(bedrock::get))
         .route("/model-invocation-job/{id}/stop", post(bedrock::stop))
         .route("/model-invocation-jobs", get(bedrock::list))
+        .route("/v1beta/batches", get(gemini::list))
+        .route(
+            "/v1beta/batches/{id}",
+            get(gemini::get).delete(gemini::delete).post(gemini::cancel),
+        )
         .layer(DefaultBodyLimit::max(
             usize::try_from(limit).unwrap_or(usize::MAX),
         ))

@@ -71,6 +71,15 @@ pub struct MessageBatch {
     pub bytes: u64,
 }
 
+/// A Gemini batch (`batchGenerateContent` with inline requests): a message batch of one
+/// model, with the display name it was given.
+#[derive(Debug, Clone)]
+pub struct GeminiBatch {
+    pub batch: MessageBatch,
+    pub model: String,
+    pub display_name: String,
+}
+
 /// What `/stats` counts beyond the current states.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Counts {
@@ -81,6 +90,9 @@ pub struct Counts {
     /// Anthropic creates refused with 429 by the enqueued-token limit.
     pub anthropic_refused: u64,
     pub anthropic_deleted: u64,
+    pub gemini_created: u64,
+    pub gemini_cancelled: u64,
+    pub gemini_deleted: u64,
     pub files_uploaded: u64,
     pub files_deleted: u64,
 }
@@ -91,6 +103,7 @@ pub struct Store {
     /// In creation order (lists show them newest first).
     pub openai: Vec<OpenAiBatch>,
     pub anthropic: Vec<MessageBatch>,
+    pub gemini: Vec<GeminiBatch>,
     pub bytes: u64,
     pub counts: Counts,
     next: u64,
@@ -157,6 +170,10 @@ impl Store {
         self.anthropic.iter().position(|b| b.id == id)
     }
 
+    pub fn gemini_index(&self, id: &str) -> Option<usize> {
+        self.gemini.iter().position(|b| b.batch.id == id)
+    }
+
     /// `/stats`' `batches` object at `now`.
     pub fn stats(&self, now: u64) -> Value {
         let mut openai: BTreeMap<&str, u64> = BTreeMap::new();
@@ -175,9 +192,9 @@ impl Store {
         }
         let c = self.counts;
         json!({
-            "created": c.openai_created + c.anthropic_created,
+            "created": c.openai_created + c.anthropic_created + c.gemini_created,
             "by_status": all,
-            "cancelled": c.openai_cancelled + c.anthropic_cancelled,
+            "cancelled": c.openai_cancelled + c.anthropic_cancelled + c.gemini_cancelled,
             "files_uploaded": c.files_uploaded,
             "files_deleted": c.files_deleted,
             "stored_bytes": self.bytes,
@@ -186,6 +203,8 @@ impl Store {
             "anthropic": {"created": c.anthropic_created, "by_status": anthropic,
                 "cancelled": c.anthropic_cancelled, "refused": c.anthropic_refused,
                 "deleted": c.anthropic_deleted},
+            "gemini": {"created": c.gemini_created, "cancelled": c.gemini_cancelled,
+                "deleted": c.gemini_deleted},
         })
     }
 }

@@ -20,12 +20,14 @@
 //!   and what a budget holds for a provider batch whose items went real-time.
 //! - [`rate`]: how long the rest of a batch would take real-time (declared limits, the
 //!   measured throughput, or the configured rate), which the switch is judged on.
+//! - `recover`: a provider batch whose id was never recorded, found again (or known unsent).
 //!
 //! May use: `catalog`, `provider`, `metrics` and the jobs crate. Used by the binary.
 
 mod ingest;
 mod money;
 pub mod rate;
+mod recover;
 pub mod state;
 mod tick;
 

@@ -53,6 +53,10 @@ pub struct ProviderBatch {
     /// worker stopped in between leaves a share the next lease holder takes out).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub shared: bool,
+    /// While `Creating` with no id: the provider batches that could be this one (a provider
+    /// that keeps no tag), each checked by its results once it has ended.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub candidates: Vec<String>,
 }
 
 /// The lane's state of one batch.

@@ -150,23 +150,9 @@ impl Coordinator {
         };
         let remote_id = match (&pb.remote_id, pb.phase) {
             (Some(id), _) => id.clone(),
-            (None, _) => match api.find(&pb.key, pb.created_at).await {
-                Ok(Some(id)) => {
-                    tracing::info!(key = %pb.key, remote_id = %id, "offload: found a provider batch whose id was not recorded");
-                    lane.provider_batches[index].remote_id = Some(id.clone());
-                    lane.provider_batches[index].phase = Phase::Running;
-                    id
-                }
-                Ok(None) => {
-                    // The create never reached the provider: the items are grouped again.
-                    lane.provider_batches[index].phase = Phase::Done;
-                    lane.provider_batches[index].ended = Some("never_created".into());
-                    return;
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "offload: cannot list provider batches");
-                    return;
-                }
+            (None, _) => match self.recover(record, lane, index, &api).await {
+                Some(id) => id,
+                None => return,
             },
         };
         let status = match api.status(&remote_id).await {
@@ -385,6 +371,7 @@ impl Coordinator {
             tokens: batch.weights.iter().map(|w| w.tokens).sum(),
             worst_nanos: batch.weights.iter().map(|w| w.worst_nanos).sum(),
             shared: true,
+            candidates: Vec::new(),
         });
         if let Err(e) = state::save(&self.store, &record.id, lane).await {
             tracing::warn!(error = %e, "offload: cannot record a provider batch; not sending it");
@@ -425,8 +412,23 @@ impl Coordinator {
                     self.give_back(record, &pb, true).await;
                 }
             }
-            // Left `Creating`: the next tick looks for it by its tag, and if the provider
-            // has none, groups its items again.
+            // Any other 4xx (a 429: Anthropic's enqueued-token quota) is the provider's answer
+            // too: nothing was made, so there is nothing to look for (a provider without tags
+            // would wait on look-alikes). The items are grouped again once there is room.
+            Err(e) if e.status.is_some_and(|s| (400..500).contains(&s)) => {
+                tracing::warn!(key, error = %e, "offload: the provider refused a provider batch for now");
+                if let Some(pb) = lane.provider_batches.last_mut() {
+                    pb.phase = Phase::Done;
+                    pb.ended = Some(format!("refused: {}", e.kind.code()));
+                }
+                if let Some(pb) = lane.provider_batches.last().cloned()
+                    && e.kind == crate::provider::ProviderErrorKind::RateLimited
+                {
+                    self.quota_refused(&pb, &e.message).await;
+                }
+            }
+            // Left `Creating`: the next tick looks for it, and if the provider has none,
+            // groups its items again.
             Err(e) => tracing::warn!(key, error = %e, "offload: cannot send a provider batch"),
         }
         if let Err(e) = state::save(&self.store, &record.id, lane).await {

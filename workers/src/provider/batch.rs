@@ -1,8 +1,10 @@
 //! The providers' batch APIs (the offload lane): many requests sent at once, answered within
 //! a window at the batch price, read back as one results file.
 //!
-//! [`BatchApi`] dispatches to the kinds that have one (OpenAI's `/v1/files` + `/v1/batches`;
-//! Bedrock's batch inference jobs over S3, `bedrock::batch`).
+//! [`BatchApi`] dispatches to the kinds that have one: OpenAI's `/v1/files` + `/v1/batches`
+//! (`openai::batch`), Anthropic's Message Batches (`anthropic::batch`), Gemini's batch mode
+//! with inline requests (`gemini::batch`) and Bedrock's batch inference jobs over S3
+//! (`bedrock::batch`).
 //! Every item goes in with the job id as its `custom_id`, so a result finds its job without a
 //! table. Results are read line by line ([`ResultLines`]), never held whole.
 
@@ -19,6 +21,21 @@ pub struct BatchItem {
     pub custom_id: String,
     /// An OpenAI chat completions body, `model` set to the provider's model name.
     pub body: Map<String, Value>,
+}
+
+impl BatchItem {
+    /// The item as a call to its model, for the kinds' request mappings.
+    pub fn call(&self) -> super::ChatCall<'_> {
+        super::ChatCall {
+            model_name: self
+                .body
+                .get("model")
+                .and_then(Value::as_str)
+                .unwrap_or_default(),
+            body: &self.body,
+            default_max_tokens: None,
+        }
+    }
 }
 
 /// Where a provider batch stands.
@@ -64,11 +81,25 @@ pub enum ItemResult {
     Error(ProviderError),
 }
 
+/// What [`BatchApi::find`] saw of a provider batch whose id was never recorded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Found {
+    /// No such batch: the create never reached the provider.
+    None,
+    /// This one, for sure (the provider kept batchyard's tag on it).
+    Sure(String),
+    /// Batches that could be it (the provider keeps no tag): which one, if any, shows only in
+    /// their results, whose custom ids are the job ids, once they have ended.
+    Maybe(Vec<String>),
+}
+
 /// A provider batch's API, for the kinds that have one.
 #[derive(Debug, Clone, Copy)]
 pub enum BatchApi<'a> {
     OpenAi(&'a super::OpenAiProvider),
     Bedrock(&'a super::BedrockProvider),
+    Anthropic(&'a super::AnthropicProvider),
+    Gemini(&'a super::GeminiProvider),
 }
 
 impl<'a> BatchApi<'a> {
@@ -77,6 +108,8 @@ impl<'a> BatchApi<'a> {
         match provider {
             Provider::OpenAi(p) => Some(Self::OpenAi(p)),
             Provider::Bedrock(p) if p.batches() => Some(Self::Bedrock(p)),
+            Provider::Anthropic(p) => Some(Self::Anthropic(p)),
+            Provider::Gemini(p) => Some(Self::Gemini(p)),
             _ => None,
         }
     }
@@ -88,6 +121,10 @@ impl<'a> BatchApi<'a> {
             Self::OpenAi(_) => 200_000_000,
             // Bedrock: 1 GB per input file (the default quota).
             Self::Bedrock(_) => 1_000_000_000,
+            // Anthropic: 256 MB per batch, with room for the mapping's own fields.
+            Self::Anthropic(_) => 250_000_000,
+            // Gemini: inline requests, 20 MB per create call.
+            Self::Gemini(_) => 18_000_000,
         }
     }
 
@@ -97,15 +134,24 @@ impl<'a> BatchApi<'a> {
         match self {
             Self::OpenAi(p) => p.batch_submit(tag, items).await,
             Self::Bedrock(p) => p.batch_submit(tag, items).await,
+            Self::Anthropic(p) => p.batch_submit(items).await,
+            Self::Gemini(p) => p.batch_submit(tag, items).await,
         }
     }
 
-    /// The id of a provider batch submitted with `tag` since `since_unix` (a submit whose id
-    /// was never recorded), if there is one.
-    pub async fn find(&self, tag: &str, since_unix: u64) -> Result<Option<String>, ProviderError> {
+    /// The provider batch of `items` requests submitted with `tag` at about `since_unix` (a
+    /// submit whose id was never recorded), as far as the provider can tell.
+    pub async fn find(
+        &self,
+        tag: &str,
+        since_unix: u64,
+        items: u64,
+    ) -> Result<Found, ProviderError> {
         match self {
-            Self::OpenAi(p) => p.batch_find(tag, since_unix).await,
-            Self::Bedrock(p) => p.batch_find(tag, since_unix).await,
+            Self::OpenAi(p) => Ok(sure(p.batch_find(tag, since_unix).await?)),
+            Self::Bedrock(p) => Ok(sure(p.batch_find(tag, since_unix).await?)),
+            Self::Anthropic(p) => p.batch_find(since_unix, items).await,
+            Self::Gemini(p) => p.batch_find(tag, since_unix).await,
         }
     }
 
@@ -113,6 +159,8 @@ impl<'a> BatchApi<'a> {
         match self {
             Self::OpenAi(p) => p.batch_status(id).await,
             Self::Bedrock(p) => p.batch_status(id).await,
+            Self::Anthropic(p) => p.batch_status(id).await,
+            Self::Gemini(p) => p.batch_status(id).await,
         }
     }
 
@@ -121,6 +169,8 @@ impl<'a> BatchApi<'a> {
         match self {
             Self::OpenAi(p) => p.batch_results(id).await,
             Self::Bedrock(p) => p.batch_results(id).await,
+            Self::Anthropic(p) => p.batch_results(id).await,
+            Self::Gemini(p) => p.batch_results(id).await,
         }
     }
 
@@ -128,14 +178,19 @@ impl<'a> BatchApi<'a> {
         match self {
             Self::OpenAi(p) => p.batch_cancel(id).await,
             Self::Bedrock(p) => p.batch_cancel(id).await,
+            Self::Anthropic(p) => p.batch_cancel(id).await,
+            Self::Gemini(p) => p.batch_cancel(id).await,
         }
     }
 
-    /// Deletes what the batch left at the provider (input and output files), once ingested.
+    /// Deletes what the batch left at the provider (OpenAI's input and output files,
+    /// Anthropic's batch itself), once ingested.
     pub async fn forget(&self, id: &str) -> Result<(), ProviderError> {
         match self {
             Self::OpenAi(p) => p.batch_forget(id).await,
             Self::Bedrock(p) => p.batch_forget(id).await,
+            Self::Anthropic(p) => p.batch_forget(id).await,
+            Self::Gemini(p) => p.batch_forget(id).await,
         }
     }
 }
@@ -146,6 +201,8 @@ pub const MAX_RESULT_LINE: usize = 16 * 1024 * 1024;
 
 /// Results files read one line at a time, from one or more responses in turn.
 pub struct ResultLines {
+    /// Results already read whole (Gemini's inline responses), handed out first.
+    ready: std::collections::VecDeque<(String, ItemResult)>,
     bodies: std::collections::VecDeque<Body>,
     current: Option<Body>,
     buf: Vec<u8>,
@@ -166,6 +223,7 @@ impl ResultLines {
         timeout: Duration,
     ) -> Self {
         Self {
+            ready: std::collections::VecDeque::new(),
             bodies: bodies.into_iter().map(Body::Http).collect(),
             current: None,
             buf: Vec::new(),
@@ -181,6 +239,7 @@ impl ResultLines {
         timeout: Duration,
     ) -> Self {
         Self {
+            ready: std::collections::VecDeque::new(),
             bodies: streams.into_iter().map(Body::Stream).collect(),
             current: None,
             buf: Vec::new(),
@@ -189,9 +248,19 @@ impl ResultLines {
         }
     }
 
+    /// Results that came inside the batch's own answer.
+    pub(crate) fn ready(items: Vec<(String, ItemResult)>, timeout: Duration) -> Self {
+        let mut lines = Self::new(Vec::new(), |_| None, timeout);
+        lines.ready = items.into();
+        lines
+    }
+
     /// The next item's result; `None` at the end. A line that does not read is skipped (its
     /// item counts as unanswered, and runs again).
     pub async fn next(&mut self) -> Result<Option<(String, ItemResult)>, ProviderError> {
+        if let Some(item) = self.ready.pop_front() {
+            return Ok(Some(item));
+        }
         loop {
             if let Some(end) = self.buf.iter().position(|b| *b == b'\n') {
                 let line: Vec<u8> = self.buf.drain(..=end).collect();
@@ -250,6 +319,51 @@ impl Body {
             Self::Stream(s) => s.next().await.transpose().map_err(|e| e.to_string()),
         }
     }
+}
+
+/// One call of a batch API on `endpoint` (its key and headers go with it), its JSON answer;
+/// errors classified by `classify` and scrubbed of the endpoint's secrets.
+pub(crate) async fn call_json(
+    endpoint: &super::http::Endpoint,
+    method: reqwest::Method,
+    url: reqwest::Url,
+    body: Option<Vec<u8>>,
+    classify: fn(u16, &reqwest::header::HeaderMap, &[u8]) -> ProviderError,
+    api: &str,
+) -> Result<Value, ProviderError> {
+    let mut request = endpoint.request(method, url.clone());
+    if let Some(body) = body {
+        request = request
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .body(body);
+    }
+    let result = match endpoint.execute(request, &url, classify).await {
+        Ok((status, _, bytes)) => super::http::json_body(status, &bytes, api),
+        Err(e) => Err(e),
+    };
+    result.map_err(|mut e| {
+        endpoint.scrub(&mut e);
+        e
+    })
+}
+
+/// A string field of a batch API's answer (an id), or the error saying it is missing.
+pub(crate) fn str_field(value: &Value, field: &str) -> Result<String, ProviderError> {
+    value
+        .get(field)
+        .and_then(Value::as_str)
+        .map(str::to_owned)
+        .ok_or_else(|| {
+            ProviderError::new(
+                ProviderErrorKind::MalformedResponse,
+                format!("the batch API's answer has no {field:?}"),
+            )
+        })
+}
+
+/// What a provider that keeps batchyard's tag found: that batch, or none.
+fn sure(id: Option<String>) -> Found {
+    id.map_or(Found::None, Found::Sure)
 }
 
 fn trim(line: &[u8]) -> &[u8] {

@@ -3,12 +3,14 @@
 //! fake provider process) come from `batchyard-testkit`; here, one module per topic:
 //!
 //! - `adequacy`: stores to run adequacy scenarios against, a counting store, a simulated router;
+//! - `batch`: a provider batch driven to its end through `BatchApi`, its results read whole;
 //! - `fake_provider`: our OpenAI and Anthropic providers pointed at a fake, request builders;
 //! - `pool`: an instrumented in-memory queue, a recording handler, a pool run bounded in time;
 //! - here: a model spec and a request body to build on.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 pub mod adequacy;
+pub mod batch;
 pub mod fake_provider;
 pub mod pool;
 

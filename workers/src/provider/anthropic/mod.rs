@@ -12,7 +12,9 @@
 //!   `anthropic-ratelimit-*-reset` hints.
 //! - The API key is sent only in the `x-api-key` header (marked sensitive), is redacted from every
 //!   error message, and never appears in `Debug` output.
+//! - [`batch`]: the Message Batches API (the offload lane), on the same endpoint and key.
 
+pub mod batch;
 mod errors;
 mod request;
 mod response;

@@ -10,11 +10,13 @@
 //!   `finish_reason`, `usageMetadata` as `usage` (thinking tokens count as output).
 //! - [`tools`] maps function calling both ways (declarations, `toolConfig`, `functionCall`
 //!   and `functionResponse` parts).
+//! - [`batch`]: batch mode with inline requests (the offload lane), on the same endpoint and key.
 //! - [`errors`] types Google's `{"error":{"code","message","status","details"}}` on top of the
 //!   shared classification, with `RetryInfo.retryDelay` as the hint of a 429.
 //! - The key is never in the URL (Google also accepts `?key=`; we don't use it), is redacted
 //!   from every error message, and never appears in `Debug` output.
 
+pub mod batch;
 mod errors;
 mod request;
 mod response;
@@ -124,6 +126,11 @@ impl GeminiProvider {
     /// `{base}/models/{model}:generateContent`; a name given as `models/x` is taken as `x`. The
     /// name is one path segment, so a `/` or `?` in it is escaped, not followed.
     fn call_url(&self, model: &str) -> Result<reqwest::Url, ProviderError> {
+        self.model_url(model, "generateContent")
+    }
+
+    /// `{base}/models/{model}:{method}`.
+    fn model_url(&self, model: &str, method: &str) -> Result<reqwest::Url, ProviderError> {
         let model = model.trim();
         let model = model.strip_prefix("models/").unwrap_or(model);
         if model.is_empty() {
@@ -142,7 +149,7 @@ impl GeminiProvider {
                 )
             })?
             .pop_if_empty()
-            .push(&format!("{model}:generateContent"));
+            .push(&format!("{model}:{method}"));
         Ok(url)
     }
 }

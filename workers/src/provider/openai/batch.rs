@@ -8,10 +8,10 @@ use serde_json::{Value, json};
 
 use super::{OpenAiProvider, classify, request_body};
 use crate::provider::batch::{
-    BatchItem, EndedAs, ItemResult, RemoteState, RemoteStatus, ResultLines,
+    BatchItem, EndedAs, ItemResult, RemoteState, RemoteStatus, ResultLines, str_field,
 };
 use crate::provider::http::json_body;
-use crate::provider::{ChatCall, ProviderError, ProviderErrorKind};
+use crate::provider::{ProviderError, ProviderErrorKind};
 
 /// The metadata key a batchyard-made batch carries its tag under.
 pub const TAG_KEY: &str = "batchyard_tag";
@@ -76,15 +76,7 @@ impl OpenAiProvider {
     ) -> Result<String, ProviderError> {
         let mut jsonl = Vec::new();
         for item in items {
-            let body = request_body(ChatCall {
-                model_name: item
-                    .body
-                    .get("model")
-                    .and_then(Value::as_str)
-                    .unwrap_or_default(),
-                body: &item.body,
-                default_max_tokens: None,
-            });
+            let body = request_body(item.call());
             let line = json!({"custom_id": item.custom_id, "method": "POST", "url": ENDPOINT, "body": body});
             serde_json::to_writer(&mut jsonl, &line)
                 .map_err(|e| malformed(format!("cannot write the batch file: {e}")))?;
@@ -217,14 +209,6 @@ impl OpenAiProvider {
         }
         Ok(())
     }
-}
-
-fn str_field(value: &Value, field: &str) -> Result<String, ProviderError> {
-    value
-        .get(field)
-        .and_then(Value::as_str)
-        .map(str::to_owned)
-        .ok_or_else(|| malformed(format!("the batch API's answer has no {field:?}")))
 }
 
 /// A boundary that cannot occur in the JSONL (which holds no `batchyard-` followed by this).
