@@ -320,11 +320,12 @@ fn check_deadline(app: &App, req: &SubmitRequest, total: u64) -> anyhow::Result<
     let now = batchyard_jobs::batch::now_secs();
     let left = deadline.saturating_sub(now);
     if needed > left {
-        return Err(UsageError(format!(
-            "--deadline leaves {left} s, but {total} items take about {needed} s real-time at \
-             [offload] realtime_items_per_sec = {rate}; give a later deadline, or raise that \
-             rate if your workers and provider limits allow more"
-        ))
+        return Err(crate::error::DeadlineUnreachable {
+            left_secs: left,
+            items: total,
+            needed_secs: needed,
+            rate,
+        }
         .into());
     }
     Ok(())

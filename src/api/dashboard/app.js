@@ -402,6 +402,7 @@
     const why = b.reason || (b.waiting_for || []).map((w) => "waiting: " + w).join("\n");
     $("#detail-reason").textContent = why;
     $("#detail-reason").hidden = !why;
+    if (window.batchyard.renderLane) window.batchyard.renderLane(b.offload);
 
     const dead = pairs(b.dead_letters_by_code);
     $("#dead-table tbody").replaceChildren(...dead.map(([code, n]) => {

@@ -16,17 +16,21 @@
 //! - `state`: the provider batches of a batch, kept in the object store.
 //! - `tick`: one batch's step (the three above).
 //! - `ingest`: one ended provider batch's results back into the queue.
+//! - [`view`]: what a user sees of one batch's lane (items per lane, provider batches, time
+//!   left), read-only, for `status`, `watch`, the API, the dashboard and `/metrics`.
 //!
-//! May use: `catalog`, `provider` and the jobs crate. Used by the binary.
+//! May use: `catalog`, `provider`, `metrics` and the jobs crate. Used by the binary.
 
 mod ingest;
 pub mod state;
 mod tick;
+pub mod view;
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use batchyard_jobs::batch::{BatchRecord, now_secs};
 use batchyard_jobs::ledger::Ledger;
 use batchyard_jobs::queue::Queue;
 use batchyard_jobs::storage::ResultStore;
@@ -158,6 +162,7 @@ impl Coordinator {
                 return;
             }
         };
+        let mut totals = crate::metrics::offload::LaneTotals::default();
         for record in batches {
             if record.deadline_at.is_none() || record.state.is_terminal() {
                 continue;
@@ -166,11 +171,34 @@ impl Coordinator {
                 Ok(true) => {
                     let span = tracing::info_span!("offload", batch_id = %record.id);
                     tracing::Instrument::instrument(self.tick(&record), span).await;
+                    self.count(&record, &mut totals).await;
                 }
                 Ok(false) => {}
                 Err(e) => {
                     tracing::warn!(batch_id = %record.id, error = %e, "offload: cannot take the lease")
                 }
+            }
+        }
+        crate::metrics::offload::lanes(totals);
+    }
+
+    /// Adds a batch this process leads to the lane metrics, read as `status` reads it.
+    async fn count(&self, record: &BatchRecord, totals: &mut crate::metrics::offload::LaneTotals) {
+        let Some(view) = view::lane_view(&self.store, &*self.queue, record, now_secs()).await
+        else {
+            return;
+        };
+        if let Some(l) = view.lanes {
+            totals.realtime += l.realtime;
+            totals.offloaded += l.offloaded;
+            totals.waiting += l.waiting;
+        }
+        for pb in &view.provider_batches {
+            match pb.phase {
+                "creating" => totals.creating += 1,
+                "running" => totals.running += 1,
+                "cancelling" => totals.cancelling += 1,
+                _ => {}
             }
         }
     }
