@@ -83,17 +83,6 @@ fn page_and_assets_are_public_typed_and_cached() {
     s.stop();
 }
 
-/// `BATCHYARD_CHROMIUM`, else `chromium` or `chromium-browser` on PATH.
-fn chromium() -> Option<PathBuf> {
-    if let Some(p) = std::env::var_os("BATCHYARD_CHROMIUM").filter(|p| !p.is_empty()) {
-        return Some(PathBuf::from(p)).filter(|p| p.is_file());
-    }
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .flat_map(|d| [d.join("chromium"), d.join("chromium-browser")])
-        .find(|p| p.is_file())
-}
-
 fn skip_or_fail(why: &str) {
     batchyard_testkit::skip_or_fail("dashboard_in_headless_chromium", why);
 }

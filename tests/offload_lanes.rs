@@ -1,0 +1,301 @@
+//! What users see of the offload lane, against a real cluster (Redis, S3, the fake provider's
+//! OpenAI Batch API over loopback, a worker, `batchyard serve`): a batch that opts in through
+//! the API's metadata is offloaded, and `status`, `watch`, `/api/batches/{id}`,
+//! `/v1/batches/{id}`, `/metrics` and the dashboard show the provider batch the fake holds, with
+//! the items in it; a batch without the opt-in is not offloaded; bad values are 400s.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod support;
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use support::api::*;
+use support::cluster::{Cluster, Options, wait_exit};
+use support::*;
+
+/// Quick ticks; real-time at 5 items a second, so a deadline of hours is never near.
+const OFFLOAD: &str = "[offload]\nmin_items = 3\npoll_interval_secs = 1\nswitch_margin_secs = 0\n\
+                       realtime_items_per_sec = 5\n";
+
+fn cluster(name: &str, turnaround_ms: &str) -> Option<Cluster> {
+    Cluster::start_opts(
+        name,
+        &["--batch-turnaround-ms", turnaround_ms],
+        Options {
+            provider_extra: "batch_api = true".into(),
+            extra_toml: OFFLOAD.into(),
+            ..Options::default()
+        },
+    )
+}
+
+/// The provider batches the fake holds, newest first.
+fn fake_batches(cluster: &Cluster) -> Vec<Value> {
+    let (code, body) = curl(
+        &cluster.fake.base_url,
+        "GET",
+        "/batches?limit=100",
+        Some("sk-test-secret-123"),
+        &[],
+    );
+    assert_eq!(code, 200, "{body}");
+    json_of(&body)["data"].as_array().unwrap().clone()
+}
+
+/// Polls `/api/batches/{id}` until `done` holds of its `offload` object (at most `limit`).
+fn wait_lane(s: &Server, id: &str, limit: Duration, done: impl Fn(&Value) -> bool) -> Value {
+    let start = Instant::now();
+    loop {
+        let b = ok_json(call(s, "GET", &format!("/api/batches/{id}"), &[]));
+        if done(&b["offload"]) {
+            return b["offload"].clone();
+        }
+        assert!(start.elapsed() < limit, "the lane never got there: {b}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn metrics_url(cluster: &Cluster) -> String {
+    let start = Instant::now();
+    loop {
+        for entry in std::fs::read_dir(cluster.dir.path()).unwrap() {
+            let path = entry.unwrap().path();
+            if !path
+                .file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("worker-")
+            {
+                continue;
+            }
+            let log = std::fs::read_to_string(&path).unwrap_or_default();
+            if let Some(at) = log.find("metrics on http://") {
+                let rest = &log[at + "metrics on ".len()..];
+                return rest.chars().take_while(|c| !c.is_whitespace()).collect();
+            }
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "no metrics address"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The value of one sample line `name{labels} value`, if the scrape has it.
+fn sample(scrape: &str, series: &str) -> Option<f64> {
+    scrape
+        .lines()
+        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+}
+
+/// The dashboard, in headless chromium (tests/dashboard_check.py), shows the batch's lane: the
+/// provider batch with the fake's id and `offloaded` items.
+fn dashboard_shows(cluster: &Cluster, s: &Server, batch: &str, provider_id: &str, offloaded: u64) {
+    let test = "a_batch_that_opts_in_by_metadata_shows_its_lane_everywhere";
+    let Some(chromium) = chromium() else {
+        batchyard_testkit::skip_or_fail(test, "no chromium for the dashboard step");
+        return;
+    };
+    let shot = cluster.dir.path().join("dashboard-lane.png");
+    let lane =
+        serde_json::json!({"batch": batch, "provider_id": provider_id, "offloaded": offloaded});
+    let out = Command::new("python3")
+        .arg(repo_root().join("tests/dashboard_check.py"))
+        .env("BATCHYARD_DASH_URL", format!("{}/", s.base))
+        .env("BATCHYARD_DASH_TOKEN", TOKEN)
+        .env("BATCHYARD_DASH_LANE", lane.to_string())
+        .env("BATCHYARD_DASH_SHOT", &shot)
+        .env("BATCHYARD_CHROMIUM", chromium)
+        .env("BATCHYARD_DASH_TMP", cluster.dir.path())
+        .stdin(Stdio::null())
+        .output()
+        .expect("python3 should run");
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    if out.status.code() == Some(77) {
+        batchyard_testkit::skip_or_fail(test, stdout.trim());
+        return;
+    }
+    if shot.exists() {
+        let target = std::path::PathBuf::from(env!("CARGO_BIN_EXE_batchyard"))
+            .parent()
+            .and_then(|p| p.parent())
+            .map(|p| p.join("dashboard-lane.png"))
+            .unwrap();
+        std::fs::copy(&shot, &target).unwrap();
+        eprintln!("screenshot: {}", target.display());
+    }
+    assert!(
+        out.status.success(),
+        "dashboard_check.py failed ({:?})\nstdout:\n{stdout}\nstderr:\n{stderr}",
+        out.status.code()
+    );
+    eprintln!("{stderr}");
+}
+
+#[test]
+fn a_batch_that_opts_in_by_metadata_shows_its_lane_everywhere() {
+    // Provider batches take ten minutes here: the lane stays put while it is looked at.
+    let Some(cluster) = cluster("lanes-shown", "600000") else {
+        return;
+    };
+    let s = Server::start(&cluster);
+    let mut worker = cluster.spawn_worker(&["--concurrency", "2", "--metrics-addr", "127.0.0.1:0"]);
+    let dir = cluster.dir.path();
+    let file = upload(&s, &input(dir, "lane", 8));
+    let fid = file["id"].as_str().unwrap();
+
+    let created = ok_json(create_batch(&s, fid, r#"{"batchyard_deadline":"6h"}"#));
+    let id = created["id"].as_str().unwrap().to_string();
+    let lane = wait_lane(&s, &id, Duration::from_secs(60), |l| {
+        l["provider_batches"][0]["phase"] == "running" && l["lanes"]["offloaded"] == 8
+    });
+    // The provider batch shown is the one the fake holds, with every item in it.
+    let remote = fake_batches(&cluster);
+    assert_eq!(remote.len(), 1, "{remote:?}");
+    let pid = remote[0]["id"].as_str().unwrap();
+    let pb = &lane["provider_batches"][0];
+    assert_eq!(pb["provider_id"], pid, "{lane}");
+    assert_eq!(
+        (pb["model"].as_str(), pb["items"].as_u64()),
+        (Some("small"), Some(8))
+    );
+    assert_eq!(pb["key"], "w1-small-0", "{lane}");
+    assert_eq!(
+        lane["lanes"],
+        serde_json::json!({"realtime": 0, "offloaded": 8, "waiting": 0, "done": 0})
+    );
+    assert_eq!(lane["waves"], 1);
+    let left = lane["seconds_left"].as_u64().unwrap();
+    assert!((6 * 3600 - 120..=6 * 3600).contains(&left), "{lane}");
+    assert!(lane["realtime_at"].is_null());
+
+    // The OpenAI-compatible object carries it beside batchyard's other extras.
+    let object = ok_json(call(&s, "GET", &format!("/v1/batches/{id}"), &[]));
+    assert_eq!(object["status"], "in_progress", "{object}");
+    assert_eq!(object["offload"]["provider_batches"][0]["provider_id"], pid);
+    assert_eq!(object["metadata"]["batchyard_deadline"], "6h");
+
+    // status, as JSON and as text.
+    let st = cluster.status(&id);
+    assert_eq!(st["offload"]["lanes"]["offloaded"], 8, "{st}");
+    assert_eq!(st["offload"]["provider_batches"][0]["provider_id"], pid);
+    let out = run(cluster.cmd().args(["status", &id]));
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    eprintln!("status {id}:\n{stdout}");
+    assert!(
+        stdout.contains("0 real-time, 8 offloaded, 0 waiting for the next wave, 0 done"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(pid) && stdout.contains("w1-small-0"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("running, 8 items"), "{stdout}");
+    let queue = run(cluster.cmd().args(["status"]));
+    assert!(
+        text(&queue.stdout).contains(&format!("{id}: deadline ")),
+        "{}",
+        text(&queue.stdout)
+    );
+
+    // watch: the plain line for a batch with a deadline.
+    let err_path = dir.join("watch.err");
+    let mut watch = cluster
+        .cmd()
+        .args(["watch", &id, "--interval-ms", "200"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(std::fs::File::create(&err_path).unwrap()))
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    let watched = loop {
+        let err = std::fs::read_to_string(&err_path).unwrap_or_default();
+        if err.contains("8 offloaded") || start.elapsed() > Duration::from_secs(20) {
+            break err;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    signal(watch.id(), "INT");
+    wait_exit(&mut watch, Duration::from_secs(20));
+    eprintln!("watch {id}:\n{watched}");
+    assert!(
+        watched.contains(&format!("batch {id} deadline "))
+            && watched.contains("left: 0 real-time, 8 offloaded"),
+        "{watched}"
+    );
+
+    // /metrics of the worker leading the lane.
+    let url = metrics_url(&cluster);
+    let start = Instant::now();
+    let scrape = loop {
+        let out = Command::new("curl")
+            .args(["-sS", "--max-time", "5", &url])
+            .output()
+            .unwrap();
+        let body = text(&out.stdout);
+        if sample(&body, "batchyard_offload_items{lane=\"offloaded\"}") == Some(8.0)
+            || start.elapsed() > Duration::from_secs(20)
+        {
+            break body;
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    };
+    let want = [
+        ("batchyard_offload_items{lane=\"offloaded\"}", 8.0),
+        ("batchyard_offload_items{lane=\"waiting\"}", 0.0),
+        ("batchyard_offload_items{lane=\"realtime\"}", 0.0),
+        ("batchyard_provider_batches{state=\"running\"}", 1.0),
+        (
+            "batchyard_provider_batches_created_total{model=\"small\"}",
+            1.0,
+        ),
+    ];
+    for (series, value) in want {
+        assert_eq!(sample(&scrape, series), Some(value), "{series}\n{scrape}");
+    }
+
+    dashboard_shows(&cluster, &s, &id, pid, 8);
+
+    // Without the opt-in (OpenAI's mandatory window alone): real-time, no provider batch.
+    let plain = ok_json(create_batch(&s, fid, "{}"));
+    let plain_id = plain["id"].as_str().unwrap();
+    let done = wait_batch(&s, plain_id, Duration::from_secs(60));
+    assert_eq!(done["request_counts"]["completed"], 8, "{done}");
+    assert!(done["offload"].is_null(), "{done}");
+    assert_eq!(fake_batches(&cluster).len(), 1);
+
+    // `batchyard_offload: "auto"`: the deadline is the completion window's end.
+    let auto = ok_json(create_batch(&s, fid, r#"{"batchyard_offload":"auto"}"#));
+    let auto_id = auto["id"].as_str().unwrap();
+    let lane = wait_lane(&s, auto_id, Duration::from_secs(60), |l| {
+        l["provider_batches"][0]["provider_id"].is_string()
+    });
+    assert_eq!(lane["deadline_at"], auto["expires_at"], "{lane}\n{auto}");
+    assert_eq!(fake_batches(&cluster).len(), 2);
+
+    // Bad values: 400s naming the field and why; nothing is created.
+    for (meta, says) in [
+        (r#"{"batchyard_deadline":"tomorrow"}"#, "batchyard_deadline"),
+        (r#"{"batchyard_deadline":"3d"}"#, "completion window"),
+        (r#"{"batchyard_offload":"always"}"#, "batchyard_offload"),
+        // 8 items at 5 a second take 2 s: a 1 s deadline is refused, as the CLI refuses it.
+        (r#"{"batchyard_deadline":"1s"}"#, "take about 2 s"),
+    ] {
+        let e = expect_error(create_batch(&s, fid, meta), 400);
+        assert_eq!(e["param"], "metadata", "{e}");
+        let message = e["message"].as_str().unwrap();
+        assert!(message.contains(says), "{meta}: {message}");
+    }
+    let listed = ok_json(call(&s, "GET", "/v1/batches?limit=100", &[]));
+    assert_eq!(listed["data"].as_array().unwrap().len(), 3, "{listed}");
+    assert_eq!(fake_batches(&cluster).len(), 2);
+
+    let _ = worker.kill();
+    let _ = worker.wait();
+    s.stop();
+}
