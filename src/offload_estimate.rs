@@ -177,10 +177,10 @@ impl OffloadEstimate {
         ));
         line(format!(
             "finish       with offload within {} at the latest: up to {} wave(s), each within the \
-             providers' {} window, and never past the deadline (real-time takes over in time)",
+             providers' {} h window, and never past the deadline (real-time takes over in time)",
             human(self.offload_finish_by_secs),
             self.waves_at_most,
-            human(self.provider_window_secs)
+            self.provider_window_secs / 3600
         ));
         if !self.no_batch_api.is_empty() {
             line(format!(
