@@ -58,33 +58,6 @@ fn wait_lane(s: &Server, id: &str, limit: Duration, done: impl Fn(&Value) -> boo
     }
 }
 
-fn metrics_url(cluster: &Cluster) -> String {
-    let start = Instant::now();
-    loop {
-        for entry in std::fs::read_dir(cluster.dir.path()).unwrap() {
-            let path = entry.unwrap().path();
-            if !path
-                .file_name()
-                .unwrap()
-                .to_string_lossy()
-                .starts_with("worker-")
-            {
-                continue;
-            }
-            let log = std::fs::read_to_string(&path).unwrap_or_default();
-            if let Some(at) = log.find("metrics on http://") {
-                let rest = &log[at + "metrics on ".len()..];
-                return rest.chars().take_while(|c| !c.is_whitespace()).collect();
-            }
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(20),
-            "no metrics address"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
 /// The value of one sample line `name{labels} value`, if the scrape has it.
 fn sample(scrape: &str, series: &str) -> Option<f64> {
     scrape
@@ -100,40 +73,17 @@ fn dashboard_shows(cluster: &Cluster, s: &Server, batch: &str, provider_id: &str
         batchyard_testkit::skip_or_fail(test, "no chromium for the dashboard step");
         return;
     };
-    let shot = cluster.dir.path().join("dashboard-lane.png");
     let lane =
         serde_json::json!({"batch": batch, "provider_id": provider_id, "offloaded": offloaded});
-    let out = Command::new("python3")
-        .arg(repo_root().join("tests/dashboard_check.py"))
-        .env("BATCHYARD_DASH_URL", format!("{}/", s.base))
-        .env("BATCHYARD_DASH_TOKEN", TOKEN)
-        .env("BATCHYARD_DASH_LANE", lane.to_string())
-        .env("BATCHYARD_DASH_SHOT", &shot)
-        .env("BATCHYARD_CHROMIUM", chromium)
-        .env("BATCHYARD_DASH_TMP", cluster.dir.path())
-        .stdin(Stdio::null())
-        .output()
-        .expect("python3 should run");
-    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
-    if out.status.code() == Some(77) {
-        batchyard_testkit::skip_or_fail(test, stdout.trim());
-        return;
-    }
-    if shot.exists() {
-        let target = std::path::PathBuf::from(env!("CARGO_BIN_EXE_batchyard"))
-            .parent()
-            .and_then(|p| p.parent())
-            .map(|p| p.join("dashboard-lane.png"))
-            .unwrap();
-        std::fs::copy(&shot, &target).unwrap();
-        eprintln!("screenshot: {}", target.display());
-    }
-    assert!(
-        out.status.success(),
-        "dashboard_check.py failed ({:?})\nstdout:\n{stdout}\nstderr:\n{stderr}",
-        out.status.code()
+    let lane = lane.to_string();
+    dashboard_check(
+        test,
+        &chromium,
+        cluster,
+        s,
+        &[("BATCHYARD_DASH_LANE", &lane)],
+        "dashboard-lane.png",
     );
-    eprintln!("{stderr}");
 }
 
 #[test]
@@ -230,7 +180,7 @@ fn a_batch_that_opts_in_by_metadata_shows_its_lane_everywhere() {
     );
 
     // /metrics of the worker leading the lane.
-    let url = metrics_url(&cluster);
+    let url = cluster.worker_metrics_url();
     let start = Instant::now();
     let scrape = loop {
         let out = Command::new("curl")
