@@ -242,13 +242,18 @@ def check_refused(cdp, refused):
     log(f"refused batch: bar {row}, reason {st['text']!r}, created {created}")
 
 
-def check(cdp, url, token, batch, shot):
+def open_page(cdp, url):
+    """Loads the page at a fixed size and waits for the login form."""
     cdp.call("Page.enable")
     cdp.call("Runtime.enable")
     cdp.call("Log.enable")
     cdp.call("Emulation.setDeviceMetricsOverride", width=1400, height=1500, deviceScaleFactor=1, mobile=False)
     cdp.call("Page.navigate", url=url)
     cdp.wait_for("the login form", "({ok: document.readyState === 'complete' && !!document.querySelector('#login:not([hidden])')})", 20)
+
+
+def check(cdp, url, token, batch, shot):
+    open_page(cdp, url)
 
     # A wrong token: the API answers 401 and the form comes back with a message.
     cdp.type_into("#token", "definitely-not-a-token")
@@ -348,12 +353,7 @@ def check(cdp, url, token, batch, shot):
 def check_lane(cdp, url, token, lane, shot):
     """Log in, select the batch, and find its offload lane as the API has it: the counts per
     lane and the provider batch with the fake's id."""
-    cdp.call("Page.enable")
-    cdp.call("Runtime.enable")
-    cdp.call("Log.enable")
-    cdp.call("Emulation.setDeviceMetricsOverride", width=1400, height=1500, deviceScaleFactor=1, mobile=False)
-    cdp.call("Page.navigate", url=url)
-    cdp.wait_for("the login form", "({ok: document.readyState === 'complete' && !!document.querySelector('#login:not([hidden])')})", 20)
+    open_page(cdp, url)
     cdp.type_into("#token", token)
     cdp.click("#login-submit")
     want = json.dumps(lane["batch"])

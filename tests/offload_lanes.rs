@@ -225,7 +225,12 @@ fn a_batch_that_opts_in_by_metadata_shows_its_lane_everywhere() {
     let lane = wait_lane(&s, auto_id, Duration::from_secs(60), |l| {
         l["provider_batches"][0]["provider_id"].is_string()
     });
-    assert_eq!(lane["deadline_at"], auto["expires_at"], "{lane}\n{auto}");
+    // The window's end, as the create request saw it (the record's clock may be a second on).
+    let (deadline, expires) = (
+        lane["deadline_at"].as_u64().unwrap(),
+        auto["expires_at"].as_u64().unwrap(),
+    );
+    assert!(expires - deadline <= 1, "{lane}\n{auto}");
     assert_eq!(fake_batches(&cluster).len(), 2);
 
     // Bad values: 400s naming the field and why; nothing is created.
@@ -412,4 +417,110 @@ fn status_says_the_lane_is_unknown_while_the_store_is_away() {
 
     proxy.set_up(true);
     assert_eq!(cluster.status(id)["offload"]["lanes"]["offloaded"], 4);
+}
+
+#[test]
+fn after_the_waves_status_shows_each_provider_batch_as_the_answers_came() {
+    // A task whose check passes "easy" items on any model and "hard" ones only on `large`:
+    // wave 1 sends all 10 to `small`, wave 2 the 4 hard ones to `large`.
+    let Some(cluster) = Cluster::start_opts(
+        "lanes-waves",
+        &["--batch-turnaround-ms", "300"],
+        Options {
+            provider_extra: "batch_api = true".into(),
+            extra_toml: format!(
+                "[tasks.read]\nprompt = \"{{{{ text }}}}\"\nmax_output_tokens = 100\n\
+                 [tasks.read.validate]\nregex = \"^fake reply from (\\\\S+: easy|large-1: hard)\"\n\
+                 {OFFLOAD}"
+            ),
+            ..Options::default()
+        },
+    ) else {
+        return;
+    };
+    let body: String = (0..6)
+        .map(|i| format!("easy-{i}"))
+        .chain((0..4).map(|i| format!("hard-{i}")))
+        .map(|id| format!("{{\"id\":\"{id}\",\"text\":\"{id} document\"}}\n"))
+        .collect();
+    let input = write_file(cluster.dir.path(), "docs.jsonl", body.as_bytes());
+    let batch = cluster.submit(
+        input.to_str().unwrap(),
+        &["--task", "read", "--deadline", "1h"],
+    );
+    let id = batch["id"].as_str().unwrap();
+    let _workers = Workers(vec![cluster.spawn_worker(&[
+        "--concurrency",
+        "2",
+        "--metrics-addr",
+        "127.0.0.1:0",
+    ])]);
+    let done = cluster.wait_terminal(id, Duration::from_secs(90));
+    assert_eq!(done["status"], "completed", "{done}");
+    let st = cluster.status(id);
+    let lane = &st["offload"];
+    assert_eq!(
+        lane["lanes"],
+        serde_json::json!({"realtime": 0, "offloaded": 0, "waiting": 0, "done": 10}),
+        "{st}"
+    );
+    // Wave 1: all 10 on small. Wave 2: the hard ones on large, as many as were parked when
+    // it was cut (one parked later, under min_items, runs real-time).
+    let pbs = lane["provider_batches"].as_array().unwrap();
+    assert_eq!(lane["waves"].as_u64().unwrap(), pbs.len() as u64, "{lane}");
+    assert_eq!(pbs[0]["key"], "w1-small-0", "{lane}");
+    assert_eq!(pbs[0]["items"], 10, "{lane}");
+    assert!(
+        pbs.iter().skip(1).all(|pb| pb["model"] == "large"),
+        "{lane}"
+    );
+    for pb in pbs {
+        assert_eq!(
+            (pb["phase"].as_str(), pb["ended"].as_str()),
+            (Some("done"), Some("completed")),
+            "{pb}"
+        );
+    }
+    // Each provider batch shown held exactly the items whose answers came from it.
+    let output = cluster.results(id, false);
+    assert_eq!(output.len(), 10);
+    for pb in pbs {
+        let pid = pb["provider_id"].as_str().unwrap();
+        let answered = output
+            .iter()
+            .flat_map(|l| l["batchyard"]["cascade"].as_array().unwrap().iter())
+            .filter(|step| step["provider_batch"] == pid)
+            .count();
+        assert_eq!(answered as u64, pb["items"].as_u64().unwrap(), "{pb}");
+    }
+    // The ids shown are the fake's, oldest first.
+    let mut remote: Vec<String> = fake_batches(&cluster)
+        .iter()
+        .map(|b| b["id"].as_str().unwrap().to_owned())
+        .collect();
+    remote.reverse();
+    let ids: Vec<String> = pbs
+        .iter()
+        .map(|pb| pb["provider_id"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(ids, remote);
+    let scrape = text(
+        &Command::new("curl")
+            .args(["-sS", "--max-time", "5", &cluster.worker_metrics_url()])
+            .output()
+            .unwrap()
+            .stdout,
+    );
+    for (series, value) in [
+        (
+            "batchyard_provider_batches_created_total{model=\"small\"}",
+            1.0,
+        ),
+        (
+            "batchyard_provider_batches_created_total{model=\"large\"}",
+            (pbs.len() - 1) as f64,
+        ),
+    ] {
+        assert_eq!(sample(&scrape, series), Some(value), "{series}\n{scrape}");
+    }
 }

@@ -129,28 +129,18 @@ pub async fn lane_view(
         tokio::time::timeout(READ_TIMEOUT, queue.parked_count(&record.id)),
     );
     let mut unknown = Vec::new();
-    let lane = match lane {
-        Ok(Ok(lane)) => Some(lane),
-        Ok(Err(e)) => {
-            unknown.push(format!("the lane's state could not be read: {e}"));
-            None
-        }
-        Err(_) => {
-            unknown.push("the store did not answer in time".to_owned());
-            None
-        }
-    };
-    let parked = match parked {
-        Ok(Ok(n)) => Some(n),
-        Ok(Err(e)) => {
-            unknown.push(format!("the parked items could not be counted: {e}"));
-            None
-        }
-        Err(_) => {
-            unknown.push("redis did not answer in time".to_owned());
-            None
-        }
-    };
+    let lane = answer(
+        lane,
+        "the lane's state could not be read",
+        "the store",
+        &mut unknown,
+    );
+    let parked = answer(
+        parked,
+        "the parked items could not be counted",
+        "redis",
+        &mut unknown,
+    );
     let lanes = match (&lane, parked) {
         (Some(lane), Some(parked)) => {
             // A given-back provider batch's items already run real-time.
@@ -191,6 +181,26 @@ pub async fn lane_view(
         provider_batches,
         unknown: (!unknown.is_empty()).then(|| unknown.join("; ")),
     })
+}
+
+/// A read's value, or `None` with why in `unknown`.
+fn answer<T, E: std::fmt::Display>(
+    read: Result<Result<T, E>, tokio::time::error::Elapsed>,
+    failed: &str,
+    service: &str,
+    unknown: &mut Vec<String>,
+) -> Option<T> {
+    match read {
+        Ok(Ok(value)) => Some(value),
+        Ok(Err(e)) => {
+            unknown.push(format!("{failed}: {e}"));
+            None
+        }
+        Err(_) => {
+            unknown.push(format!("{service} did not answer in time"));
+            None
+        }
+    }
 }
 
 /// Splits a batch's items: parked ones are offloaded (as many as open provider batches hold)
