@@ -2,7 +2,9 @@
 //! OpenAI Batch API over loopback, a worker, `batchyard serve`): a batch that opts in through
 //! the API's metadata is offloaded, and `status`, `watch`, `/api/batches/{id}`,
 //! `/v1/batches/{id}`, `/metrics` and the dashboard show the provider batch the fake holds, with
-//! the items in it; a batch without the opt-in is not offloaded; bad values are 400s.
+//! the items in it; a batch without the opt-in is not offloaded; bad values are 400s. After
+//! the waves, each provider batch shown held exactly the items answered through it; while the
+//! store is away, `status` still answers and says the lane is unknown.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -413,4 +415,46 @@ fn after_the_waves_status_shows_each_provider_batch_as_the_answers_came() {
     ] {
         assert_eq!(sample(&scrape, series), Some(value), "{series}\n{scrape}");
     }
+}
+
+#[test]
+fn a_batch_switched_to_real_time_says_so_and_shows_its_provider_batch_given_back() {
+    // Provider batches take ten minutes; 6 items at 1 a second plus 2 s of margin must start
+    // real-time 8 s before the 14 s deadline.
+    let Some(cluster) = Cluster::start_opts(
+        "lanes-switch",
+        &["--batch-turnaround-ms", "600000"],
+        Options {
+            provider_extra: "batch_api = true".into(),
+            extra_toml: "[offload]\nmin_items = 3\npoll_interval_secs = 1\n\
+                         switch_margin_secs = 2\nrealtime_items_per_sec = 1\n"
+                .into(),
+            ..Options::default()
+        },
+    ) else {
+        return;
+    };
+    let input = input(cluster.dir.path(), "switch", 6);
+    let batch = cluster.submit(input.to_str().unwrap(), &["--deadline", "14s"]);
+    let id = batch["id"].as_str().unwrap();
+    let _workers = Workers(vec![cluster.spawn_worker(&["--concurrency", "2"])]);
+    let done = cluster.wait_terminal(id, Duration::from_secs(60));
+    assert_eq!(done["status"], "completed", "{done}");
+    let lane = &cluster.status(id)["offload"];
+    let switched = lane["realtime_at"].as_u64().expect("switched to real-time");
+    assert!(switched <= lane["deadline_at"].as_u64().unwrap(), "{lane}");
+    let pbs = lane["provider_batches"].as_array().unwrap();
+    assert_eq!(pbs.len(), 1, "{lane}");
+    assert_eq!(pbs[0]["given_back"], true, "{lane}");
+    assert_eq!(pbs[0]["items"], 6, "{lane}");
+    assert_eq!(
+        lane["lanes"],
+        serde_json::json!({"realtime": 0, "offloaded": 0, "waiting": 0, "done": 6}),
+        "{lane}"
+    );
+    assert_eq!(cluster.fake.stats()["batches"]["cancelled"], 1);
+    let out = run(cluster.cmd().args(["status", id]));
+    let stdout = text(&out.stdout);
+    assert!(stdout.contains("switched to real-time"), "{stdout}");
+    assert!(stdout.contains("given back to real-time"), "{stdout}");
 }
