@@ -1,4 +1,6 @@
 //! `batchyard status [BATCH_ID]`: the queue's depth with active and recent batches, or one batch.
+//! A batch with a deadline also shows its offload lane (items per lane, provider batches,
+//! time left; `offload` in `--json`), as unknown when the store or Redis doesn't answer.
 //!
 //! - `--watch` redraws the view every [`REFRESH`] until Ctrl-C (which exits 0): on a terminal
 //!   the screen is cleared first; otherwise each snapshot follows the last after a blank line
@@ -157,12 +159,17 @@ async fn read(app: &App, args: &StatusArgs) -> anyhow::Result<Snapshot> {
             },
             None => {
                 let batches = app.ledger.list(SCAN).await?;
-                let mut lanes = BTreeMap::new();
-                for r in batches.iter().filter(|r| !r.state.is_terminal()) {
-                    if let Some(lane) = crate::batch_view::lane(app, r).await {
-                        lanes.insert(r.id.clone(), lane);
-                    }
-                }
+                // At once: each read waits at most its own timeout for a store that hangs.
+                let active = batches.iter().filter(|r| !r.state.is_terminal());
+                let lanes = futures::future::join_all(active.map(|r| async {
+                    crate::batch_view::lane(app, r)
+                        .await
+                        .map(|lane| (r.id.clone(), lane))
+                }))
+                .await
+                .into_iter()
+                .flatten()
+                .collect();
                 Ok(Snapshot::Queue(QueueView {
                     name: app.queue.name().to_string(),
                     depth: app.queue.depth().await?,
