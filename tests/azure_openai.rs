@@ -7,7 +7,6 @@
 mod support;
 
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
 
 use batchyard_testkit::FakeProvider;
 use serde_json::Value;
@@ -74,22 +73,13 @@ fn docs(dir: &Path, n: usize) -> PathBuf {
 
 /// `batchyard run` with the key in the environment; the batch, its outputs and stderr.
 fn run_batch(dir: &Path, input: &Path) -> (Value, Vec<Value>, String) {
-    let started = Instant::now();
-    let mut cmd = batchyard(dir);
-    cmd.args(["run", input.to_str().unwrap(), "--task", "check", "--json"])
-        .args(["--concurrency", "2"])
-        .env("AZ_E2E_KEY", KEY);
-    let out = run(&mut cmd);
-    let stderr = text(&out.stderr);
-    assert!(out.status.success(), "{stderr}");
-    assert!(started.elapsed() < Duration::from_secs(120));
-    let batch = last_json(&out);
-    let output = read_jsonl(
-        &dir.join("store/batches")
-            .join(batch["id"].as_str().unwrap())
-            .join("output.jsonl"),
-    );
-    (batch, output, stderr)
+    run_to_output(
+        dir,
+        batchyard(dir)
+            .args(["run", input.to_str().unwrap(), "--task", "check", "--json"])
+            .args(["--concurrency", "2"])
+            .env("AZ_E2E_KEY", KEY),
+    )
 }
 
 /// The key is in no file of the store and not in what the run printed.

@@ -18,7 +18,6 @@ mod provider_faults;
 mod support;
 
 use std::collections::BTreeSet;
-use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
@@ -208,15 +207,8 @@ fn c5_the_object_store_away_for_30_seconds() {
     ) else {
         return;
     };
-    let target: SocketAddr = cluster
-        .s3
-        .endpoint
-        .trim_start_matches("http://")
-        .parse()
-        .expect("the test S3 endpoint is http://127.0.0.1:PORT");
-    let proxy = Proxy::start(target);
     // Every child (and the test's own S3 reads) goes through the proxy.
-    cluster.s3.endpoint = format!("http://{}", proxy.addr);
+    let proxy = Proxy::in_front_of_store(&mut cluster);
     let id = submit(&cluster, "c5", n);
     let mut workers = Children(
         (0..2)

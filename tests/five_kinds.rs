@@ -10,7 +10,6 @@ mod support;
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
 
 use batchyard_testkit::FakeProvider;
 use serde_json::Value;
@@ -123,22 +122,14 @@ fn docs(dir: &Path, ids: &[String]) -> PathBuf {
 }
 
 fn run_batch(dir: &Path, input: &Path, task: &str) -> (Value, Vec<Value>, String) {
-    let started = Instant::now();
-    let mut cmd = batchyard(dir);
-    cmd.args(["run", input.to_str().unwrap(), "--task", task, "--json"])
-        .args(["--concurrency", "4"])
-        .env("FIVE_KEY", KEY)
-        .env("FIVE_AWS_ID", "AKIDFIVEKINDS")
-        .env("FIVE_AWS_SECRET", AWS_SECRET);
-    let out = run(&mut cmd);
-    let stderr = text(&out.stderr);
-    assert!(out.status.success(), "{stderr}");
-    assert!(started.elapsed() < Duration::from_secs(120));
-    let batch = last_json(&out);
-    let output = read_jsonl(
-        &dir.join("store/batches")
-            .join(batch["id"].as_str().unwrap())
-            .join("output.jsonl"),
+    let (batch, output, stderr) = run_to_output(
+        dir,
+        batchyard(dir)
+            .args(["run", input.to_str().unwrap(), "--task", task, "--json"])
+            .args(["--concurrency", "4"])
+            .env("FIVE_KEY", KEY)
+            .env("FIVE_AWS_ID", "AKIDFIVEKINDS")
+            .env("FIVE_AWS_SECRET", AWS_SECRET),
     );
     for secret in [KEY, AWS_SECRET] {
         assert!(!stderr.contains(secret), "a secret in stderr");

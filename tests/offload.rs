@@ -11,104 +11,11 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use batchyard_testkit::FakeProvider;
-use serde_json::Value;
+use support::offload::*;
 use support::*;
 
-/// A cheap model and a strong one on the fake, both through its batch API; a task whose
-/// check passes "easy" items on any model and "hard" ones only on `large`.
-/// The `[offload]` settings of most tests: quick ticks, the deadline never near.
-const QUICK: &str = "min_items = 3\npoll_interval_secs = 1\nswitch_margin_secs = 0\n\
-                     realtime_items_per_sec = 1000";
-
 fn config(dir: &Path, fake: &FakeProvider, offload: &str) {
-    write_file(
-        dir,
-        "batchyard.toml",
-        format!(
-            r#"
-[storage]
-url = "file://{store}"
-
-[routing]
-learn = false
-
-[offload]
-{offload}
-
-[providers.fake]
-kind = "openai"
-base_url = "{base}"
-batch_api = true
-
-[models.small]
-provider = "fake"
-name = "small-1"
-input_usd_per_mtok = 1.0
-output_usd_per_mtok = 2.0
-context_window = 16000
-tier = 1
-
-[models.large]
-provider = "fake"
-name = "large-1"
-input_usd_per_mtok = 4.0
-output_usd_per_mtok = 8.0
-context_window = 16000
-tier = 1
-
-[tasks.read]
-prompt = "{{{{ text }}}}"
-max_output_tokens = 100
-[tasks.read.validate]
-regex = "^fake reply from (\\S+: easy|large-1: hard)"
-"#,
-            store = dir.join("store").display(),
-            base = fake.base_url,
-        )
-        .as_bytes(),
-    );
-}
-
-fn docs(dir: &Path, easy: usize, hard: usize) -> std::path::PathBuf {
-    let body: String = (0..easy)
-        .map(|i| format!("easy-{i}"))
-        .chain((0..hard).map(|i| format!("hard-{i}")))
-        .map(|id| format!("{{\"id\":\"{id}\",\"text\":\"{id} document\"}}\n"))
-        .collect();
-    write_file(dir, "docs.jsonl", body.as_bytes())
-}
-
-fn run_batch(dir: &Path, input: &Path, extra: &[&str]) -> (Value, Vec<Value>, String) {
-    let started = Instant::now();
-    let out = run(batchyard(dir)
-        .args(["--config", "batchyard.toml", "run", input.to_str().unwrap()])
-        .args(["--task", "read", "--json"])
-        .args(extra));
-    let stderr = text(&out.stderr);
-    assert!(out.status.success(), "{stderr}");
-    assert!(started.elapsed() < Duration::from_secs(120));
-    let batch = last_json(&out);
-    let output = read_jsonl(
-        &dir.join("store/batches")
-            .join(batch["id"].as_str().unwrap())
-            .join("output.jsonl"),
-    );
-    (batch, output, stderr)
-}
-
-fn steps(line: &Value) -> Vec<(String, String, bool)> {
-    line["batchyard"]["cascade"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| {
-            (
-                s["model"].as_str().unwrap().to_owned(),
-                s["outcome"].as_str().unwrap().to_owned(),
-                s["provider_batch"].is_string(),
-            )
-        })
-        .collect()
+    offload_config(dir, fake, offload, "");
 }
 
 #[test]
@@ -203,11 +110,12 @@ fn a_deadline_too_close_for_the_batch_api_switches_to_real_time_and_is_met() {
     // Provider batches take ten minutes here: far past the deadline.
     let fake = FakeProvider::start(&["--batch-turnaround-ms", "600000"]);
     // 6 items at 1 a second real-time, plus 2 s of margin: real-time must start by 8 s
-    // before the 12 s deadline.
+    // before the 12 s deadline. min_items = all 6, so one provider batch holds them whenever
+    // the tick comes (with 3, a tick amid the parking cut two).
     config(
         dir.path(),
         &fake,
-        "min_items = 3\npoll_interval_secs = 1\nswitch_margin_secs = 2\nrealtime_items_per_sec = 1",
+        "min_items = 6\npoll_interval_secs = 1\nswitch_margin_secs = 2\nrealtime_items_per_sec = 1",
     );
     let input = docs(dir.path(), 6, 0);
     let started = Instant::now();

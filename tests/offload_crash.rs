@@ -7,10 +7,10 @@
 
 mod support;
 
-use std::collections::BTreeSet;
 use std::time::Duration;
 
 use support::cluster::{Cluster, Options, wait_exit};
+use support::offload::assert_once_through_one_provider_batch;
 use support::*;
 
 const ITEMS: usize = 6;
@@ -51,29 +51,9 @@ fn crash_at(point: &str) {
         "the worker should have aborted at {point}"
     );
     let mut worker = cluster.spawn_worker(&["--exit-when-idle", "30"]);
-    let done = cluster.wait_terminal(&id, Duration::from_secs(120));
+    assert_once_through_one_provider_batch(&cluster, &id, ITEMS);
     let _ = worker.kill();
     let _ = worker.wait();
-    assert_eq!(done["status"], "completed", "{done}");
-    let lines = cluster.results(&id, false);
-    assert_eq!(lines.len(), ITEMS, "{lines:?}");
-    let ids: BTreeSet<&str> = lines
-        .iter()
-        .map(|l| l["custom_id"].as_str().unwrap())
-        .collect();
-    assert_eq!(ids.len(), ITEMS, "each item exactly once");
-    for line in &lines {
-        let steps = line["batchyard"]["cascade"].as_array().unwrap();
-        assert!(
-            steps.iter().any(|s| s["provider_batch"].is_string()),
-            "answered through the batch API: {line}"
-        );
-    }
-    let stats = cluster.fake.stats();
-    assert_eq!(
-        stats["batches"]["created"], 1,
-        "one paid provider batch: {stats}"
-    );
 }
 
 #[test]

@@ -269,14 +269,7 @@ fn status_says_the_lane_is_unknown_while_the_store_is_away() {
     let Some(mut cluster) = cluster("lanes-store-away", "600000", 4) else {
         return;
     };
-    let target: std::net::SocketAddr = cluster
-        .s3
-        .endpoint
-        .trim_start_matches("http://")
-        .parse()
-        .expect("the test S3 endpoint is http://127.0.0.1:PORT");
-    let proxy = support::proxy::Proxy::start(target);
-    cluster.s3.endpoint = format!("http://{}", proxy.addr);
+    let proxy = support::proxy::Proxy::in_front_of_store(&mut cluster);
     let input = input(cluster.dir.path(), "away", 4);
     let batch = cluster.submit(input.to_str().unwrap(), &["--deadline", "6h"]);
     let id = batch["id"].as_str().unwrap();

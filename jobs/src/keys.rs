@@ -84,6 +84,13 @@ pub fn batch_offload_lease(id: &str) -> String {
     format!("{}:offload", batch_record(id))
 }
 
+/// The offload lane's account of a model's enqueued tokens (a hash: `<batch>/<provider batch
+/// key>` -> estimated prompt tokens, plus `held_until`): the provider's quota on tokens in
+/// provider batches not yet ended is shared by every batch sending to that model.
+pub fn offload_enqueued(model: &str) -> String {
+    format!("by:offload:{{{model}}}:enqueued")
+}
+
 pub fn batch_resv(id: &str) -> String {
     format!("{}:resv", batch_record(id))
 }
@@ -278,6 +285,7 @@ mod tests {
             (batch_settled("b1"), "by:batch:{b1}:settled"),
             (batch_final("b1"), "by:batch:{b1}:final"),
             (batch_offload_lease("b1"), "by:batch:{b1}:offload"),
+            (offload_enqueued("small"), "by:offload:{small}:enqueued"),
             (batch_resv("b1"), "by:batch:{b1}:resv"),
             (adequacy("summarise"), "by:adequacy:{summarise}"),
             (ADEQUACY_PATTERN.to_owned(), "by:adequacy:*"),

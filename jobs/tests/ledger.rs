@@ -1,4 +1,5 @@
-//! The ledger, in memory and on a real Redis: exactly-once settlement, exactly one finalizer.
+//! The ledger, in memory and on a real Redis: exactly-once settlement, exactly one finalizer,
+//! the offload lane's deadline and enqueued-token accounts.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod support;
@@ -9,7 +10,7 @@ use std::time::Duration;
 use batchyard_jobs::batch::{BatchRecord, BatchState, RequestCounts, now_secs};
 use batchyard_jobs::ledger::memory::MemoryLedger;
 use batchyard_jobs::ledger::redis::RedisLedger;
-use batchyard_jobs::ledger::{Ledger, Reservation, Settlement};
+use batchyard_jobs::ledger::{Enqueued, Ledger, Reservation, Settlement};
 use batchyard_testkit::TestRedis;
 use support::{batch_record, unique_name};
 
@@ -175,4 +176,60 @@ async fn redis_ledger_keeps_the_deadline_and_switches_once() {
         .await
         .unwrap();
     deadline_and_switch(Arc::new(RedisLedger::new(conn)), &unique_name("deadline")).await;
+}
+
+async fn enqueued_account(ledger: Arc<dyn Ledger>, model: &str) {
+    assert_eq!(ledger.enqueued(model).await.unwrap(), Enqueued::default());
+    ledger
+        .set_enqueued(model, "b1/w1-m-0", Some(300))
+        .await
+        .unwrap();
+    ledger
+        .set_enqueued(model, "b2/w1-m-0", Some(200))
+        .await
+        .unwrap();
+    // Setting a share again replaces it: a retried step never counts twice.
+    ledger
+        .set_enqueued(model, "b2/w1-m-0", Some(200))
+        .await
+        .unwrap();
+    assert_eq!(ledger.enqueued(model).await.unwrap().tokens, 500);
+    ledger
+        .hold_enqueued(model, now_secs() + 60, None)
+        .await
+        .unwrap();
+    ledger.hold_enqueued(model, 0, Some(450)).await.unwrap();
+    let account = ledger.enqueued(model).await.unwrap();
+    assert!(account.held_until > now_secs());
+    assert_eq!(account.learned_limit, 450);
+    // A share that ends lifts the hold; the learned limit stays.
+    ledger.set_enqueued(model, "b1/w1-m-0", None).await.unwrap();
+    ledger.set_enqueued(model, "b1/w1-m-0", None).await.unwrap();
+    let account = ledger.enqueued(model).await.unwrap();
+    assert_eq!(
+        account,
+        Enqueued {
+            tokens: 200,
+            held_until: 0,
+            learned_limit: 450
+        }
+    );
+    // Accounts are per model.
+    assert_eq!(ledger.enqueued("other-model").await.unwrap().tokens, 0);
+}
+
+#[tokio::test]
+async fn memory_ledger_keeps_enqueued_token_accounts() {
+    enqueued_account(Arc::new(MemoryLedger::new()), "m").await;
+}
+
+#[tokio::test]
+async fn redis_ledger_keeps_enqueued_token_accounts() {
+    let Some(redis) = TestRedis::start_or_external("ledger_enqueued") else {
+        return;
+    };
+    let conn = batchyard_jobs::redis_conn::connect(redis.url())
+        .await
+        .unwrap();
+    enqueued_account(Arc::new(RedisLedger::new(conn)), &unique_name("m")).await;
 }

@@ -164,9 +164,16 @@ fn batch_prices(
     if m.batch_api == Some(false) || !provider_batches(p) {
         return Ok(None);
     }
+    if m.batch_enqueued_token_limit == Some(0) {
+        return Err((
+            at("batch_enqueued_token_limit"),
+            "must be at least 1 (leave it out when the provider sets no limit)".into(),
+        ));
+    }
     Ok(Some(BatchPrices {
         input_usd_per_mtok: input,
         output_usd_per_mtok: output,
+        enqueued_token_limit: m.batch_enqueued_token_limit,
     }))
 }
 

@@ -50,6 +50,7 @@ fn model(name: &str, input: f64, output: f64, context: u64, tier: u32, caps: &[&
         batch_input_usd_per_mtok: None,
         batch_output_usd_per_mtok: None,
         batch_api: None,
+        batch_enqueued_token_limit: None,
     }
 }
 

@@ -195,6 +195,9 @@ pub struct RawModel {
     pub batch_output_usd_per_mtok: Option<f64>,
     /// `false` keeps this model out of provider batches (data that must not rest there).
     pub batch_api: Option<bool>,
+    /// The provider's quota on this model's prompt tokens in provider batches not yet ended
+    /// (OpenAI's "enqueued tokens" for your tier); unset: learned from refusals.
+    pub batch_enqueued_token_limit: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]

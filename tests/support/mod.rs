@@ -21,6 +21,7 @@ pub mod chaos_services;
 pub mod chaos_workers;
 pub mod cluster;
 pub mod invariants;
+pub mod offload;
 pub mod proxy;
 pub mod scheduler;
 
@@ -81,6 +82,23 @@ pub fn last_json(out: &Output) -> Value {
             text(&out.stderr)
         )
     })
+}
+
+/// Runs a prepared `batchyard run … --json` (in `dir`, storing under `dir/store`), expects
+/// success within two minutes, and returns the batch, its output lines and stderr.
+pub fn run_to_output(dir: &Path, cmd: &mut Command) -> (Value, Vec<Value>, String) {
+    let started = std::time::Instant::now();
+    let out = run(cmd);
+    let stderr = text(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(120));
+    let batch = last_json(&out);
+    let output = read_jsonl(
+        &dir.join("store/batches")
+            .join(batch["id"].as_str().unwrap())
+            .join("output.jsonl"),
+    );
+    (batch, output, stderr)
 }
 
 pub fn repo_root() -> PathBuf {

@@ -61,6 +61,20 @@ impl Proxy {
         proxy
     }
 
+    /// Starts a proxy in front of `cluster`'s object store and points the cluster (its
+    /// children, and the test's own reads) at it.
+    pub fn in_front_of_store(cluster: &mut crate::support::cluster::Cluster) -> Self {
+        let target: SocketAddr = cluster
+            .s3
+            .endpoint
+            .trim_start_matches("http://")
+            .parse()
+            .expect("the test S3 endpoint is http://127.0.0.1:PORT");
+        let proxy = Self::start(target);
+        cluster.s3.endpoint = format!("http://{}", proxy.addr);
+        proxy
+    }
+
     /// Switches the store on or off; off also cuts every open connection.
     pub fn set_up(&self, up: bool) {
         self.up.store(up, Ordering::SeqCst);

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use tokio::sync::Mutex;
 
-use super::{Ledger, Reopen, Reservation, Settlement, SubmitStep};
+use super::{Enqueued, Ledger, Reopen, Reservation, Settlement, SubmitStep};
 use crate::batch::{BatchFailure, BatchRecord, BatchState, failure_codes, now_secs, usd_to_nanos};
 use crate::error::QueueError;
 
@@ -48,9 +48,19 @@ impl Entry {
     }
 }
 
+/// One model's enqueued-token account.
+#[derive(Default)]
+struct Account {
+    shares: HashMap<String, u64>,
+    held_until: u64,
+    learned_limit: u64,
+}
+
 #[derive(Default)]
 pub struct MemoryLedger {
     batches: Mutex<HashMap<String, Entry>>,
+    /// The offload lane's enqueued-token accounts, by model: shares by member, and a hold.
+    enqueued: Mutex<HashMap<String, Account>>,
 }
 
 impl MemoryLedger {
@@ -279,6 +289,53 @@ impl Ledger for MemoryLedger {
         entry.release(job_id);
         entry.record_mut(batch_id)?.spent_nanos += actual_nanos;
         Ok(())
+    }
+
+    async fn set_enqueued(
+        &self,
+        model: &str,
+        member: &str,
+        tokens: Option<u64>,
+    ) -> Result<(), QueueError> {
+        let mut accounts = self.enqueued.lock().await;
+        let account = accounts.entry(model.to_owned()).or_default();
+        match tokens {
+            Some(n) => {
+                account.shares.insert(member.to_owned(), n);
+            }
+            None => {
+                account.shares.remove(member);
+                account.held_until = 0;
+            }
+        }
+        Ok(())
+    }
+
+    async fn hold_enqueued(
+        &self,
+        model: &str,
+        until_unix: u64,
+        limit: Option<u64>,
+    ) -> Result<(), QueueError> {
+        let mut accounts = self.enqueued.lock().await;
+        let account = accounts.entry(model.to_owned()).or_default();
+        match limit {
+            Some(n) => account.learned_limit = n,
+            None => account.held_until = until_unix,
+        }
+        Ok(())
+    }
+
+    async fn enqueued(&self, model: &str) -> Result<Enqueued, QueueError> {
+        let accounts = self.enqueued.lock().await;
+        Ok(accounts
+            .get(model)
+            .map(|a| Enqueued {
+                tokens: a.shares.values().sum(),
+                held_until: a.held_until,
+                learned_limit: a.learned_limit,
+            })
+            .unwrap_or_default())
     }
 
     async fn to_realtime(&self, batch_id: &str) -> Result<bool, QueueError> {

@@ -40,6 +40,16 @@ impl Settlement {
     }
 }
 
+/// A model's enqueued-token account (the offload lane's view of a provider quota).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Enqueued {
+    pub tokens: u64,
+    /// Unix seconds until which nothing more is sent (0: no hold). A cleared share lifts it.
+    pub held_until: u64,
+    /// The limit the provider named when it refused a batch (0: none learned).
+    pub learned_limit: u64,
+}
+
 /// What a budget reservation got.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Reservation {
@@ -177,6 +187,28 @@ pub trait Ledger: Send + Sync {
         job_id: &str,
         actual_nanos: i64,
     ) -> Result<(), QueueError>;
+
+    /// Sets (`Some`) or clears (`None`) one provider batch's share of `model`'s enqueued-token
+    /// account (`member`: `<batch>/<provider batch key>`). Idempotent either way.
+    async fn set_enqueued(
+        &self,
+        model: &str,
+        member: &str,
+        tokens: Option<u64>,
+    ) -> Result<(), QueueError>;
+
+    /// The provider refused a provider batch of `model` for its quota: records the limit it
+    /// named (`limit`), or else holds the account until `until_unix` (or until a share is
+    /// cleared), so nothing more is sent that would be refused too.
+    async fn hold_enqueued(
+        &self,
+        model: &str,
+        until_unix: u64,
+        limit: Option<u64>,
+    ) -> Result<(), QueueError>;
+
+    /// `model`'s account: the tokens in its provider batches not yet ended, and any hold.
+    async fn enqueued(&self, model: &str) -> Result<Enqueued, QueueError>;
 
     /// Ends the batch's offload lane: from now on its items run real-time. True the first
     /// time (the time is kept), false after.

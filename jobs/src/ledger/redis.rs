@@ -7,6 +7,7 @@
 //! `replay_id` names the last replay that reopened the batch.
 
 mod budget;
+mod enqueued;
 mod lease;
 
 use std::collections::HashMap;
@@ -17,7 +18,7 @@ use async_trait::async_trait;
 use redis::aio::ConnectionManager;
 use redis::{AsyncCommands, Script};
 
-use super::{Ledger, Reopen, Reservation, Settlement, SubmitStep};
+use super::{Enqueued, Ledger, Reopen, Reservation, Settlement, SubmitStep};
 use crate::batch::{
     BatchFailure, BatchRecord, BatchState, RequestCounts, SubmitProgress, now_secs,
 };
@@ -398,6 +399,28 @@ impl Ledger for RedisLedger {
         self.budget
             .commit(&mut conn, batch_id, job_id, actual_nanos)
             .await
+    }
+
+    async fn set_enqueued(
+        &self,
+        model: &str,
+        member: &str,
+        tokens: Option<u64>,
+    ) -> Result<(), QueueError> {
+        self.set_enqueued_share(model, member, tokens).await
+    }
+
+    async fn hold_enqueued(
+        &self,
+        model: &str,
+        until_unix: u64,
+        limit: Option<u64>,
+    ) -> Result<(), QueueError> {
+        self.hold_enqueued_account(model, until_unix, limit).await
+    }
+
+    async fn enqueued(&self, model: &str) -> Result<Enqueued, QueueError> {
+        self.enqueued_account(model).await
     }
 
     async fn to_realtime(&self, batch_id: &str) -> Result<bool, QueueError> {

@@ -149,6 +149,13 @@ impl RedisQueue {
             Err(e) if e.code() == Some("BUSYGROUP") || e.to_string().contains("BUSYGROUP") => {
                 Ok(())
             }
+            // Redis at `maxmemory` refuses the create before it sees the group exists. The
+            // queue still reads (`status`, `depth`) and its writes fail on their own, so a
+            // full Redis doesn't keep a command from starting.
+            Err(e) if e.code() == Some("OOM") => {
+                tracing::warn!(error = %e, "redis is at maxmemory; the queue opens read-only until it takes writes");
+                Ok(())
+            }
             Err(e) => Err(e.into()),
         }
     }

@@ -66,23 +66,33 @@ impl ModelSpec {
     /// by the batch input discount, output at the batch output price. The real-time price
     /// when the model has no batch prices.
     pub fn batch_cost_usd(&self, t: TokenCounts) -> f64 {
+        self.batch_priced().cost_usd(t)
+    }
+
+    /// [`Self::worst_case_usd`] at the batch prices: what a budget reserves before an item
+    /// goes into a provider batch.
+    pub fn batch_worst_case_usd(&self, input: u64, output: u64) -> f64 {
+        self.batch_priced().worst_case_usd(input, output)
+    }
+
+    /// This model with the batch prices as its prices (itself when it has none).
+    fn batch_priced(&self) -> ModelSpec {
         let Some(batch) = self.batch else {
-            return self.cost_usd(t);
+            return self.clone();
         };
         let ratio = if self.input_usd_per_mtok > 0.0 {
             batch.input_usd_per_mtok / self.input_usd_per_mtok
         } else {
             1.0
         };
-        let scaled = ModelSpec {
+        ModelSpec {
             input_usd_per_mtok: batch.input_usd_per_mtok,
             output_usd_per_mtok: batch.output_usd_per_mtok,
             cached_input_usd_per_mtok: self.cached_input_usd_per_mtok.map(|p| p * ratio),
             cache_write_usd_per_mtok: self.cache_write_usd_per_mtok.map(|p| p * ratio),
             batch: None,
             ..self.clone()
-        };
-        scaled.cost_usd(t)
+        }
     }
 }
 

@@ -51,11 +51,14 @@ pub struct ModelSpec {
     pub batch: Option<BatchPrices>,
 }
 
-/// What a model costs through its provider's batch API, per million tokens.
+/// What a model costs through its provider's batch API, per million tokens, and how much of
+/// it the provider lets wait at once.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct BatchPrices {
     pub input_usd_per_mtok: f64,
     pub output_usd_per_mtok: f64,
+    /// The most prompt tokens in provider batches not yet ended (`None`: no known limit).
+    pub enqueued_token_limit: Option<u64>,
 }
 
 /// One kind of work: a template, and what a model needs to do it.

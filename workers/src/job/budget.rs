@@ -60,9 +60,21 @@ impl Budget {
         Self { ledger, retry }
     }
 
-    /// Reserves the candidate's worst case against the batch budget.
-    pub(crate) async fn reserve(&self, job: &Job, cand: &Candidate) -> Reserve {
-        let worst = usd_to_nanos(cand.worst_case_usd).max(1);
+    /// Reserves the candidate's worst case against the batch budget: at its batch price when
+    /// the item goes into a provider batch (`at_batch_price`), since that is all it can cost.
+    pub(crate) async fn reserve(
+        &self,
+        job: &Job,
+        cand: &Candidate,
+        at_batch_price: bool,
+    ) -> Reserve {
+        let worst_usd = if at_batch_price {
+            cand.model
+                .batch_worst_case_usd(cand.prompt_tokens, cand.max_output_tokens)
+        } else {
+            cand.worst_case_usd
+        };
+        let worst = usd_to_nanos(worst_usd).max(1);
         match self.ledger.reserve(&job.batch_id, &job.job_id, worst).await {
             Ok(Reservation::Granted) => Reserve::Held,
             Ok(Reservation::Unlimited) => Reserve::Unlimited,
@@ -84,7 +96,7 @@ impl Budget {
                 Reserve::Exhausted(format!(
                     "the batch budget of ${:.4} can't cover the next call (worst case ${:.6} on {}; spent ${:.4}, ${:.4} in flight); give it more with `batchyard retry {} --budget-usd USD`",
                     nanos_to_usd(budget_nanos),
-                    cand.worst_case_usd,
+                    worst_usd,
                     cand.model.key,
                     nanos_to_usd(spent_nanos),
                     nanos_to_usd(reserved_nanos),

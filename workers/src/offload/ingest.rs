@@ -72,10 +72,11 @@ impl Coordinator {
                 _ => {}
             }
         }
-        if unused_nanos > 0 {
-            let tag = format!("offload:{}", pb.key);
+        tracing::info!(key = %pb.key, remote_id, answered = answered.len(), unused_usd = batchyard_jobs::batch::nanos_to_usd(unused_nanos), given_back = pb.given_back, "offload: provider batch ingested");
+        if pb.given_back {
+            // Also releases what a budget held for these answers (nothing without one).
             self.ledger
-                .commit(&record.id, &tag, unused_nanos)
+                .commit(&record.id, &super::money::offload_tag(pb), unused_nanos)
                 .await
                 .map_err(store_error)?;
         }

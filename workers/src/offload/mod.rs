@@ -16,17 +16,20 @@
 //! - `state`: the provider batches of a batch, kept in the object store.
 //! - `tick`: one batch's step (the three above).
 //! - `ingest`: one ended provider batch's results back into the queue.
+//! - `money`: cutting a group by the provider's limits and the model's enqueued-token quota,
+//!   and what a budget holds for a provider batch whose items went real-time.
 //! - [`view`]: what a user sees of one batch's lane (items per lane, provider batches, time
 //!   left), read-only, for `status`, `watch`, the API, the dashboard and `/metrics`.
 //!
 //! May use: `catalog`, `provider`, `metrics` and the jobs crate. Used by the binary.
 
 mod ingest;
+mod money;
 pub mod state;
 mod tick;
 pub mod view;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -37,6 +40,7 @@ use batchyard_jobs::storage::ResultStore;
 use tokio_util::sync::CancellationToken;
 
 use crate::catalog::Catalog;
+use crate::catalog::tokens::TokenEstimator;
 
 /// `[offload]`.
 #[derive(Debug, Clone, PartialEq)]
@@ -117,6 +121,9 @@ pub struct Coordinator {
     /// Group sizes seen at the last tick, by batch and model: a group that stopped growing
     /// below `min_items` is sent real-time.
     seen: Arc<std::sync::Mutex<HashMap<(String, String), usize>>>,
+    /// Ended batches whose provider batches have all ended too: nothing left to poll.
+    quiet: Arc<std::sync::Mutex<HashSet<String>>>,
+    tokens: Arc<TokenEstimator>,
 }
 
 impl Coordinator {
@@ -136,6 +143,8 @@ impl Coordinator {
             options,
             owner,
             seen: Arc::default(),
+            quiet: Arc::default(),
+            tokens: Arc::default(),
         }
     }
 
@@ -164,7 +173,11 @@ impl Coordinator {
         };
         let mut totals = crate::metrics::offload::LaneTotals::default();
         for record in batches {
-            if record.deadline_at.is_none() || record.state.is_terminal() {
+            // An ended batch is still ticked while provider batches it sent are open: their
+            // answers are paid for, so they are cancelled, polled and counted to the end.
+            let quiet = record.state.is_terminal()
+                && self.quiet.lock().is_ok_and(|q| q.contains(&record.id));
+            if record.deadline_at.is_none() || quiet {
                 continue;
             }
             match self.hold(&record.id).await {

@@ -42,6 +42,17 @@ pub struct ProviderBatch {
     /// is paid for and unused.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub given_back: bool,
+    /// Its prompt tokens, its share of the model's enqueued-token quota.
+    #[serde(default)]
+    pub tokens: u64,
+    /// The most its answers can cost (what a budget holds for it once its items are given
+    /// to real-time before it ended).
+    #[serde(default)]
+    pub worst_nanos: i64,
+    /// Its share may be in the model's enqueued-token account (set before it is sent, so a
+    /// worker stopped in between leaves a share the next lease holder takes out).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub shared: bool,
 }
 
 /// The lane's state of one batch.

@@ -6,15 +6,28 @@ use std::time::Duration;
 
 use batchyard_jobs::batch::{BatchRecord, now_secs};
 use batchyard_jobs::job::Job;
+use batchyard_jobs::retry::Retryable as _;
 use serde_json::Value;
 
+use super::money::{Weight, split};
 use super::state::{self, LaneState, Phase, ProviderBatch};
 use super::{Coordinator, CrashPoint};
 use crate::provider::batch::{BatchApi, BatchItem, EndedAs, RemoteState};
 
+/// The code a provider batch fails with when the model's enqueued-token quota is full
+/// (OpenAI's; Anthropic refuses the create with a 429 instead).
+const QUOTA_REFUSED: &str = "token_limit_exceeded";
+
 /// The most parked jobs one tick looks at (a page at a time), so a tick stays bounded.
 const MAX_SCAN: usize = 200_000;
 const PAGE: usize = 1_000;
+
+/// One provider batch about to be sent: its jobs, their requests and what each weighs.
+struct Outgoing<'a> {
+    jobs: &'a [Job],
+    items: &'a [BatchItem],
+    weights: &'a [Weight],
+}
 
 impl Coordinator {
     pub(super) async fn tick(&self, record: &BatchRecord) {
@@ -25,9 +38,14 @@ impl Coordinator {
                 return;
             }
         };
+        if record.state.is_terminal() {
+            self.drain_ended(record, &mut lane).await;
+            return;
+        }
         for index in 0..lane.provider_batches.len() {
             self.advance(record, &mut lane, index).await;
         }
+        self.release_shares(record, &mut lane).await;
         let realtime = record.realtime_at.is_some() || record.cancel_requested_at.is_some();
         let near = self.deadline_near(record);
         if !realtime && near {
@@ -48,15 +66,50 @@ impl Coordinator {
             for pb in lane
                 .provider_batches
                 .iter_mut()
-                .filter(|pb| pb.phase != Phase::Done)
+                .filter(|pb| pb.phase != Phase::Done && !pb.given_back)
             {
-                self.give_back(record, pb, true).await;
-                pb.given_back = true;
+                if self.may_give_back(record, pb).await {
+                    self.give_back(record, pb, true).await;
+                    pb.given_back = true;
+                }
             }
         }
         self.cut(record, &mut lane, switched).await;
         if let Err(e) = state::save(&self.store, &record.id, &lane).await {
             tracing::warn!(error = %e, "offload: cannot save the lane's state");
+        }
+    }
+
+    /// An ended batch's open provider batches: cancelled, polled and ingested (every answer
+    /// counted as paid and unused) until none is open.
+    async fn drain_ended(&self, record: &BatchRecord, lane: &mut LaneState) {
+        if lane.open().next().is_none() {
+            if let Ok(mut quiet) = self.quiet.lock() {
+                quiet.insert(record.id.clone());
+            }
+            self.release_shares(record, lane).await;
+            return;
+        }
+        self.cancel_open(lane).await;
+        for pb in &mut lane.provider_batches {
+            pb.given_back = true;
+        }
+        for index in 0..lane.provider_batches.len() {
+            self.advance(record, lane, index).await;
+        }
+        self.release_shares(record, lane).await;
+        if let Err(e) = state::save(&self.store, &record.id, lane).await {
+            tracing::warn!(error = %e, "offload: cannot save the lane's state");
+        }
+    }
+
+    /// Takes each ended provider batch's share out of its model's enqueued-token account.
+    async fn release_shares(&self, record: &BatchRecord, lane: &mut LaneState) {
+        for index in 0..lane.provider_batches.len() {
+            let pb = &lane.provider_batches[index];
+            if pb.phase == Phase::Done && pb.shared && self.share(record, pb, None).await {
+                lane.provider_batches[index].shared = false;
+            }
         }
     }
 
@@ -134,7 +187,7 @@ impl Coordinator {
                     remote_id,
                     code,
                     message,
-                    "offload: the provider refused a batch; its items run real-time"
+                    "offload: the provider refused a batch"
                 );
                 (format!("failed: {code}"), false)
             }
@@ -144,6 +197,12 @@ impl Coordinator {
                 tracing::warn!(remote_id, error = %e, "offload: cannot ingest yet; trying again next tick");
                 return;
             }
+        } else if let EndedAs::Failed { code, message } = &ended
+            && code == QUOTA_REFUSED
+        {
+            // Not the items' fault: they wait, parked, for room in the quota (or the deadline).
+            self.quota_refused(&pb, message).await;
+            self.give_back(record, &pb, false).await;
         } else {
             self.give_back(record, &pb, true).await;
         }
@@ -242,13 +301,27 @@ impl Coordinator {
                 lane.waves += 1;
                 cut_any = true;
             }
-            for (n, chunk) in jobs.chunks(self.options.max_items.max(1)).enumerate() {
+            let Some(spec) = self.catalog.model(&model) else {
+                continue;
+            };
+            let Ok(room) = self.room(spec).await else {
+                continue;
+            };
+            let items: Vec<BatchItem> = jobs.iter().map(|j| self.item(j, &model)).collect();
+            let weights = self.weigh(spec, &items);
+            let chunks = split(&weights, self.options.max_items, api.max_file_bytes(), room);
+            for (n, range) in chunks.into_iter().enumerate() {
                 if !matches!(self.hold(&record.id).await, Ok(true)) {
                     // Another worker leads the batch now: it sends the rest.
                     return;
                 }
                 let key = format!("w{}-{model}-{n}", lane.waves);
-                self.submit(record, lane, &api, &model, key, chunk).await;
+                let batch = Outgoing {
+                    jobs: &jobs[range.clone()],
+                    items: &items[range.clone()],
+                    weights: &weights[range],
+                };
+                self.submit(record, lane, &api, &model, key, batch).await;
             }
             if let Ok(mut s) = self.seen.lock() {
                 s.remove(&seen_key);
@@ -265,9 +338,9 @@ impl Coordinator {
         api: &BatchApi<'_>,
         model: &str,
         key: String,
-        jobs: &[Job],
+        batch: Outgoing<'_>,
     ) {
-        let ids: Vec<String> = jobs.iter().map(|j| j.job_id.clone()).collect();
+        let ids: Vec<String> = batch.jobs.iter().map(|j| j.job_id.clone()).collect();
         if let Err(e) = state::save_jobs(&self.store, &record.id, &key, &ids).await {
             tracing::warn!(error = %e, "offload: cannot record a provider batch's jobs");
             return;
@@ -277,19 +350,29 @@ impl Coordinator {
             model: model.to_owned(),
             remote_id: None,
             phase: Phase::Creating,
-            items: jobs.len() as u64,
+            items: ids.len() as u64,
             created_at: now_secs(),
             ended: None,
             given_back: false,
+            tokens: batch.weights.iter().map(|w| w.tokens).sum(),
+            worst_nanos: batch.weights.iter().map(|w| w.worst_nanos).sum(),
+            shared: true,
         });
         if let Err(e) = state::save(&self.store, &record.id, lane).await {
             tracing::warn!(error = %e, "offload: cannot record a provider batch; not sending it");
             lane.provider_batches.pop();
             return;
         }
-        let items: Vec<BatchItem> = jobs.iter().map(|j| self.item(j, model)).collect();
+        let Some(pb) = lane.provider_batches.last() else {
+            return;
+        };
+        if !self.share(record, pb, Some(pb.tokens)).await {
+            // Left `Creating`: the next tick finds no such batch and groups its items again.
+            return;
+        }
+        let items = batch.items;
         self.options.crash_point(CrashPoint::BeforeCreate);
-        let sent = api.submit(&key, &items).await;
+        let sent = api.submit(&key, items).await;
         if sent.is_ok() {
             self.options.crash_point(CrashPoint::AfterCreate);
         }
@@ -300,6 +383,19 @@ impl Coordinator {
                 if let Some(pb) = lane.provider_batches.last_mut() {
                     pb.remote_id = Some(id);
                     pb.phase = Phase::Running;
+                }
+            }
+            // Refused outright (auth, billing, a bad request): nothing was created, and
+            // trying again would be refused again. The items run real-time, where a paused
+            // provider pauses for every worker and the cascade falls back.
+            Err(e) if !e.is_retryable() => {
+                tracing::warn!(key, error = %e, "offload: the provider refused a provider batch; its items run real-time");
+                if let Some(pb) = lane.provider_batches.last_mut() {
+                    pb.phase = Phase::Done;
+                    pb.ended = Some(format!("refused: {}", e.kind.code()));
+                }
+                if let Some(pb) = lane.provider_batches.last().cloned() {
+                    self.give_back(record, &pb, true).await;
                 }
             }
             // Left `Creating`: the next tick looks for it by its tag, and if the provider

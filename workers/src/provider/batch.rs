@@ -78,6 +78,14 @@ impl<'a> BatchApi<'a> {
         }
     }
 
+    /// The largest input file the provider takes for one batch, in bytes.
+    pub fn max_file_bytes(&self) -> u64 {
+        match self {
+            // OpenAI: 200 MB.
+            Self::OpenAi(_) => 200_000_000,
+        }
+    }
+
     /// Sends `items` as one provider batch tagged `tag` (found again by [`Self::find`]);
     /// returns its id.
     pub async fn submit(&self, tag: &str, items: &[BatchItem]) -> Result<String, ProviderError> {

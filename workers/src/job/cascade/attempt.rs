@@ -33,7 +33,7 @@ impl Cascade {
     ) -> Result<(Completion, Origin), Next> {
         let model = &cand.model;
         let job = walk.job;
-        if let Some(turn) = self.batch_turn(walk, model, has_next, run).await {
+        if let Some(turn) = self.batch_turn(walk, cand, has_next, run).await {
             return turn;
         }
         let call = ChatCall {
@@ -67,7 +67,7 @@ impl Cascade {
             return Err(Next::Continue);
         }
         let reserved = if walk.budgeted {
-            match self.budget.reserve(job, cand).await {
+            match self.budget.reserve(job, cand, false).await {
                 Reserve::Held => true,
                 Reserve::Unlimited => false,
                 Reserve::Later(delay) => {
@@ -144,13 +144,21 @@ impl Cascade {
     async fn batch_turn(
         &self,
         walk: &mut Walk<'_>,
-        model: &ModelSpec,
+        cand: &Candidate,
         has_next: bool,
         run: &mut Run,
     ) -> Option<Result<(Completion, Origin), Next>> {
         let job = walk.job;
+        let model = &*cand.model;
         if let Some(pre) = job.prefetched.as_ref().filter(|p| p.model == model.key) {
-            return match batch_answer(pre, &job.body) {
+            let answer = batch_answer(pre, &job.body);
+            // The provider batch's worst case, reserved when the item was parked, becomes
+            // what the answer cost (nothing for an error).
+            let spent = answer
+                .as_ref()
+                .map_or(0.0, |done| model.batch_cost_usd(TokenCounts::of(done)));
+            self.commit(job, walk.budgeted, spent, run).await;
+            return match answer {
                 Ok(done) => Some(Ok((done, Origin::Batch))),
                 Err(e) if !e.is_retryable() => {
                     Some(Err(self.failed(walk, model, e, has_next, run).await))
@@ -166,10 +174,25 @@ impl Cascade {
             // A provider batch of an earlier wave already answered this model's turn.
             return Some(Err(Next::Continue));
         }
-        if walk.offload && model.batch.is_some() {
-            return Some(Err(Next::end(self.park(job, &model.key, run.take()))));
+        if !(walk.offload && model.batch.is_some()) {
+            return None;
         }
-        None
+        if walk.budgeted {
+            // Fail closed: the item's worst case at the batch price is held from now until
+            // its provider batch's answer is judged.
+            match self.budget.reserve(job, cand, true).await {
+                Reserve::Held | Reserve::Unlimited => {}
+                Reserve::Later(delay) => {
+                    return Some(Err(Next::end(
+                        self.later(job.clone(), delay, run.take()).await,
+                    )));
+                }
+                Reserve::Exhausted(message) => {
+                    return Some(Err(Next::end(exhausted_budget(job, message, run.take()))));
+                }
+            }
+        }
+        Some(Err(Next::end(self.park(job, &model.key, run.take()))))
     }
 
     /// A call that failed after its in-place retries: escalate, retry later, or stop.
@@ -285,6 +308,21 @@ pub(super) enum Origin {
 }
 
 /// A provider batch's answer for this item as a call's reply, or its error as a call's.
+impl Cascade {
+    /// What the provider batch answer `job` carries cost, for a job that ends before the
+    /// cascade judges it (cancelled, expired, out of budget): it is paid all the same.
+    pub(crate) fn unjudged_answer_usd(&self, job: &Job) -> f64 {
+        let Some(pre) = &job.prefetched else {
+            return 0.0;
+        };
+        let Some(model) = self.catalog.model(&pre.model) else {
+            return 0.0;
+        };
+        batch_answer(pre, &job.body)
+            .map_or(0.0, |done| model.batch_cost_usd(TokenCounts::of(&done)))
+    }
+}
+
 fn batch_answer(
     pre: &batchyard_jobs::job::Prefetched,
     request: &serde_json::Map<String, serde_json::Value>,

@@ -174,9 +174,7 @@ impl Cascade {
             exhausted: false,
             unavailable: Unavailable::default(),
             needs_context_over: None,
-            // A budgeted batch stays real-time: a provider batch's spend is not reserved yet.
-            offload: !job.realtime
-                && record.is_some_and(|r| r.offloading() && r.budget_usd.is_none()),
+            offload: !job.realtime && record.is_some_and(BatchRecord::offloading),
         };
         let count = plan.candidates.len();
         for (index, cand) in plan.candidates.iter().enumerate() {

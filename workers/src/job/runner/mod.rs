@@ -171,7 +171,12 @@ impl JobRunner {
 
     async fn decide(&self, delivery: &Delivery) -> Decision {
         let job = &delivery.job;
-        let ext = Extension::default();
+        // An item that ends here without a call still carries any provider batch answer
+        // it was paid for.
+        let ext = Extension {
+            cost_usd: self.cascade.unjudged_answer_usd(job),
+            ..Extension::default()
+        };
         if delivery.reclaims() > self.options.max_reclaims {
             return Decision::dead(OutputLine::failure(
                 &job.job_id,
