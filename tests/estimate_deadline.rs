@@ -11,59 +11,22 @@ use support::*;
 #[test]
 fn estimate_with_a_deadline_compares_real_time_with_offload() {
     let dir = tempfile::tempdir().unwrap();
-    // `small` can go through its provider's batch API; `other`'s provider has none.
-    write_file(
+    // The lane's usual config (`small` and `large` through the provider's batch API), plus a
+    // model whose provider has none. Nothing is called: the address is never reached.
+    support::offload::lane_config(
         dir.path(),
-        "batchyard.toml",
-        format!(
-            r#"
-[storage]
-url = "file://{store}"
-
-[routing]
-learn = false
-
-[offload]
-min_items = 3
-realtime_items_per_sec = 2
-
-[providers.fake]
-kind = "openai"
-base_url = "http://127.0.0.1:9/v1"
-batch_api = true
-
-[providers.plain]
-kind = "openai"
-base_url = "http://127.0.0.1:9/v1"
-
-[models.small]
-provider = "fake"
-name = "small-1"
-input_usd_per_mtok = 1.0
-output_usd_per_mtok = 2.0
-context_window = 16000
-tier = 1
-
-[models.other]
-provider = "plain"
-name = "other-1"
-input_usd_per_mtok = 4.0
-output_usd_per_mtok = 8.0
-context_window = 16000
-tier = 1
-
-[tasks.read]
-prompt = "{{{{ text }}}}"
-max_output_tokens = 100
-"#,
-            store = dir.path().join("store").display()
-        )
-        .as_bytes(),
+        "kind = \"openai\"\nbase_url = \"http://127.0.0.1:9/v1\"\nbatch_api = true",
+        ["small-1", "large-1"],
+        "min_items = 3\nrealtime_items_per_sec = 2",
+        "",
     );
-    let body: String = (0..9)
-        .map(|i| format!("{{\"id\":\"d{i}\",\"text\":\"document number {i}\"}}\n"))
-        .collect();
-    let input = write_file(dir.path(), "docs.jsonl", body.as_bytes());
+    let other = "\n[providers.plain]\nkind = \"openai\"\nbase_url = \"http://127.0.0.1:9/v1\"\n\n\
+                 [models.other]\nprovider = \"plain\"\nname = \"other-1\"\n\
+                 input_usd_per_mtok = 4.0\noutput_usd_per_mtok = 8.0\ncontext_window = 16000\ntier = 1\n";
+    let path = dir.path().join("batchyard.toml");
+    let config = std::fs::read_to_string(&path).unwrap() + other;
+    std::fs::write(&path, config).unwrap();
+    let input = support::offload::docs(dir.path(), 9, 0);
     let estimate = |extra: &[&str]| {
         let out = run(batchyard(dir.path())
             .args([
