@@ -21,6 +21,7 @@ use batchyard_workers::call::limiter::redis::RedisLimiter;
 use batchyard_workers::finalize::Finalizer;
 use batchyard_workers::job::cache::ResultCache;
 use batchyard_workers::job::runner::JobRunner;
+use batchyard_workers::metrics::throughput::RealtimeMeter;
 use batchyard_workers::route::adequacy::Adequacy;
 use batchyard_workers::route::adequacy::memory::MemoryAdequacy;
 use batchyard_workers::route::adequacy::redis::RedisAdequacy;
@@ -41,6 +42,9 @@ pub struct App {
     pub health: Arc<dyn ModelHealth>,
     /// What the router has learned about which models pass each task.
     pub adequacy: Arc<Adequacy>,
+    /// The real-time throughput measured on recent items (shared through Redis, or in
+    /// process for `run`): what a deadline is judged on where models declare no limits.
+    pub meter: Arc<RealtimeMeter>,
 }
 
 impl App {
@@ -59,6 +63,7 @@ impl App {
         let consumer = unique_consumer_name();
         let mut guards: Option<Guards> = None;
         let mut adequacy: Option<Arc<Adequacy>> = None;
+        let mut meter: Option<Arc<RealtimeMeter>> = None;
         let (queue, ledger): (Arc<dyn Queue>, Arc<dyn Ledger>) = match &settings.redis_url {
             Some(url) => {
                 let conn = batchyard_jobs::redis_conn::connect(url)
@@ -92,6 +97,11 @@ impl App {
                         settings.routing.max_evidence,
                     )),
                     settings.routing,
+                )));
+                meter = Some(Arc::new(RealtimeMeter::shared(
+                    conn.clone(),
+                    consumer.clone(),
+                    settings.concurrency,
                 )));
                 (
                     queue as Arc<dyn Queue>,
@@ -128,7 +138,10 @@ impl App {
                 settings.routing,
             ))
         });
+        let meter =
+            meter.unwrap_or_else(|| Arc::new(RealtimeMeter::in_process(settings.concurrency)));
         Ok(Self {
+            meter,
             adequacy,
             settings,
             queue,
@@ -163,6 +176,17 @@ impl App {
             self.settings.offload.clone(),
             self.consumer.clone(),
         )
+        .with_meter(Arc::clone(&self.meter))
+    }
+
+    /// The webhook notifier of this process.
+    pub fn notifier(&self) -> batchyard_workers::notify::Notifier {
+        let store = self.store.clone();
+        batchyard_workers::notify::Notifier::new(
+            Arc::clone(&self.ledger),
+            self.settings.notify.clone(),
+            Arc::new(move |record| crate::batch_view::batch_json(record, &store)),
+        )
     }
 
     pub fn runner(&self) -> JobRunner {
@@ -184,5 +208,6 @@ impl App {
             .with_guards(self.guards.clone())
             .with_router(self.router())
             .with_cache(cache)
+            .with_meter(Arc::clone(&self.meter))
     }
 }

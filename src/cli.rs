@@ -249,6 +249,10 @@ pub struct InputArgs {
     /// real-time only]
     #[arg(long, value_name = "WHEN", value_parser = crate::deadline::parse)]
     pub deadline: Option<crate::deadline::Deadline>,
+    /// When the batch ends, POST a signed event (Standard Webhooks) to this URL [default:
+    /// `[notify] url`, else none]
+    #[arg(long, value_name = "URL", value_parser = parse_notify_url)]
+    pub notify: Option<String>,
     /// Of a folder, read symbolic links whose targets stay inside it (default: skip links)
     #[arg(long)]
     pub follow_symlinks: bool,
@@ -319,4 +323,8 @@ pub struct ResultsArgs {
     /// Stream errors.jsonl instead of output.jsonl
     #[arg(long)]
     pub errors: bool,
+}
+
+fn parse_notify_url(text: &str) -> Result<String, String> {
+    crate::config::notify::check_url(text).map(|()| text.to_string())
 }

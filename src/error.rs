@@ -91,15 +91,16 @@ impl ReplayBusy {
 /// the numbers it was judged on. Exits with 2; the API answers 400.
 #[derive(Debug, thiserror::Error)]
 #[error(
-    "--deadline leaves {left_secs} s, but {items} items take about {needed_secs} s real-time at \
-     [offload] realtime_items_per_sec = {rate}; give a later deadline, or raise that rate if \
-     your workers and provider limits allow more"
+    "--deadline leaves {left_secs} s, but {items} items take about {needed_secs} s real-time \
+     ({basis}); give a later deadline, or raise [offload] realtime_items_per_sec if your \
+     workers and provider limits allow more"
 )]
 pub struct DeadlineUnreachable {
     pub left_secs: u64,
     pub items: u64,
     pub needed_secs: u64,
-    pub rate: f64,
+    /// What the time was judged on: a declared limit, the measured rate or the configured one.
+    pub basis: String,
 }
 
 pub fn code_for(err: &anyhow::Error) -> i32 {

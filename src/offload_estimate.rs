@@ -64,10 +64,11 @@ impl OffloadEstimator {
         self.waves = self.waves.max(waves);
     }
 
-    /// The comparison for `items` items, a deadline at `deadline_at` seen at `now`.
+    /// The comparison for a deadline at `deadline_at` seen at `now`, when real-time takes
+    /// `realtime` (seconds, and what that was judged on, as submit judges a deadline).
     pub fn finish(
         &self,
-        items: u64,
+        realtime: (u64, String),
         deadline_at: u64,
         now: u64,
         options: &OffloadOptions,
@@ -75,7 +76,8 @@ impl OffloadEstimator {
         let mut out = OffloadEstimate {
             deadline_at,
             deadline_in_secs: deadline_at.saturating_sub(now),
-            realtime_items_per_sec: options.realtime_items_per_sec,
+            realtime_secs: realtime.0,
+            realtime_basis: realtime.1,
             provider_window_secs: PROVIDER_WINDOW_SECS,
             no_batch_api: self.no_batch_api.iter().cloned().collect(),
             ..OffloadEstimate::default()
@@ -100,9 +102,6 @@ impl OffloadEstimator {
         // A wave per batch-capable turn of the longest cascade, never more than the models
         // that are offloaded at all.
         out.waves_at_most = self.waves.min(waves);
-        let rate = options.realtime_items_per_sec.max(0.001);
-        // As submit judges a deadline: every item at the configured real-time rate.
-        out.realtime_secs = (items as f64 / rate).ceil() as u64;
         out.meets_deadline = out.realtime_secs <= out.deadline_in_secs;
         out.offload_finish_by_secs = (u64::from(out.waves_at_most) * PROVIDER_WINDOW_SECS)
             .min(out.deadline_in_secs)
@@ -132,10 +131,11 @@ pub struct OffloadEstimate {
     /// With offload, finished by then at the latest (seconds from now): each wave within the
     /// providers' window, all of it by the deadline (real-time takes over in time).
     pub offload_finish_by_secs: u64,
-    /// Real-time only, about this long: items at `realtime_items_per_sec`, as submit judges
-    /// a deadline.
+    /// Real-time only, about this long, as submit judges a deadline: the measured real-time
+    /// throughput, or with none yet `[offload] realtime_items_per_sec`.
     pub realtime_secs: u64,
-    pub realtime_items_per_sec: f64,
+    /// What that was judged on.
+    pub realtime_basis: String,
     /// Whether real-time alone would meet the deadline; submit refuses a deadline it would not.
     pub meets_deadline: bool,
     /// Models of these plans that have no batch API (their turns run real-time).
@@ -165,10 +165,10 @@ impl OffloadEstimate {
             human(self.deadline_in_secs)
         ));
         line(format!(
-            "real-time    ${:.4} expected, about {} at [offload] realtime_items_per_sec = {}",
+            "real-time    ${:.4} expected, about {} ({})",
             self.realtime_usd,
             human(self.realtime_secs),
-            self.realtime_items_per_sec
+            self.realtime_basis
         ));
         line(format!(
             "with offload ${:.4} expected ({share:.0}% of real-time, ${:.4} less): {:.1} calls \
@@ -237,7 +237,7 @@ mod tests {
     #[test]
     fn offload_halves_the_cost_of_a_big_enough_group() {
         let opts = OffloadOptions::default();
-        let est = estimator(500.0, true).finish(500, 100_000, 0, &opts);
+        let est = estimator(500.0, true).finish((250, "configured".into()), 100_000, 0, &opts);
         assert_eq!((est.realtime_usd, est.offload_usd), (2.0, 1.0));
         assert_eq!(est.waves_at_most, 1, "one offloaded model: one wave");
         assert_eq!(est.realtime_secs, 250);
@@ -246,14 +246,14 @@ mod tests {
         let text = est.render(opts.min_items);
         assert!(text.contains("50% of real-time"), "{text}");
         // A group under min_items, or a model without a batch API, stays real-time.
-        let small = estimator(50.0, true).finish(50, 100_000, 0, &opts);
+        let small = estimator(50.0, true).finish((25, "configured".into()), 100_000, 0, &opts);
         assert_eq!(small.offload_usd, 2.0);
         assert_eq!(small.under_min_items, ["m"]);
-        let none = estimator(500.0, false).finish(500, 100_000, 0, &opts);
+        let none = estimator(500.0, false).finish((250, "configured".into()), 100_000, 0, &opts);
         assert_eq!((none.offload_usd, none.waves_at_most), (2.0, 0));
         assert!(none.render(100).contains("no batch API m"));
         // A deadline sooner than the window caps the finish; one real-time can't meet is said.
-        let tight = estimator(500.0, true).finish(500, 100, 0, &opts);
+        let tight = estimator(500.0, true).finish((250, "configured".into()), 100, 0, &opts);
         assert_eq!(tight.offload_finish_by_secs, 100);
         assert!(!tight.meets_deadline);
         assert!(tight.render(100).contains("submit would refuse"));

@@ -260,7 +260,7 @@ pub async fn submit_selected(
         .into());
     }
 
-    check_deadline(app, req, total)?;
+    check_deadline(app, req, total).await?;
     probe_store(app, &batch_id).await?;
 
     let lease_len = app.settings.queue.submit_lease;
@@ -310,23 +310,40 @@ pub async fn submit_selected(
 }
 
 /// A deadline that even real-time could not meet is refused before anything is enqueued,
-/// with the numbers it was judged on.
-fn check_deadline(app: &App, req: &SubmitRequest, total: u64) -> anyhow::Result<()> {
+/// with the numbers it was judged on (the measured real-time throughput, or with none yet
+/// the configured rate; see `batchyard_workers::offload::rate`).
+async fn check_deadline(app: &App, req: &SubmitRequest, total: u64) -> anyhow::Result<()> {
     let Some(deadline) = req.deadline_at else {
         return Ok(());
     };
-    let rate = app.settings.offload.realtime_items_per_sec;
-    let needed = (total as f64 / rate).ceil() as u64;
+    let (needed_secs, basis) = realtime_secs(app, total).await;
     let now = batchyard_jobs::batch::now_secs();
     let left = deadline.saturating_sub(now);
-    if needed > left {
+    if needed_secs > left {
         return Err(crate::error::DeadlineUnreachable {
             left_secs: left,
             items: total,
-            needed_secs: needed,
-            rate,
+            needed_secs,
+            basis,
         }
         .into());
     }
     Ok(())
+}
+
+/// How long `items` items would take real-time, in whole seconds, and what that was judged on:
+/// what a deadline is checked against at submit, and what `estimate --deadline` prints.
+pub(crate) async fn realtime_secs(app: &App, items: u64) -> (u64, String) {
+    let measured = app.meter.measure().await;
+    let left = batchyard_workers::offload::rate::Left {
+        unattributed: items,
+        ..Default::default()
+    };
+    let needed = batchyard_workers::offload::rate::realtime_needed(
+        &app.settings.catalog,
+        &left,
+        measured.as_ref(),
+        app.settings.offload.realtime_items_per_sec,
+    );
+    (needed.secs.ceil() as u64, needed.basis.to_string())
 }

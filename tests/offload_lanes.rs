@@ -220,6 +220,23 @@ fn a_batch_that_opts_in_by_metadata_shows_its_lane_everywhere() {
 
     dashboard_shows(&cluster, &s, &id, pid, 8);
 
+    // Bad values: 400s naming the field and why; nothing is created.
+    for (meta, says) in [
+        (r#"{"batchyard_deadline":"tomorrow"}"#, "batchyard_deadline"),
+        (r#"{"batchyard_deadline":"3d"}"#, "completion window"),
+        (r#"{"batchyard_offload":"always"}"#, "batchyard_offload"),
+        // 8 items at 5 a second (nothing measured real-time yet) take 2 s: a 1 s deadline
+        // is refused, as the CLI refuses it.
+        (
+            r#"{"batchyard_deadline":"1s"}"#,
+            "take about 2 s real-time (5 items/s from [offload] realtime_items_per_sec",
+        ),
+    ] {
+        let e = expect_error(create_batch(&s, fid, meta), 400);
+        assert_eq!(e["param"], "metadata", "{e}");
+        let message = e["message"].as_str().unwrap();
+        assert!(message.contains(says), "{meta}: {message}");
+    }
     // Without the opt-in (OpenAI's mandatory window alone): real-time, no provider batch.
     let plain = ok_json(create_batch(&s, fid, "{}"));
     let plain_id = plain["id"].as_str().unwrap();
@@ -242,19 +259,6 @@ fn a_batch_that_opts_in_by_metadata_shows_its_lane_everywhere() {
     assert!(expires - deadline <= 1, "{lane}\n{auto}");
     assert_eq!(fake_batches(&cluster).len(), 2);
 
-    // Bad values: 400s naming the field and why; nothing is created.
-    for (meta, says) in [
-        (r#"{"batchyard_deadline":"tomorrow"}"#, "batchyard_deadline"),
-        (r#"{"batchyard_deadline":"3d"}"#, "completion window"),
-        (r#"{"batchyard_offload":"always"}"#, "batchyard_offload"),
-        // 8 items at 5 a second take 2 s: a 1 s deadline is refused, as the CLI refuses it.
-        (r#"{"batchyard_deadline":"1s"}"#, "take about 2 s"),
-    ] {
-        let e = expect_error(create_batch(&s, fid, meta), 400);
-        assert_eq!(e["param"], "metadata", "{e}");
-        let message = e["message"].as_str().unwrap();
-        assert!(message.contains(says), "{meta}: {message}");
-    }
     let listed = ok_json(call(&s, "GET", "/v1/batches?limit=100", &[]));
     assert_eq!(listed["data"].as_array().unwrap().len(), 3, "{listed}");
     assert_eq!(fake_batches(&cluster).len(), 2);

@@ -107,6 +107,9 @@ pub struct BatchRecord {
     /// or offload stopped): from then on no item is parked.
     #[serde(default)]
     pub realtime_at: Option<u64>,
+    /// Where the batch's end is announced (a signed webhook), if anywhere.
+    #[serde(default)]
+    pub notify_url: Option<String>,
 }
 
 /// A submission under way: the batch becomes visible to workers only once it is sealed.
@@ -175,6 +178,7 @@ impl BatchRecord {
             failure: None,
             deadline_at: None,
             realtime_at: None,
+            notify_url: None,
         }
     }
 

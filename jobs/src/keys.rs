@@ -11,6 +11,7 @@
 //!   `by:{<q>}:parked:<batch>`
 //! - ledger: `by:batches` (index), `by:batch:{<id>}` and its `:settled`, `:final`, `:resv`,
 //!   `:offload`
+//! - real-time throughput: `by:realtime_rate`
 //! - adequacy: `by:adequacy:{<task>}`; health: `by:health:{<model>}` and `:probe`, `:budget`
 //! - limiter: `{by:lim}:model:<key>`, `{by:lim}:provider:<key>`
 //! - API queue history: `by:api:queue_history:{<queue>}`
@@ -91,11 +92,20 @@ pub fn offload_enqueued(model: &str) -> String {
     format!("by:offload:{{{model}}}:enqueued")
 }
 
+/// Where a batch's end notification stands (a hash: `attempts`, `next_at`, `done`).
+pub fn batch_notify(id: &str) -> String {
+    format!("{}:notify", batch_record(id))
+}
+
 pub fn batch_resv(id: &str) -> String {
     format!("{}:resv", batch_record(id))
 }
 
 // ---- routing and health ----
+
+/// The real-time throughput measured across the fleet (a hash of per-minute fields): what
+/// the offload lane's deadline is judged on where a model declares no limits.
+pub const REALTIME_RATE: &str = "by:realtime_rate";
 
 pub fn adequacy(task: &str) -> String {
     format!("{PREFIX}:adequacy:{{{task}}}")
@@ -286,7 +296,9 @@ mod tests {
             (batch_final("b1"), "by:batch:{b1}:final"),
             (batch_offload_lease("b1"), "by:batch:{b1}:offload"),
             (offload_enqueued("small"), "by:offload:{small}:enqueued"),
+            (batch_notify("b1"), "by:batch:{b1}:notify"),
             (batch_resv("b1"), "by:batch:{b1}:resv"),
+            (REALTIME_RATE.to_owned(), "by:realtime_rate"),
             (adequacy("summarise"), "by:adequacy:{summarise}"),
             (ADEQUACY_PATTERN.to_owned(), "by:adequacy:*"),
             (health("m"), "by:health:{m}"),

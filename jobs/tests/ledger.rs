@@ -1,5 +1,5 @@
 //! The ledger, in memory and on a real Redis: exactly-once settlement, exactly one finalizer,
-//! the offload lane's deadline and enqueued-token accounts.
+//! the offload lane's deadline and enqueued-token accounts, webhook attempts.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod support;
@@ -232,4 +232,63 @@ async fn redis_ledger_keeps_enqueued_token_accounts() {
         .await
         .unwrap();
     enqueued_account(Arc::new(RedisLedger::new(conn)), &unique_name("m")).await;
+}
+
+async fn notification_claims(ledger: Arc<dyn Ledger>, id: &str) {
+    let hold = Duration::from_secs(30);
+    let now = now_secs();
+    assert_eq!(
+        ledger.claim_notification(id, 100, now, hold).await.unwrap(),
+        Some(1)
+    );
+    // Held while attempt 1 is tried: nobody else claims it.
+    assert_eq!(
+        ledger.claim_notification(id, 100, now, hold).await.unwrap(),
+        None
+    );
+    ledger.settle_notification(id, Some(now + 5)).await.unwrap();
+    assert_eq!(
+        ledger.claim_notification(id, 100, now, hold).await.unwrap(),
+        None
+    );
+    assert_eq!(
+        ledger
+            .claim_notification(id, 100, now + 5, hold)
+            .await
+            .unwrap(),
+        Some(2)
+    );
+    ledger.settle_notification(id, None).await.unwrap();
+    assert_eq!(
+        ledger
+            .claim_notification(id, 100, now + 3600, hold)
+            .await
+            .unwrap(),
+        None,
+        "delivered: never again"
+    );
+    // The batch reopened and ended again: a new end, announced anew.
+    assert_eq!(
+        ledger
+            .claim_notification(id, 200, now + 3600, hold)
+            .await
+            .unwrap(),
+        Some(1)
+    );
+}
+
+#[tokio::test]
+async fn memory_ledger_hands_each_notification_attempt_out_once() {
+    notification_claims(Arc::new(MemoryLedger::new()), "b-notify").await;
+}
+
+#[tokio::test]
+async fn redis_ledger_hands_each_notification_attempt_out_once() {
+    let Some(redis) = TestRedis::start_or_external("ledger_notify") else {
+        return;
+    };
+    let conn = batchyard_jobs::redis_conn::connect(redis.url())
+        .await
+        .unwrap();
+    notification_claims(Arc::new(RedisLedger::new(conn)), &unique_name("notify")).await;
 }

@@ -300,8 +300,9 @@ def splice(path, rows, ids, title, lines):
     except FileNotFoundError:
         md = ["# Benchmarks", "", "| id | figure | target | measured | verdict |", "|---|---|---|---|---|"]
     ours = [k for k, l in enumerate(md) if any(l.startswith(f"| {i} |") for i in ids)]
-    # The end of the results table (the first table; sections further down have their own).
-    head = next((k for k, l in enumerate(md) if l.startswith("| id | figure |")), None)
+    # The end of the results table (sections further down have their own tables).
+    # (An ad hoc comparison table further up may start `| id | figure |` too.)
+    head = next((k for k, l in enumerate(md) if l.startswith("| id | figure | target |")), None)
     end = len(md)
     if head is not None:
         end = next((k for k in range(head, len(md)) if not md[k].startswith("|")), len(md))

@@ -203,28 +203,33 @@ def run_one(workdir, scenario, mode, jsonl, n, timeout):
     )
 
 
-def run_batch(workdir, name, jsonl, n, timeout, fake_args, config_for):
+def run_batch(workdir, name, jsonl, n, timeout, fake_args, config_for, submit_args=(), until_done=False):
     """Fresh redis and fake (`fake_args`), the config `config_for(redis_url, fake)` writes;
-    submit; one worker until the batch is done; the output lines and the fake's /stats (B5, B9)."""
+    submit (with `submit_args`); one worker until the batch is done; the output lines, the
+    fake's /stats and the batch record's times (B5, B8, B9). `until_done`: the worker runs
+    without `--exit-when-idle` (an offloaded batch's queue is idle while provider batches
+    run) and is stopped once the batch has ended."""
     server = common.RedisServer(workdir, name)
     fake = worker = None
     try:
         fake = FakeProvider(workdir, name, fake_args)
         config = config_for(server.url, fake)
         base = [common.BATCHYARD, "--config", config]
-        out = run_cmd(base + ["submit", jsonl, "--task", "answer", "--json"], workdir, f"{name}-submit", timeout)
+        out = run_cmd(base + ["submit", jsonl, "--task", "answer", "--json", *submit_args], workdir, f"{name}-submit", timeout)
         batch_id = json.loads(open(out).read().splitlines()[-1])["id"]
         key = f"by:batch:{{{batch_id}}}"
         log_path = os.path.join(workdir, f"{name}-worker.log")
         t0 = time.monotonic()
         with open(log_path, "w") as lf:
             worker = common.PROCS.start(
-                base + ["worker", "--concurrency", str(CONCURRENCY), "--exit-when-idle", "2"],
+                base + ["worker", "--concurrency", str(CONCURRENCY)] + ([] if until_done else ["--exit-when-idle", "2"]),
                 stdout=lf, stderr=subprocess.STDOUT, cwd=workdir, env=common.child_env(),
             )
         last = t0
         while True:
             st, done, failed = server.client.cmd("HMGET", key, "state", "completed", "failed")
+            if until_done and st in ("completed", "failed", "cancelled", "expired"):
+                break
             if worker.poll() is not None:
                 common.PROCS.forget(worker)
                 break
@@ -236,7 +241,7 @@ def run_batch(workdir, name, jsonl, n, timeout, fake_args, config_for):
             time.sleep(0.25)
         secs = time.monotonic() - t0
         st = server.client.cmd("HGET", key, "state")
-        if worker.returncode != 0:
+        if worker.returncode not in (0, None):
             raise common.BenchError(f"{name}: the worker exited {worker.returncode}:\n{common.tail(log_path)}")
         if st not in ("completed", "failed"):
             raise common.BenchError(f"{name}: the worker exited but the batch is {st!r}:\n{common.tail(log_path)}")
@@ -245,8 +250,11 @@ def run_batch(workdir, name, jsonl, n, timeout, fake_args, config_for):
         status = json.loads(open(run_cmd(base + ["status", batch_id, "--json"], workdir, f"{name}-status", timeout)).read().splitlines()[-1])
         stats = fake.stats()
         calls = stats.get("requests", 0)
+        fields = ("created_at", "completed_at", "deadline_at", "realtime_at")
+        record = dict(zip(fields, server.client.cmd("HMGET", key, *fields)))
         common.log(f"{name}: {len(ok_lines):,} passed, {len(err_lines):,} failed of {n:,} in {secs:.1f} s; {calls:,} calls")
-        return {"ok": ok_lines, "err": err_lines, "status": status, "secs": secs, "calls": calls, "fake": stats}
+        return {"ok": ok_lines, "err": err_lines, "status": status, "secs": secs, "calls": calls, "fake": stats,
+                "record": record}
     finally:
         if worker is not None:
             common.PROCS.stop(worker)

@@ -100,6 +100,7 @@ pub async fn create(
         resume: None,
         follow_symlinks: false,
         deadline_at: meta.deadline_at,
+        notify_url: None,
     };
     // A task of its own: a client that hangs up must not stop a submission half-way.
     let app = std::sync::Arc::clone(&state.app);
@@ -125,8 +126,8 @@ pub async fn create(
         forget_api(&state, &batch_id).await;
         return Err(ApiError::invalid(format!(
             "metadata.batchyard_deadline leaves {} s, but the file's {} items take about {} s \
-             real-time at [offload] realtime_items_per_sec = {}; give a later deadline",
-            d.left_secs, d.items, d.needed_secs, d.rate
+             real-time ({}); give a later deadline",
+            d.left_secs, d.items, d.needed_secs, d.basis
         ))
         .with_param("metadata"));
     }

@@ -60,14 +60,14 @@ pub async fn estimate(
     }
     estimate.finish(&app.settings.catalog);
     let now = batchyard_jobs::batch::now_secs();
-    let offload = offload.zip(args.deadline).map(|(o, d)| {
-        o.finish(
-            estimate.items - estimate.invalid - estimate.unroutable,
-            d.unix(now),
-            now,
-            &app.settings.offload,
-        )
-    });
+    let offload = match offload.zip(args.deadline) {
+        Some((o, d)) => {
+            let items = estimate.items - estimate.invalid - estimate.unroutable;
+            let realtime = crate::submission::realtime_secs(&app, items).await;
+            Some(o.finish(realtime, d.unix(now), now, &app.settings.offload))
+        }
+        None => None,
+    };
     if args.json {
         let mut view = serde_json::to_value(&estimate)?;
         if let Some(o) = &offload {
@@ -164,6 +164,7 @@ async fn nth_job(app: &App, input: &str, args: &RouteArgs) -> anyhow::Result<Job
         resume: None,
         follow_symlinks: false,
         deadline_at: None,
+        notify_url: None,
     };
     let mut scanner = Scanner::open(app, &req).await?;
     let mut index = 0u64;

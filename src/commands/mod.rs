@@ -62,6 +62,7 @@ pub fn submit_request(args: &crate::cli::InputArgs) -> SubmitRequest {
         deadline_at: args
             .deadline
             .map(|d| d.unix(batchyard_jobs::batch::now_secs())),
+        notify_url: args.notify.clone(),
     }
 }
 

@@ -95,6 +95,12 @@ pub async fn run(
         );
     }
     print_summary(&app, &record).await;
+    // This process ends with the batch: its webhook gets a few quick tries, not a day's.
+    if !app.notifier().flush(&record, 3).await {
+        eprintln!(
+            "warning: the batch's webhook could not be delivered (3 tries); `batchyard submit` with workers retries for a day"
+        );
+    }
     if args.input.json {
         println!(
             "{}",

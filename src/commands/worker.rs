@@ -67,6 +67,10 @@ pub async fn worker(
     let coordinator = app.coordinator();
     let stop_lane = background.clone();
     tracker.spawn(async move { coordinator.run(stop_lane).await });
+    // Ended batches are announced to their webhooks by whichever worker claims the attempt.
+    let notifier = app.notifier();
+    let stop_notify = background.clone();
+    tracker.spawn(async move { notifier.run(stop_notify).await });
     // Batches whose finalizer was killed mid-write are finished by whichever worker looks next.
     tracker.spawn(batchyard_workers::finalize::sweep::sweep(
         app.finalizer(),

@@ -17,6 +17,7 @@
 
 mod catalog_sections;
 mod defaults;
+pub mod notify;
 mod parts;
 pub mod pipeline_spec;
 mod provider_azure;
@@ -65,6 +66,8 @@ pub struct Settings {
     pub cache: CacheSettings,
     /// `[offload]`: the lane through the providers' batch APIs.
     pub offload: batchyard_workers::offload::OffloadOptions,
+    /// `[notify]`: webhooks for ended batches.
+    pub notify: batchyard_workers::notify::NotifyOptions,
     /// `[pipelines.<name>]`, by name.
     pub pipelines: BTreeMap<String, pipeline_spec::Pipeline>,
     /// The models whose table names a shipped catalog entry, with that entry's name.
@@ -189,6 +192,7 @@ impl Settings {
         let routing = sections::routing_policy(&raw.routing)?;
         let cache = sections::cache_settings(&raw.cache)?;
         let offload = sections::offload(raw, env)?;
+        let notify = notify::notify(&raw.notify, env)?;
         let pipelines = sections::pipelines(raw, &catalog.task_keys())?;
         let (concurrency, drain_timeout) = sections::worker(raw)?;
         Ok(Self {
@@ -207,6 +211,7 @@ impl Settings {
             routing,
             cache,
             offload,
+            notify,
             pipelines,
             model_catalog,
             warnings,

@@ -28,6 +28,8 @@ pub struct RawConfig {
     #[serde(default)]
     pub offload: RawOffload,
     #[serde(default)]
+    pub notify: super::notify::RawNotify,
+    #[serde(default)]
     pub providers: BTreeMap<String, RawProvider>,
     #[serde(default)]
     pub models: BTreeMap<String, RawModel>,

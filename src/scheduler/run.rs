@@ -199,6 +199,7 @@ async fn submit_new(
         resume: None,
         follow_symlinks: pipeline.follow_symlinks,
         deadline_at: None,
+        notify_url: None,
     };
     let submitted = submit_selected(app, &req, new_batch_id(), Some(&keep)).await?;
     write_origin(app, pipeline, trigger, &submitted.record.id, &chosen).await;

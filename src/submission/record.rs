@@ -32,6 +32,7 @@ pub(super) fn new_record(
             .completion_window
             .map(|w| created_at.saturating_add(w.as_secs() + u64::from(w.subsec_nanos() > 0))),
         deadline_at: req.deadline_at,
+        notify_url: req.notify_url.clone(),
         submit: Some(SubmitProgress {
             lease_until_ms: lease.until_ms(),
             fingerprint: fingerprint.to_string(),

@@ -17,6 +17,8 @@ pub struct SubmitRequest {
     pub follow_symlinks: bool,
     /// `--deadline`, in Unix seconds: the batch may use the offload lane until then.
     pub deadline_at: Option<u64>,
+    /// `--notify`: where the batch's end is announced.
+    pub notify_url: Option<String>,
 }
 
 #[derive(Debug, Clone)]

@@ -1,8 +1,9 @@
 //! # batchyard-workers: what a worker does with a job
 //!
-//! The crate is seven wings. Each wing's `mod.rs` says what it holds and what it may use;
+//! The crate is nine wings. Each wing's `mod.rs` says what it holds and what it may use;
 //! imports point down this list only (a wing uses the wings below it, never one above):
 //!
+//! - [`notify`]: webhooks: each ended batch announced by a signed POST, at least once.
 //! - [`offload`]: the offload lane: a batch with a deadline sends its items through the
 //!   providers' batch APIs at the batch price, in waves, and switches to real-time in time.
 //! - [`job`]: one job from claim to ack: the generic worker [`job::pool`], the job body
@@ -30,6 +31,7 @@ pub mod catalog;
 pub mod finalize;
 pub mod job;
 pub mod metrics;
+pub mod notify;
 pub mod offload;
 pub mod provider;
 pub mod route;

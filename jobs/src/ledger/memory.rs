@@ -48,6 +48,15 @@ impl Entry {
     }
 }
 
+/// Where one batch's end notification stands.
+#[derive(Default)]
+struct Notification {
+    ended_at: u64,
+    attempts: u32,
+    next_at: u64,
+    done: bool,
+}
+
 /// One model's enqueued-token account.
 #[derive(Default)]
 struct Account {
@@ -61,6 +70,8 @@ pub struct MemoryLedger {
     batches: Mutex<HashMap<String, Entry>>,
     /// The offload lane's enqueued-token accounts, by model: shares by member, and a hold.
     enqueued: Mutex<HashMap<String, Account>>,
+    /// End notifications by batch: the end it is for, attempts made, next due, done.
+    notifications: Mutex<HashMap<String, Notification>>,
 }
 
 impl MemoryLedger {
@@ -288,6 +299,43 @@ impl Ledger for MemoryLedger {
         entry.record_mut(batch_id)?;
         entry.release(job_id);
         entry.record_mut(batch_id)?.spent_nanos += actual_nanos;
+        Ok(())
+    }
+
+    async fn claim_notification(
+        &self,
+        batch_id: &str,
+        ended_at: u64,
+        now: u64,
+        hold: Duration,
+    ) -> Result<Option<u32>, QueueError> {
+        let mut all = self.notifications.lock().await;
+        let n = all.entry(batch_id.to_owned()).or_default();
+        if n.ended_at != ended_at {
+            *n = Notification {
+                ended_at,
+                ..Notification::default()
+            };
+        }
+        if n.done || n.next_at > now {
+            return Ok(None);
+        }
+        n.attempts += 1;
+        n.next_at = now + hold.as_secs().max(1);
+        Ok(Some(n.attempts))
+    }
+
+    async fn settle_notification(
+        &self,
+        batch_id: &str,
+        retry_at: Option<u64>,
+    ) -> Result<(), QueueError> {
+        let mut all = self.notifications.lock().await;
+        let n = all.entry(batch_id.to_owned()).or_default();
+        match retry_at {
+            Some(at) => n.next_at = at,
+            None => n.done = true,
+        }
         Ok(())
     }
 

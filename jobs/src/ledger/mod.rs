@@ -210,6 +210,26 @@ pub trait Ledger: Send + Sync {
     /// `model`'s account: the tokens in its provider batches not yet ended, and any hold.
     async fn enqueued(&self, model: &str) -> Result<Enqueued, QueueError>;
 
+    /// Claims the next attempt at delivering the batch's end notification for the end at
+    /// `ended_at` (a batch reopened and ended again is announced again), if one is due at
+    /// `now`: returns its number (1 for the first) and holds other claims off for `hold`
+    /// while it is tried. `None`: delivered, given up, or not due yet.
+    async fn claim_notification(
+        &self,
+        batch_id: &str,
+        ended_at: u64,
+        now: u64,
+        hold: Duration,
+    ) -> Result<Option<u32>, QueueError>;
+
+    /// Records how a claimed attempt went: `Some(at)`: try again at `at` (Unix seconds);
+    /// `None`: no more attempts (delivered, or given up).
+    async fn settle_notification(
+        &self,
+        batch_id: &str,
+        retry_at: Option<u64>,
+    ) -> Result<(), QueueError>;
+
     /// Ends the batch's offload lane: from now on its items run real-time. True the first
     /// time (the time is kept), false after.
     async fn to_realtime(&self, batch_id: &str) -> Result<bool, QueueError>;

@@ -9,6 +9,7 @@
 mod budget;
 mod enqueued;
 mod lease;
+mod notify;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -173,6 +174,7 @@ fn parse_record(id: &str, map: &HashMap<String, String>) -> Option<BatchRecord> 
         }),
         deadline_at: num("deadline_at"),
         realtime_at: num("realtime_at"),
+        notify_url: map.get("notify_url").cloned(),
     })
 }
 
@@ -228,6 +230,9 @@ impl Ledger for RedisLedger {
         }
         if let Some(at) = record.deadline_at {
             fields.push(("deadline_at", at.to_string()));
+        }
+        if let Some(url) = &record.notify_url {
+            fields.push(("notify_url", url.clone()));
         }
         if let Some(at) = record.realtime_at {
             fields.push(("realtime_at", at.to_string()));
@@ -399,6 +404,24 @@ impl Ledger for RedisLedger {
         self.budget
             .commit(&mut conn, batch_id, job_id, actual_nanos)
             .await
+    }
+
+    async fn claim_notification(
+        &self,
+        batch_id: &str,
+        ended_at: u64,
+        now: u64,
+        hold: Duration,
+    ) -> Result<Option<u32>, QueueError> {
+        self.claim_notify(batch_id, ended_at, now, hold).await
+    }
+
+    async fn settle_notification(
+        &self,
+        batch_id: &str,
+        retry_at: Option<u64>,
+    ) -> Result<(), QueueError> {
+        self.settle_notify(batch_id, retry_at).await
     }
 
     async fn set_enqueued(

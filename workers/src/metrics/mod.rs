@@ -27,9 +27,11 @@
 //!   finalization and deliberate waits.
 //! - [`offload`]: the offload lane's gauges (items by lane, provider batches by state) and
 //!   its counter of provider batches sent.
+//! - [`throughput`]: the real-time throughput measured on recent items (in process, or
+//!   shared through Redis at each offload tick), which the offload lane's deadline uses.
 //! - `tests`: the unit tests of the recording calls and the ETA sampler.
 //!
-//! May use: `catalog`, `provider` (for labels). Used by: `job`, `call`.
+//! May use: `catalog`, `provider` (for labels). Used by: `job`, `call`, `offload`.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fmt::Write as _;
@@ -73,6 +75,8 @@ pub const RETRIES_TOTAL: &str = "batchyard_retries_total";
 pub const ESCALATIONS_TOTAL: &str = "batchyard_escalations_total";
 /// Items that left a throttled or paused model for the next candidate, by model and reason.
 pub const FALLBACKS_TOTAL: &str = "batchyard_fallbacks_total";
+/// Webhook delivery attempts, by outcome (`delivered`, `failed`, `gave_up`).
+pub const NOTIFICATIONS_TOTAL: &str = "batchyard_notifications_total";
 /// Answers served from the result cache, by model.
 pub const CACHE_HITS_TOTAL: &str = "batchyard_cache_hits_total";
 /// Time spent getting rate-limit admission, by model (see the module doc).
@@ -87,6 +91,7 @@ pub use overhead::{JOB_OVERHEAD, OVERHEAD_BUCKETS};
 
 pub mod offload;
 pub mod overhead;
+pub mod throughput;
 
 /// Jobs take milliseconds (cache, simulated) to minutes (slow models, long retries).
 pub const JOB_DURATION_BUCKETS: &[f64] = &[
@@ -168,6 +173,11 @@ pub fn describe() {
         FALLBACKS_TOTAL,
         Unit::Count,
         "Items that left a throttled or paused model for the next candidate, by model and reason"
+    );
+    describe_counter!(
+        NOTIFICATIONS_TOTAL,
+        Unit::Count,
+        "Webhook delivery attempts for ended batches, by outcome"
     );
     describe_counter!(
         CACHE_HITS_TOTAL,
@@ -297,6 +307,11 @@ pub fn escalated(task: Option<&str>) {
 /// (`reason`: the error code).
 pub fn fell_back(model: &str, reason: &'static str) {
     counter!(FALLBACKS_TOTAL, "model" => model.to_string(), "reason" => reason).increment(1);
+}
+
+/// A webhook delivery attempt ended (`delivered`, `failed`, `gave_up`).
+pub fn notified(outcome: &'static str) {
+    counter!(NOTIFICATIONS_TOTAL, "outcome" => outcome).increment(1);
 }
 
 /// An answer came from the result cache.

@@ -20,11 +20,14 @@
 //!   and what a budget holds for a provider batch whose items went real-time.
 //! - [`view`]: what a user sees of one batch's lane (items per lane, provider batches, time
 //!   left), read-only, for `status`, `watch`, the API, the dashboard and `/metrics`.
+//! - [`rate`]: how long the rest of a batch would take real-time (declared limits, the
+//!   measured throughput, or the configured rate), which the switch is judged on.
 //!
 //! May use: `catalog`, `provider`, `metrics` and the jobs crate. Used by the binary.
 
 mod ingest;
 mod money;
+pub mod rate;
 pub mod state;
 mod tick;
 pub mod view;
@@ -41,6 +44,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::catalog::Catalog;
 use crate::catalog::tokens::TokenEstimator;
+use crate::metrics::throughput::RealtimeMeter;
 
 /// `[offload]`.
 #[derive(Debug, Clone, PartialEq)]
@@ -109,6 +113,9 @@ impl Default for OffloadOptions {
     }
 }
 
+/// A group of parked items: its batch and the model it waits for.
+type GroupKey = (String, String);
+
 /// Leads the offload lane of each batch this process may lead. Cheap to clone.
 #[derive(Clone)]
 pub struct Coordinator {
@@ -118,9 +125,13 @@ pub struct Coordinator {
     catalog: Arc<Catalog>,
     options: OffloadOptions,
     owner: String,
-    /// Group sizes seen at the last tick, by batch and model: a group that stopped growing
-    /// below `min_items` is sent real-time.
-    seen: Arc<std::sync::Mutex<HashMap<(String, String), usize>>>,
+    /// Each group's size at the last tick and for how many ticks it has not changed, by
+    /// batch and model: a wave is cut once its group stopped growing.
+    seen: Arc<std::sync::Mutex<HashMap<GroupKey, (usize, u32)>>>,
+    /// The real-time throughput measured across the workers.
+    meter: Arc<RealtimeMeter>,
+    /// What the real-time time of each batch was last judged on, so a change is logged once.
+    rate_basis: Arc<std::sync::Mutex<HashMap<String, &'static str>>>,
     /// Ended batches whose provider batches have all ended too: nothing left to poll.
     quiet: Arc<std::sync::Mutex<HashSet<String>>>,
     tokens: Arc<TokenEstimator>,
@@ -143,9 +154,17 @@ impl Coordinator {
             options,
             owner,
             seen: Arc::default(),
+            meter: Arc::new(RealtimeMeter::in_process(1)),
+            rate_basis: Arc::default(),
             quiet: Arc::default(),
             tokens: Arc::default(),
         }
+    }
+
+    /// Judges the deadline on the throughput `meter` measures (shared with the runner).
+    pub fn with_meter(mut self, meter: Arc<RealtimeMeter>) -> Self {
+        self.meter = meter;
+        self
     }
 
     /// Ticks every batch with a deadline that is still running, until `cancel`.
@@ -164,6 +183,13 @@ impl Coordinator {
 
     /// One tick over every batch this process may lead now.
     pub async fn tick_all(&self) {
+        // Every worker's counts reach the fleet's window, whether it leads a batch or not.
+        self.meter.push().await;
+        if let Ok(mut seen) = self.rate_basis.lock()
+            && seen.len() > 1_000
+        {
+            seen.clear();
+        }
         let batches = match self.ledger.list(500).await {
             Ok(b) => b,
             Err(e) => {

@@ -18,6 +18,10 @@ use crate::provider::batch::{BatchApi, BatchItem, EndedAs, RemoteState};
 /// (OpenAI's; Anthropic refuses the create with a 429 instead).
 const QUOTA_REFUSED: &str = "token_limit_exceeded";
 
+/// Ticks a group must keep its size, while items of its batch still run, before its wave is
+/// cut.
+const STABLE_TICKS: u32 = 3;
+
 /// The most parked jobs one tick looks at (a page at a time), so a tick stays bounded.
 const MAX_SCAN: usize = 200_000;
 const PAGE: usize = 1_000;
@@ -47,7 +51,7 @@ impl Coordinator {
         }
         self.release_shares(record, &mut lane).await;
         let realtime = record.realtime_at.is_some() || record.cancel_requested_at.is_some();
-        let near = self.deadline_near(record);
+        let near = self.deadline_near(record, &lane).await;
         if !realtime && near {
             tracing::info!("offload: the deadline is near; the rest runs real-time");
             if let Err(e) = self.ledger.to_realtime(&record.id).await {
@@ -114,17 +118,14 @@ impl Coordinator {
     }
 
     /// Whether what is left would not finish by the deadline (less the margin) unless it
-    /// starts real-time now.
-    fn deadline_near(&self, record: &BatchRecord) -> bool {
+    /// starts real-time now (see [`super::rate`] for how long real-time takes).
+    async fn deadline_near(&self, record: &BatchRecord, lane: &LaneState) -> bool {
         let Some(deadline) = record.deadline_at else {
             return false;
         };
-        let left = record
-            .counts
-            .total
-            .saturating_sub(record.counts.completed + record.counts.failed);
-        let rate = self.options.realtime_items_per_sec.max(0.001);
-        let needed = Duration::from_secs_f64(left as f64 / rate) + self.options.switch_margin;
+        let needed = self.realtime_needed(record, lane).await;
+        let needed =
+            Duration::from_secs_f64(needed.secs.clamp(0.0, 1e12)) + self.options.switch_margin;
         now_secs() + needed.as_secs() >= deadline
     }
 
@@ -278,23 +279,36 @@ impl Coordinator {
         let Some(groups) = self.unassigned(record, lane).await else {
             return;
         };
+        // Items of the batch neither settled nor parked: still running, queued, or on their
+        // way to be parked. While some are, a group may still grow.
+        let parked: u64 = groups.values().map(|g| g.len() as u64).sum::<u64>()
+            + lane
+                .open()
+                .filter(|pb| !pb.given_back)
+                .map(|pb| pb.items)
+                .sum::<u64>();
+        let moving = record
+            .counts
+            .total
+            .saturating_sub(record.counts.completed + record.counts.failed + parked);
         let mut cut_any = false;
         for (model, jobs) in groups {
             let seen_key = (record.id.clone(), model.clone());
-            let before = self
-                .seen
-                .lock()
-                .map(|mut s| s.insert(seen_key.clone(), jobs.len()))
-                .unwrap_or(None);
+            let stable_ticks = self.stable_ticks(&seen_key, jobs.len());
             let api = self.api(&model);
-            let stalled = before == Some(jobs.len());
-            if realtime || api.is_none() || (jobs.len() < self.options.min_items && stalled) {
+            // A group's wave is complete once every item of the batch is parked or settled,
+            // or, while others still run (slow calls, a busy fleet), once the group has not
+            // grown for a few ticks: a few poll intervals against a day's window, for one
+            // provider batch instead of a few and no remainder sent real-time.
+            let settled = moving == 0 || stable_ticks >= STABLE_TICKS;
+            if realtime || api.is_none() || (jobs.len() < self.options.min_items && settled) {
                 for job in jobs {
                     self.release_realtime(job).await;
                 }
                 continue;
             }
-            let (Some(api), true) = (api, jobs.len() >= self.options.min_items) else {
+            let settled = settled || jobs.len() >= self.options.max_items;
+            let (Some(api), true) = (api, jobs.len() >= self.options.min_items && settled) else {
                 continue;
             };
             if !cut_any {
@@ -327,6 +341,20 @@ impl Coordinator {
                 s.remove(&seen_key);
             }
         }
+    }
+
+    /// How many ticks in a row the group at `key` has had `len` items (0: it just changed).
+    fn stable_ticks(&self, key: &(String, String), len: usize) -> u32 {
+        let Ok(mut seen) = self.seen.lock() else {
+            return 0;
+        };
+        let entry = seen.entry(key.clone()).or_insert((len, 0));
+        if entry.0 == len {
+            entry.1 = entry.1.saturating_add(1);
+        } else {
+            *entry = (len, 0);
+        }
+        entry.1
     }
 
     /// Records, then sends, one provider batch: a worker killed between the two leaves a

@@ -32,6 +32,7 @@ use crate::call::limiter::memory::MemoryLimiter;
 use crate::call::retry::{RetryPolicy, backoff_delay};
 use crate::catalog::Catalog;
 use crate::finalize::Finalizer;
+use crate::metrics::throughput::RealtimeMeter;
 use crate::route::Router;
 
 /// Tries at storing an outcome in place before the job is put back (full-jitter backoff under
@@ -88,6 +89,7 @@ pub struct JobRunner {
     finalizer: Finalizer,
     batches: Mutex<HashMap<String, (Instant, BatchRecord)>>,
     gate: Arc<ClaimGate>,
+    meter: Option<Arc<RealtimeMeter>>,
 }
 
 impl JobRunner {
@@ -122,7 +124,14 @@ impl JobRunner {
             finalizer,
             batches: Mutex::new(HashMap::new()),
             gate: Arc::new(ClaimGate::default()),
+            meter: None,
         }
+    }
+
+    /// Counts the items answered real-time into `meter` (the offload lane's deadline uses it).
+    pub fn with_meter(mut self, meter: Arc<RealtimeMeter>) -> Self {
+        self.meter = Some(meter);
+        self
     }
 
     /// Uses this router (its adequacy store is shared through Redis for distributed workers).
@@ -397,6 +406,9 @@ impl DeliveryHandler for JobRunner {
                     committed_nanos,
                 } => {
                     let (outcome, model) = crate::metrics::job_labels(&line);
+                    if let Some(meter) = &self.meter {
+                        meter.observe(&line, started.elapsed());
+                    }
                     self.finish(&delivery, line, dead, committed_nanos, started)
                         .await;
                     crate::metrics::job_finished(outcome, model, started.elapsed());
