@@ -2,6 +2,7 @@
 
 use batchyard_jobs::batch::{BatchRecord, nanos_to_usd, usd_to_nanos};
 use batchyard_jobs::storage::ResultStore;
+use batchyard_workers::offload::view::LaneView;
 use serde_json::{Value, json};
 
 /// One JSON value as a line of output: U+2028/U+2029 escaped, so a reader that splits on
@@ -49,6 +50,64 @@ pub fn batch_json(record: &BatchRecord, store: &ResultStore) -> Value {
         "errors": errors,
         "submit": submit,
     })
+}
+
+/// The offload lane of `record` (`None` without a deadline): counts that can't be read are
+/// shown as unknown, never an error.
+pub async fn lane(app: &crate::app::App, record: &BatchRecord) -> Option<LaneView> {
+    batchyard_workers::offload::view::lane_view(
+        &app.store,
+        app.queue.as_ref(),
+        record,
+        batchyard_jobs::batch::now_secs(),
+    )
+    .await
+}
+
+/// A Unix time as RFC 3339 UTC, e.g. `2026-12-06T08:00:00Z`.
+pub fn rfc3339(unix: u64) -> String {
+    i64::try_from(unix)
+        .ok()
+        .and_then(|t| chrono::DateTime::from_timestamp(t, 0))
+        .map_or_else(
+            || unix.to_string(),
+            |t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        )
+}
+
+/// The lane as text lines (`deadline`, `lanes`, one `provider` line per provider batch),
+/// each starting with an 11-character label as `status` prints them.
+pub fn lane_lines(view: &LaneView) -> Vec<String> {
+    let mut out = vec![
+        format!(
+            "deadline   {} ({})",
+            rfc3339(view.deadline_at),
+            view.left_text()
+        ),
+        format!("lanes      {}", view.lanes_text()),
+    ];
+    for pb in &view.provider_batches {
+        let ended = pb
+            .ended
+            .as_deref()
+            .map(|e| format!(" ({e})"))
+            .unwrap_or_default();
+        let given = if pb.given_back {
+            ", given back to real-time"
+        } else {
+            ""
+        };
+        out.push(format!(
+            "provider   {} {} {} {}{ended}, {} items, {} old{given}",
+            pb.key,
+            pb.model,
+            pb.provider_id.as_deref().unwrap_or("(no id yet)"),
+            pb.phase,
+            pb.items,
+            batchyard_workers::offload::view::clock(pb.age_secs),
+        ));
+    }
+    out
 }
 
 /// What queued items may be waiting for: models paused (by an operator, or for auth or

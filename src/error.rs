@@ -87,8 +87,25 @@ impl ReplayBusy {
     }
 }
 
+/// A deadline that even real-time could not meet, refused before anything is enqueued, with
+/// the numbers it was judged on. Exits with 2; the API answers 400.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "--deadline leaves {left_secs} s, but {items} items take about {needed_secs} s real-time \
+     ({basis}); give a later deadline, or raise [offload] realtime_items_per_sec if your \
+     workers and provider limits allow more"
+)]
+pub struct DeadlineUnreachable {
+    pub left_secs: u64,
+    pub items: u64,
+    pub needed_secs: u64,
+    /// What the time was judged on: a declared limit, the measured rate or the configured one.
+    pub basis: String,
+}
+
 pub fn code_for(err: &anyhow::Error) -> i32 {
     if err.downcast_ref::<UsageError>().is_some()
+        || err.downcast_ref::<DeadlineUnreachable>().is_some()
         || err.downcast_ref::<ConfigError>().is_some()
         || err.downcast_ref::<InvalidInput>().is_some()
         || err.downcast_ref::<ReplayBusy>().is_some()

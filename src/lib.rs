@@ -9,6 +9,7 @@
 //! - [`submission`]: streaming validation and chunked enqueue of a batch.
 //! - [`retry_cancel`]: retry (replay the failures of a finished batch) and cancel.
 //! - [`cost_estimate`]: what a batch would cost and take, from the router's plans.
+//! - [`offload_estimate`]: `estimate --deadline`, real-time only against the offload lane.
 //! - [`batch_view`]: the batch object printed by `--json`.
 //! - [`api`]: the HTTP API of `serve` (OpenAI Batch API, native `/api/*`, dashboard).
 //! - [`scheduler`]: cron pipelines: claims, only-new listing, run history.
@@ -25,6 +26,7 @@ mod cost_estimate;
 pub mod deadline;
 mod error;
 mod metrics_http;
+mod offload_estimate;
 mod retry_cancel;
 mod scheduler;
 mod submission;

@@ -316,9 +316,27 @@ async fn check_deadline(app: &App, req: &SubmitRequest, total: u64) -> anyhow::R
     let Some(deadline) = req.deadline_at else {
         return Ok(());
     };
+    let (needed_secs, basis) = realtime_secs(app, total).await;
+    let now = batchyard_jobs::batch::now_secs();
+    let left = deadline.saturating_sub(now);
+    if needed_secs > left {
+        return Err(crate::error::DeadlineUnreachable {
+            left_secs: left,
+            items: total,
+            needed_secs,
+            basis,
+        }
+        .into());
+    }
+    Ok(())
+}
+
+/// How long `items` items would take real-time, in whole seconds, and what that was judged on:
+/// what a deadline is checked against at submit, and what `estimate --deadline` prints.
+pub(crate) async fn realtime_secs(app: &App, items: u64) -> (u64, String) {
     let measured = app.meter.measure().await;
     let left = batchyard_workers::offload::rate::Left {
-        unattributed: total,
+        unattributed: items,
         ..Default::default()
     };
     let needed = batchyard_workers::offload::rate::realtime_needed(
@@ -327,17 +345,5 @@ async fn check_deadline(app: &App, req: &SubmitRequest, total: u64) -> anyhow::R
         measured.as_ref(),
         app.settings.offload.realtime_items_per_sec,
     );
-    let needed_secs = needed.secs.ceil() as u64;
-    let now = batchyard_jobs::batch::now_secs();
-    let left = deadline.saturating_sub(now);
-    if needed_secs > left {
-        return Err(UsageError(format!(
-            "--deadline leaves {left} s, but {total} items take about {needed_secs} s real-time \
-             ({}); give a later deadline, or raise [offload] realtime_items_per_sec if your \
-             workers and provider limits allow more",
-            needed.basis
-        ))
-        .into());
-    }
-    Ok(())
+    (needed.secs.ceil() as u64, needed.basis.to_string())
 }

@@ -9,8 +9,8 @@
 
 mod support;
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::path::Path;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use support::api::*;
@@ -81,17 +81,6 @@ fn page_and_assets_are_public_typed_and_cached() {
         assert_eq!(curl(&s.base, "GET", path, None, &[]).0, 401, "{path}");
     }
     s.stop();
-}
-
-/// `BATCHYARD_CHROMIUM`, else `chromium` or `chromium-browser` on PATH.
-fn chromium() -> Option<PathBuf> {
-    if let Some(p) = std::env::var_os("BATCHYARD_CHROMIUM").filter(|p| !p.is_empty()) {
-        return Some(PathBuf::from(p)).filter(|p| p.is_file());
-    }
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .flat_map(|d| [d.join("chromium"), d.join("chromium-browser")])
-        .find(|p| p.is_file())
 }
 
 fn skip_or_fail(why: &str) {
@@ -211,45 +200,15 @@ fn drive_with(
     refused: &str,
     name: &str,
 ) -> bool {
-    let shot = cluster.dir.path().join(name);
-    let out = Command::new("python3")
-        .arg(repo_root().join("tests/dashboard_check.py"))
-        .env("BATCHYARD_DASH_URL", format!("{}/", s.base))
-        .env("BATCHYARD_DASH_TOKEN", TOKEN)
-        .env("BATCHYARD_DASH_BATCH", batch)
-        .env("BATCHYARD_DASH_REFUSED", refused)
-        .env("BATCHYARD_DASH_SHOT", &shot)
-        .env("BATCHYARD_CHROMIUM", chromium)
-        .env("BATCHYARD_DASH_TMP", cluster.dir.path())
-        .stdin(Stdio::null())
-        .output()
-        .expect("python3 should run");
-    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
-    if out.status.code() == Some(77) {
-        skip_or_fail(stdout.trim());
-        return false;
-    }
-    // Keep the picture where a human can find it, pass or fail.
-    if shot.exists() {
-        let target = PathBuf::from(env!("CARGO_BIN_EXE_batchyard"))
-            .parent()
-            .and_then(|p| p.parent())
-            .map(|p| p.join(name))
-            .unwrap();
-        std::fs::copy(&shot, &target).unwrap();
-        eprintln!("screenshot: {}", target.display());
-    }
-    assert!(
-        out.status.success(),
-        "dashboard_check.py failed ({:?})\nstdout:\n{stdout}\nstderr:\n{stderr}\nserve log:\n{}",
-        out.status.code(),
-        serve_log(cluster)
-    );
-    eprintln!("{stderr}");
-    let png = std::fs::read(&shot).unwrap();
-    assert!(
-        png.starts_with(b"\x89PNG\r\n\x1a\n") && png.len() > 10_000,
-        "not a real screenshot"
-    );
-    true
+    dashboard_check(
+        "dashboard_in_headless_chromium",
+        chromium,
+        cluster,
+        s,
+        &[
+            ("BATCHYARD_DASH_BATCH", batch),
+            ("BATCHYARD_DASH_REFUSED", refused),
+        ],
+        name,
+    )
 }

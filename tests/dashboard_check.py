@@ -9,6 +9,8 @@ Run by tests/dashboard.rs against a live `batchyard serve`. Environment:
   BATCHYARD_DASH_SHOT      where to write the PNG screenshot
   BATCHYARD_CHROMIUM       the chromium binary
   BATCHYARD_DASH_TMP       a scratch folder (chromium's profile)
+  BATCHYARD_DASH_LANE      instead of the steps below, check one batch's offload lane:
+                           {"batch": ID, "provider_id": ID, "offloaded": N} (tests/offload_lanes.rs)
 
 Steps: load the page; a wrong token must bring the form back with a message; log in with the
 real token (typed into the form with Input.insertText, submitted with a mouse click); wait for
@@ -240,13 +242,18 @@ def check_refused(cdp, refused):
     log(f"refused batch: bar {row}, reason {st['text']!r}, created {created}")
 
 
-def check(cdp, url, token, batch, shot):
+def open_page(cdp, url):
+    """Loads the page at a fixed size and waits for the login form."""
     cdp.call("Page.enable")
     cdp.call("Runtime.enable")
     cdp.call("Log.enable")
     cdp.call("Emulation.setDeviceMetricsOverride", width=1400, height=1500, deviceScaleFactor=1, mobile=False)
     cdp.call("Page.navigate", url=url)
     cdp.wait_for("the login form", "({ok: document.readyState === 'complete' && !!document.querySelector('#login:not([hidden])')})", 20)
+
+
+def check(cdp, url, token, batch, shot):
+    open_page(cdp, url)
 
     # A wrong token: the API answers 401 and the form comes back with a message.
     cdp.type_into("#token", "definitely-not-a-token")
@@ -343,6 +350,35 @@ def check(cdp, url, token, batch, shot):
     check_console(cdp)
 
 
+def check_lane(cdp, url, token, lane, shot):
+    """Log in, select the batch, and find its offload lane as the API has it: the counts per
+    lane and the provider batch with the fake's id."""
+    open_page(cdp, url)
+    cdp.type_into("#token", token)
+    cdp.click("#login-submit")
+    want = json.dumps(lane["batch"])
+    cdp.wait_for("the batch row", "({ok: !!document.querySelector('#batches-table tr[data-batch=%s]')})" % want, 30)
+    cdp.click(f"#batches-table tbody tr[data-batch={want}] td")
+    st = cdp.wait_for(
+        "the offload lane",
+        "(() => { const q = (s) => document.querySelector(s);"
+        " const cell = (k) => (q('#lane-table td[data-lane=' + k + ']') || {}).textContent;"
+        " const rows = [...document.querySelectorAll('#provider-batches-table tbody tr')];"
+        " const s = {id: q('#detail-id').textContent, shown: !q('#lane').hidden,"
+        " deadline: q('#lane-deadline').textContent, offloaded: cell('offloaded'), waiting: cell('waiting'),"
+        " realtime: cell('realtime'), pbs: rows.map((r) => r.getAttribute('data-provider-batch')),"
+        " text: rows.map((r) => r.textContent)};"
+        " s.ok = s.id === %s && s.shown && s.pbs.includes(%s) && s.offloaded === %s; return s; })()"
+        % (want, json.dumps(lane["provider_id"]), json.dumps(str(lane["offloaded"]))),
+        30,
+    )
+    if "left" not in st["deadline"]:
+        raise Fail(f"the deadline line says no time left: {st['deadline']!r}")
+    log(f"offload lane: {json.dumps(st)}")
+    shoot(cdp, shot)
+    check_console(cdp)
+
+
 def shoot(cdp, shot):
     png = cdp.call("Page.captureScreenshot", format="png", captureBeyondViewport=True)
     with open(shot, "wb") as f:
@@ -378,7 +414,11 @@ def main():
     cdp = None
     try:
         cdp = Cdp(page_ws(browser_ws))
-        check(cdp, url, token, batch, shot)
+        lane = env.get("BATCHYARD_DASH_LANE", "")
+        if lane:
+            check_lane(cdp, url, token, json.loads(lane), shot)
+        else:
+            check(cdp, url, token, batch, shot)
         try:
             cdp.call("Browser.close", timeout=5)
         except Exception:

@@ -78,11 +78,12 @@ fn a_deadline_too_close_for_the_batch_api_switches_to_real_time_and_is_met() {
     // Provider batches take ten minutes here: far past the deadline.
     let fake = FakeProvider::start(&["--batch-turnaround-ms", "600000"]);
     // 6 items at 1 a second real-time, plus 2 s of margin: real-time must start by 8 s
-    // before the 12 s deadline.
+    // before the 12 s deadline. min_items = all 6, so one provider batch holds them whenever
+    // the tick comes (with 3, a tick amid the parking cut two).
     config(
         dir.path(),
         &fake,
-        "min_items = 3\npoll_interval_secs = 1\nswitch_margin_secs = 2\nrealtime_items_per_sec = 1",
+        "min_items = 6\npoll_interval_secs = 1\nswitch_margin_secs = 2\nrealtime_items_per_sec = 1",
     );
     let input = docs(dir.path(), 6, 0);
     let started = Instant::now();

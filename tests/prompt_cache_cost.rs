@@ -262,7 +262,7 @@ fn a_cluster_ledger_bills_cache_reads_and_writes_at_their_prices() {
     let id = batch["id"].as_str().unwrap().to_string();
     let mut worker = cluster.spawn_worker(&["--concurrency", "4", "--metrics-addr", "127.0.0.1:0"]);
     let done = cluster.wait_terminal(&id, Duration::from_secs(60));
-    let metrics = scrape(&metrics_url(cluster.dir.path()));
+    let metrics = scrape(&cluster.worker_metrics_url());
     let _ = worker.kill();
     let _ = worker.wait();
     assert_eq!(done["status"], "completed", "{done}");
@@ -298,30 +298,6 @@ fn a_cluster_ledger_bills_cache_reads_and_writes_at_their_prices() {
             assert_eq!(got, tokens as f64, "{model} {cache}:\n{metrics}");
         }
     }
-}
-
-/// The address a cluster worker logged (`metrics on http://ADDR/metrics`); bounded wait.
-fn metrics_url(dir: &std::path::Path) -> String {
-    for _ in 0..200 {
-        for entry in std::fs::read_dir(dir).unwrap() {
-            let path = entry.unwrap().path();
-            if !path
-                .file_name()
-                .unwrap()
-                .to_string_lossy()
-                .starts_with("worker-")
-            {
-                continue;
-            }
-            let log = std::fs::read_to_string(&path).unwrap_or_default();
-            if let Some(at) = log.find("metrics on http://") {
-                let rest = &log[at + "metrics on ".len()..];
-                return rest.chars().take_while(|c| !c.is_whitespace()).collect();
-            }
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    panic!("the worker did not log its metrics address");
 }
 
 fn scrape(url: &str) -> String {

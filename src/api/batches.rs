@@ -20,13 +20,13 @@ use serde_json::{Value, json};
 mod object;
 
 pub use object::{ApiBatch, BatchErrorItem, ENDPOINT, WINDOW, WINDOW_SECS, batch_object};
-use object::{check_metadata, save_api};
+use object::{check_metadata, forget_api, save_api};
 pub(in crate::api) use object::{load_api, read_manifest};
 
 use super::files::{FileId, content_path, key_safe, upload_meta};
 use super::http_error::{ApiError, ApiJson, ApiQuery};
 use super::state::ApiState;
-use crate::error::{InvalidInput, UsageError};
+use crate::error::{DeadlineUnreachable, InvalidInput, UsageError};
 use crate::submission::{SubmitRequest, submit_with_id};
 
 /// Enough list entries to page deep without reading the whole ledger in one go.
@@ -61,7 +61,7 @@ pub async fn create(
         ))
         .with_param("completion_window"));
     }
-    let (task, budget_usd) = check_metadata(req.metadata.as_ref(), &state)?;
+    let meta = check_metadata(req.metadata.as_ref(), &state)?;
     let no_file = || {
         ApiError::invalid(format!(
             "no uploaded file with id {:?}; upload the input with POST /v1/files (purpose=batch) first",
@@ -92,14 +92,14 @@ pub async fn create(
             .app
             .store
             .display_location(&content_path(&state, &file_id)),
-        task,
-        budget_usd,
+        task: meta.task,
+        budget_usd: meta.budget_usd,
         skip_invalid: false,
         no_cache: false,
         completion_window: Some(state.completion_window),
         resume: None,
         follow_symlinks: false,
-        deadline_at: None,
+        deadline_at: meta.deadline_at,
         notify_url: None,
     };
     // A task of its own: a client that hangs up must not stop a submission half-way.
@@ -121,6 +121,16 @@ pub async fn create(
         Ok(Err(e)) => e,
         Err(e) => return Err(ApiError::internal("the submission task failed", &e)),
     };
+    if let Some(d) = failure.downcast_ref::<DeadlineUnreachable>() {
+        // Refused as the CLI refuses it: nothing was enqueued, so no batch is left behind.
+        forget_api(&state, &batch_id).await;
+        return Err(ApiError::invalid(format!(
+            "metadata.batchyard_deadline leaves {} s, but the file's {} items take about {} s \
+             real-time ({}); give a later deadline",
+            d.left_secs, d.items, d.needed_secs, d.basis
+        ))
+        .with_param("metadata"));
+    }
     api.errors = match failure_errors(&failure, &file_id) {
         Some(errors) => errors,
         None => return Err(ApiError::internal("submitting the batch failed", &failure)),
@@ -230,6 +240,13 @@ pub async fn retrieve(
     if let Some(r) = record.as_ref().filter(|r| r.state.is_terminal()) {
         let manifest = read_manifest(&state, &r.id).await?;
         object::add_usage(&mut object, manifest.as_ref());
+    }
+    // batchyard's own, beside OpenAI's fields as `cost_usd` is: the offload lane of a batch
+    // that opted in. Only here: a list stays one read per batch.
+    if let Some(r) = &record
+        && let Some(lane) = crate::batch_view::lane(&state.app, r).await
+    {
+        object["offload"] = json!(lane);
     }
     Ok(Json(object))
 }

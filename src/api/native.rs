@@ -93,8 +93,8 @@ pub async fn batches(
 }
 
 /// `GET /api/batches/{id}`: the summary, spend by model and errors by code (final from the
-/// manifest once the batch is finished; `partial: true` and empty while it runs), and the
-/// batch's dead letters by code.
+/// manifest once the batch is finished; `partial: true` and empty while it runs), the
+/// batch's dead letters by code, and its offload lane (`offload`, with a deadline).
 pub async fn batch(
     State(state): State<ApiState>,
     UrlPath(id): UrlPath<String>,
@@ -155,6 +155,11 @@ pub async fn batch(
         fields.insert(
             "errors".into(),
             json!(refusal.iter().take(REFUSAL_ERRORS).collect::<Vec<_>>()),
+        );
+        // The offload lane of a batch with a deadline (`null` without one).
+        fields.insert(
+            "offload".into(),
+            json!(crate::batch_view::lane(&state.app, &record).await),
         );
         fields.insert("dead_letters_by_code".into(), json!(dead));
         fields.insert("dead_letters_scanned".into(), json!(letters.len()));

@@ -11,6 +11,7 @@ use crate::app::App;
 use crate::cli::{InputArgs, RouteArgs};
 use crate::cost_estimate::Estimate;
 use crate::error::UsageError;
+use crate::offload_estimate::OffloadEstimator;
 use crate::submission::Scanner;
 
 /// Connects for looking only: the learned pass rates from Redis when configured, else the
@@ -34,11 +35,17 @@ pub async fn estimate(
     let router = app.router();
     let mut scanner = Scanner::open(&app, &super::submit_request(args)).await?;
     let mut estimate = Estimate::default();
+    let mut offload = args.deadline.map(|_| OffloadEstimator::default());
     let mut first_bad = None;
     while let Some(item) = scanner.next().await {
         match item? {
             Ok(job) => match router.plan(&app.settings.catalog, &job).await {
-                Ok(plan) => estimate.add(&plan, &job.body),
+                Ok(plan) => {
+                    estimate.add(&plan, &job.body);
+                    if let Some(o) = offload.as_mut() {
+                        o.add(&plan, &app.settings.catalog);
+                    }
+                }
                 Err(_) => {
                     estimate.items += 1;
                     estimate.unroutable += 1;
@@ -52,10 +59,26 @@ pub async fn estimate(
         }
     }
     estimate.finish(&app.settings.catalog);
+    let now = batchyard_jobs::batch::now_secs();
+    let offload = match offload.zip(args.deadline) {
+        Some((o, d)) => {
+            let items = estimate.items - estimate.invalid - estimate.unroutable;
+            let realtime = crate::submission::realtime_secs(&app, items).await;
+            Some(o.finish(realtime, d.unix(now), now, &app.settings.offload))
+        }
+        None => None,
+    };
     if args.json {
-        println!("{}", crate::batch_view::json_line(&estimate));
+        let mut view = serde_json::to_value(&estimate)?;
+        if let Some(o) = &offload {
+            view["offload"] = serde_json::to_value(o)?;
+        }
+        println!("{}", crate::batch_view::json_line(&view));
     } else {
         print!("{}", estimate.render());
+        if let Some(o) = &offload {
+            print!("{}", o.render(app.settings.offload.min_items));
+        }
         if let Some(e) = first_bad {
             println!("first invalid line: {e}");
         }

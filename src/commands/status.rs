@@ -1,4 +1,6 @@
 //! `batchyard status [BATCH_ID]`: the queue's depth with active and recent batches, or one batch.
+//! A batch with a deadline also shows its offload lane (items per lane, provider batches,
+//! time left; `offload` in `--json`), as unknown when the store or Redis doesn't answer.
 //!
 //! - `--watch` redraws the view every [`REFRESH`] until Ctrl-C (which exits 0): on a terminal
 //!   the screen is cleared first; otherwise each snapshot follows the last after a blank line
@@ -18,6 +20,8 @@ use batchyard_jobs::queue::QueueDepth;
 use serde_json::{Value, json};
 
 use crate::app::App;
+use batchyard_workers::offload::view::LaneView;
+
 use crate::batch_view::batch_json;
 use crate::cli::StatusArgs;
 use crate::error::UsageError;
@@ -112,7 +116,8 @@ async fn watch(app: &App, args: &StatusArgs) -> anyhow::Result<()> {
 }
 
 enum Snapshot {
-    Batch(Box<BatchRecord>, Vec<String>),
+    /// A batch, what its queued items wait for, and its offload lane (with a deadline).
+    Batch(Box<BatchRecord>, Vec<String>, Option<LaneView>),
     Queue(QueueView),
 }
 
@@ -123,6 +128,8 @@ struct QueueView {
     lost: u64,
     /// Newest first.
     batches: Vec<BatchRecord>,
+    /// The offload lanes of the active batches with a deadline, by batch id.
+    lanes: BTreeMap<String, LaneView>,
 }
 
 impl QueueView {
@@ -142,19 +149,35 @@ async fn read(app: &App, args: &StatusArgs) -> anyhow::Result<Snapshot> {
                     } else {
                         crate::batch_view::waiting_for(app).await
                     };
-                    Ok(Snapshot::Batch(Box::new(record), waits))
+                    let lane = crate::batch_view::lane(app, &record).await;
+                    Ok(Snapshot::Batch(Box::new(record), waits, lane))
                 }
                 None => Err(UsageError(format!(
                     "batch {id} was not found; `batchyard status` lists recent batches"
                 ))
                 .into()),
             },
-            None => Ok(Snapshot::Queue(QueueView {
-                name: app.queue.name().to_string(),
-                depth: app.queue.depth().await?,
-                lost: app.queue.lost().await?,
-                batches: app.ledger.list(SCAN).await?,
-            })),
+            None => {
+                let batches = app.ledger.list(SCAN).await?;
+                // At once: each read waits at most its own timeout for a store that hangs.
+                let active = batches.iter().filter(|r| !r.state.is_terminal());
+                let lanes = futures::future::join_all(active.map(|r| async {
+                    crate::batch_view::lane(app, r)
+                        .await
+                        .map(|lane| (r.id.clone(), lane))
+                }))
+                .await
+                .into_iter()
+                .flatten()
+                .collect();
+                Ok(Snapshot::Queue(QueueView {
+                    name: app.queue.name().to_string(),
+                    depth: app.queue.depth().await?,
+                    lost: app.queue.lost().await?,
+                    batches,
+                    lanes,
+                }))
+            }
         }
     };
     tokio::time::timeout(READ_TIMEOUT, reading)
@@ -171,13 +194,17 @@ impl Snapshot {
     /// The whole view, ending with a newline.
     fn render(&self, app: &App, json: bool) -> String {
         match (self, json) {
-            (Self::Batch(record, waits), true) => {
+            (Self::Batch(record, waits, lane), true) => {
                 let mut view = batch_json(record, &app.store);
                 view["waiting_for"] = json!(waits);
+                view["offload"] = json!(lane);
                 format!("{}\n", crate::batch_view::json_line(&view))
             }
-            (Self::Batch(record, waits), false) => {
+            (Self::Batch(record, waits, lane), false) => {
                 let mut text = batch_text(record, &batch_json(record, &app.store));
+                for line in lane.iter().flat_map(crate::batch_view::lane_lines) {
+                    let _ = writeln!(text, "{line}");
+                }
                 for w in waits {
                     let _ = writeln!(text, "waiting    {w}");
                 }
@@ -236,7 +263,13 @@ fn queue_json(q: &QueueView, app: &App) -> Value {
         .batches
         .iter()
         .filter(|r| !r.state.is_terminal())
-        .map(|r| batch_json(r, &app.store))
+        .map(|r| {
+            let mut view = batch_json(r, &app.store);
+            if let Some(lane) = q.lanes.get(&r.id) {
+                view["offload"] = json!(lane);
+            }
+            view
+        })
         .collect();
     let recent: Vec<Value> = q
         .batches
@@ -286,6 +319,14 @@ fn queue_text(q: &QueueView) -> String {
     } else {
         let _ = writeln!(s, "ACTIVE BATCHES");
         batch_table(&mut s, &active);
+        for (id, lane) in &q.lanes {
+            let _ = writeln!(
+                s,
+                "{id}: deadline {}, {}",
+                lane.left_text(),
+                lane.lanes_text()
+            );
+        }
     }
     let finished: Vec<&BatchRecord> = finished.into_iter().take(RECENT_FINISHED).collect();
     if !finished.is_empty() {

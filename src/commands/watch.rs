@@ -4,7 +4,9 @@
 //! progress bar on stderr: done/total, the rate measured over the last [`RATE_WINDOW`] of
 //! polls, the ETA that rate gives, and the spend (of the budget, when the batch has one).
 //! When stderr is not a terminal it prints one plain progress line every [`PLAIN_EVERY`] (and
-//! whenever the state changes) instead.
+//! whenever the state changes) instead. A batch with a deadline also shows its offload lane
+//! (items real-time, offloaded, waiting for the next wave; the time left), read every
+//! [`LANE_EVERY`]: on the bar, or as a second plain line `batch ID deadline …`.
 //!
 //! Exit codes: 0 when the batch completed; 1 when it failed, expired or was cancelled (the
 //! reason goes to stderr), or when the ledger could not be read for [`GIVE_UP_AFTER`]; 2 for
@@ -27,6 +29,8 @@ use crate::error::UsageError;
 
 /// How often `watch` looks at what queued items may be waiting for.
 const WAITS_EVERY: Duration = Duration::from_secs(10);
+/// How often `watch` reads the offload lane of a batch with a deadline.
+const LANE_EVERY: Duration = Duration::from_secs(2);
 /// One ledger read may take this long before it counts as failed.
 const POLL_TIMEOUT: Duration = Duration::from_secs(10);
 /// Without one successful read for this long, watching gives up.
@@ -65,8 +69,15 @@ pub async fn watch(
     let mut interrupted = false;
     let mut waits: Vec<String> = Vec::new();
     let mut waits_read: Option<Instant> = None;
+    let mut lane_read: Option<Instant> = None;
     while !record.state.is_terminal() {
         rate.sample(record.settled());
+        if record.deadline_at.is_some() && lane_read.is_none_or(|t| t.elapsed() >= LANE_EVERY) {
+            lane_read = Some(Instant::now());
+            display.lane = crate::batch_view::lane(&app, &record)
+                .await
+                .map(|l| format!("deadline {}: {}", l.left_text(), l.lanes_text()));
+        }
         display.show(&record, &rate);
         // Say what queued items wait for (a paused or cooling model) when it changes.
         if waits_read.is_none_or(|t| t.elapsed() >= WAITS_EVERY) {
@@ -195,6 +206,8 @@ struct Display {
     bar: Option<ProgressBar>,
     last_line: Option<Instant>,
     last_state: Option<BatchState>,
+    /// The offload lane of a batch with a deadline: its counts and the time left.
+    lane: Option<String>,
 }
 
 impl Display {
@@ -213,6 +226,7 @@ impl Display {
             bar,
             last_line: None,
             last_state: None,
+            lane: None,
         }
     }
 
@@ -240,7 +254,12 @@ impl Display {
                 0 => String::new(),
                 n => format!("{n} failed, "),
             };
-            bar.set_message(format!("{failed}{speed}, eta {eta}, {spend}{state}"));
+            let lane = self
+                .lane
+                .as_ref()
+                .map(|l| format!(" | {l}"))
+                .unwrap_or_default();
+            bar.set_message(format!("{failed}{speed}, eta {eta}, {spend}{state}{lane}"));
             return;
         }
         let due = self
@@ -255,6 +274,9 @@ impl Display {
                 record.counts.total,
                 record.counts.failed
             );
+            if let Some(lane) = &self.lane {
+                eprintln!("batch {} {lane}", record.id);
+            }
             self.last_line = Some(Instant::now());
             self.last_state = Some(record.state);
         }

@@ -1,4 +1,5 @@
-//! Helpers for tests/api.rs: a `batchyard serve` process and curl calls against it.
+//! Helpers for tests/api.rs: a `batchyard serve` process and curl calls against it, and the
+//! dashboard driven in headless chromium (tests/dashboard_check.py).
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -169,4 +170,57 @@ pub fn input(dir: &Path, name: &str, n: usize) -> std::path::PathBuf {
         .map(|i| request_line(&format!("{name}-{i}"), &format!("say {i}")) + "\n")
         .collect();
     write_file(dir, &format!("{name}.jsonl"), body.as_bytes())
+}
+
+/// Runs tests/dashboard_check.py in headless `chromium` against `s`, with `env` (the
+/// `BATCHYARD_DASH_*` that say what to check), and keeps its screenshot as `target/NAME`.
+/// False when `test` skips (websocket-client missing outside CI).
+pub fn dashboard_check(
+    test: &str,
+    chromium: &Path,
+    cluster: &Cluster,
+    s: &Server,
+    env: &[(&str, &str)],
+    name: &str,
+) -> bool {
+    let shot = cluster.dir.path().join(name);
+    let out = Command::new("python3")
+        .arg(crate::support::repo_root().join("tests/dashboard_check.py"))
+        .env("BATCHYARD_DASH_URL", format!("{}/", s.base))
+        .env("BATCHYARD_DASH_TOKEN", TOKEN)
+        .envs(env.iter().copied())
+        .env("BATCHYARD_DASH_SHOT", &shot)
+        .env("BATCHYARD_CHROMIUM", chromium)
+        .env("BATCHYARD_DASH_TMP", cluster.dir.path())
+        .stdin(Stdio::null())
+        .output()
+        .expect("python3 should run");
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    if out.status.code() == Some(77) {
+        batchyard_testkit::skip_or_fail(test, stdout.trim());
+        return false;
+    }
+    // Keep the picture where a human can find it, pass or fail.
+    if shot.exists() {
+        let target = std::path::PathBuf::from(env!("CARGO_BIN_EXE_batchyard"))
+            .parent()
+            .and_then(|p| p.parent())
+            .map(|p| p.join(name))
+            .unwrap();
+        std::fs::copy(&shot, &target).unwrap();
+        eprintln!("screenshot: {}", target.display());
+    }
+    assert!(
+        out.status.success(),
+        "dashboard_check.py failed ({:?})\nstdout:\n{stdout}\nstderr:\n{stderr}\nserve log:\n{}",
+        out.status.code(),
+        serve_log(cluster)
+    );
+    eprintln!("{stderr}");
+    let png = std::fs::read(&shot).unwrap();
+    assert!(
+        png.starts_with(b"\x89PNG\r\n\x1a\n") && png.len() > 10_000,
+        "not a real screenshot"
+    );
+    true
 }

@@ -254,6 +254,27 @@ max_output_tokens = 300
             .collect()
     }
 
+    /// The address a worker of this cluster logged (`metrics on http://ADDR/metrics`, from
+    /// `--metrics-addr`); waits at most 20 s.
+    pub fn worker_metrics_url(&self) -> String {
+        for _ in 0..200 {
+            for entry in std::fs::read_dir(self.dir.path()).unwrap() {
+                let path = entry.unwrap().path();
+                let name = path.file_name().unwrap().to_string_lossy().into_owned();
+                if !name.starts_with("worker-") {
+                    continue;
+                }
+                let log = std::fs::read_to_string(&path).unwrap_or_default();
+                if let Some(at) = log.find("metrics on http://") {
+                    let rest = &log[at + "metrics on ".len()..];
+                    return rest.chars().take_while(|c| !c.is_whitespace()).collect();
+                }
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("no worker logged its metrics address");
+    }
+
     /// Polls until the batch is terminal; panics after `limit`.
     pub fn wait_terminal(&self, batch_id: &str, limit: Duration) -> Value {
         let start = Instant::now();

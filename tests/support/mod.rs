@@ -11,8 +11,8 @@
 //! - `invariants`: the exactly-once and accounting checks every chaos test ends with;
 //! - `proxy`: a loopback TCP proxy in front of the object store that can be switched off;
 //! - `scheduler`: a `batchyard scheduler` process;
-//! - here: the batchyard binary with a clean environment, signals, JSONL readers and request
-//!   lines.
+//! - here: the batchyard binary with a clean environment, signals, JSONL readers, request
+//!   lines, and where chromium is.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 pub mod api;
@@ -130,6 +130,18 @@ pub fn request_line(custom_id: &str, content: &str) -> String {
         "body": {"model": "auto", "messages": [{"role": "user", "content": content}]}
     })
     .to_string()
+}
+
+/// `BATCHYARD_CHROMIUM`, else `chromium` or `chromium-browser` on PATH (for
+/// tests/dashboard_check.py).
+pub fn chromium() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("BATCHYARD_CHROMIUM").filter(|p| !p.is_empty()) {
+        return Some(PathBuf::from(p)).filter(|p| p.is_file());
+    }
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .flat_map(|d| [d.join("chromium"), d.join("chromium-browser")])
+        .find(|p| p.is_file())
 }
 
 /// Every custom id appears exactly once in `output.jsonl` ∪ `errors.jsonl`; returns how many.

@@ -86,6 +86,14 @@ pub(super) async fn save_api(state: &ApiState, api: &ApiBatch) -> Result<(), Api
         .await?)
 }
 
+/// Deletes the API's record of a batch that was refused before anything was enqueued. A
+/// record left behind only shows as a batch that never started.
+pub(super) async fn forget_api(state: &ApiState, batch_id: &str) {
+    if let Err(e) = state.app.store.delete(&record_path(state, batch_id)).await {
+        tracing::warn!(batch_id, error = %e, "cannot delete a refused batch's API record");
+    }
+}
+
 /// The OpenAI batch object, merged from the ledger record and the API's own record.
 pub fn batch_object(id: &str, record: Option<&BatchRecord>, api: Option<&ApiBatch>) -> Value {
     let state = record.map_or(BatchState::Validating, |r| r.state);
@@ -183,12 +191,22 @@ pub fn add_usage(object: &mut Value, manifest: Option<&Value>) {
     }
 }
 
+/// What a batch's metadata asks of batchyard.
+#[derive(Debug, Default, PartialEq)]
+pub(super) struct MetaOptions {
+    pub task: Option<String>,
+    pub budget_usd: Option<f64>,
+    /// `batchyard_deadline`, or `batchyard_offload: "auto"` (the completion window's end):
+    /// the batch opts into the offload lane. Unix seconds.
+    pub deadline_at: Option<u64>,
+}
+
 pub(super) fn check_metadata(
     metadata: Option<&BTreeMap<String, String>>,
     state: &ApiState,
-) -> Result<(Option<String>, Option<f64>), ApiError> {
+) -> Result<MetaOptions, ApiError> {
     let Some(m) = metadata else {
-        return Ok((None, None));
+        return Ok(MetaOptions::default());
     };
     let bad = |msg: String| ApiError::invalid(msg).with_param("metadata");
     if m.len() > MAX_METADATA_KEYS {
@@ -226,7 +244,47 @@ pub(super) fn check_metadata(
             }
         },
     };
-    Ok((task, budget))
+    let window = state.completion_window.as_secs();
+    let deadline_at = deadline(m, batchyard_jobs::batch::now_secs(), window).map_err(bad)?;
+    Ok(MetaOptions {
+        task,
+        budget_usd: budget,
+        deadline_at,
+    })
+}
+
+/// The offload opt-in: `batchyard_deadline` (a span such as `12h`, or an RFC 3339 time) or
+/// `batchyard_offload: "auto"` (the end of the completion window). OpenAI's mandatory
+/// `completion_window` alone does not opt in. A deadline must fall within the window: items
+/// still queued when it ends are expired, whatever the deadline says.
+fn deadline(m: &BTreeMap<String, String>, now: u64, window: u64) -> Result<Option<u64>, String> {
+    let end = now.saturating_add(window);
+    let offload = match m.get("batchyard_offload").map(|v| v.trim()) {
+        None | Some("off") => false,
+        Some("auto") => true,
+        Some(other) => {
+            return Err(format!(
+                "metadata.batchyard_offload must be \"auto\" (use the providers' batch APIs until the completion window ends) or \"off\", not {other:?}"
+            ));
+        }
+    };
+    let Some(text) = m.get("batchyard_deadline") else {
+        return Ok(offload.then_some(end));
+    };
+    let at = crate::deadline::parse(text)
+        .map_err(|e| format!("metadata.batchyard_deadline: {e}"))?
+        .unix(now);
+    if at <= now {
+        return Err(format!(
+            "metadata.batchyard_deadline {text:?} has passed; give a time in the future"
+        ));
+    }
+    if at > end {
+        return Err(format!(
+            "metadata.batchyard_deadline {text:?} is after the completion window ends ({window} s from now); give a deadline within it"
+        ));
+    }
+    Ok(Some(at))
 }
 
 #[cfg(test)]
@@ -284,6 +342,51 @@ mod tests {
         assert_eq!(old["expires_at"], 100 + WINDOW_SECS);
         let validating = batch_object("batch_1", None, None);
         assert_eq!(validating["status"], "validating");
+    }
+
+    #[test]
+    fn metadata_opts_into_the_lane_only_when_asked() {
+        let meta = |pairs: &[(&str, &str)]| -> BTreeMap<String, String> {
+            pairs
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect()
+        };
+        let day = 86_400;
+        assert_eq!(deadline(&meta(&[]), 1_000, day), Ok(None));
+        assert_eq!(
+            deadline(&meta(&[("batchyard_offload", "off")]), 1_000, day),
+            Ok(None)
+        );
+        assert_eq!(
+            deadline(&meta(&[("batchyard_offload", "auto")]), 1_000, day),
+            Ok(Some(1_000 + day))
+        );
+        assert_eq!(
+            deadline(&meta(&[("batchyard_deadline", "2h")]), 1_000, day),
+            Ok(Some(8_200))
+        );
+        assert_eq!(
+            deadline(
+                &meta(&[("batchyard_deadline", "1970-01-01T01:00:00Z")]),
+                1_000,
+                day
+            ),
+            Ok(Some(3_600))
+        );
+        for (pairs, says) in [
+            (&[("batchyard_offload", "yes")][..], "batchyard_offload"),
+            (&[("batchyard_deadline", "soon")][..], "24h"),
+            (
+                &[("batchyard_deadline", "1970-01-01T00:00:01Z")][..],
+                "passed",
+            ),
+            (&[("batchyard_deadline", "2d")][..], "completion window"),
+        ] {
+            let e = deadline(&meta(pairs), 1_000, day).unwrap_err();
+            assert!(e.contains(says), "{pairs:?}: {e}");
+            assert!(e.contains("metadata.batchyard_"), "{e}");
+        }
     }
 
     #[test]

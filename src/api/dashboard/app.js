@@ -55,7 +55,7 @@
     if (s < 60) return Math.round(s) + " s";
     if (s < 3600) return Math.floor(s / 60) + " min " + Math.round(s % 60) + " s";
     const hrs = Math.floor(s / 3600);
-    return hrs + " h " + Math.round((s % 3600) / 60) + " min";
+    return hrs + " h " + Math.floor((s % 3600) / 60) + " min";
   }
 
   // Unix seconds, unix milliseconds or an RFC 3339 string, as milliseconds.
@@ -362,7 +362,8 @@
     tbody.replaceChildren(...rows.map((b) => {
       const tr = h("tr", { "data-batch": b.id, class: b.id === selected ? "selected" : null },
         h("td", { class: "mono" }, b.id ?? "—"),
-        h("td", {}, h("span", { class: "badge " + statusClass(b.status) }, String(b.status ?? "unknown").replace(/_/g, " "))),
+        h("td", {}, h("span", { class: "badge " + statusClass(b.status) }, String(b.status ?? "unknown").replace(/_/g, " ")),
+          num(b.deadline_at) !== null ? h("span", { class: "reason" }, "deadline in " + duration(b.deadline_at - Date.now() / 1000)) : null),
         h("td", {}, b.task ?? "—"),
         h("td", {}, progressBar(b)),
         h("td", { class: "num" }, num(b.rate_per_sec) === null ? "—" : b.rate_per_sec.toFixed(1) + "/s"),
@@ -402,6 +403,7 @@
     const why = b.reason || (b.waiting_for || []).map((w) => "waiting: " + w).join("\n");
     $("#detail-reason").textContent = why;
     $("#detail-reason").hidden = !why;
+    if (window.batchyard.renderLane) window.batchyard.renderLane(b.offload);
 
     const dead = pairs(b.dead_letters_by_code);
     $("#dead-table tbody").replaceChildren(...dead.map(([code, n]) => {

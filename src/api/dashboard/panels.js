@@ -1,9 +1,9 @@
-// batchyard dashboard panels that build on app.js (window.batchyard): models and scheduled
-// pipelines. Same rule as app.js: API strings go through textContent/setAttribute only.
+// batchyard dashboard panels that build on app.js (window.batchyard): models, scheduled
+// pipelines, and the offload lane of the selected batch. Same rule as app.js: API strings go through textContent/setAttribute only.
 "use strict";
 
 (function () {
-  const { $, h, int, usd, duration, clock, toMs, api, post, panelError, panels } = window.batchyard;
+  const { $, h, num, int, usd, duration, clock, toMs, api, post, panelError, panels } = window.batchyard;
 
   // ---- models --------------------------------------------------------------------------
 
@@ -89,4 +89,37 @@
   }
 
   panels.push({ panel: "#pipelines-panel", load: () => api("/api/pipelines"), render: renderPipelines });
+
+  // ---- the offload lane of the selected batch (app.js calls this with `offload`) ----------
+
+  function phaseClass(pb) {
+    if (pb.phase === "done") return String(pb.ended ?? "").startsWith("completed") ? "ok" : "warn";
+    if (pb.phase === "cancelling") return "warn";
+    return "run";
+  }
+
+  function renderLane(lane) {
+    $("#lane").hidden = !lane;
+    if (!lane) return;
+    const left = num(lane.seconds_left) === 0 ? "passed" : duration(lane.seconds_left) + " left";
+    const switched = lane.realtime_at != null ? " · switched to real-time at " + clock(lane.realtime_at) : "";
+    $("#lane-deadline").textContent = "deadline " + clock(lane.deadline_at) + " (" + left + ")" + switched +
+      (lane.unknown ? " · counts unknown: " + lane.unknown : "");
+    const l = lane.lanes;
+    $("#lane-table tbody").replaceChildren(h("tr", {},
+      ...["realtime", "offloaded", "waiting", "done"].map((k) =>
+        h("td", { class: "num", "data-lane": k }, l ? int(l[k]) : "unknown"))));
+    const pbs = Array.isArray(lane.provider_batches) ? lane.provider_batches : [];
+    $("#provider-batches-table tbody").replaceChildren(...pbs.map((pb) => h("tr", { "data-provider-batch": pb.provider_id ?? "" },
+      h("td", {}, h("span", { class: "mono" }, pb.provider_id ?? "(no id yet)"), h("span", { class: "reason" }, pb.key ?? "")),
+      h("td", { class: "mono" }, pb.model ?? "—"),
+      h("td", {}, h("span", { class: "badge " + phaseClass(pb) }, String(pb.phase ?? "—") + (pb.ended ? ": " + pb.ended : "")),
+        pb.given_back ? h("span", { class: "reason" }, "given back to real-time") : null),
+      h("td", { class: "num" }, int(pb.items)),
+      h("td", { class: "num" }, duration(pb.age_secs)))));
+    $("#provider-batches-table").hidden = pbs.length === 0;
+    $("#provider-batches-empty").hidden = pbs.length !== 0;
+  }
+
+  window.batchyard.renderLane = renderLane;
 })();

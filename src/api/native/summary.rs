@@ -33,7 +33,7 @@ fn rate_and_eta(r: &BatchRecord, now: u64) -> (Option<f64>, Option<u64>) {
 }
 
 /// `{id, status, task, request_counts, progress, rate_per_sec, eta_secs, cost_usd, budget_usd,
-/// created_at, completed_at, expires_at}`. `completed_at` is when the batch ended, in any
+/// created_at, completed_at, expires_at, deadline_at, realtime_at}`. `completed_at` is when the batch ended, in any
 /// terminal state.
 pub fn summary(r: &BatchRecord, now: u64) -> Value {
     let total = r.counts.total;
@@ -61,6 +61,9 @@ pub fn summary(r: &BatchRecord, now: u64) -> Value {
         "created_at": r.created_at,
         "completed_at": r.state.is_terminal().then_some(r.completed_at).flatten(),
         "expires_at": r.expires_at,
+        // The offload lane: `/api/batches/{id}` has the rest.
+        "deadline_at": r.deadline_at,
+        "realtime_at": r.realtime_at,
     })
 }
 

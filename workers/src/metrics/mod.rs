@@ -25,6 +25,8 @@
 //!
 //! - [`overhead`]: the per-job overhead histogram: wall time minus provider calls, batch
 //!   finalization and deliberate waits.
+//! - [`offload`]: the offload lane's gauges (items by lane, provider batches by state) and
+//!   its counter of provider batches sent.
 //! - [`throughput`]: the real-time throughput measured on recent items (in process, or
 //!   shared through Redis at each offload tick), which the offload lane's deadline uses.
 //! - `tests`: the unit tests of the recording calls and the ETA sampler.
@@ -87,6 +89,7 @@ pub const UNSETTLED_JOBS: &str = "batchyard_worker_unsettled_jobs";
 /// A delivery's handling minus provider calls and deliberate waits (see [`overhead`]).
 pub use overhead::{JOB_OVERHEAD, OVERHEAD_BUCKETS};
 
+pub mod offload;
 pub mod overhead;
 pub mod throughput;
 
@@ -196,6 +199,7 @@ pub fn describe() {
         Unit::Seconds,
         "A delivery's handling time minus provider calls, deliberate waits and batch finalization"
     );
+    offload::describe();
 }
 
 /// Sets [`UNSETTLED_JOBS`].

@@ -18,6 +18,8 @@
 //! - `ingest`: one ended provider batch's results back into the queue.
 //! - `money`: cutting a group by the provider's limits and the model's enqueued-token quota,
 //!   and what a budget holds for a provider batch whose items went real-time.
+//! - [`view`]: what a user sees of one batch's lane (items per lane, provider batches, time
+//!   left), read-only, for `status`, `watch`, the API, the dashboard and `/metrics`.
 //! - [`rate`]: how long the rest of a batch would take real-time (declared limits, the
 //!   measured throughput, or the configured rate), which the switch is judged on.
 //! - `recover`: a provider batch whose id was never recorded, found again (or known unsent).
@@ -30,11 +32,13 @@ pub mod rate;
 mod recover;
 pub mod state;
 mod tick;
+pub mod view;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
+use batchyard_jobs::batch::{BatchRecord, now_secs};
 use batchyard_jobs::ledger::Ledger;
 use batchyard_jobs::queue::Queue;
 use batchyard_jobs::storage::ResultStore;
@@ -195,6 +199,7 @@ impl Coordinator {
                 return;
             }
         };
+        let mut totals = crate::metrics::offload::LaneTotals::default();
         for record in batches {
             // An ended batch is still ticked while provider batches it sent are open: their
             // answers are paid for, so they are cancelled, polled and counted to the end.
@@ -207,11 +212,34 @@ impl Coordinator {
                 Ok(true) => {
                     let span = tracing::info_span!("offload", batch_id = %record.id);
                     tracing::Instrument::instrument(self.tick(&record), span).await;
+                    self.count(&record, &mut totals).await;
                 }
                 Ok(false) => {}
                 Err(e) => {
                     tracing::warn!(batch_id = %record.id, error = %e, "offload: cannot take the lease")
                 }
+            }
+        }
+        crate::metrics::offload::lanes(totals);
+    }
+
+    /// Adds a batch this process leads to the lane metrics, read as `status` reads it.
+    async fn count(&self, record: &BatchRecord, totals: &mut crate::metrics::offload::LaneTotals) {
+        let Some(view) = view::lane_view(&self.store, &*self.queue, record, now_secs()).await
+        else {
+            return;
+        };
+        if let Some(l) = view.lanes {
+            totals.realtime += l.realtime;
+            totals.offloaded += l.offloaded;
+            totals.waiting += l.waiting;
+        }
+        for pb in &view.provider_batches {
+            match pb.phase {
+                "creating" => totals.creating += 1,
+                "running" => totals.running += 1,
+                "cancelling" => totals.cancelling += 1,
+                _ => {}
             }
         }
     }

@@ -394,6 +394,7 @@ impl Coordinator {
         match sent {
             Ok(id) => {
                 tracing::info!(key, remote_id = %id, items = items.len(), model, "offload: provider batch sent");
+                crate::metrics::offload::provider_batch_created(model);
                 if let Some(pb) = lane.provider_batches.last_mut() {
                     pb.remote_id = Some(id);
                     pb.phase = Phase::Running;
