@@ -26,6 +26,7 @@ impl Coordinator {
         api: &BatchApi<'_>,
         remote_id: &str,
     ) -> Result<(), ProviderError> {
+        let ended = record.state.is_terminal();
         let mut lines = api.results(remote_id).await?;
         let mut answered = HashSet::new();
         let mut unused_nanos = 0i64;
@@ -52,7 +53,9 @@ impl Coordinator {
                 .await
                 .map_err(store_error)?;
             match parked {
-                Some(mut job) if job.offloaded_to.last() == Some(&pb.model) => {
+                // An ended batch (cancelled, expired) runs nothing more: its paid answers are
+                // counted below instead of going to items that would only end unrun.
+                Some(mut job) if !ended && job.offloaded_to.last() == Some(&pb.model) => {
                     job.prefetched = Some(Box::new(pre));
                     self.queue.release(&job).await.map_err(store_error)?;
                     answered.insert(job_id);
@@ -66,14 +69,15 @@ impl Coordinator {
                         ));
                     }
                 }
-                // Real-time took the item over: a paid answer nobody uses still counts.
-                _ if pb.given_back => unused_nanos += self.cost_nanos(&pb.model, &pre),
+                // Real-time took the item over, or the batch ended: a paid answer nobody
+                // uses still counts.
+                _ if pb.given_back || ended => unused_nanos += self.cost_nanos(&pb.model, &pre),
                 // Released by an earlier ingest of this batch (cut off midway): already there.
                 _ => {}
             }
         }
         tracing::info!(key = %pb.key, remote_id, answered = answered.len(), unused_usd = batchyard_jobs::batch::nanos_to_usd(unused_nanos), given_back = pb.given_back, "offload: provider batch ingested");
-        if pb.given_back {
+        if pb.given_back || ended {
             // Also releases what a budget held for these answers (nothing without one).
             self.ledger
                 .commit(&record.id, &super::money::offload_tag(pb), unused_nanos)

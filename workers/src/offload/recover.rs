@@ -39,7 +39,8 @@ impl Coordinator {
         let pb = lane.provider_batches[index].clone();
         let mut candidates = pb.candidates.clone();
         if candidates.is_empty() {
-            match api.find(&pb.key, pb.created_at, pb.items).await {
+            let tag = state::remote_tag(&record.id, &pb.key);
+            match api.find(&tag, pb.created_at, pb.items).await {
                 Ok(Found::Sure(id)) => {
                     let id = adopt(lane, index, id);
                     // Its items went real-time meanwhile: what it still answers is unused.

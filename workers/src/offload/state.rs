@@ -59,6 +59,22 @@ pub struct ProviderBatch {
     pub candidates: Vec<String>,
 }
 
+/// The tag a provider batch carries at the provider (OpenAI's metadata, Gemini's display name,
+/// Bedrock's job name), by which a worker taking over finds one whose id was never recorded:
+/// its key and the batch id's random tail, so two batches sending to one model at once never
+/// take each other's.
+pub fn remote_tag(batch_id: &str, key: &str) -> String {
+    let tail: String = batch_id
+        .chars()
+        .rev()
+        .take(10)
+        .collect::<Vec<_>>()
+        .into_iter()
+        .rev()
+        .collect();
+    format!("{tail}-{key}")
+}
+
 /// The lane's state of one batch.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct LaneState {
@@ -127,5 +143,20 @@ pub async fn load_jobs(
             .collect()),
         Err(StoreError::NotFound { .. }) => Ok(Vec::new()),
         Err(e) => Err(e),
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn two_batches_waves_on_one_model_carry_different_tags() {
+        let a = remote_tag("batch_01m935s3ae1317n44dtfqk9nyx", "w1-small-0");
+        let b = remote_tag("batch_01m935s3ae1317n44dtfqk9nyz", "w1-small-0");
+        assert_eq!(a, "4dtfqk9nyx-w1-small-0");
+        assert_ne!(a, b);
+        assert!(a.ends_with("-w1-small-0"));
     }
 }

@@ -387,7 +387,9 @@ impl Coordinator {
         }
         let items = batch.items;
         self.options.crash_point(CrashPoint::BeforeCreate);
-        let sent = api.submit(&key, items).await;
+        let sent = api
+            .submit(&state::remote_tag(&record.id, &key), items)
+            .await;
         if sent.is_ok() {
             self.options.crash_point(CrashPoint::AfterCreate);
         }
