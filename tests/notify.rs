@@ -153,6 +153,57 @@ fn an_ended_batch_is_announced_signed_and_retried_until_the_receiver_takes_it() 
 }
 
 #[test]
+fn a_batch_created_through_the_api_names_its_webhook_in_metadata() {
+    use support::api::{Server, create_batch, input, upload, wait_batch};
+    let test = "a_batch_created_through_the_api_names_its_webhook_in_metadata";
+    let Some(cluster) = Cluster::start_opts(
+        "notify_api",
+        &[],
+        Options {
+            extra_toml: "[notify]\npoll_interval_secs = 1\n".into(),
+            ..Options::default()
+        },
+    ) else {
+        return;
+    };
+    let Some(receiver) = Receiver::start(test, cluster.dir.path(), 0) else {
+        return;
+    };
+    let server = Server::start(&cluster);
+    let mut worker = cluster
+        .cmd()
+        .arg("worker")
+        .env("BATCHYARD_WEBHOOK_SECRET", SECRET)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let file = upload(&server, &input(cluster.dir.path(), "api", 3));
+    let (status, body) = create_batch(
+        &server,
+        file["id"].as_str().unwrap(),
+        r#"{"batchyard_notify":"ftp://nowhere"}"#,
+    );
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("batchyard_notify"), "{body}");
+    let metadata = format!(r#"{{"batchyard_notify":"{}"}}"#, receiver.url);
+    let (status, body) = create_batch(&server, file["id"].as_str().unwrap(), &metadata);
+    assert_eq!(status, 200, "{body}");
+    let id = serde_json::from_str::<Value>(&body).unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let done = wait_batch(&server, &id, Duration::from_secs(60));
+    assert_eq!(done["status"], "completed", "{done}");
+    let got = receiver.wait_taken(Duration::from_secs(30));
+    let _ = worker.kill();
+    let _ = worker.wait();
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!(got[0]["verified"], true);
+    assert_eq!(got[0]["event"]["data"]["id"], id.as_str());
+}
+
+#[test]
 fn run_announces_its_batch_before_it_exits() {
     let test = "run_announces_its_batch_before_it_exits";
     let dir = tempfile::tempdir().unwrap();

@@ -100,7 +100,7 @@ pub async fn create(
         resume: None,
         follow_symlinks: false,
         deadline_at: meta.deadline_at,
-        notify_url: None,
+        notify_url: meta.notify_url,
     };
     // A task of its own: a client that hangs up must not stop a submission half-way.
     let app = std::sync::Arc::clone(&state.app);

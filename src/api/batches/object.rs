@@ -199,6 +199,8 @@ pub(super) struct MetaOptions {
     /// `batchyard_deadline`, or `batchyard_offload: "auto"` (the completion window's end):
     /// the batch opts into the offload lane. Unix seconds.
     pub deadline_at: Option<u64>,
+    /// `batchyard_notify`: the webhook announcing the batch's end.
+    pub notify_url: Option<String>,
 }
 
 pub(super) fn check_metadata(
@@ -246,10 +248,16 @@ pub(super) fn check_metadata(
     };
     let window = state.completion_window.as_secs();
     let deadline_at = deadline(m, batchyard_jobs::batch::now_secs(), window).map_err(bad)?;
+    let notify_url = m.get("batchyard_notify").map(|u| u.trim().to_owned());
+    if let Some(url) = &notify_url {
+        crate::config::notify::check_url(url)
+            .map_err(|why| bad(format!("metadata.batchyard_notify {why}")))?;
+    }
     Ok(MetaOptions {
         task,
         budget_usd: budget,
         deadline_at,
+        notify_url,
     })
 }
 
