@@ -1,6 +1,7 @@
 //! The offload lane's parking, on both queues: a parked job leaves the stream at once (its
 //! delivery acked), is invisible to `claim`, is listed by `parked`, and comes back exactly
-//! once on `release`, carrying what the release gave it.
+//! once on `release`, carrying what the release gave it; a finalized batch's parked jobs are
+//! dropped.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod support;
@@ -100,6 +101,16 @@ async fn parks_and_releases_once(q: &dyn Queue) {
     assert_eq!(q.parked_count("b").await.unwrap(), 3);
     assert_eq!(q.parked_count("other").await.unwrap(), 0);
     assert!(q.parked("other", 0, 10).await.unwrap().0.is_empty());
+    // The batch ended with jobs still parked: finalizing it drops them, and none runs.
+    q.forget_batch("b").await.unwrap();
+    assert_eq!(q.parked_count("b").await.unwrap(), 0);
+    assert!(!q.release(&parked[1]).await.unwrap());
+    assert!(
+        q.claim("w", 10, Duration::from_millis(30))
+            .await
+            .unwrap()
+            .is_empty()
+    );
 }
 
 #[tokio::test]

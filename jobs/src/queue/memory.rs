@@ -171,7 +171,9 @@ impl MemoryQueue {
 
     /// Forgets a batch's enqueue high-water mark. Call after the batch is finalized.
     pub async fn forget_batch(&self, batch_id: &str) {
-        self.state.lock().await.high_water.remove(batch_id);
+        let mut state = self.state.lock().await;
+        state.high_water.remove(batch_id);
+        state.parked.remove(batch_id);
     }
 
     /// Moves at most `promote_chunk` due delayed jobs to pending; returns how many.

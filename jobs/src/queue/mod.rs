@@ -205,7 +205,7 @@ pub trait Queue: Send + Sync {
     /// The queue's name, for status and metrics.
     fn name(&self) -> &str;
 
-    /// Drops what the queue keeps per batch (the enqueue high-water mark) once the batch is
-    /// finalized, so Redis memory stays bounded.
+    /// Drops what the queue keeps per batch (the enqueue high-water mark, jobs still parked)
+    /// once the batch is finalized, so Redis memory stays bounded.
     async fn forget_batch(&self, batch_id: &str) -> Result<(), QueueError>;
 }

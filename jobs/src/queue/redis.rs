@@ -193,6 +193,13 @@ impl RedisQueue {
             .arg(batch_id)
             .query_async(&mut conn)
             .await?;
+        // Jobs still parked when their batch ended (cancelled, expired) never run: their
+        // lines are in the batch's files, and a provider batch's late answers are counted
+        // without them.
+        let _: i64 = redis::cmd("UNLINK")
+            .arg(keys::queue_parked(&self.opts.name, batch_id))
+            .query_async(&mut conn)
+            .await?;
         Ok(())
     }
 
