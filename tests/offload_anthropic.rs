@@ -286,3 +286,56 @@ fn a_look_alike_batch_is_told_apart_by_its_results_and_left_alone() {
 fn a_crash_after_a_gemini_create_finds_the_batch_by_its_tag() {
     killed_after_create("gemini", false);
 }
+
+#[test]
+fn an_item_the_batch_api_cannot_take_runs_real_time_and_its_wave_goes_on() {
+    let fake = FakeProvider::start(&["--batch-turnaround-ms", "300"]);
+    let dir = tempfile::tempdir().unwrap();
+    write_config(dir.path(), "anthropic", &fake.url);
+    let line = |id: &str, messages: Value| {
+        json!({"custom_id": id, "method": "POST", "url": "/v1/chat/completions",
+            "body": {"model": "small", "messages": messages}})
+        .to_string()
+            + "\n"
+    };
+    let mut input: String = (0..3)
+        .map(|i| {
+            line(
+                &format!("ok-{i}"),
+                json!([{"role": "user", "content": "easy"}]),
+            )
+        })
+        .collect();
+    // A tool result without its call id: no Anthropic request can be written for it.
+    input.push_str(&line(
+        "bad",
+        json!([{"role": "user", "content": "easy"}, {"role": "tool", "content": "x"}]),
+    ));
+    let path = write_file(dir.path(), "items.jsonl", input.as_bytes());
+    let out = run(batchyard(dir.path())
+        .args(["--config", "batchyard.toml", "run", path.to_str().unwrap()])
+        .args(["--deadline", "1h", "--json"]));
+    let stderr = text(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let batch = last_json(&out);
+    let id = batch["id"].as_str().unwrap();
+    let lines = read_jsonl(&dir.path().join(format!("store/batches/{id}/output.jsonl")));
+    let errors = read_jsonl(&dir.path().join(format!("store/batches/{id}/errors.jsonl")));
+    assert_eq!(lines.len(), 3, "{lines:?}\n{stderr}");
+    for l in &lines {
+        let steps = l["batchyard"]["cascade"].as_array().unwrap();
+        assert!(steps[0]["provider_batch"].is_string(), "{l}");
+    }
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert_eq!(errors[0]["custom_id"], "bad");
+    assert_eq!(
+        errors[0]["error"]["code"], "invalid_request",
+        "{}",
+        errors[0]
+    );
+    assert!(stderr.contains("can't take runs real-time"), "{stderr}");
+    // One Message Batch for the three, none refused.
+    let stats = fake.stats();
+    assert_eq!(stats["batches"]["anthropic"]["created"], 1, "{stats}");
+    assert_eq!(stats["batches"]["anthropic"]["refused"], 0, "{stats}");
+}

@@ -307,7 +307,7 @@ impl Coordinator {
             let Ok(room) = self.room(spec).await else {
                 continue;
             };
-            let items: Vec<BatchItem> = jobs.iter().map(|j| self.item(j, &model)).collect();
+            let (jobs, items) = self.checked(&api, jobs, &model).await;
             let weights = self.weigh(spec, &items);
             let chunks = split(&weights, self.options.max_items, api.max_file_bytes(), room);
             for (n, range) in chunks.into_iter().enumerate() {
@@ -437,6 +437,32 @@ impl Coordinator {
         if let Err(e) = state::save(&self.store, &record.id, lane).await {
             tracing::warn!(error = %e, "offload: cannot record a sent provider batch; the next tick finds it by its tag");
         }
+    }
+
+    /// The requests of `jobs` for `model`; a job whose request the API can't take runs
+    /// real-time now (where it meets its own error) instead of failing its wave.
+    async fn checked(
+        &self,
+        api: &BatchApi<'_>,
+        jobs: Vec<Job>,
+        model: &str,
+    ) -> (Vec<Job>, Vec<BatchItem>) {
+        let mut kept = Vec::with_capacity(jobs.len());
+        let mut items = Vec::with_capacity(jobs.len());
+        for job in jobs {
+            let item = self.item(&job, model);
+            match api.check(&item) {
+                Ok(()) => {
+                    kept.push(job);
+                    items.push(item);
+                }
+                Err(e) => {
+                    tracing::warn!(job_id = %job.job_id, error = %e, "offload: an item the batch API can't take runs real-time");
+                    self.release_realtime(job).await;
+                }
+            }
+        }
+        (kept, items)
     }
 
     /// The request one job sends: its body for `model`, with the task's output allowance.

@@ -128,6 +128,17 @@ impl<'a> BatchApi<'a> {
         }
     }
 
+    /// Whether one item can go into this API's batches at all: one whose body the kind can't
+    /// map runs real-time instead (where it gets its own error), not failing its whole wave.
+    pub fn check(&self, item: &BatchItem) -> Result<(), ProviderError> {
+        match self {
+            Self::Anthropic(_) => super::AnthropicProvider::batch_check(item),
+            Self::Gemini(_) => super::GeminiProvider::batch_check(item),
+            // OpenAI takes the body as it is; Bedrock's family is checked at config time.
+            Self::OpenAi(_) | Self::Bedrock(_) => Ok(()),
+        }
+    }
+
     /// Sends `items` as one provider batch tagged `tag` (found again by [`Self::find`]);
     /// returns its id.
     pub async fn submit(&self, tag: &str, items: &[BatchItem]) -> Result<String, ProviderError> {

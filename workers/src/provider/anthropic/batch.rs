@@ -95,6 +95,20 @@ impl AnthropicProvider {
         self.batches_call(Method::GET, url, None).await
     }
 
+    /// Whether one item can go into a Message Batch (its custom_id and its mapped body).
+    pub(crate) fn batch_check(item: &BatchItem) -> Result<(), ProviderError> {
+        if !custom_id_ok(&item.custom_id) {
+            return Err(ProviderError::new(
+                ProviderErrorKind::InvalidRequest,
+                format!(
+                    "job id {:?} is not a valid Anthropic custom_id",
+                    item.custom_id
+                ),
+            ));
+        }
+        request::messages_body(item.call()).map(|_| ())
+    }
+
     pub(crate) async fn batch_submit(&self, items: &[BatchItem]) -> Result<String, ProviderError> {
         let mut body = b"{\"requests\":[".to_vec();
         for (i, item) in items.iter().enumerate() {

@@ -63,6 +63,11 @@ impl GeminiProvider {
         call_json(&self.endpoint, Method::GET, url, None, classify, API).await
     }
 
+    /// Whether one item's body maps to a `generateContent` request.
+    pub(crate) fn batch_check(item: &BatchItem) -> Result<(), ProviderError> {
+        request::generate_body(item.call()).map(|_| ())
+    }
+
     pub(crate) async fn batch_submit(
         &self,
         tag: &str,
