@@ -32,6 +32,10 @@ pub struct Options {
     pub cache: bool,
     /// `[queue] submit_lease_secs`: how soon a silent submit's batch is ended.
     pub submit_lease_secs: u64,
+    /// `[retry] max_attempts`: a call's attempts in place (the default unless set).
+    pub retry_attempts: Option<u32>,
+    /// `[health] retry_budget_min`: in-place retries always allowed per minute and model.
+    pub retry_budget_min: Option<u32>,
 }
 
 impl Default for Options {
@@ -48,6 +52,8 @@ impl Default for Options {
             small_extra: String::new(),
             cache: false,
             submit_lease_secs: 120,
+            retry_attempts: None,
+            retry_budget_min: None,
         }
     }
 }
@@ -131,10 +137,12 @@ enabled = {cache}
 [retry]
 base_ms = 20
 cap_ms = 200
+{retry_attempts}
 
 [health]
 failure_threshold = {threshold}
 cooldown_secs = {cooldown}
+{retry_budget}
 
 [providers.fake]
 kind = "{provider_kind}"
@@ -181,6 +189,12 @@ max_output_tokens = 300
                 small_extra = opts.small_extra,
                 cache = opts.cache,
                 submit_lease_secs = opts.submit_lease_secs,
+                retry_budget = opts
+                    .retry_budget_min
+                    .map_or(String::new(), |n| format!("retry_budget_min = {n}")),
+                retry_attempts = opts
+                    .retry_attempts
+                    .map_or(String::new(), |n| format!("max_attempts = {n}")),
             ),
         )
         .unwrap();
