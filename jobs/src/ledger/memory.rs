@@ -10,6 +10,10 @@ use super::{Enqueued, Ledger, Reopen, Reservation, Settlement, SubmitStep};
 use crate::batch::{BatchFailure, BatchRecord, BatchState, failure_codes, now_secs, usd_to_nanos};
 use crate::error::QueueError;
 
+mod accounts;
+
+use accounts::{Account, Notification};
+
 #[derive(Default)]
 struct Entry {
     record: Option<BatchRecord>,
@@ -46,23 +50,6 @@ impl Entry {
             record.reserved_nanos = 0;
         }
     }
-}
-
-/// Where one batch's end notification stands.
-#[derive(Default)]
-struct Notification {
-    ended_at: u64,
-    attempts: u32,
-    next_at: u64,
-    done: bool,
-}
-
-/// One model's enqueued-token account.
-#[derive(Default)]
-struct Account {
-    shares: HashMap<String, u64>,
-    held_until: u64,
-    learned_limit: u64,
 }
 
 #[derive(Default)]
@@ -309,20 +296,7 @@ impl Ledger for MemoryLedger {
         now: u64,
         hold: Duration,
     ) -> Result<Option<u32>, QueueError> {
-        let mut all = self.notifications.lock().await;
-        let n = all.entry(batch_id.to_owned()).or_default();
-        if n.ended_at != ended_at {
-            *n = Notification {
-                ended_at,
-                ..Notification::default()
-            };
-        }
-        if n.done || n.next_at > now {
-            return Ok(None);
-        }
-        n.attempts += 1;
-        n.next_at = now + hold.as_secs().max(1);
-        Ok(Some(n.attempts))
+        Ok(self.claim_notify(batch_id, ended_at, now, hold).await)
     }
 
     async fn settle_notification(
@@ -330,12 +304,7 @@ impl Ledger for MemoryLedger {
         batch_id: &str,
         retry_at: Option<u64>,
     ) -> Result<(), QueueError> {
-        let mut all = self.notifications.lock().await;
-        let n = all.entry(batch_id.to_owned()).or_default();
-        match retry_at {
-            Some(at) => n.next_at = at,
-            None => n.done = true,
-        }
+        self.settle_notify(batch_id, retry_at).await;
         Ok(())
     }
 
@@ -345,17 +314,7 @@ impl Ledger for MemoryLedger {
         member: &str,
         tokens: Option<u64>,
     ) -> Result<(), QueueError> {
-        let mut accounts = self.enqueued.lock().await;
-        let account = accounts.entry(model.to_owned()).or_default();
-        match tokens {
-            Some(n) => {
-                account.shares.insert(member.to_owned(), n);
-            }
-            None => {
-                account.shares.remove(member);
-                account.held_until = 0;
-            }
-        }
+        self.set_share(model, member, tokens).await;
         Ok(())
     }
 
@@ -365,25 +324,12 @@ impl Ledger for MemoryLedger {
         until_unix: u64,
         limit: Option<u64>,
     ) -> Result<(), QueueError> {
-        let mut accounts = self.enqueued.lock().await;
-        let account = accounts.entry(model.to_owned()).or_default();
-        match limit {
-            Some(n) => account.learned_limit = n,
-            None => account.held_until = until_unix,
-        }
+        self.hold_account(model, until_unix, limit).await;
         Ok(())
     }
 
     async fn enqueued(&self, model: &str) -> Result<Enqueued, QueueError> {
-        let accounts = self.enqueued.lock().await;
-        Ok(accounts
-            .get(model)
-            .map(|a| Enqueued {
-                tokens: a.shares.values().sum(),
-                held_until: a.held_until,
-                learned_limit: a.learned_limit,
-            })
-            .unwrap_or_default())
+        Ok(self.account(model).await)
     }
 
     async fn to_realtime(&self, batch_id: &str) -> Result<bool, QueueError> {

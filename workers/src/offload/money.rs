@@ -9,7 +9,7 @@ use batchyard_jobs::batch::{BatchRecord, now_secs, usd_to_nanos};
 use batchyard_jobs::ledger::Reservation;
 
 use super::Coordinator;
-use super::state::ProviderBatch;
+use super::state::{LaneState, Phase, ProviderBatch};
 use crate::catalog::ModelSpec;
 use crate::catalog::tokens::completions_per_call;
 use crate::provider::batch::BatchItem;
@@ -117,6 +117,16 @@ impl Coordinator {
             Err(e) => {
                 tracing::warn!(key = %pb.key, error = %e, "offload: cannot update the enqueued-token account");
                 false
+            }
+        }
+    }
+
+    /// Takes each ended provider batch's share out of its model's enqueued-token account.
+    pub(super) async fn release_shares(&self, record: &BatchRecord, lane: &mut LaneState) {
+        for index in 0..lane.provider_batches.len() {
+            let pb = &lane.provider_batches[index];
+            if pb.phase == Phase::Done && pb.shared && self.share(record, pb, None).await {
+                lane.provider_batches[index].shared = false;
             }
         }
     }

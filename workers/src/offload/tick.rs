@@ -107,16 +107,6 @@ impl Coordinator {
         }
     }
 
-    /// Takes each ended provider batch's share out of its model's enqueued-token account.
-    async fn release_shares(&self, record: &BatchRecord, lane: &mut LaneState) {
-        for index in 0..lane.provider_batches.len() {
-            let pb = &lane.provider_batches[index];
-            if pb.phase == Phase::Done && pb.shared && self.share(record, pb, None).await {
-                lane.provider_batches[index].shared = false;
-            }
-        }
-    }
-
     /// Whether what is left would not finish by the deadline (less the margin) unless it
     /// starts real-time now (see [`super::rate`] for how long real-time takes).
     async fn deadline_near(&self, record: &BatchRecord, lane: &LaneState) -> bool {
