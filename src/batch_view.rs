@@ -47,6 +47,8 @@ pub fn batch_json(record: &BatchRecord, store: &ResultStore) -> Value {
         "budget_exhausted": record.budget_exhausted_at.is_some(),
         "reserved_usd": nanos_to_usd(record.reserved_nanos),
         "task": record.task,
+        "tenant": record.tenant,
+        "priority": record.priority,
         "errors": errors,
         "submit": submit,
     })

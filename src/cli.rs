@@ -253,6 +253,14 @@ pub struct InputArgs {
     /// `[notify] url`, else none]
     #[arg(long, value_name = "URL", value_parser = parse_notify_url)]
     pub notify: Option<String>,
+    /// Strict priority: high, normal, low, or a number from -100 to 100 (high = 10, low =
+    /// -10); above the tenant's `max_priority` it is lowered to that [default: normal]
+    #[arg(long, value_name = "PRIORITY", value_parser = parse_priority)]
+    pub priority: Option<batchyard_jobs::priority::Priority>,
+    /// The tenant the batch belongs to (one of `[tenants.*]`): its weight sets the batch's
+    /// share of the workers [default: default]
+    #[arg(long, value_name = "NAME")]
+    pub tenant: Option<String>,
     /// Of a folder, read symbolic links whose targets stay inside it (default: skip links)
     #[arg(long)]
     pub follow_symlinks: bool,
@@ -323,6 +331,10 @@ pub struct ResultsArgs {
     /// Stream errors.jsonl instead of output.jsonl
     #[arg(long)]
     pub errors: bool,
+}
+
+fn parse_priority(text: &str) -> Result<batchyard_jobs::priority::Priority, String> {
+    text.parse()
 }
 
 fn parse_notify_url(text: &str) -> Result<String, String> {

@@ -19,7 +19,7 @@ mod stage;
 
 use std::collections::BTreeSet;
 
-use batchyard_jobs::batch::BatchState;
+use batchyard_jobs::batch::{BatchRecord, BatchState};
 use batchyard_jobs::input::{DuplicateCheck, InputError, InputSource};
 use batchyard_jobs::job::new_batch_id;
 use batchyard_jobs::staging::{self, Lease};
@@ -33,6 +33,7 @@ use self::stage::Sealed;
 pub use self::stage::SubmitInterrupted;
 
 use crate::app::App;
+use crate::config::tenants::Placement;
 use crate::error::{InvalidInput, UsageError};
 
 /// Lines per enqueue round trip.
@@ -71,9 +72,15 @@ pub async fn submit_with_id(
     submit_selected(app, req, batch_id, None).await
 }
 
-/// A task and a budget the request names, checked before the input is read.
-fn check_request(app: &App, req: &SubmitRequest) -> Result<(), UsageError> {
+/// A task, budget and tenant the request names, checked before the input is read: where
+/// the batch runs (its tenant and priority).
+fn check_request(app: &App, req: &SubmitRequest) -> Result<Placement, UsageError> {
     check_task(app, req)?;
+    let placement = app
+        .settings
+        .tenants
+        .place(req.tenant.as_deref(), req.priority)
+        .map_err(UsageError)?;
     if let Some(b) = req.budget_usd
         && !(b.is_finite() && b >= 0.0)
     {
@@ -81,7 +88,7 @@ fn check_request(app: &App, req: &SubmitRequest) -> Result<(), UsageError> {
             "--budget-usd must be 0 or more, not {b}"
         )));
     }
-    Ok(())
+    Ok(placement)
 }
 
 /// What pass 1 found: the items, the bad ones (the first [`MAX_LISTED`] of them listed), and
@@ -238,7 +245,7 @@ pub async fn submit_selected(
     batch_id: String,
     keep: Option<&BTreeSet<String>>,
 ) -> anyhow::Result<Submitted> {
-    check_request(app, req)?;
+    let placement = check_request(app, req)?;
     let source = InputSource::resolve(&req.input).map_err(|e| UsageError(e.to_string()))?;
     let mut builder = Builder {
         app,
@@ -272,6 +279,11 @@ pub async fn submit_selected(
         Some(_) => resume_record(app, &batch_id, &fingerprint, total, &lease).await?,
         None => {
             let record = new_record(app, req, &batch_id, total, &fingerprint, &lease);
+            let record = BatchRecord {
+                tenant: placement.tenant.clone(),
+                priority: placement.priority,
+                ..record
+            };
             app.ledger.create(&record).await?;
             record
         }
@@ -306,7 +318,11 @@ pub async fn submit_selected(
     let record = app.ledger.get(&batch_id).await?.unwrap_or(record);
     let invalid = bad_count;
     tracing::info!(batch_id = %batch_id, total, invalid, "batch submitted");
-    Ok(Submitted { record, invalid })
+    Ok(Submitted {
+        record,
+        invalid,
+        capped: placement.cap_notice(),
+    })
 }
 
 /// A deadline that even real-time could not meet is refused before anything is enqueued,

@@ -110,6 +110,20 @@ pub struct BatchRecord {
     /// Where the batch's end is announced (a signed webhook), if anywhere.
     #[serde(default)]
     pub notify_url: Option<String>,
+    /// Whose batch it is: fair share is by tenant weight. Records from before tenants read
+    /// as the `default` tenant's.
+    #[serde(default = "default_tenant")]
+    pub tenant: String,
+    /// Strict priority, before any fair share (already capped by the tenant's allowance).
+    #[serde(default)]
+    pub priority: crate::priority::Priority,
+}
+
+/// The tenant every batch without one belongs to.
+pub const DEFAULT_TENANT: &str = "default";
+
+fn default_tenant() -> String {
+    DEFAULT_TENANT.to_string()
 }
 
 /// A submission under way: the batch becomes visible to workers only once it is sealed.
@@ -179,6 +193,8 @@ impl BatchRecord {
             deadline_at: None,
             realtime_at: None,
             notify_url: None,
+            tenant: default_tenant(),
+            priority: crate::priority::Priority::NORMAL,
         }
     }
 

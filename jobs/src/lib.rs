@@ -5,6 +5,7 @@
 //! - [`job`]: [`job::Job`] and [`job::Route`], the unit that travels through the queue, and
 //!   the stable job id derived from batch id and custom id.
 //! - [`batch`]: the batch record, its OpenAI-style states and request counts.
+//! - [`priority`]: a batch's strict priority (`high`, `normal`, `low` or a number).
 //! - [`input`]: streaming readers for the input formats (OpenAI batch JSONL, document JSONL,
 //!   folders, object-store prefixes) with line-numbered validation errors.
 //! - [`queue`]: the [`queue::Queue`] trait, an in-process queue and the Redis Streams queue.
@@ -31,6 +32,7 @@ pub mod jsonl;
 pub mod keys;
 pub mod ledger;
 pub mod outcome;
+pub mod priority;
 pub mod queue;
 pub mod redis_conn;
 pub mod retry;

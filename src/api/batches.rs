@@ -101,6 +101,8 @@ pub async fn create(
         follow_symlinks: false,
         deadline_at: meta.deadline_at,
         notify_url: meta.notify_url,
+        tenant: None,
+        priority: None,
     };
     // A task of its own: a client that hangs up must not stop a submission half-way.
     let app = std::sync::Arc::clone(&state.app);

@@ -165,6 +165,8 @@ async fn nth_job(app: &App, input: &str, args: &RouteArgs) -> anyhow::Result<Job
         follow_symlinks: false,
         deadline_at: None,
         notify_url: None,
+        tenant: None,
+        priority: None,
     };
     let mut scanner = Scanner::open(app, &req).await?;
     let mut index = 0u64;

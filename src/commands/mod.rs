@@ -63,6 +63,8 @@ pub fn submit_request(args: &crate::cli::InputArgs) -> SubmitRequest {
             .deadline
             .map(|d| d.unix(batchyard_jobs::batch::now_secs())),
         notify_url: args.notify.clone(),
+        tenant: args.tenant.clone(),
+        priority: args.priority,
     }
 }
 

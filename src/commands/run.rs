@@ -34,6 +34,9 @@ pub async fn run(
     let app = App::connect(settings, storage, true, "run").await?;
     let submitted = crate::submission::submit(&app, &super::submit_request(&args.input)).await?;
     let batch_id = submitted.record.id.clone();
+    if let Some(note) = &submitted.capped {
+        eprintln!("{note}");
+    }
     if submitted.invalid > 0 {
         eprintln!(
             "{} invalid item(s) recorded in errors.jsonl",

@@ -26,6 +26,9 @@ pub async fn submit(
         }
         None => crate::submission::submit(&app, &req).await?,
     };
+    if let Some(note) = &submitted.capped {
+        eprintln!("{note}");
+    }
     let record = &submitted.record;
     if args.input.json {
         println!(

@@ -16,6 +16,8 @@
 //! - [`provider_bedrock_batch`]: `batch_role_arn` and `batch_s3_url`, a bedrock provider's
 //!   batch jobs (the bucket, the control plane).
 //! - [`pipeline_spec`]: one `[pipelines.<name>]`, validated: schedule, timezone, catch-up.
+//! - [`tenants`]: `[tenants.<name>]`: weights, the highest priority allowed, the API tokens'
+//!   variable; where a batch runs ([`tenants::Tenants::place`]).
 
 mod catalog_sections;
 mod defaults;
@@ -27,6 +29,7 @@ mod provider_bedrock;
 mod provider_bedrock_batch;
 mod raw;
 mod sections;
+pub mod tenants;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -73,6 +76,8 @@ pub struct Settings {
     pub notify: batchyard_workers::notify::NotifyOptions,
     /// `[pipelines.<name>]`, by name.
     pub pipelines: BTreeMap<String, pipeline_spec::Pipeline>,
+    /// `[tenants.<name>]`, `default` included.
+    pub tenants: tenants::Tenants,
     /// The models whose table names a shipped catalog entry, with that entry's name.
     pub model_catalog: BTreeMap<String, String>,
     /// Warnings found while loading (e.g. a provider no model uses).
@@ -196,7 +201,8 @@ impl Settings {
         let cache = sections::cache_settings(&raw.cache)?;
         let offload = sections::offload(raw, env)?;
         let notify = notify::notify(&raw.notify, env)?;
-        let pipelines = sections::pipelines(raw, &catalog.task_keys())?;
+        let tenants = tenants::tenants(&raw.tenants)?;
+        let pipelines = sections::pipelines(raw, &catalog.task_keys(), &tenants)?;
         let (concurrency, drain_timeout) = sections::worker(raw)?;
         Ok(Self {
             source: None,
@@ -216,6 +222,7 @@ impl Settings {
             offload,
             notify,
             pipelines,
+            tenants,
             model_catalog,
             warnings,
             env: env.clone(),

@@ -44,6 +44,9 @@ pub struct Pipeline {
     pub enabled: bool,
     /// Of a folder input, follow symbolic links whose targets stay inside it.
     pub follow_symlinks: bool,
+    /// Its batches' tenant (checked against `[tenants]`) and priority, as configured.
+    pub tenant: Option<String>,
+    pub priority: Option<batchyard_jobs::priority::Priority>,
 }
 
 impl Pipeline {
@@ -167,6 +170,13 @@ pub fn build(
         budget_usd: raw.budget_usd,
         only_new: raw.only_new.unwrap_or(true),
         follow_symlinks: raw.follow_symlinks.unwrap_or(false),
+        tenant: raw.tenant.clone(),
+        priority: raw
+            .priority
+            .as_ref()
+            .map(super::tenants::priority_value)
+            .transpose()
+            .map_err(|why| (at("priority"), why))?,
         catch_up,
         enabled: raw.enabled.unwrap_or(true),
     })
@@ -189,6 +199,8 @@ mod tests {
             catch_up: None,
             enabled: None,
             follow_symlinks: None,
+            tenant: None,
+            priority: None,
         };
         build("p", &raw, &BTreeSet::from(["summarize".to_string()])).unwrap()
     }

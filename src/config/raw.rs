@@ -37,6 +37,8 @@ pub struct RawConfig {
     pub tasks: BTreeMap<String, RawTask>,
     #[serde(default)]
     pub pipelines: BTreeMap<String, RawPipeline>,
+    #[serde(default)]
+    pub tenants: BTreeMap<String, super::tenants::RawTenant>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -243,4 +245,8 @@ pub struct RawPipeline {
     pub enabled: Option<bool>,
     /// Follow symbolic links of a folder input that stay inside it (else they are skipped).
     pub follow_symlinks: Option<bool>,
+    /// The tenant its batches belong to (default: `default`).
+    pub tenant: Option<String>,
+    /// Its batches' priority: `high`, `normal`, `low` or a number (default: `normal`).
+    pub priority: Option<toml::Value>,
 }

@@ -259,10 +259,15 @@ pub(super) fn cache_settings(c: &RawCache) -> Result<CacheSettings, (String, Str
 pub(super) fn pipelines(
     raw: &RawConfig,
     task_keys: &BTreeSet<String>,
+    tenants: &super::tenants::Tenants,
 ) -> Result<BTreeMap<String, Pipeline>, Bad> {
     let mut pipelines = BTreeMap::new();
     for (name, p) in &raw.pipelines {
-        pipelines.insert(name.clone(), pipeline_spec::build(name, p, task_keys)?);
+        let built = pipeline_spec::build(name, p, task_keys)?;
+        tenants
+            .place(built.tenant.as_deref(), built.priority)
+            .map_err(|why| (format!("pipelines.{name}.tenant"), why))?;
+        pipelines.insert(name.clone(), built);
     }
     Ok(pipelines)
 }

@@ -200,6 +200,8 @@ async fn submit_new(
         follow_symlinks: pipeline.follow_symlinks,
         deadline_at: None,
         notify_url: None,
+        tenant: pipeline.tenant.clone(),
+        priority: pipeline.priority,
     };
     let submitted = submit_selected(app, &req, new_batch_id(), Some(&keep)).await?;
     write_origin(app, pipeline, trigger, &submitted.record.id, &chosen).await;

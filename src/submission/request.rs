@@ -19,10 +19,17 @@ pub struct SubmitRequest {
     pub deadline_at: Option<u64>,
     /// `--notify`: where the batch's end is announced.
     pub notify_url: Option<String>,
+    /// `--tenant` (default: `default`); an unknown one is refused.
+    pub tenant: Option<String>,
+    /// `--priority` (default: `normal`), capped by the tenant's `max_priority`.
+    pub priority: Option<batchyard_jobs::priority::Priority>,
 }
 
 #[derive(Debug, Clone)]
 pub struct Submitted {
     pub record: BatchRecord,
     pub invalid: u64,
+    /// Set when the priority asked for was above the tenant's allowance and was lowered: the
+    /// line a CLI prints to stderr.
+    pub capped: Option<String>,
 }

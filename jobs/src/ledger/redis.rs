@@ -183,6 +183,12 @@ impl Ledger for RedisLedger {
         if let Some(at) = record.realtime_at {
             fields.push(("realtime_at", at.to_string()));
         }
+        if record.tenant != crate::batch::DEFAULT_TENANT {
+            fields.push(("tenant", record.tenant.clone()));
+        }
+        if record.priority != crate::priority::Priority::NORMAL {
+            fields.push(("priority", record.priority.value().to_string()));
+        }
         let mut conn = self.conn.clone();
         redis::pipe()
             .atomic()

@@ -48,6 +48,14 @@ pub(super) fn parse_record(id: &str, map: &HashMap<String, String>) -> Option<Ba
         deadline_at: num("deadline_at"),
         realtime_at: num("realtime_at"),
         notify_url: map.get("notify_url").cloned(),
+        tenant: map
+            .get("tenant")
+            .cloned()
+            .unwrap_or_else(|| crate::batch::DEFAULT_TENANT.to_string()),
+        priority: map
+            .get("priority")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_default(),
     })
 }
 
