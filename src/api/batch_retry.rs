@@ -1,12 +1,13 @@
 //! `POST /api/batches/{id}/retry`: the dashboard's replay button, the same operation as
 //! `batchyard retry` (failed items of a finished batch re-enqueued, files rewritten).
 
-use axum::Json;
 use axum::extract::{Path as UrlPath, State};
 use axum::http::StatusCode;
+use axum::{Extension, Json};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+use super::auth::Caller;
 use super::http_error::{ApiError, ApiJson};
 use super::state::ApiState;
 use crate::error::{ReplayBusy, UsageError};
@@ -25,10 +26,11 @@ pub struct RetryBody {
 
 pub async fn retry_batch(
     State(state): State<ApiState>,
+    Extension(caller): Extension<Caller>,
     UrlPath(id): UrlPath<String>,
     ApiJson(body): ApiJson<RetryBody>,
 ) -> Result<Json<Value>, ApiError> {
-    if !super::files::key_safe(&id) {
+    if !super::files::key_safe(&id) || !super::tenancy::may_see_batch(&state, &caller, &id).await? {
         return Err(ApiError::not_found("batch", &id));
     }
     let filter = RetryFilter {

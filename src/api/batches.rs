@@ -9,8 +9,8 @@
 
 use std::collections::BTreeMap;
 
-use axum::Json;
 use axum::extract::{Path as UrlPath, State};
+use axum::{Extension, Json};
 use batchyard_jobs::batch::{BatchRecord, BatchState, RequestCounts, now_secs};
 use batchyard_jobs::job::new_batch_id;
 use futures::future::join_all;
@@ -23,14 +23,13 @@ pub use object::{ApiBatch, BatchErrorItem, ENDPOINT, WINDOW, WINDOW_SECS, batch_
 use object::{check_metadata, forget_api, save_api};
 pub(in crate::api) use object::{load_api, read_manifest};
 
+use super::auth::Caller;
 use super::files::{FileId, content_path, key_safe, upload_meta};
 use super::http_error::{ApiError, ApiJson, ApiQuery};
 use super::state::ApiState;
+use super::tenancy;
 use crate::error::{DeadlineUnreachable, InvalidInput, UsageError};
 use crate::submission::{SubmitRequest, submit_with_id};
-
-/// Enough list entries to page deep without reading the whole ledger in one go.
-const MAX_SCAN: usize = 100_000;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -45,6 +44,7 @@ pub struct CreateBatch {
 /// `POST /v1/batches`: validates the input file and enqueues it, or records why it failed.
 pub async fn create(
     State(state): State<ApiState>,
+    Extension(caller): Extension<Caller>,
     ApiJson(req): ApiJson<CreateBatch>,
 ) -> Result<Json<Value>, ApiError> {
     if req.endpoint != ENDPOINT {
@@ -73,7 +73,7 @@ pub async fn create(
         Ok(FileId::Upload(id)) => id,
         _ => return Err(no_file()),
     };
-    if upload_meta(&state, &file_id).await?.is_none() {
+    if upload_meta(&state, &caller, &file_id).await?.is_none() {
         return Err(no_file());
     }
     let batch_id = new_batch_id();
@@ -85,6 +85,7 @@ pub async fn create(
         metadata: req.metadata,
         created_at: now_secs(),
         errors: Vec::new(),
+        tenant: tenancy::tenant_of(&caller),
     };
     save_api(&state, &api).await?;
     let submit = SubmitRequest {
@@ -101,8 +102,8 @@ pub async fn create(
         follow_symlinks: false,
         deadline_at: meta.deadline_at,
         notify_url: meta.notify_url,
-        tenant: None,
-        priority: None,
+        tenant: Some(api.tenant.clone()),
+        priority: meta.priority,
     };
     // A task of its own: a client that hangs up must not stop a submission half-way.
     let app = std::sync::Arc::clone(&state.app);
@@ -205,6 +206,7 @@ async fn record_failed(
             api.created_at
                 .saturating_add(state.completion_window.as_secs()),
         ),
+        tenant: api.tenant.clone(),
         ..BatchRecord::new(
             batch_id.to_string(),
             0,
@@ -228,6 +230,7 @@ pub(super) fn check_batch_id(id: &str) -> Result<(), ApiError> {
 
 pub async fn retrieve(
     State(state): State<ApiState>,
+    Extension(caller): Extension<Caller>,
     UrlPath(id): UrlPath<String>,
 ) -> Result<Json<Value>, ApiError> {
     check_batch_id(&id)?;
@@ -235,7 +238,11 @@ pub async fn retrieve(
         async { state.app.ledger.get(&id).await.map_err(ApiError::from) },
         load_api(&state, &id)
     )?;
-    if record.is_none() && api.is_none() {
+    let owner = record
+        .as_ref()
+        .map(|r| tenancy::owner(r).to_string())
+        .or_else(|| api.as_ref().map(|a| a.tenant.clone()));
+    if !owner.is_some_and(|o| caller.may_see(&o)) {
         return Err(ApiError::not_found("batch", &id));
     }
     let mut object = batch_object(&id, record.as_ref(), api.as_ref());
@@ -255,10 +262,11 @@ pub async fn retrieve(
 
 pub async fn cancel(
     State(state): State<ApiState>,
+    Extension(caller): Extension<Caller>,
     UrlPath(id): UrlPath<String>,
 ) -> Result<Json<Value>, ApiError> {
     check_batch_id(&id)?;
-    let Some(before) = state.app.ledger.get(&id).await? else {
+    let Some(before) = tenancy::visible_record(&state, &caller, &id).await? else {
         return Err(ApiError::not_found("batch", &id));
     };
     if before.state.is_terminal() || before.state == BatchState::Finalizing {
@@ -285,6 +293,7 @@ pub struct ListQuery {
 /// `GET /v1/batches?limit&after`: newest first, as OpenAI pages them.
 pub async fn list(
     State(state): State<ApiState>,
+    Extension(caller): Extension<Caller>,
     ApiQuery(q): ApiQuery<ListQuery>,
 ) -> Result<Json<Value>, ApiError> {
     let limit = q.limit.unwrap_or(20);
@@ -294,19 +303,18 @@ pub async fn list(
                 .with_param("limit"),
         );
     }
-    // The ledger lists the newest N; read more until the page after `after` is full.
-    let mut fetch = limit + 1;
+    // Read more of the caller's newest until the page after `after` is full.
+    let mut want = limit + 1;
     let (records, start) = loop {
-        let records = state.app.ledger.list(fetch).await?;
-        let exhausted = records.len() < fetch || fetch >= MAX_SCAN;
+        let (records, more) = tenancy::visible_records(&state, &caller, want).await?;
         let start = match &q.after {
             None => Some(0),
             Some(a) => records.iter().position(|r| &r.id == a).map(|i| i + 1),
         };
         match start {
-            Some(s) if records.len() - s > limit || exhausted => break (records, s),
-            None if exhausted => break (Vec::new(), 0),
-            _ => fetch = (fetch * 4).min(MAX_SCAN),
+            Some(s) if records.len() - s > limit || !more => break (records, s),
+            None if !more || want >= tenancy::MAX_SCAN => break (Vec::new(), 0),
+            _ => want = want.saturating_mul(4).min(tenancy::MAX_SCAN),
         }
     };
     let page: Vec<&BatchRecord> = records.iter().skip(start).take(limit).collect();

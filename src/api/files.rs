@@ -5,12 +5,12 @@
 //! files are not copied: `file-<batch_id>-output` and `file-<batch_id>-errors` name its
 //! `output.jsonl` and `errors.jsonl` where the finalizer wrote them.
 
-use axum::Json;
 use axum::body::Body;
 use axum::extract::multipart::MultipartRejection;
 use axum::extract::{Multipart, Path as UrlPath, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
 use batchyard_jobs::batch::now_secs;
 use bytes::Bytes;
 use object_store::path::Path;
@@ -18,6 +18,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use tokio::io::AsyncWriteExt;
 
+use super::auth::Caller;
 use super::http_error::ApiError;
 use super::state::ApiState;
 
@@ -29,6 +30,14 @@ pub struct FileMeta {
     pub created_at: u64,
     pub filename: String,
     pub purpose: String,
+    /// Whose upload it is: only that tenant's tokens (and the `default` tenant's) see it.
+    /// Uploads from before tenants are the `default` tenant's.
+    #[serde(default = "default_tenant")]
+    pub tenant: String,
+}
+
+fn default_tenant() -> String {
+    super::auth::DEFAULT_TENANT.to_string()
 }
 
 impl FileMeta {
@@ -117,11 +126,16 @@ fn meta_path(state: &ApiState, file_id: &str) -> Path {
         .path_of(&batchyard_jobs::keys::upload_meta(file_id))
 }
 
-/// The metadata of an uploaded file, or `None`.
-pub async fn upload_meta(state: &ApiState, file_id: &str) -> Result<Option<FileMeta>, ApiError> {
+/// The metadata of an uploaded file `caller` may see, or `None`: another tenant's upload is
+/// as absent as one that never was, so ids don't leak across tenants.
+pub async fn upload_meta(
+    state: &ApiState,
+    caller: &Caller,
+    file_id: &str,
+) -> Result<Option<FileMeta>, ApiError> {
     match state.app.store.get(&meta_path(state, file_id)).await {
-        Ok(bytes) => serde_json::from_slice(&bytes)
-            .map(Some)
+        Ok(bytes) => serde_json::from_slice::<FileMeta>(&bytes)
+            .map(|meta| caller.may_see(&meta.tenant).then_some(meta))
             .map_err(|e| ApiError::internal("a file's metadata is not valid JSON", &e)),
         Err(batchyard_jobs::error::StoreError::NotFound { .. }) => Ok(None),
         Err(e) => Err(e.into()),
@@ -129,15 +143,18 @@ pub async fn upload_meta(state: &ApiState, file_id: &str) -> Result<Option<FileM
 }
 
 /// The object behind a file id and its file object, or 404.
-async fn resolve(state: &ApiState, id: &str) -> Result<(Path, Value), ApiError> {
+async fn resolve(state: &ApiState, caller: &Caller, id: &str) -> Result<(Path, Value), ApiError> {
     match FileId::parse(id)? {
         FileId::Upload(file_id) => {
-            let meta = upload_meta(state, &file_id)
+            let meta = upload_meta(state, caller, &file_id)
                 .await?
                 .ok_or_else(|| ApiError::not_found("file", id))?;
             Ok((content_path(state, &file_id), meta.object()))
         }
         FileId::BatchResult(batch_id, kind) => {
+            if !super::tenancy::may_see_batch(state, caller, &batch_id).await? {
+                return Err(ApiError::not_found("file", id));
+            }
             let store = &state.app.store;
             let (path, suffix) = match kind {
                 ResultKind::Output => (store.output_path(&batch_id), "output"),
@@ -164,17 +181,19 @@ async fn resolve(state: &ApiState, id: &str) -> Result<(Path, Value), ApiError> 
 
 pub async fn retrieve(
     State(state): State<ApiState>,
+    Extension(caller): Extension<Caller>,
     UrlPath(id): UrlPath<String>,
 ) -> Result<Json<Value>, ApiError> {
-    Ok(Json(resolve(&state, &id).await?.1))
+    Ok(Json(resolve(&state, &caller, &id).await?.1))
 }
 
 /// Streams the bytes, so a large output never sits whole in memory.
 pub async fn content(
     State(state): State<ApiState>,
+    Extension(caller): Extension<Caller>,
     UrlPath(id): UrlPath<String>,
 ) -> Result<Response, ApiError> {
-    let (path, _) = resolve(&state, &id).await?;
+    let (path, _) = resolve(&state, &caller, &id).await?;
     let stream = state.app.store.get_stream(&path).await?;
     Ok((
         [(header::CONTENT_TYPE, "application/octet-stream")],
@@ -185,6 +204,7 @@ pub async fn content(
 
 pub async fn delete(
     State(state): State<ApiState>,
+    Extension(caller): Extension<Caller>,
     UrlPath(id): UrlPath<String>,
 ) -> Result<Json<Value>, ApiError> {
     match FileId::parse(&id)? {
@@ -192,7 +212,7 @@ pub async fn delete(
             "a batch's output and error files belong to the batch and can't be deleted on their own",
         )),
         FileId::Upload(file_id) => {
-            if upload_meta(&state, &file_id).await?.is_none() {
+            if upload_meta(&state, &caller, &file_id).await?.is_none() {
                 return Err(ApiError::not_found("file", &id));
             }
             // Metadata last: while it exists the file is listed, so a half-done delete can be
@@ -211,6 +231,7 @@ pub async fn delete(
 /// `POST /v1/files`: multipart `purpose=batch` and `file`. The file streams to storage.
 pub async fn upload(
     State(state): State<ApiState>,
+    Extension(caller): Extension<Caller>,
     multipart: Result<Multipart, MultipartRejection>,
 ) -> Result<Json<Value>, ApiError> {
     let mut multipart = multipart.map_err(|e| {
@@ -298,6 +319,7 @@ pub async fn upload(
         created_at: now_secs(),
         filename,
         purpose: "batch".into(),
+        tenant: caller.tenant.to_string(),
     };
     let body = serde_json::to_vec(&meta)
         .map_err(|e| ApiError::internal("encoding a file's metadata failed", &e))?;

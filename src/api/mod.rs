@@ -1,6 +1,7 @@
 //! The HTTP API of `batchyard serve`.
 //!
-//! - [`auth`]: bearer tokens for `/v1/*`, compared in constant time.
+//! - [`auth`]: bearer tokens for `/v1/*` and `/api/*`, compared in constant time, and the
+//!   tenant each belongs to ([`auth::Caller`]).
 //! - [`files`]: `/v1/files`, uploads and batch result files.
 //! - [`batches`]: `/v1/batches`, OpenAI's Batch API over the ledger and the submission path.
 //! - [`dashboard`]: the dashboard page at `/` and its `/assets/*` (public; reads `/api/*`).
@@ -9,6 +10,7 @@
 //! - [`batch_retry`]: `POST /api/batches/{id}/retry`, the dashboard's replay button.
 //! - [`pipeline_routes`]: `/api/pipelines`, scheduled pipelines, their runs, and run-now.
 //! - [`state`]: [`ApiState`], what every handler shares.
+//! - [`tenancy`]: which batches a caller's tenant may see (its own; `default` sees all).
 //! - [`limits`] and [`listen`]: body and header timeouts, early 413s, a bound on connections.
 //!
 //! [`router`] builds the whole tree. Other faces (metrics, dashboard, native API) can be
@@ -27,6 +29,7 @@ pub mod listen;
 pub mod native;
 pub mod pipeline_routes;
 pub mod state;
+pub mod tenancy;
 
 use std::time::Duration;
 

@@ -13,14 +13,15 @@ pub mod summary;
 
 use std::collections::BTreeMap;
 
-use axum::Json;
 use axum::extract::{Path as UrlPath, State};
+use axum::{Extension, Json};
 use batchyard_jobs::batch::now_secs;
 use batchyard_jobs::queue::QueueDepth;
 use batchyard_workers::call::health::ModelState;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+use super::auth::Caller;
 use super::http_error::{ApiError, ApiQuery};
 use super::state::ApiState;
 
@@ -71,6 +72,7 @@ pub struct ListQuery {
 /// `GET /api/batches?limit=N`: summaries of the newest batches, newest first.
 pub async fn batches(
     State(state): State<ApiState>,
+    Extension(caller): Extension<Caller>,
     ApiQuery(q): ApiQuery<ListQuery>,
 ) -> Result<Json<Value>, ApiError> {
     let limit = q.limit.unwrap_or(DEFAULT_LIMIT);
@@ -81,12 +83,10 @@ pub async fn batches(
         .with_param("limit"));
     }
     let now = now_secs();
-    let data: Vec<Value> = state
-        .app
-        .ledger
-        .list(limit)
-        .await?
+    let (records, _) = super::tenancy::visible_records(&state, &caller, limit).await?;
+    let data: Vec<Value> = records
         .iter()
+        .take(limit)
         .map(|r| summary::summary(r, now))
         .collect();
     Ok(Json(json!({ "data": data })))
@@ -97,10 +97,11 @@ pub async fn batches(
 /// batch's dead letters by code, and its offload lane (`offload`, with a deadline).
 pub async fn batch(
     State(state): State<ApiState>,
+    Extension(caller): Extension<Caller>,
     UrlPath(id): UrlPath<String>,
 ) -> Result<Json<Value>, ApiError> {
     super::batches::check_batch_id(&id)?;
-    let Some(record) = state.app.ledger.get(&id).await? else {
+    let Some(record) = super::tenancy::visible_record(&state, &caller, &id).await? else {
         return Err(ApiError::not_found("batch", &id));
     };
     let manifest = if record.state.is_terminal() {

@@ -34,8 +34,18 @@ struct ServeEnv {
 }
 
 impl ServeEnv {
-    fn from_env(env: &BTreeMap<String, String>) -> Result<Self, UsageError> {
-        let tokens = Tokens::from_env(env).ok_or_else(|| {
+    fn from_env(
+        env: &BTreeMap<String, String>,
+        settings: &crate::config::Settings,
+    ) -> Result<Self, UsageError> {
+        let (tenants, token_envs) = tenant_token_sources(settings);
+        let tenants: Vec<&str> = tenants.iter().map(String::as_str).collect();
+        let token_envs: Vec<(&str, &str)> = token_envs
+            .iter()
+            .map(|(t, e)| (t.as_str(), e.as_str()))
+            .collect();
+        let tokens = Tokens::from_env(env, &tenants, &token_envs).map_err(UsageError)?;
+        let tokens = tokens.ok_or_else(|| {
             UsageError(format!(
                 "{} is not set; set it to one or more comma-separated bearer tokens (e.g. `export {}=$(openssl rand -hex 32)`)",
                 api::TOKENS_ENV,
@@ -125,6 +135,19 @@ impl ServeEnv {
     }
 }
 
+/// The configured tenants' names, and the env vars that hold each one's tokens.
+fn tenant_token_sources(
+    settings: &crate::config::Settings,
+) -> (Vec<String>, Vec<(String, String)>) {
+    let names = settings.tenants.all().map(|t| t.name.clone()).collect();
+    let envs = settings
+        .tenants
+        .all()
+        .filter_map(|t| Some((t.name.clone(), t.tokens_env.clone()?)))
+        .collect();
+    (names, envs)
+}
+
 /// The background work of the server, all stopped by `stop`: metrics upkeep, queue depth
 /// sampling and its history, and the pipelines' last successes when there are pipelines.
 async fn start_upkeep(
@@ -175,20 +198,20 @@ pub async fn serve(
     args: &ServeArgs,
     env: &BTreeMap<String, String>,
 ) -> anyhow::Result<()> {
+    let settings = super::load_settings(config, env)?;
     let ServeEnv {
         tokens,
         max_file_bytes,
         completion_window,
         body_timeout,
         limits,
-    } = ServeEnv::from_env(env)?;
+    } = ServeEnv::from_env(env, &settings)?;
     let addr: std::net::SocketAddr = args.addr.parse().map_err(|e| {
         UsageError(format!(
             "--addr {:?} is not an address: {e}; use HOST:PORT, e.g. 127.0.0.1:8080",
             args.addr
         ))
     })?;
-    let settings = super::load_settings(config, env)?;
     let app = App::connect(settings, None, false, "serve").await?;
     let listener = tokio::net::TcpListener::bind(addr)
         .await

@@ -84,6 +84,11 @@ impl Tenants {
         self.by_name.get(name)
     }
 
+    /// Every tenant, `default` included, by name.
+    pub fn all(&self) -> impl Iterator<Item = &Tenant> {
+        self.by_name.values()
+    }
+
     /// Where a batch of `tenant` (default: `default`) asking for `priority` (default:
     /// `normal`) runs. An unknown tenant is refused; a priority above the tenant's
     /// `max_priority` is capped to it (see [`Placement::capped_from`]).

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use batchyard_jobs::batch::{BatchRecord, BatchState};
+use batchyard_jobs::batch::{BatchRecord, BatchState, DEFAULT_TENANT};
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -39,6 +39,13 @@ pub struct ApiBatch {
     pub created_at: u64,
     #[serde(default)]
     pub errors: Vec<BatchErrorItem>,
+    /// The tenant whose token created it; records from before tenants are the `default`'s.
+    #[serde(default = "default_tenant")]
+    pub tenant: String,
+}
+
+fn default_tenant() -> String {
+    DEFAULT_TENANT.to_string()
 }
 
 fn record_path(state: &ApiState, batch_id: &str) -> object_store::path::Path {
@@ -151,6 +158,10 @@ pub fn batch_object(id: &str, record: Option<&BatchRecord>, api: Option<&ApiBatc
         "usage": null,
         // batchyard's own, beside OpenAI's fields.
         "cost_usd": record.map(BatchRecord::cost_usd),
+        "tenant": record
+            .map(|r| r.tenant.as_str())
+            .or(api.map(|a| a.tenant.as_str())),
+        "priority": record.map(|r| r.priority.to_string()),
         "budget_usd": record.and_then(|r| r.budget_usd),
         "task": record.and_then(|r| r.task.as_deref()),
     })
@@ -201,6 +212,9 @@ pub(super) struct MetaOptions {
     pub deadline_at: Option<u64>,
     /// `batchyard_notify`: the webhook announcing the batch's end.
     pub notify_url: Option<String>,
+    /// `batchyard_priority`: `high`, `normal`, `low` or a number (capped by the tenant's
+    /// `max_priority` when the batch is submitted).
+    pub priority: Option<batchyard_jobs::priority::Priority>,
 }
 
 pub(super) fn check_metadata(
@@ -253,11 +267,19 @@ pub(super) fn check_metadata(
         crate::config::notify::check_url(url)
             .map_err(|why| bad(format!("metadata.batchyard_notify {why}")))?;
     }
+    let priority = match m.get("batchyard_priority") {
+        None => None,
+        Some(p) => Some(
+            p.parse::<batchyard_jobs::priority::Priority>()
+                .map_err(|why| bad(format!("metadata.batchyard_priority: {why}")))?,
+        ),
+    };
     Ok(MetaOptions {
         task,
         budget_usd: budget,
         deadline_at,
         notify_url,
+        priority,
     })
 }
 
@@ -345,6 +367,7 @@ mod tests {
             metadata: None,
             created_at: 100,
             errors: Vec::new(),
+            tenant: DEFAULT_TENANT.into(),
         };
         let old = batch_object("batch_1", Some(&cli), Some(&api));
         assert_eq!(old["expires_at"], 100 + WINDOW_SECS);
