@@ -44,6 +44,9 @@ pub async fn gc(
             break;
         }
     }
+    if !args.dry_run {
+        collector.release().await;
+    }
     if args.json {
         println!("{}", serde_json::to_string_pretty(&total)?);
     } else {

@@ -185,6 +185,13 @@ impl Collector {
         Ok(self.ledger.try_lock_gc(&self.owner, LEASE_TTL).await?)
     }
 
+    /// Gives the lease up, so `batchyard gc` or another worker may collect at once.
+    pub async fn release(&self) {
+        if let Err(e) = self.ledger.release_gc(&self.owner).await {
+            tracing::debug!(error = %e, "retention: cannot release the lease; it lapses by itself");
+        }
+    }
+
     /// One pass over batches, uploads and the cache, as of `now` (Unix seconds), bounded by
     /// `max_per_pass` per kind and [`PASS_TIME`]. Call it holding the lease.
     pub async fn pass(&self, now: u64, dry_run: bool) -> Report {
@@ -229,6 +236,7 @@ impl Collector {
                 () = cancel.cancelled() => return,
                 report = self.pass(now, false) => report,
             };
+            self.release().await;
             if report.batches.removed + report.files.removed + report.cache_entries.removed > 0
                 || !report.errors.is_empty()
             {

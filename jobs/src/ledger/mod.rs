@@ -313,4 +313,9 @@ pub trait Ledger: Send + Sync {
     async fn try_lock_gc(&self, _owner: &str, _ttl: Duration) -> Result<bool, QueueError> {
         Ok(true)
     }
+
+    /// Retention: gives the collector's lease up, if `owner` holds it.
+    async fn release_gc(&self, _owner: &str) -> Result<(), QueueError> {
+        Ok(())
+    }
 }

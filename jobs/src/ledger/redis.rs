@@ -503,4 +503,8 @@ impl Ledger for RedisLedger {
     async fn try_lock_gc(&self, owner: &str, ttl: Duration) -> Result<bool, QueueError> {
         self.lease(keys::GC_LEASE, owner, ttl).await
     }
+
+    async fn release_gc(&self, owner: &str) -> Result<(), QueueError> {
+        self.release_lease(keys::GC_LEASE, owner).await
+    }
 }

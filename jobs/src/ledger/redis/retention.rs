@@ -67,6 +67,19 @@ impl RedisLedger {
             .collect())
     }
 
+    /// Deletes the lease at `key` if `owner` holds it.
+    pub(super) async fn release_lease(&self, key: &str, owner: &str) -> Result<(), QueueError> {
+        let mut conn = self.conn.clone();
+        let _: i64 = Script::new(
+            "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0",
+        )
+        .key(key)
+        .arg(owner)
+        .invoke_async(&mut conn)
+        .await?;
+        Ok(())
+    }
+
     pub(super) async fn remove_batch_keys(
         &self,
         batch_id: &str,

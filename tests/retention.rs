@@ -1,0 +1,125 @@
+//! Retention end to end: Redis memory back to its empty baseline after 10,000 ended batches
+//! are collected, and a pipeline that never pays twice for a document after retention removed
+//! its old batches and Redis lost everything. Real redis-server, the real S3-compatible
+//! server, the batchyard binary. The order of a batch's removal under faults between its
+//! steps is tested in src/gc/tests.rs.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use batchyard_jobs::batch::{BatchRecord, BatchState, now_secs};
+use batchyard_jobs::ledger::Ledger;
+use batchyard_jobs::ledger::redis::RedisLedger;
+use batchyard_testkit::TestRedis;
+use support::scheduler::{cluster_with, pipeline_run};
+use support::*;
+
+async fn dbsize(conn: &mut redis::aio::MultiplexedConnection) -> u64 {
+    redis::cmd("DBSIZE").query_async(conn).await.unwrap()
+}
+
+async fn used_memory(conn: &mut redis::aio::MultiplexedConnection) -> i64 {
+    let info: String = redis::cmd("INFO")
+        .arg("memory")
+        .query_async(conn)
+        .await
+        .unwrap();
+    info.lines()
+        .find_map(|l| l.strip_prefix("used_memory:"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+/// Ended batches as the ledger keeps them: record, index entry, an end notification.
+async fn ended_batches(ledger: &RedisLedger, prefix: &str, n: usize) {
+    let ids: Vec<String> = (0..n).map(|i| format!("batch_{prefix}{i:06}")).collect();
+    for chunk in ids.chunks(200) {
+        futures::future::join_all(chunk.iter().map(|id| async move {
+            let record = BatchRecord::new(id.clone(), 3, "file://x".into(), now_secs() - 60);
+            ledger.create(&record).await.unwrap();
+            ledger.set_state(id, BatchState::Completed).await.unwrap();
+            ledger
+                .claim_notification(id, now_secs(), now_secs(), Duration::from_secs(30))
+                .await
+                .unwrap();
+        }))
+        .await;
+    }
+}
+
+fn gc(dir: &std::path::Path, config: &std::path::Path) -> serde_json::Value {
+    let out = run(batchyard(dir)
+        .arg("--config")
+        .arg(config)
+        .args(["gc", "--json"]));
+    assert!(out.status.success(), "gc failed: {}", text(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_memory_returns_to_its_empty_baseline_after_ten_thousand_batches() {
+    let Some(redis) = TestRedis::start("retention_memory") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("batchyard.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[queue]\nredis_url = \"{}\"\n[storage]\nurl = \"file://{}\"\n[retention]\nbatches = \"1s\"\nmax_per_pass = 2000\n",
+            redis.url(),
+            dir.path().join("data").display()
+        ),
+    )
+    .unwrap();
+    let ledger = RedisLedger::new(
+        batchyard_jobs::redis_conn::connect(redis.url())
+            .await
+            .unwrap(),
+    );
+    let mut conn = redis.raw().await;
+    // The baseline: after one batch went through gc, so the queue's stream and the scripts
+    // Redis caches are there before and after.
+    ended_batches(&ledger, "warm", 1).await;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(gc(dir.path(), &config)["batches"]["removed"], 1);
+    let base_keys = dbsize(&mut conn).await;
+    let base_mem = used_memory(&mut conn).await;
+
+    ended_batches(&ledger, "", 10_000).await;
+    let full_keys = dbsize(&mut conn).await;
+    let full_mem = used_memory(&mut conn).await;
+    assert_eq!(
+        full_keys,
+        base_keys + 20_001,
+        "a record and a notification each, and the index"
+    );
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let started = Instant::now();
+    let report = gc(dir.path(), &config);
+    let took = started.elapsed();
+    assert_eq!(report["batches"]["removed"], 10_000, "{report}");
+    assert_eq!(report["batches"]["kept"], 0, "{report}");
+    assert_eq!(dbsize(&mut conn).await, base_keys, "keys left behind");
+    // Redis shrinks its emptied key tables in the background (serverCron): give it a moment.
+    let margin = 64 * 1024;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut after = used_memory(&mut conn).await;
+    while after > base_mem + margin && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        after = used_memory(&mut conn).await;
+    }
+    eprintln!(
+        "retention: {base_keys} keys / {base_mem} B empty, {full_keys} keys / {full_mem} B with 10,000 ended batches, {} keys / {after} B after gc ({took:?})",
+        dbsize(&mut conn).await
+    );
+    assert!(
+        after <= base_mem + margin,
+        "used_memory {after} B after gc vs {base_mem} B empty (with the batches: {full_mem} B)"
+    );
+}
