@@ -42,6 +42,25 @@ enum Outcome {
     Kept,
 }
 
+/// Tests stop a removal after one of its steps (`api_record`, `redis`, `objects`) for one
+/// batch, as a crash there would.
+#[cfg(test)]
+pub(super) static FAIL_AFTER: std::sync::Mutex<Vec<(String, &'static str)>> =
+    std::sync::Mutex::new(Vec::new());
+
+fn step_done(_batch_id: &str, _step: &'static str) -> Result<(), String> {
+    #[cfg(test)]
+    if FAIL_AFTER
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .iter()
+        .any(|(id, step)| id == _batch_id && *step == _step)
+    {
+        return Err(format!("stopped after step {_step} (test)"));
+    }
+    Ok(())
+}
+
 fn due(entry: &IndexEntry, cutoff: u64, now: u64) -> bool {
     match entry.state {
         None => entry.created_at <= now.saturating_sub(ORPHAN_GRACE_SECS),
@@ -176,11 +195,13 @@ impl Collector {
             .delete(&store.path_of(&keys::api_batch(id)))
             .await
             .map_err(|e| format!("cannot delete its API record: {e}"))?;
+        step_done(id, "api_record")?;
         match self.ledger.remove_ended(id, cutoff).await {
             Ok(Removal::Kept) => return Ok(Outcome::Kept),
             Ok(Removal::Removed | Removal::Missing) => {}
             Err(e) => return Err(format!("cannot remove its redis keys: {e}")),
         }
+        step_done(id, "redis")?;
         delete_all(&store, objects.into_iter().map(|m| m.location)).await?;
         if let Some(name) = &pipeline {
             store
@@ -189,6 +210,7 @@ impl Collector {
                 .map_err(|e| format!("cannot delete its origin record: {e}"))?;
         }
         prune_empty_dirs(&store, id).await;
+        step_done(id, "objects")?;
         self.queue
             .discard_staged(id)
             .await

@@ -13,6 +13,8 @@
 //! - [`uploads`]: uploaded files not read by a live batch, and expired cache entries.
 
 pub mod batches;
+#[cfg(test)]
+mod tests;
 pub mod uploads;
 
 use std::collections::{BTreeMap, HashMap};
