@@ -123,3 +123,100 @@ async fn redis_memory_returns_to_its_empty_baseline_after_ten_thousand_batches()
         "used_memory {after} B after gc vs {base_mem} B empty (with the batches: {full_mem} B)"
     );
 }
+
+fn gc_cluster(cluster: &support::cluster::Cluster, dry_run: bool) -> serde_json::Value {
+    let mut cmd = cluster.cmd();
+    cmd.args(["gc", "--json"]);
+    if dry_run {
+        cmd.arg("--dry-run");
+    }
+    let out = run(&mut cmd);
+    assert!(out.status.success(), "gc failed: {}", text(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[test]
+fn a_pipeline_never_pays_twice_after_retention_removed_its_batches_and_redis_lost_its_data() {
+    let inbox = tempfile::tempdir().unwrap();
+    write_file(inbox.path(), "a.txt", b"first document");
+    write_file(inbox.path(), "b.md", b"second document");
+    let extra = format!(
+        "[pipelines.inbox]\nschedule = \"0 2 * * *\"\ninput = \"file://{}\"\ntask = \"summarize\"\n\
+         [retention]\nbatches = \"1s\"\n",
+        inbox.path().display()
+    );
+    let Some(cluster) = cluster_with("retention_pipeline", extra) else {
+        return;
+    };
+    // Two batches run to their end; a third is submitted and never runs.
+    let mut ended = Vec::new();
+    for doc in ["", "c.txt"] {
+        if !doc.is_empty() {
+            write_file(inbox.path(), doc, b"third document");
+        }
+        let run = pipeline_run(&cluster, "inbox");
+        assert_eq!(run["outcome"], "submitted", "{run}");
+        let id = run["batch_id"].as_str().unwrap().to_string();
+        let mut worker = cluster.spawn_worker(&["--concurrency", "4", "--exit-when-idle", "1"]);
+        let done = cluster.wait_terminal(&id, Duration::from_secs(60));
+        assert!(support::cluster::wait_exit(&mut worker, Duration::from_secs(30)).success());
+        assert_eq!(done["status"], "completed", "{done}");
+        ended.push(id);
+    }
+    write_file(inbox.path(), "d.txt", b"fourth document");
+    let live = pipeline_run(&cluster, "inbox");
+    assert_eq!(live["items"], 1, "{live}");
+    let live_id = live["batch_id"].as_str().unwrap().to_string();
+    let paid = cluster.fake.stats()["requests"].as_u64().unwrap();
+    assert_eq!(paid, 3, "a, b and c were called once each");
+    std::thread::sleep(Duration::from_millis(1100));
+
+    // A dry run only says what would go.
+    let would = gc_cluster(&cluster, true);
+    assert_eq!(would["batches"]["removed"], 2, "{would}");
+    assert_eq!(cluster.status(&ended[0])["status"], "completed");
+
+    let report = gc_cluster(&cluster, false);
+    assert_eq!(report["batches"]["removed"], 2, "{report}");
+    assert_eq!(report["pipelines_compacted"], 1, "{report}");
+    assert!(
+        report["objects"]["removed"].as_u64().unwrap() >= 2 * 4,
+        "{report}"
+    );
+    for id in &ended {
+        let out = run(cluster.cmd().args(["status", id, "--json"]));
+        assert!(!out.status.success(), "{id} is still shown");
+        assert!(
+            cluster
+                .s3_get_bytes(&cluster.s3_key(&format!("batches/{id}/manifest.json")))
+                .is_none()
+        );
+        assert!(
+            cluster
+                .s3_get_bytes(&cluster.s3_key(&format!("pipelines/inbox/batches/{id}.json")))
+                .is_none()
+        );
+    }
+    // The live batch and its origin record stay; the snapshot holds the others' documents.
+    assert_eq!(cluster.status(&live_id)["status"], "in_progress");
+    let snapshot = cluster.s3_get(&cluster.s3_key("pipelines/inbox/seen-snapshot.json"));
+    let docs = snapshot["documents"].as_object().unwrap();
+    assert!(
+        ["a.txt", "b.md", "c.txt"]
+            .iter()
+            .all(|d| docs.contains_key(*d)),
+        "{snapshot}"
+    );
+
+    // Redis loses everything: the next run takes nothing it took before.
+    let client = redis::Client::open(cluster.redis.url.as_str()).unwrap();
+    let () = redis::cmd("FLUSHALL")
+        .query(&mut client.get_connection().unwrap())
+        .unwrap();
+    let after = pipeline_run(&cluster, "inbox");
+    assert_eq!(after["outcome"], "nothing_new", "{after}");
+    write_file(inbox.path(), "e.txt", b"fifth document");
+    let next = pipeline_run(&cluster, "inbox");
+    assert_eq!(next["items"], 1, "only the new document: {next}");
+    assert_eq!(cluster.fake.stats()["requests"].as_u64().unwrap(), paid);
+}
