@@ -135,3 +135,66 @@ fn alias(
     }
     Ok(value)
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::config::Settings;
+
+    fn load(text: &str) -> Result<Settings, crate::error::ConfigError> {
+        Settings::from_toml(text, None, &BTreeMap::new())
+    }
+
+    #[test]
+    fn defaults_aliases_and_which_wins() {
+        let s = load("").unwrap();
+        assert_eq!(s.retention, Retention::default());
+        assert_eq!(s.queue.dead_letter_retention, DAY * 7);
+        assert_eq!(s.cache.ttl, DAY * 30);
+        // The older keys alone still set what they always did.
+        let s =
+            load("[queue]\ndead_letter_retention_hours = 48\n[cache]\nttl_secs = 600\n").unwrap();
+        assert_eq!(s.queue.dead_letter_retention, DAY * 2);
+        assert_eq!(s.cache.ttl, Duration::from_secs(600));
+        assert!(s.warnings.is_empty(), "{:?}", s.warnings);
+        // Both set: [retention] wins, with one warning per key naming both.
+        let s = load(
+            "[queue]\ndead_letter_retention_hours = 48\n[cache]\nttl_secs = 600\n\
+             [retention]\ndead_letters = \"1d\"\ncache = \"2h\"\nbatches = \"never\"\nfiles = \"90m\"\n",
+        )
+        .unwrap();
+        assert_eq!(s.queue.dead_letter_retention, DAY);
+        assert_eq!(s.cache.ttl, Duration::from_secs(7200));
+        assert_eq!(s.retention.batches, None);
+        assert_eq!(s.retention.files, Some(Duration::from_secs(5400)));
+        assert_eq!(s.warnings.len(), 2, "{:?}", s.warnings);
+        assert!(
+            s.warnings[0].contains("retention.dead_letters")
+                && s.warnings[0].contains("queue.dead_letter_retention_hours")
+                && s.warnings[0].contains("wins"),
+            "{:?}",
+            s.warnings
+        );
+    }
+
+    #[test]
+    fn bad_values_name_their_key() {
+        for (text, key) in [
+            ("[retention]\nbatches = \"30 days\"\n", "retention.batches"),
+            ("[retention]\ncache = \"never\"\n", "retention.cache"),
+            (
+                "[retention]\ndead_letters = \"0s\"\n",
+                "retention.dead_letters",
+            ),
+            ("[retention]\nfiles = \"99999d\"\n", "retention.files"),
+            ("[retention]\nmax_per_pass = 0\n", "retention.max_per_pass"),
+            ("[retention]\nkeep = \"1d\"\n", "retention"),
+        ] {
+            let err = load(text).unwrap_err();
+            assert!(err.to_string().contains(key), "{text}: {err}");
+        }
+    }
+}

@@ -219,7 +219,6 @@ impl Collector {
 
     /// Every `interval`, a pass when this process holds the lease, until `cancel`.
     pub async fn run(self, cancel: CancellationToken) {
-        describe();
         loop {
             tokio::select! {
                 () = cancel.cancelled() => return,
