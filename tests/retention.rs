@@ -71,7 +71,7 @@ async fn redis_memory_returns_to_its_empty_baseline_after_ten_thousand_batches()
     std::fs::write(
         &config,
         format!(
-            "[queue]\nredis_url = \"{}\"\n[storage]\nurl = \"file://{}\"\n[retention]\nbatches = \"1s\"\nmax_per_pass = 2000\n",
+            "[queue]\nredis_url = \"{}\"\n[storage]\nurl = \"file://{}\"\n[retention]\nbatches = \"1s\"\nmax_per_pass = 2000\ninterval = \"1s\"\n",
             redis.url(),
             dir.path().join("data").display()
         ),
@@ -121,6 +121,34 @@ async fn redis_memory_returns_to_its_empty_baseline_after_ten_thousand_batches()
     assert!(
         after <= base_mem + margin,
         "used_memory {after} B after gc vs {base_mem} B empty (with the batches: {full_mem} B)"
+    );
+
+    // A worker collects by itself, every `interval`.
+    ended_batches(&ledger, "bg", 50).await;
+    let log = std::fs::File::create(dir.path().join("worker.log")).unwrap();
+    let mut worker = batchyard(dir.path())
+        .arg("--config")
+        .arg(&config)
+        .arg("worker")
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut left: u64 = 50;
+    while left > 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        left = redis::cmd("ZCARD")
+            .arg(batchyard_jobs::keys::BATCH_INDEX)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+    }
+    terminate(&mut worker);
+    assert_eq!(
+        left,
+        0,
+        "the worker's collector left batches: {}",
+        std::fs::read_to_string(dir.path().join("worker.log")).unwrap()
     );
 }
 

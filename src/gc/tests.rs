@@ -82,6 +82,17 @@ async fn due_things_go_live_ones_stay_and_a_cut_short_removal_is_finished() {
         cursors: Arc::default(),
         others: Arc::default(),
     };
+    // One collector of a fleet at a time; released, the lease is free at once.
+    let other = Collector {
+        owner: "other".into(),
+        ..collector.clone()
+    };
+    assert!(collector.lease().await.unwrap());
+    assert!(collector.lease().await.unwrap(), "its holder extends it");
+    assert!(!other.lease().await.unwrap());
+    collector.release().await;
+    assert!(other.lease().await.unwrap());
+    other.release().await;
     // a and b end; c still runs and reads the uploaded file-live.
     batch(&ledger, &store, "batch_a", BatchState::Completed, "file-x").await;
     batch(&ledger, &store, "batch_b", BatchState::Failed, "file-x").await;
