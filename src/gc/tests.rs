@@ -54,11 +54,8 @@ async fn indexed(ledger: &RedisLedger) -> Vec<String> {
     page.into_iter().map(|e| e.id).collect()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn due_things_go_live_ones_stay_and_a_cut_short_removal_is_finished() {
-    let Some(redis) = TestRedis::start("gc_steps") else {
-        return;
-    };
+/// A collector over the test Redis and a `file://` store in a temporary folder.
+async fn setup(redis: &TestRedis) -> (RedisLedger, ResultStore, tempfile::TempDir, Collector) {
     let conn = batchyard_jobs::redis_conn::connect(redis.url())
         .await
         .unwrap();
@@ -82,7 +79,15 @@ async fn due_things_go_live_ones_stay_and_a_cut_short_removal_is_finished() {
         cursors: Arc::default(),
         others: Arc::default(),
     };
-    // One collector of a fleet at a time; released, the lease is free at once.
+    (ledger, store, dir, collector)
+}
+
+#[tokio::test]
+async fn one_collector_of_a_fleet_holds_the_lease_at_a_time() {
+    let Some(redis) = TestRedis::start("gc_lease") else {
+        return;
+    };
+    let (_, _, _dir, collector) = setup(&redis).await;
     let other = Collector {
         owner: "other".into(),
         ..collector.clone()
@@ -90,9 +95,17 @@ async fn due_things_go_live_ones_stay_and_a_cut_short_removal_is_finished() {
     assert!(collector.lease().await.unwrap());
     assert!(collector.lease().await.unwrap(), "its holder extends it");
     assert!(!other.lease().await.unwrap());
+    // Released, it is free at once (not after its time to live).
     collector.release().await;
     assert!(other.lease().await.unwrap());
-    other.release().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn due_things_go_live_ones_stay_and_a_cut_short_removal_is_finished() {
+    let Some(redis) = TestRedis::start("gc_steps") else {
+        return;
+    };
+    let (ledger, store, dir, collector) = setup(&redis).await;
     // a and b end; c still runs and reads the uploaded file-live.
     batch(&ledger, &store, "batch_a", BatchState::Completed, "file-x").await;
     batch(&ledger, &store, "batch_b", BatchState::Failed, "file-x").await;

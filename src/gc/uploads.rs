@@ -20,6 +20,13 @@ const SCAN_FACTOR: usize = 10;
 const MAX_INDEX_SCAN: usize = 2_000_000;
 const INDEX_SCAN_TIME: Duration = Duration::from_secs(30);
 
+/// The listings the collector walks a page per pass.
+#[derive(Clone, Copy)]
+enum Listing {
+    Files,
+    Cache,
+}
+
 impl Collector {
     /// Up to `limit` objects under `rel`, after `offset` (a key relative to the store root).
     /// The bool is true when the listing reached its end.
@@ -56,26 +63,49 @@ impl Collector {
             .to_string()
     }
 
-    pub(super) async fn collect_files(&self, cutoff: u64, until: Instant, report: &mut Report) {
-        let max = self.retention.max_per_pass;
-        let offset = self.cursors().files.clone();
-        let (listed, end) = match self
-            .list_from("files", offset.as_deref(), max * SCAN_FACTOR, until)
-            .await
-        {
+    /// The next page of a listing from where the last pass stopped; moves the cursor on.
+    /// `None` (the error noted) when the store refused.
+    async fn next_page(
+        &self,
+        which: Listing,
+        until: Instant,
+        report: &mut Report,
+    ) -> Option<Vec<ObjectMeta>> {
+        let rel = match which {
+            Listing::Files => "files".to_string(),
+            Listing::Cache => format!("cache/{}", keys::CACHE_VERSION),
+        };
+        let offset = match which {
+            Listing::Files => self.cursors().files.clone(),
+            Listing::Cache => self.cursors().cache.clone(),
+        };
+        let limit = self.retention.max_per_pass * SCAN_FACTOR;
+        let (listed, end) = match self.list_from(&rel, offset.as_deref(), limit, until).await {
             Ok(l) => l,
             Err(e) => {
                 report.errors.push(e);
                 report.complete = false;
-                return;
+                return None;
             }
         };
-        self.cursors().files = if end {
+        let next = if end {
             None
         } else {
             listed.last().map(|m| self.relative(&m.location))
         };
+        match which {
+            Listing::Files => self.cursors().files = next,
+            Listing::Cache => self.cursors().cache = next,
+        }
         report.complete &= end;
+        Some(listed)
+    }
+
+    pub(super) async fn collect_files(&self, cutoff: u64, until: Instant, report: &mut Report) {
+        let max = self.retention.max_per_pass;
+        let Some(listed) = self.next_page(Listing::Files, until, report).await else {
+            return;
+        };
         // An upload is its content (`<id>.jsonl`) and its metadata (`<id>.json`).
         let mut uploads: BTreeMap<String, (u64, u64)> = BTreeMap::new();
         for m in &listed {
@@ -186,25 +216,9 @@ impl Collector {
 
     pub(super) async fn collect_cache(&self, cutoff: u64, until: Instant, report: &mut Report) {
         let max = self.retention.max_per_pass;
-        let offset = self.cursors().cache.clone();
-        let rel = format!("cache/{}", keys::CACHE_VERSION);
-        let (listed, end) = match self
-            .list_from(&rel, offset.as_deref(), max * SCAN_FACTOR, until)
-            .await
-        {
-            Ok(l) => l,
-            Err(e) => {
-                report.errors.push(e);
-                report.complete = false;
-                return;
-            }
+        let Some(listed) = self.next_page(Listing::Cache, until, report).await else {
+            return;
         };
-        self.cursors().cache = if end {
-            None
-        } else {
-            listed.last().map(|m| self.relative(&m.location))
-        };
-        report.complete &= end;
         let old: Vec<ObjectMeta> = listed
             .into_iter()
             .filter(|m| u64::try_from(m.last_modified.timestamp()).unwrap_or(0) <= cutoff)
