@@ -205,6 +205,7 @@ impl Settings {
         cache.ttl = retention.cache;
         let offload = sections::offload(raw, env)?;
         let notify = notify::notify(&raw.notify, env)?;
+        retention::warn_if_notify_outlives(&retention, &notify, &mut warnings);
         let pipelines = sections::pipelines(raw, &catalog.task_keys())?;
         let (concurrency, drain_timeout) = sections::worker(raw)?;
         Ok(Self {

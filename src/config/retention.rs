@@ -115,6 +115,23 @@ pub(super) fn retention(raw: &RawConfig, warnings: &mut Vec<String>) -> Result<R
     })
 }
 
+/// A batch removed while its webhook is still being retried is never announced.
+pub(super) fn warn_if_notify_outlives(
+    retention: &Retention,
+    notify: &batchyard_workers::notify::NotifyOptions,
+    warnings: &mut Vec<String>,
+) {
+    if let Some(keep) = retention.batches
+        && keep < notify.give_up_after
+    {
+        warnings.push(format!(
+            "retention.batches ({} s) is shorter than notify.give_up_hours ({} s): a batch whose webhook is still being retried may be removed first, and is then never announced",
+            keep.as_secs(),
+            notify.give_up_after.as_secs()
+        ));
+    }
+}
+
 /// The `[retention]` key when set (warning when the older key is set too), else the older
 /// key, else the default.
 fn alias(

@@ -175,3 +175,69 @@ pub async fn compact(store: &ResultStore, pipeline: &str) -> anyhow::Result<Snap
         .await?;
     Ok(snapshot)
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod tests {
+    use super::*;
+    use crate::scheduler::recover::write_origin;
+
+    async fn origin(
+        store: &ResultStore,
+        id: &str,
+        tick: i64,
+        trigger: &str,
+        docs: &[(&str, &str)],
+    ) {
+        let docs: BTreeMap<&str, &str> = docs.iter().copied().collect();
+        let body = serde_json::json!({
+            "pipeline": "p", "batch_id": id, "tick_unix": tick, "trigger": trigger, "documents": docs,
+        });
+        write_origin(store, "p", id, &body).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn compaction_keeps_every_document_and_later_records_apply_over_it() {
+        let store = ResultStore::in_memory();
+        origin(
+            &store,
+            "batch_1",
+            100,
+            "schedule",
+            &[("a", "1"), ("b", "1")],
+        )
+        .await;
+        origin(&store, "batch_2", 200, "schedule", &[("a", "2")]).await;
+        let snap = compact(&store, "p").await.unwrap();
+        assert_eq!(snap.generation, 1);
+        assert_eq!(snap.last_scheduled_tick, Some(200));
+        assert_eq!(snap.compacted.len(), 2);
+        // Retention removes batch_1's record; a manual run records batch_3 after.
+        store
+            .delete(&store.path_of(&keys::pipeline_record("p", "batch_1")))
+            .await
+            .unwrap();
+        origin(&store, "batch_3", 50, "manual", &[("b", "2"), ("c", "1")]).await;
+        let stored = load(&store, "p").await.unwrap();
+        let want: BTreeMap<String, String> = [("a", "2"), ("b", "2"), ("c", "1")]
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        assert_eq!(stored.documents, want);
+        assert_eq!(
+            stored.last_scheduled_tick,
+            Some(200),
+            "a manual run is no tick"
+        );
+        assert_eq!(stored.records, 2, "the snapshot and batch_3");
+        // The next compaction forgets the deleted record's id and folds batch_3 in.
+        let again = compact(&store, "p").await.unwrap();
+        assert_eq!(again.generation, 2);
+        assert_eq!(again.documents, want);
+        let ids: Vec<&str> = again.compacted.iter().map(String::as_str).collect();
+        assert_eq!(ids, ["batch_2", "batch_3"]);
+        assert_eq!(load(&store, "p").await.unwrap().documents, want);
+        // A pipeline with nothing stored loads empty.
+        assert_eq!(load(&store, "q").await.unwrap(), Stored::default());
+    }
+}
