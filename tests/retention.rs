@@ -21,6 +21,22 @@ async fn dbsize(conn: &mut redis::aio::MultiplexedConnection) -> u64 {
     redis::cmd("DBSIZE").query_async(conn).await.unwrap()
 }
 
+async fn zcard(conn: &mut redis::aio::MultiplexedConnection) -> u64 {
+    redis::cmd("ZCARD")
+        .arg(batchyard_jobs::keys::BATCH_INDEX)
+        .query_async(conn)
+        .await
+        .unwrap()
+}
+
+async fn memory_info(conn: &mut redis::aio::MultiplexedConnection) -> String {
+    redis::cmd("INFO")
+        .arg("memory")
+        .query_async(conn)
+        .await
+        .unwrap()
+}
+
 async fn used_memory(conn: &mut redis::aio::MultiplexedConnection) -> i64 {
     let info: String = redis::cmd("INFO")
         .arg("memory")
@@ -40,7 +56,7 @@ async fn ended_batches(ledger: &RedisLedger, prefix: &str, n: usize) {
     let ids: Vec<String> = (0..n).map(|i| format!("batch_{prefix}{i:06}")).collect();
     for chunk in ids.chunks(200) {
         futures::future::join_all(chunk.iter().map(|id| async move {
-            let record = BatchRecord::new(id.clone(), 3, "file://x".into(), now_secs() - 60);
+            let record = BatchRecord::new(id.clone(), 3, "file://x".into(), now_secs() - 3600);
             ledger.create(&record).await.unwrap();
             ledger.set_state(id, BatchState::Completed).await.unwrap();
             ledger
@@ -50,6 +66,15 @@ async fn ended_batches(ledger: &RedisLedger, prefix: &str, n: usize) {
         }))
         .await;
     }
+}
+
+/// `status --json` must work (it lists batches, reading the index).
+fn status(dir: &std::path::Path, config: &std::path::Path) {
+    let out = run(batchyard(dir)
+        .arg("--config")
+        .arg(config)
+        .args(["status", "--json"]));
+    assert!(out.status.success(), "status failed: {}", text(&out.stderr));
 }
 
 fn gc(dir: &std::path::Path, config: &std::path::Path) -> serde_json::Value {
@@ -83,11 +108,12 @@ async fn redis_memory_returns_to_its_empty_baseline_after_ten_thousand_batches()
             .unwrap(),
     );
     let mut conn = redis.raw().await;
-    // The baseline: after one batch went through gc, so the queue's stream and the scripts
-    // Redis caches are there before and after.
+    // The baseline: after one batch went through gc and status, so the queue's stream and
+    // the scripts Redis caches are there before and after.
     ended_batches(&ledger, "warm", 1).await;
     tokio::time::sleep(Duration::from_millis(1100)).await;
     assert_eq!(gc(dir.path(), &config)["batches"]["removed"], 1);
+    status(dir.path(), &config);
     let base_keys = dbsize(&mut conn).await;
     let base_mem = used_memory(&mut conn).await;
 
@@ -100,10 +126,32 @@ async fn redis_memory_returns_to_its_empty_baseline_after_ten_thousand_batches()
         "a record and a notification each, and the index"
     );
     tokio::time::sleep(Duration::from_millis(1100)).await;
+    // A collector killed part way: readers are fine, and the next one finishes the job.
+    let mut killed = batchyard(dir.path())
+        .arg("--config")
+        .arg(&config)
+        .arg("gc")
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while zcard(&mut conn).await > 7_000 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    signal(killed.id(), "KILL");
+    let _ = killed.wait();
+    let left = zcard(&mut conn).await;
+    assert!((1..10_000).contains(&left), "killed with {left} left");
+    status(dir.path(), &config);
+    // The dead collector's lease would lapse in 3 minutes; drop it as that would.
+    let () = redis::cmd("DEL")
+        .arg(batchyard_jobs::keys::GC_LEASE)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
     let started = Instant::now();
     let report = gc(dir.path(), &config);
     let took = started.elapsed();
-    assert_eq!(report["batches"]["removed"], 10_000, "{report}");
+    assert_eq!(report["batches"]["removed"], left, "{report}");
     assert_eq!(report["batches"]["kept"], 0, "{report}");
     assert_eq!(dbsize(&mut conn).await, base_keys, "keys left behind");
     // Redis shrinks its emptied key tables in the background (serverCron): give it a moment.
@@ -115,12 +163,13 @@ async fn redis_memory_returns_to_its_empty_baseline_after_ten_thousand_batches()
         after = used_memory(&mut conn).await;
     }
     eprintln!(
-        "retention: {base_keys} keys / {base_mem} B empty, {full_keys} keys / {full_mem} B with 10,000 ended batches, {} keys / {after} B after gc ({took:?})",
+        "retention: {base_keys} keys / {base_mem} B empty, {full_keys} keys / {full_mem} B with 10,000 ended batches, {} keys / {after} B after a gc killed with {left} left and one more gc ({took:?})",
         dbsize(&mut conn).await
     );
     assert!(
         after <= base_mem + margin,
-        "used_memory {after} B after gc vs {base_mem} B empty (with the batches: {full_mem} B)"
+        "used_memory {after} B after gc vs {base_mem} B empty (with the batches: {full_mem} B): {}",
+        memory_info(&mut conn).await
     );
 
     // A worker collects by itself, every `interval`.
@@ -134,14 +183,10 @@ async fn redis_memory_returns_to_its_empty_baseline_after_ten_thousand_batches()
         .spawn()
         .unwrap();
     let deadline = Instant::now() + Duration::from_secs(20);
-    let mut left: u64 = 50;
+    let mut left = 50;
     while left > 0 && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(200)).await;
-        left = redis::cmd("ZCARD")
-            .arg(batchyard_jobs::keys::BATCH_INDEX)
-            .query_async(&mut conn)
-            .await
-            .unwrap();
+        left = zcard(&mut conn).await;
     }
     terminate(&mut worker);
     assert_eq!(
