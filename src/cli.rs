@@ -89,6 +89,18 @@ pub enum Command {
     /// List scheduled pipelines, trigger one now, or show its runs
     #[command(after_help = ENVIRONMENT)]
     Pipelines(PipelinesArgs),
+    /// Remove what [retention] says is old enough: ended batches, uploads, cache entries
+    #[command(after_help = ENVIRONMENT)]
+    Gc(GcArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct GcArgs {
+    /// Only print what would be removed
+    #[arg(long)]
+    pub dry_run: bool,
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]

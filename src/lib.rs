@@ -13,6 +13,7 @@
 //! - [`batch_view`]: the batch object printed by `--json`.
 //! - [`api`]: the HTTP API of `serve` (OpenAI Batch API, native `/api/*`, dashboard).
 //! - [`scheduler`]: cron pipelines: claims, only-new listing, run history.
+//! - [`gc`]: retention: removing ended batches, uploads and cache entries once old enough.
 //! - [`metrics_http`]: the Prometheus recorder and its `GET /metrics` endpoint.
 //! - [`telemetry`]: logs, plain or JSON, and a quiet exit on a closed stdout.
 
@@ -25,6 +26,7 @@ mod config;
 mod cost_estimate;
 pub mod deadline;
 mod error;
+mod gc;
 mod metrics_http;
 mod offload_estimate;
 mod retry_cancel;
@@ -86,5 +88,6 @@ async fn dispatch(cli: &Cli, env: &BTreeMap<String, String>) -> anyhow::Result<(
         Command::Watch(args) => commands::watch::watch(config, args, env).await,
         Command::Scheduler(args) => commands::scheduler::scheduler(config, args, env).await,
         Command::Pipelines(args) => commands::pipelines::pipelines(config, args, env).await,
+        Command::Gc(args) => commands::gc::gc(config, args, env).await,
     }
 }

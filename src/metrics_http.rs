@@ -52,6 +52,7 @@ pub fn install() -> anyhow::Result<PrometheusHandle> {
         .context("cannot install the Prometheus metrics recorder")?;
     batchyard_workers::metrics::describe();
     crate::scheduler::metrics::describe();
+    crate::gc::describe();
     *slot = Some(handle.clone());
     Ok(handle)
 }

@@ -16,10 +16,12 @@
 //! - limiter: `{by:lim}:model:<key>`, `{by:lim}:provider:<key>`
 //! - API queue history: `by:api:queue_history:{<queue>}`
 //! - pipelines: `by:pipeline:{<name>}:seen|runs|lock|last_tick|last_success|tick:<s>|manual:<id>`
+//! - retention: `by:gc:lease` (one collector at a time across the fleet)
 //!
 //! Objects: `batches/<id>/…` (results, input chunks, output, errors, manifest, submit probe),
 //! `files/<id>.jsonl|.json` (API uploads), `api/batches/<id>.json`, `api/readyz`, `check/<id>.probe`,
-//! `cache/v1/<shard>/<sha256>.json`.
+//! `cache/v1/<shard>/<sha256>.json`, `pipelines/<name>/batches/<id>.json` (origin records),
+//! `pipelines/<name>/seen-snapshot.json` (origin records compacted before retention removes them).
 
 /// The namespace of every Redis key.
 pub const PREFIX: &str = "by";
@@ -188,6 +190,11 @@ pub fn pipeline_manual(id: &str) -> String {
     format!("manual:{id}")
 }
 
+// ---- retention ----
+
+/// The retention collector's lease: one worker of a fleet collects at a time.
+pub const GC_LEASE: &str = "by:gc:lease";
+
 // ---- object store ----
 
 pub fn batch_dir(batch_id: &str) -> String {
@@ -250,6 +257,27 @@ pub fn offload_state(batch_id: &str) -> String {
 /// The job ids one provider batch of the offload lane holds, one a line.
 pub fn offload_jobs(batch_id: &str, provider_batch_key: &str) -> String {
     format!("batches/{batch_id}/offload/{provider_batch_key}.jobs")
+}
+
+/// A pipeline's origin records, one per batch it submitted.
+pub fn pipeline_records_dir(pipeline: &str) -> String {
+    format!("pipelines/{pipeline}/batches")
+}
+
+/// One origin record of a pipeline (the copy beside the batch is `batches/<id>/pipeline.json`).
+pub fn pipeline_record(pipeline: &str, batch_id: &str) -> String {
+    format!("pipelines/{pipeline}/batches/{batch_id}.json")
+}
+
+/// The origin record written beside its batch.
+pub fn batch_pipeline_origin(batch_id: &str) -> String {
+    format!("batches/{batch_id}/pipeline.json")
+}
+
+/// Origin records folded into one object before retention removes them, so a pipeline's
+/// seen-state can be rebuilt without them.
+pub fn pipeline_snapshot(pipeline: &str) -> String {
+    format!("pipelines/{pipeline}/seen-snapshot.json")
 }
 
 /// What `batchyard check` writes, reads back and deletes to see that the store works.
@@ -346,6 +374,11 @@ mod tests {
             (CACHE_VERSION.to_owned(), "v1"),
             (cache_entry("abcdef").join("/"), "cache/v1/ab/abcdef.json"),
             (cache_entry("a").join("/"), "cache/v1/__/a.json"),
+            (GC_LEASE.to_owned(), "by:gc:lease"),
+            (pipeline_records_dir("p"), "pipelines/p/batches"),
+            (pipeline_record("p", "b1"), "pipelines/p/batches/b1.json"),
+            (batch_pipeline_origin("b1"), "batches/b1/pipeline.json"),
+            (pipeline_snapshot("p"), "pipelines/p/seen-snapshot.json"),
         ];
         for (built, today) in pinned {
             assert_eq!(built, today);

@@ -15,10 +15,12 @@
 //! - [`watch`]: `watch`, follow one batch until it ends.
 //! - [`scheduler`]: `scheduler`, fire the pipelines on their schedules.
 //! - [`pipelines`]: `pipelines list|run|history`.
+//! - [`gc`]: `gc`, retention's passes run now (or `--dry-run`).
 
 pub mod batch_ops;
 pub mod check;
 pub mod estimate_route;
+pub mod gc;
 pub mod model_catalog;
 pub mod models;
 pub mod pipelines;

@@ -71,6 +71,9 @@ pub async fn worker(
     let notifier = app.notifier();
     let stop_notify = background.clone();
     tracker.spawn(async move { notifier.run(stop_notify).await });
+    // What [retention] says is old enough goes, collected by one worker at a time.
+    let collector = crate::gc::Collector::new(&app);
+    tracker.spawn(collector.run(background.clone()));
     // Batches whose finalizer was killed mid-write are finished by whichever worker looks next.
     tracker.spawn(batchyard_workers::finalize::sweep::sweep(
         app.finalizer(),

@@ -15,6 +15,8 @@
 //!   generic `AWS_ENDPOINT_URL`), and whose AWS credentials sign the calls.
 //! - [`provider_bedrock_batch`]: `batch_role_arn` and `batch_s3_url`, a bedrock provider's
 //!   batch jobs (the bucket, the control plane).
+//! - [`retention`]: `[retention]`, how long ended batches, uploads, dead letters and cache
+//!   entries are kept (the older `[queue]` and `[cache]` keys as aliases).
 //! - [`pipeline_spec`]: one `[pipelines.<name>]`, validated: schedule, timezone, catch-up.
 //! - [`tenants`]: `[tenants.<name>]`: weights, the highest priority allowed, the API tokens'
 //!   variable; where a batch runs ([`tenants::Tenants::place`]).
@@ -28,6 +30,7 @@ mod provider_azure;
 mod provider_bedrock;
 mod provider_bedrock_batch;
 mod raw;
+pub mod retention;
 mod sections;
 pub mod tenants;
 
@@ -74,6 +77,9 @@ pub struct Settings {
     pub offload: batchyard_workers::offload::OffloadOptions,
     /// `[notify]`: webhooks for ended batches.
     pub notify: batchyard_workers::notify::NotifyOptions,
+    /// `[retention]`: what is kept how long (dead letters and cache entries are also in
+    /// `queue` and `cache`, where they act).
+    pub retention: retention::Retention,
     /// `[pipelines.<name>]`, by name.
     pub pipelines: BTreeMap<String, pipeline_spec::Pipeline>,
     /// `[tenants.<name>]`, `default` included.
@@ -192,16 +198,20 @@ impl Settings {
         let (models, model_catalog) = catalog_sections::models(raw)?;
         let tasks = catalog_sections::tasks(raw, base_dir)?;
         let catalog = catalog_sections::catalog(raw, models, tasks, providers)?;
-        let queue = sections::queue(raw)?;
+        let mut queue = sections::queue(raw)?;
         let runner = sections::runner(raw, &queue);
         let retry = sections::retry(raw);
         let health = sections::health(raw)?;
         let limits = sections::limits(raw)?;
         let routing = sections::routing_policy(&raw.routing)?;
-        let cache = sections::cache_settings(&raw.cache)?;
+        let mut cache = sections::cache_settings(&raw.cache)?;
+        let retention = retention::retention(raw, &mut warnings)?;
+        queue.dead_letter_retention = retention.dead_letters;
+        cache.ttl = retention.cache;
         let offload = sections::offload(raw, env)?;
         let notify = notify::notify(&raw.notify, env)?;
         let tenants = tenants::tenants(&raw.tenants)?;
+        retention::warn_if_notify_outlives(&retention, &notify, &mut warnings);
         let pipelines = sections::pipelines(raw, &catalog.task_keys(), &tenants)?;
         let (concurrency, drain_timeout) = sections::worker(raw)?;
         Ok(Self {
@@ -221,6 +231,7 @@ impl Settings {
             cache,
             offload,
             notify,
+            retention,
             pipelines,
             tenants,
             model_catalog,

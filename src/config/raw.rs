@@ -30,6 +30,8 @@ pub struct RawConfig {
     #[serde(default)]
     pub notify: super::notify::RawNotify,
     #[serde(default)]
+    pub retention: super::retention::RawRetention,
+    #[serde(default)]
     pub providers: BTreeMap<String, RawProvider>,
     #[serde(default)]
     pub models: BTreeMap<String, RawModel>,

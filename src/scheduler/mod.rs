@@ -11,6 +11,7 @@
 //! - [`state`]: claims, seen documents and run history in Redis.
 //! - [`run`]: one run: claim, list, pick the new documents, submit, record.
 //! - [`recover`]: the origin records in object storage that rebuild a lost `seen` hash.
+//! - [`snapshot`]: origin records folded into one object before retention removes them.
 //! - [`view`]: the rows `pipelines list` and `/api/pipelines` show, and a manual trigger.
 //! - [`metrics`]: runs per outcome and the last success, for alerts on a stale pipeline.
 
@@ -18,6 +19,7 @@ pub mod listing;
 pub mod metrics;
 pub mod recover;
 pub mod run;
+pub mod snapshot;
 pub mod state;
 pub mod view;
 
@@ -79,8 +81,8 @@ async fn missed_tick(
     let last = match state.last_tick(&pipeline.name).await? {
         Some(t) => t,
         // Redis may have lost its data: the origin records in object storage still know.
-        None => match recover::read_records(store, &pipeline.name).await {
-            Ok(records) => match recover::latest_scheduled_tick(&records) {
+        None => match snapshot::load(store, &pipeline.name).await {
+            Ok(stored) => match stored.last_scheduled_tick {
                 Some(t) => t,
                 None => return Ok(None),
             },

@@ -67,6 +67,31 @@ pub enum Reservation {
     },
 }
 
+/// One entry of the batch index (`by:batches`), with what retention judges it on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IndexEntry {
+    pub id: String,
+    /// Unix seconds: the index's score.
+    pub created_at: u64,
+    /// `None`: the index names a batch whose record is gone (a removal cut short).
+    pub state: Option<BatchState>,
+    /// When it ended (its `completed_at`), if it did.
+    pub ended_at: Option<u64>,
+    /// The storage URL its objects live under, when the record says.
+    pub storage_url: Option<String>,
+}
+
+/// What [`Ledger::remove_ended`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Removal {
+    /// The batch's keys are gone; its index entry stays until [`Ledger::unindex`].
+    Removed,
+    /// Not ended, or ended after the cutoff: nothing changed.
+    Kept,
+    /// No record (an earlier removal was cut short, or it never existed).
+    Missing,
+}
+
 /// One step of a submission's life. A batch is `validating` while its input is staged,
 /// invisible to workers; sealing makes it `in_progress`. A submit that stops before sealing
 /// (Redis gone, process killed) ends `failed` with `submit_interrupted` once its lease
@@ -253,4 +278,44 @@ pub trait Ledger: Send + Sync {
 
     /// The newest batches, newest first.
     async fn list(&self, limit: usize) -> Result<Vec<BatchRecord>, QueueError>;
+
+    /// Retention: up to `limit` entries of the batch index created at or before `until`
+    /// (Unix seconds), oldest first, after skipping `skip`. The in-process ledger keeps
+    /// nothing past its process, so it lists nothing.
+    async fn index_page(
+        &self,
+        _until: u64,
+        _skip: usize,
+        _limit: usize,
+    ) -> Result<Vec<IndexEntry>, QueueError> {
+        Ok(Vec::new())
+    }
+
+    /// Retention: removes every Redis key of a batch (record, settlement, leases,
+    /// reservations, notification), atomically with the check that it ended at or before
+    /// `ended_before` (Unix seconds). The index entry stays until [`Ledger::unindex`], so a
+    /// removal cut short between the two is found again.
+    async fn remove_ended(
+        &self,
+        _batch_id: &str,
+        _ended_before: u64,
+    ) -> Result<Removal, QueueError> {
+        Ok(Removal::Kept)
+    }
+
+    /// Retention: drops a removed batch from the index, the last step of its removal.
+    async fn unindex(&self, _batch_id: &str) -> Result<(), QueueError> {
+        Ok(())
+    }
+
+    /// Retention: the collector's lease, taken or extended by `owner` for `ttl`, so one
+    /// worker of a fleet collects at a time. In process there is only one.
+    async fn try_lock_gc(&self, _owner: &str, _ttl: Duration) -> Result<bool, QueueError> {
+        Ok(true)
+    }
+
+    /// Retention: gives the collector's lease up, if `owner` holds it.
+    async fn release_gc(&self, _owner: &str) -> Result<(), QueueError> {
+        Ok(())
+    }
 }

@@ -11,6 +11,7 @@ mod enqueued;
 mod lease;
 mod notify;
 mod record;
+mod retention;
 
 use record::{parse_record, state_stamp_field};
 
@@ -22,7 +23,7 @@ use async_trait::async_trait;
 use redis::aio::ConnectionManager;
 use redis::{AsyncCommands, Script};
 
-use super::{Enqueued, Ledger, Reopen, Reservation, Settlement, SubmitStep};
+use super::{Enqueued, IndexEntry, Ledger, Removal, Reopen, Reservation, Settlement, SubmitStep};
 use crate::batch::{BatchFailure, BatchRecord, BatchState, now_secs};
 use crate::error::QueueError;
 use crate::keys;
@@ -484,5 +485,32 @@ impl Ledger for RedisLedger {
             }
         }
         Ok(out)
+    }
+
+    async fn index_page(
+        &self,
+        until: u64,
+        skip: usize,
+        limit: usize,
+    ) -> Result<Vec<IndexEntry>, QueueError> {
+        self.index_entries(until, skip, limit).await
+    }
+
+    async fn remove_ended(&self, batch_id: &str, ended_before: u64) -> Result<Removal, QueueError> {
+        self.remove_batch_keys(batch_id, ended_before).await
+    }
+
+    async fn unindex(&self, batch_id: &str) -> Result<(), QueueError> {
+        let mut conn = self.conn.clone();
+        let _: i64 = conn.zrem(INDEX_KEY, batch_id).await?;
+        Ok(())
+    }
+
+    async fn try_lock_gc(&self, owner: &str, ttl: Duration) -> Result<bool, QueueError> {
+        self.lease(keys::GC_LEASE, owner, ttl).await
+    }
+
+    async fn release_gc(&self, owner: &str) -> Result<(), QueueError> {
+        self.release_lease(keys::GC_LEASE, owner).await
     }
 }

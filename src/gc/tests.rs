@@ -1,0 +1,199 @@
+//! The collector against a real redis-server and a `file://` store: what is due goes, what
+//! is live stays, and a removal stopped after any of its steps leaves nothing that breaks a
+//! reader and is finished by the next pass.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use batchyard_jobs::batch::{BatchRecord, BatchState, now_secs};
+use batchyard_jobs::keys;
+use batchyard_jobs::ledger::Ledger;
+use batchyard_jobs::ledger::redis::RedisLedger;
+use batchyard_jobs::queue::QueueOptions;
+use batchyard_jobs::queue::redis::RedisQueue;
+use batchyard_jobs::storage::ResultStore;
+use batchyard_testkit::TestRedis;
+use bytes::Bytes;
+
+use super::Collector;
+use super::batches::FAIL_AFTER;
+use crate::config::retention::{DAY, Retention};
+
+async fn put(store: &ResultStore, rel: &str, body: &str) {
+    store
+        .put(&store.path_of(rel), Bytes::from(body.to_string()))
+        .await
+        .unwrap();
+}
+
+async fn batch(
+    ledger: &RedisLedger,
+    store: &ResultStore,
+    id: &str,
+    state: BatchState,
+    input: &str,
+) {
+    let record = BatchRecord::new(id.into(), 1, store.url().into(), now_secs() - 7200);
+    ledger.create(&record).await.unwrap();
+    ledger.set_state(id, state).await.unwrap();
+    put(store, &keys::output(id), "{}\n").await;
+    put(store, &keys::result(id, "j1"), "{}").await;
+    put(store, &keys::manifest(id), "{}").await;
+    let api = format!(r#"{{"id":"{id}","input_file_id":"{input}"}}"#);
+    put(store, &keys::api_batch(id), &api).await;
+}
+
+async fn exists(store: &ResultStore, rel: &str) -> bool {
+    store.exists(&store.path_of(rel)).await.unwrap()
+}
+
+async fn indexed(ledger: &RedisLedger) -> Vec<String> {
+    let page = ledger.index_page(u64::MAX, 0, 100).await.unwrap();
+    page.into_iter().map(|e| e.id).collect()
+}
+
+/// A collector over the test Redis and a `file://` store in a temporary folder.
+async fn setup(redis: &TestRedis) -> (RedisLedger, ResultStore, tempfile::TempDir, Collector) {
+    let conn = batchyard_jobs::redis_conn::connect(redis.url())
+        .await
+        .unwrap();
+    let ledger = RedisLedger::new(conn.clone());
+    let queue = RedisQueue::new(conn, QueueOptions::default())
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let store = ResultStore::open(
+        &format!("file://{}", dir.path().display()),
+        &BTreeMap::new(),
+    )
+    .unwrap();
+    let collector = Collector {
+        ledger: Arc::new(ledger.clone()),
+        queue: Arc::new(queue),
+        store: store.clone(),
+        env: BTreeMap::new(),
+        retention: Retention::default(),
+        owner: "test".into(),
+        cursors: Arc::default(),
+        others: Arc::default(),
+    };
+    (ledger, store, dir, collector)
+}
+
+#[tokio::test]
+async fn one_collector_of_a_fleet_holds_the_lease_at_a_time() {
+    let Some(redis) = TestRedis::start("gc_lease") else {
+        return;
+    };
+    let (_, _, _dir, collector) = setup(&redis).await;
+    let other = Collector {
+        owner: "other".into(),
+        ..collector.clone()
+    };
+    assert!(collector.lease().await.unwrap());
+    assert!(collector.lease().await.unwrap(), "its holder extends it");
+    assert!(!other.lease().await.unwrap());
+    // Released, it is free at once (not after its time to live).
+    collector.release().await;
+    assert!(other.lease().await.unwrap());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn due_things_go_live_ones_stay_and_a_cut_short_removal_is_finished() {
+    let Some(redis) = TestRedis::start("gc_steps") else {
+        return;
+    };
+    let (ledger, store, dir, collector) = setup(&redis).await;
+    // a and b end; c still runs and reads the uploaded file-live.
+    batch(&ledger, &store, "batch_a", BatchState::Completed, "file-x").await;
+    batch(&ledger, &store, "batch_b", BatchState::Failed, "file-x").await;
+    batch(
+        &ledger,
+        &store,
+        "batch_c",
+        BatchState::InProgress,
+        "file-live",
+    )
+    .await;
+    for f in ["file-live", "file-old"] {
+        put(&store, &keys::upload_meta(f), "{}").await;
+        put(&store, &keys::upload_content(f), "{}\n").await;
+    }
+    put(&store, &keys::cache_entry("abcd").join("/"), "{}").await;
+
+    // Today nothing is 30 days old.
+    let report = collector.pass(now_secs(), false).await;
+    assert_eq!(report.batches.removed, 0, "{report:?}");
+    assert_eq!(
+        report.files.removed + report.cache_entries.removed,
+        0,
+        "{report:?}"
+    );
+
+    // 31 days on: a stops after its API record, b after its Redis keys.
+    *FAIL_AFTER.lock().unwrap() = vec![
+        ("batch_a".into(), "api_record"),
+        ("batch_b".into(), "redis"),
+    ];
+    let later = now_secs() + 31 * DAY.as_secs();
+    let report = collector.pass(later, false).await;
+    assert_eq!(report.errors.len(), 2, "{report:?}");
+    assert_eq!(report.batches.removed, 0, "{report:?}");
+    // a still shows (without its API record), b shows nowhere, and listing works.
+    assert!(ledger.get("batch_a").await.unwrap().is_some());
+    assert!(ledger.get("batch_b").await.unwrap().is_none());
+    let listed: Vec<String> = ledger
+        .list(10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| r.id)
+        .collect();
+    assert_eq!(listed.len(), 2, "{listed:?}");
+    assert!(!listed.contains(&"batch_b".to_string()), "{listed:?}");
+    assert!(!exists(&store, &keys::api_batch("batch_a")).await);
+    assert!(
+        exists(&store, &keys::output("batch_b")).await,
+        "b's objects go after its keys"
+    );
+    assert_eq!(indexed(&ledger).await.len(), 3);
+    // The live batch, its input, and nothing else of the rest stay.
+    assert!(exists(&store, &keys::output("batch_c")).await);
+    assert!(exists(&store, &keys::api_batch("batch_c")).await);
+    assert!(exists(&store, &keys::upload_content("file-live")).await);
+    assert!(!exists(&store, &keys::upload_meta("file-old")).await);
+    assert!(!exists(&store, &keys::upload_content("file-old")).await);
+    assert_eq!(
+        (report.files.removed, report.files.kept),
+        (1, 1),
+        "{report:?}"
+    );
+    assert_eq!(report.cache_entries.removed, 1, "{report:?}");
+
+    // The next pass finishes both.
+    FAIL_AFTER.lock().unwrap().clear();
+    let report = collector.pass(later, false).await;
+    assert!(report.errors.is_empty(), "{report:?}");
+    assert_eq!(report.batches.removed, 2, "{report:?}");
+    assert_eq!(report.objects.removed, 6, "{report:?}");
+    assert_eq!(indexed(&ledger).await, vec!["batch_c".to_string()]);
+    for id in ["batch_a", "batch_b"] {
+        assert!(
+            !dir.path().join(keys::batch_dir(id)).exists(),
+            "{id}'s folder is left"
+        );
+        assert!(ledger.get(id).await.unwrap().is_none());
+    }
+    let mut raw = redis.raw().await;
+    let left: Vec<String> = redis::cmd("KEYS")
+        .arg("by:batch:{batch_[ab]}*")
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+    assert!(left.is_empty(), "{left:?}");
+    assert!(exists(&store, &keys::manifest("batch_c")).await);
+    let report = collector.pass(later, false).await;
+    assert!(report.settled(), "{report:?}");
+}
