@@ -1,6 +1,7 @@
 //! In-process queue for `batchyard run` with no Redis.
 //!
-//! Same contract as the Redis queue: FIFO pending jobs, an in-flight map with a visibility
+//! Same contract as the Redis queue: published batches drawn in the fair-share order
+//! ([`super::fair::Backlogs`]) behind retried and released jobs, an in-flight map with a visibility
 //! timeout (a job not acked in time is handed to the next claimer with its delivery count
 //! raised), delayed jobs promoted in bounded chunks, and dead letters kept for the retention.
 //! `claim` sleeps on a [`Notify`] (and the next due time), never in a busy loop.
@@ -12,7 +13,8 @@ use async_trait::async_trait;
 use tokio::sync::{Mutex, Notify};
 use tokio::time::Instant;
 
-use super::{DeadLetter, Delivery, Queue, QueueDepth, QueueOptions};
+use super::fair::{Backlogs, Served};
+use super::{DeadLetter, Delivery, FairClass, Queue, QueueDepth, QueueOptions, Shares};
 use crate::error::QueueError;
 use crate::job::Job;
 
@@ -47,6 +49,9 @@ struct State {
     staged: HashMap<String, VecDeque<Job>>,
     /// Jobs parked for the offload lane, by batch and job id.
     parked: HashMap<String, BTreeMap<String, Job>>,
+    /// Published batches, in the claim order; drawn once `pending` is empty.
+    backlogs: Backlogs,
+    served: Served,
 }
 
 impl State {
@@ -289,6 +294,28 @@ impl Queue for MemoryQueue {
         Ok(moved)
     }
 
+    async fn publish_backlog(&self, staging: &str, class: &FairClass) -> Result<u64, QueueError> {
+        let waiting = {
+            let mut state = self.state.lock().await;
+            let jobs = state.staged.remove(staging).unwrap_or_default();
+            state.backlogs.publish(staging, class, jobs);
+            state.backlogs.len()
+        };
+        self.notify.notify_waiters();
+        Ok(waiting as u64)
+    }
+
+    async fn shares(&self) -> Result<Shares, QueueError> {
+        let state = self.state.lock().await;
+        let mut shares = Shares {
+            active: state.backlogs.active(),
+            weights: state.backlogs.weights(),
+            ..Shares::default()
+        };
+        state.served.fill(now_millis() / 1000, &mut shares);
+        Ok(shares)
+    }
+
     async fn discard_staged(&self, batch_id: &str) -> Result<(), QueueError> {
         let mut state = self.state.lock().await;
         state.staged.remove(batch_id);
@@ -316,7 +343,11 @@ impl Queue for MemoryQueue {
                 state.reclaim(now, visibility, max, &mut out);
                 state.promote(now, self.opts.promote_chunk.max(1));
                 while out.len() < max {
-                    let Some(waiting) = state.pending.pop_front() else {
+                    let Some(waiting) = state.pending.pop_front().or_else(|| {
+                        let (job, staging, tenant) = state.backlogs.pop()?;
+                        state.served.record(now_millis() / 1000, &staging, &tenant);
+                        Some(Waiting { job, deliveries: 0 })
+                    }) else {
                         break;
                     };
                     let id = state.next_id();
@@ -459,7 +490,7 @@ impl Queue for MemoryQueue {
         state.prune_dead(Instant::now(), self.opts.dead_letter_retention);
         let n = |len: usize| u64::try_from(len).unwrap_or(u64::MAX);
         Ok(QueueDepth {
-            pending: n(state.pending.len()),
+            pending: n(state.pending.len() + state.backlogs.len()),
             in_flight: n(state.in_flight.len()),
             delayed: n(state.delayed.len()),
             dead: n(state.dead.len()),
