@@ -12,6 +12,9 @@ use crate::error::QueueError;
 use crate::keys;
 use crate::queue::{FairClass, Shares};
 
+/// Jobs moved per pick of the refill: the sorted-set updates are paid once per pick, and
+/// the order is exact to within one pick.
+const PICK: usize = 8;
 /// Slots of the served counters (10 s each) that make up the share window.
 const SHARE_SLOTS: u64 = 6;
 const SLOT_SECS: u64 = 10;
@@ -65,6 +68,7 @@ impl RedisQueue {
             .arg(keys::queue_staged(name, ""))
             .arg(window)
             .arg(window)
+            .arg(PICK)
             .invoke_async(&mut conn)
             .await?;
         Ok(moved)
