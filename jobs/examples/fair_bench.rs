@@ -65,21 +65,14 @@ fn job(batch: &str, seq: u64) -> Job {
         "messages".into(),
         serde_json::json!([{"role": "user", "content": "hello there"}]),
     );
-    Job {
-        batch_id: batch.to_string(),
-        job_id: format!("{batch}-{seq}"),
+    Job::first_run(
+        batch,
+        format!("{batch}-{seq}"),
         seq,
-        custom_id: format!("c{seq}"),
+        format!("c{seq}"),
         body,
-        route: Route::Auto,
-        attempt: 0,
-        last_error: None,
-        prior_cost_usd: 0.0,
-        prefetched: None,
-        offloaded_to: Vec::new(),
-        realtime: false,
-        carried: None,
-    }
+        Route::Auto,
+    )
 }
 
 async fn open(url: &str, name: &str) -> Arc<RedisQueue> {

@@ -78,7 +78,8 @@ def section(run_result):
     r = run_result["result"]
     lines = [
         f"`{run_result['command']}`: `jobs/examples/fair_bench.rs` on a fresh redis-server; 64 "
-        "simulated slots (claim one job, 20 ms, ack), `ready_window` 256.",
+        "simulated slots (claim one job, 20 ms, ack), `ready_window` 256. One run each; on a shared "
+        "machine the claim throughput varies by about ±30% between runs.",
         "",
         "| mode | A items | B items | B time (s) | B fair-share time (s) | A time (s) | fleet jobs/s | claimed twice |",
         "|---|---|---|---|---|---|---|---|",

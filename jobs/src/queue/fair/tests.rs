@@ -1,21 +1,11 @@
 use super::*;
+use crate::job::Route;
 
 fn jobs(batch: &str, n: usize) -> VecDeque<Job> {
     (0..n)
-        .map(|i| Job {
-            batch_id: batch.to_string(),
-            job_id: format!("{batch}-{i}"),
-            seq: i as u64,
-            custom_id: format!("c{i}"),
-            body: serde_json::Map::new(),
-            route: crate::job::Route::Auto,
-            attempt: 0,
-            last_error: None,
-            prior_cost_usd: 0.0,
-            prefetched: None,
-            offloaded_to: Vec::new(),
-            realtime: false,
-            carried: None,
+        .map(|i| {
+            let (id, custom) = (format!("{batch}-{i}"), format!("c{i}"));
+            Job::first_run(batch, id, i as u64, custom, Default::default(), Route::Auto)
         })
         .collect()
 }

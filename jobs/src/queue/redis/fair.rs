@@ -20,6 +20,21 @@ const SHARE_SLOTS: u64 = 6;
 const SLOT_SECS: u64 = 10;
 
 impl RedisQueue {
+    /// KEYS[2..=6] of both claim-order scripts: `fair:b`, `fair:w`, `fair:n`, `fair:prios`,
+    /// `fair:vt`.
+    fn order_keys<'a, 'b>(
+        &self,
+        invocation: &'a mut redis::ScriptInvocation<'b>,
+    ) -> &'a mut redis::ScriptInvocation<'b> {
+        let name = &self.opts.name;
+        invocation
+            .key(keys::queue_fair_batches(name))
+            .key(keys::queue_fair_weights(name))
+            .key(keys::queue_fair_waiting(name))
+            .key(keys::queue_fair_prios(name))
+            .key(keys::queue_fair_clock(name))
+    }
+
     pub(super) async fn publish_fair(
         &self,
         staging: &str,
@@ -27,15 +42,9 @@ impl RedisQueue {
     ) -> Result<u64, QueueError> {
         let name = &self.opts.name;
         let mut conn = self.conn.clone();
+        let mut invocation = self.scripts.fair_publish.key(self.staged_key(staging));
         let waiting: u64 = self
-            .scripts
-            .fair_publish
-            .key(self.staged_key(staging))
-            .key(keys::queue_fair_batches(name))
-            .key(keys::queue_fair_weights(name))
-            .key(keys::queue_fair_waiting(name))
-            .key(keys::queue_fair_prios(name))
-            .key(keys::queue_fair_clock(name))
+            .order_keys(&mut invocation)
             .arg(staging)
             .arg(class.priority.value())
             .arg(&class.tenant)
@@ -54,15 +63,9 @@ impl RedisQueue {
         let name = &self.opts.name;
         let window = self.opts.ready_window.max(1);
         let mut conn = self.conn.clone();
+        let mut invocation = self.scripts.refill.key(&self.stream);
         let moved: u64 = self
-            .scripts
-            .refill
-            .key(&self.stream)
-            .key(keys::queue_fair_batches(name))
-            .key(keys::queue_fair_weights(name))
-            .key(keys::queue_fair_waiting(name))
-            .key(keys::queue_fair_prios(name))
-            .key(keys::queue_fair_clock(name))
+            .order_keys(&mut invocation)
             .arg(GROUP)
             .arg(keys::queue_fair_base(name))
             .arg(keys::queue_staged(name, ""))
