@@ -11,6 +11,7 @@
 //! - [`cost_estimate`]: what a batch would cost and take, from the router's plans.
 //! - [`offload_estimate`]: `estimate --deadline`, real-time only against the offload lane.
 //! - [`batch_view`]: the batch object printed by `--json`.
+//! - [`share_view`]: the share of the workers each batch and tenant gets (status, API).
 //! - [`api`]: the HTTP API of `serve` (OpenAI Batch API, native `/api/*`, dashboard).
 //! - [`scheduler`]: cron pipelines: claims, only-new listing, run history.
 //! - [`gc`]: retention: removing ended batches, uploads and cache entries once old enough.
@@ -31,6 +32,7 @@ mod metrics_http;
 mod offload_estimate;
 mod retry_cancel;
 mod scheduler;
+mod share_view;
 mod submission;
 mod telemetry;
 

@@ -10,6 +10,7 @@ use batchyard_jobs::job::{Job, Route};
 use batchyard_jobs::ledger::Reopen;
 use batchyard_jobs::ledger::SubmitStep;
 use batchyard_jobs::outcome::{OutputLine, codes};
+use batchyard_jobs::queue::FairClass;
 use batchyard_jobs::staging::{self, Lease};
 use futures::{StreamExt, TryStreamExt};
 
@@ -181,6 +182,11 @@ pub async fn retry(app: &App, batch_id: &str, filter: &RetryFilter) -> anyhow::R
         app.queue.as_ref(),
         batch_id,
         &staging_id,
+        &FairClass {
+            tenant: record.tenant.clone(),
+            priority: record.priority,
+            weight: app.settings.tenants.get(&record.tenant).map(|t| t.weight),
+        },
         Some(&mut lease),
     )
     .await

@@ -22,6 +22,7 @@ use std::collections::BTreeSet;
 use batchyard_jobs::batch::{BatchRecord, BatchState};
 use batchyard_jobs::input::{DuplicateCheck, InputError, InputSource};
 use batchyard_jobs::job::new_batch_id;
+use batchyard_jobs::queue::FairClass;
 use batchyard_jobs::staging::{self, Lease};
 use sha2::{Digest, Sha256};
 
@@ -311,6 +312,11 @@ pub async fn submit_selected(
         app.queue.as_ref(),
         &batch_id,
         &batch_id,
+        &FairClass {
+            tenant: placement.tenant.clone(),
+            priority: placement.priority,
+            weight: Some(placement.weight),
+        },
         Some(&mut lease),
     )
     .await

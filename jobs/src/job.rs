@@ -71,6 +71,34 @@ pub struct Prefetched {
     pub error: Option<(String, String)>,
 }
 
+impl Job {
+    /// A job on its first run: nothing attempted, prefetched, offloaded or carried yet.
+    pub fn first_run(
+        batch_id: &str,
+        job_id: String,
+        seq: u64,
+        custom_id: String,
+        body: Map<String, Value>,
+        route: Route,
+    ) -> Self {
+        Self {
+            batch_id: batch_id.to_string(),
+            job_id,
+            seq,
+            custom_id,
+            body,
+            route,
+            attempt: 0,
+            last_error: None,
+            prior_cost_usd: 0.0,
+            prefetched: None,
+            offloaded_to: Vec::new(),
+            realtime: false,
+            carried: None,
+        }
+    }
+}
+
 fn is_zero(v: &f64) -> bool {
     *v == 0.0
 }

@@ -8,7 +8,8 @@
 //!
 //! Redis:
 //! - queue `<q>`: `by:{<q>}:stream|enq|delayed|dead|lost`, `by:{<q>}:staged:<batch>`,
-//!   `by:{<q>}:parked:<batch>`
+//!   `by:{<q>}:parked:<batch>`; the claim order (fair share): `by:{<q>}:fair:b|w|n|prios|vt`,
+//!   `by:{<q>}:fair:p:<prio>`, `by:{<q>}:fair:pt:<prio>:<tenant>`, `by:{<q>}:fair:s:<10 s slot>`
 //! - ledger: `by:batches` (index), `by:batch:{<id>}` and its `:settled`, `:final`, `:resv`,
 //!   `:offload`
 //! - real-time throughput: `by:realtime_rate`
@@ -56,6 +57,56 @@ pub fn queue_lost(queue: &str) -> String {
 /// A batch's jobs, staged until its whole input is in.
 pub fn queue_staged(queue: &str, batch_id: &str) -> String {
     queue_key(queue, &format!("staged:{batch_id}"))
+}
+
+/// The prefix the refill script builds the claim order's per-level keys from
+/// ([`queue_fair_level`], [`queue_fair_tenant`], [`queue_fair_served`]): they are chosen as it
+/// runs, so they are not passed one by one. The hash tag keeps them in the queue's slot.
+pub fn queue_fair_base(queue: &str) -> String {
+    queue_key(queue, "fair:")
+}
+
+/// Published backlogs (hash, staging id -> `<priority>|<tenant>`): a `staged:<id>` list
+/// named here is in the claim order, so workers draw from it.
+pub fn queue_fair_batches(queue: &str) -> String {
+    queue_key(queue, "fair:b")
+}
+
+/// Tenant weights (hash, tenant -> weight), as the last submit's config set them.
+pub fn queue_fair_weights(queue: &str) -> String {
+    queue_key(queue, "fair:w")
+}
+
+/// Jobs waiting in published backlogs (a counter), so depth stays exact without a scan.
+pub fn queue_fair_waiting(queue: &str) -> String {
+    queue_key(queue, "fair:n")
+}
+
+/// Priorities with work (zset, score = priority).
+pub fn queue_fair_prios(queue: &str) -> String {
+    queue_key(queue, "fair:prios")
+}
+
+/// Virtual times kept while a level or tenant has no work (hash `p:<prio>`,
+/// `t:<prio>:<tenant>` -> virtual time), so coming back gains no credit.
+pub fn queue_fair_clock(queue: &str) -> String {
+    queue_key(queue, "fair:vt")
+}
+
+/// Tenants with work at a priority (zset, score = the tenant's virtual time).
+pub fn queue_fair_level(queue: &str, priority: i32) -> String {
+    queue_key(queue, &format!("fair:p:{priority}"))
+}
+
+/// One tenant's backlogs at a priority (zset, score = the backlog's virtual time).
+pub fn queue_fair_tenant(queue: &str, priority: i32, tenant: &str) -> String {
+    queue_key(queue, &format!("fair:pt:{priority}:{tenant}"))
+}
+
+/// Jobs dispatched in one 10-second slot (hash `b:<staging id>` / `t:<tenant>` -> count;
+/// expires after two minutes): the share each batch and tenant is getting.
+pub fn queue_fair_served(queue: &str, slot: u64) -> String {
+    queue_key(queue, &format!("fair:s:{slot}"))
 }
 
 /// A batch's jobs parked for the offload lane (a hash, job id -> job JSON): out of the
@@ -318,6 +369,15 @@ mod tests {
             (queue_dead("q"), "by:{q}:dead"),
             (queue_lost("q"), "by:{q}:lost"),
             (queue_staged("q", "b1"), "by:{q}:staged:b1"),
+            (queue_fair_base("q"), "by:{q}:fair:"),
+            (queue_fair_batches("q"), "by:{q}:fair:b"),
+            (queue_fair_weights("q"), "by:{q}:fair:w"),
+            (queue_fair_waiting("q"), "by:{q}:fair:n"),
+            (queue_fair_prios("q"), "by:{q}:fair:prios"),
+            (queue_fair_clock("q"), "by:{q}:fair:vt"),
+            (queue_fair_level("q", -10), "by:{q}:fair:p:-10"),
+            (queue_fair_tenant("q", 0, "t"), "by:{q}:fair:pt:0:t"),
+            (queue_fair_served("q", 7), "by:{q}:fair:s:7"),
             (BATCH_INDEX.to_owned(), "by:batches"),
             (batch_record("b1"), "by:batch:{b1}"),
             (batch_settled("b1"), "by:batch:{b1}:settled"),

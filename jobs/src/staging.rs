@@ -15,10 +15,7 @@ use tokio::time::Instant;
 use crate::batch::{BatchRecord, BatchState, now_millis};
 use crate::error::QueueError;
 use crate::ledger::{Ledger, SubmitStep};
-use crate::queue::Queue;
-
-/// Jobs moved into the queue per publish step.
-pub const PUBLISH_STEP: usize = 1000;
+use crate::queue::{FairClass, Queue};
 
 /// The submitter's lease on its batch, renewed every third of its length.
 pub struct Lease<'a> {
@@ -67,26 +64,21 @@ impl<'a> Lease<'a> {
     }
 }
 
-/// Moves every staged job of a sealed batch into the queue, then drops the submission's
-/// bookkeeping. Safe to run from any process, and again after an interruption.
+/// Publishes a sealed batch's staged jobs (they become its backlog in the claim order,
+/// placed by `class`), then drops the submission's bookkeeping. Safe to run from any
+/// process, and again after an interruption.
 pub async fn publish(
     ledger: &dyn Ledger,
     queue: &dyn Queue,
     batch_id: &str,
     staging: &str,
-    mut lease: Option<&mut Lease<'_>>,
+    class: &FairClass,
+    lease: Option<&mut Lease<'_>>,
 ) -> Result<u64, QueueError> {
-    let mut moved = 0u64;
-    loop {
-        if let Some(lease) = lease.as_deref_mut() {
-            lease.keep().await?;
-        }
-        let n = queue.publish_staged(staging, PUBLISH_STEP).await?;
-        if n == 0 {
-            break;
-        }
-        moved += n;
+    if let Some(lease) = lease {
+        lease.keep().await?;
     }
+    let moved = queue.publish_backlog(staging, class).await?;
     ledger.submit_step(batch_id, SubmitStep::Published).await?;
     if staging != batch_id {
         // A replay's own high-water mark; the batch's is dropped when it is finalized.
@@ -112,7 +104,12 @@ pub async fn settle_abandoned(
     }
     if submit.sealed {
         let staging = submit.staging_id(&record.id);
-        let moved = publish(ledger, queue, &record.id, staging, None).await?;
+        let class = FairClass {
+            tenant: record.tenant.clone(),
+            priority: record.priority,
+            weight: None,
+        };
+        let moved = publish(ledger, queue, &record.id, staging, &class, None).await?;
         tracing::warn!(batch_id = %record.id, moved, "finished publishing a batch whose submit stopped after sealing it");
         return Ok(true);
     }

@@ -45,7 +45,7 @@ TARGETS = {
     "B2s": "100%",
 }
 # What --only can pick (B1 also runs B1r, B4 and B1-diag; B6 also runs B6-c64).
-BENCH_IDS = ("B1", "B2", "B3", "B5", "B6", "B7", "B8", "B9")
+BENCH_IDS = ("B1", "B2", "B3", "B5", "B6", "B7", "B8", "B9", "B10")
 # B5, the routing benchmark, lives in benchlib/routing.py (see its docstring).
 SHM = "/dev/shm"  # B1-diag's tmpfs
 

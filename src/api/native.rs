@@ -49,8 +49,11 @@ fn queue_json(name: &str, d: QueueDepth) -> Value {
 pub async fn queues(State(state): State<ApiState>) -> Result<Json<Value>, ApiError> {
     let queue = &state.app.queue;
     let depth = queue.depth().await?;
+    let shares = crate::share_view::read(&state.app).await;
     Ok(Json(json!({
         "queues": [queue_json(queue.name(), depth)],
+        "tenants": crate::share_view::tenants_json(&shares),
+        "share_window_secs": shares.window_secs,
         "sampled_at": now_secs(),
     })))
 }
@@ -161,6 +164,12 @@ pub async fn batch(
         fields.insert(
             "offload".into(),
             json!(crate::batch_view::lane(&state.app, &record).await),
+        );
+        // Its share of the workers (tenant, priority, dispatched in the last minute, target).
+        let shares = crate::share_view::read(&state.app).await;
+        fields.insert(
+            "share".into(),
+            crate::share_view::batch_json(&shares, &record),
         );
         fields.insert("dead_letters_by_code".into(), json!(dead));
         fields.insert("dead_letters_scanned".into(), json!(letters.len()));

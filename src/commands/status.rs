@@ -16,7 +16,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use batchyard_jobs::batch::BatchRecord;
-use batchyard_jobs::queue::QueueDepth;
+use batchyard_jobs::queue::{QueueDepth, Shares};
 use serde_json::{Value, json};
 
 use crate::app::App;
@@ -116,8 +116,9 @@ async fn watch(app: &App, args: &StatusArgs) -> anyhow::Result<()> {
 }
 
 enum Snapshot {
-    /// A batch, what its queued items wait for, and its offload lane (with a deadline).
-    Batch(Box<BatchRecord>, Vec<String>, Option<LaneView>),
+    /// A batch, what its queued items wait for, its offload lane (with a deadline), and
+    /// the shares of the workers.
+    Batch(Box<BatchRecord>, Vec<String>, Option<LaneView>, Shares),
     Queue(QueueView),
 }
 
@@ -130,6 +131,8 @@ struct QueueView {
     batches: Vec<BatchRecord>,
     /// The offload lanes of the active batches with a deadline, by batch id.
     lanes: BTreeMap<String, LaneView>,
+    /// What each batch and tenant is getting of the workers.
+    shares: Shares,
 }
 
 impl QueueView {
@@ -150,7 +153,8 @@ async fn read(app: &App, args: &StatusArgs) -> anyhow::Result<Snapshot> {
                         crate::batch_view::waiting_for(app).await
                     };
                     let lane = crate::batch_view::lane(app, &record).await;
-                    Ok(Snapshot::Batch(Box::new(record), waits, lane))
+                    let shares = crate::share_view::read(app).await;
+                    Ok(Snapshot::Batch(Box::new(record), waits, lane, shares))
                 }
                 None => Err(UsageError(format!(
                     "batch {id} was not found; `batchyard status` lists recent batches"
@@ -176,6 +180,7 @@ async fn read(app: &App, args: &StatusArgs) -> anyhow::Result<Snapshot> {
                     lost: app.queue.lost().await?,
                     batches,
                     lanes,
+                    shares: crate::share_view::read(app).await,
                 }))
             }
         }
@@ -194,14 +199,18 @@ impl Snapshot {
     /// The whole view, ending with a newline.
     fn render(&self, app: &App, json: bool) -> String {
         match (self, json) {
-            (Self::Batch(record, waits, lane), true) => {
+            (Self::Batch(record, waits, lane, shares), true) => {
                 let mut view = batch_json(record, &app.store);
+                view["share"] = crate::share_view::batch_json(shares, record);
                 view["waiting_for"] = json!(waits);
                 view["offload"] = json!(lane);
                 format!("{}\n", crate::batch_view::json_line(&view))
             }
-            (Self::Batch(record, waits, lane), false) => {
+            (Self::Batch(record, waits, lane, shares), false) => {
                 let mut text = batch_text(record, &batch_json(record, &app.store));
+                if !record.state.is_terminal() {
+                    let _ = writeln!(text, "{}", crate::share_view::batch_line(shares, record));
+                }
                 for line in lane.iter().flat_map(crate::batch_view::lane_lines) {
                     let _ = writeln!(text, "{line}");
                 }
@@ -265,6 +274,7 @@ fn queue_json(q: &QueueView, app: &App) -> Value {
         .filter(|r| !r.state.is_terminal())
         .map(|r| {
             let mut view = batch_json(r, &app.store);
+            view["share"] = crate::share_view::batch_json(&q.shares, r);
             if let Some(lane) = q.lanes.get(&r.id) {
                 view["offload"] = json!(lane);
             }
@@ -289,6 +299,8 @@ fn queue_json(q: &QueueView, app: &App) -> Value {
         }],
         "total_pending": q.total_pending(),
         "active_batches": active,
+        "tenants": crate::share_view::tenants_json(&q.shares),
+        "share_window_secs": q.shares.window_secs,
         "batches": recent,
     })
 }
@@ -318,7 +330,7 @@ fn queue_text(q: &QueueView) -> String {
         let _ = writeln!(s, "no active batches");
     } else {
         let _ = writeln!(s, "ACTIVE BATCHES");
-        batch_table(&mut s, &active);
+        batch_table(&mut s, &active, Some(&q.shares));
         for (id, lane) in &q.lanes {
             let _ = writeln!(
                 s,
@@ -332,22 +344,36 @@ fn queue_text(q: &QueueView) -> String {
     if !finished.is_empty() {
         let _ = writeln!(s);
         let _ = writeln!(s, "RECENT FINISHED BATCHES");
-        batch_table(&mut s, &finished);
+        batch_table(&mut s, &finished, None);
+    }
+    let tenants = crate::share_view::tenants_text(&q.shares);
+    if !tenants.is_empty() {
+        let _ = writeln!(s);
+        s.push_str(&tenants);
     }
     s
 }
 
-fn batch_table(s: &mut String, batches: &[&BatchRecord]) {
-    let _ = writeln!(
+/// With `shares` (active batches), also tenant, priority and the share of the workers.
+fn batch_table(s: &mut String, batches: &[&BatchRecord], shares: Option<&Shares>) {
+    let _ = write!(
         s,
         "{:<34} {:<12} {:>20} {:>8} {:>12} {:>12}",
         "BATCH", "STATUS", "PROGRESS", "FAILED", "COST_USD", "BUDGET_USD"
     );
+    if shares.is_some() {
+        let _ = write!(
+            s,
+            " {:<16} {:>8} {:>6} {:>6}",
+            "TENANT", "PRIORITY", "SHARE", "TARGET"
+        );
+    }
+    let _ = writeln!(s);
     for r in batches {
         let budget = r
             .budget_usd
             .map_or_else(|| "-".to_string(), |b| format!("{b:.4}"));
-        let _ = writeln!(
+        let _ = write!(
             s,
             "{:<34} {:<12} {:>20} {:>8} {:>12.6} {:>12}",
             r.id,
@@ -357,6 +383,18 @@ fn batch_table(s: &mut String, batches: &[&BatchRecord]) {
             r.cost_usd(),
             budget
         );
+        if let Some(shares) = shares {
+            let (share, target) = crate::share_view::batch_cells(shares, &r.id);
+            let _ = write!(
+                s,
+                " {:<16} {:>8} {:>6} {:>6}",
+                r.tenant,
+                r.priority.to_string(),
+                share,
+                target
+            );
+        }
+        let _ = writeln!(s);
     }
 }
 

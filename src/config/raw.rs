@@ -56,6 +56,8 @@ pub struct RawQueue {
     pub max_attempts: Option<u32>,
     /// How long a submit may go silent before its unfinished batch ends `submit_interrupted`.
     pub submit_lease_secs: Option<u64>,
+    /// Jobs kept ready in the stream ahead of the workers (the rest wait in fair-share order).
+    pub ready_window: Option<usize>,
 }
 
 #[derive(Debug, Default, Deserialize)]

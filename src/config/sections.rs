@@ -130,7 +130,14 @@ pub(super) fn queue(raw: &RawConfig) -> Result<QueueOptions, Bad> {
         submit_lease: q
             .submit_lease_secs
             .map_or(defaults.submit_lease, Duration::from_secs),
+        ready_window: q.ready_window.unwrap_or(defaults.ready_window),
     };
+    if !(1..=100_000).contains(&queue.ready_window) {
+        return Err((
+            "queue.ready_window".into(),
+            "must be from 1 to 100000 (jobs kept ready ahead of the workers)".into(),
+        ));
+    }
     if queue.submit_lease < Duration::from_secs(2) {
         return Err((
             "queue.submit_lease_secs".into(),

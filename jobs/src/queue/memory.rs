@@ -1,157 +1,29 @@
 //! In-process queue for `batchyard run` with no Redis.
 //!
-//! Same contract as the Redis queue: FIFO pending jobs, an in-flight map with a visibility
+//! Same contract as the Redis queue: published batches drawn in the fair-share order
+//! ([`super::fair::Backlogs`]) behind retried and released jobs, an in-flight map with a visibility
 //! timeout (a job not acked in time is handed to the next claimer with its delivery count
 //! raised), delayed jobs promoted in bounded chunks, and dead letters kept for the retention.
 //! `claim` sleeps on a [`Notify`] (and the next due time), never in a busy loop.
+//!
+//! - `state`: what the queue holds, and the reclaim, promote and prune steps of a claim.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use tokio::sync::{Mutex, Notify};
 use tokio::time::Instant;
 
-use super::{DeadLetter, Delivery, Queue, QueueDepth, QueueOptions};
+use super::{DeadLetter, Delivery, FairClass, Queue, QueueDepth, QueueOptions, Shares};
 use crate::error::QueueError;
 use crate::job::Job;
 
 /// Hard cap on dead letters kept in memory, on top of the retention.
 const MAX_DEAD_LETTERS: usize = 100_000;
 
-#[derive(Debug)]
-struct Waiting {
-    job: Job,
-    /// Deliveries so far (0 for a job never delivered).
-    deliveries: u64,
-}
+mod state;
 
-#[derive(Debug)]
-struct InFlight {
-    job: Job,
-    deliveries: u64,
-    deadline: Instant,
-}
-
-#[derive(Debug, Default)]
-struct State {
-    next_id: u64,
-    pending: VecDeque<Waiting>,
-    in_flight: HashMap<u64, InFlight>,
-    /// In-flight handles by visibility deadline, so reclaiming never scans the whole map.
-    expiries: BTreeMap<(Instant, u64), ()>,
-    delayed: BTreeMap<(Instant, u64), Job>,
-    dead: VecDeque<(Instant, DeadLetter)>,
-    high_water: HashMap<String, u64>,
-    /// Jobs of batches being submitted, not yet visible to `claim`.
-    staged: HashMap<String, VecDeque<Job>>,
-    /// Jobs parked for the offload lane, by batch and job id.
-    parked: HashMap<String, BTreeMap<String, Job>>,
-}
-
-impl State {
-    /// Marks chunk `chunk_no` of a batch applied; false if it was already (idempotent adds).
-    fn take_chunk(&mut self, batch_id: &str, chunk_no: u64) -> bool {
-        if self
-            .high_water
-            .get(batch_id)
-            .is_some_and(|&hwm| chunk_no <= hwm)
-        {
-            return false;
-        }
-        self.high_water.insert(batch_id.to_string(), chunk_no);
-        true
-    }
-
-    fn next_id(&mut self) -> u64 {
-        self.next_id += 1;
-        self.next_id
-    }
-
-    fn take_in_flight(&mut self, handle: &str) -> Option<InFlight> {
-        let id: u64 = handle.parse().ok()?;
-        let entry = self.in_flight.remove(&id)?;
-        self.expiries.remove(&(entry.deadline, id));
-        Some(entry)
-    }
-
-    fn deliver(
-        &mut self,
-        id: u64,
-        job: Job,
-        deliveries: u64,
-        deadline: Instant,
-        out: &mut Vec<Delivery>,
-    ) {
-        out.push(Delivery {
-            handle: id.to_string(),
-            job: job.clone(),
-            deliveries,
-        });
-        self.expiries.insert((deadline, id), ());
-        self.in_flight.insert(
-            id,
-            InFlight {
-                job,
-                deliveries,
-                deadline,
-            },
-        );
-    }
-
-    /// Hands expired in-flight jobs to this claimer, keeping their handles.
-    fn reclaim(&mut self, now: Instant, visibility: Duration, max: usize, out: &mut Vec<Delivery>) {
-        while out.len() < max {
-            let Some((&(deadline, id), ())) = self.expiries.first_key_value() else {
-                break;
-            };
-            if deadline > now {
-                break;
-            }
-            self.expiries.remove(&(deadline, id));
-            if let Some(entry) = self.in_flight.remove(&id) {
-                self.deliver(id, entry.job, entry.deliveries + 1, now + visibility, out);
-            }
-        }
-    }
-
-    /// Moves at most `chunk` due delayed jobs to the back of the pending queue.
-    fn promote(&mut self, now: Instant, chunk: usize) -> usize {
-        let mut moved = 0;
-        while moved < chunk {
-            match self.delayed.first_key_value() {
-                Some((&(due, _), _)) if due <= now => {}
-                _ => break,
-            }
-            if let Some((_, job)) = self.delayed.pop_first() {
-                self.pending.push_back(Waiting { job, deliveries: 0 });
-                moved += 1;
-            }
-        }
-        moved
-    }
-
-    fn prune_dead(&mut self, now: Instant, retention: Duration) {
-        while let Some((at, _)) = self.dead.front() {
-            if now.saturating_duration_since(*at) > retention || self.dead.len() > MAX_DEAD_LETTERS
-            {
-                self.dead.pop_front();
-            } else {
-                break;
-            }
-        }
-    }
-
-    /// When a sleeping claimer should look again even if nothing is enqueued.
-    fn next_wakeup(&self) -> Option<Instant> {
-        let due = self.delayed.first_key_value().map(|(&(due, _), _)| due);
-        let expiry = self.expiries.first_key_value().map(|(&(at, _), ())| at);
-        match (due, expiry) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
-    }
-}
+use self::state::{State, Waiting};
 
 /// The in-process implementation of [`Queue`].
 pub struct MemoryQueue {
@@ -289,6 +161,28 @@ impl Queue for MemoryQueue {
         Ok(moved)
     }
 
+    async fn publish_backlog(&self, staging: &str, class: &FairClass) -> Result<u64, QueueError> {
+        let waiting = {
+            let mut state = self.state.lock().await;
+            let jobs = state.staged.remove(staging).unwrap_or_default();
+            state.backlogs.publish(staging, class, jobs);
+            state.backlogs.len()
+        };
+        self.notify.notify_waiters();
+        Ok(waiting as u64)
+    }
+
+    async fn shares(&self) -> Result<Shares, QueueError> {
+        let state = self.state.lock().await;
+        let mut shares = Shares {
+            active: state.backlogs.active(),
+            weights: state.backlogs.weights(),
+            ..Shares::default()
+        };
+        state.served.fill(now_millis() / 1000, &mut shares);
+        Ok(shares)
+    }
+
     async fn discard_staged(&self, batch_id: &str) -> Result<(), QueueError> {
         let mut state = self.state.lock().await;
         state.staged.remove(batch_id);
@@ -316,7 +210,11 @@ impl Queue for MemoryQueue {
                 state.reclaim(now, visibility, max, &mut out);
                 state.promote(now, self.opts.promote_chunk.max(1));
                 while out.len() < max {
-                    let Some(waiting) = state.pending.pop_front() else {
+                    let Some(waiting) = state.pending.pop_front().or_else(|| {
+                        let (job, staging, tenant) = state.backlogs.pop()?;
+                        state.served.record(now_millis() / 1000, &staging, &tenant);
+                        Some(Waiting { job, deliveries: 0 })
+                    }) else {
                         break;
                     };
                     let id = state.next_id();
@@ -459,7 +357,7 @@ impl Queue for MemoryQueue {
         state.prune_dead(Instant::now(), self.opts.dead_letter_retention);
         let n = |len: usize| u64::try_from(len).unwrap_or(u64::MAX);
         Ok(QueueDepth {
-            pending: n(state.pending.len()),
+            pending: n(state.pending.len() + state.backlogs.len()),
             in_flight: n(state.in_flight.len()),
             delayed: n(state.delayed.len()),
             dead: n(state.dead.len()),

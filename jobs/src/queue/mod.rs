@@ -4,7 +4,13 @@
 //! Redis, and [`redis::RedisQueue`] (Redis Streams plus a consumer group) for everything else.
 //! Delivery is at least once: a job is acked only after its outcome is stored, and a job whose
 //! worker vanished is reclaimed after the visibility timeout.
+//!
+//! - [`fair`]: the claim order across batches (priority, tenant weights, batches), shared
+//!   by both: a published batch's [`fair::FairClass`], the [`fair::Shares`] status shows, and
+//!   the in-process scheduler.
+//! - [`memory`]: the in-process queue. [`redis`]: the Redis Streams queue.
 
+pub mod fair;
 pub mod memory;
 pub mod redis;
 
@@ -13,6 +19,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
+pub use self::fair::{FairClass, Shares};
 use crate::error::QueueError;
 use crate::job::Job;
 
@@ -62,6 +69,10 @@ pub struct QueueOptions {
     /// A submit renews its batch's lease every third of this; once it lapses, a worker's
     /// sweep ends the unsealed batch as `submit_interrupted` (or finishes publishing it).
     pub submit_lease: Duration,
+    /// Jobs kept ready in the stream ahead of the workers; the rest wait in their batch's
+    /// backlog and are drawn in the fair-share order. Smaller reacts faster to a new or
+    /// higher-priority batch, larger costs fewer refills.
+    pub ready_window: usize,
 }
 
 impl Default for QueueOptions {
@@ -73,6 +84,7 @@ impl Default for QueueOptions {
             dead_letter_retention: Duration::from_secs(7 * 24 * 3600),
             promote_chunk: 1000,
             submit_lease: Duration::from_secs(120),
+            ready_window: 256,
         }
     }
 }
@@ -121,6 +133,27 @@ pub trait Queue: Send + Sync {
     /// Moves at most `max` staged jobs of a sealed batch into the queue, oldest first; returns
     /// how many moved (0: none left). Each step is atomic, so any process may finish it.
     async fn publish_staged(&self, batch_id: &str, max: usize) -> Result<u64, QueueError>;
+
+    /// Publishes a sealed batch's staged jobs: they become the batch's backlog in the claim
+    /// order (see [`fair`]) under `class`, drawn by workers in fair-share order. Atomic and
+    /// idempotent; returns how many jobs wait in the backlog. The default moves them straight
+    /// into the queue, first in first out (queues without a claim order).
+    async fn publish_backlog(&self, staging: &str, class: &FairClass) -> Result<u64, QueueError> {
+        let _ = class;
+        let mut moved = 0;
+        loop {
+            match self.publish_staged(staging, 1000).await? {
+                0 => return Ok(moved),
+                n => moved += n,
+            }
+        }
+    }
+
+    /// The share of the workers each batch and tenant is getting (see [`fair::Shares`]).
+    /// The default knows none.
+    async fn shares(&self) -> Result<Shares, QueueError> {
+        Ok(Shares::default())
+    }
 
     /// Drops a batch's staged jobs and its enqueue high-water mark (an abandoned submit).
     async fn discard_staged(&self, batch_id: &str) -> Result<(), QueueError>;

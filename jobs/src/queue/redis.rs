@@ -8,10 +8,13 @@
 //! | `enq` | hash | per-batch high-water mark of applied chunks (idempotent enqueue) |
 //! | `delayed` | zset, score = due epoch ms | `<entry id>\|<job JSON>` waiting for a retry delay |
 //! | `dead` | zset, score = epoch ms | [`DeadLetter`] JSON, trimmed to the retention |
-//! | `staged:<batch>` | list | job JSON of a batch being submitted, not yet visible to workers |
+//! | `staged:<batch>` | list | job JSON of a batch being submitted; once published (named in `fair:b`), its backlog |
+//! | `fair:b`, `fair:w`, `fair:n`, `fair:prios`, `fair:vt`, `fair:p:<prio>`, `fair:pt:<prio>:<tenant>`, `fair:s:<slot>` | hash, hash, counter, zsets, hash | the claim order across batches (see `fair`) |
 //! | `parked:<batch>` | hash | job id → job JSON parked for the offload lane (a provider batch) |
 //! | `lost` | zset, score = epoch ms (client clock) | `<job id>:<entry id>` of dead letters with a [`super::LOST_CODES`] code, for the `lost` gauge |
 //!
+//! The stream holds only a window of ready jobs ([`QueueOptions::ready_window`]) plus those
+//! in flight; the rest wait in their batch's backlog, and depth adds their count (`fair:n`).
 //! Acks delete the entry, so `XLEN` is pending plus in flight and depth is exact. Every
 //! multi-step change is one Lua script (see `scripts/`), so a retry after a client timeout
 //! never half-applies. Times that matter (due dates, retention) come from the Redis clock.
@@ -19,10 +22,12 @@
 //! - `claim`: the claim path: reclaim from dead consumers, promote due retries, read new
 //!   entries, dead-letter undecodable ones.
 //! - `wire`: reading stream replies in RESP2 and RESP3 shapes.
+//! - `fair`: the claim order: publishing a backlog, refilling the ready window, the shares.
 //! - `parking`: the offload lane's parked jobs (`parked:<batch>`, a hash of job JSON).
 //! - `scripts`: the Lua scripts, loaded once.
 
 mod claim;
+mod fair;
 mod parking;
 mod scripts;
 mod wire;
@@ -37,7 +42,7 @@ use tokio::time::Instant;
 
 use self::claim::Timers;
 use self::scripts::Scripts;
-use super::{DeadLetter, Delivery, Queue, QueueDepth, QueueOptions};
+use super::{DeadLetter, Delivery, FairClass, Queue, QueueDepth, QueueOptions, Shares};
 use crate::error::QueueError;
 use crate::job::Job;
 use crate::keys;
@@ -290,6 +295,14 @@ impl Queue for RedisQueue {
         Ok(moved)
     }
 
+    async fn publish_backlog(&self, staging: &str, class: &FairClass) -> Result<u64, QueueError> {
+        self.publish_fair(staging, class).await
+    }
+
+    async fn shares(&self) -> Result<Shares, QueueError> {
+        self.read_shares().await
+    }
+
     async fn discard_staged(&self, batch_id: &str) -> Result<(), QueueError> {
         let mut conn = self.conn.clone();
         redis::pipe()
@@ -389,6 +402,7 @@ impl Queue for RedisQueue {
             .key(&self.stream)
             .key(&self.delayed)
             .key(&self.dead)
+            .key(keys::queue_fair_waiting(&self.opts.name))
             .arg(GROUP)
             .arg(millis(self.opts.dead_letter_retention))
             .invoke_async(&mut conn)

@@ -49,6 +49,10 @@
     return "$" + n.toFixed(2);
   }
 
+  function pct(v) {
+    return typeof v === "number" && isFinite(v) ? Math.round(v * 100) + "%" : "—";
+  }
+
   function duration(secs) {
     const s = num(secs);
     if (s === null || s < 0) return "—";
@@ -256,6 +260,11 @@
       h("td", { class: "num" }, int(q.in_flight)),
       h("td", { class: "num" }, int(q.delayed)),
       h("td", { class: "num" }, int(q.dead)))));
+    // The share of the workers each tenant got in the last minute, beside its weight's target.
+    const tenants = (current && Array.isArray(current.tenants)) ? current.tenants : [];
+    $("#tenant-shares").textContent = tenants.length === 0 ? "" : "share of the last "
+      + int(current.share_window_secs) + " s: " + tenants.map((t) => String(t.tenant) + " "
+      + pct(t.share) + " (target " + pct(t.target) + ", weight " + int(t.weight) + ")").join(" · ");
     $("#queues-table").hidden = queues.length === 0;
     $("#queues-empty").hidden = queues.length !== 0;
     $("#queues-sampled").textContent = current && current.sampled_at !== undefined
@@ -404,6 +413,12 @@
     $("#detail-reason").textContent = why;
     $("#detail-reason").hidden = !why;
     if (window.batchyard.renderLane) window.batchyard.renderLane(b.offload);
+    const s = b.share;
+    const running = s && !["completed", "failed", "expired", "cancelled"].includes(b.status);
+    $("#detail-share").textContent = running ? "tenant " + String(s.tenant) + ", priority "
+      + String(s.priority) + ": " + pct(s.share) + " of the workers in the last "
+      + int(s.window_secs) + " s (target " + pct(s.target) + ")" : "";
+    $("#detail-share").hidden = !running;
 
     const dead = pairs(b.dead_letters_by_code);
     $("#dead-table tbody").replaceChildren(...dead.map(([code, n]) => {

@@ -1,5 +1,6 @@
 //! The claim path of the Redis queue: reclaim from dead consumers, promote due retries,
-//! read new entries, and turn undecodable entries into dead letters.
+//! refill the ready window from the backlogs (the fair-share order), read new entries, and
+//! turn undecodable entries into dead letters.
 
 use std::sync::MutexGuard;
 use std::time::Duration;
@@ -17,6 +18,9 @@ use crate::queue::{DeadLetter, Delivery};
 const RECLAIM_BATCH: usize = 100;
 /// Delayed jobs are promoted at most this often per process (unless more are known due).
 const PROMOTE_EVERY: Duration = Duration::from_millis(250);
+/// The ready window is topped up at least this often per process while claims run, so it
+/// rarely runs dry between refills; a read that comes back short refills at once.
+const REFILL_EVERY: Duration = Duration::from_millis(50);
 /// Housekeeping (idle consumers, old dead letters) runs at most this often per process.
 const HOUSEKEEPING_EVERY: Duration = Duration::from_secs(300);
 /// A consumer with nothing pending and idle this long is deleted from the group.
@@ -37,6 +41,7 @@ pub(super) struct Timers {
     pub(super) reclaim_more: bool,
     pub(super) last_promote: Option<Instant>,
     pub(super) promote_more: bool,
+    pub(super) last_refill: Option<Instant>,
     pub(super) last_housekeeping: Option<Instant>,
 }
 
@@ -72,6 +77,44 @@ impl RedisQueue {
             t.promote_more = false;
         }
         due
+    }
+
+    fn take_refill_turn(&self, now: Instant) -> bool {
+        let mut t = self.timers();
+        let due = t.last_refill.is_none_or(|at| now >= at + REFILL_EVERY);
+        if due {
+            t.last_refill = Some(now);
+        }
+        due
+    }
+
+    /// Reads new entries: first without waiting; when that comes back short, refills the
+    /// window from the backlogs and reads again, waiting up to `block` only if still empty.
+    async fn read_ready(
+        &self,
+        consumer: &str,
+        max: usize,
+        block: Option<Duration>,
+        out: &mut Vec<Delivery>,
+    ) -> Result<(), QueueError> {
+        if self.take_refill_turn(Instant::now()) {
+            self.refill().await?;
+        }
+        let want = max - out.len();
+        let entries = self.read_group(consumer, want, None).await?;
+        let short = entries.len() < want;
+        self.decode(entries, out).await;
+        if short && out.len() < max {
+            let moved = self.refill().await?;
+            let block = if out.is_empty() && moved == 0 {
+                block
+            } else {
+                None
+            };
+            let entries = self.read_group(consumer, max - out.len(), block).await?;
+            self.decode(entries, out).await;
+        }
+        Ok(())
     }
 
     fn take_housekeeping_turn(&self, now: Instant) -> bool {
@@ -237,8 +280,7 @@ impl RedisQueue {
         }
         if out.len() < max {
             let block = if out.is_empty() { block } else { None };
-            let entries = self.read_group(consumer, max - out.len(), block).await?;
-            self.decode(entries, out).await;
+            self.read_ready(consumer, max, block, out).await?;
         }
         Ok(())
     }

@@ -20,6 +20,8 @@ pub(super) struct Scripts {
     pub housekeeping: Script,
     pub park: Script,
     pub release: Script,
+    pub fair_publish: Script,
+    pub refill: Script,
 }
 
 impl Scripts {
@@ -39,6 +41,8 @@ impl Scripts {
             housekeeping: Script::new(include_str!("../scripts/housekeeping.lua")),
             park: Script::new(include_str!("../scripts/park.lua")),
             release: Script::new(include_str!("../scripts/release.lua")),
+            fair_publish: Script::new(include_str!("../scripts/fair_publish.lua")),
+            refill: Script::new(include_str!("../scripts/refill.lua")),
         }
     }
 }
