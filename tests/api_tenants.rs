@@ -145,6 +145,23 @@ fn a_tenants_token_sees_only_its_own_batches_and_files() {
     let mut both = vec![batch_a.clone(), batch_b.clone()];
     both.sort();
     assert_eq!(all, both, "{v1_root}");
+    // The shares: a tenant sees its own line, the operator every tenant's.
+    let names = |token: &str| -> Vec<String> {
+        let q = ok_json(as_tenant(&s, token, "GET", "/api/queues", &[]));
+        q["tenants"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{q}"))
+            .iter()
+            .map(|t| t["tenant"].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(names(TEAM_B), vec!["team-b".to_string()]);
+    let all_names = names(ROOT);
+    assert!(
+        all_names.contains(&"team-a".to_string()) && all_names.contains(&"team-b".to_string()),
+        "{all_names:?}"
+    );
+
     // The operator reads and acts on any tenant's: here, team A's output.
     let (code, body) = as_tenant(
         &s,

@@ -46,13 +46,21 @@ fn queue_json(name: &str, d: QueueDepth) -> Value {
 }
 
 /// `GET /api/queues`: the exact counts of each queue, read now.
-pub async fn queues(State(state): State<ApiState>) -> Result<Json<Value>, ApiError> {
+pub async fn queues(
+    State(state): State<ApiState>,
+    Extension(caller): Extension<Caller>,
+) -> Result<Json<Value>, ApiError> {
     let queue = &state.app.queue;
     let depth = queue.depth().await?;
     let shares = crate::share_view::read(&state.app).await;
+    // A tenant sees its own share of the whole, not who else shares the deployment.
+    let tenants: Vec<Value> = crate::share_view::tenants_json(&shares)
+        .into_iter()
+        .filter(|t| t["tenant"].as_str().is_some_and(|n| caller.may_see(n)))
+        .collect();
     Ok(Json(json!({
         "queues": [queue_json(queue.name(), depth)],
-        "tenants": crate::share_view::tenants_json(&shares),
+        "tenants": tenants,
         "share_window_secs": shares.window_secs,
         "sampled_at": now_secs(),
     })))
