@@ -109,6 +109,17 @@ pub async fn connect_with_ca(url: &str, ca_file: Option<&Path>) -> Result<RedisC
     Ok(RedisConn::Single(manager))
 }
 
+/// For a `redis+cluster://` or `rediss+cluster://` URL: its seed nodes as plain `redis://` /
+/// `rediss://` URLs, or why it is malformed (without the password). `None` for other URLs.
+pub fn cluster_seeds(url: &str) -> Option<Result<Vec<String>, String>> {
+    match cluster::seeds(url) {
+        Ok(None) => None,
+        Ok(Some(seeds)) => Some(Ok(seeds.into_nodes())),
+        Err(QueueError::Unavailable(reason)) => Some(Err(reason)),
+        Err(e) => Some(Err(e.to_string())),
+    }
+}
+
 fn bad_url(reason: impl std::fmt::Display) -> QueueError {
     QueueError::Unavailable(format!("bad redis url: {}", redact(&reason.to_string())))
 }

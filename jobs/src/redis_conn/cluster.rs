@@ -27,6 +27,12 @@ pub(super) struct Seeds {
     ca_file: Option<PathBuf>,
 }
 
+impl Seeds {
+    pub(super) fn into_nodes(self) -> Vec<String> {
+        self.nodes
+    }
+}
+
 /// `Some` for a `redis+cluster://` or `rediss+cluster://` URL, `None` for any other.
 pub(super) fn seeds(url: &str) -> Result<Option<Seeds>, QueueError> {
     let (tls, rest) = if let Some(rest) = url.strip_prefix(SCHEME) {
