@@ -16,6 +16,7 @@
 
 mod budget;
 mod create;
+pub use create::DANGLING_GRACE_SECS;
 mod enqueued;
 mod lease;
 mod notify;
