@@ -11,7 +11,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use super::find_redis_server;
+use super::{RedisOptions, find_redis_server};
 use crate::{free_port, skip_or_fail};
 
 const NODES: usize = 6;
@@ -25,8 +25,9 @@ struct Node {
 
 /// Six redis-server processes forming one cluster, owned by a test.
 pub struct TestCluster {
-    /// `redis+cluster://127.0.0.1:<port>,...` naming every node as a seed.
+    /// `redis+cluster://[:password@]127.0.0.1:<port>,...` naming every node as a seed.
     pub url: String,
+    opts: RedisOptions,
     nodes: Mutex<Vec<Node>>,
     cli: PathBuf,
     dir: tempfile::TempDir,
@@ -57,6 +58,14 @@ impl TestCluster {
     /// Starts the cluster and waits until it serves. `None` (after a skip line) when
     /// redis-server or redis-cli is missing, unless `CI=true`, where that fails `test`.
     pub fn start(test: &str) -> Option<Self> {
+        Self::start_with(test, RedisOptions::default())
+    }
+
+    /// [`TestCluster::start`] with a password (`requirepass` and `masterauth`). Only the
+    /// password of `opts` is used: a TLS cluster is not built here (`redis-cli --cluster
+    /// create` did not join TLS nodes on ports of our choosing).
+    pub fn start_with(test: &str, opts: RedisOptions) -> Option<Self> {
+        assert!(!opts.tls, "{test}: the test kit builds no TLS cluster");
         let Some(server) = find_redis_server() else {
             skip_or_fail(
                 test,
@@ -74,6 +83,7 @@ impl TestCluster {
             .unwrap_or_else(|e| panic!("creating a temp dir for the cluster: {e}"));
         let mut me = Self {
             url: String::new(),
+            opts,
             nodes: Mutex::new(Vec::new()),
             cli,
             dir,
@@ -84,7 +94,13 @@ impl TestCluster {
         }
         let ports = me.ports();
         let seeds: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
-        me.url = format!("redis+cluster://{}", seeds.join(","));
+        let auth = me
+            .opts
+            .password
+            .as_ref()
+            .map(|p| format!(":{p}@"))
+            .unwrap_or_default();
+        me.url = format!("redis+cluster://{auth}{}", seeds.join(","));
         me.create(&ports);
         Some(me)
     }
@@ -98,8 +114,12 @@ impl TestCluster {
             };
             let dir = self.dir.path().join(port.to_string());
             std::fs::create_dir_all(&dir).unwrap();
-            let child = Command::new(server)
-                .args(["--port", &port.to_string()])
+            let mut cmd = Command::new(server);
+            cmd.args(["--port", &port.to_string()]);
+            if let Some(pw) = &self.opts.password {
+                cmd.args(["--requirepass", pw, "--masterauth", pw]);
+            }
+            let child = cmd
                 .args(["--cluster-port", &bus.to_string()])
                 .args(["--bind", "127.0.0.1", "--cluster-enabled", "yes"])
                 .args(["--cluster-node-timeout", &NODE_TIMEOUT_MS.to_string()])
@@ -137,15 +157,24 @@ impl TestCluster {
         panic!("a cluster node did not start: {last}");
     }
 
-    fn create(&self, ports: &[u16]) {
+    /// redis-cli with the cluster's password.
+    fn cli_cmd(&self) -> Command {
         let mut cmd = Command::new(&self.cli);
+        if let Some(pw) = &self.opts.password {
+            cmd.args(["-a", pw, "--no-auth-warning"]);
+        }
+        cmd.stdin(Stdio::null());
+        cmd
+    }
+
+    fn create(&self, ports: &[u16]) {
+        let mut cmd = self.cli_cmd();
         cmd.args(["--cluster", "create"]);
         for p in ports {
             cmd.arg(format!("127.0.0.1:{p}"));
         }
         let out = cmd
             .args(["--cluster-replicas", "1", "--cluster-yes"])
-            .stdin(Stdio::null())
             .output()
             .unwrap_or_else(|e| panic!("running redis-cli --cluster create: {e}"));
         assert!(
@@ -192,10 +221,9 @@ impl TestCluster {
 
     /// `redis-cli -p port args...`: its stdout (empty when it cannot run).
     pub fn cli(&self, port: u16, args: &[&str]) -> String {
-        Command::new(&self.cli)
+        self.cli_cmd()
             .args(["-h", "127.0.0.1", "-p", &port.to_string()])
             .args(args)
-            .stdin(Stdio::null())
             .output()
             .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
             .unwrap_or_default()

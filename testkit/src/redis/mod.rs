@@ -200,7 +200,13 @@ impl TestRedis {
     /// A Redis Cluster of its own (3 masters, 3 replicas), e.g. to kill a master; `None` as
     /// [`TestRedis::start`] when redis-server or redis-cli is missing.
     pub fn start_cluster(test: &str) -> Option<Self> {
-        Some(Self::on_cluster(Arc::new(TestCluster::start(test)?), false))
+        Self::start_cluster_with(test, RedisOptions::default())
+    }
+
+    /// [`TestRedis::start_cluster`] with a password (see [`TestCluster::start_with`]).
+    pub fn start_cluster_with(test: &str, opts: RedisOptions) -> Option<Self> {
+        let cluster = TestCluster::start_with(test, opts)?;
+        Some(Self::on_cluster(Arc::new(cluster), false))
     }
 
     fn on_cluster(cluster: Arc<TestCluster>, external: bool) -> Self {
