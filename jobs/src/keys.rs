@@ -9,7 +9,8 @@
 //! Redis:
 //! - queue `<q>`: `by:{<q>}:stream|enq|delayed|dead|lost`, `by:{<q>}:staged:<batch>`,
 //!   `by:{<q>}:parked:<batch>`
-//! - ledger: `by:batches` (index), `by:batch:{<id>}` and its `:settled`, `:final`, `:resv`,
+//! - ledger: `by:batches` (index; written on its own, never in one command with a batch's
+//!   keys), `by:batch:{<id>}` and its `:settled`, `:final`, `:resv`,
 //!   `:offload`
 //! - real-time throughput: `by:realtime_rate`
 //! - adequacy: `by:adequacy:{<task>}`; health: `by:health:{<model>}` and `:probe`, `:budget`
