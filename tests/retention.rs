@@ -17,11 +17,11 @@ use batchyard_testkit::TestRedis;
 use support::scheduler::{cluster_with, pipeline_run};
 use support::*;
 
-async fn dbsize(conn: &mut redis::aio::MultiplexedConnection) -> u64 {
+async fn dbsize(conn: &mut batchyard_testkit::redis::RawConn) -> u64 {
     redis::cmd("DBSIZE").query_async(conn).await.unwrap()
 }
 
-async fn zcard(conn: &mut redis::aio::MultiplexedConnection) -> u64 {
+async fn zcard(conn: &mut batchyard_testkit::redis::RawConn) -> u64 {
     redis::cmd("ZCARD")
         .arg(batchyard_jobs::keys::BATCH_INDEX)
         .query_async(conn)
@@ -29,7 +29,7 @@ async fn zcard(conn: &mut redis::aio::MultiplexedConnection) -> u64 {
         .unwrap()
 }
 
-async fn memory_info(conn: &mut redis::aio::MultiplexedConnection) -> String {
+async fn memory_info(conn: &mut batchyard_testkit::redis::RawConn) -> String {
     redis::cmd("INFO")
         .arg("memory")
         .query_async(conn)
@@ -37,7 +37,7 @@ async fn memory_info(conn: &mut redis::aio::MultiplexedConnection) -> String {
         .unwrap()
 }
 
-async fn used_memory(conn: &mut redis::aio::MultiplexedConnection) -> i64 {
+async fn used_memory(conn: &mut batchyard_testkit::redis::RawConn) -> i64 {
     let info: String = redis::cmd("INFO")
         .arg("memory")
         .query_async(conn)

@@ -10,7 +10,8 @@
 //! - queue `<q>`: `by:{<q>}:stream|enq|delayed|dead|lost`, `by:{<q>}:staged:<batch>`,
 //!   `by:{<q>}:parked:<batch>`; the claim order (fair share): `by:{<q>}:fair:b|w|n|prios|vt`,
 //!   `by:{<q>}:fair:p:<prio>`, `by:{<q>}:fair:pt:<prio>:<tenant>`, `by:{<q>}:fair:s:<10 s slot>`
-//! - ledger: `by:batches` (index), `by:batch:{<id>}` and its `:settled`, `:final`, `:resv`,
+//! - ledger: `by:batches` (index; written on its own, never in one command with a batch's
+//!   keys), `by:batch:{<id>}` and its `:settled`, `:final`, `:resv`,
 //!   `:offload`
 //! - real-time throughput: `by:realtime_rate`
 //! - adequacy: `by:adequacy:{<task>}`; health: `by:health:{<model>}` and `:probe`, `:budget`

@@ -1,42 +1,123 @@
 //! One way to open a Redis connection: auto-reconnecting, with timeouts that treat a slow
 //! Redis as weather (retry) rather than death.
 //!
+//! - `cluster`: `redis+cluster://` URLs, a Redis Cluster client, and SCAN over every master.
+//!
 //! URLs: `redis://[:password@]host[:port][/db]`, and `rediss://` for TLS (rustls). A TLS server
 //! is checked against the system's root certificates, or, when the URL carries
 //! `?tls_ca_file=/path/ca.pem`, against the PEM certificates in that file only: that is how a
 //! server with a self-signed or private CA is trusted. Certificate checks are never turned off
 //! (`#insecure` is refused). Errors never contain the password.
+//!
+//! A Redis Cluster is `redis+cluster://[:password@]host:port[,host:port...]` (seed nodes; the
+//! client learns the rest), or `rediss+cluster://` for TLS, with the same `tls_ca_file`.
+//! Either way callers get a [`RedisConn`], and use it as any redis-rs async connection.
+
+mod cluster;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use redis::cluster_async::ClusterConnection;
+use redis::{Cmd, Pipeline, RedisFuture, Value};
 
 use crate::error::{QueueError, redact};
+
+pub use cluster::ScanTarget;
 
 /// The query parameter of a `rediss://` URL that names a PEM file of CA certificates to trust.
 pub const TLS_CA_PARAM: &str = "tls_ca_file";
 
-/// Opens a connection manager that reconnects by itself after drops and restarts.
-pub async fn connect(url: &str) -> Result<ConnectionManager, QueueError> {
+/// How long one answer may take: a big enqueue on another queue can stall Redis for a while,
+/// and that is not an error.
+const RESPONSE_TIMEOUT: Duration = Duration::from_secs(10);
+const CONNECTION_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A connection to one Redis server (a self-reconnecting manager) or to a Redis Cluster
+/// (redis-rs routes each command to the master of its key's slot and follows `MOVED`/`ASK`
+/// and failovers by itself). Cheap to clone; clones share the connection.
+#[derive(Clone)]
+pub enum RedisConn {
+    Single(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+impl std::fmt::Debug for RedisConn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Single(_) => "RedisConn::Single",
+            Self::Cluster(_) => "RedisConn::Cluster",
+        })
+    }
+}
+
+impl ConnectionLike for RedisConn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Self::Single(c) => c.req_packed_command(cmd),
+            Self::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Self::Single(c) => c.req_packed_commands(pipeline, offset, count),
+            Self::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Self::Single(c) => c.get_db(),
+            Self::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
+impl RedisConn {
+    pub fn is_cluster(&self) -> bool {
+        matches!(self, Self::Cluster(_))
+    }
+}
+
+/// Opens a connection that reconnects by itself after drops, restarts and failovers.
+pub async fn connect(url: &str) -> Result<RedisConn, QueueError> {
     connect_with_ca(url, None).await
 }
 
-/// As [`connect`], trusting the CA certificates (PEM) in `ca_file` for a `rediss://` URL,
-/// e.g. from a config key. A `tls_ca_file` in the URL is the same setting; give only one.
-pub async fn connect_with_ca(
-    url: &str,
-    ca_file: Option<&Path>,
-) -> Result<ConnectionManager, QueueError> {
+/// As [`connect`], trusting the CA certificates (PEM) in `ca_file` for a TLS URL, e.g. from a
+/// config key. A `tls_ca_file` in the URL is the same setting; give only one.
+pub async fn connect_with_ca(url: &str, ca_file: Option<&Path>) -> Result<RedisConn, QueueError> {
+    if let Some(seeds) = cluster::seeds(url)? {
+        return cluster::connect(seeds, ca_file)
+            .await
+            .map(RedisConn::Cluster);
+    }
     let client = client(url, ca_file)?;
     let config = ConnectionManagerConfig::new()
-        // A big enqueue on another queue can stall Redis for a while; that is not an error.
-        .set_response_timeout(Some(Duration::from_secs(10)))
-        .set_connection_timeout(Some(Duration::from_secs(5)))
+        .set_response_timeout(Some(RESPONSE_TIMEOUT))
+        .set_connection_timeout(Some(CONNECTION_TIMEOUT))
         .set_number_of_retries(3)
         .set_max_delay(Duration::from_secs(2));
     let manager = ConnectionManager::new_with_config(client, config).await?;
-    Ok(manager)
+    Ok(RedisConn::Single(manager))
+}
+
+/// For a `redis+cluster://` or `rediss+cluster://` URL: its seed nodes as plain `redis://` /
+/// `rediss://` URLs, or why it is malformed (without the password). `None` for other URLs.
+pub fn cluster_seeds(url: &str) -> Option<Result<Vec<String>, String>> {
+    match cluster::seeds(url) {
+        Ok(None) => None,
+        Ok(Some(seeds)) => Some(Ok(seeds.into_nodes())),
+        Err(QueueError::Unavailable(reason)) => Some(Err(reason)),
+        Err(e) => Some(Err(e.to_string())),
+    }
 }
 
 fn bad_url(reason: impl std::fmt::Display) -> QueueError {
@@ -46,6 +127,20 @@ fn bad_url(reason: impl std::fmt::Display) -> QueueError {
 /// The redis-rs client for `url`, with the CA of the URL or of `ca_file` when there is one.
 fn client(url: &str, ca_file: Option<&Path>) -> Result<redis::Client, QueueError> {
     let (url, from_url) = split_ca_param(url)?;
+    let tls = url.starts_with("rediss://");
+    match trusted_ca(tls, from_url, ca_file)? {
+        None => redis::Client::open(url.as_str()).map_err(bad_url),
+        Some(certs) => redis::Client::build_with_tls(url.as_str(), certs).map_err(bad_url),
+    }
+}
+
+/// The CA to trust: the URL's `tls_ca_file` or `ca_file` (not both), read and checked to be
+/// PEM certificates; `None` when neither is given (the system's roots are used).
+fn trusted_ca(
+    tls: bool,
+    from_url: Option<PathBuf>,
+    ca_file: Option<&Path>,
+) -> Result<Option<redis::TlsCertificates>, QueueError> {
     let ca_file = match (from_url, ca_file) {
         (Some(_), Some(_)) => {
             return Err(bad_url(format!(
@@ -56,11 +151,11 @@ fn client(url: &str, ca_file: Option<&Path>) -> Result<redis::Client, QueueError
         (None, p) => p.map(Path::to_path_buf),
     };
     let Some(ca_file) = ca_file else {
-        return redis::Client::open(url.as_str()).map_err(bad_url);
+        return Ok(None);
     };
-    if !url.starts_with("rediss://") {
+    if !tls {
         return Err(bad_url(format!(
-            "{TLS_CA_PARAM} is only for TLS; use a rediss:// url"
+            "{TLS_CA_PARAM} is only for TLS; use a rediss:// (or rediss+cluster://) url"
         )));
     }
     let pem = std::fs::read(&ca_file).map_err(|e| {
@@ -75,11 +170,10 @@ fn client(url: &str, ca_file: Option<&Path>) -> Result<redis::Client, QueueError
             ca_file.display()
         )));
     }
-    let certs = redis::TlsCertificates {
+    Ok(Some(redis::TlsCertificates {
         client_tls: None,
         root_cert: Some(pem),
-    };
-    redis::Client::build_with_tls(url.as_str(), certs).map_err(bad_url)
+    }))
 }
 
 /// Takes `tls_ca_file` out of the URL's query (redis-rs does not know it) and refuses
@@ -147,7 +241,7 @@ mod tests {
             (
                 "redis://:sekrit@h:1/?tls_ca_file=/x.pem",
                 None,
-                "use a rediss:// url",
+                "use a rediss://",
             ),
             (
                 "rediss://:sekrit@h:1/?tls_ca_file=/no/such/ca.pem",

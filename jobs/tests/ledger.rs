@@ -292,3 +292,82 @@ async fn redis_ledger_hands_each_notification_attempt_out_once() {
         .unwrap();
     notification_claims(Arc::new(RedisLedger::new(conn)), &unique_name("notify")).await;
 }
+
+/// `create` writes the index entry, then the record (they live in different cluster slots).
+/// A crash between the two leaves an entry without a record: `list` skips it, and removes it
+/// once it is older than the grace period; a young one may be a creation under way and stays.
+/// A failover can lose the entry instead: the batch is indexed again when it ends.
+#[tokio::test]
+async fn redis_ledger_repairs_a_creation_cut_between_index_and_record() {
+    use batchyard_jobs::ledger::redis::DANGLING_GRACE_SECS;
+    let Some(redis) = TestRedis::start_or_external("ledger_split_create") else {
+        return;
+    };
+    let conn = batchyard_jobs::redis_conn::connect(redis.url())
+        .await
+        .unwrap();
+    let ledger = RedisLedger::new(conn);
+    let mut raw = redis.raw().await;
+    let index = batchyard_jobs::keys::BATCH_INDEX;
+    let reader = raw.clone();
+    let score = |id: String| {
+        let mut raw = reader.clone();
+        async move {
+            redis::cmd("ZSCORE")
+                .arg(index)
+                .arg(id)
+                .query_async::<Option<f64>>(&mut raw)
+                .await
+                .unwrap()
+        }
+    };
+    // What a crash after step 1 leaves: one creation long ago, one a moment ago.
+    let (old, young) = (unique_name("cut-old"), unique_name("cut-young"));
+    let long_ago = now_secs() - DANGLING_GRACE_SECS - 60;
+    for (id, at) in [(&old, long_ago), (&young, now_secs())] {
+        let () = redis::cmd("ZADD")
+            .arg(index)
+            .arg(at)
+            .arg(id)
+            .query_async(&mut raw)
+            .await
+            .unwrap();
+    }
+    let whole = unique_name("whole");
+    ledger.create(&record(&whole, 3)).await.unwrap();
+    let listed: Vec<String> = ledger
+        .list(10_000)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| r.id)
+        .collect();
+    assert!(listed.contains(&whole), "{listed:?}");
+    assert!(!listed.contains(&old) && !listed.contains(&young));
+    assert_eq!(
+        score(old.clone()).await,
+        None,
+        "the old dangling entry is gone"
+    );
+    assert!(score(young.clone()).await.is_some(), "a young one stays");
+
+    // The reverse: the index entry lost (as a failover can), the record kept.
+    let () = redis::cmd("ZREM")
+        .arg(index)
+        .arg(&whole)
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+    ledger
+        .set_state(&whole, BatchState::Completed)
+        .await
+        .unwrap();
+    let created = ledger.get(&whole).await.unwrap().unwrap().created_at;
+    assert_eq!(score(whole.clone()).await, Some(created as f64));
+    let () = redis::cmd("ZREM")
+        .arg(index)
+        .arg(&young)
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+}

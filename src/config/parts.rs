@@ -132,6 +132,10 @@ pub(super) fn has_credentials(url: &str) -> bool {
 
 /// True when `url` carries a password.
 pub(super) fn has_password(url: &str) -> bool {
+    // A Redis Cluster URL names many hosts, which no URL parser takes: look at a seed's URL.
+    if let Some(seeds) = batchyard_jobs::redis_conn::cluster_seeds(url) {
+        return seeds.is_ok_and(|s| s.first().is_some_and(|u| has_password(u)));
+    }
     url::Url::parse(url).is_ok_and(|u| u.password().is_some())
 }
 

@@ -43,8 +43,11 @@ pub(super) fn redis_url(
         .cloned()
         .or(raw.queue.redis_url.clone());
     if let Some(url) = &redis_url {
-        check_url(url, &["redis", "rediss", "redis+unix", "unix"])
-            .map_err(|r| ("queue.redis_url".to_string(), r))?;
+        match batchyard_jobs::redis_conn::cluster_seeds(url) {
+            Some(seeds) => seeds.map(drop),
+            None => check_url(url, &["redis", "rediss", "redis+unix", "unix"]),
+        }
+        .map_err(|r| ("queue.redis_url".to_string(), r))?;
     }
     Ok(redis_url)
 }

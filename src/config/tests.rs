@@ -137,6 +137,31 @@ fn bad_urls_are_rejected() {
 }
 
 #[test]
+fn a_redis_cluster_url_is_taken_and_a_bad_one_named() {
+    let url = "rediss+cluster://:pw@node-1:6379,node-2:6379";
+    let s = load(&EXAMPLE.replace("redis://127.0.0.1:6379", url)).unwrap();
+    assert_eq!(s.redis_url.as_deref(), Some(url));
+    assert!(
+        s.warnings
+            .join("\n")
+            .contains("queue.redis_url: holds a password"),
+        "{:?}",
+        s.warnings
+    );
+    let e = load(&EXAMPLE.replace(
+        "redis://127.0.0.1:6379",
+        "redis+cluster://:s3cret@node-1:6379/2",
+    ))
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("queue.redis_url") && e.contains("only database 0"),
+        "{e}"
+    );
+    assert!(!e.contains("s3cret"), "{e}");
+}
+
+#[test]
 fn redis_password_is_not_echoed() {
     let e = load(&EXAMPLE.replace("redis://127.0.0.1:6379", "redis://:s3cret@[bad"))
         .unwrap_err()

@@ -15,9 +15,9 @@ use std::future::Future;
 use std::time::Duration;
 
 use batchyard_jobs::keys;
+use batchyard_jobs::redis_conn::RedisConn;
 use batchyard_jobs::retry::{RetryPolicy, retry_within};
 use redis::AsyncCommands;
-use redis::aio::ConnectionManager;
 use serde::{Deserialize, Serialize};
 
 /// Claims outlive any retry or clock skew between replicas by far.
@@ -53,12 +53,12 @@ pub struct RunRecord {
 
 #[derive(Clone)]
 pub struct PipelineState {
-    conn: ConnectionManager,
+    conn: RedisConn,
     owner: String,
 }
 
 impl PipelineState {
-    pub fn new(conn: ConnectionManager, owner: String) -> Self {
+    pub fn new(conn: RedisConn, owner: String) -> Self {
         Self { conn, owner }
     }
 

@@ -36,6 +36,8 @@ pub struct Options {
     pub retry_attempts: Option<u32>,
     /// `[health] retry_budget_min`: in-place retries always allowed per minute and model.
     pub retry_budget_min: Option<u32>,
+    /// A Redis Cluster of its own (3 masters, 3 replicas) instead of one redis-server.
+    pub redis_cluster: bool,
 }
 
 impl Default for Options {
@@ -54,6 +56,7 @@ impl Default for Options {
             submit_lease_secs: 120,
             retry_attempts: None,
             retry_budget_min: None,
+            redis_cluster: false,
         }
     }
 }
@@ -102,13 +105,17 @@ impl Cluster {
 
     pub fn start_opts(test: &str, fake_args: &[&str], opts: Options) -> Option<Self> {
         let s3 = s3_env_or_skip(test)?;
-        let redis = TestRedis::start_with(
-            test,
-            RedisOptions {
-                aof: opts.aof,
-                ..RedisOptions::default()
-            },
-        )?;
+        let redis = if opts.redis_cluster {
+            TestRedis::start_cluster(test)?
+        } else {
+            TestRedis::start_with(
+                test,
+                RedisOptions {
+                    aof: opts.aof,
+                    ..RedisOptions::default()
+                },
+            )?
+        };
         let fake = FakeProvider::start(fake_args);
         let visibility_secs = opts.visibility_secs;
         let dir = tempfile::tempdir().unwrap();

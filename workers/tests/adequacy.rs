@@ -318,6 +318,31 @@ async fn reset_forgets_one_task_or_all() {
     }
 }
 
+/// On a Redis Cluster the tasks' hashes are spread over the masters, and SCAN sees one node:
+/// `reset(None)` scans each master, so every hash goes and nothing else does.
+#[tokio::test]
+async fn reset_all_scans_every_master_of_a_cluster() {
+    let Some(redis) = TestRedis::start_cluster("reset_all_scans_every_master_of_a_cluster") else {
+        return;
+    };
+    let store = redis_store(&redis, 400.0).await;
+    let tasks: Vec<String> = (0..60).map(|_| task("cluster-reset")).collect();
+    for t in &tasks {
+        store.record(t, 1, "m", true).await.unwrap();
+    }
+    let mut raw = redis.raw().await;
+    let _: () = raw.set("by:other", "kept").await.unwrap();
+    let nodes = redis.cluster().unwrap();
+    let masters: std::collections::BTreeSet<u16> = tasks
+        .iter()
+        .map(|t| nodes.owner_of(&format!("by:adequacy:{{{t}}}")).unwrap().0)
+        .collect();
+    assert_eq!(masters.len(), 3, "the tasks' hashes sit on every master");
+    store.reset(None).await.unwrap();
+    let keys: Vec<String> = raw.keys("by:*").await.unwrap();
+    assert_eq!(keys, vec!["by:other".to_string()]);
+}
+
 #[tokio::test]
 async fn routing_learns_the_true_pass_rates() {
     let redis = TestRedis::start("routing_learns_the_true_pass_rates");

@@ -365,7 +365,7 @@ async fn redis_keys_expire_or_are_cleared() {
     assert_eq!(exists, 0, "a healthy model leaves no health hash");
 }
 
-async fn int(raw: &mut redis::aio::ConnectionManager, cmd: &str, key: &str) -> i64 {
+async fn int(raw: &mut batchyard_jobs::redis_conn::RedisConn, cmd: &str, key: &str) -> i64 {
     redis::cmd(cmd).arg(key).query_async(raw).await.unwrap()
 }
 

@@ -4,9 +4,19 @@
 //! ends), `by:batch:{<id>}:final` (finalization lease), `by:batch:{<id>}:resv` (budget
 //! reservations in flight, job id -> nano-dollars; its sum is the hash's `reserved_nanos`;
 //! dropped when the batch ends or is reopened), and `by:batches` (ids by creation). The hash's
-//! `replay_id` names the last replay that reopened the batch.
+//! `replay_id` names the last replay that reopened the batch. Every command and script touches
+//! one batch's keys only (one cluster slot); the index is written on its own (`create`).
+//!
+//! - `budget`: reservations and commits against a batch's budget (Lua);
+//! - `create`: a batch's creation in two steps (index, then record) and their repair;
+//! - `enqueued`: the offload lane's per-model account of enqueued tokens;
+//! - `lease`: the finalizer's and the offload lane's leases;
+//! - `notify`: claims of a batch's end notification;
+//! - `record`: a record's hash fields read back into a `BatchRecord`.
 
 mod budget;
+mod create;
+pub use create::DANGLING_GRACE_SECS;
 mod enqueued;
 mod lease;
 mod notify;
@@ -19,8 +29,8 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::redis_conn::RedisConn;
 use async_trait::async_trait;
-use redis::aio::ConnectionManager;
 use redis::{AsyncCommands, Script};
 
 use super::{Enqueued, IndexEntry, Ledger, Removal, Reopen, Reservation, Settlement, SubmitStep};
@@ -117,14 +127,14 @@ return {1}
 
 #[derive(Clone)]
 pub struct RedisLedger {
-    conn: ConnectionManager,
+    conn: RedisConn,
     settle: Script,
     submit: Script,
     budget: Arc<budget::Scripts>,
 }
 
 impl RedisLedger {
-    pub fn new(conn: ConnectionManager) -> Self {
+    pub fn new(conn: RedisConn) -> Self {
         Self {
             conn,
             settle: Script::new(SETTLE_LUA),
@@ -190,17 +200,12 @@ impl Ledger for RedisLedger {
         if record.priority != crate::priority::Priority::NORMAL {
             fields.push(("priority", record.priority.value().to_string()));
         }
-        let mut conn = self.conn.clone();
-        redis::pipe()
-            .atomic()
-            .del(record_key(&record.id))
-            .del(settled_key(&record.id))
-            .del(resv_key(&record.id))
-            .hset_multiple(record_key(&record.id), &fields)
-            .zadd(INDEX_KEY, &record.id, record.created_at)
-            .query_async::<()>(&mut conn)
-            .await?;
-        Ok(())
+        // The index and the batch's keys live in different cluster slots, so no transaction
+        // holds both: the index entry comes first. A crash (or a failover) between the two
+        // leaves an entry without a record, which `list` skips and, once it is older than
+        // DANGLING_GRACE_SECS, removes; the reverse would leave a batch nobody lists.
+        self.index(&record.id, record.created_at).await?;
+        self.write_record(&record.id, &fields).await
     }
 
     async fn get(&self, batch_id: &str) -> Result<Option<BatchRecord>, QueueError> {
@@ -233,6 +238,9 @@ impl Ledger for RedisLedger {
                 .hdel(record_key(batch_id), "reserved_nanos");
         }
         pipe.query_async::<()>(&mut conn).await?;
+        if state.is_terminal() {
+            self.reindex(batch_id).await;
+        }
         Ok(())
     }
 
@@ -477,11 +485,12 @@ impl Ledger for RedisLedger {
     async fn list(&self, limit: usize) -> Result<Vec<BatchRecord>, QueueError> {
         let mut conn = self.conn.clone();
         let stop = limit.max(1) as isize - 1;
-        let ids: Vec<String> = conn.zrevrange(INDEX_KEY, 0, stop).await?;
+        let ids: Vec<(String, f64)> = conn.zrevrange_withscores(INDEX_KEY, 0, stop).await?;
         let mut out = Vec::with_capacity(ids.len());
-        for id in ids {
-            if let Some(record) = self.get(&id).await? {
-                out.push(record);
+        for (id, created_at) in ids {
+            match self.get(&id).await? {
+                Some(record) => out.push(record),
+                None => self.drop_dangling(&id, created_at).await,
             }
         }
         Ok(out)

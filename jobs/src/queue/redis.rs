@@ -35,8 +35,8 @@ mod wire;
 use std::sync::Mutex;
 use std::time::Duration;
 
+use crate::redis_conn::RedisConn;
 use async_trait::async_trait;
-use redis::aio::ConnectionManager;
 use redis::{RedisError, Value};
 use tokio::time::Instant;
 
@@ -72,9 +72,9 @@ pub fn unique_consumer_name() -> String {
 
 /// The Redis Streams implementation of [`Queue`].
 pub struct RedisQueue {
-    conn: ConnectionManager,
+    conn: RedisConn,
     /// Used for blocking reads when set, so they never delay commands on `conn`.
-    blocking: Option<ConnectionManager>,
+    blocking: Option<RedisConn>,
     opts: QueueOptions,
     stream: String,
     enq: String,
@@ -93,7 +93,7 @@ fn millis(d: Duration) -> u64 {
 
 impl RedisQueue {
     /// Opens the queue named in `opts`, creating its stream and consumer group if missing.
-    pub async fn new(conn: ConnectionManager, opts: QueueOptions) -> Result<Self, QueueError> {
+    pub async fn new(conn: RedisConn, opts: QueueOptions) -> Result<Self, QueueError> {
         let queue = Self {
             conn,
             blocking: None,
@@ -123,7 +123,7 @@ impl RedisQueue {
     /// Uses `conn` (a connection of its own, e.g. a second [`crate::redis_conn::connect`])
     /// for blocking reads (`XREADGROUP ... BLOCK`). Without one, `claim` never blocks inside
     /// Redis: it polls with short client-side pauses, so the shared connection never stalls.
-    pub fn with_blocking_connection(mut self, conn: ConnectionManager) -> Self {
+    pub fn with_blocking_connection(mut self, conn: RedisConn) -> Self {
         self.blocking = Some(conn);
         self
     }

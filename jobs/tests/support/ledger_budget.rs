@@ -36,8 +36,8 @@ use batchyard_jobs::batch::BatchRecord;
 use batchyard_jobs::ledger::memory::MemoryLedger;
 use batchyard_jobs::ledger::redis::RedisLedger;
 use batchyard_jobs::ledger::{Ledger, Reservation};
+use batchyard_jobs::redis_conn::RedisConn;
 use redis::AsyncCommands;
-use redis::aio::ConnectionManager;
 
 use batchyard_testkit::TestRedis;
 
@@ -48,7 +48,7 @@ pub const USD: i64 = 1_000_000_000;
 /// The ledger under test, plus a way to look at the `:resv` hash on Redis.
 pub struct Target {
     pub ledger: Arc<dyn Ledger>,
-    pub conn: Option<ConnectionManager>,
+    pub conn: Option<RedisConn>,
 }
 
 impl Target {

@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use batchyard_jobs::batch::now_secs;
 use batchyard_jobs::queue::{Queue, QueueDepth};
+use batchyard_jobs::redis_conn::RedisConn;
 use redis::AsyncCommands;
-use redis::aio::ConnectionManager;
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
@@ -55,7 +55,7 @@ return 1
 /// Where the samples live in Redis.
 #[derive(Clone)]
 pub struct Persist {
-    conn: ConnectionManager,
+    conn: RedisConn,
     key: String,
 }
 
@@ -66,7 +66,7 @@ impl std::fmt::Debug for Persist {
 }
 
 impl Persist {
-    pub fn new(conn: ConnectionManager, queue: &str) -> Self {
+    pub fn new(conn: RedisConn, queue: &str) -> Self {
         Self {
             conn,
             key: batchyard_jobs::keys::api_queue_history(queue),

@@ -1,17 +1,29 @@
 //! [`TestRedis`]: a throwaway redis-server per test, on a free 127.0.0.1 port in a temp dir,
 //! killed by its PID (SIGKILL) on drop.
 //!
-//! - `tls`: the CA and server certificate for a TLS-only server ([`RedisOptions::tls`]).
+//! - `tls`: the CA and server certificate for a TLS-only server ([`RedisOptions::tls`]);
+//! - `cluster`: [`TestCluster`], a 3-master, 3-replica Redis Cluster;
+//! - `raw`: [`RawConn`], a plain connection to either, for inspecting keys.
+//!
+//! With `BATCHYARD_TEST_REDIS_CLUSTER=1`, [`TestRedis::start_or_external`] hands out a Redis
+//! Cluster instead of a server (one per test process while any test uses it), so a suite
+//! written against one server runs unchanged against a cluster.
 //!
 //! The binary is `$BATCHYARD_REDIS_SERVER` (exported by scripts/test) or `redis-server` on
 //! PATH; when neither exists the test skips, or fails under CI ([`crate::skip_or_fail`]).
 
+mod cluster;
+mod raw;
 mod tls;
+
+pub use cluster::TestCluster;
+pub use raw::RawConn;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use crate::{free_port, skip_or_fail};
@@ -28,7 +40,12 @@ pub struct TestRedis {
     bin: PathBuf,
     opts: RedisOptions,
     external: bool,
+    cluster: Option<Arc<TestCluster>>,
 }
+
+/// The cluster `start_or_external` shares between the tests of one process: it lives while
+/// some test holds it, and is stopped (by PID) when the last one ends.
+static SHARED_CLUSTER: Mutex<Weak<TestCluster>> = Mutex::new(Weak::new());
 
 /// How [`TestRedis::start_with`] configures the server; the default is a plain server
 /// without persistence.
@@ -55,7 +72,7 @@ impl std::fmt::Debug for TestRedis {
 }
 
 /// `$BATCHYARD_REDIS_SERVER`, else `redis-server` found on PATH.
-fn find_redis_server() -> Option<PathBuf> {
+pub(crate) fn find_redis_server() -> Option<PathBuf> {
     if let Some(p) = std::env::var_os("BATCHYARD_REDIS_SERVER").filter(|p| !p.is_empty()) {
         let p = PathBuf::from(p);
         if p.is_file() {
@@ -119,6 +136,7 @@ impl TestRedis {
             bin,
             opts,
             external: false,
+            cluster: None,
         };
         if me.opts.tls && !tls::make_certificates(test, me.dir.path()) {
             return None;
@@ -145,7 +163,21 @@ impl TestRedis {
 
     /// The server named by `BATCHYARD_TEST_REDIS_URL` when set (then tests must use unique key
     /// names, and cannot kill or restart it), else [`TestRedis::start`].
+    /// With `BATCHYARD_TEST_REDIS_CLUSTER=1`, a Redis Cluster shared by the tests of this
+    /// process instead (also external: not to be killed or restarted).
     pub fn start_or_external(test: &str) -> Option<Self> {
+        if std::env::var("BATCHYARD_TEST_REDIS_CLUSTER").is_ok_and(|v| v == "1") {
+            let mut shared = SHARED_CLUSTER.lock().unwrap_or_else(|e| e.into_inner());
+            let cluster = match shared.upgrade() {
+                Some(c) => c,
+                None => {
+                    let c = Arc::new(TestCluster::start(test)?);
+                    *shared = Arc::downgrade(&c);
+                    c
+                }
+            };
+            return Some(Self::on_cluster(cluster, true));
+        }
         let Some(url) = std::env::var("BATCHYARD_TEST_REDIS_URL")
             .ok()
             .filter(|u| !u.is_empty())
@@ -161,7 +193,39 @@ impl TestRedis {
             bin: PathBuf::new(),
             opts: RedisOptions::default(),
             external: true,
+            cluster: None,
         })
+    }
+
+    /// A Redis Cluster of its own (3 masters, 3 replicas), e.g. to kill a master; `None` as
+    /// [`TestRedis::start`] when redis-server or redis-cli is missing.
+    pub fn start_cluster(test: &str) -> Option<Self> {
+        Self::start_cluster_with(test, RedisOptions::default())
+    }
+
+    /// [`TestRedis::start_cluster`] with a password (see [`TestCluster::start_with`]).
+    pub fn start_cluster_with(test: &str, opts: RedisOptions) -> Option<Self> {
+        let cluster = TestCluster::start_with(test, opts)?;
+        Some(Self::on_cluster(Arc::new(cluster), false))
+    }
+
+    fn on_cluster(cluster: Arc<TestCluster>, external: bool) -> Self {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("creating a temp dir: {e}"));
+        Self {
+            port: 0,
+            url: cluster.url.clone(),
+            child: None,
+            dir,
+            bin: PathBuf::new(),
+            opts: RedisOptions::default(),
+            external,
+            cluster: Some(cluster),
+        }
+    }
+
+    /// The cluster behind this handle, when it is one.
+    pub fn cluster(&self) -> Option<&TestCluster> {
+        self.cluster.as_deref()
     }
 
     pub fn url(&self) -> &str {
@@ -173,13 +237,9 @@ impl TestRedis {
         self.external
     }
 
-    /// A plain async connection, for inspecting keys.
-    pub async fn raw(&self) -> redis::aio::MultiplexedConnection {
-        redis::Client::open(self.url.as_str())
-            .expect("a valid redis URL")
-            .get_multiplexed_async_connection()
-            .await
-            .expect("a connection to the test redis-server")
+    /// A plain async connection, for inspecting keys (a cluster connection on a cluster).
+    pub async fn raw(&self) -> RawConn {
+        RawConn::open(&self.url).await
     }
 
     fn url_for(&self, port: u16) -> String {

@@ -18,9 +18,9 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use ::redis::Script;
-use ::redis::aio::ConnectionManager;
 use batchyard_jobs::batch::now_secs;
 use batchyard_jobs::outcome::OutputLine;
+use batchyard_jobs::redis_conn::RedisConn;
 
 /// The minutes of history a measurement looks at.
 pub const WINDOW_MINUTES: u64 = 5;
@@ -76,7 +76,7 @@ impl Measured {
 }
 
 struct Shared {
-    conn: ConnectionManager,
+    conn: RedisConn,
     owner: String,
 }
 
@@ -146,7 +146,7 @@ impl RealtimeMeter {
     }
 
     /// A worker's meter, shared with every other worker through Redis.
-    pub fn shared(conn: ConnectionManager, owner: String, slots: usize) -> Self {
+    pub fn shared(conn: RedisConn, owner: String, slots: usize) -> Self {
         Self {
             shared: Some(Shared { conn, owner }),
             ..Self::in_process(slots)

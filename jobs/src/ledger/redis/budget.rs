@@ -2,8 +2,8 @@
 //! `:resv` hash, which share the batch's `{id}` hash tag, so each is atomic on one slot and
 //! workers racing for the last dollars of a budget can't overshoot it together.
 
+use crate::redis_conn::RedisConn;
 use redis::Script;
-use redis::aio::ConnectionManager;
 
 use super::{record_key, resv_key};
 use crate::batch::now_secs;
@@ -28,7 +28,7 @@ impl Scripts {
 
     pub async fn reserve(
         &self,
-        conn: &mut ConnectionManager,
+        conn: &mut RedisConn,
         batch_id: &str,
         job_id: &str,
         nanos: i64,
@@ -59,7 +59,7 @@ impl Scripts {
 
     pub async fn commit(
         &self,
-        conn: &mut ConnectionManager,
+        conn: &mut RedisConn,
         batch_id: &str,
         job_id: &str,
         actual_nanos: i64,
@@ -77,7 +77,7 @@ impl Scripts {
 
     pub async fn set_budget(
         &self,
-        conn: &mut ConnectionManager,
+        conn: &mut RedisConn,
         batch_id: &str,
         budget_usd: Option<f64>,
     ) -> Result<(), QueueError> {

@@ -11,8 +11,8 @@
 use std::collections::HashMap;
 
 use ::redis::Script;
-use ::redis::aio::ConnectionManager;
 use async_trait::async_trait;
+use batchyard_jobs::redis_conn::RedisConn;
 
 use super::{
     Effect, HealthError, HealthPolicy, ModelHealth, ModelState, bounded, millis, outcome_reason,
@@ -121,7 +121,7 @@ fn script(body: &str) -> Script {
 /// Model health shared through Redis. Cheap to clone.
 #[derive(Clone)]
 pub struct RedisHealth {
-    conn: ConnectionManager,
+    conn: RedisConn,
     policy: HealthPolicy,
     admit: Script,
     record: Script,
@@ -131,7 +131,7 @@ pub struct RedisHealth {
 }
 
 impl RedisHealth {
-    pub fn new(conn: ConnectionManager, policy: HealthPolicy) -> Self {
+    pub fn new(conn: RedisConn, policy: HealthPolicy) -> Self {
         Self {
             conn,
             policy,

@@ -10,8 +10,8 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
+use batchyard_jobs::redis_conn::RedisConn;
 use redis::Script;
-use redis::aio::ConnectionManager;
 
 use super::memory::token_diff;
 use super::{
@@ -27,7 +27,7 @@ macro_rules! script {
 
 /// Limits shared by every worker that uses the same Redis and prefix.
 pub struct RedisLimiter {
-    conn: ConnectionManager,
+    conn: RedisConn,
     prefix: String,
     tuning: Tuning,
     acquire: Script,
@@ -38,12 +38,12 @@ pub struct RedisLimiter {
 
 impl RedisLimiter {
     /// `prefix` namespaces the keys (`by` in production).
-    pub fn new(conn: ConnectionManager, prefix: &str) -> Self {
+    pub fn new(conn: RedisConn, prefix: &str) -> Self {
         Self::with_tuning(conn, prefix, Tuning::default())
     }
 
     /// Every worker sharing limits must use the same tuning.
-    pub fn with_tuning(conn: ConnectionManager, prefix: &str, tuning: Tuning) -> Self {
+    pub fn with_tuning(conn: RedisConn, prefix: &str, tuning: Tuning) -> Self {
         Self {
             conn,
             prefix: prefix.to_string(),

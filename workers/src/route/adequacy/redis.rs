@@ -9,9 +9,9 @@
 
 use std::collections::HashMap;
 
-use ::redis::aio::ConnectionManager;
 use ::redis::{RedisError, Script};
 use async_trait::async_trait;
+use batchyard_jobs::redis_conn::RedisConn;
 
 use super::{AdequacyError, AdequacyStore, Evidence, Observed};
 
@@ -48,13 +48,13 @@ fn parse_field(field: &str) -> Option<(&str, &str, &str)> {
 
 #[derive(Clone)]
 pub struct RedisAdequacy {
-    conn: ConnectionManager,
+    conn: RedisConn,
     max_evidence: f64,
     record: Script,
 }
 
 impl RedisAdequacy {
-    pub fn new(conn: ConnectionManager, max_evidence: f64) -> Self {
+    pub fn new(conn: RedisConn, max_evidence: f64) -> Self {
         Self {
             conn,
             max_evidence,
@@ -139,33 +139,38 @@ impl AdequacyStore for RedisAdequacy {
                 .map_err(store_error)?;
             return Ok(());
         }
-        let mut cursor: u64 = 0;
-        for _ in 0..MAX_SCAN_ROUNDS {
-            let (next, keys): (u64, Vec<String>) = ::redis::cmd("SCAN")
-                .arg(cursor)
-                .arg("MATCH")
-                .arg(KEY_PATTERN)
-                .arg("COUNT")
-                .arg(SCAN_COUNT)
-                .query_async(&mut conn)
-                .await
-                .map_err(store_error)?;
-            // One key per DEL: each task's hash lives in its own slot.
-            for key in keys {
-                let _: i64 = ::redis::cmd("DEL")
-                    .arg(key)
-                    .query_async(&mut conn)
+        // SCAN sees one node's keys: a cluster is scanned master by master.
+        let targets = self.conn.scan_targets().await.map_err(store_error)?;
+        let mut rounds = 0;
+        for target in targets {
+            let mut cursor: u64 = 0;
+            loop {
+                if rounds == MAX_SCAN_ROUNDS {
+                    return Err(AdequacyError::Redis(format!(
+                        "scanning {KEY_PATTERN} did not finish in {MAX_SCAN_ROUNDS} rounds; delete the keys by hand or retry"
+                    )));
+                }
+                rounds += 1;
+                let (next, keys) = self
+                    .conn
+                    .scan_page(target, cursor, KEY_PATTERN, SCAN_COUNT)
                     .await
                     .map_err(store_error)?;
+                // One key per DEL: each task's hash lives in its own slot.
+                for key in keys {
+                    let _: i64 = ::redis::cmd("DEL")
+                        .arg(key)
+                        .query_async(&mut conn)
+                        .await
+                        .map_err(store_error)?;
+                }
+                cursor = next;
+                if cursor == 0 {
+                    break;
+                }
             }
-            if next == 0 {
-                return Ok(());
-            }
-            cursor = next;
         }
-        Err(AdequacyError::Redis(format!(
-            "scanning {KEY_PATTERN} did not finish in {MAX_SCAN_ROUNDS} rounds; delete the keys by hand or retry"
-        )))
+        Ok(())
     }
 }
 
