@@ -198,6 +198,10 @@ impl Settings {
         let notify = notify::notify(&raw.notify, env)?;
         let pipelines = sections::pipelines(raw, &catalog.task_keys())?;
         let (concurrency, drain_timeout) = sections::worker(raw)?;
+        let runner = RunnerOptions {
+            segments: sections::segments(raw)?,
+            ..runner
+        };
         Ok(Self {
             source: None,
             redis_url,
