@@ -199,7 +199,7 @@ impl Settings {
         let pipelines = sections::pipelines(raw, &catalog.task_keys())?;
         let (concurrency, drain_timeout) = sections::worker(raw)?;
         let runner = RunnerOptions {
-            segments: sections::segments(raw)?,
+            segments: sections::segments(raw, env)?,
             ..runner
         };
         Ok(Self {

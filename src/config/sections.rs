@@ -280,7 +280,10 @@ pub(super) fn worker(raw: &RawConfig) -> Result<(usize, Duration), Bad> {
 
 /// `[worker]`'s result segments: up to `segment_max_items` outcomes (default 1000) or
 /// `segment_max_wait_ms` (default 200) each, whichever comes first.
-pub(super) fn segments(raw: &RawConfig) -> Result<SegmentOptions, Bad> {
+pub(super) fn segments(
+    raw: &RawConfig,
+    env: &BTreeMap<String, String>,
+) -> Result<SegmentOptions, Bad> {
     let d = SegmentOptions::default();
     let w = &raw.worker;
     let max_items = w.segment_max_items.unwrap_or(d.max_items);
@@ -300,6 +303,9 @@ pub(super) fn segments(raw: &RawConfig) -> Result<SegmentOptions, Bad> {
     Ok(SegmentOptions {
         max_items,
         max_wait: Duration::from_millis(max_wait_ms),
+        crash_after_write: env
+            .get("BATCHYARD_TEST_CRASH_AT")
+            .is_some_and(|v| v == "after_segment"),
         ..d
     })
 }

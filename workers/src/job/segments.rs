@@ -38,6 +38,9 @@ pub struct SegmentOptions {
     /// The worker's slots (its concurrency): once three quarters of them wait, the
     /// segment is written without waiting longer.
     pub slots: usize,
+    /// Tests only (`BATCHYARD_TEST_CRASH_AT=after_segment`): the process aborts once its first
+    /// segment is written, before any job in it is settled or acked, as a `kill -9` there would.
+    pub crash_after_write: bool,
 }
 
 impl Default for SegmentOptions {
@@ -46,6 +49,7 @@ impl Default for SegmentOptions {
             max_items: 1000,
             max_wait: Duration::from_millis(200),
             slots: 64,
+            crash_after_write: false,
         }
     }
 }
@@ -197,10 +201,15 @@ impl Collector {
         self.seq += 1;
         let (store, name, seq) = (self.store.clone(), self.name.clone(), self.seq);
         let (batch_id, permits) = (batch_id.to_owned(), Arc::clone(&self.permits));
+        let crash = self.options.crash_after_write;
         tokio::spawn(async move {
             let _permit = permits.acquire_owned().await;
             let body = Bytes::from(buffer.body);
             let written = write_patiently(&store, &batch_id, &name, seq, body).await;
+            if crash && written.is_ok() {
+                tracing::error!("BATCHYARD_TEST_CRASH_AT=after_segment: aborting");
+                std::process::abort();
+            }
             for waiter in buffer.waiters {
                 let _ = waiter.send(written.clone());
             }
