@@ -26,6 +26,7 @@ async fn many_slots_share_few_segments() {
         max_items: 16,
         max_wait: Duration::from_secs(5),
         slots: 40,
+        ..SegmentOptions::default()
     };
     let writer = Arc::new(SegmentWriter::new(store.clone(), options));
     let mut tasks = tokio::task::JoinSet::new();
@@ -56,6 +57,7 @@ async fn a_lone_outcome_waits_briefly_and_a_refused_segment_fails_it() {
         max_items: 100,
         max_wait: Duration::from_millis(50),
         slots: 64,
+        ..SegmentOptions::default()
     };
     let writer = SegmentWriter::new(store.clone(), options);
     let started = Instant::now();
