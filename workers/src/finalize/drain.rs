@@ -4,11 +4,10 @@
 //! still in the queue are ended by whichever worker claims them, as `cancelled` again (the same
 //! line, settled once).
 
-use batchyard_jobs::job::Job;
-use batchyard_jobs::outcome::{Extension, OutputLine, codes};
-use batchyard_jobs::segments::{self, Record};
-use futures::TryStreamExt;
+use batchyard_jobs::outcome::codes;
+use batchyard_jobs::segments;
 
+use super::lost::{input_chunks, without_outcome};
 use super::{FinalizeError, Finalizer};
 
 impl Finalizer {
@@ -23,36 +22,13 @@ impl Finalizer {
             None => 0,
         };
         let index = segments::read::index(store, batch_id, items).await?;
-        let mut chunks: Vec<_> = store
-            .list(&store.input_dir(batch_id))
-            .map_ok(|m| m.location)
-            .try_collect()
-            .await?;
-        chunks.sort();
         let writer = segments::writer_name("cancel");
         let mut ended = 0u64;
         let mut finalize = false;
-        for (n, chunk) in chunks.into_iter().enumerate() {
+        for (n, chunk) in input_chunks(store, batch_id).await?.into_iter().enumerate() {
             let bytes = store.get(&chunk).await?;
-            let records: Vec<Record> = bytes
-                .split(|b| *b == b'\n')
-                .filter(|l| !l.is_empty())
-                .filter_map(|l| serde_json::from_slice::<Job>(l).ok())
-                .filter(|job| !index.holds(job.seq, &job.job_id))
-                .map(|job| {
-                    let mut line = OutputLine::failure(
-                        &job.job_id,
-                        &job.custom_id,
-                        codes::CANCELLED,
-                        "the batch was cancelled before this item ran",
-                        Extension::default(),
-                    );
-                    line.settle_nanos = Some(0);
-                    let (job_id, seq) = (job.job_id.clone(), job.seq);
-                    line.job = Some(Box::new(job));
-                    Record::new(&job_id, seq, 0, 0, line)
-                })
-                .collect();
+            let message = "the batch was cancelled before this item ran";
+            let records = without_outcome(&bytes, &index, codes::CANCELLED, message);
             if records.is_empty() {
                 continue;
             }
