@@ -196,7 +196,13 @@ impl App {
             Arc::clone(&self.ledger),
             self.store.clone(),
             self.settings.retry,
-            self.settings.runner.clone(),
+            batchyard_workers::job::RunnerOptions {
+                segments: batchyard_workers::job::segments::SegmentOptions {
+                    slots: self.settings.concurrency,
+                    ..self.settings.runner.segments
+                },
+                ..self.settings.runner.clone()
+            },
             self.finalizer(),
         );
         let cache = self

@@ -1,18 +1,22 @@
 //! `batchyard retry` and `batchyard cancel`: the operator's levers on a batch.
 //!
-//! A retry reads the failures back from `results/` (each failure keeps its job there), reopens
-//! the batch in the ledger, and re-enqueues the chosen items under their old job ids. Their new
-//! outcomes overwrite the old ones, and the batch is finalized again, so each custom id still
-//! appears exactly once in `output.jsonl` ∪ `errors.jsonl`.
+//! A retry reads the failures back from the batch's result segments (each failure keeps its
+//! job there; of a job with two outcomes, the one that counts), reopens the batch in the
+//! ledger, and re-enqueues the chosen items under their old job ids. Their new outcomes are
+//! written later, so they win over the old ones, and the batch is finalized again: each custom
+//! id still appears exactly once in `output.jsonl` ∪ `errors.jsonl`.
 
 use batchyard_jobs::batch::{BatchRecord, BatchState};
 use batchyard_jobs::job::{Job, Route};
 use batchyard_jobs::ledger::Reopen;
 use batchyard_jobs::ledger::SubmitStep;
-use batchyard_jobs::outcome::{OutputLine, codes};
+use batchyard_jobs::outcome::codes;
 use batchyard_jobs::queue::FairClass;
 use batchyard_jobs::staging::{self, Lease};
-use futures::{StreamExt, TryStreamExt};
+use std::sync::Arc;
+
+use batchyard_jobs::segments::read::{Index, PARALLEL, index, winners};
+use futures::TryStreamExt;
 
 use crate::app::App;
 use crate::error::{ReplayBusy, UsageError};
@@ -56,24 +60,19 @@ async fn finished_batch(app: &App, batch_id: &str) -> anyhow::Result<BatchRecord
     }
 }
 
-/// The batch's failures that match `filter`, as (job to replay, what it cost so far). A
-/// failure with no job (invalid input) comes as `None`. Streams: memory stays flat.
+/// The batch's failures that match `filter`, as (job to replay, what it cost so far): each
+/// job's one outcome (`index` holds every outcome of the batch). A failure with no job
+/// (invalid input) comes as `None`. Streams: memory stays flat.
 fn failures<'a>(
     app: &'a App,
     batch_id: &str,
     filter: &'a RetryFilter,
+    index: &Arc<Index>,
 ) -> impl futures::Stream<Item = anyhow::Result<(Option<Job>, f64)>> + 'a {
-    let store = app.store.clone();
-    app.store
-        .list(&app.store.results_dir(batch_id))
-        .map(move |meta| {
-            let store = store.clone();
-            async move { store.get(&meta?.location).await }
-        })
-        .buffered(32)
+    winners(&app.store, batch_id, Arc::clone(index), PARALLEL)
         .map_err(anyhow::Error::from)
-        .try_filter_map(move |bytes| async move {
-            let line: OutputLine = serde_json::from_slice(&bytes)?;
+        .try_filter_map(move |outcome| async move {
+            let line = outcome.line;
             let Some(error) = &line.error else {
                 return Ok(None);
             };
@@ -99,9 +98,11 @@ pub async fn retry(app: &App, batch_id: &str, filter: &RetryFilter) -> anyhow::R
         ))
         .into());
     }
+    // Every outcome once, to know each job's one outcome (a job run twice has two).
+    let index = Arc::new(index(&app.store, batch_id, record.counts.total).await?);
     // Pass 1: count, so the ledger is reopened for exactly the items that will run.
     let (mut retried, mut not_replayable) = (0u64, 0u64);
-    let mut counting = std::pin::pin!(failures(app, batch_id, filter));
+    let mut counting = std::pin::pin!(failures(app, batch_id, filter, &index));
     while let Some((job, _)) = counting.try_next().await? {
         match job {
             Some(_) => retried += 1,
@@ -141,7 +142,7 @@ pub async fn retry(app: &App, batch_id: &str, filter: &RetryFilter) -> anyhow::R
     // Pass 2: stage the jobs under this replay's own id, invisible to workers, so a replay
     // cut off here leaves the batch as it was (and a racing replay never touches them).
     let staging_id = format!("{batch_id}.{replay_id}");
-    if let Err(e) = stage_replay(app, batch_id, &staging_id, filter).await {
+    if let Err(e) = stage_replay(app, batch_id, &staging_id, filter, &index).await {
         discard(app, &staging_id).await;
         return Err(e);
     }
@@ -211,10 +212,11 @@ async fn stage_replay(
     batch_id: &str,
     staging_id: &str,
     filter: &RetryFilter,
+    index: &Arc<Index>,
 ) -> anyhow::Result<()> {
     let mut chunk_no = 0u64;
     let mut chunk: Vec<Job> = Vec::with_capacity(CHUNK);
-    let mut replaying = std::pin::pin!(failures(app, batch_id, filter));
+    let mut replaying = std::pin::pin!(failures(app, batch_id, filter, index));
     while let Some((job, cost)) = replaying.try_next().await? {
         let Some(mut job) = job else { continue };
         job.attempt = 0;

@@ -127,10 +127,13 @@ fn storage_flag_and_hostile_custom_ids_stay_inside_the_batch() {
     top.sort();
     assert_eq!(top, ["batches"]);
     assert!(!dir.path().join("escape").exists());
-    let results = std::fs::read_dir(store.join("batches").join(&id).join("results"))
+    // Every outcome is in the batch's result segments, one record a line.
+    let records: usize = std::fs::read_dir(store.join("batches").join(&id).join("segments"))
         .unwrap()
-        .count();
-    assert_eq!(results, hostile.len());
+        .map(|e| std::fs::read_to_string(e.unwrap().path()).unwrap())
+        .map(|t| t.lines().filter(|l| !l.is_empty()).count())
+        .sum();
+    assert_eq!(records, hostile.len());
 }
 
 #[test]

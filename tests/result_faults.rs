@@ -77,17 +77,32 @@ fn lines(cluster: &Cluster, store: &FileStore, id: &str, errors: bool) -> Vec<se
         .collect()
 }
 
-fn results_dir(store: &FileStore, id: &str) -> PathBuf {
-    store.dir.join("batches").join(id).join("results")
+fn segments_dir(store: &FileStore, id: &str) -> PathBuf {
+    store.dir.join("batches").join(id).join("segments")
 }
 
-fn result_files(dir: &Path) -> Vec<PathBuf> {
-    std::fs::read_dir(dir)
+/// The batch's result segments (names sort by writer, then order written).
+fn segment_files(dir: &Path) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
         .map(|d| d.filter_map(|e| e.ok()).map(|e| e.path()).collect())
-        .unwrap_or_default()
+        .unwrap_or_default();
+    files.retain(|f| f.extension().is_some_and(|e| e == "jsonl"));
+    files.sort();
+    files
 }
 
-/// Submits `n` items and starts a worker; returns once `results` outcomes are stored.
+/// Outcomes in one segment: a record a line.
+fn records_in(file: &Path) -> usize {
+    std::fs::read_to_string(file)
+        .map(|t| t.lines().filter(|l| !l.trim().is_empty()).count())
+        .unwrap_or(0)
+}
+
+fn stored(dir: &Path) -> usize {
+    segment_files(dir).iter().map(|f| records_in(f)).sum()
+}
+
+/// Submits `n` items and starts a worker; returns once `results` outcomes are in segments.
 fn start_batch(cluster: &Cluster, store: &FileStore, n: usize, results: usize) -> (String, Child) {
     let body: String = (0..n)
         .map(|i| request_line(&format!("doc-{i}"), &format!("item {i}")) + "\n")
@@ -97,9 +112,9 @@ fn start_batch(cluster: &Cluster, store: &FileStore, n: usize, results: usize) -
     assert!(out.status.success(), "{}", text(&out.stderr));
     let id = last_json(&out)["id"].as_str().unwrap().to_string();
     let w = worker(cluster, store);
-    let dir = results_dir(store, &id);
+    let dir = segments_dir(store, &id);
     let start = Instant::now();
-    while result_files(&dir).len() < results {
+    while stored(&dir) < results {
         assert!(
             start.elapsed() < Duration::from_secs(60),
             "no results appeared"
@@ -119,11 +134,17 @@ fn results_deleted_mid_run_end_result_lost_not_completed_and_retry_runs_them() {
     let store = file_store(&cluster);
     let n = 200;
     let (id, mut w) = start_batch(&cluster, &store, n, 60);
-    let dir = results_dir(&store, &id);
-    let deleted = 25;
-    for f in result_files(&dir).into_iter().take(deleted) {
+    let dir = segments_dir(&store, &id);
+    // Whole segments go: at least 25 outcomes.
+    let mut deleted = 0;
+    for f in segment_files(&dir) {
+        if deleted >= 25 {
+            break;
+        }
+        deleted += records_in(&f);
         std::fs::remove_file(f).unwrap();
     }
+    assert!(deleted < n, "some outcomes are left");
     let done = wait_terminal(&cluster, &store, &id);
     assert_eq!(
         done["status"], "failed",

@@ -66,7 +66,7 @@ impl From<redis::RedisError> for QueueError {
     }
 }
 
-#[derive(Debug, Error)]
+#[derive(Debug, Clone, Error)]
 pub enum StoreError {
     #[error("object storage is unavailable at {path}: {message}; it will be retried")]
     Unavailable { path: String, message: String },

@@ -20,7 +20,7 @@
 //! - pipelines: `by:pipeline:{<name>}:seen|runs|lock|last_tick|last_success|tick:<s>|manual:<id>`
 //! - retention: `by:gc:lease` (one collector at a time across the fleet)
 //!
-//! Objects: `batches/<id>/…` (results, input chunks, output, errors, manifest, submit probe),
+//! Objects: `batches/<id>/…` (result segments, legacy per-item results, input chunks, output, errors, manifest, submit probe),
 //! `files/<id>.jsonl|.json` (API uploads), `api/batches/<id>.json`, `api/readyz`, `check/<id>.probe`,
 //! `cache/v1/<shard>/<sha256>.json`, `pipelines/<name>/batches/<id>.json` (origin records),
 //! `pipelines/<name>/seen-snapshot.json` (origin records compacted before retention removes them).
@@ -261,6 +261,17 @@ pub fn result(batch_id: &str, job_id: &str) -> String {
     format!("batches/{batch_id}/results/{job_id}.json")
 }
 
+/// Where a batch's result segments are: JSONL objects of many outcomes each.
+pub fn segments_dir(batch_id: &str) -> String {
+    format!("batches/{batch_id}/segments")
+}
+
+/// One result segment: `writer` names the process (or step) that wrote it, `seq` counts its
+/// segments, so no two writers ever pick the same name.
+pub fn segment(batch_id: &str, writer: &str, seq: u64) -> String {
+    format!("batches/{batch_id}/segments/{writer}-{seq:08}.jsonl")
+}
+
 pub fn input_dir(batch_id: &str) -> String {
     format!("batches/{batch_id}/input")
 }
@@ -419,6 +430,11 @@ mod tests {
             (batch_dir("b1"), "batches/b1"),
             (results_dir("b1"), "batches/b1/results"),
             (result("b1", "j1"), "batches/b1/results/j1.json"),
+            (segments_dir("b1"), "batches/b1/segments"),
+            (
+                segment("b1", "w7", 3),
+                "batches/b1/segments/w7-00000003.jsonl",
+            ),
             (input_dir("b1"), "batches/b1/input"),
             (input_chunk("b1", 7), "batches/b1/input/00000007.jsonl"),
             (output("b1"), "batches/b1/output.jsonl"),

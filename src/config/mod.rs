@@ -214,6 +214,10 @@ impl Settings {
         retention::warn_if_notify_outlives(&retention, &notify, &mut warnings);
         let pipelines = sections::pipelines(raw, &catalog.task_keys(), &tenants)?;
         let (concurrency, drain_timeout) = sections::worker(raw)?;
+        let runner = RunnerOptions {
+            segments: sections::segments(raw, env)?,
+            ..runner
+        };
         Ok(Self {
             source: None,
             redis_url,

@@ -71,6 +71,10 @@ pub struct RawStorage {
 pub struct RawWorker {
     pub concurrency: Option<usize>,
     pub drain_timeout_secs: Option<u64>,
+    /// Outcomes in one result segment at most.
+    pub segment_max_items: Option<usize>,
+    /// How long an outcome waits for others before its segment is written.
+    pub segment_max_wait_ms: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -12,6 +12,7 @@ use batchyard_workers::call::health::HealthPolicy;
 use batchyard_workers::call::limiter::Tuning;
 use batchyard_workers::call::retry::RetryPolicy;
 use batchyard_workers::job::runner::RunnerOptions;
+use batchyard_workers::job::segments::SegmentOptions;
 use batchyard_workers::offload::OffloadOptions;
 use batchyard_workers::route::adequacy::AdequacyPolicy;
 
@@ -290,6 +291,38 @@ pub(super) fn worker(raw: &RawConfig) -> Result<(usize, Duration), Bad> {
     }
     let drain_timeout = Duration::from_secs(raw.worker.drain_timeout_secs.unwrap_or(30));
     Ok((concurrency, drain_timeout))
+}
+
+/// `[worker]`'s result segments: up to `segment_max_items` outcomes (default 1000) or
+/// `segment_max_wait_ms` (default 200) each, whichever comes first.
+pub(super) fn segments(
+    raw: &RawConfig,
+    env: &BTreeMap<String, String>,
+) -> Result<SegmentOptions, Bad> {
+    let d = SegmentOptions::default();
+    let w = &raw.worker;
+    let max_items = w.segment_max_items.unwrap_or(d.max_items);
+    if !(1..=100_000).contains(&max_items) {
+        return Err((
+            "worker.segment_max_items".into(),
+            format!("must be between 1 and 100000, not {max_items}"),
+        ));
+    }
+    let max_wait_ms = w.segment_max_wait_ms.unwrap_or(200);
+    if max_wait_ms > 60_000 {
+        return Err((
+            "worker.segment_max_wait_ms".into(),
+            format!("must be at most 60000 (a minute), not {max_wait_ms}"),
+        ));
+    }
+    Ok(SegmentOptions {
+        max_items,
+        max_wait: Duration::from_millis(max_wait_ms),
+        crash_after_write: env
+            .get("BATCHYARD_TEST_CRASH_AT")
+            .is_some_and(|v| v == "after_segment"),
+        ..d
+    })
 }
 
 /// `[offload]`: whether batches with a deadline use the providers' batch APIs, and how.

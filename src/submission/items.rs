@@ -9,7 +9,6 @@ use batchyard_jobs::input::{
 };
 use batchyard_jobs::job::{Job, Route, job_id_for};
 use batchyard_jobs::outcome::{Extension, OutputLine, codes};
-use bytes::Bytes;
 
 use super::request::SubmitRequest;
 use crate::app::App;
@@ -209,9 +208,9 @@ pub(super) async fn record_invalid(
             ..Extension::default()
         },
     );
-    let bytes = Bytes::from(batchyard_jobs::jsonl::to_line(&line)?);
-    app.store
-        .put(&app.store.result_path(batch_id, &job_id), bytes)
+    // A segment of its own, named by the item's number: a resumed submit writes the same one.
+    let record = batchyard_jobs::segments::Record::new(&job_id, seq, 0, 0, line);
+    batchyard_jobs::segments::write_records(&app.store, batch_id, "invalid", seq, &[record])
         .await?;
     if app
         .ledger

@@ -51,6 +51,27 @@ impl Cluster {
         serde_json::from_slice(&body).unwrap()
     }
 
+    /// The keys under `prefix` (inside the test bucket), at most a thousand.
+    pub fn s3_list(&self, prefix: &str) -> Vec<String> {
+        let out = self
+            .curl_s3()
+            .arg(format!(
+                "{}/{}?list-type=2&prefix={}",
+                self.s3.endpoint,
+                self.s3.bucket,
+                prefix.replace('/', "%2F")
+            ))
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "listing {prefix} failed");
+        let xml = String::from_utf8_lossy(&out.stdout).into_owned();
+        xml.split("<Key>")
+            .skip(1)
+            .filter_map(|rest| rest.split("</Key>").next())
+            .map(str::to_owned)
+            .collect()
+    }
+
     fn curl_s3(&self) -> Command {
         let mut cmd = Command::new("curl");
         cmd.args([

@@ -14,6 +14,8 @@ pub struct Proxy {
     stop: Arc<AtomicBool>,
     conns: Arc<Mutex<Vec<(u64, TcpStream)>>>,
     pub refused: Arc<AtomicU64>,
+    /// While set, each request is answered `403 Forbidden` (a store that refuses writes).
+    forbidding: Arc<AtomicBool>,
 }
 
 impl Proxy {
@@ -26,6 +28,7 @@ impl Proxy {
             stop: Arc::new(AtomicBool::new(false)),
             conns: Arc::default(),
             refused: Arc::default(),
+            forbidding: Arc::default(),
         };
         let (up, stop, conns, refused) = (
             proxy.up.clone(),
@@ -33,6 +36,7 @@ impl Proxy {
             proxy.conns.clone(),
             proxy.refused.clone(),
         );
+        let forbidding = proxy.forbidding.clone();
         std::thread::spawn(move || {
             let mut next = 0u64;
             // Ends when the proxy is dropped.
@@ -47,6 +51,11 @@ impl Proxy {
                     continue;
                 }
                 let _ = client.set_nonblocking(false);
+                if forbidding.load(Ordering::SeqCst) {
+                    refused.fetch_add(1, Ordering::SeqCst);
+                    forbid(client);
+                    continue;
+                }
                 let Ok(server) = TcpStream::connect_timeout(&target, Duration::from_secs(2)) else {
                     continue;
                 };
@@ -84,6 +93,31 @@ impl Proxy {
             }
         }
     }
+}
+
+impl Proxy {
+    /// Answers every request `403 Forbidden` (not retried by the store client, unlike a
+    /// connection refused) while `on`; open connections are cut so none slips past.
+    pub fn set_forbidding(&self, on: bool) {
+        self.forbidding.store(on, Ordering::SeqCst);
+        if on {
+            for (_, c) in self.conns.lock().unwrap().drain(..) {
+                let _ = c.shutdown(Shutdown::Both);
+            }
+        }
+    }
+}
+
+/// Reads what comes within a moment, answers 403 and closes.
+fn forbid(mut client: TcpStream) {
+    std::thread::spawn(move || {
+        let _ = client.set_read_timeout(Some(Duration::from_millis(200)));
+        let mut buf = [0u8; 16 * 1024];
+        let _ = client.read(&mut buf);
+        let _ = client
+            .write_all(b"HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+        let _ = client.shutdown(Shutdown::Both);
+    });
 }
 
 impl Drop for Proxy {

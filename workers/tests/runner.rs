@@ -131,13 +131,19 @@ async fn start_batch(rig: &Rig, id: &str, jobs: &[Job], budget: Option<f64>) {
     rig.queue.enqueue_chunk(id, 0, jobs).await.unwrap();
 }
 
+/// The job's one outcome in the batch's result segments.
 async fn outcome(rig: &Rig, job: &Job) -> OutputLine {
-    let bytes = rig
-        .store
-        .get(&rig.store.result_path(&job.batch_id, &job.job_id))
+    use batchyard_jobs::segments::read;
+    use futures::TryStreamExt;
+    let index = read::index(&rig.store, &job.batch_id, 1_000).await.unwrap();
+    let all: Vec<read::Outcome> = read::winners(&rig.store, &job.batch_id, index.into(), 4)
+        .try_collect()
         .await
         .unwrap();
-    serde_json::from_slice(&bytes).unwrap()
+    all.into_iter()
+        .find(|o| o.job_id == job.job_id)
+        .map(|o| o.line)
+        .expect("the job has an outcome")
 }
 
 async fn run_all(rig: &Rig) {

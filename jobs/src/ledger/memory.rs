@@ -157,6 +157,21 @@ impl Ledger for MemoryLedger {
         Ok(Settlement::Counted { finalize })
     }
 
+    async fn is_settled(&self, batch_id: &str, seq: u64) -> Result<bool, QueueError> {
+        let batches = self.batches.lock().await;
+        let Some((entry, record)) = batches
+            .get(batch_id)
+            .and_then(|e| e.record.as_ref().map(|r| (e, r)))
+        else {
+            return Ok(true);
+        };
+        if record.state.is_terminal() {
+            return Ok(true);
+        }
+        let (word, bit) = ((seq / 64) as usize, 1u64 << (seq % 64));
+        Ok(entry.settled.get(word).is_some_and(|w| w & bit != 0))
+    }
+
     async fn try_lock_finalize(
         &self,
         batch_id: &str,

@@ -150,6 +150,10 @@ pub trait Ledger: Send + Sync {
         cost_nanos: i64,
     ) -> Result<Settlement, QueueError>;
 
+    /// Whether job `seq` of the batch is settled. A batch that ended (its settlement bits are
+    /// dropped) or is gone counts every job as settled: nothing of it runs again.
+    async fn is_settled(&self, batch_id: &str, seq: u64) -> Result<bool, QueueError>;
+
     /// Takes the finalization lease for a batch, or extends it for `ttl` when `owner` holds it
     /// already. Only the holder writes the batch files.
     async fn try_lock_finalize(

@@ -273,6 +273,22 @@ impl Ledger for RedisLedger {
         }
     }
 
+    async fn is_settled(&self, batch_id: &str, seq: u64) -> Result<bool, QueueError> {
+        let mut conn = self.conn.clone();
+        let (state, bit): (Option<String>, i64) = redis::pipe()
+            .hget(record_key(batch_id), "state")
+            .getbit(
+                settled_key(batch_id),
+                usize::try_from(seq).unwrap_or(usize::MAX),
+            )
+            .query_async(&mut conn)
+            .await?;
+        Ok(match state.as_deref().map(BatchState::parse) {
+            None | Some(None) => true,
+            Some(Some(state)) => state.is_terminal() || bit == 1,
+        })
+    }
+
     async fn try_lock_finalize(
         &self,
         batch_id: &str,

@@ -1,7 +1,8 @@
 //! The object-storage layout of a batch:
 //!
 //! ```text
-//! batches/<batch_id>/results/<job_id>.json   one outcome per job, idempotent
+//! batches/<batch_id>/segments/<w>-<n>.jsonl  outcomes, many per object (see `segments`)
+//! batches/<batch_id>/results/<job_id>.json   one outcome per job (batches from before segments)
 //! batches/<batch_id>/output.jsonl            successes
 //! batches/<batch_id>/errors.jsonl            failures
 //! batches/<batch_id>/manifest.json           counts, spend, tokens, timings, final state

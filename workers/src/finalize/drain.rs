@@ -4,11 +4,10 @@
 //! still in the queue are ended by whichever worker claims them, as `cancelled` again (the same
 //! line, settled once).
 
-use batchyard_jobs::job::Job;
-use batchyard_jobs::outcome::{Extension, OutputLine, codes};
-use bytes::Bytes;
-use futures::TryStreamExt;
+use batchyard_jobs::outcome::codes;
+use batchyard_jobs::segments;
 
+use super::lost::{input_chunks, without_outcome};
 use super::{FinalizeError, Finalizer};
 
 impl Finalizer {
@@ -18,40 +17,25 @@ impl Finalizer {
     /// the cancel was recorded, so no worker starts one either).
     pub async fn drain_cancelled(&self, batch_id: &str) -> Result<u64, FinalizeError> {
         let store = &self.store;
-        let mut chunks: Vec<_> = store
-            .list(&store.input_dir(batch_id))
-            .map_ok(|m| m.location)
-            .try_collect()
-            .await?;
-        chunks.sort();
+        let items = match self.ledger.get(batch_id).await? {
+            Some(record) => record.counts.total,
+            None => 0,
+        };
+        let index = segments::read::index(store, batch_id, items).await?;
+        let writer = segments::writer_name("cancel");
         let mut ended = 0u64;
         let mut finalize = false;
-        for chunk in chunks {
+        for (n, chunk) in input_chunks(store, batch_id).await?.into_iter().enumerate() {
             let bytes = store.get(&chunk).await?;
-            for raw in bytes.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
-                let Ok(job) = serde_json::from_slice::<Job>(raw) else {
-                    continue;
-                };
-                let path = store.result_path(batch_id, &job.job_id);
-                if store.head(&path).await?.is_some() {
-                    continue;
-                }
-                let mut line = OutputLine::failure(
-                    &job.job_id,
-                    &job.custom_id,
-                    codes::CANCELLED,
-                    "the batch was cancelled before this item ran",
-                    Extension::default(),
-                );
-                line.job = Some(Box::new(job.clone()));
-                line.settle_nanos = Some(0);
-                let body =
-                    batchyard_jobs::jsonl::to_line(&line).map_err(|e| FinalizeError::Write {
-                        path: path.to_string(),
-                        message: e.to_string(),
-                    })?;
-                store.put(&path, Bytes::from(body)).await?;
-                let settled = self.ledger.settle(batch_id, job.seq, false, 0).await?;
+            let message = "the batch was cancelled before this item ran";
+            let records = without_outcome(&bytes, &index, codes::CANCELLED, message);
+            if records.is_empty() {
+                continue;
+            }
+            // Written before any of them is settled: a settled item always has its outcome.
+            segments::write_records(store, batch_id, &writer, n as u64, &records).await?;
+            for record in &records {
+                let settled = self.ledger.settle(batch_id, record.seq, false, 0).await?;
                 finalize |= settled.should_finalize();
                 ended += 1;
             }

@@ -1,7 +1,10 @@
-//! Finalization: once every job of a batch is settled, one worker concatenates the per-job
-//! results into `output.jsonl` and `errors.jsonl` and writes `manifest.json`, streaming.
+//! Finalization: once every job of a batch is settled, one worker reads the batch's result
+//! segments back into `output.jsonl` and `errors.jsonl` (one line per job) and writes
+//! `manifest.json`, streaming.
 //!
-//! - [`Finalizer`] (here): the lease, the one pass over the results, the end state.
+//! - [`Finalizer`] (here): the lease, the files, the end state.
+//! - `pass`: the pass over the outcomes (segments, and per-item objects of batches from
+//!   before segments) that writes the two files, one outcome per job.
 //! - `tally`: what the lines add up to, the end state the files show, the manifest.
 //! - `manifest`: `manifest.json` and the reports in it.
 //! - `lost`: results missing from storage, named from the kept input as `result_lost`.
@@ -15,20 +18,17 @@ use std::time::Duration;
 
 use batchyard_jobs::error::{QueueError, StoreError};
 use batchyard_jobs::ledger::Ledger;
-use batchyard_jobs::outcome::OutputLine;
 use batchyard_jobs::storage::ResultStore;
 use bytes::Bytes;
-use futures::{StreamExt, TryStreamExt};
-use tokio::io::AsyncWriteExt;
 
 mod drain;
 mod lost;
 mod manifest;
+mod pass;
 pub mod sweep;
 mod tally;
 
 pub use self::manifest::{BudgetReport, EstimateReport, Manifest, ModelSpend};
-use self::tally::Tally;
 
 #[derive(Debug, thiserror::Error)]
 pub enum FinalizeError {
@@ -133,59 +133,12 @@ impl Finalizer {
         }
         let output_path = self.store.output_path(batch_id);
         let errors_path = self.store.errors_path(batch_id);
-        let mut output = self.store.writer(&output_path);
-        let mut errors = self.store.writer(&errors_path);
-        let mut tally = Tally::default();
-        let store = self.store.clone();
-        let mut bodies = self
-            .store
-            .list(&self.store.results_dir(batch_id))
-            .map(move |meta| {
-                let store = store.clone();
-                async move {
-                    let meta = meta?;
-                    let bytes = store.get(&meta.location).await?;
-                    Ok::<_, StoreError>((meta.location.to_string(), bytes))
-                }
-            })
-            .buffered(32);
-        while let Some((path, bytes)) = bodies.try_next().await? {
-            let mut line: OutputLine =
-                serde_json::from_slice(&bytes).map_err(|e| StoreError::Corrupt {
-                    path: path.clone(),
-                    message: e.to_string(),
-                })?;
-            line.job = None;
-            line.settle_nanos = None;
-            let (writer, target) = if tally.add(&line) {
-                (&mut output, &output_path)
-            } else {
-                (&mut errors, &errors_path)
-            };
-            let mut bytes =
-                batchyard_jobs::jsonl::to_line(&line).map_err(|e| StoreError::Corrupt {
-                    path: path.clone(),
-                    message: e.to_string(),
-                })?;
-            bytes.push(b'\n');
-            writer
-                .write_all(&bytes)
-                .await
-                .map_err(|e| FinalizeError::Write {
-                    path: target.to_string(),
-                    message: e.to_string(),
-                })?;
-        }
-        for (writer, path) in [(&mut output, &output_path), (&mut errors, &errors_path)] {
-            writer.shutdown().await.map_err(|e| FinalizeError::Write {
-                path: path.to_string(),
-                message: e.to_string(),
-            })?;
-        }
+        let (tally, index) =
+            pass::write_outcomes(&self.store, batch_id, record.counts.total).await?;
         let written = tally.written();
         if !repaired && written < record.counts.total {
             // Results deleted after their items settled: name them from the kept input.
-            let named = lost::record_lost(&self.store, batch_id).await?;
+            let named = lost::record_lost(&self.store, batch_id, &index).await?;
             tracing::error!(
                 batch_id,
                 missing = record.counts.total - written,
@@ -244,7 +197,8 @@ mod tests {
     use super::*;
     use batchyard_jobs::batch::{BatchRecord, BatchState};
     use batchyard_jobs::ledger::memory::MemoryLedger;
-    use batchyard_jobs::outcome::{Extension, Response, codes};
+    use batchyard_jobs::outcome::{Extension, OutputLine, Response, codes};
+    use batchyard_jobs::segments::{Record, write_records};
 
     fn success(job_id: &str) -> OutputLine {
         OutputLine {
@@ -277,10 +231,20 @@ mod tests {
             ..BatchRecord::new("batch_x".into(), lines.len() as u64, url, 1)
         };
         ledger.create(&record).await.unwrap();
+        // Half as per-item objects of a batch from before segments, half in a segment: a
+        // batch live during the upgrade.
         for (i, line) in lines.iter().enumerate() {
-            let path = store.result_path("batch_x", &format!("job{i}"));
-            let bytes = Bytes::from(serde_json::to_vec(line).unwrap());
-            store.put(&path, bytes).await.unwrap();
+            let job = format!("job{i}");
+            if i % 2 == 0 {
+                let path = store.result_path("batch_x", &job);
+                let bytes = Bytes::from(serde_json::to_vec(line).unwrap());
+                store.put(&path, bytes).await.unwrap();
+            } else {
+                let record = Record::new(&job, i as u64, 1, 0, line.clone());
+                write_records(&store, "batch_x", "w", i as u64, &[record])
+                    .await
+                    .unwrap();
+            }
         }
         let finalizer = Finalizer::new(ledger.clone(), store, "me".into());
         let manifest = finalizer.finalize("batch_x").await.unwrap().unwrap();
@@ -302,5 +266,56 @@ mod tests {
             end_state(&[success("d")], false).await,
             BatchState::Completed
         );
+    }
+
+    /// A job in two segments (its first run's worker died before the settle; the second run
+    /// was settled) and in a per-item object from before the upgrade: one line, the last run's.
+    #[tokio::test]
+    async fn a_job_written_twice_is_in_the_output_once_the_last_run() {
+        let store = ResultStore::in_memory();
+        let ledger = Arc::new(MemoryLedger::new());
+        let record = BatchRecord {
+            state: BatchState::Finalizing,
+            ..BatchRecord::new("batch_d".into(), 2, "memory://".into(), 1)
+        };
+        ledger.create(&record).await.unwrap();
+        let mut first = success("a");
+        first.batchyard.model = Some("first".into());
+        let mut second = success("a");
+        second.batchyard.model = Some("second".into());
+        let old = Bytes::from(serde_json::to_vec(&success("a")).unwrap());
+        store
+            .put(&store.result_path("batch_d", "a"), old)
+            .await
+            .unwrap();
+        let runs = [
+            Record::new("a", 0, 1, 0, first),
+            Record {
+                at_ms: 0,
+                ..Record::new("b", 1, 1, 0, success("b"))
+            },
+        ];
+        write_records(&store, "batch_d", "w1", 1, &runs)
+            .await
+            .unwrap();
+        let later = Record {
+            at_ms: runs[0].at_ms + 1,
+            ..Record::new("a", 0, 2, 0, second)
+        };
+        write_records(&store, "batch_d", "w2", 1, &[later])
+            .await
+            .unwrap();
+        let finalizer = Finalizer::new(ledger.clone(), store.clone(), "me".into());
+        let manifest = finalizer.finalize("batch_d").await.unwrap().unwrap();
+        assert_eq!(manifest.lines_written, 2);
+        let output = store.get(&store.output_path("batch_d")).await.unwrap();
+        let lines: Vec<OutputLine> = output
+            .split(|b| *b == b'\n')
+            .filter(|l| !l.is_empty())
+            .map(|l| serde_json::from_slice(l).unwrap())
+            .collect();
+        let a: Vec<_> = lines.iter().filter(|l| l.custom_id == "a").collect();
+        assert_eq!(a.len(), 1, "{lines:?}");
+        assert_eq!(a[0].batchyard.model.as_deref(), Some("second"));
     }
 }

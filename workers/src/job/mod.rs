@@ -9,6 +9,8 @@
 //! - [`budget`]: fail-closed budgets: reserve a candidate's worst case, then settle to the
 //!   actual spend.
 //! - [`cache`]: the content-addressed result cache across batches.
+//! - [`segments`]: group commit: the process's one writer of result segments, shared by its
+//!   slots; a job is acked only once the segment holding its outcome is written.
 //!
 //! May use every wing below it: `finalize`, `call`, `route`, `metrics`, `catalog`, `provider`.
 pub mod budget;
@@ -16,5 +18,6 @@ pub mod cache;
 mod cascade;
 pub mod pool;
 pub mod runner;
+pub mod segments;
 
 pub use runner::{JobRunner, RunnerOptions};

@@ -13,18 +13,18 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use batchyard_jobs::batch::{BatchRecord, BatchState, now_secs, usd_to_nanos};
-use batchyard_jobs::error::StoreError;
 use batchyard_jobs::ledger::Ledger;
 use batchyard_jobs::outcome::{Extension, OutputLine, codes};
 use batchyard_jobs::queue::{Delivery, Queue};
+use batchyard_jobs::segments::Record;
 use batchyard_jobs::storage::ResultStore;
-use bytes::Bytes;
 use tracing::{Instrument, field};
 
 use super::budget::Budget;
 use super::cache::ResultCache;
 use super::cascade::{Cascade, Decision, Limits};
 use super::pool::{ClaimGate, DeliveryHandler};
+use super::segments::{SegmentOptions, SegmentWriter};
 use crate::call::Guards;
 use crate::call::health::HealthPolicy;
 use crate::call::health::memory::MemoryHealth;
@@ -35,9 +35,6 @@ use crate::finalize::Finalizer;
 use crate::metrics::throughput::RealtimeMeter;
 use crate::route::Router;
 
-/// Tries at storing an outcome in place before the job is put back (full-jitter backoff under
-/// 250 ms, then 500 ms).
-const STORE_TRIES: u32 = 3;
 /// The least wait before a job whose outcome could not be stored runs again.
 const STORE_RETRY_DELAY: Duration = Duration::from_secs(2);
 
@@ -62,6 +59,8 @@ pub struct RunnerOptions {
     /// attempts are used up. An in-process `run` sets it: nothing can resume a model there.
     /// With Redis, such items wait for `batchyard models resume`.
     pub paused_ends_items: bool,
+    /// How outcomes are gathered into result segments (group commit).
+    pub segments: SegmentOptions,
 }
 
 impl Default for RunnerOptions {
@@ -74,6 +73,7 @@ impl Default for RunnerOptions {
             settle_patience: Duration::from_secs(600),
             visibility_timeout: Duration::from_secs(300),
             paused_ends_items: false,
+            segments: SegmentOptions::default(),
         }
     }
 }
@@ -84,6 +84,7 @@ pub struct JobRunner {
     queue: Arc<dyn Queue>,
     ledger: Arc<dyn Ledger>,
     store: ResultStore,
+    segments: SegmentWriter,
     retry: RetryPolicy,
     options: RunnerOptions,
     finalizer: Finalizer,
@@ -118,6 +119,7 @@ impl JobRunner {
             cascade: Cascade::new(catalog, budget, guards, retry, limits),
             queue,
             ledger,
+            segments: SegmentWriter::new(store.clone(), options.segments),
             store,
             retry,
             options,
@@ -256,26 +258,6 @@ impl JobRunner {
         self.cascade.run(job, record.as_ref()).await
     }
 
-    /// Stores an outcome, trying a few times in place first: a short store hiccup should not
-    /// cost a second provider call.
-    async fn store_outcome(
-        &self,
-        path: &object_store::path::Path,
-        bytes: Bytes,
-    ) -> Result<(), StoreError> {
-        let policy = RetryPolicy {
-            base: Duration::from_millis(250),
-            cap: Duration::from_secs(1),
-            max_attempts: STORE_TRIES,
-        };
-        let put = || self.store.put(path, bytes.clone());
-        let notify = |e: &StoreError, _| {
-            tracing::debug!(error = %e, "cannot store the outcome yet; trying again");
-        };
-        let backoff = batchyard_jobs::retry::FullJitter::new(&policy);
-        batchyard_jobs::retry::retry(backoff, put, |_| true, |_| None, notify).await
-    }
-
     async fn finish(
         &self,
         delivery: &Delivery,
@@ -289,31 +271,37 @@ impl JobRunner {
         // item's whole spend.
         let cost = usd_to_nanos(line.batchyard.cost_usd) - committed_nanos;
         line.batchyard.cost_usd += job.prior_cost_usd;
-        if (delivery.deliveries > 1 || started.elapsed() > self.options.visibility_timeout / 2)
-            && let Some(first) = self.stored_success(job).await
-        {
-            // Another run of this job stored its success first (this worker stalled past the
-            // visibility timeout): that one stays the result; this run's call is still paid.
-            self.finish_behind(delivery, first, cost).await;
-            return;
+        if delivery.deliveries > 1 || started.elapsed() > self.options.visibility_timeout / 2 {
+            if self.already_settled(job).await {
+                // Another run of this job was settled while this one ran (this worker stalled
+                // past the visibility timeout): that one stays the result; this call is paid.
+                self.finish_settled(delivery, cost).await;
+                return;
+            }
+            // A batch from before segments: its first stored success stays the result.
+            if let Some(first) = self.stored_success(job).await {
+                self.finish_behind(delivery, first, cost).await;
+                return;
+            }
         }
         line.settle_nanos = Some(cost);
         if !line.is_success() {
-            // Kept in the result object (not in errors.jsonl) so `batchyard retry` can replay it.
+            // Kept in the record (not in errors.jsonl) so `batchyard retry` can replay it.
             line.job = Some(Box::new(job.clone()));
         }
-        let bytes = match batchyard_jobs::jsonl::to_line(&line) {
-            Ok(b) => Bytes::from(b),
+        let record = Record::new(&job.job_id, job.seq, delivery.deliveries, job.attempt, line);
+        let bytes = match record.encode() {
+            Ok(b) => b,
             Err(e) => {
                 tracing::error!(error = %e, "cannot encode the outcome");
                 return;
             }
         };
-        let path = self.store.result_path(&job.batch_id, &job.job_id);
-        if let Err(e) = self.store_outcome(&path, bytes).await {
+        let line = record.line;
+        if let Err(e) = self.segments.append(&job.batch_id, bytes).await {
             // The answer is paid for: count it now and carry it, so the retry's line (and the
             // budget) include it, then run the job again once the store may be back.
-            tracing::warn!(error = %e, "cannot store the outcome; the job will be retried");
+            tracing::warn!(error = %e, "cannot write the result segment; the job will be retried");
             if cost > 0 {
                 self.commit_patiently(&job.batch_id, &job.job_id, cost)
                     .await;
@@ -399,6 +387,12 @@ impl DeliveryHandler for JobRunner {
         );
         let started = Instant::now();
         let run = async {
+            if delivery.deliveries > 1 && self.already_settled(&delivery.job).await {
+                // Settled by a run whose worker stopped before its ack: its outcome is
+                // written; nothing runs again.
+                self.finish_settled(&delivery, 0).await;
+                return;
+            }
             match self.decide(&delivery).await {
                 Decision::End {
                     line,

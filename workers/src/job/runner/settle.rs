@@ -3,10 +3,12 @@
 //! - Spend and settlement that Redis refuses (down, or at `maxmemory`) are retried in place;
 //!   meanwhile the job holds the pool's [`ClaimGate`](crate::job::pool::ClaimGate) closed, so no
 //!   new job is claimed and called while its spend could not be counted.
-//! - One rule decides which of two successes of a job is its result: the first one stored.
-//!   A later run that finds it (a reclaimer, or a stalled worker waking up) does not write
-//!   over it; it settles the item on the stored run's behalf (with the cost that run left to
-//!   its settle, `settle_nanos`, counted once however many settle) and commits its own cost.
+//! - One rule decides which of two runs of a job is its result: the one the ledger settled.
+//!   A later run that finds the job settled (a reclaimer, or a stalled worker waking up)
+//!   writes nothing; it commits its own cost and acks. In a batch from before segments, a
+//!   later run that finds a stored per-item success settles the item on the stored run's
+//!   behalf (with the cost that run left to its settle, `settle_nanos`, counted once however
+//!   many settle) and commits its own cost.
 
 use std::future::Future;
 use std::time::Duration;
@@ -128,7 +130,49 @@ impl JobRunner {
         }
     }
 
-    /// The success stored for this job by an earlier run, if any.
+    /// Whether the ledger has settled this job already (a run whose worker stopped before
+    /// its ack). Unknown (Redis refuses) counts as not: the job runs, as it would have.
+    pub(super) async fn already_settled(&self, job: &Job) -> bool {
+        match self.ledger.is_settled(&job.batch_id, job.seq).await {
+            Ok(settled) => settled,
+            Err(e) => {
+                tracing::debug!(error = %e, "cannot look whether the job is settled; running it");
+                false
+            }
+        }
+    }
+
+    /// Ends a run of a job the ledger settled already: this run's own spend (`own_cost`, not
+    /// committed yet) is counted, the settle is asked again (it counts nothing twice, and says
+    /// whether the batch is to be finalized), and the delivery is acked. Nothing is written.
+    pub(super) async fn finish_settled(&self, delivery: &Delivery, own_cost: i64) {
+        let job = &delivery.job;
+        tracing::info!("this job is settled already by another run; acking it");
+        if own_cost > 0 {
+            self.commit_patiently(&job.batch_id, &job.job_id, own_cost)
+                .await;
+        }
+        let line = OutputLine::failure(
+            &job.job_id,
+            &job.custom_id,
+            "",
+            "",
+            batchyard_jobs::outcome::Extension::default(),
+        );
+        match self.ledger.settle(&job.batch_id, job.seq, true, 0).await {
+            Ok(settlement) => self.after_settle(delivery, &line, false, settlement).await,
+            // Nothing to count; a batch waiting to be finalized is found by the sweep.
+            Err(e) => {
+                tracing::debug!(error = %e, "cannot ask the settle again; acking");
+                if let Err(e) = self.queue.ack(delivery).await {
+                    tracing::warn!(error = %e, "cannot ack; the job will be reclaimed");
+                }
+            }
+        }
+    }
+
+    /// The success stored for this job by an earlier run, if any: only batches written before
+    /// segments have per-item results to find.
     pub(super) async fn stored_success(&self, job: &Job) -> Option<OutputLine> {
         let path = self.store.result_path(&job.batch_id, &job.job_id);
         match self.store.get(&path).await {
