@@ -32,7 +32,7 @@ const PARALLEL: usize = 8;
 const ORPHAN_GRACE_SECS: u64 = 600;
 
 /// How one batch went.
-enum Outcome {
+pub(super) enum Outcome {
     Removed {
         objects: u64,
         bytes: u64,
@@ -158,7 +158,7 @@ impl Collector {
         self.cursors().batches = skip;
     }
 
-    async fn remove_batch(
+    pub(super) async fn remove_batch(
         &self,
         entry: &IndexEntry,
         cutoff: u64,

@@ -10,9 +10,12 @@
 //!
 //! - [`batches`]: ended batches: API record, Redis keys, `batches/<id>/…`, index entry, in
 //!   that order; a pipeline's origin records are compacted into its snapshot first.
+//! - [`orphans`]: batch folders the ledger no longer knows (Redis lost its data, or the
+//!   batch ran in process), removed the same way once their newest object is old enough.
 //! - [`uploads`]: uploaded files not read by a live batch, and expired cache entries.
 
 pub mod batches;
+pub mod orphans;
 #[cfg(test)]
 mod tests;
 pub mod uploads;
@@ -148,6 +151,8 @@ struct Cursors {
     batches: usize,
     files: Option<String>,
     cache: Option<String>,
+    /// The last batch folder looked at for a batch the ledger no longer knows.
+    folders: Option<String>,
 }
 
 /// The collector of one process.
@@ -204,7 +209,9 @@ impl Collector {
             ..Report::default()
         };
         if let Some(keep) = self.retention.batches {
-            self.collect_batches(now.saturating_sub(keep.as_secs()), now, until, &mut report)
+            let cutoff = now.saturating_sub(keep.as_secs());
+            self.collect_batches(cutoff, now, until, &mut report).await;
+            self.collect_orphan_folders(cutoff, now, until, &mut report)
                 .await;
         }
         if let Some(keep) = self.retention.files {

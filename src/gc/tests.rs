@@ -122,6 +122,8 @@ async fn due_things_go_live_ones_stay_and_a_cut_short_removal_is_finished() {
         put(&store, &keys::upload_content(f), "{}\n").await;
     }
     put(&store, &keys::cache_entry("abcd").join("/"), "{}").await;
+    // A folder no record names (Redis lost it, or `run` wrote it).
+    put(&store, &keys::output("batch_x"), "{}\n").await;
 
     // Today nothing is 30 days old.
     let report = collector.pass(now_secs(), false).await;
@@ -131,6 +133,10 @@ async fn due_things_go_live_ones_stay_and_a_cut_short_removal_is_finished() {
         0,
         "{report:?}"
     );
+    assert!(
+        exists(&store, &keys::output("batch_x")).await,
+        "too new to be taken"
+    );
 
     // 31 days on: a stops after its API record, b after its Redis keys.
     *FAIL_AFTER.lock().unwrap() = vec![
@@ -139,8 +145,13 @@ async fn due_things_go_live_ones_stay_and_a_cut_short_removal_is_finished() {
     ];
     let later = now_secs() + 31 * DAY.as_secs();
     let report = collector.pass(later, false).await;
-    assert_eq!(report.errors.len(), 2, "{report:?}");
-    assert_eq!(report.batches.removed, 0, "{report:?}");
+    // b twice: the index names it, and its folder has no record any more.
+    assert_eq!(report.errors.len(), 3, "{report:?}");
+    assert_eq!(
+        report.batches.removed, 1,
+        "only the orphan folder: {report:?}"
+    );
+    assert!(!exists(&store, &keys::output("batch_x")).await);
     // a still shows (without its API record), b shows nowhere, and listing works.
     assert!(ledger.get("batch_a").await.unwrap().is_some());
     assert!(ledger.get("batch_b").await.unwrap().is_none());

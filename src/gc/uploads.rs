@@ -54,7 +54,7 @@ impl Collector {
     }
 
     /// The key relative to the store's root, for the cursors.
-    fn relative(&self, path: &Path) -> String {
+    pub(super) fn relative(&self, path: &Path) -> String {
         let root = self.store.path_of("x");
         let root = root.as_ref().strip_suffix('x').unwrap_or("");
         path.as_ref()
