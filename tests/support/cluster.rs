@@ -36,6 +36,8 @@ pub struct Options {
     pub retry_attempts: Option<u32>,
     /// `[health] retry_budget_min`: in-place retries always allowed per minute and model.
     pub retry_budget_min: Option<u32>,
+    /// `[queue] ready_window`: jobs kept ready ahead of the workers (the default unless set).
+    pub ready_window: Option<usize>,
 }
 
 impl Default for Options {
@@ -54,6 +56,7 @@ impl Default for Options {
             submit_lease_secs: 120,
             retry_attempts: None,
             retry_budget_min: None,
+            ready_window: None,
         }
     }
 }
@@ -124,6 +127,7 @@ visibility_timeout_secs = {visibility_secs}
 max_reclaims = 3
 max_attempts = {max_attempts}
 submit_lease_secs = {submit_lease_secs}
+{ready_window}
 
 [storage]
 url = "{storage_url}"
@@ -192,6 +196,10 @@ max_output_tokens = 300
                 retry_budget = opts
                     .retry_budget_min
                     .map_or(String::new(), |n| format!("retry_budget_min = {n}")),
+                ready_window = opts
+                    .ready_window
+                    .map(|n| format!("ready_window = {n}"))
+                    .unwrap_or_default(),
                 retry_attempts = opts
                     .retry_attempts
                     .map_or(String::new(), |n| format!("max_attempts = {n}")),
