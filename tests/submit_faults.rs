@@ -153,7 +153,10 @@ fn a_submit_cut_off_at_maxmemory_runs_nothing_and_resumes_exactly_once() {
     // backlog (its staging list, now in the claim order).
     let (ready, backlog) = (stream_len(&mut c), staged_len(&mut c, &id));
     assert_eq!(ready + backlog, n as u64, "every job once, none twice");
-    assert!(ready <= 256, "only the ready window is in the stream: {ready}");
+    assert!(
+        ready <= 256,
+        "only the ready window is in the stream: {ready}"
+    );
 
     let mut worker = cluster.spawn_worker(&["--exit-when-idle", "3"]);
     let batch = cluster.wait_terminal(&id, Duration::from_secs(180));
