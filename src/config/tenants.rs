@@ -261,4 +261,22 @@ mod tests {
         }
         assert!(parse("[a]\nshare = 2\n").is_err());
     }
+
+    #[test]
+    fn whole_config_names_the_key_of_a_bad_pipeline_tenant_or_window() {
+        let load = super::super::tests::load;
+        let pipeline = "[tenants.ops]\nweight = 2\n[pipelines.nightly]\nschedule = \"0 2 * * *\"\n\
+                        input = \"./in\"\ntask = \"summarize\"\npriority = \"low\"\n";
+        let s = load(&format!("{pipeline}tenant = \"ops\"\n")).unwrap();
+        let p = &s.pipelines["nightly"];
+        assert_eq!(
+            (p.tenant.as_deref(), p.priority),
+            (Some("ops"), Some(Priority::LOW))
+        );
+        assert_eq!(s.tenants.get("ops").map(|t| t.weight), Some(2));
+        let e = load(&format!("{pipeline}tenant = \"nobody\"\n")).unwrap_err();
+        assert_eq!(e.key, "pipelines.nightly.tenant", "{e}");
+        let e = load("[queue]\nready_window = 0\n").unwrap_err();
+        assert_eq!(e.key, "queue.ready_window", "{e}");
+    }
 }

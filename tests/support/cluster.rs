@@ -38,6 +38,8 @@ pub struct Options {
     pub retry_budget_min: Option<u32>,
     /// A Redis Cluster of its own (3 masters, 3 replicas) instead of one redis-server.
     pub redis_cluster: bool,
+    /// `[queue] ready_window`: jobs kept ready ahead of the workers (the default unless set).
+    pub ready_window: Option<usize>,
 }
 
 impl Default for Options {
@@ -57,6 +59,7 @@ impl Default for Options {
             retry_attempts: None,
             retry_budget_min: None,
             redis_cluster: false,
+            ready_window: None,
         }
     }
 }
@@ -131,6 +134,7 @@ visibility_timeout_secs = {visibility_secs}
 max_reclaims = 3
 max_attempts = {max_attempts}
 submit_lease_secs = {submit_lease_secs}
+{ready_window}
 
 [storage]
 url = "{storage_url}"
@@ -199,6 +203,10 @@ max_output_tokens = 300
                 retry_budget = opts
                     .retry_budget_min
                     .map_or(String::new(), |n| format!("retry_budget_min = {n}")),
+                ready_window = opts
+                    .ready_window
+                    .map(|n| format!("ready_window = {n}"))
+                    .unwrap_or_default(),
                 retry_attempts = opts
                     .retry_attempts
                     .map_or(String::new(), |n| format!("max_attempts = {n}")),
