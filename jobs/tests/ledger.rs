@@ -129,7 +129,7 @@ async fn redis_ledger_settles_exactly_once_and_cleans_up() {
     let id = unique_name("batch");
     exactly_once(Arc::new(RedisLedger::new(conn)), &id).await;
     // Only the small batch hash and the index remain: no bitmap, no lease, no reservations.
-    let mut raw = support::raw(&redis).await;
+    let mut raw = redis.raw().await;
     let keys: Vec<String> = redis::cmd("KEYS")
         .arg(format!("by:batch:{{{id}}}*"))
         .query_async(&mut raw)
@@ -307,7 +307,7 @@ async fn redis_ledger_repairs_a_creation_cut_between_index_and_record() {
         .await
         .unwrap();
     let ledger = RedisLedger::new(conn);
-    let mut raw = support::raw(&redis).await;
+    let mut raw = redis.raw().await;
     let index = batchyard_jobs::keys::BATCH_INDEX;
     let reader = raw.clone();
     let score = |id: String| {

@@ -144,7 +144,7 @@ async fn no_per_job_keys_remain_and_old_dead_letters_are_dropped() {
         o.dead_letter_retention = Duration::from_secs(1);
     })
     .await;
-    let mut raw = support::raw(&redis).await;
+    let mut raw = redis.raw().await;
     enqueue(&q, "b", 50, 20, 10).await;
     let ds = claim_n(&q, "w", 50, 50).await;
     ack_all(&q, &ds[1..]).await;

@@ -174,7 +174,7 @@ async fn a_malformed_entry_is_dead_lettered_and_claims_go_on() {
         return;
     };
     let q = open(&redis, &unique_name("malformed"), |_| {}).await;
-    let mut raw = support::raw(&redis).await;
+    let mut raw = redis.raw().await;
     enqueue(&q, "b", 2, 2, 10).await;
     for (field, value) in [
         ("j", "{not json"),
@@ -219,7 +219,7 @@ async fn idle_consumers_with_nothing_pending_are_deleted() {
     tokio::time::sleep(Duration::from_millis(50)).await;
     assert_eq!(q.housekeeping(Duration::from_secs(3600)).await.unwrap(), 0);
     assert_eq!(q.housekeeping(Duration::from_millis(10)).await.unwrap(), 1);
-    let mut raw = support::raw(&redis).await;
+    let mut raw = redis.raw().await;
     let info: redis::Value = redis::cmd("XINFO")
         .arg("CONSUMERS")
         .arg(q.stream_key())

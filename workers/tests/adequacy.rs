@@ -330,9 +330,7 @@ async fn reset_all_scans_every_master_of_a_cluster() {
     for t in &tasks {
         store.record(t, 1, "m", true).await.unwrap();
     }
-    let mut raw = batchyard_jobs::redis_conn::connect(redis.url())
-        .await
-        .unwrap();
+    let mut raw = redis.raw().await;
     let _: () = raw.set("by:other", "kept").await.unwrap();
     let nodes = redis.cluster().unwrap();
     let masters: std::collections::BTreeSet<u16> = tasks

@@ -3,8 +3,7 @@
 //!
 //! - `ledger_budget`: the harness of ledger_budget.rs (memory or Redis ledger, `on_both!`);
 //! - `queue_redis`: open a Redis queue on a test server, enqueue, claim, ack, expected depths;
-//! - here: unique queue names, job and batch record builders, a raw connection for looking at
-//!   keys (on a server or a cluster).
+//! - here: unique queue names, job and batch record builders.
 #![allow(
     dead_code,
     unused_macros,
@@ -27,15 +26,6 @@ pub fn batch_record(id: &str) -> BatchRecord {
         state: BatchState::InProgress,
         ..BatchRecord::new(id.to_string(), 100, "file://./x".into(), now_secs())
     }
-}
-
-/// A connection for looking at keys: the same client as production, so it works on a
-/// cluster too (`BATCHYARD_TEST_REDIS_CLUSTER=1`), where a command on many keys goes to every
-/// master.
-pub async fn raw(redis: &batchyard_testkit::TestRedis) -> batchyard_jobs::redis_conn::RedisConn {
-    batchyard_jobs::redis_conn::connect(redis.url())
-        .await
-        .unwrap()
 }
 
 /// A queue name no other test (or test run) uses.

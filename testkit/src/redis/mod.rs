@@ -2,7 +2,8 @@
 //! killed by its PID (SIGKILL) on drop.
 //!
 //! - `tls`: the CA and server certificate for a TLS-only server ([`RedisOptions::tls`]);
-//! - `cluster`: [`TestCluster`], a 3-master, 3-replica Redis Cluster.
+//! - `cluster`: [`TestCluster`], a 3-master, 3-replica Redis Cluster;
+//! - `raw`: [`RawConn`], a plain connection to either, for inspecting keys.
 //!
 //! With `BATCHYARD_TEST_REDIS_CLUSTER=1`, [`TestRedis::start_or_external`] hands out a Redis
 //! Cluster instead of a server (one per test process while any test uses it), so a suite
@@ -12,9 +13,11 @@
 //! PATH; when neither exists the test skips, or fails under CI ([`crate::skip_or_fail`]).
 
 mod cluster;
+mod raw;
 mod tls;
 
 pub use cluster::TestCluster;
+pub use raw::RawConn;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -234,18 +237,9 @@ impl TestRedis {
         self.external
     }
 
-    /// A plain async connection to a server, for inspecting keys (on a cluster, open one
-    /// with `batchyard_jobs::redis_conn::connect`).
-    pub async fn raw(&self) -> redis::aio::MultiplexedConnection {
-        assert!(
-            self.cluster.is_none(),
-            "raw() is for one server; connect to a cluster with batchyard_jobs::redis_conn::connect"
-        );
-        redis::Client::open(self.url.as_str())
-            .expect("a valid redis URL")
-            .get_multiplexed_async_connection()
-            .await
-            .expect("a connection to the test redis-server")
+    /// A plain async connection, for inspecting keys (a cluster connection on a cluster).
+    pub async fn raw(&self) -> RawConn {
+        RawConn::open(&self.url).await
     }
 
     fn url_for(&self, port: u16) -> String {
