@@ -12,7 +12,7 @@ use redis::cluster::ClusterClientBuilder;
 use redis::cluster_async::ClusterConnection;
 use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
 
-use super::{CONNECTION_TIMEOUT, RESPONSE_TIMEOUT, RedisConn, bad_url, split_ca_param, trusted_ca};
+use super::{CONNECTION_TIMEOUT, RESPONSE_TIMEOUT, RedisConn, TLS_CA_PARAM, bad_url, trusted_ca};
 use crate::error::QueueError;
 
 const SCHEME: &str = "redis+cluster://";
@@ -42,9 +42,38 @@ pub(super) fn seeds(url: &str) -> Result<Option<Seeds>, QueueError> {
     } else {
         return Ok(None);
     };
-    let (rest, query) = match rest.split_once('?') {
-        Some((r, q)) => (r, Some(q)),
+    let (rest, fragment) = match rest.split_once('#') {
+        Some((r, f)) => (r, Some(f)),
         None => (rest, None),
+    };
+    if tls && fragment == Some("insecure") {
+        return Err(bad_url(format!(
+            "#insecure (no certificate check) is not supported; to trust a self-signed server, \
+             add ?{TLS_CA_PARAM}=/path/to/ca.pem"
+        )));
+    }
+    let (rest, query) = match rest.split_once('?') {
+        Some((r, q)) => (r, q),
+        None => (rest, ""),
+    };
+    // Taken apart here, not by a URL parser: a password may hold characters none accepts.
+    let mut ca_file = None;
+    let kept: Vec<(String, String)> = url::form_urlencoded::parse(query.as_bytes())
+        .filter_map(|(k, v)| {
+            if k == TLS_CA_PARAM {
+                ca_file = Some(PathBuf::from(v.as_ref()));
+                None
+            } else {
+                Some((k.into_owned(), v.into_owned()))
+            }
+        })
+        .collect();
+    let query = if kept.is_empty() {
+        String::new()
+    } else {
+        let mut q = url::form_urlencoded::Serializer::new(String::new());
+        q.extend_pairs(kept);
+        format!("?{}", q.finish())
     };
     // The password may hold a '/', so the host list starts after the last '@'.
     let (auth, hosts_and_path) = match rest.rfind('@') {
@@ -62,7 +91,6 @@ pub(super) fn seeds(url: &str) -> Result<Option<Seeds>, QueueError> {
     }
     let scheme = if tls { "rediss" } else { "redis" };
     let mut nodes = Vec::new();
-    let mut ca_file = None;
     for host in hosts.split(',').map(str::trim).filter(|h| !h.is_empty()) {
         if !host.contains(':') {
             return Err(bad_url(format!(
@@ -70,10 +98,7 @@ pub(super) fn seeds(url: &str) -> Result<Option<Seeds>, QueueError> {
             )));
         }
         let auth = auth.map(|a| format!("{a}@")).unwrap_or_default();
-        let query = query.map(|q| format!("?{q}")).unwrap_or_default();
-        let (node, ca) = split_ca_param(&format!("{scheme}://{auth}{host}/{query}"))?;
-        nodes.push(node);
-        ca_file = ca;
+        nodes.push(format!("{scheme}://{auth}{host}/{query}"));
     }
     if nodes.is_empty() {
         return Err(bad_url(
