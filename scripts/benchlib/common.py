@@ -433,6 +433,7 @@ def build():
         "-p", "batchyard", "--bin", "batchyard",
         "-p", "batchyard-workers", "--example", "noop_consumer",
         "-p", "batchyard-fake-provider", "--bin", "batchyard-fake-provider",
+        "-p", "batchyard-jobs", "--example", "fair_bench",
     ]
     log("building: " + " ".join(cmd))
     p = PROCS.start(cmd, cwd=ROOT)
@@ -442,7 +443,7 @@ def build():
         PROCS.stop(p)
     if rc != 0:
         raise BenchError(f"build failed ({rc}): {' '.join(cmd)}")
-    for path in (BATCHYARD, NOOP, FAKE):
+    for path in (BATCHYARD, NOOP, FAKE, os.path.join(RELEASE, "examples", "fair_bench")):
         if not os.access(path, os.X_OK):
             raise BenchError(f"build produced no {path}")
 
