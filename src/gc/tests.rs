@@ -169,7 +169,11 @@ async fn due_things_go_live_ones_stay_and_a_cut_short_removal_is_finished() {
         exists(&store, &keys::output("batch_b")).await,
         "b's objects go after its keys"
     );
-    assert_eq!(indexed(&ledger).await.len(), 3);
+    // b's index entry is the mark of an unfinished removal; `list` may already have dropped
+    // it as an entry without a record (the Redis Cluster repair), and then b's folder goes as
+    // one no record names. Either way the next pass finishes b.
+    let left = indexed(&ledger).await.len();
+    assert!(left == 2 || left == 3, "{left}");
     // The live batch, its input, and nothing else of the rest stay.
     assert!(exists(&store, &keys::output("batch_c")).await);
     assert!(exists(&store, &keys::api_batch("batch_c")).await);
