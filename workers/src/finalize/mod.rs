@@ -102,10 +102,13 @@ impl Finalizer {
     /// Marks `batch_id` as being finalized here; `None` when it already is.
     fn begin(&self, batch_id: &str) -> Option<Active> {
         let key = (self.owner.clone(), batch_id.to_owned());
-        let mut set = ACTIVE.lock().ok()?;
-        set.get_or_insert_with(HashSet::new)
-            .insert(key.clone())
-            .then_some(Active { key })
+        let fresh = ACTIVE
+            .lock()
+            .ok()?
+            .get_or_insert_with(HashSet::new)
+            .insert(key.clone());
+        // Made only once the lock is released: an `Active` dropped under it would deadlock.
+        fresh.then(|| Active { key })
     }
 
     /// Writes the batch files under the finalization lease, renewing it while it writes. `None`
