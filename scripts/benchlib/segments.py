@@ -66,7 +66,13 @@ def use(binary):
 def e2e(workdir, jsonl, n, k, on_s3, timeout):
     b1.write_config = s3_config if on_s3 else common.write_config
     before = s3_requests() if on_s3 else None
-    res = b1.run_e2e(workdir, jsonl, n, timeout, k)
+    try:
+        res = b1.run_e2e(workdir, jsonl, n, timeout, k)
+    finally:
+        # The worker's log outlives the temp dir, for a look at what it did.
+        log_path = os.path.join(workdir, f"worker-{k}.log")
+        if os.path.exists(log_path):
+            shutil.copy(log_path, os.path.join(os.path.dirname(workdir), f"b10-worker-{k}.log"))
     if on_s3:
         after = s3_requests()
         res["s3_requests"] = {t: after.get(t, 0) - before.get(t, 0) for t in after}
@@ -88,6 +94,7 @@ def main():
     ap.add_argument("--s3-jobs", type=int, default=100_000)
     ap.add_argument("--big-jobs", type=int, default=1_000_000)
     ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--only-big", action="store_true", help="only step 3 (the AFTER build at --big-jobs on S3)")
     args = ap.parse_args()
     builds = {label: os.path.abspath(os.path.join(d, "batchyard"))
               for label, d in (("before", args.before), ("after", args.after))}
@@ -98,23 +105,24 @@ def main():
     try:
         jsonl = os.path.join(work, "b1.jsonl")
         write_jsonl(jsonl, args.b1_jobs)
-        for r in range(args.rounds):
+        for r in range(0 if args.only_big else args.rounds):
             for label in ("before", "after"):
                 use(builds[label])
                 k += 1
                 out["b1"][label].append(e2e(work, jsonl, args.b1_jobs, k, False, 900))
             k += 1
             out["b1"]["noop"].append(b1.run_noop(work, jsonl, args.b1_jobs, 900, k)["jobs_per_sec"])
-        noop = statistics.median(out["b1"]["noop"])
-        for label in ("before", "after"):
-            rate = statistics.median(x["jobs_per_sec"] for x in out["b1"][label])
-            out["b1"][f"{label}_jobs_per_sec"] = rate
-            out["b1"][f"{label}_b1r"] = rate / noop
-        log(f"B1: {json.dumps({k2: v for k2, v in out['b1'].items() if not isinstance(v, list)})}")
+        if not args.only_big:
+            noop = statistics.median(out["b1"]["noop"])
+            for label in ("before", "after"):
+                rate = statistics.median(x["jobs_per_sec"] for x in out["b1"][label])
+                out["b1"][f"{label}_jobs_per_sec"] = rate
+                out["b1"][f"{label}_b1r"] = rate / noop
+            log(f"B1: {json.dumps({k2: v for k2, v in out['b1'].items() if not isinstance(v, list)})}")
 
         jsonl = os.path.join(work, "s3.jsonl")
         write_jsonl(jsonl, args.s3_jobs)
-        for label in ("before", "after"):
+        for label in () if args.only_big else ("before", "after"):
             use(builds[label])
             k += 1
             file_run = e2e(work, jsonl, args.s3_jobs, k, False, 1800)

@@ -13,7 +13,8 @@
 //!
 //! May use: nothing else in this crate (only `batchyard_jobs`). Used by: `job`.
 
-use std::sync::Arc;
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use batchyard_jobs::error::{QueueError, StoreError};
@@ -69,6 +70,26 @@ pub struct Finalizer {
     owner: String,
 }
 
+/// (owner, batch) pairs being finalized in this process now. The lease is the owner's, so
+/// without this the sweep of the same process would take it again and write the same files
+/// alongside (each `App::finalizer()` is a new `Finalizer`, hence a process-wide set).
+static ACTIVE: Mutex<Option<HashSet<(String, String)>>> = Mutex::new(None);
+
+/// Holds its pair in [`ACTIVE`] until dropped.
+struct Active {
+    key: (String, String),
+}
+
+impl Drop for Active {
+    fn drop(&mut self) {
+        if let Ok(mut set) = ACTIVE.lock()
+            && let Some(set) = set.as_mut()
+        {
+            set.remove(&self.key);
+        }
+    }
+}
+
 impl Finalizer {
     pub fn new(ledger: Arc<dyn Ledger>, store: ResultStore, owner: String) -> Self {
         Self {
@@ -78,9 +99,25 @@ impl Finalizer {
         }
     }
 
+    /// Marks `batch_id` as being finalized here; `None` when it already is.
+    fn begin(&self, batch_id: &str) -> Option<Active> {
+        let key = (self.owner.clone(), batch_id.to_owned());
+        let fresh = ACTIVE
+            .lock()
+            .ok()?
+            .get_or_insert_with(HashSet::new)
+            .insert(key.clone());
+        // Made only once the lock is released: an `Active` dropped under it would deadlock.
+        fresh.then(|| Active { key })
+    }
+
     /// Writes the batch files under the finalization lease, renewing it while it writes. `None`
     /// when another worker holds the lease or the batch is already finished.
     pub async fn finalize(&self, batch_id: &str) -> Result<Option<Manifest>, FinalizeError> {
+        let Some(_active) = self.begin(batch_id) else {
+            tracing::debug!(batch_id, "this process is finalizing this batch already");
+            return Ok(None);
+        };
         if !self
             .ledger
             .try_lock_finalize(batch_id, &self.owner, LEASE)
@@ -317,5 +354,21 @@ mod tests {
         let a: Vec<_> = lines.iter().filter(|l| l.custom_id == "a").collect();
         assert_eq!(a.len(), 1, "{lines:?}");
         assert_eq!(a[0].batchyard.model.as_deref(), Some("second"));
+    }
+
+    /// The sweep of the process that is finalizing a batch leaves it alone (its lease is the
+    /// same owner's, so the ledger would let it in).
+    #[tokio::test]
+    async fn one_process_finalizes_a_batch_once_at_a_time() {
+        let ledger = Arc::new(MemoryLedger::new());
+        let finalizer = Finalizer::new(ledger, ResultStore::in_memory(), "me".into());
+        let held = finalizer.begin("b").expect("first");
+        assert!(
+            finalizer.clone().begin("b").is_none(),
+            "a clone shares the set"
+        );
+        assert!(finalizer.finalize("b").await.unwrap().is_none());
+        drop(held);
+        assert!(finalizer.begin("b").is_some(), "free again once done");
     }
 }
