@@ -1,4 +1,4 @@
-"""B10: result segments, before and after, side by side (issue 17, section 2).
+"""B11: result segments, before and after, side by side (issue 17, section 2).
 
 Run through `scripts/bench_segments` (it starts SeaweedFS with Prometheus metrics and sets the
 AWS_* variables). Two builds of `batchyard` are compared on the same machine in one run,
