@@ -1,5 +1,5 @@
-//! A batch record as the Redis hash holds it: fields read back into a `BatchRecord`, and
-//! which timestamp field a state stamps.
+//! A batch record as the Redis hash holds it: the fields a new record is written with, the
+//! fields read back into a `BatchRecord`, and which timestamp field a state stamps.
 
 use std::collections::HashMap;
 
@@ -66,4 +66,63 @@ pub(super) fn state_stamp_field(state: BatchState) -> Option<&'static str> {
         s if s.is_terminal() => Some("completed_at"),
         _ => None,
     }
+}
+
+/// The hash fields a new record is written with: only what is set, so old readers and
+/// defaults stay as they are.
+pub(super) fn record_fields(record: &BatchRecord) -> Vec<(&'static str, String)> {
+    let mut fields: Vec<(&'static str, String)> = vec![
+        ("state", record.state.as_str().to_string()),
+        ("total", record.counts.total.to_string()),
+        ("completed", record.counts.completed.to_string()),
+        ("failed", record.counts.failed.to_string()),
+        ("spent_nanos", record.spent_nanos.to_string()),
+        ("storage_url", record.storage_url.clone()),
+        ("created_at", record.created_at.to_string()),
+    ];
+    if let Some(b) = record.budget_usd {
+        fields.push(("budget_usd", b.to_string()));
+    }
+    if let Some(t) = &record.task {
+        fields.push(("task", t.clone()));
+    }
+    if let Some(at) = record.in_progress_at {
+        fields.push(("in_progress_at", at.to_string()));
+    }
+    if record.no_cache {
+        fields.push(("no_cache", "1".to_string()));
+    }
+    if let Some(at) = record.budget_exhausted_at {
+        fields.push(("budget_exhausted_at", at.to_string()));
+    }
+    if let Some(at) = record.expires_at {
+        fields.push(("expires_at", at.to_string()));
+    }
+    if let Some(submit) = &record.submit {
+        fields.push(("fingerprint", submit.fingerprint.clone()));
+        fields.push(("submit_lease_until_ms", submit.lease_until_ms.to_string()));
+        if submit.sealed {
+            fields.push(("sealed", "1".to_string()));
+        }
+    }
+    if let Some(failure) = &record.failure {
+        fields.push(("failure_code", failure.code.clone()));
+        fields.push(("failure_message", failure.message.clone()));
+    }
+    if let Some(at) = record.deadline_at {
+        fields.push(("deadline_at", at.to_string()));
+    }
+    if let Some(url) = &record.notify_url {
+        fields.push(("notify_url", url.clone()));
+    }
+    if let Some(at) = record.realtime_at {
+        fields.push(("realtime_at", at.to_string()));
+    }
+    if record.tenant != crate::batch::DEFAULT_TENANT {
+        fields.push(("tenant", record.tenant.clone()));
+    }
+    if record.priority != crate::priority::Priority::NORMAL {
+        fields.push(("priority", record.priority.value().to_string()));
+    }
+    fields
 }
