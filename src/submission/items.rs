@@ -82,21 +82,15 @@ impl Builder<'_> {
                 }
             }
         };
-        Ok(Checked::Job(Job {
-            batch_id: self.batch_id.clone(),
-            job_id: job_id_for(&self.batch_id, &custom_id),
+        let job_id = job_id_for(&self.batch_id, &custom_id);
+        Ok(Checked::Job(Job::first_run(
+            &self.batch_id,
+            job_id,
             seq,
             custom_id,
             body,
             route,
-            attempt: 0,
-            last_error: None,
-            prior_cost_usd: 0.0,
-            prefetched: None,
-            offloaded_to: Vec::new(),
-            realtime: false,
-            carried: None,
-        }))
+        )))
     }
 }
 
