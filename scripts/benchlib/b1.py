@@ -207,7 +207,8 @@ def run_noop(workdir, jsonl, n, timeout, k):
             )
 
             def tick():
-                left = server.client.cmd("XLEN", stream)
+                # Jobs left: the stream's ready window and the backlog behind it (fair share).
+                left = server.client.cmd("XLEN", stream) + int(server.client.cmd("GET", f"by:{{{name}}}:fair:n") or 0)
                 if left == 0 and "done" not in marks:
                     marks["done"] = time.monotonic() - t0
                     marks["cpu"] = cpu_secs(p.pid)
