@@ -130,7 +130,8 @@
 //! `bedrock` (the dialects), `sigv4` (checking AWS signatures), `aws_creds` (AWS credential
 //! sources), `entra` (Entra ID tokens for the Azure route),
 //! `limits` (the RPM / TPM windows and `/stats` counts), `conn` (a listener whose connections a
-//! handler can drop), `skill` (skill mode's rule), `batch` (the batch APIs). Its own crate
+//! handler can drop), `skill` (skill mode's rule), `batch` (the batch APIs), `respond` (the
+//! shared answers and fault bodies). Its own crate
 //! (`fake-provider/`), so the library crates do not depend on axum for it.
 
 mod anthropic;
@@ -146,6 +147,7 @@ mod limits;
 mod openai;
 mod options;
 mod prompt_cache;
+mod respond;
 mod sigv4;
 mod skill;
 
@@ -157,12 +159,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use axum::Router;
-use axum::body::{Body, Bytes};
+use axum::body::Bytes;
 use axum::extract::{ConnectInfo, Path, RawQuery, State};
-use axum::http::{HeaderMap, StatusCode, header};
-use axum::response::{IntoResponse, Response};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::Response;
 use axum::routing::{get, post};
-use futures::StreamExt as _;
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
@@ -170,6 +171,7 @@ use conn::{Conn, KillableListener};
 use flow::Dialect;
 use limits::Limiter;
 use options::Options;
+pub use respond::{empty, html, huge, json_response, malformed};
 
 /// The size of the `huge` fault's body, unless `x-fake-body-mib` says otherwise.
 pub const HUGE_BYTES: u64 = 5 * 1024 * 1024;
@@ -384,77 +386,6 @@ async fn stats(State(state): State<Arc<AppState>>) -> Response {
         out.extend(limits);
     }
     json_response(StatusCode::OK, body)
-}
-
-pub fn json_response(status: StatusCode, body: Value) -> Response {
-    (status, axum::Json(body)).into_response()
-}
-
-/// What a dropped or hung request "returns": never delivered.
-pub fn empty() -> Response {
-    StatusCode::NO_CONTENT.into_response()
-}
-
-/// 200 with a body that is not JSON.
-pub fn malformed() -> Response {
-    (
-        StatusCode::OK,
-        [(header::CONTENT_TYPE, "text/plain")],
-        "not json",
-    )
-        .into_response()
-}
-
-/// 200 with an HTML page, as a misconfigured proxy answers.
-pub fn html() -> Response {
-    (
-        StatusCode::OK,
-        [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
-        "<html><head><title>502 Bad Gateway</title></head><body><h1>Bad Gateway</h1></body></html>",
-    )
-        .into_response()
-}
-
-/// One chunk of a huge or endless body: the same 64 KiB of `x` each time, so the fake holds
-/// almost nothing however much it sends.
-const FILL_CHUNK: usize = 64 * 1024;
-
-/// 200 `application/json` with `size` bytes (with `Content-Length`) of a reply whose JSON
-/// never ends, or an endless chunked one when `size` is `None`, sent until the client
-/// hangs up or the fake shuts down.
-pub fn huge(prefix: &str, size: Option<u64>, shutdown: CancellationToken) -> Response {
-    let fill = Bytes::from(vec![b'x'; FILL_CHUNK]);
-    let head = Bytes::copy_from_slice(prefix.as_bytes());
-    let mut left = size.map(|s| s.saturating_sub(head.len() as u64));
-    let body = futures::stream::once(async move { Ok::<_, std::io::Error>(head) }).chain(
-        futures::stream::poll_fn(move |_| {
-            if shutdown.is_cancelled() {
-                return std::task::Poll::Ready(None);
-            }
-            let next = match &mut left {
-                Some(0) => None,
-                Some(n) => {
-                    let take = (*n).min(FILL_CHUNK as u64);
-                    *n -= take;
-                    Some(fill.slice(..take as usize))
-                }
-                None => Some(fill.clone()),
-            };
-            std::task::Poll::Ready(next.map(Ok))
-        }),
-    );
-    let mut response = (
-        StatusCode::OK,
-        [(header::CONTENT_TYPE, "application/json")],
-        Body::from_stream(body),
-    )
-        .into_response();
-    if let Some(size) = size
-        && let Ok(value) = header::HeaderValue::from_str(&size.max(prefix.len() as u64).to_string())
-    {
-        response.headers_mut().insert(header::CONTENT_LENGTH, value);
-    }
-    response
 }
 
 async fn run(options: Options) -> Result<(), Box<dyn Error>> {

@@ -105,21 +105,14 @@ pub async fn route(
                 .catalog
                 .render_document(task, &fields)
                 .map_err(|e| UsageError(e.to_string()))?;
-            Job {
-                batch_id: "route".into(),
-                job_id: "route".into(),
-                seq: 0,
-                custom_id: "text".into(),
+            Job::first_run(
+                "route",
+                "route".into(),
+                0,
+                "text".into(),
                 body,
-                route: Route::Task { task: task.clone() },
-                attempt: 0,
-                last_error: None,
-                prior_cost_usd: 0.0,
-                prefetched: None,
-                offloaded_to: Vec::new(),
-                realtime: false,
-                carried: None,
-            }
+                Route::Task { task: task.clone() },
+            )
         }
         (None, Some(input)) => nth_job(&app, input, args).await?,
         _ => {

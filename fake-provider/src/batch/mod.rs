@@ -9,11 +9,12 @@
 //! counts), `files` (OpenAI `/v1/files`), `input` (OpenAI input-file validation), `openai`
 //! (OpenAI `/v1/batches`), `anthropic` (`/v1/messages/batches`), `gemini` (Gemini's
 //! `batchGenerateContent` with inline requests, `/v1beta/batches`), `bedrock` (Bedrock's
-//! batch inference jobs over an S3 server).
+//! batch inference jobs over an S3 server), `bedrock_records` (one Bedrock record answered).
 
 pub mod answer;
 pub mod anthropic;
 pub mod bedrock;
+pub mod bedrock_records;
 pub mod clock;
 pub mod files;
 pub mod gemini;

@@ -116,25 +116,19 @@ pub(super) fn placeholder_job(raw: &[u8]) -> Job {
             .unwrap_or_default()
             .to_string()
     };
-    Job {
-        batch_id: text("batch_id"),
-        job_id: text("job_id"),
-        seq: parsed
-            .as_ref()
-            .and_then(|m| m.get("seq"))
-            .and_then(Json::as_u64)
-            .unwrap_or_default(),
-        custom_id: text("custom_id"),
-        body: Map::new(),
-        route: Route::Auto,
-        attempt: 0,
-        last_error: None,
-        prior_cost_usd: 0.0,
-        prefetched: None,
-        offloaded_to: Vec::new(),
-        realtime: false,
-        carried: None,
-    }
+    let seq = parsed
+        .as_ref()
+        .and_then(|m| m.get("seq"))
+        .and_then(Json::as_u64)
+        .unwrap_or_default();
+    Job::first_run(
+        &text("batch_id"),
+        text("job_id"),
+        seq,
+        text("custom_id"),
+        Map::new(),
+        Route::Auto,
+    )
 }
 
 /// At most `max` bytes of `raw`, lossily as text, for an error message.
