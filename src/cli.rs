@@ -335,6 +335,9 @@ pub struct StatusArgs {
     /// Exit 1 when the total pending jobs are above N (for monitoring checks) [default: never]
     #[arg(long, value_name = "N")]
     pub fail_above: Option<u64>,
+    /// List only this tenant's batches (read from its own index); the depth stays the queue's
+    #[arg(long, value_name = "NAME")]
+    pub tenant: Option<String>,
 }
 
 #[derive(Debug, Args)]

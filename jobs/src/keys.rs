@@ -12,7 +12,9 @@
 //!   `by:{<q>}:fair:p:<prio>`, `by:{<q>}:fair:pt:<prio>:<tenant>`, `by:{<q>}:fair:s:<10 s slot>`
 //! - ledger: `by:batches` (index; written on its own, never in one command with a batch's
 //!   keys), `by:batch:{<id>}` and its `:settled`, `:final`, `:resv`,
-//!   `:offload`
+//!   `:offload`; a tenant's own index `by:tenant:{<tenant>}:batches` (written on its own too)
+//!   and how far its one-time backfill got, `by:tenants:backfill`
+//! - uploads being read by a batch's creation: `by:upload:{<file id>}:readers`
 //! - real-time throughput: `by:realtime_rate`
 //! - adequacy: `by:adequacy:{<task>}`; health: `by:health:{<model>}` and `:probe`, `:budget`
 //! - limiter: `{by:lim}:model:<key>`, `{by:lim}:provider:<key>`
@@ -120,6 +122,16 @@ pub fn queue_parked(queue: &str, batch_id: &str) -> String {
 
 /// The index of every batch.
 pub const BATCH_INDEX: &str = "by:batches";
+
+/// One tenant's batches (zset, score = creation time, as `by:batches`): a tenant's listing
+/// reads only its own.
+pub fn tenant_batches(tenant: &str) -> String {
+    format!("{PREFIX}:tenant:{{{tenant}}}:batches")
+}
+
+/// The one-time backfill of the tenant indexes from `by:batches` (batches created before
+/// them): the `ZSCAN` cursor it reached, or `done`.
+pub const TENANT_BACKFILL: &str = "by:tenants:backfill";
 
 pub fn batch_record(id: &str) -> String {
     format!("{PREFIX}:batch:{{{id}}}")
@@ -244,6 +256,12 @@ pub fn pipeline_manual(id: &str) -> String {
 
 // ---- retention ----
 
+/// The batch creations reading an uploaded file (zset, batch id -> when it started): retention
+/// keeps a file someone is reading, and a creation re-checks the file after registering here.
+pub fn upload_readers(file_id: &str) -> String {
+    format!("{PREFIX}:upload:{{{file_id}}}:readers")
+}
+
 /// The retention collector's lease: one worker of a fleet collects at a time.
 pub const GC_LEASE: &str = "by:gc:lease";
 
@@ -305,6 +323,11 @@ pub fn upload_content(file_id: &str) -> String {
 /// An uploaded file's metadata (API).
 pub fn upload_meta(file_id: &str) -> String {
     format!("files/{file_id}.json")
+}
+
+/// Where the API's views of batches are (retention lists it for records no batch has).
+pub fn api_batches_dir() -> &'static str {
+    "api/batches"
 }
 
 /// The API's view of a batch.
@@ -391,6 +414,9 @@ mod tests {
             (queue_fair_tenant("q", 0, "t"), "by:{q}:fair:pt:0:t"),
             (queue_fair_served("q", 7), "by:{q}:fair:s:7"),
             (BATCH_INDEX.to_owned(), "by:batches"),
+            (tenant_batches("acme"), "by:tenant:{acme}:batches"),
+            (TENANT_BACKFILL.to_owned(), "by:tenants:backfill"),
+            (upload_readers("file-1"), "by:upload:{file-1}:readers"),
             (batch_record("b1"), "by:batch:{b1}"),
             (batch_settled("b1"), "by:batch:{b1}:settled"),
             (batch_final("b1"), "by:batch:{b1}:final"),
@@ -444,6 +470,7 @@ mod tests {
             (upload_content("file-1"), "files/file-1.jsonl"),
             (upload_meta("file-1"), "files/file-1.json"),
             (api_batch("batch_1"), "api/batches/batch_1.json"),
+            (api_batches_dir().to_owned(), "api/batches"),
             (API_READYZ.to_owned(), "api/readyz"),
             (check_probe("p"), "check/p.probe"),
             (offload_state("b"), "batches/b/offload/state.json"),

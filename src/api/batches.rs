@@ -88,6 +88,16 @@ pub async fn create(
         tenant: tenancy::tenant_of(&caller),
     };
     save_api(&state, &api).await?;
+    // Retention may be deleting the file this very moment: register as its reader, then
+    // look again. A collector that deleted its metadata first sees the registration and puts
+    // it back; one that had not yet is seen here.
+    let ledger = &state.app.ledger;
+    ledger.claim_upload(&file_id, &batch_id).await?;
+    if upload_meta(&state, &caller, &file_id).await?.is_none() {
+        release_upload(&state.app, &file_id, &batch_id).await;
+        forget_api(&state, &batch_id).await;
+        return Err(no_file());
+    }
     let submit = SubmitRequest {
         input: state
             .app
@@ -107,10 +117,16 @@ pub async fn create(
     };
     // A task of its own: a client that hangs up must not stop a submission half-way.
     let app = std::sync::Arc::clone(&state.app);
-    let id = batch_id.clone();
+    let (id, file) = (batch_id.clone(), file_id.clone());
     let joined = state
         .tasks
-        .spawn(async move { submit_with_id(&app, &submit, id).await })
+        .spawn(async move {
+            let submitted = submit_with_id(&app, &submit, id.clone()).await;
+            // The input is read (its jobs are staged, or it was refused): retention may
+            // take the file now.
+            release_upload(&app, &file, &id).await;
+            submitted
+        })
         .await;
     let failure = match joined {
         Ok(Ok(submitted)) => {
@@ -142,6 +158,13 @@ pub async fn create(
     save_api(&state, &api).await?;
     let record = record_failed(&state, &batch_id, &api).await?;
     Ok(Json(batch_object(&batch_id, Some(&record), Some(&api))))
+}
+
+/// Best effort: a registration left behind lapses after `UPLOAD_READ_SECS`.
+async fn release_upload(app: &crate::app::App, file_id: &str, batch_id: &str) {
+    if let Err(e) = app.ledger.release_upload(file_id, batch_id).await {
+        tracing::warn!(batch_id, error = %e, "cannot end a creation's hold on its input file; it lapses by itself");
+    }
 }
 
 /// A submission's failure as the batch's `errors.data`: bad lines, or a file that can't be

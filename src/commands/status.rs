@@ -1,4 +1,5 @@
-//! `batchyard status [BATCH_ID]`: the queue's depth with active and recent batches, or one batch.
+//! `batchyard status [BATCH_ID]`: the queue's depth with active and recent batches (of one
+//! tenant with `--tenant`), or one batch.
 //! A batch with a deadline also shows its offload lane (items per lane, provider batches,
 //! time left; `offload` in `--json`), as unknown when the store or Redis doesn't answer.
 //!
@@ -47,6 +48,11 @@ pub async fn status(
             "--fail-above checks the queue depth; leave out the batch id".into(),
         )
         .into());
+    }
+    if args.tenant.is_some() && args.batch_id.is_some() {
+        return Err(
+            UsageError("--tenant lists a tenant's batches; leave out the batch id".into()).into(),
+        );
     }
     if args.fail_above.is_some() && args.watch {
         return Err(
@@ -162,7 +168,10 @@ async fn read(app: &App, args: &StatusArgs) -> anyhow::Result<Snapshot> {
                 .into()),
             },
             None => {
-                let batches = app.ledger.list(SCAN).await?;
+                let batches = match &args.tenant {
+                    Some(tenant) => app.ledger.list_tenant(tenant, SCAN).await?,
+                    None => app.ledger.list(SCAN).await?,
+                };
                 // At once: each read waits at most its own timeout for a store that hangs.
                 let active = batches.iter().filter(|r| !r.state.is_terminal());
                 let lanes = futures::future::join_all(active.map(|r| async {

@@ -3,6 +3,9 @@
 //!
 //! 1. a pipeline's origin records are folded into its snapshot (if the batch came from one);
 //! 2. its API record (`api/batches/<id>.json`): the batch still shows, without its metadata;
+//!    then its entry in its tenant's index (the record names the tenant, so this comes before
+//!    the record goes; a batch reopened by `retry` at this very moment is indexed again when
+//!    it ends);
 //! 3. its Redis keys, in one script that checks it ended before the cutoff: from here on it
 //!    is gone for every reader (the index entry alone names nothing a reader shows);
 //! 4. every object under `batches/<id>/` (by prefix, whatever the result layout) and its
@@ -48,7 +51,31 @@ pub(super) enum Outcome {
 pub(super) static FAIL_AFTER: std::sync::Mutex<Vec<(String, &'static str)>> =
     std::sync::Mutex::new(Vec::new());
 
-fn step_done(_batch_id: &str, _step: &'static str) -> Result<(), String> {
+/// Tests hold a removal after one of its steps (`file_meta` for an upload) until they have
+/// done what another process could do meanwhile: the first wait says it got there, the
+/// second lets it go on.
+#[cfg(test)]
+pub(super) static PAUSE_AT: std::sync::Mutex<
+    Vec<(String, &'static str, std::sync::Arc<tokio::sync::Barrier>)>,
+> = std::sync::Mutex::new(Vec::new());
+
+pub(super) async fn pause_at(_id: &str, _step: &'static str) {
+    #[cfg(test)]
+    {
+        let barrier = PAUSE_AT
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .find(|(id, step, _)| id == _id && *step == _step)
+            .map(|(_, _, b)| std::sync::Arc::clone(b));
+        if let Some(b) = barrier {
+            b.wait().await;
+            b.wait().await;
+        }
+    }
+}
+
+pub(super) fn step_done(_batch_id: &str, _step: &'static str) -> Result<(), String> {
     #[cfg(test)]
     if FAIL_AFTER
         .lock()
@@ -196,6 +223,13 @@ impl Collector {
             .await
             .map_err(|e| format!("cannot delete its API record: {e}"))?;
         step_done(id, "api_record")?;
+        // Before its keys: once they are gone nothing names the tenant any more.
+        if let Some(tenant) = &entry.tenant {
+            self.ledger
+                .unindex_tenant(id, tenant)
+                .await
+                .map_err(|e| format!("cannot drop its tenant index entry: {e}"))?;
+        }
         match self.ledger.remove_ended(id, cutoff).await {
             Ok(Removal::Kept) => return Ok(Outcome::Kept),
             Ok(Removal::Removed | Removal::Missing) => {}

@@ -12,10 +12,14 @@
 //!   that order; a pipeline's origin records are compacted into its snapshot first.
 //! - [`orphans`]: batch folders the ledger no longer knows (Redis lost its data, or the
 //!   batch ran in process), removed the same way once their newest object is old enough.
-//! - [`uploads`]: uploaded files not read by a live batch, and expired cache entries.
+//! - [`records`]: API records (`api/batches/<id>.json`) of batches the ledger no longer
+//!   knows (collected by an older build, or a removal cut short before this step existed).
+//! - [`uploads`]: uploaded files not read by a live batch (nor by a creation under way), and
+//!   expired cache entries.
 
 pub mod batches;
 pub mod orphans;
+pub mod records;
 #[cfg(test)]
 mod tests;
 pub mod uploads;
@@ -48,7 +52,7 @@ pub fn describe() {
     describe_counter!(
         REMOVED_TOTAL,
         Unit::Count,
-        "Things retention removed, by kind (batches, objects, files, cache_entries, origin_records)"
+        "Things retention removed, by kind (batches, objects, api_records, files, cache_entries, origin_records)"
     );
     describe_counter!(
         REMOVED_BYTES,
@@ -93,6 +97,8 @@ pub struct Report {
     pub batches: Tally,
     /// Objects under the removed batches' folders (and their API records).
     pub objects: Tally,
+    /// API records left without a batch (no ledger record), removed on their own.
+    pub api_records: Tally,
     pub files: Tally,
     pub cache_entries: Tally,
     /// Pipelines whose origin records were compacted into a snapshot first.
@@ -106,6 +112,7 @@ impl Report {
     pub fn merge(&mut self, other: Report) {
         self.batches.add(other.batches);
         self.objects.add(other.objects);
+        self.api_records.add(other.api_records);
         self.files.add(other.files);
         self.cache_entries.add(other.cache_entries);
         self.pipelines_compacted += other.pipelines_compacted;
@@ -118,7 +125,11 @@ impl Report {
         self.complete
             && self.errors.is_empty()
             && (self.dry_run
-                || self.batches.removed + self.files.removed + self.cache_entries.removed == 0)
+                || self.batches.removed
+                    + self.api_records.removed
+                    + self.files.removed
+                    + self.cache_entries.removed
+                    == 0)
     }
 
     fn record_metrics(&self) {
@@ -128,6 +139,7 @@ impl Report {
         for (kind, t) in [
             ("batches", self.batches),
             ("objects", self.objects),
+            ("api_records", self.api_records),
             ("files", self.files),
             ("cache_entries", self.cache_entries),
         ] {
@@ -151,6 +163,7 @@ struct Cursors {
     batches: usize,
     files: Option<String>,
     cache: Option<String>,
+    api_records: Option<String>,
     /// The last batch folder looked at for a batch the ledger no longer knows.
     folders: Option<String>,
 }
@@ -213,6 +226,7 @@ impl Collector {
             self.collect_batches(cutoff, now, until, &mut report).await;
             self.collect_orphan_folders(cutoff, now, until, &mut report)
                 .await;
+            self.collect_api_records(cutoff, until, &mut report).await;
         }
         if let Some(keep) = self.retention.files {
             self.collect_files(now.saturating_sub(keep.as_secs()), until, &mut report)
@@ -245,12 +259,17 @@ impl Collector {
                 report = self.pass(now, false) => report,
             };
             self.release().await;
-            if report.batches.removed + report.files.removed + report.cache_entries.removed > 0
+            if report.batches.removed
+                + report.api_records.removed
+                + report.files.removed
+                + report.cache_entries.removed
+                > 0
                 || !report.errors.is_empty()
             {
                 tracing::info!(
                     batches = report.batches.removed,
                     objects = report.objects.removed,
+                    api_records = report.api_records.removed,
                     bytes = report.objects.bytes + report.files.bytes + report.cache_entries.bytes,
                     files = report.files.removed,
                     cache_entries = report.cache_entries.removed,

@@ -128,6 +128,7 @@ impl Collector {
             state: None,
             ended_at: None,
             storage_url: None,
+            tenant: None,
         };
         self.remove_batch(&entry, cutoff, dry_run, snapshots)
             .await

@@ -1,4 +1,5 @@
-//! Uploaded files past `[retention] files`, unless a batch that has not ended reads one, and
+//! Uploaded files past `[retention] files`, unless a batch that has not ended reads one (or a
+//! batch creation is reading it now, see [`Collector::remove_upload`]), and
 //! result cache entries past `[retention] cache`. Both are found by listing, from where the
 //! last pass stopped, a bounded number of objects per pass.
 
@@ -22,9 +23,10 @@ const INDEX_SCAN_TIME: Duration = Duration::from_secs(30);
 
 /// The listings the collector walks a page per pass.
 #[derive(Clone, Copy)]
-enum Listing {
+pub(super) enum Listing {
     Files,
     Cache,
+    ApiRecords,
 }
 
 impl Collector {
@@ -65,7 +67,7 @@ impl Collector {
 
     /// The next page of a listing from where the last pass stopped; moves the cursor on.
     /// `None` (the error noted) when the store refused.
-    async fn next_page(
+    pub(super) async fn next_page(
         &self,
         which: Listing,
         until: Instant,
@@ -74,10 +76,12 @@ impl Collector {
         let rel = match which {
             Listing::Files => "files".to_string(),
             Listing::Cache => format!("cache/{}", keys::CACHE_VERSION),
+            Listing::ApiRecords => keys::api_batches_dir().to_string(),
         };
         let offset = match which {
             Listing::Files => self.cursors().files.clone(),
             Listing::Cache => self.cursors().cache.clone(),
+            Listing::ApiRecords => self.cursors().api_records.clone(),
         };
         let limit = self.retention.max_per_pass * SCAN_FACTOR;
         let (listed, end) = match self.list_from(&rel, offset.as_deref(), limit, until).await {
@@ -96,6 +100,7 @@ impl Collector {
         match which {
             Listing::Files => self.cursors().files = next,
             Listing::Cache => self.cursors().cache = next,
+            Listing::ApiRecords => self.cursors().api_records = next,
         }
         report.complete &= end;
         Some(listed)
@@ -145,29 +150,66 @@ impl Collector {
                 report.files.kept += 1;
                 continue;
             }
-            if !report.dry_run {
-                // Metadata first: without it the API no longer shows the file, and the
-                // content left by a crash here is listed (and removed) by the next pass.
-                let paths = [keys::upload_meta(&id), keys::upload_content(&id)];
-                let mut failed = None;
-                for p in paths {
-                    if let Err(e) = self.store.delete(&self.store.path_of(&p)).await {
-                        failed = Some(e.to_string());
-                        break;
-                    }
-                }
-                if let Some(e) = failed {
+            match self.remove_upload(&id, report.dry_run).await {
+                Ok(true) => report.files.add(Tally {
+                    removed: 1,
+                    bytes,
+                    kept: 0,
+                }),
+                Ok(false) => report.files.kept += 1,
+                Err(e) => {
                     report.errors.push(format!("file {id}: {e}"));
                     report.files.kept += 1;
-                    continue;
                 }
             }
-            report.files.add(Tally {
-                removed: 1,
-                bytes,
-                kept: 0,
-            });
         }
+    }
+
+    /// Removes one upload unless a batch creation reads it; false when it stays. A creation
+    /// registers as a reader, then checks the metadata is there; this deletes the metadata,
+    /// then checks for a reader (and puts the metadata back if there is one). Whichever goes
+    /// second sees the other, so a file is never deleted under a creation that goes on.
+    async fn remove_upload(&self, id: &str, dry_run: bool) -> Result<bool, String> {
+        let in_use = || async {
+            self.ledger
+                .upload_in_use(id)
+                .await
+                .map_err(|e| format!("cannot see whether a batch creation reads it: {e}"))
+        };
+        if in_use().await? {
+            return Ok(false);
+        }
+        if dry_run {
+            return Ok(true);
+        }
+        // Metadata first: without it the API no longer shows the file, and the content left
+        // by a crash here is listed (and removed) by the next pass.
+        let meta_path = self.store.path_of(&keys::upload_meta(id));
+        let meta = match self.store.get(&meta_path).await {
+            Ok(bytes) => Some(bytes),
+            Err(batchyard_jobs::error::StoreError::NotFound { .. }) => None,
+            Err(e) => return Err(e.to_string()),
+        };
+        self.store
+            .delete(&meta_path)
+            .await
+            .map_err(|e| e.to_string())?;
+        super::batches::step_done(id, "file_meta")?;
+        super::batches::pause_at(id, "file_meta").await;
+        if in_use().await? {
+            if let Some(bytes) = meta {
+                self.store
+                    .put(&meta_path, bytes)
+                    .await
+                    .map_err(|e| format!("cannot put back the metadata a creation reads: {e}"))?;
+            }
+            return Ok(false);
+        }
+        self.store
+            .delete(&self.store.path_of(&keys::upload_content(id)))
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(true)
     }
 
     /// The uploaded files that batches not yet ended read: their API records name them.

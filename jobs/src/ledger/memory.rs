@@ -1,4 +1,7 @@
 //! In-process ledger for `batchyard run` with no Redis.
+//!
+//! - `accounts`: end notifications and enqueued-token accounts;
+//! - `tenants`: each tenant's index and the readers of uploaded files.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -11,8 +14,10 @@ use crate::batch::{BatchFailure, BatchRecord, BatchState, failure_codes, now_sec
 use crate::error::QueueError;
 
 mod accounts;
+mod tenants;
 
 use accounts::{Account, Notification};
+use tenants::TenantIndex;
 
 #[derive(Default)]
 struct Entry {
@@ -59,6 +64,10 @@ pub struct MemoryLedger {
     enqueued: Mutex<HashMap<String, Account>>,
     /// End notifications by batch: the end it is for, attempts made, next due, done.
     notifications: Mutex<HashMap<String, Notification>>,
+    /// Each tenant's batches, so a tenant's listing reads only its own.
+    tenants: Mutex<TenantIndex>,
+    /// Uploaded file id -> the creations reading it (batch id -> since when).
+    readers: Mutex<HashMap<String, HashMap<String, u64>>>,
 }
 
 impl MemoryLedger {
@@ -87,6 +96,7 @@ impl Ledger for MemoryLedger {
             reserved_nanos: 0,
             ..record.clone()
         };
+        self.tenants.lock().await.add(&record);
         batches.insert(
             record.id.clone(),
             Entry {
@@ -480,6 +490,28 @@ impl Ledger for MemoryLedger {
         records.sort_by(|a, b| b.created_at.cmp(&a.created_at).then(b.id.cmp(&a.id)));
         records.truncate(limit);
         Ok(records)
+    }
+
+    async fn list_tenant(
+        &self,
+        tenant: &str,
+        limit: usize,
+    ) -> Result<Vec<BatchRecord>, QueueError> {
+        self.tenant_batches(tenant, limit).await
+    }
+
+    async fn claim_upload(&self, file_id: &str, batch_id: &str) -> Result<(), QueueError> {
+        self.add_upload_reader(file_id, batch_id).await;
+        Ok(())
+    }
+
+    async fn release_upload(&self, file_id: &str, batch_id: &str) -> Result<(), QueueError> {
+        self.remove_upload_reader(file_id, batch_id).await;
+        Ok(())
+    }
+
+    async fn upload_in_use(&self, file_id: &str) -> Result<bool, QueueError> {
+        Ok(self.upload_has_readers(file_id).await)
     }
 }
 

@@ -79,7 +79,14 @@ pub struct IndexEntry {
     pub ended_at: Option<u64>,
     /// The storage URL its objects live under, when the record says.
     pub storage_url: Option<String>,
+    /// Whose batch it is, when the record says (`None`: no record, or one from before
+    /// tenants, which is the `default` tenant's).
+    pub tenant: Option<String>,
 }
+
+/// How long a batch creation's registration as the reader of an uploaded file holds: a
+/// creation that died is not waited for longer (see [`Ledger::claim_upload`]).
+pub const UPLOAD_READ_SECS: u64 = 6 * 3600;
 
 /// What [`Ledger::remove_ended`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -283,6 +290,21 @@ pub trait Ledger: Send + Sync {
     /// The newest batches, newest first.
     async fn list(&self, limit: usize) -> Result<Vec<BatchRecord>, QueueError>;
 
+    /// The newest batches of `tenant`, newest first, read from that tenant's own index: the
+    /// cost is its own batches, whatever other tenants have.
+    async fn list_tenant(&self, tenant: &str, limit: usize)
+    -> Result<Vec<BatchRecord>, QueueError>;
+
+    /// Registers batch `batch_id`'s creation as a reader of uploaded file `file_id`, until
+    /// [`Ledger::release_upload`] or [`UPLOAD_READ_SECS`]. Retention keeps a file with a
+    /// reader; the creation checks the file still exists after registering.
+    async fn claim_upload(&self, file_id: &str, batch_id: &str) -> Result<(), QueueError>;
+
+    async fn release_upload(&self, file_id: &str, batch_id: &str) -> Result<(), QueueError>;
+
+    /// Whether a batch creation reads uploaded file `file_id` now.
+    async fn upload_in_use(&self, file_id: &str) -> Result<bool, QueueError>;
+
     /// Retention: up to `limit` entries of the batch index created at or before `until`
     /// (Unix seconds), oldest first, after skipping `skip`. The in-process ledger keeps
     /// nothing past its process, so it lists nothing.
@@ -305,6 +327,12 @@ pub trait Ledger: Send + Sync {
         _ended_before: u64,
     ) -> Result<Removal, QueueError> {
         Ok(Removal::Kept)
+    }
+
+    /// Retention: drops a batch from its tenant's index, before its keys go (a removal cut
+    /// short after this leaves a batch past retention that only its tenant's listing misses).
+    async fn unindex_tenant(&self, _batch_id: &str, _tenant: &str) -> Result<(), QueueError> {
+        Ok(())
     }
 
     /// Retention: drops a removed batch from the index, the last step of its removal.

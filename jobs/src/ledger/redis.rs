@@ -12,7 +12,10 @@
 //! - `enqueued`: the offload lane's per-model account of enqueued tokens;
 //! - `lease`: the finalizer's and the offload lane's leases;
 //! - `notify`: claims of a batch's end notification;
-//! - `record`: a record's hash fields read back into a `BatchRecord`.
+//! - `record`: a record's hash fields read back into a `BatchRecord`;
+//! - `retention`: the index read for retention, an ended batch's keys removed;
+//! - `tenants`: each tenant's own index, its backfill, and a tenant's listing;
+//! - `uploads`: the batch creations reading an uploaded file.
 
 mod budget;
 mod create;
@@ -22,6 +25,9 @@ mod lease;
 mod notify;
 mod record;
 mod retention;
+mod tenants;
+pub use tenants::BACKFILL_PER_CALL;
+mod uploads;
 
 use record::{parse_record, state_stamp_field};
 
@@ -131,6 +137,8 @@ pub struct RedisLedger {
     settle: Script,
     submit: Script,
     budget: Arc<budget::Scripts>,
+    /// Index entries one tenant listing backfills at most ([`BACKFILL_PER_CALL`]).
+    backfill_per_call: usize,
 }
 
 impl RedisLedger {
@@ -140,7 +148,14 @@ impl RedisLedger {
             settle: Script::new(SETTLE_LUA),
             submit: Script::new(include_str!("redis/submit.lua")),
             budget: Arc::new(budget::Scripts::new()),
+            backfill_per_call: BACKFILL_PER_CALL,
         }
+    }
+
+    /// Backfills at most `entries` index entries per tenant listing (tests: a short step).
+    pub fn with_backfill_per_call(mut self, entries: usize) -> Self {
+        self.backfill_per_call = entries.max(1);
+        self
     }
 }
 
@@ -152,7 +167,8 @@ impl Ledger for RedisLedger {
         // holds both: the index entry comes first. A crash (or a failover) between the two
         // leaves an entry without a record, which `list` skips and, once it is older than
         // DANGLING_GRACE_SECS, removes; the reverse would leave a batch nobody lists.
-        self.index(&record.id, record.created_at).await?;
+        self.index(&record.id, &record.tenant, record.created_at)
+            .await?;
         self.write_record(&record.id, &fields).await
     }
 
@@ -447,17 +463,31 @@ impl Ledger for RedisLedger {
     }
 
     async fn list(&self, limit: usize) -> Result<Vec<BatchRecord>, QueueError> {
-        let mut conn = self.conn.clone();
-        let stop = limit.max(1) as isize - 1;
-        let ids: Vec<(String, f64)> = conn.zrevrange_withscores(INDEX_KEY, 0, stop).await?;
-        let mut out = Vec::with_capacity(ids.len());
-        for (id, created_at) in ids {
-            match self.get(&id).await? {
-                Some(record) => out.push(record),
-                None => self.drop_dangling(&id, created_at).await,
-            }
-        }
-        Ok(out)
+        self.list_all(limit).await
+    }
+
+    async fn list_tenant(
+        &self,
+        tenant: &str,
+        limit: usize,
+    ) -> Result<Vec<BatchRecord>, QueueError> {
+        self.tenant_batches(tenant, limit).await
+    }
+
+    async fn unindex_tenant(&self, batch_id: &str, tenant: &str) -> Result<(), QueueError> {
+        self.unindex_tenant_entry(batch_id, tenant).await
+    }
+
+    async fn claim_upload(&self, file_id: &str, batch_id: &str) -> Result<(), QueueError> {
+        self.add_upload_reader(file_id, batch_id).await
+    }
+
+    async fn release_upload(&self, file_id: &str, batch_id: &str) -> Result<(), QueueError> {
+        self.remove_upload_reader(file_id, batch_id).await
+    }
+
+    async fn upload_in_use(&self, file_id: &str) -> Result<bool, QueueError> {
+        self.upload_has_readers(file_id).await
     }
 
     async fn index_page(

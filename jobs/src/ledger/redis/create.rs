@@ -1,27 +1,42 @@
 //! A batch's creation in two steps, because the index `by:batches` and the batch's own keys
 //! `by:batch:{<id>}…` sit in different Redis Cluster slots and no transaction spans slots:
-//! the index entry first, then the record in one transaction on the batch's slot.
+//! the index entries (`by:batches` and the tenant's own) first, then the record in one transaction on the batch's slot.
 //!
 //! A crash between the two leaves an index entry without a record: `list` skips it, and
 //! removes it once it is [`DANGLING_GRACE_SECS`] old (a younger one may be a creation still
 //! under way). A failover can also lose an acknowledged index entry while the record stays
 //! (asynchronous replication): a batch that ends is put back in the index ([`RedisLedger::reindex`]).
 
+use super::{INDEX_KEY, RedisLedger, record_key, resv_key, settled_key};
 use redis::AsyncCommands;
 
-use super::{INDEX_KEY, RedisLedger, record_key, resv_key, settled_key};
-use crate::batch::now_secs;
+use crate::batch::{BatchRecord, DEFAULT_TENANT};
 use crate::error::QueueError;
+use crate::keys;
+use crate::ledger::Ledger;
 
 /// How old an index entry without a record must be before `list` removes it: far longer than
 /// the moment between the two steps of a creation, and than clock skew between hosts.
 pub const DANGLING_GRACE_SECS: u64 = 600;
 
 impl RedisLedger {
-    /// Step 1: the batch in the index, scored by its creation time.
-    pub(super) async fn index(&self, id: &str, created_at: u64) -> Result<(), QueueError> {
+    /// Step 1: the batch in the index and in its tenant's, scored by its creation time. Two
+    /// slots, so two commands; either missing (a crash between) is repaired as a dangling or
+    /// lost entry is.
+    pub(super) async fn index(
+        &self,
+        id: &str,
+        tenant: &str,
+        created_at: u64,
+    ) -> Result<(), QueueError> {
         let mut conn = self.conn.clone();
-        conn.zadd::<_, _, _, ()>(INDEX_KEY, id, created_at).await?;
+        redis::pipe()
+            .zadd(INDEX_KEY, id, created_at)
+            .ignore()
+            .zadd(keys::tenant_batches(tenant), id, created_at)
+            .ignore()
+            .query_async::<()>(&mut conn)
+            .await?;
         Ok(())
     }
 
@@ -46,45 +61,58 @@ impl RedisLedger {
     /// Removes the index entry of a batch whose record is missing, once it is old enough. Best
     /// effort: listing goes on whatever happens here.
     pub(super) async fn drop_dangling(&self, id: &str, created_at: f64) {
-        if created_at + DANGLING_GRACE_SECS as f64 > now_secs() as f64 {
-            return;
-        }
-        let mut conn = self.conn.clone();
-        let removed: Result<i64, _> = conn.zrem(INDEX_KEY, id).await;
-        match removed {
-            Ok(n) if n > 0 => {
-                tracing::info!(
-                    batch = id,
-                    "removed an index entry whose batch record is missing"
-                )
-            }
-            Ok(_) => {}
-            Err(e) => {
-                tracing::debug!(batch = id, error = %e, "cannot remove a dangling index entry")
-            }
-        }
+        self.drop_dangling_in(INDEX_KEY, id, created_at).await;
     }
 
-    /// Puts an ending batch back in the index if a failover lost its entry (`NX`: an entry
-    /// that is there keeps its score). Best effort, as the batch itself is fine without it.
+    /// Puts an ending batch back in the index and its tenant's if a failover lost an entry
+    /// (`NX`: an entry that is there keeps its score). Also indexes, for its tenant, a batch an
+    /// older build created after the backfill ran. Best effort, as the batch itself is fine
+    /// without it.
     pub(super) async fn reindex(&self, id: &str) {
         let mut conn = self.conn.clone();
-        let created_at: Result<Option<u64>, _> = conn.hget(record_key(id), "created_at").await;
-        let Ok(Some(created_at)) = created_at else {
+        let fields: Result<(Option<u64>, Option<String>), _> = redis::cmd("HMGET")
+            .arg(record_key(id))
+            .arg("created_at")
+            .arg("tenant")
+            .query_async(&mut conn)
+            .await;
+        let Ok((Some(created_at), tenant)) = fields else {
             return;
         };
-        let added: Result<i64, _> = redis::cmd("ZADD")
+        let tenant = tenant.unwrap_or_else(|| DEFAULT_TENANT.to_string());
+        let added: Result<(i64, i64), _> = redis::pipe()
+            .cmd("ZADD")
             .arg(INDEX_KEY)
+            .arg("NX")
+            .arg(created_at)
+            .arg(id)
+            .cmd("ZADD")
+            .arg(keys::tenant_batches(&tenant))
             .arg("NX")
             .arg(created_at)
             .arg(id)
             .query_async(&mut conn)
             .await;
-        if let Ok(1) = added {
+        if let Ok((1, _) | (_, 1)) = added {
             tracing::info!(
                 batch = id,
                 "put back the index entry of a batch that had lost it"
             );
         }
+    }
+
+    /// The newest batches of every tenant, newest first.
+    pub(super) async fn list_all(&self, limit: usize) -> Result<Vec<BatchRecord>, QueueError> {
+        let mut conn = self.conn.clone();
+        let stop = limit.max(1) as isize - 1;
+        let ids: Vec<(String, f64)> = conn.zrevrange_withscores(INDEX_KEY, 0, stop).await?;
+        let mut out = Vec::with_capacity(ids.len());
+        for (id, created_at) in ids {
+            match self.get(&id).await? {
+                Some(record) => out.push(record),
+                None => self.drop_dangling(&id, created_at).await,
+            }
+        }
+        Ok(out)
     }
 }

@@ -50,19 +50,27 @@ impl RedisLedger {
                 .arg(keys::batch_record(id))
                 .arg("state")
                 .arg("completed_at")
-                .arg("storage_url");
+                .arg("storage_url")
+                .arg("tenant");
         }
-        let fields: Vec<(Option<String>, Option<u64>, Option<String>)> =
+        #[allow(clippy::type_complexity)]
+        let fields: Vec<(Option<String>, Option<u64>, Option<String>, Option<String>)> =
             pipe.query_async(&mut conn).await?;
         Ok(page
             .into_iter()
             .zip(fields)
-            .map(|((id, score), (state, ended_at, storage_url))| IndexEntry {
-                id,
-                created_at: score.max(0.0) as u64,
-                state: state.as_deref().and_then(BatchState::parse),
-                ended_at,
-                storage_url,
+            .map(|((id, score), (state, ended_at, storage_url, tenant))| {
+                let tenant = state
+                    .as_ref()
+                    .map(|_| tenant.unwrap_or_else(|| crate::batch::DEFAULT_TENANT.to_string()));
+                IndexEntry {
+                    id,
+                    created_at: score.max(0.0) as u64,
+                    state: state.as_deref().and_then(BatchState::parse),
+                    ended_at,
+                    storage_url,
+                    tenant,
+                }
             })
             .collect())
     }
