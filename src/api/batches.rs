@@ -29,6 +29,7 @@ use super::http_error::{ApiError, ApiJson, ApiQuery};
 use super::state::ApiState;
 use super::tenancy;
 use crate::error::{DeadlineUnreachable, InvalidInput, UsageError};
+use crate::gc::uploads::HoldError;
 use crate::submission::{SubmitRequest, submit_with_id};
 
 #[derive(Debug, Deserialize)]
@@ -91,10 +92,18 @@ pub async fn create(
     // Retention may be deleting the file this very moment: register as its reader, then
     // look again. A collector that deleted its metadata first sees the registration and puts
     // it back; one that had not yet is seen here.
-    let ledger = &state.app.ledger;
-    ledger.claim_upload(&file_id, &batch_id).await?;
-    if upload_meta(&state, &caller, &file_id).await?.is_none() {
-        release_upload(&state.app, &file_id, &batch_id).await;
+    let held = crate::gc::uploads::hold_upload(
+        state.app.ledger.as_ref(),
+        &state.app.store,
+        &file_id,
+        &batch_id,
+    )
+    .await
+    .map_err(|e| match e {
+        HoldError::Ledger(e) => ApiError::from(e),
+        HoldError::Store(e) => ApiError::from(e),
+    })?;
+    if !held {
         forget_api(&state, &batch_id).await;
         return Err(no_file());
     }

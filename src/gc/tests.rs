@@ -212,3 +212,160 @@ async fn due_things_go_live_ones_stay_and_a_cut_short_removal_is_finished() {
     let report = collector.pass(later, false).await;
     assert!(report.settled(), "{report:?}");
 }
+
+/// A tenant's batch leaves its tenant's index with it; an API record whose batch is gone
+/// (no ledger record, no folder) goes once old enough, and one whose batch lives stays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tenant_entries_and_api_records_without_a_batch_go() {
+    let Some(redis) = TestRedis::start("gc_tenant") else {
+        return;
+    };
+    let (ledger, store, _dir, collector) = setup(&redis).await;
+    let record = BatchRecord {
+        tenant: "acme".into(),
+        ..BatchRecord::new("batch_t".into(), 1, store.url().into(), now_secs() - 7200)
+    };
+    ledger.create(&record).await.unwrap();
+    ledger
+        .set_state("batch_t", BatchState::Completed)
+        .await
+        .unwrap();
+    put(&store, &keys::output("batch_t"), "{}\n").await;
+    batch(&ledger, &store, "batch_live", BatchState::InProgress, "f").await;
+    // Left by a batch an older build collected: the API record alone.
+    put(
+        &store,
+        &keys::api_batch("batch_gone"),
+        r#"{"id":"batch_gone"}"#,
+    )
+    .await;
+    assert_eq!(ledger.list_tenant("acme", 10).await.unwrap().len(), 1);
+
+    let today = collector.pass(now_secs(), false).await;
+    assert_eq!(today.api_records.removed, 0, "too new: {today:?}");
+    let later = now_secs() + 31 * DAY.as_secs();
+    let dry = collector.pass(later, true).await;
+    assert_eq!(dry.api_records.removed, 1, "{dry:?}");
+    assert!(exists(&store, &keys::api_batch("batch_gone")).await);
+    let report = collector.pass(later, false).await;
+    assert!(report.errors.is_empty(), "{report:?}");
+    assert_eq!(report.batches.removed, 1, "{report:?}");
+    assert_eq!(report.api_records.removed, 1, "{report:?}");
+    assert!(!exists(&store, &keys::api_batch("batch_gone")).await);
+    assert!(exists(&store, &keys::api_batch("batch_live")).await);
+    assert!(ledger.list_tenant("acme", 10).await.unwrap().is_empty());
+    let mut raw = redis.raw().await;
+    let left: u64 = redis::cmd("EXISTS")
+        .arg(keys::tenant_batches("acme"))
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+    assert_eq!(left, 0, "the tenant's index is empty, so gone");
+    let report = collector.pass(later, false).await;
+    assert!(report.settled(), "{report:?}");
+}
+
+/// Holds the collector at `step` of file `id` until the test has acted; returns the pass.
+async fn pass_held_at(
+    collector: &Collector,
+    id: &str,
+    step: &'static str,
+    at: u64,
+) -> (
+    Arc<tokio::sync::Barrier>,
+    tokio::task::JoinHandle<super::Report>,
+) {
+    let barrier = Arc::new(tokio::sync::Barrier::new(2));
+    // One hold at a time: a file held before may come round again in this pass.
+    *super::batches::PAUSE_AT.lock().unwrap() = vec![(id.to_string(), step, Arc::clone(&barrier))];
+    let c = collector.clone();
+    let pass = tokio::spawn(async move { c.pass(at, false).await });
+    tokio::time::timeout(std::time::Duration::from_secs(20), barrier.wait())
+        .await
+        .expect("the collector reaches the step");
+    (barrier, pass)
+}
+
+/// An upload past retention meets a batch creation from it, in both orders. The collector
+/// deletes its metadata, then looks for a reader; the creation registers, then looks for the
+/// metadata. Whichever goes second sees the other: the creation is refused (404, nothing
+/// read) or the file stays whole until it is done.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upload_is_never_deleted_under_a_creation_reading_it() {
+    use super::uploads::hold_upload;
+    let Some(redis) = TestRedis::start("gc_upload_race") else {
+        return;
+    };
+    let (ledger, store, _dir, collector) = setup(&redis).await;
+    let later = now_secs() + 31 * DAY.as_secs();
+    let upload = |f: &'static str| {
+        let store = store.clone();
+        async move {
+            put(&store, &keys::upload_meta(f), "{}").await;
+            put(&store, &keys::upload_content(f), "{}\n").await;
+        }
+    };
+    upload("file-first").await;
+    let whole = |f: &'static str| {
+        let store = store.clone();
+        async move {
+            exists(&store, &keys::upload_meta(f)).await
+                && exists(&store, &keys::upload_content(f)).await
+        }
+    };
+
+    // The creation comes while the collector has looked for readers but not yet deleted:
+    // it finds the file and goes on; the collector then sees it and keeps the file whole.
+    let (go, pass) = pass_held_at(&collector, "file-first", "file_checked", later).await;
+    assert!(
+        hold_upload(&ledger, &store, "file-first", "batch_1")
+            .await
+            .unwrap()
+    );
+    go.wait().await;
+    let report = pass.await.unwrap();
+    assert!(whole("file-first").await, "{report:?}");
+    assert_eq!(report.files.kept, 1, "its metadata put back: {report:?}");
+    // Done reading: the next pass takes it.
+    ledger
+        .release_upload("file-first", "batch_1")
+        .await
+        .unwrap();
+
+    // The creation comes after the collector deleted the metadata: it is refused and holds
+    // nothing, and the collector finishes the removal.
+    upload("file-second").await;
+    let (go, pass) = pass_held_at(&collector, "file-second", "file_meta", later).await;
+    assert!(
+        !hold_upload(&ledger, &store, "file-second", "batch_2")
+            .await
+            .unwrap()
+    );
+    assert!(!ledger.upload_in_use("file-second").await.unwrap());
+    go.wait().await;
+    let report = pass.await.unwrap();
+    assert!(report.errors.is_empty(), "{report:?}");
+    assert!(!exists(&store, &keys::upload_content("file-second")).await);
+    assert!(
+        !whole("file-first").await,
+        "released, so removed: {report:?}"
+    );
+    super::batches::PAUSE_AT.lock().unwrap().clear();
+
+    // A creation that registers and dies: its hold lapses, it does not keep the file forever.
+    put(&store, &keys::upload_meta("file-x"), "{}").await;
+    assert!(
+        hold_upload(&ledger, &store, "file-x", "batch_3")
+            .await
+            .unwrap()
+    );
+    let mut raw = redis.raw().await;
+    let () = redis::cmd("ZADD")
+        .arg(keys::upload_readers("file-x"))
+        .arg(now_secs() - batchyard_jobs::ledger::UPLOAD_READ_SECS - 1)
+        .arg("batch_3")
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+    assert!(!ledger.upload_in_use("file-x").await.unwrap());
+}

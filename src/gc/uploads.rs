@@ -6,7 +6,10 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
+use batchyard_jobs::error::{QueueError, StoreError};
 use batchyard_jobs::keys;
+use batchyard_jobs::ledger::Ledger;
+use batchyard_jobs::storage::ResultStore;
 use futures::StreamExt;
 use object_store::ObjectMeta;
 use object_store::path::Path;
@@ -27,6 +30,43 @@ pub(super) enum Listing {
     Files,
     Cache,
     ApiRecords,
+}
+
+/// What a batch creation from uploaded file `file_id` does before reading it: registers as
+/// its reader, then checks its metadata is still there. False (and nothing held) when the
+/// file is gone: retention took it meanwhile. See [`Collector::remove_upload`] for the other
+/// side.
+pub async fn hold_upload(
+    ledger: &dyn Ledger,
+    store: &ResultStore,
+    file_id: &str,
+    batch_id: &str,
+) -> Result<bool, HoldError> {
+    ledger.claim_upload(file_id, batch_id).await?;
+    match store
+        .exists(&store.path_of(&keys::upload_meta(file_id)))
+        .await
+    {
+        Ok(true) => Ok(true),
+        Ok(false) => {
+            ledger.release_upload(file_id, batch_id).await?;
+            Ok(false)
+        }
+        Err(e) => {
+            // Best effort: a registration left behind lapses by itself.
+            let _ = ledger.release_upload(file_id, batch_id).await;
+            Err(e.into())
+        }
+    }
+}
+
+/// Why a creation could not hold its input file.
+#[derive(Debug, thiserror::Error)]
+pub enum HoldError {
+    #[error(transparent)]
+    Ledger(#[from] QueueError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
 }
 
 impl Collector {
@@ -179,6 +219,7 @@ impl Collector {
         if in_use().await? {
             return Ok(false);
         }
+        super::batches::pause_at(id, "file_checked").await;
         if dry_run {
             return Ok(true);
         }
