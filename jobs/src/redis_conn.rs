@@ -80,9 +80,40 @@ impl ConnectionLike for RedisConn {
     }
 }
 
+/// Commands of one [`RedisConn::query_each`] call in flight at once on a cluster.
+const EACH_AT_ONCE: usize = 64;
+
 impl RedisConn {
     pub fn is_cluster(&self) -> bool {
         matches!(self, Self::Cluster(_))
+    }
+
+    /// Runs commands whose keys may sit in different cluster slots, answers in order: one
+    /// pipeline on a single server; on a cluster each command on its own (a few dozen at
+    /// once), since a pipeline there may not cross slots.
+    pub async fn query_each<T: redis::FromRedisValue + Send + 'static>(
+        &self,
+        cmds: Vec<Cmd>,
+    ) -> Result<Vec<T>, redis::RedisError> {
+        use futures::{StreamExt, TryStreamExt};
+        if cmds.is_empty() {
+            return Ok(Vec::new());
+        }
+        if !self.is_cluster() {
+            let mut pipe = redis::pipe();
+            for c in cmds {
+                pipe.add_command(c);
+            }
+            return pipe.query_async(&mut self.clone()).await;
+        }
+        futures::stream::iter(cmds)
+            .map(|c| {
+                let mut conn = self.clone();
+                async move { c.query_async::<T>(&mut conn).await }
+            })
+            .buffered(EACH_AT_ONCE)
+            .try_collect()
+            .await
     }
 }
 

@@ -1,6 +1,7 @@
 //! In-process ledger for `batchyard run` with no Redis.
 //!
 //! - `accounts`: end notifications and enqueued-token accounts;
+//! - `entry`: one batch's record, settlement, leases and reservations;
 //! - `tenants`: each tenant's index and the readers of uploaded files.
 
 use std::collections::HashMap;
@@ -14,48 +15,12 @@ use crate::batch::{BatchFailure, BatchRecord, BatchState, failure_codes, now_sec
 use crate::error::QueueError;
 
 mod accounts;
+mod entry;
 mod tenants;
 
 use accounts::{Account, Notification};
+use entry::Entry;
 use tenants::TenantIndex;
-
-#[derive(Default)]
-struct Entry {
-    record: Option<BatchRecord>,
-    settled: Vec<u64>,
-    lease: Option<(String, Instant)>,
-    /// The offload lane's lease.
-    offload_lease: Option<(String, Instant)>,
-    /// Job id -> reserved nano-dollars; sums to the record's `reserved_nanos`.
-    reservations: HashMap<String, i64>,
-    /// The last replay that reopened the batch.
-    replay: Option<String>,
-}
-
-impl Entry {
-    fn record_mut(&mut self, batch_id: &str) -> Result<&mut BatchRecord, QueueError> {
-        self.record
-            .as_mut()
-            .ok_or_else(|| QueueError::BatchNotFound(batch_id.to_string()))
-    }
-
-    /// Drops whatever job `job_id` holds; see `Ledger::reserve` for why a job's reservation
-    /// is always stale when it reserves again.
-    fn release(&mut self, job_id: &str) {
-        if let Some(old) = self.reservations.remove(job_id)
-            && let Some(record) = self.record.as_mut()
-        {
-            record.reserved_nanos -= old;
-        }
-    }
-
-    fn drop_reservations(&mut self) {
-        self.reservations = HashMap::new();
-        if let Some(record) = self.record.as_mut() {
-            record.reserved_nanos = 0;
-        }
-    }
-}
 
 #[derive(Default)]
 pub struct MemoryLedger {

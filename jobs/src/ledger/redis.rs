@@ -90,46 +90,14 @@ return {1, 0}
 "#;
 
 /// Moves a running batch to cancelling; returns the state it is in afterwards.
-const CANCEL_LUA: &str = r#"
-if redis.call('EXISTS', KEYS[1]) == 0 then return false end
-local state = redis.call('HGET', KEYS[1], 'state')
-if state == 'validating' and redis.call('HGET', KEYS[1], 'sealed') ~= '1' then
-  -- Still being submitted: nothing of it is visible to workers, so it ends now.
-  redis.call('HSET', KEYS[1], 'state', 'cancelled', 'completed_at', ARGV[1])
-  redis.call('HSETNX', KEYS[1], 'cancel_requested_at', ARGV[1])
-  redis.call('HDEL', KEYS[1], 'submit_lease_until_ms')
-  return 'cancelled'
-end
-if state == 'validating' or state == 'in_progress' or state == 'cancelling' then
-  redis.call('HSET', KEYS[1], 'state', 'cancelling')
-  redis.call('HSETNX', KEYS[1], 'cancel_requested_at', ARGV[1])
-  return 'cancelling'
-end
-return state
-"#;
+const CANCEL_LUA: &str = include_str!("redis/cancel.lua");
 
 /// Reopens a finished batch for a replay of `ARGV[1]` failed items, as replay `ARGV[2]`.
 /// Returns {1} when reopened, {0, state, replay} when the batch is not finished (a replay
 /// already runs), {-1} when it does not exist. Nothing is in flight for a finished batch, so
 /// any reservation left is a leak from a lost run. The completion window goes too: a replay is
 /// the operator's call, and a window that has passed would expire it.
-const REOPEN_LUA: &str = r#"
-if redis.call('EXISTS', KEYS[1]) == 0 then return {-1} end
-local state = redis.call('HGET', KEYS[1], 'state')
-if state ~= 'completed' and state ~= 'failed' and state ~= 'expired' and state ~= 'cancelled' then
-  return {0, state or '', redis.call('HGET', KEYS[1], 'replay_id') or ''}
-end
--- Floored at zero: a count that went negative would keep the batch from ever finishing.
-local failed = tonumber(redis.call('HGET', KEYS[1], 'failed') or '0') or 0
-local left = failed - tonumber(ARGV[1])
-if left < 0 then left = 0 end
-redis.call('HSET', KEYS[1], 'state', 'in_progress', 'failed', left,
-  'replay_id', ARGV[2], 'replay_started_at', ARGV[3])
-redis.call('HDEL', KEYS[1], 'finalizing_at', 'completed_at', 'cancel_requested_at',
-  'reserved_nanos', 'expires_at')
-redis.call('DEL', KEYS[2], KEYS[3], KEYS[4])
-return {1}
-"#;
+const REOPEN_LUA: &str = include_str!("redis/reopen.lua");
 
 #[derive(Clone)]
 pub struct RedisLedger {

@@ -29,14 +29,13 @@ impl RedisLedger {
         tenant: &str,
         created_at: u64,
     ) -> Result<(), QueueError> {
-        let mut conn = self.conn.clone();
-        redis::pipe()
-            .zadd(INDEX_KEY, id, created_at)
-            .ignore()
-            .zadd(keys::tenant_batches(tenant), id, created_at)
-            .ignore()
-            .query_async::<()>(&mut conn)
-            .await?;
+        let mut index = redis::cmd("ZADD");
+        index.arg(INDEX_KEY).arg(created_at).arg(id);
+        let mut own = redis::cmd("ZADD");
+        own.arg(keys::tenant_batches(tenant))
+            .arg(created_at)
+            .arg(id);
+        self.conn.query_each::<i64>(vec![index, own]).await?;
         Ok(())
     }
 
@@ -80,20 +79,19 @@ impl RedisLedger {
             return;
         };
         let tenant = tenant.unwrap_or_else(|| DEFAULT_TENANT.to_string());
-        let added: Result<(i64, i64), _> = redis::pipe()
-            .cmd("ZADD")
-            .arg(INDEX_KEY)
-            .arg("NX")
-            .arg(created_at)
-            .arg(id)
-            .cmd("ZADD")
-            .arg(keys::tenant_batches(&tenant))
-            .arg("NX")
-            .arg(created_at)
-            .arg(id)
-            .query_async(&mut conn)
+        let zadd_nx = |key: String| {
+            let mut c = redis::cmd("ZADD");
+            c.arg(key).arg("NX").arg(created_at).arg(id);
+            c
+        };
+        let added = self
+            .conn
+            .query_each::<i64>(vec![
+                zadd_nx(INDEX_KEY.to_string()),
+                zadd_nx(keys::tenant_batches(&tenant)),
+            ])
             .await;
-        if let Ok((1, _) | (_, 1)) = added {
+        if added.is_ok_and(|n| n.contains(&1)) {
             tracing::info!(
                 batch = id,
                 "put back the index entry of a batch that had lost it"

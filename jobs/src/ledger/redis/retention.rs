@@ -44,18 +44,20 @@ impl RedisLedger {
         if page.is_empty() {
             return Ok(Vec::new());
         }
-        let mut pipe = redis::pipe();
-        for (id, _) in &page {
-            pipe.cmd("HMGET")
-                .arg(keys::batch_record(id))
+        let reads = page.iter().map(|(id, _)| {
+            let mut c = redis::cmd("HMGET");
+            c.arg(keys::batch_record(id))
                 .arg("state")
                 .arg("completed_at")
                 .arg("storage_url")
                 .arg("tenant");
-        }
+            c
+        });
+        // One pipeline on a single server; per command on a cluster (the records sit in
+        // different slots).
         #[allow(clippy::type_complexity)]
         let fields: Vec<(Option<String>, Option<u64>, Option<String>, Option<String>)> =
-            pipe.query_async(&mut conn).await?;
+            self.conn.query_each(reads.collect()).await?;
         Ok(page
             .into_iter()
             .zip(fields)

@@ -55,15 +55,12 @@ impl RedisLedger {
                 .zrevrange_withscores(&key, start as isize, (start + want - 1) as isize)
                 .await?;
             start += ids.len();
-            let mut pipe = redis::pipe();
-            for (id, _) in &ids {
-                pipe.hgetall(record_key(id));
-            }
-            let maps: Vec<HashMap<String, String>> = if ids.is_empty() {
-                Vec::new()
-            } else {
-                pipe.query_async(&mut conn).await?
-            };
+            let reads = ids.iter().map(|(id, _)| {
+                let mut c = redis::cmd("HGETALL");
+                c.arg(record_key(id));
+                c
+            });
+            let maps: Vec<HashMap<String, String>> = self.conn.query_each(reads.collect()).await?;
             for ((id, created_at), map) in ids.iter().zip(maps) {
                 match parse_record(id, &map) {
                     // An id used again by another tenant's batch: not this tenant's any more.
@@ -143,34 +140,28 @@ impl RedisLedger {
         if entries.is_empty() {
             return Ok(());
         }
-        let mut conn = self.conn.clone();
-        let mut pipe = redis::pipe();
-        for (id, _) in entries {
-            pipe.cmd("HMGET")
-                .arg(record_key(id))
-                .arg("state")
-                .arg("tenant");
-        }
-        let owners: Vec<(Option<String>, Option<String>)> = pipe.query_async(&mut conn).await?;
-        let mut add = redis::pipe();
-        let mut any = false;
+        let reads = entries.iter().map(|(id, _)| {
+            let mut c = redis::cmd("HMGET");
+            c.arg(record_key(id)).arg("state").arg("tenant");
+            c
+        });
+        let owners: Vec<(Option<String>, Option<String>)> =
+            self.conn.query_each(reads.collect()).await?;
+        let mut adds = Vec::new();
         for ((id, score), (state, tenant)) in entries.iter().zip(owners) {
             // No record: a dangling entry `list` removes; nothing to index.
             if state.is_none() {
                 continue;
             }
             let tenant = tenant.unwrap_or_else(|| DEFAULT_TENANT.to_string());
-            add.cmd("ZADD")
-                .arg(keys::tenant_batches(&tenant))
+            let mut c = redis::cmd("ZADD");
+            c.arg(keys::tenant_batches(&tenant))
                 .arg("NX")
                 .arg(score.as_str())
-                .arg(id.as_str())
-                .ignore();
-            any = true;
+                .arg(id.as_str());
+            adds.push(c);
         }
-        if any {
-            add.query_async::<()>(&mut conn).await?;
-        }
+        self.conn.query_each::<i64>(adds).await?;
         Ok(())
     }
 
