@@ -122,8 +122,8 @@ async fn redis_memory_returns_to_its_empty_baseline_after_ten_thousand_batches()
     let full_mem = used_memory(&mut conn).await;
     assert_eq!(
         full_keys,
-        base_keys + 20_001,
-        "a record and a notification each, and the index"
+        base_keys + 20_002,
+        "a record and a notification each, the index and the tenant's index"
     );
     tokio::time::sleep(Duration::from_millis(1100)).await;
     // A collector killed part way: readers are fine, and the next one finishes the job.
