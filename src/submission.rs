@@ -80,7 +80,7 @@ fn check_request(app: &App, req: &SubmitRequest) -> Result<Placement, UsageError
     let placement = app
         .settings
         .tenants
-        .place(req.tenant.as_deref(), req.priority)
+        .place(req.tenant.as_deref(), req.priority, req.budget_usd)
         .map_err(UsageError)?;
     if let Some(b) = req.budget_usd
         && !(b.is_finite() && b >= 0.0)
@@ -283,6 +283,7 @@ pub async fn submit_selected(
             let record = BatchRecord {
                 tenant: placement.tenant.clone(),
                 priority: placement.priority,
+                budget_usd: placement.budget_usd,
                 ..record
             };
             app.ledger.create(&record).await?;
