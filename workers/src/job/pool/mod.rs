@@ -297,33 +297,10 @@ pub async fn run_pool(
             }
         }
     };
-    // Dropping the worker stops any job still holding its slot. Jobs that freed theirs wait
-    // for their segment (written within its max wait): they get what is left of the drain
-    // timeout, then are stopped too and left for reclaim.
+    // Dropping the worker stops any job still holding its slot.
     drop(run);
     let drain_until = drain_until.unwrap_or_else(|| Instant::now() + opts.drain_timeout);
-    tracker.close();
-    if tokio::time::timeout_at(drain_until, tracker.wait())
-        .await
-        .is_err()
-    {
-        tracing::warn!(
-            consumer = %opts.consumer,
-            remaining = tracker.len(),
-            "jobs waiting for their result segment did not end within the drain timeout; they are left for reclaim"
-        );
-    }
-    give_up.cancel();
-    if tokio::time::timeout(ABORT_GRACE, tracker.wait())
-        .await
-        .is_err()
-    {
-        tracing::warn!(
-            consumer = %opts.consumer,
-            remaining = tracker.len(),
-            "aborted handlers did not unwind in time"
-        );
-    }
+    wind_down(&tracker, &give_up, drain_until, &opts.consumer).await;
     stop_heartbeat.cancel();
     if let Some(beating) = beating {
         let _ = beating.await;
@@ -343,4 +320,36 @@ pub async fn run_pool(
     );
     outcome.map_err(|e| PoolError::Worker(e.to_string()))?;
     Ok(stats)
+}
+
+/// Jobs that freed their slot wait for their segment (written within its max wait): they get
+/// until `drain_until`, then are stopped too and left for reclaim.
+async fn wind_down(
+    tracker: &TaskTracker,
+    give_up: &CancellationToken,
+    drain_until: Instant,
+    consumer: &str,
+) {
+    tracker.close();
+    if tokio::time::timeout_at(drain_until, tracker.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            consumer,
+            remaining = tracker.len(),
+            "jobs waiting for their result segment did not end within the drain timeout; they are left for reclaim"
+        );
+    }
+    give_up.cancel();
+    if tokio::time::timeout(ABORT_GRACE, tracker.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            consumer,
+            remaining = tracker.len(),
+            "aborted handlers did not unwind in time"
+        );
+    }
 }
