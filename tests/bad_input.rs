@@ -19,6 +19,16 @@ fn run_on(body: &[u8], extra: &[&str]) -> (Option<i32>, String, usize, tempfile:
     (out.status.code(), text(&out.stderr), batches, dir)
 }
 
+/// The folder of the one batch `run_on` wrote.
+fn the_batch_dir(dir: &tempfile::TempDir) -> std::path::PathBuf {
+    std::fs::read_dir(dir.path().join("batchyard-data/batches"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path()
+}
+
 fn good(id: &str) -> String {
     request_line(id, "hello")
 }
@@ -177,12 +187,7 @@ fn skip_invalid_enqueues_good_lines_and_records_bad_ones() {
     let (code, stderr, batches, dir) = run_on(body.as_bytes(), &["--skip-invalid", "--json"]);
     assert_eq!(code, Some(0), "{stderr}");
     assert_eq!(batches, 1);
-    let batch_dir = std::fs::read_dir(dir.path().join("batchyard-data/batches"))
-        .unwrap()
-        .next()
-        .unwrap()
-        .unwrap()
-        .path();
+    let batch_dir = the_batch_dir(&dir);
     let ok = read_jsonl(&batch_dir.join("output.jsonl"));
     let errors = read_jsonl(&batch_dir.join("errors.jsonl"));
     assert_eq!(ok.len(), 2);
@@ -213,12 +218,7 @@ fn many_bad_lines_share_a_few_segments_and_each_is_reported_once() {
     let (code, stderr, batches, dir) = run_on(body.as_bytes(), &["--skip-invalid", "--json"]);
     assert_eq!(code, Some(0), "{stderr}");
     assert_eq!(batches, 1);
-    let batch_dir = std::fs::read_dir(dir.path().join("batchyard-data/batches"))
-        .unwrap()
-        .next()
-        .unwrap()
-        .unwrap()
-        .path();
+    let batch_dir = the_batch_dir(&dir);
     let invalid_segments = std::fs::read_dir(batch_dir.join("segments"))
         .unwrap()
         .filter(|e| {
@@ -251,12 +251,7 @@ fn a_bad_line_without_an_id_never_takes_a_real_items_id() {
     let body = format!("{}\n{{oops\n", good("line-2"));
     let (code, stderr, _, dir) = run_on(body.as_bytes(), &["--skip-invalid", "--json"]);
     assert_eq!(code, Some(0), "{stderr}");
-    let batch_dir = std::fs::read_dir(dir.path().join("batchyard-data/batches"))
-        .unwrap()
-        .next()
-        .unwrap()
-        .unwrap()
-        .path();
+    let batch_dir = the_batch_dir(&dir);
     let ok = read_jsonl(&batch_dir.join("output.jsonl"));
     let errors = read_jsonl(&batch_dir.join("errors.jsonl"));
     assert_eq!(exactly_once(&ok, &errors), 2);

@@ -11,9 +11,30 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use batchyard_jobs::queue::{Delivery, Queue, QueueOptions};
-use batchyard_workers::job::pool::{DeliveryHandler, HELD_PER_SLOT, Held, PoolStats, run_pool};
+use batchyard_workers::job::pool::{
+    DeliveryHandler, HELD_PER_SLOT, Held, PoolOptions, PoolStats, run_pool,
+};
 use support::pool::{RecordingHandler, TestQueue, jobs, options, run_bounded};
 use tokio_util::sync::CancellationToken;
+
+/// Runs a pool in a task; cancel it with the token.
+fn spawn_pool(
+    queue: Arc<TestQueue>,
+    handler: Arc<dyn DeliveryHandler>,
+    opts: PoolOptions,
+) -> (tokio::task::JoinHandle<PoolStats>, CancellationToken) {
+    let cancel = CancellationToken::new();
+    let pool = tokio::spawn(run_bounded(queue, handler, opts, cancel.clone()));
+    (pool, cancel)
+}
+
+/// Waits (5 s at most) until `counter` reaches `n`.
+async fn wait_for(counter: &AtomicUsize, n: usize) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while counter.load(Ordering::SeqCst) < n && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn handles_every_job_exactly_once_within_concurrency() {
@@ -97,18 +118,9 @@ async fn cancel_drains_in_flight_jobs() {
     let handler = RecordingHandler::new(queue.clone(), Duration::from_millis(200));
     let mut opts = options(4);
     opts.exit_when_idle = None;
-    let cancel = CancellationToken::new();
-    let pool = tokio::spawn(run_bounded(
-        queue.clone(),
-        handler.clone(),
-        opts,
-        cancel.clone(),
-    ));
+    let (pool, cancel) = spawn_pool(queue.clone(), handler.clone(), opts);
 
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while handler.started.load(Ordering::SeqCst) < 3 && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    wait_for(&handler.started, 3).await;
     assert_eq!(handler.started.load(Ordering::SeqCst), 3);
     // More work arrives, but cancel comes first: it is not claimed.
     let t0 = Instant::now();
@@ -134,17 +146,8 @@ async fn cancel_gives_up_on_jobs_after_the_drain_timeout() {
     let mut opts = options(4);
     opts.exit_when_idle = None;
     opts.drain_timeout = Duration::from_millis(100);
-    let cancel = CancellationToken::new();
-    let pool = tokio::spawn(run_bounded(
-        queue.clone(),
-        handler.clone(),
-        opts,
-        cancel.clone(),
-    ));
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while handler.started.load(Ordering::SeqCst) < 2 && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    let (pool, cancel) = spawn_pool(queue.clone(), handler.clone(), opts);
+    wait_for(&handler.started, 2).await;
     let t0 = Instant::now();
     cancel.cancel();
     let stats = match pool.await {
@@ -260,7 +263,7 @@ async fn jobs_that_free_their_slot_keep_their_claims_and_finish() {
         visibility_timeout: Duration::from_millis(250),
         ..QueueOptions::default()
     };
-    let releasing = |queue: Arc<support::pool::TestQueue>| {
+    let releasing = |queue: Arc<TestQueue>| {
         Arc::new(Releasing {
             queue,
             wait: Duration::from_millis(1000),
@@ -300,17 +303,8 @@ async fn jobs_that_free_their_slot_keep_their_claims_and_finish() {
     let queue = TestQueue::with_options(jobs(6), short).await;
     let handler = releasing(queue.clone());
     opts.exit_when_idle = None;
-    let cancel = CancellationToken::new();
-    let pool = tokio::spawn(run_bounded(
-        queue.clone(),
-        handler.clone(),
-        opts,
-        cancel.clone(),
-    ));
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while handler.held.load(Ordering::SeqCst) < 6 && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    let (pool, cancel) = spawn_pool(queue.clone(), handler.clone(), opts);
+    wait_for(&handler.held, 6).await;
     cancel.cancel();
     let stats = pool.await.unwrap();
     assert_eq!(stats.handled, 6);
