@@ -92,6 +92,24 @@ pub enum Command {
     /// Remove what [retention] says is old enough: ended batches, uploads, cache entries
     #[command(after_help = ENVIRONMENT)]
     Gc(GcArgs),
+    /// Batches, items and spend per tenant over a period, for chargeback
+    #[command(after_help = ENVIRONMENT)]
+    Usage(UsageArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct UsageArgs {
+    /// Start of the period: a span back from now (30d, 12h), a date (2026-11-01, UTC) or an RFC 3339 time [default: 30d]
+    #[arg(long, value_name = "WHEN")]
+    pub since: Option<String>,
+    /// End of the period, excluded; the same forms as --since [default: now]
+    #[arg(long, value_name = "WHEN")]
+    pub until: Option<String>,
+    /// Only this tenant's batches
+    #[arg(long, value_name = "NAME")]
+    pub tenant: Option<String>,
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]

@@ -15,6 +15,7 @@
 //! - [`api`]: the HTTP API of `serve` (OpenAI Batch API, native `/api/*`, dashboard).
 //! - [`scheduler`]: cron pipelines: claims, only-new listing, run history.
 //! - [`gc`]: retention: removing ended batches, uploads and cache entries once old enough.
+//! - [`usage`]: batches, items and spend per tenant over a period (chargeback).
 //! - [`metrics_http`]: the Prometheus recorder and its `GET /metrics` endpoint.
 //! - [`telemetry`]: logs, plain or JSON, and a quiet exit on a closed stdout.
 
@@ -35,6 +36,7 @@ mod scheduler;
 mod share_view;
 mod submission;
 mod telemetry;
+mod usage;
 
 use std::collections::BTreeMap;
 use std::process::ExitCode;
@@ -91,5 +93,6 @@ async fn dispatch(cli: &Cli, env: &BTreeMap<String, String>) -> anyhow::Result<(
         Command::Scheduler(args) => commands::scheduler::scheduler(config, args, env).await,
         Command::Pipelines(args) => commands::pipelines::pipelines(config, args, env).await,
         Command::Gc(args) => commands::gc::gc(config, args, env).await,
+        Command::Usage(args) => commands::usage::usage(config, args, env).await,
     }
 }

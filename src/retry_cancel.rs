@@ -118,12 +118,21 @@ pub async fn retry(app: &App, batch_id: &str, filter: &RetryFilter) -> anyhow::R
         });
     }
     // Checked before the batch is reopened, applied after: a refused replay changes nothing.
+    // A tenant's `max_budget_usd` bounds what one replay may spend, as it bounds a batch.
+    let cap = (app.settings.tenants.get(&record.tenant)).and_then(|t| t.max_budget_usd);
     let new_budget = match (filter.budget_usd, record.budget_usd) {
         (Some(more), _) => {
             if !more.is_finite() || more <= 0.0 {
                 return Err(
                     UsageError(format!("--budget-usd must be more than 0, not {more}")).into(),
                 );
+            }
+            if let Some(cap) = cap.filter(|cap| more > *cap) {
+                return Err(UsageError(format!(
+                    "--budget-usd {more} is above tenant {:?}'s max_budget_usd; pass at most {cap}",
+                    record.tenant
+                ))
+                .into());
             }
             Some(record.cost_usd() + more)
         }
@@ -136,7 +145,8 @@ pub async fn retry(app: &App, batch_id: &str, filter: &RetryFilter) -> anyhow::R
             ))
             .into());
         }
-        (None, _) => None,
+        (None, None) => cap.map(|cap| record.cost_usd() + cap),
+        (None, Some(_)) => None,
     };
     let replay_id = new_replay_id();
     // Pass 2: stage the jobs under this replay's own id, invisible to workers, so a replay

@@ -7,11 +7,13 @@
 
 //!
 //! - [`request`]: what a submit is asked for ([`SubmitRequest`]) and answers ([`Submitted`]).
-//! - [`items`]: each read item checked into a job or a bad line, bad lines written as
-//!   outcomes, and the [`Scanner`] that `estimate` and `route` read inputs with.
+//! - [`items`]: each read item checked into a job or a bad line, and the [`Scanner`] that
+//!   `estimate` and `route` read inputs with.
+//! - [`invalid`]: bad lines written as `invalid_input` outcomes, a segment per 1,000 items.
 //! - [`record`]: the batch record a submit writes first, resumes, and the store probe.
 //! - [`stage`]: jobs staged chunk by chunk under the submit lease, and the seal.
 
+mod invalid;
 mod items;
 mod record;
 mod request;
@@ -26,8 +28,9 @@ use batchyard_jobs::queue::FairClass;
 use batchyard_jobs::staging::{self, Lease};
 use sha2::{Digest, Sha256};
 
+use self::invalid::InvalidLines;
 pub use self::items::Scanner;
-use self::items::{Builder, Checked, check_task, open, record_invalid, selected};
+use self::items::{Builder, Checked, check_task, open, selected};
 use self::record::{new_record, probe_store, resume_record, taken_error};
 pub use self::request::{SubmitRequest, Submitted};
 use self::stage::Sealed;
@@ -80,7 +83,7 @@ fn check_request(app: &App, req: &SubmitRequest) -> Result<Placement, UsageError
     let placement = app
         .settings
         .tenants
-        .place(req.tenant.as_deref(), req.priority)
+        .place(req.tenant.as_deref(), req.priority, req.budget_usd)
         .map_err(UsageError)?;
     if let Some(b) = req.budget_usd
         && !(b.is_finite() && b >= 0.0)
@@ -186,6 +189,7 @@ async fn stage_all(
     let (mut seq, mut chunk_no) = (0u64, 0u64);
     let mut staged = 0u64;
     let mut taken_from_us = false;
+    let mut invalid = InvalidLines::default();
     while let Some(read) = reader.next().await {
         if !selected(&read, keep) {
             continue;
@@ -196,7 +200,8 @@ async fn stage_all(
         {
             Checked::Job(job) => chunk.push(job),
             Checked::Bad(e) => {
-                record_invalid(app, batch_id, seq, &e, &mut taken)
+                invalid
+                    .add(app, batch_id, seq, &e, &mut taken)
                     .await
                     .map_err(|e| interrupt.at(staged, false, format!("{e:#}")))?;
             }
@@ -226,6 +231,10 @@ async fn stage_all(
     if taken_from_us {
         return Err(taken_error(app, batch_id).await);
     }
+    invalid
+        .flush(app, batch_id)
+        .await
+        .map_err(|e| interrupt.at(staged, false, format!("{e:#}")))?;
     match stage::seal(app.ledger.as_ref(), lease).await {
         Ok(Sealed::Yes) => {}
         Ok(Sealed::Not(BatchState::Cancelled)) => {
@@ -283,6 +292,7 @@ pub async fn submit_selected(
             let record = BatchRecord {
                 tenant: placement.tenant.clone(),
                 priority: placement.priority,
+                budget_usd: placement.budget_usd,
                 ..record
             };
             app.ledger.create(&record).await?;

@@ -214,6 +214,60 @@ fn a_tenants_token_sees_only_its_own_batches_and_files() {
         "{all_names:?}"
     );
 
+    // Usage for chargeback: a tenant sees its own line, the operator both, with items and spend.
+    let usage = |token: &str, query: &str| ok_json(as_tenant(&s, token, "GET", query, &[]));
+    let mine = usage(TEAM_B, "/api/usage?tenant=team-a");
+    assert_eq!(mine["tenants"].as_array().map(Vec::len), Some(0), "{mine}");
+    let mine = usage(TEAM_B, "/api/usage");
+    assert_eq!(mine["tenants"][0]["tenant"], "team-b", "{mine}");
+    assert_eq!(mine["tenants"].as_array().map(Vec::len), Some(1), "{mine}");
+    assert_eq!(
+        (&mine["total"]["batches"], &mine["total"]["items"]),
+        (&1.into(), &2.into()),
+        "{mine}"
+    );
+    let all_usage = usage(ROOT, "/api/usage?since=1h");
+    let items: Vec<(String, u64)> = all_usage["tenants"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| {
+            (
+                t["tenant"].as_str().unwrap().to_string(),
+                t["completed"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert!(
+        items.contains(&("team-a".into(), 3)) && items.contains(&("team-b".into(), 2)),
+        "{all_usage}"
+    );
+    // The spend is the batches' own, summed.
+    let cost = |id: &str| {
+        ok_json(as_tenant(
+            &s,
+            ROOT,
+            "GET",
+            &format!("/v1/batches/{id}"),
+            &[],
+        ))["cost_usd"]
+            .as_f64()
+            .unwrap()
+    };
+    let spent = all_usage["total"]["spent_usd"].as_f64().unwrap();
+    assert!(spent > 0.0, "{all_usage}");
+    assert!(
+        (spent - cost(&batch_a) - cost(&batch_b)).abs() < 1e-6,
+        "{all_usage}"
+    );
+    let e = expect_error(
+        as_tenant(&s, ROOT, "GET", "/api/usage?since=yesterday", &[]),
+        400,
+    );
+    assert_eq!(e["param"], "since", "{e}");
+    let none = usage(ROOT, "/api/usage?since=2020-01-01&until=2020-02-01");
+    assert_eq!(none["total"]["batches"], 0, "{none}");
+
     // The operator reads and acts on any tenant's: here, team A's output.
     let (code, body) = as_tenant(
         &s,

@@ -19,6 +19,16 @@ fn run_on(body: &[u8], extra: &[&str]) -> (Option<i32>, String, usize, tempfile:
     (out.status.code(), text(&out.stderr), batches, dir)
 }
 
+/// The folder of the one batch `run_on` wrote.
+fn the_batch_dir(dir: &tempfile::TempDir) -> std::path::PathBuf {
+    std::fs::read_dir(dir.path().join("batchyard-data/batches"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path()
+}
+
 fn good(id: &str) -> String {
     request_line(id, "hello")
 }
@@ -177,12 +187,7 @@ fn skip_invalid_enqueues_good_lines_and_records_bad_ones() {
     let (code, stderr, batches, dir) = run_on(body.as_bytes(), &["--skip-invalid", "--json"]);
     assert_eq!(code, Some(0), "{stderr}");
     assert_eq!(batches, 1);
-    let batch_dir = std::fs::read_dir(dir.path().join("batchyard-data/batches"))
-        .unwrap()
-        .next()
-        .unwrap()
-        .unwrap()
-        .path();
+    let batch_dir = the_batch_dir(&dir);
     let ok = read_jsonl(&batch_dir.join("output.jsonl"));
     let errors = read_jsonl(&batch_dir.join("errors.jsonl"));
     assert_eq!(ok.len(), 2);
@@ -200,18 +205,53 @@ fn skip_invalid_enqueues_good_lines_and_records_bad_ones() {
     assert_eq!(dup["custom_id"], "a");
 }
 
+/// 2,250 bad lines among 250 good ones: the bad lines are written a window of 1,000 item
+/// numbers per segment (not one segment each), and each is reported once with its line.
+#[test]
+fn many_bad_lines_share_a_few_segments_and_each_is_reported_once() {
+    let body: String = (1..=2500u64)
+        .map(|n| match n % 10 {
+            0 => good(&format!("ok-{n}")) + "\n",
+            _ => "{oops\n".to_owned(),
+        })
+        .collect();
+    let (code, stderr, batches, dir) = run_on(body.as_bytes(), &["--skip-invalid", "--json"]);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert_eq!(batches, 1);
+    let batch_dir = the_batch_dir(&dir);
+    let invalid_segments = std::fs::read_dir(batch_dir.join("segments"))
+        .unwrap()
+        .filter(|e| {
+            let name = e.as_ref().unwrap().file_name();
+            name.to_string_lossy().starts_with("invalid-")
+        })
+        .count();
+    assert_eq!(invalid_segments, 3, "one segment per 1,000 item numbers");
+    let ok = read_jsonl(&batch_dir.join("output.jsonl"));
+    let errors = read_jsonl(&batch_dir.join("errors.jsonl"));
+    assert_eq!(exactly_once(&ok, &errors), 2500);
+    assert_eq!(ok.len(), 250);
+    let mut lines: Vec<u64> = errors
+        .iter()
+        .map(|e| {
+            assert_eq!(e["error"]["code"], "invalid_input");
+            let line = e["batchyard"]["line"].as_u64().unwrap();
+            assert_eq!(e["custom_id"], format!("line-{line}"));
+            line
+        })
+        .collect();
+    lines.sort_unstable();
+    let want: Vec<u64> = (1..=2500).filter(|n| n % 10 != 0).collect();
+    assert_eq!(lines, want);
+}
+
 #[test]
 fn a_bad_line_without_an_id_never_takes_a_real_items_id() {
     // Line 2 has no readable id; an item is already called `line-2`.
     let body = format!("{}\n{{oops\n", good("line-2"));
     let (code, stderr, _, dir) = run_on(body.as_bytes(), &["--skip-invalid", "--json"]);
     assert_eq!(code, Some(0), "{stderr}");
-    let batch_dir = std::fs::read_dir(dir.path().join("batchyard-data/batches"))
-        .unwrap()
-        .next()
-        .unwrap()
-        .unwrap()
-        .path();
+    let batch_dir = the_batch_dir(&dir);
     let ok = read_jsonl(&batch_dir.join("output.jsonl"));
     let errors = read_jsonl(&batch_dir.join("errors.jsonl"));
     assert_eq!(exactly_once(&ok, &errors), 2);

@@ -139,3 +139,82 @@ fn a_budget_holds_for_requests_asking_for_many_choices() {
         assert_eq!(body["usage"]["completion_tokens"], 800, "{line}");
     }
 }
+
+/// A tenant's `max_budget_usd`: a batch without a budget gets it, a larger one is lowered
+/// to it (stderr says so), the workers stop spending at it, and a replay may not ask for more.
+#[test]
+fn a_tenants_max_budget_bounds_its_batches_and_replays() {
+    let Some(cluster) = Cluster::start_opts(
+        "budget-tenant",
+        &["--latency-ms", "20"],
+        Options {
+            extra_toml: "[tenants.capped]\nmax_budget_usd = 0.0002\n".into(),
+            ..Options::default()
+        },
+    ) else {
+        return;
+    };
+    let body: String = (0..40)
+        .map(|i| format!("{{\"id\":\"c-{i}\",\"text\":\"capped item {i}\"}}\n"))
+        .collect();
+    let input = write_file(cluster.dir.path(), "docs.jsonl", body.as_bytes());
+    let input = input.to_str().unwrap();
+    let out = run(cluster.cmd().args([
+        "submit",
+        input,
+        "--task",
+        "summarize",
+        "--tenant",
+        "capped",
+        "--json",
+    ]));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("no budget given"),
+        "{}",
+        text(&out.stderr)
+    );
+    let batch = last_json(&out);
+    assert_eq!(batch["budget_usd"], 0.0002, "{batch}");
+    let id = batch["id"].as_str().unwrap().to_string();
+    let out = run(cluster.cmd().args([
+        "submit",
+        input,
+        "--task",
+        "summarize",
+        "--tenant",
+        "capped",
+        "--budget-usd",
+        "5",
+        "--json",
+    ]));
+    assert!(
+        text(&out.stderr).contains("budget $5 is above"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert_eq!(last_json(&out)["budget_usd"], 0.0002);
+    let other = last_json(&out)["id"].as_str().unwrap().to_string();
+    run(cluster.cmd().args(["cancel", &other]));
+
+    let mut worker = cluster.spawn_worker(&["--concurrency", "4", "--exit-when-idle", "2"]);
+    let done = cluster.wait_terminal(&id, Duration::from_secs(90));
+    assert!(wait_exit(&mut worker, Duration::from_secs(30)).success());
+    assert_eq!(done["budget_exhausted"], true, "{done}");
+    assert!(
+        done["cost_usd"].as_f64().unwrap() <= 0.0002 + 1e-12,
+        "{done}"
+    );
+
+    let out = run(cluster.cmd().args(["retry", &id, "--budget-usd", "1"]));
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("max_budget_usd") && stderr.contains("0.0002"),
+        "{stderr}"
+    );
+    let out = run(cluster
+        .cmd()
+        .args(["retry", &id, "--budget-usd", "0.0002", "--json"]));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+}

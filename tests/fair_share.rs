@@ -142,4 +142,42 @@ fn tenants_share_the_workers_by_weight_and_status_shows_it() {
         assert_eq!(cluster.results(id, false).len(), 160, "each item once");
     }
     assert!(wait_exit(&mut worker, Duration::from_secs(30)).success());
+
+    // Chargeback: each tenant's items and spend, the sum of its batches'.
+    let usage = last_json(&run(cluster
+        .cmd()
+        .args(["usage", "--json", "--since", "1h"])));
+    for (name, id) in [("heavy", &heavy_id), ("light", &light_id)] {
+        let line = usage["tenants"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["tenant"] == name)
+            .unwrap_or_else(|| panic!("no {name}: {usage}"));
+        assert_eq!(
+            (&line["batches"], &line["completed"]),
+            (&1.into(), &160.into()),
+            "{usage}"
+        );
+        let status = last_json(&run(cluster.cmd().args(["status", id, "--json"])));
+        let cost = status["cost_usd"].as_f64().unwrap();
+        assert!(cost > 0.0, "{status}");
+        assert!(
+            (line["spent_usd"].as_f64().unwrap() - cost).abs() < 1e-6,
+            "{usage} vs {status}"
+        );
+    }
+    let out = run(cluster.cmd().args(["usage", "--tenant", "light"]));
+    let table = text(&out.stdout);
+    assert!(
+        table.contains("light") && !table.contains("heavy"),
+        "{table}"
+    );
+    let out = run(cluster.cmd().args(["usage", "--since", "last tuesday"]));
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("--since"),
+        "{}",
+        text(&out.stderr)
+    );
 }

@@ -135,8 +135,11 @@ fn redis_at_maxmemory_stops_claims_and_every_call_is_counted() {
     let cut = requests(&cluster);
     std::thread::sleep(Duration::from_secs(8));
     let during = requests(&cluster);
+    // In flight at the cut, one claim's worth, and one more claim by slots whose jobs were
+    // waiting for their segment (not yet refused a settle) when Redis began refusing; claims
+    // themselves fail at maxmemory soon after.
     assert!(
-        during <= cut + 2 * concurrency,
+        during <= cut + 3 * concurrency,
         "the worker kept calling while nothing could be settled: {cut} -> {during}"
     );
     assert!(

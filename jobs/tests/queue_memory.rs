@@ -143,6 +143,15 @@ async fn unacked_jobs_are_reclaimed_and_poison_is_visible() {
     assert!(second.iter().all(|d| d.deliveries == 2));
     let third = q.claim("rescuer", 2, Duration::from_secs(1)).await.unwrap();
     assert!(third.iter().all(|d| d.reclaims() == 2));
+    // A heartbeat for the first delivery hears it was taken; one for a delivery acked just
+    // before it looked hears nothing (done, not lost).
+    let held: Vec<_> = first.iter().map(|d| (d.handle.clone(), 1)).collect();
+    assert_eq!(q.extend("dies", &held).await.unwrap().len(), 2);
+    q.enqueue_chunk("b", 1, &jobs("b", 2..3, 1)).await.unwrap();
+    let done = q.claim("w", 1, SHORT).await.unwrap();
+    q.ack(&done[0]).await.unwrap();
+    let acked = [(done[0].handle.clone(), done[0].deliveries)];
+    assert!(q.extend("w", &acked).await.unwrap().is_empty());
     for d in &third {
         q.dead_letter(d, "worker_lost", "reclaimed twice")
             .await

@@ -35,7 +35,7 @@ SMOKE = {"e2e_jobs": 2_000, "submit_lines": 10_000, "pairs": 1, "step_timeout": 
 
 TARGETS = {
     "B1": ">= 10,000 jobs/s",
-    "B1r": ">= 0.8",
+    "B1r": ">= 0.3",
     "B3t": "<= 20 s",
     "B3m": "<= 150 MiB",
     "B4m": "<= 100 MiB",

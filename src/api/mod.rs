@@ -11,6 +11,7 @@
 //! - [`pipeline_routes`]: `/api/pipelines`, scheduled pipelines, their runs, and run-now.
 //! - [`state`]: [`ApiState`], what every handler shares.
 //! - [`tenancy`]: which batches a caller's tenant may see (its own; `default` sees all).
+//! - [`usage`]: `GET /api/usage`, batches, items and spend per tenant over a period.
 //! - [`limits`] and [`listen`]: body and header timeouts, early 413s, a bound on connections.
 //!
 //! [`router`] builds the whole tree. Other faces (metrics, dashboard, native API) can be
@@ -30,6 +31,7 @@ pub mod native;
 pub mod pipeline_routes;
 pub mod state;
 pub mod tenancy;
+pub mod usage;
 
 use std::time::Duration;
 
@@ -81,6 +83,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/batches/{id}", get(native::batch))
         .route("/api/batches/{id}/retry", post(batch_retry::retry_batch))
         .route("/api/models", get(native::models))
+        .route("/api/usage", get(usage::usage))
         .route("/api/pipelines", get(pipeline_routes::list))
         .route("/api/pipelines/{name}/runs", get(pipeline_routes::runs))
         .route("/api/pipelines/{name}/run", post(pipeline_routes::run_now))

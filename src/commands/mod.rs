@@ -16,6 +16,7 @@
 //! - [`scheduler`]: `scheduler`, fire the pipelines on their schedules.
 //! - [`pipelines`]: `pipelines list|run|history`.
 //! - [`gc`]: `gc`, retention's passes run now (or `--dry-run`).
+//! - [`usage`]: `usage`, batches, items and spend per tenant over a period.
 
 pub mod batch_ops;
 pub mod check;
@@ -30,6 +31,7 @@ pub mod scheduler;
 pub mod serve;
 pub mod status;
 pub mod submit;
+pub mod usage;
 pub mod watch;
 pub mod worker;
 

@@ -276,7 +276,7 @@ pub(super) fn pipelines(
     for (name, p) in &raw.pipelines {
         let built = pipeline_spec::build(name, p, task_keys)?;
         tenants
-            .place(built.tenant.as_deref(), built.priority)
+            .place(built.tenant.as_deref(), built.priority, built.budget_usd)
             .map_err(|why| (format!("pipelines.{name}.tenant"), why))?;
         pipelines.insert(name.clone(), built);
     }

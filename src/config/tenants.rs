@@ -21,9 +21,11 @@ pub struct RawTenant {
     pub max_priority: Option<toml::Value>,
     /// The environment variable holding this tenant's API tokens, comma-separated.
     pub tokens_env: Option<String>,
+    /// The most one batch of this tenant may spend, USD.
+    pub max_budget_usd: Option<f64>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Tenant {
     pub name: String,
     /// Its share of the workers against other tenants with work.
@@ -32,10 +34,13 @@ pub struct Tenant {
     pub max_priority: Priority,
     /// The variable holding its API tokens (the name only; read where tokens are wired).
     pub tokens_env: Option<String>,
+    /// The most one batch may spend: a batch without a budget gets this one, a larger one is
+    /// lowered to it.
+    pub max_budget_usd: Option<f64>,
 }
 
 /// Every tenant, by name; `default` included.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Tenants {
     by_name: BTreeMap<String, Tenant>,
 }
@@ -54,28 +59,48 @@ fn default_tenant() -> Tenant {
         weight: 1,
         max_priority: Priority::HIGHEST,
         tokens_env: None,
+        max_budget_usd: None,
     }
 }
 
-/// What a batch runs as: its tenant's name and weight, and the priority it gets.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// What a batch runs as: its tenant's name and weight, the priority it gets and its budget.
+#[derive(Debug, Clone, PartialEq)]
 pub struct Placement {
     pub tenant: String,
     pub weight: u32,
     pub priority: Priority,
     /// The priority asked for, when it was above the tenant's allowance and was lowered.
     pub capped_from: Option<Priority>,
+    /// The batch's budget: the one asked for, or the tenant's `max_budget_usd` when none was
+    /// asked for or a larger one was.
+    pub budget_usd: Option<f64>,
+    /// The budget asked for when the tenant's cap replaced it (`Some(None)`: none was asked).
+    pub budget_from: Option<Option<f64>>,
 }
 
 impl Placement {
-    /// The line a CLI prints to stderr when the priority was lowered.
+    /// The lines a CLI prints to stderr when the priority or the budget was lowered.
     pub fn cap_notice(&self) -> Option<String> {
-        self.capped_from.map(|asked| {
-            format!(
+        let mut notes = Vec::new();
+        if let Some(asked) = self.capped_from {
+            notes.push(format!(
                 "priority {asked} is above tenant {:?}'s max_priority; the batch runs at {}",
                 self.tenant, self.priority
-            )
-        })
+            ));
+        }
+        if let (Some(asked), Some(cap)) = (self.budget_from, self.budget_usd) {
+            notes.push(match asked {
+                Some(asked) => format!(
+                    "budget ${asked} is above tenant {:?}'s max_budget_usd; the batch may spend ${cap}",
+                    self.tenant
+                ),
+                None => format!(
+                    "no budget given: tenant {:?}'s max_budget_usd applies, the batch may spend ${cap}",
+                    self.tenant
+                ),
+            });
+        }
+        (!notes.is_empty()).then(|| notes.join("\n"))
     }
 }
 
@@ -90,12 +115,14 @@ impl Tenants {
     }
 
     /// Where a batch of `tenant` (default: `default`) asking for `priority` (default:
-    /// `normal`) runs. An unknown tenant is refused; a priority above the tenant's
-    /// `max_priority` is capped to it (see [`Placement::capped_from`]).
+    /// `normal`) and `budget_usd` runs. An unknown tenant is refused; a priority above the
+    /// tenant's `max_priority` is capped to it (see [`Placement::capped_from`]), and so is a
+    /// budget above its `max_budget_usd` or a missing one.
     pub fn place(
         &self,
         tenant: Option<&str>,
         priority: Option<Priority>,
+        budget_usd: Option<f64>,
     ) -> Result<Placement, String> {
         let name = tenant.unwrap_or(DEFAULT_TENANT);
         let Some(t) = self.get(name) else {
@@ -111,11 +138,18 @@ impl Tenants {
         } else {
             (asked, None)
         };
+        let (budget_usd, budget_from) = match (budget_usd, t.max_budget_usd) {
+            (Some(asked), Some(cap)) if asked > cap => (Some(cap), Some(Some(asked))),
+            (None, Some(cap)) => (Some(cap), Some(None)),
+            (asked, _) => (asked, None),
+        };
         Ok(Placement {
             tenant: t.name.clone(),
             weight: t.weight,
             priority,
             capped_from,
+            budget_usd,
+            budget_from,
         })
     }
 }
@@ -143,6 +177,14 @@ pub(super) fn tenants(raw: &BTreeMap<String, RawTenant>) -> Result<Tenants, Bad>
         if let Some(var) = &t.tokens_env {
             check_env_name(var).map_err(|why| (key("tokens_env"), why))?;
         }
+        if let Some(cap) = t.max_budget_usd
+            && !(cap.is_finite() && cap > 0.0)
+        {
+            return Err((
+                key("max_budget_usd"),
+                format!("must be a number of USD above 0, not {cap}"),
+            ));
+        }
         out.by_name.insert(
             name.clone(),
             Tenant {
@@ -150,6 +192,7 @@ pub(super) fn tenants(raw: &BTreeMap<String, RawTenant>) -> Result<Tenants, Bad>
                 weight,
                 max_priority,
                 tokens_env: t.tokens_env.clone(),
+                max_budget_usd: t.max_budget_usd,
             },
         );
     }
@@ -217,34 +260,58 @@ mod tests {
             t.get("team-a").map(|t| (t.weight, t.max_priority)),
             Some((3, Priority::NORMAL))
         );
-        let p = t.place(Some("team-a"), Some(Priority::HIGH)).unwrap();
+        let p = t.place(Some("team-a"), Some(Priority::HIGH), None).unwrap();
         assert_eq!(
             (p.priority, p.capped_from),
             (Priority::NORMAL, Some(Priority::HIGH))
         );
         assert!(p.cap_notice().unwrap().contains("team-a"));
-        let p = t.place(Some("ops"), Some(Priority::HIGH)).unwrap();
+        let p = t.place(Some("ops"), Some(Priority::HIGH), None).unwrap();
         assert_eq!((p.priority, p.capped_from), (Priority::HIGH, None));
         assert_eq!(
-            t.place(None, Some(Priority::HIGH))
+            t.place(None, Some(Priority::HIGH), None)
                 .unwrap()
                 .priority
                 .value(),
             5
         );
-        let unknown = t.place(Some("nobody"), None).unwrap_err();
+        let unknown = t.place(Some("nobody"), None, None).unwrap_err();
         assert!(
             unknown.contains("\"nobody\"") && unknown.contains("team-a"),
             "{unknown}"
         );
         // Unconfigured, `default` may use any priority.
         let p = Tenants::default()
-            .place(None, Some(Priority::HIGH))
+            .place(None, Some(Priority::HIGH), Some(5.0))
             .unwrap();
+        assert_eq!((p.budget_usd, p.budget_from), (Some(5.0), None));
         assert_eq!(
             (p.tenant.as_str(), p.priority, p.weight),
             ("default", Priority::HIGH, 1)
         );
+    }
+
+    #[test]
+    fn a_tenants_budget_cap_fills_in_and_lowers_budgets() {
+        let t = parse("[team-a]\nmax_budget_usd = 50\n").unwrap();
+        let p = t.place(Some("team-a"), None, None).unwrap();
+        assert_eq!((p.budget_usd, p.budget_from), (Some(50.0), Some(None)));
+        assert!(p.cap_notice().unwrap().contains("no budget given"));
+        let p = t.place(Some("team-a"), None, Some(80.0)).unwrap();
+        assert_eq!(
+            (p.budget_usd, p.budget_from),
+            (Some(50.0), Some(Some(80.0)))
+        );
+        let note = p.cap_notice().unwrap();
+        assert!(note.contains("$80") && note.contains("$50"), "{note}");
+        let p = t.place(Some("team-a"), None, Some(20.0)).unwrap();
+        assert_eq!(
+            (p.budget_usd, p.budget_from, p.cap_notice()),
+            (Some(20.0), None, None)
+        );
+        // No cap: whatever was asked, none included.
+        let p = t.place(None, None, None).unwrap();
+        assert_eq!((p.budget_usd, p.cap_notice()), (None, None));
     }
 
     #[test]
@@ -255,6 +322,8 @@ mod tests {
             ("[a]\nmax_priority = 1000\n", "tenants.a.max_priority"),
             ("[a]\nmax_priority = 1.5\n", "tenants.a.max_priority"),
             ("[a]\ntokens_env = \"NOT-A-VAR\"\n", "tenants.a.tokens_env"),
+            ("[a]\nmax_budget_usd = 0\n", "tenants.a.max_budget_usd"),
+            ("[a]\nmax_budget_usd = -3.5\n", "tenants.a.max_budget_usd"),
             ("[\"a b\"]\nweight = 1\n", "tenants.a b"),
         ] {
             assert_eq!(parse(text).map(|_| ()).unwrap_err().0, key, "{text}");

@@ -1,6 +1,6 @@
 //! An input's items as jobs: each read item checked (ids unique, documents rendered with the
-//! task) into a job or a bad line, and a bad line written as its own `invalid_input` outcome.
-//! [`Scanner`] reads them without enqueueing, for `estimate` and `route`.
+//! task) into a job or a bad line (written by [`super::invalid`]). [`Scanner`] reads them
+//! without enqueueing, for `estimate` and `route`.
 
 use std::collections::BTreeSet;
 
@@ -8,7 +8,6 @@ use batchyard_jobs::input::{
     DuplicateCheck, InputError, InputOptions, InputReader, InputSource, Item,
 };
 use batchyard_jobs::job::{Job, Route, job_id_for};
-use batchyard_jobs::outcome::{Extension, OutputLine, codes};
 
 use super::request::SubmitRequest;
 use crate::app::App;
@@ -160,59 +159,4 @@ pub(super) fn selected(read: &Result<Item, InputError>, keep: Option<&BTreeSet<S
         Err(e) if e.fatal => true,
         Err(e) => e.custom_id.as_ref().is_some_and(|id| keep.contains(id)),
     }
-}
-
-/// Writes a bad line's outcome and counts it, so it lands in `errors.jsonl`.
-/// `line-N` for a bad line with no readable id, and the escaped path of a refused file of a
-/// folder, unless an item of the batch is called that: then `BASE-invalid`,
-/// `BASE-invalid-2`, ..., so ids stay unique across the output files.
-fn made_up_id(base: String, taken: &mut DuplicateCheck) -> String {
-    if taken.insert(&base) {
-        return base;
-    }
-    (1u32..)
-        .map(|n| match n {
-            1 => format!("{base}-invalid"),
-            n => format!("{base}-invalid-{n}"),
-        })
-        .find(|id| taken.insert(id))
-        .unwrap_or(base)
-}
-
-pub(super) async fn record_invalid(
-    app: &App,
-    batch_id: &str,
-    seq: u64,
-    e: &InputError,
-    taken: &mut DuplicateCheck,
-) -> anyhow::Result<()> {
-    let custom_id = match (&e.custom_id, &e.entry, e.line) {
-        (Some(id), _, _) => id.clone(),
-        (None, Some(entry), _) => made_up_id(entry.clone(), taken),
-        (None, None, line) => made_up_id(format!("line-{}", line.unwrap_or(seq + 1)), taken),
-    };
-    let job_id = job_id_for(batch_id, &format!("\u{0}invalid:{seq}"));
-    let line = OutputLine::failure(
-        &job_id,
-        &custom_id,
-        codes::INVALID_INPUT,
-        e.to_string(),
-        Extension {
-            line: e.line,
-            ..Extension::default()
-        },
-    );
-    // A segment of its own, named by the item's number: a resumed submit writes the same one.
-    let record = batchyard_jobs::segments::Record::new(&job_id, seq, 0, 0, line);
-    batchyard_jobs::segments::write_records(&app.store, batch_id, "invalid", seq, &[record])
-        .await?;
-    if app
-        .ledger
-        .settle(batch_id, seq, false, 0)
-        .await?
-        .should_finalize()
-    {
-        app.finalizer().finalize(batch_id).await?;
-    }
-    Ok(())
 }

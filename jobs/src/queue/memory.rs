@@ -101,7 +101,8 @@ impl Queue for MemoryQueue {
         for (handle, deliveries) in held {
             let id: Option<u64> = handle.parse().ok();
             // A reclaim keeps the handle and raises the count: a different count is another
-            // consumer's delivery.
+            // consumer's delivery. One no longer in flight was acked (or retried, parked)
+            // since the caller looked: done, not lost.
             match id.and_then(|id| {
                 state
                     .in_flight
@@ -115,7 +116,8 @@ impl Queue for MemoryQueue {
                         entry.deadline = deadline;
                     }
                 }
-                _ => lost.push(handle.clone()),
+                Some(_) => lost.push(handle.clone()),
+                None => {}
             }
         }
         Ok(lost)

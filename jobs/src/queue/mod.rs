@@ -169,7 +169,8 @@ pub trait Queue: Send + Sync {
 
     /// Heartbeat: keeps the deliveries `consumer` still holds (`(handle, deliveries)` pairs)
     /// claimed for another visibility timeout, so a long call is never reclaimed while its
-    /// worker lives. Returns the handles it no longer holds (another consumer reclaimed them).
+    /// worker lives. Returns the handles another consumer holds now (it reclaimed them); a
+    /// handle acked meanwhile (the heartbeat looked just before its ack) is done, not lost.
     async fn extend(
         &self,
         consumer: &str,

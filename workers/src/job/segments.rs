@@ -2,13 +2,14 @@
 //! outcomes they produce and writes them per batch as one segment
 //! (`batches/<id>/segments/<writer>-<seq>.jsonl`, see `batchyard_jobs::segments`).
 //!
-//! A slot hands its outcome over and waits; it hears back only once the segment holding it is
-//! written, and only then settles and acks. A segment that can't be written (after a few tries
-//! in place) fails every outcome in it: none of those jobs is acked, each goes back to the
-//! queue. A segment is written when it holds `max_items` outcomes, when its oldest waited
-//! `max_wait`, or at once when most of the worker's slots wait on the writer (nothing more
-//! would come soon: waiting longer only idles them). Memory stays bounded: each waiting slot
-//! holds one outcome.
+//! A job hands its outcome over, frees its slot (the pool's [`Held`](super::pool::Held)) and
+//! waits; it hears back only once the segment holding it is written, and only then settles and
+//! acks. A segment that can't be written (after a few tries in place) fails every outcome in
+//! it: none of those jobs is acked, each goes back to the queue. A segment is written when it
+//! holds `max_items` outcomes, when its oldest waited `max_wait`, or at once when a quarter of
+//! the jobs the pool may hold past their slots wait on the writer (so a slow write fills the
+//! next segment, and the pool's bound is met only when the store falls behind). Memory stays
+//! bounded: the pool holds at most [`HELD_PER_SLOT`] waiting jobs per slot, one outcome each.
 
 use std::collections::HashMap;
 use std::sync::{Arc, OnceLock};
@@ -21,6 +22,7 @@ use bytes::Bytes;
 use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio::time::Instant;
 
+use super::pool::HELD_PER_SLOT;
 use crate::call::retry::RetryPolicy;
 
 /// Tries at writing a segment in place before its jobs go back to the queue.
@@ -35,8 +37,8 @@ pub struct SegmentOptions {
     pub max_items: usize,
     /// How long an outcome waits for others at most (`[worker] segment_max_wait_ms`).
     pub max_wait: Duration,
-    /// The worker's slots (its concurrency): once three quarters of them wait, the
-    /// segment is written without waiting longer.
+    /// The worker's slots (its concurrency): once a quarter of the jobs its pool may hold
+    /// past their slots wait, the segment is written without waiting longer.
     pub slots: usize,
     /// Tests only (`BATCHYARD_TEST_CRASH_AT=after_segment`): the process aborts once its first
     /// segment is written, before any job in it is settled or acked, as a `kill -9` there would.
@@ -56,7 +58,7 @@ impl Default for SegmentOptions {
 
 impl SegmentOptions {
     fn ready_at(&self) -> usize {
-        (self.slots * 3 / 4).clamp(1, self.max_items.max(1))
+        (self.slots.saturating_mul(HELD_PER_SLOT) / 4).clamp(1, self.max_items.max(1))
     }
 }
 
@@ -94,6 +96,12 @@ impl SegmentWriter {
     /// Writes one encoded record (a JSONL line, see `Record::encode`) as part of a segment of
     /// `batch_id`; returns once that segment is written, or with the error that stopped it.
     pub async fn append(&self, batch_id: &str, bytes: Vec<u8>) -> Result<(), StoreError> {
+        self.hand_over(batch_id, bytes).await.wait().await
+    }
+
+    /// Hands one encoded record over to be written as part of a segment of `batch_id`; the
+    /// answer's [`Written::wait`] returns once that segment is written (or failed).
+    pub async fn hand_over(&self, batch_id: &str, bytes: Vec<u8>) -> Written {
         let tx = self.tx.get_or_init(|| {
             let (tx, rx) = mpsc::channel(self.options.slots.clamp(16, 4096));
             let collector = Collector {
@@ -114,8 +122,23 @@ impl SegmentWriter {
             bytes,
             done,
         };
-        tx.send(entry).await.map_err(|_| stopped())?;
-        written.await.map_err(|_| stopped())?
+        match tx.send(entry).await {
+            Ok(()) => Written(Some(written)),
+            Err(_) => Written(None),
+        }
+    }
+}
+
+/// A record handed over to the [`SegmentWriter`], its segment not yet known to be written.
+pub struct Written(Option<oneshot::Receiver<Result<(), StoreError>>>);
+
+impl Written {
+    /// Waits until the segment holding the record is written, or the error that stopped it.
+    pub async fn wait(self) -> Result<(), StoreError> {
+        match self.0 {
+            Some(written) => written.await.map_err(|_| stopped())?,
+            None => Err(stopped()),
+        }
     }
 }
 

@@ -17,15 +17,16 @@ async fn segments(store: &ResultStore, batch: &str) -> Vec<object_store::ObjectM
         .unwrap()
 }
 
-/// 40 slots hand over one outcome each at once: a few segments hold them all, each outcome
-/// once, and every caller hears back only after its segment is there.
+/// 40 jobs hand over one outcome each at once: a few segments hold them all, each outcome
+/// once, and every caller hears back only after its segment is there (well before `max_wait`).
 #[tokio::test]
 async fn many_slots_share_few_segments() {
     let store = ResultStore::in_memory();
     let options = SegmentOptions {
         max_items: 16,
         max_wait: Duration::from_secs(5),
-        slots: 40,
+        // A pool of 2 slots holds up to 32 waiting jobs: a segment at every 8 of them.
+        slots: 2,
         ..SegmentOptions::default()
     };
     let writer = Arc::new(SegmentWriter::new(store.clone(), options));

@@ -64,8 +64,12 @@ pub struct TestQueue {
 
 impl TestQueue {
     pub async fn with_jobs(jobs: Vec<Job>) -> Arc<Self> {
+        Self::with_options(jobs, QueueOptions::default()).await
+    }
+
+    pub async fn with_options(jobs: Vec<Job>, options: QueueOptions) -> Arc<Self> {
         let q = Arc::new(Self {
-            inner: MemoryQueue::new(QueueOptions::default()),
+            inner: MemoryQueue::new(options),
             fail_claims: AtomicU32::new(0),
             claims: AtomicU64::new(0),
             outstanding: AtomicUsize::new(0),

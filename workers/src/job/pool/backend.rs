@@ -88,6 +88,8 @@ pub(crate) struct BackendOptions {
     pub(crate) exit_when_idle: Option<Duration>,
     /// Closed while jobs of this process wait for Redis to take their outcome.
     pub(crate) gate: Option<Arc<super::ClaimGate>>,
+    /// The bound on jobs held past their slot and its size: held jobs are not idle time.
+    pub(crate) held: (Arc<tokio::sync::Semaphore>, usize),
 }
 
 /// How long a closed [`super::ClaimGate`] is waited on before it is looked at again.
@@ -226,7 +228,9 @@ impl Backend for QueueBackend {
                 }
                 Fetch::Idle => {
                     let in_flight = worker.task_count();
-                    if in_flight > 0 {
+                    let (permits, bound) = &self.opts.held;
+                    let waiting = super::held::held_now(permits, *bound);
+                    if in_flight > 0 || waiting > 0 {
                         self.last_busy = Instant::now();
                     }
                     if self.opts.gate.as_ref().is_some_and(|g| g.held() > 0) {
@@ -240,7 +244,7 @@ impl Backend for QueueBackend {
                     if let Some(idle_limit) = self.opts.exit_when_idle {
                         let idle_since = self.last_busy.max(self.counters.last_done());
                         let idle_for = idle_since.elapsed();
-                        if in_flight == 0 && idle_for >= idle_limit {
+                        if in_flight == 0 && waiting == 0 && idle_for >= idle_limit {
                             tracing::info!(
                                 consumer = %self.consumer,
                                 idle_ms = idle_for.as_millis() as u64,

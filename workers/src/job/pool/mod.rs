@@ -18,15 +18,23 @@
 //! about 36k jobs/s end to end through Redis (redis-server on the same machine, concurrency
 //! 64 or 256), and 160-200k jobs/s through the `MemoryQueue`.
 //!
+//! - A handler may free its slot before its job ends ([`Held`]): the job goes on in its own
+//!   task (its claim still renewed), the slot takes the next delivery. At most
+//!   [`HELD_PER_SLOT`] per slot are held so; `run_pool` waits for them before it returns.
+//!
 //! - `backend`: apalis-core's `Backend` over our [`Queue`], claiming only for free slots.
 //! - `heartbeat`: renews the claims of running deliveries, one queue call per beat.
+//! - `held`: jobs that freed their slot and still wait (for their segment), and their bound.
 
 mod backend;
 mod heartbeat;
+mod held;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
+
+use std::panic::AssertUnwindSafe;
 
 use apalis::layers::WorkerBuilderExt;
 use apalis_core::task::data::Data;
@@ -34,11 +42,15 @@ use apalis_core::worker::builder::WorkerBuilder;
 use apalis_core::worker::context::WorkerContext;
 use async_trait::async_trait;
 use batchyard_jobs::queue::{Delivery, Queue};
+use futures::FutureExt as _;
+use tokio::sync::Semaphore;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::{AbortOnDropHandle, TaskTracker};
 
 use self::backend::{BackendOptions, Counters, QueueBackend};
 use self::heartbeat::Running;
+pub use self::held::{HELD_PER_SLOT, Held};
 
 /// After a drain timeout, how long aborted handler tasks get to unwind before `run_pool`
 /// returns anyway.
@@ -50,6 +62,13 @@ const ABORT_GRACE: Duration = Duration::from_secs(1);
 #[async_trait]
 pub trait DeliveryHandler: Send + Sync + 'static {
     async fn handle(&self, delivery: Delivery);
+
+    /// As [`Self::handle`], run by a pool: `held` lets the job free its slot before it ends
+    /// (see [`Held`]). By default the job keeps its slot to the end.
+    async fn handle_held(&self, delivery: Delivery, held: Held) {
+        let _ = held;
+        self.handle(delivery).await;
+    }
 
     /// While this gate is held, the pool claims nothing new (see [`ClaimGate`]).
     fn claim_gate(&self) -> Option<Arc<ClaimGate>> {
@@ -132,33 +151,50 @@ struct JobShared {
     counters: Arc<Counters>,
     running: Arc<Running>,
     tracker: TaskTracker,
+    /// Bounds the jobs held past their slot ([`Held`]).
+    held: Arc<Semaphore>,
+    /// Stops every job still running once the pool gives up on them.
+    give_up: CancellationToken,
 }
 
-/// The apalis task function: runs the handler in a tracked task that is aborted if the pool
-/// gives up on it (drain timeout), and counts it once it has finished.
+/// The apalis task function: runs the handler in a tracked task and holds the slot until the
+/// job ends or frees it ([`Held::release_slot`]). A job the pool gives up on (drain timeout)
+/// is stopped: this slot's future is dropped then, or `give_up` fires for one that freed it.
 async fn run_delivery(delivery: Delivery, shared: Data<JobShared>) {
     let handle = delivery.handle.clone();
     shared.running.start(&handle, delivery.deliveries);
-    let handler = Arc::clone(&shared.handler);
-    let job = shared
-        .tracker
-        .spawn(async move { handler.handle(delivery).await });
-    let outcome = AbortOnDropHandle::new(job).await;
-    shared.running.end(&handle);
-    shared.counters.job_done();
-    match outcome {
-        Ok(()) => {
-            shared.counters.handled.fetch_add(1, Ordering::Relaxed);
+    let (held, released) = Held::new(Arc::clone(&shared.held));
+    let stop = shared.give_up.child_token();
+    let task_stop = stop.clone();
+    let shared = (*shared).clone();
+    let tracker = shared.tracker.clone();
+    tracker.spawn(async move {
+        let run = AssertUnwindSafe(shared.handler.handle_held(delivery, held)).catch_unwind();
+        let outcome = tokio::select! {
+            outcome = run => Some(outcome),
+            () = task_stop.cancelled() => None,
+        };
+        shared.running.end(&handle);
+        shared.counters.job_done();
+        match outcome {
+            Some(Ok(())) => {
+                shared.counters.handled.fetch_add(1, Ordering::Relaxed);
+            }
+            Some(Err(_)) => {
+                shared.counters.panicked.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(
+                    delivery = %handle,
+                    "a delivery handler panicked; the delivery is left for reclaim"
+                );
+            }
+            // Given up on: the delivery is left for reclaim.
+            None => {}
         }
-        Err(e) => {
-            shared.counters.panicked.fetch_add(1, Ordering::Relaxed);
-            tracing::error!(
-                delivery = %handle,
-                error = %e,
-                "a delivery handler panicked; the delivery is left for reclaim"
-            );
-        }
-    }
+    });
+    let slot = stop.drop_guard();
+    // Ok: the job freed its slot; closed: the job ended.
+    let _ = released.await;
+    slot.disarm();
 }
 
 /// Claims deliveries from `queue` and runs `handler` on each, at most `opts.concurrency` at
@@ -188,17 +224,21 @@ pub async fn run_pool(
     let counters = Arc::new(Counters::new());
     let tracker = TaskTracker::new();
     let running = Arc::new(Running::default());
-    // Its own token: running jobs need their claims renewed while the pool drains, too.
+    // Its own token and task: running and held jobs need their claims renewed while the pool
+    // drains, too.
     let stop_heartbeat = CancellationToken::new();
-    if let Some(every) = opts.heartbeat {
-        tracker.spawn(heartbeat::beat(
+    let beating = opts.heartbeat.map(|every| {
+        AbortOnDropHandle::new(tokio::spawn(heartbeat::beat(
             Arc::clone(&queue),
             opts.consumer.clone(),
             Arc::clone(&running),
             every,
             stop_heartbeat.clone(),
-        ));
-    }
+        )))
+    });
+    let held_bound = opts.concurrency.saturating_mul(HELD_PER_SLOT);
+    let held = Arc::new(Semaphore::new(held_bound));
+    let give_up = CancellationToken::new();
     let gate = handler.claim_gate();
     let ctx = WorkerContext::new(&opts.consumer);
     let backend = QueueBackend::new(
@@ -209,6 +249,7 @@ pub async fn run_pool(
             claim_block: opts.claim_block,
             exit_when_idle: opts.exit_when_idle,
             gate,
+            held: (Arc::clone(&held), held_bound),
         },
         cancel.clone(),
         Arc::clone(&counters),
@@ -220,11 +261,14 @@ pub async fn run_pool(
             counters: Arc::clone(&counters),
             running,
             tracker: tracker.clone(),
+            held,
+            give_up: give_up.clone(),
         })
         .concurrency(opts.concurrency)
         .build(run_delivery);
 
     let mut run = Box::pin(worker.run());
+    let mut drain_until = None;
     let outcome = tokio::select! {
         // Polling the worker first starts it, so `stop` below always finds it started.
         biased;
@@ -237,7 +281,9 @@ pub async fn run_pool(
             );
             // Fails only if the worker already stopped on its own.
             let _ = ctx.stop();
-            match tokio::time::timeout(opts.drain_timeout, &mut run).await {
+            let until = Instant::now() + opts.drain_timeout;
+            drain_until = Some(until);
+            match tokio::time::timeout_at(until, &mut run).await {
                 Ok(res) => res,
                 Err(_) => {
                     tracing::warn!(
@@ -251,19 +297,13 @@ pub async fn run_pool(
             }
         }
     };
-    // Dropping the worker aborts any handler still running; wait briefly for them to unwind.
+    // Dropping the worker stops any job still holding its slot.
     drop(run);
+    let drain_until = drain_until.unwrap_or_else(|| Instant::now() + opts.drain_timeout);
+    wind_down(&tracker, &give_up, drain_until, &opts.consumer).await;
     stop_heartbeat.cancel();
-    tracker.close();
-    if tokio::time::timeout(ABORT_GRACE, tracker.wait())
-        .await
-        .is_err()
-    {
-        tracing::warn!(
-            consumer = %opts.consumer,
-            remaining = tracker.len(),
-            "aborted handlers did not unwind in time"
-        );
+    if let Some(beating) = beating {
+        let _ = beating.await;
     }
 
     let stats = PoolStats {
@@ -280,4 +320,36 @@ pub async fn run_pool(
     );
     outcome.map_err(|e| PoolError::Worker(e.to_string()))?;
     Ok(stats)
+}
+
+/// Jobs that freed their slot wait for their segment (written within its max wait): they get
+/// until `drain_until`, then are stopped too and left for reclaim.
+async fn wind_down(
+    tracker: &TaskTracker,
+    give_up: &CancellationToken,
+    drain_until: Instant,
+    consumer: &str,
+) {
+    tracker.close();
+    if tokio::time::timeout_at(drain_until, tracker.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            consumer,
+            remaining = tracker.len(),
+            "jobs waiting for their result segment did not end within the drain timeout; they are left for reclaim"
+        );
+    }
+    give_up.cancel();
+    if tokio::time::timeout(ABORT_GRACE, tracker.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            consumer,
+            remaining = tracker.len(),
+            "aborted handlers did not unwind in time"
+        );
+    }
 }

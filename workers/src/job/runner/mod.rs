@@ -23,7 +23,7 @@ use tracing::{Instrument, field};
 use super::budget::Budget;
 use super::cache::ResultCache;
 use super::cascade::{Cascade, Decision, Limits};
-use super::pool::{ClaimGate, DeliveryHandler};
+use super::pool::{ClaimGate, DeliveryHandler, Held};
 use super::segments::{SegmentOptions, SegmentWriter};
 use crate::call::Guards;
 use crate::call::health::HealthPolicy;
@@ -265,6 +265,7 @@ impl JobRunner {
         dead: bool,
         committed_nanos: i64,
         started: Instant,
+        held: &mut Held,
     ) {
         let job = &delivery.job;
         // The ledger counts only this run's spend not committed yet; the line carries the
@@ -298,7 +299,11 @@ impl JobRunner {
             }
         };
         let line = record.line;
-        if let Err(e) = self.segments.append(&job.batch_id, bytes).await {
+        let written = self.segments.hand_over(&job.batch_id, bytes).await;
+        // What is left is waiting for the segment, then settle and ack: the slot takes its
+        // next job meanwhile; the claim stays renewed until this one ends.
+        held.release_slot().await;
+        if let Err(e) = written.wait().await {
             // The answer is paid for: count it now and carry it, so the retry's line (and the
             // budget) include it, then run the job again once the store may be back.
             tracing::warn!(error = %e, "cannot write the result segment; the job will be retried");
@@ -377,6 +382,10 @@ impl DeliveryHandler for JobRunner {
     }
 
     async fn handle(&self, delivery: Delivery) {
+        self.handle_held(delivery, Held::inline()).await;
+    }
+
+    async fn handle_held(&self, delivery: Delivery, mut held: Held) {
         let span = tracing::info_span!(
             "job",
             batch_id = %delivery.job.batch_id,
@@ -403,7 +412,7 @@ impl DeliveryHandler for JobRunner {
                     if let Some(meter) = &self.meter {
                         meter.observe(&line, started.elapsed());
                     }
-                    self.finish(&delivery, line, dead, committed_nanos, started)
+                    self.finish(&delivery, line, dead, committed_nanos, started, &mut held)
                         .await;
                     crate::metrics::job_finished(outcome, model, started.elapsed());
                 }
