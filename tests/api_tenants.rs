@@ -145,58 +145,6 @@ fn a_tenants_token_sees_only_its_own_batches_and_files() {
     let mut both = vec![batch_a.clone(), batch_b.clone()];
     both.sort();
     assert_eq!(all, both, "{v1_root}");
-    // Pages of a tenant's own list, read from its own index: more batches of both, paged
-    // two at a time with `after`, hold exactly team A's, newest first, in the operator's order.
-    for (token, file) in [(TEAM_A, &file_a), (TEAM_B, &file_b), (TEAM_A, &file_a)] {
-        ok_json(create_as(&s, token, file));
-    }
-    ok_json(create_as(&s, TEAM_A, &file_a));
-    let of_a: Vec<String> = {
-        let root = ok_json(as_tenant(&s, ROOT, "GET", "/v1/batches?limit=100", &[]));
-        let mut mine = Vec::new();
-        for b in root["data"].as_array().unwrap() {
-            if b["tenant"] == "team-a" {
-                mine.push(b["id"].as_str().unwrap().to_string());
-            }
-        }
-        mine
-    };
-    assert_eq!(of_a.len(), 4, "{of_a:?}");
-    let mut paged = Vec::new();
-    let mut after = String::new();
-    for page in 0..3 {
-        let q = if after.is_empty() {
-            "/v1/batches?limit=2".to_string()
-        } else {
-            format!("/v1/batches?limit=2&after={after}")
-        };
-        let list = ok_json(as_tenant(&s, TEAM_A, "GET", &q, &[]));
-        let got = ids(&list, "data");
-        assert_eq!(list["has_more"], page == 0, "page {page}: {list}");
-        paged.extend(got);
-        if list["has_more"] != true {
-            break;
-        }
-        after = list["last_id"].as_str().unwrap().to_string();
-    }
-    assert_eq!(paged, of_a);
-    // The CLI lists one tenant's batches the same way.
-    let out = cluster
-        .cmd()
-        .args(["status", "--tenant", "team-b", "--json"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let listed = ids(&status, "batches");
-    assert_eq!(listed.len(), 2, "{status}");
-    assert!(listed.contains(&batch_b), "{listed:?}");
-    assert!(listed.iter().all(|id| !of_a.contains(id)), "{listed:?}");
-
     // The shares: a tenant sees its own line, the operator every tenant's.
     let names = |token: &str| -> Vec<String> {
         let q = ok_json(as_tenant(&s, token, "GET", "/api/queues", &[]));
@@ -287,6 +235,58 @@ fn a_tenants_token_sees_only_its_own_batches_and_files() {
         &[],
     );
     assert_eq!((code, body.lines().count()), (200, 3), "{body}");
+
+    // Pages of a tenant's own list, read from its own index: more batches of both, paged
+    // two at a time with `after`, hold exactly team A's, newest first, in the operator's order.
+    for (token, file) in [(TEAM_A, &file_a), (TEAM_B, &file_b), (TEAM_A, &file_a)] {
+        ok_json(create_as(&s, token, file));
+    }
+    ok_json(create_as(&s, TEAM_A, &file_a));
+    let of_a: Vec<String> = {
+        let root = ok_json(as_tenant(&s, ROOT, "GET", "/v1/batches?limit=100", &[]));
+        let mut mine = Vec::new();
+        for b in root["data"].as_array().unwrap() {
+            if b["tenant"] == "team-a" {
+                mine.push(b["id"].as_str().unwrap().to_string());
+            }
+        }
+        mine
+    };
+    assert_eq!(of_a.len(), 4, "{of_a:?}");
+    let mut paged = Vec::new();
+    let mut after = String::new();
+    for page in 0..3 {
+        let q = if after.is_empty() {
+            "/v1/batches?limit=2".to_string()
+        } else {
+            format!("/v1/batches?limit=2&after={after}")
+        };
+        let list = ok_json(as_tenant(&s, TEAM_A, "GET", &q, &[]));
+        let got = ids(&list, "data");
+        assert_eq!(list["has_more"], page == 0, "page {page}: {list}");
+        paged.extend(got);
+        if list["has_more"] != true {
+            break;
+        }
+        after = list["last_id"].as_str().unwrap().to_string();
+    }
+    assert_eq!(paged, of_a);
+    // The CLI lists one tenant's batches the same way.
+    let out = cluster
+        .cmd()
+        .args(["status", "--tenant", "team-b", "--json"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let listed = ids(&status, "batches");
+    assert_eq!(listed.len(), 2, "{status}");
+    assert!(listed.contains(&batch_b), "{listed:?}");
+    assert!(listed.iter().all(|id| !of_a.contains(id)), "{listed:?}");
 
     // Unknown tokens, and a tenant prefix sent as part of the token, are refused.
     for bad in ["nope", "team-a:ta-token-1"] {

@@ -35,7 +35,16 @@ pub async fn usage(
             };
             ApiError::invalid(e).with_param(param)
         })?;
-    let records = state.app.ledger.list(MAX_RECORDS).await?;
+    // One tenant's line (a tenant's token, or `tenant=`): read from that tenant's own index.
+    let one = if caller.sees_all() {
+        q.tenant.as_deref()
+    } else {
+        Some(&*caller.tenant)
+    };
+    let records = match one {
+        Some(tenant) => state.app.ledger.list_tenant(tenant, MAX_RECORDS).await?,
+        None => state.app.ledger.list(MAX_RECORDS).await?,
+    };
     let truncated = records.len() >= MAX_RECORDS;
     let wanted = |t: &str| caller.may_see(t) && q.tenant.as_deref().is_none_or(|w| w == t);
     Ok(Json(summarize(&records, period, wanted, truncated).json()))

@@ -27,7 +27,11 @@ pub async fn usage(
         );
     }
     let app = App::connect(settings, None, false, "usage").await?;
-    let records = app.ledger.list(MAX_RECORDS).await?;
+    // One tenant's: read from its own index, whatever the other tenants have.
+    let records = match &args.tenant {
+        Some(name) => app.ledger.list_tenant(name, MAX_RECORDS).await?,
+        None => app.ledger.list(MAX_RECORDS).await?,
+    };
     let truncated = records.len() >= MAX_RECORDS;
     let report = summarize(
         &records,
