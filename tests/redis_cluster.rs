@@ -5,6 +5,10 @@
 //! Asynchronous replication can lose writes the dead master had acknowledged (an ack, a
 //! settlement, a claim): the test reports what ran twice (provider calls beyond one per
 //! item) and asserts that the output still holds each item exactly once.
+//!
+//! Also on a cluster: a batch over TLS only (`rediss+cluster://` with a password and a
+//! private CA, TLS on the cluster bus and replication too), a CA that did not sign the nodes
+//! refused, and the pipeline scheduler (two replicas) running each tick once.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -17,6 +21,8 @@ use support::chaos_workers::{
 };
 use support::cluster::{Cluster, Options};
 use support::invariants::assert_invariants;
+use support::scheduler::{Children, history, pipeline_toml, spawn_scheduler};
+use support::{run, terminate, text, write_file};
 
 const ITEMS: usize = 300;
 
@@ -103,4 +109,185 @@ fn a_batch_completes_on_a_redis_cluster_through_a_master_failover() {
         started.elapsed()
     );
     drop(workers);
+}
+
+const TLS_PASSWORD: &str = "tls-cluster-pw-canary";
+
+/// A batch end to end through a TLS-only cluster with a password, trusting the CA made for
+/// the test (`tls_ca_file`); each item runs once. A CA that did not sign the nodes is refused
+/// quickly, naming the setting to fix and never the password.
+#[test]
+fn a_batch_runs_on_a_tls_redis_cluster_trusting_a_private_ca() {
+    const N: usize = 40;
+    let Some(cluster) = Cluster::start_opts(
+        "redis_cluster_tls",
+        &[],
+        Options {
+            redis_cluster: true,
+            redis_cluster_tls: Some(TLS_PASSWORD.into()),
+            ..Options::default()
+        },
+    ) else {
+        return;
+    };
+    let url = cluster.redis.url.clone();
+    assert!(url.starts_with("rediss+cluster://"), "{url}");
+    let started = Instant::now();
+    let id = submit_batch(&cluster, N, |i| format!("tls cluster document {i}"));
+    let workers = Workers::start(&cluster, 1, &["--concurrency", "8"]);
+    let mut done = wait_settled(&cluster, &id, N as u64, Duration::from_secs(60));
+    let settled_at = Instant::now();
+    while !is_terminal(&done) {
+        assert!(
+            settled_at.elapsed() < Duration::from_secs(30),
+            "the settled batch did not finish: {done}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+        done = cluster.status(&id);
+    }
+    assert_eq!(done["status"], "completed", "{done}");
+    let (ok, errors) = assert_invariants(&cluster, &id, N);
+    assert_eq!(ok.len(), N, "every item succeeded: {errors:?}");
+    assert_eq!(provider_requests(&cluster), N as u64, "each item ran once");
+    drop(workers);
+    let batch_secs = started.elapsed();
+
+    // A CA of its own, which signed none of the nodes' certificates.
+    let other = tempfile::tempdir().unwrap();
+    assert!(batchyard_testkit::make_tls_certificates(
+        "redis_cluster_tls",
+        other.path()
+    ));
+    let wrong = other.path().join("ca.pem");
+    let (base, _) = url.split_once("?tls_ca_file=").unwrap();
+    let wrong_url = format!("{base}?tls_ca_file={}", wrong.display());
+    let refused_at = Instant::now();
+    let out = run(cluster
+        .cmd()
+        .env("BATCHYARD_REDIS_URL", &wrong_url)
+        .args(["status", "--json"]));
+    let refused = refused_at.elapsed();
+    let all = text(&out.stdout) + &text(&out.stderr);
+    assert!(!out.status.success(), "{all}");
+    let lower = all.to_lowercase();
+    assert!(lower.contains("certificate"), "the cause is named: {all}");
+    assert!(lower.contains("tls_ca_file"), "the setting is named: {all}");
+    assert!(!all.contains(TLS_PASSWORD), "the password shows: {all}");
+    assert!(
+        refused < Duration::from_secs(30),
+        "refused after {refused:?}"
+    );
+    eprintln!(
+        "redis cluster over TLS: {N} items in {batch_secs:.1?} (cluster start included), \
+         a wrong CA refused in {refused:.1?}"
+    );
+}
+
+/// Two `batchyard scheduler` replicas on a cluster, a pipeline due every 2 s with only-new
+/// on: the first tick submits both documents, a document added later is submitted once by the
+/// next tick, the ticks between find nothing new; no tick runs twice, every batch is a run's,
+/// and the seen state (`by:pipeline:{<name>}:seen`, one slot with the pipeline's other keys)
+/// holds the three documents.
+#[test]
+fn two_schedulers_on_a_redis_cluster_run_each_tick_once() {
+    let docs = tempfile::tempdir().unwrap();
+    write_file(docs.path(), "a.txt", b"first document");
+    write_file(docs.path(), "b.txt", b"second document");
+    let toml =
+        pipeline_toml("on-cluster", 2, docs.path()).replace("only_new = false", "only_new = true");
+    let Some(cluster) = Cluster::start_opts(
+        "redis_cluster_pipelines",
+        &[],
+        Options {
+            redis_cluster: true,
+            extra_toml: toml,
+            ..Options::default()
+        },
+    ) else {
+        return;
+    };
+    let mut schedulers = Children((0..2).map(|n| spawn_scheduler(&cluster, n)).collect());
+    let wait_for = |what: &str, done: &dyn Fn(&[serde_json::Value]) -> bool| {
+        let start = Instant::now();
+        loop {
+            let runs = history(&cluster, "on-cluster");
+            if done(&runs) {
+                return runs;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "{what} within 20 s: {runs:?}"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    };
+    let submitted = |runs: &[serde_json::Value], items: u64| {
+        runs.iter()
+            .filter(|r| r["outcome"] == "submitted" && r["items"] == items)
+            .count()
+    };
+    wait_for("the first tick submitted both documents", &|runs| {
+        submitted(runs, 2) == 1
+    });
+    // Added whole (a rename), so no tick sees half of it.
+    let staged = tempfile::tempdir().unwrap();
+    let file = write_file(staged.path(), "c.txt", b"a later document");
+    std::fs::rename(&file, docs.path().join("c.txt")).unwrap();
+    let runs = wait_for(
+        "the new document submitted, then a tick with nothing new",
+        &|runs| submitted(runs, 1) == 1 && runs[0]["outcome"] == "nothing_new",
+    );
+    schedulers.assert_alive("a scheduler");
+    for s in &mut schedulers.0 {
+        terminate(s);
+    }
+    let runs = history(&cluster, "on-cluster");
+    let mut ticks = std::collections::BTreeSet::new();
+    let mut batches = std::collections::BTreeSet::new();
+    for r in &runs {
+        assert_eq!(r["trigger"], "schedule", "{r}");
+        assert!(
+            ticks.insert(r["tick"].to_string()),
+            "a tick ran twice: {runs:?}"
+        );
+        match r["outcome"].as_str() {
+            Some("submitted") => assert!(batches.insert(r["batch_id"].to_string())),
+            Some("nothing_new") => assert!(r["batch_id"].is_null(), "{r}"),
+            other => panic!("unexpected outcome {other:?}: {r}"),
+        }
+    }
+    assert_eq!(
+        batches.len(),
+        2,
+        "one batch per new set of documents: {runs:?}"
+    );
+    assert_eq!(
+        (submitted(&runs, 2), submitted(&runs, 1)),
+        (1, 1),
+        "{runs:?}"
+    );
+    let out = run(cluster.cmd().args(["status", "--json"]));
+    let in_ledger: std::collections::BTreeSet<String> = support::last_json(&out)["batches"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["id"].to_string())
+        .collect();
+    assert_eq!(in_ledger, batches, "batches in the ledger vs runs");
+    let nodes = cluster.redis.cluster().expect("a redis cluster");
+    let seen = "by:pipeline:{on-cluster}:seen";
+    let (owner, _) = nodes.owner_of(seen).expect("a master owns the seen state");
+    let fields = nodes.cli(owner, &["HKEYS", seen]);
+    let mut names: Vec<&str> = fields.lines().map(str::trim).collect();
+    names.sort_unstable();
+    assert_eq!(
+        names.len(),
+        3,
+        "the seen state holds every document: {fields}"
+    );
+    assert!(names.iter().all(|n| n.ends_with(".txt")), "{names:?}");
+    eprintln!(
+        "pipelines on a redis cluster: {} runs, 2 batches",
+        runs.len()
+    );
 }

@@ -18,6 +18,7 @@ mod tls;
 
 pub use cluster::TestCluster;
 pub use raw::RawConn;
+pub use tls::make_certificates as make_tls_certificates;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
