@@ -134,6 +134,9 @@ impl TestCluster {
             };
             let dir = self.dir.path().join(port.to_string());
             std::fs::create_dir_all(&dir).unwrap();
+            // A config error (e.g. TLS options to a redis-server built without TLS) goes to
+            // stderr before the log file is opened.
+            let stderr = std::fs::File::create(dir.join("stderr.log")).unwrap();
             let mut cmd = Command::new(server);
             if self.opts.tls {
                 let d = self.dir.path();
@@ -167,7 +170,7 @@ impl TestCluster {
                 .arg(dir.join("redis.log"))
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
-                .stderr(Stdio::null())
+                .stderr(stderr)
                 .spawn()
                 .unwrap_or_else(|e| panic!("spawning {}: {e}", server.display()));
             let mut node = Node {
@@ -181,7 +184,9 @@ impl TestCluster {
                     return node;
                 }
                 if let Some(Ok(Some(status))) = node.child.as_mut().map(|c| c.try_wait()) {
-                    last = format!("node on port {port} exited with {status}");
+                    let said = std::fs::read_to_string(dir.join("stderr.log")).unwrap_or_default();
+                    let log = std::fs::read_to_string(dir.join("redis.log")).unwrap_or_default();
+                    last = format!("node on port {port} exited with {status}: {said}{log}");
                     break;
                 }
                 std::thread::sleep(Duration::from_millis(20));

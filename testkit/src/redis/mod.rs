@@ -2,7 +2,7 @@
 //! killed by its PID (SIGKILL) on drop.
 //!
 //! - `tls`: the CA and server certificate for a TLS-only server ([`RedisOptions::tls`]);
-//! - `cluster`: [`TestCluster`], a 3-master, 3-replica Redis Cluster;
+//! - `cluster`: [`TestCluster`], a 3-master, 3-replica Redis Cluster (plain or TLS);
 //! - `raw`: [`RawConn`], a plain connection to either, for inspecting keys.
 //!
 //! With `BATCHYARD_TEST_REDIS_CLUSTER=1`, [`TestRedis::start_or_external`] hands out a Redis
