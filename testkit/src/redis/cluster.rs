@@ -139,16 +139,8 @@ impl TestCluster {
             let stderr = std::fs::File::create(dir.join("stderr.log")).unwrap();
             let mut cmd = Command::new(server);
             if self.opts.tls {
-                let d = self.dir.path();
-                cmd.args(["--port", "0", "--tls-port", &port.to_string()])
-                    .args(["--tls-cluster", "yes", "--tls-replication", "yes"])
-                    .arg("--tls-cert-file")
-                    .arg(d.join("server.pem"))
-                    .arg("--tls-key-file")
-                    .arg(d.join("server.key"))
-                    .arg("--tls-ca-cert-file")
-                    .arg(d.join("ca.pem"))
-                    .args(["--tls-auth-clients", "no"]);
+                super::tls::listen_tls_only(&mut cmd, port, self.dir.path());
+                cmd.args(["--tls-cluster", "yes", "--tls-replication", "yes"]);
             } else {
                 cmd.args(["--port", &port.to_string()]);
             }

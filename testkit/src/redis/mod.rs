@@ -290,16 +290,7 @@ impl TestRedis {
         let mut cmd = Command::new(&self.bin);
         cmd.args(["--bind", "127.0.0.1"]);
         if self.opts.tls {
-            let d = self.dir.path();
-            cmd.args(["--port", "0"])
-                .args(["--tls-port", &self.port.to_string()])
-                .arg("--tls-cert-file")
-                .arg(d.join("server.pem"))
-                .arg("--tls-key-file")
-                .arg(d.join("server.key"))
-                .arg("--tls-ca-cert-file")
-                .arg(d.join("ca.pem"))
-                .args(["--tls-auth-clients", "no"]);
+            tls::listen_tls_only(&mut cmd, self.port, self.dir.path());
         } else {
             cmd.args(["--port", &self.port.to_string()]);
         }

@@ -4,6 +4,19 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
+/// The redis-server arguments to serve TLS only on `port` (`--port 0`) with the certificates
+/// [`make_certificates`] wrote into `dir`; clients show no certificate.
+pub(super) fn listen_tls_only(cmd: &mut Command, port: u16, dir: &Path) {
+    cmd.args(["--port", "0", "--tls-port", &port.to_string()])
+        .arg("--tls-cert-file")
+        .arg(dir.join("server.pem"))
+        .arg("--tls-key-file")
+        .arg(dir.join("server.key"))
+        .arg("--tls-ca-cert-file")
+        .arg(dir.join("ca.pem"))
+        .args(["--tls-auth-clients", "no"]);
+}
+
 fn find_openssl() -> Option<PathBuf> {
     if let Some(p) = std::env::var_os("BATCHYARD_OPENSSL").filter(|p| !p.is_empty()) {
         return Some(PathBuf::from(p));
