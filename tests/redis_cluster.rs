@@ -59,20 +59,7 @@ fn a_batch_completes_on_a_redis_cluster_through_a_master_failover() {
     let before = wait_settled(&cluster, &id, ITEMS as u64 / 3, Duration::from_secs(60));
     let settled_before = settled(&before);
     nodes.kill_node(master);
-    let killed_at = Instant::now();
-    // The replica is promoted once the others have missed the master for the node timeout.
-    let promoted = loop {
-        if let Some((now, _)) = nodes.owner_of(&stream).filter(|(now, _)| *now != master) {
-            break now;
-        }
-        assert!(
-            killed_at.elapsed() < Duration::from_secs(20),
-            "no replica took over from {master}: {}",
-            nodes.log_tails()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    };
-    let failover = killed_at.elapsed();
+    let (promoted, failover) = wait_promoted(nodes, &stream, master);
     assert!(
         replicas.contains(&promoted),
         "the new master {promoted} is one of {master}'s replicas {replicas:?}"
@@ -300,10 +287,17 @@ fn fail_over(nodes: &TestCluster, key: &str) -> (u16, u16, Duration) {
         std::thread::sleep(Duration::from_millis(20));
     }
     nodes.kill_node(master);
+    let (promoted, took) = wait_promoted(nodes, key, master);
+    (master, promoted, took)
+}
+
+/// Waits for a replica to take `key`'s slot over from the killed `master` (once the others
+/// have missed it for the node timeout): the new master, and how long after the kill.
+fn wait_promoted(nodes: &TestCluster, key: &str, master: u16) -> (u16, Duration) {
     let killed_at = Instant::now();
     loop {
         if let Some((now, _)) = nodes.owner_of(key).filter(|(now, _)| *now != master) {
-            return (master, now, killed_at.elapsed());
+            return (now, killed_at.elapsed());
         }
         assert!(
             killed_at.elapsed() < Duration::from_secs(20),
