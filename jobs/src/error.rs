@@ -55,7 +55,10 @@ impl From<redis::RedisError> for QueueError {
         if msg.contains("peer certificate") {
             msg.push_str(UNTRUSTED_CERT_HINT);
         }
-        if e.is_io_error()
+        // A transaction a cluster refused in a failover, after its resends (redis_conn::moved).
+        let refused_by_cluster = crate::redis_conn::refused_transaction(&e);
+        if refused_by_cluster
+            || e.is_io_error()
             || e.is_timeout()
             || e.is_connection_dropped()
             || e.is_connection_refusal()

@@ -82,6 +82,12 @@ impl ConnectionLike for RedisConn {
     }
 }
 
+/// Whether `e` is a transaction a Redis Cluster refused for a moved slot or while down (a
+/// failover): weather, like a connection refused.
+pub fn refused_transaction(e: &redis::RedisError) -> bool {
+    moved::refusal(e).is_some()
+}
+
 impl RedisConn {
     pub fn is_cluster(&self) -> bool {
         matches!(self, Self::Cluster(_))

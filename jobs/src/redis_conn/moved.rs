@@ -1,31 +1,52 @@
-//! A transaction (MULTI/EXEC) that a Redis Cluster aborted because its slot had just moved
-//! (a failover or a reshard), sent again. redis-rs follows `MOVED`/`ASK` for a single command
-//! and rebuilds its slot map, but not for the commands queued inside a transaction: EXEC then
-//! answers `EXECABORT`, and nothing of it ran. Found by the pipeline scheduler's failover test
-//! (`tests/redis_cluster.rs`): a batch created just after a promotion failed with
-//! `Transaction aborted: [(Index 0, error: Moved: …)]`.
+//! A transaction (MULTI/EXEC) that a Redis Cluster refused during a failover or a reshard,
+//! sent again. redis-rs follows `MOVED`/`ASK` for a single command (rebuilding its slot map)
+//! and waits out `CLUSTERDOWN`, but not inside a transaction: EXEC answers `EXECABORT` with
+//! the queued commands' `MOVED` or `CLUSTERDOWN`, and nothing of it ran. Found by the pipeline
+//! scheduler's failover test (`tests/redis_cluster.rs`): a batch created just after a
+//! promotion failed with `Transaction aborted: [(Index 0, error: Moved: …)]`.
+//! `jobs/tests/redis_cluster_conn.rs` creates batches through a failover.
 
 use std::time::Duration;
 
 use redis::aio::ConnectionLike;
 use redis::cluster_async::ClusterConnection;
+use redis::cluster_routing::SingleNodeRoutingInfo;
 use redis::{Arg, Pipeline, RedisError, RedisResult, ServerErrorKind, Value};
 
-/// Sends of one transaction at most; the client needs one redirection to learn the new owner.
-const TRIES: u32 = 4;
+/// Sends of one transaction at most: one redirection teaches the client the new owner, and a
+/// cluster that is down (a master lost, its replica not yet promoted) is waited out with
+/// waits of 50 ms doubling up to 1 s, about 3.5 s in all, like the client's own retries.
+const TRIES: u32 = 8;
 
-/// Whether `e` is a transaction aborted because a queued command's slot is served elsewhere.
-/// Nothing of an aborted transaction ran, so sending it again is safe.
-pub(super) fn aborted_by_moved_slot(e: &RedisError) -> bool {
-    e.kind() == redis::ErrorKind::Server(ServerErrorKind::ExecAbort)
-        && e.clone().into_server_errors().is_some_and(|errs| {
-            errs.iter().any(|(_, s)| {
-                matches!(
-                    s.kind(),
-                    Some(ServerErrorKind::Moved | ServerErrorKind::Ask)
-                )
-            })
-        })
+/// Why the cluster refused a transaction (nothing of which ran), when it is worth sending again.
+#[derive(Debug, PartialEq)]
+pub(crate) enum Refusal {
+    /// A slot is served by another master now (the one named, `host:port`): send it there.
+    Moved(Option<(String, u16)>),
+    /// The cluster is down or busy for a moment: wait, then send again.
+    Down,
+}
+
+/// `Some` when `e` is a transaction the cluster refused for a moved slot or while down.
+pub(crate) fn refusal(e: &RedisError) -> Option<Refusal> {
+    let errors = match e.kind() {
+        redis::ErrorKind::Server(_) => e.clone().into_server_errors().unwrap_or_default(),
+        _ => return None,
+    };
+    let kinds: Vec<ServerErrorKind> = errors.iter().filter_map(|(_, s)| s.kind()).collect();
+    let any = |want: &[ServerErrorKind]| kinds.iter().any(|k| want.contains(k));
+    if any(&[ServerErrorKind::Moved, ServerErrorKind::Ask]) {
+        // `MOVED <slot> <host>:<port>`
+        let to = errors.iter().find_map(|(_, s)| {
+            let (host, port) = s.details()?.split_whitespace().nth(1)?.rsplit_once(':')?;
+            Some((host.to_string(), port.parse().ok()?))
+        });
+        Some(Refusal::Moved(to))
+    } else if any(&[ServerErrorKind::ClusterDown, ServerErrorKind::TryAgain]) {
+        Some(Refusal::Down)
+    } else {
+        None
+    }
 }
 
 /// The first key of a pipeline (its first command's first argument): the client routes the
@@ -37,9 +58,10 @@ fn first_key(pipeline: &Pipeline) -> Option<Vec<u8>> {
     }
 }
 
-/// `pipeline` on the cluster; a transaction aborted by a moved slot is sent again after an
-/// `EXISTS` on its first key, which the client follows to the new master (rebuilding its slot
-/// map), so the next send goes there.
+/// `pipeline` on the cluster. A transaction refused for a moved slot is sent again to the
+/// master the refusal names, after an `EXISTS` on its first key, which the client follows there
+/// (rebuilding its slot map for what comes next); one refused by a cluster that is down, after
+/// a wait.
 pub(super) async fn send(
     conn: &mut ClusterConnection,
     pipeline: &Pipeline,
@@ -47,21 +69,37 @@ pub(super) async fn send(
     count: usize,
 ) -> RedisResult<Vec<Value>> {
     let mut tries = 1;
+    let mut to: Option<(String, u16)> = None;
     loop {
-        let result = conn.req_packed_commands(pipeline, offset, count).await;
-        let key = match &result {
-            Err(e) if pipeline.is_transaction() && tries < TRIES && aborted_by_moved_slot(e) => {
-                first_key(pipeline)
+        let result = match to.take() {
+            Some((host, port)) => {
+                let route = SingleNodeRoutingInfo::ByAddress { host, port };
+                conn.route_pipeline(pipeline.clone(), offset, count, route)
+                    .await
             }
+            None => conn.req_packed_commands(pipeline, offset, count).await,
+        };
+        let refused = match &result {
+            Err(e) if pipeline.is_transaction() && tries < TRIES => refusal(e),
             _ => None,
         };
-        let Some(key) = key else {
+        let Some(refused) = refused else {
             return result;
         };
-        tracing::debug!(tries, "a transaction's slot moved; sending it again");
-        // Its answer does not matter: it is asked for the redirection it brings.
-        let _ = conn.req_packed_command(redis::cmd("EXISTS").arg(key)).await;
-        tokio::time::sleep(Duration::from_millis(20 * u64::from(tries))).await;
+        tracing::debug!(
+            tries,
+            ?refused,
+            "the cluster refused a transaction; sending it again"
+        );
+        if let Refusal::Moved(node) = refused {
+            if let Some(key) = first_key(pipeline) {
+                // Its answer does not matter: it is asked for the redirection it brings.
+                let _ = conn.req_packed_command(redis::cmd("EXISTS").arg(key)).await;
+            }
+            to = node;
+        }
+        let wait = (50u64 << (tries - 1)).min(1_000);
+        tokio::time::sleep(Duration::from_millis(wait)).await;
         tries += 1;
     }
 }
@@ -78,6 +116,6 @@ mod tests {
             .del("by:batch:{b1}:settled");
         assert_eq!(first_key(&p).as_deref(), Some(&b"by:batch:{b1}"[..]));
         let refused = RedisError::from(std::io::Error::from(std::io::ErrorKind::ConnectionRefused));
-        assert!(!aborted_by_moved_slot(&refused));
+        assert_eq!(refusal(&refused), None);
     }
 }
