@@ -43,11 +43,22 @@ impl crate::retry::Retryable for QueueError {
     }
 }
 
+/// What to do when rustls refused a TLS server's certificate (`invalid peer certificate:
+/// UnknownIssuer`, `BadSignature`, ...): most often the CA that signed it is not trusted.
+const UNTRUSTED_CERT_HINT: &str = "; the server's TLS certificate is not trusted: point \
+     tls_ca_file in the rediss:// (or rediss+cluster://) url at the PEM file of the CA that signed it";
+
 impl From<redis::RedisError> for QueueError {
     fn from(e: redis::RedisError) -> Self {
         // The URL (and any password in it) is never part of the message we keep.
-        let msg = redact(&e.to_string());
-        if e.is_io_error()
+        let mut msg = redact(&e.to_string());
+        if msg.contains("peer certificate") {
+            msg.push_str(UNTRUSTED_CERT_HINT);
+        }
+        // A transaction a cluster refused in a failover, after its resends (redis_conn::moved).
+        let refused_by_cluster = crate::redis_conn::refused_transaction(&e);
+        if refused_by_cluster
+            || e.is_io_error()
             || e.is_timeout()
             || e.is_connection_dropped()
             || e.is_connection_refusal()
@@ -187,6 +198,21 @@ fn redact_query_passwords(message: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_untrusted_certificate_names_tls_ca_file() {
+        let io = std::io::Error::other("invalid peer certificate: UnknownIssuer");
+        let e = QueueError::from(redis::RedisError::from(io));
+        let msg = e.to_string();
+        assert!(
+            msg.contains("tls_ca_file") && msg.contains("UnknownIssuer"),
+            "{msg}"
+        );
+        assert_eq!(e.kind(), ErrorKind::Unavailable);
+        let refused = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+        let msg = QueueError::from(redis::RedisError::from(refused)).to_string();
+        assert!(!msg.contains("tls_ca_file"), "{msg}");
+    }
 
     #[test]
     fn redact_hides_passwords_in_urls() {

@@ -1,7 +1,8 @@
 //! One way to open a Redis connection: auto-reconnecting, with timeouts that treat a slow
 //! Redis as weather (retry) rather than death.
 //!
-//! - `cluster`: `redis+cluster://` URLs, a Redis Cluster client, and SCAN over every master.
+//! - `cluster`: `redis+cluster://` URLs, a Redis Cluster client, and SCAN over every master;
+//! - `moved`: a transaction the cluster aborted because its slot moved, sent again.
 //!
 //! URLs: `redis://[:password@]host[:port][/db]`, and `rediss://` for TLS (rustls). A TLS server
 //! is checked against the system's root certificates, or, when the URL carries
@@ -14,6 +15,7 @@
 //! Either way callers get a [`RedisConn`], and use it as any redis-rs async connection.
 
 mod cluster;
+mod moved;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -68,7 +70,7 @@ impl ConnectionLike for RedisConn {
     ) -> RedisFuture<'a, Vec<Value>> {
         match self {
             Self::Single(c) => c.req_packed_commands(pipeline, offset, count),
-            Self::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+            Self::Cluster(c) => Box::pin(moved::send(c, pipeline, offset, count)),
         }
     }
 
@@ -82,6 +84,12 @@ impl ConnectionLike for RedisConn {
 
 /// Commands of one [`RedisConn::query_each`] call in flight at once on a cluster.
 const EACH_AT_ONCE: usize = 64;
+
+/// Whether `e` is a transaction a Redis Cluster refused for a moved slot or while down (a
+/// failover): weather, like a connection refused.
+pub fn refused_transaction(e: &redis::RedisError) -> bool {
+    moved::refusal(e).is_some()
+}
 
 impl RedisConn {
     pub fn is_cluster(&self) -> bool {

@@ -19,7 +19,7 @@ pub mod s3;
 
 pub use fake::{FakeProvider, fake_provider_bin};
 pub use process::{free_port, listening_line};
-pub use redis::{RawConn, RedisOptions, TestCluster, TestRedis};
+pub use redis::{RawConn, RedisOptions, TestCluster, TestRedis, make_tls_certificates};
 pub use s3::{S3Env, s3_env, s3_env_or_skip};
 
 /// Whether the tests run under CI (`CI=true` or `CI=1`), where every service must be there.

@@ -38,6 +38,8 @@ pub struct Options {
     pub retry_budget_min: Option<u32>,
     /// A Redis Cluster of its own (3 masters, 3 replicas) instead of one redis-server.
     pub redis_cluster: bool,
+    /// With `redis_cluster`: TLS only (`rediss+cluster://...?tls_ca_file=`) and this password.
+    pub redis_cluster_tls: Option<String>,
     /// `[queue] ready_window`: jobs kept ready ahead of the workers (the default unless set).
     pub ready_window: Option<usize>,
 }
@@ -59,6 +61,7 @@ impl Default for Options {
             retry_attempts: None,
             retry_budget_min: None,
             redis_cluster: false,
+            redis_cluster_tls: None,
             ready_window: None,
         }
     }
@@ -109,7 +112,14 @@ impl Cluster {
     pub fn start_opts(test: &str, fake_args: &[&str], opts: Options) -> Option<Self> {
         let s3 = s3_env_or_skip(test)?;
         let redis = if opts.redis_cluster {
-            TestRedis::start_cluster(test)?
+            TestRedis::start_cluster_with(
+                test,
+                RedisOptions {
+                    tls: opts.redis_cluster_tls.is_some(),
+                    password: opts.redis_cluster_tls.clone(),
+                    aof: false,
+                },
+            )?
         } else {
             TestRedis::start_with(
                 test,

@@ -3,6 +3,12 @@
 //! --cluster-replicas 1`, ready once every node says `cluster_state:ok` and every replica is
 //! in sync. Nodes are killed by PID (SIGKILL) on drop, or one by one to force a failover.
 //!
+//! With [`RedisOptions::tls`] the nodes speak TLS only (`--port 0`, `--tls-cluster yes`,
+//! `--tls-replication yes`: clients, the cluster bus and replication), with the certificates
+//! of the single TLS server; `redis-cli --cluster create` did not join TLS nodes here, so the
+//! cluster is formed by hand: `CLUSTER ADDSLOTSRANGE` on the masters, `CLUSTER MEET` over the
+//! bus ports, `CLUSTER REPLICATE` on the replicas.
+//!
 //! A node that loses its master for `cluster-node-timeout` (1 s here) is promoted by the
 //! others, so a failover takes a few seconds.
 
@@ -20,12 +26,14 @@ const READY_LIMIT: Duration = Duration::from_secs(30);
 
 struct Node {
     port: u16,
+    bus: u16,
     child: Option<Child>,
 }
 
 /// Six redis-server processes forming one cluster, owned by a test.
 pub struct TestCluster {
-    /// `redis+cluster://[:password@]127.0.0.1:<port>,...` naming every node as a seed.
+    /// `redis+cluster://[:password@]127.0.0.1:<port>,...` naming every node as a seed
+    /// (`rediss+cluster://...?tls_ca_file=<dir>/ca.pem` for TLS).
     pub url: String,
     opts: RedisOptions,
     nodes: Mutex<Vec<Node>>,
@@ -61,11 +69,9 @@ impl TestCluster {
         Self::start_with(test, RedisOptions::default())
     }
 
-    /// [`TestCluster::start`] with a password (`requirepass` and `masterauth`). Only the
-    /// password of `opts` is used: a TLS cluster is not built here (`redis-cli --cluster
-    /// create` did not join TLS nodes on ports of our choosing).
+    /// [`TestCluster::start`] with a password (`requirepass` and `masterauth`) and/or TLS
+    /// (see the module's doc); `aof` is not used.
     pub fn start_with(test: &str, opts: RedisOptions) -> Option<Self> {
-        assert!(!opts.tls, "{test}: the test kit builds no TLS cluster");
         let Some(server) = find_redis_server() else {
             skip_or_fail(
                 test,
@@ -88,6 +94,9 @@ impl TestCluster {
             cli,
             dir,
         };
+        if me.opts.tls && !super::tls::make_certificates(test, me.dir.path()) {
+            return None;
+        }
         for _ in 0..NODES {
             let node = me.spawn_node(&server);
             me.nodes.lock().unwrap().push(node);
@@ -100,8 +109,19 @@ impl TestCluster {
             .as_ref()
             .map(|p| format!(":{p}@"))
             .unwrap_or_default();
-        me.url = format!("redis+cluster://{auth}{}", seeds.join(","));
-        me.create(&ports);
+        me.url = match me.ca_file() {
+            Some(ca) => format!(
+                "rediss+cluster://{auth}{}/?tls_ca_file={}",
+                seeds.join(","),
+                ca.display()
+            ),
+            None => format!("redis+cluster://{auth}{}", seeds.join(",")),
+        };
+        if me.opts.tls {
+            me.join_by_hand();
+        } else {
+            me.create(&ports);
+        }
         Some(me)
     }
 
@@ -114,8 +134,16 @@ impl TestCluster {
             };
             let dir = self.dir.path().join(port.to_string());
             std::fs::create_dir_all(&dir).unwrap();
+            // A config error (e.g. TLS options to a redis-server built without TLS) goes to
+            // stderr before the log file is opened.
+            let stderr = std::fs::File::create(dir.join("stderr.log")).unwrap();
             let mut cmd = Command::new(server);
-            cmd.args(["--port", &port.to_string()]);
+            if self.opts.tls {
+                super::tls::listen_tls_only(&mut cmd, port, self.dir.path());
+                cmd.args(["--tls-cluster", "yes", "--tls-replication", "yes"]);
+            } else {
+                cmd.args(["--port", &port.to_string()]);
+            }
             if let Some(pw) = &self.opts.password {
                 cmd.args(["--requirepass", pw, "--masterauth", pw]);
             }
@@ -134,11 +162,12 @@ impl TestCluster {
                 .arg(dir.join("redis.log"))
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
-                .stderr(Stdio::null())
+                .stderr(stderr)
                 .spawn()
                 .unwrap_or_else(|e| panic!("spawning {}: {e}", server.display()));
             let mut node = Node {
                 port,
+                bus,
                 child: Some(child),
             };
             let started = Instant::now();
@@ -147,7 +176,9 @@ impl TestCluster {
                     return node;
                 }
                 if let Some(Ok(Some(status))) = node.child.as_mut().map(|c| c.try_wait()) {
-                    last = format!("node on port {port} exited with {status}");
+                    let said = std::fs::read_to_string(dir.join("stderr.log")).unwrap_or_default();
+                    let log = std::fs::read_to_string(dir.join("redis.log")).unwrap_or_default();
+                    last = format!("node on port {port} exited with {status}: {said}{log}");
                     break;
                 }
                 std::thread::sleep(Duration::from_millis(20));
@@ -162,6 +193,9 @@ impl TestCluster {
         let mut cmd = Command::new(&self.cli);
         if let Some(pw) = &self.opts.password {
             cmd.args(["-a", pw, "--no-auth-warning"]);
+        }
+        if let Some(ca) = self.ca_file() {
+            cmd.arg("--tls").arg("--cacert").arg(ca);
         }
         cmd.stdin(Stdio::null());
         cmd
@@ -184,6 +218,61 @@ impl TestCluster {
             String::from_utf8_lossy(&out.stderr)
         );
         self.wait_ready(READY_LIMIT);
+    }
+
+    /// The PEM file of the CA that signed the nodes' certificate, for a TLS cluster.
+    pub fn ca_file(&self) -> Option<PathBuf> {
+        self.opts.tls.then(|| self.dir.path().join("ca.pem"))
+    }
+
+    /// What `redis-cli --cluster create --cluster-replicas 1` does, by hand: the first half
+    /// of the nodes are masters over three equal slot ranges, they meet over the bus, and
+    /// each of the other half replicates one master.
+    fn join_by_hand(&self) {
+        let (ports, buses): (Vec<u16>, Vec<u16>) = {
+            let nodes = self.nodes.lock().unwrap();
+            nodes.iter().map(|n| (n.port, n.bus)).unzip()
+        };
+        let masters = NODES / 2;
+        let per = 16384 / masters;
+        for (i, &port) in ports[..masters].iter().enumerate() {
+            let first = i * per;
+            let last = if i + 1 == masters {
+                16383
+            } else {
+                first + per - 1
+            };
+            let (first, last) = (first.to_string(), last.to_string());
+            self.cli_ok(port, &["CLUSTER", "ADDSLOTSRANGE", &first, &last]);
+        }
+        for (&port, &bus) in ports.iter().zip(&buses).skip(1) {
+            let (port, bus) = (port.to_string(), bus.to_string());
+            self.cli_ok(ports[0], &["CLUSTER", "MEET", "127.0.0.1", &port, &bus]);
+        }
+        // A replica can only follow a master it knows: wait until every node knows all.
+        let started = Instant::now();
+        while !ports.iter().all(|&p| {
+            let nodes = self.cli(p, &["CLUSTER", "NODES"]);
+            nodes.lines().count() == NODES && !nodes.contains("handshake")
+        }) {
+            assert!(
+                started.elapsed() < READY_LIMIT,
+                "the TLS nodes did not meet within {READY_LIMIT:?}: {}",
+                self.cli(ports[0], &["CLUSTER", "NODES"])
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        for (i, &port) in ports[masters..].iter().enumerate() {
+            let master = self.cli(ports[i], &["CLUSTER", "MYID"]);
+            self.cli_ok(port, &["CLUSTER", "REPLICATE", master.trim()]);
+        }
+        self.wait_ready(READY_LIMIT);
+    }
+
+    /// [`TestCluster::cli`] that must answer OK.
+    fn cli_ok(&self, port: u16, args: &[&str]) {
+        let out = self.cli(port, args);
+        assert_eq!(out.trim(), "OK", "redis-cli -p {port} {args:?}: {out:?}");
     }
 
     /// Waits until every live node says `cluster_state:ok` and every live replica's link to

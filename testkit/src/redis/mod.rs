@@ -2,7 +2,7 @@
 //! killed by its PID (SIGKILL) on drop.
 //!
 //! - `tls`: the CA and server certificate for a TLS-only server ([`RedisOptions::tls`]);
-//! - `cluster`: [`TestCluster`], a 3-master, 3-replica Redis Cluster;
+//! - `cluster`: [`TestCluster`], a 3-master, 3-replica Redis Cluster (plain or TLS);
 //! - `raw`: [`RawConn`], a plain connection to either, for inspecting keys.
 //!
 //! With `BATCHYARD_TEST_REDIS_CLUSTER=1`, [`TestRedis::start_or_external`] hands out a Redis
@@ -18,6 +18,7 @@ mod tls;
 
 pub use cluster::TestCluster;
 pub use raw::RawConn;
+pub use tls::make_certificates as make_tls_certificates;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -289,16 +290,7 @@ impl TestRedis {
         let mut cmd = Command::new(&self.bin);
         cmd.args(["--bind", "127.0.0.1"]);
         if self.opts.tls {
-            let d = self.dir.path();
-            cmd.args(["--port", "0"])
-                .args(["--tls-port", &self.port.to_string()])
-                .arg("--tls-cert-file")
-                .arg(d.join("server.pem"))
-                .arg("--tls-key-file")
-                .arg(d.join("server.key"))
-                .arg("--tls-ca-cert-file")
-                .arg(d.join("ca.pem"))
-                .args(["--tls-auth-clients", "no"]);
+            tls::listen_tls_only(&mut cmd, self.port, self.dir.path());
         } else {
             cmd.args(["--port", &self.port.to_string()]);
         }

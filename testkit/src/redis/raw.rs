@@ -14,6 +14,9 @@ pub enum RawConn {
 
 impl RawConn {
     pub async fn open(url: &str) -> Self {
+        if let Some(rest) = url.strip_prefix("rediss+cluster://") {
+            return Self::open_tls_cluster(rest).await;
+        }
         if let Some(seeds) = url.strip_prefix("redis+cluster://") {
             let nodes: Vec<String> = seeds
                 .trim_end_matches('/')
@@ -34,6 +37,39 @@ impl RawConn {
                 .get_multiplexed_async_connection()
                 .await
                 .expect("a connection to the test redis-server"),
+        )
+    }
+}
+
+impl RawConn {
+    /// The test kit's `rediss+cluster://[auth@]seeds/?tls_ca_file=<ca.pem>`, trusting that CA.
+    async fn open_tls_cluster(rest: &str) -> Self {
+        let (seeds, query) = rest.split_once('?').unwrap_or((rest, ""));
+        let ca = query
+            .strip_prefix("tls_ca_file=")
+            .expect("the test cluster's url names its CA file");
+        let pem = std::fs::read(ca).unwrap_or_else(|e| panic!("reading {ca}: {e}"));
+        let (auth, hosts) = match seeds.rsplit_once('@') {
+            Some((a, h)) => (format!("{a}@"), h),
+            None => (String::new(), seeds),
+        };
+        let nodes: Vec<String> = hosts
+            .trim_end_matches('/')
+            .split(',')
+            .map(|h| format!("rediss://{auth}{h}/"))
+            .collect();
+        let client = redis::cluster::ClusterClientBuilder::new(nodes)
+            .certs(redis::TlsCertificates {
+                client_tls: None,
+                root_cert: Some(pem),
+            })
+            .build()
+            .expect("valid seed nodes");
+        Self::Cluster(
+            client
+                .get_async_connection()
+                .await
+                .expect("a connection to the TLS test cluster"),
         )
     }
 }

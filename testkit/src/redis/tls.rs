@@ -4,6 +4,19 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
+/// The redis-server arguments to serve TLS only on `port` (`--port 0`) with the certificates
+/// [`make_certificates`] wrote into `dir`; clients show no certificate.
+pub(super) fn listen_tls_only(cmd: &mut Command, port: u16, dir: &Path) {
+    cmd.args(["--port", "0", "--tls-port", &port.to_string()])
+        .arg("--tls-cert-file")
+        .arg(dir.join("server.pem"))
+        .arg("--tls-key-file")
+        .arg(dir.join("server.key"))
+        .arg("--tls-ca-cert-file")
+        .arg(dir.join("ca.pem"))
+        .args(["--tls-auth-clients", "no"]);
+}
+
 fn find_openssl() -> Option<PathBuf> {
     if let Some(p) = std::env::var_os("BATCHYARD_OPENSSL").filter(|p| !p.is_empty()) {
         return Some(PathBuf::from(p));
@@ -15,9 +28,10 @@ fn find_openssl() -> Option<PathBuf> {
 }
 
 /// Writes `ca.pem`, `server.pem` and `server.key` (EC P-256, valid two days, the server's
-/// names 127.0.0.1 and localhost) into `dir`. False (after a skip line) when there is no
+/// names 127.0.0.1 and localhost) into `dir`: for a TLS server or cluster, or as a CA that
+/// signed nothing a test trusts. False (after a skip line) when there is no
 /// openssl outside CI; fails `test` in CI or when openssl fails.
-pub(super) fn make_certificates(test: &str, dir: &Path) -> bool {
+pub fn make_certificates(test: &str, dir: &Path) -> bool {
     let Some(openssl) = find_openssl() else {
         crate::skip_or_fail(
             test,
@@ -25,11 +39,13 @@ pub(super) fn make_certificates(test: &str, dir: &Path) -> bool {
         );
         return false;
     };
+    // clientAuth too: cluster nodes present this certificate to each other on the bus, and
+    // verify it there whatever `tls-auth-clients` says.
     let ext = dir.join("server.ext");
     std::fs::write(
         &ext,
         "subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=critical,CA:FALSE\n\
-         keyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth\n",
+         keyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth,clientAuth\n",
     )
     .unwrap_or_else(|e| panic!("writing {}: {e}", ext.display()));
     // One line a command, split on spaces (no argument holds one).
