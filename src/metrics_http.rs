@@ -148,11 +148,14 @@ mod tests {
         batchyard_workers::metrics::job_finished(
             "success".into(),
             "small".into(),
+            "default".into(),
             Duration::from_millis(20),
         );
         let text = second.render();
         assert!(
-            text.contains("batchyard_jobs_total{outcome=\"success\",model=\"small\"} 1"),
+            text.contains(
+                "batchyard_jobs_total{outcome=\"success\",model=\"small\",tenant=\"default\"} 1"
+            ),
             "{text}"
         );
         assert!(

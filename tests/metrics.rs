@@ -97,6 +97,7 @@ fn worker_serves_prometheus_metrics_that_match_the_batch() {
             small_extra: "rpm = 60000".into(),
             // Answers are cached, so a second batch of the same items hits the cache.
             cache: true,
+            extra_toml: "[tenants.team-m]\nweight = 1\n".into(),
             ..Options::default()
         },
     ) else {
@@ -151,7 +152,10 @@ fn worker_serves_prometheus_metrics_that_match_the_batch() {
     // The same first items again: answered from the cache.
     let again: String = docs.lines().take(AGAIN).map(|l| format!("{l}\n")).collect();
     let again = write_file(cluster.dir.path(), "again.jsonl", again.as_bytes());
-    let second = cluster.submit(again.to_str().unwrap(), &["--task", "summarize"]);
+    let second = cluster.submit(
+        again.to_str().unwrap(),
+        &["--task", "summarize", "--tenant", "team-m"],
+    );
     let second = cluster.wait_terminal(second["id"].as_str().unwrap(), Duration::from_secs(60));
 
     // After the next sample the ETA is gone and the depth reads empty; every job is counted.
@@ -176,6 +180,15 @@ fn worker_serves_prometheus_metrics_that_match_the_batch() {
     // Every item ended once, by outcome and model.
     let jobs = sum(&body, "batchyard_jobs_total", &[]);
     assert_eq!(jobs, (ITEMS + AGAIN) as f64, "{body}");
+    // By tenant: the first batch is the default tenant's, the second team-m's.
+    assert_eq!(
+        (
+            sum(&body, "batchyard_jobs_total", &["tenant=\"default\""]),
+            sum(&body, "batchyard_jobs_total", &["tenant=\"team-m\""])
+        ),
+        (ITEMS as f64, AGAIN as f64),
+        "{body}"
+    );
     let succeeded = sum(&body, "batchyard_jobs_total", &["outcome=\"success\""]);
     assert_eq!(
         succeeded,

@@ -132,7 +132,7 @@ pub fn describe() {
     describe_counter!(
         JOBS_TOTAL,
         Unit::Count,
-        "Jobs ended, by outcome (success or error code) and model"
+        "Jobs ended, by outcome (success or error code), model and tenant"
     );
     describe_histogram!(
         JOB_DURATION,
@@ -220,9 +220,14 @@ pub fn job_labels(line: &OutputLine) -> (SharedString, SharedString) {
     (outcome, model)
 }
 
-/// A job ended (success or typed error) after `duration`.
-pub fn job_finished(outcome: SharedString, model: SharedString, duration: Duration) {
-    counter!(JOBS_TOTAL, "outcome" => outcome, "model" => model).increment(1);
+/// A job of `tenant`'s batch ended (success or typed error) after `duration`.
+pub fn job_finished(
+    outcome: SharedString,
+    model: SharedString,
+    tenant: SharedString,
+    duration: Duration,
+) {
+    counter!(JOBS_TOTAL, "outcome" => outcome, "model" => model, "tenant" => tenant).increment(1);
     histogram!(JOB_DURATION).record(duration.as_secs_f64());
 }
 

@@ -18,6 +18,7 @@ use batchyard_jobs::outcome::{Extension, OutputLine, codes};
 use batchyard_jobs::queue::{Delivery, Queue};
 use batchyard_jobs::segments::Record;
 use batchyard_jobs::storage::ResultStore;
+use metrics::SharedString;
 use tracing::{Instrument, field};
 
 use super::budget::Budget;
@@ -152,6 +153,16 @@ impl JobRunner {
     pub fn with_guards(mut self, guards: Guards) -> Self {
         self.cascade.guards = guards;
         self
+    }
+
+    /// The tenant of a batch [`Self::batch`] has just read (`unknown` if it is not cached),
+    /// for metrics: only the name is copied, not the record.
+    fn tenant_of(&self, batch_id: &str) -> SharedString {
+        self.batches
+            .lock()
+            .ok()
+            .and_then(|cache| cache.get(batch_id).map(|(_, r)| r.tenant.clone()))
+            .map_or(SharedString::const_str("unknown"), SharedString::from_owned)
     }
 
     async fn batch(&self, batch_id: &str) -> Option<BatchRecord> {
@@ -409,12 +420,13 @@ impl DeliveryHandler for JobRunner {
                     committed_nanos,
                 } => {
                     let (outcome, model) = crate::metrics::job_labels(&line);
+                    let tenant = self.tenant_of(&delivery.job.batch_id);
                     if let Some(meter) = &self.meter {
                         meter.observe(&line, started.elapsed());
                     }
                     self.finish(&delivery, line, dead, committed_nanos, started, &mut held)
                         .await;
-                    crate::metrics::job_finished(outcome, model, started.elapsed());
+                    crate::metrics::job_finished(outcome, model, tenant, started.elapsed());
                 }
                 Decision::Stored { line } => self.finish_behind(&delivery, line, 0).await,
                 Decision::Later {
