@@ -2,6 +2,7 @@
 use batchyard_jobs::batch::{BatchState, RequestCounts};
 
 use super::*;
+use batchyard_jobs::batch::BatchRecord;
 
 fn record(total: u64, settled: u64, in_progress_at: Option<u64>) -> BatchRecord {
     BatchRecord {
